@@ -1,0 +1,100 @@
+// The op interface: every operation the models need, at the granularity where fusion pays.
+//
+// Model code (src/models/*) calls only these. The CPU backend (backend/cpu) is the reference
+// implementation and the oracle for every other backend. Conventions:
+//  - Outputs are passed in, allocated by the caller with alloc(); ops never allocate results.
+//  - Activations are F32 on the CPU backend; weights are whatever upload() produced.
+//  - A Tensor argument may be a strided view where the comment says so; otherwise it must be
+//    contiguous. "Absent" optional tensors are default-constructed (defined() == false).
+//  - Shapes: B batch, N tokens per sample, C channels, H heads, D head dim, S tokens per frame.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace stdit {
+
+enum class Activation { None, GeluTanh, Silu };
+
+// Per-frame choice between two modulation vectors (STDiT3's x_mask / t0 path). Token n of sample
+// b belongs to frame n / tokens_per_frame; frames with mask[b, frame] == 0 use the "_zero" vectors.
+struct FrameSelect {
+  Tensor mask;               // [B, T] U8 on the backend's device; absent = every frame uses the main
+  int64_t tokens_per_frame = 0;
+  bool active() const { return mask.defined(); }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+
+  // --- memory ---
+  virtual Tensor alloc(const Shape& shape, DType dtype = DType::F32) = 0;
+  // Host tensor (any dtype, any strides) -> backend tensor in the backend's activation/weight
+  // dtype for floats (F32 on CPU), unchanged dtype for integers.
+  virtual Tensor upload(const Tensor& host) = 0;
+  // Backend tensor -> contiguous host F32 (floats) or host copy (integers).
+  virtual Tensor download(const Tensor& t) = 0;
+
+  // --- dense ---
+  // out[m, n] = act( sum_k x[m, k] * w[n, k] + bias[n] ); x is [..., K] contiguous, w [N, K].
+  virtual void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
+                      Tensor& out) = 0;
+  // out = a + b, where b has a's shape or broadcasts over a's leading dims (b.numel() divides a's).
+  // out may alias a.
+  virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // Elementwise SiLU; out may alias x.
+  virtual void silu(const Tensor& x, Tensor& out) = 0;
+
+  // --- normalisation and modulation ---
+  // out = LayerNorm(x) * (1 + scale) + shift over the last dim C (no affine), x [B, N, C].
+  // shift/scale (and shift0/scale0) are [B, C], possibly strided rows (stride(1) == 1).
+  virtual void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                                  const Tensor& shift0, const Tensor& scale0,
+                                  const FrameSelect& sel, float eps, Tensor& out) = 0;
+  // x += gate * y, x and y [B, N, C], gate (and gate0) [B, C] strided rows; in place on x.
+  virtual void gated_residual(Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& gate0,
+                              const FrameSelect& sel) = 0;
+  // dst[b, n, :] = src[b, n, :] for tokens of frames with mask == 0 (x_mask False).
+  virtual void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) = 0;
+
+  // --- attention ---
+  // In place on q viewed as [..., N, H, D] (any strides, last dim contiguous):
+  // RMSNorm over D with weight [D] (statistics in f32), then, when rope_freqs [D/2] is given,
+  // rotary embedding of adjacent pairs (x[2i], x[2i+1]) by angle n * freqs[i], n = index on dim -3.
+  virtual void qk_norm_rope(Tensor& q, const Tensor& weight, float eps,
+                            const Tensor& rope_freqs) = 0;
+  // out = softmax(q k^T * scale) v per batch index and head. q, out: [..., Nq, H, D];
+  // k, v: [..., Nk, H, D]; equal leading (batch) dims; any strides with contiguous last dim.
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                         Tensor& out) = 0;
+  // Block-diagonal cross-attention: q, out [B, N, H, D] (strided ok); k, v [sum(kv_lens), H, D]
+  // packed by sample; sample b attends only to its kv_lens[b] rows.
+  virtual void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const std::vector<int>& kv_lens, float scale, Tensor& out) = 0;
+
+  // --- embeddings and layout ---
+  // out [B, dim] = [cos(t*f), sin(t*f)], f_i = exp(-ln(max_period) * i / (dim/2)); t [B] F32.
+  virtual void timestep_embedding(const Tensor& t, float max_period, Tensor& out) = 0;
+  // out [Hp*Wp, C]: 2D sin-cos table, column coordinate first (spec §3.3).
+  virtual void sincos_pos_embed_2d(int64_t hp, int64_t wp, float scale, float base_size,
+                                   Tensor& out) = 0;
+  // x [B, Cin, T, H, W] -> out [B, Tp*Hp*Wp, Cin*pt*ph*pw], zero-padding T, H, W at the end up to
+  // multiples of the patch. Feature order (cin, kt, kh, kw) matches a Conv3d weight's flattening.
+  virtual void patchify(const Tensor& x, int pt, int ph, int pw, Tensor& out) = 0;
+  // x [B, Tp*Hp*Wp, pt*ph*pw*Cout] (c_out fastest) -> out [B, Cout, T, H, W], cropping padding.
+  virtual void unpatchify(const Tensor& x, int64_t tp, int64_t hp, int64_t wp, int pt, int ph,
+                          int pw, Tensor& out) = 0;
+  // out[i, :] = src[rows[i], :]; src [R, C].
+  virtual void gather_rows(const Tensor& src, const std::vector<int64_t>& rows, Tensor& out) = 0;
+};
+
+// Creates a backend by name ("cpu"; "cuda" once built). Throws with the list of available names.
+std::unique_ptr<Backend> make_backend(const std::string& name);
+std::vector<std::string> backend_names();
+
+}  // namespace stdit

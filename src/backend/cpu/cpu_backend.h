@@ -1,0 +1,53 @@
+// The CPU backend: plain f32 loops + OpenMP and BLAS sgemm. It is the numerical reference for
+// every other backend, so it favours clarity and f32-faithful arithmetic over speed.
+#pragma once
+#include "backend/backend.h"
+
+namespace stdit {
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+  Device device() const override { return {}; }
+
+  Tensor alloc(const Shape& shape, DType dtype) override;
+  Tensor upload(const Tensor& host) override;
+  Tensor download(const Tensor& t) override;
+
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
+              Tensor& out) override;
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void silu(const Tensor& x, Tensor& out) override;
+
+  void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                          const Tensor& shift0, const Tensor& scale0, const FrameSelect& sel,
+                          float eps, Tensor& out) override;
+  void gated_residual(Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& gate0,
+                      const FrameSelect& sel) override;
+  void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) override;
+
+  void qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const Tensor& rope_freqs) override;
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                 Tensor& out) override;
+  void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                       const std::vector<int>& kv_lens, float scale, Tensor& out) override;
+
+  void timestep_embedding(const Tensor& t, float max_period, Tensor& out) override;
+  void sincos_pos_embed_2d(int64_t hp, int64_t wp, float scale, float base_size,
+                           Tensor& out) override;
+  void patchify(const Tensor& x, int pt, int ph, int pw, Tensor& out) override;
+  void unpatchify(const Tensor& x, int64_t tp, int64_t hp, int64_t wp, int pt, int ph, int pw,
+                  Tensor& out) override;
+  void gather_rows(const Tensor& src, const std::vector<int64_t>& rows, Tensor& out) override;
+};
+
+namespace cpu {
+// Shared argument checks for the CPU kernels.
+void expect_f32(const Tensor& t, const char* op, const char* what);
+void expect_contiguous_f32(const Tensor& t, const char* op, const char* what);
+void expect_shape(const Tensor& t, const Shape& s, const char* op, const char* what);
+// Element offsets of every index of the leading `lead` dims of t (row-major order).
+std::vector<int64_t> leading_offsets(const Tensor& t, int lead);
+}  // namespace cpu
+
+}  // namespace stdit

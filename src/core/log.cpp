@@ -1,0 +1,17 @@
+#include "core/log.h"
+
+#include <cstdio>
+
+namespace stdit {
+
+static LogLevel g_level = LogLevel::Info;
+
+void set_log_level(LogLevel level) { g_level = level; }
+LogLevel log_level() { return g_level; }
+
+void log_line(LogLevel level, const std::string& msg) {
+  if (static_cast<int>(level) > static_cast<int>(g_level)) return;
+  std::fprintf(stderr, "%s\n", msg.c_str());
+}
+
+}  // namespace stdit

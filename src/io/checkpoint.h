@@ -1,0 +1,31 @@
+// Strict loading of a model's weights by their checkpoint key names.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/safetensors.h"
+
+namespace stdit {
+
+// One parameter a model expects, by its PyTorch state_dict name.
+struct ParamSpec {
+  std::string name;
+  Shape shape;
+  bool optional = false;  // may be absent from the file (the model recomputes it)
+};
+
+using WeightMap = std::map<std::string, Tensor>;
+
+// Returns every expected tensor (CPU views into the file, any float dtype). Throws one Error that
+// lists every missing key, unexpected key, shape mismatch and non-float dtype, naming the file and
+// the command-line flag the file came from.
+WeightMap load_checked(const SafetensorsFile& file, const std::vector<ParamSpec>& expected,
+                       const std::string& flag);
+
+// Same check for tensors already in memory (e.g. synthetic weights); `label` names their source.
+void check_weights(const WeightMap& weights, const std::vector<ParamSpec>& expected,
+                   const std::string& label);
+
+}  // namespace stdit

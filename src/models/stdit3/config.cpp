@@ -1,0 +1,164 @@
+#include "models/stdit3/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace stdit {
+
+namespace {
+using json = nlohmann::json;
+
+int get_int(const json& j, const std::string& key, int def, const std::string& src, int lo, int hi) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  const json& v = j[key];
+  STDIT_CHECK(v.is_number_integer(), src, ": '", key, "' must be an integer, got ", v.dump());
+  const int64_t x = v.get<int64_t>();
+  STDIT_CHECK(x >= lo && x <= hi, src, ": '", key, "' = ", x, " is outside [", lo, ", ", hi, "]");
+  return static_cast<int>(x);
+}
+
+bool get_bool(const json& j, const std::string& key, bool def, const std::string& src) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  STDIT_CHECK(j[key].is_boolean(), src, ": '", key, "' must be true or false, got ", j[key].dump());
+  return j[key].get<bool>();
+}
+}  // namespace
+
+STDiT3Config parse_stdit3_config(const std::string& text, const std::string& src) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const std::exception& e) {
+    fail(src, ": not valid JSON (", e.what(), ")");
+  }
+  STDIT_CHECK(j.is_object(), src, ": config must be a JSON object");
+  if (j.contains("model_type")) {
+    STDIT_CHECK(j["model_type"].is_string() && j["model_type"] == "STDiT3", src,
+                ": model_type is ", j["model_type"].dump(), "; this is not an STDiT3 config",
+                " (expected the config.json of hpcai-tech/OpenSora-STDiT-v3)");
+  } else {
+    fail(src, ": no 'model_type'; expected the config.json of hpcai-tech/OpenSora-STDiT-v3");
+  }
+
+  static const std::set<std::string> known = {
+      "architectures", "caption_channels", "class_dropout_prob", "depth", "drop_path",
+      "enable_flash_attn", "enable_layernorm_kernel", "enable_sequence_parallelism",
+      "freeze_y_embedder", "hidden_size", "in_channels", "input_size", "input_sq_size",
+      "mlp_ratio", "model_max_length", "model_type", "num_heads", "only_train_temporal",
+      "patch_size", "pred_sigma", "qk_norm", "skip_y_embedder", "torch_dtype",
+      "transformers_version"};
+  for (const auto& [k, v] : j.items()) {
+    (void)v;
+    if (!known.count(k) && k.rfind('_', 0) != 0) log_warn(src, ": ignoring unknown key '", k, "'");
+  }
+
+  STDiT3Config c;
+  c.depth = get_int(j, "depth", c.depth, src, 1, 1024);
+  c.hidden_size = get_int(j, "hidden_size", c.hidden_size, src, 4, 65536);
+  c.num_heads = get_int(j, "num_heads", c.num_heads, src, 1, 1024);
+  c.in_channels = get_int(j, "in_channels", c.in_channels, src, 1, 1024);
+  c.caption_channels = get_int(j, "caption_channels", c.caption_channels, src, 1, 65536);
+  c.model_max_length = get_int(j, "model_max_length", c.model_max_length, src, 1, 65536);
+  c.input_sq_size = get_int(j, "input_sq_size", c.input_sq_size, src, 1, 1 << 20);
+  c.pred_sigma = get_bool(j, "pred_sigma", c.pred_sigma, src);
+  c.qk_norm = get_bool(j, "qk_norm", c.qk_norm, src);
+  if (j.contains("mlp_ratio")) {
+    STDIT_CHECK(j["mlp_ratio"].is_number(), src, ": 'mlp_ratio' must be a number");
+    c.mlp_ratio = j["mlp_ratio"].get<double>();
+  }
+  if (j.contains("patch_size")) {
+    const json& p = j["patch_size"];
+    STDIT_CHECK(p.is_array() && p.size() == 3, src, ": 'patch_size' must be [t, h, w], got ",
+                p.dump());
+    for (int i = 0; i < 3; ++i) {
+      STDIT_CHECK(p[i].is_number_integer() && p[i].get<int64_t>() >= 1 && p[i].get<int64_t>() <= 16,
+                  src, ": 'patch_size' entries must be integers in [1, 16], got ", p.dump());
+      c.patch_size[i] = p[i].get<int>();
+    }
+  }
+
+  // Architecture facts this engine implements; anything else is a different model.
+  STDIT_CHECK(c.qk_norm, src, ": qk_norm false is not supported (STDiT3 uses RMSNorm on q and k)");
+  STDIT_CHECK(c.hidden_size % c.num_heads == 0, src, ": hidden_size ", c.hidden_size,
+              " is not divisible by num_heads ", c.num_heads);
+  STDIT_CHECK(c.head_dim() % 2 == 0, src, ": head dim ", c.head_dim(), " must be even (RoPE pairs)");
+  STDIT_CHECK(c.hidden_size % 4 == 0, src, ": hidden_size must be divisible by 4 (2D sin-cos)");
+  const double mh = c.hidden_size * c.mlp_ratio;
+  STDIT_CHECK(c.mlp_ratio > 0 && std::floor(mh) == mh, src, ": mlp_ratio ", c.mlp_ratio,
+              " does not give an integer MLP width for hidden_size ", c.hidden_size);
+  if (j.contains("enable_sequence_parallelism") && get_bool(j, "enable_sequence_parallelism", false, src))
+    log_warn(src, ": enable_sequence_parallelism is a training setting; ignored");
+  if (j.contains("skip_y_embedder"))
+    STDIT_CHECK(!get_bool(j, "skip_y_embedder", false, src), src,
+                ": skip_y_embedder true is not supported (the caption MLP is part of inference)");
+  if (j.contains("torch_dtype")) {
+    const auto& d = j["torch_dtype"];
+    STDIT_CHECK(d.is_string() && (d == "float32" || d == "bfloat16" || d == "float16"), src,
+                ": torch_dtype ", d.dump(), " is not one of float32, bfloat16, float16");
+  }
+  return c;
+}
+
+STDiT3Config load_stdit3_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  STDIT_CHECK(in, path, ": cannot open the model config");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_stdit3_config(ss.str(), path);
+}
+
+std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c) {
+  const int64_t C = c.hidden_size, F = c.frequency_embedding_size, M = c.mlp_hidden();
+  std::vector<ParamSpec> p;
+  p.push_back({"rope.freqs", {c.head_dim() / 2}, true});
+  p.push_back({"x_embedder.proj.weight",
+               {C, c.in_channels, c.patch_size[0], c.patch_size[1], c.patch_size[2]}});
+  p.push_back({"x_embedder.proj.bias", {C}});
+  for (const char* e : {"t_embedder", "fps_embedder"}) {
+    const std::string pre = std::string(e) + ".mlp.";
+    p.push_back({pre + "0.weight", {C, F}});
+    p.push_back({pre + "0.bias", {C}});
+    p.push_back({pre + "2.weight", {C, C}});
+    p.push_back({pre + "2.bias", {C}});
+  }
+  p.push_back({"t_block.1.weight", {6 * C, C}});
+  p.push_back({"t_block.1.bias", {6 * C}});
+  p.push_back({"y_embedder.y_embedding", {c.model_max_length, c.caption_channels}});
+  p.push_back({"y_embedder.y_proj.fc1.weight", {C, c.caption_channels}});
+  p.push_back({"y_embedder.y_proj.fc1.bias", {C}});
+  p.push_back({"y_embedder.y_proj.fc2.weight", {C, C}});
+  p.push_back({"y_embedder.y_proj.fc2.bias", {C}});
+  for (const char* kind : {"spatial_blocks", "temporal_blocks"})
+    for (int i = 0; i < c.depth; ++i) {
+      const std::string pre = cat(kind, ".", i, ".");
+      p.push_back({pre + "scale_shift_table", {6, C}});
+      p.push_back({pre + "attn.qkv.weight", {3 * C, C}});
+      p.push_back({pre + "attn.qkv.bias", {3 * C}});
+      p.push_back({pre + "attn.q_norm.weight", {c.head_dim()}});
+      p.push_back({pre + "attn.k_norm.weight", {c.head_dim()}});
+      p.push_back({pre + "attn.proj.weight", {C, C}});
+      p.push_back({pre + "attn.proj.bias", {C}});
+      p.push_back({pre + "cross_attn.q_linear.weight", {C, C}});
+      p.push_back({pre + "cross_attn.q_linear.bias", {C}});
+      p.push_back({pre + "cross_attn.kv_linear.weight", {2 * C, C}});
+      p.push_back({pre + "cross_attn.kv_linear.bias", {2 * C}});
+      p.push_back({pre + "cross_attn.proj.weight", {C, C}});
+      p.push_back({pre + "cross_attn.proj.bias", {C}});
+      p.push_back({pre + "mlp.fc1.weight", {M, C}});
+      p.push_back({pre + "mlp.fc1.bias", {M}});
+      p.push_back({pre + "mlp.fc2.weight", {C, M}});
+      p.push_back({pre + "mlp.fc2.bias", {C}});
+    }
+  p.push_back({"final_layer.scale_shift_table", {2, C}});
+  p.push_back({"final_layer.linear.weight", {c.patch_volume() * c.out_channels(), C}});
+  p.push_back({"final_layer.linear.bias", {c.patch_volume() * c.out_channels()}});
+  return p;
+}
+
+}  // namespace stdit

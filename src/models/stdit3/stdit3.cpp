@@ -1,0 +1,373 @@
+#include "models/stdit3/stdit3.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace stdit {
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Host helpers for small per-call metadata.
+std::vector<double> host_values(const Tensor& t) {
+  const Tensor c = t.contiguous();
+  std::vector<double> v(static_cast<size_t>(c.numel()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = load_as_double(c.raw(), c.dtype(), i);
+  return v;
+}
+
+// Rounds a host float tensor through the model dtype, as PyTorch does when it casts inputs on entry.
+Tensor round_through(const Tensor& t, DType dt) {
+  if (dt == DType::F32) return t.to(DType::F32);
+  return t.to(dt).to(DType::F32);
+}
+
+float round_scalar(double v, DType dt) {
+  return round_through(Tensor::from_f32({1}, {static_cast<float>(v)}), dt).data<float>()[0];
+}
+
+// Row b of a [B, k*C] modulation tensor, chunk j: a [B, C] strided view.
+Tensor chunk(const Tensor& mod, int j, int64_t c) {
+  const int64_t b = mod.size(0);
+  const int64_t k = mod.size(1) / c;
+  return mod.view({b, k, c}).select(1, j);
+}
+
+}  // namespace
+
+// Per-call shapes and the tensors every block shares.
+struct STDiT3::Step {
+  int64_t B = 0, T = 0, S = 0, N = 0, C = 0, H = 0, D = 0;
+  Tensor t_mlp, t0_mlp;  // [B, 6C]
+  FrameSelect sel;       // active only when some frame is a conditioning frame
+  Tensor y_packed;       // [sum(y_lens), C]
+  std::vector<int> y_lens;
+};
+
+STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be) : cfg_(cfg), be_(be) {
+  check_weights(w, stdit3_param_specs(cfg), "STDiT3 weights");
+  auto up = [&](const std::string& k) { return be_.upload(w.at(k)); };
+  model_dtype_ = w.at("x_embedder.proj.weight").dtype();
+  const int64_t C = cfg.hidden_size;
+  x_emb_w_ = up("x_embedder.proj.weight").view({C, -1});
+  x_emb_b_ = up("x_embedder.proj.bias");
+  t_w0_ = up("t_embedder.mlp.0.weight");
+  t_b0_ = up("t_embedder.mlp.0.bias");
+  t_w2_ = up("t_embedder.mlp.2.weight");
+  t_b2_ = up("t_embedder.mlp.2.bias");
+  fps_w0_ = up("fps_embedder.mlp.0.weight");
+  fps_b0_ = up("fps_embedder.mlp.0.bias");
+  fps_w2_ = up("fps_embedder.mlp.2.weight");
+  fps_b2_ = up("fps_embedder.mlp.2.bias");
+  t_block_w_ = up("t_block.1.weight");
+  t_block_b_ = up("t_block.1.bias");
+  y_embedding_host_ = w.at("y_embedder.y_embedding").to(DType::F32);
+  y_fc1_w_ = up("y_embedder.y_proj.fc1.weight");
+  y_fc1_b_ = up("y_embedder.y_proj.fc1.bias");
+  y_fc2_w_ = up("y_embedder.y_proj.fc2.weight");
+  y_fc2_b_ = up("y_embedder.y_proj.fc2.bias");
+  final_table_ = up("final_layer.scale_shift_table");
+  final_w_ = up("final_layer.linear.weight");
+  final_b_ = up("final_layer.linear.bias");
+
+  if (w.count("rope.freqs")) {
+    rope_freqs_ = up("rope.freqs");
+  } else {
+    // Same values rotary-embedding-torch stores: 1 / 10000^(2i/d), in f32.
+    const int d = cfg.head_dim();
+    std::vector<float> f(d / 2);
+    for (int i = 0; i < d / 2; ++i)
+      f[i] = 1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(d));
+    rope_freqs_ = be_.upload(round_through(Tensor::from_f32({d / 2}, f), model_dtype_));
+  }
+
+  for (const char* kind : {"spatial_blocks", "temporal_blocks"}) {
+    auto& list = std::string(kind) == "spatial_blocks" ? spatial_ : temporal_;
+    for (int i = 0; i < cfg.depth; ++i) {
+      const std::string p = cat(kind, ".", i, ".");
+      Block b;
+      b.table = up(p + "scale_shift_table").view({-1});
+      b.qkv_w = up(p + "attn.qkv.weight");
+      b.qkv_b = up(p + "attn.qkv.bias");
+      b.q_norm = up(p + "attn.q_norm.weight");
+      b.k_norm = up(p + "attn.k_norm.weight");
+      b.proj_w = up(p + "attn.proj.weight");
+      b.proj_b = up(p + "attn.proj.bias");
+      b.q_w = up(p + "cross_attn.q_linear.weight");
+      b.q_b = up(p + "cross_attn.q_linear.bias");
+      b.kv_w = up(p + "cross_attn.kv_linear.weight");
+      b.kv_b = up(p + "cross_attn.kv_linear.bias");
+      b.cproj_w = up(p + "cross_attn.proj.weight");
+      b.cproj_b = up(p + "cross_attn.proj.bias");
+      b.fc1_w = up(p + "mlp.fc1.weight");
+      b.fc1_b = up(p + "mlp.fc1.bias");
+      b.fc2_w = up(p + "mlp.fc2.weight");
+      b.fc2_b = up(p + "mlp.fc2.bias");
+      list.push_back(std::move(b));
+    }
+  }
+}
+
+std::unique_ptr<STDiT3> STDiT3::load(const std::string& dir, Backend& backend,
+                                     const std::string& flag) {
+  namespace fs = std::filesystem;
+  STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
+              "): expected a model directory with config.json and model.safetensors");
+  const STDiT3Config cfg = load_stdit3_config((fs::path(dir) / "config.json").string());
+  const auto file = SafetensorsFile::open((fs::path(dir) / "model.safetensors").string());
+  const WeightMap w = load_checked(*file, stdit3_param_specs(cfg), flag);
+  return std::make_unique<STDiT3>(cfg, w, backend);
+}
+
+Tensor STDiT3::embed_scalar(const Tensor& values, const Tensor& w0, const Tensor& b0,
+                            const Tensor& w2, const Tensor& b2) {
+  const int64_t B = values.numel(), C = cfg_.hidden_size;
+  Tensor f = be_.alloc({B, cfg_.frequency_embedding_size});
+  be_.timestep_embedding(values, 10000.0f, f);
+  Tensor h = be_.alloc({B, C});
+  be_.linear(f, w0, b0, Activation::Silu, h);
+  Tensor out = be_.alloc({B, C});
+  be_.linear(h, w2, b2, Activation::None, out);
+  return out;
+}
+
+Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
+  const STDiT3Config& c = cfg_;
+  auto record = [&](const std::string& name, const Tensor& t) {
+    if (rec) rec(name, be_.download(t));
+  };
+
+  // ---- validate the inputs (one clear message per problem) ----
+  STDIT_CHECK(in.x.defined() && in.x.dim() == 5 && is_float(in.x.dtype()),
+              "input 'x' must be a float tensor [B, ", c.in_channels, ", T, H, W]");
+  const int64_t B = in.x.size(0), Tx = in.x.size(2), Hx = in.x.size(3), Wx = in.x.size(4);
+  STDIT_CHECK(in.x.size(1) == c.in_channels && B > 0 && Tx > 0 && Hx > 0 && Wx > 0,
+              "input 'x' has shape ", shape_str(in.x.shape()), ", expected [B, ", c.in_channels,
+              ", T, H, W] with every size > 0");
+  STDIT_CHECK(in.timestep.defined() && in.timestep.numel() == B && is_float(in.timestep.dtype()),
+              "input 'timestep' must be a float tensor [", B, "]");
+  STDIT_CHECK(in.y.defined() && in.y.dim() == 4 && in.y.size(0) == B && in.y.size(1) == 1 &&
+                  in.y.size(3) == c.caption_channels && in.y.size(2) > 0 && is_float(in.y.dtype()),
+              "input 'y' has shape ", in.y.defined() ? shape_str(in.y.shape()) : "(missing)",
+              ", expected float [", B, ", 1, L, ", c.caption_channels, "]");
+  const int64_t L = in.y.size(2);
+  const int64_t T = ceil_div(Tx, c.patch_size[0]), Hp = ceil_div(Hx, c.patch_size[1]),
+                Wp = ceil_div(Wx, c.patch_size[2]);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&in.fps, &in.height, &in.width})
+    STDIT_CHECK(t->defined() && t->numel() >= 1, "inputs 'fps', 'height' and 'width' are required");
+  STDIT_CHECK(in.fps.numel() == 1 || B % in.fps.numel() == 0, "input 'fps' has ", in.fps.numel(),
+              " values, which does not divide the batch ", B);
+
+  Step s;
+  s.B = B;
+  s.T = T;
+  s.S = Hp * Wp;
+  s.N = T * s.S;
+  s.C = c.hidden_size;
+  s.H = c.num_heads;
+  s.D = c.head_dim();
+  const int64_t C = s.C;
+
+  // ---- text: y_lens and packed rows (spec §3.5) ----
+  std::vector<int64_t> rows;
+  if (in.mask.defined()) {
+    STDIT_CHECK(in.mask.dim() == 2 && in.mask.size(1) == L && in.mask.size(0) > 0 &&
+                    B % in.mask.size(0) == 0 && is_integer(in.mask.dtype()),
+                "input 'mask' has shape ", shape_str(in.mask.shape()), " ", dtype_name(in.mask.dtype()),
+                ", expected an integer [", B, " or ", B / 2, ", ", L, "]");
+    const auto m = host_values(in.mask);
+    const int64_t mr = in.mask.size(0);
+    for (int64_t b = 0; b < B; ++b) {
+      int len = 0;
+      for (int64_t l = 0; l < L; ++l)
+        if (m[(b % mr) * L + l] != 0) {
+          rows.push_back(b * L + l);
+          ++len;
+        }
+      STDIT_CHECK(len > 0, "input 'mask': row ", b % mr, " marks no text token");
+      s.y_lens.push_back(len);
+    }
+  } else {
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t l = 0; l < L; ++l) rows.push_back(b * L + l);
+      s.y_lens.push_back(static_cast<int>(L));
+    }
+  }
+
+  // ---- x_mask: skipped when every frame is noisy (same result, less work; spec §4.6) ----
+  bool any_clean = false;
+  Tensor xm_host;
+  if (in.x_mask.defined()) {
+    STDIT_CHECK(in.x_mask.dim() == 2 && in.x_mask.size(0) == B && in.x_mask.size(1) == T &&
+                    is_integer(in.x_mask.dtype()),
+                "input 'x_mask' has shape ", shape_str(in.x_mask.shape()), " ",
+                dtype_name(in.x_mask.dtype()), ", expected bool/uint8 [", B, ", ", T, "]");
+    xm_host = in.x_mask.to(DType::BOOL);
+    for (int64_t i = 0; i < xm_host.numel(); ++i) any_clean |= xm_host.data<uint8_t>()[i] == 0;
+  }
+  if (any_clean) {
+    s.sel.mask = be_.upload(xm_host.view({B, T}).to(DType::U8));
+    s.sel.tokens_per_frame = s.S;
+  }
+
+  // ---- embeddings ----
+  Tensor x_in = be_.upload(round_through(in.x, model_dtype_));
+  Tensor patches = be_.alloc({B, s.N, c.in_channels * c.patch_volume()});
+  be_.patchify(x_in, c.patch_size[0], c.patch_size[1], c.patch_size[2], patches);
+  Tensor x = be_.alloc({B, s.N, C});
+  be_.linear(patches, x_emb_w_, x_emb_b_, Activation::None, x);
+
+  const double height = round_scalar(host_values(in.height)[0], model_dtype_);
+  const double width = round_scalar(host_values(in.width)[0], model_dtype_);
+  STDIT_CHECK(height > 0 && width > 0, "inputs 'height' and 'width' must be positive pixel sizes");
+  const double pe_scale = std::sqrt(height * width) / c.input_sq_size;
+  const double base_size = std::round(std::sqrt(static_cast<double>(s.S)));
+  Tensor pe = be_.alloc({s.S, C});
+  be_.sincos_pos_embed_2d(Hp, Wp, static_cast<float>(pe_scale), static_cast<float>(base_size), pe);
+  if (model_dtype_ != DType::F32) pe = be_.upload(round_through(be_.download(pe), model_dtype_));
+  {
+    Tensor xv = x.view({B * T, s.S * C});
+    be_.add(xv, pe.view({s.S * C}), xv);
+  }
+  record("x_embed", x);
+
+  // t = t_embedder(timestep) + fps_embedder(fps); fps tiled to B.
+  Tensor ts = be_.upload(round_through(in.timestep.view({B}), model_dtype_));
+  const auto fps_v = host_values(in.fps);
+  std::vector<float> fps_b(B);
+  for (int64_t b = 0; b < B; ++b) fps_b[b] = static_cast<float>(fps_v[b % fps_v.size()]);
+  Tensor fps_t = be_.upload(round_through(Tensor::from_f32({B}, fps_b), model_dtype_));
+  Tensor fps_emb = embed_scalar(fps_t, fps_w0_, fps_b0_, fps_w2_, fps_b2_);
+  Tensor t = embed_scalar(ts, t_w0_, t_b0_, t_w2_, t_b2_);
+  be_.add(t, fps_emb, t);
+  record("t", t);
+  auto t_block = [&](const Tensor& tv) {
+    Tensor a = be_.alloc({B, C});
+    be_.silu(tv, a);
+    Tensor out = be_.alloc({B, 6 * C});
+    be_.linear(a, t_block_w_, t_block_b_, Activation::None, out);
+    return out;
+  };
+  s.t_mlp = t_block(t);
+  record("t_mlp", s.t_mlp);
+  Tensor t0;
+  if (s.sel.active()) {
+    Tensor zeros = be_.upload(Tensor::zeros({B}, DType::F32));
+    t0 = embed_scalar(zeros, t_w0_, t_b0_, t_w2_, t_b2_);
+    be_.add(t0, fps_emb, t0);
+    s.t0_mlp = t_block(t0);
+    record("t0_mlp", s.t0_mlp);
+  }
+
+  // Caption MLP on the valid rows only (it acts row by row, so this equals Open-Sora's order).
+  {
+    Tensor y_all = be_.upload(round_through(in.y, model_dtype_)).view({B * L, c.caption_channels});
+    Tensor y_rows = be_.alloc({static_cast<int64_t>(rows.size()), c.caption_channels});
+    be_.gather_rows(y_all, rows, y_rows);
+    Tensor h = be_.alloc({static_cast<int64_t>(rows.size()), C});
+    be_.linear(y_rows, y_fc1_w_, y_fc1_b_, Activation::GeluTanh, h);
+    s.y_packed = be_.alloc({static_cast<int64_t>(rows.size()), C});
+    be_.linear(h, y_fc2_w_, y_fc2_b_, Activation::None, s.y_packed);
+  }
+  record("y_packed", s.y_packed);
+
+  // ---- blocks: S0, T0, S1, T1, ... ----
+  for (int i = 0; i < c.depth; ++i) {
+    block_forward(spatial_[i], false, s, x);
+    record(cat("block.", 2 * i), x);
+    block_forward(temporal_[i], true, s, x);
+    record(cat("block.", 2 * i + 1), x);
+  }
+
+  // ---- final layer (spec §3.7): raw t, and LayerNorm twice for conditioning frames ----
+  const Tensor ft = final_table_.view({-1});
+  auto shift_scale = [&](const Tensor& tv, Tensor& shift, Tensor& scale) {
+    shift = be_.alloc({B, C});
+    scale = be_.alloc({B, C});
+    be_.add(tv, ft.slice(0, 0, C), shift);
+    be_.add(tv, ft.slice(0, C, 2 * C), scale);
+  };
+  Tensor shift, scale;
+  shift_scale(t, shift, scale);
+  Tensor xt = be_.alloc({B, s.N, C});
+  be_.layernorm_modulate(x, shift, scale, Tensor{}, Tensor{}, FrameSelect{}, c.norm_eps, xt);
+  if (s.sel.active()) {
+    Tensor shift0, scale0;
+    shift_scale(t0, shift0, scale0);
+    Tensor x0 = be_.alloc({B, s.N, C});
+    be_.layernorm_modulate(xt, shift0, scale0, Tensor{}, Tensor{}, FrameSelect{}, c.norm_eps, x0);
+    be_.select_frames(xt, x0, s.sel);
+  }
+  const int64_t fo = static_cast<int64_t>(c.patch_volume()) * c.out_channels();
+  Tensor fin = be_.alloc({B, s.N, fo});
+  be_.linear(xt, final_w_, final_b_, Activation::None, fin);
+  record("final", fin);
+  Tensor out = be_.alloc({B, c.out_channels(), Tx, Hx, Wx});
+  be_.unpatchify(fin, T, Hp, Wp, c.patch_size[0], c.patch_size[1], c.patch_size[2], out);
+  Tensor host = be_.download(out);
+  if (rec) rec("output", host);
+  return host;
+}
+
+void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) {
+  const int64_t B = s.B, T = s.T, S = s.S, N = s.N, C = s.C, H = s.H, D = s.D;
+  const float eps = cfg_.norm_eps;
+  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  // Modulation vectors: table [6C] + t_mlp [B, 6C] -> six [B, C] chunks (spec §4.1).
+  Tensor mod = be_.alloc({B, 6 * C});
+  be_.add(s.t_mlp, blk.table, mod);
+  Tensor mod0;
+  if (s.sel.active()) {
+    mod0 = be_.alloc({B, 6 * C});
+    be_.add(s.t0_mlp, blk.table, mod0);
+  }
+  auto m = [&](int j) { return chunk(mod, j, C); };
+  auto m0 = [&](int j) { return s.sel.active() ? chunk(mod0, j, C) : Tensor{}; };
+
+  // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
+  Tensor a = be_.alloc({B, N, C});
+  be_.layernorm_modulate(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
+  Tensor qkv = be_.alloc({B * N, 3 * C});
+  be_.linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
+  Tensor o = be_.alloc({B, T, S, H, D});
+  // Views: spatial attends over S tokens of each (b, t); temporal over T frames of each (b, s).
+  Tensor qkv6 = qkv.view({B, T, S, 3, H, D});
+  std::vector<int> order = temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
+  Tensor q = qkv6.select(3, 0).permute(order);
+  Tensor k = qkv6.select(3, 1).permute(order);
+  Tensor v = qkv6.select(3, 2).permute(order);
+  Tensor ov = o.permute(order);
+  be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? rope_freqs_ : Tensor{});
+  be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? rope_freqs_ : Tensor{});
+  be_.attention(q, k, v, attn_scale, ov);
+  Tensor proj = be_.alloc({B, N, C});
+  be_.linear(o.view({B * N, C}), blk.proj_w, blk.proj_b, Activation::None, proj);
+  be_.gated_residual(x, proj, m(2), m0(2), s.sel);
+
+  // 4: cross-attention to this sample's text tokens; no norm, no gate.
+  Tensor cq = be_.alloc({B, N, H, D});
+  be_.linear(x, blk.q_w, blk.q_b, Activation::None, cq);
+  const int64_t Lt = s.y_packed.size(0);
+  Tensor ckv = be_.alloc({Lt, 2, H, D});
+  be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
+  Tensor co = be_.alloc({B, N, H, D});
+  be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
+  Tensor cp = be_.alloc({B, N, C});
+  be_.linear(co.view({B * N, C}), blk.cproj_w, blk.cproj_b, Activation::None, cp);
+  be_.add(x, cp, x);
+
+  // 5-7: modulated LN, MLP, gated residual.
+  be_.layernorm_modulate(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
+  Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden())});
+  be_.linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
+  Tensor mo = be_.alloc({B, N, C});
+  be_.linear(h, blk.fc2_w, blk.fc2_b, Activation::None, mo);
+  be_.gated_residual(x, mo, m(5), m0(5), s.sel);
+}
+
+}  // namespace stdit

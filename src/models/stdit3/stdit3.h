@@ -1,0 +1,71 @@
+// STDiT3 (Open-Sora 1.2 denoiser), written once against the op interface. Spec: architecture.md §3-4.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "io/checkpoint.h"
+#include "models/stdit3/config.h"
+
+namespace stdit {
+
+// Host tensors, named and shaped as the PyTorch forward's arguments.
+struct STDiT3Inputs {
+  Tensor x;         // [B, in_channels, T, H, W] float
+  Tensor timestep;  // [B] float, in (0, 1000]
+  Tensor y;         // [B, 1, L, caption_channels] float
+  Tensor mask;      // [B or B/2, L] integer/bool; absent = every text row is valid
+  Tensor x_mask;    // [B, T] bool/u8; absent = every frame is noisy
+  Tensor fps;       // [1], [B/2] or [B] float
+  Tensor height;    // [>=1] pixel height (element 0 is used)
+  Tensor width;     // [>=1] pixel width (element 0 is used)
+};
+
+// Receives named intermediates (host F32 copies) during forward; used by tests and --record.
+using Recorder = std::function<void(const std::string& name, const Tensor& value)>;
+
+class STDiT3 {
+ public:
+  // `weights` must pass stdit3_param_specs(cfg) (use load_checked / check_weights).
+  STDiT3(const STDiT3Config& cfg, const WeightMap& weights, Backend& backend);
+
+  // Loads a Hugging Face layout directory (config.json + model.safetensors).
+  static std::unique_ptr<STDiT3> load(const std::string& dir, Backend& backend,
+                                      const std::string& flag = "--model");
+
+  // Returns the host F32 output [B, out_channels, T, H, W]. Bad inputs raise stdit::Error.
+  Tensor forward(const STDiT3Inputs& in, const Recorder& rec = {});
+
+  const STDiT3Config& config() const { return cfg_; }
+  DType model_dtype() const { return model_dtype_; }
+
+ private:
+  struct Block {
+    Tensor table;  // [6C]
+    Tensor qkv_w, qkv_b, q_norm, k_norm, proj_w, proj_b;
+    Tensor q_w, q_b, kv_w, kv_b, cproj_w, cproj_b;
+    Tensor fc1_w, fc1_b, fc2_w, fc2_b;
+  };
+  struct Step;  // per-call shapes and shared tensors
+
+  void block_forward(const Block& blk, bool temporal, Step& s, Tensor& x);
+  // Runs timestep-like values through an embedder MLP pair: Linear -> SiLU -> Linear.
+  Tensor embed_scalar(const Tensor& values, const Tensor& w0, const Tensor& b0, const Tensor& w2,
+                      const Tensor& b2);
+
+  STDiT3Config cfg_;
+  Backend& be_;
+  DType model_dtype_ = DType::F32;
+  Tensor x_emb_w_, x_emb_b_;
+  Tensor t_w0_, t_b0_, t_w2_, t_b2_, fps_w0_, fps_b0_, fps_w2_, fps_b2_;
+  Tensor t_block_w_, t_block_b_;
+  Tensor y_embedding_host_;  // kept on the host: the null caption, used by the pipeline
+  Tensor y_fc1_w_, y_fc1_b_, y_fc2_w_, y_fc2_b_;
+  Tensor final_table_, final_w_, final_b_;
+  Tensor rope_freqs_;
+  std::vector<Block> spatial_, temporal_;
+};
+
+}  // namespace stdit

@@ -1,0 +1,55 @@
+// `stdit forward dit`: one model call, tensors in, tensors out.
+#include <chrono>
+#include <filesystem>
+
+#include "backend/backend.h"
+#include "commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "models/stdit3/forward_io.h"
+
+namespace stdit::cli {
+
+void add_forward(CLI::App& app, Action& action) {
+  auto* fwd = app.add_subcommand("forward", "Run one model call on tensors from a safetensors file");
+  fwd->require_subcommand(1);
+  auto* dit = fwd->add_subcommand("dit", "STDiT3 denoiser forward: x, timestep, y, ... -> output");
+  struct Opts {
+    std::string model, inputs, output, backend = "cpu";
+    bool record = false;
+  };
+  auto o = std::make_shared<Opts>();
+  dit->add_option("--model", o->model, "Model directory (config.json + model.safetensors)")->required();
+  dit->add_option("--inputs", o->inputs, "safetensors with x, timestep, y, mask, x_mask, fps, height, width")
+      ->required();
+  dit->add_option("--output", o->output, "safetensors to write ('output' [B,8,T,H,W] f32)")->required();
+  dit->add_option("--backend", o->backend, "Compute backend")->capture_default_str();
+  dit->add_flag("--record", o->record, "Also write intermediates (t, t_mlp, y_packed, block.N, ...)");
+  dit->callback([&action, o] {
+    action = [o] {
+      namespace fs = std::filesystem;
+      // Read the inputs before the (slow) model load so that a bad file fails fast.
+      const auto inputs_file = SafetensorsFile::open(o->inputs);
+      const STDiT3Inputs in = read_stdit3_inputs(*inputs_file);
+      auto backend = make_backend(o->backend);
+      const auto t0 = std::chrono::steady_clock::now();
+      auto model = STDiT3::load(o->model, *backend, "--model");
+      const auto t1 = std::chrono::steady_clock::now();
+      NamedTensors out;
+      Recorder rec;
+      if (o->record) rec = [&out](const std::string& n, const Tensor& t) {
+        if (n != "output") out.emplace_back(n, t);
+      };
+      Tensor y = model->forward(in, rec);
+      const auto t2 = std::chrono::steady_clock::now();
+      out.insert(out.begin(), {"output", y});
+      write_safetensors(o->output, out, {{"producer", "stdit forward dit"}, {"backend", o->backend}});
+      using ms = std::chrono::duration<double, std::milli>;
+      log_info("stdit forward dit: output ", shape_str(y.shape()), " written to ",
+               fs::absolute(o->output).string(), " (load ", ms(t1 - t0).count(), " ms, forward ",
+               ms(t2 - t1).count(), " ms, backend ", o->backend, ")");
+    };
+  });
+}
+
+}  // namespace stdit::cli

@@ -1,0 +1,32 @@
+// `stdit inspect FILE`: the tensors and metadata of a safetensors file.
+#include <cstdio>
+
+#include "commands.h"
+#include "io/safetensors.h"
+
+namespace stdit::cli {
+
+void add_inspect(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("inspect", "List the tensors and metadata of a safetensors file");
+  auto path = std::make_shared<std::string>();
+  cmd->add_option("FILE", *path, "A .safetensors file")->required();
+  cmd->callback([&action, path] {
+    action = [path] {
+      const auto f = SafetensorsFile::open(*path);
+      std::printf("%s: %zu tensors, %zu bytes\n", path->c_str(), f->tensors().size(), f->file_size());
+      for (const auto& [k, v] : f->metadata()) std::printf("  metadata %s = %s\n", k.c_str(), v.c_str());
+      uint64_t total = 0;
+      size_t width = 4;
+      for (const auto& t : f->tensors()) width = std::max(width, t.name.size());
+      for (const auto& t : f->tensors()) {
+        std::printf("  %-*s  %-7s %-22s %llu bytes\n", static_cast<int>(width), t.name.c_str(),
+                    dtype_name(t.dtype), shape_str(t.shape).c_str(),
+                    static_cast<unsigned long long>(t.end - t.begin));
+        total += t.end - t.begin;
+      }
+      std::printf("  total %llu data bytes\n", static_cast<unsigned long long>(total));
+    };
+  });
+}
+
+}  // namespace stdit::cli

@@ -1,0 +1,13 @@
+// Subcommands of the `stdit` program. Each registers its flags on the app and returns the action.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace stdit::cli {
+
+using Action = std::function<void()>;
+void add_forward(CLI::App& app, Action& action);
+void add_inspect(CLI::App& app, Action& action);
+void add_compare(CLI::App& app, Action& action);
+
+}  // namespace stdit::cli
