@@ -10,7 +10,7 @@ class CpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
   Device device() const override { return {}; }
 
-  Tensor alloc(const Shape& shape, DType dtype) override;
+  Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 
