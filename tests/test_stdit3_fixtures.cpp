@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "backend/cpu/cpu_backend.h"
@@ -86,6 +87,7 @@ TEST_P(Fixture, CpuForwardMatchesReference) {
   const auto inputs = SafetensorsFile::open(dir + "/inputs.safetensors");
   const auto expected = SafetensorsFile::open(dir + "/expected.safetensors");
   const Comparison c = compare(run(*model, read_stdit3_inputs(*inputs)), *expected);
+  std::cout << GetParam() << ":\n" << c.report;  // the numbers docs/NUMERICS.md quotes
   EXPECT_GE(c.compared, 7);
   EXPECT_EQ(c.first_divergence, "") << "first diverging intermediate: " << c.first_divergence
                                     << "\n" << c.report;
