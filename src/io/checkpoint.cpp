@@ -60,10 +60,10 @@ void verify(const std::vector<Found>& found, const std::vector<ParamSpec>& expec
 
 }  // namespace
 
-WeightMap load_checked(const SafetensorsFile& file, const std::vector<ParamSpec>& expected,
+WeightMap load_checked(const TensorSource& file, const std::vector<ParamSpec>& expected,
                        const std::string& flag) {
   std::vector<Found> found;
-  for (const auto& t : file.tensors()) found.push_back({t.name, t.dtype, t.shape});
+  for (const auto& t : file.entries()) found.push_back({t.name, t.dtype, t.shape});
   verify(found, expected, file.path() + (flag.empty() ? "" : " (given as " + flag + ")"));
   WeightMap out;
   for (const auto& p : expected)
@@ -76,6 +76,104 @@ void check_weights(const WeightMap& weights, const std::vector<ParamSpec>& expec
   std::vector<Found> found;
   for (const auto& [name, t] : weights) found.push_back({name, t.dtype(), t.shape()});
   verify(found, expected, label);
+}
+
+}  // namespace stdit
+
+// ---- model directories and sharded checkpoints ----------------------------------------------------
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/torch_bin.h"
+
+namespace stdit {
+
+namespace {
+
+std::shared_ptr<TensorSource> open_one(const std::string& path) {
+  if (path.size() >= 4 && path.substr(path.size() - 4) == ".bin") return TorchBinFile::open(path);
+  return SafetensorsFile::open(path);
+}
+
+// Several shard files behind one index (`weight_map`: key -> file name).
+class ShardedSource final : public TensorSource {
+ public:
+  ShardedSource(const std::string& index_path, const std::string& flag) : path_(index_path) {
+    namespace fs = std::filesystem;
+    std::ifstream in(index_path, std::ios::binary);
+    STDIT_CHECK(in, index_path, ": cannot open");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      fail(index_path, ": not valid JSON (", e.what(), ")");
+    }
+    STDIT_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index_path,
+                ": no 'weight_map' object; not a Hugging Face shard index");
+    const fs::path dir = fs::path(index_path).parent_path();
+    for (const auto& [key, file] : j["weight_map"].items()) {
+      STDIT_CHECK(file.is_string(), index_path, ": weight_map value of '", key, "' is not a file name");
+      const std::string f = file.get<std::string>();
+      STDIT_CHECK(!f.empty() && f.find('/') == std::string::npos && f != "..", index_path,
+                  ": shard name '", f, "' must be a plain file name in the same directory");
+      if (!shards_.count(f)) {
+        const std::string p = (dir / f).string();
+        STDIT_CHECK(fs::exists(p), index_path, " (", flag, ") names shard '", f,
+                    "', which does not exist in ", dir.string());
+        shards_[f] = open_one(p);
+      }
+      where_[key] = f;
+    }
+    // Index and shards must agree exactly: every indexed key in its shard, nothing unindexed.
+    std::string problems;
+    int n = 0;
+    for (const auto& [key, f] : where_)
+      if (!shards_[f]->contains(key) && n++ < 20) problems += "\n    '" + key + "' is not in " + f;
+    for (const auto& [f, src] : shards_)
+      for (const auto& e : src->entries()) {
+        auto it = where_.find(e.name);
+        if ((it == where_.end() || it->second != f) && n++ < 20)
+          problems += "\n    " + f + " holds '" + e.name + "', which the index " +
+                      (it == where_.end() ? "does not list" : "places in " + it->second);
+      }
+    STDIT_CHECK(problems.empty(), index_path, " (", flag, "): the shards disagree with the index:",
+                problems);
+  }
+  const std::string& path() const override { return path_; }
+  std::vector<TensorEntry> entries() const override {
+    std::vector<TensorEntry> out;
+    for (const auto& [f, src] : shards_)
+      for (auto& e : src->entries()) out.push_back(std::move(e));
+    return out;
+  }
+  bool contains(const std::string& name) const override { return where_.count(name) != 0; }
+  Tensor get(const std::string& name) const override {
+    auto it = where_.find(name);
+    STDIT_CHECK(it != where_.end(), path_, ": no tensor named '", name, "'");
+    return shards_.at(it->second)->get(name);
+  }
+
+ private:
+  std::string path_;
+  std::map<std::string, std::shared_ptr<TensorSource>> shards_;
+  std::map<std::string, std::string> where_;
+};
+
+}  // namespace
+
+std::shared_ptr<TensorSource> open_model_weights(const std::string& dir, const std::string& flag) {
+  namespace fs = std::filesystem;
+  STDIT_CHECK(fs::is_directory(dir), dir, " (", flag, "): not a directory");
+  const fs::path d(dir);
+  if (fs::exists(d / "model.safetensors")) return SafetensorsFile::open((d / "model.safetensors").string());
+  if (fs::exists(d / "model.safetensors.index.json"))
+    return std::make_shared<ShardedSource>((d / "model.safetensors.index.json").string(), flag);
+  if (fs::exists(d / "pytorch_model.bin")) return TorchBinFile::open((d / "pytorch_model.bin").string());
+  if (fs::exists(d / "pytorch_model.bin.index.json"))
+    return std::make_shared<ShardedSource>((d / "pytorch_model.bin.index.json").string(), flag);
+  fail(dir, " (", flag, "): no weights found (expected model.safetensors, "
+       "model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)");
 }
 
 }  // namespace stdit

@@ -6,6 +6,7 @@
 
 #include "core/tensor.h"
 #include "io/safetensors.h"
+#include "io/tensor_source.h"
 
 namespace stdit {
 
@@ -21,11 +22,20 @@ using WeightMap = std::map<std::string, Tensor>;
 // Returns every expected tensor (CPU views into the file, any float dtype). Throws one Error that
 // lists every missing key, unexpected key, shape mismatch and non-float dtype, naming the file and
 // the command-line flag the file came from.
-WeightMap load_checked(const SafetensorsFile& file, const std::vector<ParamSpec>& expected,
+WeightMap load_checked(const TensorSource& file, const std::vector<ParamSpec>& expected,
                        const std::string& flag);
 
 // Same check for tensors already in memory (e.g. synthetic weights); `label` names their source.
 void check_weights(const WeightMap& weights, const std::vector<ParamSpec>& expected,
                    const std::string& label);
+
+}  // namespace stdit
+
+namespace stdit {
+
+// Opens the weights of a Hugging Face model directory, whichever layout it has:
+// model.safetensors, model.safetensors.index.json (shards), pytorch_model.bin, or
+// pytorch_model.bin.index.json (shards). Shards must agree with their index exactly.
+std::shared_ptr<TensorSource> open_model_weights(const std::string& dir, const std::string& flag);
 
 }  // namespace stdit

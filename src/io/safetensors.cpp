@@ -186,6 +186,12 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::parse(const std::string& label
   return f;
 }
 
+std::vector<TensorEntry> SafetensorsFile::entries() const {
+  std::vector<TensorEntry> out;
+  for (const auto& t : tensors_) out.push_back({t.name, t.dtype, t.shape});
+  return out;
+}
+
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/tensor_source.h"
 
 namespace stdit {
 
@@ -22,7 +23,7 @@ struct TensorInfo {
   uint64_t begin = 0, end = 0;  // byte offsets inside the data section
 };
 
-class SafetensorsFile {
+class SafetensorsFile final : public TensorSource {
  public:
   // Maps and validates the file. Every malformed file raises one Error naming the file.
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);
@@ -31,13 +32,14 @@ class SafetensorsFile {
   static std::shared_ptr<SafetensorsFile> parse(const std::string& label, const uint8_t* bytes,
                                                 size_t size, std::shared_ptr<void> owner);
 
-  const std::string& path() const { return path_; }
+  const std::string& path() const override { return path_; }
+  std::vector<TensorEntry> entries() const override;
   const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in data-offset order
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorInfo* find(const std::string& name) const;
-  bool contains(const std::string& name) const { return find(name) != nullptr; }
+  bool contains(const std::string& name) const override { return find(name) != nullptr; }
   // CPU tensor of `name`, a view into the mapping (an aligned copy if the bytes are misaligned).
-  Tensor get(const std::string& name) const;
+  Tensor get(const std::string& name) const override;
   size_t file_size() const { return size_; }
 
  private:

@@ -118,7 +118,7 @@ std::unique_ptr<STDiT3> STDiT3::load(const std::string& dir, Backend& backend,
   STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
               "): expected a model directory with config.json and model.safetensors");
   const STDiT3Config cfg = load_stdit3_config((fs::path(dir) / "config.json").string());
-  const auto file = SafetensorsFile::open((fs::path(dir) / "model.safetensors").string());
+  const auto file = open_model_weights(dir, flag);
   const WeightMap w = load_checked(*file, stdit3_param_specs(cfg), flag);
   return std::make_unique<STDiT3>(cfg, w, backend);
 }
