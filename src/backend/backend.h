@@ -26,6 +26,15 @@ struct FrameSelect {
   bool active() const { return mask.defined(); }
 };
 
+// Extra terms of an attention score matrix (T5): an additive bias [H, Nq, Nk] shared by every
+// batch index, and a key mask [batch, Nk] (U8, 0 = padding key) over the flattened leading dims.
+// A row whose keys are all masked attends uniformly to every key (as an additive -inf-like mask
+// does in PyTorch).
+struct AttentionExtras {
+  Tensor bias;
+  Tensor key_mask;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -35,7 +44,8 @@ class Backend {
   // --- memory ---
   virtual Tensor alloc(const Shape& shape, DType dtype = DType::F32) = 0;
   // Host tensor (any dtype, any strides) -> backend tensor in the backend's activation/weight
-  // dtype for floats (F32 on CPU), unchanged dtype for integers.
+  // dtype for floats (F32 on CPU), unchanged dtype for integers. The result may share memory
+  // with `host` (CPU, packed F32): never modify an uploaded tensor in place.
   virtual Tensor upload(const Tensor& host) = 0;
   // Backend tensor -> contiguous host F32 (floats) or host copy (integers).
   virtual Tensor download(const Tensor& t) = 0;
@@ -49,8 +59,12 @@ class Backend {
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   // Elementwise SiLU; out may alias x.
   virtual void silu(const Tensor& x, Tensor& out) = 0;
+  // out = a * b elementwise, same shapes; out may alias a.
+  virtual void mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;
 
   // --- normalisation and modulation ---
+  // out = weight * x / sqrt(mean(x^2) + eps) over the last dim (T5 LayerNorm); f32 statistics.
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
   // out = LayerNorm(x) * (1 + scale) + shift over the last dim C (no affine), x [B, N, C].
   // shift/scale (and shift0/scale0) are [B, C], possibly strided rows (stride(1) == 1).
   virtual void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
@@ -71,7 +85,7 @@ class Backend {
   // out = softmax(q k^T * scale) v per batch index and head. q, out: [..., Nq, H, D];
   // k, v: [..., Nk, H, D]; equal leading (batch) dims; any strides with contiguous last dim.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                         Tensor& out) = 0;
+                         Tensor& out, const AttentionExtras& extras = {}) = 0;
   // Block-diagonal cross-attention: q, out [B, N, H, D] (strided ok); k, v [sum(kv_lens), H, D]
   // packed by sample; sample b attends only to its kv_lens[b] rows.
   virtual void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,

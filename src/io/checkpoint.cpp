@@ -61,9 +61,13 @@ void verify(const std::vector<Found>& found, const std::vector<ParamSpec>& expec
 }  // namespace
 
 WeightMap load_checked(const TensorSource& file, const std::vector<ParamSpec>& expected,
-                       const std::string& flag) {
+                       const std::string& flag, const std::vector<std::string>& ignored_prefixes) {
   std::vector<Found> found;
-  for (const auto& t : file.entries()) found.push_back({t.name, t.dtype, t.shape});
+  for (const auto& t : file.entries()) {
+    bool ignored = false;
+    for (const auto& p : ignored_prefixes) ignored |= t.name.rfind(p, 0) == 0;
+    if (!ignored) found.push_back({t.name, t.dtype, t.shape});
+  }
   verify(found, expected, file.path() + (flag.empty() ? "" : " (given as " + flag + ")"));
   WeightMap out;
   for (const auto& p : expected)

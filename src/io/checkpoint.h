@@ -22,8 +22,9 @@ using WeightMap = std::map<std::string, Tensor>;
 // Returns every expected tensor (CPU views into the file, any float dtype). Throws one Error that
 // lists every missing key, unexpected key, shape mismatch and non-float dtype, naming the file and
 // the command-line flag the file came from.
+// Keys starting with one of `ignored_prefixes` are skipped (e.g. a T5 decoder next to its encoder).
 WeightMap load_checked(const TensorSource& file, const std::vector<ParamSpec>& expected,
-                       const std::string& flag);
+                       const std::string& flag, const std::vector<std::string>& ignored_prefixes = {});
 
 // Same check for tensors already in memory (e.g. synthetic weights); `label` names their source.
 void check_weights(const WeightMap& weights, const std::vector<ParamSpec>& expected,

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "models/stdit3/forward_io.h"
+#include "text/t5.h"
 
 namespace stdit::cli {
 
@@ -48,6 +49,43 @@ void add_forward(CLI::App& app, Action& action) {
       log_info("stdit forward dit: output ", shape_str(y.shape()), " written to ",
                fs::absolute(o->output).string(), " (load ", ms(t1 - t0).count(), " ms, forward ",
                ms(t2 - t1).count(), " ms, backend ", o->backend, ")");
+    };
+  });
+
+  auto* t5 = fwd->add_subcommand("t5", "T5 encoder forward: input_ids, attention_mask -> last_hidden_state");
+  auto o5 = std::make_shared<Opts>();
+  t5->add_option("--model", o5->model, "T5 directory (config.json + safetensors or .bin weights, sharded or not)")
+      ->required();
+  t5->add_option("--inputs", o5->inputs, "safetensors with input_ids [B,L] and attention_mask [B,L]")->required();
+  t5->add_option("--output", o5->output, "safetensors to write ('last_hidden_state' [B,L,d_model] f32)")->required();
+  t5->add_option("--backend", o5->backend, "Compute backend")->capture_default_str();
+  t5->add_flag("--record", o5->record, "Also write intermediates (embed, position_bias, block.N)");
+  t5->callback([&action, o5] {
+    action = [o5] {
+      namespace fs = std::filesystem;
+      const auto in = SafetensorsFile::open(o5->inputs);
+      for (const auto& t : in->tensors())
+        STDIT_CHECK(t.name == "input_ids" || t.name == "attention_mask", o5->inputs,
+                    ": unknown input tensor '", t.name, "' (expected input_ids, attention_mask)");
+      STDIT_CHECK(in->contains("input_ids") && in->contains("attention_mask"), o5->inputs,
+                  ": needs input_ids and attention_mask");
+      auto backend = make_backend(o5->backend);
+      const auto t0 = std::chrono::steady_clock::now();
+      auto model = T5Encoder::load(o5->model, *backend, "--model");
+      const auto t1 = std::chrono::steady_clock::now();
+      NamedTensors out;
+      Recorder rec;
+      if (o5->record) rec = [&out](const std::string& n, const Tensor& t) {
+        if (n != "last_hidden_state") out.emplace_back(n, t);
+      };
+      Tensor y = model->forward(in->get("input_ids"), in->get("attention_mask"), rec);
+      const auto t2 = std::chrono::steady_clock::now();
+      out.insert(out.begin(), {"last_hidden_state", y});
+      write_safetensors(o5->output, out, {{"producer", "stdit forward t5"}, {"backend", o5->backend}});
+      using ms = std::chrono::duration<double, std::milli>;
+      log_info("stdit forward t5: last_hidden_state ", shape_str(y.shape()), " written to ",
+               fs::absolute(o5->output).string(), " (load ", ms(t1 - t0).count(), " ms, forward ",
+               ms(t2 - t1).count(), " ms)");
     };
   });
 }

@@ -30,22 +30,29 @@ HeadView head_view(const Tensor& t, const char* op, const char* what) {
           t.size(-1), t.stride(-3), t.stride(-2)};
 }
 
-// out_row = softmax(q . k_j * scale) v_j over j in [0, nk).
+// out_row = softmax(q . k_j * scale + bias_j) v_j over j in [0, nk), skipping keys whose
+// mask byte is 0 (all keys when every one is masked: PyTorch's additive mask gives uniform weights).
 void attend_row(const float* q, const HeadView& k, const HeadView& v, int64_t b, int64_t head,
-                int64_t kv_begin, int64_t nk, float scale, float* out, std::vector<float>& p) {
+                int64_t kv_begin, int64_t nk, float scale, float* out, std::vector<float>& p,
+                const float* bias = nullptr, const uint8_t* key_mask = nullptr) {
   const int64_t d = k.d;
   p.resize(nk);
+  bool any = false;
+  if (key_mask)
+    for (int64_t j = 0; j < nk && !any; ++j) any = key_mask[j] != 0;
+  if (!any) key_mask = nullptr;
   float mx = -INFINITY;
   for (int64_t j = 0; j < nk; ++j) {
+    if (key_mask && !key_mask[j]) continue;
     const float* kr = k.at(b, kv_begin + j, head);
     float s = 0;
     for (int64_t e = 0; e < d; ++e) s += q[e] * kr[e];
-    p[j] = s * scale;
+    p[j] = s * scale + (bias ? bias[j] : 0.0f);
     mx = std::max(mx, p[j]);
   }
   float denom = 0;
   for (int64_t j = 0; j < nk; ++j) {
-    p[j] = std::exp(p[j] - mx);
+    p[j] = (key_mask && !key_mask[j]) ? 0.0f : std::exp(p[j] - mx);
     denom += p[j];
   }
   std::fill(out, out + d, 0.0f);
@@ -94,7 +101,7 @@ void CpuBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const 
 }
 
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                           Tensor& out) {
+                           Tensor& out, const AttentionExtras& extras) {
   const char* op = "attention";
   const HeadView qv = head_view(q, op, "q"), kv = head_view(k, op, "k"),
                  vv = head_view(v, op, "v"), ov = head_view(out, op, "out");
@@ -106,6 +113,19 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
                 shape_str(v.shape()), ", out ", shape_str(out.shape()), " are inconsistent");
   STDIT_CHECK(kv.n == vv.n && ov.n == qv.n, "cpu attention: sequence lengths differ");
   const int64_t nb = static_cast<int64_t>(qv.batch.size());
+  const float* bias = nullptr;
+  const uint8_t* key_mask = nullptr;
+  if (extras.bias.defined()) {
+    expect_contiguous_f32(extras.bias, op, "bias");
+    expect_shape(extras.bias, {qv.h, qv.n, kv.n}, op, "bias");
+    bias = extras.bias.data<float>();
+  }
+  if (extras.key_mask.defined()) {
+    STDIT_CHECK(extras.key_mask.dtype() == DType::U8 && extras.key_mask.is_contiguous(),
+                "cpu attention: key_mask must be contiguous U8");
+    expect_shape(extras.key_mask, {nb, kv.n}, op, "key_mask");
+    key_mask = extras.key_mask.data<uint8_t>();
+  }
 #pragma omp parallel
   {
     std::vector<float> p;
@@ -114,7 +134,9 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
       for (int64_t head = 0; head < qv.h; ++head)
         for (int64_t i = 0; i < qv.n; ++i)
           attend_row(qv.at(b, i, head), kv, vv, b, head, 0, kv.n, scale,
-                     const_cast<float*>(ov.at(b, i, head)), p);
+                     const_cast<float*>(ov.at(b, i, head)), p,
+                     bias ? bias + (head * qv.n + i) * kv.n : nullptr,
+                     key_mask ? key_mask + b * kv.n : nullptr);
   }
 }
 

@@ -38,16 +38,11 @@ Tensor CpuBackend::alloc(const Shape& shape, DType dtype) { return Tensor::empty
 
 Tensor CpuBackend::upload(const Tensor& host) {
   STDIT_CHECK(host.device().kind == DeviceKind::CPU, "cpu upload: source is not a host tensor");
-  // Floats are widened to F32 (bf16/f16 exactly); integers keep their type. Always a private copy,
-  // so mmap'd checkpoints can be released.
+  // Floats are widened to F32 (bf16/f16 exactly); integers keep their type. A tensor that is
+  // already packed F32 is used in place (zero copy: an mmap'd f32 checkpoint costs no extra
+  // memory), so callers never modify an uploaded tensor in place.
   const DType target = is_float(host.dtype()) ? DType::F32 : host.dtype();
-  Tensor t = host.to(target);
-  if (t.storage() == host.storage()) {
-    Tensor copy = Tensor::empty(t.shape(), t.dtype());
-    if (t.nbytes()) std::memcpy(copy.raw(), t.raw(), t.nbytes());
-    return copy;
-  }
-  return t;
+  return host.to(target);
 }
 
 Tensor CpuBackend::download(const Tensor& t) {
@@ -82,6 +77,19 @@ void CpuBackend::silu(const Tensor& x, Tensor& out) {
   float* po = out.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < x.numel(); ++i) po[i] = px[i] / (1.0f + std::exp(-px[i]));
+}
+
+void CpuBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
+  expect_contiguous_f32(a, "mul", "a");
+  expect_contiguous_f32(b, "mul", "b");
+  expect_contiguous_f32(out, "mul", "out");
+  STDIT_CHECK(a.numel() == b.numel() && a.numel() == out.numel(), "cpu mul: sizes ",
+              shape_str(a.shape()), ", ", shape_str(b.shape()), ", ", shape_str(out.shape()));
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  float* po = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < a.numel(); ++i) po[i] = pa[i] * pb[i];
 }
 
 void CpuBackend::timestep_embedding(const Tensor& t, float max_period, Tensor& out) {

@@ -18,6 +18,8 @@ class CpuBackend final : public Backend {
               Tensor& out) override;
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void silu(const Tensor& x, Tensor& out) override;
+  void mul(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
 
   void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
                           const Tensor& shift0, const Tensor& scale0, const FrameSelect& sel,
@@ -27,8 +29,8 @@ class CpuBackend final : public Backend {
   void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) override;
 
   void qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const Tensor& rope_freqs) override;
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                 Tensor& out) override;
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out,
+                 const AttentionExtras& extras = {}) override;
   void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                        const std::vector<int>& kv_lens, float scale, Tensor& out) override;
 

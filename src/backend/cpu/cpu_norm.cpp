@@ -71,6 +71,26 @@ void CpuBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const 
     }
 }
 
+void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  expect_contiguous_f32(x, "rms_norm", "x");
+  expect_contiguous_f32(weight, "rms_norm", "weight");
+  expect_contiguous_f32(out, "rms_norm", "out");
+  const int64_t c = weight.numel();
+  STDIT_CHECK(x.size(-1) == c && out.numel() == x.numel(), "cpu rms_norm: x ", shape_str(x.shape()),
+              " vs weight ", shape_str(weight.shape()));
+  const int64_t rows = x.numel() / c;
+  const float* w = weight.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.data<float>() + r * c;
+    float* o = out.data<float>() + r * c;
+    float ss = 0;
+    for (int64_t i = 0; i < c; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(c) + eps);
+    for (int64_t i = 0; i < c; ++i) o[i] = w[i] * (xr[i] * inv);
+  }
+}
+
 void CpuBackend::gated_residual(Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& gate0,
                                 const FrameSelect& sel) {
   const char* op = "gated_residual";
