@@ -93,12 +93,18 @@ void check_weights(const WeightMap& weights, const std::vector<ParamSpec>& expec
 
 namespace stdit {
 
-namespace {
-
-std::shared_ptr<TensorSource> open_one(const std::string& path) {
-  if (path.size() >= 4 && path.substr(path.size() - 4) == ".bin") return TorchBinFile::open(path);
+std::shared_ptr<TensorSource> open_tensor_file(const std::string& path) {
+  // PyTorch zip checkpoints start with a zip local header ("PK\3\4"), legacy ones with a pickle
+  // (0x80); everything else is read as safetensors.
+  char magic[2] = {0, 0};
+  std::ifstream(path, std::ios::binary).read(magic, 2);
+  if ((magic[0] == 'P' && magic[1] == 'K') || static_cast<unsigned char>(magic[0]) == 0x80 ||
+      (path.size() >= 4 && path.substr(path.size() - 4) == ".bin"))
+    return TorchBinFile::open(path);
   return SafetensorsFile::open(path);
 }
+
+namespace {
 
 // Several shard files behind one index (`weight_map`: key -> file name).
 class ShardedSource final : public TensorSource {
@@ -125,7 +131,7 @@ class ShardedSource final : public TensorSource {
         const std::string p = (dir / f).string();
         STDIT_CHECK(fs::exists(p), index_path, " (", flag, ") names shard '", f,
                     "', which does not exist in ", dir.string());
-        shards_[f] = open_one(p);
+        shards_[f] = open_tensor_file(p);
       }
       where_[key] = f;
     }

@@ -37,6 +37,9 @@ namespace stdit {
 // Opens the weights of a Hugging Face model directory, whichever layout it has:
 // model.safetensors, model.safetensors.index.json (shards), pytorch_model.bin, or
 // pytorch_model.bin.index.json (shards). Shards must agree with their index exactly.
+// One tensor file, safetensors or PyTorch .bin (told apart by content, then by extension).
+std::shared_ptr<TensorSource> open_tensor_file(const std::string& path);
+
 std::shared_ptr<TensorSource> open_model_weights(const std::string& dir, const std::string& flag);
 
 }  // namespace stdit

@@ -177,7 +177,7 @@ Tensor T5Encoder::forward(const Tensor& ids, const Tensor& mask, const Recorder&
     be_.linear(h, b.k, Tensor{}, Activation::None, k);
     be_.linear(h, b.v, Tensor{}, Activation::None, v);
     be_.attention(q, k, v, 1.0f, att, extras);  // T5: no 1/sqrt(d) scaling
-    be_.linear(att, b.o, Tensor{}, Activation::None, proj);
+    be_.linear(att.view({B * L, H * K}), b.o, Tensor{}, Activation::None, proj);
     be_.add(x, proj, x);
     be_.rms_norm(x, b.ln1, cfg_.eps, h);
     be_.linear(h, b.wi0, Tensor{}, Activation::GeluTanh, f0);

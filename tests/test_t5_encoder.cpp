@@ -1,0 +1,142 @@
+// T5 encoder on the CPU backend vs the PyTorch reference, from both checkpoint formats; and the
+// refusals of the PyTorch .bin reader (tests/data/t5_bad, described in its README).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iostream>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/error.h"
+#include "io/torch_bin.h"
+#include "text/t5.h"
+
+using namespace stdit;
+
+namespace {
+const std::string kData = STDIT_TEST_DATA;
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+class T5Format : public ::testing::TestWithParam<std::string> {};
+}  // namespace
+
+TEST_P(T5Format, CpuForwardMatchesReference) {
+  CpuBackend be;
+  auto model = T5Encoder::load(kData + "/t5_tiny/" + GetParam(), be);
+  const auto in = SafetensorsFile::open(kData + "/t5_tiny/inputs.safetensors");
+  const auto want = SafetensorsFile::open(kData + "/t5_tiny/expected.safetensors");
+  std::map<std::string, Tensor> got;
+  model->forward(in->get("input_ids"), in->get("attention_mask"),
+                 [&](const std::string& n, const Tensor& t) { got[n] = t; });
+  for (const std::string name : {"embed", "position_bias", "block.0", "block.1", "last_hidden_state"}) {
+    ASSERT_TRUE(got.count(name)) << name;
+    const double e = rel_error(got[name], want->get(name));
+    std::cout << GetParam() << " " << name << ": rel err " << e << "\n";
+    EXPECT_LE(e, 1e-4) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(T5, T5Format, ::testing::Values("safetensors", "bin"));
+
+TEST(T5Encoder, ConfigRefusals) {
+  std::ifstream in(kData + "/t5_tiny/config.json");
+  std::string cfg((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(error_of([&] { parse_t5_config(cfg, "config.json"); }), "");
+  auto replaced = [&](const std::string& from, const std::string& to) {
+    std::string s = cfg;
+    const auto p = s.find(from);
+    EXPECT_NE(p, std::string::npos) << from;
+    return s.replace(p, from.size(), to);
+  };
+  EXPECT_NE(error_of([&] { parse_t5_config(replaced("\"gated-gelu\"", "\"relu\""), "c"); })
+                .find("feed_forward_proj 'relu'"), std::string::npos);
+  EXPECT_NE(error_of([&] { parse_t5_config(replaced("\"t5\"", "\"bert\""), "c"); })
+                .find("expected a T5 config"), std::string::npos);
+  EXPECT_NE(error_of([&] { parse_t5_config("nope", "c"); }).find("not valid JSON"), std::string::npos);
+}
+
+TEST(T5Encoder, BadInputs) {
+  CpuBackend be;
+  auto model = T5Encoder::load(kData + "/t5_tiny/safetensors", be);
+  Tensor ids = Tensor::from_f32({1, 3}, {5, 40000, 1}).to(DType::I64);
+  Tensor mask = Tensor::from_f32({1, 3}, {1, 1, 1}).to(DType::I64);
+  EXPECT_NE(error_of([&] { model->forward(ids, mask); }).find("id 40000 outside the vocabulary"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model->forward(ids.view({3}), mask); }).find("input_ids"), std::string::npos);
+  EXPECT_NE(error_of([&] { model->forward(Tensor::zeros({1, 3}, DType::I64), Tensor::zeros({1, 2}, DType::I64)); })
+                .find("attention_mask"), std::string::npos);
+}
+
+// Every hostile or broken .bin is refused with a message naming the file and the problem.
+TEST(TorchBin, Refusals) {
+  const std::string d = kData + "/t5_bad/";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"evil_global.bin", "'os.system'"},
+      {"evil_torch_global.bin", "'torch.load'"},
+      {"evil_storage_type.bin", "'builtins.eval'"},
+      {"evil_stack_global.bin", "'builtins.exec'"},
+      {"missing_record.bin", "which the archive lacks"},
+      {"storage_too_small.bin", "reaches beyond its storage"},
+      {"record_size_mismatch.bin", "holds 20 bytes, expected 6 x 4"},
+      {"truncated.bin", "no end-of-central-directory record"},
+      {"not_a_zip.bin", "legacy (pre-1.6, non-zip)"},
+      {"random_bytes.bin", "not a zip archive"},
+      {"empty.bin", "too small to be a zip archive"},
+  };
+  for (const auto& [file, text] : cases) {
+    const std::string msg = error_of([&] { TorchBinFile::open(d + file); });
+    EXPECT_NE(msg.find(d + file + ": "), std::string::npos) << file << ": " << msg;
+    EXPECT_NE(msg.find(text), std::string::npos) << file << ": " << msg;
+  }
+  CpuBackend be;
+  EXPECT_NE(error_of([&] { T5Encoder::load(d + "missing_shard", be); })
+                .find("names shard 'pytorch_model-00002-of-00002.bin', which does not exist"),
+            std::string::npos);
+  const std::string mm = error_of([&] { T5Encoder::load(d + "index_mismatch", be); });
+  EXPECT_NE(mm.find("'encoder.block.0.layer.1.layer_norm.weight' is not in pytorch_model-00001-of-00002.bin"),
+            std::string::npos) << mm;
+  EXPECT_NE(mm.find("holds 'encoder.block.0.layer.1.layer_norm.bias', which the index does not list"),
+            std::string::npos) << mm;
+}
+
+// A real torch.save file reads back: names, shapes and values as the safetensors copy holds them.
+TEST(TorchBin, ReadsTorchSaveShards) {
+  auto bin = TorchBinFile::open(kData + "/t5_tiny/bin/pytorch_model-00001-of-00002.bin");
+  auto st = SafetensorsFile::open(kData + "/t5_tiny/safetensors/model-00001-of-00002.safetensors");
+  int compared = 0;
+  for (const auto& e : bin->entries()) {
+    if (!st->contains(e.name)) continue;
+    EXPECT_EQ(rel_error(bin->get(e.name), st->get(e.name)), 0.0) << e.name;
+    ++compared;
+  }
+  EXPECT_GT(compared, 5);
+}
+
+// Random corruption of a real shard never crashes the reader: it loads or says why not.
+TEST(TorchBin, CorruptedBytesNeverCrash) {
+  std::ifstream in(kData + "/t5_tiny/bin/pytorch_model-00002-of-00002.bin", std::ios::binary);
+  const std::vector<uint8_t> good((std::istreambuf_iterator<char>(in)), {});
+  ASSERT_GT(good.size(), 1000u);
+  uint64_t state = 12345;
+  auto rnd = [&] { state = state * 6364136223846793005ull + 1442695040888963407ull; return state >> 33; };
+  int ok = 0, refused = 0;
+  for (int it = 0; it < 2000; ++it) {
+    auto b = good;
+    for (int f = 0; f < 4; ++f) b[rnd() % b.size()] = static_cast<uint8_t>(rnd());
+    try {
+      auto f = TorchBinFile::parse("fuzz.bin", b.data(), b.size(), nullptr);
+      for (const auto& e : f->entries()) (void)f->get(e.name).nbytes();
+      ++ok;
+    } catch (const Error&) {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(ok + refused, 2000);
+}
