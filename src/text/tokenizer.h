@@ -2,6 +2,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace sentencepiece {
@@ -18,6 +19,10 @@ struct Tokens {
   int dropped = 0;                  // pieces cut by truncation
 };
 
+// Segmentation follows Hugging Face's fast tokenizer (the `tokenizers` Unigram model), which
+// Open-Sora uses, not the SentencePiece library's own search: the two break ties between
+// equally scored segmentations differently ("!!!!!!" -> "!", "!!!!!" in HF). SentencePiece is used
+// for its normalisation only.
 class T5Tokenizer {
  public:
   static constexpr int kPad = 0, kEos = 1;
@@ -28,7 +33,18 @@ class T5Tokenizer {
   Tokens encode(const std::string& text, int max_length = 300) const;
 
  private:
+  struct Piece {
+    int id;
+    double score;
+  };
+  // Best segmentation of one pre-token (a run starting at a "\u2581").
+  void segment(const std::u32string& word, std::vector<std::pair<std::u32string, int>>& out) const;
+
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unordered_map<std::u32string, Piece> vocab_;
+  size_t max_piece_len_ = 1;
+  int unk_id_ = 2;
+  double unk_score_ = -10.0;
 };
 
 // The spiece.model shipped with stdit (assets/t5/), found next to the source tree or the binary.
