@@ -140,3 +140,35 @@ TEST(TorchBin, CorruptedBytesNeverCrash) {
   }
   EXPECT_EQ(ok + refused, 2000);
 }
+
+// The real configs parse, and the expected keys equal the real encoder's 219 keys.
+TEST(T5Encoder, RealConfigsAndKeys) {
+  for (const char* f : {"t5-v1_1-xxl.config.json", "t5-v1_1-xxl.encoder.config.json"}) {
+    const T5Config c = load_t5_config(kData + "/configs/" + f);
+    EXPECT_EQ(c.d_model, 4096) << f;
+    EXPECT_EQ(c.num_heads, 64) << f;
+    EXPECT_EQ(c.d_kv, 64) << f;
+    EXPECT_EQ(c.d_ff, 10240) << f;
+    EXPECT_EQ(c.num_layers, 24) << f;
+    EXPECT_EQ(c.vocab_size, 32128) << f;
+    EXPECT_EQ(c.max_distance, 128) << f;
+  }
+  std::ifstream in(kData + "/keys/t5_v1_1_xxl_encoder.tsv");
+  std::map<std::string, std::string> want;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto t1 = line.find('\t'), t2 = line.find('\t', t1 + 1);
+    want[line.substr(0, t1)] = line.substr(t1 + 1, t2 - t1 - 1);
+  }
+  EXPECT_EQ(want.size(), 219u);
+  std::map<std::string, std::string> got;
+  int64_t params = 0;
+  for (const auto& p : t5_param_specs(load_t5_config(kData + "/configs/t5-v1_1-xxl.config.json"))) {
+    if (p.optional) continue;  // the tied duplicate encoder.embed_tokens.weight
+    got[p.name] = shape_str(p.shape);
+    params += shape_numel(p.shape);
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(params, 4762310656);  // spec §10.5
+}

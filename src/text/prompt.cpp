@@ -1,6 +1,7 @@
 #include "text/prompt.h"
 
 #include <unicode/locid.h>
+#include <unicode/normalizer2.h>
 
 #include <cstdio>
 
@@ -114,6 +115,74 @@ const Rules& rules() {
   return *r;
 }
 
+// The deterministic, character-level part of ftfy 6.2's fix_text (everything but the heuristic
+// mojibake repair), repeated until nothing changes, as ftfy does. See docs/TEXT.md.
+US ftfy_lite(US text) {
+  static const PyRegex ansi("\x1b\\[((?:\\d|;)*)([a-zA-Z])");
+  UErrorCode st = U_ZERO_ERROR;
+  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(st);
+  const icu::Normalizer2* nfkc = icu::Normalizer2::getNFKCInstance(st);
+  STDIT_CHECK(U_SUCCESS(st), "internal: ICU normalizers unavailable");
+  static const uint16_t k1252[32] = {0x20AC, 0, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021,
+                                     0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0, 0x017D, 0,
+                                     0, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
+                                     0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0, 0x017E, 0x0178};
+  auto ligature = [](UChar32 c) -> const char* {
+    switch (c) {
+      case 0x0132: return "IJ"; case 0x0133: return "ij"; case 0x0149: return "\u02bcn";
+      case 0x01F1: return "DZ"; case 0x01F2: return "Dz"; case 0x01F3: return "dz";
+      case 0x01C4: return "D\u017d"; case 0x01C5: return "D\u017e"; case 0x01C6: return "d\u017e";
+      case 0x01C7: return "LJ"; case 0x01C8: return "Lj"; case 0x01C9: return "lj";
+      case 0x01CA: return "NJ"; case 0x01CB: return "Nj"; case 0x01CC: return "nj";
+      case 0xFB00: return "ff"; case 0xFB01: return "fi"; case 0xFB02: return "fl";
+      case 0xFB03: return "ffi"; case 0xFB04: return "ffl"; case 0xFB05: return "\u017ft";
+      case 0xFB06: return "st";
+      default: return nullptr;
+    }
+  };
+  auto control = [](UChar32 c) {
+    return c <= 0x08 || c == 0x0B || (c >= 0x0E && c <= 0x1F) || c == 0x7F ||
+           (c >= 0x206A && c <= 0x206F) || c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFC);
+  };
+  // One character-level pass in ftfy's order; the steps act on disjoint characters except where
+  // an earlier step produces input for a later one, which the outer loop then handles.
+  auto pass = [&](const US& in) {
+    US a;  // fix_c1_controls, fix_latin_ligatures, fix_character_width, uncurl_quotes
+    for (int32_t i = 0; i < in.length(); i = in.moveIndex32(i, 1)) {
+      UChar32 c = in.char32At(i);
+      if (c >= 0x80 && c <= 0x9F && k1252[c - 0x80]) c = k1252[c - 0x80];
+      if (const char* l = ligature(c)) { a += US::fromUTF8(l).unescape(); continue; }
+      if (c == 0x3000) { a += UChar(' '); continue; }
+      if (c >= 0xFF01 && c < 0xFFF0) {
+        UErrorCode e = U_ZERO_ERROR;
+        US n = nfkc->normalize(US(c), e);
+        a += n;
+        continue;
+      }
+      if (c == 0x02BC || (c >= 0x2018 && c <= 0x201B)) c = '\'';
+      else if (c >= 0x201C && c <= 0x201F) c = '"';
+      a.append(c);
+    }
+    US b;  // fix_line_breaks
+    for (int32_t i = 0; i < a.length(); ++i) {
+      const UChar c = a[i];
+      if (c == '\r' && i + 1 < a.length() && a[i + 1] == '\n') continue;
+      b += (c == '\r' || c == 0x2028 || c == 0x2029 || c == 0x85) ? UChar('\n') : c;
+    }
+    ansi.sub(b, US());  // remove_terminal_escapes
+    US d;               // remove_control_chars
+    for (int32_t i = 0; i < b.length(); i = b.moveIndex32(i, 1))
+      if (!control(b.char32At(i))) d.append(b.char32At(i));
+    UErrorCode e = U_ZERO_ERROR;
+    return nfc->normalize(d, e);
+  };
+  while (true) {
+    US next = pass(text);
+    if (next == text) return text;
+    text = next;
+  }
+}
+
 }  // namespace
 
 const std::vector<std::string>& camera_motions() {
@@ -147,7 +216,7 @@ std::string append_scores(const std::string& prompt, const PromptScores& sc) {
   return out;
 }
 
-std::string clean_caption(const std::string& caption) {
+std::string clean_caption(const std::string& caption, bool ftfy) {
   const Rules& r = rules();
   // 1-2. URL-decode, strip, full Unicode lower-casing.
   US s = py_strip(unquote_plus(caption));
@@ -189,7 +258,8 @@ std::string clean_caption(const std::string& caption) {
     s.findAndReplace(u("-"), u(" "));
     s.findAndReplace(u("_"), u(" "));
   }
-  // 21. basic_clean: (ftfy omitted, see docs/TEXT.md), html.unescape twice, strip.
+  // 21. basic_clean: ftfy (its character-level part), html.unescape twice, strip.
+  if (ftfy) s = ftfy_lite(s);
   s = py_strip(html_unescape(html_unescape(s)));
   // 22-25. Product ids, shop phrases, mixed ids, dimensions.
   r.id_letters_digits.sub(s, US());

@@ -23,7 +23,9 @@ std::string append_scores(const std::string& prompt, const PromptScores& scores)
 
 // One pass of Open-Sora's clean_caption (UTF-8 in and out). Invalid UTF-8 input bytes become
 // U+FFFD. Markup Python's HTML parser rejects raises Error (Open-Sora would crash there).
-std::string clean_caption(const std::string& caption);
+// `ftfy` applies the character-level part of ftfy.fix_text as Open-Sora does (default); only
+// ftfy's heuristic mojibake repair is missing (docs/TEXT.md).
+std::string clean_caption(const std::string& caption, bool ftfy = true);
 
 // append_scores, then clean_caption twice: the text handed to the tokenizer.
 std::string prepare_prompt(const std::string& prompt, const PromptScores& scores);

@@ -2,6 +2,8 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <optional>
+#include <string>
 
 namespace stdit::cli {
 
@@ -9,5 +11,6 @@ using Action = std::function<void()>;
 void add_forward(CLI::App& app, Action& action);
 void add_inspect(CLI::App& app, Action& action);
 void add_compare(CLI::App& app, Action& action);
+void add_tokenize(CLI::App& app, Action& action);
 
 }  // namespace stdit::cli

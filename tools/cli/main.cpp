@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   stdit::cli::add_forward(app, action);
   stdit::cli::add_inspect(app, action);
   stdit::cli::add_compare(app, action);
+  stdit::cli::add_tokenize(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -22,7 +22,11 @@ Two third-party pieces of the original are replaced:
   bs4 4.12.3); remaining risks are listed in tests/data/text/README.md.
 * `ftfy.fix_text` -> nothing by default.  `ftfy_lite=True` applies the deterministic,
   character-level part of ftfy 6.2's fix_text (everything except mojibake repair); see
-  `ftfy_lite()`.  The fixtures are written with the default (no ftfy).
+  `ftfy_lite()`.  tests/data/text/prompts.jsonl uses the default (no ftfy),
+  prompts_ftfy_lite.jsonl uses ftfy_lite (identical to the real Open-Sora output on its corpus).
+
+The tokenizer part reproduces HF T5TokenizerFast (what Open-Sora calls), not raw sentencepiece;
+see the comment above `_HfUnigram` for where the two differ.
 
 Everything about Python's `re` that a port must copy (Unicode \\w \\d \\s \\b, leftmost-first
 backtracking, `$` also matching before a final newline) is noted in tests/data/text/README.md.
@@ -159,7 +163,7 @@ class _SoupText(HTMLParser):
         # "&#NNN;" / "&#xHH;".  Values < 256 are read as windows-1252 bytes (so &#150; is an
         # en dash, &#147; a left double quote); bytes cp1252 leaves undefined (0x81 0x8d 0x8f
         # 0x90 0x9d) fall back to chr(); invalid code points give U+FFFD.
-        if name[:1] in "xX":
+        if name[:1] in ("x", "X"):
             code = int(name.lstrip(name[0]), 16)
         else:
             code = int(name)
