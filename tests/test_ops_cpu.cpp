@@ -174,3 +174,69 @@ TEST(CpuOps, GatherRows) {
   expect_values(o, {4, 5, 0, 1});
   EXPECT_THROW(be.gather_rows(src, {3, 0}, o), Error);
 }
+
+TEST(CpuOps, Conv3dCausalAndStrided) {
+  // 1 channel, T=3, 1x1 spatial; kernel kt=3 with weights (1, 10, 100): causal padding 2 in front.
+  Tensor x = T({1, 1, 3, 1, 1}, {1, 2, 3});
+  Tensor w = T({1, 1, 3, 1, 1}, {1, 10, 100});
+  ConvParams p;
+  p.pad_t_front = 2;
+  Tensor o = be.alloc({1, 1, 3, 1, 1});
+  be.conv3d(x, w, T({1}, {0.5f}), p, o);
+  // out[t] = x[t-2] + 10 x[t-1] + 100 x[t] + 0.5
+  expect_values(o, {100.5f, 210.5f, 321.5f});
+  // Stride 2 in time with front padding 1 (Open-Sora's temporal downsampling shape).
+  p.pad_t_front = 1;
+  p.stride_t = 2;
+  Tensor o2 = be.alloc({1, 1, 2, 1, 1});
+  be.conv3d(T({1, 1, 4, 1, 1}, {1, 2, 3, 4}), w, Tensor{}, p, o2);
+  expect_values(o2, {0 + 10 * 1 + 100 * 2, 2 + 10 * 3 + 100 * 4});
+}
+
+TEST(CpuOps, Conv2dAsymmetricPaddingStride2) {
+  // 2D conv (T = 1) 3x3 stride 2 with (0,1,0,1) padding on a 4x4 ramp; kernel picks the centre.
+  Tensor x = iota({1, 1, 1, 4, 4});
+  Tensor w = T({1, 1, 1, 3, 3}, {0, 0, 0, 0, 1, 0, 0, 0, 0});
+  ConvParams p;
+  p.stride_h = p.stride_w = 2;
+  p.pad_bottom = p.pad_right = 1;
+  Tensor o = be.alloc({1, 1, 1, 2, 2});
+  be.conv3d(x, w, Tensor{}, p, o);
+  expect_values(o, {5, 7, 13, 15});  // centres at (1,1), (1,3), (3,1), (3,3)
+  // Two input channels sum; 1x1 kernel with padding 1 all round gives a zero border.
+  Tensor x2 = T({1, 2, 1, 1, 1}, {3, 4});
+  Tensor w2 = T({1, 2, 1, 1, 1}, {1, 2});
+  ConvParams q;
+  q.pad_top = q.pad_bottom = q.pad_left = q.pad_right = 1;
+  Tensor o3 = be.alloc({1, 1, 1, 3, 3});
+  be.conv3d(x2, w2, Tensor{}, q, o3);
+  expect_values(o3, {0, 0, 0, 0, 11, 0, 0, 0, 0});
+}
+
+TEST(CpuOps, GroupNormWithSilu) {
+  // B=1, C=2, 2 elements each; 1 group over all 4 values (1,2,3,4): mean 2.5, var 1.25.
+  Tensor x = T({1, 2, 2}, {1, 2, 3, 4});
+  Tensor o = be.alloc({1, 2, 2});
+  be.group_norm(x, T({2}, {1, 2}), T({2}, {0, 1}), 1, 0.0f, false, o);
+  const float r = 1.0f / std::sqrt(1.25f);
+  expect_values(o, {-1.5f * r, -0.5f * r, 2 * 0.5f * r + 1, 2 * 1.5f * r + 1}, 1e-5f);
+  // 2 groups: each channel normalised alone, then SiLU.
+  be.group_norm(x, T({2}, {1, 1}), T({2}, {0, 0}), 2, 0.0f, true, o);
+  const float s = 1.0f / (1.0f + std::exp(1.0f));  // silu(-1) = -sigmoid(-1)
+  expect_values(o, {-s, 1.0f / (1.0f + std::exp(-1.0f)), -s, 1.0f / (1.0f + std::exp(-1.0f))}, 1e-5f);
+}
+
+TEST(CpuOps, UpsampleAffineCopy) {
+  Tensor u = be.alloc({1, 2, 4});
+  be.upsample_nearest2x(T({1, 1, 2}, {1, 2}), u);
+  expect_values(u, {1, 1, 2, 2, 1, 1, 2, 2});
+  Tensor a = be.alloc({1, 2, 2});
+  be.channel_affine(T({1, 2, 2}, {1, 2, 3, 4}), T({2}, {2, 10}), T({2}, {1, -1}), a);
+  expect_values(a, {3, 5, 29, 39});
+  // Depth-to-time as a strided copy: [C*2, T] -> [C, T*2] with channel 2c+j -> frame 2t+j.
+  Tensor x = iota({4, 2});  // channels (c=0,j=0), (0,1), (1,0), (1,1); T = 2
+  Tensor d = be.alloc({2, 4});
+  Tensor dv = d.view({2, 2, 2});  // [c, t, j]
+  be.copy(x.view({2, 2, 2}).permute({0, 2, 1}), dv);
+  expect_values(d, {0, 2, 1, 3, 4, 6, 5, 7});
+}

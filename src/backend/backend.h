@@ -35,6 +35,13 @@ struct AttentionExtras {
   Tensor key_mask;
 };
 
+// A 3D convolution (2D is the T = 1 case) with zero padding given per side, so that causal
+// (front-only) time padding and the asymmetric (0,1,0,1) downsampling padding are one op.
+struct ConvParams {
+  int stride_t = 1, stride_h = 1, stride_w = 1;
+  int pad_t_front = 0, pad_t_back = 0, pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -105,6 +112,22 @@ class Backend {
                           int pw, Tensor& out) = 0;
   // out[i, :] = src[rows[i], :]; src [R, C].
   virtual void gather_rows(const Tensor& src, const std::vector<int64_t>& rows, Tensor& out) = 0;
+  // dst = src elementwise for two same-shaped views with any strides (permute/slice/concat).
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;
+
+  // --- convolution family (VAE) ---
+  // x [B, Cin, T, H, W], w [Cout, Cin, kt, kh, kw], bias [Cout] or absent -> out [B, Cout, To, Ho, Wo].
+  virtual void conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,
+                      Tensor& out) = 0;
+  // GroupNorm over (C/groups, all remaining dims) of x [B, C, ...] with affine gamma/beta [C],
+  // statistics in f32 (f64 on CPU); optionally followed by SiLU.
+  virtual void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
+                          float eps, bool silu, Tensor& out) = 0;
+  // Nearest-neighbour 2x upsampling of the last two dims: x [..., H, W] -> out [..., 2H, 2W].
+  virtual void upsample_nearest2x(const Tensor& x, Tensor& out) = 0;
+  // out[b, c, ...] = x[b, c, ...] * scale[c] + shift[c]; x [B, C, ...]; out may alias x.
+  virtual void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                              Tensor& out) = 0;
 };
 
 // Creates a backend by name ("cpu"; "cuda" once built). Throws with the list of available names.

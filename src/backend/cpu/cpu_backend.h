@@ -41,6 +41,15 @@ class CpuBackend final : public Backend {
   void unpatchify(const Tensor& x, int64_t tp, int64_t hp, int64_t wp, int pt, int ph, int pw,
                   Tensor& out) override;
   void gather_rows(const Tensor& src, const std::vector<int64_t>& rows, Tensor& out) override;
+  void copy(const Tensor& src, Tensor& dst) override;
+
+  void conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,
+              Tensor& out) override;
+  void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+                  bool silu, Tensor& out) override;
+  void upsample_nearest2x(const Tensor& x, Tensor& out) override;
+  void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                      Tensor& out) override;
 };
 
 namespace cpu {
