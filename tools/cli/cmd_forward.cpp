@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "models/stdit3/forward_io.h"
+#include "models/vae/vae.h"
 #include "text/t5.h"
 
 namespace stdit::cli {
@@ -88,6 +89,51 @@ void add_forward(CLI::App& app, Action& action) {
                ms(t2 - t1).count(), " ms)");
     };
   });
+
+  // VAE: z -> video and video -> z.
+  struct VaeOpts {
+    std::string model, inputs, output, backend = "cpu";
+    int num_frames = 0;
+    bool record = false;
+  };
+  auto ov = std::make_shared<VaeOpts>();
+  auto* dec = fwd->add_subcommand("vae-decode", "Open-Sora VAE decode: z [B,4,T,h,w] -> video [B,3,F,8h,8w]");
+  auto* enc = fwd->add_subcommand("vae-encode", "Open-Sora VAE encode: video [B,3,F,H,W] -> z (posterior mean)");
+  for (auto* c : {dec, enc}) {
+    c->add_option("--model", ov->model, "VAE directory (config.json + model.safetensors)")->required();
+    c->add_option("--inputs", ov->inputs, "safetensors with 'z' (decode) or 'video' (encode)")->required();
+    c->add_option("--output", ov->output, "safetensors to write")->required();
+    c->add_option("--backend", ov->backend, "Compute backend")->capture_default_str();
+    c->add_flag("--record", ov->record, "Also write intermediates");
+  }
+  dec->add_option("--num-frames", ov->num_frames, "Frames to decode (must match z's latent length)")
+      ->required()->check(CLI::Range(1, 100000));
+  auto run_vae = [ov](bool decode) {
+    namespace fs = std::filesystem;
+    const auto in = SafetensorsFile::open(ov->inputs);
+    const std::string name = decode ? "z" : "video";
+    for (const auto& t : in->tensors())
+      STDIT_CHECK(t.name == name, ov->inputs, ": unknown input tensor '", t.name, "' (expected only '", name, "')");
+    STDIT_CHECK(in->contains(name), ov->inputs, ": needs a tensor named '", name, "'");
+    auto backend = make_backend(ov->backend);
+    auto vae = OpenSoraVae::load(ov->model, *backend, "--model");
+    NamedTensors out;
+    Recorder rec;
+    const std::string result = decode ? "video" : "z";
+    if (ov->record) rec = [&out, result](const std::string& n, const Tensor& t) {
+      if (n != result) out.emplace_back(n, t);
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    Tensor y = decode ? vae->decode(in->get("z"), ov->num_frames, rec) : vae->encode(in->get("video"), rec);
+    const auto t1 = std::chrono::steady_clock::now();
+    out.insert(out.begin(), {result, y});
+    write_safetensors(ov->output, out, {{"producer", decode ? "stdit forward vae-decode" : "stdit forward vae-encode"}});
+    log_info("stdit forward ", decode ? "vae-decode" : "vae-encode", ": ", result, " ", shape_str(y.shape()),
+             " written to ", fs::absolute(ov->output).string(), " (",
+             std::chrono::duration<double, std::milli>(t1 - t0).count(), " ms)");
+  };
+  dec->callback([&action, run_vae] { action = [run_vae] { run_vae(true); }; });
+  enc->callback([&action, run_vae] { action = [run_vae] { run_vae(false); }; });
 }
 
 }  // namespace stdit::cli

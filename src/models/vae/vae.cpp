@@ -1,0 +1,378 @@
+#include "models/vae/vae.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace stdit {
+
+namespace {
+// Zero padding of a k x k x k causal conv (front-only in time) and of a same-size 2D conv.
+ConvParams causal3(int k, int stride_t = 1) {
+  ConvParams p;
+  p.stride_t = stride_t;
+  p.pad_t_front = (k - 1) + (1 - stride_t);
+  p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = k / 2;
+  return p;
+}
+ConvParams same2d(int k) {
+  ConvParams p;
+  p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = k / 2;
+  return p;
+}
+}  // namespace
+
+// ---------------------------------------------------------------- weights ------------------------
+OpenSoraVae::Conv OpenSoraVae::conv2d(const WeightMap& w, const std::string& n) {
+  Tensor wt = be_.upload(w.at(n + ".weight"));
+  return {wt.view({wt.size(0), wt.size(1), 1, wt.size(2), wt.size(3)}), be_.upload(w.at(n + ".bias"))};
+}
+OpenSoraVae::Conv OpenSoraVae::conv3d(const WeightMap& w, const std::string& n, bool bias) {
+  return {be_.upload(w.at(n + ".conv.weight")), bias ? be_.upload(w.at(n + ".conv.bias")) : Tensor{}};
+}
+OpenSoraVae::Norm OpenSoraVae::norm(const WeightMap& w, const std::string& n) {
+  return {be_.upload(w.at(n + ".weight")), be_.upload(w.at(n + ".bias"))};
+}
+OpenSoraVae::Res OpenSoraVae::res2d(const WeightMap& w, const std::string& n) {
+  Res r{norm(w, n + ".norm1"), norm(w, n + ".norm2"), conv2d(w, n + ".conv1"), conv2d(w, n + ".conv2"), {}};
+  if (w.count(n + ".conv_shortcut.weight")) r.shortcut = conv2d(w, n + ".conv_shortcut");
+  return r;
+}
+OpenSoraVae::Res OpenSoraVae::res3d(const WeightMap& w, const std::string& n) {
+  Res r{norm(w, n + ".norm1"), norm(w, n + ".norm2"), conv3d(w, n + ".conv1", false),
+        conv3d(w, n + ".conv2", false), {}};
+  if (w.count(n + ".conv3.conv.weight")) r.shortcut = conv3d(w, n + ".conv3", false);
+  return r;
+}
+OpenSoraVae::Mid OpenSoraVae::mid(const WeightMap& w, const std::string& n) {
+  const std::string a = n + ".attentions.0.";
+  auto up = [&](const std::string& k) { return be_.upload(w.at(a + k)); };
+  return {res2d(w, n + ".resnets.0"), res2d(w, n + ".resnets.1"), norm(w, a + "group_norm"),
+          up("to_q.weight"), up("to_q.bias"), up("to_k.weight"), up("to_k.bias"),
+          up("to_v.weight"), up("to_v.bias"), up("to_out.0.weight"), up("to_out.0.bias")};
+}
+
+OpenSoraVae::OpenSoraVae(const VaeConfig& cfg, const WeightMap& w, Backend& be) : cfg_(cfg), be_(be) {
+  check_weights(w, vae_param_specs(cfg), "VAE weights");
+  // scale/shift come from the checkpoint buffers (same values as config.json).
+  scale_ = be_.upload(w.at("scale").view({4}));
+  shift_ = be_.upload(w.at("shift").view({4}));
+  const std::string s = "spatial_vae.module.";
+  const auto& sp = cfg.spatial;
+  const int nb = static_cast<int>(sp.block_out_channels.size());
+  s_enc_in_ = conv2d(w, s + "encoder.conv_in");
+  for (int i = 0; i < nb; ++i) {
+    s_down_.emplace_back();
+    for (int r = 0; r < sp.layers_per_block; ++r)
+      s_down_.back().push_back(res2d(w, cat(s, "encoder.down_blocks.", i, ".resnets.", r)));
+    if (i < nb - 1) s_downsample_.push_back(conv2d(w, cat(s, "encoder.down_blocks.", i, ".downsamplers.0.conv")));
+  }
+  s_enc_mid_ = mid(w, s + "encoder.mid_block");
+  s_enc_norm_out_ = norm(w, s + "encoder.conv_norm_out");
+  s_enc_out_ = conv2d(w, s + "encoder.conv_out");
+  s_quant_ = conv2d(w, s + "quant_conv");
+  s_post_quant_ = conv2d(w, s + "post_quant_conv");
+  s_dec_in_ = conv2d(w, s + "decoder.conv_in");
+  s_dec_mid_ = mid(w, s + "decoder.mid_block");
+  for (int i = 0; i < nb; ++i) {
+    s_up_.emplace_back();
+    for (int r = 0; r <= sp.layers_per_block; ++r)
+      s_up_.back().push_back(res2d(w, cat(s, "decoder.up_blocks.", i, ".resnets.", r)));
+    if (i < nb - 1) s_upsample_.push_back(conv2d(w, cat(s, "decoder.up_blocks.", i, ".upsamplers.0.conv")));
+  }
+  s_dec_norm_out_ = norm(w, s + "decoder.conv_norm_out");
+  s_dec_out_ = conv2d(w, s + "decoder.conv_out");
+
+  const std::string t = "temporal_vae.";
+  const auto& tp = cfg.temporal;
+  const int ns = static_cast<int>(tp.channel_multipliers.size());
+  t_enc_in_ = conv3d(w, t + "encoder.conv_in", false);
+  t_enc_down_.resize(ns);
+  t_dec_up_.resize(ns);
+  for (int i = 0; i < ns; ++i) {
+    t_enc_blocks_.emplace_back();
+    t_dec_blocks_.emplace_back();
+    for (int r = 0; r < tp.num_res_blocks; ++r) {
+      t_enc_blocks_.back().push_back(res3d(w, cat(t, "encoder.block_res_blocks.", i, ".", r)));
+      t_dec_blocks_.back().push_back(res3d(w, cat(t, "decoder.block_res_blocks.", i, ".", r)));
+    }
+    if (i < ns - 1 && tp.temporal_downsample[i]) {
+      t_enc_down_[i] = conv3d(w, cat(t, "encoder.conv_blocks.", i), true);
+      t_dec_up_[i] = conv3d(w, cat(t, "decoder.conv_blocks.", i), true);
+    }
+  }
+  for (int r = 0; r < tp.num_res_blocks; ++r) {
+    t_enc_res_.push_back(res3d(w, cat(t, "encoder.res_blocks.", r)));
+    t_dec_res_.push_back(res3d(w, cat(t, "decoder.res_blocks.", r)));
+  }
+  t_enc_norm_ = norm(w, t + "encoder.norm1");
+  t_enc_out_ = conv3d(w, t + "encoder.conv2", true);
+  t_quant_ = conv3d(w, t + "quant_conv", true);
+  t_post_quant_ = conv3d(w, t + "post_quant_conv", true);
+  t_dec_in_ = conv3d(w, t + "decoder.conv1", true);
+  t_dec_norm_ = norm(w, t + "decoder.norm1");
+  t_dec_out_ = conv3d(w, t + "decoder.conv_out", true);
+}
+
+std::unique_ptr<OpenSoraVae> OpenSoraVae::load(const std::string& dir, Backend& backend,
+                                               const std::string& flag) {
+  namespace fs = std::filesystem;
+  STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
+              "): expected a VAE directory with config.json and model.safetensors");
+  const VaeConfig cfg = load_vae_config((fs::path(dir) / "config.json").string());
+  const auto src = open_model_weights(dir, flag);
+  return std::make_unique<OpenSoraVae>(cfg, load_checked(*src, vae_param_specs(cfg), flag), backend);
+}
+
+// ---------------------------------------------------------------- building blocks ----------------
+Tensor OpenSoraVae::run_conv(const Conv& c, const Tensor& x, const ConvParams& p) {
+  const int64_t kt = c.w.size(2), kh = c.w.size(3), kw = c.w.size(4);
+  const int64_t to = (x.size(2) + p.pad_t_front + p.pad_t_back - kt) / p.stride_t + 1;
+  const int64_t ho = (x.size(3) + p.pad_top + p.pad_bottom - kh) / p.stride_h + 1;
+  const int64_t wo = (x.size(4) + p.pad_left + p.pad_right - kw) / p.stride_w + 1;
+  Tensor out = be_.alloc({x.size(0), c.w.size(0), to, ho, wo});
+  be_.conv3d(x, c.w, c.b, p, out);
+  return out;
+}
+
+Tensor OpenSoraVae::gn(const Norm& n, const Tensor& x, int groups, float eps, bool silu) {
+  Tensor out = be_.alloc(x.shape());
+  be_.group_norm(x, n.gamma, n.beta, groups, eps, silu, out);
+  return out;
+}
+
+// norm1 -> SiLU -> conv1 -> norm2 -> SiLU -> conv2, plus the (projected) input.
+Tensor OpenSoraVae::run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3) {
+  Tensor h = run_conv(r.c1, gn(r.n1, x, groups, eps, true), p3);
+  h = run_conv(r.c2, gn(r.n2, h, groups, eps, true), p3);
+  const Tensor skip = r.shortcut.w.defined() ? run_conv(r.shortcut, x, ConvParams{}) : x;
+  be_.add(h, skip, h);
+  return h;
+}
+
+// Mid block: resnet, single-head self-attention over the H*W positions (with residual), resnet.
+Tensor OpenSoraVae::run_mid(const Mid& m, const Tensor& x0) {
+  const int g = cfg_.spatial.norm_num_groups;
+  const float eps = cfg_.spatial.eps;
+  Tensor x = run_res(m.r0, x0, g, eps, same2d(3));
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(3) * x.size(4);
+  Tensor h = gn(m.attn_norm, x, g, eps, false);
+  Tensor tokens = be_.alloc({N, P, C});
+  be_.copy(h.view({N, C, P}).permute({0, 2, 1}), tokens);
+  Tensor q = be_.alloc({N, P, 1, C}), k = be_.alloc({N, P, 1, C}), v = be_.alloc({N, P, 1, C});
+  be_.linear(tokens, m.q_w, m.q_b, Activation::None, q);
+  be_.linear(tokens, m.k_w, m.k_b, Activation::None, k);
+  be_.linear(tokens, m.v_w, m.v_b, Activation::None, v);
+  Tensor o = be_.alloc({N, P, 1, C});
+  be_.attention(q, k, v, 1.0f / std::sqrt(static_cast<float>(C)), o);
+  be_.linear(o.view({N, P, C}), m.o_w, m.o_b, Activation::None, tokens);
+  Tensor back = be_.alloc(x.shape());
+  Tensor bv = back.view({N, C, P});
+  be_.copy(tokens.permute({0, 2, 1}), bv);
+  be_.add(back, x, back);
+  return run_res(m.r1, back, g, eps, same2d(3));
+}
+
+// ---------------------------------------------------------------- temporal VAE ------------------
+Tensor OpenSoraVae::temporal_decode(const Tensor& z, int num_frames) {
+  const auto& tp = cfg_.temporal;
+  const int g = tp.num_groups;
+  const float eps = tp.eps;
+  const int ns = static_cast<int>(tp.channel_multipliers.size());
+  Tensor x = run_conv(t_post_quant_, z, ConvParams{});
+  x = run_conv(t_dec_in_, x, causal3(3));
+  for (const auto& r : t_dec_res_) x = run_res(r, x, g, eps, causal3(3));
+  for (int i = ns - 1; i >= 0; --i) {
+    for (const auto& r : t_dec_blocks_[i]) x = run_res(r, x, g, eps, causal3(3));
+    if (i > 0 && t_dec_up_[i - 1].w.defined()) {
+      // conv to 2C channels, then depth-to-time: channel 2c + j becomes channel c of frame 2t + j.
+      Tensor y = run_conv(t_dec_up_[i - 1], x, causal3(3));
+      const int64_t B = y.size(0), C = y.size(1) / 2, T = y.size(2), HW = y.size(3) * y.size(4);
+      Tensor d = be_.alloc({B, C, 2 * T, y.size(3), y.size(4)});
+      Tensor dv = d.view({B, C, T, 2, HW});
+      be_.copy(y.view({B, C, 2, T, HW}).permute({0, 1, 3, 2, 4}), dv);
+      x = d;
+    }
+  }
+  x = run_conv(t_dec_out_, gn(t_dec_norm_, x, g, eps, true), causal3(3));
+  // Keep the last num_frames frames (the decoder makes time_factor x latents).
+  const int64_t drop = x.size(2) - num_frames;
+  STDIT_CHECK(drop >= 0 && drop < tp.time_factor(), "internal: temporal decode made ", x.size(2),
+              " frames for ", num_frames);
+  Tensor out = be_.alloc({x.size(0), x.size(1), num_frames, x.size(3), x.size(4)});
+  be_.copy(x.slice(2, drop, x.size(2)), out);
+  return out;
+}
+
+Tensor OpenSoraVae::temporal_encode(const Tensor& x0) {
+  const auto& tp = cfg_.temporal;
+  const int g = tp.num_groups;
+  const float eps = tp.eps;
+  const int ns = static_cast<int>(tp.channel_multipliers.size());
+  // Front-pad the chunk with zero frames to a multiple of the time factor.
+  const int64_t n = x0.size(2), tf = tp.time_factor(), pad = (tf - n % tf) % tf;
+  Tensor x = x0;
+  if (pad) {
+    x = be_.alloc({x0.size(0), x0.size(1), n + pad, x0.size(3), x0.size(4)});
+    Tensor zeros = be_.upload(Tensor::zeros({x0.size(0), x0.size(1), pad, x0.size(3), x0.size(4)}, DType::F32));
+    Tensor head = x.slice(2, 0, pad), tail = x.slice(2, pad, n + pad);
+    be_.copy(zeros, head);
+    be_.copy(x0, tail);
+  }
+  x = run_conv(t_enc_in_, x, causal3(3));
+  for (int i = 0; i < ns; ++i) {
+    for (const auto& r : t_enc_blocks_[i]) x = run_res(r, x, g, eps, causal3(3));
+    if (i < ns - 1 && t_enc_down_[i].w.defined()) x = run_conv(t_enc_down_[i], x, causal3(3, 2));
+  }
+  for (const auto& r : t_enc_res_) x = run_res(r, x, g, eps, causal3(3));
+  x = run_conv(t_enc_out_, gn(t_enc_norm_, x, g, eps, true), ConvParams{});
+  x = run_conv(t_quant_, x, ConvParams{});
+  Tensor mean = be_.alloc({x.size(0), 4, x.size(2), x.size(3), x.size(4)});
+  be_.copy(x.slice(1, 0, 4), mean);
+  return mean;
+}
+
+// ---------------------------------------------------------------- 2D VAE ------------------------
+Tensor OpenSoraVae::spatial_decode(const Tensor& z) {
+  const auto& sp = cfg_.spatial;
+  const int g = sp.norm_num_groups;
+  Tensor x = be_.alloc(z.shape());
+  const Tensor inv = be_.upload(Tensor::from_f32({4}, std::vector<float>(4, 1.0f / cfg_.scaling_factor)));
+  const Tensor zero = be_.upload(Tensor::zeros({4}, DType::F32));
+  be_.channel_affine(z, inv, zero, x);
+  x = run_conv(s_post_quant_, x, ConvParams{});
+  x = run_conv(s_dec_in_, x, same2d(3));
+  x = run_mid(s_dec_mid_, x);
+  for (size_t i = 0; i < s_up_.size(); ++i) {
+    for (const auto& r : s_up_[i]) x = run_res(r, x, g, sp.eps, same2d(3));
+    if (i < s_upsample_.size()) {
+      Tensor u = be_.alloc({x.size(0), x.size(1), 1, 2 * x.size(3), 2 * x.size(4)});
+      be_.upsample_nearest2x(x, u);
+      x = run_conv(s_upsample_[i], u, same2d(3));
+    }
+  }
+  return run_conv(s_dec_out_, gn(s_dec_norm_out_, x, g, sp.eps, true), same2d(3));
+}
+
+Tensor OpenSoraVae::spatial_encode(const Tensor& frames) {
+  const auto& sp = cfg_.spatial;
+  const int g = sp.norm_num_groups;
+  Tensor x = run_conv(s_enc_in_, frames, same2d(3));
+  for (size_t i = 0; i < s_down_.size(); ++i) {
+    for (const auto& r : s_down_[i]) x = run_res(r, x, g, sp.eps, same2d(3));
+    if (i < s_downsample_.size()) {
+      ConvParams p;  // stride 2 with the asymmetric (0, 1, 0, 1) padding
+      p.stride_h = p.stride_w = 2;
+      p.pad_bottom = p.pad_right = 1;
+      x = run_conv(s_downsample_[i], x, p);
+    }
+  }
+  x = run_mid(s_enc_mid_, x);
+  x = run_conv(s_enc_out_, gn(s_enc_norm_out_, x, g, sp.eps, true), same2d(3));
+  x = run_conv(s_quant_, x, ConvParams{});
+  Tensor mean = be_.alloc({x.size(0), 4, 1, x.size(3), x.size(4)});
+  const Tensor f = be_.upload(Tensor::from_f32({4}, std::vector<float>(4, cfg_.scaling_factor)));
+  const Tensor zero = be_.upload(Tensor::zeros({4}, DType::F32));
+  Tensor m = be_.alloc(mean.shape());
+  be_.copy(x.slice(1, 0, 4), m);
+  be_.channel_affine(m, f, zero, mean);
+  return mean;
+}
+
+// ---------------------------------------------------------------- pipeline ----------------------
+Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder& rec) {
+  STDIT_CHECK(z_host.defined() && z_host.dim() == 5 && z_host.size(1) == 4 && is_float(z_host.dtype()),
+              "VAE decode: 'z' must be a float tensor [B, 4, T, h, w], got ",
+              z_host.defined() ? shape_str(z_host.shape()) : "nothing");
+  STDIT_CHECK(num_frames >= 1, "VAE decode: num_frames must be at least 1");
+  const int64_t B = z_host.size(0), T = z_host.size(2), h = z_host.size(3), w = z_host.size(4);
+  STDIT_CHECK(T == cfg_.latent_frames(num_frames), "VAE decode: ", num_frames, " frames need ",
+              cfg_.latent_frames(num_frames), " latent frames, but z has ", T);
+  // z * scale + shift, per channel.
+  Tensor z = be_.upload(z_host);
+  Tensor zs = be_.alloc(z.shape());
+  be_.channel_affine(z, scale_, shift_, zs);
+  // Temporal decode, chunk by chunk (independent; causal padding restarts in each).
+  const int zc = cfg_.micro_z_frame_size(), fc = cfg_.micro_frame_size;
+  Tensor xz = be_.alloc({B, 4, num_frames, h, w});
+  for (int64_t k = 0, f0 = 0; k * zc < T; ++k) {
+    const int64_t t0 = k * zc, t1 = std::min<int64_t>(T, t0 + zc);
+    const int frames = static_cast<int>(std::min<int64_t>(fc, num_frames - f0));
+    Tensor chunk = be_.alloc({B, 4, t1 - t0, h, w});
+    be_.copy(zs.slice(2, t0, t1), chunk);
+    Tensor dec = temporal_decode(chunk, frames);
+    Tensor dst = xz.slice(2, f0, f0 + frames);
+    be_.copy(dec, dst);
+    f0 += frames;
+  }
+  if (rec) rec("decode.temporal_out", be_.download(xz));
+  // 2D decode in micro-batches of frames (each frame independent).
+  Tensor video = be_.alloc({B, 3, num_frames, 8 * h, 8 * w});
+  const int mb = cfg_.micro_batch_size;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t f = 0; f < num_frames; f += mb) {
+      const int64_t n = std::min<int64_t>(mb, num_frames - f);
+      Tensor in = be_.alloc({n, 4, 1, h, w});
+      Tensor in4 = in.view({n, 4, h, w});
+      be_.copy(xz.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3}), in4);
+      Tensor out = spatial_decode(in);  // [n, 3, 1, 8h, 8w]
+      Tensor dst = video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
+      be_.copy(out.view({n, 3, 8 * h, 8 * w}), dst);
+    }
+  Tensor host = be_.download(video);
+  if (rec) rec("video", host);
+  return host;
+}
+
+Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec) {
+  STDIT_CHECK(v_host.defined() && v_host.dim() == 5 && v_host.size(1) == 3 && is_float(v_host.dtype()),
+              "VAE encode: 'video' must be a float tensor [B, 3, F, H, W], got ",
+              v_host.defined() ? shape_str(v_host.shape()) : "nothing");
+  const int64_t B = v_host.size(0), F = v_host.size(2), H = v_host.size(3), W = v_host.size(4);
+  STDIT_CHECK(F >= 1 && H >= 8 && W >= 8 && H % 8 == 0 && W % 8 == 0, "VAE encode: video ",
+              shape_str(v_host.shape()), " needs at least 1 frame and height/width multiples of 8");
+  const int64_t h = H / 8, w = W / 8;
+  Tensor video = be_.upload(v_host);
+  // 2D encode in micro-batches of frames.
+  Tensor xz = be_.alloc({B, 4, F, h, w});
+  const int mb = cfg_.micro_batch_size;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t f = 0; f < F; f += mb) {
+      const int64_t n = std::min<int64_t>(mb, F - f);
+      Tensor in = be_.alloc({n, 3, 1, H, W});
+      Tensor in4 = in.view({n, 3, H, W});
+      be_.copy(video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3}), in4);
+      Tensor out = spatial_encode(in);  // [n, 4, 1, h, w]
+      Tensor dst = xz.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
+      be_.copy(out.view({n, 4, h, w}), dst);
+    }
+  if (rec) rec("encode.spatial_out", be_.download(xz));
+  // Temporal encode per chunk of micro_frame_size frames.
+  const int fc = cfg_.micro_frame_size;
+  const int64_t T = cfg_.latent_frames(static_cast<int>(F));
+  Tensor z = be_.alloc({B, 4, T, h, w});
+  for (int64_t f0 = 0, t0 = 0; f0 < F; f0 += fc) {
+    const int64_t n = std::min<int64_t>(fc, F - f0);
+    Tensor chunk = be_.alloc({B, 4, n, h, w});
+    be_.copy(xz.slice(2, f0, f0 + n), chunk);
+    Tensor zc = temporal_encode(chunk);
+    Tensor dst = z.slice(2, t0, t0 + zc.size(2));
+    be_.copy(zc, dst);
+    t0 += zc.size(2);
+  }
+  // (z - shift) / scale, per channel.
+  const Tensor sh = be_.download(shift_), sc = be_.download(scale_);
+  std::vector<float> a(4), c(4);
+  for (int i = 0; i < 4; ++i) {
+    a[i] = 1.0f / sc.data<float>()[i];
+    c[i] = -sh.data<float>()[i] / sc.data<float>()[i];
+  }
+  Tensor out = be_.alloc(z.shape());
+  be_.channel_affine(z, be_.upload(Tensor::from_f32({4}, a)), be_.upload(Tensor::from_f32({4}, c)), out);
+  Tensor host = be_.download(out);
+  if (rec) rec("z", host);
+  return host;
+}
+
+}  // namespace stdit

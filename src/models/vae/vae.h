@@ -1,0 +1,81 @@
+// Open-Sora VAE v1.2 (VideoAutoencoderPipeline): the SDXL-style 2D VAE per frame and the causal
+// temporal VAE per 17-frame chunk, written against the op interface. Spec: architecture.md §9.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+#include "io/checkpoint.h"
+#include "models/stdit3/stdit3.h"  // Recorder
+#include "models/vae/config.h"
+
+namespace stdit {
+
+class OpenSoraVae {
+ public:
+  OpenSoraVae(const VaeConfig& cfg, const WeightMap& weights, Backend& backend);
+  // A directory with config.json + model.safetensors (hpcai-tech/OpenSora-VAE-v1.2 layout).
+  static std::unique_ptr<OpenSoraVae> load(const std::string& dir, Backend& backend,
+                                           const std::string& flag = "--model");
+
+  // z: host [B, 4, T, h, w] (T must be the latent length of num_frames) -> host F32 video
+  // [B, 3, num_frames, 8h, 8w], nominally in [-1, 1] and not clamped (spec §9.5).
+  Tensor decode(const Tensor& z, int num_frames, const Recorder& rec = {});
+  // video: host [B, 3, F, H, W] in [-1, 1] (H, W multiples of 8) -> host F32 z
+  // [B, 4, latent_frames(F), H/8, W/8], the posterior mean of both VAEs.
+  Tensor encode(const Tensor& video, const Recorder& rec = {});
+
+  const VaeConfig& config() const { return cfg_; }
+
+ private:
+  struct Conv {
+    Tensor w, b;  // w as [Co, Ci, kt, kh, kw]
+  };
+  struct Norm {
+    Tensor gamma, beta;
+  };
+  struct Res {  // ResnetBlock2D or the temporal ResBlock
+    Norm n1, n2;
+    Conv c1, c2, shortcut;  // shortcut.w undefined when in == out
+  };
+  struct Mid {  // UNetMidBlock2D: resnet, single-head attention, resnet
+    Res r0, r1;
+    Norm attn_norm;
+    Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
+  };
+
+  Conv conv2d(const WeightMap& w, const std::string& name);
+  Conv conv3d(const WeightMap& w, const std::string& name, bool bias);
+  Norm norm(const WeightMap& w, const std::string& name);
+  Res res2d(const WeightMap& w, const std::string& name);
+  Res res3d(const WeightMap& w, const std::string& name);
+  Mid mid(const WeightMap& w, const std::string& name);
+
+  Tensor run_conv(const Conv& c, const Tensor& x, const ConvParams& p);
+  Tensor gn(const Norm& n, const Tensor& x, int groups, float eps, bool silu);
+  Tensor run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3);
+  Tensor run_mid(const Mid& m, const Tensor& x);
+
+  Tensor temporal_decode(const Tensor& z, int num_frames);    // one chunk
+  Tensor temporal_encode(const Tensor& x);                     // one chunk, mean
+  Tensor spatial_decode(const Tensor& x);                      // [N, 4, 1, h, w] -> [N, 3, 1, H, W]
+  Tensor spatial_encode(const Tensor& x);                      // [N, 3, 1, H, W] -> [N, 4, 1, h, w]
+
+  VaeConfig cfg_;
+  Backend& be_;
+  Tensor scale_, shift_;  // [4]
+  // 2D VAE
+  Conv s_enc_in_, s_enc_out_, s_quant_, s_post_quant_, s_dec_in_, s_dec_out_;
+  std::vector<std::vector<Res>> s_down_, s_up_;
+  std::vector<Conv> s_downsample_, s_upsample_;
+  Mid s_enc_mid_, s_dec_mid_;
+  Norm s_enc_norm_out_, s_dec_norm_out_;
+  // temporal VAE
+  Conv t_enc_in_, t_enc_out_, t_quant_, t_post_quant_, t_dec_in_, t_dec_out_;
+  std::vector<std::vector<Res>> t_enc_blocks_, t_dec_blocks_;
+  std::vector<Res> t_enc_res_, t_dec_res_;
+  std::vector<Conv> t_enc_down_, t_dec_up_;  // indexed by stage; w undefined where absent
+  Norm t_enc_norm_, t_dec_norm_;
+};
+
+}  // namespace stdit

@@ -1,0 +1,64 @@
+// Open-Sora VAE v1.2: configuration, key list, and the CPU decode/encode against the reference.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include "core/error.h"
+#include "models/vae/config.h"
+
+using namespace stdit;
+
+namespace {
+const std::string kData = STDIT_TEST_DATA;
+}
+
+TEST(VaeConfig, RealConfigAndKeys) {
+  const VaeConfig c = load_vae_config(kData + "/configs/OpenSora-VAE-v1.2.config.json");
+  EXPECT_EQ(c.micro_frame_size, 17);
+  EXPECT_EQ(c.micro_batch_size, 4);
+  EXPECT_EQ(c.micro_z_frame_size(), 5);
+  EXPECT_FLOAT_EQ(c.scale[0], 3.85f);
+  EXPECT_FLOAT_EQ(c.shift[3], 0.98f);
+  // spec §9.2 / §7: latent frames of common lengths.
+  EXPECT_EQ(c.latent_frames(1), 1);
+  EXPECT_EQ(c.latent_frames(17), 5);
+  EXPECT_EQ(c.latent_frames(23), 7);
+  EXPECT_EQ(c.latent_frames(51), 15);
+  EXPECT_EQ(c.latent_frames(102), 30);
+  EXPECT_EQ(c.latent_frames(408), 120);
+  std::ifstream in(kData + "/keys/vae_v1.2.tsv");
+  std::map<std::string, std::string> want;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto t1 = line.find('\t'), t2 = line.find('\t', t1 + 1);
+    want[line.substr(0, t1)] = line.substr(t1 + 1, t2 - t1 - 1);
+  }
+  EXPECT_EQ(want.size(), 517u);
+  std::map<std::string, std::string> got;
+  for (const auto& p : vae_param_specs(c)) got[p.name] = shape_str(p.shape);
+  for (const auto& [k, v] : want)
+    if (!got.count(k)) ADD_FAILURE() << "missing " << k << " " << v;
+    else if (got[k] != v) ADD_FAILURE() << k << " " << got[k] << " expected " << v;
+  for (const auto& [k, v] : got)
+    if (!want.count(k)) ADD_FAILURE() << "unexpected " << k << " " << v;
+}
+
+TEST(VaeConfig, Refusals) {
+  auto err = [](const std::string& text) {
+    try {
+      parse_vae_config(text, "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(err("{\"model_type\": \"STDiT3\"}").find("VideoAutoencoderPipeline"), std::string::npos);
+  EXPECT_NE(err("{\"model_type\": \"VideoAutoencoderPipeline\", \"scale\": [1, 2]}").find("'scale'"),
+            std::string::npos);
+  EXPECT_NE(err("{\"model_type\": \"VideoAutoencoderPipeline\", \"stdit_vae_2d\": {\"norm_num_groups\": 3}}")
+                .find("not divisible"), std::string::npos);
+  EXPECT_NE(err("nope").find("not valid JSON"), std::string::npos);
+}
