@@ -62,3 +62,61 @@ TEST(VaeConfig, Refusals) {
                 .find("not divisible"), std::string::npos);
   EXPECT_NE(err("nope").find("not valid JSON"), std::string::npos);
 }
+
+#include "backend/cpu/cpu_backend.h"
+#include "models/vae/vae.h"
+
+namespace {
+class VaeCase : public ::testing::TestWithParam<int> {};
+
+double compare_named(const std::map<std::string, Tensor>& got, const SafetensorsFile& want,
+                     const std::string& name) {
+  auto it = got.find(name);
+  EXPECT_TRUE(it != got.end()) << name << " not produced";
+  if (it == got.end()) return 1e9;
+  const double e = rel_error(it->second, want.get(name));
+  std::cout << want.path() << " " << name << ": rel err " << e << "\n";
+  return e;
+}
+}  // namespace
+
+// Decode and encode of a full 17-frame chunk, a remainder chunk (23 frames) and one image.
+TEST_P(VaeCase, DecodeAndEncodeMatchReference) {
+  const int frames = GetParam();
+  CpuBackend be;
+  auto vae = OpenSoraVae::load(kData + "/vae_tiny", be);
+  const std::string d = kData + "/vae_tiny/";
+  {
+    const auto in = SafetensorsFile::open(d + "decode_" + std::to_string(frames) + ".inputs.safetensors");
+    const auto want = SafetensorsFile::open(d + "decode_" + std::to_string(frames) + ".expected.safetensors");
+    std::map<std::string, Tensor> got;
+    vae->decode(in->get("z"), frames, [&](const std::string& n, const Tensor& t) { got[n] = t; });
+    EXPECT_LE(compare_named(got, *want, "decode.temporal_out"), 1e-4);
+    EXPECT_LE(compare_named(got, *want, "video"), 1e-4);
+  }
+  {
+    const auto in = SafetensorsFile::open(d + "encode_" + std::to_string(frames) + ".inputs.safetensors");
+    const auto want = SafetensorsFile::open(d + "encode_" + std::to_string(frames) + ".expected.safetensors");
+    std::map<std::string, Tensor> got;
+    vae->encode(in->get("video"), [&](const std::string& n, const Tensor& t) { got[n] = t; });
+    EXPECT_LE(compare_named(got, *want, "encode.spatial_out"), 1e-4);
+    EXPECT_LE(compare_named(got, *want, "z"), 1e-4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Vae, VaeCase, ::testing::Values(17, 23, 1));
+
+TEST(Vae, FrameCountMustMatchLatents) {
+  CpuBackend be;
+  auto vae = OpenSoraVae::load(kData + "/vae_tiny", be);
+  const Tensor z = Tensor::zeros({1, 4, 5, 3, 5}, DType::F32);
+  try {
+    vae->decode(z, 23);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("23 frames need 7 latent frames, but z has 5"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(vae->decode(Tensor::zeros({1, 3, 5, 3, 5}, DType::F32), 17), Error);
+  EXPECT_THROW(vae->encode(Tensor::zeros({1, 3, 17, 20, 40}, DType::F32)), Error);  // 20 not a multiple of 8
+  EXPECT_THROW(OpenSoraVae::load(kData + "/stdit3_a", be), Error);  // a DiT is not a VAE
+}

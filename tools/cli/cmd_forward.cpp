@@ -106,15 +106,27 @@ void add_forward(CLI::App& app, Action& action) {
     c->add_option("--backend", ov->backend, "Compute backend")->capture_default_str();
     c->add_flag("--record", ov->record, "Also write intermediates");
   }
-  dec->add_option("--num-frames", ov->num_frames, "Frames to decode (must match z's latent length)")
-      ->required()->check(CLI::Range(1, 100000));
+  dec->add_option("--num-frames", ov->num_frames,
+                  "Frames to decode (must match z's latent length); or a 'num_frames' tensor in the inputs")
+      ->check(CLI::Range(1, 100000));
   auto run_vae = [ov](bool decode) {
     namespace fs = std::filesystem;
     const auto in = SafetensorsFile::open(ov->inputs);
     const std::string name = decode ? "z" : "video";
     for (const auto& t : in->tensors())
-      STDIT_CHECK(t.name == name, ov->inputs, ": unknown input tensor '", t.name, "' (expected only '", name, "')");
+      STDIT_CHECK(t.name == name || (decode && t.name == "num_frames"), ov->inputs, ": unknown input tensor '",
+                  t.name, "' (expected '", name, decode ? "' and optionally 'num_frames')" : "')");
     STDIT_CHECK(in->contains(name), ov->inputs, ": needs a tensor named '", name, "'");
+    int frames = ov->num_frames;
+    if (decode && in->contains("num_frames")) {
+      const Tensor nf = in->get("num_frames");
+      STDIT_CHECK(nf.numel() == 1 && is_integer(nf.dtype()), ov->inputs, ": 'num_frames' must be one integer");
+      const int from_file = static_cast<int>(load_as_double(nf.raw(), nf.dtype(), 0));
+      STDIT_CHECK(frames == 0 || frames == from_file, "--num-frames ", frames, " disagrees with 'num_frames' = ",
+                  from_file, " in ", ov->inputs);
+      frames = from_file;
+    }
+    STDIT_CHECK(!decode || frames >= 1, "vae-decode needs --num-frames (or a 'num_frames' tensor in the inputs)");
     auto backend = make_backend(ov->backend);
     auto vae = OpenSoraVae::load(ov->model, *backend, "--model");
     NamedTensors out;
@@ -124,7 +136,7 @@ void add_forward(CLI::App& app, Action& action) {
       if (n != result) out.emplace_back(n, t);
     };
     const auto t0 = std::chrono::steady_clock::now();
-    Tensor y = decode ? vae->decode(in->get("z"), ov->num_frames, rec) : vae->encode(in->get("video"), rec);
+    Tensor y = decode ? vae->decode(in->get("z"), frames, rec) : vae->encode(in->get("video"), rec);
     const auto t1 = std::chrono::steady_clock::now();
     out.insert(out.begin(), {result, y});
     write_safetensors(ov->output, out, {{"producer", decode ? "stdit forward vae-decode" : "stdit forward vae-encode"}});

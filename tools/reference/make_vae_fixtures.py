@@ -253,7 +253,48 @@ posterior **mean** in both VAEs (Open-Sora samples with randn; the engine has no
 
 Output stats (for scale): %(stats)s
 
-An engine in float32 should match to about 1e-5 (relative to the output's magnitude).
+Sizes: 2D block_out_channels [8,12,16,16] (not [8,16,16,16]) so that, as in the real
+[128,256,512,512], `conv_shortcut` exists in encoder down_blocks.1/2 resnets.0 and decoder
+up_blocks.2/3 resnets.0; temporal channels 4, 8, 8, 16 with `conv3` in encoder stages 1/3 and
+decoder stages 2/0, like the real model. Every real key pattern exists (397 keys instead of 517
+because of 2 instead of 4 ResBlocks per temporal stage).
+
+Tolerance: chunks are independent, and the temporal stage reproduces exactly when chunks are
+run one by one; the 2D stage changes by float rounding only (max 5.8e-6 here) when the
+micro-batches of 4 frames are composed differently, because PyTorch's CPU convolution does not
+give bit-identical per-image results for different batch sizes. An engine in float32 should
+match to about 1e-5 relative to the output's magnitude.
+
+Cross-checked: with diffusers 0.27.2 importable and OPENSORA_VAE_TEMPORAL pointing to Open-Sora
+v1.2.0's `opensora/models/vae/vae_temporal.py` (plus `einops`), the script compares the 2D VAE
+with diffusers' AutoencoderKL and the temporal VAE with Open-Sora's VAE_Temporal on these
+weights: max |diff| 0 (bit-identical), e.g.
+
+    pip install --target /tmp/vaecheck --no-deps diffusers==0.27.2 huggingface_hub==0.23.4 einops==0.8.0 \
+        safetensors==0.4.3 filelock regex importlib_metadata zipp requests tqdm fsspec packaging \
+        typing_extensions pyyaml urllib3 idna charset_normalizer certifi Pillow
+    git -C <Open-Sora git dir> show v1.2.0:opensora/models/vae/vae_temporal.py > /tmp/os_vae_temporal.py
+    PYTHONPATH=/tmp/vaecheck OPENSORA_VAE_TEMPORAL=/tmp/os_vae_temporal.py \
+        /usr/bin/python3 tools/reference/make_vae_fixtures.py --no-write
+
+Open-Sora v1.2.0's `VideoAutoencoderPipeline.encode/decode` itself (run with stubbed
+`transformers`/registry and `sample()` replaced by the mean) also reproduces all six cases with
+max |diff| 0.
+
+How well the fixtures catch mistakes (max |diff| of `video` of decode_23 / `z` of encode_23):
+
+| mistake | decode_23 | encode_23 |
+|---|---|---|
+| depth-to-time with (ts, C) channel order instead of (C, ts) | 3.5 | - |
+| time padding split front/back instead of front only | 3.2 | 0.38 |
+| decoder drops the last p frames instead of the first | 3.0 | - |
+| encoder pads the chunk at the back | - | 0.33 |
+| 2D downsample padding (1,0,1,0) instead of (0,1,0,1) | - | 0.28 |
+| clamp of the decoded video | 2.2 | - |
+| 2D latent factor 0.13025 instead of 0.18215 | 1.8 | 0.0075 |
+| 2D attention without 1/sqrt(C) | 1.5 | 0.15 |
+| GroupNorm eps 1e-6 everywhere (temporal should be 1e-5) | 1.1e-3 | 8.8e-3 |
+| GroupNorm eps 1e-5 everywhere (2D should be 1e-6) | 9.3e-4 | 7.8e-5 |
 """
 
 
