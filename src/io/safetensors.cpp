@@ -212,19 +212,30 @@ Tensor SafetensorsFile::get(const std::string& name) const {
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  std::vector<PlannedTensor> plan;
+  for (const auto& [name, t] : tensors) {
+    STDIT_CHECK(t.defined() && t.device().kind == DeviceKind::CPU, path, ": tensor '", name,
+                "' is not a CPU tensor");
+    plan.push_back({name, t.dtype(), t.shape()});
+  }
+  write_safetensors_streaming(path, plan, [&](size_t i) { return tensors[i].second; }, metadata);
+}
+
+void write_safetensors_streaming(const std::string& path, const std::vector<PlannedTensor>& plan,
+                                 const std::function<Tensor(size_t)>& produce,
+                                 const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::set<std::string> names;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    STDIT_CHECK(name != "__metadata__" && !name.empty(), path, ": invalid tensor name '", name, "'");
-    STDIT_CHECK(names.insert(name).second, path, ": tensor '", name, "' given twice");
-    STDIT_CHECK(t.defined() && t.device().kind == DeviceKind::CPU, path, ": tensor '", name,
-                "' is not a CPU tensor");
-    header[name] = {{"dtype", dtype_name(t.dtype())},
-                    {"shape", t.shape()},
-                    {"data_offsets", {offset, offset + t.nbytes()}}};
-    offset += t.nbytes();
+  for (const auto& t : plan) {
+    STDIT_CHECK(t.name != "__metadata__" && !t.name.empty(), path, ": invalid tensor name '", t.name, "'");
+    STDIT_CHECK(names.insert(t.name).second, path, ": tensor '", t.name, "' given twice");
+    const uint64_t bytes = static_cast<uint64_t>(shape_numel(t.shape)) * dtype_size(t.dtype);
+    header[t.name] = {{"dtype", dtype_name(t.dtype)},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');
@@ -233,26 +244,27 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
   const fs::path final_path(path);
   if (final_path.has_parent_path()) fs::create_directories(final_path.parent_path());
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
+  std::error_code ec;
+  try {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     STDIT_CHECK(out, path, ": cannot create ", tmp, ": ", std::strerror(errno));
     uint8_t len[8];
     for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(h.size()) >> (8 * i));
     out.write(reinterpret_cast<const char*>(len), 8);
     out.write(h.data(), static_cast<std::streamsize>(h.size()));
-    for (const auto& [name, t] : tensors) {
-      const Tensor c = t.contiguous();
+    for (size_t i = 0; i < plan.size(); ++i) {
+      const Tensor c = produce(i).contiguous();
+      STDIT_CHECK(c.dtype() == plan[i].dtype && c.shape() == plan[i].shape, path, ": tensor '",
+                  plan[i].name, "' does not have its planned dtype/shape");
       out.write(static_cast<const char*>(c.nbytes() ? c.raw() : nullptr),
                 static_cast<std::streamsize>(c.nbytes()));
     }
     out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      fail(path, ": write failed (disk full?)");
-    }
+    STDIT_CHECK(out, path, ": write failed (disk full?)");
+  } catch (...) {
+    fs::remove(tmp, ec);
+    throw;
   }
-  std::error_code ec;
   fs::rename(tmp, final_path, ec);
   if (ec) {
     fs::remove(tmp, ec);

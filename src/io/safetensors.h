@@ -5,6 +5,7 @@
 // then the data section; offsets are relative to its start. See docs/FORMATS.md.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -58,6 +59,18 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 // leaves a partial file under the final name.
 void write_safetensors(const std::string& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// Streaming writer: the header is planned from names/dtypes/shapes, then `produce(i)` is called
+// for each tensor in order and its bytes written, so peak memory is one tensor. `produce` must
+// return a CPU tensor of exactly the planned dtype and shape. Temporary file + rename, as above.
+struct PlannedTensor {
+  std::string name;
+  DType dtype;
+  Shape shape;
+};
+void write_safetensors_streaming(const std::string& path, const std::vector<PlannedTensor>& plan,
+                                 const std::function<Tensor(size_t)>& produce,
+                                 const std::map<std::string, std::string>& metadata = {});
 
 // The largest header we accept (same bound as the reference implementation).
 constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;
