@@ -185,6 +185,13 @@ Tensor Tensor::contiguous() const {
   return out;
 }
 
+Tensor Tensor::clone() const {
+  const Tensor c = contiguous();
+  Tensor out = empty(shape_, dtype_);
+  if (out.nbytes()) std::memcpy(out.raw(), c.raw(), out.nbytes());
+  return out;
+}
+
 Tensor Tensor::to(DType target) const {
   Tensor src = contiguous();
   if (target == dtype_) return src;

@@ -72,7 +72,10 @@ class Tensor {
 
   // --- CPU copies ---
   Tensor contiguous() const;             // same dtype, packed (returns *this if already packed)
-  Tensor to(DType dtype) const;          // CPU, contiguous, converted (f32/f16/bf16 exact rules)
+  // CPU, contiguous, converted (f32/f16/bf16 exact rules). May return *this (same storage) when
+  // nothing needs converting, which can be a read-only file mapping: use clone() to write.
+  Tensor to(DType dtype) const;
+  Tensor clone() const;                  // CPU, contiguous, always a fresh writable copy
 
   const std::shared_ptr<Storage>& storage() const { return storage_; }
   int64_t offset() const { return offset_; }

@@ -12,5 +12,7 @@ void add_forward(CLI::App& app, Action& action);
 void add_inspect(CLI::App& app, Action& action);
 void add_compare(CLI::App& app, Action& action);
 void add_tokenize(CLI::App& app, Action& action);
+void add_generate(CLI::App& app, Action& action);
+void add_convert(CLI::App& app, Action& action);
 
 }  // namespace stdit::cli

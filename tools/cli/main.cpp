@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "More log output");
   app.add_flag("-q,--quiet", quiet, "Only errors");
   stdit::cli::Action action;
+  stdit::cli::add_generate(app, action);
+  stdit::cli::add_convert(app, action);
   stdit::cli::add_forward(app, action);
   stdit::cli::add_inspect(app, action);
   stdit::cli::add_compare(app, action);

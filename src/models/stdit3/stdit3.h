@@ -40,6 +40,9 @@ class STDiT3 {
 
   const STDiT3Config& config() const { return cfg_; }
   DType model_dtype() const { return model_dtype_; }
+  // The null caption embedding `y_embedder.y_embedding` [model_max_length, caption_channels]
+  // (host F32): the unconditional half of the classifier-free-guidance batch.
+  const Tensor& null_caption() const { return y_embedding_host_; }
 
  private:
   struct Block {

@@ -1,0 +1,201 @@
+#include "pipeline/engine.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "io/checkpoint.h"
+#include "models/stdit3/config.h"
+#include "models/vae/config.h"
+#include "text/t5.h"
+#include "text/tokenizer.h"
+
+namespace stdit {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  STDIT_CHECK(in, p.string(), ": cannot open");
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// Which of our three models a checkpoint is, from its config.json or its key names.
+std::string identify(const fs::path& dir, const TensorSource* weights) {
+  if (fs::exists(dir / "config.json")) {
+    try {
+      const json j = json::parse(read_text(dir / "config.json"));
+      const std::string mt = j.value("model_type", std::string());
+      if (mt == "STDiT3") return "dit";
+      if (mt == "t5") return "t5";
+      if (mt == "VideoAutoencoderPipeline") return "vae";
+    } catch (const std::exception&) {
+    }
+  }
+  if (weights) {
+    for (const auto& e : weights->entries()) {
+      if (e.name.rfind("x_embedder.", 0) == 0 || e.name.rfind("spatial_blocks.", 0) == 0) return "dit";
+      if (e.name.rfind("spatial_vae.", 0) == 0 || e.name.rfind("temporal_vae.", 0) == 0) return "vae";
+      if (e.name == "shared.weight" || e.name.rfind("encoder.block.", 0) == 0) return "t5";
+    }
+  }
+  return "";
+}
+
+const char* flag_of(const std::string& kind) {
+  return kind == "dit" ? "--dit" : kind == "t5" ? "--t5" : "--vae";
+}
+const char* what_of(const std::string& kind) {
+  return kind == "dit" ? "the STDiT3 denoiser (hpcai-tech/OpenSora-STDiT-v3)"
+         : kind == "t5" ? "the T5 text encoder (DeepFloyd/t5-v1_1-xxl)"
+                        : "the VAE (hpcai-tech/OpenSora-VAE-v1.2)";
+}
+
+std::vector<ParamSpec> specs_for(const std::string& kind, const fs::path& cfg) {
+  if (kind == "dit") return stdit3_param_specs(load_stdit3_config(cfg.string()));
+  if (kind == "t5") return t5_param_specs(load_t5_config(cfg.string()));
+  return vae_param_specs(load_vae_config(cfg.string()));
+}
+
+// Converts one component into out_dir/<kind>/; returns its description for config.json.
+json convert_component(const std::string& kind, const std::string& given, const fs::path& out_dir,
+                       DType dtype) {
+  const std::string flag = flag_of(kind);
+  STDIT_CHECK(!given.empty(), "convert: ", flag, " is required (", what_of(kind), ")");
+  fs::path src(given);
+  STDIT_CHECK(fs::exists(src), given, " (", flag, "): no such file or directory");
+  const fs::path dir = fs::is_directory(src) ? src : src.parent_path();
+  STDIT_CHECK(fs::exists(dir / "config.json"), dir.string(), " (", flag,
+              "): no config.json; give the model directory as downloaded from Hugging Face");
+  std::shared_ptr<TensorSource> weights;
+  std::string id;
+  try {
+    weights = fs::is_directory(src) ? open_model_weights(dir.string(), flag) : open_tensor_file(src.string());
+    id = identify(dir, weights.get());
+  } catch (const Error&) {
+    id = identify(dir, nullptr);
+    if (!id.empty() && id != kind) throw Error(given + " is " + what_of(id) + ", not " + what_of(kind) +
+                                               "; pass it as " + flag_of(id));
+    throw;
+  }
+  STDIT_CHECK(id == kind, given, " is ", id.empty() ? "not a model stdit knows" : what_of(id), ", not ",
+              what_of(kind), id.empty() ? std::string() : std::string("; pass it as ") + flag_of(id));
+  const auto specs = specs_for(kind, dir / "config.json");
+  const std::vector<std::string> ignored =
+      kind == "t5" ? std::vector<std::string>{"decoder.", "lm_head."} : std::vector<std::string>{};
+  const WeightMap w = load_checked(*weights, specs, flag, ignored);
+
+  fs::create_directories(out_dir / kind);
+  fs::copy_file(dir / "config.json", out_dir / kind / "config.json");
+  fs::permissions(out_dir / kind / "config.json", fs::perms::owner_write, fs::perm_options::add);
+  std::vector<PlannedTensor> plan;
+  std::vector<std::string> names;
+  for (const auto& p : specs) {
+    if (!w.count(p.name) || p.name == "encoder.embed_tokens.weight") continue;  // tied copy
+    plan.push_back({p.name, is_float(w.at(p.name).dtype()) ? dtype : w.at(p.name).dtype(), p.shape});
+    names.push_back(p.name);
+  }
+  write_safetensors_streaming((out_dir / kind / "model.safetensors").string(), plan,
+                              [&](size_t i) { return w.at(names[i]).to(plan[i].dtype); },
+                              {{"format", "pt"}, {"producer", "stdit convert"}});
+  if (kind == "t5") {
+    const fs::path sp = fs::exists(dir / "spiece.model") ? dir / "spiece.model" : fs::path(default_spiece_model());
+    T5Tokenizer check(sp.string());  // refuse a broken vocabulary now, not at generate time
+    fs::copy_file(sp, out_dir / kind / "spiece.model");
+    fs::permissions(out_dir / kind / "spiece.model", fs::perms::owner_write, fs::perm_options::add);
+  }
+  uint64_t bytes = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) bytes += e.file_size();
+  log_info("convert: ", kind, " <- ", given, " (", plan.size(), " tensors, ", dtype_name(dtype), ")");
+  return {{"source", fs::absolute(src).string()}, {"source_bytes", bytes}, {"tensors", plan.size()}};
+}
+
+}  // namespace
+
+Engine open_engine(const std::string& dir) {
+  const fs::path d(dir);
+  STDIT_CHECK(fs::is_directory(d), dir, ": no engine directory here (make one with `stdit convert`)");
+  STDIT_CHECK(fs::exists(d / "config.json"), dir, ": not an engine directory (no config.json)");
+  json j;
+  try {
+    j = json::parse(read_text(d / "config.json"));
+  } catch (const std::exception& e) {
+    fail((d / "config.json").string(), ": not valid JSON (", e.what(), ")");
+  }
+  STDIT_CHECK(j.is_object() && j.value("format", std::string()) == "stdit-engine", (d / "config.json").string(),
+              ": not an stdit engine config (convert the checkpoints with `stdit convert`)");
+  STDIT_CHECK(j.value("format_version", 0) == 1, (d / "config.json").string(),
+              ": engine format version ", j.value("format_version", 0), " is not supported by this stdit");
+  Engine e;
+  e.dir = dir;
+  e.dtype = j.value("dtype", std::string("f32"));
+  e.dit = (d / "dit").string();
+  e.t5 = (d / "t5").string();
+  e.vae = (d / "vae").string();
+  e.spiece = (d / "t5" / "spiece.model").string();
+  for (const auto& p : {d / "dit/config.json", d / "dit/model.safetensors", d / "t5/config.json",
+                        d / "t5/model.safetensors", d / "t5/spiece.model", d / "vae/config.json",
+                        d / "vae/model.safetensors"})
+    STDIT_CHECK(fs::exists(p), dir, ": incomplete engine, ", fs::relative(p, d).string(),
+                " is missing (convert again with `stdit convert`)");
+  return e;
+}
+
+Engine default_engine() {
+  if (fs::is_directory("engine_outputs")) return open_engine("engine_outputs");
+  std::vector<fs::path> candidates = {fs::path(STDIT_SOURCE_DIR) / "models/tiny"};
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    candidates.push_back(exe.parent_path() / "models/tiny");
+    candidates.push_back(exe.parent_path().parent_path() / "models/tiny");
+  }
+  for (const auto& c : candidates)
+    if (fs::is_directory(c)) {
+      Engine e = open_engine(c.string());
+      e.embedded = true;
+      return e;
+    }
+  fail("no engine given (-e), no ./engine_outputs, and the embedded model is not found at ",
+       candidates[0].string());
+}
+
+void convert_engine(const ConvertOptions& opt) {
+  STDIT_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::BF16 || opt.dtype == DType::F16,
+              "convert: --dtype must be f32, bf16 or f16");
+  const fs::path out(opt.out);
+  STDIT_CHECK(!fs::exists(out) || opt.force, opt.out,
+              " already exists; pass --force to replace it, or choose another -o");
+  const fs::path tmp = fs::path(opt.out + ".tmp." + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  try {
+    fs::create_directories(tmp);
+    json comps;
+    comps["dit"] = convert_component("dit", opt.dit, tmp, opt.dtype);
+    comps["vae"] = convert_component("vae", opt.vae, tmp, opt.dtype);
+    comps["t5"] = convert_component("t5", opt.t5, tmp, opt.dtype);
+    const std::string dt = opt.dtype == DType::F32 ? "f32" : opt.dtype == DType::BF16 ? "bf16" : "f16";
+    json cfg = {{"format", "stdit-engine"}, {"format_version", 1}, {"program", "stdit 0.1.0"},
+                {"dtype", dt}, {"tp_size", 1}, {"components", comps}};
+    std::ofstream(tmp / "config.json") << cfg.dump(2) << "\n";
+    if (fs::exists(out)) fs::remove_all(out);
+    if (out.has_parent_path()) fs::create_directories(out.parent_path());
+    fs::rename(tmp, out);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  log_info("convert: engine written to ", fs::absolute(out).string());
+}
+
+}  // namespace stdit

@@ -1,0 +1,316 @@
+#include "pipeline/generate.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/philox.h"
+#include "io/safetensors.h"
+#include "media/frames.h"
+#include "media/image_io.h"
+#include "media/video_io.h"
+#include "models/stdit3/stdit3.h"
+#include "models/vae/vae.h"
+#include "pipeline/engine.h"
+#include "pipeline/presets.h"
+#include "pipeline/rflow.h"
+#include "text/prompt.h"
+#include "text/t5.h"
+#include "text/tokenizer.h"
+
+namespace stdit {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double peak_rss_gib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
+}
+
+// A progress bar on a terminal, plain lines otherwise.
+class Progress {
+ public:
+  Progress(const std::string& label, int total) : label_(label), total_(total), tty_(isatty(2)), t0_(Clock::now()) {
+    if (log_level() >= LogLevel::Info) draw(0);
+  }
+  void step(int done) {
+    if (log_level() >= LogLevel::Info) draw(done);
+  }
+
+ private:
+  void draw(int done) {
+    const double el = seconds_since(t0_);
+    const double per = done ? el / done : 0.0;
+    const double eta = per * (total_ - done);
+    if (tty_) {
+      const int width = 30, fill = total_ ? width * done / total_ : width;
+      std::fprintf(stderr, "\r%s [%s%s] %d/%d  %.2f s/it  ETA %.0f s   ", label_.c_str(),
+                   std::string(fill, '#').c_str(), std::string(width - fill, '.').c_str(), done, total_, per, eta);
+      if (done == total_) std::fprintf(stderr, "\n");
+    } else {
+      std::fprintf(stderr, "%s %d/%d  %.2f s/it  ETA %.0f s\n", label_.c_str(), done, total_, per, eta);
+    }
+    std::fflush(stderr);
+  }
+  std::string label_;
+  int total_;
+  bool tty_;
+  Clock::time_point t0_;
+};
+
+std::vector<std::string> read_prompt_file(const std::string& path) {
+  std::ifstream in(path);
+  STDIT_CHECK(in, path, ": cannot read the prompt file");
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+    if (!line.empty()) out.push_back(line);
+  }
+  STDIT_CHECK(!in.bad(), path, ": read error");
+  return out;
+}
+
+void check_writable_dir(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  STDIT_CHECK(!ec && fs::is_directory(dir), dir.string(), ": cannot create the output directory (",
+              ec.message(), ")");
+  const fs::path probe = dir / (".stdit_write_test." + std::to_string(::getpid()));
+  { std::ofstream f(probe); }
+  STDIT_CHECK(fs::exists(probe), dir.string(), ": the output directory is not writable");
+  fs::remove(probe, ec);
+}
+
+}  // namespace
+
+Tensor rflow_sample(STDiT3& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise, int height,
+                    int width, int num_frames, double fps, int steps, double cfg_scale,
+                    const std::function<void(int, const Tensor&)>& on_step) {
+  const int64_t B = noise.size(0), L = y_cond.size(2), C = y_cond.size(3);
+  const Tensor& null = dit.null_caption();  // [max_len, C]
+  STDIT_CHECK(null.size(0) == L && null.size(1) == C, "text embeddings [", L, ", ", C,
+              "] do not fit the denoiser's null caption ", shape_str(null.shape()));
+  // y = [cond; null], mask [B, L] shared by both halves.
+  Tensor y = Tensor::empty({2 * B, 1, L, C}, DType::F32);
+  const Tensor yc = y_cond.to(DType::F32);
+  std::memcpy(y.data<float>(), yc.data<float>(), yc.nbytes());
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(y.data<float>() + (B + b) * L * C, null.data<float>(), L * C * 4);
+  const std::vector<float> ts = rflow_timesteps(steps, height, width, num_frames, dit.model_dtype());
+  Tensor z = noise.to(DType::F32).clone();
+  if (dit.model_dtype() != DType::F32) z = z.to(dit.model_dtype()).to(DType::F32);  // randn in model dtype
+  const int64_t per = z.numel() / B;
+  STDiT3Inputs in;
+  in.y = y;
+  in.mask = mask;
+  in.fps = Tensor::from_f32({1}, {static_cast<float>(num_frames == 1 ? 120.0 : fps)});
+  in.height = Tensor::from_f32({1}, {static_cast<float>(height)});
+  in.width = Tensor::from_f32({1}, {static_cast<float>(width)});
+  Shape zin_shape = z.shape();
+  zin_shape[0] = 2 * B;
+  Tensor zin = Tensor::empty(zin_shape, DType::F32);
+  for (int i = 0; i < steps; ++i) {
+    // Open-Sora's frame mask is (1000 >= t): with a shift ratio below 1 the first timestep can
+    // round above 1000 in f32, every frame then counts as a clean frame and the step leaves z
+    // unchanged. Skipping the model call gives the same result.
+    if (ts[i] > 1000.0f) {
+      if (on_step) on_step(i, z);
+      continue;
+    }
+    std::memcpy(zin.data<float>(), z.data<float>(), z.nbytes());
+    std::memcpy(zin.data<float>() + z.numel(), z.data<float>(), z.nbytes());
+    in.x = zin;
+    in.timestep = Tensor::from_f32({2 * B}, std::vector<float>(2 * B, ts[i]));
+    const Tensor out = dit.forward(in);  // [2B, 8, T, h, w]; velocity = channels 0..3
+    const int64_t oc = out.size(1), plane = per / 4;
+    const float dt = (i + 1 < steps ? ts[i] - ts[i + 1] : ts[i]) / 1000.0f;
+    const float g = static_cast<float>(cfg_scale);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t k = 0; k < per; ++k) {
+        const int64_t c = k / plane, r = k % plane;
+        const float vc = out.data<float>()[((b * oc) + c) * plane + r];
+        const float vu = out.data<float>()[(((B + b) * oc) + c) * plane + r];
+        z.data<float>()[b * per + k] += (vu + g * (vc - vu)) * dt;
+      }
+    if (on_step) on_step(i, z);
+  }
+  return z;
+}
+
+std::vector<std::string> generate(const GenerateOptions& opt) {
+  const auto t_start = Clock::now();
+  // ---------------- check every setting before the heavy work ----------------
+  std::vector<std::string> prompts = opt.prompts;
+  if (!opt.prompt_file.empty())
+    for (auto& p : read_prompt_file(opt.prompt_file)) prompts.push_back(p);
+  const bool decode_only = !opt.decode_only.empty();
+  STDIT_CHECK(decode_only || !prompts.empty(),
+              "no prompt given: pass one or more prompts, or --prompt-file FILE");
+  STDIT_CHECK(opt.steps >= 1, "--steps must be at least 1, got ", opt.steps);
+  STDIT_CHECK(std::isfinite(opt.cfg_scale), "--cfg-scale must be a finite number");
+  STDIT_CHECK(std::isfinite(opt.fps) && opt.fps > 0, "--fps must be a positive number");
+  STDIT_CHECK(opt.num_samples >= 1 && opt.batch_size >= 1, "--num-samples and --batch-size must be at least 1");
+  STDIT_CHECK(opt.crf >= 0 && opt.crf <= 51, "--crf must be in 0..51");
+  int H, W;
+  if (opt.width > 0 || opt.height > 0) {
+    STDIT_CHECK(opt.width >= 8 && opt.height >= 8, "-W and -H must both be given, each at least 8 pixels");
+    H = opt.height;
+    W = opt.width;
+  } else {
+    std::tie(H, W) = image_size(opt.resolution, opt.aspect_ratio);
+  }
+  const int F = parse_num_frames(opt.num_frames);
+  if (F > 1) rflow_timesteps(1, H, W, F);  // refuses lengths the sampler cannot take
+  const Engine eng = opt.engine.empty() ? default_engine() : open_engine(opt.engine);
+  if (eng.embedded)
+    log_info("no engine given: using the embedded tiny demo model (", eng.dir,
+             "); convert real Open-Sora checkpoints with `stdit convert` for real videos");
+  const VaeConfig vcfg = load_vae_config(eng.vae + "/config.json");
+  const int64_t h = H / 8, w = W / 8, T = vcfg.latent_frames(F);
+  const fs::path out_dir = opt.out_dir;
+  check_writable_dir(out_dir);
+  const int items = decode_only ? 0 : static_cast<int>(prompts.size()) * opt.num_samples;
+  STDIT_CHECK(opt.output.empty() || items == 1 || decode_only,
+              "-o FILE names one output, but this run makes ", items, " videos");
+  auto backend = make_backend(opt.backend);
+
+  log_info("stdit generate: ", prompts.size(), " prompt(s) x ", opt.num_samples, " sample(s), ", W, "x", H,
+           " px, ", F, " frames at ", opt.fps, " fps, ", opt.steps, " steps, cfg ", opt.cfg_scale, ", seed ",
+           opt.seed, ", engine ", eng.dir, " (", eng.dtype, "), backend ", opt.backend);
+
+  Tensor latents;  // [items, 4, T, h, w]
+  double t_text = 0, t_denoise = 0;
+  if (decode_only) {
+    const auto f = SafetensorsFile::open(opt.decode_only);
+    STDIT_CHECK(f->contains("latents"), opt.decode_only, ": no 'latents' tensor (write one with --save-latents)");
+    latents = f->get("latents").to(DType::F32);
+    STDIT_CHECK(latents.dim() == 5 && latents.size(1) == 4 && latents.size(2) == T && latents.size(3) == h &&
+                    latents.size(4) == w,
+                opt.decode_only, ": latents ", shape_str(latents.shape()), " do not fit this run (expected [N, 4, ",
+                T, ", ", h, ", ", w, "] for ", F, " frames at ", W, "x", H, "; pass the same size and --num-frames)");
+  } else {
+    // ---------------- text ----------------
+    auto t0 = Clock::now();
+    const T5Tokenizer tok(eng.spiece);
+    auto t5 = T5Encoder::load(eng.t5, *backend, "engine t5");
+    const int P = static_cast<int>(prompts.size());
+    const int L = 300;
+    Tensor ids = Tensor::zeros({P, L}, DType::I64), mask = Tensor::zeros({P, L}, DType::I64);
+    for (int p = 0; p < P; ++p) {
+      const std::string text = prepare_prompt(prompts[p], {opt.aes, opt.flow, opt.camera_motion});
+      log_debug("prompt ", p, ": ", text);
+      const Tokens t = tok.encode(text, L);
+      for (int i = 0; i < L; ++i) {
+        ids.data<int64_t>()[p * L + i] = t.ids[i];
+        mask.data<int64_t>()[p * L + i] = t.mask[i];
+      }
+    }
+    const Tensor y = t5->forward(ids, mask);  // [P, L, C]
+    t5.reset();
+    t_text = seconds_since(t0);
+
+    // ---------------- denoise ----------------
+    t0 = Clock::now();
+    auto dit = STDiT3::load(eng.dit, *backend, "engine dit");
+    const int64_t C = y.size(2);
+    latents = Tensor::empty({items, 4, T, h, w}, DType::F32);
+    const int64_t per = 4 * T * h * w;
+    Progress bar("denoise", opt.steps * ((items + opt.batch_size - 1) / opt.batch_size));
+    int done = 0;
+    for (int start = 0; start < items; start += opt.batch_size) {
+      const int B = std::min(opt.batch_size, items - start);
+      Tensor yc = Tensor::empty({B, 1, L, C}, DType::F32), m = Tensor::empty({B, L}, DType::I64);
+      Tensor noise = Tensor::empty({B, 4, T, h, w}, DType::F32);
+      for (int b = 0; b < B; ++b) {
+        const int item = start + b, p = item / opt.num_samples;
+        std::memcpy(yc.data<float>() + b * L * C, y.data<float>() + p * L * C, L * C * 4);
+        std::memcpy(m.data<int64_t>() + b * L, mask.data<int64_t>() + p * L, L * 8);
+        // Each video's noise depends only on the seed and its index, not on the batching.
+        const Tensor n = philox_normal({4, T, h, w}, opt.seed, static_cast<uint32_t>(item));
+        std::memcpy(noise.data<float>() + b * per, n.data<float>(), per * 4);
+      }
+      const Tensor z = rflow_sample(*dit, yc, m, noise, H, W, F, opt.fps, opt.steps, opt.cfg_scale,
+                                    [&](int, const Tensor&) { bar.step(++done); });
+      std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
+    }
+    t_denoise = seconds_since(t0);
+    if (!opt.save_latents.empty()) {
+      write_safetensors(opt.save_latents, {{"latents", latents}},
+                        {{"num_frames", std::to_string(F)}, {"height", std::to_string(H)},
+                         {"width", std::to_string(W)}, {"seed", std::to_string(opt.seed)}});
+      std::printf("Saved latents to %s\n", opt.save_latents.c_str());
+    }
+  }
+
+  // ---------------- decode and write ----------------
+  auto t0 = Clock::now();
+  auto vae = OpenSoraVae::load(eng.vae, *backend, "engine vae");
+  std::vector<std::string> written;
+  const int n_items = static_cast<int>(latents.size(0));
+  double t_write = 0;
+  int index = 0;
+  const std::string ext = F == 1 ? ".png" : ".mp4";
+  auto name_for = [&](int idx, int k) {
+    std::string s = opt.sample_name + "_" + std::string(4 - std::min<size_t>(4, std::to_string(idx).size()), '0') +
+                    std::to_string(idx);
+    if (opt.num_samples != 1) s += "-" + std::to_string(k);
+    return (out_dir / (s + ext)).string();
+  };
+  for (int item = 0; item < n_items; ++item) {
+    const int k = item % opt.num_samples;
+    if (k == 0 && opt.output.empty()) {
+      // The next index whose files are all free: existing outputs are never overwritten.
+      auto taken = [&](int idx) {
+        for (int kk = 0; kk < opt.num_samples; ++kk)
+          if (fs::exists(name_for(idx, kk))) return true;
+        return false;
+      };
+      while (taken(index)) ++index;
+    }
+    const Tensor z = latents.slice(0, item, item + 1).contiguous();
+    const Tensor video = vae->decode(z, F);  // [1, 3, F, 8h, 8w]
+    const auto tw = Clock::now();
+    const Frames frames = frames_from_video_tensor(video.select(0, 0), opt.fps);
+    const std::string path = opt.output.empty() ? name_for(index, k) : opt.output;
+    if (!opt.output.empty()) STDIT_CHECK(!fs::exists(path), path, " exists; not overwriting it");
+    const std::string prompt = decode_only ? std::string() : prompts[item / opt.num_samples];
+    if (F == 1) {
+      write_png(path, frames);
+    } else {
+      Mp4Options mo;
+      mo.fps = opt.fps;
+      mo.crf = opt.crf;
+      mo.metadata = {{"comment", "stdit generate"}, {"prompt", prompt}, {"seed", std::to_string(opt.seed)},
+                     {"steps", std::to_string(opt.steps)}, {"cfg_scale", std::to_string(opt.cfg_scale)},
+                     {"model", eng.dir}};
+      write_mp4(path, frames, mo);
+    }
+    t_write += seconds_since(tw);
+    std::printf("Saved to %s\n", path.c_str());
+    std::fflush(stdout);
+    written.push_back(path);
+    if (k == opt.num_samples - 1) ++index;
+  }
+  const double t_decode = seconds_since(t0) - t_write;
+  log_info("time: text ", t_text, " s, denoise ", t_denoise, " s, decode ", t_decode, " s, write ", t_write,
+           " s, total ", seconds_since(t_start), " s; peak memory ", peak_rss_gib(), " GiB (host)");
+  return written;
+}
+
+}  // namespace stdit

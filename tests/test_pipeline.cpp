@@ -1,0 +1,122 @@
+// The whole text-to-video pipeline on tiny models against the PyTorch reference pipeline
+// (tests/data/pipeline_tiny), and `stdit convert` / engine checks.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/error.h"
+#include "media/frames.h"
+#include "models/stdit3/stdit3.h"
+#include "models/vae/vae.h"
+#include "pipeline/engine.h"
+#include "pipeline/generate.h"
+#include "text/prompt.h"
+#include "text/t5.h"
+#include "text/tokenizer.h"
+
+using namespace stdit;
+namespace fs = std::filesystem;
+
+namespace {
+const std::string kData = STDIT_TEST_DATA;
+
+double check(const std::string& name, const Tensor& got, const SafetensorsFile& want) {
+  const double e = rel_error(got, want.get(name));
+  std::cout << "pipeline " << name << ": rel err " << e << "\n";
+  return e;
+}
+}  // namespace
+
+TEST(Pipeline, TinyTextToVideoMatchesReference) {
+  const std::string d = kData + "/pipeline_tiny/";
+  std::ifstream in(d + "inputs.json");
+  const auto cfg = nlohmann::json::parse(in);
+  const auto want = SafetensorsFile::open(d + "expected.safetensors");
+  const auto noise_file = SafetensorsFile::open(d + "noise.safetensors");
+  const std::vector<std::string> prompts = cfg["prompts"];
+  const int P = static_cast<int>(prompts.size()), L = 300;
+  const int H = cfg["height"], W = cfg["width"], F = cfg["num_frames"], steps = cfg["steps"];
+  CpuBackend be;
+
+  // Text: preparation and tokens exactly, embeddings within 1e-4.
+  const T5Tokenizer tok(default_spiece_model());
+  Tensor ids = Tensor::zeros({P, L}, DType::I64), mask = Tensor::zeros({P, L}, DType::I64);
+  for (int p = 0; p < P; ++p) {
+    const Tokens t = tok.encode(prepare_prompt(prompts[p], {cfg["aes"].get<double>(), std::nullopt, std::nullopt}), L);
+    for (int i = 0; i < L; ++i) {
+      ids.data<int64_t>()[p * L + i] = t.ids[i];
+      mask.data<int64_t>()[p * L + i] = t.mask[i];
+    }
+  }
+  EXPECT_EQ(rel_error(ids, want->get("input_ids")), 0.0);
+  EXPECT_EQ(rel_error(mask, want->get("mask")), 0.0);
+  auto t5 = T5Encoder::load(kData + "/t5_tiny/safetensors", be);
+  const Tensor y = t5->forward(ids, mask);
+  const Tensor y_cond = y.view({P, 1, L, y.size(2)});
+  EXPECT_LE(check("y_cond", y_cond, *want), 1e-4);
+
+  // Denoising: every Euler step within 1e-4.
+  auto dit = STDiT3::load(d + "dit", be);
+  std::vector<Tensor> step_z;
+  const Tensor z = rflow_sample(*dit, y_cond, mask, noise_file->get("noise"), H, W, F, cfg["fps"].get<double>(),
+                                steps, cfg["cfg_scale"].get<double>(),
+                                [&](int, const Tensor& zi) { step_z.push_back(zi.clone()); });
+  ASSERT_EQ(static_cast<int>(step_z.size()), steps);
+  for (int i = 0; i < steps; ++i) EXPECT_LE(check("z.step" + std::to_string(i), step_z[i], *want), 1e-4);
+  EXPECT_LE(check("latents", z, *want), 1e-4);
+
+  // Decoding and pixels: video within 1e-4, uint8 frames within +-1.
+  auto vae = OpenSoraVae::load(kData + "/vae_tiny", be);
+  const Tensor frames_want = want->get("frames");  // [P, F, H, W, 3] U8
+  for (int p = 0; p < P; ++p) {
+    const Tensor video = vae->decode(z.slice(0, p, p + 1).contiguous(), F);
+    EXPECT_LE(rel_error(video, want->get("video").slice(0, p, p + 1)), 1e-4);
+    const Frames fr = frames_from_video_tensor(video.select(0, 0), 24);
+    int worst = 0;
+    const uint8_t* ref = frames_want.data<uint8_t>() + static_cast<size_t>(p) * fr.rgb.size();
+    for (size_t i = 0; i < fr.rgb.size(); ++i) worst = std::max(worst, std::abs(int(fr.rgb[i]) - int(ref[i])));
+    EXPECT_LE(worst, 1) << "prompt " << p;
+  }
+}
+
+TEST(Convert, WritesEngineAndRecognisesWrongFlags) {
+  const fs::path out = fs::path(::testing::TempDir()) / ("stdit_engine_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  ConvertOptions o;
+  o.dit = kData + "/pipeline_tiny/dit";
+  o.vae = kData + "/vae_tiny";
+  o.t5 = kData + "/t5_tiny/bin";  // DeepFloyd's layout: sharded .bin + index
+  o.out = out.string();
+  o.dtype = DType::BF16;
+  convert_engine(o);
+  const Engine e = open_engine(out.string());
+  EXPECT_EQ(e.dtype, "bf16");
+  auto err = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(err([&] { convert_engine(o); }).find("already exists; pass --force"), std::string::npos);
+  ConvertOptions bad = o;
+  bad.out = out.string() + "_2";
+  bad.dit = kData + "/vae_tiny";
+  EXPECT_NE(err([&] { convert_engine(bad); }).find("pass it as --vae"), std::string::npos);
+  bad = o;
+  bad.out = out.string() + "_3";
+  bad.vae = kData + "/t5_tiny/safetensors";
+  EXPECT_NE(err([&] { convert_engine(bad); }).find("pass it as --t5"), std::string::npos);
+  EXPECT_FALSE(fs::exists(bad.out));  // nothing half-written
+  // An incomplete engine is refused with the missing part named.
+  fs::remove(out / "vae" / "model.safetensors");
+  EXPECT_NE(err([&] { open_engine(out.string()); }).find("vae/model.safetensors is missing"), std::string::npos);
+  EXPECT_NE(err([&] { open_engine(kData + "/stdit3_a"); }).find("not an stdit engine"), std::string::npos);
+  fs::remove_all(out);
+}
