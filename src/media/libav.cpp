@@ -4,7 +4,6 @@
 
 #include <cerrno>
 #include <cstdarg>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -14,7 +13,6 @@
 
 extern "C" {
 #include <libavutil/error.h>
-#include <libavutil/imgutils.h>
 #include <libavutil/log.h>
 }
 

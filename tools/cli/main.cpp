@@ -8,6 +8,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"stdit: Open-Sora 1.2 (STDiT3) text-to-video inference engine"};
   app.require_subcommand(1);
+  app.fallthrough();  // -v / -q also after the subcommand
   app.set_version_flag("--version", "stdit 0.1.0");
   bool verbose = false, quiet = false;
   app.add_flag("-v,--verbose", verbose, "More log output");

@@ -1,6 +1,8 @@
 // CPU backend: memory, elementwise ops, embeddings.
 #include "backend/cpu/cpu_backend.h"
 
+#include <cblas.h>
+
 #include <cmath>
 
 #include "core/error.h"
@@ -33,6 +35,8 @@ std::vector<int64_t> leading_offsets(const Tensor& t, int lead) {
 }  // namespace cpu
 
 using namespace cpu;
+
+CpuBackend::CpuBackend() { openblas_set_num_threads(1); }
 
 Tensor CpuBackend::alloc(const Shape& shape, DType dtype) { return Tensor::empty(shape, dtype); }
 

@@ -2,6 +2,9 @@
 // upsampling, per-channel affine, strided copy.
 #include <cblas.h>
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "backend/cpu/cpu_backend.h"
@@ -52,27 +55,51 @@ void CpuBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   std::vector<float> res(static_cast<size_t>(Co * N));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t to = 0; to < To; ++to) {
-      // im2col: row (ci, dt, dh, dw), column (ho, wo); zero outside the input.
+      // im2col: row (ci, dt, dh, dw), column (ho, wo); zero outside the input. For each output
+      // row the valid input columns form one range, copied in a tight loop.
 #pragma omp parallel for collapse(2) schedule(static)
       for (int64_t ci = 0; ci < Ci; ++ci)
         for (int64_t dt = 0; dt < kt; ++dt) {
           const int64_t ti = to * p.stride_t + dt - p.pad_t_front;
+          const bool t_in = ti >= 0 && ti < T;
+          const float* plane = t_in ? x.data<float>() + ((b * Ci + ci) * T + ti) * H * W : nullptr;
           for (int64_t dh = 0; dh < kh; ++dh)
             for (int64_t dw = 0; dw < kw; ++dw) {
               float* c = col.data() + (((ci * kt + dt) * kh + dh) * kw + dw) * N;
+              // Output columns wo with 0 <= wo * stride_w + dw - pad_left < W.
+              const int64_t off = dw - p.pad_left, sw = p.stride_w;
+              int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+              int64_t hi = W - off <= 0 ? 0 : (W - off + sw - 1) / sw;
+              lo = std::min(lo, Wo);
+              hi = std::max(lo, std::min(hi, Wo));
               for (int64_t ho = 0; ho < Ho; ++ho) {
-                const int64_t hi = ho * p.stride_h + dh - p.pad_top;
-                for (int64_t wo = 0; wo < Wo; ++wo) {
-                  const int64_t wi = wo * p.stride_w + dw - p.pad_left;
-                  const bool in = ti >= 0 && ti < T && hi >= 0 && hi < H && wi >= 0 && wi < W;
-                  c[ho * Wo + wo] = in ? x.data<float>()[(((b * Ci + ci) * T + ti) * H + hi) * W + wi] : 0.0f;
+                float* cr = c + ho * Wo;
+                const int64_t hi_row = ho * p.stride_h + dh - p.pad_top;
+                if (!t_in || hi_row < 0 || hi_row >= H) {
+                  std::fill(cr, cr + Wo, 0.0f);
+                  continue;
                 }
+                const float* xr = plane + hi_row * W + off;
+                std::fill(cr, cr + lo, 0.0f);
+                if (sw == 1) {
+                  std::copy(xr + lo, xr + hi, cr + lo);
+                } else {
+                  for (int64_t wo = lo; wo < hi; ++wo) cr[wo] = xr[wo * sw];
+                }
+                std::fill(cr + hi, cr + Wo, 0.0f);
               }
             }
         }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(Co), static_cast<int>(N),
-                  static_cast<int>(K), 1.0f, w.data<float>(), static_cast<int>(K), col.data(),
-                  static_cast<int>(N), 0.0f, res.data(), static_cast<int>(N));
+      // Single-threaded BLAS per column block; OpenMP splits the output columns.
+      const int64_t chunks = std::min<int64_t>(std::max<int64_t>(N / 64, 1), omp_get_max_threads());
+#pragma omp parallel for schedule(static)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t n0 = N * c / chunks, n1 = N * (c + 1) / chunks;
+        if (n1 > n0)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(Co), static_cast<int>(n1 - n0),
+                      static_cast<int>(K), 1.0f, w.data<float>(), static_cast<int>(K), col.data() + n0,
+                      static_cast<int>(N), 0.0f, res.data() + n0, static_cast<int>(N));
+      }
       for (int64_t co = 0; co < Co; ++co) {
         float* o = out.data<float>() + ((b * Co + co) * To + to) * N;
         const float bv = bias.defined() ? bias.data<float>()[co] : 0.0f;

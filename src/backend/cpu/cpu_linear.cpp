@@ -1,6 +1,9 @@
 // CPU linear layer: BLAS sgemm plus a bias/activation pass.
 #include <cblas.h>
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "backend/cpu/cpu_backend.h"
@@ -34,9 +37,16 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
     STDIT_CHECK(bias.numel() == n, "cpu linear: bias has ", bias.numel(), " values, expected ", n);
   }
   if (m == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), 1.0f, x.data<float>(), static_cast<int>(k), w.data<float>(),
-              static_cast<int>(k), 0.0f, out.data<float>(), static_cast<int>(n));
+  // BLAS runs single-threaded (see CpuBackend()); OpenMP splits the rows instead.
+  const int64_t chunks = std::min<int64_t>(m, omp_get_max_threads());
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t r0 = m * c / chunks, r1 = m * (c + 1) / chunks;
+    if (r1 > r0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(r1 - r0), static_cast<int>(n),
+                  static_cast<int>(k), 1.0f, x.data<float>() + r0 * k, static_cast<int>(k), w.data<float>(),
+                  static_cast<int>(k), 0.0f, out.data<float>() + r0 * n, static_cast<int>(n));
+  }
   if (!bias.defined() && act == Activation::None) return;
   float* o = out.data<float>();
   const float* b = bias.defined() ? bias.data<float>() : nullptr;
