@@ -273,6 +273,10 @@ class Mp4Writer {
     if (oc_->oformat->flags & AVFMT_GLOBALHEADER) enc_->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
     av_opt_set(enc_->priv_data, "preset", o.preset.c_str(), 0);
     av_opt_set_double(enc_->priv_data, "crf", o.crf, 0);
+    // No B-frames: with them, two encodes of identical frames in one process gave different
+    // decoded pictures (frame 1 onwards; seen in tests/test_pipeline.cpp). Without reordering the
+    // output is repeatable byte for byte; files are slightly larger. Root cause not yet found.
+    av_opt_set(enc_->priv_data, "x264-params", "bframes=0", 0);
     clear_libav_message();
     const int err = avcodec_open2(enc_.get(), codec, nullptr);
     STDIT_CHECK(err >= 0, path_, ": cannot open libx264 (", width_, "x", height_, ", preset ",

@@ -1,0 +1,460 @@
+// CUDA backend: context, memory, elementwise ops, embeddings, gather.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace stdit {
+
+// ================================================================================================
+// context, errors, checks
+
+void check_launch(const char* op) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    fail("cuda ", op, ": kernel launch failed: ", cudaGetErrorName(e), " (", cudaGetErrorString(e),
+         ")");
+}
+
+CudaContext::CudaContext(int dev, CudaOptions opt) : device(dev), options(opt) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  STDIT_CHECK(e == cudaSuccess && n > 0, "cuda backend: no usable CUDA device (",
+              e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
+  STDIT_CHECK(dev >= 0 && dev < n, "cuda backend: device ", dev, " requested, ", n, " visible");
+  STDIT_CUDA_CHECK(cudaSetDevice(dev));
+  cudaDeviceProp prop{};
+  STDIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  STDIT_CHECK(prop.major == 9 && prop.minor == 0, "cuda backend: this build holds sm_90a code only "
+              "(H100/H200); device ", dev, " (", prop.name, ") is sm_", prop.major, prop.minor);
+  num_sms = prop.multiProcessorCount;
+  smem_optin = prop.sharedMemPerBlockOptin;
+  // Keep freed blocks in the pool: the models allocate and free the same sizes every step.
+  cudaMemPool_t pool;
+  STDIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+  uint64_t threshold = std::numeric_limits<uint64_t>::max();
+  STDIT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  // A blocking stream: it also orders against work that others put on the legacy default stream.
+  STDIT_CUDA_CHECK(cudaStreamCreate(&stream));
+  STDIT_CUBLAS_CHECK(cublasLtCreate(&lt));
+  workspace_bytes = size_t{64} << 20;
+  STDIT_CUDA_CHECK(cudaMalloc(&workspace, workspace_bytes));
+}
+
+CudaContext::~CudaContext() {
+  // Never throws: this may run at exit, after the CUDA runtime has begun to unload.
+  cudaSetDevice(device);
+  if (stream) cudaStreamSynchronize(stream);
+  for (auto& [key, plan] : gemm_plans) {
+    if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
+    if (plan.a) cublasLtMatrixLayoutDestroy(plan.a);
+    if (plan.b) cublasLtMatrixLayoutDestroy(plan.b);
+    if (plan.c) cublasLtMatrixLayoutDestroy(plan.c);
+  }
+  if (lt) cublasLtDestroy(lt);
+  if (workspace) cudaFree(workspace);
+  if (stream) cudaStreamDestroy(stream);
+}
+
+std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size_t bytes) {
+  if (bytes == 0) return std::shared_ptr<void>();
+  void* p = nullptr;
+  const cudaError_t e = cudaMallocAsync(&p, bytes, ctx->stream);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    fail("cuda: out of device memory allocating ", bytes, " bytes (", free_b >> 20, " MiB free of ",
+         total_b >> 20, " MiB): ", cudaGetErrorString(e));
+  }
+  std::shared_ptr<CudaContext> keep = ctx;
+  return std::shared_ptr<void>(p, [keep](void* q) { cudaFreeAsync(q, keep->stream); });
+}
+
+std::shared_ptr<void> device_copy_of(const std::shared_ptr<CudaContext>& ctx, const void* host,
+                                     size_t bytes) {
+  auto d = device_alloc(ctx, bytes);
+  if (bytes)
+    STDIT_CUDA_CHECK(cudaMemcpyAsync(d.get(), host, bytes, cudaMemcpyHostToDevice, ctx->stream));
+  return d;
+}
+
+namespace cuda {
+
+void expect_device(const Tensor& t, const CudaContext& ctx, const char* op, const char* what) {
+  STDIT_CHECK(t.defined(), "cuda ", op, ": ", what, " is missing");
+  STDIT_CHECK(t.device().kind == DeviceKind::CUDA && t.device().index == ctx.device, "cuda ", op,
+              ": ", what, " is not a tensor of this CUDA device (upload it first)");
+}
+void expect_f32(const Tensor& t, const CudaContext& ctx, const char* op, const char* what) {
+  expect_device(t, ctx, op, what);
+  STDIT_CHECK(t.dtype() == DType::F32, "cuda ", op, ": ", what, " must be F32, got ",
+              dtype_name(t.dtype()));
+  STDIT_CHECK(t.dim() == 0 || t.stride(-1) == 1 || t.size(-1) == 1, "cuda ", op, ": ", what,
+              " must have a contiguous last dimension");
+}
+void expect_contiguous_f32(const Tensor& t, const CudaContext& ctx, const char* op,
+                           const char* what) {
+  expect_f32(t, ctx, op, what);
+  STDIT_CHECK(t.is_contiguous(), "cuda ", op, ": ", what, " must be contiguous");
+}
+void expect_shape(const Tensor& t, const Shape& s, const char* op, const char* what) {
+  STDIT_CHECK(t.shape() == s, "cuda ", op, ": ", what, " has shape ", shape_str(t.shape()),
+              ", expected ", shape_str(s));
+}
+
+LeadShape lead_shape(const Tensor& t, int lead) {
+  STDIT_CHECK(lead <= kMaxLead, "cuda: tensor ", shape_str(t.shape()), " has more than ", kMaxLead,
+              " leading dimensions");
+  LeadShape s;
+  s.rank = lead;
+  for (int i = 0; i < lead; ++i) s.n[i] = t.size(i);
+  return s;
+}
+LeadStrides lead_strides(const Tensor& t, int lead) {
+  LeadStrides s{};
+  for (int i = 0; i < lead; ++i) s.s[i] = t.stride(i);
+  return s;
+}
+
+}  // namespace cuda
+
+using namespace cuda;
+
+// ================================================================================================
+// backend object, memory
+
+CudaBackend::CudaBackend(int device, CudaOptions options)
+    : ctx_(std::make_shared<CudaContext>(device, options)) {}
+
+CudaBackend::~CudaBackend() = default;
+
+Device CudaBackend::device() const { return Device{DeviceKind::CUDA, ctx_->device}; }
+const CudaOptions& CudaBackend::options() const { return ctx_->options; }
+
+void CudaBackend::synchronize() {
+  STDIT_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+  STDIT_CUDA_CHECK(cudaGetLastError());
+}
+
+void CudaBackend::fill_bytes(Tensor& t, int byte) {
+  expect_device(t, *ctx_, "fill_bytes", "t");
+  STDIT_CHECK(t.is_contiguous(), "cuda fill_bytes: tensor must be contiguous");
+  if (t.nbytes()) STDIT_CUDA_CHECK(cudaMemsetAsync(t.raw(), byte, t.nbytes(), ctx_->stream));
+}
+
+Tensor CudaBackend::alloc(const Shape& shape, DType dtype) {
+  for (int64_t d : shape) STDIT_CHECK(d >= 0, "cuda alloc: negative dimension in ", shape_str(shape));
+  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  auto mem = device_alloc(ctx_, bytes);
+  void* p = mem.get();
+  return Tensor::from_blob(p, shape, dtype, std::move(mem), device());
+}
+
+Tensor CudaBackend::upload(const Tensor& host) {
+  STDIT_CHECK(host.defined(), "cuda upload: tensor is missing");
+  const DType target = is_float(host.dtype()) ? DType::F32 : host.dtype();
+  if (host.device().kind == DeviceKind::CUDA) {
+    // Already on a device: a fresh packed copy (device floats are F32 in this backend).
+    expect_device(host, *ctx_, "upload", "source");
+    STDIT_CHECK(host.dtype() == target, "cuda upload: device tensor of dtype ",
+                dtype_name(host.dtype()));
+    Tensor d = alloc(host.shape(), target);
+    copy(host, d);
+    return d;
+  }
+  // Floats are widened (bf16/f16 exactly) and packed on the host, then copied.
+  const Tensor h = host.to(target);
+  Tensor d = alloc(h.shape(), target);
+  if (h.nbytes())
+    STDIT_CUDA_CHECK(
+        cudaMemcpyAsync(d.raw(), h.raw(), h.nbytes(), cudaMemcpyHostToDevice, ctx_->stream));
+  return d;
+}
+
+Tensor CudaBackend::download(const Tensor& t) {
+  expect_device(t, *ctx_, "download", "tensor");
+  Tensor src = t;
+  if (!t.is_contiguous()) {
+    src = alloc(t.shape(), t.dtype());
+    copy(t, src);
+  }
+  Tensor host = Tensor::empty(t.shape(), t.dtype());
+  if (host.nbytes())
+    STDIT_CUDA_CHECK(cudaMemcpyAsync(host.raw(), src.raw(), host.nbytes(), cudaMemcpyDeviceToHost,
+                                     ctx_->stream));
+  synchronize();
+  return host;
+}
+
+// ================================================================================================
+// elementwise
+
+namespace {
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename I>
+__global__ void add_kernel(const float* __restrict__ a, const float* __restrict__ b,
+                           float* __restrict__ o, I n, I m) {
+  for (I i = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<I>(gridDim.x) * blockDim.x)
+    o[i] = a[i] + b[i % m];
+}
+
+// n and m multiples of 4, all pointers 16-byte aligned.
+template <typename I>
+__global__ void add4_kernel(const float4* __restrict__ a, const float4* __restrict__ b,
+                            float4* __restrict__ o, I n4, I m4) {
+  for (I i = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; i < n4;
+       i += static_cast<I>(gridDim.x) * blockDim.x) {
+    const float4 x = a[i], y = b[i % m4];
+    o[i] = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+  }
+}
+
+__global__ void silu_kernel(const float* __restrict__ x, float* __restrict__ o, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    o[i] = silu_f(x[i]);
+}
+
+__global__ void mul_kernel(const float* __restrict__ a, const float* __restrict__ b,
+                           float* __restrict__ o, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    o[i] = a[i] * b[i];
+}
+
+// out = x * scale[c] + shift[c]; x [B, C, S] flattened; grid.y walks the B*C planes.
+__global__ void channel_affine_kernel(const float* __restrict__ x, const float* __restrict__ scale,
+                                      const float* __restrict__ shift, float* __restrict__ o,
+                                      int64_t planes, int64_t c, int64_t s) {
+  for (int64_t pl = blockIdx.y; pl < planes; pl += gridDim.y) {
+    const float a = scale[pl % c], sh = shift[pl % c];
+    const float* xs = x + pl * s;
+    float* os = o + pl * s;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < s;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+      os[i] = xs[i] * a + sh;
+  }
+}
+
+// out [P, 2H, 2W] from x [P, H, W].
+__global__ void upsample2x_kernel(const float* __restrict__ x, float* __restrict__ o, int64_t planes,
+                                  int64_t h, int64_t w) {
+  const int64_t w2 = 2 * w, per = 4 * h * w, n = planes * per;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t pl = i / per, r = i - pl * per, y = r / w2, xx = r - y * w2;
+    o[i] = x[(pl * h + y / 2) * w + xx / 2];
+  }
+}
+
+__global__ void timestep_kernel(const float* __restrict__ t, const float* __restrict__ freq,
+                                float* __restrict__ o, int64_t b, int64_t half) {
+  const int64_t n = b * half;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / half, k = i - r * half;
+    const float a = t[r] * freq[k];
+    o[r * 2 * half + k] = cosf(a);  // cos first (spec §3.4)
+    o[r * 2 * half + half + k] = sinf(a);
+  }
+}
+
+__global__ void sincos2d_kernel(const float* __restrict__ omega, float* __restrict__ o, int64_t hp,
+                                int64_t wp, int64_t q, float scale, float row_ratio,
+                                float col_ratio) {
+  const int64_t n = hp * wp * q;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t pos = i / q, k = i - pos * q, r = pos / wp, col = pos - r * wp;
+    const float rho = static_cast<float>(r) / scale * row_ratio;
+    const float gamma = static_cast<float>(col) / scale * col_ratio;
+    const float ag = gamma * omega[k], ar = rho * omega[k];
+    float* out = o + pos * 4 * q;
+    out[k] = sinf(ag);  // column coordinate first (spec §3.3)
+    out[q + k] = cosf(ag);
+    out[2 * q + k] = sinf(ar);
+    out[3 * q + k] = cosf(ar);
+  }
+}
+
+__global__ void gather_rows_kernel(const float* __restrict__ src, const int64_t* __restrict__ rows,
+                                   float* __restrict__ o, int64_t nrows, int64_t c) {
+  for (int64_t r = blockIdx.y; r < nrows; r += gridDim.y) {
+    const float* s = src + rows[r] * c;
+    float* d = o + r * c;
+    for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < c;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x)
+      d[j] = s[j];
+  }
+}
+
+}  // namespace
+
+void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(a, c, "add", "a");
+  expect_contiguous_f32(b, c, "add", "b");
+  expect_contiguous_f32(out, c, "add", "out");
+  const int64_t n = a.numel(), m = b.numel();
+  STDIT_CHECK(out.numel() == n && m > 0 && n % m == 0, "cuda add: cannot broadcast ",
+              shape_str(b.shape()), " over ", shape_str(a.shape()));
+  if (n == 0) return;
+  const int threads = 256;
+  if (n % 4 == 0 && m % 4 == 0 && aligned16(a.raw()) && aligned16(b.raw()) && aligned16(out.raw())) {
+    const int64_t n4 = n / 4, m4 = m / 4;
+    if (n4 < (int64_t{1} << 31))
+      add4_kernel<int32_t><<<blocks_for(n4, threads), threads, 0, c.stream>>>(
+          static_cast<const float4*>(a.raw()), static_cast<const float4*>(b.raw()),
+          static_cast<float4*>(out.raw()), static_cast<int32_t>(n4), static_cast<int32_t>(m4));
+    else
+      add4_kernel<int64_t><<<blocks_for(n4, threads), threads, 0, c.stream>>>(
+          static_cast<const float4*>(a.raw()), static_cast<const float4*>(b.raw()),
+          static_cast<float4*>(out.raw()), n4, m4);
+  } else if (n < (int64_t{1} << 31)) {
+    add_kernel<int32_t><<<blocks_for(n, threads), threads, 0, c.stream>>>(
+        a.data<float>(), b.data<float>(), out.data<float>(), static_cast<int32_t>(n),
+        static_cast<int32_t>(m));
+  } else {
+    add_kernel<int64_t><<<blocks_for(n, threads), threads, 0, c.stream>>>(
+        a.data<float>(), b.data<float>(), out.data<float>(), n, m);
+  }
+  check_launch("add");
+}
+
+void CudaBackend::silu(const Tensor& x, Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(x, c, "silu", "x");
+  expect_contiguous_f32(out, c, "silu", "out");
+  STDIT_CHECK(x.numel() == out.numel(), "cuda silu: size mismatch");
+  if (x.numel() == 0) return;
+  silu_kernel<<<blocks_for(x.numel(), 256), 256, 0, c.stream>>>(x.data<float>(), out.data<float>(),
+                                                                x.numel());
+  check_launch("silu");
+}
+
+void CudaBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(a, c, "mul", "a");
+  expect_contiguous_f32(b, c, "mul", "b");
+  expect_contiguous_f32(out, c, "mul", "out");
+  STDIT_CHECK(a.numel() == b.numel() && a.numel() == out.numel(), "cuda mul: sizes ",
+              shape_str(a.shape()), ", ", shape_str(b.shape()), ", ", shape_str(out.shape()));
+  if (a.numel() == 0) return;
+  mul_kernel<<<blocks_for(a.numel(), 256), 256, 0, c.stream>>>(a.data<float>(), b.data<float>(),
+                                                               out.data<float>(), a.numel());
+  check_launch("mul");
+}
+
+void CudaBackend::channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                                 Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(x, c, "channel_affine", "x");
+  expect_contiguous_f32(out, c, "channel_affine", "out");
+  expect_contiguous_f32(scale, c, "channel_affine", "scale");
+  expect_contiguous_f32(shift, c, "channel_affine", "shift");
+  STDIT_CHECK(x.dim() >= 2 && out.numel() == x.numel() && scale.numel() == x.size(1) &&
+                  shift.numel() == x.size(1),
+              "cuda channel_affine: x ", shape_str(x.shape()), ", scale ", scale.numel(), ", shift ",
+              shift.numel());
+  const int64_t B = x.size(0), C = x.size(1);
+  if (x.numel() == 0) return;
+  const int64_t S = x.numel() / (B * C);
+  dim3 grid(blocks_for(S, 256, 64), static_cast<unsigned>(std::min<int64_t>(B * C, 65535)));
+  channel_affine_kernel<<<grid, 256, 0, c.stream>>>(x.data<float>(), scale.data<float>(),
+                                                    shift.data<float>(), out.data<float>(), B * C,
+                                                    C, S);
+  check_launch("channel_affine");
+}
+
+void CudaBackend::upsample_nearest2x(const Tensor& x, Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(x, c, "upsample_nearest2x", "x");
+  expect_contiguous_f32(out, c, "upsample_nearest2x", "out");
+  STDIT_CHECK(x.dim() >= 2, "cuda upsample_nearest2x: x must have H and W");
+  Shape want = x.shape();
+  want[want.size() - 1] *= 2;
+  want[want.size() - 2] *= 2;
+  expect_shape(out, want, "upsample_nearest2x", "out");
+  const int64_t H = x.size(-2), W = x.size(-1);
+  if (x.numel() == 0) return;
+  const int64_t planes = x.numel() / (H * W);
+  upsample2x_kernel<<<blocks_for(out.numel(), 256), 256, 0, c.stream>>>(
+      x.data<float>(), out.data<float>(), planes, H, W);
+  check_launch("upsample_nearest2x");
+}
+
+// ================================================================================================
+// embeddings, gather
+
+void CudaBackend::timestep_embedding(const Tensor& t, float max_period, Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(t, c, "timestep_embedding", "t");
+  expect_contiguous_f32(out, c, "timestep_embedding", "out");
+  const int64_t b = t.numel(), dim = out.size(-1), half = dim / 2;
+  STDIT_CHECK(out.dim() == 2 && out.size(0) == b && dim % 2 == 0,
+              "cuda timestep_embedding: out must be [B, even dim]");
+  if (b == 0 || half == 0) return;
+  // Frequencies on the host, exactly as the CPU backend computes them (f32 steps in PyTorch's
+  // order); the device evaluates t * f and cos/sin.
+  const float neg_log_p = static_cast<float>(-std::log(static_cast<double>(max_period)));
+  std::vector<float> freq(half);
+  for (int64_t i = 0; i < half; ++i)
+    freq[i] = std::exp(neg_log_p * static_cast<float>(i) / static_cast<float>(half));
+  auto dfreq = device_copy_of(ctx_, freq.data(), freq.size() * 4);
+  timestep_kernel<<<blocks_for(b * half, 256), 256, 0, c.stream>>>(
+      t.data<float>(), static_cast<const float*>(dfreq.get()), out.data<float>(), b, half);
+  check_launch("timestep_embedding");
+}
+
+void CudaBackend::sincos_pos_embed_2d(int64_t hp, int64_t wp, float scale, float base_size,
+                                      Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(out, c, "sincos_pos_embed_2d", "out");
+  const int64_t ch = out.size(-1);
+  STDIT_CHECK(out.dim() == 2 && out.size(0) == hp * wp && ch % 4 == 0,
+              "cuda sincos_pos_embed_2d: out must be [Hp*Wp, C] with C divisible by 4");
+  const int64_t q = ch / 4;
+  if (hp * wp == 0 || q == 0) return;
+  std::vector<float> omega(q);
+  for (int64_t k = 0; k < q; ++k)
+    omega[k] = 1.0f / std::pow(10000.0f, static_cast<float>(2 * k) / static_cast<float>(ch / 2));
+  const float row_ratio = static_cast<float>(static_cast<double>(base_size) / static_cast<double>(hp));
+  const float col_ratio = static_cast<float>(static_cast<double>(base_size) / static_cast<double>(wp));
+  auto domega = device_copy_of(ctx_, omega.data(), omega.size() * 4);
+  sincos2d_kernel<<<blocks_for(hp * wp * q, 256), 256, 0, c.stream>>>(
+      static_cast<const float*>(domega.get()), out.data<float>(), hp, wp, q, scale, row_ratio,
+      col_ratio);
+  check_launch("sincos_pos_embed_2d");
+}
+
+void CudaBackend::gather_rows(const Tensor& src, const std::vector<int64_t>& rows, Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(src, c, "gather_rows", "src");
+  expect_contiguous_f32(out, c, "gather_rows", "out");
+  const int64_t ch = src.size(-1), r = src.numel() / std::max<int64_t>(ch, 1);
+  STDIT_CHECK(out.numel() == static_cast<int64_t>(rows.size()) * ch, "cuda gather_rows: out size");
+  for (size_t i = 0; i < rows.size(); ++i)
+    STDIT_CHECK(rows[i] >= 0 && rows[i] < r, "cuda gather_rows: row ", rows[i], " out of ", r);
+  if (rows.empty() || ch == 0) return;
+  auto drows = device_copy_of(ctx_, rows.data(), rows.size() * sizeof(int64_t));
+  const int64_t nr = static_cast<int64_t>(rows.size());
+  dim3 grid(blocks_for(ch, 256, 64), static_cast<unsigned>(std::min<int64_t>(nr, 65535)));
+  gather_rows_kernel<<<grid, 256, 0, c.stream>>>(src.data<float>(),
+                                                 static_cast<const int64_t*>(drows.get()),
+                                                 out.data<float>(), nr, ch);
+  check_launch("gather_rows");
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  CudaOptions o;
+  if (const char* e = std::getenv("STDIT_CUDA_TF32")) o.tf32 = std::string(e) != "0";
+  return std::make_unique<CudaBackend>(device, o);
+}
+
+}  // namespace stdit

@@ -1,0 +1,91 @@
+// The CUDA backend: F32 activations in device memory, cuBLASLt GEMMs (TF32 tensor cores by
+// default), hand-written kernels for everything else. Same op semantics as the CPU backend
+// (backend/cpu), which is its oracle (tests/gpu/test_cuda_ops.cpp).
+//
+// One CUDA stream per backend; every op is enqueued on it and returns without waiting. download()
+// synchronises. Device tensors keep the backend's context (stream, cuBLASLt handle) alive through
+// their Storage owner, so a tensor may outlive the CudaBackend object that made it.
+//
+// This header is plain C++ (no CUDA headers): backend.cpp and the tests include it.
+#pragma once
+#include <memory>
+
+#include "backend/backend.h"
+
+namespace stdit {
+
+struct CudaContext;  // cuda_common.cuh
+
+struct CudaOptions {
+  // Linear layers and convolutions on the TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32).
+  // false: plain F32 GEMMs (CUBLAS_COMPUTE_32F), ~1e-6 from the CPU backend, several times slower.
+  bool tf32 = true;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device = 0, CudaOptions options = {});
+  ~CudaBackend() override;
+  std::string name() const override { return "cuda"; }
+  Device device() const override;
+
+  Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
+  Tensor upload(const Tensor& host) override;
+  Tensor download(const Tensor& t) override;
+
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
+              Tensor& out) override;
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void silu(const Tensor& x, Tensor& out) override;
+  void mul(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
+
+  void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                          const Tensor& shift0, const Tensor& scale0, const FrameSelect& sel,
+                          float eps, Tensor& out) override;
+  void gated_residual(Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& gate0,
+                      const FrameSelect& sel) override;
+  void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) override;
+
+  void qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const Tensor& rope_freqs) override;
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out,
+                 const AttentionExtras& extras = {}) override;
+  void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                       const std::vector<int>& kv_lens, float scale, Tensor& out) override;
+
+  void timestep_embedding(const Tensor& t, float max_period, Tensor& out) override;
+  void sincos_pos_embed_2d(int64_t hp, int64_t wp, float scale, float base_size,
+                           Tensor& out) override;
+  void patchify(const Tensor& x, int pt, int ph, int pw, Tensor& out) override;
+  void unpatchify(const Tensor& x, int64_t tp, int64_t hp, int64_t wp, int pt, int ph, int pw,
+                  Tensor& out) override;
+  void gather_rows(const Tensor& src, const std::vector<int64_t>& rows, Tensor& out) override;
+  void copy(const Tensor& src, Tensor& dst) override;
+
+  void conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,
+              Tensor& out) override;
+  void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+                  bool silu, Tensor& out) override;
+  void upsample_nearest2x(const Tensor& x, Tensor& out) override;
+  void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                      Tensor& out) override;
+
+  // --- CUDA-specific ---
+  void synchronize();             // waits for every op enqueued so far; throws on a device error
+  // Sets every byte of a contiguous device tensor (tests poison outputs with 0xFF = NaN floats).
+  void fill_bytes(Tensor& t, int byte);
+  const CudaOptions& options() const;
+  const std::shared_ptr<CudaContext>& context() const { return ctx_; }
+
+ private:
+  std::shared_ptr<CudaContext> ctx_;
+};
+
+// The registry's factory ("cuda"): device index `device`; STDIT_CUDA_TF32=0 in the environment
+// selects plain F32 GEMMs.
+std::unique_ptr<Backend> make_cuda_backend(int device);
+
+// Number of visible CUDA devices; 0 when there is no driver or no device (cuda_runtime_info.cu).
+int cuda_device_count();
+
+}  // namespace stdit

@@ -1,0 +1,156 @@
+// Shared internals of the CUDA backend: the context (stream, cuBLASLt), error checks, argument
+// checks mirroring the CPU backend's, and small device helpers. CUDA translation units only.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace stdit {
+
+// ------------------------------------------------------------------------------------------------
+// errors
+
+#define STDIT_CUDA_CHECK(expr)                                                                  \
+  do {                                                                                          \
+    const cudaError_t stdit_err_ = (expr);                                                      \
+    if (stdit_err_ != cudaSuccess)                                                              \
+      ::stdit::fail("cuda: ", #expr, " failed: ", cudaGetErrorName(stdit_err_), " (",           \
+                    cudaGetErrorString(stdit_err_), ") at ", __FILE__, ":", __LINE__);        \
+  } while (0)
+
+#define STDIT_CUBLAS_CHECK(expr)                                                                \
+  do {                                                                                          \
+    const cublasStatus_t stdit_st_ = (expr);                                                    \
+    if (stdit_st_ != CUBLAS_STATUS_SUCCESS)                                                     \
+      ::stdit::fail("cublasLt: ", #expr, " failed with status ", static_cast<int>(stdit_st_),  \
+                    " at ", __FILE__, ":", __LINE__);                                          \
+  } while (0)
+
+// After a kernel launch: configuration errors (and earlier asynchronous faults) become an Error.
+void check_launch(const char* op);
+
+// ------------------------------------------------------------------------------------------------
+// context
+
+struct GemmKey {
+  int64_t m, n, k, lda, ldb, ldc;
+  int transa, transb, epilogue, align_a, align_b, align_c, align_bias;
+  bool operator<(const GemmKey& o) const {
+    return std::tie(m, n, k, lda, ldb, ldc, transa, transb, epilogue, align_a, align_b, align_c,
+                    align_bias) < std::tie(o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.transa, o.transb,
+                                           o.epilogue, o.align_a, o.align_b, o.align_c,
+                                           o.align_bias);
+  }
+};
+
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool ok = false;  // false: cuBLASLt found no algorithm; the fallback kernel runs instead
+};
+
+struct CudaContext {
+  int device = 0;
+  CudaOptions options;
+  cudaStream_t stream = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  int num_sms = 0;
+  size_t smem_optin = 0;
+  std::mutex gemm_mutex;
+  std::map<GemmKey, GemmPlan> gemm_plans;
+
+  CudaContext(int device, CudaOptions options);
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+};
+
+// Device memory of `bytes` bytes on ctx's stream (stream-ordered allocator); freed on that stream
+// when the last owner goes.
+std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size_t bytes);
+
+// A small host array copied to a fresh device buffer on ctx's stream (kernel arguments that do not
+// fit a parameter block). The buffer is freed stream-ordered, after the kernels that use it.
+std::shared_ptr<void> device_copy_of(const std::shared_ptr<CudaContext>& ctx, const void* host,
+                                     size_t bytes);
+
+// Column-major F32 GEMM on ctx's stream: C[m x n] = op(A)[m x k] * op(B)[k x n], plus bias[i]
+// added to row i when bias_rows is given. cuBLASLt (TF32 or F32 compute per ctx.options), or a
+// plain F32 kernel where cuBLASLt offers no algorithm.
+void gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, int64_t k,
+              const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+              const float* bias_rows = nullptr);
+
+// ------------------------------------------------------------------------------------------------
+// argument checks (the CPU backend's, plus "lives on this device")
+
+namespace cuda {
+void expect_device(const Tensor& t, const CudaContext& ctx, const char* op, const char* what);
+void expect_f32(const Tensor& t, const CudaContext& ctx, const char* op, const char* what);
+void expect_contiguous_f32(const Tensor& t, const CudaContext& ctx, const char* op,
+                           const char* what);
+void expect_shape(const Tensor& t, const Shape& s, const char* op, const char* what);
+
+inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 1 << 20) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > cap) b = cap;
+  return static_cast<unsigned>(b);
+}
+
+// Leading ("batch") dims of a strided tensor: shape shared by several tensors, strides per tensor.
+constexpr int kMaxLead = 6;
+struct LeadStrides {
+  int64_t s[kMaxLead];
+};
+struct LeadShape {
+  int rank = 0;
+  int64_t n[kMaxLead];
+};
+LeadShape lead_shape(const Tensor& t, int lead);
+LeadStrides lead_strides(const Tensor& t, int lead);
+
+__device__ __forceinline__ int64_t lead_offset(const LeadShape& sh, const LeadStrides& st,
+                                               int64_t b) {
+  int64_t off = 0;
+  for (int i = sh.rank - 1; i >= 0; --i) {
+    const int64_t q = b / sh.n[i];
+    off += (b - q * sh.n[i]) * st.s[i];
+    b = q;
+  }
+  return off;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// x / (1 + exp(-x)) in f32, as the CPU backend writes it.
+__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float gelu_tanh_f(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+}  // namespace cuda
+}  // namespace stdit

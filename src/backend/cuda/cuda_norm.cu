@@ -1,0 +1,306 @@
+// CUDA normalisation, modulation and gating: RMSNorm, modulated LayerNorm (with FrameSelect),
+// gated residual, frame selection, GroupNorm(+SiLU).
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace stdit {
+
+using namespace cuda;
+
+namespace {
+
+// A [B, C] modulation vector: rows of stride `s` (stride(1) == 1).
+struct ModRow {
+  const float* p = nullptr;
+  int64_t s = 0;
+};
+ModRow mod_row(const Tensor& v) {
+  if (!v.defined()) return {};
+  return {v.data<float>(), v.stride(0)};
+}
+
+// Frame selection on the device: mask [B, T] U8 (nullptr = inactive).
+struct Sel {
+  const uint8_t* mask = nullptr;
+  int64_t t = 0, tpf = 1;
+};
+__device__ __forceinline__ bool is_clean(const Sel& s, int64_t b, int64_t n) {
+  return s.mask && s.mask[b * s.t + n / s.tpf] == 0;
+}
+
+void check_mod(const Tensor& v, const CudaContext& c, int64_t b, int64_t ch, const char* op,
+               const char* what) {
+  expect_f32(v, c, op, what);
+  STDIT_CHECK(v.dim() == 2 && v.size(0) == b && v.size(1) == ch, "cuda ", op, ": ", what,
+              " has shape ", shape_str(v.shape()), ", expected [", b, ", ", ch, "]");
+}
+
+Sel check_select(const FrameSelect& sel, const CudaContext& c, int64_t b, int64_t n,
+                 const char* op) {
+  if (!sel.active()) return {};
+  expect_device(sel.mask, c, op, "frame mask");
+  STDIT_CHECK(sel.mask.dtype() == DType::U8 && sel.mask.dim() == 2 && sel.mask.size(0) == b &&
+                  sel.mask.is_contiguous(),
+              "cuda ", op, ": frame mask must be contiguous U8 [B, T]");
+  STDIT_CHECK(sel.tokens_per_frame > 0 && sel.mask.size(1) * sel.tokens_per_frame == n, "cuda ", op,
+              ": frame mask [", b, ", ", sel.mask.size(1), "] x ", sel.tokens_per_frame,
+              " tokens/frame does not cover ", n, " tokens");
+  return {sel.mask.data<uint8_t>(), sel.mask.size(1), sel.tokens_per_frame};
+}
+
+constexpr int kWarps = 8;  // rows per block in the warp-per-row kernels
+
+// One warp per row of C. Statistics in f64 as the CPU backend (then f32); out may alias x.
+__global__ void __launch_bounds__(kWarps * 32)
+    ln_mod_kernel(const float* x, float* out, int64_t rows, int64_t n, int64_t c, ModRow shift,
+                  ModRow scale, ModRow shift0, ModRow scale0, Sel sel, float eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const float* xr = x + row * c;
+  float* o = out + row * c;
+  double sum = 0;
+  for (int64_t i = lane; i < c; i += 32) sum += xr[i];
+  sum = warp_sum(sum);
+  const double mean = sum / c;
+  double sq = 0;
+  for (int64_t i = lane; i < c; i += 32) {
+    const double d = xr[i] - mean;
+    sq += d * d;
+  }
+  sq = warp_sum(sq);
+  const float rstd = static_cast<float>(1.0 / sqrt(sq / c + eps));
+  const float m = static_cast<float>(mean);
+  const int64_t bi = row / n, ni = row - bi * n;
+  const bool clean = is_clean(sel, bi, ni);
+  const float* sh = clean ? shift0.p + bi * shift0.s : shift.p + bi * shift.s;
+  const float* sc = clean ? scale0.p + bi * scale0.s : scale.p + bi * scale.s;
+  for (int64_t i = lane; i < c; i += 32) o[i] = (xr[i] - m) * rstd * (1.0f + sc[i]) + sh[i];
+}
+
+// One warp per row; f32 sum of squares.
+__global__ void __launch_bounds__(kWarps * 32)
+    rms_norm_kernel(const float* x, const float* __restrict__ w, float* out, int64_t rows,
+                    int64_t c, float eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const float* xr = x + row * c;
+  float* o = out + row * c;
+  float ss = 0;
+  for (int64_t i = lane; i < c; i += 32) ss += xr[i] * xr[i];
+  ss = warp_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(c) + eps);
+  for (int64_t i = lane; i < c; i += 32) o[i] = w[i] * (xr[i] * inv);
+}
+
+// One block per token row: x[row, :] += gate[b, :] * y[row, :].
+__global__ void gated_residual_kernel(float* x, const float* y, int64_t rows, int64_t n,
+                                      int64_t c, ModRow gate, ModRow gate0, Sel sel) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t bi = row / n, ni = row - bi * n;
+    const float* g = is_clean(sel, bi, ni) ? gate0.p + bi * gate0.s : gate.p + bi * gate.s;
+    float* xr = x + row * c;
+    const float* yr = y + row * c;
+    for (int64_t i = threadIdx.x; i < c; i += blockDim.x) xr[i] += g[i] * yr[i];
+  }
+}
+
+__global__ void select_frames_kernel(float* dst, const float* src, int64_t rows, int64_t n,
+                                     int64_t c, Sel sel) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t bi = row / n, ni = row - bi * n;
+    if (!is_clean(sel, bi, ni)) continue;
+    for (int64_t i = threadIdx.x; i < c; i += blockDim.x) dst[row * c + i] = src[row * c + i];
+  }
+}
+
+// ---- GroupNorm: per (batch, group) statistics over a contiguous range of n = C/G * S values ----
+
+constexpr int kGnThreads = 256;
+
+__device__ double block_sum(double v, double* shared /* [32] */) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // shared may still be read from a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  const int nw = (blockDim.x + 31) / 32;
+  v = lane < nw ? shared[lane] : 0.0;
+  return warp_sum(v);  // every warp holds the total
+}
+
+// Sum of the partials of group g (P of them), by the whole block.
+__device__ double sum_partials(const double* part, int64_t p, double* shared) {
+  double v = 0;
+  for (int64_t i = threadIdx.x; i < p; i += blockDim.x) v += part[i];
+  return block_sum(v, shared);
+}
+
+// grid (P, G): partial sums of chunk p of group g.
+__global__ void __launch_bounds__(kGnThreads)
+    gn_sum_kernel(const float* __restrict__ x, double* __restrict__ psum, int64_t n, int64_t chunk,
+                  int64_t p) {
+  __shared__ double sh[32];
+  const int64_t g = blockIdx.y, i0 = blockIdx.x * chunk, i1 = min(n, i0 + chunk);
+  const float* xs = x + g * n;
+  double v = 0;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) v += xs[i];
+  v = block_sum(v, sh);
+  if (threadIdx.x == 0) psum[g * p + blockIdx.x] = v;
+}
+
+__global__ void __launch_bounds__(kGnThreads)
+    gn_sq_kernel(const float* __restrict__ x, const double* __restrict__ psum,
+                 double* __restrict__ psq, int64_t n, int64_t chunk, int64_t p) {
+  __shared__ double sh[32];
+  const int64_t g = blockIdx.y, i0 = blockIdx.x * chunk, i1 = min(n, i0 + chunk);
+  const double mean = sum_partials(psum + g * p, p, sh) / n;
+  const float* xs = x + g * n;
+  double v = 0;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+    const double d = xs[i] - mean;
+    v += d * d;
+  }
+  v = block_sum(v, sh);
+  if (threadIdx.x == 0) psq[g * p + blockIdx.x] = v;
+}
+
+// grid (P, G): normalise chunk p of group g; s = values per channel, cg = channels per group.
+__global__ void __launch_bounds__(kGnThreads)
+    gn_apply_kernel(const float* x, const double* __restrict__ psum, const double* __restrict__ psq,
+                    const float* __restrict__ gamma, const float* __restrict__ beta, float* out,
+                    int64_t n, int64_t chunk, int64_t p, int64_t s, int64_t cg, int64_t groups,
+                    float eps, bool silu) {
+  __shared__ double sh[32];
+  const int64_t g = blockIdx.y, i0 = blockIdx.x * chunk, i1 = min(n, i0 + chunk);
+  const double mean = sum_partials(psum + g * p, p, sh) / n;
+  const double sq = sum_partials(psq + g * p, p, sh);
+  const float rstd = static_cast<float>(1.0 / sqrt(sq / n + eps));
+  const float m = static_cast<float>(mean);
+  const int64_t c0 = (g % groups) * cg;
+  const float* xs = x + g * n;
+  float* os = out + g * n;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+    const int64_t ch = c0 + i / s;
+    float v = (xs[i] - m) * rstd * gamma[ch] + beta[ch];
+    if (silu) v = silu_f(v);
+    os[i] = v;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                                     const Tensor& shift0, const Tensor& scale0,
+                                     const FrameSelect& sel, float eps, Tensor& out) {
+  const char* op = "layernorm_modulate";
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(x, c, op, "x");
+  expect_contiguous_f32(out, c, op, "out");
+  STDIT_CHECK(x.dim() == 3, "cuda ", op, ": x must be [B, N, C]");
+  expect_shape(out, x.shape(), op, "out");
+  const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
+  check_mod(shift, c, b, ch, op, "shift");
+  check_mod(scale, c, b, ch, op, "scale");
+  const Sel s = check_select(sel, c, b, n, op);
+  if (sel.active()) {
+    check_mod(shift0, c, b, ch, op, "shift0");
+    check_mod(scale0, c, b, ch, op, "scale0");
+  }
+  const int64_t rows = b * n;
+  if (rows == 0 || ch == 0) return;
+  ln_mod_kernel<<<blocks_for(rows, kWarps, int64_t{1} << 31), kWarps * 32, 0, c.stream>>>(
+      x.data<float>(), out.data<float>(), rows, n, ch, mod_row(shift), mod_row(scale),
+      mod_row(shift0), mod_row(scale0), s, eps);
+  check_launch(op);
+}
+
+void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(x, c, "rms_norm", "x");
+  expect_contiguous_f32(weight, c, "rms_norm", "weight");
+  expect_contiguous_f32(out, c, "rms_norm", "out");
+  const int64_t ch = weight.numel();
+  STDIT_CHECK(x.size(-1) == ch && out.numel() == x.numel(), "cuda rms_norm: x ",
+              shape_str(x.shape()), " vs weight ", shape_str(weight.shape()));
+  if (ch == 0) return;
+  const int64_t rows = x.numel() / ch;
+  if (rows == 0) return;
+  rms_norm_kernel<<<blocks_for(rows, kWarps, int64_t{1} << 31), kWarps * 32, 0, c.stream>>>(
+      x.data<float>(), weight.data<float>(), out.data<float>(), rows, ch, eps);
+  check_launch("rms_norm");
+}
+
+void CudaBackend::gated_residual(Tensor& x, const Tensor& y, const Tensor& gate,
+                                 const Tensor& gate0, const FrameSelect& sel) {
+  const char* op = "gated_residual";
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(x, c, op, "x");
+  expect_contiguous_f32(y, c, op, "y");
+  STDIT_CHECK(x.dim() == 3, "cuda ", op, ": x must be [B, N, C]");
+  expect_shape(y, x.shape(), op, "y");
+  const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
+  check_mod(gate, c, b, ch, op, "gate");
+  const Sel s = check_select(sel, c, b, n, op);
+  if (sel.active()) check_mod(gate0, c, b, ch, op, "gate0");
+  const int64_t rows = b * n;
+  if (rows == 0 || ch == 0) return;
+  const int threads = static_cast<int>(std::min<int64_t>(256, (ch + 31) / 32 * 32));
+  gated_residual_kernel<<<blocks_for(rows, 1, int64_t{1} << 30), threads, 0, c.stream>>>(
+      x.data<float>(), y.data<float>(), rows, n, ch, mod_row(gate), mod_row(gate0), s);
+  check_launch(op);
+}
+
+void CudaBackend::select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) {
+  const char* op = "select_frames";
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(dst, c, op, "dst");
+  expect_contiguous_f32(src, c, op, "src");
+  STDIT_CHECK(dst.dim() == 3, "cuda ", op, ": dst must be [B, N, C]");
+  expect_shape(src, dst.shape(), op, "src");
+  const int64_t b = dst.size(0), n = dst.size(1), ch = dst.size(2);
+  const Sel s = check_select(sel, c, b, n, op);
+  if (!sel.active() || b * n == 0 || ch == 0) return;
+  const int threads = static_cast<int>(std::min<int64_t>(256, (ch + 31) / 32 * 32));
+  select_frames_kernel<<<blocks_for(b * n, 1, int64_t{1} << 30), threads, 0, c.stream>>>(
+      dst.data<float>(), src.data<float>(), b * n, n, ch, s);
+  check_launch(op);
+}
+
+void CudaBackend::group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
+                             float eps, bool silu, Tensor& out) {
+  const char* op = "group_norm";
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(x, c, op, "x");
+  expect_contiguous_f32(out, c, op, "out");
+  expect_contiguous_f32(gamma, c, op, "gamma");
+  expect_contiguous_f32(beta, c, op, "beta");
+  STDIT_CHECK(x.dim() >= 2 && out.shape() == x.shape(), "cuda group_norm: x/out shapes");
+  const int64_t B = x.size(0), C = x.size(1);
+  STDIT_CHECK(groups > 0 && C % groups == 0 && gamma.numel() == C && beta.numel() == C,
+              "cuda group_norm: ", C, " channels, ", groups, " groups");
+  if (x.numel() == 0) return;
+  const int64_t S = x.numel() / (B * C), cg = C / groups, n = cg * S, G = B * groups;
+  STDIT_CHECK(G <= 65535, "cuda group_norm: ", G, " (batch x groups) is more than one launch covers");
+  // Enough chunks per group to fill the GPU several times over, each at least 2048 values.
+  const int64_t want = std::max<int64_t>(1, (8 * c.num_sms + G - 1) / G);
+  const int64_t p = std::max<int64_t>(1, std::min<int64_t>({want, (n + 2047) / 2048, 1024}));
+  const int64_t chunk = (n + p - 1) / p;
+  auto part = device_alloc(ctx_, static_cast<size_t>(2 * G * p) * sizeof(double));
+  double* psum = static_cast<double*>(part.get());
+  double* psq = psum + G * p;
+  const dim3 grid(static_cast<unsigned>(p), static_cast<unsigned>(G));
+  gn_sum_kernel<<<grid, kGnThreads, 0, c.stream>>>(x.data<float>(), psum, n, chunk, p);
+  check_launch(op);
+  gn_sq_kernel<<<grid, kGnThreads, 0, c.stream>>>(x.data<float>(), psum, psq, n, chunk, p);
+  check_launch(op);
+  gn_apply_kernel<<<grid, kGnThreads, 0, c.stream>>>(x.data<float>(), psum, psq, gamma.data<float>(),
+                                                     beta.data<float>(), out.data<float>(), n, chunk,
+                                                     p, S, cg, groups, eps, silu);
+  check_launch(op);
+}
+
+}  // namespace stdit
