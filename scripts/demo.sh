@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the main job on the embedded tiny model: the README's first command.
-# (Until `stdit generate` lands, the main job is one STDiT3 forward call.)
+# Sets up, builds and runs the main job: one video from a prompt with the embedded demo model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
-mkdir -p out
-./build/stdit forward dit --model tests/data/stdit3_a \
-  --inputs tests/data/stdit3_a/inputs.safetensors --output out/forward_dit.safetensors
-./build/stdit inspect out/forward_dit.safetensors
+./build/stdit generate "a beautiful waterfall" "$@"

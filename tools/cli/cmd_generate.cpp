@@ -21,7 +21,8 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--steps", o->steps, "Sampling steps")->capture_default_str();
   cmd->add_option("--cfg-scale", o->cfg_scale, "Classifier-free guidance scale")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the initial noise")->capture_default_str();
-  cmd->add_option("--aes", o->aes, "Aesthetic score appended to the prompt")->capture_default_str();
+  cmd->add_option("--aes", o->aes, "Aesthetic score appended to the prompt (default 6.5)");
+  cmd->add_flag_callback("--no-aes", [o] { o->aes.reset(); }, "Do not append an aesthetic score");
   cmd->add_option("--flow", o->flow, "Motion score appended to the prompt");
   cmd->add_option("--camera-motion", o->camera_motion, "none, pan right, pan left, tilt up, tilt down, zoom in, zoom out, static");
   cmd->add_option("--num-samples", o->num_samples, "Videos per prompt (files get -k suffixes)")->capture_default_str();

@@ -212,7 +212,7 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
   }
   const int64_t rows = b * n;
   if (rows == 0 || ch == 0) return;
-  ln_mod_kernel<<<blocks_for(rows, kWarps, int64_t{1} << 31), kWarps * 32, 0, c.stream>>>(
+  ln_mod_kernel<<<blocks_for(rows, kWarps, 2147483647), kWarps * 32, 0, c.stream>>>(
       x.data<float>(), out.data<float>(), rows, n, ch, mod_row(shift), mod_row(scale),
       mod_row(shift0), mod_row(scale0), s, eps);
   check_launch(op);
@@ -229,7 +229,7 @@ void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Ten
   if (ch == 0) return;
   const int64_t rows = x.numel() / ch;
   if (rows == 0) return;
-  rms_norm_kernel<<<blocks_for(rows, kWarps, int64_t{1} << 31), kWarps * 32, 0, c.stream>>>(
+  rms_norm_kernel<<<blocks_for(rows, kWarps, 2147483647), kWarps * 32, 0, c.stream>>>(
       x.data<float>(), weight.data<float>(), out.data<float>(), rows, ch, eps);
   check_launch("rms_norm");
 }
