@@ -120,3 +120,24 @@ TEST(Vae, FrameCountMustMatchLatents) {
   EXPECT_THROW(vae->encode(Tensor::zeros({1, 3, 17, 20, 40}, DType::F32)), Error);  // 20 not a multiple of 8
   EXPECT_THROW(OpenSoraVae::load(kData + "/stdit3_a", be), Error);  // a DiT is not a VAE
 }
+
+// Encoding with sampling: repeatable for a seed, different across seeds, and centred on the mean
+// (the average of many samples approaches the posterior mean).
+TEST(Vae, EncodeSampleIsSeededAndCentred) {
+  CpuBackend be;
+  auto vae = OpenSoraVae::load(kData + "/vae_tiny", be);
+  const auto in = SafetensorsFile::open(kData + "/vae_tiny/encode_1.inputs.safetensors");
+  const Tensor v = in->get("video");
+  const Tensor mean = vae->encode(v);
+  const Tensor a = vae->encode(v, {}, 7), b = vae->encode(v, {}, 7), c = vae->encode(v, {}, 8);
+  EXPECT_EQ(rel_error(a, b), 0.0);
+  EXPECT_GT(rel_error(a, c), 1e-3);
+  EXPECT_GT(rel_error(a, mean), 1e-3);
+  Tensor avg = Tensor::zeros(mean.shape(), DType::F32);
+  const int n = 64;
+  for (int s = 0; s < n; ++s) {
+    const Tensor x = vae->encode(v, {}, 100 + s);
+    for (int64_t i = 0; i < avg.numel(); ++i) avg.data<float>()[i] += x.data<float>()[i] / n;
+  }
+  EXPECT_LT(rel_error(avg, mean), rel_error(a, mean) / 3);  // about 1/8 of one sample's spread
+}

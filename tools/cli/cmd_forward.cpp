@@ -95,6 +95,7 @@ void add_forward(CLI::App& app, Action& action) {
     std::string model, inputs, output, backend = "cpu";
     int num_frames = 0;
     bool record = false;
+    std::optional<uint64_t> sample_seed;
   };
   auto ov = std::make_shared<VaeOpts>();
   auto* dec = fwd->add_subcommand("vae-decode", "Open-Sora VAE decode: z [B,4,T,h,w] -> video [B,3,F,8h,8w]");
@@ -109,6 +110,8 @@ void add_forward(CLI::App& app, Action& action) {
   dec->add_option("--num-frames", ov->num_frames,
                   "Frames to decode (must match z's latent length); or a 'num_frames' tensor in the inputs")
       ->check(CLI::Range(1, 100000));
+  enc->add_option("--sample-seed", ov->sample_seed,
+                  "Sample the posteriors with this seed instead of taking their means");
   auto run_vae = [ov](bool decode) {
     namespace fs = std::filesystem;
     const auto in = SafetensorsFile::open(ov->inputs);
@@ -136,7 +139,7 @@ void add_forward(CLI::App& app, Action& action) {
       if (n != result) out.emplace_back(n, t);
     };
     const auto t0 = std::chrono::steady_clock::now();
-    Tensor y = decode ? vae->decode(in->get("z"), frames, rec) : vae->encode(in->get("video"), rec);
+    Tensor y = decode ? vae->decode(in->get("z"), frames, rec) : vae->encode(in->get("video"), rec, ov->sample_seed);
     const auto t1 = std::chrono::steady_clock::now();
     out.insert(out.begin(), {result, y});
     write_safetensors(ov->output, out, {{"producer", decode ? "stdit forward vae-decode" : "stdit forward vae-encode"}});

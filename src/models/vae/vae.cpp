@@ -1,9 +1,11 @@
 #include "models/vae/vae.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/philox.h"
 
 namespace stdit {
 
@@ -205,7 +207,26 @@ Tensor OpenSoraVae::temporal_decode(const Tensor& z, int num_frames) {
   return out;
 }
 
-Tensor OpenSoraVae::temporal_encode(const Tensor& x0) {
+Tensor OpenSoraVae::posterior(const Tensor& moments, std::optional<uint64_t> seed, uint32_t stream) {
+  Shape half = moments.shape();
+  half[1] = 4;
+  Tensor mean = be_.alloc(half);
+  be_.copy(moments.slice(1, 0, 4), mean);
+  if (!seed) return mean;
+  // Sampling is a small elementwise pass; it runs on the host.
+  const Tensor m = be_.download(moments);
+  Tensor out = be_.download(mean);
+  const Tensor eps = philox_normal(half, *seed, stream);
+  const int64_t B = half[0], per = out.numel() / B;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < per; ++i) {
+      const float lv = std::clamp(m.data<float>()[b * 2 * per + per + i], -30.0f, 20.0f);
+      out.data<float>()[b * per + i] += std::exp(0.5f * lv) * eps.data<float>()[b * per + i];
+    }
+  return be_.upload(out).clone();
+}
+
+Tensor OpenSoraVae::temporal_encode(const Tensor& x0, std::optional<uint64_t> seed, uint32_t stream) {
   const auto& tp = cfg_.temporal;
   const int g = tp.num_groups;
   const float eps = tp.eps;
@@ -228,9 +249,7 @@ Tensor OpenSoraVae::temporal_encode(const Tensor& x0) {
   for (const auto& r : t_enc_res_) x = run_res(r, x, g, eps, causal3(3));
   x = run_conv(t_enc_out_, gn(t_enc_norm_, x, g, eps, true), ConvParams{});
   x = run_conv(t_quant_, x, ConvParams{});
-  Tensor mean = be_.alloc({x.size(0), 4, x.size(2), x.size(3), x.size(4)});
-  be_.copy(x.slice(1, 0, 4), mean);
-  return mean;
+  return posterior(x, seed, stream);
 }
 
 // ---------------------------------------------------------------- 2D VAE ------------------------
@@ -255,7 +274,7 @@ Tensor OpenSoraVae::spatial_decode(const Tensor& z) {
   return run_conv(s_dec_out_, gn(s_dec_norm_out_, x, g, sp.eps, true), same2d(3));
 }
 
-Tensor OpenSoraVae::spatial_encode(const Tensor& frames) {
+Tensor OpenSoraVae::spatial_encode(const Tensor& frames, std::optional<uint64_t> seed, uint32_t stream) {
   const auto& sp = cfg_.spatial;
   const int g = sp.norm_num_groups;
   Tensor x = run_conv(s_enc_in_, frames, same2d(3));
@@ -271,13 +290,12 @@ Tensor OpenSoraVae::spatial_encode(const Tensor& frames) {
   x = run_mid(s_enc_mid_, x);
   x = run_conv(s_enc_out_, gn(s_enc_norm_out_, x, g, sp.eps, true), same2d(3));
   x = run_conv(s_quant_, x, ConvParams{});
-  Tensor mean = be_.alloc({x.size(0), 4, 1, x.size(3), x.size(4)});
+  const Tensor m = posterior(x, seed, stream);
+  Tensor out = be_.alloc(m.shape());
   const Tensor f = be_.upload(Tensor::from_f32({4}, std::vector<float>(4, cfg_.scaling_factor)));
   const Tensor zero = be_.upload(Tensor::zeros({4}, DType::F32));
-  Tensor m = be_.alloc(mean.shape());
-  be_.copy(x.slice(1, 0, 4), m);
-  be_.channel_affine(m, f, zero, mean);
-  return mean;
+  be_.channel_affine(m, f, zero, out);
+  return out;
 }
 
 // ---------------------------------------------------------------- pipeline ----------------------
@@ -325,7 +343,7 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
   return host;
 }
 
-Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec) {
+Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec, std::optional<uint64_t> sample_seed) {
   STDIT_CHECK(v_host.defined() && v_host.dim() == 5 && v_host.size(1) == 3 && is_float(v_host.dtype()),
               "VAE encode: 'video' must be a float tensor [B, 3, F, H, W], got ",
               v_host.defined() ? shape_str(v_host.shape()) : "nothing");
@@ -343,7 +361,9 @@ Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec) {
       Tensor in = be_.alloc({n, 3, 1, H, W});
       Tensor in4 = in.view({n, 3, H, W});
       be_.copy(video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3}), in4);
-      Tensor out = spatial_encode(in);  // [n, 4, 1, h, w]
+      // Stream ids: 2D micro-batches count up from 0, temporal chunks from 2^31.
+      const auto stream = static_cast<uint32_t>(b * ((F + mb - 1) / mb) + f / mb);
+      Tensor out = spatial_encode(in, sample_seed, stream);  // [n, 4, 1, h, w]
       Tensor dst = xz.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
       be_.copy(out.view({n, 4, h, w}), dst);
     }
@@ -356,7 +376,7 @@ Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec) {
     const int64_t n = std::min<int64_t>(fc, F - f0);
     Tensor chunk = be_.alloc({B, 4, n, h, w});
     be_.copy(xz.slice(2, f0, f0 + n), chunk);
-    Tensor zc = temporal_encode(chunk);
+    Tensor zc = temporal_encode(chunk, sample_seed, 0x80000000u + static_cast<uint32_t>(f0 / fc));
     Tensor dst = z.slice(2, t0, t0 + zc.size(2));
     be_.copy(zc, dst);
     t0 += zc.size(2);

@@ -2,6 +2,7 @@
 // temporal VAE per 17-frame chunk, written against the op interface. Spec: architecture.md §9.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "backend/backend.h"
@@ -22,8 +23,11 @@ class OpenSoraVae {
   // [B, 3, num_frames, 8h, 8w], nominally in [-1, 1] and not clamped (spec §9.5).
   Tensor decode(const Tensor& z, int num_frames, const Recorder& rec = {});
   // video: host [B, 3, F, H, W] in [-1, 1] (H, W multiples of 8) -> host F32 z
-  // [B, 4, latent_frames(F), H/8, W/8], the posterior mean of both VAEs.
-  Tensor encode(const Tensor& video, const Recorder& rec = {});
+  // [B, 4, latent_frames(F), H/8, W/8]: the posterior mean of both VAEs, or, with `sample_seed`,
+  // a sample mean + exp(logvar / 2) * eps of each (logvar clamped to [-30, 20]; eps from Philox
+  // streams of the seed), as Open-Sora's encode draws them.
+  Tensor encode(const Tensor& video, const Recorder& rec = {},
+                std::optional<uint64_t> sample_seed = std::nullopt);
 
   const VaeConfig& config() const { return cfg_; }
 
@@ -57,9 +61,13 @@ class OpenSoraVae {
   Tensor run_mid(const Mid& m, const Tensor& x);
 
   Tensor temporal_decode(const Tensor& z, int num_frames);    // one chunk
-  Tensor temporal_encode(const Tensor& x);                     // one chunk, mean
+  // One chunk -> posterior mean, or a sample drawn from Philox stream `stream` of `seed`.
+  Tensor temporal_encode(const Tensor& x, std::optional<uint64_t> seed, uint32_t stream);
   Tensor spatial_decode(const Tensor& x);                      // [N, 4, 1, h, w] -> [N, 3, 1, H, W]
-  Tensor spatial_encode(const Tensor& x);                      // [N, 3, 1, H, W] -> [N, 4, 1, h, w]
+  // [N, 3, 1, H, W] -> [N, 4, 1, h, w] (already multiplied by the scaling factor).
+  Tensor spatial_encode(const Tensor& x, std::optional<uint64_t> seed, uint32_t stream);
+  // moments [N, 8, ...] -> mean (channels 0..3) or mean + exp(clamp(logvar)/2) * eps.
+  Tensor posterior(const Tensor& moments, std::optional<uint64_t> seed, uint32_t stream);
 
   VaeConfig cfg_;
   Backend& be_;

@@ -1,0 +1,116 @@
+// CUDA 3D convolution (2D = T of 1): im2col into a bounded column buffer + cuBLASLt GEMM per
+// batch index; 1x1x1 stride-1 unpadded convolutions read the input directly.
+#include <algorithm>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace stdit {
+
+using namespace cuda;
+
+namespace {
+
+struct ConvGeom {
+  int64_t ci, t, h, w;          // input
+  int64_t kt, kh, kw;           // kernel
+  int64_t to, ho, wo;           // output
+  int st, sh, sw, pt, ph, pw;   // strides, front/top/left padding
+};
+
+// col[k * nc + jl] for k in [0, K), jl in [0, nc): input value of output column j0 + jl
+// (j = (to, ho, wo)) under kernel tap k = (ci, dt, dh, dw); zero outside the input.
+__global__ void im2col_kernel(const float* __restrict__ x, float* __restrict__ col, ConvGeom g,
+                              int64_t j0, int64_t nc, int64_t kdim) {
+  const int64_t n = kdim * nc, hw = g.ho * g.wo;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t k = i / nc, jl = i - k * nc, j = j0 + jl;
+    const int64_t to = j / hw, r = j - to * hw, ho = r / g.wo, wo = r - ho * g.wo;
+    int64_t kk = k;
+    const int64_t dw = kk % g.kw;
+    kk /= g.kw;
+    const int64_t dh = kk % g.kh;
+    kk /= g.kh;
+    const int64_t dt = kk % g.kt, ci = kk / g.kt;
+    const int64_t ti = to * g.st + dt - g.pt, hi = ho * g.sh + dh - g.ph, wi = wo * g.sw + dw - g.pw;
+    float v = 0.0f;
+    if (ti >= 0 && ti < g.t && hi >= 0 && hi < g.h && wi >= 0 && wi < g.w)
+      v = x[((ci * g.t + ti) * g.h + hi) * g.w + wi];
+    col[i] = v;
+  }
+}
+
+// out[b, co, j] += bias[co]; out viewed as [planes = B*Co, J].
+__global__ void conv_bias_kernel(float* __restrict__ o, const float* __restrict__ bias,
+                                 int64_t planes, int64_t co, int64_t j) {
+  for (int64_t pl = blockIdx.y; pl < planes; pl += gridDim.y) {
+    const float bv = bias[pl % co];
+    float* op = o + pl * j;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < j;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+      op[i] += bv;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,
+                         Tensor& out) {
+  const char* op = "conv3d";
+  CudaContext& c = *ctx_;
+  expect_contiguous_f32(x, c, op, "x");
+  expect_contiguous_f32(w, c, op, "weight");
+  expect_contiguous_f32(out, c, op, "out");
+  STDIT_CHECK(x.dim() == 5 && w.dim() == 5 && out.dim() == 5,
+              "cuda conv3d: x, weight and out must be 5-d");
+  const int64_t B = x.size(0), Ci = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t Co = w.size(0), kt = w.size(2), kh = w.size(3), kw = w.size(4);
+  STDIT_CHECK(w.size(1) == Ci, "cuda conv3d: input has ", Ci, " channels, weight expects ",
+              w.size(1));
+  STDIT_CHECK(p.stride_t > 0 && p.stride_h > 0 && p.stride_w > 0, "cuda conv3d: strides must be positive");
+  const int64_t To = (T + p.pad_t_front + p.pad_t_back - kt) / p.stride_t + 1;
+  const int64_t Ho = (H + p.pad_top + p.pad_bottom - kh) / p.stride_h + 1;
+  const int64_t Wo = (W + p.pad_left + p.pad_right - kw) / p.stride_w + 1;
+  expect_shape(out, {B, Co, To, Ho, Wo}, op, "out");
+  if (bias.defined()) {
+    expect_contiguous_f32(bias, c, op, "bias");
+    STDIT_CHECK(bias.numel() == Co, "cuda conv3d: bias size");
+  }
+  const int64_t K = Ci * kt * kh * kw, J = To * Ho * Wo;
+  if (B == 0 || Co == 0 || J == 0) return;
+  const float* px = x.data<float>();
+  const float* pw = w.data<float>();
+  float* po = out.data<float>();
+  // Row-major out[b] [Co, J] = W [Co, K] x col [K, J], as column-major out^T (J x Co) =
+  // col^T (J x K) * W^T (K x Co): A = col (column-major J x K), B = W (column-major K x Co).
+  const bool direct = kt == 1 && kh == 1 && kw == 1 && p.stride_t == 1 && p.stride_h == 1 &&
+                      p.stride_w == 1 && p.pad_t_front == 0 && p.pad_t_back == 0 &&
+                      p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
+  if (direct) {
+    for (int64_t b = 0; b < B; ++b)
+      gemm_f32(c, false, false, J, Co, K, px + b * Ci * T * H * W, J, pw, K, po + b * Co * J, J);
+  } else {
+    // Column buffer of at most 64 Mi floats (256 MiB): nc output columns at a time.
+    const int64_t budget = int64_t{64} << 20;
+    const int64_t nc = std::max<int64_t>(1, std::min<int64_t>(J, std::max<int64_t>(256, budget / std::max<int64_t>(K, 1))));
+    auto colmem = device_alloc(ctx_, static_cast<size_t>(K * nc) * sizeof(float));
+    float* col = static_cast<float*>(colmem.get());
+    const ConvGeom g{Ci, T, H, W, kt, kh, kw, To, Ho, Wo, p.stride_t, p.stride_h, p.stride_w,
+                     p.pad_t_front, p.pad_top, p.pad_left};
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j0 = 0; j0 < J; j0 += nc) {
+        const int64_t n = std::min(nc, J - j0);
+        im2col_kernel<<<blocks_for(K * n, 256), 256, 0, c.stream>>>(px + b * Ci * T * H * W, col, g,
+                                                                     j0, n, K);
+        check_launch("conv3d im2col");
+        gemm_f32(c, false, false, n, Co, K, col, n, pw, K, po + b * Co * J + j0, J);
+      }
+  }
+  if (bias.defined()) {
+    dim3 grid(blocks_for(J, 256, 64), static_cast<unsigned>(std::min<int64_t>(B * Co, 65535)));
+    conv_bias_kernel<<<grid, 256, 0, c.stream>>>(po, bias.data<float>(), B * Co, Co, J);
+    check_launch("conv3d bias");
+  }
+}
+
+}  // namespace stdit
