@@ -45,3 +45,13 @@ TEST(Presets, TablesAndFrames) {
   EXPECT_THROW(parse_num_frames("0"), Error);
   EXPECT_THROW(parse_num_frames("4 s"), Error);
 }
+
+#include "pipeline/bench.h"
+
+// The FLOP model of DESIGN.md §7 (480p and 720p 9:16, 102 frames, CFG batch 2).
+TEST(Bench, FlopModelMatchesDesignTable) {
+  // 480p: T 30, S 30x53 = 1590: GEMM 198.5 + spatial 19.6 TFLOP (+ temporal, small).
+  EXPECT_NEAR(stdit3_step_flops(30, 1590) / 1e12, 198.5 + 19.6, 1.5);
+  // 720p: T 30, S 45x80 = 3600: 449.5 + 100.3.
+  EXPECT_NEAR(stdit3_step_flops(30, 3600) / 1e12, 449.5 + 100.3, 3.0);
+}

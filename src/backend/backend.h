@@ -48,8 +48,12 @@ class Backend {
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
 
-  // --- memory ---
+  // --- memory and timing ---
   virtual Tensor alloc(const Shape& shape, DType dtype = DType::F32) = 0;
+  // Waits for queued work (timing); no-op for synchronous backends.
+  virtual void synchronize() {}
+  // Peak device memory held by this backend's allocations so far (0 if not tracked).
+  virtual size_t peak_memory_bytes() const { return 0; }
   // Host tensor (any dtype, any strides) -> backend tensor in the backend's activation/weight
   // dtype for floats (F32 on CPU), unchanged dtype for integers. The result may share memory
   // with `host` (CPU, packed F32): never modify an uploaded tensor in place.

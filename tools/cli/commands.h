@@ -14,5 +14,6 @@ void add_compare(CLI::App& app, Action& action);
 void add_tokenize(CLI::App& app, Action& action);
 void add_generate(CLI::App& app, Action& action);
 void add_convert(CLI::App& app, Action& action);
+void add_bench(CLI::App& app, Action& action);
 
 }  // namespace stdit::cli

@@ -1,0 +1,139 @@
+#include "pipeline/bench.h"
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/philox.h"
+#include "core/synthetic.h"
+#include "models/stdit3/stdit3.h"
+#include "models/vae/vae.h"
+#include "pipeline/presets.h"
+#include "text/t5.h"
+
+namespace stdit {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// Non-zero synthetic weights for every key of a model (recipe of tests/data: fan-in scaling).
+WeightMap synthetic_weights(const std::vector<ParamSpec>& specs, uint64_t seed) {
+  WeightMap w;
+  for (const auto& p : specs) {
+    if (p.optional) continue;
+    const int64_t n = shape_numel(p.shape);
+    const bool norm = p.name.find("norm") != std::string::npos || p.name.find("layer_norm") != std::string::npos;
+    double scale = 1.0 / 16;
+    if (p.shape.size() >= 2) {
+      const double fan_in = static_cast<double>(n / p.shape[0]);
+      scale = std::pow(2.0, -std::round(std::log2(std::sqrt(fan_in))));
+    }
+    if (p.name == "scale" || p.name == "shift") {
+      w[p.name] = Tensor::from_f32(p.shape, {3.85f, 2.32f, 2.33f, 3.06f});
+      if (p.name == "shift") w[p.name] = Tensor::from_f32(p.shape, {-0.10f, 0.34f, 0.27f, 0.98f});
+      continue;
+    }
+    w[p.name] = synthetic_tensor(p.name, p.shape, seed, scale, norm && p.shape.size() == 1 ? 1.0 : 0.0);
+  }
+  return w;
+}
+}  // namespace
+
+double stdit3_step_flops(int64_t T, int64_t S, int64_t C, int depth) {
+  const double B = 2, N = static_cast<double>(T * S);
+  const double linear = 2.0 * 14.0 * C * C * (2.0 * depth) * B * N;  // 14 C^2 MACs per token per block
+  const double spatial = depth * 4.0 * B * T * double(S) * S * C;
+  const double temporal = depth * 4.0 * B * S * double(T) * T * C;
+  return linear + spatial + temporal;
+}
+
+void run_bench(const BenchOptions& opt) {
+  auto be = make_backend(opt.backend);
+  nlohmann::json results = nlohmann::json::array();
+  std::printf("stdit bench (backend %s, synthetic weights seed %llu)\n", opt.backend.c_str(),
+              static_cast<unsigned long long>(opt.seed));
+
+  // ---- T5-v1.1-XXL: one prompt of 300 tokens ----
+  double t5_ms = -1;
+  if (opt.t5) {
+    T5Config tc;  // real sizes
+    {
+      auto t5 = std::make_unique<T5Encoder>(tc, synthetic_weights(t5_param_specs(tc), opt.seed), *be);
+      Tensor ids = Tensor::zeros({1, 300}, DType::I64), mask = Tensor::zeros({1, 300}, DType::I64);
+      for (int i = 0; i < 300; ++i) {
+        ids.data<int64_t>()[i] = 100 + i;
+        mask.data<int64_t>()[i] = i < 120;
+      }
+      t5->forward(ids, mask);  // warm-up
+      be->synchronize();
+      const auto a = Clock::now();
+      t5->forward(ids, mask);
+      be->synchronize();
+      t5_ms = secs(a, Clock::now()) * 1e3;
+    }
+    std::printf("  T5-XXL encode (1 prompt, 300 tokens): %.1f ms\n", t5_ms);
+  }
+
+  // ---- STDiT3-XL/2 per preset, then the VAE decode ----
+  STDiT3Config dc;  // real sizes
+  auto dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be);
+  std::unique_ptr<OpenSoraVae> vae;
+  VaeConfig vc;
+  for (const auto& preset : opt.presets) {
+    const auto dash = preset.find('-');
+    STDIT_CHECK(dash != std::string::npos, "bench preset '", preset, "' is not RESOLUTION-DURATION (e.g. 480p-4s)");
+    const auto [H, W] = image_size(preset.substr(0, dash), "9:16");
+    const int F = parse_num_frames(preset.substr(dash + 1));
+    const int64_t T = vc.latent_frames(F), h = H / 8, w = W / 8, S = ((h + 1) / 2) * ((w + 1) / 2);
+    STDiT3Inputs in;
+    in.x = philox_normal({2, 4, T, h, w}, opt.seed);
+    in.timestep = Tensor::from_f32({2}, {900.0f, 900.0f});
+    in.y = philox_normal({2, 1, 300, 4096}, opt.seed + 2);
+    in.mask = Tensor::zeros({1, 300}, DType::I64);
+    for (int i = 0; i < 40; ++i) in.mask.data<int64_t>()[i] = 1;
+    in.fps = Tensor::from_f32({1}, {24});
+    in.height = Tensor::from_f32({1}, {static_cast<float>(H)});
+    in.width = Tensor::from_f32({1}, {static_cast<float>(W)});
+    dit->forward(in);  // warm-up
+    be->synchronize();
+    const auto a = Clock::now();
+    for (int i = 0; i < opt.denoise_iters; ++i) dit->forward(in);
+    be->synchronize();
+    const double step_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
+    const double tflops = stdit3_step_flops(T, S) / (step_ms * 1e-3) / 1e12;
+    double vae_s = -1;
+    if (opt.vae) {
+      if (!vae) {
+        dit.reset();  // stage residency: the denoiser is freed before the VAE is loaded
+        vae = std::make_unique<OpenSoraVae>(vc, synthetic_weights(vae_param_specs(vc), opt.seed + 3), *be);
+      }
+      const Tensor z = philox_normal({1, 4, T, h, w}, opt.seed + 4);
+      const auto b = Clock::now();
+      vae->decode(z, F);
+      be->synchronize();
+      vae_s = secs(b, Clock::now());
+    }
+    const double video_s = (t5_ms > 0 ? t5_ms / 1e3 : 0) + 30 * step_ms / 1e3 + (vae_s > 0 ? vae_s : 0);
+    std::printf("  %-8s %4dx%-4d %3d frames  tokens/sample %7lld  denoise %9.1f ms/step  %6.1f TFLOP/s  "
+                "VAE decode %7.2f s  whole video (30 steps) %8.1f s  peak %.1f GiB\n",
+                preset.c_str(), W, H, F, static_cast<long long>(T * S), step_ms, tflops, vae_s, video_s,
+                be->peak_memory_bytes() / double(1ull << 30));
+    results.push_back({{"preset", preset}, {"width", W}, {"height", H}, {"frames", F}, {"tokens", T * S},
+                       {"denoise_ms_per_step", step_ms}, {"tflops", tflops}, {"t5_ms", t5_ms},
+                       {"vae_decode_s", vae_s}, {"video_s_30_steps", video_s},
+                       {"peak_gib", be->peak_memory_bytes() / double(1ull << 30)}});
+    if (!dit && &preset != &opt.presets.back())
+      dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be);
+  }
+  if (!opt.json.empty()) {
+    std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend}, {"results", results}}).dump(2) << "\n";
+    std::printf("JSON written to %s\n", opt.json.c_str());
+  }
+}
+
+}  // namespace stdit

@@ -1,0 +1,24 @@
+// `stdit bench`: the real model sizes (STDiT3-XL/2, T5-v1.1-XXL, VAE v1.2) with synthetic weights,
+// timed per stage on a backend. Results as a table for people and JSON for machines.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace stdit {
+
+struct BenchOptions {
+  std::vector<std::string> presets{"240p-2s", "480p-4s", "720p-4s"};  // resolution-duration, 9:16
+  std::string backend = "cpu";
+  int denoise_iters = 3;  // timed denoiser calls per preset (after one warm-up)
+  bool t5 = true, vae = true;
+  uint64_t seed = 1;
+  std::string json;  // write results here too
+};
+
+void run_bench(const BenchOptions& opt);
+
+// FLOPs of one denoiser call (CFG batch 2) by the model of DESIGN.md §7: linear layers
+// 2 * 1.04e9 per token, plus spatial attention 4*B*T*S^2*C and temporal 4*B*S*T^2*C per block pair.
+double stdit3_step_flops(int64_t T, int64_t S, int64_t C = 1152, int depth = 28);
+
+}  // namespace stdit
