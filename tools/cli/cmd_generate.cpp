@@ -1,7 +1,6 @@
 // `stdit generate` and `stdit convert`: the main job and the checkpoint conversion.
 #include "commands.h"
 #include "core/error.h"
-#include "pipeline/bench.h"
 #include "pipeline/engine.h"
 #include "pipeline/generate.h"
 
@@ -64,19 +63,3 @@ void add_convert(CLI::App& app, Action& action) {
 
 }  // namespace stdit::cli
 
-namespace stdit::cli {
-
-void add_bench(CLI::App& app, Action& action) {
-  auto* cmd = app.add_subcommand("bench", "Time the real-size models (synthetic weights) per stage");
-  auto o = std::make_shared<BenchOptions>();
-  cmd->add_option("--preset", o->presets, "RESOLUTION-DURATION, 9:16 (repeatable)")->capture_default_str();
-  cmd->add_option("--backend", o->backend, "Compute backend")->capture_default_str();
-  cmd->add_option("--iters", o->denoise_iters, "Timed denoiser calls per preset")->capture_default_str();
-  cmd->add_flag_callback("--no-t5", [o] { o->t5 = false; }, "Skip the T5 encoder");
-  cmd->add_flag_callback("--no-vae", [o] { o->vae = false; }, "Skip the VAE decode");
-  cmd->add_option("--seed", o->seed, "Seed of the synthetic weights")->capture_default_str();
-  cmd->add_option("--json", o->json, "Also write the results as JSON");
-  cmd->callback([&action, o] { action = [o] { run_bench(*o); }; });
-}
-
-}  // namespace stdit::cli

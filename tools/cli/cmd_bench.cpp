@@ -1,0 +1,20 @@
+// `stdit bench`: per-stage timings of the real-size models.
+#include "commands.h"
+#include "pipeline/bench.h"
+
+namespace stdit::cli {
+
+void add_bench(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("bench", "Time the real-size models (synthetic weights) per stage");
+  auto o = std::make_shared<BenchOptions>();
+  cmd->add_option("--preset", o->presets, "RESOLUTION-DURATION, 9:16 (repeatable)")->capture_default_str();
+  cmd->add_option("--backend", o->backend, "Compute backend")->capture_default_str();
+  cmd->add_option("--iters", o->denoise_iters, "Timed denoiser calls per preset")->capture_default_str();
+  cmd->add_flag_callback("--no-t5", [o] { o->t5 = false; }, "Skip the T5 encoder");
+  cmd->add_flag_callback("--no-vae", [o] { o->vae = false; }, "Skip the VAE decode");
+  cmd->add_option("--seed", o->seed, "Seed of the synthetic weights")->capture_default_str();
+  cmd->add_option("--json", o->json, "Also write the results as JSON");
+  cmd->callback([&action, o] { action = [o] { run_bench(*o); }; });
+}
+
+}  // namespace stdit::cli
