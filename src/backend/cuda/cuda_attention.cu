@@ -1,13 +1,17 @@
 // CUDA attention: q/k RMSNorm + interleaved RoPE in place, flash-style self-attention over strided
 // [..., N, H, D] views (optional T5 bias and key mask), block-diagonal cross-attention.
 //
-// The attention kernel is F32 on the CUDA cores: one block per (batch index, head, query tile);
-// TPQ threads share one query row (each holds DPT of its D values in registers); key/value tiles
-// of BK rows stream through shared memory; online softmax in f32. NaN propagates as on the CPU.
+// Three paths (dispatch_attention): D <= 128 with TF32 allowed -> the tensor-core flash kernel
+// (cuda_attention_tc.cu); D <= 128 in F32 -> the flash kernel here, F32 on the CUDA cores: one
+// block per (batch index, head, query tile), TPQ threads share one query row (each holds DPT of its
+// D values in registers), key/value tiles of BK rows stream through shared memory, online softmax
+// in f32; D > 128 (VAE mid-block) -> scores materialised per query chunk with cuBLASLt GEMMs and an
+// exact row softmax. NaN propagates as on the CPU in all three.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
-#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_attention.cuh"
 
 namespace stdit {
 
@@ -48,27 +52,6 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
 }
 
 // ---------------------------------------------------------------------------- attention --------
-
-// Where a [..., N, H, D] operand lives: leading-dim strides plus the N and H strides.
-struct Operand {
-  const float* p;
-  LeadStrides lead;
-  int64_t sn, sh;
-};
-
-struct AttnArgs {
-  Operand q, k, v;
-  float* out;
-  LeadStrides out_lead;
-  int64_t out_sn, out_sh;
-  LeadShape lead;             // shared leading ("batch") shape of q and out (and k/v unless packed)
-  bool kv_packed;             // cross-attention: k/v have no leading dims; rows [begin[b], begin[b+1])
-  const int* kv_begin;        // device [batch + 1] when kv_packed
-  int64_t h, nq, nk, d;       // nk: keys per batch index (self-attention)
-  float scale;
-  const float* bias;          // [H, Nq, Nk] or nullptr
-  const uint8_t* key_mask;    // [batch, Nk] or nullptr
-};
 
 // Shared-memory layout of one key (or value) row: TPQ segments of DPT values, segment stride SS
 // (padded so that the TPQ float4 reads of one query land in distinct bank groups).
@@ -229,25 +212,138 @@ void launch_attention(const CudaContext& c, const AttnArgs& a, int64_t batch) {
 template <int DPT>
 void launch_small(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   if (a.nq <= 32)
-    launch_attention<4, DPT, 32, 32>(c, a, batch);
+    launch_attention<4, DPT, 32, 16>(c, a, batch);
   else
-    launch_attention<4, DPT, 64, 32>(c, a, batch);
+    launch_attention<4, DPT, 64, 16>(c, a, batch);
 }
 
-void dispatch_attention(const CudaContext& c, const AttnArgs& a, int64_t batch) {
+// ---- D > 128 (the VAE mid-block's single head, D = channels): materialised scores ----
+// Per (batch index, head) and chunk of query rows: S = Q K^T (cuBLASLt), an exact row softmax in
+// f32 (the CPU backend's formula and order of operations), O = P V (cuBLASLt).
+
+constexpr int kSmThreads = 256;
+
+__device__ float block_reduce(float v, bool is_max, float* sh) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  v = lane < kSmThreads / 32 ? sh[lane] : (is_max ? -INFINITY : 0.0f);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  return v;
+}
+
+// One block per row of S [rows, nk]: S := softmax(S * scale + bias) with masked keys at 0.
+__global__ void __launch_bounds__(kSmThreads)
+    softmax_rows_kernel(float* s_all, int64_t nk, float scale, const float* bias_all,
+                        int64_t bias_stride, const uint8_t* mask) {
+  __shared__ float sh[32];
+  float* s = s_all + blockIdx.x * nk;
+  const float* br = bias_all ? bias_all + blockIdx.x * bias_stride : nullptr;
+  if (mask) {
+    int any = 0;
+    for (int64_t j = threadIdx.x; j < nk; j += kSmThreads) any |= mask[j] != 0;
+    if (!__syncthreads_or(any)) mask = nullptr;  // every key masked: attend to all (CPU rule)
+  }
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < nk; j += kSmThreads) {
+    if (mask && !mask[j]) continue;
+    const float v = s[j] * scale + (br ? br[j] : 0.0f);
+    s[j] = v;
+    mx = fmaxf(mx, v);
+  }
+  mx = block_reduce(mx, true, sh);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < nk; j += kSmThreads) {
+    const float p = (mask && !mask[j]) ? 0.0f : expf(s[j] - mx);
+    s[j] = p;
+    sum += p;
+  }
+  sum = block_reduce(sum, false, sh);
+  for (int64_t j = threadIdx.x; j < nk; j += kSmThreads) s[j] = s[j] / sum;
+}
+
+int64_t host_lead_offset(const LeadShape& sh, const LeadStrides& st, int64_t b) {
+  int64_t off = 0;
+  for (int i = sh.rank - 1; i >= 0; --i) {
+    off += (b % sh.n[i]) * st.s[i];
+    b /= sh.n[i];
+  }
+  return off;
+}
+
+void attention_by_gemm(CudaContext& c, const AttnArgs& a, int64_t batch,
+                       const std::vector<int>* kv_begin) {
+  const int64_t d = a.d;
+  const int64_t budget = int64_t{32} << 20;  // floats of scores per chunk (128 MiB)
+  int64_t max_nk = a.nk;
+  if (a.kv_packed) {
+    max_nk = 0;
+    for (size_t i = 0; i + 1 < kv_begin->size(); ++i)
+      max_nk = std::max<int64_t>(max_nk, (*kv_begin)[i + 1] - (*kv_begin)[i]);
+  }
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(a.nq, budget / std::max<int64_t>(max_nk, 1)));
+  auto scores = device_alloc(c.shared_from_this(),
+                             static_cast<size_t>(chunk * std::max<int64_t>(max_nk, 1)) * sizeof(float));
+  float* S = static_cast<float*>(scores.get());
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t kb = 0, nk = a.nk;
+    if (a.kv_packed) {
+      kb = (*kv_begin)[b];
+      nk = (*kv_begin)[b + 1] - kb;
+    }
+    const float* kp0 = a.k.p + (a.kv_packed ? kb * a.k.sn : host_lead_offset(a.lead, a.k.lead, b));
+    const float* vp0 = a.v.p + (a.kv_packed ? kb * a.v.sn : host_lead_offset(a.lead, a.v.lead, b));
+    const float* qp0 = a.q.p + host_lead_offset(a.lead, a.q.lead, b);
+    float* op0 = a.out + host_lead_offset(a.lead, a.out_lead, b);
+    const uint8_t* mask = a.key_mask ? a.key_mask + b * a.nk : nullptr;
+    for (int64_t h = 0; h < a.h; ++h) {
+      const float* kp = kp0 + h * a.k.sh;
+      const float* vp = vp0 + h * a.v.sh;
+      const float* qp = qp0 + h * a.q.sh;
+      float* op = op0 + h * a.out_sh;
+      if (nk == 0) {  // no keys: zeros, as the CPU backend
+        STDIT_CUDA_CHECK(cudaMemset2DAsync(op, a.out_sn * 4, 0, d * 4, a.nq, c.stream));
+        continue;
+      }
+      for (int64_t r0 = 0; r0 < a.nq; r0 += chunk) {
+        const int64_t rr = std::min(chunk, a.nq - r0);
+        // S [rr, nk] row-major = column-major S^T = K Q^T.
+        gemm_f32(c, true, false, nk, rr, d, kp, a.k.sn, qp + r0 * a.q.sn, a.q.sn, S, nk);
+        softmax_rows_kernel<<<static_cast<unsigned>(rr), kSmThreads, 0, c.stream>>>(
+            S, nk, a.scale, a.bias ? a.bias + (h * a.nq + r0) * a.nk : nullptr, a.nk, mask);
+        check_launch("attention softmax");
+        // O rows [rr, D] (row stride out_sn) = column-major O^T = V^T P^T.
+        gemm_f32(c, false, false, d, rr, nk, vp, a.v.sn, S, nk, op + r0 * a.out_sn, a.out_sn);
+      }
+    }
+  }
+}
+
+void dispatch_attention(CudaContext& c, const AttnArgs& a, int64_t batch,
+                        const std::vector<int>* kv_begin = nullptr) {
   if (batch == 0 || a.h == 0 || a.nq == 0) return;
   const int64_t d = a.d;
   STDIT_CHECK(d > 0, "cuda attention: head dim must be positive");
+  if (d > 128) return attention_by_gemm(c, a, batch, kv_begin);
+  // TF32 tensor cores unless F32 attention was asked for.
+  if (c.options.tf32_attention && launch_attention_tf32(c, a, batch)) return;
   if (d <= 16) launch_small<4>(c, a, batch);
   else if (d <= 32) launch_small<8>(c, a, batch);
   else if (d <= 48) launch_small<12>(c, a, batch);
   else if (d <= 64) launch_small<16>(c, a, batch);
   else if (d <= 80) launch_small<20>(c, a, batch);
   else if (d <= 96) launch_small<24>(c, a, batch);
-  else if (d <= 128) launch_small<32>(c, a, batch);
-  else if (d <= 512) launch_attention<16, 32, 16, 16>(c, a, batch);   // VAE mid-block (H = 1)
-  else if (d <= 1024) launch_attention<32, 32, 8, 16>(c, a, batch);
-  else fail("cuda attention: head dim ", d, " is over the supported 1024");
+  else launch_small<32>(c, a, batch);
 }
 
 struct HeadDims {
@@ -288,7 +384,7 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                             Tensor& out, const AttentionExtras& extras) {
   const char* op = "attention";
-  const CudaContext& c = *ctx_;
+  CudaContext& c = *ctx_;
   const HeadDims qv = head_dims(q, c, op, "q"), kv = head_dims(k, c, op, "k"),
                  vv = head_dims(v, c, op, "v"), ov = head_dims(out, c, op, "out");
   const Shape lead(q.shape().begin(), q.shape().end() - 3);
@@ -336,7 +432,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
 void CudaBackend::cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const std::vector<int>& kv_lens, float scale, Tensor& out) {
   const char* op = "cross_attention";
-  const CudaContext& c = *ctx_;
+  CudaContext& c = *ctx_;
   STDIT_CHECK(q.dim() == 4 && out.shape() == q.shape(), "cuda ", op,
               ": q/out must be [B, N, H, D]");
   STDIT_CHECK(k.dim() == 3 && v.shape() == k.shape(), "cuda ", op, ": k/v must be [L, H, D]");
@@ -375,7 +471,7 @@ void CudaBackend::cross_attention(const Tensor& q, const Tensor& k, const Tensor
   a.scale = scale;
   a.bias = nullptr;
   a.key_mask = nullptr;
-  dispatch_attention(c, a, nb);
+  dispatch_attention(c, a, nb, &begin);
 }
 
 }  // namespace stdit

@@ -69,8 +69,15 @@ std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size
     fail("cuda: out of device memory allocating ", bytes, " bytes (", free_b >> 20, " MiB free of ",
          total_b >> 20, " MiB): ", cudaGetErrorString(e));
   }
+  const size_t now = ctx->bytes_in_use.fetch_add(bytes) + bytes;
+  size_t peak = ctx->bytes_peak.load();
+  while (now > peak && !ctx->bytes_peak.compare_exchange_weak(peak, now)) {
+  }
   std::shared_ptr<CudaContext> keep = ctx;
-  return std::shared_ptr<void>(p, [keep](void* q) { cudaFreeAsync(q, keep->stream); });
+  return std::shared_ptr<void>(p, [keep, bytes](void* q) {
+    cudaFreeAsync(q, keep->stream);
+    keep->bytes_in_use.fetch_sub(bytes);
+  });
 }
 
 std::shared_ptr<void> device_copy_of(const std::shared_ptr<CudaContext>& ctx, const void* host,
@@ -133,6 +140,7 @@ CudaBackend::~CudaBackend() = default;
 
 Device CudaBackend::device() const { return Device{DeviceKind::CUDA, ctx_->device}; }
 const CudaOptions& CudaBackend::options() const { return ctx_->options; }
+size_t CudaBackend::peak_memory_bytes() const { return ctx_->bytes_peak.load(); }
 
 void CudaBackend::synchronize() {
   STDIT_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
@@ -453,7 +461,8 @@ void CudaBackend::gather_rows(const Tensor& src, const std::vector<int64_t>& row
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   CudaOptions o;
-  if (const char* e = std::getenv("STDIT_CUDA_TF32")) o.tf32 = std::string(e) != "0";
+  if (const char* e = std::getenv("STDIT_CUDA_TF32")) o.tf32 = o.tf32_attention = std::string(e) != "0";
+  if (const char* e = std::getenv("STDIT_CUDA_TF32_ATTENTION")) o.tf32_attention = std::string(e) != "0";
   return std::make_unique<CudaBackend>(device, o);
 }
 

@@ -9,6 +9,7 @@
 // This header is plain C++ (no CUDA headers): backend.cpp and the tests include it.
 #pragma once
 #include <memory>
+#include <string>
 
 #include "backend/backend.h"
 
@@ -20,6 +21,9 @@ struct CudaOptions {
   // Linear layers and convolutions on the TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32).
   // false: plain F32 GEMMs (CUBLAS_COMPUTE_32F), ~1e-6 from the CPU backend, several times slower.
   bool tf32 = true;
+  // Attention (head dim <= 128) with Q K^T and P V on the TF32 tensor cores, softmax in f32.
+  // false: the F32 kernel on the CUDA cores (~1e-6 from the CPU backend, ~5x slower).
+  bool tf32_attention = true;
 };
 
 class CudaBackend final : public Backend {
@@ -30,6 +34,8 @@ class CudaBackend final : public Backend {
   Device device() const override;
 
   Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
+  void synchronize() override;    // waits for every op enqueued so far; throws on a device error
+  size_t peak_memory_bytes() const override;  // most device bytes held at once by alloc/upload
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 
@@ -71,7 +77,6 @@ class CudaBackend final : public Backend {
                       Tensor& out) override;
 
   // --- CUDA-specific ---
-  void synchronize();             // waits for every op enqueued so far; throws on a device error
   // Sets every byte of a contiguous device tensor (tests poison outputs with 0xFF = NaN floats).
   void fill_bytes(Tensor& t, int byte);
   const CudaOptions& options() const;
@@ -81,11 +86,13 @@ class CudaBackend final : public Backend {
   std::shared_ptr<CudaContext> ctx_;
 };
 
-// The registry's factory ("cuda"): device index `device`; STDIT_CUDA_TF32=0 in the environment
-// selects plain F32 GEMMs.
+// The registry's factory ("cuda"): device index `device`. Environment: STDIT_CUDA_TF32=0 selects
+// F32 everywhere (GEMMs and attention); STDIT_CUDA_TF32_ATTENTION=0 only F32 attention.
 std::unique_ptr<Backend> make_cuda_backend(int device);
 
 // Number of visible CUDA devices; 0 when there is no driver or no device (cuda_runtime_info.cu).
 int cuda_device_count();
+// One line naming the device (name, compute capability, SMs, memory, driver); "" if unknown.
+std::string cuda_device_description(int device);
 
 }  // namespace stdit

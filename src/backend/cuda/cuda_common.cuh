@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,7 +61,7 @@ struct GemmPlan {
   bool ok = false;  // false: cuBLASLt found no algorithm; the fallback kernel runs instead
 };
 
-struct CudaContext {
+struct CudaContext : std::enable_shared_from_this<CudaContext> {
   int device = 0;
   CudaOptions options;
   cudaStream_t stream = nullptr;
@@ -69,6 +70,7 @@ struct CudaContext {
   size_t workspace_bytes = 0;
   int num_sms = 0;
   size_t smem_optin = 0;
+  std::atomic<size_t> bytes_in_use{0}, bytes_peak{0};  // device_alloc's own blocks
   std::mutex gemm_mutex;
   std::map<GemmKey, GemmPlan> gemm_plans;
 
@@ -89,10 +91,11 @@ std::shared_ptr<void> device_copy_of(const std::shared_ptr<CudaContext>& ctx, co
 
 // Column-major F32 GEMM on ctx's stream: C[m x n] = op(A)[m x k] * op(B)[k x n], plus bias[i]
 // added to row i when bias_rows is given. cuBLASLt (TF32 or F32 compute per ctx.options), or a
-// plain F32 kernel where cuBLASLt offers no algorithm.
-void gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, int64_t k,
+// plain F32 kernel where cuBLASLt offers no algorithm. With gelu, cuBLASLt's GELU epilogue is
+// tried after the bias; returns whether it was applied (false: the caller applies GELU).
+bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, int64_t k,
               const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-              const float* bias_rows = nullptr);
+              const float* bias_rows = nullptr, bool gelu = false);
 
 // ------------------------------------------------------------------------------------------------
 // argument checks (the CPU backend's, plus "lives on this device")
@@ -125,11 +128,15 @@ LeadStrides lead_strides(const Tensor& t, int lead);
 
 __device__ __forceinline__ int64_t lead_offset(const LeadShape& sh, const LeadStrides& st,
                                                int64_t b) {
+  // Unrolled with constant indices so that the parameter arrays stay out of local memory.
   int64_t off = 0;
-  for (int i = sh.rank - 1; i >= 0; --i) {
-    const int64_t q = b / sh.n[i];
-    off += (b - q * sh.n[i]) * st.s[i];
-    b = q;
+#pragma unroll
+  for (int i = kMaxLead - 1; i >= 0; --i) {
+    if (i < sh.rank) {
+      const int64_t q = b / sh.n[i];
+      off += (b - q * sh.n[i]) * st.s[i];
+      b = q;
+    }
   }
   return off;
 }

@@ -12,31 +12,35 @@ namespace {
 
 struct ConvGeom {
   int64_t ci, t, h, w;          // input
-  int64_t kt, kh, kw;           // kernel
+  int kt, kh, kw;               // kernel
   int64_t to, ho, wo;           // output
   int st, sh, sw, pt, ph, pw;   // strides, front/top/left padding
 };
 
 // col[k * nc + jl] for k in [0, K), jl in [0, nc): input value of output column j0 + jl
-// (j = (to, ho, wo)) under kernel tap k = (ci, dt, dh, dw); zero outside the input.
+// (j = (to, ho, wo)) under kernel tap k = (ci, dt, dh, dw); zero outside the input. grid.y walks
+// the taps (decoded once per block), grid.x the columns; 32-bit column arithmetic (J < 2^31).
 __global__ void im2col_kernel(const float* __restrict__ x, float* __restrict__ col, ConvGeom g,
-                              int64_t j0, int64_t nc, int64_t kdim) {
-  const int64_t n = kdim * nc, hw = g.ho * g.wo;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t k = i / nc, jl = i - k * nc, j = j0 + jl;
-    const int64_t to = j / hw, r = j - to * hw, ho = r / g.wo, wo = r - ho * g.wo;
-    int64_t kk = k;
-    const int64_t dw = kk % g.kw;
+                              int j0, int nc, int kdim) {
+  const int wo_n = static_cast<int>(g.wo), hw = static_cast<int>(g.ho * g.wo);
+  const int t_n = static_cast<int>(g.t), h_n = static_cast<int>(g.h), w_n = static_cast<int>(g.w);
+  for (int k = blockIdx.y; k < kdim; k += gridDim.y) {
+    int kk = k;
+    const int dw = kk % g.kw;
     kk /= g.kw;
-    const int64_t dh = kk % g.kh;
+    const int dh = kk % g.kh;
     kk /= g.kh;
-    const int64_t dt = kk % g.kt, ci = kk / g.kt;
-    const int64_t ti = to * g.st + dt - g.pt, hi = ho * g.sh + dh - g.ph, wi = wo * g.sw + dw - g.pw;
-    float v = 0.0f;
-    if (ti >= 0 && ti < g.t && hi >= 0 && hi < g.h && wi >= 0 && wi < g.w)
-      v = x[((ci * g.t + ti) * g.h + hi) * g.w + wi];
-    col[i] = v;
+    const int dt = kk % g.kt, ci = kk / g.kt;
+    const float* xc = x + static_cast<int64_t>(ci) * t_n * h_n * w_n;
+    float* cr = col + static_cast<int64_t>(k) * nc;
+    for (int jl = blockIdx.x * blockDim.x + threadIdx.x; jl < nc; jl += gridDim.x * blockDim.x) {
+      const int j = j0 + jl, to = j / hw, r = j - to * hw, ho = r / wo_n, wo = r - ho * wo_n;
+      const int ti = to * g.st + dt - g.pt, hi = ho * g.sh + dh - g.ph, wi = wo * g.sw + dw - g.pw;
+      float v = 0.0f;
+      if (ti >= 0 && ti < t_n && hi >= 0 && hi < h_n && wi >= 0 && wi < w_n)
+        v = xc[(static_cast<int64_t>(ti) * h_n + hi) * w_n + wi];
+      cr[jl] = v;
+    }
   }
 }
 
@@ -78,6 +82,9 @@ void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, c
   }
   const int64_t K = Ci * kt * kh * kw, J = To * Ho * Wo;
   if (B == 0 || Co == 0 || J == 0) return;
+  STDIT_CHECK(J < (int64_t{1} << 31) && K < (int64_t{1} << 31) && T * H * W < (int64_t{1} << 31),
+              "cuda conv3d: ", shape_str(x.shape()), " -> ", shape_str(out.shape()),
+              " is over the 2^31-element planes the kernels index");
   const float* px = x.data<float>();
   const float* pw = w.data<float>();
   float* po = out.data<float>();
@@ -92,16 +99,20 @@ void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, c
   } else {
     // Column buffer of at most 64 Mi floats (256 MiB): nc output columns at a time.
     const int64_t budget = int64_t{64} << 20;
-    const int64_t nc = std::max<int64_t>(1, std::min<int64_t>(J, std::max<int64_t>(256, budget / std::max<int64_t>(K, 1))));
+    // nc a multiple of 32 (when chunking) keeps the GEMM's leading dimension 16-byte aligned.
+    int64_t nc = std::max<int64_t>(256, budget / std::max<int64_t>(K, 1)) / 32 * 32;
+    if (nc >= J) nc = J;
     auto colmem = device_alloc(ctx_, static_cast<size_t>(K * nc) * sizeof(float));
     float* col = static_cast<float*>(colmem.get());
-    const ConvGeom g{Ci, T, H, W, kt, kh, kw, To, Ho, Wo, p.stride_t, p.stride_h, p.stride_w,
+    const ConvGeom g{Ci, T, H, W, static_cast<int>(kt), static_cast<int>(kh), static_cast<int>(kw), To, Ho, Wo, p.stride_t, p.stride_h, p.stride_w,
                      p.pad_t_front, p.pad_top, p.pad_left};
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j0 = 0; j0 < J; j0 += nc) {
         const int64_t n = std::min(nc, J - j0);
-        im2col_kernel<<<blocks_for(K * n, 256), 256, 0, c.stream>>>(px + b * Ci * T * H * W, col, g,
-                                                                     j0, n, K);
+        const dim3 grid(blocks_for(n, 256, 1024), static_cast<unsigned>(std::min<int64_t>(K, 65535)));
+        im2col_kernel<<<grid, 256, 0, c.stream>>>(px + b * Ci * T * H * W, col, g,
+                                                   static_cast<int>(j0), static_cast<int>(n),
+                                                   static_cast<int>(K));
         check_launch("conv3d im2col");
         gemm_f32(c, false, false, n, Co, K, col, n, pw, K, po + b * Co * J + j0, J);
       }

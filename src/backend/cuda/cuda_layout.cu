@@ -140,7 +140,7 @@ void CudaBackend::copy(const Tensor& src, Tensor& dst) {
               shape_str(dst.shape()));
   STDIT_CHECK(src.dtype() == dst.dtype(), "cuda copy: dtypes differ");
   const int64_t n = src.numel();
-  if (n == 0 || src.raw() == dst.raw() && src.strides() == dst.strides()) return;
+  if (n == 0 || (src.raw() == dst.raw() && src.strides() == dst.strides())) return;
   const size_t es = dtype_size(src.dtype());
   if (src.is_contiguous() && dst.is_contiguous()) {
     STDIT_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), cudaMemcpyDeviceToDevice,

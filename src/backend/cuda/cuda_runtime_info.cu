@@ -1,14 +1,38 @@
-// Placeholder translation unit of the CUDA backend: proves the .cu toolchain and the CUDA link
-// line work in every build. The CUDA backend itself lands with the CUDA issue.
+// CUDA runtime queries that need no backend object. Compiled into stdit_core by the top-level
+// CMakeLists.txt in every CUDA build (plain C++17, no project headers beyond <string>).
 #include <cuda_runtime.h>
+
+#include <cstdio>
+#include <string>
 
 namespace stdit {
 
 // Number of visible CUDA devices; 0 when there is no driver or no device.
 int cuda_device_count() {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
   return n;
+}
+
+// "NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB" or "" when the device cannot be queried.
+std::string cuda_device_description(int device) {
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s, sm_%d%d, %d SMs, %.1f GiB, driver %d.%d, runtime %d.%d",
+                p.name, p.major, p.minor, p.multiProcessorCount,
+                static_cast<double>(p.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0), driver / 1000,
+                (driver % 1000) / 10, runtime / 1000, (runtime % 1000) / 10);
+  return buf;
 }
 
 }  // namespace stdit

@@ -1,0 +1,50 @@
+# CUDA backend: its sources go into stdit_core; the GPU test binary (tests/gpu) is defined here
+# too. Included from the top-level CMakeLists.txt inside if(STDIT_CUDA), after stdit_core exists
+# (which already compiles cuda_runtime_info.cu and links CUDA::cudart / CUDA::cublasLt).
+#
+# Hopper only: sm_90a. No --use_fast_math (softmax/exp/sin/cos must keep their full-precision
+# semantics); -lineinfo for profilers.
+
+# The kernels are an object library whose objects go into stdit_core. They include core/tensor.h,
+# which is C++20; CMake 3.25 knows no CUDA20 dialect flag for nvcc (and with CUDA_STANDARD unset
+# it would derive CUDA20 from the required CXX_STANDARD 20), so the dialect is given by hand.
+add_library(stdit_cuda_kernels OBJECT
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_backend.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_linear.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_norm.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_attention.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_attention_tc.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_layout.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_conv.cu
+)
+set_target_properties(stdit_cuda_kernels PROPERTIES
+  CUDA_ARCHITECTURES 90a
+  CXX_STANDARD_REQUIRED OFF)   # no C++ sources here; stops the CUDA20 fallback
+set_property(TARGET stdit_cuda_kernels PROPERTY CUDA_STANDARD)
+target_compile_options(stdit_cuda_kernels PRIVATE -std=c++20 -O3 -lineinfo)
+target_include_directories(stdit_cuda_kernels PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_link_libraries(stdit_cuda_kernels PRIVATE CUDA::cudart CUDA::cublasLt)
+target_sources(stdit_core PRIVATE $<TARGET_OBJECTS:stdit_cuda_kernels>)
+
+# GPU tests: CudaBackend vs the CPU backend per op, and the model fixtures on the GPU. Not a ctest
+# test (CI has no GPU): run scripts/gpu_check.sh on a GPU machine.
+if(NOT DEFINED STDIT_TESTS OR STDIT_TESTS)
+  find_package(GTest)
+  if(GTest_FOUND)
+    add_executable(stdit_gpu_tests ${PROJECT_SOURCE_DIR}/tests/gpu/test_cuda_ops.cpp)
+    target_link_libraries(stdit_gpu_tests PRIVATE stdit_core GTest::gtest)
+    # Drop libraries nothing in the binary calls (cuDNN, NCCL, libav*): fewer to carry over.
+    target_link_options(stdit_gpu_tests PRIVATE -Wl,--as-needed)
+    target_compile_definitions(stdit_gpu_tests PRIVATE
+      STDIT_TEST_DATA="${PROJECT_SOURCE_DIR}/tests/data")
+    set_target_properties(stdit_gpu_tests PROPERTIES
+      RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests/gpu)
+    # The non-system libraries it needs, copied next to it for the GPU machine (gpu_check.sh).
+    add_custom_command(TARGET stdit_gpu_tests POST_BUILD
+      COMMAND ${PROJECT_SOURCE_DIR}/scripts/collect_libs.sh $<TARGET_FILE:stdit_gpu_tests>
+              ${CMAKE_BINARY_DIR}/libs
+      VERBATIM)
+  else()
+    message(STATUS "stdit: GTest not found, stdit_gpu_tests not built")
+  endif()
+endif()
