@@ -53,7 +53,9 @@ def main():
         mask = torch.zeros(1, 300, dtype=torch.long)
         mask[:, :40] = 1
         kw = dict(mask=mask, fps=torch.tensor([24.0]), height=torch.tensor([float(H)]), width=torch.tensor([float(W)]))
-        with torch.no_grad():
+        # autocast: the reference keeps some embeddings in f32 (as Open-Sora upcasts them); matmuls
+        # run in bf16 as in Open-Sora's bf16 inference.
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             model(x, t, y, **kw)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
