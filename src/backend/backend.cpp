@@ -2,6 +2,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/log.h"
 #ifdef STDIT_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -17,13 +18,26 @@ std::vector<std::string> backend_names() {
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& name) {
+  if (name == "auto") {
+    // The GPU when one is usable, else the CPU.
+#ifdef STDIT_HAVE_CUDA
+    if (cuda_device_count() > 0) {
+      try {
+        return make_cuda_backend(0);
+      } catch (const Error& e) {
+        log_warn("GPU present but not usable (", e.what(), "); using the CPU backend");
+      }
+    }
+#endif
+    return std::make_unique<CpuBackend>();
+  }
   if (name == "cpu") return std::make_unique<CpuBackend>();
 #ifdef STDIT_HAVE_CUDA
   if (name == "cuda") return make_cuda_backend(0);
 #endif
   std::string avail;
   for (const auto& n : backend_names()) avail += (avail.empty() ? "" : ", ") + n;
-  fail("unknown backend '", name, "' (available in this build: ", avail, ")");
+  fail("unknown backend '", name, "' (available in this build: ", avail, ", or auto)");
 }
 
 }  // namespace stdit

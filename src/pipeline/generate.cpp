@@ -192,7 +192,7 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
 
   log_info("stdit generate: ", prompts.size(), " prompt(s) x ", opt.num_samples, " sample(s), ", W, "x", H,
            " px, ", F, " frames at ", opt.fps, " fps, ", opt.steps, " steps, cfg ", opt.cfg_scale, ", seed ",
-           opt.seed, ", engine ", eng.dir, " (", eng.dtype, "), backend ", opt.backend);
+           opt.seed, ", engine ", eng.dir, " (", eng.dtype, "), backend ", backend->name());
 
   Tensor latents;  // [items, 4, T, h, w]
   double t_text = 0, t_denoise = 0;

@@ -26,7 +26,7 @@ struct GenerateOptions {
   int num_samples = 1, batch_size = 1;
   std::string out_dir = "sample_outputs", sample_name = "sample", output;
   std::string save_latents, decode_only;
-  std::string backend = "cpu";
+  std::string backend = "auto";  // cuda when a usable GPU is present, else cpu
   int crf = 18;
 };
 
