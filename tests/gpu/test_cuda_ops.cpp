@@ -51,6 +51,8 @@
 #include "models/stdit3/forward_io.h"
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
+#include "media/frames.h"
+#include "pipeline/generate.h"
 #include "text/t5.h"
 
 using namespace stdit;
@@ -98,6 +100,12 @@ const std::map<std::string, double>& thresholds() {
       {"t5_tiny[f32]", 1e-4},
       {"vae_tiny", 1e-2},
       {"vae_tiny[f32]", 1e-4},
+      // Whole tiny pipeline (T5 -> 3 RFLOW steps with CFG -> VAE) vs the PyTorch reference
+      // pipeline: latents after every step and the decoded video.
+      {"pipeline_tiny", 1e-2},
+      {"pipeline_tiny[f32]", 1e-4},
+      // Same inputs twice on the GPU: identical bytes (0 = bit-identical).
+      {"pipeline_repeat", 0.0},
   };
   return t;
 }
@@ -1002,6 +1010,51 @@ TEST(CudaFixtures, VaeTiny) {
       }
     }
     check(cat("vae_tiny", sfx), cat("decode+encode 17/23/1 frames (worst: ", worst_all, ")"), mx);
+  }
+}
+
+// The whole tiny pipeline on the GPU against the reference pipeline (tests/data/pipeline_tiny):
+// T5 output, latents after each Euler step, video; uint8 frames as PSNR; and the same run twice
+// gives identical latents.
+TEST(CudaFixtures, PipelineTiny) {
+  const std::string d = data_dir() + "/pipeline_tiny/";
+  const auto want = SafetensorsFile::open(d + "expected.safetensors");
+  const auto noise = SafetensorsFile::open(d + "noise.safetensors")->get("noise");
+  const Tensor ids = want->get("input_ids"), mask = want->get("mask");
+  const int P = 2, L = 300, H = 24, W = 40, F = 17, steps = 3;
+  for (auto [g, sfx] : both()) {
+    auto t5 = T5Encoder::load(data_dir() + "/t5_tiny/safetensors", *g);
+    const Tensor y = t5->forward(ids, mask);
+    const Tensor y_cond = y.view({P, 1, L, y.size(2)});
+    auto dit = STDiT3::load(d + "dit", *g);
+    std::vector<Tensor> zs;
+    auto run = [&] {
+      zs.clear();
+      return rflow_sample(*dit, y_cond, mask, noise, H, W, F, 24.0, steps, 7.0,
+                          [&](int, const Tensor& z) { zs.push_back(z.clone()); });
+    };
+    const Tensor z = run();
+    double e = rel_error(y_cond, want->get("y_cond"));
+    for (int i = 0; i < steps; ++i) e = std::max(e, rel_error(zs[i], want->get(cat("z.step", i))));
+    auto vae = OpenSoraVae::load(data_dir() + "/vae_tiny", *g);
+    double worst_psnr = 1e9;
+    for (int p = 0; p < P; ++p) {
+      const Tensor video = vae->decode(z.slice(0, p, p + 1).contiguous(), F);
+      e = std::max(e, rel_error(video, want->get("video").slice(0, p, p + 1)));
+      const Frames fr = frames_from_video_tensor(video.select(0, 0), 24);
+      const Tensor ref = want->get("frames");
+      for (int f = 0; f < F; ++f) {
+        double se = 0;
+        const size_t n = fr.frame_bytes();
+        const uint8_t* r = ref.data<uint8_t>() + (static_cast<size_t>(p) * F + f) * n;
+        for (size_t i = 0; i < n; ++i) se += (double(fr.frame(f)[i]) - r[i]) * (double(fr.frame(f)[i]) - r[i]);
+        worst_psnr = std::min(worst_psnr, se == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 * n / se));
+      }
+    }
+    check(cat("pipeline_tiny", sfx), cat("T5, 3 steps, VAE; worst frame PSNR ", worst_psnr, " dB"), e);
+    const Tensor z2 = run();
+    check("pipeline_repeat", cat("latents twice", sfx),
+          std::memcmp(z.raw(), z2.raw(), z.nbytes()) == 0 ? 0.0 : 1.0);
   }
 }
 
