@@ -62,7 +62,9 @@ TEST(T5Buckets, MatchPyTorch) {
                       14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15};
   for (int i = 0; i < 35; ++i) {
     EXPECT_EQ(t5_relative_bucket(-4 * i, 32, 128), want[i]) << "offset " << -4 * i;
-    if (i > 0) EXPECT_EQ(t5_relative_bucket(4 * i, 32, 128), want[i] + 16) << "offset " << 4 * i;
+    if (i > 0) {
+      EXPECT_EQ(t5_relative_bucket(4 * i, 32, 128), want[i] + 16) << "offset " << 4 * i;
+    }
   }
   EXPECT_EQ(t5_relative_bucket(-1000, 32, 128), 15);
   EXPECT_EQ(t5_relative_bucket(1000, 32, 128), 31);

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "io/checkpoint.h"
+#include "io/config_json.h"
 #include "models/stdit3/config.h"
 #include "models/vae/config.h"
 #include "text/t5.h"
@@ -22,11 +23,7 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  STDIT_CHECK(in, p.string(), ": cannot open");
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
+std::string read_text(const fs::path& p) { return read_text_file(p.string(), "file"); }
 
 // Which of our three models a checkpoint is, from its config.json or its key names.
 std::string identify(const fs::path& dir, const TensorSource* weights) {

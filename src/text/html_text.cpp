@@ -42,7 +42,6 @@ const std::string* entity(const US& name) {
   return it == entities().end() ? nullptr : &it->second;
 }
 
-US u(const char* utf8) { return US::fromUTF8(utf8); }
 
 // Parses the digits of a numeric reference, saturating above 0x110000.
 uint32_t parse_num(const US& digits, int base) {

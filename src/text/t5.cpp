@@ -7,41 +7,29 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/config_json.h"
 
 namespace stdit {
 
 namespace {
 using json = nlohmann::json;
 
-int get_int(const json& j, const char* key, int def, const std::string& src, int lo, int hi) {
-  if (!j.contains(key) || j[key].is_null()) return def;
-  STDIT_CHECK(j[key].is_number_integer(), src, ": '", key, "' must be an integer, got ", j[key].dump());
-  const int64_t v = j[key].get<int64_t>();
-  STDIT_CHECK(v >= lo && v <= hi, src, ": '", key, "' = ", v, " is outside [", lo, ", ", hi, "]");
-  return static_cast<int>(v);
-}
 }  // namespace
 
 T5Config parse_t5_config(const std::string& text, const std::string& src) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    fail(src, ": not valid JSON (", e.what(), ")");
-  }
-  STDIT_CHECK(j.is_object(), src, ": config must be a JSON object");
+  const json j = parse_json_object(text, src);
   STDIT_CHECK(j.contains("model_type") && j["model_type"] == "t5", src, ": model_type is ",
               j.contains("model_type") ? j["model_type"].dump() : "missing",
               "; expected a T5 config (e.g. DeepFloyd/t5-v1_1-xxl)");
   T5Config c;
-  c.d_model = get_int(j, "d_model", c.d_model, src, 1, 1 << 16);
-  c.d_kv = get_int(j, "d_kv", c.d_kv, src, 1, 1 << 12);
-  c.num_heads = get_int(j, "num_heads", c.num_heads, src, 1, 1 << 12);
-  c.d_ff = get_int(j, "d_ff", c.d_ff, src, 1, 1 << 18);
-  c.num_layers = get_int(j, "num_layers", c.num_layers, src, 1, 1024);
-  c.vocab_size = get_int(j, "vocab_size", c.vocab_size, src, 2, 1 << 22);
-  c.num_buckets = get_int(j, "relative_attention_num_buckets", c.num_buckets, src, 4, 1 << 12);
-  c.max_distance = get_int(j, "relative_attention_max_distance", c.max_distance, src, 2, 1 << 20);
+  c.d_model = json_int(j, "d_model", c.d_model, src, 1, 1 << 16);
+  c.d_kv = json_int(j, "d_kv", c.d_kv, src, 1, 1 << 12);
+  c.num_heads = json_int(j, "num_heads", c.num_heads, src, 1, 1 << 12);
+  c.d_ff = json_int(j, "d_ff", c.d_ff, src, 1, 1 << 18);
+  c.num_layers = json_int(j, "num_layers", c.num_layers, src, 1, 1024);
+  c.vocab_size = json_int(j, "vocab_size", c.vocab_size, src, 2, 1 << 22);
+  c.num_buckets = json_int(j, "relative_attention_num_buckets", c.num_buckets, src, 4, 1 << 12);
+  c.max_distance = json_int(j, "relative_attention_max_distance", c.max_distance, src, 2, 1 << 20);
   if (j.contains("layer_norm_epsilon")) {
     STDIT_CHECK(j["layer_norm_epsilon"].is_number() && j["layer_norm_epsilon"].get<double>() > 0,
                 src, ": 'layer_norm_epsilon' must be a positive number");
@@ -59,11 +47,7 @@ T5Config parse_t5_config(const std::string& text, const std::string& src) {
 }
 
 T5Config load_t5_config(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  STDIT_CHECK(in, path, ": cannot open the T5 config");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse_t5_config(ss.str(), path);
+  return parse_t5_config(read_text_file(path, "T5 config"), path);
 }
 
 std::vector<ParamSpec> t5_param_specs(const T5Config& c) {

@@ -8,36 +8,17 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/config_json.h"
 
 namespace stdit {
 
 namespace {
 using json = nlohmann::json;
 
-int get_int(const json& j, const std::string& key, int def, const std::string& src, int lo, int hi) {
-  if (!j.contains(key) || j[key].is_null()) return def;
-  const json& v = j[key];
-  STDIT_CHECK(v.is_number_integer(), src, ": '", key, "' must be an integer, got ", v.dump());
-  const int64_t x = v.get<int64_t>();
-  STDIT_CHECK(x >= lo && x <= hi, src, ": '", key, "' = ", x, " is outside [", lo, ", ", hi, "]");
-  return static_cast<int>(x);
-}
-
-bool get_bool(const json& j, const std::string& key, bool def, const std::string& src) {
-  if (!j.contains(key) || j[key].is_null()) return def;
-  STDIT_CHECK(j[key].is_boolean(), src, ": '", key, "' must be true or false, got ", j[key].dump());
-  return j[key].get<bool>();
-}
 }  // namespace
 
 STDiT3Config parse_stdit3_config(const std::string& text, const std::string& src) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    fail(src, ": not valid JSON (", e.what(), ")");
-  }
-  STDIT_CHECK(j.is_object(), src, ": config must be a JSON object");
+  const json j = parse_json_object(text, src);
   if (j.contains("model_type")) {
     STDIT_CHECK(j["model_type"].is_string() && j["model_type"] == "STDiT3", src,
                 ": model_type is ", j["model_type"].dump(), "; this is not an STDiT3 config",
@@ -59,15 +40,15 @@ STDiT3Config parse_stdit3_config(const std::string& text, const std::string& src
   }
 
   STDiT3Config c;
-  c.depth = get_int(j, "depth", c.depth, src, 1, 1024);
-  c.hidden_size = get_int(j, "hidden_size", c.hidden_size, src, 4, 65536);
-  c.num_heads = get_int(j, "num_heads", c.num_heads, src, 1, 1024);
-  c.in_channels = get_int(j, "in_channels", c.in_channels, src, 1, 1024);
-  c.caption_channels = get_int(j, "caption_channels", c.caption_channels, src, 1, 65536);
-  c.model_max_length = get_int(j, "model_max_length", c.model_max_length, src, 1, 65536);
-  c.input_sq_size = get_int(j, "input_sq_size", c.input_sq_size, src, 1, 1 << 20);
-  c.pred_sigma = get_bool(j, "pred_sigma", c.pred_sigma, src);
-  c.qk_norm = get_bool(j, "qk_norm", c.qk_norm, src);
+  c.depth = json_int(j, "depth", c.depth, src, 1, 1024);
+  c.hidden_size = json_int(j, "hidden_size", c.hidden_size, src, 4, 65536);
+  c.num_heads = json_int(j, "num_heads", c.num_heads, src, 1, 1024);
+  c.in_channels = json_int(j, "in_channels", c.in_channels, src, 1, 1024);
+  c.caption_channels = json_int(j, "caption_channels", c.caption_channels, src, 1, 65536);
+  c.model_max_length = json_int(j, "model_max_length", c.model_max_length, src, 1, 65536);
+  c.input_sq_size = json_int(j, "input_sq_size", c.input_sq_size, src, 1, 1 << 20);
+  c.pred_sigma = json_bool(j, "pred_sigma", c.pred_sigma, src);
+  c.qk_norm = json_bool(j, "qk_norm", c.qk_norm, src);
   if (j.contains("mlp_ratio")) {
     STDIT_CHECK(j["mlp_ratio"].is_number(), src, ": 'mlp_ratio' must be a number");
     c.mlp_ratio = j["mlp_ratio"].get<double>();
@@ -92,10 +73,10 @@ STDiT3Config parse_stdit3_config(const std::string& text, const std::string& src
   const double mh = c.hidden_size * c.mlp_ratio;
   STDIT_CHECK(c.mlp_ratio > 0 && std::floor(mh) == mh, src, ": mlp_ratio ", c.mlp_ratio,
               " does not give an integer MLP width for hidden_size ", c.hidden_size);
-  if (j.contains("enable_sequence_parallelism") && get_bool(j, "enable_sequence_parallelism", false, src))
+  if (j.contains("enable_sequence_parallelism") && json_bool(j, "enable_sequence_parallelism", false, src))
     log_warn(src, ": enable_sequence_parallelism is a training setting; ignored");
   if (j.contains("skip_y_embedder"))
-    STDIT_CHECK(!get_bool(j, "skip_y_embedder", false, src), src,
+    STDIT_CHECK(!json_bool(j, "skip_y_embedder", false, src), src,
                 ": skip_y_embedder true is not supported (the caption MLP is part of inference)");
   if (j.contains("torch_dtype")) {
     const auto& d = j["torch_dtype"];
@@ -106,11 +87,7 @@ STDiT3Config parse_stdit3_config(const std::string& text, const std::string& src
 }
 
 STDiT3Config load_stdit3_config(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  STDIT_CHECK(in, path, ": cannot open the model config");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse_stdit3_config(ss.str(), path);
+  return parse_stdit3_config(read_text_file(path, "model config"), path);
 }
 
 std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c) {

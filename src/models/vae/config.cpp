@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/config_json.h"
 
 namespace stdit {
 
@@ -49,13 +50,7 @@ int VaeConfig::latent_frames(int num_frames) const {
 }
 
 VaeConfig parse_vae_config(const std::string& text, const std::string& src) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    fail(src, ": not valid JSON (", e.what(), ")");
-  }
-  STDIT_CHECK(j.is_object(), src, ": config must be a JSON object");
+  const json j = parse_json_object(text, src);
   const std::string mt = j.value("model_type", std::string());
   STDIT_CHECK(mt == "VideoAutoencoderPipeline", src, ": model_type is '", mt,
               "'; expected the config.json of hpcai-tech/OpenSora-VAE-v1.2 (VideoAutoencoderPipeline)");
@@ -114,11 +109,7 @@ VaeConfig parse_vae_config(const std::string& text, const std::string& src) {
 }
 
 VaeConfig load_vae_config(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  STDIT_CHECK(in, path, ": cannot open the VAE config");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse_vae_config(ss.str(), path);
+  return parse_vae_config(read_text_file(path, "VAE config"), path);
 }
 
 std::vector<ParamSpec> vae_param_specs(const VaeConfig& c) {
