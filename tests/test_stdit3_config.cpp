@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "test_util.h"
 #include "models/stdit3/config.h"
 
 using namespace stdit;
@@ -66,18 +67,7 @@ TEST(STDiT3Config, RefusesImpossibleValues) {
 
 // The key list the model expects for the real config equals the real checkpoint's list.
 TEST(STDiT3Config, ParamSpecsMatchRealCheckpointKeys) {
-  std::ifstream in(std::string(STDIT_SPEC_KEYS) + "/stdit3.tsv");
-  ASSERT_TRUE(in) << "missing tests/data/keys/stdit3.tsv";
-  std::map<std::string, std::string> want;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream ls(line);
-    std::string name, shape;
-    std::getline(ls, name, '\t');
-    std::getline(ls, shape, '\t');
-    want[name] = shape;
-  }
+  const auto want = test::read_key_list(std::string(STDIT_SPEC_KEYS) + "/stdit3.tsv");
   EXPECT_EQ(want.size(), 973u);
   const auto specs = stdit3_param_specs(parse_stdit3_config(real_config(), "config.json"));
   std::map<std::string, std::string> got;

@@ -7,6 +7,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "test_util.h"
 #include "io/torch_bin.h"
 #include "text/t5.h"
 
@@ -153,14 +154,7 @@ TEST(T5Encoder, RealConfigsAndKeys) {
     EXPECT_EQ(c.vocab_size, 32128) << f;
     EXPECT_EQ(c.max_distance, 128) << f;
   }
-  std::ifstream in(kData + "/keys/t5_v1_1_xxl_encoder.tsv");
-  std::map<std::string, std::string> want;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    const auto t1 = line.find('\t'), t2 = line.find('\t', t1 + 1);
-    want[line.substr(0, t1)] = line.substr(t1 + 1, t2 - t1 - 1);
-  }
+  const auto want = test::read_key_list(kData + "/keys/t5_v1_1_xxl_encoder.tsv");
   EXPECT_EQ(want.size(), 219u);
   std::map<std::string, std::string> got;
   int64_t params = 0;

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "test_util.h"
 #include "models/vae/config.h"
 
 using namespace stdit;
@@ -28,14 +29,7 @@ TEST(VaeConfig, RealConfigAndKeys) {
   EXPECT_EQ(c.latent_frames(51), 15);
   EXPECT_EQ(c.latent_frames(102), 30);
   EXPECT_EQ(c.latent_frames(408), 120);
-  std::ifstream in(kData + "/keys/vae_v1.2.tsv");
-  std::map<std::string, std::string> want;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    const auto t1 = line.find('\t'), t2 = line.find('\t', t1 + 1);
-    want[line.substr(0, t1)] = line.substr(t1 + 1, t2 - t1 - 1);
-  }
+  const auto want = test::read_key_list(kData + "/keys/vae_v1.2.tsv");
   EXPECT_EQ(want.size(), 517u);
   std::map<std::string, std::string> got;
   for (const auto& p : vae_param_specs(c)) got[p.name] = shape_str(p.shape);
