@@ -1,9 +1,7 @@
 #include "text/t5.h"
 
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -35,7 +33,8 @@ T5Config parse_t5_config(const std::string& text, const std::string& src) {
                 src, ": 'layer_norm_epsilon' must be a positive number");
     c.eps = j["layer_norm_epsilon"].get<float>();
   }
-  const std::string ff = j.value("feed_forward_proj", std::string("relu"));
+  const json ffj = j.contains("feed_forward_proj") ? j["feed_forward_proj"] : json("relu");
+  const std::string ff = ffj.is_string() ? ffj.get<std::string>() : ffj.dump();  // any JSON type
   STDIT_CHECK(ff == "gated-gelu", src, ": feed_forward_proj '", ff,
               "' is not supported; T5 v1.1 (gated-gelu) is the Open-Sora text encoder");
   if (j.contains("dense_act_fn"))

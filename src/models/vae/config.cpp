@@ -1,8 +1,6 @@
 #include "models/vae/config.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
 #include "io/config_json.h"
@@ -51,7 +49,8 @@ int VaeConfig::latent_frames(int num_frames) const {
 
 VaeConfig parse_vae_config(const std::string& text, const std::string& src) {
   const json j = parse_json_object(text, src);
-  const std::string mt = j.value("model_type", std::string());
+  const json mtj = j.contains("model_type") ? j["model_type"] : json("");
+  const std::string mt = mtj.is_string() ? mtj.get<std::string>() : mtj.dump();  // any JSON type
   STDIT_CHECK(mt == "VideoAutoencoderPipeline", src, ": model_type is '", mt,
               "'; expected the config.json of hpcai-tech/OpenSora-VAE-v1.2 (VideoAutoencoderPipeline)");
   VaeConfig c;
