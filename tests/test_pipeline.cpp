@@ -160,12 +160,15 @@ TEST(Generate, EndToEndWritesReadableVideos) {
   fs::remove_all(out);
   GenerateOptions g = small_job(out.string());
   g.batch_size = 2;
+  g.preview = true;
   g.save_latents = (out / "lat_a.safetensors").string();
   const auto paths = generate(g);
   g.save_latents = (out / "lat_b.safetensors").string();
   ASSERT_EQ(paths.size(), 2u);
   EXPECT_EQ(fs::path(paths[0]).filename(), "sample_0000.mp4");
   EXPECT_EQ(fs::path(paths[1]).filename(), "sample_0001.mp4");
+  EXPECT_TRUE(fs::exists(out / "sample_0000.grid.png"));
+  g.preview = false;
   for (const auto& p : paths) {
     const Frames f = read_video(p);
     EXPECT_EQ(f.count, 17);

@@ -246,6 +246,11 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
                      {"steps", std::to_string(opt.steps)}, {"cfg_scale", std::to_string(opt.cfg_scale)},
                      {"model", eng.dir}};
       write_mp4(path, frames, mo);
+      if (opt.preview) {
+        const std::string grid = fs::path(path).replace_extension(".grid.png").string();
+        write_frame_grid_png(grid, frames);
+        std::printf("Preview: %s\n", grid.c_str());
+      }
     }
     t_write += seconds_since(tw);
     std::printf("Saved to %s\n", path.c_str());

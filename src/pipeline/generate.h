@@ -28,6 +28,7 @@ struct GenerateOptions {
   std::string save_latents, decode_only;
   std::string backend = "auto";  // cuda when a usable GPU is present, else cpu
   int crf = 18;
+  bool preview = false;  // also write NAME.grid.png: 4x4 evenly spaced frames
 };
 
 // Runs the whole job; returns the paths written. Every bad input is an Error before any heavy
