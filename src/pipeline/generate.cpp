@@ -16,8 +16,10 @@
 #include "core/philox.h"
 #include "io/safetensors.h"
 #include "media/frames.h"
+#ifdef STDIT_HAVE_MEDIA
 #include "media/image_io.h"
 #include "media/video_io.h"
+#endif
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
 #include "pipeline/engine.h"
@@ -211,7 +213,11 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   const int n_items = static_cast<int>(latents.size(0));
   double t_write = 0;
   int index = 0;
+#ifdef STDIT_HAVE_MEDIA
   const std::string ext = F == 1 ? ".png" : ".mp4";
+#else
+  const std::string ext = ".frames.safetensors";
+#endif
   auto name_for = [&](int idx, int k) {
     std::string s = opt.sample_name + "_" + std::string(4 - std::min<size_t>(4, std::to_string(idx).size()), '0') +
                     std::to_string(idx);
@@ -236,6 +242,7 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
     const std::string path = opt.output.empty() ? name_for(index, k) : opt.output;
     if (!opt.output.empty()) STDIT_CHECK(!fs::exists(path), path, " exists; not overwriting it");
     const std::string prompt = decode_only ? std::string() : prompts[item / opt.num_samples];
+#ifdef STDIT_HAVE_MEDIA
     if (F == 1) {
       write_png(path, frames);
     } else {
@@ -252,6 +259,13 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
         std::printf("Preview: %s\n", grid.c_str());
       }
     }
+#else
+    // Built without media libraries: the uint8 frames [F, H, W, 3] as safetensors.
+    write_safetensors(path, {{"frames", Tensor::from_blob(const_cast<uint8_t*>(frames.rgb.data()),
+                                                          {frames.count, frames.height, frames.width, 3},
+                                                          DType::U8, nullptr)}},
+                      {{"prompt", prompt}, {"seed", std::to_string(opt.seed)}, {"fps", std::to_string(opt.fps)}});
+#endif
     t_write += seconds_since(tw);
     std::printf("Saved to %s\n", path.c_str());
     std::fflush(stdout);
