@@ -244,3 +244,23 @@ TEST(Generate, BadInputsGiveClearErrors) {
   EXPECT_TRUE(has(err([&](GenerateOptions& g) { g.decode_only = lat; }), "do not fit this run"));
   fs::remove_all(out);
 }
+
+#include "pipeline/cfg_parallel.h"
+
+// CFG-parallel (two backends, here two CPU backends) equals the single-backend CFG batch.
+TEST(Pipeline, CfgParallelEqualsSingleBatch) {
+  const std::string d = kData + "/pipeline_tiny/";
+  const auto want = SafetensorsFile::open(d + "expected.safetensors");
+  const Tensor noise = SafetensorsFile::open(d + "noise.safetensors")->get("noise");
+  CpuBackend be0, be1;
+  auto t5 = T5Encoder::load(kData + "/t5_tiny/safetensors", be0);
+  const Tensor mask = want->get("mask");
+  const Tensor y = t5->forward(want->get("input_ids"), mask);
+  const Tensor y_cond = y.view({2, 1, 300, y.size(2)});
+  auto dit0 = STDiT3::load(d + "dit", be0), dit1 = STDiT3::load(d + "dit", be1);
+  const Tensor single = rflow_sample(*dit0, y_cond, mask, noise, 24, 40, 17, 24, 3, 7.0);
+  const Tensor split = rflow_sample_cfg_parallel({&be0, &be1}, {dit0.get(), dit1.get()}, y_cond, mask, noise,
+                                                 24, 40, 17, 24, 3, 7.0);
+  EXPECT_LE(rel_error(split, single), 1e-6);
+  EXPECT_LE(rel_error(split, want->get("latents")), 1e-4);
+}

@@ -26,6 +26,30 @@ std::string error_of(const std::function<void()>& f) {
 }
 
 class T5Format : public ::testing::TestWithParam<std::string> {};
+
+// A stored (uncompressed) zip of the given entries, laid out as torch.save writes them.
+std::vector<uint8_t> stored_zip(const std::vector<std::pair<std::string, std::string>>& files) {
+  std::vector<uint8_t> z, cd;
+  auto put = [](std::vector<uint8_t>& b, uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  for (const auto& [name, data] : files) {
+    const uint64_t off = z.size();
+    put(z, 0x04034b50, 4), put(z, 20, 2), put(z, 0, 2), put(z, 0, 2), put(z, 0, 4), put(z, 0, 4);
+    put(z, data.size(), 4), put(z, data.size(), 4), put(z, name.size(), 2), put(z, 0, 2);
+    z.insert(z.end(), name.begin(), name.end());
+    z.insert(z.end(), data.begin(), data.end());
+    put(cd, 0x02014b50, 4), put(cd, 20, 2), put(cd, 20, 2), put(cd, 0, 2), put(cd, 0, 2), put(cd, 0, 4);
+    put(cd, 0, 4), put(cd, data.size(), 4), put(cd, data.size(), 4), put(cd, name.size(), 2);
+    put(cd, 0, 2), put(cd, 0, 2), put(cd, 0, 2), put(cd, 0, 2), put(cd, 0, 4), put(cd, off, 4);
+    cd.insert(cd.end(), name.begin(), name.end());
+  }
+  const uint64_t cd_off = z.size();
+  z.insert(z.end(), cd.begin(), cd.end());
+  put(z, 0x06054b50, 4), put(z, 0, 4), put(z, files.size(), 2), put(z, files.size(), 2);
+  put(z, cd.size(), 4), put(z, cd_off, 4), put(z, 0, 2);
+  return z;
+}
 }  // namespace
 
 TEST_P(T5Format, CpuForwardMatchesReference) {
@@ -61,6 +85,9 @@ TEST(T5Encoder, ConfigRefusals) {
   EXPECT_NE(error_of([&] { parse_t5_config(replaced("\"t5\"", "\"bert\""), "c"); })
                 .find("expected a T5 config"), std::string::npos);
   EXPECT_NE(error_of([&] { parse_t5_config("nope", "c"); }).find("not valid JSON"), std::string::npos);
+  // Fuzzing regression: a non-string feed_forward_proj threw nlohmann::json::type_error.
+  EXPECT_NE(error_of([&] { parse_t5_config(replaced("\"gated-gelu\"", "7"), "c"); })
+                .find("feed_forward_proj '7'"), std::string::npos);
 }
 
 TEST(T5Encoder, BadInputs) {
@@ -140,6 +167,38 @@ TEST(TorchBin, CorruptedBytesNeverCrash) {
     }
   }
   EXPECT_EQ(ok + refused, 2000);
+}
+
+// Fuzzing regressions (docs/RELIABILITY.md). Lists linked into a cycle through the memo
+// (A=[B], B=[A]) were leaked (LeakSanitizer); a chain built by appending to a list after it was
+// nested escaped the depth limit and was freed recursively, overflowing the stack.
+TEST(TorchBin, PickleCyclesAndLongChainsAreFreed) {
+  const std::string cycle = std::string("\x80\x02}]\x94]\x94" "ah\x01h\x00" "as.", 15);
+  auto z = stored_zip({{"archive/data.pkl", cycle}});
+  EXPECT_NE(error_of([&] { TorchBinFile::parse("cycle.bin", z.data(), z.size(), nullptr); })
+                .find("cycle.bin"), std::string::npos);
+  // root dict; L0 stored as memo 0 and 1; then 1M times: L_new appended to memo 1, memo 1 = L_new.
+  std::string chain("\x80\x02}]q\x00q\x01" "b", 9);
+  for (int i = 0; i < 1000000; ++i) chain += std::string("h\x01]q\x01" "ab", 7);
+  chain += ".";
+  z = stored_zip({{"archive/data.pkl", chain}});
+  auto f = TorchBinFile::parse("chain.bin", z.data(), z.size(), nullptr);
+  EXPECT_TRUE(f->entries().empty());
+}
+
+// Fuzzing regression: a zip64 locator pointing near 2^64 wrapped the bounds check (read out of
+// bounds) instead of being refused.
+TEST(TorchBin, Zip64LocatorOutOfRange) {
+  std::vector<uint8_t> b;
+  auto put = [&](uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  put(0x07064b50, 4), put(0, 4), put(0xfffffffffffffff0ull, 8), put(1, 4);      // zip64 locator
+  put(0x06054b50, 4), put(0, 4), put(0xffff, 2), put(0xffff, 2), put(0xffffffffu, 4),
+      put(0xffffffffu, 4), put(0, 2);                                             // EOCD
+  EXPECT_NE(error_of([&] { TorchBinFile::parse("z64.bin", b.data(), b.size(), nullptr); })
+                .find("zip64 end-of-central-directory record missing or out of range"),
+            std::string::npos);
 }
 
 // The real configs parse, and the expected keys equal the real encoder's 219 keys.

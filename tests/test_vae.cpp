@@ -55,6 +55,14 @@ TEST(VaeConfig, Refusals) {
   EXPECT_NE(err("{\"model_type\": \"VideoAutoencoderPipeline\", \"stdit_vae_2d\": {\"norm_num_groups\": 3}}")
                 .find("not divisible"), std::string::npos);
   EXPECT_NE(err("nope").find("not valid JSON"), std::string::npos);
+  // Fuzzing regression: a non-string model_type threw nlohmann::json::type_error.
+  EXPECT_NE(err("{\"model_type\": 5}").find("model_type is '5'"), std::string::npos);
+  EXPECT_NE(err("{\"model_type\": [\"VideoAutoencoderPipeline\"]}").find("model_type is"), std::string::npos);
+  // JSON nesting bomb and oversized text are refused before building the document.
+  EXPECT_NE(err(std::string(20000000, '[')).find("more than the"), std::string::npos);
+  EXPECT_NE(err(std::string(100000, '[')).find("nested deeper than 64"), std::string::npos);
+  EXPECT_NE(err("{\"a\":" + std::string(65, '[') + std::string(65, ']') + "}").find("nested deeper"),
+            std::string::npos);
 }
 
 #include "backend/cpu/cpu_backend.h"

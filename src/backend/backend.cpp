@@ -34,6 +34,12 @@ std::unique_ptr<Backend> make_backend(const std::string& name) {
   if (name == "cpu") return std::make_unique<CpuBackend>();
 #ifdef STDIT_HAVE_CUDA
   if (name == "cuda") return make_cuda_backend(0);
+  if (name.rfind("cuda:", 0) == 0) {  // cuda:N, the N-th visible GPU
+    const std::string idx = name.substr(5);
+    STDIT_CHECK(!idx.empty() && idx.find_first_not_of("0123456789") == std::string::npos,
+                "invalid backend '", name, "' (cuda:N with N a GPU index)");
+    return make_cuda_backend(std::stoi(idx));
+  }
 #endif
   std::string avail;
   for (const auto& n : backend_names()) avail += (avail.empty() ? "" : ", ") + n;

@@ -54,6 +54,8 @@ class Backend {
   virtual void synchronize() {}
   // Peak device memory held by this backend's allocations so far (0 if not tracked).
   virtual size_t peak_memory_bytes() const { return 0; }
+  // Makes this backend's device current for the calling thread (several GPUs, one thread each).
+  virtual void bind_to_this_thread() {}
   // Host tensor (any dtype, any strides) -> backend tensor in the backend's activation/weight
   // dtype for floats (F32 on CPU), unchanged dtype for integers. The result may share memory
   // with `host` (CPU, packed F32): never modify an uploaded tensor in place.

@@ -12,6 +12,7 @@
 #include "core/synthetic.h"
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
+#include "pipeline/cfg_parallel.h"
 #include "pipeline/presets.h"
 #include "text/t5.h"
 
@@ -82,9 +83,19 @@ void run_bench(const BenchOptions& opt) {
   // ---- STDiT3-XL/2 per preset, then the VAE decode ----
   STDiT3Config dc;  // real sizes
   auto dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be);
+  // CFG-parallel: a second device with its own copy of the denoiser.
+  std::unique_ptr<Backend> be1;
+  std::unique_ptr<STDiT3> dit1;
+  if (opt.cfg_parallel) {
+    be1 = make_backend(opt.backend == "cuda" ? "cuda:1" : opt.backend);
+    run_on_devices({be1.get()}, [&](int) {
+      dit1 = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be1);
+    });
+  }
   std::unique_ptr<OpenSoraVae> vae;
   VaeConfig vc;
   for (const auto& preset : opt.presets) {
+    if (!dit) dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be);
     const auto dash = preset.find('-');
     STDIT_CHECK(dash != std::string::npos, "bench preset '", preset, "' is not RESOLUTION-DURATION (e.g. 480p-4s)");
     const auto [H, W] = image_size(preset.substr(0, dash), "9:16");
@@ -106,6 +117,29 @@ void run_bench(const BenchOptions& opt) {
     be->synchronize();
     const double step_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
     const double tflops = stdit3_step_flops(T, S) / (step_ms * 1e-3) / 1e12;
+    double cfgp_ms = -1, cfgp_err = -1;
+    if (dit1) {
+      // Each device runs one half of the CFG batch; compare with the single call's halves.
+      const Tensor full = dit->forward(in);
+      STDiT3Inputs h[2];
+      for (int k = 0; k < 2; ++k) {
+        h[k] = in;
+        h[k].x = in.x.slice(0, k, k + 1).contiguous();
+        h[k].timestep = Tensor::from_f32({1}, {900.0f});
+        h[k].y = in.y.slice(0, k, k + 1).contiguous();
+      }
+      Tensor out[2];
+      std::vector<Backend*> bes{be.get(), be1.get()};
+      std::vector<STDiT3*> ms{dit.get(), dit1.get()};
+      auto both = [&] { run_on_devices(bes, [&](int k) { out[k] = ms[k]->forward(h[k]); }); };
+      both();  // warm-up
+      const auto c0 = Clock::now();
+      for (int i = 0; i < opt.denoise_iters; ++i) both();
+      cfgp_ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
+      cfgp_err = std::max(rel_error(out[0], full.slice(0, 0, 1)), rel_error(out[1], full.slice(0, 1, 2)));
+      std::printf("  %-8s CFG-parallel on 2 devices: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n",
+                  preset.c_str(), cfgp_ms, step_ms / cfgp_ms, cfgp_err);
+    }
     double vae_s = -1;
     if (opt.vae) {
       if (!vae) {
@@ -126,9 +160,8 @@ void run_bench(const BenchOptions& opt) {
     results.push_back({{"preset", preset}, {"width", W}, {"height", H}, {"frames", F}, {"tokens", T * S},
                        {"denoise_ms_per_step", step_ms}, {"tflops", tflops}, {"t5_ms", t5_ms},
                        {"vae_decode_s", vae_s}, {"video_s_30_steps", video_s},
-                       {"peak_gib", be->peak_memory_bytes() / double(1ull << 30)}});
-    if (!dit && &preset != &opt.presets.back())
-      dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be);
+                       {"peak_gib", be->peak_memory_bytes() / double(1ull << 30)},
+                       {"cfg_parallel_ms_per_step", cfgp_ms}, {"cfg_parallel_rel_err", cfgp_err}});
   }
   if (!opt.json.empty()) {
     std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend}, {"results", results}}).dump(2) << "\n";

@@ -13,6 +13,7 @@ struct BenchOptions {
   bool t5 = true, vae = true;
   uint64_t seed = 1;
   std::string json;  // write results here too
+  bool cfg_parallel = false;  // also time the CFG halves on two devices (backend "cuda": cuda:0 + cuda:1)
 };
 
 void run_bench(const BenchOptions& opt);

@@ -140,6 +140,8 @@ CudaBackend::~CudaBackend() = default;
 
 Device CudaBackend::device() const { return Device{DeviceKind::CUDA, ctx_->device}; }
 const CudaOptions& CudaBackend::options() const { return ctx_->options; }
+void CudaBackend::bind_to_this_thread() { STDIT_CUDA_CHECK(cudaSetDevice(ctx_->device)); }
+
 size_t CudaBackend::peak_memory_bytes() const { return ctx_->bytes_peak.load(); }
 
 void CudaBackend::synchronize() {

@@ -36,6 +36,7 @@ class CudaBackend final : public Backend {
   Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
   void synchronize() override;    // waits for every op enqueued so far; throws on a device error
   size_t peak_memory_bytes() const override;  // most device bytes held at once by alloc/upload
+  void bind_to_this_thread() override;  // cudaSetDevice(this backend's device)
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 
