@@ -91,6 +91,7 @@ void run_bench(const BenchOptions& opt) {
     run_on_devices({be1.get()}, [&](int) {
       dit1 = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be1);
     });
+    be->bind_to_this_thread();  // creating the second device's backend made its device current here
   }
   std::unique_ptr<OpenSoraVae> vae;
   VaeConfig vc;
