@@ -264,3 +264,16 @@ TEST(Pipeline, CfgParallelEqualsSingleBatch) {
   EXPECT_LE(rel_error(split, single), 1e-6);
   EXPECT_LE(rel_error(split, want->get("latents")), 1e-4);
 }
+
+// A hostile engine config.json (wrong JSON types) is an Error, not a JSON library exception
+// (found by the engine fuzzer, docs/RELIABILITY.md).
+TEST(Convert, EngineConfigWithWrongTypesIsRefused) {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("stdit_bad_engine_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  for (const char* cfg : {R"({"format": 5})", R"({"format": "stdit-engine", "format_version": "1"})",
+                          R"({"format": "stdit-engine", "format_version": 1, "dtype": 3})", "[1, 2]"}) {
+    std::ofstream(dir / "config.json") << cfg;
+    EXPECT_THROW(open_engine(dir.string()), Error) << cfg;
+  }
+  fs::remove_all(dir);
+}

@@ -122,19 +122,20 @@ Engine open_engine(const std::string& dir) {
   const fs::path d(dir);
   STDIT_CHECK(fs::is_directory(d), dir, ": no engine directory here (make one with `stdit convert`)");
   STDIT_CHECK(fs::exists(d / "config.json"), dir, ": not an engine directory (no config.json)");
-  json j;
-  try {
-    j = json::parse(read_text(d / "config.json"));
-  } catch (const std::exception& e) {
-    fail((d / "config.json").string(), ": not valid JSON (", e.what(), ")");
-  }
-  STDIT_CHECK(j.is_object() && j.value("format", std::string()) == "stdit-engine", (d / "config.json").string(),
+  const std::string cfg_path = (d / "config.json").string();
+  const json j = parse_json_object(read_text_file(cfg_path, "engine config"), cfg_path);
+  STDIT_CHECK(j.contains("format") && j["format"] == "stdit-engine", cfg_path,
               ": not an stdit engine config (convert the checkpoints with `stdit convert`)");
-  STDIT_CHECK(j.value("format_version", 0) == 1, (d / "config.json").string(),
-              ": engine format version ", j.value("format_version", 0), " is not supported by this stdit");
+  STDIT_CHECK(j.contains("format_version") && j["format_version"].is_number_integer() &&
+                  j["format_version"].get<int64_t>() == 1,
+              cfg_path, ": engine format version ", j.contains("format_version") ? j["format_version"].dump() : "(none)",
+              " is not supported by this stdit");
+  const auto dtype = j.contains("dtype") ? j["dtype"] : json("f32");
+  STDIT_CHECK(dtype.is_string() && (dtype == "f32" || dtype == "bf16" || dtype == "f16"), cfg_path,
+              ": engine dtype ", dtype.dump(), " is not f32, bf16 or f16");
   Engine e;
   e.dir = dir;
-  e.dtype = j.value("dtype", std::string("f32"));
+  e.dtype = dtype.get<std::string>();
   e.dit = (d / "dit").string();
   e.t5 = (d / "t5").string();
   e.vae = (d / "vae").string();
