@@ -238,6 +238,8 @@ TEST(Generate, BadInputsGiveClearErrors) {
   EXPECT_TRUE(has(err([](GenerateOptions& g) { g.out_dir = kData + "/README.md/out"; }), "cannot create the output directory"));
   EXPECT_TRUE(has(err([](GenerateOptions& g) { g.camera_motion = "dolly"; }), "unknown camera motion"));
   EXPECT_TRUE(has(err([](GenerateOptions& g) { g.output = "x.mp4"; }), "-o FILE names one output"));
+  EXPECT_TRUE(has(err([](GenerateOptions& g) { g.gpus = 4; }), "--gpus 4 is not supported yet"));
+  EXPECT_TRUE(has(err([](GenerateOptions& g) { g.gpus = 2; g.backend = "cpu"; }), "--gpus 2 needs the CUDA backend"));
   // --decode-only with latents of another size.
   const std::string lat = (out / "lat.safetensors").string();
   write_safetensors(lat, {{"latents", Tensor::zeros({1, 4, 5, 4, 4}, DType::F32)}});

@@ -22,6 +22,7 @@
 #endif
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
+#include "pipeline/cfg_parallel.h"
 #include "pipeline/engine.h"
 #include "pipeline/presets.h"
 #include "pipeline/rflow.h"
@@ -115,6 +116,8 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   STDIT_CHECK(std::isfinite(opt.fps) && opt.fps > 0, "--fps must be a positive number");
   STDIT_CHECK(opt.num_samples >= 1 && opt.batch_size >= 1, "--num-samples and --batch-size must be at least 1");
   STDIT_CHECK(opt.crf >= 0 && opt.crf <= 51, "--crf must be in 0..51");
+  STDIT_CHECK(opt.gpus == 1 || opt.gpus == 2, "--gpus ", opt.gpus,
+              " is not supported yet: 1, or 2 (CFG-parallel); tensor parallelism is not built yet");
   int H, W;
   if (opt.width > 0 || opt.height > 0) {
     STDIT_CHECK(opt.width >= 8 && opt.height >= 8, "-W and -H must both be given, each at least 8 pixels");
@@ -176,6 +179,15 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
     // ---------------- denoise ----------------
     t0 = Clock::now();
     auto dit = STDiT3::load(eng.dit, *backend, "engine dit");
+    // --gpus 2: a second copy of the denoiser on the second GPU takes the unconditional half.
+    std::unique_ptr<Backend> backend1;
+    std::unique_ptr<STDiT3> dit1;
+    if (opt.gpus == 2) {
+      STDIT_CHECK(backend->name() == "cuda", "--gpus 2 needs the CUDA backend (this run uses ", backend->name(), ")");
+      backend1 = make_backend("cuda:1");
+      run_on_devices({backend1.get()}, [&](int) { dit1 = STDiT3::load(eng.dit, *backend1, "engine dit"); });
+      backend->bind_to_this_thread();
+    }
     const int64_t C = y.size(2);
     latents = Tensor::empty({items, 4, T, h, w}, DType::F32);
     const int64_t per = 4 * T * h * w;
@@ -193,8 +205,11 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
         const Tensor n = philox_normal({4, T, h, w}, opt.seed, static_cast<uint32_t>(item));
         std::memcpy(noise.data<float>() + b * per, n.data<float>(), per * 4);
       }
-      const Tensor z = rflow_sample(*dit, yc, m, noise, H, W, F, opt.fps, opt.steps, opt.cfg_scale,
-                                    [&](int, const Tensor&) { bar.step(++done); });
+      auto tick = [&](int, const Tensor&) { bar.step(++done); };
+      const Tensor z =
+          dit1 ? rflow_sample_cfg_parallel({backend.get(), backend1.get()}, {dit.get(), dit1.get()}, yc, m, noise, H,
+                                           W, F, opt.fps, opt.steps, opt.cfg_scale, tick)
+               : rflow_sample(*dit, yc, m, noise, H, W, F, opt.fps, opt.steps, opt.cfg_scale, tick);
       std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
     }
     t_denoise = seconds_since(t0);

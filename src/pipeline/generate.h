@@ -29,6 +29,7 @@ struct GenerateOptions {
   std::string backend = "auto";  // cuda when a usable GPU is present, else cpu
   int crf = 18;
   bool preview = false;  // also write NAME.grid.png: 4x4 evenly spaced frames
+  int gpus = 1;          // 2: CFG-parallel, the two CFG halves on cuda:0 and cuda:1
 };
 
 // Runs the whole job; returns the paths written. Every bad input is an Error before any heavy

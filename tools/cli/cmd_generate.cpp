@@ -34,6 +34,7 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--decode-only", o->decode_only, "Decode latents saved with --save-latents instead of sampling");
   cmd->add_option("--crf", o->crf, "H.264 quality (0 lossless .. 51)")->capture_default_str();
   cmd->add_flag("--preview", o->preview, "Also write NAME.grid.png: 16 evenly spaced frames in a grid");
+  cmd->add_option("--gpus", o->gpus, "1, or 2 for CFG-parallel (the CFG halves on two GPUs)")->capture_default_str();
   cmd->add_option("--backend", o->backend, "Compute backend: auto (cuda if a GPU is usable), cuda or cpu")
       ->capture_default_str();
   cmd->callback([&action, o] { action = [o] { generate(*o); }; });
