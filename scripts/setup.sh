@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(cmake ninja-build g++ ccache pkg-config
       nlohmann-json3-dev libcli11-dev libopenblas-dev libgtest-dev libomp-dev
       libsentencepiece-dev libicu-dev
-      libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev)
+      libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
+      clang-14 libclang-rt-14-dev)
 if [[ "${1:-}" == "--reference" ]]; then pkgs+=(python3-torch python3-numpy python3-sentencepiece); fi
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/config_json.h"
 
 namespace stdit {
 
@@ -111,11 +112,15 @@ class ShardedSource final : public TensorSource {
  public:
   ShardedSource(const std::string& index_path, const std::string& flag) : path_(index_path) {
     namespace fs = std::filesystem;
-    std::ifstream in(index_path, std::ios::binary);
+    std::ifstream in(index_path, std::ios::binary | std::ios::ate);
     STDIT_CHECK(in, index_path, ": cannot open");
+    const std::streamoff size = in.tellg();
+    STDIT_CHECK(size >= 0 && static_cast<uint64_t>(size) <= kMaxJsonFileBytes, index_path, ": ", size,
+                " bytes, more than the ", kMaxJsonFileBytes, "-byte limit for a shard index");
+    in.seekg(0);
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(in);
+      j = nlohmann::json::parse(in, json_depth_limit(index_path));
     } catch (const std::exception& e) {
       fail(index_path, ": not valid JSON (", e.what(), ")");
     }

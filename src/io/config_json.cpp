@@ -8,18 +8,31 @@
 namespace stdit {
 
 std::string read_text_file(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   STDIT_CHECK(in, path, ": cannot open the ", what);
+  const std::streamoff size = in.tellg();
+  STDIT_CHECK(size >= 0 && static_cast<uint64_t>(size) <= kMaxJsonFileBytes, path, ": the ", what,
+              " is ", size, " bytes, more than the ", kMaxJsonFileBytes, "-byte limit (not a config file?)");
+  in.seekg(0);
   std::ostringstream ss;
   ss << in.rdbuf();
   STDIT_CHECK(!in.bad(), path, ": read error");
   return ss.str();
 }
 
+nlohmann::json::parser_callback_t json_depth_limit(const std::string& source) {
+  return [source](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    if (depth > kMaxJsonDepth) fail(source, ": JSON nested deeper than ", kMaxJsonDepth, " levels");
+    return true;
+  };
+}
+
 nlohmann::json parse_json_object(const std::string& text, const std::string& source) {
+  STDIT_CHECK(text.size() <= kMaxJsonFileBytes, source, ": ", text.size(), " bytes of JSON, more than the ",
+              kMaxJsonFileBytes, "-byte limit");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text);
+    j = nlohmann::json::parse(text, json_depth_limit(source));
   } catch (const std::exception& e) {
     fail(source, ": not valid JSON (", e.what(), ")");
   }

@@ -54,6 +54,15 @@ bool allowed_global(const std::string& g) {
 class Unpickler {
  public:
   Unpickler(const std::string& where, const uint8_t* p, size_t n) : w_(where), p_(p), n_(n) {}
+  // Every value is owned by all_ as well as by its parents; unlinking the children first frees
+  // values one by one, so cycles built through the memo (A=[B], B=[A]) are not leaked and long
+  // chains (a list appended to after it was nested, which the depth bookkeeping cannot see) are
+  // not freed recursively. Values returned by run() are valid until the Unpickler is destroyed.
+  ~Unpickler() {
+    for (const auto& v : all_) v->items.clear();
+  }
+  Unpickler(const Unpickler&) = delete;
+  Unpickler& operator=(const Unpickler&) = delete;
 
   VP run() {
     while (true) {
@@ -61,11 +70,11 @@ class Unpickler {
       switch (op) {
         case 0x80: byte(); break;                                     // PROTO
         case 0x95: take(8); break;                                    // FRAME
-        case '}': push(make(Value::Dict)); break;                     // EMPTY_DICT
-        case ']': push(make(Value::List)); break;                     // EMPTY_LIST
-        case ')': push(make(Value::Tuple)); break;                    // EMPTY_TUPLE
-        case 'N': push(make(Value::None)); break;
-        case 0x88: case 0x89: { auto v = make(Value::Bool); v->i = op == 0x88; push(v); break; }
+        case '}': push(mk(Value::Dict)); break;                     // EMPTY_DICT
+        case ']': push(mk(Value::List)); break;                     // EMPTY_LIST
+        case ')': push(mk(Value::Tuple)); break;                    // EMPTY_TUPLE
+        case 'N': push(mk(Value::None)); break;
+        case 0x88: case 0x89: { auto v = mk(Value::Bool); v->i = op == 0x88; push(v); break; }
         case 'K': push_int(uint_le(1)); break;                        // BININT1
         case 'M': push_int(uint_le(2)); break;                        // BININT2
         case 'J': push_int(static_cast<int32_t>(uint_le(4))); break;  // BININT
@@ -83,7 +92,7 @@ class Unpickler {
           const uint8_t* b = take(8);
           uint64_t u = 0;
           for (int i = 0; i < 8; ++i) u = (u << 8) | b[i];
-          auto v = make(Value::Float);
+          auto v = mk(Value::Float);
           std::memcpy(&v->f, &u, 8);
           push(v);
           break;
@@ -102,8 +111,8 @@ class Unpickler {
           push_global(mod->s + "." + name->s);
           break;
         }
-        case '(': push(make(Value::Mark)); break;                     // MARK
-        case 't': { auto v = make(Value::Tuple); v->items = pop_mark(); push(finish(v)); break; }
+        case '(': push(mk(Value::Mark)); break;                     // MARK
+        case 't': { auto v = mk(Value::Tuple); v->items = pop_mark(); push(finish(v)); break; }
         case 0x85: tuple_n(1); break;
         case 0x86: tuple_n(2); break;
         case 0x87: tuple_n(3); break;
@@ -167,9 +176,9 @@ class Unpickler {
     STDIT_CHECK(stack_.size() < kPickleMaxStack, w_, "pickle stack exceeds ", kPickleMaxStack, " entries");
     stack_.push_back(std::move(v));
   }
-  void push_int(int64_t i) { auto v = make(Value::Int); v->i = i; push(v); }
+  void push_int(int64_t i) { auto v = mk(Value::Int); v->i = i; push(v); }
   void push_str(uint64_t len) {
-    auto v = make(Value::Str);
+    auto v = mk(Value::Str);
     const uint8_t* b = take(len);
     v->s.assign(reinterpret_cast<const char*>(b), len);
     push(v);
@@ -178,7 +187,7 @@ class Unpickler {
     STDIT_CHECK(allowed_global(g), w_, "pickle references '", g,
                 "', which a state_dict of tensors never needs; refusing to load (this loader "
                 "never executes code from checkpoints)");
-    auto v = make(Value::Global);
+    auto v = mk(Value::Global);
     v->s = g;
     push(v);
   }
@@ -207,7 +216,7 @@ class Unpickler {
     return v;
   }
   void tuple_n(int k) {
-    auto v = make(Value::Tuple);
+    auto v = mk(Value::Tuple);
     v->items.resize(k);
     for (int i = k - 1; i >= 0; --i) v->items[i] = pop();
     push(finish(v));
@@ -251,7 +260,7 @@ class Unpickler {
                 w_, "pickle persistent id is not a PyTorch storage reference");
     auto it = storage_types().find(pid->items[1]->s);
     STDIT_CHECK(it != storage_types().end(), w_, "pickle storage type '", pid->items[1]->s, "' is not a storage");
-    auto v = make(Value::Storage);
+    auto v = mk(Value::Storage);
     v->s = pid->items[2]->s;
     v->dtype = it->second;
     v->i = pid->items[4]->i;
@@ -273,9 +282,9 @@ class Unpickler {
     const auto& a = args->items;
     if (fn->s == "collections.OrderedDict") {
       STDIT_CHECK(a.empty(), w_, "pickle builds an OrderedDict with arguments");
-      push(make(Value::Dict));
+      push(mk(Value::Dict));
     } else if (fn->s == "torch._utils._rebuild_tensor_v2") {
-      auto v = make(Value::TensorV);
+      auto v = mk(Value::TensorV);
       STDIT_CHECK(a.size() >= 4 && a[0]->kind == Value::Storage && a[1]->kind == Value::Int &&
                       a[1]->i >= 0 && int_tuple(a[2], &v->tensor.shape) &&
                       int_tuple(a[3], &v->tensor.strides) &&
@@ -299,6 +308,13 @@ class Unpickler {
   size_t n_, pos_ = 0;
   std::vector<VP> stack_;
   std::unordered_map<uint64_t, VP> memo_;
+  std::vector<VP> all_;  // every value made, see ~Unpickler
+  VP mk(Value::Kind k) {
+    STDIT_CHECK(all_.size() < kPickleMaxValues, w_, "pickle builds more than ", kPickleMaxValues,
+                " values");
+    all_.push_back(make(k));
+    return all_.back();
+  }
 };
 
 struct Mapping {
@@ -348,7 +364,8 @@ std::shared_ptr<TorchBinFile> TorchBinFile::parse(const std::string& label, cons
   }
   STDIT_CHECK(!f->prefix_.empty(), where, "zip archive has no data.pkl: not a PyTorch checkpoint");
   const auto* pkl = f->zip_->find(f->prefix_ + "data.pkl");
-  VP root = Unpickler(where, f->zip_->data(*pkl), pkl->size).run();
+  Unpickler unpickler(where, f->zip_->data(*pkl), pkl->size);  // owns the values
+  VP root = unpickler.run();
   STDIT_CHECK(root->kind == Value::Dict, where, "checkpoint is not a state_dict (a dict of tensors)");
   for (size_t i = 0; i + 1 < root->items.size(); i += 2) {
     const VP& k = root->items[i];

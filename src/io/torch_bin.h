@@ -42,5 +42,6 @@ class TorchBinFile final : public TensorSource {
 constexpr size_t kPickleMaxStack = 1u << 20;
 constexpr size_t kPickleMaxMemo = 1u << 22;
 constexpr int kPickleMaxDepth = 64;
+constexpr size_t kPickleMaxValues = 1u << 22;  // values built in all (bounds memory)
 
 }  // namespace stdit

@@ -36,7 +36,7 @@ ZipArchive::ZipArchive(const std::string& label, const uint8_t* bytes, uint64_t 
     STDIT_CHECK(eocd >= 20 && rd(bytes + eocd - 20, 4) == kZip64Locator, where,
                 "zip64 archive without its locator record (corrupt)");
     const uint64_t z = rd(bytes + eocd - 20 + 8, 8);
-    STDIT_CHECK(z + 56 <= size && rd(bytes + z, 4) == kZip64Eocd, where,
+    STDIT_CHECK(z <= size && size - z >= 56 && rd(bytes + z, 4) == kZip64Eocd, where,
                 "zip64 end-of-central-directory record missing or out of range (corrupt)");
     count = rd(bytes + z + 32, 8);
     cd_size = rd(bytes + z + 40, 8);

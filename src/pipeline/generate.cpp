@@ -222,6 +222,7 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   }
 
   // ---------------- decode and write ----------------
+  backend->bind_to_this_thread();  // a second GPU's backend may have been made current above
   auto t0 = Clock::now();
   auto vae = OpenSoraVae::load(eng.vae, *backend, "engine vae");
   std::vector<std::string> written;

@@ -44,7 +44,10 @@ CudaContext::CudaContext(int dev, CudaOptions opt) : device(dev), options(opt) {
 }
 
 CudaContext::~CudaContext() {
-  // Never throws: this may run at exit, after the CUDA runtime has begun to unload.
+  // Never throws: this may run at exit, after the CUDA runtime has begun to unload. The calling
+  // thread's current device is restored afterwards (it may be driving another GPU).
+  int previous = -1;
+  cudaGetDevice(&previous);
   cudaSetDevice(device);
   if (stream) cudaStreamSynchronize(stream);
   for (auto& [key, plan] : gemm_plans) {
@@ -56,6 +59,7 @@ CudaContext::~CudaContext() {
   if (lt) cublasLtDestroy(lt);
   if (workspace) cudaFree(workspace);
   if (stream) cudaStreamDestroy(stream);
+  if (previous >= 0) cudaSetDevice(previous);
 }
 
 std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size_t bytes) {
