@@ -79,17 +79,10 @@ __global__ void __launch_bounds__(BQ * TPQ) attention_kernel(AttnArgs a) {
   const int64_t d = a.d;
 
   // Key range of this batch index.
-  int64_t k_begin = 0, k_end = a.nk;
-  int64_t k_off = 0, v_off = 0;
-  if (a.kv_packed) {
-    k_begin = a.kv_begin[b];
-    k_end = a.kv_begin[b + 1];
-  } else {
-    k_off = lead_offset(a.lead, a.k.lead, b);
-    v_off = lead_offset(a.lead, a.v.lead, b);
-  }
-  const float* kbase = a.k.p + k_off + head * a.k.sh;
-  const float* vbase = a.v.p + v_off + head * a.v.sh;
+  const KvRange kr = kv_range(a, b, head);
+  const int64_t k_begin = kr.begin, k_end = kr.end;
+  const float* kbase = kr.kbase;
+  const float* vbase = kr.vbase;
 
   // Key mask of this batch index; ignored when it masks every key (as the CPU backend does).
   const uint8_t* mask = a.key_mask ? a.key_mask + b * a.nk : nullptr;

@@ -26,6 +26,24 @@ struct AttnArgs {
   const uint8_t* key_mask;    // [batch, Nk] or nullptr
 };
 
+// The keys of batch index b for one head: rows [begin, end) of k/v, whose row 0 is at kbase/vbase.
+struct KvRange {
+  int64_t begin, end;
+  const float* kbase;
+  const float* vbase;
+};
+__device__ inline KvRange kv_range(const AttnArgs& a, int64_t b, int64_t head) {
+  KvRange r{0, a.nk, a.k.p + head * a.k.sh, a.v.p + head * a.v.sh};
+  if (a.kv_packed) {
+    r.begin = a.kv_begin[b];
+    r.end = a.kv_begin[b + 1];
+  } else {
+    r.kbase += lead_offset(a.lead, a.k.lead, b);
+    r.vbase += lead_offset(a.lead, a.v.lead, b);
+  }
+  return r;
+}
+
 // The TF32 flash-attention kernel for D <= 128; false (nothing launched) for other D.
 bool launch_attention_tf32(const CudaContext& c, const AttnArgs& a, int64_t batch);
 
