@@ -62,9 +62,16 @@ class Backend {
   virtual Tensor upload(const Tensor& host) = 0;
   // Backend tensor -> contiguous host F32 (floats) or host copy (integers).
   virtual Tensor download(const Tensor& t) = 0;
+  // A weight matrix that is only ever the `w` of linear(): the backend may keep it in its GEMM
+  // dtype (CUDA: bf16). Same contract as upload() otherwise.
+  virtual Tensor upload_weight(const Tensor& host) { return upload(host); }
+  // Dtype for activations that only feed linear() inputs or come out of attention()/
+  // layernorm_modulate() to feed a GEMM (CUDA: BF16; CPU: F32). Every other tensor is F32.
+  virtual DType matmul_dtype() const { return DType::F32; }
 
   // --- dense ---
   // out[m, n] = act( sum_k x[m, k] * w[n, k] + bias[n] ); x is [..., K] contiguous, w [N, K].
+  // x and out may be F32 or matmul_dtype(); w from upload() or upload_weight().
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                       Tensor& out) = 0;
   // out = a + b, where b has a's shape or broadcasts over a's leading dims (b.numel() divides a's).
@@ -78,7 +85,8 @@ class Backend {
   // --- normalisation and modulation ---
   // out = weight * x / sqrt(mean(x^2) + eps) over the last dim (T5 LayerNorm); f32 statistics.
   virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
-  // out = LayerNorm(x) * (1 + scale) + shift over the last dim C (no affine), x [B, N, C].
+  // out = LayerNorm(x) * (1 + scale) + shift over the last dim C (no affine), x [B, N, C];
+  // out F32 or matmul_dtype().
   // shift/scale (and shift0/scale0) are [B, C], possibly strided rows (stride(1) == 1).
   virtual void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
                                   const Tensor& shift0, const Tensor& scale0,
@@ -97,6 +105,7 @@ class Backend {
                             const Tensor& rope_freqs) = 0;
   // out = softmax(q k^T * scale) v per batch index and head. q, out: [..., Nq, H, D];
   // k, v: [..., Nk, H, D]; equal leading (batch) dims; any strides with contiguous last dim.
+  // out (also of cross_attention) F32 or matmul_dtype().
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                          Tensor& out, const AttentionExtras& extras = {}) = 0;
   // Block-diagonal cross-attention: q, out [B, N, H, D] (strided ok); k, v [sum(kv_lens), H, D]

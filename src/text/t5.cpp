@@ -88,6 +88,7 @@ int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance) {
 T5Encoder::T5Encoder(const T5Config& cfg, const WeightMap& w, Backend& be) : cfg_(cfg), be_(be) {
   check_weights(w, t5_param_specs(cfg), "T5 weights");
   auto up = [&](const std::string& k) { return be_.upload(w.at(k)); };
+  auto upw = [&](const std::string& k) { return be_.upload_weight(w.at(k)); };  // linear() only
   embedding_ = up("shared.weight");
   rel_bias_host_ = w.at("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight").to(DType::F32);
   final_ln_ = up("encoder.final_layer_norm.weight");
@@ -95,14 +96,14 @@ T5Encoder::T5Encoder(const T5Config& cfg, const WeightMap& w, Backend& be) : cfg
     const std::string b = cat("encoder.block.", i, ".layer.");
     Block blk;
     blk.ln0 = up(b + "0.layer_norm.weight");
-    blk.q = up(b + "0.SelfAttention.q.weight");
-    blk.k = up(b + "0.SelfAttention.k.weight");
-    blk.v = up(b + "0.SelfAttention.v.weight");
-    blk.o = up(b + "0.SelfAttention.o.weight");
+    blk.q = upw(b + "0.SelfAttention.q.weight");
+    blk.k = upw(b + "0.SelfAttention.k.weight");
+    blk.v = upw(b + "0.SelfAttention.v.weight");
+    blk.o = upw(b + "0.SelfAttention.o.weight");
     blk.ln1 = up(b + "1.layer_norm.weight");
-    blk.wi0 = up(b + "1.DenseReluDense.wi_0.weight");
-    blk.wi1 = up(b + "1.DenseReluDense.wi_1.weight");
-    blk.wo = up(b + "1.DenseReluDense.wo.weight");
+    blk.wi0 = upw(b + "1.DenseReluDense.wi_0.weight");
+    blk.wi1 = upw(b + "1.DenseReluDense.wi_1.weight");
+    blk.wo = upw(b + "1.DenseReluDense.wo.weight");
     blocks_.push_back(std::move(blk));
   }
 }
@@ -150,7 +151,7 @@ Tensor T5Encoder::forward(const Tensor& ids, const Tensor& mask, const Recorder&
   record("embed", x);
   Tensor h = be_.alloc({B, L, D});
   Tensor q = be_.alloc({B, L, H, K}), k = be_.alloc({B, L, H, K}), v = be_.alloc({B, L, H, K});
-  Tensor att = be_.alloc({B, L, H, K});
+  Tensor att = be_.alloc({B, L, H, K}, be_.matmul_dtype());  // only feeds the o projection
   Tensor proj = be_.alloc({B, L, D});
   Tensor f0 = be_.alloc({B * L, cfg_.d_ff}), f1 = be_.alloc({B * L, cfg_.d_ff});
   for (size_t i = 0; i < blocks_.size(); ++i) {

@@ -83,6 +83,13 @@ const std::map<std::string, double>& thresholds() {
       {"attention", 5e-3},
       {"cross_attention", 5e-3},
       {"attention[f32]", 1e-5},
+      // bf16 path: inputs (and bf16 outputs) rounded to bf16 (unit roundoff u = 2^-8 = 3.9e-3),
+      // f32 accumulation and softmax: a few u normwise.
+      {"attention[bf16]", 1e-2},
+      {"cross_attention[bf16]", 1e-2},
+      {"linear[bf16]", 1e-2},
+      {"layernorm_modulate[bf16]", 4e-3},
+      {"qk_norm_rope[bf16]", 4e-3},
       {"cross_attention[f32]", 1e-5},
       {"linear", 2e-3},
       {"conv3d", 2e-3},
@@ -104,6 +111,14 @@ const std::map<std::string, double>& thresholds() {
       // pipeline: latents after every step and the decoded video.
       {"pipeline_tiny", 1e-2},
       {"pipeline_tiny[f32]", 1e-4},
+      // bf16 path: bf16 weight matrices of f32 fixtures and bf16 GEMM inputs; whole models
+      // (every intermediate) and the 3-step CFG pipeline, ~10 u.
+      {"stdit3_a[bf16]", 4e-2},
+      {"stdit3_b[bf16]", 4e-2},
+      {"stdit3_c[bf16]", 4e-2},
+      {"t5_tiny[bf16]", 4e-2},
+      {"vae_tiny[bf16]", 1e-2},
+      {"pipeline_tiny[bf16]", 4e-2},
       // Same inputs twice on the GPU: identical bytes (0 = bit-identical).
       {"pipeline_repeat", 0.0},
   };
@@ -181,12 +196,16 @@ CpuBackend& host_be() {
   static CpuBackend b;
   return b;
 }
-CudaBackend& gpu() {  // TF32 GEMMs (the default)
-  static CudaBackend b(0, CudaOptions{true, true});
+CudaBackend& gpu() {  // TF32 GEMMs and attention, F32 storage
+  static CudaBackend b(0, CudaOptions{true, true, false});
   return b;
 }
 CudaBackend& gpu32() {  // F32 GEMMs
-  static CudaBackend b(0, CudaOptions{false, false});
+  static CudaBackend b(0, CudaOptions{false, false, false});
+  return b;
+}
+CudaBackend& gpu16() {  // the default: bf16 weight matrices, GEMMs and attention
+  static CudaBackend b(0, CudaOptions{true, true, true});
   return b;
 }
 
@@ -236,6 +255,32 @@ struct Gpus {
   const char* suffix;
 };
 std::vector<Gpus> both() { return {{&gpu(), ""}, {&gpu32(), "[f32]"}}; }
+// Fixtures: the default bf16 path too.
+std::vector<Gpus> all_modes() { return {{&gpu16(), "[bf16]"}, {&gpu(), ""}, {&gpu32(), "[f32]"}}; }
+
+// Attention: TF32, F32, and the bf16 kernel with F32 and with BF16 output.
+struct AttnMode {
+  CudaBackend* be;
+  const char* suffix;
+  DType out;
+  const char* out_what;
+  bool in16;  // q, k, v given as BF16 tensors (the bf16 path stores qkv in bf16)
+};
+std::vector<AttnMode> attn_modes() {
+  return {{&gpu(), "", DType::F32, "", false},
+          {&gpu32(), "[f32]", DType::F32, "", false},
+          {&gpu16(), "[bf16]", DType::F32, "", false},
+          {&gpu16(), "[bf16]", DType::BF16, " (bf16 out)", false},
+          {&gpu16(), "[bf16]", DType::BF16, " (bf16 in+out)", true}};
+}
+// A host F32 tensor on the device, as BF16 when asked.
+Tensor dev_in(CudaBackend& g, const Tensor& host, bool bf16) {
+  Tensor d = g.upload(host);
+  if (!bf16) return d;
+  Tensor b = g.alloc(host.shape(), DType::BF16);
+  g.copy(d, b);
+  return b;
+}
 
 }  // namespace
 
@@ -270,6 +315,20 @@ TEST(CudaOps, Linear) {
       g->linear(g->upload(x), g->upload(w), c.bias ? g->upload(b) : Tensor{}, c.act, o);
       check(cat("linear", sfx), what, err_vs(*g, o, ref));
     }
+    // bf16 path: bf16 weight, x F32 (converted inside) or BF16, out F32 or BF16.
+    CudaBackend& g = gpu16();
+    const Tensor wb = g.upload_weight(w);
+    EXPECT_EQ(wb.dtype(), DType::BF16);
+    const Tensor xf = g.upload(x);
+    Tensor xb = g.alloc(x.shape(), DType::BF16);
+    g.copy(xf, xb);
+    for (const Tensor* xin : std::initializer_list<const Tensor*>{&xf, &xb})
+      for (DType od : {DType::F32, DType::BF16}) {
+        Tensor o = poisoned(g, ref.shape(), od);
+        g.linear(*xin, wb, c.bias ? g.upload(b) : Tensor{}, c.act, o);
+        check("linear[bf16]", cat(what, xin == &xb ? " x bf16" : " x f32", od == DType::BF16 ? " out bf16" : ""),
+              err_vs(g, o, ref));
+      }
   }
 }
 
@@ -397,6 +456,11 @@ TEST(CudaOps, LayerNormModulate) {
                          m.select ? chunk(dmod0, 0, m.c) : Tensor{},
                          m.select ? chunk(dmod0, 1, m.c) : Tensor{}, gs, 1e-6f, o);
     check("layernorm_modulate", mod_what(m), err_vs(g, o, ref));
+    Tensor ob = poisoned(g, x.shape(), DType::BF16);  // the bf16 path's GEMM input
+    g.layernorm_modulate(g.upload(x), chunk(dmod, 0, m.c), chunk(dmod, 1, m.c),
+                         m.select ? chunk(dmod0, 0, m.c) : Tensor{},
+                         m.select ? chunk(dmod0, 1, m.c) : Tensor{}, gs, 1e-6f, ob);
+    check("layernorm_modulate[bf16]", mod_what(m) + " out bf16", err_vs(g, ob, ref));
   }
 }
 
@@ -499,6 +563,15 @@ TEST(CudaOps, QkNormRopeOnModelViews) {
       g.qk_norm_rope(dk, g.upload(wk), 1e-6f, temporal ? g.upload(freqs) : Tensor{});
       check("qk_norm_rope", cat(temporal ? "temporal+rope " : "spatial ", S(dq.shape()), " of qkv"),
             err_vs(g, d, ref));
+      // In place on a BF16 qkv (the bf16 path): input and result rounded to bf16.
+      CudaBackend& g16 = gpu16();
+      Tensor d16 = g16.alloc(qkv.shape(), DType::BF16);
+      g16.copy(g16.upload(qkv), d16);
+      Tensor bq = views(d16, 0), bk = views(d16, 1);
+      g16.qk_norm_rope(bq, g16.upload(wq), 1e-6f, temporal ? g16.upload(freqs) : Tensor{});
+      g16.qk_norm_rope(bk, g16.upload(wk), 1e-6f, temporal ? g16.upload(freqs) : Tensor{});
+      check("qk_norm_rope[bf16]", cat(temporal ? "temporal+rope " : "spatial ", S(bq.shape()), " of bf16 qkv"),
+            err_vs(g16, d16, ref));
     }
 }
 
@@ -516,12 +589,12 @@ TEST(CudaOps, AttentionOnModelViews) {
       Tensor ref = host_be().alloc({bc.b, bc.t, bc.s, bc.h, bc.d});
       Tensor rv = ref.permute(order);
       host_be().attention(view(qkv, 0), view(qkv, 1), view(qkv, 2), scale, rv);
-      for (auto [g, sfx] : both()) {
-        const Tensor d = g->upload(qkv);
-        Tensor o = poisoned(*g, ref.shape());
+      for (auto [g, sfx, od, ow, in16] : attn_modes()) {
+        const Tensor d = dev_in(*g, qkv, in16);
+        Tensor o = poisoned(*g, ref.shape(), od);
         Tensor ov = o.permute(order);
         g->attention(view(d, 0), view(d, 1), view(d, 2), scale, ov);
-        check(cat("attention", sfx), cat(temporal ? "temporal " : "spatial ", S(ov.shape()), " views of qkv"),
+        check(cat("attention", sfx), cat(temporal ? "temporal " : "spatial ", S(ov.shape()), " views of qkv", ow),
               err_vs(*g, o, ref));
       }
     }
@@ -544,10 +617,10 @@ TEST(CudaOps, AttentionContiguousAndVaeShapes) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
     Tensor ref = host_be().alloc(q.shape());
     host_be().attention(q, k, v, scale, ref);
-    for (auto [g, sfx] : both()) {
-      Tensor o = poisoned(*g, q.shape());
-      g->attention(g->upload(q), g->upload(k), g->upload(v), scale, o);
-      check(cat("attention", sfx), cat("q ", S(q.shape()), " k ", S(k.shape())), err_vs(*g, o, ref));
+    for (auto [g, sfx, od, ow, in16] : attn_modes()) {
+      Tensor o = poisoned(*g, q.shape(), od);
+      g->attention(dev_in(*g, q, in16), dev_in(*g, k, in16), dev_in(*g, v, in16), scale, o);
+      check(cat("attention", sfx), cat("q ", S(q.shape()), " k ", S(k.shape()), ow), err_vs(*g, o, ref));
     }
   }
 }
@@ -570,11 +643,11 @@ TEST(CudaOps, AttentionT5BiasAndKeyMask) {
     const Tensor mask = u8({c.b, c.l}, m);
     Tensor ref = host_be().alloc(q.shape());
     host_be().attention(q, k, v, 1.0f, ref, AttentionExtras{bias, mask});
-    for (auto [g, sfx] : both()) {
-      Tensor o = poisoned(*g, q.shape());
-      g->attention(g->upload(q), g->upload(k), g->upload(v), 1.0f, o,
+    for (auto [g, sfx, od, ow, in16] : attn_modes()) {
+      Tensor o = poisoned(*g, q.shape(), od);
+      g->attention(dev_in(*g, q, in16), dev_in(*g, k, in16), dev_in(*g, v, in16), 1.0f, o,
                    AttentionExtras{g->upload(bias), g->upload(mask)});
-      check(cat("attention", sfx), cat("T5 ", S(q.shape()), " +bias +key_mask"), err_vs(*g, o, ref));
+      check(cat("attention", sfx), cat("T5 ", S(q.shape()), " +bias +key_mask", ow), err_vs(*g, o, ref));
     }
   }
 }
@@ -598,11 +671,11 @@ TEST(CudaOps, CrossAttentionKvLens) {
     host_be().cross_attention(q, kv.select(1, 0), kv.select(1, 1), c.lens, scale, ref);
     std::string lens;
     for (int l : c.lens) lens += (lens.empty() ? "" : ",") + std::to_string(l);
-    for (auto [g, sfx] : both()) {
-      const Tensor dkv = g->upload(kv);
-      Tensor o = poisoned(*g, q.shape());
-      g->cross_attention(g->upload(q), dkv.select(1, 0), dkv.select(1, 1), c.lens, scale, o);
-      check(cat("cross_attention", sfx), cat("q ", S(q.shape()), " kv_lens {", lens, "}"), err_vs(*g, o, ref));
+    for (auto [g, sfx, od, ow, in16] : attn_modes()) {
+      const Tensor dkv = dev_in(*g, kv, in16);
+      Tensor o = poisoned(*g, q.shape(), od);
+      g->cross_attention(dev_in(*g, q, in16), dkv.select(1, 0), dkv.select(1, 1), c.lens, scale, o);
+      check(cat("cross_attention", sfx), cat("q ", S(q.shape()), " kv_lens {", lens, "}", ow), err_vs(*g, o, ref));
     }
   }
 }
@@ -841,6 +914,10 @@ TEST(CudaOps, NanPropagates) {
     Tensor o = poisoned(g, {9, 32});
     g.linear(g.upload(x), g.upload(w), Tensor{}, Activation::GeluTanh, o);
     check("nan-propagation", "linear, NaN in one input row", nan_mismatch(g, o, ref));
+    CudaBackend& g16 = gpu16();
+    Tensor ob = poisoned(g16, {9, 32}, DType::BF16);
+    g16.linear(g16.upload(x), g16.upload_weight(w), Tensor{}, Activation::GeluTanh, ob);
+    check("nan-propagation", "linear[bf16], NaN in one input row", nan_mismatch(g16, ob, ref));
   }
   {
     Tensor q = randn({2, 20, 2, 16}, 3), k = randn({2, 20, 2, 16}, 4), v = randn({2, 20, 2, 16}, 5);
@@ -848,10 +925,10 @@ TEST(CudaOps, NanPropagates) {
     v.data<float>()[((0 * 20 + 2) * 2 + 0) * 16 + 9] = qnan;  // batch 0, key 2, head 0
     Tensor ref = host_be().alloc(q.shape());
     host_be().attention(q, k, v, 0.25f, ref);
-    for (auto [gg, sfx] : both()) {
-      Tensor o = poisoned(*gg, q.shape());
-      gg->attention(gg->upload(q), gg->upload(k), gg->upload(v), 0.25f, o);
-      check("nan-propagation", cat("attention", sfx, ", NaN in one key and one value"), nan_mismatch(*gg, o, ref));
+    for (auto [gg, sfx, od, ow, in16] : attn_modes()) {
+      Tensor o = poisoned(*gg, q.shape(), od);
+      gg->attention(dev_in(*gg, q, in16), dev_in(*gg, k, in16), dev_in(*gg, v, in16), 0.25f, o);
+      check("nan-propagation", cat("attention", sfx, ow, ", NaN in one key and one value"), nan_mismatch(*gg, o, ref));
     }
   }
   {
@@ -951,7 +1028,7 @@ TEST_P(CudaStdit3, ForwardMatchesReference) {
   const std::vector<std::string> order = {"x_embed", "t",       "t_mlp",   "t0_mlp",  "y_packed",
                                           "block.0", "block.1", "block.2", "block.3", "final",
                                           "output"};
-  for (auto [g, sfx] : both()) {
+  for (auto [g, sfx] : all_modes()) {
     auto model = load_stdit3(name, *g);
     std::map<std::string, Tensor> got;
     const auto t0 = std::chrono::steady_clock::now();
@@ -969,7 +1046,7 @@ TEST(CudaFixtures, T5Tiny) {
   const std::string dir = data_dir() + "/t5_tiny";
   const auto in = SafetensorsFile::open(dir + "/inputs.safetensors");
   const auto want = SafetensorsFile::open(dir + "/expected.safetensors");
-  for (auto [g, sfx] : both()) {
+  for (auto [g, sfx] : all_modes()) {
     auto model = T5Encoder::load(dir + "/safetensors", *g);
     std::map<std::string, Tensor> got;
     model->forward(in->get("input_ids"), in->get("attention_mask"),
@@ -983,7 +1060,7 @@ TEST(CudaFixtures, T5Tiny) {
 
 TEST(CudaFixtures, VaeTiny) {
   const std::string d = data_dir() + "/vae_tiny/";
-  for (auto [g, sfx] : both()) {
+  for (auto [g, sfx] : all_modes()) {
     auto vae = OpenSoraVae::load(d, *g);
     double mx = 0;
     std::string worst_all;
@@ -1022,7 +1099,7 @@ TEST(CudaFixtures, PipelineTiny) {
   const auto noise = SafetensorsFile::open(d + "noise.safetensors")->get("noise");
   const Tensor ids = want->get("input_ids"), mask = want->get("mask");
   const int P = 2, L = 300, H = 24, W = 40, F = 17, steps = 3;
-  for (auto [g, sfx] : both()) {
+  for (auto [g, sfx] : all_modes()) {
     auto t5 = T5Encoder::load(data_dir() + "/t5_tiny/safetensors", *g);
     const Tensor y = t5->forward(ids, mask);
     const Tensor y_cond = y.view({P, 1, L, y.size(2)});
@@ -1130,6 +1207,37 @@ TEST(CudaPerf, RealShapes) {
   Tensor vao = g.alloc({4, 4096, 1, 512});
   items.push_back({"attention VAE mid [4,4096,1,512]", 4.0 * 4 * 4096.0 * 4096 * 512, 0,
                    [&] { g.attention(vq, vq, vq, 0.044f, vao); }});
+  // The bf16 path (the default): bf16 weights and GEMM inputs, attention on the bf16 kernel.
+  CudaBackend& g16 = gpu16();
+  const Tensor x16f = g16.upload(g.download(x));
+  Tensor x16 = g16.alloc({1, T * S, C}, DType::BF16);
+  g16.copy(x16f, x16);
+  const Tensor wqkv16 = g16.upload_weight(g.download(wqkv)), bqkv16 = g16.upload(g.download(bqkv));
+  const Tensor w116 = g16.upload_weight(g.download(w1)), b116 = g16.upload(g.download(b1));
+  Tensor qkv16 = g16.alloc({T * S, 3 * C}, DType::BF16), h116 = g16.alloc({T * S, 4 * C}, DType::BF16);
+  Tensor o16 = g16.alloc({1, T, S, H, D}, DType::BF16), co16 = g16.alloc({1, T * S, H, D}, DType::BF16);
+  g16.linear(x16, wqkv16, bqkv16, Activation::None, qkv16);
+  auto view16 = [&](int j, bool temporal) {
+    const std::vector<int> order = temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
+    return qkv16.view({1, T, S, 3, H, D}).select(3, j).permute(order);
+  };
+  Tensor ckv16 = g16.alloc(ckv.shape(), DType::BF16), cq16 = g16.alloc(cq.shape(), DType::BF16);
+  g16.copy(g16.upload(g.download(ckv)), ckv16);
+  g16.copy(g16.upload(g.download(cq)), cq16);
+  items.push_back({cat("linear[bf16] qkv [", T * S, ",", C, "]x[", 3 * C, ",", C, "] out bf16"), 2 * M * C * 3 * C, 0,
+                   [&] { g16.linear(x16, wqkv16, bqkv16, Activation::None, qkv16); }});
+  items.push_back({cat("linear[bf16] fc1+gelu [", T * S, ",", C, "]x[", 4 * C, ",", C, "] out bf16"), 2 * M * C * 4 * C, 0,
+                   [&] { g16.linear(x16, w116, b116, Activation::GeluTanh, h116); }});
+  items.push_back({cat("linear[bf16] fc1 (no act) [", T * S, ",", C, "]x[", 4 * C, ",", C, "] out bf16"), 2 * M * C * 4 * C, 0,
+                   [&] { g16.linear(x16, w116, b116, Activation::None, h116); }});
+  items.push_back({cat("linear[bf16] qkv, x f32 (converted) [", T * S, ",", C, "]"), 2 * M * C * 3 * C, 0,
+                   [&] { g16.linear(x16f, wqkv16, bqkv16, Activation::None, qkv16); }});
+  items.push_back({cat("attention[bf16] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
+                   [&] { Tensor ov = o16; g16.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
+  items.push_back({cat("attention[bf16] temporal ", S, "x[", T, ",", H, ",", D, "]"), 4.0 * S * H * T * T * D, 0,
+                   [&] { Tensor ov = o16.permute({0, 2, 1, 3, 4}); g16.attention(view16(0, true), view16(1, true), view16(2, true), 0.1178f, ov); }});
+  items.push_back({cat("cross_attention[bf16] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
+                   [&] { g16.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
   items.push_back({"copy transpose [4,512,4096]->[4,4096,512]", 0, 2.0 * 4 * 4096 * 512 * 4,
                    [&] { Tensor dv = vao.view({4, 4096, 512}); g.copy(vq.view({4, 512, 4096}).permute({0, 2, 1}), dv); }});
 
@@ -1138,6 +1246,7 @@ TEST(CudaPerf, RealShapes) {
     it.run();
     g.synchronize();
     gpu32().synchronize();
+    gpu16().synchronize();
     int reps = 0;
     double total = 0;
     while (reps < 50 && total < 300.0) {
@@ -1145,6 +1254,7 @@ TEST(CudaPerf, RealShapes) {
       it.run();
       g.synchronize();
       gpu32().synchronize();
+      gpu16().synchronize();
       total += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       ++reps;
     }

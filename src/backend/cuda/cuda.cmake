@@ -14,6 +14,7 @@ add_library(stdit_cuda_kernels OBJECT
   ${CMAKE_CURRENT_LIST_DIR}/cuda_norm.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_attention_tc.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_attention_bf16.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_layout.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_conv.cu
 )

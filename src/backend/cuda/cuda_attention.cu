@@ -9,6 +9,7 @@
 // exact row softmax. NaN propagates as on the CPU in all three.
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/cuda_attention.cuh"
@@ -24,30 +25,35 @@ namespace {
 constexpr int kRopeWarps = 8;
 
 // One warp per (batch, n, head) vector of D values.
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+// In place on a F32 or BF16 view; statistics and rotation in f32.
+template <typename T>
 __global__ void __launch_bounds__(kRopeWarps * 32)
-    qk_norm_rope_kernel(float* q, LeadShape lsh, LeadStrides lst, int64_t nvec, int64_t n,
+    qk_norm_rope_kernel(T* q, LeadShape lsh, LeadStrides lst, int64_t nvec, int64_t n,
                         int64_t h, int64_t d, int64_t sn, int64_t sh,
                         const float* __restrict__ w, const float* __restrict__ freqs, float eps) {
   const int lane = threadIdx.x & 31;
   const int64_t vec = blockIdx.x * static_cast<int64_t>(kRopeWarps) + (threadIdx.x >> 5);
   if (vec >= nvec) return;
   const int64_t b = vec / (n * h), rem = vec - b * n * h, i = rem / h, head = rem - i * h;
-  float* x = q + lead_offset(lsh, lst, b) + i * sn + head * sh;
+  T* x = q + lead_offset(lsh, lst, b) + i * sn + head * sh;
   float ss = 0;
-  for (int64_t e = lane; e < d; e += 32) ss += x[e] * x[e];
+  for (int64_t e = lane; e < d; e += 32) ss += ld(x + e) * ld(x + e);
   ss = warp_sum(ss);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
   if (!freqs) {
-    for (int64_t e = lane; e < d; e += 32) x[e] = w[e] * (x[e] * r);
+    for (int64_t e = lane; e < d; e += 32) store_out(x + e, w[e] * (ld(x + e) * r));
     return;
   }
   // Interleaved pairs (x[2j], x[2j+1]) rotate by angle i * freqs[j], angle in f32.
   for (int64_t j = lane; j < d / 2; j += 32) {
-    const float x0 = w[2 * j] * (x[2 * j] * r), x1 = w[2 * j + 1] * (x[2 * j + 1] * r);
+    const float x0 = w[2 * j] * (ld(x + 2 * j) * r), x1 = w[2 * j + 1] * (ld(x + 2 * j + 1) * r);
     const float a = static_cast<float>(i) * freqs[j];
     const float c = cosf(a), s = sinf(a);
-    x[2 * j] = x0 * c - x1 * s;
-    x[2 * j + 1] = x1 * c + x0 * s;
+    store_out(x + 2 * j, x0 * c - x1 * s);
+    store_out(x + 2 * j + 1, x1 * c + x0 * s);
   }
 }
 
@@ -81,8 +87,8 @@ __global__ void __launch_bounds__(BQ * TPQ) attention_kernel(AttnArgs a) {
   // Key range of this batch index.
   const KvRange kr = kv_range(a, b, head);
   const int64_t k_begin = kr.begin, k_end = kr.end;
-  const float* kbase = kr.kbase;
-  const float* vbase = kr.vbase;
+  const float* kbase = a.k.f32() + kr.koff;
+  const float* vbase = a.v.f32() + kr.voff;
 
   // Key mask of this batch index; ignored when it masks every key (as the CPU backend does).
   const uint8_t* mask = a.key_mask ? a.key_mask + b * a.nk : nullptr;
@@ -95,7 +101,7 @@ __global__ void __launch_bounds__(BQ * TPQ) attention_kernel(AttnArgs a) {
   // This thread's slice of its query row (zero beyond D and for rows past Nq).
   float qr[DPT], o[DPT];
   {
-    const float* qp = a.q.p + lead_offset(a.lead, a.q.lead, b) + qi * a.q.sn + head * a.q.sh;
+    const float* qp = a.q.f32() + lead_offset(a.lead, a.q.lead, b) + qi * a.q.sn + head * a.q.sh;
 #pragma unroll
     for (int i = 0; i < DPT; ++i) {
       const int64_t e = static_cast<int64_t>(sub) * DPT + i;
@@ -294,9 +300,9 @@ void attention_by_gemm(CudaContext& c, const AttnArgs& a, int64_t batch,
       kb = (*kv_begin)[b];
       nk = (*kv_begin)[b + 1] - kb;
     }
-    const float* kp0 = a.k.p + (a.kv_packed ? kb * a.k.sn : host_lead_offset(a.lead, a.k.lead, b));
-    const float* vp0 = a.v.p + (a.kv_packed ? kb * a.v.sn : host_lead_offset(a.lead, a.v.lead, b));
-    const float* qp0 = a.q.p + host_lead_offset(a.lead, a.q.lead, b);
+    const float* kp0 = a.k.f32() + (a.kv_packed ? kb * a.k.sn : host_lead_offset(a.lead, a.k.lead, b));
+    const float* vp0 = a.v.f32() + (a.kv_packed ? kb * a.v.sn : host_lead_offset(a.lead, a.v.lead, b));
+    const float* qp0 = a.q.f32() + host_lead_offset(a.lead, a.q.lead, b);
     float* op0 = a.out + host_lead_offset(a.lead, a.out_lead, b);
     const uint8_t* mask = a.key_mask ? a.key_mask + b * a.nk : nullptr;
     for (int64_t h = 0; h < a.h; ++h) {
@@ -328,7 +334,9 @@ void dispatch_attention(CudaContext& c, const AttnArgs& a, int64_t batch,
   const int64_t d = a.d;
   STDIT_CHECK(d > 0, "cuda attention: head dim must be positive");
   if (d > 128) return attention_by_gemm(c, a, batch, kv_begin);
-  // TF32 tensor cores unless F32 attention was asked for.
+  // BF16 tensor cores on the bf16 path, TF32 unless F32 attention was asked for.
+  if (bf16_attention_applies(c, d) && launch_attention_bf16(c, a, batch)) return;
+  STDIT_CHECK(a.out_bf16 == nullptr && !a.in_bf16, "cuda attention: BF16 operands need the bf16 kernel");
   if (c.options.tf32_attention && launch_attention_tf32(c, a, batch)) return;
   if (d <= 16) launch_small<4>(c, a, batch);
   else if (d <= 32) launch_small<8>(c, a, batch);
@@ -343,10 +351,48 @@ struct HeadDims {
   int64_t n, h, d, sn, sh;
 };
 HeadDims head_dims(const Tensor& t, const CudaContext& c, const char* op, const char* what) {
-  expect_f32(t, c, op, what);
+  expect_float(t, c, op, what);
   STDIT_CHECK(t.dim() >= 3, "cuda ", op, ": ", what, " must be [..., N, H, D], got ",
               shape_str(t.shape()));
   return {t.size(-3), t.size(-2), t.size(-1), t.stride(-3), t.stride(-2)};
+}
+
+// Where the kernels write: `out` itself, or an F32 scratch copied (converted) into a BF16 `out`
+// afterwards when no kernel writes BF16 for this head dim.
+struct OutTarget {
+  Tensor t;
+  bool convert = false;
+};
+OutTarget out_target(CudaBackend& be, const CudaContext& c, Tensor& out, int64_t d) {
+  if (out.dtype() == DType::F32 || bf16_attention_applies(c, d)) return {out, false};
+  return {be.alloc(out.shape(), DType::F32), true};
+}
+// q, k, v as the kernels read them: all BF16 when the bf16 kernel runs on BF16 inputs, else F32
+// (BF16 inputs widened into scratch copies).
+struct KernelInputs {
+  Tensor q, k, v;
+  bool bf16;
+};
+KernelInputs kernel_inputs(CudaBackend& be, const CudaContext& c, const Tensor& q,
+                           const Tensor& k, const Tensor& v) {
+  const bool all16 =
+      q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16;
+  if (all16 && bf16_attention_applies(c, q.size(-1))) return {q, k, v, true};
+  auto f32 = [&](const Tensor& t) {
+    if (t.dtype() == DType::F32) return t;
+    Tensor o = be.alloc(t.shape(), DType::F32);
+    be.copy(t, o);
+    return o;
+  };
+  return {f32(q), f32(k), f32(v), false};
+}
+
+void set_out(AttnArgs& a, const Tensor& t, int nl) {
+  a.out = t.dtype() == DType::F32 ? t.data<float>() : nullptr;
+  a.out_bf16 = t.dtype() == DType::BF16 ? t.data<__nv_bfloat16>() : nullptr;
+  a.out_lead = lead_strides(t, nl);
+  a.out_sn = t.stride(-3);
+  a.out_sh = t.stride(-2);
 }
 
 }  // namespace
@@ -368,16 +414,28 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
   const LeadStrides lst = lead_strides(q, lead);
   const int64_t nvec = q.numel() / std::max<int64_t>(hv.d, 1);
   if (nvec == 0 || hv.d == 0) return;
-  qk_norm_rope_kernel<<<blocks_for(nvec, kRopeWarps, 2147483647), kRopeWarps * 32, 0, c.stream>>>(
-      q.data<float>(), lsh, lst, nvec, hv.n, hv.h, hv.d, hv.sn, hv.sh, weight.data<float>(),
-      rope_freqs.defined() ? rope_freqs.data<float>() : nullptr, eps);
+  const unsigned blocks = blocks_for(nvec, kRopeWarps, 2147483647);
+  const float* fr = rope_freqs.defined() ? rope_freqs.data<float>() : nullptr;
+  if (q.dtype() == DType::BF16)
+    qk_norm_rope_kernel<<<blocks, kRopeWarps * 32, 0, c.stream>>>(
+        q.data<__nv_bfloat16>(), lsh, lst, nvec, hv.n, hv.h, hv.d, hv.sn, hv.sh,
+        weight.data<float>(), fr, eps);
+  else
+    qk_norm_rope_kernel<<<blocks, kRopeWarps * 32, 0, c.stream>>>(
+        q.data<float>(), lsh, lst, nvec, hv.n, hv.h, hv.d, hv.sn, hv.sh, weight.data<float>(), fr,
+        eps);
   check_launch(op);
 }
 
-void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                            Tensor& out, const AttentionExtras& extras) {
+void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                            float scale, Tensor& out, const AttentionExtras& extras) {
   const char* op = "attention";
   CudaContext& c = *ctx_;
+  head_dims(q_in, c, op, "q");
+  head_dims(k_in, c, op, "k");
+  head_dims(v_in, c, op, "v");
+  const KernelInputs in = kernel_inputs(*this, c, q_in, k_in, v_in);
+  const Tensor &q = in.q, &k = in.k, &v = in.v;
   const HeadDims qv = head_dims(q, c, op, "q"), kv = head_dims(k, c, op, "k"),
                  vv = head_dims(v, c, op, "v"), ov = head_dims(out, c, op, "out");
   const Shape lead(q.shape().begin(), q.shape().end() - 3);
@@ -391,13 +449,12 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
   const int64_t nb = shape_numel(lead);
   AttnArgs a{};
   a.lead = lead_shape(q, nl);
-  a.q = {q.data<float>(), lead_strides(q, nl), qv.sn, qv.sh};
-  a.k = {k.data<float>(), lead_strides(k, nl), kv.sn, kv.sh};
-  a.v = {v.data<float>(), lead_strides(v, nl), vv.sn, vv.sh};
-  a.out = out.data<float>();
-  a.out_lead = lead_strides(out, nl);
-  a.out_sn = ov.sn;
-  a.out_sh = ov.sh;
+  a.q = {q.raw(), lead_strides(q, nl), qv.sn, qv.sh};
+  a.k = {k.raw(), lead_strides(k, nl), kv.sn, kv.sh};
+  a.v = {v.raw(), lead_strides(v, nl), vv.sn, vv.sh};
+  a.in_bf16 = in.bf16;
+  OutTarget ot = out_target(*this, c, out, qv.d);
+  set_out(a, ot.t, nl);
   a.kv_packed = false;
   a.kv_begin = nullptr;
   a.h = qv.h;
@@ -420,18 +477,23 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
     a.key_mask = extras.key_mask.data<uint8_t>();
   }
   dispatch_attention(c, a, nb);
+  if (ot.convert) copy(ot.t, out);
 }
 
-void CudaBackend::cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+void CudaBackend::cross_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                   const std::vector<int>& kv_lens, float scale, Tensor& out) {
   const char* op = "cross_attention";
   CudaContext& c = *ctx_;
+  head_dims(q_in, c, op, "q");
+  expect_float(k_in, c, op, "k");
+  expect_float(v_in, c, op, "v");
+  const KernelInputs in = kernel_inputs(*this, c, q_in, k_in, v_in);
+  const Tensor &q = in.q, &k = in.k, &v = in.v;
   STDIT_CHECK(q.dim() == 4 && out.shape() == q.shape(), "cuda ", op,
               ": q/out must be [B, N, H, D]");
   STDIT_CHECK(k.dim() == 3 && v.shape() == k.shape(), "cuda ", op, ": k/v must be [L, H, D]");
-  const HeadDims qv = head_dims(q, c, op, "q"), ov = head_dims(out, c, op, "out");
-  expect_f32(k, c, op, "k");
-  expect_f32(v, c, op, "v");
+  const HeadDims qv = head_dims(q, c, op, "q");
+  head_dims(out, c, op, "out");
   STDIT_CHECK(k.size(1) == qv.h && k.size(2) == qv.d, "cuda ", op,
               ": heads/head dim of q and k differ");
   const int64_t nb = q.size(0);
@@ -448,13 +510,12 @@ void CudaBackend::cross_attention(const Tensor& q, const Tensor& k, const Tensor
   auto dbegin = device_copy_of(ctx_, begin.data(), begin.size() * sizeof(int));
   AttnArgs a{};
   a.lead = lead_shape(q, 1);
-  a.q = {q.data<float>(), lead_strides(q, 1), qv.sn, qv.sh};
-  a.k = {k.data<float>(), LeadStrides{}, k.stride(0), k.stride(1)};
-  a.v = {v.data<float>(), LeadStrides{}, v.stride(0), v.stride(1)};
-  a.out = out.data<float>();
-  a.out_lead = lead_strides(out, 1);
-  a.out_sn = ov.sn;
-  a.out_sh = ov.sh;
+  a.q = {q.raw(), lead_strides(q, 1), qv.sn, qv.sh};
+  a.k = {k.raw(), LeadStrides{}, k.stride(0), k.stride(1)};
+  a.v = {v.raw(), LeadStrides{}, v.stride(0), v.stride(1)};
+  a.in_bf16 = in.bf16;
+  OutTarget ot = out_target(*this, c, out, qv.d);
+  set_out(a, ot.t, 1);
   a.kv_packed = true;
   a.kv_begin = static_cast<const int*>(dbegin.get());
   a.h = qv.h;
@@ -465,6 +526,7 @@ void CudaBackend::cross_attention(const Tensor& q, const Tensor& k, const Tensor
   a.bias = nullptr;
   a.key_mask = nullptr;
   dispatch_attention(c, a, nb, &begin);
+  if (ot.convert) copy(ot.t, out);
 }
 
 }  // namespace stdit

@@ -55,8 +55,8 @@ __global__ void __launch_bounds__(kWarps * 32, 8 / kWarps < 2 ? 2 : 8 / kWarps)
 
   const KvRange kr = kv_range(a, b, head);
   const int64_t k_begin = kr.begin, k_end = kr.end;
-  const float* kbase = kr.kbase;
-  const float* vbase = kr.vbase;
+  const float* kbase = a.k.f32() + kr.koff;
+  const float* vbase = a.v.f32() + kr.voff;
 
   const uint8_t* mask = nullptr;
   if (kExtras && a.key_mask) {
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kWarps * 32, 8 / kWarps < 2 ? 2 : 8 / kWarps)
 
   // The block's Q rows, TF32, zero-padded (rows past Nq, columns past D).
   {
-    const float* qp = a.q.p + lead_offset(a.lead, a.q.lead, b) + head * a.q.sh;
+    const float* qp = a.q.f32() + lead_offset(a.lead, a.q.lead, b) + head * a.q.sh;
     for (int idx = tid; idx < kRows * DP; idx += kThreads) {
       const int r = idx / DP, e = idx - r * DP;
       qs[r * RS + e] = to_tf32(q0 + r < a.nq && e < d ? qp[(q0 + r) * a.q.sn + e] : 0.0f);

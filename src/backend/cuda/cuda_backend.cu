@@ -111,6 +111,18 @@ void expect_contiguous_f32(const Tensor& t, const CudaContext& ctx, const char* 
   expect_f32(t, ctx, op, what);
   STDIT_CHECK(t.is_contiguous(), "cuda ", op, ": ", what, " must be contiguous");
 }
+void expect_float(const Tensor& t, const CudaContext& ctx, const char* op, const char* what) {
+  expect_device(t, ctx, op, what);
+  STDIT_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, "cuda ", op, ": ", what,
+              " must be F32 or BF16, got ", dtype_name(t.dtype()));
+  STDIT_CHECK(t.dim() == 0 || t.stride(-1) == 1 || t.size(-1) == 1, "cuda ", op, ": ", what,
+              " must have a contiguous last dimension");
+}
+void expect_contiguous_float(const Tensor& t, const CudaContext& ctx, const char* op,
+                             const char* what) {
+  expect_float(t, ctx, op, what);
+  STDIT_CHECK(t.is_contiguous(), "cuda ", op, ": ", what, " must be contiguous");
+}
 void expect_shape(const Tensor& t, const Shape& s, const char* op, const char* what) {
   STDIT_CHECK(t.shape() == s, "cuda ", op, ": ", what, " has shape ", shape_str(t.shape()),
               ", expected ", shape_str(s));
@@ -188,6 +200,26 @@ Tensor CudaBackend::upload(const Tensor& host) {
   return d;
 }
 
+DType CudaBackend::matmul_dtype() const { return ctx_->options.bf16 ? DType::BF16 : DType::F32; }
+
+Tensor CudaBackend::upload_weight(const Tensor& host) {
+  STDIT_CHECK(host.defined(), "cuda upload: tensor is missing");
+  if (!ctx_->options.bf16 || !is_float(host.dtype())) return upload(host);
+  if (host.device().kind == DeviceKind::CUDA) {  // a device tensor: converted on the device
+    expect_float(host, *ctx_, "upload", "source");
+    Tensor d = alloc(host.shape(), DType::BF16);
+    copy(host, d);
+    return d;
+  }
+  // Rounded to bf16 on the host (exact for bf16 engines: no rounding happens), then copied.
+  const Tensor h = host.to(DType::BF16);
+  Tensor d = alloc(h.shape(), DType::BF16);
+  if (h.nbytes())
+    STDIT_CUDA_CHECK(
+        cudaMemcpyAsync(d.raw(), h.raw(), h.nbytes(), cudaMemcpyHostToDevice, ctx_->stream));
+  return d;
+}
+
 Tensor CudaBackend::download(const Tensor& t) {
   expect_device(t, *ctx_, "download", "tensor");
   Tensor src = t;
@@ -200,7 +232,7 @@ Tensor CudaBackend::download(const Tensor& t) {
     STDIT_CUDA_CHECK(cudaMemcpyAsync(host.raw(), src.raw(), host.nbytes(), cudaMemcpyDeviceToHost,
                                      ctx_->stream));
   synchronize();
-  return host;
+  return host.dtype() == DType::BF16 ? host.to(DType::F32) : host;
 }
 
 // ================================================================================================
@@ -467,8 +499,10 @@ void CudaBackend::gather_rows(const Tensor& src, const std::vector<int64_t>& row
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   CudaOptions o;
+  if (const char* e = std::getenv("STDIT_CUDA_BF16")) o.bf16 = std::string(e) != "0";
   if (const char* e = std::getenv("STDIT_CUDA_TF32")) o.tf32 = o.tf32_attention = std::string(e) != "0";
   if (const char* e = std::getenv("STDIT_CUDA_TF32_ATTENTION")) o.tf32_attention = std::string(e) != "0";
+  if (!o.tf32) o.bf16 = false;
   return std::make_unique<CudaBackend>(device, o);
 }
 

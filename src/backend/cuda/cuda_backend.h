@@ -1,5 +1,6 @@
-// The CUDA backend: F32 activations in device memory, cuBLASLt GEMMs (TF32 tensor cores by
-// default), hand-written kernels for everything else. Same op semantics as the CPU backend
+// The CUDA backend: F32 activations in device memory (BF16 for those that only feed GEMMs and
+// attention), bf16 weight matrices, cuBLASLt GEMMs on the bf16 tensor cores by default (TF32 or
+// F32 on request), hand-written kernels for everything else. Same op semantics as the CPU backend
 // (backend/cpu), which is its oracle (tests/gpu/test_cuda_ops.cpp).
 //
 // One CUDA stream per backend; every op is enqueued on it and returns without waiting. download()
@@ -24,6 +25,11 @@ struct CudaOptions {
   // Attention (head dim <= 128) with Q K^T and P V on the TF32 tensor cores, softmax in f32.
   // false: the F32 kernel on the CUDA cores (~1e-6 from the CPU backend, ~5x slower).
   bool tf32_attention = true;
+  // bf16 path (the default): matrices of linear layers stored in bf16 (upload_weight), GEMMs on
+  // the bf16 tensor cores with f32 accumulation and f32 or bf16 outputs, attention with Q K^T and
+  // P V on the bf16 tensor cores (softmax in f32), and matmul_dtype() = BF16 for the activations
+  // that only feed GEMMs. false: the TF32/F32 paths above decide.
+  bool bf16 = true;
 };
 
 class CudaBackend final : public Backend {
@@ -39,6 +45,8 @@ class CudaBackend final : public Backend {
   void bind_to_this_thread() override;  // cudaSetDevice(this backend's device)
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
+  Tensor upload_weight(const Tensor& host) override;  // BF16 in bf16 mode
+  DType matmul_dtype() const override;                // BF16 in bf16 mode, else F32
 
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
               Tensor& out) override;
@@ -87,8 +95,9 @@ class CudaBackend final : public Backend {
   std::shared_ptr<CudaContext> ctx_;
 };
 
-// The registry's factory ("cuda"): device index `device`. Environment: STDIT_CUDA_TF32=0 selects
-// F32 everywhere (GEMMs and attention); STDIT_CUDA_TF32_ATTENTION=0 only F32 attention.
+// The registry's factory ("cuda"): device index `device`. Environment: STDIT_CUDA_BF16=0 turns the
+// bf16 path off (TF32 GEMMs and attention, F32 storage); STDIT_CUDA_TF32=0 selects F32 everywhere
+// (implies STDIT_CUDA_BF16=0); STDIT_CUDA_TF32_ATTENTION=0 only F32 attention (without bf16).
 std::unique_ptr<Backend> make_cuda_backend(int device);
 
 // Number of visible CUDA devices; 0 when there is no driver or no device (cuda_runtime_info.cu).

@@ -2,6 +2,7 @@
 // checks mirroring the CPU backend's, and small device helpers. CUDA translation units only.
 #pragma once
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -45,12 +46,12 @@ void check_launch(const char* op);
 
 struct GemmKey {
   int64_t m, n, k, lda, ldb, ldc;
-  int transa, transb, epilogue, align_a, align_b, align_c, align_bias;
+  int transa, transb, epilogue, align_a, align_b, align_c, bf16_in, bf16_out;
   bool operator<(const GemmKey& o) const {
     return std::tie(m, n, k, lda, ldb, ldc, transa, transb, epilogue, align_a, align_b, align_c,
-                    align_bias) < std::tie(o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.transa, o.transb,
-                                           o.epilogue, o.align_a, o.align_b, o.align_c,
-                                           o.align_bias);
+                    bf16_in, bf16_out) < std::tie(o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.transa,
+                                                  o.transb, o.epilogue, o.align_a, o.align_b,
+                                                  o.align_c, o.bf16_in, o.bf16_out);
   }
 };
 
@@ -96,6 +97,11 @@ std::shared_ptr<void> device_copy_of(const std::shared_ptr<CudaContext>& ctx, co
 bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, int64_t k,
               const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
               const float* bias_rows = nullptr, bool gelu = false);
+// The same with A and B in `in` (F32 or BF16) and C and the bias in `out` (F32 or BF16); BF16
+// inputs run on the bf16 tensor cores with f32 accumulation (CUBLAS_COMPUTE_32F).
+bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
+                int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
+                void* C, int64_t ldc, const void* bias_rows = nullptr, bool gelu = false);
 
 // ------------------------------------------------------------------------------------------------
 // argument checks (the CPU backend's, plus "lives on this device")
@@ -106,6 +112,14 @@ void expect_f32(const Tensor& t, const CudaContext& ctx, const char* op, const c
 void expect_contiguous_f32(const Tensor& t, const CudaContext& ctx, const char* op,
                            const char* what);
 void expect_shape(const Tensor& t, const Shape& s, const char* op, const char* what);
+// F32 or BF16 (the bf16 path's activations), on this device, contiguous last dim.
+void expect_float(const Tensor& t, const CudaContext& ctx, const char* op, const char* what);
+void expect_contiguous_float(const Tensor& t, const CudaContext& ctx, const char* op,
+                             const char* what);
+
+// Output stores for kernels templated on the output type (bf16: round to nearest even).
+__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 1 << 20) {
   int64_t b = (n + threads - 1) / threads;

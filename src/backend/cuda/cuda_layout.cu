@@ -1,5 +1,7 @@
-// CUDA layout ops: strided copy (any dtype, rank <= 8), patchify, unpatchify.
+// CUDA layout ops: strided copy (any dtype, rank <= 8; F32 <-> BF16 conversion), patchify,
+// unpatchify.
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
 
@@ -18,8 +20,18 @@ struct CopyDesc {
   int64_t ds[kMaxRank];  // destination strides
 };
 
-template <typename E, typename I>
-__global__ void copy_kernel(const E* __restrict__ src, E* __restrict__ dst, CopyDesc c, I n) {
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename D, typename S>
+__device__ __forceinline__ D convert_elem(S v) {
+  if constexpr (std::is_same_v<D, S>) return v;
+  else if constexpr (std::is_same_v<D, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else return to_f(v);
+}
+
+// dst = src elementwise (converting F32 <-> BF16 when the types differ, bf16 rounded to nearest even).
+template <typename E, typename I, typename D = E>
+__global__ void copy_kernel(const E* __restrict__ src, D* __restrict__ dst, CopyDesc c, I n) {
   for (I flat = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; flat < n;
        flat += static_cast<I>(gridDim.x) * blockDim.x) {
     I r = flat, so = 0, dof = 0;
@@ -32,7 +44,7 @@ __global__ void copy_kernel(const E* __restrict__ src, E* __restrict__ dst, Copy
       dof += idx * static_cast<I>(c.ds[i]);
       r = q;
     }
-    dst[dof] = src[so];
+    dst[dof] = convert_elem<D>(src[so]);
   }
 }
 
@@ -71,7 +83,7 @@ int64_t span(const CopyDesc& c, bool dst) {
   return s;
 }
 
-template <typename E>
+template <typename E, typename D = E>
 void launch_copy(const void* src, void* dst, const CopyDesc& c, int64_t n, cudaStream_t stream) {
   const int threads = 256;
   const unsigned blocks = blocks_for(n, threads);
@@ -79,12 +91,12 @@ void launch_copy(const void* src, void* dst, const CopyDesc& c, int64_t n, cudaS
   bool neg = false;
   for (int i = 0; i < c.rank; ++i) neg |= c.ss[i] < 0 || c.ds[i] < 0;
   if (!neg && n < kLim && span(c, false) < kLim && span(c, true) < kLim)
-    copy_kernel<E, int32_t><<<blocks, threads, 0, stream>>>(static_cast<const E*>(src),
-                                                            static_cast<E*>(dst), c,
-                                                            static_cast<int32_t>(n));
+    copy_kernel<E, int32_t, D><<<blocks, threads, 0, stream>>>(static_cast<const E*>(src),
+                                                               static_cast<D*>(dst), c,
+                                                               static_cast<int32_t>(n));
   else
-    copy_kernel<E, int64_t><<<blocks, threads, 0, stream>>>(static_cast<const E*>(src),
-                                                            static_cast<E*>(dst), c, n);
+    copy_kernel<E, int64_t, D><<<blocks, threads, 0, stream>>>(static_cast<const E*>(src),
+                                                               static_cast<D*>(dst), c, n);
   check_launch("copy");
 }
 
@@ -138,8 +150,19 @@ void CudaBackend::copy(const Tensor& src, Tensor& dst) {
   expect_device(dst, c, "copy", "dst");
   STDIT_CHECK(src.shape() == dst.shape(), "cuda copy: shapes ", shape_str(src.shape()), " and ",
               shape_str(dst.shape()));
-  STDIT_CHECK(src.dtype() == dst.dtype(), "cuda copy: dtypes differ");
   const int64_t n = src.numel();
+  if (src.dtype() != dst.dtype()) {
+    // The one conversion the backend needs: F32 <-> BF16 (bf16 activations of the bf16 path).
+    const bool f2b = src.dtype() == DType::F32 && dst.dtype() == DType::BF16;
+    const bool b2f = src.dtype() == DType::BF16 && dst.dtype() == DType::F32;
+    STDIT_CHECK(f2b || b2f, "cuda copy: cannot convert ", dtype_name(src.dtype()), " to ",
+                dtype_name(dst.dtype()));
+    if (n == 0) return;
+    const CopyDesc d = simplify(src, dst);
+    if (f2b) launch_copy<float, __nv_bfloat16>(src.raw(), dst.raw(), d, n, c.stream);
+    else launch_copy<__nv_bfloat16, float>(src.raw(), dst.raw(), d, n, c.stream);
+    return;
+  }
   if (n == 0 || (src.raw() == dst.raw() && src.strides() == dst.strides())) return;
   const size_t es = dtype_size(src.dtype());
   if (src.is_contiguous() && dst.is_contiguous()) {

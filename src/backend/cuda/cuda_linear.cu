@@ -1,5 +1,6 @@
 // CUDA GEMM (cuBLASLt, TF32 tensor cores or F32) and the linear layer.
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
 #include "core/log.h"
@@ -10,17 +11,21 @@ using namespace cuda;
 
 namespace {
 
-int alignment_of(const void* p, int64_t ld_elems) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(ld_elems * 4);
+int alignment_of(const void* p, int64_t ld_elems, int elem_bytes) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(ld_elems * elem_bytes);
   int al = 16;
-  while (al > 4 && (a & static_cast<uintptr_t>(al - 1))) al >>= 1;
+  while (al > elem_bytes && (a & static_cast<uintptr_t>(al - 1))) al >>= 1;
   return al;
 }
 
-// Plain F32 fallback: 16x16 tiles through shared memory, one output element per thread.
+__device__ __forceinline__ float load_f(const float* p) { return *p; }
+__device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+// Plain fallback (f32 arithmetic): 16x16 tiles through shared memory, one output per thread.
+template <typename TI, typename TO>
 __global__ void gemm_fallback_kernel(bool transa, bool transb, int64_t m, int64_t n, int64_t k,
-                                     const float* __restrict__ A, int64_t lda,
-                                     const float* __restrict__ B, int64_t ldb, float* __restrict__ C,
+                                     const TI* __restrict__ A, int64_t lda,
+                                     const TI* __restrict__ B, int64_t ldb, TO* __restrict__ C,
                                      int64_t ldc) {
   __shared__ float as[16][17], bs[16][17];
   const int tx = threadIdx.x, ty = threadIdx.y;
@@ -32,13 +37,13 @@ __global__ void gemm_fallback_kernel(bool transa, bool transb, int64_t m, int64_
     {
       const int64_t ii = blockIdx.x * 16 + tx, ll = l0 + ty;
       float v = 0.0f;
-      if (ii < m && ll < k) v = transa ? A[ll + ii * lda] : A[ii + ll * lda];
+      if (ii < m && ll < k) v = load_f(transa ? A + ll + ii * lda : A + ii + ll * lda);
       as[ty][tx] = v;
     }
     {
       const int64_t ll = l0 + tx, jj = blockIdx.y * 16 + ty;
       float v = 0.0f;
-      if (ll < k && jj < n) v = transb ? B[jj + ll * ldb] : B[ll + jj * ldb];
+      if (ll < k && jj < n) v = load_f(transb ? B + jj + ll * ldb : B + ll + jj * ldb);
       bs[tx][ty] = v;
     }
     __syncthreads();
@@ -46,37 +51,62 @@ __global__ void gemm_fallback_kernel(bool transa, bool transb, int64_t m, int64_
     for (int l = 0; l < 16; ++l) acc += as[l][tx] * bs[l][ty];
     __syncthreads();
   }
-  if (i < m && j < n) C[i + j * ldc] = acc;
+  if (i < m && j < n) store_out(C + i + j * ldc, acc);
 }
 
 // Column-major C[i + j*ldc] += bias[i].
-__global__ void bias_rows_kernel(float* __restrict__ C, int64_t ldc, int64_t m, int64_t n,
-                                 const float* __restrict__ bias) {
+template <typename TO>
+__global__ void bias_rows_kernel(TO* __restrict__ C, int64_t ldc, int64_t m, int64_t n,
+                                 const TO* __restrict__ bias) {
   const int64_t total = m * n;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t j = t / m, i = t - j * m;
-    C[i + j * ldc] += bias[i];
+    store_out(C + i + j * ldc, load_f(C + i + j * ldc) + load_f(bias + i));
   }
 }
 
+void add_bias_rows(CudaContext& ctx, bool bf16, void* C, int64_t ldc, int64_t m, int64_t n,
+                   const void* bias) {
+  if (bf16)
+    bias_rows_kernel<<<blocks_for(m * n, 256), 256, 0, ctx.stream>>>(
+        static_cast<__nv_bfloat16*>(C), ldc, m, n, static_cast<const __nv_bfloat16*>(bias));
+  else
+    bias_rows_kernel<<<blocks_for(m * n, 256), 256, 0, ctx.stream>>>(
+        static_cast<float*>(C), ldc, m, n, static_cast<const float*>(bias));
+  check_launch("gemm bias");
+}
+
 // Row-major out [rows, n]: out = act(out + bias[col]).
-template <typename I>
-__global__ void bias_act_kernel(float* __restrict__ o, const float* __restrict__ bias, I total,
-                                I n, int act) {
+template <typename TO, typename I>
+__global__ void bias_act_kernel(TO* __restrict__ o, const float* __restrict__ bias, I total, I n,
+                                int act) {
   for (I t = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<I>(gridDim.x) * blockDim.x) {
-    float v = o[t] + (bias ? bias[t % n] : 0.0f);
+    float v = load_f(o + t) + (bias ? bias[t % n] : 0.0f);
     if (act == 1) v = gelu_tanh_f(v);
     else if (act == 2) v = silu_f(v);
-    o[t] = v;
+    store_out(o + t, v);
   }
+}
+
+template <typename TO>
+void activation_pass(CudaContext& c, TO* o, int64_t total, int64_t n, int code) {
+  if (total < (int64_t{1} << 31))
+    bias_act_kernel<TO, int32_t><<<blocks_for(total, 256), 256, 0, c.stream>>>(
+        o, nullptr, static_cast<int32_t>(total), static_cast<int32_t>(n), code);
+  else
+    bias_act_kernel<TO, int64_t><<<blocks_for(total, 256), 256, 0, c.stream>>>(o, nullptr, total,
+                                                                               n, code);
+  check_launch("linear activation");
 }
 
 GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   GemmPlan p;
-  const cublasComputeType_t ct =
-      ctx.options.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t ct = key.bf16_in || !ctx.options.tf32 ? CUBLAS_COMPUTE_32F
+                                                                  : CUBLAS_COMPUTE_32F_FAST_TF32;
+  const cudaDataType_t tin = key.bf16_in ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t tout = key.bf16_out ? CUDA_R_16BF : CUDA_R_32F;
   STDIT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, ct, CUDA_R_32F));
   const cublasOperation_t ta = key.transa ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t tb = key.transb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -85,14 +115,14 @@ GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   const cublasLtEpilogue_t epi = static_cast<cublasLtEpilogue_t>(key.epilogue);
   STDIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
   if (key.epilogue == CUBLASLT_EPILOGUE_BIAS || key.epilogue == CUBLASLT_EPILOGUE_GELU_BIAS) {
-    const cudaDataType_t bt = CUDA_R_32F;
+    const cudaDataType_t bt = key.bf16_out ? CUDA_R_16BF : CUDA_R_32F;  // the bias has D's type
     STDIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
   }
   const uint64_t arows = key.transa ? key.k : key.m, acols = key.transa ? key.m : key.k;
   const uint64_t brows = key.transb ? key.n : key.k, bcols = key.transb ? key.k : key.n;
-  STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, arows, acols, key.lda));
-  STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, brows, bcols, key.ldb));
-  STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, key.m, key.n, key.ldc));
+  STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, tin, arows, acols, key.lda));
+  STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, tin, brows, bcols, key.ldb));
+  STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, tout, key.m, key.n, key.ldc));
   cublasLtMatmulPreference_t pref;
   STDIT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = ctx.workspace_bytes;
@@ -118,19 +148,28 @@ GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
 
 bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, int64_t k,
               const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-              const float* bias_rows, bool gelu) {
+              const float* bias, bool gelu) {
+  return gemm_typed(ctx, DType::F32, DType::F32, transa, transb, m, n, k, A, lda, B, ldb, C, ldc,
+                    bias, gelu);
+}
+
+bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
+                int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
+                void* C, int64_t ldc, const void* bias_rows, bool gelu) {
+  STDIT_CHECK((in == DType::F32 || in == DType::BF16) && (out == DType::F32 || out == DType::BF16),
+              "cuda gemm: unsupported dtypes");
+  const bool bin = in == DType::BF16, bout = out == DType::BF16;
+  const int ein = bin ? 2 : 4, eout = bout ? 2 : 4;
   if (m == 0 || n == 0) return gelu;
   if (k == 0) {
     // Empty sum: C = 0 (+ bias).
-    STDIT_CUDA_CHECK(cudaMemset2DAsync(C, ldc * 4, 0, m * 4, n, ctx.stream));
-    if (bias_rows) {
-      bias_rows_kernel<<<blocks_for(m * n, 256), 256, 0, ctx.stream>>>(C, ldc, m, n, bias_rows);
-      check_launch("gemm bias");
-    }
+    STDIT_CUDA_CHECK(cudaMemset2DAsync(C, ldc * eout, 0, m * eout, n, ctx.stream));
+    if (bias_rows) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
     return false;
   }
   const bool aligned_bias = bias_rows && (reinterpret_cast<uintptr_t>(bias_rows) & 15u) == 0;
-  const int aa = alignment_of(A, lda), ab = alignment_of(B, ldb), ac = alignment_of(C, ldc);
+  const int aa = alignment_of(A, lda, ein), ab = alignment_of(B, ldb, ein),
+            ac = alignment_of(C, ldc, eout);
   // Epilogues in order of preference: GELU (+ bias) when asked for, bias alone, none (then a bias
   // pass); if cuBLASLt has no algorithm for any, the fallback kernel (logged once: it is slow).
   struct Try {
@@ -146,7 +185,7 @@ bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, 
   for (int ti = 0; ti < nt; ++ti) {
     const Try& tr = tries[ti];
     const GemmKey key{m, n, k, lda, ldb, ldc, transa ? 1 : 0, transb ? 1 : 0,
-                      static_cast<int>(tr.epi), aa, ab, ac, 0};
+                      static_cast<int>(tr.epi), aa, ab, ac, bin ? 1 : 0, bout ? 1 : 0};
     bool done = false;
     {
       std::lock_guard<std::mutex> lock(ctx.gemm_mutex);
@@ -166,10 +205,7 @@ bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, 
       }
     }
     if (!done) continue;
-    if (bias_rows && !tr.bias) {
-      bias_rows_kernel<<<blocks_for(m * n, 256), 256, 0, ctx.stream>>>(C, ldc, m, n, bias_rows);
-      check_launch("gemm bias");
-    }
+    if (bias_rows && !tr.bias) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
     return tr.gelu;
   }
   static std::once_flag warned;
@@ -179,22 +215,28 @@ bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, 
   });
   dim3 grid(static_cast<unsigned>((m + 15) / 16), static_cast<unsigned>((n + 15) / 16));
   STDIT_CHECK(grid.y <= 65535, "cuda gemm: fallback kernel cannot cover n = ", n);
-  gemm_fallback_kernel<<<grid, dim3(16, 16), 0, ctx.stream>>>(transa, transb, m, n, k, A, lda, B,
-                                                              ldb, C, ldc);
+  auto fb = [&](auto* a_, auto* c_) {
+    using TI = std::remove_cv_t<std::remove_pointer_t<decltype(a_)>>;
+    using TO = std::remove_pointer_t<decltype(c_)>;
+    gemm_fallback_kernel<TI, TO><<<grid, dim3(16, 16), 0, ctx.stream>>>(
+        transa, transb, m, n, k, static_cast<const TI*>(A), lda, static_cast<const TI*>(B), ldb,
+        static_cast<TO*>(C), ldc);
+  };
+  if (bin && bout) fb(static_cast<const __nv_bfloat16*>(nullptr), static_cast<__nv_bfloat16*>(nullptr));
+  else if (bin) fb(static_cast<const __nv_bfloat16*>(nullptr), static_cast<float*>(nullptr));
+  else if (bout) fb(static_cast<const float*>(nullptr), static_cast<__nv_bfloat16*>(nullptr));
+  else fb(static_cast<const float*>(nullptr), static_cast<float*>(nullptr));
   check_launch("gemm (fallback)");
-  if (bias_rows) {
-    bias_rows_kernel<<<blocks_for(m * n, 256), 256, 0, ctx.stream>>>(C, ldc, m, n, bias_rows);
-    check_launch("gemm bias");
-  }
+  if (bias_rows) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
   return false;
 }
 
 void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                          Tensor& out) {
   CudaContext& c = *ctx_;
-  expect_contiguous_f32(x, c, "linear", "x");
-  expect_contiguous_f32(w, c, "linear", "weight");
-  expect_contiguous_f32(out, c, "linear", "out");
+  expect_contiguous_float(x, c, "linear", "x");
+  expect_contiguous_float(w, c, "linear", "weight");
+  expect_contiguous_float(out, c, "linear", "out");
   STDIT_CHECK(w.dim() == 2, "cuda linear: weight must be 2-d, got ", shape_str(w.shape()));
   const int64_t n = w.size(0), k = w.size(1);
   STDIT_CHECK(x.size(-1) == k, "cuda linear: input ", shape_str(x.shape()),
@@ -207,24 +249,39 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, A
     STDIT_CHECK(bias.numel() == n, "cuda linear: bias has ", bias.numel(), " values, expected ", n);
   }
   if (m == 0 || n == 0) return;
+  // The GEMM runs in the weight's dtype: x is converted to it when it differs (a bf16 copy of an
+  // F32 activation, e.g. the residual stream feeding cross-attention's q).
+  const DType in = w.dtype();
+  Tensor xin = x;
+  if (x.dtype() != in) {
+    xin = alloc(x.shape(), in);
+    copy(x, xin);
+  }
   // Row-major out[m, n] = x[m, k] w[n, k]^T is column-major out^T[n, m] = w^T x^T:
   // A = w (k x n column-major, transposed), B = x (k x m column-major).
-  const float* b = bias.defined() ? bias.data<float>() : nullptr;
-  // GELU as cuBLASLt's epilogue in TF32 mode (its tanh form; tests/gpu checks it against the CPU
-  // formula on inputs the TF32 product keeps exact); F32 mode and SiLU: a separate exact pass.
-  const bool gelu_epilogue = act == Activation::GeluTanh && c.options.tf32;
-  const bool applied = gemm_f32(c, true, false, n, m, k, w.data<float>(), k, x.data<float>(), k,
-                                out.data<float>(), n, b, gelu_epilogue);
+  // The bias has the output's type (cuBLASLt's bias epilogue for a BF16 output takes a BF16 bias):
+  // a bf16 copy for BF16 outputs (exact for bf16 engines).
+  const void* b = nullptr;
+  Tensor bias16;
+  if (bias.defined() && out.dtype() == DType::BF16) {
+    bias16 = alloc(bias.shape(), DType::BF16);
+    copy(bias, bias16);
+    b = bias16.raw();
+  } else if (bias.defined()) {
+    b = bias.raw();
+  }
+  // GELU as cuBLASLt's epilogue on the tensor-core paths (its tanh form; tests/gpu checks it
+  // against the CPU formula on inputs the TF32 product keeps exact); F32 mode and SiLU: a
+  // separate exact pass.
+  const bool gelu_epilogue = act == Activation::GeluTanh && (c.options.tf32 || in == DType::BF16);
+  const bool applied = gemm_typed(c, in, out.dtype(), true, false, n, m, k, w.raw(), k, xin.raw(),
+                                  k, out.raw(), n, b, gelu_epilogue);
   if (act == Activation::None || applied) return;
   const int code = act == Activation::GeluTanh ? 1 : 2;
-  const int64_t total = m * n;
-  if (total < (int64_t{1} << 31))
-    bias_act_kernel<int32_t><<<blocks_for(total, 256), 256, 0, c.stream>>>(
-        out.data<float>(), nullptr, static_cast<int32_t>(total), static_cast<int32_t>(n), code);
+  if (out.dtype() == DType::BF16)
+    activation_pass(c, out.data<__nv_bfloat16>(), m * n, n, code);
   else
-    bias_act_kernel<int64_t><<<blocks_for(total, 256), 256, 0, c.stream>>>(out.data<float>(), nullptr,
-                                                                           total, n, code);
-  check_launch("linear activation");
+    activation_pass(c, out.data<float>(), m * n, n, code);
 }
 
 }  // namespace stdit

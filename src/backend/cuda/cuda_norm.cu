@@ -53,14 +53,15 @@ Sel check_select(const FrameSelect& sel, const CudaContext& c, int64_t b, int64_
 constexpr int kWarps = 8;  // rows per block in the warp-per-row kernels
 
 // One warp per row of C. Statistics in f64 as the CPU backend (then f32); out may alias x.
+template <typename TO>
 __global__ void __launch_bounds__(kWarps * 32)
-    ln_mod_kernel(const float* x, float* out, int64_t rows, int64_t n, int64_t c, ModRow shift,
+    ln_mod_kernel(const float* x, TO* out, int64_t rows, int64_t n, int64_t c, ModRow shift,
                   ModRow scale, ModRow shift0, ModRow scale0, Sel sel, float eps) {
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
   if (row >= rows) return;
   const float* xr = x + row * c;
-  float* o = out + row * c;
+  TO* o = out + row * c;
   double sum = 0;
   for (int64_t i = lane; i < c; i += 32) sum += xr[i];
   sum = warp_sum(sum);
@@ -77,7 +78,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const bool clean = is_clean(sel, bi, ni);
   const float* sh = clean ? shift0.p + bi * shift0.s : shift.p + bi * shift.s;
   const float* sc = clean ? scale0.p + bi * scale0.s : scale.p + bi * scale.s;
-  for (int64_t i = lane; i < c; i += 32) o[i] = (xr[i] - m) * rstd * (1.0f + sc[i]) + sh[i];
+  for (int64_t i = lane; i < c; i += 32) store_out(o + i, (xr[i] - m) * rstd * (1.0f + sc[i]) + sh[i]);
 }
 
 // One warp per row; f32 sum of squares.
@@ -199,7 +200,7 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
   const char* op = "layernorm_modulate";
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, op, "x");
-  expect_contiguous_f32(out, c, op, "out");
+  expect_contiguous_float(out, c, op, "out");
   STDIT_CHECK(x.dim() == 3, "cuda ", op, ": x must be [B, N, C]");
   expect_shape(out, x.shape(), op, "out");
   const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
@@ -212,9 +213,15 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
   }
   const int64_t rows = b * n;
   if (rows == 0 || ch == 0) return;
-  ln_mod_kernel<<<blocks_for(rows, kWarps, 2147483647), kWarps * 32, 0, c.stream>>>(
-      x.data<float>(), out.data<float>(), rows, n, ch, mod_row(shift), mod_row(scale),
-      mod_row(shift0), mod_row(scale0), s, eps);
+  const unsigned blocks = blocks_for(rows, kWarps, 2147483647);
+  if (out.dtype() == DType::BF16)
+    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(
+        x.data<float>(), out.data<__nv_bfloat16>(), rows, n, ch, mod_row(shift), mod_row(scale),
+        mod_row(shift0), mod_row(scale0), s, eps);
+  else
+    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(
+        x.data<float>(), out.data<float>(), rows, n, ch, mod_row(shift), mod_row(scale),
+        mod_row(shift0), mod_row(scale0), s, eps);
   check_launch(op);
 }
 

@@ -51,6 +51,8 @@ struct STDiT3::Step {
 STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be) : cfg_(cfg), be_(be) {
   check_weights(w, stdit3_param_specs(cfg), "STDiT3 weights");
   auto up = [&](const std::string& k) { return be_.upload(w.at(k)); };
+  // The blocks' matrices are only ever linear() weights: the backend may keep them in bf16.
+  auto upw = [&](const std::string& k) { return be_.upload_weight(w.at(k)); };
   model_dtype_ = w.at("x_embedder.proj.weight").dtype();
   const int64_t C = cfg.hidden_size;
   x_emb_w_ = up("x_embedder.proj.weight").view({C, -1});
@@ -91,21 +93,21 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be) : cfg_(
       const std::string p = cat(kind, ".", i, ".");
       Block b;
       b.table = up(p + "scale_shift_table").view({-1});
-      b.qkv_w = up(p + "attn.qkv.weight");
+      b.qkv_w = upw(p + "attn.qkv.weight");
       b.qkv_b = up(p + "attn.qkv.bias");
       b.q_norm = up(p + "attn.q_norm.weight");
       b.k_norm = up(p + "attn.k_norm.weight");
-      b.proj_w = up(p + "attn.proj.weight");
+      b.proj_w = upw(p + "attn.proj.weight");
       b.proj_b = up(p + "attn.proj.bias");
-      b.q_w = up(p + "cross_attn.q_linear.weight");
+      b.q_w = upw(p + "cross_attn.q_linear.weight");
       b.q_b = up(p + "cross_attn.q_linear.bias");
-      b.kv_w = up(p + "cross_attn.kv_linear.weight");
+      b.kv_w = upw(p + "cross_attn.kv_linear.weight");
       b.kv_b = up(p + "cross_attn.kv_linear.bias");
-      b.cproj_w = up(p + "cross_attn.proj.weight");
+      b.cproj_w = upw(p + "cross_attn.proj.weight");
       b.cproj_b = up(p + "cross_attn.proj.bias");
-      b.fc1_w = up(p + "mlp.fc1.weight");
+      b.fc1_w = upw(p + "mlp.fc1.weight");
       b.fc1_b = up(p + "mlp.fc1.bias");
-      b.fc2_w = up(p + "mlp.fc2.weight");
+      b.fc2_w = upw(p + "mlp.fc2.weight");
       b.fc2_b = up(p + "mlp.fc2.bias");
       list.push_back(std::move(b));
     }
@@ -330,11 +332,15 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   auto m0 = [&](int j) { return s.sel.active() ? chunk(mod0, j, C) : Tensor{}; };
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
-  Tensor a = be_.alloc({B, N, C});
+  // Activations that only feed GEMMs and attention (LN outputs, q/k/v, attention outputs, MLP
+  // hidden): the backend's matmul dtype (bf16 on CUDA); the residual stream x and the GEMM
+  // outputs added to it stay F32.
+  const DType mm = be_.matmul_dtype();
+  Tensor a = be_.alloc({B, N, C}, mm);
   be_.layernorm_modulate(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
-  Tensor qkv = be_.alloc({B * N, 3 * C});
+  Tensor qkv = be_.alloc({B * N, 3 * C}, mm);
   be_.linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
-  Tensor o = be_.alloc({B, T, S, H, D});
+  Tensor o = be_.alloc({B, T, S, H, D}, mm);
   // Views: spatial attends over S tokens of each (b, t); temporal over T frames of each (b, s).
   Tensor qkv6 = qkv.view({B, T, S, 3, H, D});
   std::vector<int> order = temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
@@ -350,12 +356,12 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   be_.gated_residual(x, proj, m(2), m0(2), s.sel);
 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
-  Tensor cq = be_.alloc({B, N, H, D});
+  Tensor cq = be_.alloc({B, N, H, D}, mm);
   be_.linear(x, blk.q_w, blk.q_b, Activation::None, cq);
   const int64_t Lt = s.y_packed.size(0);
-  Tensor ckv = be_.alloc({Lt, 2, H, D});
+  Tensor ckv = be_.alloc({Lt, 2, H, D}, mm);
   be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
-  Tensor co = be_.alloc({B, N, H, D});
+  Tensor co = be_.alloc({B, N, H, D}, mm);
   be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
   Tensor cp = be_.alloc({B, N, C});
   be_.linear(co.view({B * N, C}), blk.cproj_w, blk.cproj_b, Activation::None, cp);
@@ -363,7 +369,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
 
   // 5-7: modulated LN, MLP, gated residual.
   be_.layernorm_modulate(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
-  Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden())});
+  Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden())}, mm);
   be_.linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
   Tensor mo = be_.alloc({B, N, C});
   be_.linear(h, blk.fc2_w, blk.fc2_b, Activation::None, mo);

@@ -1,0 +1,373 @@
+// BF16 flash attention (head dim <= 128) on the tensor cores with mma.sync.m16n8k16.
+//
+// Same structure and semantics as the TF32 kernel (cuda_attention_tc.cu): one block of kWarps
+// warps per (batch index, head, 16 * kWarps queries), each warp owning 16 query rows; per tile of
+// BK keys, S = Q K^T on the tensor cores with Q and K rounded to bf16, scale, bias and key mask in
+// f32, online softmax in f32, O += P V with P and V rounded to bf16, f32 accumulation. Inputs are
+// F32 (rounded while loading) or BF16 views; the output is F32 or BF16.
+//
+// Layout: Q stays in registers as A fragments for the whole block (head dim zero-padded to
+// KS * 16). K and V tiles are row-major bf16 in shared memory, filled with 16-byte stores; a B
+// fragment of Q K^T (two adjacent head-dim values of one key) is one 32-bit load, the B fragments
+// of P V (two adjacent keys of one head-dim column) come from ldmatrix.trans. The S accumulators
+// of two 8-key groups are exactly the A fragment of P for 16 keys: no shuffles.
+#include <cmath>
+#include <type_traits>
+
+#include "backend/cuda/cuda_attention.cuh"
+
+namespace stdit::cuda {
+
+namespace {
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// KS: 16-wide head-dim steps of Q K^T (head dim padded to KS * 16); NV: 8-wide head-dim tiles of
+// the output (head dim padded to NV * 8); BK keys per tile (multiple of 16).
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Head dims [e, e + 8) of one row as four bf16 pairs, zero past d. vec: 16-byte loads allowed
+// (row bases 16-byte aligned).
+template <typename TI>
+__device__ __forceinline__ uint4 load8(const TI* row, int e, int d, bool vec) {
+  if (vec && e + 8 <= d) {
+    if constexpr (std::is_same_v<TI, __nv_bfloat16>) {
+      return *reinterpret_cast<const uint4*>(row + e);
+    } else {
+      const float4 x = *reinterpret_cast<const float4*>(row + e);
+      const float4 y = *reinterpret_cast<const float4*>(row + e + 4);
+      return make_uint4(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w), pack_bf16(y.x, y.y),
+                        pack_bf16(y.z, y.w));
+    }
+  }
+  float v[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = e + i < d ? to_float(row[e + i]) : 0.0f;
+  return make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
+                    pack_bf16(v[6], v[7]));
+}
+
+// 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros (and reads nothing).
+__device__ __forceinline__ void cp_async16(uint32_t* dst, const void* src, int src_bytes) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                          uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x2_t(uint32_t addr, uint32_t& r0, uint32_t& r1) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r0), "=r"(r1)
+               : "r"(addr));
+}
+
+// KS: 16-wide head-dim steps of Q K^T (head dim padded to DK = KS * 16); NV: 8-wide head-dim
+// tiles of the output (NV * 8 <= DK); BK keys per tile (multiple of 16). TI: input type (F32
+// views are rounded to bf16 while loading; BF16 is copied), TO: output type.
+template <int KS, int NV, int BK, int kWarps, bool kExtras, typename TI, typename TO>
+__global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
+    attention_bf16_kernel(AttnArgs a, TO* out) {
+  constexpr int kRows = 16 * kWarps;
+  constexpr int kThreads = kWarps * 32;
+  constexpr int DK = KS * 16;        // padded head dim
+  constexpr int C8 = DK / 8;         // 16-byte chunks per row
+  constexpr int RS = DK / 2 + 4;     // row stride in 32-bit words: conflict-free fragment loads
+  constexpr int NT = BK / 8;         // 8-key groups per tile
+  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr int kStage = 2 * BK * RS;  // words per stage: K rows then V rows
+  extern __shared__ uint4 smem_q[];
+  // Two stages of [BK][RS] K rows (pairs of head dims) followed by [BK][RS] V rows.
+  uint32_t* const smem = reinterpret_cast<uint32_t*>(smem_q);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t bh = blockIdx.x, b = bh / a.h, head = bh - b * a.h;
+  const int64_t q0 = blockIdx.y * static_cast<int64_t>(kRows);
+  const int64_t qa = q0 + warp * 16 + g, qb = qa + 8;
+  const int d = static_cast<int>(a.d);
+
+  const KvRange kr = kv_range(a, b, head);
+  const int64_t k_begin = kr.begin, k_end = kr.end;
+  const TI* kbase = static_cast<const TI*>(a.k.p) + kr.koff;
+  const TI* vbase = static_cast<const TI*>(a.v.p) + kr.voff;
+
+  const uint8_t* mask = nullptr;
+  if (kExtras && a.key_mask) {
+    mask = a.key_mask + b * a.nk;
+    int any = 0;
+    for (int64_t j = tid; j < a.nk; j += kThreads) any |= mask[j] != 0;
+    if (!__syncthreads_or(any)) mask = nullptr;
+  }
+
+  // This warp's Q rows as A fragments: qf[k] = rows (g, g + 8) x head dims 16k + (2t4, 2t4 + 1,
+  // 2t4 + 8, 2t4 + 9), zero past Nq and past D.
+  uint32_t qf[KS][4];
+  {
+    const TI* qp = static_cast<const TI*>(a.q.p) + lead_offset(a.lead, a.q.lead, b) + head * a.q.sh;
+    auto qv = [&](int64_t row, int e) {
+      return row < a.nq && e < d ? to_float(qp[row * a.q.sn + e]) : 0.0f;
+    };
+#pragma unroll
+    for (int k = 0; k < KS; ++k) {
+      const int e0 = k * 16 + 2 * t4, e1 = e0 + 8;
+      qf[k][0] = pack_bf16(qv(qa, e0), qv(qa, e0 + 1));
+      qf[k][1] = pack_bf16(qv(qb, e0), qv(qb, e0 + 1));
+      qf[k][2] = pack_bf16(qv(qa, e1), qv(qa, e1 + 1));
+      qf[k][3] = pack_bf16(qv(qb, e1), qv(qb, e1 + 1));
+    }
+  }
+  const float* brow_a = nullptr;
+  const float* brow_b = nullptr;
+  if (kExtras && a.bias) {
+    if (qa < a.nq) brow_a = a.bias + (head * a.nq + qa) * a.nk;
+    if (qb < a.nq) brow_b = a.bias + (head * a.nq + qb) * a.nk;
+  }
+  const float sl2 = a.scale * kLog2e;  // scores kept in base 2: p = 2^(s*log2e - m)
+
+  // 16-byte tile loads when every K and V row starts 16-byte aligned (uniform per block).
+  constexpr int kVecElems = 16 / sizeof(TI);
+  const bool vec = (a.k.sn % kVecElems) == 0 && (a.v.sn % kVecElems) == 0 &&
+                   ((reinterpret_cast<uintptr_t>(kbase + k_begin * a.k.sn) |
+                     reinterpret_cast<uintptr_t>(vbase + k_begin * a.v.sn)) & 15u) == 0;
+  // ldmatrix.trans row addresses for P V: lane l reads key 16kk + (l & 7) + 8 * ((l >> 3) & 1)
+  // at head dims 8j + 8 * (l >> 4): registers = B fragments (b0, b1) of dim tiles j and j + 1.
+  const uint32_t vs_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem + BK * RS)) +
+                           4u * static_cast<uint32_t>(((lane & 7) + 8 * ((lane >> 3) & 1)) * RS +
+                                                      4 * (lane >> 4));
+
+  float o[NV][4];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;  // l: this thread's columns only
+
+  // BF16 inputs with 16-byte aligned rows and D % 8 == 0: the next tile is fetched with cp.async
+  // (zero-filled past the keys and past D) while this one is computed. Otherwise one stage,
+  // loaded synchronously (rounding F32 to bf16).
+  const bool async = std::is_same_v<TI, __nv_bfloat16> && vec && (d % 8) == 0;
+  auto fetch_async = [&](int64_t j0, int stage) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(BK), k_end - j0));
+    uint32_t* kst = smem + stage * kStage;
+    for (int idx = tid; idx < BK * C8; idx += kThreads) {
+      const int r = idx / C8, e = (idx - r * C8) * 8;
+      const bool ok = r < rows && e < d;
+      const TI* ksrc = ok ? kbase + (j0 + r) * a.k.sn + e : kbase;
+      const TI* vsrc = ok ? vbase + (j0 + r) * a.v.sn + e : vbase;
+      cp_async16(kst + r * RS + e / 2, ksrc, ok ? 16 : 0);
+      cp_async16(kst + BK * RS + r * RS + e / 2, vsrc, ok ? 16 : 0);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+  if (async && k_begin < k_end) fetch_async(k_begin, 0);
+
+  int it = 0;
+  for (int64_t j0 = k_begin; j0 < k_end; j0 += BK, ++it) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(BK), k_end - j0));
+    const int groups = (rows + 7) / 8;     // 8-key groups holding keys
+    const int chunks = (rows + 15) / 16;   // 16-key steps of P V
+    const int stage = async ? (it & 1) : 0;
+    const uint32_t* ks = smem + stage * kStage;
+    __syncthreads();  // every warp is done with the stage the next fetch overwrites
+    if (async) {
+      if (j0 + BK < k_end) {
+        fetch_async(j0 + BK, stage ^ 1);
+        asm volatile("cp.async.wait_group 1;\n" ::);
+      } else {
+        asm volatile("cp.async.wait_group 0;\n" ::);
+      }
+    } else {
+      // K rows [0, 8 * groups) and V rows [0, 16 * chunks): zeros past `rows` and past D (P is 0
+      // there, and 0 * garbage could be NaN).
+      for (int idx = tid; idx < chunks * 16 * C8; idx += kThreads) {
+        const int r = idx / C8, e = (idx - r * C8) * 8;
+        uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
+        if (r < rows) {
+          kx = load8(kbase + (j0 + r) * a.k.sn, e, d, vec);
+          vx = load8(vbase + (j0 + r) * a.v.sn, e, d, vec);
+        }
+        *reinterpret_cast<uint4*>(smem + r * RS + e / 2) = kx;
+        *reinterpret_cast<uint4*>(smem + BK * RS + r * RS + e / 2) = vx;
+      }
+    }
+    __syncthreads();
+
+    // S = Q K^T: s[n] holds (qa, key 8n + 2t4), (qa, 8n + 2t4 + 1), (qb, ...), (qb, ...).
+    float s[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      if (n >= groups) continue;
+      const uint32_t* kr2 = ks + (n * 8 + g) * RS + t4;
+#pragma unroll
+      for (int k = 0; k < KS; ++k) mma_bf16(s[n], qf[k], kr2[k * 8], kr2[k * 8 + 4]);
+    }
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+    if (kExtras || rows < BK) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = n * 8 + 2 * t4 + (e & 1);
+          const int64_t jr = j0 + col - k_begin;
+          bool valid = col < rows;
+          float v = s[n][e] * sl2;
+          if (kExtras) {
+            if (valid && mask && !mask[jr]) valid = false;
+            const float* br = e < 2 ? brow_a : brow_b;
+            if (valid && br) v += br[jr] * kLog2e;
+          }
+          s[n][e] = valid ? v : -INFINITY;
+        }
+    } else {
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
+      mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+    // While a row has seen only masked keys (max -inf) every p is 0: subtract 0 instead of -inf.
+    const float u_a = mn_a == -INFINITY ? 0.0f : mn_a, u_b = mn_b == -INFINITY ? 0.0f : mn_b;
+    const float c_a = exp2f(m_a - u_a), c_b = exp2f(m_b - u_b);
+    l_a *= c_a;
+    l_b *= c_b;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      o[j][0] *= c_a;
+      o[j][1] *= c_a;
+      o[j][2] *= c_b;
+      o[j][3] *= c_b;
+    }
+    m_a = mn_a;
+    m_b = mn_b;
+    // P = 2^(S - m) in place, then O += P V per 16-key step.
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      s[n][0] = exp2f(s[n][0] - u_a);
+      s[n][1] = exp2f(s[n][1] - u_a);
+      s[n][2] = exp2f(s[n][2] - u_b);
+      s[n][3] = exp2f(s[n][3] - u_b);
+      l_a += s[n][0] + s[n][1];
+      l_b += s[n][2] + s[n][3];
+    }
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+      if (kk >= chunks) continue;
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                              pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const uint32_t base = vs_addr + 4u * (stage * kStage + 16u * kk * RS);
+#pragma unroll
+      for (int j = 0; j + 1 < NV; j += 2) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4_t(base + 16u * j, b0, b1, b2, b3);
+        mma_bf16(o[j], pa, b0, b1);
+        mma_bf16(o[j + 1], pa, b2, b3);
+      }
+      if constexpr (NV % 2 == 1) {
+        uint32_t b0, b1;
+        ldsm_x2_t(base + 16u * (NV - 1), b0, b1);
+        mma_bf16(o[NV - 1], pa, b0, b1);
+      }
+    }
+  }
+
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  const bool empty = k_end <= k_begin;  // no keys: zeros, as the CPU backend
+  TO* op = out + lead_offset(a.lead, a.out_lead, b) + head * a.out_sh;
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int d0 = j * 8 + 2 * t4;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t q = e < 2 ? qa : qb;
+      const int dd = d0 + (e & 1);
+      if (q < a.nq && dd < d)
+        store_out(op + q * a.out_sn + dd, empty ? 0.0f : o[j][e] / (e < 2 ? l_a : l_b));
+    }
+  }
+}
+
+template <int KS, int NV, int BK, int kWarps, bool kExtras>
+void launch_w(const CudaContext& c, const AttnArgs& a, int64_t batch) {
+  constexpr int RS = KS * 8 + 4;
+  const size_t smem = 2 * 2 * BK * RS * sizeof(uint32_t);  // two stages of K and V
+  const int64_t bh = batch * a.h, qt = (a.nq + 16 * kWarps - 1) / (16 * kWarps);
+  STDIT_CHECK(bh < (int64_t{1} << 31) && qt <= 65535, "cuda attention: grid too large (", bh,
+              " x ", qt, ")");
+  const dim3 grid(static_cast<unsigned>(bh), static_cast<unsigned>(qt));
+  auto go = [&](auto kern, auto* out) {
+    STDIT_CHECK(smem <= c.smem_optin, "cuda attention: needs ", smem, " bytes of shared memory");
+    STDIT_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+    kern<<<grid, kWarps * 32, smem, c.stream>>>(a, out);
+  };
+  using BF = __nv_bfloat16;
+  if (a.in_bf16) {
+    if (a.out_bf16) go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, BF, BF>, a.out_bf16);
+    else go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, BF, float>, a.out);
+  } else {
+    if (a.out_bf16) go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, float, BF>, a.out_bf16);
+    else go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, float, float>, a.out);
+  }
+  check_launch("attention (bf16)");
+}
+
+template <int KS, int NV, int BK, int kWarps>
+void launch_x(const CudaContext& c, const AttnArgs& a, int64_t batch) {
+  if (a.bias || a.key_mask) launch_w<KS, NV, BK, kWarps, true>(c, a, batch);
+  else launch_w<KS, NV, BK, kWarps, false>(c, a, batch);
+}
+
+// Warps per block from the query count, as the TF32 kernel.
+template <int KS, int NV, int BK>
+void launch(const CudaContext& c, const AttnArgs& a, int64_t batch) {
+  if (a.nq <= 16) launch_x<KS, NV, BK, 1>(c, a, batch);
+  else if (a.nq <= 32) launch_x<KS, NV, BK, 2>(c, a, batch);
+  else launch_x<KS, NV, BK, 8>(c, a, batch);
+}
+
+}  // namespace
+
+bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch) {
+  const int64_t d = a.d;
+  if (d <= 16) launch<1, 2, 64>(c, a, batch);
+  else if (d <= 32) launch<2, 4, 64>(c, a, batch);
+  else if (d <= 64) launch<4, 8, 64>(c, a, batch);
+  else if (d <= 72) launch<5, 9, 64>(c, a, batch);
+  else if (d <= 80) launch<5, 10, 64>(c, a, batch);
+  else if (d <= 96) launch<6, 12, 32>(c, a, batch);
+  else if (d <= 128) launch<8, 16, 32>(c, a, batch);
+  else return false;
+  return true;
+}
+
+}  // namespace stdit::cuda
