@@ -238,7 +238,12 @@ TEST(Generate, BadInputsGiveClearErrors) {
   EXPECT_TRUE(has(err([](GenerateOptions& g) { g.out_dir = kData + "/README.md/out"; }), "cannot create the output directory"));
   EXPECT_TRUE(has(err([](GenerateOptions& g) { g.camera_motion = "dolly"; }), "unknown camera motion"));
   EXPECT_TRUE(has(err([](GenerateOptions& g) { g.output = "x.mp4"; }), "-o FILE names one output"));
-  EXPECT_TRUE(has(err([](GenerateOptions& g) { g.gpus = 4; }), "--gpus 4 is not supported yet"));
+  EXPECT_TRUE(has(err([](GenerateOptions& g) { g.gpus = 0; }), "--gpus must be at least 1"));
+  EXPECT_TRUE(has(err([](GenerateOptions& g) { g.gpus = 3; g.cfg_parallel = true; }),
+                  "--gpus 3 must equal --tp 1 x 2"));
+  EXPECT_TRUE(has(err([](GenerateOptions& g) { g.gpus = 2; g.tp = 4; }), "--gpus 2 must equal --tp 4"));
+  EXPECT_TRUE(has(err([](GenerateOptions& g) { g.gpus = 4; g.tp = 4; g.backend = "cpu"; }),
+                  "--gpus 4 needs the CUDA backend"));
   EXPECT_TRUE(has(err([](GenerateOptions& g) { g.gpus = 2; g.backend = "cpu"; }), "--gpus 2 needs the CUDA backend"));
   // --decode-only with latents of another size.
   const std::string lat = (out / "lat.safetensors").string();
@@ -248,6 +253,7 @@ TEST(Generate, BadInputsGiveClearErrors) {
 }
 
 #include "pipeline/cfg_parallel.h"
+#include "pipeline/denoiser.h"
 
 // CFG-parallel (two backends, here two CPU backends) equals the single-backend CFG batch.
 TEST(Pipeline, CfgParallelEqualsSingleBatch) {
@@ -261,7 +267,8 @@ TEST(Pipeline, CfgParallelEqualsSingleBatch) {
   const Tensor y_cond = y.view({2, 1, 300, y.size(2)});
   auto dit0 = STDiT3::load(d + "dit", be0), dit1 = STDiT3::load(d + "dit", be1);
   const Tensor single = rflow_sample(*dit0, y_cond, mask, noise, 24, 40, 17, 24, 3, 7.0);
-  const Tensor split = rflow_sample_cfg_parallel({&be0, &be1}, {dit0.get(), dit1.get()}, y_cond, mask, noise,
+  SingleDenoiser d0(*dit0), d1(*dit1);
+  const Tensor split = rflow_sample_cfg_parallel({&be0, &be1}, {&d0, &d1}, y_cond, mask, noise,
                                                  24, 40, 17, 24, 3, 7.0);
   EXPECT_LE(rel_error(split, single), 1e-6);
   EXPECT_LE(rel_error(split, want->get("latents")), 1e-4);

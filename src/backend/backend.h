@@ -62,8 +62,8 @@ class Backend {
   virtual Tensor upload(const Tensor& host) = 0;
   // Backend tensor -> contiguous host F32 (floats) or host copy (integers).
   virtual Tensor download(const Tensor& t) = 0;
-  // A weight matrix that is only ever the `w` of linear(): the backend may keep it in its GEMM
-  // dtype (CUDA: bf16). Same contract as upload() otherwise.
+  // A weight that is only ever the `w` of linear() or conv3d(): the backend may keep it in its
+  // GEMM dtype (CUDA: bf16). Same contract as upload() otherwise.
   virtual Tensor upload_weight(const Tensor& host) { return upload(host); }
   // Dtype for activations that only feed linear() inputs or come out of attention()/
   // layernorm_modulate() to feed a GEMM (CUDA: BF16; CPU: F32). Every other tensor is F32.
@@ -75,7 +75,7 @@ class Backend {
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                       Tensor& out) = 0;
   // out = a + b, where b has a's shape or broadcasts over a's leading dims (b.numel() divides a's).
-  // out may alias a.
+  // out may alias a. b may be matmul_dtype() when it has a's shape.
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   // Elementwise SiLU; out may alias x.
   virtual void silu(const Tensor& x, Tensor& out) = 0;
@@ -92,6 +92,7 @@ class Backend {
                                   const Tensor& shift0, const Tensor& scale0,
                                   const FrameSelect& sel, float eps, Tensor& out) = 0;
   // x += gate * y, x and y [B, N, C], gate (and gate0) [B, C] strided rows; in place on x.
+  // y may be matmul_dtype().
   virtual void gated_residual(Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& gate0,
                               const FrameSelect& sel) = 0;
   // dst[b, n, :] = src[b, n, :] for tokens of frames with mask == 0 (x_mask False).

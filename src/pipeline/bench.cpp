@@ -13,6 +13,7 @@
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
 #include "pipeline/cfg_parallel.h"
+#include "pipeline/denoiser.h"
 #include "pipeline/presets.h"
 #include "text/t5.h"
 
@@ -83,6 +84,18 @@ void run_bench(const BenchOptions& opt) {
   // ---- STDiT3-XL/2 per preset, then the VAE decode ----
   STDiT3Config dc;  // real sizes
   auto dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be);
+  // Tensor parallel over opt.tp devices, sharded from the same synthetic weights.
+  std::vector<std::unique_ptr<Backend>> tp_owned;
+  std::unique_ptr<TensorParallelDenoiser> tp;
+  if (opt.tp > 1) {
+    std::vector<Backend*> bes;
+    for (int r = 0; r < opt.tp; ++r) {
+      tp_owned.push_back(r == 0 ? nullptr : make_backend(opt.backend == "cuda" ? cat("cuda:", r) : opt.backend));
+      bes.push_back(r == 0 ? be.get() : tp_owned.back().get());
+    }
+    tp = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), bes);
+    std::printf("tensor parallel: %d ranks (%s)\n", opt.tp, tp->comm_kind().c_str());
+  }
   // CFG-parallel: a second device with its own copy of the denoiser.
   std::unique_ptr<Backend> be1;
   std::unique_ptr<STDiT3> dit1;
@@ -141,10 +154,22 @@ void run_bench(const BenchOptions& opt) {
       std::printf("  %-8s CFG-parallel on 2 devices: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n",
                   preset.c_str(), cfgp_ms, step_ms / cfgp_ms, cfgp_err);
     }
+    double tp_ms = -1, tp_err = -1;
+    if (tp) {
+      const Tensor full = dit->forward(in);
+      Tensor out = tp->forward(in);  // warm-up
+      const auto c0 = Clock::now();
+      for (int i = 0; i < opt.denoise_iters; ++i) out = tp->forward(in);
+      tp_ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
+      tp_err = rel_error(out, full);
+      std::printf("  %-8s tensor parallel, %d devices: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n",
+                  preset.c_str(), opt.tp, tp_ms, step_ms / tp_ms, tp_err);
+    }
     double vae_s = -1;
     if (opt.vae) {
       if (!vae) {
         dit.reset();  // stage residency: the denoiser is freed before the VAE is loaded
+        tp.reset();
         vae = std::make_unique<OpenSoraVae>(vc, synthetic_weights(vae_param_specs(vc), opt.seed + 3), *be);
       }
       const Tensor z = philox_normal({1, 4, T, h, w}, opt.seed + 4);
@@ -162,7 +187,8 @@ void run_bench(const BenchOptions& opt) {
                        {"denoise_ms_per_step", step_ms}, {"tflops", tflops}, {"t5_ms", t5_ms},
                        {"vae_decode_s", vae_s}, {"video_s_30_steps", video_s},
                        {"peak_gib", be->peak_memory_bytes() / double(1ull << 30)},
-                       {"cfg_parallel_ms_per_step", cfgp_ms}, {"cfg_parallel_rel_err", cfgp_err}});
+                       {"cfg_parallel_ms_per_step", cfgp_ms}, {"cfg_parallel_rel_err", cfgp_err},
+                       {"tp", opt.tp}, {"tp_ms_per_step", tp_ms}, {"tp_rel_err", tp_err}});
   }
   if (!opt.json.empty()) {
     std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend}, {"results", results}}).dump(2) << "\n";

@@ -14,6 +14,7 @@ struct BenchOptions {
   uint64_t seed = 1;
   std::string json;  // write results here too
   bool cfg_parallel = false;  // also time the CFG halves on two devices (backend "cuda": cuda:0 + cuda:1)
+  int tp = 1;  // > 1: also time tensor parallelism over tp devices (cuda:0..tp-1; CPU: tp backends)
 };
 
 void run_bench(const BenchOptions& opt);

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "models/stdit3/stdit3.h"
+#include "pipeline/denoiser.h"
 #include "pipeline/rflow.h"
 
 namespace stdit {
@@ -28,7 +29,7 @@ void run_on_devices(const std::vector<Backend*>& backends, const std::function<v
     if (e) std::rethrow_exception(e);
 }
 
-Tensor rflow_sample_cfg_parallel(const std::vector<Backend*>& backends, const std::vector<STDiT3*>& dits,
+Tensor rflow_sample_cfg_parallel(const std::vector<Backend*>& backends, const std::vector<Denoiser*>& dits,
                                  const Tensor& y_cond, const Tensor& mask, const Tensor& noise, int height,
                                  int width, int num_frames, double fps, int steps, double cfg_scale,
                                  const std::function<void(int, const Tensor&)>& on_step) {

@@ -12,14 +12,15 @@
 
 namespace stdit {
 
-class STDiT3;
+class Denoiser;
 
 // Runs fn(k) for k in [0, n) on n threads, each bound to backends[k]; rethrows the first error.
 void run_on_devices(const std::vector<Backend*>& backends, const std::function<void(int)>& fn);
 
-// `dits[0]` (on backends[0]) computes the conditional half, `dits[1]` the unconditional one.
+// `dits[0]` (on backends[0]) computes the conditional half, `dits[1]` the unconditional one. A
+// denoiser may itself be tensor parallel (its first device's backend is given here): CFG x TP.
 Tensor rflow_sample_cfg_parallel(const std::vector<Backend*>& backends,
-                                 const std::vector<STDiT3*>& dits, const Tensor& y_cond,
+                                 const std::vector<Denoiser*>& dits, const Tensor& y_cond,
                                  const Tensor& mask, const Tensor& noise, int height, int width,
                                  int num_frames, double fps, int steps, double cfg_scale,
                                  const std::function<void(int, const Tensor&)>& on_step = {});

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -116,6 +117,44 @@ json convert_component(const std::string& kind, const std::string& given, const 
   return {{"source", fs::absolute(src).string()}, {"source_bytes", bytes}, {"tensors", plan.size()}};
 }
 
+// The optional "defaults" object of an engine config; every value checked, unknown keys warned about.
+EngineDefaults parse_defaults(const json& j, const std::string& src) {
+  EngineDefaults d;
+  if (!j.contains("defaults") || j["defaults"].is_null()) return d;
+  const json& o = j["defaults"];
+  STDIT_CHECK(o.is_object(), src, ": 'defaults' must be an object, got ", o.dump());
+  const std::string where = src + " defaults";
+  auto opt_int = [&](const char* key, int lo, int hi) -> std::optional<int> {
+    if (!o.contains(key) || o[key].is_null()) return std::nullopt;
+    return json_int(o, key, 0, where, lo, hi);
+  };
+  auto opt_num = [&](const char* key, double lo, double hi) -> std::optional<double> {
+    if (!o.contains(key) || o[key].is_null()) return std::nullopt;
+    const json& v = o[key];
+    STDIT_CHECK(v.is_number(), where, ": '", key, "' must be a number, got ", v.dump());
+    const double x = v.get<double>();
+    STDIT_CHECK(std::isfinite(x) && x >= lo && x <= hi, where, ": '", key, "' = ", v.dump(), " is outside [", lo,
+                ", ", hi, "]");
+    return x;
+  };
+  d.height = opt_int("height", 8, 4096);
+  d.width = opt_int("width", 8, 4096);
+  STDIT_CHECK(d.height.has_value() == d.width.has_value(), where, ": 'height' and 'width' go together");
+  for (const auto& [key, v] : {std::pair<const char*, std::optional<int>>{"height", d.height}, {"width", d.width}})
+    STDIT_CHECK(!v || *v % 8 == 0, where, ": '", key, "' = ", *v, " is not a multiple of 8");
+  d.num_frames = opt_int("num_frames", 1, 10000);
+  STDIT_CHECK(!d.num_frames || *d.num_frames == 1 || *d.num_frames >= 17, where, ": 'num_frames' = ",
+              *d.num_frames, " is not a length the sampler takes (1, or at least 17)");
+  d.steps = opt_int("steps", 1, 1000);
+  d.fps = opt_num("fps", 1e-3, 1000);
+  d.cfg_scale = opt_num("cfg_scale", 0, 100);
+  for (const auto& [key, v] : o.items())
+    if (key != "height" && key != "width" && key != "num_frames" && key != "steps" && key != "fps" &&
+        key != "cfg_scale")
+      log_warn(where, ": unknown key '", key, "' ignored");
+  return d;
+}
+
 }  // namespace
 
 Engine open_engine(const std::string& dir) {
@@ -140,6 +179,7 @@ Engine open_engine(const std::string& dir) {
   e.t5 = (d / "t5").string();
   e.vae = (d / "vae").string();
   e.spiece = (d / "t5" / "spiece.model").string();
+  e.defaults = parse_defaults(j, cfg_path);
   for (const auto& p : {d / "dit/config.json", d / "dit/model.safetensors", d / "t5/config.json",
                         d / "t5/model.safetensors", d / "t5/spiece.model", d / "vae/config.json",
                         d / "vae/model.safetensors"})

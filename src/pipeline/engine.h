@@ -5,17 +5,32 @@
 //   ENGINE/dit/{config.json, model.safetensors}    STDiT3, Hugging Face layout and key names
 //   ENGINE/t5/{config.json, model.safetensors, spiece.model}
 //   ENGINE/vae/{config.json, model.safetensors}
+//
+// The config may also hold "defaults": {"height", "width", "num_frames", "fps", "steps",
+// "cfg_scale"} (each optional), what `stdit generate` uses for a setting the user does not give.
 #pragma once
+#include <optional>
 #include <string>
 
 #include "core/dtype.h"
 
 namespace stdit {
 
+// Settings the engine's maker suggests (e.g. the size a small model was trained at); each checked
+// when the engine is opened.
+struct EngineDefaults {
+  std::optional<int> height, width;  // pixels, both or neither, multiples of 8 in [8, 4096]
+  std::optional<int> num_frames;     // 1, or 17..10000 (the sampler takes no 2..16)
+  std::optional<int> steps;          // 1..1000
+  std::optional<double> fps;         // (0, 1000]
+  std::optional<double> cfg_scale;   // finite, [0, 100]
+};
+
 struct Engine {
   std::string dir, dit, t5, vae, spiece;
   std::string dtype;
-  bool embedded = false;  // the tiny model shipped with stdit
+  EngineDefaults defaults;
+  bool embedded = false;  // the demo model shipped with stdit
 };
 
 // Opens and checks an engine directory (every part present); Error otherwise.

@@ -23,6 +23,10 @@
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
 #include "pipeline/cfg_parallel.h"
+#include "pipeline/denoiser.h"
+#ifdef STDIT_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "pipeline/engine.h"
 #include "pipeline/presets.h"
 #include "pipeline/rflow.h"
@@ -102,6 +106,30 @@ void check_writable_dir(const fs::path& dir) {
 
 }  // namespace
 
+namespace {
+int cuda_devices_visible() {
+#ifdef STDIT_HAVE_CUDA
+  return cuda_device_count();
+#else
+  return 0;
+#endif
+}
+}  // namespace
+
+ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel) {
+  STDIT_CHECK(gpus >= 1, "--gpus must be at least 1, got ", gpus);
+  STDIT_CHECK(tp >= 0, "--tp must be at least 1, got ", tp);
+  ParallelPlan p;
+  p.gpus = gpus;
+  // Without --tp an even number of GPUs splits the CFG halves first (near-ideal scaling).
+  p.cfg_parallel = cfg_parallel || (tp == 0 && gpus >= 2 && gpus % 2 == 0);
+  const int halves = p.cfg_parallel ? 2 : 1;
+  p.tp = tp ? tp : gpus / halves;
+  STDIT_CHECK(p.tp * halves == gpus, "--gpus ", gpus, " must equal --tp ", p.tp,
+              p.cfg_parallel ? " x 2 (--cfg-parallel puts the two CFG halves on separate GPUs)" : "");
+  return p;
+}
+
 std::vector<std::string> generate(const GenerateOptions& opt) {
   const auto t_start = Clock::now();
   // ---------------- check every setting before the heavy work ----------------
@@ -111,27 +139,35 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   const bool decode_only = !opt.decode_only.empty();
   STDIT_CHECK(decode_only || !prompts.empty(),
               "no prompt given: pass one or more prompts, or --prompt-file FILE");
-  STDIT_CHECK(opt.steps >= 1, "--steps must be at least 1, got ", opt.steps);
-  STDIT_CHECK(std::isfinite(opt.cfg_scale), "--cfg-scale must be a finite number");
-  STDIT_CHECK(std::isfinite(opt.fps) && opt.fps > 0, "--fps must be a positive number");
   STDIT_CHECK(opt.num_samples >= 1 && opt.batch_size >= 1, "--num-samples and --batch-size must be at least 1");
   STDIT_CHECK(opt.crf >= 0 && opt.crf <= 51, "--crf must be in 0..51");
-  STDIT_CHECK(opt.gpus == 1 || opt.gpus == 2, "--gpus ", opt.gpus,
-              " is not supported yet: 1, or 2 (CFG-parallel); tensor parallelism is not built yet");
-  int H, W;
-  if (opt.width > 0 || opt.height > 0) {
-    STDIT_CHECK(opt.width >= 8 && opt.height >= 8, "-W and -H must both be given, each at least 8 pixels");
-    H = opt.height;
-    W = opt.width;
-  } else {
-    std::tie(H, W) = image_size(opt.resolution, opt.aspect_ratio);
-  }
-  const int F = parse_num_frames(opt.num_frames);
-  if (F > 1) rflow_timesteps(1, H, W, F);  // refuses lengths the sampler cannot take
+  const ParallelPlan par = plan_parallel(opt.gpus, opt.tp, opt.cfg_parallel);
+  STDIT_CHECK(!(opt.width > 0 || opt.height > 0) || (opt.width >= 8 && opt.height >= 8),
+              "-W and -H must both be given, each at least 8 pixels");
   const Engine eng = opt.engine.empty() ? default_engine() : open_engine(opt.engine);
   if (eng.embedded)
-    log_info("no engine given: using the embedded tiny demo model (", eng.dir,
+    log_info("no engine given: using the embedded demo model (", eng.dir,
              "); convert real Open-Sora checkpoints with `stdit convert` for real videos");
+  // Flags first, then the engine's defaults, then Open-Sora's.
+  const EngineDefaults& ed = eng.defaults;
+  const int steps = opt.steps ? *opt.steps : ed.steps.value_or(30);
+  const double cfg_scale = opt.cfg_scale ? *opt.cfg_scale : ed.cfg_scale.value_or(7.0);
+  const double fps = opt.fps ? *opt.fps : ed.fps.value_or(24.0);
+  STDIT_CHECK(steps >= 1, "--steps must be at least 1, got ", steps);
+  STDIT_CHECK(std::isfinite(cfg_scale), "--cfg-scale must be a finite number");
+  STDIT_CHECK(std::isfinite(fps) && fps > 0, "--fps must be a positive number");
+  int H, W;
+  if (opt.width > 0 || opt.height > 0) {
+    H = opt.height;
+    W = opt.width;
+  } else if (opt.resolution || opt.aspect_ratio || !ed.height) {
+    std::tie(H, W) = image_size(opt.resolution.value_or("240p"), opt.aspect_ratio.value_or("9:16"));
+  } else {
+    H = *ed.height;
+    W = *ed.width;
+  }
+  const int F = opt.num_frames ? parse_num_frames(*opt.num_frames) : ed.num_frames.value_or(51);
+  if (F > 1) rflow_timesteps(1, H, W, F);  // refuses lengths the sampler cannot take
   const VaeConfig vcfg = load_vae_config(eng.vae + "/config.json");
   const int64_t h = H / 8, w = W / 8, T = vcfg.latent_frames(F);
   const fs::path out_dir = opt.out_dir;
@@ -140,9 +176,15 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   STDIT_CHECK(opt.output.empty() || items == 1 || decode_only,
               "-o FILE names one output, but this run makes ", items, " videos");
   auto backend = make_backend(opt.backend);
+  if (par.gpus > 1) {
+    STDIT_CHECK(backend->name() == "cuda", "--gpus ", par.gpus, " needs the CUDA backend (this run uses ",
+                backend->name(), ")");
+    check_tp_split(par.tp, load_stdit3_config(eng.dit + "/config.json").num_heads, par.gpus,
+                   cuda_devices_visible());
+  }
 
   log_info("stdit generate: ", prompts.size(), " prompt(s) x ", opt.num_samples, " sample(s), ", W, "x", H,
-           " px, ", F, " frames at ", opt.fps, " fps, ", opt.steps, " steps, cfg ", opt.cfg_scale, ", seed ",
+           " px, ", F, " frames at ", fps, " fps, ", steps, " steps, cfg ", cfg_scale, ", seed ",
            opt.seed, ", engine ", eng.dir, " (", eng.dtype, "), backend ", backend->name());
 
   Tensor latents;  // [items, 4, T, h, w]
@@ -178,20 +220,34 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
 
     // ---------------- denoise ----------------
     t0 = Clock::now();
-    auto dit = STDiT3::load(eng.dit, *backend, "engine dit");
-    // --gpus 2: a second copy of the denoiser on the second GPU takes the unconditional half.
-    std::unique_ptr<Backend> backend1;
-    std::unique_ptr<STDiT3> dit1;
-    if (opt.gpus == 2) {
-      STDIT_CHECK(backend->name() == "cuda", "--gpus 2 needs the CUDA backend (this run uses ", backend->name(), ")");
-      backend1 = make_backend("cuda:1");
-      run_on_devices({backend1.get()}, [&](int) { dit1 = STDiT3::load(eng.dit, *backend1, "engine dit"); });
-      backend->bind_to_this_thread();
+    // Devices: cuda:0 .. gpus-1; with CFG-parallel the conditional half on the first tp of them,
+    // the unconditional half on the rest; each half one STDiT3, or tensor parallel over tp.
+    std::vector<std::unique_ptr<Backend>> extra;
+    std::vector<Backend*> devs{backend.get()};
+    for (int g = 1; g < par.gpus; ++g) {
+      extra.push_back(make_backend(cat("cuda:", g)));
+      devs.push_back(extra.back().get());
     }
+    const int groups = par.cfg_parallel ? 2 : 1;
+    std::vector<std::unique_ptr<STDiT3>> singles(groups);
+    std::vector<std::unique_ptr<Denoiser>> halves(groups);
+    for (int g = 0; g < groups; ++g) {
+      std::vector<Backend*> grp(devs.begin() + g * par.tp, devs.begin() + (g + 1) * par.tp);
+      if (par.tp > 1) {
+        halves[g] = TensorParallelDenoiser::load(eng.dit, grp, "engine dit");
+      } else {
+        run_on_devices({grp[0]}, [&](int) { singles[g] = STDiT3::load(eng.dit, *grp[0], "engine dit"); });
+        halves[g] = std::make_unique<SingleDenoiser>(*singles[g]);
+      }
+    }
+    backend->bind_to_this_thread();
+    if (par.gpus > 1)
+      log_info("denoiser on ", par.gpus, " GPUs: ", par.cfg_parallel ? "CFG-parallel x " : "",
+               "tensor parallel ", par.tp);
     const int64_t C = y.size(2);
     latents = Tensor::empty({items, 4, T, h, w}, DType::F32);
     const int64_t per = 4 * T * h * w;
-    Progress bar("denoise", opt.steps * ((items + opt.batch_size - 1) / opt.batch_size));
+    Progress bar("denoise", steps * ((items + opt.batch_size - 1) / opt.batch_size));
     int done = 0;
     for (int start = 0; start < items; start += opt.batch_size) {
       const int B = std::min(opt.batch_size, items - start);
@@ -207,9 +263,10 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
       }
       auto tick = [&](int, const Tensor&) { bar.step(++done); };
       const Tensor z =
-          dit1 ? rflow_sample_cfg_parallel({backend.get(), backend1.get()}, {dit.get(), dit1.get()}, yc, m, noise, H,
-                                           W, F, opt.fps, opt.steps, opt.cfg_scale, tick)
-               : rflow_sample(*dit, yc, m, noise, H, W, F, opt.fps, opt.steps, opt.cfg_scale, tick);
+          par.cfg_parallel
+              ? rflow_sample_cfg_parallel({devs[0], devs[par.tp]}, {halves[0].get(), halves[1].get()}, yc, m,
+                                          noise, H, W, F, fps, steps, cfg_scale, tick)
+              : rflow_sample(*halves[0], yc, m, noise, H, W, F, fps, steps, cfg_scale, tick);
       std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
     }
     t_denoise = seconds_since(t0);
@@ -254,7 +311,7 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
     const Tensor z = latents.slice(0, item, item + 1).contiguous();
     const Tensor video = vae->decode(z, F);  // [1, 3, F, 8h, 8w]
     const auto tw = Clock::now();
-    const Frames frames = frames_from_video_tensor(video.select(0, 0), opt.fps);
+    const Frames frames = frames_from_video_tensor(video.select(0, 0), fps);
     const std::string path = opt.output.empty() ? name_for(index, k) : opt.output;
     if (!opt.output.empty()) STDIT_CHECK(!fs::exists(path), path, " exists; not overwriting it");
     const std::string prompt = decode_only ? std::string() : prompts[item / opt.num_samples];
@@ -263,10 +320,10 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
       write_png(path, frames);
     } else {
       Mp4Options mo;
-      mo.fps = opt.fps;
+      mo.fps = fps;
       mo.crf = opt.crf;
       mo.metadata = {{"comment", "stdit generate"}, {"prompt", prompt}, {"seed", std::to_string(opt.seed)},
-                     {"steps", std::to_string(opt.steps)}, {"cfg_scale", std::to_string(opt.cfg_scale)},
+                     {"steps", std::to_string(steps)}, {"cfg_scale", std::to_string(cfg_scale)},
                      {"model", eng.dir}};
       write_mp4(path, frames, mo);
       if (opt.preview) {
@@ -280,7 +337,7 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
     write_safetensors(path, {{"frames", Tensor::from_blob(const_cast<uint8_t*>(frames.rgb.data()),
                                                           {frames.count, frames.height, frames.width, 3},
                                                           DType::U8, nullptr)}},
-                      {{"prompt", prompt}, {"seed", std::to_string(opt.seed)}, {"fps", std::to_string(opt.fps)}});
+                      {{"prompt", prompt}, {"seed", std::to_string(opt.seed)}, {"fps", std::to_string(fps)}});
 #endif
     t_write += seconds_since(tw);
     std::printf("Saved to %s\n", path.c_str());

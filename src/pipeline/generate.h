@@ -12,14 +12,17 @@ namespace stdit {
 struct GenerateOptions {
   std::vector<std::string> prompts;
   std::string prompt_file;
-  std::string engine;                  // empty: ./engine_outputs, else the embedded tiny model
-  std::string resolution = "240p";     // Open-Sora 1.2 inference config defaults
-  std::string aspect_ratio = "9:16";   // H:W
-  int width = 0, height = 0;           // pixels; override resolution/aspect when both set
-  std::string num_frames = "51";       // or 2s/4s/8s/16s/32s
-  double fps = 24;
-  int steps = 30;
-  double cfg_scale = 7.0;
+  std::string engine;                  // empty: ./engine_outputs, else the embedded demo model
+  // Settings left unset take the engine's "defaults" (its config.json), else Open-Sora 1.2's
+  // inference defaults, shown here. The size: -W/-H, else --resolution/--aspect-ratio, else the
+  // engine's height/width, else 240p 9:16.
+  std::optional<std::string> resolution;    // 240p
+  std::optional<std::string> aspect_ratio;  // 9:16 (H:W)
+  int width = 0, height = 0;                // pixels; override resolution/aspect when both set
+  std::optional<std::string> num_frames;    // 51; or 2s/4s/8s/16s/32s
+  std::optional<double> fps;                // 24
+  std::optional<int> steps;                 // 30
+  std::optional<double> cfg_scale;          // 7.0
   uint64_t seed = 42;
   std::optional<double> aes = 6.5, flow;
   std::optional<std::string> camera_motion;
@@ -29,8 +32,19 @@ struct GenerateOptions {
   std::string backend = "auto";  // cuda when a usable GPU is present, else cpu
   int crf = 18;
   bool preview = false;  // also write NAME.grid.png: 4x4 evenly spaced frames
-  int gpus = 1;          // 2: CFG-parallel, the two CFG halves on cuda:0 and cuda:1
+  int gpus = 1;               // devices cuda:0 .. gpus-1 for the denoiser
+  int tp = 0;                 // tensor-parallel ranks per CFG half; 0: from --gpus (see plan_parallel)
+  bool cfg_parallel = false;  // the CFG halves on separate GPUs (default when --gpus is even and no --tp)
 };
+
+// How the denoiser is spread over `gpus` devices: CFG-parallel (the conditional and unconditional
+// halves on separate GPUs) and/or tensor parallel over `tp` GPUs per half; gpus = tp x (1 or 2).
+// Without --tp an even --gpus means CFG-parallel x tp = gpus / 2. An inconsistent split is an Error.
+struct ParallelPlan {
+  int gpus = 1, tp = 1;
+  bool cfg_parallel = false;
+};
+ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel);
 
 // Runs the whole job; returns the paths written. Every bad input is an Error before any heavy
 // work starts where that is possible.

@@ -3,12 +3,21 @@
 
 #include "core/error.h"
 #include "models/stdit3/stdit3.h"
+#include "pipeline/denoiser.h"
 #include "pipeline/generate.h"
 #include "pipeline/rflow.h"
 
 namespace stdit {
 
 Tensor rflow_sample(STDiT3& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise, int height,
+                    int width, int num_frames, double fps, int steps, double cfg_scale,
+                    const std::function<void(int, const Tensor&)>& on_step) {
+  SingleDenoiser d(dit);
+  return rflow_sample(static_cast<Denoiser&>(d), y_cond, mask, noise, height, width, num_frames, fps,
+                      steps, cfg_scale, on_step);
+}
+
+Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise, int height,
                     int width, int num_frames, double fps, int steps, double cfg_scale,
                     const std::function<void(int, const Tensor&)>& on_step) {
   const int64_t B = noise.size(0), L = y_cond.size(2), C = y_cond.size(3);

@@ -12,14 +12,14 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("PROMPT", o->prompts, "Prompt(s); each makes one video");
   cmd->add_option("-e,--engine", o->engine, "Engine directory (default: ./engine_outputs, else the embedded demo model)");
   cmd->add_option("--prompt-file", o->prompt_file, "A text file with one prompt per line");
-  cmd->add_option("--resolution", o->resolution, "144p, 240p, 360p, 480p or 720p")->capture_default_str();
-  cmd->add_option("--aspect-ratio", o->aspect_ratio, "H:W as in Open-Sora (9:16 is landscape)")->capture_default_str();
+  cmd->add_option("--resolution", o->resolution, "144p, 240p, 360p, 480p or 720p (default: the engine's size, else 240p)");
+  cmd->add_option("--aspect-ratio", o->aspect_ratio, "H:W as in Open-Sora, 9:16 is landscape (default 9:16)");
   cmd->add_option("-W,--width", o->width, "Width in pixels (with -H, instead of resolution/aspect)");
   cmd->add_option("-H,--height", o->height, "Height in pixels (with -W)");
-  cmd->add_option("--num-frames", o->num_frames, "Frames, or 2s/4s/8s/16s/32s (1 gives an image)")->capture_default_str();
-  cmd->add_option("--fps", o->fps, "Frame rate (a model condition and the file's rate)")->capture_default_str();
-  cmd->add_option("--steps", o->steps, "Sampling steps")->capture_default_str();
-  cmd->add_option("--cfg-scale", o->cfg_scale, "Classifier-free guidance scale")->capture_default_str();
+  cmd->add_option("--num-frames", o->num_frames, "Frames, or 2s/4s/8s/16s/32s; 1 gives an image (default: the engine's, else 51)");
+  cmd->add_option("--fps", o->fps, "Frame rate, a model condition and the file's rate (default: the engine's, else 24)");
+  cmd->add_option("--steps", o->steps, "Sampling steps (default: the engine's, else 30)");
+  cmd->add_option("--cfg-scale", o->cfg_scale, "Classifier-free guidance scale (default: the engine's, else 7.0)");
   cmd->add_option("--seed", o->seed, "Seed of the initial noise")->capture_default_str();
   cmd->add_option("--aes", o->aes, "Aesthetic score appended to the prompt (default 6.5)");
   cmd->add_flag_callback("--no-aes", [o] { o->aes.reset(); }, "Do not append an aesthetic score");
@@ -34,7 +34,10 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--decode-only", o->decode_only, "Decode latents saved with --save-latents instead of sampling");
   cmd->add_option("--crf", o->crf, "H.264 quality (0 lossless .. 51)")->capture_default_str();
   cmd->add_flag("--preview", o->preview, "Also write NAME.grid.png: 16 evenly spaced frames in a grid");
-  cmd->add_option("--gpus", o->gpus, "1, or 2 for CFG-parallel (the CFG halves on two GPUs)")->capture_default_str();
+  cmd->add_option("--gpus", o->gpus, "GPUs for the denoiser (cuda:0..N-1); even N without --tp: CFG-parallel x N/2")
+      ->capture_default_str();
+  cmd->add_option("--tp", o->tp, "Tensor-parallel GPUs per CFG half (divides 16 heads); default from --gpus");
+  cmd->add_flag("--cfg-parallel", o->cfg_parallel, "The conditional and unconditional CFG halves on separate GPUs");
   cmd->add_option("--backend", o->backend, "Compute backend: auto (cuda if a GPU is usable), cuda or cpu")
       ->capture_default_str();
   cmd->callback([&action, o] { action = [o] { generate(*o); }; });

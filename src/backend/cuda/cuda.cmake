@@ -17,6 +17,7 @@ add_library(stdit_cuda_kernels OBJECT
   ${CMAKE_CURRENT_LIST_DIR}/cuda_attention_bf16.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_layout.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_conv.cu
+  ${PROJECT_SOURCE_DIR}/src/dist/nccl_comm.cu
 )
 set_target_properties(stdit_cuda_kernels PROPERTIES
   CUDA_ARCHITECTURES 90a

@@ -24,36 +24,50 @@ namespace {
 
 constexpr int kRopeWarps = 8;
 
-// One warp per (batch, n, head) vector of D values.
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-
-// In place on a F32 or BF16 view; statistics and rotation in f32.
+// kRopeLanes lanes per (batch, n, head) vector of D values, each lane owning the pairs
+// (x[2j], x[2j+1]) with j = lane mod kRopeLanes (mod kRopeLanes): head dims of 64-128 keep every
+// lane busy. In place on a F32 or BF16 view; statistics and rotation in f32.
+constexpr int kRopeLanes = 8;
 template <typename T>
 __global__ void __launch_bounds__(kRopeWarps * 32)
     qk_norm_rope_kernel(T* q, LeadShape lsh, LeadStrides lst, int64_t nvec, int64_t n,
                         int64_t h, int64_t d, int64_t sn, int64_t sh,
                         const float* __restrict__ w, const float* __restrict__ freqs, float eps) {
-  const int lane = threadIdx.x & 31;
-  const int64_t vec = blockIdx.x * static_cast<int64_t>(kRopeWarps) + (threadIdx.x >> 5);
-  if (vec >= nvec) return;
-  const int64_t b = vec / (n * h), rem = vec - b * n * h, i = rem / h, head = rem - i * h;
+  const int sub = threadIdx.x % kRopeLanes;
+  const int64_t vec = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kRopeLanes;
+  const bool live = vec < nvec;  // dead lanes still take part in the group's shuffles
+  const int64_t v = live ? vec : 0;
+  const int64_t b = v / (n * h), rem = v - b * n * h, i = rem / h, head = rem - i * h;
   T* x = q + lead_offset(lsh, lst, b) + i * sn + head * sh;
+  const int64_t pairs = (d + 1) / 2;
   float ss = 0;
-  for (int64_t e = lane; e < d; e += 32) ss += ld(x + e) * ld(x + e);
-  ss = warp_sum(ss);
+  if (live)
+    for (int64_t j = sub; j < pairs; j += kRopeLanes) {
+      const float x0 = load_f(x + 2 * j), x1 = 2 * j + 1 < d ? load_f(x + 2 * j + 1) : 0.0f;
+      ss += x0 * x0 + x1 * x1;
+    }
+#pragma unroll
+  for (int o = kRopeLanes / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (!live) return;
   const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-  if (!freqs) {
-    for (int64_t e = lane; e < d; e += 32) store_out(x + e, w[e] * (ld(x + e) * r));
-    return;
-  }
-  // Interleaved pairs (x[2j], x[2j+1]) rotate by angle i * freqs[j], angle in f32.
-  for (int64_t j = lane; j < d / 2; j += 32) {
-    const float x0 = w[2 * j] * (ld(x + 2 * j) * r), x1 = w[2 * j + 1] * (ld(x + 2 * j + 1) * r);
+  for (int64_t j = sub; j < pairs; j += kRopeLanes) {
+    const int64_t e0 = 2 * j, e1 = e0 + 1;
+    const float x0 = w[e0] * (load_f(x + e0) * r);
+    if (e1 >= d) {  // odd D without rope: the last value alone
+      store_out(x + e0, x0);
+      break;
+    }
+    const float x1 = w[e1] * (load_f(x + e1) * r);
+    if (!freqs) {
+      store_out(x + e0, x0);
+      store_out(x + e1, x1);
+      continue;
+    }
+    // Interleaved pairs rotate by angle i * freqs[j], angle in f32.
     const float a = static_cast<float>(i) * freqs[j];
     const float c = cosf(a), s = sinf(a);
-    store_out(x + 2 * j, x0 * c - x1 * s);
-    store_out(x + 2 * j + 1, x1 * c + x0 * s);
+    store_out(x + e0, x0 * c - x1 * s);
+    store_out(x + e1, x1 * c + x0 * s);
   }
 }
 
@@ -414,7 +428,7 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
   const LeadStrides lst = lead_strides(q, lead);
   const int64_t nvec = q.numel() / std::max<int64_t>(hv.d, 1);
   if (nvec == 0 || hv.d == 0) return;
-  const unsigned blocks = blocks_for(nvec, kRopeWarps, 2147483647);
+  const unsigned blocks = blocks_for(nvec, kRopeWarps * 32 / kRopeLanes, 2147483647);
   const float* fr = rope_freqs.defined() ? rope_freqs.data<float>() : nullptr;
   if (q.dtype() == DType::BF16)
     qk_norm_rope_kernel<<<blocks, kRopeWarps * 32, 0, c.stream>>>(

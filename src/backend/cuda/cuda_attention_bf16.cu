@@ -163,7 +163,8 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
   auto fetch_async = [&](int64_t j0, int stage) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(BK), k_end - j0));
     uint32_t* kst = smem + stage * kStage;
-    for (int idx = tid; idx < BK * C8; idx += kThreads) {
+    const int fill = (rows + 15) / 16 * 16;  // rows the tile's 16-key steps read
+    for (int idx = tid; idx < fill * C8; idx += kThreads) {
       const int r = idx / C8, e = (idx - r * C8) * 8;
       const bool ok = r < rows && e < d;
       const TI* ksrc = ok ? kbase + (j0 + r) * a.k.sn + e : kbase;

@@ -250,6 +250,14 @@ __global__ void add_kernel(const float* __restrict__ a, const float* __restrict_
     o[i] = a[i] + b[i % m];
 }
 
+// b in BF16 (a reduced tensor-parallel partial sum); same shape as a.
+__global__ void add_bf16_kernel(const float* __restrict__ a, const __nv_bfloat16* __restrict__ b,
+                                float* __restrict__ o, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    o[i] = a[i] + __bfloat162float(b[i]);
+}
+
 // n and m multiples of 4, all pointers 16-byte aligned.
 template <typename I>
 __global__ void add4_kernel(const float4* __restrict__ a, const float4* __restrict__ b,
@@ -345,12 +353,19 @@ __global__ void gather_rows_kernel(const float* __restrict__ src, const int64_t*
 void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(a, c, "add", "a");
-  expect_contiguous_f32(b, c, "add", "b");
+  expect_contiguous_float(b, c, "add", "b");
   expect_contiguous_f32(out, c, "add", "out");
   const int64_t n = a.numel(), m = b.numel();
   STDIT_CHECK(out.numel() == n && m > 0 && n % m == 0, "cuda add: cannot broadcast ",
               shape_str(b.shape()), " over ", shape_str(a.shape()));
   if (n == 0) return;
+  if (b.dtype() == DType::BF16) {
+    STDIT_CHECK(m == n, "cuda add: a BF16 b must have a's shape");
+    add_bf16_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(a.data<float>(), b.data<__nv_bfloat16>(),
+                                                              out.data<float>(), n);
+    check_launch("add");
+    return;
+  }
   const int threads = 256;
   if (n % 4 == 0 && m % 4 == 0 && aligned16(a.raw()) && aligned16(b.raw()) && aligned16(out.raw())) {
     const int64_t n4 = n / 4, m4 = m / 4;

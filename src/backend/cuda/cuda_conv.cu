@@ -1,5 +1,6 @@
 // CUDA 3D convolution (2D = T of 1): im2col into a bounded column buffer + cuBLASLt GEMM per
-// batch index; 1x1x1 stride-1 unpadded convolutions read the input directly.
+// batch index; 1x1x1 stride-1 unpadded convolutions read the input directly. With a BF16 weight
+// (upload_weight, the bf16 path) the columns are BF16 and the GEMM runs on the bf16 tensor cores.
 #include <algorithm>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -20,7 +21,9 @@ struct ConvGeom {
 // col[k * nc + jl] for k in [0, K), jl in [0, nc): input value of output column j0 + jl
 // (j = (to, ho, wo)) under kernel tap k = (ci, dt, dh, dw); zero outside the input. grid.y walks
 // the taps (decoded once per block), grid.x the columns; 32-bit column arithmetic (J < 2^31).
-__global__ void im2col_kernel(const float* __restrict__ x, float* __restrict__ col, ConvGeom g,
+// TC: F32 columns (TF32/F32 GEMM) or BF16 columns (bf16 weights).
+template <typename TC>
+__global__ void im2col_kernel(const float* __restrict__ x, TC* __restrict__ col, ConvGeom g,
                               int j0, int nc, int kdim) {
   const int wo_n = static_cast<int>(g.wo), hw = static_cast<int>(g.ho * g.wo);
   const int t_n = static_cast<int>(g.t), h_n = static_cast<int>(g.h), w_n = static_cast<int>(g.w);
@@ -32,14 +35,14 @@ __global__ void im2col_kernel(const float* __restrict__ x, float* __restrict__ c
     kk /= g.kh;
     const int dt = kk % g.kt, ci = kk / g.kt;
     const float* xc = x + static_cast<int64_t>(ci) * t_n * h_n * w_n;
-    float* cr = col + static_cast<int64_t>(k) * nc;
+    TC* cr = col + static_cast<int64_t>(k) * nc;
     for (int jl = blockIdx.x * blockDim.x + threadIdx.x; jl < nc; jl += gridDim.x * blockDim.x) {
       const int j = j0 + jl, to = j / hw, r = j - to * hw, ho = r / wo_n, wo = r - ho * wo_n;
       const int ti = to * g.st + dt - g.pt, hi = ho * g.sh + dh - g.ph, wi = wo * g.sw + dw - g.pw;
       float v = 0.0f;
       if (ti >= 0 && ti < t_n && hi >= 0 && hi < h_n && wi >= 0 && wi < w_n)
         v = xc[(static_cast<int64_t>(ti) * h_n + hi) * w_n + wi];
-      cr[jl] = v;
+      store_out(cr + jl, v);
     }
   }
 }
@@ -63,7 +66,7 @@ void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, c
   const char* op = "conv3d";
   CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, op, "x");
-  expect_contiguous_f32(w, c, op, "weight");
+  expect_contiguous_float(w, c, op, "weight");  // BF16 from upload_weight: bf16 GEMMs
   expect_contiguous_f32(out, c, op, "out");
   STDIT_CHECK(x.dim() == 5 && w.dim() == 5 && out.dim() == 5,
               "cuda conv3d: x, weight and out must be 5-d");
@@ -86,35 +89,51 @@ void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, c
               "cuda conv3d: ", shape_str(x.shape()), " -> ", shape_str(out.shape()),
               " is over the 2^31-element planes the kernels index");
   const float* px = x.data<float>();
-  const float* pw = w.data<float>();
+  const void* pw = w.raw();
   float* po = out.data<float>();
+  const DType wt = w.dtype();  // the GEMM's input type: columns (and a direct input) follow it
+  const size_t esz = dtype_size(wt);
   // Row-major out[b] [Co, J] = W [Co, K] x col [K, J], as column-major out^T (J x Co) =
   // col^T (J x K) * W^T (K x Co): A = col (column-major J x K), B = W (column-major K x Co).
   const bool direct = kt == 1 && kh == 1 && kw == 1 && p.stride_t == 1 && p.stride_h == 1 &&
                       p.stride_w == 1 && p.pad_t_front == 0 && p.pad_t_back == 0 &&
                       p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
   if (direct) {
-    for (int64_t b = 0; b < B; ++b)
-      gemm_f32(c, false, false, J, Co, K, px + b * Ci * T * H * W, J, pw, K, po + b * Co * J, J);
+    for (int64_t b = 0; b < B; ++b) {
+      const Tensor xb = x.select(0, b);
+      Tensor xin = xb;
+      if (wt != DType::F32) {
+        xin = alloc(xb.shape(), wt);
+        copy(xb, xin);
+      }
+      gemm_typed(c, wt, DType::F32, false, false, J, Co, K, xin.raw(), J, pw, K, po + b * Co * J, J);
+    }
   } else {
     // Column buffer of at most 64 Mi floats (256 MiB): nc output columns at a time.
     const int64_t budget = int64_t{64} << 20;
     // nc a multiple of 32 (when chunking) keeps the GEMM's leading dimension 16-byte aligned.
     int64_t nc = std::max<int64_t>(256, budget / std::max<int64_t>(K, 1)) / 32 * 32;
     if (nc >= J) nc = J;
-    auto colmem = device_alloc(ctx_, static_cast<size_t>(K * nc) * sizeof(float));
-    float* col = static_cast<float*>(colmem.get());
+    auto colmem = device_alloc(ctx_, static_cast<size_t>(K * nc) * esz);
+    void* col = colmem.get();
     const ConvGeom g{Ci, T, H, W, static_cast<int>(kt), static_cast<int>(kh), static_cast<int>(kw), To, Ho, Wo, p.stride_t, p.stride_h, p.stride_w,
                      p.pad_t_front, p.pad_top, p.pad_left};
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j0 = 0; j0 < J; j0 += nc) {
         const int64_t n = std::min(nc, J - j0);
         const dim3 grid(blocks_for(n, 256, 1024), static_cast<unsigned>(std::min<int64_t>(K, 65535)));
-        im2col_kernel<<<grid, 256, 0, c.stream>>>(px + b * Ci * T * H * W, col, g,
-                                                   static_cast<int>(j0), static_cast<int>(n),
-                                                   static_cast<int>(K));
+        if (wt == DType::BF16)
+          im2col_kernel<<<grid, 256, 0, c.stream>>>(px + b * Ci * T * H * W,
+                                                     static_cast<__nv_bfloat16*>(col), g,
+                                                     static_cast<int>(j0), static_cast<int>(n),
+                                                     static_cast<int>(K));
+        else
+          im2col_kernel<<<grid, 256, 0, c.stream>>>(px + b * Ci * T * H * W,
+                                                     static_cast<float*>(col), g,
+                                                     static_cast<int>(j0), static_cast<int>(n),
+                                                     static_cast<int>(K));
         check_launch("conv3d im2col");
-        gemm_f32(c, false, false, n, Co, K, col, n, pw, K, po + b * Co * J + j0, J);
+        gemm_typed(c, wt, DType::F32, false, false, n, Co, K, col, n, pw, K, po + b * Co * J + j0, J);
       }
   }
   if (bias.defined()) {

@@ -18,8 +18,6 @@ int alignment_of(const void* p, int64_t ld_elems, int elem_bytes) {
   return al;
 }
 
-__device__ __forceinline__ float load_f(const float* p) { return *p; }
-__device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 
 // Plain fallback (f32 arithmetic): 16x16 tiles through shared memory, one output per thread.
 template <typename TI, typename TO>

@@ -97,15 +97,16 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int64_t i = lane; i < c; i += 32) o[i] = w[i] * (xr[i] * inv);
 }
 
-// One block per token row: x[row, :] += gate[b, :] * y[row, :].
-__global__ void gated_residual_kernel(float* x, const float* y, int64_t rows, int64_t n,
+// One block per token row: x[row, :] += gate[b, :] * y[row, :]; y F32 or BF16.
+template <typename TY>
+__global__ void gated_residual_kernel(float* x, const TY* y, int64_t rows, int64_t n,
                                       int64_t c, ModRow gate, ModRow gate0, Sel sel) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t bi = row / n, ni = row - bi * n;
     const float* g = is_clean(sel, bi, ni) ? gate0.p + bi * gate0.s : gate.p + bi * gate.s;
     float* xr = x + row * c;
-    const float* yr = y + row * c;
-    for (int64_t i = threadIdx.x; i < c; i += blockDim.x) xr[i] += g[i] * yr[i];
+    const TY* yr = y + row * c;
+    for (int64_t i = threadIdx.x; i < c; i += blockDim.x) xr[i] += g[i] * load_f(yr + i);
   }
 }
 
@@ -246,7 +247,7 @@ void CudaBackend::gated_residual(Tensor& x, const Tensor& y, const Tensor& gate,
   const char* op = "gated_residual";
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, op, "x");
-  expect_contiguous_f32(y, c, op, "y");
+  expect_contiguous_float(y, c, op, "y");
   STDIT_CHECK(x.dim() == 3, "cuda ", op, ": x must be [B, N, C]");
   expect_shape(y, x.shape(), op, "y");
   const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
@@ -256,8 +257,13 @@ void CudaBackend::gated_residual(Tensor& x, const Tensor& y, const Tensor& gate,
   const int64_t rows = b * n;
   if (rows == 0 || ch == 0) return;
   const int threads = static_cast<int>(std::min<int64_t>(256, (ch + 31) / 32 * 32));
-  gated_residual_kernel<<<blocks_for(rows, 1, int64_t{1} << 30), threads, 0, c.stream>>>(
-      x.data<float>(), y.data<float>(), rows, n, ch, mod_row(gate), mod_row(gate0), s);
+  const unsigned blocks = blocks_for(rows, 1, int64_t{1} << 30);
+  if (y.dtype() == DType::BF16)
+    gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<__nv_bfloat16>(),
+                                                            rows, n, ch, mod_row(gate), mod_row(gate0), s);
+  else
+    gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<float>(), rows, n,
+                                                            ch, mod_row(gate), mod_row(gate0), s);
   check_launch(op);
 }
 

@@ -1,10 +1,12 @@
 #include "models/stdit3/stdit3.h"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "dist/comm.h"
 
 namespace stdit {
 
@@ -48,8 +50,42 @@ struct STDiT3::Step {
   std::vector<int> y_lens;
 };
 
-STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be) : cfg_(cfg), be_(be) {
+namespace {
+
+// Tensor-parallel shards of a host weight (any dtype). rows_of: dim 0 is `groups` equal parts
+// (q, k, v / k, v / one); this rank keeps its 1/n of each part, concatenated. cols_of: dim 1 cut
+// in n, this rank's part.
+Tensor rows_of(const Tensor& t, int groups, int rank, int n) {
+  const int64_t part = t.size(0) / groups, mine = part / n;
+  Shape shape = t.shape();
+  shape[0] = mine * groups;
+  Tensor out = Tensor::empty(shape, t.dtype());
+  const size_t row_bytes = t.nbytes() / static_cast<size_t>(t.size(0));
+  for (int g = 0; g < groups; ++g) {
+    const Tensor src = t.slice(0, g * part + rank * mine, g * part + (rank + 1) * mine).contiguous();
+    std::memcpy(static_cast<char*>(out.raw()) + g * mine * row_bytes, src.raw(), src.nbytes());
+  }
+  return out;
+}
+Tensor cols_of(const Tensor& t, int rank, int n) {
+  const int64_t mine = t.size(1) / n;
+  return t.slice(1, rank * mine, (rank + 1) * mine).contiguous();
+}
+
+}  // namespace
+
+STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be, Communicator* tp)
+    : cfg_(cfg), be_(be), tp_(tp) {
   check_weights(w, stdit3_param_specs(cfg), "STDiT3 weights");
+  if (tp_ && tp_->size() > 1) {
+    tp_size_ = tp_->size();
+    tp_rank_ = tp_->rank();
+    STDIT_CHECK(cfg.num_heads % tp_size_ == 0 && cfg.mlp_hidden() % tp_size_ == 0,
+                "tensor parallel: --tp ", tp_size_, " must divide the ", cfg.num_heads,
+                " attention heads (and the MLP width ", cfg.mlp_hidden(), ")");
+  } else {
+    tp_ = nullptr;
+  }
   auto up = [&](const std::string& k) { return be_.upload(w.at(k)); };
   // The blocks' matrices are only ever linear() weights: the backend may keep them in bf16.
   auto upw = [&](const std::string& k) { return be_.upload_weight(w.at(k)); };
@@ -92,37 +128,50 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be) : cfg_(
     for (int i = 0; i < cfg.depth; ++i) {
       const std::string p = cat(kind, ".", i, ".");
       Block b;
+      const int n = tp_size_, r = tp_rank_;
+      // Column-parallel (this rank's heads / columns) and row-parallel (this rank's input
+      // columns; the bias once, on rank 0) shards; whole tensors when n == 1.
+      auto col = [&](const std::string& k, int groups) {
+        return be_.upload_weight(n == 1 ? w.at(p + k) : rows_of(w.at(p + k), groups, r, n));
+      };
+      auto col_bias = [&](const std::string& k, int groups) {
+        return be_.upload(n == 1 ? w.at(p + k) : rows_of(w.at(p + k), groups, r, n));
+      };
+      auto row = [&](const std::string& k) {
+        return be_.upload_weight(n == 1 ? w.at(p + k) : cols_of(w.at(p + k), r, n));
+      };
+      auto row_bias = [&](const std::string& k) { return r == 0 ? up(p + k) : Tensor{}; };
       b.table = up(p + "scale_shift_table").view({-1});
-      b.qkv_w = upw(p + "attn.qkv.weight");
-      b.qkv_b = up(p + "attn.qkv.bias");
+      b.qkv_w = col("attn.qkv.weight", 3);
+      b.qkv_b = col_bias("attn.qkv.bias", 3);
       b.q_norm = up(p + "attn.q_norm.weight");
       b.k_norm = up(p + "attn.k_norm.weight");
-      b.proj_w = upw(p + "attn.proj.weight");
-      b.proj_b = up(p + "attn.proj.bias");
-      b.q_w = upw(p + "cross_attn.q_linear.weight");
-      b.q_b = up(p + "cross_attn.q_linear.bias");
-      b.kv_w = upw(p + "cross_attn.kv_linear.weight");
-      b.kv_b = up(p + "cross_attn.kv_linear.bias");
-      b.cproj_w = upw(p + "cross_attn.proj.weight");
-      b.cproj_b = up(p + "cross_attn.proj.bias");
-      b.fc1_w = upw(p + "mlp.fc1.weight");
-      b.fc1_b = up(p + "mlp.fc1.bias");
-      b.fc2_w = upw(p + "mlp.fc2.weight");
-      b.fc2_b = up(p + "mlp.fc2.bias");
+      b.proj_w = row("attn.proj.weight");
+      b.proj_b = row_bias("attn.proj.bias");
+      b.q_w = col("cross_attn.q_linear.weight", 1);
+      b.q_b = col_bias("cross_attn.q_linear.bias", 1);
+      b.kv_w = col("cross_attn.kv_linear.weight", 2);
+      b.kv_b = col_bias("cross_attn.kv_linear.bias", 2);
+      b.cproj_w = row("cross_attn.proj.weight");
+      b.cproj_b = row_bias("cross_attn.proj.bias");
+      b.fc1_w = col("mlp.fc1.weight", 1);
+      b.fc1_b = col_bias("mlp.fc1.bias", 1);
+      b.fc2_w = row("mlp.fc2.weight");
+      b.fc2_b = row_bias("mlp.fc2.bias");
       list.push_back(std::move(b));
     }
   }
 }
 
 std::unique_ptr<STDiT3> STDiT3::load(const std::string& dir, Backend& backend,
-                                     const std::string& flag) {
+                                     const std::string& flag, Communicator* tp) {
   namespace fs = std::filesystem;
   STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
               "): expected a model directory with config.json and model.safetensors");
   const STDiT3Config cfg = load_stdit3_config((fs::path(dir) / "config.json").string());
   const auto file = open_model_weights(dir, flag);
   const WeightMap w = load_checked(*file, stdit3_param_specs(cfg), flag);
-  return std::make_unique<STDiT3>(cfg, w, backend);
+  return std::make_unique<STDiT3>(cfg, w, backend, tp);
 }
 
 Tensor STDiT3::embed_scalar(const Tensor& values, const Tensor& w0, const Tensor& b0,
@@ -170,7 +219,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   s.S = Hp * Wp;
   s.N = T * s.S;
   s.C = c.hidden_size;
-  s.H = c.num_heads;
+  s.H = c.num_heads / tp_size_;  // this rank's heads
   s.D = c.head_dim();
   const int64_t C = s.C;
 
@@ -338,7 +387,8 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   const DType mm = be_.matmul_dtype();
   Tensor a = be_.alloc({B, N, C}, mm);
   be_.layernorm_modulate(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
-  Tensor qkv = be_.alloc({B * N, 3 * C}, mm);
+  const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
+  Tensor qkv = be_.alloc({B * N, 3 * Cl}, mm);
   be_.linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
   Tensor o = be_.alloc({B, T, S, H, D}, mm);
   // Views: spatial attends over S tokens of each (b, t); temporal over T frames of each (b, s).
@@ -351,8 +401,12 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? rope_freqs_ : Tensor{});
   be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? rope_freqs_ : Tensor{});
   be_.attention(q, k, v, attn_scale, ov);
-  Tensor proj = be_.alloc({B, N, C});
-  be_.linear(o.view({B * N, C}), blk.proj_w, blk.proj_b, Activation::None, proj);
+  // Row-parallel outputs are partial sums reduced across ranks: in the matmul dtype (bf16 on
+  // CUDA, half the bytes on the wire, as the seed's fp16 engine); F32 without tensor parallelism.
+  const DType red = tp_ ? mm : DType::F32;
+  Tensor proj = be_.alloc({B, N, C}, red);
+  be_.linear(o.view({B * N, Cl}), blk.proj_w, blk.proj_b, Activation::None, proj);
+  if (tp_) tp_->all_reduce_sum(proj);
   be_.gated_residual(x, proj, m(2), m0(2), s.sel);
 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
@@ -363,16 +417,18 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
   Tensor co = be_.alloc({B, N, H, D}, mm);
   be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
-  Tensor cp = be_.alloc({B, N, C});
-  be_.linear(co.view({B * N, C}), blk.cproj_w, blk.cproj_b, Activation::None, cp);
+  Tensor cp = be_.alloc({B, N, C}, red);
+  be_.linear(co.view({B * N, Cl}), blk.cproj_w, blk.cproj_b, Activation::None, cp);
+  if (tp_) tp_->all_reduce_sum(cp);
   be_.add(x, cp, x);
 
   // 5-7: modulated LN, MLP, gated residual.
   be_.layernorm_modulate(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
-  Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden())}, mm);
+  Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
   be_.linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
-  Tensor mo = be_.alloc({B, N, C});
+  Tensor mo = be_.alloc({B, N, C}, red);
   be_.linear(h, blk.fc2_w, blk.fc2_b, Activation::None, mo);
+  if (tp_) tp_->all_reduce_sum(mo);
   be_.gated_residual(x, mo, m(5), m0(5), s.sel);
 }
 

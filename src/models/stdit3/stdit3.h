@@ -11,6 +11,8 @@
 
 namespace stdit {
 
+class Communicator;  // dist/comm.h
+
 // Host tensors, named and shaped as the PyTorch forward's arguments.
 struct STDiT3Inputs {
   Tensor x;         // [B, in_channels, T, H, W] float
@@ -28,12 +30,21 @@ using Recorder = std::function<void(const std::string& name, const Tensor& value
 
 class STDiT3 {
  public:
-  // `weights` must pass stdit3_param_specs(cfg) (use load_checked / check_weights).
-  STDiT3(const STDiT3Config& cfg, const WeightMap& weights, Backend& backend);
+  // `weights` must pass stdit3_param_specs(cfg) (use load_checked / check_weights): the full,
+  // unsharded checkpoint. With a communicator `tp` of size N > 1 this object is rank tp->rank()
+  // of an N-way tensor-parallel model (Megatron style, the seed's split): in every block the
+  // self-attention qkv, cross-attention q and kv and MLP fc1 keep this rank's heads / columns
+  // (column-parallel), the attention output projections and fc2 this rank's input columns
+  // (row-parallel, their bias on rank 0 only), each followed by an all-reduce (3 per block);
+  // everything else, the caption MLP included, is replicated. N must divide the head count.
+  // Every rank's forward() must be called together (one thread each), with the same inputs.
+  STDiT3(const STDiT3Config& cfg, const WeightMap& weights, Backend& backend,
+         Communicator* tp = nullptr);
 
   // Loads a Hugging Face layout directory (config.json + model.safetensors).
   static std::unique_ptr<STDiT3> load(const std::string& dir, Backend& backend,
-                                      const std::string& flag = "--model");
+                                      const std::string& flag = "--model",
+                                      Communicator* tp = nullptr);
 
   // Returns the host F32 output [B, out_channels, T, H, W]. Bad inputs raise stdit::Error.
   Tensor forward(const STDiT3Inputs& in, const Recorder& rec = {});
@@ -60,6 +71,8 @@ class STDiT3 {
 
   STDiT3Config cfg_;
   Backend& be_;
+  Communicator* tp_ = nullptr;
+  int tp_size_ = 1, tp_rank_ = 0;
   DType model_dtype_ = DType::F32;
   Tensor x_emb_w_, x_emb_b_;
   Tensor t_w0_, t_b0_, t_w2_, t_b2_, fps_w0_, fps_b0_, fps_w2_, fps_b2_;

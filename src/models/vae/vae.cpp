@@ -27,6 +27,9 @@ ConvParams same2d(int k) {
 
 // ---------------------------------------------------------------- weights ------------------------
 OpenSoraVae::Conv OpenSoraVae::conv2d(const WeightMap& w, const std::string& n) {
+  // F32 weights (TF32 GEMMs on CUDA), not upload_weight(): bf16 convolutions took the tiny VAE
+  // fixture from 5.5e-3 to 7.7e-2 and the pipeline's frames from 53.8 to 40.7 dB PSNR for a
+  // 10% faster decode (docs/PERF.md), so the VAE keeps f32 storage.
   Tensor wt = be_.upload(w.at(n + ".weight"));
   return {wt.view({wt.size(0), wt.size(1), 1, wt.size(2), wt.size(3)}), be_.upload(w.at(n + ".bias"))};
 }

@@ -1,0 +1,144 @@
+// The host communicator group and run_group (see comm.h).
+#include "dist/comm.h"
+
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "core/error.h"
+
+namespace stdit {
+
+namespace {
+
+// State shared by the ranks of one host group: a reusable barrier with an abort flag, and the
+// posted tensors of the current collective.
+struct HostShared {
+  explicit HostShared(int n) : n(n), posted(n, nullptr) {}
+  const int n;
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0;
+  uint64_t generation = 0;
+  bool aborted = false;
+  std::vector<float*> posted;
+  int64_t count = -1;
+
+  void barrier() {
+    std::unique_lock<std::mutex> lock(mu);
+    STDIT_CHECK(!aborted, "tensor parallel: another rank failed; this rank stops");
+    const uint64_t gen = generation;
+    if (++arrived == n) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+      return;
+    }
+    cv.wait(lock, [&] { return generation != gen || aborted; });
+    STDIT_CHECK(!aborted, "tensor parallel: another rank failed; this rank stops");
+  }
+  void abort() {
+    std::lock_guard<std::mutex> lock(mu);
+    aborted = true;
+    cv.notify_all();
+  }
+};
+
+class HostComm final : public Communicator {
+ public:
+  HostComm(std::shared_ptr<HostShared> sh, int rank) : sh_(std::move(sh)), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return sh_->n; }
+  std::string kind() const override { return "host"; }
+  void abort() override { sh_->abort(); }
+
+  void all_reduce_sum(Tensor& t) override {
+    STDIT_CHECK(t.dtype() == DType::F32 && t.is_contiguous() && t.device().kind == DeviceKind::CPU,
+                "host all_reduce: expects a contiguous F32 host tensor");
+    const int64_t n = t.numel();
+    sh_->posted[rank_] = t.data<float>();
+    if (rank_ == 0) sh_->count = n;
+    sh_->barrier();  // every rank has posted
+    STDIT_CHECK(sh_->count == n, "host all_reduce: ranks disagree on the size (", sh_->count,
+                " vs ", n, ")");
+    // Each rank sums its share of the elements in rank order into a scratch, for every rank.
+    const int64_t per = (n + sh_->n - 1) / sh_->n, lo = std::min(n, rank_ * per),
+                  hi = std::min(n, lo + per);
+    std::vector<float> sum(static_cast<size_t>(hi - lo), 0.0f);
+    for (int r = 0; r < sh_->n; ++r) {
+      const float* src = sh_->posted[r];
+      for (int64_t i = lo; i < hi; ++i) sum[i - lo] += src[i];
+    }
+    sh_->barrier();  // every rank has read every input
+    for (int r = 0; r < sh_->n; ++r)
+      if (hi > lo) std::memcpy(sh_->posted[r] + lo, sum.data(), (hi - lo) * sizeof(float));
+    sh_->barrier();  // every rank's tensor holds the sum
+  }
+
+ private:
+  std::shared_ptr<HostShared> sh_;
+  int rank_;
+};
+
+}  // namespace
+
+CommGroup make_host_group(int n) {
+  STDIT_CHECK(n >= 1, "tensor parallel: group size must be >= 1");
+  auto sh = std::make_shared<HostShared>(n);
+  CommGroup g;
+  for (int r = 0; r < n; ++r) g.push_back(std::make_unique<HostComm>(sh, r));
+  return g;
+}
+
+#ifndef STDIT_HAVE_CUDA
+CommGroup make_nccl_group(const std::vector<Backend*>&) {
+  fail("tensor parallel over CUDA devices needs a build with CUDA (NCCL)");
+}
+#endif
+
+CommGroup make_comm_group(const std::vector<Backend*>& backends) {
+  STDIT_CHECK(!backends.empty(), "tensor parallel: no backends");
+  const DeviceKind k = backends[0]->device().kind;
+  for (Backend* b : backends)
+    STDIT_CHECK(b->device().kind == k, "tensor parallel: every rank must use the same backend kind");
+  if (k == DeviceKind::CPU) return make_host_group(static_cast<int>(backends.size()));
+  return make_nccl_group(backends);
+}
+
+void run_group(const std::vector<Backend*>& backends, CommGroup& group,
+               const std::function<void(int)>& fn) {
+  const int n = static_cast<int>(backends.size());
+  STDIT_CHECK(static_cast<int>(group.size()) == n, "tensor parallel: ", group.size(),
+              " communicators for ", n, " ranks");
+  std::vector<std::exception_ptr> errs(n);
+  std::mutex mu;
+  int first = -1;
+  auto body = [&](int r) {
+    try {
+      backends[r]->bind_to_this_thread();
+      fn(r);
+    } catch (...) {
+      errs[r] = std::current_exception();
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first < 0) first = r;
+      }
+      for (auto& c : group) c->abort();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int r = 1; r < n; ++r) threads.emplace_back(body, r);
+  body(0);
+  for (auto& t : threads) t.join();
+  if (first >= 0) {
+    try {
+      std::rethrow_exception(errs[first]);
+    } catch (const Error& e) {
+      fail(n > 1 ? cat("rank ", first, ": ", e.what()) : std::string(e.what()));
+    }
+  }
+}
+
+}  // namespace stdit

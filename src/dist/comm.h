@@ -1,0 +1,48 @@
+// Collective communication between the ranks of a model split over devices (tensor parallelism).
+// One process drives every rank, one thread each (pipeline/cfg_parallel.h: run_on_devices); each
+// rank owns one Communicator of its group.
+//
+// Errors: when one rank fails, run_group() aborts the whole group, so that ranks waiting in a
+// collective return (with an error) instead of hanging; the failing rank's message is rethrown.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/tensor.h"
+
+namespace stdit {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place: t = the sum of every rank's t. Every rank calls it with the same shape, in the same
+  // order; t is a contiguous F32 tensor of the backend this rank runs on (NCCL: also BF16, the
+  // backend's matmul dtype). The result is identical on every rank and from run to run.
+  virtual void all_reduce_sum(Tensor& t) = 0;
+  // Makes pending and future collectives of the whole group fail instead of waiting (any thread).
+  virtual void abort() = 0;
+  virtual std::string kind() const = 0;  // "host" or "nccl"
+};
+
+using CommGroup = std::vector<std::unique_ptr<Communicator>>;
+
+// Ranks whose tensors are in host memory (CPU backends): a sum in rank order through shared
+// memory, two barriers per call.
+CommGroup make_host_group(int n);
+// NCCL over the CUDA backends' devices (ncclCommInitAll, NVLink multicast off unless
+// NCCL_NVLS_ENABLE is set), all-reduce on each backend's stream. Throws in builds without CUDA.
+CommGroup make_nccl_group(const std::vector<Backend*>& backends);
+// make_nccl_group for CUDA backends, make_host_group for CPU ones (all of one kind).
+CommGroup make_comm_group(const std::vector<Backend*>& backends);
+
+// Runs fn(rank) on one thread per backend (bound to it). If a rank throws, the group is aborted
+// and, after every thread has returned, the first error is rethrown (with its rank).
+void run_group(const std::vector<Backend*>& backends, CommGroup& group,
+               const std::function<void(int)>& fn);
+
+}  // namespace stdit

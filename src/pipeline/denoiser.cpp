@@ -1,0 +1,52 @@
+#include "pipeline/denoiser.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/checkpoint.h"
+
+namespace stdit {
+
+TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const WeightMap& weights,
+                                               std::vector<Backend*> backends)
+    : backends_(std::move(backends)) {
+  const int n = static_cast<int>(backends_.size());
+  STDIT_CHECK(n >= 1, "tensor parallel: no devices");
+  STDIT_CHECK(cfg.num_heads % n == 0, "tensor parallel: --tp ", n, " must divide the ",
+              cfg.num_heads, " attention heads");
+  comm_ = make_comm_group(backends_);
+  ranks_.resize(n);
+  // Each rank slices and uploads its shard on its own thread (bound to its device).
+  run_group(backends_, comm_, [&](int r) {
+    ranks_[r] = std::make_unique<STDiT3>(cfg, weights, *backends_[r], comm_[r].get());
+  });
+  backends_[0]->bind_to_this_thread();
+}
+
+std::unique_ptr<TensorParallelDenoiser> TensorParallelDenoiser::load(
+    const std::string& dir, std::vector<Backend*> backends, const std::string& flag) {
+  namespace fs = std::filesystem;
+  STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
+              "): expected a model directory with config.json and model.safetensors");
+  const STDiT3Config cfg = load_stdit3_config((fs::path(dir) / "config.json").string());
+  const auto file = open_model_weights(dir, flag);
+  const WeightMap w = load_checked(*file, stdit3_param_specs(cfg), flag);
+  return std::make_unique<TensorParallelDenoiser>(cfg, w, std::move(backends));
+}
+
+Tensor TensorParallelDenoiser::forward(const STDiT3Inputs& in) {
+  std::vector<Tensor> out(ranks_.size());
+  run_group(backends_, comm_, [&](int r) { out[r] = ranks_[r]->forward(in); });
+  backends_[0]->bind_to_this_thread();
+  return out[0];
+}
+
+void check_tp_split(int tp, int heads, int devices_needed, int devices_present) {
+  STDIT_CHECK(tp >= 1, "--tp must be at least 1, got ", tp);
+  STDIT_CHECK(heads % tp == 0, "--tp ", tp, " does not divide the model's ", heads,
+              " attention heads (use 1, 2, 4, 8 or 16 for STDiT3-XL)");
+  STDIT_CHECK(devices_needed <= devices_present, "this run needs ", devices_needed,
+              " GPUs but ", devices_present, " are visible");
+}
+
+}  // namespace stdit

@@ -1,0 +1,71 @@
+// The denoiser as the samplers see it: one STDiT3, or one STDiT3 split over several devices by
+// tensor parallelism (dist/comm.h). Both take the whole CFG batch and return its output on the
+// host.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "dist/comm.h"
+#include "models/stdit3/stdit3.h"
+
+namespace stdit {
+
+class Denoiser {
+ public:
+  virtual ~Denoiser() = default;
+  // Host F32 output [B, out_channels, T, H, W] (as STDiT3::forward).
+  virtual Tensor forward(const STDiT3Inputs& in) = 0;
+  virtual const Tensor& null_caption() const = 0;
+  virtual DType model_dtype() const = 0;
+  virtual const STDiT3Config& config() const = 0;
+};
+
+// One STDiT3 on one backend (not owned).
+class SingleDenoiser final : public Denoiser {
+ public:
+  explicit SingleDenoiser(STDiT3& m) : m_(m) {}
+  Tensor forward(const STDiT3Inputs& in) override { return m_.forward(in); }
+  const Tensor& null_caption() const override { return m_.null_caption(); }
+  DType model_dtype() const override { return m_.model_dtype(); }
+  const STDiT3Config& config() const override { return m_.config(); }
+
+ private:
+  STDiT3& m_;
+};
+
+// STDiT3 over backends.size() devices, tensor parallel: rank r (its heads and MLP columns) on
+// backends[r], sharded at load time from the full weights. forward() runs every rank on its own
+// thread and returns rank 0's output; an error on any rank stops all of them (dist/comm.h).
+class TensorParallelDenoiser final : public Denoiser {
+ public:
+  TensorParallelDenoiser(const STDiT3Config& cfg, const WeightMap& weights,
+                         std::vector<Backend*> backends);
+  // A Hugging Face layout directory (config.json + weights), as STDiT3::load.
+  static std::unique_ptr<TensorParallelDenoiser> load(const std::string& dir,
+                                                      std::vector<Backend*> backends,
+                                                      const std::string& flag = "--model");
+  Tensor forward(const STDiT3Inputs& in) override;
+  const Tensor& null_caption() const override { return ranks_[0]->null_caption(); }
+  DType model_dtype() const override { return ranks_[0]->model_dtype(); }
+  const STDiT3Config& config() const override { return ranks_[0]->config(); }
+  int size() const { return static_cast<int>(ranks_.size()); }
+  std::string comm_kind() const { return comm_[0]->kind(); }
+
+ private:
+  std::vector<Backend*> backends_;
+  CommGroup comm_;
+  std::vector<std::unique_ptr<STDiT3>> ranks_;
+};
+
+// Checks a split before anything is loaded: tp >= 1 dividing `heads`, one device per rank.
+void check_tp_split(int tp, int heads, int devices_needed, int devices_present);
+
+// The denoising loop (spec §8.4) on any denoiser; see generate.h for the arguments.
+Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise,
+                    int height, int width, int num_frames, double fps, int steps, double cfg_scale,
+                    const std::function<void(int, const Tensor&)>& on_step = {});
+
+}  // namespace stdit
