@@ -30,6 +30,15 @@
 // | stdit3_a/b/c [f32]                   | 1e-4      | 2.8e-6    | the CPU backend's bound            |
 // | t5_tiny (TF32) / [f32]               | 1e-2/1e-4 | 1.0e-4 / 6.6e-8 | every recorded intermediate  |
 // | vae_tiny (TF32) / [f32]              | 1e-2/1e-4 | 5.5e-3 / 4.6e-6 | decode+encode, 1/17/23 frames|
+// bf16 path (the default; CudaOptions::bf16), H100 2026-11-25 (second session):
+// | linear[bf16], conv3d[bf16]           | 1e-2      | 3.6e-3 / 2.5e-3 | bf16 x, w (and out)          |
+// | attention[bf16], cross_attention[bf16]| 1e-2     | 5.0e-3 / 3.5e-3 | bf16 Q,K,V,P; f32 softmax    |
+// | layernorm_modulate, qk_norm_rope,    | 4e-3      | <= 2.0e-3 | one bf16 rounding of the output    |
+// |   gated_residual, add [bf16]         |           |           |   (or of the bf16 operand)         |
+// | stdit3_a/b/c[bf16], t5_tiny[bf16]    | 5e-3      | 5.0e-4 / 7.4e-4 | every intermediate           |
+// | stdit3_a[bf16,tp2] (NCCL, 2 GPUs)    | 5e-3      | 6.0e-4    | vs reference and one GPU           |
+// | vae_tiny[bf16] (VAE keeps f32)       | 1e-2      | 5.9e-3    | as TF32                            |
+// | pipeline_tiny[bf16]                  | 2e-2      | 5.5e-3    | worst frame 54.1 dB PSNR           |
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -116,17 +125,17 @@ const std::map<std::string, double>& thresholds() {
       {"pipeline_tiny", 1e-2},
       {"pipeline_tiny[f32]", 1e-4},
       // bf16 path: bf16 weight matrices of f32 fixtures and bf16 GEMM inputs; whole models
-      // (every intermediate) and the 3-step CFG pipeline, ~10 u.
-      {"stdit3_a[bf16]", 4e-2},
-      {"stdit3_b[bf16]", 4e-2},
-      {"stdit3_c[bf16]", 4e-2},
-      {"t5_tiny[bf16]", 4e-2},
+      // (every intermediate; ~1.3 u) and the 3-step CFG pipeline with the VAE (~5 u).
+      {"stdit3_a[bf16]", 5e-3},
+      {"stdit3_b[bf16]", 5e-3},
+      {"stdit3_c[bf16]", 5e-3},
+      {"t5_tiny[bf16]", 5e-3},
       {"vae_tiny[bf16]", 1e-2},
-      {"pipeline_tiny[bf16]", 4e-2},
+      {"pipeline_tiny[bf16]", 2e-2},
       // Tensor parallel (bf16, NCCL): vs the reference as the one-device bf16 fixture; vs one
       // device only the reduction order of three products per block differs.
-      {"stdit3_a[bf16,tp2]", 4e-2},
-      {"stdit3_a[bf16,tp4]", 4e-2},
+      {"stdit3_a[bf16,tp2]", 5e-3},
+      {"stdit3_a[bf16,tp4]", 5e-3},
       {"tp_repeat", 0.0},
       // Same inputs twice on the GPU: identical bytes (0 = bit-identical).
       {"pipeline_repeat", 0.0},
