@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include "backend/cpu/cpu_backend.h"
@@ -17,6 +18,7 @@
 #include "models/stdit3/forward_io.h"
 #include "pipeline/cfg_parallel.h"
 #include "pipeline/denoiser.h"
+#include "pipeline/engine.h"
 #include "pipeline/generate.h"
 #include "text/t5.h"
 
@@ -216,4 +218,58 @@ TEST(TensorParallel, HostAllReduceSumsInRankOrder) {
     EXPECT_EQ(p[3], 1.5f);
     EXPECT_EQ(p[4], 5.0f);
   }
+}
+
+// `stdit convert --tp 2` writes one shard file per rank; loading them gives the same sampler output
+// as the unsplit engine; the engine refuses a different split and names the missing rank file.
+TEST(TensorParallel, ConvertTpWritesRankFiles) {
+  namespace fs = std::filesystem;
+  const fs::path base = fs::path(::testing::TempDir()) / ("stdit_tp_" + std::to_string(::getpid()));
+  fs::remove_all(base);
+  ConvertOptions o;
+  o.dit = kData + "/pipeline_tiny/dit";
+  o.vae = kData + "/vae_tiny";
+  o.t5 = kData + "/t5_tiny/safetensors";
+  o.dtype = DType::F32;
+  o.out = (base / "tp1").string();
+  convert_engine(o);
+  o.tp = 2;
+  o.out = (base / "tp2").string();
+  convert_engine(o);
+  const Engine e1 = open_engine((base / "tp1").string()), e2 = open_engine((base / "tp2").string());
+  EXPECT_EQ(e1.tp_size, 1);
+  EXPECT_EQ(e2.tp_size, 2);
+  EXPECT_TRUE(fs::exists(base / "tp2/dit/rank0.safetensors"));
+  EXPECT_TRUE(fs::exists(base / "tp2/dit/rank1.safetensors"));
+  EXPECT_FALSE(fs::exists(base / "tp2/dit/model.safetensors"));
+  // A rank file holds that rank's shard: half the heads of qkv.
+  EXPECT_EQ(SafetensorsFile::open((base / "tp2/dit/rank1.safetensors").string())
+                ->get("spatial_blocks.0.attn.qkv.weight").size(0), 3 * 32 / 2);
+
+  const std::string d = kData + "/pipeline_tiny/";
+  const auto want = SafetensorsFile::open(d + "expected.safetensors");
+  const Tensor noise = SafetensorsFile::open(d + "noise.safetensors")->get("noise");
+  CpuBackend be;
+  auto t5 = T5Encoder::load(kData + "/t5_tiny/safetensors", be);
+  const Tensor mask = want->get("mask");
+  const Tensor y = t5->forward(want->get("input_ids"), mask).view({2, 1, 300, 8});
+  auto single = STDiT3::load(e1.dit, be);
+  const Tensor z1 = rflow_sample(*single, y, mask, noise, 24, 40, 17, 24, 3, 7.0);
+  CpuRanks r(2);
+  auto split = TensorParallelDenoiser::load(e2.dit, r.ptrs);
+  const Tensor z2 = rflow_sample(*split, y, mask, noise, 24, 40, 17, 24, 3, 7.0);
+  EXPECT_LE(rel_error(z2, z1), 1e-6);
+
+  CpuRanks r4(1);
+  EXPECT_NE(error_of([&] { TensorParallelDenoiser::load(e2.dit, r4.ptrs); }).find("run it with --tp 2"),
+            std::string::npos);
+  GenerateOptions g;
+  g.prompts = {"a red ball"};
+  g.engine = e2.dir;
+  g.backend = "cpu";
+  g.out_dir = (base / "out").string();
+  EXPECT_NE(error_of([&] { generate(g); }).find("was converted with --tp 2"), std::string::npos);
+  fs::remove(base / "tp2/dit/rank1.safetensors");
+  EXPECT_NE(error_of([&] { open_engine(e2.dir); }).find("dit/rank1.safetensors is missing"), std::string::npos);
+  fs::remove_all(base);
 }

@@ -23,12 +23,37 @@ TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const We
   backends_[0]->bind_to_this_thread();
 }
 
+TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const std::string& dir,
+                                               std::vector<Backend*> backends, const std::string& flag)
+    : backends_(std::move(backends)) {
+  const int n = static_cast<int>(backends_.size());
+  comm_ = make_comm_group(backends_);
+  ranks_.resize(n);
+  // Each rank reads only its own file, on its own thread.
+  run_group(backends_, comm_, [&](int r) {
+    const std::string path = dir + "/rank" + std::to_string(r) + ".safetensors";
+    const WeightMap w = load_checked(*open_tensor_file(path), stdit3_param_specs(cfg, n), flag + " " + path);
+    ranks_[r] = std::make_unique<STDiT3>(cfg, w, *backends_[r], comm_[r].get(), true);
+  });
+  backends_[0]->bind_to_this_thread();
+}
+
 std::unique_ptr<TensorParallelDenoiser> TensorParallelDenoiser::load(
     const std::string& dir, std::vector<Backend*> backends, const std::string& flag) {
   namespace fs = std::filesystem;
   STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
               "): expected a model directory with config.json and model.safetensors");
   const STDiT3Config cfg = load_stdit3_config((fs::path(dir) / "config.json").string());
+  // Converted with --tp K: one shard file per rank, usable with exactly K ranks.
+  int files = 0;
+  while (fs::exists(fs::path(dir) / ("rank" + std::to_string(files) + ".safetensors"))) ++files;
+  if (files > 0) {
+    const int n = static_cast<int>(backends.size());
+    STDIT_CHECK(files == n, dir, " holds the denoiser for tensor parallelism over ", files,
+                " GPUs (rank files); run it with --tp ", files, ", or convert again with --tp ", n);
+    return std::unique_ptr<TensorParallelDenoiser>(
+        new TensorParallelDenoiser(cfg, dir, std::move(backends), flag));
+  }
   const auto file = open_model_weights(dir, flag);
   const WeightMap w = load_checked(*file, stdit3_param_specs(cfg), flag);
   return std::make_unique<TensorParallelDenoiser>(cfg, w, std::move(backends));

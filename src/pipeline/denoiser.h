@@ -43,7 +43,9 @@ class TensorParallelDenoiser final : public Denoiser {
  public:
   TensorParallelDenoiser(const STDiT3Config& cfg, const WeightMap& weights,
                          std::vector<Backend*> backends);
-  // A Hugging Face layout directory (config.json + weights), as STDiT3::load.
+  // A Hugging Face layout directory (config.json + weights), as STDiT3::load, or an engine's dit
+  // directory converted with --tp N (rank0.safetensors ... rank{N-1}.safetensors; N must equal
+  // backends.size()), each rank reading only its own file.
   static std::unique_ptr<TensorParallelDenoiser> load(const std::string& dir,
                                                       std::vector<Backend*> backends,
                                                       const std::string& flag = "--model");
@@ -55,6 +57,8 @@ class TensorParallelDenoiser final : public Denoiser {
   std::string comm_kind() const { return comm_[0]->kind(); }
 
  private:
+  TensorParallelDenoiser(const STDiT3Config& cfg, const std::string& rank_dir,
+                         std::vector<Backend*> backends, const std::string& flag);
   std::vector<Backend*> backends_;
   CommGroup comm_;
   std::vector<std::unique_ptr<STDiT3>> ranks_;

@@ -13,6 +13,7 @@
 #include "io/checkpoint.h"
 #include "io/config_json.h"
 #include "models/stdit3/config.h"
+#include "models/stdit3/stdit3.h"
 #include "models/vae/config.h"
 #include "text/t5.h"
 #include "text/tokenizer.h"
@@ -65,7 +66,7 @@ std::vector<ParamSpec> specs_for(const std::string& kind, const fs::path& cfg) {
 
 // Converts one component into out_dir/<kind>/; returns its description for config.json.
 json convert_component(const std::string& kind, const std::string& given, const fs::path& out_dir,
-                       DType dtype) {
+                       DType dtype, int tp = 1) {
   const std::string flag = flag_of(kind);
   STDIT_CHECK(!given.empty(), "convert: ", flag, " is required (", what_of(kind), ")");
   fs::path src(given);
@@ -101,9 +102,29 @@ json convert_component(const std::string& kind, const std::string& given, const 
     plan.push_back({p.name, is_float(w.at(p.name).dtype()) ? dtype : w.at(p.name).dtype(), p.shape});
     names.push_back(p.name);
   }
-  write_safetensors_streaming((out_dir / kind / "model.safetensors").string(), plan,
-                              [&](size_t i) { return w.at(names[i]).to(plan[i].dtype); },
-                              {{"format", "pt"}, {"producer", "stdit convert"}});
+  if (kind == "dit" && tp > 1) {
+    // One file per tensor-parallel rank (the seed's layout), each holding that rank's shard.
+    const STDiT3Config cfg = load_stdit3_config((dir / "config.json").string());
+    const auto rank_specs = stdit3_param_specs(cfg, tp);
+    for (int r = 0; r < tp; ++r) {
+      const WeightMap shard = shard_stdit3_weights(cfg, w, r, tp);
+      std::vector<PlannedTensor> rp;
+      std::vector<std::string> rn;
+      for (const auto& p : rank_specs) {
+        if (!shard.count(p.name)) continue;
+        rp.push_back({p.name, is_float(shard.at(p.name).dtype()) ? dtype : shard.at(p.name).dtype(), p.shape});
+        rn.push_back(p.name);
+      }
+      write_safetensors_streaming((out_dir / kind / cat("rank", r, ".safetensors")).string(), rp,
+                                  [&](size_t i) { return shard.at(rn[i]).to(rp[i].dtype); },
+                                  {{"format", "pt"}, {"producer", "stdit convert"},
+                                   {"tp_rank", std::to_string(r)}, {"tp_size", std::to_string(tp)}});
+    }
+  } else {
+    write_safetensors_streaming((out_dir / kind / "model.safetensors").string(), plan,
+                                [&](size_t i) { return w.at(names[i]).to(plan[i].dtype); },
+                                {{"format", "pt"}, {"producer", "stdit convert"}});
+  }
   if (kind == "t5") {
     const fs::path sp = fs::exists(dir / "spiece.model") ? dir / "spiece.model" : fs::path(default_spiece_model());
     T5Tokenizer check(sp.string());  // refuse a broken vocabulary now, not at generate time
@@ -114,7 +135,9 @@ json convert_component(const std::string& kind, const std::string& given, const 
   for (const auto& e : fs::recursive_directory_iterator(dir))
     if (e.is_regular_file()) bytes += e.file_size();
   log_info("convert: ", kind, " <- ", given, " (", plan.size(), " tensors, ", dtype_name(dtype), ")");
-  return {{"source", fs::absolute(src).string()}, {"source_bytes", bytes}, {"tensors", plan.size()}};
+  json desc = {{"source", fs::absolute(src).string()}, {"source_bytes", bytes}, {"tensors", plan.size()}};
+  if (kind == "dit" && tp > 1) desc["tp_size"] = tp;
+  return desc;
 }
 
 // The optional "defaults" object of an engine config; every value checked, unknown keys warned about.
@@ -180,9 +203,12 @@ Engine open_engine(const std::string& dir) {
   e.vae = (d / "vae").string();
   e.spiece = (d / "t5" / "spiece.model").string();
   e.defaults = parse_defaults(j, cfg_path);
-  for (const auto& p : {d / "dit/config.json", d / "dit/model.safetensors", d / "t5/config.json",
-                        d / "t5/model.safetensors", d / "t5/spiece.model", d / "vae/config.json",
-                        d / "vae/model.safetensors"})
+  e.tp_size = json_int(j, "tp_size", 1, cfg_path, 1, 16);
+  std::vector<fs::path> parts = {d / "dit/config.json", d / "t5/config.json", d / "t5/model.safetensors",
+                                 d / "t5/spiece.model", d / "vae/config.json", d / "vae/model.safetensors"};
+  if (e.tp_size == 1) parts.push_back(d / "dit/model.safetensors");
+  for (int r = 0; r < e.tp_size && e.tp_size > 1; ++r) parts.push_back(d / "dit" / cat("rank", r, ".safetensors"));
+  for (const auto& p : parts)
     STDIT_CHECK(fs::exists(p), dir, ": incomplete engine, ", fs::relative(p, d).string(),
                 " is missing (convert again with `stdit convert`)");
   return e;
@@ -219,12 +245,13 @@ void convert_engine(const ConvertOptions& opt) {
   try {
     fs::create_directories(tmp);
     json comps;
-    comps["dit"] = convert_component("dit", opt.dit, tmp, opt.dtype);
+    STDIT_CHECK(opt.tp >= 1 && opt.tp <= 16, "convert: --tp must be in 1..16, got ", opt.tp);
+    comps["dit"] = convert_component("dit", opt.dit, tmp, opt.dtype, opt.tp);
     comps["vae"] = convert_component("vae", opt.vae, tmp, opt.dtype);
     comps["t5"] = convert_component("t5", opt.t5, tmp, opt.dtype);
     const std::string dt = opt.dtype == DType::F32 ? "f32" : opt.dtype == DType::BF16 ? "bf16" : "f16";
     json cfg = {{"format", "stdit-engine"}, {"format_version", 1}, {"program", "stdit 0.1.0"},
-                {"dtype", dt}, {"tp_size", 1}, {"components", comps}};
+                {"dtype", dt}, {"tp_size", opt.tp}, {"components", comps}};
     std::ofstream(tmp / "config.json") << cfg.dump(2) << "\n";
     if (fs::exists(out)) fs::remove_all(out);
     if (out.has_parent_path()) fs::create_directories(out.parent_path());

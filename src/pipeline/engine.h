@@ -3,6 +3,8 @@
 //   ENGINE/config.json        {"format": "stdit-engine", "format_version": 1, "dtype", "tp_size",
 //                              "program", "components": {"dit"|"t5"|"vae": {"source", ...}}}
 //   ENGINE/dit/{config.json, model.safetensors}    STDiT3, Hugging Face layout and key names
+//     (converted with --tp N: dit/rank0.safetensors ... rank{N-1}.safetensors instead, each one
+//     tensor-parallel rank's shard; "tp_size": N)
 //   ENGINE/t5/{config.json, model.safetensors, spiece.model}
 //   ENGINE/vae/{config.json, model.safetensors}
 //
@@ -31,6 +33,7 @@ struct Engine {
   std::string dtype;
   EngineDefaults defaults;
   bool embedded = false;  // the demo model shipped with stdit
+  int tp_size = 1;        // > 1: the denoiser is stored as one file per tensor-parallel rank
 };
 
 // Opens and checks an engine directory (every part present); Error otherwise.
@@ -43,6 +46,7 @@ struct ConvertOptions {
   std::string out = "engine_outputs";
   DType dtype = DType::BF16;
   bool force = false;
+  int tp = 1;  // > 1: the denoiser as one shard file per tensor-parallel rank (the seed's layout)
 };
 
 // Streams every tensor (one at a time) into a new engine directory, cast to `dtype`. A checkpoint

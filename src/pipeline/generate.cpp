@@ -141,7 +141,7 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
               "no prompt given: pass one or more prompts, or --prompt-file FILE");
   STDIT_CHECK(opt.num_samples >= 1 && opt.batch_size >= 1, "--num-samples and --batch-size must be at least 1");
   STDIT_CHECK(opt.crf >= 0 && opt.crf <= 51, "--crf must be in 0..51");
-  const ParallelPlan par = plan_parallel(opt.gpus, opt.tp, opt.cfg_parallel);
+  ParallelPlan par = plan_parallel(opt.gpus, opt.tp, opt.cfg_parallel);
   STDIT_CHECK(!(opt.width > 0 || opt.height > 0) || (opt.width >= 8 && opt.height >= 8),
               "-W and -H must both be given, each at least 8 pixels");
   const Engine eng = opt.engine.empty() ? default_engine() : open_engine(opt.engine);
@@ -175,6 +175,12 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   const int items = decode_only ? 0 : static_cast<int>(prompts.size()) * opt.num_samples;
   STDIT_CHECK(opt.output.empty() || items == 1 || decode_only,
               "-o FILE names one output, but this run makes ", items, " videos");
+  // An engine converted with --tp K fixes the split: K ranks per CFG half unless --tp says otherwise.
+  if (opt.tp == 0 && eng.tp_size > 1 && opt.gpus % eng.tp_size == 0)
+    par = plan_parallel(opt.gpus, eng.tp_size, opt.cfg_parallel || opt.gpus == 2 * eng.tp_size);
+  STDIT_CHECK(eng.tp_size == 1 || par.tp == eng.tp_size, "engine ", eng.dir, " was converted with --tp ",
+              eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
+              " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size, " --cfg-parallel), or convert again without --tp");
   auto backend = make_backend(opt.backend);
   if (par.gpus > 1) {
     STDIT_CHECK(backend->name() == "cuda", "--gpus ", par.gpus, " needs the CUDA backend (this run uses ",

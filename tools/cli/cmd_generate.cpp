@@ -56,6 +56,8 @@ void add_convert(CLI::App& app, Action& action) {
   cmd->add_option("--dtype", o->dtype, "Weight dtype: bf16, f16 or f32")->capture_default_str();
   cmd->add_option("-o,--output", o->c.out, "Engine directory to write")->capture_default_str();
   cmd->add_flag("--force", o->c.force, "Replace an existing output directory");
+  cmd->add_option("--tp", o->c.tp, "Write the denoiser as one shard file per tensor-parallel rank (divides 16)")
+      ->capture_default_str();
   cmd->callback([&action, o] {
     action = [o] {
       const std::string& d = o->dtype;

@@ -88,7 +88,39 @@ STDiT3Config load_stdit3_config(const std::string& path) {
   return parse_stdit3_config(read_text_file(path, "model config"), path);
 }
 
-std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c) {
+namespace {
+std::vector<ParamSpec> full_param_specs(const STDiT3Config& c);
+}  // namespace
+
+TpSplit stdit3_tp_split(const std::string& name) {
+  if (name.rfind("spatial_blocks.", 0) != 0 && name.rfind("temporal_blocks.", 0) != 0) return {};
+  auto ends = [&](const char* suf) {
+    const std::string s(suf);
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  if (ends(".attn.qkv.weight") || ends(".attn.qkv.bias")) return {TpSplit::Rows, 3};
+  if (ends(".cross_attn.kv_linear.weight") || ends(".cross_attn.kv_linear.bias")) return {TpSplit::Rows, 2};
+  if (ends(".cross_attn.q_linear.weight") || ends(".cross_attn.q_linear.bias") ||
+      ends(".mlp.fc1.weight") || ends(".mlp.fc1.bias"))
+    return {TpSplit::Rows, 1};
+  if (ends(".attn.proj.weight") || ends(".cross_attn.proj.weight") || ends(".mlp.fc2.weight"))
+    return {TpSplit::Cols, 1};
+  return {};
+}
+
+std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c, int tp) {
+  auto p = full_param_specs(c);
+  if (tp <= 1) return p;
+  for (auto& s : p) {
+    const TpSplit sp = stdit3_tp_split(s.name);
+    if (sp.kind == TpSplit::Rows) s.shape[0] /= tp;
+    if (sp.kind == TpSplit::Cols) s.shape[1] /= tp;
+  }
+  return p;
+}
+
+namespace {
+std::vector<ParamSpec> full_param_specs(const STDiT3Config& c) {
   const int64_t C = c.hidden_size, F = c.frequency_embedding_size, M = c.mlp_hidden();
   std::vector<ParamSpec> p;
   p.push_back({"rope.freqs", {c.head_dim() / 2}, true});
@@ -135,5 +167,6 @@ std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c) {
   p.push_back({"final_layer.linear.bias", {c.patch_volume() * c.out_channels()}});
   return p;
 }
+}  // namespace
 
 }  // namespace stdit

@@ -36,6 +36,19 @@ STDiT3Config parse_stdit3_config(const std::string& json_text, const std::string
 STDiT3Config load_stdit3_config(const std::string& path);
 
 // Every state_dict key with its shape, in checkpoint order; `rope.freqs` is optional.
-std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& cfg);
+// Every parameter with its shape; with tp > 1 the shapes of one tensor-parallel rank's shard.
+std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& cfg, int tp = 1);
+
+// How tensor parallelism splits a parameter (the seed's Megatron split, spec seed_system §12):
+// replicated; Rows: dim 0 is `groups` equal parts (q,k,v / k,v / one), each cut in tp and the
+// rank's pieces concatenated (column-parallel layers: self-attention qkv, cross-attention q and
+// kv, MLP fc1, weights and biases); Cols: dim 1 cut in tp (row-parallel weights: the attention
+// output projections and fc2; their biases are replicated and added on rank 0 only). Only block
+// parameters are split; the caption MLP stays whole.
+struct TpSplit {
+  enum Kind { Replicated, Rows, Cols } kind = Replicated;
+  int groups = 1;
+};
+TpSplit stdit3_tp_split(const std::string& name);
 
 }  // namespace stdit

@@ -74,9 +74,25 @@ Tensor cols_of(const Tensor& t, int rank, int n) {
 
 }  // namespace
 
-STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be, Communicator* tp)
-    : cfg_(cfg), be_(be), tp_(tp) {
+WeightMap shard_stdit3_weights(const STDiT3Config& cfg, const WeightMap& w, int rank, int tp) {
+  STDIT_CHECK(tp >= 1 && rank >= 0 && rank < tp, "tensor parallel: rank ", rank, " of ", tp);
+  STDIT_CHECK(cfg.num_heads % tp == 0 && cfg.mlp_hidden() % tp == 0, "tensor parallel: --tp ", tp,
+              " must divide the ", cfg.num_heads, " attention heads (and the MLP width ",
+              cfg.mlp_hidden(), ")");
   check_weights(w, stdit3_param_specs(cfg), "STDiT3 weights");
+  WeightMap out;
+  for (const auto& [name, t] : w) {
+    const TpSplit sp = stdit3_tp_split(name);
+    out[name] = tp == 1 || sp.kind == TpSplit::Replicated ? t
+                : sp.kind == TpSplit::Rows                ? rows_of(t, sp.groups, rank, tp)
+                                                          : cols_of(t, rank, tp);
+  }
+  return out;
+}
+
+STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend& be,
+               Communicator* tp, bool presharded)
+    : cfg_(cfg), be_(be), tp_(tp) {
   if (tp_ && tp_->size() > 1) {
     tp_size_ = tp_->size();
     tp_rank_ = tp_->rank();
@@ -85,7 +101,15 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be, Communi
                 " attention heads (and the MLP width ", cfg.mlp_hidden(), ")");
   } else {
     tp_ = nullptr;
+    STDIT_CHECK(!presharded, "STDiT3: pre-sharded weights need a tensor-parallel communicator");
   }
+  // This rank's weights: sliced here from the full checkpoint, or read from its rank file.
+  WeightMap sliced;
+  if (tp_size_ > 1 && !presharded) sliced = shard_stdit3_weights(cfg, full_or_shard, tp_rank_, tp_size_);
+  const WeightMap& w = tp_size_ > 1 && !presharded ? sliced : full_or_shard;
+  check_weights(w, stdit3_param_specs(cfg, tp_size_),
+                tp_size_ > 1 ? cat("STDiT3 weights of tensor-parallel rank ", tp_rank_, " of ", tp_size_)
+                             : std::string("STDiT3 weights"));
   auto up = [&](const std::string& k) { return be_.upload(w.at(k)); };
   // The blocks' matrices are only ever linear() weights: the backend may keep them in bf16.
   auto upw = [&](const std::string& k) { return be_.upload_weight(w.at(k)); };
@@ -128,35 +152,24 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& w, Backend& be, Communi
     for (int i = 0; i < cfg.depth; ++i) {
       const std::string p = cat(kind, ".", i, ".");
       Block b;
-      const int n = tp_size_, r = tp_rank_;
-      // Column-parallel (this rank's heads / columns) and row-parallel (this rank's input
-      // columns; the bias once, on rank 0) shards; whole tensors when n == 1.
-      auto col = [&](const std::string& k, int groups) {
-        return be_.upload_weight(n == 1 ? w.at(p + k) : rows_of(w.at(p + k), groups, r, n));
-      };
-      auto col_bias = [&](const std::string& k, int groups) {
-        return be_.upload(n == 1 ? w.at(p + k) : rows_of(w.at(p + k), groups, r, n));
-      };
-      auto row = [&](const std::string& k) {
-        return be_.upload_weight(n == 1 ? w.at(p + k) : cols_of(w.at(p + k), r, n));
-      };
-      auto row_bias = [&](const std::string& k) { return r == 0 ? up(p + k) : Tensor{}; };
+      // Row-parallel biases are added once, on rank 0, before the reduction.
+      auto row_bias = [&](const std::string& k) { return tp_rank_ == 0 ? up(p + k) : Tensor{}; };
       b.table = up(p + "scale_shift_table").view({-1});
-      b.qkv_w = col("attn.qkv.weight", 3);
-      b.qkv_b = col_bias("attn.qkv.bias", 3);
+      b.qkv_w = upw(p + "attn.qkv.weight");
+      b.qkv_b = up(p + "attn.qkv.bias");
       b.q_norm = up(p + "attn.q_norm.weight");
       b.k_norm = up(p + "attn.k_norm.weight");
-      b.proj_w = row("attn.proj.weight");
+      b.proj_w = upw(p + "attn.proj.weight");
       b.proj_b = row_bias("attn.proj.bias");
-      b.q_w = col("cross_attn.q_linear.weight", 1);
-      b.q_b = col_bias("cross_attn.q_linear.bias", 1);
-      b.kv_w = col("cross_attn.kv_linear.weight", 2);
-      b.kv_b = col_bias("cross_attn.kv_linear.bias", 2);
-      b.cproj_w = row("cross_attn.proj.weight");
+      b.q_w = upw(p + "cross_attn.q_linear.weight");
+      b.q_b = up(p + "cross_attn.q_linear.bias");
+      b.kv_w = upw(p + "cross_attn.kv_linear.weight");
+      b.kv_b = up(p + "cross_attn.kv_linear.bias");
+      b.cproj_w = upw(p + "cross_attn.proj.weight");
       b.cproj_b = row_bias("cross_attn.proj.bias");
-      b.fc1_w = col("mlp.fc1.weight", 1);
-      b.fc1_b = col_bias("mlp.fc1.bias", 1);
-      b.fc2_w = row("mlp.fc2.weight");
+      b.fc1_w = upw(p + "mlp.fc1.weight");
+      b.fc1_b = up(p + "mlp.fc1.bias");
+      b.fc2_w = upw(p + "mlp.fc2.weight");
       b.fc2_b = row_bias("mlp.fc2.bias");
       list.push_back(std::move(b));
     }

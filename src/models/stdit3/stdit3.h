@@ -25,6 +25,11 @@ struct STDiT3Inputs {
   Tensor width;     // [>=1] pixel width (element 0 is used)
 };
 
+// Rank `rank`'s shard of the full weights for tensor parallelism over `tp` ranks (the split of
+// stdit3_tp_split; replicated tensors are shared views). Throws for a tp that does not divide the
+// heads.
+WeightMap shard_stdit3_weights(const STDiT3Config& cfg, const WeightMap& full, int rank, int tp);
+
 // Receives named intermediates (host F32 copies) during forward; used by tests and --record.
 using Recorder = std::function<void(const std::string& name, const Tensor& value)>;
 
@@ -38,8 +43,10 @@ class STDiT3 {
   // (row-parallel, their bias on rank 0 only), each followed by an all-reduce (3 per block);
   // everything else, the caption MLP included, is replicated. N must divide the head count.
   // Every rank's forward() must be called together (one thread each), with the same inputs.
+  // presharded: `weights` are already this rank's shard (stdit3_param_specs(cfg, N), e.g. an
+  // engine converted with --tp N).
   STDiT3(const STDiT3Config& cfg, const WeightMap& weights, Backend& backend,
-         Communicator* tp = nullptr);
+         Communicator* tp = nullptr, bool presharded = false);
 
   // Loads a Hugging Face layout directory (config.json + model.safetensors).
   static std::unique_ptr<STDiT3> load(const std::string& dir, Backend& backend,
