@@ -131,6 +131,11 @@ void run_bench(const BenchOptions& opt) {
     be->synchronize();
     const double step_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
     const double tflops = stdit3_step_flops(T, S) / (step_ms * 1e-3) / 1e12;
+    // The memory plan's figures for this shape (generate -v prints the same), next to the measured peak.
+    const double plan_w = dit->weight_bytes() / double(1ull << 30);
+    const double plan_a = dit->activation_bytes(2, T, S, 2 * 300) / double(1ull << 30);
+    std::printf("  %-8s memory plan: denoiser weights %.2f GiB + activations of one call %.2f GiB\n",
+                preset.c_str(), plan_w, plan_a);
     double cfgp_ms = -1, cfgp_err = -1;
     if (dit1) {
       // Each device runs one half of the CFG batch; compare with the single call's halves.
@@ -188,7 +193,8 @@ void run_bench(const BenchOptions& opt) {
                        {"vae_decode_s", vae_s}, {"video_s_30_steps", video_s},
                        {"peak_gib", be->peak_memory_bytes() / double(1ull << 30)},
                        {"cfg_parallel_ms_per_step", cfgp_ms}, {"cfg_parallel_rel_err", cfgp_err},
-                       {"tp", opt.tp}, {"tp_ms_per_step", tp_ms}, {"tp_rel_err", tp_err}});
+                       {"tp", opt.tp}, {"tp_ms_per_step", tp_ms}, {"tp_rel_err", tp_err},
+                       {"plan_weights_gib", plan_w}, {"plan_activations_gib", plan_a}});
   }
   if (!opt.json.empty()) {
     std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend}, {"results", results}}).dump(2) << "\n";

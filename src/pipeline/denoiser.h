@@ -21,6 +21,9 @@ class Denoiser {
   virtual const Tensor& null_caption() const = 0;
   virtual DType model_dtype() const = 0;
   virtual const STDiT3Config& config() const = 0;
+  // The model on the first device (rank 0): its weights and activation sizes are the per-GPU
+  // figures of the memory plan.
+  virtual const STDiT3& first() const = 0;
 };
 
 // One STDiT3 on one backend (not owned).
@@ -31,6 +34,7 @@ class SingleDenoiser final : public Denoiser {
   const Tensor& null_caption() const override { return m_.null_caption(); }
   DType model_dtype() const override { return m_.model_dtype(); }
   const STDiT3Config& config() const override { return m_.config(); }
+  const STDiT3& first() const override { return m_; }
 
  private:
   STDiT3& m_;
@@ -53,6 +57,7 @@ class TensorParallelDenoiser final : public Denoiser {
   const Tensor& null_caption() const override { return ranks_[0]->null_caption(); }
   DType model_dtype() const override { return ranks_[0]->model_dtype(); }
   const STDiT3Config& config() const override { return ranks_[0]->config(); }
+  const STDiT3& first() const override { return *ranks_[0]; }
   int size() const { return static_cast<int>(ranks_.size()); }
   std::string comm_kind() const { return comm_[0]->kind(); }
 

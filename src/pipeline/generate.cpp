@@ -43,6 +43,13 @@ namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+std::string human_bytes(size_t b) {
+  char buf[32];
+  if (b >= (size_t{1} << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
+  else std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1ull << 20));
+  return buf;
+}
+
 double peak_rss_gib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -250,6 +257,20 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
     if (par.gpus > 1)
       log_info("denoiser on ", par.gpus, " GPUs: ", par.cfg_parallel ? "CFG-parallel x " : "",
                "tensor parallel ", par.tp);
+    {
+      // The memory plan, per GPU (-v): what each stage holds; the sampling loop reuses the same
+      // sizes every step (the stream-ordered pool keeps them, nothing new is reserved after step 0).
+      const STDiT3& m0 = halves[0]->first();
+      const STDiT3Config& dc = m0.config();
+      const int64_t Bm = (par.cfg_parallel ? 1 : 2) * std::min(opt.batch_size, items);
+      const int64_t Tp = (T + dc.patch_size[0] - 1) / dc.patch_size[0];
+      const int64_t Sp = ((h + dc.patch_size[1] - 1) / dc.patch_size[1]) * ((w + dc.patch_size[2] - 1) / dc.patch_size[2]);
+      log_debug("memory plan per device: denoiser weights ", human_bytes(m0.weight_bytes()),
+                "; one model call (batch ", Bm, ", ", Tp, " x ", Sp, " tokens) holds at most ",
+                human_bytes(m0.activation_bytes(Bm, Tp, Sp, Bm * L)),
+                " of activations; the T5 encoder was freed before the denoiser loaded, the denoiser is freed "
+                "before the VAE, which decodes ", F > 17 ? "17-frame chunks" : "the clip", " one at a time");
+    }
     const int64_t C = y.size(2);
     latents = Tensor::empty({items, 4, T, h, w}, DType::F32);
     const int64_t per = 4 * T * h * w;
@@ -276,6 +297,9 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
       std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
     }
     t_denoise = seconds_since(t0);
+    if (backend->peak_memory_bytes() > 0)
+      log_debug("memory: ", backend->name(), " peak ", human_bytes(backend->peak_memory_bytes()),
+                " held by stdit's allocations so far (measured)");
     if (!opt.save_latents.empty()) {
       write_safetensors(opt.save_latents, {{"latents", latents}},
                         {{"num_frames", std::to_string(F)}, {"height", std::to_string(H)},

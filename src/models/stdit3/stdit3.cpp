@@ -1,5 +1,6 @@
 #include "models/stdit3/stdit3.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -110,9 +111,17 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
   check_weights(w, stdit3_param_specs(cfg, tp_size_),
                 tp_size_ > 1 ? cat("STDiT3 weights of tensor-parallel rank ", tp_rank_, " of ", tp_size_)
                              : std::string("STDiT3 weights"));
-  auto up = [&](const std::string& k) { return be_.upload(w.at(k)); };
+  auto up = [&](const std::string& k) {
+    Tensor t = be_.upload(w.at(k));
+    weight_bytes_ += t.nbytes();
+    return t;
+  };
   // The blocks' matrices are only ever linear() weights: the backend may keep them in bf16.
-  auto upw = [&](const std::string& k) { return be_.upload_weight(w.at(k)); };
+  auto upw = [&](const std::string& k) {
+    Tensor t = be_.upload_weight(w.at(k));
+    weight_bytes_ += t.nbytes();
+    return t;
+  };
   model_dtype_ = w.at("x_embedder.proj.weight").dtype();
   const int64_t C = cfg.hidden_size;
   x_emb_w_ = up("x_embedder.proj.weight").view({C, -1});
@@ -393,56 +402,81 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   auto m = [&](int j) { return chunk(mod, j, C); };
   auto m0 = [&](int j) { return s.sel.active() ? chunk(mod0, j, C) : Tensor{}; };
 
-  // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
   // Activations that only feed GEMMs and attention (LN outputs, q/k/v, attention outputs, MLP
   // hidden): the backend's matmul dtype (bf16 on CUDA); the residual stream x and the GEMM
-  // outputs added to it stay F32.
+  // outputs added to it stay F32. Row-parallel outputs are partial sums reduced across ranks: in
+  // the matmul dtype (half the bytes on the wire, as the seed's fp16 engine). Each of the three
+  // phases below frees its tensors when it ends, so a block holds at most one phase's worth
+  // (activation_bytes() is the same arithmetic).
   const DType mm = be_.matmul_dtype();
-  Tensor a = be_.alloc({B, N, C}, mm);
-  be_.layernorm_modulate(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
-  const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
-  Tensor qkv = be_.alloc({B * N, 3 * Cl}, mm);
-  be_.linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
-  Tensor o = be_.alloc({B, T, S, H, D}, mm);
-  // Views: spatial attends over S tokens of each (b, t); temporal over T frames of each (b, s).
-  Tensor qkv6 = qkv.view({B, T, S, 3, H, D});
-  std::vector<int> order = temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
-  Tensor q = qkv6.select(3, 0).permute(order);
-  Tensor k = qkv6.select(3, 1).permute(order);
-  Tensor v = qkv6.select(3, 2).permute(order);
-  Tensor ov = o.permute(order);
-  be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? rope_freqs_ : Tensor{});
-  be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? rope_freqs_ : Tensor{});
-  be_.attention(q, k, v, attn_scale, ov);
-  // Row-parallel outputs are partial sums reduced across ranks: in the matmul dtype (bf16 on
-  // CUDA, half the bytes on the wire, as the seed's fp16 engine); F32 without tensor parallelism.
   const DType red = tp_ ? mm : DType::F32;
-  Tensor proj = be_.alloc({B, N, C}, red);
-  be_.linear(o.view({B * N, Cl}), blk.proj_w, blk.proj_b, Activation::None, proj);
-  if (tp_) tp_->all_reduce_sum(proj);
-  be_.gated_residual(x, proj, m(2), m0(2), s.sel);
+  const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
+
+  // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
+  {
+    Tensor a = be_.alloc({B, N, C}, mm);
+    be_.layernorm_modulate(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
+    Tensor qkv = be_.alloc({B * N, 3 * Cl}, mm);
+    be_.linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
+    Tensor o = be_.alloc({B, T, S, H, D}, mm);
+    // Views: spatial attends over S tokens of each (b, t); temporal over T frames of each (b, s).
+    Tensor qkv6 = qkv.view({B, T, S, 3, H, D});
+    std::vector<int> order = temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
+    Tensor q = qkv6.select(3, 0).permute(order);
+    Tensor k = qkv6.select(3, 1).permute(order);
+    Tensor v = qkv6.select(3, 2).permute(order);
+    Tensor ov = o.permute(order);
+    be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? rope_freqs_ : Tensor{});
+    be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? rope_freqs_ : Tensor{});
+    be_.attention(q, k, v, attn_scale, ov);
+    Tensor proj = be_.alloc({B, N, C}, red);
+    be_.linear(o.view({B * N, Cl}), blk.proj_w, blk.proj_b, Activation::None, proj);
+    if (tp_) tp_->all_reduce_sum(proj);
+    be_.gated_residual(x, proj, m(2), m0(2), s.sel);
+  }
 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
-  Tensor cq = be_.alloc({B, N, H, D}, mm);
-  be_.linear(x, blk.q_w, blk.q_b, Activation::None, cq);
-  const int64_t Lt = s.y_packed.size(0);
-  Tensor ckv = be_.alloc({Lt, 2, H, D}, mm);
-  be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
-  Tensor co = be_.alloc({B, N, H, D}, mm);
-  be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
-  Tensor cp = be_.alloc({B, N, C}, red);
-  be_.linear(co.view({B * N, Cl}), blk.cproj_w, blk.cproj_b, Activation::None, cp);
-  if (tp_) tp_->all_reduce_sum(cp);
-  be_.add(x, cp, x);
+  {
+    Tensor cq = be_.alloc({B, N, H, D}, mm);
+    be_.linear(x, blk.q_w, blk.q_b, Activation::None, cq);
+    const int64_t Lt = s.y_packed.size(0);
+    Tensor ckv = be_.alloc({Lt, 2, H, D}, mm);
+    be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
+    Tensor co = be_.alloc({B, N, H, D}, mm);
+    be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
+    Tensor cp = be_.alloc({B, N, C}, red);
+    be_.linear(co.view({B * N, Cl}), blk.cproj_w, blk.cproj_b, Activation::None, cp);
+    if (tp_) tp_->all_reduce_sum(cp);
+    be_.add(x, cp, x);
+  }
 
   // 5-7: modulated LN, MLP, gated residual.
-  be_.layernorm_modulate(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
-  Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
-  be_.linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
-  Tensor mo = be_.alloc({B, N, C}, red);
-  be_.linear(h, blk.fc2_w, blk.fc2_b, Activation::None, mo);
-  if (tp_) tp_->all_reduce_sum(mo);
-  be_.gated_residual(x, mo, m(5), m0(5), s.sel);
+  {
+    Tensor a = be_.alloc({B, N, C}, mm);
+    be_.layernorm_modulate(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
+    Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
+    be_.linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
+    Tensor mo = be_.alloc({B, N, C}, red);
+    be_.linear(h, blk.fc2_w, blk.fc2_b, Activation::None, mo);
+    if (tp_) tp_->all_reduce_sum(mo);
+    be_.gated_residual(x, mo, m(5), m0(5), s.sel);
+  }
+}
+
+size_t STDiT3::activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_rows) const {
+  const int64_t N = T * S, C = cfg_.hidden_size, Cl = C / tp_size_, M = cfg_.mlp_hidden() / tp_size_;
+  const int64_t mm = static_cast<int64_t>(dtype_size(be_.matmul_dtype()));
+  const int64_t red = tp_ ? mm : 4;
+  const int64_t rows = B * N;
+  // The three phases of block_forward (each frees its tensors), plus what lives across blocks:
+  // the residual stream x, the patch embedding input and the final layer's output.
+  const int64_t self_attn = rows * (C * mm + 3 * Cl * mm + Cl * mm + C * red);
+  const int64_t cross = rows * (2 * Cl * mm + C * red) + text_rows * 2 * Cl * mm;
+  const int64_t mlp = rows * (C * mm + M * mm + C * red);
+  const int64_t out = rows * cfg_.patch_volume() * cfg_.out_channels() * 4;
+  const int64_t persistent = rows * C * 4 + rows * cfg_.in_channels * cfg_.patch_volume() * 4 +
+                             text_rows * C * 4 + S * C * 4;
+  return static_cast<size_t>(persistent + std::max({self_attn, cross, mlp, out}));
 }
 
 }  // namespace stdit

@@ -62,6 +62,12 @@ class STDiT3 {
   // (host F32): the unconditional half of the classifier-free-guidance batch.
   const Tensor& null_caption() const { return y_embedding_host_; }
 
+  // For the memory plan (`generate -v`): bytes of the weights this object holds on its backend,
+  // and of the activations one forward() holds at its peak for batch B, T frames of S tokens and
+  // `text_rows` packed caption rows (the same arithmetic as the allocations of block_forward).
+  size_t weight_bytes() const { return weight_bytes_; }
+  size_t activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_rows) const;
+
  private:
   struct Block {
     Tensor table;  // [6C]
@@ -80,6 +86,7 @@ class STDiT3 {
   Backend& be_;
   Communicator* tp_ = nullptr;
   int tp_size_ = 1, tp_rank_ = 0;
+  size_t weight_bytes_ = 0;
   DType model_dtype_ = DType::F32;
   Tensor x_emb_w_, x_emb_b_;
   Tensor t_w0_, t_b0_, t_w2_, t_b2_, fps_w0_, fps_b0_, fps_w2_, fps_b2_;
