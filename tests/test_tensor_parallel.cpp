@@ -46,6 +46,25 @@ std::string error_of(const std::function<void()>& fn) {
   return "";
 }
 
+// The tiny pipeline's inputs (tests/data/pipeline_tiny): T5 text embeddings of its two prompts,
+// their mask, the initial noise and the reference latents after 3 steps.
+struct TinyPipeline {
+  Tensor y_cond, mask, noise, latents;
+};
+TinyPipeline tiny_pipeline() {
+  const std::string d = kData + "/pipeline_tiny/";
+  const auto want = SafetensorsFile::open(d + "expected.safetensors");
+  TinyPipeline p;
+  p.noise = SafetensorsFile::open(d + "noise.safetensors")->get("noise");
+  CpuBackend be;
+  auto t5 = T5Encoder::load(kData + "/t5_tiny/safetensors", be);
+  p.mask = want->get("mask");
+  const Tensor y = t5->forward(want->get("input_ids"), p.mask);
+  p.y_cond = y.view({2, 1, 300, y.size(2)});
+  p.latents = want->get("latents");
+  return p;
+}
+
 }  // namespace
 
 // Fixture stdit3_a (4 heads, cross-attention to two prompts, CFG batch): TP 2 and 4 against the
@@ -124,13 +143,9 @@ TEST(TensorParallel, RanksAreShardedAndReduceThreePerBlock) {
 // (world 4), against one device and the reference latents.
 TEST(TensorParallel, SamplerAndCfgParallelCompose) {
   const std::string d = kData + "/pipeline_tiny/";
-  const auto want = SafetensorsFile::open(d + "expected.safetensors");
-  const Tensor noise = SafetensorsFile::open(d + "noise.safetensors")->get("noise");
+  const TinyPipeline in = tiny_pipeline();
+  const Tensor &y_cond = in.y_cond, &mask = in.mask, &noise = in.noise;
   CpuBackend be;
-  auto t5 = T5Encoder::load(kData + "/t5_tiny/safetensors", be);
-  const Tensor mask = want->get("mask");
-  const Tensor y = t5->forward(want->get("input_ids"), mask);
-  const Tensor y_cond = y.view({2, 1, 300, y.size(2)});
   auto dit = STDiT3::load(d + "dit", be);
   const Tensor single = rflow_sample(*dit, y_cond, mask, noise, 24, 40, 17, 24, 3, 7.0);
 
@@ -138,7 +153,7 @@ TEST(TensorParallel, SamplerAndCfgParallelCompose) {
   auto tp0 = TensorParallelDenoiser::load(d + "dit", g0.ptrs);
   const Tensor tp = rflow_sample(*tp0, y_cond, mask, noise, 24, 40, 17, 24, 3, 7.0);
   EXPECT_LE(rel_error(tp, single), 1e-6);
-  EXPECT_LE(rel_error(tp, want->get("latents")), 1e-4);
+  EXPECT_LE(rel_error(tp, in.latents), 1e-4);
 
   auto tp1 = TensorParallelDenoiser::load(d + "dit", g1.ptrs);
   const Tensor both = rflow_sample_cfg_parallel({g0.ptrs[0], g1.ptrs[0]}, {tp0.get(), tp1.get()}, y_cond,
@@ -246,13 +261,9 @@ TEST(TensorParallel, ConvertTpWritesRankFiles) {
   EXPECT_EQ(SafetensorsFile::open((base / "tp2/dit/rank1.safetensors").string())
                 ->get("spatial_blocks.0.attn.qkv.weight").size(0), 3 * 32 / 2);
 
-  const std::string d = kData + "/pipeline_tiny/";
-  const auto want = SafetensorsFile::open(d + "expected.safetensors");
-  const Tensor noise = SafetensorsFile::open(d + "noise.safetensors")->get("noise");
+  const TinyPipeline in = tiny_pipeline();
+  const Tensor &y = in.y_cond, &mask = in.mask, &noise = in.noise;
   CpuBackend be;
-  auto t5 = T5Encoder::load(kData + "/t5_tiny/safetensors", be);
-  const Tensor mask = want->get("mask");
-  const Tensor y = t5->forward(want->get("input_ids"), mask).view({2, 1, 300, 8});
   auto single = STDiT3::load(e1.dit, be);
   const Tensor z1 = rflow_sample(*single, y, mask, noise, 24, 40, 17, 24, 3, 7.0);
   CpuRanks r(2);
