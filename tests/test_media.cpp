@@ -607,6 +607,14 @@ TEST(MediaErrors, MalformedInputs) {
   EXPECT_ERROR_NAMING(read_image(dir / "head.png"), "head.png", "truncated or corrupt");
 
   EXPECT_ERROR_NAMING(read_video(kBbb, 0), kBbb, "max_frames");
+
+  // A header claiming 31237 x 1027 pixels (fuzzing found a 132-byte PNG like this that made the
+  // decoder allocate 128 MB): refused before any frame buffer is made.
+  std::string huge = png;
+  const unsigned char dims[8] = {0, 0, 0x7a, 0x05, 0, 0, 0x04, 0x03};  // IHDR width, height
+  huge.replace(16, 8, reinterpret_cast<const char*>(dims), 8);
+  write_bytes(dir / "huge.png", huge);
+  EXPECT_ERROR_NAMING(read_image(dir / "huge.png"), "huge.png", "larger than the 16384 pixels per side");
 }
 
 TEST(MediaErrors, UnwritableOutputLeavesNothing) {

@@ -20,6 +20,9 @@ extern "C" {
 
 namespace stdit {
 
+constexpr int kMaxFrameSide = 16384;  // largest width or height read_video/read_image accept
+
+
 using namespace media;
 
 namespace {
@@ -149,6 +152,10 @@ class VideoReader {
     STDIT_CHECK(codec, path_, ": no decoder for codec '", avcodec_get_name(par->codec_id), "'");
     STDIT_CHECK(par->width > 0 && par->height > 0, path_,
                 ": cannot determine the frame size (truncated or corrupt file?)");
+    // A few header bytes can claim any size; decoding buffers follow it (3 bytes per pixel per
+    // frame). 16384 per side covers every video and image this program works with.
+    STDIT_CHECK(par->width <= kMaxFrameSide && par->height <= kMaxFrameSide, path_, ": frames of ",
+                par->width, "x", par->height, " are larger than the ", kMaxFrameSide, " pixels per side stdit reads");
     dec_.reset(avcodec_alloc_context3(codec));
     STDIT_CHECK(dec_, "out of memory allocating a decoder");
     int err = avcodec_parameters_to_context(dec_.get(), par);
