@@ -1,0 +1,291 @@
+// The embedded demo model (models/tiny, docs/DEMO_MODEL.md) draws what a prompt names: for prompts
+// with a known colour and motion, the video made on the CPU backend with a fixed seed shows an
+// object of that colour whose centre moves that way. The same check fails for random weights
+// (tests/data's tiny models at the same size), so it is not vacuous. Also: the engine config's
+// "defaults" block.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/error.h"
+#include "core/philox.h"
+#include "io/safetensors.h"
+#include "media/frames.h"
+#include "models/stdit3/stdit3.h"
+#include "models/vae/vae.h"
+#include "pipeline/engine.h"
+#include "pipeline/generate.h"
+#include "text/prompt.h"
+#include "text/t5.h"
+#include "text/tokenizer.h"
+
+using namespace stdit;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kData = STDIT_TEST_DATA;
+// The embedded engine; STDIT_DEMO_ENGINE=DIR checks a candidate before it replaces models/tiny.
+const std::string kDemo = std::getenv("STDIT_DEMO_ENGINE")
+                              ? std::getenv("STDIT_DEMO_ENGINE")
+                              : (fs::path(STDIT_TEST_DATA).parent_path().parent_path() / "models" / "tiny").string();
+
+// The palette of tools/train/dataset.py (COLOURS): the model was trained on these.
+struct Named {
+  const char* name;
+  double r, g, b;
+};
+constexpr Named kPalette[] = {{"red", 220, 35, 35},     {"green", 35, 170, 60},   {"blue", 35, 75, 225},
+                              {"yellow", 240, 210, 30}, {"orange", 245, 130, 25}, {"purple", 145, 55, 195},
+                              {"white", 240, 240, 240}, {"black", 20, 20, 20}};
+
+// What a video shows, measured as tools/train/dataset.py's object_track/meaning_check do:
+// background = per-channel median of the border pixels of every frame; object = the pixels
+// farther than 60 (RGB distance) from it; its colour = the nearest palette entry to their mean;
+// its path = the centroid per frame.
+struct Seen {
+  std::string colour;
+  double area_min = 0, area_max = 0;  // share of the frame, over the frames
+  double dx = 0, dy = 0;              // centroid shift, last quarter minus first quarter of the frames, / size
+  bool ok = false;
+  std::string str() const {
+    std::ostringstream s;
+    s << "colour " << colour << ", area " << area_min << ".." << area_max << ", shift (" << dx << ", " << dy << ")";
+    return s.str();
+  }
+};
+
+Seen look(const Frames& f, const std::string& colour, const std::string& motion) {
+  const int W = f.width, H = f.height, F = f.count;
+  double bg[3];
+  for (int c = 0; c < 3; ++c) {
+    std::vector<uint8_t> v;
+    for (int i = 0; i < F; ++i)
+      for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x)
+          if (x == 0 || y == 0 || x == W - 1 || y == H - 1) v.push_back(f.frame(i)[(y * W + x) * 3 + c]);
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    bg[c] = v[v.size() / 2];
+  }
+  Seen s;
+  s.area_min = 1;
+  double sum[3] = {0, 0, 0}, n_all = 0;
+  std::vector<double> cx(F, NAN), cy(F, NAN);
+  for (int i = 0; i < F; ++i) {
+    double n = 0, sx = 0, sy = 0;
+    for (int y = 0; y < H; ++y)
+      for (int x = 0; x < W; ++x) {
+        const uint8_t* p = f.frame(i) + (y * W + x) * 3;
+        const double d = std::sqrt((p[0] - bg[0]) * (p[0] - bg[0]) + (p[1] - bg[1]) * (p[1] - bg[1]) +
+                                   (p[2] - bg[2]) * (p[2] - bg[2]));
+        if (d <= 60) continue;
+        n += 1;
+        sx += x + 0.5;
+        sy += y + 0.5;
+        for (int c = 0; c < 3; ++c) sum[c] += p[c];
+      }
+    n_all += n;
+    s.area_min = std::min(s.area_min, n / (W * H));
+    s.area_max = std::max(s.area_max, n / (W * H));
+    if (n > 0) cx[i] = sx / n, cy[i] = sy / n;
+  }
+  if (n_all == 0) return s;
+  double best = 1e30;
+  for (const auto& c : kPalette) {
+    const double d = std::hypot(sum[0] / n_all - c.r, sum[1] / n_all - c.g, sum[2] / n_all - c.b);
+    if (d < best) best = d, s.colour = c.name;
+  }
+  const int q = std::max(1, F / 4);
+  auto mean = [&](const std::vector<double>& v, int from, int to) {
+    double m = 0;
+    for (int i = from; i < to; ++i) m += v[i];
+    return m / (to - from);
+  };
+  s.dx = (mean(cx, F - q, F) - mean(cx, 0, q)) / W;
+  s.dy = (mean(cy, F - q, F) - mean(cy, 0, q)) / H;
+  if (s.colour != colour || !(s.area_min > 0.005) || !(s.area_max < 0.35)) return s;
+  const double min_shift = 0.08;
+  if (motion == "still") {
+    s.ok = std::abs(s.dx) < min_shift / 2 && std::abs(s.dy) < min_shift / 2;
+  } else {
+    const double ux = motion == "right" ? 1 : motion == "left" ? -1 : 0;
+    const double uy = motion == "down" ? 1 : motion == "up" ? -1 : 0;
+    const double along = s.dx * ux + s.dy * uy, across = std::abs(s.dx * uy) + std::abs(s.dy * ux);
+    s.ok = along > min_shift && across < along / 2;
+  }
+  return s;
+}
+
+// One engine's models, loaded once; `video` is what `stdit generate PROMPT --seed S` draws
+// (same prompt preparation, Philox noise stream 0, sampler and decoder), as uint8 frames.
+struct Model {
+  CpuBackend be;
+  Engine eng;
+  std::unique_ptr<T5Tokenizer> tok;
+  std::unique_ptr<T5Encoder> t5;
+  std::unique_ptr<STDiT3> dit;
+  std::unique_ptr<OpenSoraVae> vae;
+
+  explicit Model(const std::string& dir) : eng(open_engine(dir)) {
+    tok = std::make_unique<T5Tokenizer>(eng.spiece);
+    t5 = T5Encoder::load(eng.t5, be);
+    dit = STDiT3::load(eng.dit, be);
+    vae = OpenSoraVae::load(eng.vae, be);
+  }
+  Frames video(const std::string& prompt, uint64_t seed, int size, int frames, int steps, double cfg) {
+    const int L = 300;
+    const Tokens t = tok->encode(prepare_prompt(prompt, {6.5, std::nullopt, std::nullopt}), L);
+    Tensor ids = Tensor::zeros({1, L}, DType::I64), mask = Tensor::zeros({1, L}, DType::I64);
+    for (int i = 0; i < L; ++i) {
+      ids.data<int64_t>()[i] = t.ids[i];
+      mask.data<int64_t>()[i] = t.mask[i];
+    }
+    const Tensor y = t5->forward(ids, mask);
+    const int64_t T = load_vae_config(eng.vae + "/config.json").latent_frames(frames);
+    const Tensor noise = philox_normal({1, 4, T, size / 8, size / 8}, seed, 0);
+    const Tensor z = rflow_sample(*dit, y.view({1, 1, L, y.size(2)}), mask, noise, size, size, frames, 24.0, steps, cfg);
+    return frames_from_video_tensor(vae->decode(z, frames).select(0, 0), 24.0);
+  }
+};
+
+struct Case {
+  const char* prompt;
+  const char* colour;
+  const char* motion;
+  uint64_t seed;
+};
+// Prompts and seeds checked against the shipped weights (docs/DEMO_MODEL.md has the success rate
+// over many seeds; these are cases it gets right).
+const Case kCases[] = {
+    {"a red ball moving to the right", "red", "right", 42},
+    {"a blue square moving up", "blue", "up", 42},
+    {"a green triangle moving to the left", "green", "left", 42},
+};
+
+// A converted engine of tests/data's random-weight tiny models (the old embedded model).
+std::string random_engine() {
+  static const std::string dir = [] {
+    const fs::path out = fs::path(::testing::TempDir()) / ("stdit_random_engine_" + std::to_string(::getpid()));
+    fs::remove_all(out);
+    ConvertOptions o;
+    o.dit = kData + "/pipeline_tiny/dit";
+    o.vae = kData + "/vae_tiny";
+    o.t5 = kData + "/t5_tiny/bin";
+    o.out = out.string();
+    convert_engine(o);
+    return out.string();
+  }();
+  return dir;
+}
+
+}  // namespace
+
+TEST(DemoModel, DrawsTheNamedColourMovingTheNamedWay) {
+  // The trained demo engine carries a "defaults" block (tools/train/make_engine.py); until it is
+  // committed, models/tiny holds the random-weight engine and there is nothing to check.
+  if (!open_engine(kDemo).defaults.steps) GTEST_SKIP() << kDemo << " is not the trained demo model yet (issue 8)";
+  Model m(kDemo);
+  const EngineDefaults& d = m.eng.defaults;
+  ASSERT_TRUE(d.height && d.num_frames && d.steps && d.cfg_scale) << kDemo << " has incomplete defaults";
+  for (const Case& c : kCases) {
+    const Frames f = m.video(c.prompt, c.seed, *d.height, *d.num_frames, *d.steps, *d.cfg_scale);
+    const Seen s = look(f, c.colour, c.motion);
+    EXPECT_TRUE(s.ok) << "\"" << c.prompt << "\" seed " << c.seed << ": " << s.str();
+  }
+}
+
+TEST(DemoModel, RandomWeightsFailTheSameCheck) {
+  Model m(random_engine());
+  for (const Case& c : kCases) {
+    const Frames f = m.video(c.prompt, c.seed, 128, 17, 30, 7.0);
+    const Seen s = look(f, c.colour, c.motion);
+    EXPECT_FALSE(s.ok) << "random weights pass for \"" << c.prompt << "\": " << s.str();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine config's "defaults" block
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+std::string engine_with_defaults(const std::string& name, const nlohmann::json& defaults) {
+  const fs::path out = fs::path(::testing::TempDir()) / ("stdit_defaults_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  fs::copy(random_engine(), out, fs::copy_options::recursive);
+  nlohmann::json cfg;
+  {
+    std::ifstream in(out / "config.json");
+    in >> cfg;
+  }
+  cfg["defaults"] = defaults;
+  std::ofstream(out / "config.json") << cfg.dump(2);
+  return out.string();
+}
+
+std::string open_error(const nlohmann::json& defaults) {
+  try {
+    open_engine(engine_with_defaults("bad", defaults));
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+}  // namespace
+
+TEST(EngineDefaults, ReadAndChecked) {
+  const Engine e = open_engine(engine_with_defaults(
+      "ok", {{"height", 24}, {"width", 40}, {"num_frames", 17}, {"fps", 12.5}, {"steps", 2}, {"cfg_scale", 3}}));
+  EXPECT_EQ(e.defaults.height, 24);
+  EXPECT_EQ(e.defaults.width, 40);
+  EXPECT_EQ(e.defaults.num_frames, 17);
+  EXPECT_EQ(e.defaults.steps, 2);
+  EXPECT_EQ(e.defaults.fps, 12.5);
+  EXPECT_EQ(e.defaults.cfg_scale, 3.0);
+  EXPECT_FALSE(open_engine(random_engine()).defaults.steps.has_value());  // no block: nothing set
+
+  auto has = [](const std::string& msg, const std::string& text) {
+    return msg.find(text) != std::string::npos ? ::testing::AssertionSuccess()
+                                               : ::testing::AssertionFailure() << "message: " << msg;
+  };
+  EXPECT_TRUE(has(open_error(nlohmann::json::array()), "'defaults' must be an object"));
+  EXPECT_TRUE(has(open_error({{"height", 24}}), "'height' and 'width' go together"));
+  EXPECT_TRUE(has(open_error({{"height", 20}, {"width", 40}}), "'height' = 20 is not a multiple of 8"));
+  EXPECT_TRUE(has(open_error({{"height", 0}, {"width", 40}}), "'height' = 0 is outside [8, 4096]"));
+  EXPECT_TRUE(has(open_error({{"height", "128"}, {"width", 40}}), "'height' must be an integer"));
+  EXPECT_TRUE(has(open_error({{"num_frames", 16}}), "'num_frames' = 16 is not a length the sampler takes"));
+  EXPECT_TRUE(has(open_error({{"steps", 0}}), "'steps' = 0 is outside [1, 1000]"));
+  EXPECT_TRUE(has(open_error({{"steps", 2.5}}), "'steps' must be an integer"));
+  EXPECT_TRUE(has(open_error({{"fps", -1}}), "'fps' = -1 is outside"));
+  EXPECT_TRUE(has(open_error({{"cfg_scale", "high"}}), "'cfg_scale' must be a number"));
+  EXPECT_TRUE(has(open_error({{"cfg_scale", 1e9}}), "'cfg_scale' = 1000000000.0 is outside [0, 100]"));
+}
+
+// generate takes the engine's defaults for what the caller leaves unset, and flags win over them.
+TEST(EngineDefaults, GenerateUsesThemUnlessAFlagIsGiven) {
+  const std::string eng = engine_with_defaults("gen", {{"height", 24}, {"width", 40}, {"num_frames", 17}, {"steps", 1}});
+  const fs::path out = fs::path(::testing::TempDir()) / ("stdit_defaults_out_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  auto latent_shape = [&](const std::function<void(GenerateOptions&)>& edit) {
+    GenerateOptions g;
+    g.engine = eng;
+    g.prompts = {"a red ball"};
+    g.out_dir = out.string();
+    g.save_latents = (out / "lat.safetensors").string();
+    fs::remove(g.save_latents);
+    edit(g);
+    generate(g);
+    return SafetensorsFile::open(g.save_latents)->get("latents").shape();
+  };
+  EXPECT_EQ(latent_shape([](GenerateOptions&) {}), (Shape{1, 4, 5, 3, 5}));  // 24x40 px, 17 frames
+  EXPECT_EQ(latent_shape([](GenerateOptions& g) { g.width = 48, g.height = 16; }), (Shape{1, 4, 5, 2, 6}));
+  EXPECT_EQ(latent_shape([](GenerateOptions& g) { g.resolution = "144p"; }), (Shape{1, 4, 5, 18, 32}));  // 9:16
+  EXPECT_EQ(latent_shape([](GenerateOptions& g) { g.num_frames = "1"; }), (Shape{1, 4, 1, 3, 5}));
+  fs::remove_all(out);
+}
