@@ -25,6 +25,7 @@
 #include "text/prompt.h"
 #include "text/t5.h"
 #include "text/tokenizer.h"
+#include "tiny_engine.h"
 
 using namespace stdit;
 namespace fs = std::filesystem;
@@ -170,20 +171,7 @@ const Case kCases[] = {
 };
 
 // A converted engine of tests/data's random-weight tiny models (the old embedded model).
-std::string random_engine() {
-  static const std::string dir = [] {
-    const fs::path out = fs::path(::testing::TempDir()) / ("stdit_random_engine_" + std::to_string(::getpid()));
-    fs::remove_all(out);
-    ConvertOptions o;
-    o.dit = kData + "/pipeline_tiny/dit";
-    o.vae = kData + "/vae_tiny";
-    o.t5 = kData + "/t5_tiny/bin";
-    o.out = out.string();
-    convert_engine(o);
-    return out.string();
-  }();
-  return dir;
-}
+std::string random_engine() { return stdit::testing::tiny_random_engine(DType::BF16); }
 
 }  // namespace
 

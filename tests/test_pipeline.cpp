@@ -18,6 +18,7 @@
 #include "text/prompt.h"
 #include "text/t5.h"
 #include "text/tokenizer.h"
+#include "tiny_engine.h"
 
 using namespace stdit;
 namespace fs = std::filesystem;
@@ -124,22 +125,8 @@ TEST(Convert, WritesEngineAndRecognisesWrongFlags) {
 #include "media/video_io.h"
 
 namespace {
-// A converted engine of the tiny fixture checkpoints, made once for the generate tests.
-const std::string& tiny_engine() {
-  static const std::string dir = [] {
-    const fs::path out = fs::path(::testing::TempDir()) / ("stdit_gen_engine_" + std::to_string(::getpid()));
-    fs::remove_all(out);
-    ConvertOptions o;
-    o.dit = kData + "/pipeline_tiny/dit";
-    o.vae = kData + "/vae_tiny";
-    o.t5 = kData + "/t5_tiny/bin";
-    o.out = out.string();
-    o.dtype = DType::F32;
-    convert_engine(o);
-    return out.string();
-  }();
-  return dir;
-}
+// A converted engine of the tiny fixture checkpoints (f32), made once for the generate tests.
+std::string tiny_engine() { return stdit::testing::tiny_random_engine(DType::F32); }
 
 GenerateOptions small_job(const std::string& out_dir) {
   GenerateOptions g;
