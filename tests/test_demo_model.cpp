@@ -165,9 +165,12 @@ struct Case {
 // Prompts and seeds checked against the shipped weights (docs/DEMO_MODEL.md has the success rate
 // over many seeds; these are cases it gets right).
 const Case kCases[] = {
-    {"a red ball moving to the right", "red", "right", 42},
-    {"a blue square moving up", "blue", "up", 42},
-    {"a green triangle moving to the left", "green", "left", 42},
+    {"a red ball moving to the right", "red", "right", 0},
+    {"a blue square moving up", "blue", "up", 0},
+    {"a green triangle moving to the left", "green", "left", 0},
+    {"a yellow circle moving down", "yellow", "down", 0},
+    {"an orange ball moving left", "orange", "left", 0},
+    {"a red square standing still", "red", "still", 0},
 };
 
 // A converted engine of tests/data's random-weight tiny models (the old embedded model).

@@ -274,18 +274,22 @@ def meaning_check(frames_u8, colour, motion, min_shift=0.08):
     det = {"colour": nearest_colour(tr["rgb"]) if np.isfinite(tr["rgb"]).all() else None,
            "area_min": float(np.min(tr["area"])), "area_max": float(np.max(tr["area"]))}
     ok = det["colour"] == colour and det["area_min"] > 0.005 and det["area_max"] < 0.35
-    if ok:
+    if det["area_min"] > 0:  # the motion is measured (and reported) even when the colour is wrong
         q = max(1, F_ // 4)  # mean of the last quarter of the frames minus the first quarter
         dx = (np.mean(tr["cx"][F_ - q:]) - np.mean(tr["cx"][:q])) / W
         dy = (np.mean(tr["cy"][F_ - q:]) - np.mean(tr["cy"][:q])) / H
         det.update(dx=float(dx), dy=float(dy))
         want = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[motion]
         if motion == "still":
-            ok = abs(dx) < min_shift / 2 and abs(dy) < min_shift / 2
+            moved = abs(dx) < min_shift / 2 and abs(dy) < min_shift / 2
         else:
             along = dx * want[0] + dy * want[1]
             across = abs(dx * want[1]) + abs(dy * want[0])
-            ok = along > min_shift and across < along / 2
+            moved = along > min_shift and across < along / 2
+        det["motion_ok"] = bool(moved)
+        ok = ok and moved
+    else:
+        ok = False
     return ok, det
 
 

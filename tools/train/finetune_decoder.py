@@ -32,6 +32,7 @@ import dataset as D  # noqa: E402
 import demo_models as M  # noqa: E402
 import pipeline as PL  # noqa: E402
 import vae as V  # noqa: E402
+from train import colour_loss  # noqa: E402
 
 T0 = time.time()
 LOG = None
@@ -81,6 +82,7 @@ def main():
     ap.add_argument("--frames-per-clip", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--obj-w", type=float, default=10.0)
+    ap.add_argument("--colour-w", type=float, default=0.0, help="weight of the objects' mean-colour L1 (train.py)")
     ap.add_argument("--z-noise", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=25)
@@ -141,6 +143,8 @@ def main():
         rec = sp.decode(lat / V.SCALING_FACTOR_2D)
         d = rec - tgt
         loss = ((d.abs() + d * d) * w).mean() / w.mean()
+        if a.colour_w:
+            loss = loss + a.colour_w * colour_loss(rec, tgt, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(train, 1.0)

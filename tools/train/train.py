@@ -14,7 +14,8 @@ Stages (docs/DEMO_MODEL.md):
   2. VAE, as an autoencoder on rendered clips (dataset.py):
        a. the 2D VAE alone on frames;
        b. 2D + temporal VAE together on whole 17-frame clips;
-     L1 + MSE on pixels (object pixels weighted --obj-w times), MSE between the temporal VAE's
+     L1 + MSE on pixels (object pixels weighted --obj-w times), with --colour-w the L1 of the
+     objects' mean colour, MSE between the temporal VAE's
      output and its input (2D latents), and a small KL on both posteriors (sampled while
      training; the engine uses the means).
      Then the latent scale/shift: per-channel std/mean of the encoded clips (bf16-representable).
@@ -111,16 +112,25 @@ def pixel_loss(rec, target, w):
     return ((d.abs() + d * d) * w).mean() / w.mean()
 
 
-def vae_step_2d(vae, frames, w, kl_w):
+def colour_loss(rec, target, w):
+    """L1 between the mean colours of each frame's object pixels (where w > 1) in `rec` and
+    `target` ([N, 3, H, W]); objects are ~3 % of a frame, so a pixel loss barely sees a hue shift."""
+    m = (w > 1).to(rec.dtype)
+    n = m.sum((2, 3)).clamp(min=1.0)
+    return (((rec - target) * m).sum((2, 3)) / n).abs().mean()
+
+
+def vae_step_2d(vae, frames, w, kl_w, colour_w=0.0):
     """frames [N, 3, H, W], pixel weights w [N, 1, H, W] -> loss terms of the 2D VAE alone."""
     sp = vae.spatial_vae.module
     z, kl = posterior(sp.quant_conv(sp.encoder(frames)))
     rec = sp.decode(z)
     pix = pixel_loss(rec, frames, w)
-    return pix + kl_w * kl, {"pix": pix, "kl2": kl}
+    col = colour_loss(rec, frames, w)
+    return pix + colour_w * col + kl_w * kl, {"pix": pix, "col": col, "kl2": kl}
 
 
-def vae_step_full(vae, x, w, kl_w, lat_w):
+def vae_step_full(vae, x, w, kl_w, lat_w, colour_w=0.0):
     """x [B, 3, F, H, W] (one temporal chunk), pixel weights w [B, 1, F, H, W] -> loss terms of
     2D + temporal VAE together, wired as vae.py's encode/decode but with sampled posteriors."""
     sp, tv = vae.spatial_vae.module, vae.temporal_vae
@@ -134,8 +144,11 @@ def vae_step_full(vae, x, w, kl_w, lat_w):
     lat = F.mse_loss(xz_rec, xz.detach()) / (xz.detach().var() + 1e-6)
     rec = sp.decode(xz_rec.permute(0, 2, 1, 3, 4).reshape(b * t, *xz_rec.shape[1:2], *xz_rec.shape[3:])
                     / V.SCALING_FACTOR_2D)
-    pix = pixel_loss(rec, frames, w.permute(0, 2, 1, 3, 4).reshape(b * t, 1, h, w_))
-    return pix + lat_w * lat + kl_w * (kl2 + klt), {"pix": pix, "lat": lat, "kl2": kl2, "klt": klt}
+    w2 = w.permute(0, 2, 1, 3, 4).reshape(b * t, 1, h, w_)
+    pix = pixel_loss(rec, frames, w2)
+    col = colour_loss(rec, frames, w2)
+    return (pix + colour_w * col + lat_w * lat + kl_w * (kl2 + klt),
+            {"pix": pix, "col": col, "lat": lat, "kl2": kl2, "klt": klt})
 
 
 def train_vae(vae, a, dev, rng):
@@ -159,11 +172,12 @@ def train_vae(vae, a, dev, rng):
                 frames = frames.permute(0, 2, 1, 3, 4).reshape(-1, 3, a.size, a.size)
                 wts = torch.stack([wts[i, :, fi[i]] for i in range(a.vae_2d_clips)])
                 wts = wts.permute(0, 2, 1, 3, 4).reshape(-1, 1, a.size, a.size)
-                loss, parts = vae_step_2d(vae, frames, wts, a.kl_w)
+                loss, parts = vae_step_2d(vae, frames, wts, a.kl_w, a.colour_w)
             else:
                 specs = D.sample_specs(int(rng.integers(2 ** 62)), a.vae_clips, a.frames)
                 clips = D.render(specs, a.size, a.frames, dev)
-                loss, parts = vae_step_full(vae, clips, D.pixel_weight(clips, specs, a.obj_w), a.kl_w, a.lat_w)
+                loss, parts = vae_step_full(vae, clips, D.pixel_weight(clips, specs, a.obj_w), a.kl_w, a.lat_w,
+                                             a.colour_w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -327,6 +341,8 @@ def main():
     ap.add_argument("--lat-w", type=float, default=0.1)
     ap.add_argument("--obj-w", type=float, default=1.0,
                     help="VAE pixel-loss weight of object pixels (1: plain L1 + MSE, as the shipped model)")
+    ap.add_argument("--colour-w", type=float, default=0.0,
+                    help="weight of the objects' mean-colour L1 in the VAE loss (needs --obj-w > 1 to find the objects)")
     ap.add_argument("--clips", type=int, default=24000, help="clips encoded once for the DiT")
     ap.add_argument("--encode-chunk", type=int, default=96)
     ap.add_argument("--dit-iters", type=int, default=6000)
