@@ -41,6 +41,7 @@
 // | pipeline_tiny[bf16]                  | 2e-2      | 5.5e-3    | worst frame 54.1 dB PSNR           |
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -51,11 +52,13 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
 #include "core/synthetic.h"
+#include "dist/comm.h"
 #include "models/stdit3/config.h"
 #include "models/stdit3/forward_io.h"
 #include "models/stdit3/stdit3.h"
@@ -137,6 +140,7 @@ const std::map<std::string, double>& thresholds() {
       {"stdit3_a[bf16,tp2]", 5e-3},
       {"stdit3_a[bf16,tp4]", 5e-3},
       {"tp_repeat", 0.0},
+      {"nccl_abort", 0.0},  // 0: a failing rank stopped the NCCL group with its message
       // Same inputs twice on the GPU: identical bytes (0 = bit-identical).
       {"pipeline_repeat", 0.0},
   };
@@ -1341,6 +1345,59 @@ TEST(CudaPerf, RealShapes) {
     else if (it.bytes > 0) rate = cat(static_cast<int>(it.bytes / ms / 1e6), " GB/s");
     std::printf("%-50s %10.3f %12s\n", it.what.c_str(), ms, rate.c_str());
   }
+}
+
+// A rank that fails while the other waits inside an NCCL all-reduce: run_group aborts the NCCL
+// communicators, the waiting rank returns, and the error names the failing rank (issue: "an
+// error on any rank stops all ranks with that rank's message, no hang"). Runs last: it leaves
+// two aborted communicators behind. A watchdog ends the program if the group hangs.
+TEST(CudaMultiGpu, FailingRankStopsTheNcclGroup) {
+  const int n = cuda_device_count();
+  if (n < 2) GTEST_SKIP() << "needs 2 CUDA devices, " << n << " visible";
+  std::vector<std::unique_ptr<CudaBackend>> owned;
+  std::vector<Backend*> bes;
+  for (int r = 0; r < 2; ++r) {
+    owned.push_back(std::make_unique<CudaBackend>(r, CudaOptions{}));
+    bes.push_back(owned.back().get());
+  }
+  CommGroup g = make_comm_group(bes);
+  ASSERT_EQ(g[0]->kind(), "nccl");
+  std::atomic<bool> done{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 600 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!done) {
+      std::fprintf(stderr, "FailingRankStopsTheNcclGroup: the group hung for 60 s\n");
+      std::_Exit(3);
+    }
+  });
+  std::atomic<int> returned{0};
+  std::string msg;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    run_group(bes, g, [&](int rank) {
+      struct Count {
+        std::atomic<int>& k;
+        ~Count() { ++k; }
+      } count{returned};
+      if (rank == 1) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        fail("weights for rank 1 are broken");
+      }
+      Tensor t = bes[0]->upload(Tensor::from_f32({1 << 20}, std::vector<float>(1 << 20, 1.0f)));
+      g[0]->all_reduce_sum(t);
+      (void)bes[0]->download(t);  // waits for the all-reduce, which rank 1 never joins
+    });
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  done = true;
+  watchdog.join();
+  EXPECT_EQ(returned.load(), 2);
+  EXPECT_NE(msg.find("rank 1: weights for rank 1 are broken"), std::string::npos) << msg;
+  EXPECT_LT(secs, 10.0);
+  check("nccl_abort", cat("failing rank stopped the group in ", secs, " s"),
+        msg.find("rank 1:") != std::string::npos && returned == 2 ? 0.0 : 1.0);
 }
 
 int main(int argc, char** argv) {
