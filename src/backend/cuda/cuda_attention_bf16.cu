@@ -360,11 +360,14 @@ void launch(const CudaContext& c, const AttnArgs& a, int64_t batch) {
 
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   const int64_t d = a.d;
+  // Short key sequences (temporal attention: one key per latent frame) take 32-key tiles: half
+  // the padded work and half the shared memory per block, so twice the blocks per SM.
+  const bool short_k = !a.kv_packed && a.nk <= 32;
   if (d <= 16) launch<1, 2, 64>(c, a, batch);
   else if (d <= 32) launch<2, 4, 64>(c, a, batch);
-  else if (d <= 64) launch<4, 8, 64>(c, a, batch);
-  else if (d <= 72) launch<5, 9, 64>(c, a, batch);
-  else if (d <= 80) launch<5, 10, 64>(c, a, batch);
+  else if (d <= 64) short_k ? launch<4, 8, 32>(c, a, batch) : launch<4, 8, 64>(c, a, batch);
+  else if (d <= 72) short_k ? launch<5, 9, 32>(c, a, batch) : launch<5, 9, 64>(c, a, batch);
+  else if (d <= 80) short_k ? launch<5, 10, 32>(c, a, batch) : launch<5, 10, 64>(c, a, batch);
   else if (d <= 96) launch<6, 12, 32>(c, a, batch);
   else if (d <= 128) launch<8, 16, 32>(c, a, batch);
   else return false;
