@@ -47,6 +47,69 @@ __device__ inline KvRange kv_range(const AttnArgs& a, int64_t b, int64_t head) {
   return r;
 }
 
+// One key tile of the online softmax shared by the TF32 and bf16 flash-attention kernels, for
+// the two query rows (a, b) a thread holds in an m16n8 accumulator layout: scales the scores
+// s (base 2), masks keys past `rows` and, with kExtras, masked keys and the T5 bias; updates the
+// running maxima m and sums l, rescales the output accumulators o, and returns in u_a/u_b what
+// to subtract before exp2 (0 while a row has seen only masked keys). Column of s[n][e]:
+// n * 8 + 2 * t4 + (e & 1); key row of column col: j0 + col - k_begin.
+template <int NT, int NO, bool kExtras>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o)[NO][4], bool partial,
+                                                    int rows, int t4, int64_t j0, int64_t k_begin,
+                                                    float sl2, const uint8_t* mask, const float* brow_a,
+                                                    const float* brow_b, float& m_a, float& m_b,
+                                                    float& l_a, float& l_b, float& u_a, float& u_b) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  if (kExtras || partial) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n * 8 + 2 * t4 + (e & 1);
+        const int64_t jr = j0 + col - k_begin;
+        bool valid = col < rows;
+        float v = s[n][e] * sl2;
+        if (kExtras) {
+          if (valid && mask && !mask[jr]) valid = false;
+          const float* br = e < 2 ? brow_a : brow_b;
+          if (valid && br) v += br[jr] * kLog2e;
+        }
+        s[n][e] = valid ? v : -INFINITY;
+      }
+  } else {
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
+  }
+  float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
+    mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
+  }
+  // Row maxima over the 4 threads of a row group.
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+  const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+  u_a = mn_a == -INFINITY ? 0.0f : mn_a;
+  u_b = mn_b == -INFINITY ? 0.0f : mn_b;
+  const float c_a = exp2f(m_a - u_a), c_b = exp2f(m_b - u_b);
+  l_a *= c_a;
+  l_b *= c_b;
+#pragma unroll
+  for (int j = 0; j < NO; ++j) {
+    o[j][0] *= c_a;
+    o[j][1] *= c_a;
+    o[j][2] *= c_b;
+    o[j][3] *= c_b;
+  }
+  m_a = mn_a;
+  m_b = mn_b;
+}
+
 // The TF32 flash-attention kernel for D <= 128; false (nothing launched) for other D.
 bool launch_attention_tf32(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // The BF16 flash-attention kernel (cuda_attention_bf16.cu) for D <= 128; false for other D.

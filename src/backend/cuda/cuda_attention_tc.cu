@@ -135,54 +135,9 @@ __global__ void __launch_bounds__(kWarps * 32, 8 / kWarps < 2 ? 2 : 8 / kWarps)
         mma_tf32(s[n], qf, kr[0], kr[4]);
       }
     }
-    float mx_a = -INFINITY, mx_b = -INFINITY;
-    if (kExtras || rows < BK) {
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = n * 8 + 2 * t4 + (e & 1);
-          const int64_t jr = j0 + col - k_begin;
-          bool valid = col < rows;
-          float v = s[n][e] * sl2;
-          if (kExtras) {
-            if (valid && mask && !mask[jr]) valid = false;
-            const float* br = e < 2 ? brow_a : brow_b;
-            if (valid && br) v += br[jr] * kLog2e;
-          }
-          s[n][e] = valid ? v : -INFINITY;
-        }
-    } else {
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
-    }
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
-      mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
-    }
-    // Row maxima over the 4 threads of a row group.
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-    // While a row has seen only masked keys (max -inf) every p is 0: subtract 0 instead of -inf.
-    const float u_a = mn_a == -INFINITY ? 0.0f : mn_a, u_b = mn_b == -INFINITY ? 0.0f : mn_b;
-    const float c_a = exp2f(m_a - u_a), c_b = exp2f(m_b - u_b);
-    l_a *= c_a;
-    l_b *= c_b;
-#pragma unroll
-    for (int k = 0; k < KS; ++k) {
-      o[k][0] *= c_a;
-      o[k][1] *= c_a;
-      o[k][2] *= c_b;
-      o[k][3] *= c_b;
-    }
-    m_a = mn_a;
-    m_b = mn_b;
+    float u_a, u_b;
+    online_softmax_tile<NT, KS, kExtras>(s, o, rows < BK, rows, t4, j0, k_begin, sl2, mask, brow_a, brow_b,
+                                        m_a, m_b, l_a, l_b, u_a, u_b);
     // P = 2^(S - m), then O += P V with keys (2t4, 2t4 + 1) of group n as k = (t4, t4 + 4).
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
