@@ -134,8 +134,10 @@ class ShardedSource final : public TensorSource {
                   ": shard name '", f, "' must be a plain file name in the same directory");
       if (!shards_.count(f)) {
         const std::string p = (dir / f).string();
-        STDIT_CHECK(fs::exists(p), index_path, " (", flag, ") names shard '", f,
-                    "', which does not exist in ", dir.string());
+        std::error_code ec;  // a name the file system refuses (too long, ...) is an error too
+        const bool there = fs::exists(p, ec);
+        STDIT_CHECK(there && !ec, index_path, " (", flag, ") names shard '", f, "', which ",
+                    ec ? "cannot be looked up (" + ec.message() + ")" : "does not exist in " + dir.string());
         shards_[f] = open_tensor_file(p);
       }
       where_[key] = f;
@@ -179,13 +181,14 @@ class ShardedSource final : public TensorSource {
 
 std::shared_ptr<TensorSource> open_model_weights(const std::string& dir, const std::string& flag) {
   namespace fs = std::filesystem;
-  STDIT_CHECK(fs::is_directory(dir), dir, " (", flag, "): not a directory");
+  std::error_code ec;  // non-throwing lookups: a path the file system refuses is "not a directory"
+  STDIT_CHECK(fs::is_directory(dir, ec), dir, " (", flag, "): not a directory");
   const fs::path d(dir);
-  if (fs::exists(d / "model.safetensors")) return SafetensorsFile::open((d / "model.safetensors").string());
-  if (fs::exists(d / "model.safetensors.index.json"))
+  if (fs::exists(d / "model.safetensors", ec)) return SafetensorsFile::open((d / "model.safetensors").string());
+  if (fs::exists(d / "model.safetensors.index.json", ec))
     return std::make_shared<ShardedSource>((d / "model.safetensors.index.json").string(), flag);
-  if (fs::exists(d / "pytorch_model.bin")) return TorchBinFile::open((d / "pytorch_model.bin").string());
-  if (fs::exists(d / "pytorch_model.bin.index.json"))
+  if (fs::exists(d / "pytorch_model.bin", ec)) return TorchBinFile::open((d / "pytorch_model.bin").string());
+  if (fs::exists(d / "pytorch_model.bin.index.json", ec))
     return std::make_shared<ShardedSource>((d / "pytorch_model.bin.index.json").string(), flag);
   fail(dir, " (", flag, "): no weights found (expected model.safetensors, "
        "model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)");

@@ -41,12 +41,13 @@ TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const st
 std::unique_ptr<TensorParallelDenoiser> TensorParallelDenoiser::load(
     const std::string& dir, std::vector<Backend*> backends, const std::string& flag) {
   namespace fs = std::filesystem;
-  STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
+  std::error_code ec;
+  STDIT_CHECK(fs::is_directory(dir, ec), dir, " (", flag,
               "): expected a model directory with config.json and model.safetensors");
   const STDiT3Config cfg = load_stdit3_config((fs::path(dir) / "config.json").string());
   // Converted with --tp K: one shard file per rank, usable with exactly K ranks.
   int files = 0;
-  while (fs::exists(fs::path(dir) / ("rank" + std::to_string(files) + ".safetensors"))) ++files;
+  while (fs::exists(fs::path(dir) / ("rank" + std::to_string(files) + ".safetensors"), ec)) ++files;
   if (files > 0) {
     const int n = static_cast<int>(backends.size());
     STDIT_CHECK(files == n, dir, " holds the denoiser for tensor parallelism over ", files,

@@ -70,9 +70,10 @@ json convert_component(const std::string& kind, const std::string& given, const 
   const std::string flag = flag_of(kind);
   STDIT_CHECK(!given.empty(), "convert: ", flag, " is required (", what_of(kind), ")");
   fs::path src(given);
-  STDIT_CHECK(fs::exists(src), given, " (", flag, "): no such file or directory");
-  const fs::path dir = fs::is_directory(src) ? src : src.parent_path();
-  STDIT_CHECK(fs::exists(dir / "config.json"), dir.string(), " (", flag,
+  std::error_code ec;  // non-throwing lookups: a path the file system refuses does not exist
+  STDIT_CHECK(fs::exists(src, ec), given, " (", flag, "): no such file or directory");
+  const fs::path dir = fs::is_directory(src, ec) ? src : src.parent_path();
+  STDIT_CHECK(fs::exists(dir / "config.json", ec), dir.string(), " (", flag,
               "): no config.json; give the model directory as downloaded from Hugging Face");
   std::shared_ptr<TensorSource> weights;
   std::string id;

@@ -188,7 +188,8 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
 std::unique_ptr<STDiT3> STDiT3::load(const std::string& dir, Backend& backend,
                                      const std::string& flag, Communicator* tp) {
   namespace fs = std::filesystem;
-  STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
+  std::error_code ec;
+  STDIT_CHECK(fs::is_directory(dir, ec), dir, " (", flag,
               "): expected a model directory with config.json and model.safetensors");
   const STDiT3Config cfg = load_stdit3_config((fs::path(dir) / "config.json").string());
   const auto file = open_model_weights(dir, flag);

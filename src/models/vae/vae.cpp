@@ -123,7 +123,8 @@ OpenSoraVae::OpenSoraVae(const VaeConfig& cfg, const WeightMap& w, Backend& be) 
 std::unique_ptr<OpenSoraVae> OpenSoraVae::load(const std::string& dir, Backend& backend,
                                                const std::string& flag) {
   namespace fs = std::filesystem;
-  STDIT_CHECK(fs::is_directory(dir), dir, " (", flag,
+  std::error_code ec;
+  STDIT_CHECK(fs::is_directory(dir, ec), dir, " (", flag,
               "): expected a VAE directory with config.json and model.safetensors");
   const VaeConfig cfg = load_vae_config((fs::path(dir) / "config.json").string());
   const auto src = open_model_weights(dir, flag);
