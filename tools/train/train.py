@@ -340,7 +340,7 @@ def main():
     ap.add_argument("--kl-w", type=float, default=1e-4)
     ap.add_argument("--lat-w", type=float, default=0.1)
     ap.add_argument("--obj-w", type=float, default=1.0,
-                    help="VAE pixel-loss weight of object pixels (1: plain L1 + MSE, as the shipped model)")
+                    help="VAE pixel-loss weight of object pixels (1: plain L1 + MSE; the shipped model used 10)")
     ap.add_argument("--colour-w", type=float, default=0.0,
                     help="weight of the objects' mean-colour L1 in the VAE loss (needs --obj-w > 1 to find the objects)")
     ap.add_argument("--clips", type=int, default=24000, help="clips encoded once for the DiT")
