@@ -32,18 +32,8 @@ import dataset as D  # noqa: E402
 import demo_models as M  # noqa: E402
 import pipeline as PL  # noqa: E402
 import vae as V  # noqa: E402
-from train import colour_loss  # noqa: E402
-
-T0 = time.time()
-LOG = None
-
-
-def log(*a):
-    s = "[%7.1f s] " % (time.time() - T0) + " ".join(str(x) for x in a)
-    print(s, flush=True)
-    if LOG:
-        LOG.write(s + "\n")
-        LOG.flush()
+import train as TR  # noqa: E402  (its log() and colour_loss)
+from train import colour_loss, log  # noqa: E402
 
 
 @torch.no_grad()
@@ -68,7 +58,6 @@ def colour_report(vae, a, dev, seed=4321, n=24):
 
 
 def main():
-    global LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--out", required=True)
@@ -95,7 +84,7 @@ def main():
         if os.path.abspath(a.ckpt) != os.path.abspath(a.out) and os.path.isdir(os.path.join(a.ckpt, part)):
             shutil.copytree(os.path.join(a.ckpt, part), os.path.join(a.out, part), dirs_exist_ok=True)
     os.makedirs(os.path.join(a.out, "vae"), exist_ok=True)
-    LOG = open(os.path.join(a.out, "finetune_log.txt"), "a")
+    TR.LOG = open(os.path.join(a.out, "finetune_log.txt"), "a")
     log("decoder fine-tuning: torch %s, args %s" % (torch.__version__, json.dumps(vars(a))))
     dev = torch.device(a.device)
     torch.manual_seed(a.seed)
