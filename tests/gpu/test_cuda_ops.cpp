@@ -100,6 +100,8 @@ const std::map<std::string, double>& thresholds() {
       // f32 accumulation and softmax: a few u normwise.
       {"attention[bf16]", 1e-2},
       {"cross_attention[bf16]", 1e-2},
+      {"attention[bf16 own]", 1e-2},  // the own bf16 kernel where cuDNN's would run
+      {"cross_attention[bf16 own]", 1e-2},
       {"linear[bf16]", 1e-2},
       {"conv3d[bf16]", 1e-2},
       {"layernorm_modulate[bf16]", 4e-3},
@@ -230,6 +232,10 @@ CudaBackend& gpu16() {  // the default: bf16 weight matrices, GEMMs and attentio
   static CudaBackend b(0, CudaOptions{true, true, true});
   return b;
 }
+CudaBackend& gpu16own() {  // the bf16 path with the own attention kernel only (no cuDNN SDPA)
+  static CudaBackend b(0, CudaOptions{true, true, true, true, false});
+  return b;
+}
 
 std::string data_dir() {
   if (const char* e = std::getenv("STDIT_TEST_DATA")) return e;
@@ -293,7 +299,8 @@ std::vector<AttnMode> attn_modes() {
           {&gpu32(), "[f32]", DType::F32, "", false},
           {&gpu16(), "[bf16]", DType::F32, "", false},
           {&gpu16(), "[bf16]", DType::BF16, " (bf16 out)", false},
-          {&gpu16(), "[bf16]", DType::BF16, " (bf16 in+out)", true}};
+          {&gpu16(), "[bf16]", DType::BF16, " (bf16 in+out)", true},
+          {&gpu16own(), "[bf16 own]", DType::BF16, " (bf16 in+out)", true}};
 }
 // A host F32 tensor on the device, as BF16 when asked.
 Tensor dev_in(CudaBackend& g, const Tensor& host, bool bf16) {
@@ -1308,6 +1315,11 @@ TEST(CudaPerf, RealShapes) {
                    [&] { g16.linear(x16f, wqkv16, bqkv16, Activation::None, qkv16); }});
   items.push_back({cat("attention[bf16] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
                    [&] { Tensor ov = o16; g16.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
+  CudaBackend& own = gpu16own();
+  items.push_back({cat("attention[bf16 own] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
+                   [&] { Tensor ov = o16; own.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
+  items.push_back({cat("cross_attention[bf16 own] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
+                   [&] { own.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
   items.push_back({cat("attention[bf16] temporal ", S, "x[", T, ",", H, ",", D, "]"), 4.0 * S * H * T * T * D, 0,
                    [&] { Tensor ov = o16.permute({0, 2, 1, 3, 4}); g16.attention(view16(0, true), view16(1, true), view16(2, true), 0.1178f, ov); }});
   items.push_back({cat("cross_attention[bf16] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,

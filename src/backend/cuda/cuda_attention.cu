@@ -349,6 +349,7 @@ void dispatch_attention(CudaContext& c, const AttnArgs& a, int64_t batch,
   STDIT_CHECK(d > 0, "cuda attention: head dim must be positive");
   if (d > 128) return attention_by_gemm(c, a, batch, kv_begin);
   // BF16 tensor cores on the bf16 path, TF32 unless F32 attention was asked for.
+  if (bf16_attention_applies(c, d) && launch_attention_cudnn(c, a, batch, kv_begin)) return;
   if (bf16_attention_applies(c, d) && launch_attention_bf16(c, a, batch)) return;
   STDIT_CHECK(a.out_bf16 == nullptr && !a.in_bf16, "cuda attention: BF16 operands need the bf16 kernel");
   if (c.options.tf32_attention && launch_attention_tf32(c, a, batch)) return;

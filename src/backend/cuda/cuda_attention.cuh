@@ -114,6 +114,11 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o
 bool launch_attention_tf32(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // The BF16 flash-attention kernel (cuda_attention_bf16.cu) for D <= 128; false for other D.
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
+// cuDNN's fused flash attention (cuda_sdpa.cu) for BF16 q/k/v/out without bias or key mask,
+// head dim a multiple of 8 up to 128 and at least 64 queries; kv_begin: the host copy of
+// a.kv_begin when kv_packed. false (nothing launched) where it does not apply.
+bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
+                            const std::vector<int>* kv_begin);
 inline bool bf16_attention_applies(const CudaContext& c, int64_t d) {
   return c.options.bf16 && c.options.tf32_attention && d <= 128;
 }

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "core/log.h"
 
 namespace stdit {
 
@@ -57,9 +58,38 @@ CudaContext::~CudaContext() {
     if (plan.c) cublasLtMatrixLayoutDestroy(plan.c);
   }
   if (lt) cublasLtDestroy(lt);
+  for (auto& [key, plan] : conv_plans) {
+    if (plan.x) cudnnDestroyTensorDescriptor(plan.x);
+    if (plan.y) cudnnDestroyTensorDescriptor(plan.y);
+    if (plan.w) cudnnDestroyFilterDescriptor(plan.w);
+    if (plan.conv) cudnnDestroyConvolutionDescriptor(plan.conv);
+  }
+  sdpa_plans.clear();  // their descriptors, before the handle
+  if (dnn) cudnnDestroy(dnn);
   if (workspace) cudaFree(workspace);
   if (stream) cudaStreamDestroy(stream);
   if (previous >= 0) cudaSetDevice(previous);
+}
+
+cudnnHandle_t dnn_handle(CudaContext& c) {
+  std::lock_guard<std::mutex> lock(c.dnn_mutex);
+  if (c.dnn || c.dnn_failed) return c.dnn;
+  cudnnStatus_t st = cudnnCreate(&c.dnn);
+  if (st == CUDNN_STATUS_SUCCESS) st = cudnnSetStream(c.dnn, c.stream);
+  if (st != CUDNN_STATUS_SUCCESS) {
+    log_warn("cuda: cuDNN unavailable (", cudnnGetErrorString(st), " ", dnn_last_error(),
+             "); convolutions and attention use the backend's own kernels");
+    if (c.dnn) cudnnDestroy(c.dnn);
+    c.dnn = nullptr;
+    c.dnn_failed = true;
+  }
+  return c.dnn;
+}
+
+std::string dnn_last_error() {
+  char buf[1024] = {0};
+  cudnnGetLastErrorString(buf, sizeof buf);
+  return buf;
 }
 
 std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size_t bytes) {
@@ -517,6 +547,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
   if (const char* e = std::getenv("STDIT_CUDA_BF16")) o.bf16 = std::string(e) != "0";
   if (const char* e = std::getenv("STDIT_CUDA_TF32")) o.tf32 = o.tf32_attention = std::string(e) != "0";
   if (const char* e = std::getenv("STDIT_CUDA_TF32_ATTENTION")) o.tf32_attention = std::string(e) != "0";
+  if (const char* e = std::getenv("STDIT_CUDA_CUDNN")) o.cudnn_conv = o.cudnn_attention = std::string(e) != "0";
+  if (const char* e = std::getenv("STDIT_CUDA_CUDNN_ATTENTION")) o.cudnn_attention = std::string(e) != "0";
   if (!o.tf32) o.bf16 = false;
   return std::make_unique<CudaBackend>(device, o);
 }

@@ -30,6 +30,11 @@ struct CudaOptions {
   // P V on the bf16 tensor cores (softmax in f32), and matmul_dtype() = BF16 for the activations
   // that only feed GEMMs. false: the TF32/F32 paths above decide.
   bool bf16 = true;
+  // Convolutions with F32 weights (the VAE) through cuDNN; false: im2col + cuBLASLt GEMM.
+  bool cudnn_conv = true;
+  // BF16 attention without bias/mask through cuDNN's fused flash attention (cuDNN >= 9.13.1,
+  // else the own bf16 kernel); false: always the own kernel.
+  bool cudnn_attention = true;
 };
 
 class CudaBackend final : public Backend {
@@ -92,12 +97,17 @@ class CudaBackend final : public Backend {
   const std::shared_ptr<CudaContext>& context() const { return ctx_; }
 
  private:
+  // conv3d's work; returns the path taken ("cudnn", "gemm", "im2col") for the profile.
+  std::string conv3d_impl(const Tensor& x, const Tensor& w, const Tensor& bias,
+                          const ConvParams& p, Tensor& out);
   std::shared_ptr<CudaContext> ctx_;
 };
 
 // The registry's factory ("cuda"): device index `device`. Environment: STDIT_CUDA_BF16=0 turns the
 // bf16 path off (TF32 GEMMs and attention, F32 storage); STDIT_CUDA_TF32=0 selects F32 everywhere
-// (implies STDIT_CUDA_BF16=0); STDIT_CUDA_TF32_ATTENTION=0 only F32 attention (without bf16).
+// (implies STDIT_CUDA_BF16=0); STDIT_CUDA_TF32_ATTENTION=0 only F32 attention (without bf16);
+// STDIT_CUDA_CUDNN=0 no cuDNN (convolutions and attention); STDIT_CUDA_CUDNN_ATTENTION=0 only
+// attention without it.
 std::unique_ptr<Backend> make_cuda_backend(int device);
 
 // Number of visible CUDA devices; 0 when there is no driver or no device (cuda_runtime_info.cu).

@@ -2,14 +2,17 @@
 // checks mirroring the CPU backend's, and small device helpers. CUDA translation units only.
 #pragma once
 #include <cublasLt.h>
+#include <cudnn.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -62,6 +65,26 @@ struct GemmPlan {
   bool ok = false;  // false: cuBLASLt found no algorithm; the fallback kernel runs instead
 };
 
+// A cuDNN convolution prepared for one geometry (cuda_conv.cu): descriptors, the algorithm the
+// heuristics ranked first among those that fit, and its workspace size.
+struct ConvKey {
+  int64_t dims[14];  // x [B, Ci, T, H, W], w [Co, kt, kh, kw], strides, front paddings
+  int tf32;
+  bool operator<(const ConvKey& o) const {
+    return std::lexicographical_compare(dims, dims + 14, o.dims, o.dims + 14) ||
+           (std::equal(dims, dims + 14, o.dims) && tf32 < o.tf32);
+  }
+};
+struct ConvPlan {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnConvolutionFwdAlgo_t algo{};
+  size_t workspace = 0;
+  bool ok = false;  // false: cuDNN offers nothing for it; the im2col path runs instead
+  bool best_fits = false;  // the heuristics' first choice is the one taken (its workspace fits)
+};
+
 struct CudaContext : std::enable_shared_from_this<CudaContext> {
   int device = 0;
   CudaOptions options;
@@ -74,12 +97,26 @@ struct CudaContext : std::enable_shared_from_this<CudaContext> {
   std::atomic<size_t> bytes_in_use{0}, bytes_peak{0};  // device_alloc's own blocks
   std::mutex gemm_mutex;
   std::map<GemmKey, GemmPlan> gemm_plans;
+  // cuDNN (convolutions, attention): see dnn_handle().
+  cudnnHandle_t dnn = nullptr;
+  bool dnn_failed = false;
+  std::mutex dnn_mutex;
+  std::mutex conv_mutex;
+  std::map<ConvKey, ConvPlan> conv_plans;
+  std::mutex sdpa_mutex;
+  std::map<std::vector<int64_t>, std::shared_ptr<struct SdpaPlan>> sdpa_plans;  // cuda_sdpa.cu
 
   CudaContext(int device, CudaOptions options);
   ~CudaContext();
   CudaContext(const CudaContext&) = delete;
   CudaContext& operator=(const CudaContext&) = delete;
 };
+
+// ctx's cuDNN handle (on ctx's stream), created on first use; nullptr when cuDNN cannot be used
+// here (warned once: the callers fall back to their own kernels).
+cudnnHandle_t dnn_handle(CudaContext& ctx);
+// cuDNN's last error message ("" if none), for error texts.
+std::string dnn_last_error();
 
 // Device memory of `bytes` bytes on ctx's stream (stream-ordered allocator); freed on that stream
 // when the last owner goes.

@@ -1,9 +1,19 @@
-// CUDA 3D convolution (2D = T of 1): im2col into a bounded column buffer + cuBLASLt GEMM per
-// batch index; 1x1x1 stride-1 unpadded convolutions read the input directly. With a BF16 weight
-// (upload_weight, the bf16 path) the columns are BF16 and the GEMM runs on the bf16 tensor cores.
+// CUDA 3D convolution (2D = T of 1). F32 input and weight: cuDNN's implicit-GEMM convolutions
+// (TF32 tensor cores unless the backend is in F32 mode), with asymmetric padding (causal time
+// padding, the encoder's (0, 1, 0, 1) downsampling) made explicit first. 1x1x1 stride-1 unpadded
+// convolutions are one GEMM on the input. The fallback, and the path for BF16 weights: im2col into
+// a bounded column buffer + cuBLASLt GEMM per batch index.
+//
+// STDIT_CUDA_CONV_PROFILE=1 times every convolution (synchronously) and prints the total per
+// geometry and path at exit, and the heuristics' ranking of each new cuDNN geometry: a
+// diagnostic for choosing paths, not for production runs.
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "core/log.h"
 
 namespace stdit {
 
@@ -59,9 +69,225 @@ __global__ void conv_bias_kernel(float* __restrict__ o, const float* __restrict_
   }
 }
 
+// out [planes, T + pt0 + pt1, H + ph0 + ph1, W + pw0 + pw1] = x [planes, T, H, W] with zeros
+// around it.
+__global__ void pad3d_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t planes,
+                             int64_t t, int64_t h, int64_t w, int pt0, int pt1, int ph0, int ph1,
+                             int pw0, int pw1) {
+  const int64_t to = t + pt0 + pt1, ho = h + ph0 + ph1, wo = w + pw0 + pw1;
+  const int64_t n = planes * to * ho * wo;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t r = i;
+    const int64_t wi = r % wo - pw0;
+    r /= wo;
+    const int64_t hi = r % ho - ph0;
+    r /= ho;
+    const int64_t ti = r % to - pt0, pl = r / to;
+    float v = 0.0f;
+    if (ti >= 0 && ti < t && hi >= 0 && hi < h && wi >= 0 && wi < w)
+      v = x[((pl * t + ti) * h + hi) * w + wi];
+    out[i] = v;
+  }
+}
+
+void add_bias(CudaContext& c, float* po, const float* bias, int64_t B, int64_t Co, int64_t J) {
+  dim3 grid(blocks_for(J, 256, 64), static_cast<unsigned>(std::min<int64_t>(B * Co, 65535)));
+  conv_bias_kernel<<<grid, 256, 0, c.stream>>>(po, bias, B * Co, Co, J);
+  check_launch("conv3d bias");
+}
+
+// Most workspace a convolution may take: 1 GiB; for a batch of one, up to twice its input and
+// output together. The fast TF32 algorithm (IMPLICIT_PRECOMP_GEMM) wants about twice the input;
+// for a batch of large NCHW planes (720p frames at 128-256 channels) that is over 1 GiB, and the
+// heuristics' next choice is ~10x slower (IMPLICIT_GEMM: 23 TFLOP/s at [2,256,720,1280], measured
+// on an H200), so the caller splits the batch down to single frames instead.
+size_t conv_workspace_limit(int64_t batch, int64_t x_elems, int64_t y_elems) {
+  const size_t base = size_t{1} << 30;
+  if (batch > 1) return base;
+  return std::max<size_t>(base, 2 * static_cast<size_t>(x_elems + y_elems) * sizeof(float));
+}
+
+// The cuDNN plan for an unpadded-or-symmetrically-padded F32 convolution of this geometry, or
+// nullptr when cuDNN cannot run it here (then the caller takes the im2col path).
+const ConvPlan* cudnn_plan(CudaContext& c, const ConvKey& key) {
+  if (!dnn_handle(c)) return nullptr;
+  std::lock_guard<std::mutex> lock(c.conv_mutex);
+  auto [it, inserted] = c.conv_plans.try_emplace(key);
+  ConvPlan& p = it->second;
+  if (!inserted) return p.ok ? &p : nullptr;
+  const int64_t* d = key.dims;
+  // A convolution over single frames (T = kt = 1) is given to cuDNN as 2-D (NCHW): its 2-D
+  // kernels are the better tuned ones.
+  const bool two_d = d[2] == 1 && d[6] == 1;
+  const int nd = two_d ? 4 : 5, ns = nd - 2;
+  int xd[5] = {int(d[0]), int(d[1]), int(d[2]), int(d[3]), int(d[4])};
+  int wd[5] = {int(d[5]), int(d[1]), int(d[6]), int(d[7]), int(d[8])};
+  int stride[3] = {int(d[9]), int(d[10]), int(d[11])};
+  int pad[3] = {int(d[12]), int(d[13]) >> 16, int(d[13] & 0xffff)};
+  const int dil[3] = {1, 1, 1};
+  if (two_d) {  // drop T
+    xd[2] = xd[3], xd[3] = xd[4];
+    wd[2] = wd[3], wd[3] = wd[4];
+    stride[0] = stride[1], stride[1] = stride[2];
+    pad[0] = pad[1], pad[1] = pad[2];
+  }
+  auto strides_of = [nd](const int* dims, int* st) {
+    st[nd - 1] = 1;
+    for (int i = nd - 2; i >= 0; --i) st[i] = st[i + 1] * dims[i + 1];
+  };
+  int xs[5], yd[5], ys[5];
+  strides_of(xd, xs);
+  bool ok = cudnnCreateTensorDescriptor(&p.x) == CUDNN_STATUS_SUCCESS &&
+            cudnnCreateTensorDescriptor(&p.y) == CUDNN_STATUS_SUCCESS &&
+            cudnnCreateFilterDescriptor(&p.w) == CUDNN_STATUS_SUCCESS &&
+            cudnnCreateConvolutionDescriptor(&p.conv) == CUDNN_STATUS_SUCCESS &&
+            cudnnSetTensorNdDescriptor(p.x, CUDNN_DATA_FLOAT, nd, xd, xs) == CUDNN_STATUS_SUCCESS &&
+            cudnnSetFilterNdDescriptor(p.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, nd, wd) ==
+                CUDNN_STATUS_SUCCESS &&
+            cudnnSetConvolutionNdDescriptor(p.conv, ns, pad, stride, dil, CUDNN_CROSS_CORRELATION,
+                                            CUDNN_DATA_FLOAT) == CUDNN_STATUS_SUCCESS &&
+            cudnnSetConvolutionMathType(p.conv, key.tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH) ==
+                CUDNN_STATUS_SUCCESS &&
+            cudnnGetConvolutionNdForwardOutputDim(p.conv, p.x, p.w, nd, yd) == CUDNN_STATUS_SUCCESS;
+  int64_t x_elems = 1, y_elems = 1;
+  for (int i = 0; ok && i < nd; ++i) x_elems *= xd[i], y_elems *= yd[i];
+  const size_t ws_limit = conv_workspace_limit(xd[0], x_elems, y_elems);
+  if (ok) {
+    strides_of(yd, ys);
+    ok = cudnnSetTensorNdDescriptor(p.y, CUDNN_DATA_FLOAT, nd, yd, ys) == CUDNN_STATUS_SUCCESS;
+  }
+  if (ok) {
+    // The heuristics' ranking; the first algorithm that runs this geometry within the workspace
+    // limit (and, in F32 mode, without tensor cores).
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int n = 0;
+    ok = cudnnGetConvolutionForwardAlgorithm_v7(c.dnn, p.x, p.w, p.conv, p.y,
+                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf) ==
+         CUDNN_STATUS_SUCCESS;
+    if (std::getenv("STDIT_CUDA_CONV_PROFILE"))
+      for (int i = 0; i < n; ++i)
+        std::fprintf(stderr, "conv plan x[%d,%d,%d,%d] w[%d,%d,%d,%d]: #%d algo %d status %d mem %zu math %d\n",
+                     xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[2], wd[3], i, int(perf[i].algo),
+                     int(perf[i].status), perf[i].memory, int(perf[i].mathType));
+    bool found = false, skipped = false;
+    for (int i = 0; ok && i < n && !found; ++i) {
+      if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+      if (!key.tf32 && perf[i].mathType != CUDNN_FMA_MATH) continue;
+      if (perf[i].memory > ws_limit) {
+        skipped = true;
+        continue;
+      }
+      found = cudnnSetConvolutionMathType(p.conv, perf[i].mathType) == CUDNN_STATUS_SUCCESS;
+      p.algo = perf[i].algo;
+      p.workspace = perf[i].memory;
+    }
+    p.best_fits = found && !skipped;
+    ok = ok && found;
+  }
+  p.ok = ok;
+  return ok ? &p : nullptr;
+}
+
+// x (F32, [B, Ci, T, H, W]) convolved with the F32 weight by cuDNN into out; false when cuDNN
+// cannot run it (nothing was written).
+bool conv3d_cudnn(const std::shared_ptr<CudaContext>& ctx, const Tensor& x, const Tensor& w,
+                  const ConvParams& p, Tensor& out) {
+  CudaContext& c = *ctx;
+  const int64_t B = x.size(0), Ci = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  // Symmetric padding goes to cuDNN; the rest is made explicit in a padded copy of x.
+  const int st = std::min(p.pad_t_front, p.pad_t_back), sh = std::min(p.pad_top, p.pad_bottom),
+            sw = std::min(p.pad_left, p.pad_right);
+  const int et0 = p.pad_t_front - st, et1 = p.pad_t_back - st, eh0 = p.pad_top - sh,
+            eh1 = p.pad_bottom - sh, ew0 = p.pad_left - sw, ew1 = p.pad_right - sw;
+  const bool explicit_pad = et0 | et1 | eh0 | eh1 | ew0 | ew1;
+  const int64_t Tp = T + et0 + et1, Hp = H + eh0 + eh1, Wp = W + ew0 + ew1;
+  constexpr int64_t kLim = int64_t{1} << 31;  // cuDNN's 32-bit tensor sizes
+  if (B * Ci * Tp * Hp * Wp >= kLim || out.numel() >= kLim || w.numel() >= kLim || sh > 0xffff ||
+      sw > 0xffff)
+    return false;
+  const ConvKey key{{B, Ci, Tp, Hp, Wp, w.size(0), w.size(2), w.size(3), w.size(4), p.stride_t,
+                     p.stride_h, p.stride_w, st, (int64_t{sh} << 16) | sw},
+                    c.options.tf32 ? 1 : 0};
+  const ConvPlan* plan = cudnn_plan(c, key);
+  if (!plan) return false;
+  if (!plan->best_fits && B > 1) {
+    // Two halves of the batch (contiguous slices), each with its own (smaller) plan.
+    const int64_t h = B / 2;
+    Tensor o0 = out.slice(0, 0, h), o1 = out.slice(0, h, B);
+    if (!conv3d_cudnn(ctx, x.slice(0, 0, h), w, p, o0)) return false;
+    if (!conv3d_cudnn(ctx, x.slice(0, h, B), w, p, o1))
+      fail("cuda conv3d: cuDNN ran the first half of ", shape_str(x.shape()), " but not the second");
+    return true;
+  }
+  const float* in = x.data<float>();
+  std::shared_ptr<void> padded;
+  if (explicit_pad) {
+    padded = device_alloc(ctx, static_cast<size_t>(B * Ci * Tp * Hp * Wp) * sizeof(float));
+    pad3d_kernel<<<blocks_for(B * Ci * Tp * Hp * Wp, 256), 256, 0, c.stream>>>(
+        in, static_cast<float*>(padded.get()), B * Ci, T, H, W, et0, et1, eh0, eh1, ew0, ew1);
+    check_launch("conv3d pad");
+    in = static_cast<const float*>(padded.get());
+  }
+  auto ws = device_alloc(ctx, plan->workspace);
+  const float one = 1.0f, zero = 0.0f;
+  const cudnnStatus_t s2 =
+      cudnnConvolutionForward(c.dnn, &one, plan->x, in, plan->w, w.data<float>(), plan->conv,
+                              plan->algo, ws.get(), plan->workspace, &zero, plan->y,
+                              out.data<float>());
+  STDIT_CHECK(s2 == CUDNN_STATUS_SUCCESS, "cuda conv3d: cuDNN failed on ", shape_str(x.shape()),
+              " -> ", shape_str(out.shape()), ": ", cudnnGetErrorString(s2));
+  return true;
+}
+
+struct ConvProfile {
+  std::mutex m;
+  std::map<std::string, std::pair<int, double>> ms;  // calls, milliseconds
+  ~ConvProfile() {
+    double total = 0;
+    for (auto& [k, v] : ms) {
+      std::fprintf(stderr, "conv profile: %8.1f ms %5d calls  %s\n", v.second, v.first, k.c_str());
+      total += v.second;
+    }
+    if (!ms.empty()) std::fprintf(stderr, "conv profile: %8.1f ms in all\n", total);
+  }
+};
+ConvProfile* conv_profile() {
+  static ConvProfile* p = std::getenv("STDIT_CUDA_CONV_PROFILE") ? new ConvProfile : nullptr;
+  static struct Flush {
+    ~Flush() { delete conv_profile(); }
+  } flush;
+  return p;
+}
+
 }  // namespace
 
 void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,
+                         Tensor& out) {
+  ConvProfile* prof = conv_profile();
+  if (!prof) {
+    conv3d_impl(x, w, bias, p, out);
+    return;
+  }
+  cudaEvent_t e0, e1;
+  STDIT_CUDA_CHECK(cudaEventCreate(&e0));
+  STDIT_CUDA_CHECK(cudaEventCreate(&e1));
+  STDIT_CUDA_CHECK(cudaEventRecord(e0, ctx_->stream));
+  const std::string path = conv3d_impl(x, w, bias, p, out);
+  STDIT_CUDA_CHECK(cudaEventRecord(e1, ctx_->stream));
+  STDIT_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::lock_guard<std::mutex> lock(prof->m);
+  auto& v = prof->ms[cat(shape_str(x.shape()), " * ", shape_str(w.shape()), " s", p.stride_h, " ",
+                         path)];
+  v.first += 1;
+  v.second += ms;
+}
+
+std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,
                          Tensor& out) {
   const char* op = "conv3d";
   CudaContext& c = *ctx_;
@@ -84,7 +310,7 @@ void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, c
     STDIT_CHECK(bias.numel() == Co, "cuda conv3d: bias size");
   }
   const int64_t K = Ci * kt * kh * kw, J = To * Ho * Wo;
-  if (B == 0 || Co == 0 || J == 0) return;
+  if (B == 0 || Co == 0 || J == 0) return "empty";
   STDIT_CHECK(J < (int64_t{1} << 31) && K < (int64_t{1} << 31) && T * H * W < (int64_t{1} << 31),
               "cuda conv3d: ", shape_str(x.shape()), " -> ", shape_str(out.shape()),
               " is over the 2^31-element planes the kernels index");
@@ -98,7 +324,11 @@ void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, c
   const bool direct = kt == 1 && kh == 1 && kw == 1 && p.stride_t == 1 && p.stride_h == 1 &&
                       p.stride_w == 1 && p.pad_t_front == 0 && p.pad_t_back == 0 &&
                       p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
-  if (direct) {
+  std::string path = "im2col";
+  if (!direct && wt == DType::F32 && c.options.cudnn_conv && conv3d_cudnn(ctx_, x, w, p, out)) {
+    path = "cudnn";
+  } else if (direct) {
+    path = "gemm";
     for (int64_t b = 0; b < B; ++b) {
       const Tensor xb = x.select(0, b);
       Tensor xin = xb;
@@ -136,11 +366,8 @@ void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, c
         gemm_typed(c, wt, DType::F32, false, false, n, Co, K, col, n, pw, K, po + b * Co * J + j0, J);
       }
   }
-  if (bias.defined()) {
-    dim3 grid(blocks_for(J, 256, 64), static_cast<unsigned>(std::min<int64_t>(B * Co, 65535)));
-    conv_bias_kernel<<<grid, 256, 0, c.stream>>>(po, bias.data<float>(), B * Co, Co, J);
-    check_launch("conv3d bias");
-  }
+  if (bias.defined()) add_bias(c, po, bias.data<float>(), B, Co, J);
+  return path;
 }
 
 }  // namespace stdit
