@@ -585,7 +585,9 @@ struct BlockCase {
 // STDiT3 shapes: head_dim 16, 64, 72 (the real model), 128; token counts not multiples of 8.
 const std::vector<BlockCase> kBlockCases = {
     {2, 3, 37, 4, 16}, {2, 5, 37, 2, 64}, {1, 3, 405, 4, 72}, {2, 4, 37, 16, 72},
-    {1, 2, 37, 2, 128}, {1, 30, 9, 2, 72}};
+    {1, 2, 37, 2, 128}, {1, 30, 9, 2, 72},
+    // temporal lengths 17..32 (the short kernel): heads not a multiple of its 4, D 64 and 80
+    {2, 20, 5, 6, 64}, {1, 17, 3, 4, 80}};
 }  // namespace
 
 TEST(CudaOps, QkNormRopeOnModelViews) {
@@ -1340,6 +1342,7 @@ TEST(CudaPerf, RealShapes) {
     g.synchronize();
     gpu32().synchronize();
     gpu16().synchronize();
+    gpu16own().synchronize();
     int reps = 0;
     double total = 0;
     while (reps < 50 && total < 300.0) {
@@ -1348,6 +1351,7 @@ TEST(CudaPerf, RealShapes) {
       g.synchronize();
       gpu32().synchronize();
       gpu16().synchronize();
+      gpu16own().synchronize();
       total += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       ++reps;
     }

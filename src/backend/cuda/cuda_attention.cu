@@ -8,6 +8,7 @@
 // in f32; D > 128 (VAE mid-block) -> scores materialised per query chunk with cuBLASLt GEMMs and an
 // exact row softmax. NaN propagates as on the CPU in all three.
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -25,49 +26,78 @@ namespace {
 constexpr int kRopeWarps = 8;
 
 // kRopeLanes lanes per (batch, n, head) vector of D values, each lane owning the pairs
-// (x[2j], x[2j+1]) with j = lane mod kRopeLanes (mod kRopeLanes): head dims of 64-128 keep every
-// lane busy. In place on a F32 or BF16 view; statistics and rotation in f32.
+// (x[2j], x[2j+1]) with j = lane + kRopeLanes * it, it < kIt (kIt * kRopeLanes >= D / 2 pairs):
+// head dims of 64-128 keep every lane busy. The pairs stay in registers between the statistics
+// and the output; with vec2 (BF16, even D and strides) a pair is one 4-byte load/store. In place
+// on a F32 or BF16 view; statistics and rotation in f32.
 constexpr int kRopeLanes = 8;
-template <typename T>
+template <typename T, int kIt>
 __global__ void __launch_bounds__(kRopeWarps * 32)
     qk_norm_rope_kernel(T* q, LeadShape lsh, LeadStrides lst, int64_t nvec, int64_t n,
                         int64_t h, int64_t d, int64_t sn, int64_t sh,
-                        const float* __restrict__ w, const float* __restrict__ freqs, float eps) {
+                        const float* __restrict__ w, const float* __restrict__ freqs, float eps,
+                        bool vec2) {
   const int sub = threadIdx.x % kRopeLanes;
   const int64_t vec = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kRopeLanes;
   const bool live = vec < nvec;  // dead lanes still take part in the group's shuffles
   const int64_t v = live ? vec : 0;
   const int64_t b = v / (n * h), rem = v - b * n * h, i = rem / h, head = rem - i * h;
   T* x = q + lead_offset(lsh, lst, b) + i * sn + head * sh;
-  const int64_t pairs = (d + 1) / 2;
+  const int pairs = static_cast<int>((d + 1) / 2);
+  float v0[kIt], v1[kIt];
   float ss = 0;
-  if (live)
-    for (int64_t j = sub; j < pairs; j += kRopeLanes) {
-      const float x0 = load_f(x + 2 * j), x1 = 2 * j + 1 < d ? load_f(x + 2 * j + 1) : 0.0f;
-      ss += x0 * x0 + x1 * x1;
+#pragma unroll
+  for (int it = 0; it < kIt; ++it) {
+    const int j = sub + it * kRopeLanes;
+    v0[it] = v1[it] = 0.0f;
+    if (live && j < pairs) {
+      if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        if (vec2) {
+          const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(x + 2 * j));
+          v0[it] = f.x;
+          v1[it] = f.y;
+        } else {
+          v0[it] = load_f(x + 2 * j);
+          v1[it] = 2 * j + 1 < d ? load_f(x + 2 * j + 1) : 0.0f;
+        }
+      } else {
+        v0[it] = load_f(x + 2 * j);
+        v1[it] = 2 * j + 1 < d ? load_f(x + 2 * j + 1) : 0.0f;
+      }
     }
+    ss += v0[it] * v0[it] + v1[it] * v1[it];
+  }
 #pragma unroll
   for (int o = kRopeLanes / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if (!live) return;
   const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-  for (int64_t j = sub; j < pairs; j += kRopeLanes) {
-    const int64_t e0 = 2 * j, e1 = e0 + 1;
-    const float x0 = w[e0] * (load_f(x + e0) * r);
+#pragma unroll
+  for (int it = 0; it < kIt; ++it) {
+    const int j = sub + it * kRopeLanes;
+    if (j >= pairs) break;
+    const int e0 = 2 * j, e1 = e0 + 1;
+    const float x0 = w[e0] * (v0[it] * r);
     if (e1 >= d) {  // odd D without rope: the last value alone
       store_out(x + e0, x0);
       break;
     }
-    const float x1 = w[e1] * (load_f(x + e1) * r);
-    if (!freqs) {
-      store_out(x + e0, x0);
-      store_out(x + e1, x1);
-      continue;
+    const float x1 = w[e1] * (v1[it] * r);
+    float y0 = x0, y1 = x1;
+    if (freqs) {
+      // Interleaved pairs rotate by angle i * freqs[j], angle in f32.
+      float sn_a, cs_a;
+      sincosf(static_cast<float>(i) * freqs[j], &sn_a, &cs_a);
+      y0 = x0 * cs_a - x1 * sn_a;
+      y1 = x1 * cs_a + x0 * sn_a;
     }
-    // Interleaved pairs rotate by angle i * freqs[j], angle in f32.
-    const float a = static_cast<float>(i) * freqs[j];
-    const float c = cosf(a), s = sinf(a);
-    store_out(x + e0, x0 * c - x1 * s);
-    store_out(x + e1, x1 * c + x0 * s);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (vec2) {
+        *reinterpret_cast<__nv_bfloat162*>(x + e0) = __floats2bfloat162_rn(y0, y1);
+        continue;
+      }
+    }
+    store_out(x + e0, y0);
+    store_out(x + e1, y1);
   }
 }
 
@@ -413,6 +443,7 @@ void set_out(AttnArgs& a, const Tensor& t, int nl) {
 }  // namespace
 
 void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const Tensor& rope_freqs) {
+  OpTimer timer_(*ctx_, "qk_norm_rope", q);
   const char* op = "qk_norm_rope";
   const CudaContext& c = *ctx_;
   const HeadDims hv = head_dims(q, c, op, "q");
@@ -431,19 +462,31 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
   if (nvec == 0 || hv.d == 0) return;
   const unsigned blocks = blocks_for(nvec, kRopeWarps * 32 / kRopeLanes, 2147483647);
   const float* fr = rope_freqs.defined() ? rope_freqs.data<float>() : nullptr;
-  if (q.dtype() == DType::BF16)
-    qk_norm_rope_kernel<<<blocks, kRopeWarps * 32, 0, c.stream>>>(
-        q.data<__nv_bfloat16>(), lsh, lst, nvec, hv.n, hv.h, hv.d, hv.sn, hv.sh,
-        weight.data<float>(), fr, eps);
-  else
-    qk_norm_rope_kernel<<<blocks, kRopeWarps * 32, 0, c.stream>>>(
-        q.data<float>(), lsh, lst, nvec, hv.n, hv.h, hv.d, hv.sn, hv.sh, weight.data<float>(), fr,
-        eps);
+  // Pairs as single 4-byte accesses: BF16, even D, even strides, 4-byte aligned base.
+  bool vec2 = q.dtype() == DType::BF16 && hv.d % 2 == 0 && hv.sn % 2 == 0 && hv.sh % 2 == 0 &&
+              (reinterpret_cast<uintptr_t>(q.raw()) & 3u) == 0;
+  for (int i = 0; i < lead; ++i) vec2 = vec2 && lst.s[i] % 2 == 0;
+  const int64_t pairs = (hv.d + 1) / 2;
+  STDIT_CHECK(pairs <= 64 * kRopeLanes, "cuda ", op, ": head dim ", hv.d, " is over 1024");
+  auto go = [&](auto* x, auto it_tag) {
+    constexpr int kIt = decltype(it_tag)::value;
+    using T = std::remove_pointer_t<decltype(x)>;
+    qk_norm_rope_kernel<T, kIt><<<blocks, kRopeWarps * 32, 0, c.stream>>>(
+        x, lsh, lst, nvec, hv.n, hv.h, hv.d, hv.sn, hv.sh, weight.data<float>(), fr, eps, vec2);
+  };
+  auto dispatch = [&](auto* x) {
+    if (pairs <= 5 * kRopeLanes) go(x, std::integral_constant<int, 5>{});       // D <= 80
+    else if (pairs <= 8 * kRopeLanes) go(x, std::integral_constant<int, 8>{});  // D <= 128
+    else go(x, std::integral_constant<int, 64>{});
+  };
+  if (q.dtype() == DType::BF16) dispatch(q.data<__nv_bfloat16>());
+  else dispatch(q.data<float>());
   check_launch(op);
 }
 
 void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                             float scale, Tensor& out, const AttentionExtras& extras) {
+  OpTimer timer_(*ctx_, "attention", q_in);
   const char* op = "attention";
   CudaContext& c = *ctx_;
   head_dims(q_in, c, op, "q");
@@ -497,6 +540,7 @@ void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor
 
 void CudaBackend::cross_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                   const std::vector<int>& kv_lens, float scale, Tensor& out) {
+  OpTimer timer_(*ctx_, "cross_attention", q_in);
   const char* op = "cross_attention";
   CudaContext& c = *ctx_;
   head_dims(q_in, c, op, "q");

@@ -1,5 +1,6 @@
 // CUDA backend: context, memory, elementwise ops, embeddings, gather.
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -69,6 +70,53 @@ CudaContext::~CudaContext() {
   if (workspace) cudaFree(workspace);
   if (stream) cudaStreamDestroy(stream);
   if (previous >= 0) cudaSetDevice(previous);
+}
+
+namespace {
+struct OpProfile {
+  std::mutex m;
+  std::map<std::string, std::pair<int, double>> ms;  // calls, milliseconds
+  ~OpProfile() {
+    double total = 0;
+    for (auto& [k, v] : ms) {
+      std::fprintf(stderr, "cuda profile: %9.1f ms %6d calls  %s\n", v.second, v.first, k.c_str());
+      total += v.second;
+    }
+    if (!ms.empty()) std::fprintf(stderr, "cuda profile: %9.1f ms in all\n", total);
+  }
+};
+OpProfile* op_profile() {
+  static OpProfile* p = std::getenv("STDIT_CUDA_PROFILE") || std::getenv("STDIT_CUDA_CONV_PROFILE")
+                            ? new OpProfile
+                            : nullptr;
+  static struct Flush {
+    ~Flush() { delete p; }
+  } flush;
+  return p;
+}
+}  // namespace
+
+OpTimer::OpTimer(CudaContext& c, const char* op, const Tensor& t) {
+  if (!op_profile()) return;
+  ctx_ = &c;
+  key_ = cat(op, " ", shape_str(t.shape()), " ", dtype_name(t.dtype()));
+  STDIT_CUDA_CHECK(cudaEventCreate(&e0_));
+  STDIT_CUDA_CHECK(cudaEventCreate(&e1_));
+  STDIT_CUDA_CHECK(cudaEventRecord(e0_, c.stream));
+}
+
+OpTimer::~OpTimer() {
+  if (!ctx_) return;
+  float ms = 0;
+  if (cudaEventRecord(e1_, ctx_->stream) == cudaSuccess && cudaEventSynchronize(e1_) == cudaSuccess)
+    cudaEventElapsedTime(&ms, e0_, e1_);
+  cudaEventDestroy(e0_);
+  cudaEventDestroy(e1_);
+  OpProfile* p = op_profile();
+  std::lock_guard<std::mutex> lock(p->m);
+  auto& v = p->ms[detail.empty() ? key_ : key_ + " " + detail];
+  v.first += 1;
+  v.second += ms;
 }
 
 cudnnHandle_t dnn_handle(CudaContext& c) {
@@ -381,6 +429,7 @@ __global__ void gather_rows_kernel(const float* __restrict__ src, const int64_t*
 }  // namespace
 
 void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
+  OpTimer timer_(*ctx_, "add", a);
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(a, c, "add", "a");
   expect_contiguous_float(b, c, "add", "b");
@@ -419,6 +468,7 @@ void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
 }
 
 void CudaBackend::silu(const Tensor& x, Tensor& out) {
+  OpTimer timer_(*ctx_, "silu", x);
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, "silu", "x");
   expect_contiguous_f32(out, c, "silu", "out");
@@ -430,6 +480,7 @@ void CudaBackend::silu(const Tensor& x, Tensor& out) {
 }
 
 void CudaBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
+  OpTimer timer_(*ctx_, "mul", a);
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(a, c, "mul", "a");
   expect_contiguous_f32(b, c, "mul", "b");
@@ -444,6 +495,7 @@ void CudaBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
 
 void CudaBackend::channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
                                  Tensor& out) {
+  OpTimer timer_(*ctx_, "channel_affine", x);
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, "channel_affine", "x");
   expect_contiguous_f32(out, c, "channel_affine", "out");
@@ -464,6 +516,7 @@ void CudaBackend::channel_affine(const Tensor& x, const Tensor& scale, const Ten
 }
 
 void CudaBackend::upsample_nearest2x(const Tensor& x, Tensor& out) {
+  OpTimer timer_(*ctx_, "upsample_nearest2x", x);
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, "upsample_nearest2x", "x");
   expect_contiguous_f32(out, c, "upsample_nearest2x", "out");

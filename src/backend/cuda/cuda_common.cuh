@@ -118,6 +118,23 @@ cudnnHandle_t dnn_handle(CudaContext& ctx);
 // cuDNN's last error message ("" if none), for error texts.
 std::string dnn_last_error();
 
+// STDIT_CUDA_PROFILE=1 (or STDIT_CUDA_CONV_PROFILE=1): each op that opens an OpTimer is timed
+// on the stream (events and a wait after it: the run gets slower) and the totals per op and
+// shape are printed at exit. A diagnostic for finding where a step goes, off by default.
+class OpTimer {
+ public:
+  OpTimer(CudaContext& c, const char* op, const Tensor& t);
+  ~OpTimer();
+  OpTimer(const OpTimer&) = delete;
+  OpTimer& operator=(const OpTimer&) = delete;
+  std::string detail;  // appended to the key (e.g. the path a convolution took)
+
+ private:
+  CudaContext* ctx_ = nullptr;  // null: not profiling
+  std::string key_;
+  cudaEvent_t e0_ = nullptr, e1_ = nullptr;
+};
+
 // Device memory of `bytes` bytes on ctx's stream (stream-ordered allocator); freed on that stream
 // when the last owner goes.
 std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size_t bytes);

@@ -4,9 +4,8 @@
 // convolutions are one GEMM on the input. The fallback, and the path for BF16 weights: im2col into
 // a bounded column buffer + cuBLASLt GEMM per batch index.
 //
-// STDIT_CUDA_CONV_PROFILE=1 times every convolution (synchronously) and prints the total per
-// geometry and path at exit, and the heuristics' ranking of each new cuDNN geometry: a
-// diagnostic for choosing paths, not for production runs.
+// STDIT_CUDA_CONV_PROFILE=1: the op profile (OpTimer) plus the heuristics' ranking of each new
+// cuDNN geometry, printed: a diagnostic for choosing paths.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -240,51 +239,13 @@ bool conv3d_cudnn(const std::shared_ptr<CudaContext>& ctx, const Tensor& x, cons
   return true;
 }
 
-struct ConvProfile {
-  std::mutex m;
-  std::map<std::string, std::pair<int, double>> ms;  // calls, milliseconds
-  ~ConvProfile() {
-    double total = 0;
-    for (auto& [k, v] : ms) {
-      std::fprintf(stderr, "conv profile: %8.1f ms %5d calls  %s\n", v.second, v.first, k.c_str());
-      total += v.second;
-    }
-    if (!ms.empty()) std::fprintf(stderr, "conv profile: %8.1f ms in all\n", total);
-  }
-};
-ConvProfile* conv_profile() {
-  static ConvProfile* p = std::getenv("STDIT_CUDA_CONV_PROFILE") ? new ConvProfile : nullptr;
-  static struct Flush {
-    ~Flush() { delete conv_profile(); }
-  } flush;
-  return p;
-}
-
 }  // namespace
 
 void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,
                          Tensor& out) {
-  ConvProfile* prof = conv_profile();
-  if (!prof) {
-    conv3d_impl(x, w, bias, p, out);
-    return;
-  }
-  cudaEvent_t e0, e1;
-  STDIT_CUDA_CHECK(cudaEventCreate(&e0));
-  STDIT_CUDA_CHECK(cudaEventCreate(&e1));
-  STDIT_CUDA_CHECK(cudaEventRecord(e0, ctx_->stream));
-  const std::string path = conv3d_impl(x, w, bias, p, out);
-  STDIT_CUDA_CHECK(cudaEventRecord(e1, ctx_->stream));
-  STDIT_CUDA_CHECK(cudaEventSynchronize(e1));
-  float ms = 0;
-  cudaEventElapsedTime(&ms, e0, e1);
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  std::lock_guard<std::mutex> lock(prof->m);
-  auto& v = prof->ms[cat(shape_str(x.shape()), " * ", shape_str(w.shape()), " s", p.stride_h, " ",
-                         path)];
-  v.first += 1;
-  v.second += ms;
+  OpTimer timer(*ctx_, "conv3d", x);
+  timer.detail = cat("* ", shape_str(w.shape()), " s", p.stride_h, " ");
+  timer.detail += conv3d_impl(x, w, bias, p, out);
 }
 
 std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,

@@ -198,6 +198,7 @@ __global__ void __launch_bounds__(kGnThreads)
 void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
                                      const Tensor& shift0, const Tensor& scale0,
                                      const FrameSelect& sel, float eps, Tensor& out) {
+  OpTimer timer_(*ctx_, "layernorm_modulate", x);
   const char* op = "layernorm_modulate";
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, op, "x");
@@ -227,6 +228,7 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
 }
 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  OpTimer timer_(*ctx_, "rms_norm", x);
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, "rms_norm", "x");
   expect_contiguous_f32(weight, c, "rms_norm", "weight");
@@ -244,6 +246,7 @@ void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Ten
 
 void CudaBackend::gated_residual(Tensor& x, const Tensor& y, const Tensor& gate,
                                  const Tensor& gate0, const FrameSelect& sel) {
+  OpTimer timer_(*ctx_, "gated_residual", x);
   const char* op = "gated_residual";
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, op, "x");
@@ -285,6 +288,7 @@ void CudaBackend::select_frames(Tensor& dst, const Tensor& src, const FrameSelec
 
 void CudaBackend::group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
                              float eps, bool silu, Tensor& out) {
+  OpTimer timer_(*ctx_, "group_norm", x);
   const char* op = "group_norm";
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, op, "x");

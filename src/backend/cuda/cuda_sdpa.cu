@@ -215,6 +215,8 @@ int64_t host_lead_offset(const LeadShape& sh, const LeadStrides& st, int rank, i
 bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
                             const std::vector<int>* kv_begin) {
   if (!c.options.cudnn_attention || !a.in_bf16 || !a.out_bf16 || a.bias || a.key_mask) return false;
+  // Below 64 queries (temporal attention, T <= 32 frames) the own kernels are faster: measured
+  // at 720p 4s on an H200, cuDNN for temporal attention too made the step 1,487 ms vs 1,470.
   if (a.d % 8 != 0 || a.d > 128 || a.nq < 64) return false;
   if (a.kv_packed && !kv_begin) return false;
   // 16-byte aligned rows everywhere (strides in elements, bf16 = 2 bytes).
