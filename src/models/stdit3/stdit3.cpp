@@ -404,13 +404,14 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   auto m0 = [&](int j) { return s.sel.active() ? chunk(mod0, j, C) : Tensor{}; };
 
   // Activations that only feed GEMMs and attention (LN outputs, q/k/v, attention outputs, MLP
-  // hidden): the backend's matmul dtype (bf16 on CUDA); the residual stream x and the GEMM
-  // outputs added to it stay F32. Row-parallel outputs are partial sums reduced across ranks: in
-  // the matmul dtype (half the bytes on the wire, as the seed's fp16 engine). Each of the three
-  // phases below frees its tensors when it ends, so a block holds at most one phase's worth
+  // hidden): the backend's matmul dtype (bf16 on CUDA); the residual stream x stays F32. The
+  // outputs of the projections added to x (attention/cross-attention out, fc2) are in the
+  // matmul dtype too, as in the seed (bf16 linear outputs) and as the tensor-parallel partial
+  // sums must be (half the bytes on the wire): the sum into x is in f32. Each of the three phases
+  // below frees its tensors when it ends, so a block holds at most one phase's worth
   // (activation_bytes() is the same arithmetic).
   const DType mm = be_.matmul_dtype();
-  const DType red = tp_ ? mm : DType::F32;
+  const DType red = mm;
   const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
@@ -467,7 +468,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
 size_t STDiT3::activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_rows) const {
   const int64_t N = T * S, C = cfg_.hidden_size, Cl = C / tp_size_, M = cfg_.mlp_hidden() / tp_size_;
   const int64_t mm = static_cast<int64_t>(dtype_size(be_.matmul_dtype()));
-  const int64_t red = tp_ ? mm : 4;
+  const int64_t red = mm;
   const int64_t rows = B * N;
   // The three phases of block_forward (each frees its tensors), plus what lives across blocks:
   // the residual stream x, the patch embedding input and the final layer's output.
