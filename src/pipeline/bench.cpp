@@ -106,6 +106,19 @@ void run_bench(const BenchOptions& opt) {
     });
     be->bind_to_this_thread();  // creating the second device's backend made its device current here
   }
+  // CFG-parallel x TP: a second TP group on devices tp .. 2 tp - 1 takes the other half of the CFG
+  // batch (the split `generate --gpus 2N --tp N --cfg-parallel` makes).
+  std::vector<std::unique_ptr<Backend>> tpb_owned;
+  std::unique_ptr<TensorParallelDenoiser> tp_b;
+  if (opt.tp > 1 && opt.cfg_parallel) {
+    std::vector<Backend*> bes;
+    for (int r = 0; r < opt.tp; ++r) {
+      tpb_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", opt.tp + r) : opt.backend));
+      bes.push_back(tpb_owned.back().get());
+    }
+    tp_b = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), bes);
+    be->bind_to_this_thread();
+  }
   std::unique_ptr<OpenSoraVae> vae;
   VaeConfig vc;
   for (const auto& preset : opt.presets) {
@@ -137,20 +150,21 @@ void run_bench(const BenchOptions& opt) {
     std::printf("  %-8s memory plan: denoiser weights %.2f GiB + activations of one call %.2f GiB\n",
                 preset.c_str(), plan_w, plan_a);
     double cfgp_ms = -1, cfgp_err = -1;
+    // The two halves of the CFG batch, for the CFG-parallel timings.
+    STDiT3Inputs halves[2];
+    for (int k = 0; k < 2; ++k) {
+      halves[k] = in;
+      halves[k].x = in.x.slice(0, k, k + 1).contiguous();
+      halves[k].timestep = Tensor::from_f32({1}, {900.0f});
+      halves[k].y = in.y.slice(0, k, k + 1).contiguous();
+    }
     if (dit1) {
       // Each device runs one half of the CFG batch; compare with the single call's halves.
       const Tensor full = dit->forward(in);
-      STDiT3Inputs h[2];
-      for (int k = 0; k < 2; ++k) {
-        h[k] = in;
-        h[k].x = in.x.slice(0, k, k + 1).contiguous();
-        h[k].timestep = Tensor::from_f32({1}, {900.0f});
-        h[k].y = in.y.slice(0, k, k + 1).contiguous();
-      }
       Tensor out[2];
       std::vector<Backend*> bes{be.get(), be1.get()};
       std::vector<STDiT3*> ms{dit.get(), dit1.get()};
-      auto both = [&] { run_on_devices(bes, [&](int k) { out[k] = ms[k]->forward(h[k]); }); };
+      auto both = [&] { run_on_devices(bes, [&](int k) { out[k] = ms[k]->forward(halves[k]); }); };
       both();  // warm-up
       const auto c0 = Clock::now();
       for (int i = 0; i < opt.denoise_iters; ++i) both();
@@ -170,11 +184,29 @@ void run_bench(const BenchOptions& opt) {
       std::printf("  %-8s tensor parallel, %d devices: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n",
                   preset.c_str(), opt.tp, tp_ms, step_ms / tp_ms, tp_err);
     }
+    double cfgtp_ms = -1, cfgtp_err = -1;
+    if (tp && tp_b) {
+      // Each TP group runs one half of the CFG batch, both at once.
+      const Tensor full = dit->forward(in);
+      Tensor out[2];
+      std::vector<Backend*> firsts{be.get(), tpb_owned[0].get()};
+      TensorParallelDenoiser* groups[2] = {tp.get(), tp_b.get()};
+      auto both = [&] { run_on_devices(firsts, [&](int k) { out[k] = groups[k]->forward(halves[k]); }); };
+      both();  // warm-up
+      const auto c0 = Clock::now();
+      for (int i = 0; i < opt.denoise_iters; ++i) both();
+      cfgtp_ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
+      cfgtp_err = std::max(rel_error(out[0], full.slice(0, 0, 1)), rel_error(out[1], full.slice(0, 1, 2)));
+      std::printf("  %-8s CFG-parallel x tensor parallel %d, %d devices: %.1f ms/step (%.2fx one device), "
+                  "rel err vs one device %.2e\n",
+                  preset.c_str(), opt.tp, 2 * opt.tp, cfgtp_ms, step_ms / cfgtp_ms, cfgtp_err);
+    }
     double vae_s = -1;
     if (opt.vae) {
       if (!vae) {
         dit.reset();  // stage residency: the denoiser is freed before the VAE is loaded
         tp.reset();
+        tp_b.reset();
         vae = std::make_unique<OpenSoraVae>(vc, synthetic_weights(vae_param_specs(vc), opt.seed + 3), *be);
       }
       const Tensor z = philox_normal({1, 4, T, h, w}, opt.seed + 4);
@@ -194,6 +226,7 @@ void run_bench(const BenchOptions& opt) {
                        {"peak_gib", be->peak_memory_bytes() / double(1ull << 30)},
                        {"cfg_parallel_ms_per_step", cfgp_ms}, {"cfg_parallel_rel_err", cfgp_err},
                        {"tp", opt.tp}, {"tp_ms_per_step", tp_ms}, {"tp_rel_err", tp_err},
+                       {"cfg_tp_ms_per_step", cfgtp_ms}, {"cfg_tp_rel_err", cfgtp_err},
                        {"plan_weights_gib", plan_w}, {"plan_activations_gib", plan_a}});
   }
   if (!opt.json.empty()) {

@@ -14,7 +14,8 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_flag_callback("--no-vae", [o] { o->vae = false; }, "Skip the VAE decode");
   cmd->add_option("--seed", o->seed, "Seed of the synthetic weights")->capture_default_str();
   cmd->add_option("--json", o->json, "Also write the results as JSON");
-  cmd->add_flag("--cfg-parallel", o->cfg_parallel, "Also time CFG-parallel on two devices (cuda:0 + cuda:1)");
+  cmd->add_flag("--cfg-parallel", o->cfg_parallel, "Also time CFG-parallel on two devices (cuda:0 + cuda:1); with --tp N also "
+                "CFG-parallel x TP N on 2N devices");
   cmd->add_option("--tp", o->tp, "Also time tensor parallelism over N devices (cuda:0..N-1), N dividing 16")
       ->check(CLI::Range(1, 16));
   cmd->callback([&action, o] { action = [o] { run_bench(*o); }; });
