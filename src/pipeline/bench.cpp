@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
@@ -158,18 +159,23 @@ void run_bench(const BenchOptions& opt) {
       halves[k].timestep = Tensor::from_f32({1}, {900.0f});
       halves[k].y = in.y.slice(0, k, k + 1).contiguous();
     }
-    if (dit1) {
-      // Each device runs one half of the CFG batch; compare with the single call's halves.
+    // Times fn(0) and fn(1) (the two CFG halves) run at once, one thread per device of `bes`;
+    // the error is against the halves of the single-device call.
+    auto time_halves = [&](const std::vector<Backend*>& bes, const std::function<Tensor(int)>& fn,
+                           double& ms, double& err) {
       const Tensor full = dit->forward(in);
       Tensor out[2];
-      std::vector<Backend*> bes{be.get(), be1.get()};
-      std::vector<STDiT3*> ms{dit.get(), dit1.get()};
-      auto both = [&] { run_on_devices(bes, [&](int k) { out[k] = ms[k]->forward(halves[k]); }); };
+      auto both = [&] { run_on_devices(bes, [&](int k) { out[k] = fn(k); }); };
       both();  // warm-up
       const auto c0 = Clock::now();
       for (int i = 0; i < opt.denoise_iters; ++i) both();
-      cfgp_ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
-      cfgp_err = std::max(rel_error(out[0], full.slice(0, 0, 1)), rel_error(out[1], full.slice(0, 1, 2)));
+      ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
+      err = std::max(rel_error(out[0], full.slice(0, 0, 1)), rel_error(out[1], full.slice(0, 1, 2)));
+    };
+    if (dit1) {
+      STDiT3* ms[2] = {dit.get(), dit1.get()};
+      time_halves({be.get(), be1.get()}, [&](int k) { return ms[k]->forward(halves[k]); }, cfgp_ms,
+                  cfgp_err);
       std::printf("  %-8s CFG-parallel on 2 devices: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n",
                   preset.c_str(), cfgp_ms, step_ms / cfgp_ms, cfgp_err);
     }
@@ -187,16 +193,9 @@ void run_bench(const BenchOptions& opt) {
     double cfgtp_ms = -1, cfgtp_err = -1;
     if (tp && tp_b) {
       // Each TP group runs one half of the CFG batch, both at once.
-      const Tensor full = dit->forward(in);
-      Tensor out[2];
-      std::vector<Backend*> firsts{be.get(), tpb_owned[0].get()};
       TensorParallelDenoiser* groups[2] = {tp.get(), tp_b.get()};
-      auto both = [&] { run_on_devices(firsts, [&](int k) { out[k] = groups[k]->forward(halves[k]); }); };
-      both();  // warm-up
-      const auto c0 = Clock::now();
-      for (int i = 0; i < opt.denoise_iters; ++i) both();
-      cfgtp_ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
-      cfgtp_err = std::max(rel_error(out[0], full.slice(0, 0, 1)), rel_error(out[1], full.slice(0, 1, 2)));
+      time_halves({be.get(), tpb_owned[0].get()}, [&](int k) { return groups[k]->forward(halves[k]); },
+                  cfgtp_ms, cfgtp_err);
       std::printf("  %-8s CFG-parallel x tensor parallel %d, %d devices: %.1f ms/step (%.2fx one device), "
                   "rel err vs one device %.2e\n",
                   preset.c_str(), opt.tp, 2 * opt.tp, cfgtp_ms, step_ms / cfgtp_ms, cfgtp_err);
