@@ -127,6 +127,7 @@ class OpTimer {
   ~OpTimer();
   OpTimer(const OpTimer&) = delete;
   OpTimer& operator=(const OpTimer&) = delete;
+  bool active() const { return ctx_ != nullptr; }  // profiling is on
   std::string detail;  // appended to the key (e.g. the path a convolution took)
 
  private:

@@ -244,8 +244,8 @@ bool conv3d_cudnn(const std::shared_ptr<CudaContext>& ctx, const Tensor& x, cons
 void CudaBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,
                          Tensor& out) {
   OpTimer timer(*ctx_, "conv3d", x);
-  timer.detail = cat("* ", shape_str(w.shape()), " s", p.stride_h, " ");
-  timer.detail += conv3d_impl(x, w, bias, p, out);
+  const std::string path = conv3d_impl(x, w, bias, p, out);
+  if (timer.active()) timer.detail = cat("* ", shape_str(w.shape()), " s", p.stride_h, " ", path);
 }
 
 std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvParams& p,

@@ -233,7 +233,8 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
 void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                          Tensor& out) {
   OpTimer timer_(*ctx_, "linear", x);
-  if (std::getenv("STDIT_CUDA_PROFILE")) timer_.detail = cat("w ", shape_str(w.shape()), act == Activation::None ? "" : " +act");
+  if (timer_.active())
+    timer_.detail = cat("w ", shape_str(w.shape()), act == Activation::None ? "" : " +act");
   CudaContext& c = *ctx_;
   expect_contiguous_float(x, c, "linear", "x");
   expect_contiguous_float(w, c, "linear", "weight");
