@@ -197,7 +197,7 @@ struct LeadShape {
 LeadShape lead_shape(const Tensor& t, int lead);
 LeadStrides lead_strides(const Tensor& t, int lead);
 
-__device__ __forceinline__ int64_t lead_offset(const LeadShape& sh, const LeadStrides& st,
+__host__ __device__ __forceinline__ int64_t lead_offset(const LeadShape& sh, const LeadStrides& st,
                                                int64_t b) {
   // Unrolled with constant indices so that the parameter arrays stay out of local memory.
   int64_t off = 0;

@@ -201,15 +201,6 @@ int fold_lead(const AttnArgs& a, int64_t& inner) {
   return folded;
 }
 
-int64_t host_lead_offset(const LeadShape& sh, const LeadStrides& st, int rank, int64_t b) {
-  int64_t off = 0;
-  for (int i = rank - 1; i >= 0; --i) {
-    off += (b % sh.n[i]) * st.s[i];
-    b /= sh.n[i];
-  }
-  return off;
-}
-
 }  // namespace
 
 bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
@@ -247,12 +238,13 @@ bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t k0 = (*kv_begin)[b], nk = (*kv_begin)[b + 1] - k0;
       if (nk <= 0) return false;
-      calls.push_back({host_lead_offset(a.lead, a.q.lead, rank, b), k0 * a.k.sn, k0 * a.v.sn,
-                       host_lead_offset(a.lead, a.out_lead, rank, b), 1, nk});
+      calls.push_back({lead_offset(a.lead, a.q.lead, b), k0 * a.k.sn, k0 * a.v.sn,
+                       lead_offset(a.lead, a.out_lead, b), 1, nk});
     }
   } else {
     const int folded = fold_lead(a, inner);
-    const int outer_rank = rank - folded;
+    LeadShape outer_shape = a.lead;  // the dims left outside the folded batch
+    outer_shape.rank = rank - folded;
     if (folded > 0) {
       stride_q = a.q.lead.s[rank - 1];
       stride_k = a.k.lead.s[rank - 1];
@@ -262,10 +254,9 @@ bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
     const int64_t outer = batch / inner;
     if (outer > 64) return false;  // too many small calls: the own kernel does better
     for (int64_t ob = 0; ob < outer; ++ob)
-      calls.push_back({host_lead_offset(a.lead, a.q.lead, outer_rank, ob),
-                       host_lead_offset(a.lead, a.k.lead, outer_rank, ob),
-                       host_lead_offset(a.lead, a.v.lead, outer_rank, ob),
-                       host_lead_offset(a.lead, a.out_lead, outer_rank, ob), inner, a.nk});
+      calls.push_back({lead_offset(outer_shape, a.q.lead, ob), lead_offset(outer_shape, a.k.lead, ob),
+                       lead_offset(outer_shape, a.v.lead, ob),
+                       lead_offset(outer_shape, a.out_lead, ob), inner, a.nk});
   }
   // A batch dim of one (no folded lead dims, or one sample per call): any valid stride.
   auto some_stride = [](int64_t s, const Operand& t, int64_t n, int64_t h) {
