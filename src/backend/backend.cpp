@@ -9,6 +9,17 @@
 
 namespace stdit {
 
+void Backend::linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias,
+                              const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,
+                              Tensor& x) {
+  Tensor p = alloc(x.shape(), matmul_dtype());
+  linear(y, w, bias, Activation::None, p);
+  if (gate.defined())
+    gated_residual(x, p, gate, gate0, sel);
+  else
+    add(x, p, x);
+}
+
 std::vector<std::string> backend_names() {
 #ifdef STDIT_HAVE_CUDA
   return {"cpu", "cuda"};

@@ -95,6 +95,14 @@ class Backend {
   // y may be matmul_dtype().
   virtual void gated_residual(Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& gate0,
                               const FrameSelect& sel) = 0;
+  // A projection added to the residual stream: x += gate * (y w^T + bias), x [B, N, C] F32,
+  // y [B, N, K] (F32 or matmul_dtype()), w [C, K], gate/gate0/sel as in gated_residual; an absent
+  // gate means x += y w^T + bias. The default is linear() into a matmul_dtype() tensor, then
+  // gated_residual() or add(); a backend may fuse it (CUDA: the gate folded into per-sample
+  // weights and the sum accumulated by the GEMM, see NUMERICS.md).
+  virtual void linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias,
+                               const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,
+                               Tensor& x);
   // dst[b, n, :] = src[b, n, :] for tokens of frames with mask == 0 (x_mask False).
   virtual void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) = 0;
 

@@ -35,6 +35,7 @@
 // | attention[bf16], cross_attention[bf16]| 1e-2     | 5.0e-3 / 3.5e-3 | bf16 Q,K,V,P; f32 softmax    |
 // | layernorm_modulate, qk_norm_rope,    | 4e-3      | <= 2.0e-3 | one bf16 rounding of the output    |
 // |   gated_residual, add [bf16]         |           |           |   (or of the bf16 operand)         |
+// | linear_residual[bf16] (increment)    | 1e-2      | (new)     | bf16 y, w*gate; f32 sum into x     |
 // | stdit3_a/b/c[bf16], t5_tiny[bf16]    | 5e-3      | 5.0e-4 / 7.4e-4 | every intermediate           |
 // | stdit3_a[bf16,tp2] (NCCL, 2 GPUs)    | 5e-3      | 6.0e-4    | vs reference and one GPU           |
 // | vae_tiny[bf16] (VAE keeps f32)       | 1e-2      | 5.9e-3    | as TF32                            |
@@ -107,6 +108,7 @@ const std::map<std::string, double>& thresholds() {
       {"layernorm_modulate[bf16]", 4e-3},
       {"qk_norm_rope[bf16]", 4e-3},
       {"gated_residual[bf16]", 4e-3},
+      {"linear_residual[bf16]", 1e-2},  // bf16 y and w (and w * gate), f32 accumulation
       {"add[bf16]", 4e-3},
       {"cross_attention[f32]", 1e-5},
       {"linear", 2e-3},
@@ -521,6 +523,58 @@ TEST(CudaOps, GatedResidualAndSelectFrames) {
     Tensor sd = g.upload(x);
     g.select_frames(sd, g.upload(y), gs);
     check("select_frames", mod_what(m), err_vs(g, sd, sref));
+  }
+}
+
+// A projection added to the residual stream (linear_residual): the CUDA backend's fused form
+// (gate folded into per-sample bf16 weights, the sum accumulated by cuBLASLt into F32 x) and its
+// unfused fallbacks (frame selection, K not a multiple of 8), against linear + gated_residual on
+// the CPU. Measured on the increment x_after - x_before (x itself would dilute the error).
+TEST(CudaOps, LinearResidual) {
+  CudaBackend& g = gpu16();
+  struct Case {
+    int64_t b, t, s, k, c;
+    bool gate, bias, select;
+  };
+  const std::vector<Case> cases = {
+      {2, 3, 37, 72, 216, true, true, false},    {2, 2, 405, 1152, 1152, true, true, false},
+      {3, 2, 64, 256, 1152, true, false, false}, {2, 3, 37, 72, 216, false, true, false},
+      {1, 1, 13, 36, 40, true, true, false},     {2, 3, 37, 72, 216, true, true, true},
+      {2, 1, 700, 4608, 1152, true, true, false}};
+  uint64_t seed = 1600;
+  for (const auto& cs : cases) {
+    const int64_t n = cs.t * cs.s;
+    const Tensor x = randn({cs.b, n, cs.c}, ++seed, 2.0f);
+    // y as the bf16 activation it is in the model: rounded on the host too.
+    const Tensor y = g.download(dev_in(g, randn({cs.b, n, cs.k}, ++seed), true));
+    const Tensor w = randn({cs.c, cs.k}, ++seed, 1.0f / std::sqrt(static_cast<float>(cs.k)));
+    const Tensor bias = randn({cs.c}, ++seed, 0.1f);
+    const Tensor mod = randn({cs.b, 6 * cs.c}, ++seed, 0.3f), mod0 = randn({cs.b, 6 * cs.c}, ++seed, 0.3f);
+    FrameSelect hs, ds;
+    if (cs.select) {
+      hs.mask = frame_mask(cs.b, cs.t);
+      hs.tokens_per_frame = cs.s;
+      ds.mask = g.upload(hs.mask);
+      ds.tokens_per_frame = cs.s;
+    }
+    const Tensor gate = cs.gate ? chunk(mod, 2, cs.c) : Tensor{};
+    const Tensor gate0 = cs.gate && cs.select ? chunk(mod0, 2, cs.c) : Tensor{};
+    Tensor ref = x.clone();
+    host_be().linear_residual(y, w, cs.bias ? bias : Tensor{}, gate, gate0, hs, ref);
+    const Tensor dmod = g.upload(mod), dmod0 = g.upload(mod0);
+    Tensor dx = g.upload(x);
+    g.linear_residual(dev_in(g, y, true), g.upload_weight(w), cs.bias ? g.upload(bias) : Tensor{},
+                      cs.gate ? chunk(dmod, 2, cs.c) : Tensor{},
+                      cs.gate && cs.select ? chunk(dmod0, 2, cs.c) : Tensor{}, ds, dx);
+    Tensor got = g.download(dx);
+    for (int64_t i = 0; i < got.numel(); ++i) {
+      got.data<float>()[i] -= x.data<float>()[i];
+      ref.data<float>()[i] -= x.data<float>()[i];
+    }
+    check("linear_residual[bf16]",
+          cat("x ", S(x.shape()), " w ", S(w.shape()), cs.gate ? " gated" : "", cs.bias ? " +b" : "",
+              cs.select ? " select" : ""),
+          rel_error(got, ref));
   }
 }
 

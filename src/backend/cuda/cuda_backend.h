@@ -63,6 +63,8 @@ class CudaBackend final : public Backend {
   void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
                           const Tensor& shift0, const Tensor& scale0, const FrameSelect& sel,
                           float eps, Tensor& out) override;
+  void linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
+                       const Tensor& gate0, const FrameSelect& sel, Tensor& x) override;
   void gated_residual(Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& gate0,
                       const FrameSelect& sel) override;
   void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) override;

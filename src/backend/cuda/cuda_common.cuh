@@ -50,12 +50,12 @@ void check_launch(const char* op);
 struct GemmKey {
   int64_t m, n, k, lda, ldb, ldc;
   int transa, transb, epilogue, align_a, align_b, align_c, bf16_in, bf16_out;
-  bool operator<(const GemmKey& o) const {
+  int64_t batch, stride_a, stride_b, stride_c, stride_bias;  // strided batch (1: none)
+  auto tied() const {
     return std::tie(m, n, k, lda, ldb, ldc, transa, transb, epilogue, align_a, align_b, align_c,
-                    bf16_in, bf16_out) < std::tie(o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.transa,
-                                                  o.transb, o.epilogue, o.align_a, o.align_b,
-                                                  o.align_c, o.bf16_in, o.bf16_out);
+                    bf16_in, bf16_out, batch, stride_a, stride_b, stride_c, stride_bias);
   }
+  bool operator<(const GemmKey& o) const { return tied() < o.tied(); }
 };
 
 struct GemmPlan {
@@ -157,6 +157,14 @@ bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, 
 bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
                 int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
                 void* C, int64_t ldc, const void* bias_rows = nullptr, bool gelu = false);
+// Strided-batched accumulation through cuBLASLt only: for each i < batch,
+// C_i[m x n] += op(A_i) op(B_i) + bias_i (column-major, C and the bias in `out`, bias_i[r] added
+// to row r), with X_i = X + i * stride_x in elements. Returns false, with nothing written, when
+// cuBLASLt has no algorithm for it (the caller takes an unfused path).
+bool gemm_accumulate(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
+                     int64_t n, int64_t k, int64_t batch, const void* A, int64_t lda,
+                     int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,
+                     int64_t ldc, int64_t stride_c, const void* bias_rows, int64_t stride_bias);
 
 // ------------------------------------------------------------------------------------------------
 // argument checks (the CPU backend's, plus "lives on this device")

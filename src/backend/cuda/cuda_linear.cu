@@ -122,6 +122,20 @@ GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, tin, arows, acols, key.lda));
   STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, tin, brows, bcols, key.ldb));
   STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, tout, key.m, key.n, key.ldc));
+  if (key.batch > 1) {
+    const int32_t count = static_cast<int32_t>(key.batch);
+    const std::pair<cublasLtMatrixLayout_t, int64_t> layouts[] = {
+        {p.a, key.stride_a}, {p.b, key.stride_b}, {p.c, key.stride_c}};
+    for (const auto& [layout, stride] : layouts) {
+      STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+          layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      STDIT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+          layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+    }
+    if (key.epilogue == CUBLASLT_EPILOGUE_BIAS)
+      STDIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+          p.desc, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &key.stride_bias, sizeof(key.stride_bias)));
+  }
   cublasLtMatmulPreference_t pref;
   STDIT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = ctx.workspace_bytes;
@@ -141,6 +155,26 @@ GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
     p.ok = true;
   }
   return p;
+}
+
+// One cuBLASLt call, C = op(A) op(B) (+ bias) + beta C, with the plan for `key` (made and cached
+// on first use). False when cuBLASLt has no algorithm for it; the plan remembers that.
+bool run_cached(CudaContext& ctx, const GemmKey& key, const void* bias, float beta, const void* A,
+                const void* B, void* C) {
+  std::lock_guard<std::mutex> lock(ctx.gemm_mutex);
+  auto it = ctx.gemm_plans.find(key);
+  if (it == ctx.gemm_plans.end()) it = ctx.gemm_plans.emplace(key, make_plan(ctx, key)).first;
+  GemmPlan& p = it->second;
+  if (!p.ok) return false;
+  if (bias)
+    STDIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                      &bias, sizeof(bias)));
+  const float alpha = 1.0f;
+  const cublasStatus_t st = cublasLtMatmul(ctx.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, C, p.c,
+                                           C, p.c, &p.algo, ctx.workspace, ctx.workspace_bytes,
+                                           ctx.stream);
+  if (st != CUBLAS_STATUS_SUCCESS) p.ok = false;  // don't try this plan again
+  return p.ok;
 }
 
 }  // namespace
@@ -184,26 +218,8 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
   for (int ti = 0; ti < nt; ++ti) {
     const Try& tr = tries[ti];
     const GemmKey key{m, n, k, lda, ldb, ldc, transa ? 1 : 0, transb ? 1 : 0,
-                      static_cast<int>(tr.epi), aa, ab, ac, bin ? 1 : 0, bout ? 1 : 0};
-    bool done = false;
-    {
-      std::lock_guard<std::mutex> lock(ctx.gemm_mutex);
-      auto it = ctx.gemm_plans.find(key);
-      if (it == ctx.gemm_plans.end()) it = ctx.gemm_plans.emplace(key, make_plan(ctx, key)).first;
-      GemmPlan& p = it->second;
-      if (p.ok) {
-        if (tr.bias)
-          STDIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
-              p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_rows, sizeof(bias_rows)));
-        const float alpha = 1.0f, beta = 0.0f;
-        const cublasStatus_t st =
-            cublasLtMatmul(ctx.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo,
-                           ctx.workspace, ctx.workspace_bytes, ctx.stream);
-        done = st == CUBLAS_STATUS_SUCCESS;
-        if (!done) p.ok = false;  // don't try this plan again
-      }
-    }
-    if (!done) continue;
+                      static_cast<int>(tr.epi), aa, ab, ac, bin ? 1 : 0, bout ? 1 : 0, 1, 0, 0, 0, 0};
+    if (!run_cached(ctx, key, tr.bias ? bias_rows : nullptr, 0.0f, A, B, C)) continue;
     if (bias_rows && !tr.bias) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
     return tr.gelu;
   }
@@ -228,6 +244,28 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
   check_launch("gemm (fallback)");
   if (bias_rows) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
   return false;
+}
+
+bool gemm_accumulate(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
+                     int64_t n, int64_t k, int64_t batch, const void* A, int64_t lda,
+                     int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,
+                     int64_t ldc, int64_t stride_c, const void* bias_rows, int64_t stride_bias) {
+  STDIT_CHECK((in == DType::F32 || in == DType::BF16) && (out == DType::F32 || out == DType::BF16),
+              "cuda gemm: unsupported dtypes");
+  if (m == 0 || n == 0 || batch == 0) return true;
+  const int ein = in == DType::BF16 ? 2 : 4, eout = out == DType::BF16 ? 2 : 4;
+  // Every batch entry must keep the alignment the plan was chosen for.
+  const int aa = std::min(alignment_of(A, lda, ein), alignment_of(A, stride_a, ein));
+  const int ab = std::min(alignment_of(B, ldb, ein), alignment_of(B, stride_b, ein));
+  const int ac = std::min(alignment_of(C, ldc, eout), alignment_of(C, stride_c, eout));
+  const bool aligned_bias = (reinterpret_cast<uintptr_t>(bias_rows) & 15u) == 0 &&
+                            (stride_bias * eout) % 16 == 0;
+  if (bias_rows && !aligned_bias) return false;
+  const int epi = bias_rows ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  const GemmKey key{m, n, k, lda, ldb, ldc, transa ? 1 : 0, transb ? 1 : 0, epi, aa, ab, ac,
+                    in == DType::BF16 ? 1 : 0, out == DType::BF16 ? 1 : 0,
+                    batch, stride_a, stride_b, stride_c, stride_bias};
+  return run_cached(ctx, key, bias_rows, 1.0f, A, B, C);
 }
 
 void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,

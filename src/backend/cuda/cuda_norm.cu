@@ -110,6 +110,32 @@ __global__ void gated_residual_kernel(float* x, const TY* y, int64_t rows, int64
   }
 }
 
+// The gate of a gated residual folded into per-sample weights (CudaBackend::linear_residual):
+// wout[b, c, k] = bf16(gate[b, c] * w[c, k]) and bout[b, c] = gate[b, c] * bias[c] (0 without a
+// bias). k is a multiple of 8: each thread scales 8 weights (one 16-byte load).
+__global__ void fold_gate_kernel(const __nv_bfloat16* __restrict__ w, const float* __restrict__ bias,
+                                 ModRow gate, int64_t ch, int64_t k, int64_t batch,
+                                 __nv_bfloat16* __restrict__ wout, float* __restrict__ bout) {
+  const int64_t per = ch * k / 8, total = batch * per;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = t / per, e = (t - b * per) * 8, c = e / k;
+    const float g = gate.p[b * gate.s + c];
+    uint4 v = *reinterpret_cast<const uint4*>(w + e);
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __bfloat1622float2(h[j]);
+      h[j] = __floats2bfloat162_rn(g * f.x, g * f.y);
+    }
+    *reinterpret_cast<uint4*>(wout + b * ch * k + e) = v;
+    if (t < batch * ch) {
+      const int64_t bb = t / ch, cc = t - bb * ch;
+      bout[t] = bias ? gate.p[bb * gate.s + cc] * bias[cc] : 0.0f;
+    }
+  }
+}
+
 __global__ void select_frames_kernel(float* dst, const float* src, int64_t rows, int64_t n,
                                      int64_t c, Sel sel) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -275,6 +301,47 @@ void CudaBackend::gated_residual(Tensor& x, const Tensor& y, const Tensor& gate,
     gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<float>(), rows, n,
                                                             ch, mod_row(gate), mod_row(gate0), s);
   check_launch(op);
+}
+
+void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias,
+                                  const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,
+                                  Tensor& x) {
+  CudaContext& c = *ctx_;
+  // Fused when every token has the same gate and the operands suit the bf16 GEMM: the sum goes
+  // straight into x (cuBLASLt with beta = 1, F32 C/D), the gate folded into the weights of each
+  // sample (and its bias), so no projection tensor is written and no residual pass runs.
+  const bool fits = !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 &&
+                    x.is_contiguous() && y.dtype() == DType::BF16 && y.is_contiguous() &&
+                    w.dtype() == DType::BF16 && w.dim() == 2 && w.is_contiguous() &&
+                    w.size(0) == x.size(2) && w.size(1) % 8 == 0 && y.numel() == x.size(0) * x.size(1) * w.size(1) &&
+                    (!bias.defined() || (bias.dtype() == DType::F32 && bias.is_contiguous()));
+  if (!fits) return Backend::linear_residual(y, w, bias, gate, gate0, sel, x);
+  OpTimer timer_(c, "linear_residual", x);
+  if (timer_.active()) timer_.detail = cat("w ", shape_str(w.shape()), gate.defined() ? " gated" : "");
+  expect_device(x, c, "linear_residual", "x");
+  expect_device(y, c, "linear_residual", "y");
+  expect_device(w, c, "linear_residual", "weight");
+  const int64_t b = x.size(0), n = x.size(1), ch = x.size(2), k = w.size(1);
+  if (b * n == 0 || ch == 0) return;
+  bool done;
+  if (gate.defined()) {
+    check_mod(gate, c, b, ch, "linear_residual", "gate");
+    if (bias.defined()) expect_device(bias, c, "linear_residual", "bias");
+    Tensor wg = alloc({b, ch, k}, DType::BF16);
+    Tensor bg = alloc({b, ch}, DType::F32);
+    fold_gate_kernel<<<blocks_for(b * ch * k / 8, 256), 256, 0, c.stream>>>(
+        w.data<__nv_bfloat16>(), bias.defined() ? bias.data<float>() : nullptr, mod_row(gate), ch,
+        k, b, wg.data<__nv_bfloat16>(), bg.data<float>());
+    check_launch("linear_residual (fold gate)");
+    done = gemm_accumulate(c, DType::BF16, DType::F32, true, false, ch, n, k, b, wg.raw(), k,
+                           ch * k, y.raw(), k, n * k, x.raw(), ch, n * ch, bg.raw(), ch);
+  } else {
+    if (bias.defined()) expect_device(bias, c, "linear_residual", "bias");
+    done = gemm_accumulate(c, DType::BF16, DType::F32, true, false, ch, b * n, k, 1, w.raw(), k,
+                           0, y.raw(), k, 0, x.raw(), ch, 0,
+                           bias.defined() ? bias.raw() : nullptr, 0);
+  }
+  if (!done) Backend::linear_residual(y, w, bias, gate, gate0, sel, x);
 }
 
 void CudaBackend::select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) {

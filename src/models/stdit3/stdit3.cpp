@@ -405,14 +405,30 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
 
   // Activations that only feed GEMMs and attention (LN outputs, q/k/v, attention outputs, MLP
   // hidden): the backend's matmul dtype (bf16 on CUDA); the residual stream x stays F32. The
-  // outputs of the projections added to x (attention/cross-attention out, fc2) are in the
-  // matmul dtype too, as in the seed (bf16 linear outputs) and as the tensor-parallel partial
-  // sums must be (half the bytes on the wire): the sum into x is in f32. Each of the three phases
+  // projections added to x (attention/cross-attention out, fc2) go through linear_residual(),
+  // which the CUDA backend fuses into the GEMM (no projection tensor); with tensor parallelism
+  // their partial sums are in the matmul dtype (half the bytes on the wire, as the seed's bf16
+  // linear outputs) and the sum into x is in f32. Each of the three phases
   // below frees its tensors when it ends, so a block holds at most one phase's worth
   // (activation_bytes() is the same arithmetic).
   const DType mm = be_.matmul_dtype();
   const DType red = mm;
   const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
+
+  // The three projections added to x (attention out, cross-attention out, fc2), gated or not:
+  // one fused op on one GPU; with tensor parallelism the partial sums are reduced first (in the
+  // matmul dtype), then added.
+  auto project_into = [&](const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
+                          const Tensor& gate0) {
+    if (!tp_) return be_.linear_residual(in, w, b, gate, gate0, s.sel, x);
+    Tensor p = be_.alloc({B, N, C}, red);
+    be_.linear(in, w, b, Activation::None, p);
+    tp_->all_reduce_sum(p);
+    if (gate.defined())
+      be_.gated_residual(x, p, gate, gate0, s.sel);
+    else
+      be_.add(x, p, x);
+  };
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
   {
@@ -431,10 +447,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? rope_freqs_ : Tensor{});
     be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? rope_freqs_ : Tensor{});
     be_.attention(q, k, v, attn_scale, ov);
-    Tensor proj = be_.alloc({B, N, C}, red);
-    be_.linear(o.view({B * N, Cl}), blk.proj_w, blk.proj_b, Activation::None, proj);
-    if (tp_) tp_->all_reduce_sum(proj);
-    be_.gated_residual(x, proj, m(2), m0(2), s.sel);
+    project_into(o.view({B, N, Cl}), blk.proj_w, blk.proj_b, m(2), m0(2));
   }
 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
@@ -446,10 +459,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
     Tensor co = be_.alloc({B, N, H, D}, mm);
     be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
-    Tensor cp = be_.alloc({B, N, C}, red);
-    be_.linear(co.view({B * N, Cl}), blk.cproj_w, blk.cproj_b, Activation::None, cp);
-    if (tp_) tp_->all_reduce_sum(cp);
-    be_.add(x, cp, x);
+    project_into(co.view({B, N, Cl}), blk.cproj_w, blk.cproj_b, Tensor{}, Tensor{});
   }
 
   // 5-7: modulated LN, MLP, gated residual.
@@ -458,10 +468,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     be_.layernorm_modulate(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
     Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
     be_.linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
-    Tensor mo = be_.alloc({B, N, C}, red);
-    be_.linear(h, blk.fc2_w, blk.fc2_b, Activation::None, mo);
-    if (tp_) tp_->all_reduce_sum(mo);
-    be_.gated_residual(x, mo, m(5), m0(5), s.sel);
+    project_into(h.view({B, N, h.size(1)}), blk.fc2_w, blk.fc2_b, m(5), m0(5));
   }
 }
 
@@ -474,7 +481,8 @@ size_t STDiT3::activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_ro
   // the residual stream x, the patch embedding input and the final layer's output.
   const int64_t self_attn = rows * (C * mm + 3 * Cl * mm + Cl * mm + C * red);
   const int64_t cross = rows * (2 * Cl * mm + C * red) + text_rows * 2 * Cl * mm;
-  const int64_t mlp = rows * (C * mm + M * mm + C * red);
+  // (+ the per-sample gate-folded fc2 weights of the fused residual projection)
+  const int64_t mlp = rows * (C * mm + M * mm + C * red) + B * C * M * mm;
   const int64_t out = rows * cfg_.patch_volume() * cfg_.out_channels() * 4;
   const int64_t persistent = rows * C * 4 + rows * cfg_.in_channels * cfg_.patch_volume() * 4 +
                              text_rows * C * 4 + S * C * 4;
