@@ -234,8 +234,12 @@ CudaBackend& gpu16() {  // the default: bf16 weight matrices, GEMMs and attentio
   static CudaBackend b(0, CudaOptions{true, true, true});
   return b;
 }
-CudaBackend& gpu16own() {  // the bf16 path with the own attention kernel only (no cuDNN SDPA)
+CudaBackend& gpu16own() {  // the bf16 path with the own attention kernels only (no cuDNN SDPA)
   static CudaBackend b(0, CudaOptions{true, true, true, true, false});
+  return b;
+}
+CudaBackend& gpu16notext() {  // ... and without the short-text cross-attention kernel
+  static CudaBackend b(0, CudaOptions{true, true, true, true, false, false});
   return b;
 }
 
@@ -764,7 +768,11 @@ TEST(CudaOps, CrossAttentionKvLens) {
   };
   const std::vector<Case> cases = {{37, 4, 16, {8}},           {37, 16, 72, {3, 8}},
                                    {405, 16, 72, {1, 12, 5, 7}}, {33, 2, 64, {300, 17}},
-                                   {9, 2, 128, {2, 1}},           {20, 2, 256, {5, 3}}};
+                                   {9, 2, 128, {2, 1}},           {20, 2, 256, {5, 3}},
+                                   // short texts (<= 64 tokens) over many query tiles: the
+                                   // streaming kernel for bf16 in+out
+                                   {3001, 16, 72, {40, 64}},      {300, 2, 80, {33, 50, 1}},
+                                   {130, 3, 64, {65, 2}}};
   for (const auto& c : cases) {
     const int64_t B = static_cast<int64_t>(c.lens.size());
     int64_t lt = 0;
@@ -775,7 +783,9 @@ TEST(CudaOps, CrossAttentionKvLens) {
     host_be().cross_attention(q, kv.select(1, 0), kv.select(1, 1), c.lens, scale, ref);
     std::string lens;
     for (int l : c.lens) lens += (lens.empty() ? "" : ",") + std::to_string(l);
-    for (auto [g, sfx, od, ow, in16] : attn_modes()) {
+    std::vector<AttnMode> modes = attn_modes();
+    modes.push_back({&gpu16notext(), "[bf16 own]", DType::BF16, " (bf16 in+out, flash kernel)", true});
+    for (auto [g, sfx, od, ow, in16] : modes) {
       const Tensor dkv = dev_in(*g, kv, in16);
       Tensor o = poisoned(*g, q.shape(), od);
       g->cross_attention(dev_in(*g, q, in16), dkv.select(1, 0), dkv.select(1, 1), c.lens, scale, o);
@@ -1372,6 +1382,7 @@ TEST(CudaPerf, RealShapes) {
   items.push_back({cat("attention[bf16] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
                    [&] { Tensor ov = o16; g16.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
   CudaBackend& own = gpu16own();
+  CudaBackend& notext = gpu16notext();
   items.push_back({cat("attention[bf16 own] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
                    [&] { Tensor ov = o16; own.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
   items.push_back({cat("cross_attention[bf16 own] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
@@ -1380,6 +1391,24 @@ TEST(CudaPerf, RealShapes) {
                    [&] { Tensor ov = o16.permute({0, 2, 1, 3, 4}); g16.attention(view16(0, true), view16(1, true), view16(2, true), 0.1178f, ov); }});
   items.push_back({cat("cross_attention[bf16] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
                    [&] { g16.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
+  // The bench's text length (40 tokens; the streaming short-text kernel): bound by reading q and
+  // writing the output.
+  const Tensor ckv40 = ckv16.slice(0, 0, 40);
+  items.push_back({cat("cross_attention[bf16] [1,", T * S, ",", H, ",", D, "] x 40"), 4.0 * M * H * 40 * D, 4.0 * M * C,
+                   [&] { g16.cross_attention(cq16, ckv40.select(1, 0), ckv40.select(1, 1), {40}, 0.1178f, co16); }});
+  items.push_back({cat("cross_attention[bf16 own] [1,", T * S, ",", H, ",", D, "] x 40 (flash kernel)"), 4.0 * M * H * 40 * D, 4.0 * M * C,
+                   [&] { notext.cross_attention(cq16, ckv40.select(1, 0), ckv40.select(1, 1), {40}, 0.1178f, co16); }});
+  // cuDNN's rate at other head dims (contiguous q, k, v): what padding 72 up would buy.
+  std::vector<Tensor> hd_bufs;
+  for (int64_t dd : {64, 80, 128}) {
+    Tensor t = g16.alloc({1, T, S, H, dd}, DType::BF16);
+    g16.copy(g16.upload(randn({1, T, S, H, dd}, 20 + dd)), t);
+    hd_bufs.push_back(t);
+    Tensor ot = g16.alloc({1, T, S, H, dd}, DType::BF16);
+    hd_bufs.push_back(ot);
+    items.push_back({cat("attention[bf16] spatial ", T, "x[", S, ",", H, ",", dd, "] contiguous"), 4.0 * T * H * S * S * dd, 0,
+                     [&g16, t, ot]() mutable { g16.attention(t, t, t, 0.1f, ot); }});
+  }
   const Tensor gw16 = g16.upload_weight(g.download(gw)), vw16 = g16.upload_weight(g.download(vw));
   const Tensor gx16 = g16.upload(g.download(gx)), vx16 = g16.upload(g.download(vx)), vb16 = g16.upload(g.download(vb));
   Tensor go16 = g16.alloc({1, 512, 5, 90, 160}), vo16 = g16.alloc({4, 128, 1, 256, 256});
@@ -1397,6 +1426,7 @@ TEST(CudaPerf, RealShapes) {
     gpu32().synchronize();
     gpu16().synchronize();
     gpu16own().synchronize();
+    gpu16notext().synchronize();
     int reps = 0;
     double total = 0;
     while (reps < 50 && total < 300.0) {
@@ -1406,6 +1436,7 @@ TEST(CudaPerf, RealShapes) {
       gpu32().synchronize();
       gpu16().synchronize();
       gpu16own().synchronize();
+      gpu16notext().synchronize();
       total += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       ++reps;
     }

@@ -379,6 +379,12 @@ void dispatch_attention(CudaContext& c, const AttnArgs& a, int64_t batch,
   STDIT_CHECK(d > 0, "cuda attention: head dim must be positive");
   if (d > 128) return attention_by_gemm(c, a, batch, kv_begin);
   // BF16 tensor cores on the bf16 path, TF32 unless F32 attention was asked for.
+  if (bf16_attention_applies(c, d) && kv_begin && c.options.text_attention) {  // short texts
+    int longest = 0;
+    for (size_t i = 0; i + 1 < kv_begin->size(); ++i)
+      longest = std::max(longest, (*kv_begin)[i + 1] - (*kv_begin)[i]);
+    if (launch_cross_attention_text_bf16(c, a, batch, longest)) return;
+  }
   if (bf16_attention_applies(c, d) && launch_attention_cudnn(c, a, batch, kv_begin)) return;
   if (bf16_attention_applies(c, d) && launch_attention_bf16(c, a, batch)) return;
   STDIT_CHECK(a.out_bf16 == nullptr && !a.in_bf16, "cuda attention: BF16 operands need the bf16 kernel");

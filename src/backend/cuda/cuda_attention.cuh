@@ -114,6 +114,10 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o
 bool launch_attention_tf32(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // The BF16 flash-attention kernel (cuda_attention_bf16.cu) for D <= 128; false for other D.
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
+// Cross-attention (kv_packed) of BF16 q/k/v/out to texts of at most 64 tokens per sample
+// (max_kv_len): the streaming kernel of cuda_attention_bf16.cu; false where it does not apply.
+bool launch_cross_attention_text_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch,
+                                      int max_kv_len);
 // cuDNN's fused flash attention (cuda_sdpa.cu) for BF16 q/k/v/out without bias or key mask,
 // head dim a multiple of 8 up to 128 and at least 64 queries; kv_begin: the host copy of
 // a.kv_begin when kv_packed. false (nothing launched) where it does not apply.

@@ -11,6 +11,7 @@
 // fragment of Q K^T (two adjacent head-dim values of one key) is one 32-bit load, the B fragments
 // of P V (two adjacent keys of one head-dim column) come from ldmatrix.trans. The S accumulators
 // of two 8-key groups are exactly the A fragment of P for 16 keys: no shuffles.
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -425,6 +426,187 @@ __global__ void __launch_bounds__(kHeads * 32)
     }
 }
 
+// Cross-attention to a short text (every sample has at most kTextKeys tokens) for BF16
+// q/k/v/out: bound by streaming q in and the output out. One block per (batch index, head) and
+// range of 16-query tiles: the sample's K and V rows of the head are staged in shared memory once;
+// then each warp walks its own tiles (every kTextWarps-th) through a kTextStages-deep cp.async
+// pipeline of its own, no block barriers: S = Q K^T on the tensor cores, an exact softmax over
+// the (at most 64) keys, O = P V, and the output written back through the tile's stage with
+// 16-byte stores.
+constexpr int kTextKeys = 64, kTextWarps = 8, kTextStages = 3;
+template <int KS, int NV>
+__global__ void __launch_bounds__(kTextWarps * 32)
+    attention_text_bf16_kernel(AttnArgs a, int64_t tiles_per_block) {
+  using BF = __nv_bfloat16;
+  constexpr int DK = KS * 16, C8 = DK / 8, RS = DK / 2 + 4;
+  constexpr int kKV = kTextKeys * RS;  // words per K or V matrix
+  constexpr int kTile = 16 * RS;       // words per 16-row stage
+  constexpr int NT = kTextKeys / 8;
+  constexpr float kLog2e = 1.4426950408889634f;
+  extern __shared__ uint4 smem_text[];
+  uint32_t* const ks = reinterpret_cast<uint32_t*>(smem_text);
+  uint32_t* const vs = ks + kKV;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  uint32_t* const qs = vs + kKV + warp * kTextStages * kTile;  // this warp's stages
+  const int64_t b = blockIdx.x / a.h, head = blockIdx.x - b * a.h;
+  const int d = static_cast<int>(a.d);
+  const KvRange kr = kv_range(a, b, head);
+  const int L = static_cast<int>(kr.end - kr.begin);
+  const BF* kb = static_cast<const BF*>(a.k.p) + kr.koff + kr.begin * a.k.sn;
+  const BF* vb = static_cast<const BF*>(a.v.p) + kr.voff + kr.begin * a.v.sn;
+  for (int idx = threadIdx.x; idx < 2 * kTextKeys * C8; idx += kTextWarps * 32) {
+    const int c = idx % C8, r = (idx / C8) % kTextKeys, m = idx / (C8 * kTextKeys);
+    const bool ok = r < L && c * 8 < d;
+    const BF* src = m == 0 ? kb + r * a.k.sn + c * 8 : vb + r * a.v.sn + c * 8;
+    cp_async16((m == 0 ? ks : vs) + r * RS + c * 4, ok ? src : kb, ok ? 16 : 0);
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+  asm volatile("cp.async.wait_group 0;\n" ::);
+  __syncthreads();
+
+  const BF* qbase = static_cast<const BF*>(a.q.p) + lead_offset(a.lead, a.q.lead, b) + head * a.q.sh;
+  BF* obase = a.out_bf16 + lead_offset(a.lead, a.out_lead, b) + head * a.out_sh;
+  const int64_t tiles = (a.nq + 15) / 16;
+  const int64_t first = blockIdx.y * tiles_per_block;
+  const int64_t last = first + tiles_per_block < tiles ? first + tiles_per_block : tiles;
+  // One commit group per tile (empty past the end), so "all but the newest kTextStages - 1
+  // groups done" always means the tile about to be used has landed.
+  auto load = [&](int64_t t, int stage) {
+    if (t < last)
+      for (int idx = lane; idx < 16 * C8; idx += 32) {
+        const int c = idx % C8, r = idx / C8;
+        const int64_t row = t * 16 + r;
+        const bool ok = row < a.nq && c * 8 < d;
+        cp_async16(qs + stage * kTile + r * RS + c * 4, ok ? qbase + row * a.q.sn + c * 8 : qbase,
+                   ok ? 16 : 0);
+      }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+  int64_t t = first + warp;
+#pragma unroll
+  for (int p = 0; p < kTextStages - 1; ++p) load(t + p * kTextWarps, p);
+  const float sl2 = a.scale * kLog2e;
+  const uint32_t vs_addr = static_cast<uint32_t>(__cvta_generic_to_shared(vs)) +
+                           4u * static_cast<uint32_t>(((lane & 7) + 8 * ((lane >> 3) & 1)) * RS +
+                                                      4 * (lane >> 4));
+  for (int st = 0; t < last; t += kTextWarps, st = st + 1 == kTextStages ? 0 : st + 1) {
+    load(t + (kTextStages - 1) * kTextWarps, st == 0 ? kTextStages - 1 : st - 1);
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kTextStages - 1));
+    __syncwarp();
+    uint32_t* const tile = qs + st * kTile;
+    // S = Q K^T for the 8-key groups that hold keys.
+    float s[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    const uint32_t qa = static_cast<uint32_t>(
+        __cvta_generic_to_shared(tile + (lane & 15) * RS + 4 * (lane >> 4)));
+#pragma unroll
+    for (int k = 0; k < KS; ++k) {
+      uint32_t af[4];
+      asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(af[0]), "=r"(af[1]), "=r"(af[2]), "=r"(af[3])
+                   : "r"(qa + 32u * k));
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        if (n * 8 >= L) continue;
+        const uint32_t* kp = ks + (n * 8 + g) * RS + t4 + k * 8;
+        mma_bf16(s[n], af, kp[0], kp[4]);
+      }
+    }
+    // Exact softmax over the L keys of rows g and g + 8 (base 2).
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n * 8 + 2 * t4 + (e & 1);
+        const float v = col < L ? s[n][e] * sl2 : -INFINITY;
+        s[n][e] = v;
+        if (e < 2) mx_a = fmaxf(mx_a, v);
+        else mx_b = fmaxf(mx_b, v);
+      }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    float la = 0.0f, lb = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      s[n][0] = exp2f(s[n][0] - mx_a);
+      s[n][1] = exp2f(s[n][1] - mx_a);
+      s[n][2] = exp2f(s[n][2] - mx_b);
+      s[n][3] = exp2f(s[n][3] - mx_b);
+      la += s[n][0] + s[n][1];
+      lb += s[n][2] + s[n][3];
+    }
+    la += __shfl_xor_sync(0xffffffffu, la, 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    // O = P V per 16-key step.
+    float o[NV][4];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kTextKeys / 16; ++kk) {
+      if (kk * 16 >= L) continue;
+      const uint32_t vbase = vs_addr + 4u * (16u * kk * RS);
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int j = 0; j < NV; j += 2) {
+        uint32_t b0, b1, b2 = 0, b3 = 0;
+        if (j + 1 < NV) ldsm_x4_t(vbase + 16u * j, b0, b1, b2, b3);
+        else ldsm_x2_t(vbase + 16u * j, b0, b1);
+        mma_bf16(o[j], pa, b0, b1);
+        if (j + 1 < NV) mma_bf16(o[j + 1], pa, b2, b3);
+      }
+    }
+    // The output tile through this stage (Q is no longer needed), then 16-byte stores.
+    __syncwarp();
+    const float ia = 1.0f / la, ib = 1.0f / lb;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      tile[g * RS + j * 4 + t4] = pack_bf16(o[j][0] * ia, o[j][1] * ia);
+      tile[(g + 8) * RS + j * 4 + t4] = pack_bf16(o[j][2] * ib, o[j][3] * ib);
+    }
+    __syncwarp();
+    for (int idx = lane; idx < 16 * C8; idx += 32) {
+      const int c = idx % C8, r = idx / C8;
+      const int64_t row = t * 16 + r;
+      if (row < a.nq && c * 8 < d)
+        *reinterpret_cast<uint4*>(obase + row * a.out_sn + c * 8) =
+            *reinterpret_cast<const uint4*>(tile + r * RS + c * 4);
+    }
+    __syncwarp();  // the stage is refilled by the next iteration's prefetch
+  }
+  asm volatile("cp.async.wait_group 0;\n" ::);
+}
+
+template <int KS, int NV>
+void launch_text(const CudaContext& c, const AttnArgs& a, int64_t batch) {
+  constexpr int RS = KS * 8 + 4;
+  const size_t smem =
+      (size_t{2} * kTextKeys + size_t{kTextWarps} * kTextStages * 16) * RS * sizeof(uint32_t);
+  auto kern = attention_text_bf16_kernel<KS, NV>;
+  STDIT_CHECK(smem <= c.smem_optin, "cuda attention: needs ", smem, " bytes of shared memory");
+  STDIT_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  int per_sm = 0;
+  STDIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kTextWarps * 32, smem));
+  // One wave: as many blocks as fit at once, each walking a contiguous range of query tiles.
+  const int64_t bh = batch * a.h, tiles = (a.nq + 15) / 16;
+  const int64_t ny = std::min(tiles, std::max<int64_t>(1, int64_t{std::max(per_sm, 1)} * c.num_sms / bh));
+  const int64_t per = (tiles + ny - 1) / ny;
+  const int64_t blocks_y = (tiles + per - 1) / per;
+  STDIT_CHECK(bh < (int64_t{1} << 31) && blocks_y <= 65535, "cuda attention: grid too large (", bh,
+              " x ", blocks_y, ")");
+  kern<<<dim3(static_cast<unsigned>(bh), static_cast<unsigned>(blocks_y)), kTextWarps * 32, smem,
+         c.stream>>>(a, per);
+  check_launch("attention (bf16, short text)");
+}
+
 template <int KS, int NV>
 void launch_short(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   constexpr int kHeads = 4;
@@ -440,21 +622,27 @@ void launch_short(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   check_launch("attention (bf16, short)");
 }
 
-// Whether the short kernel takes this call: BF16 self-attention of 16 < nq == nk <= 32 without
-// extras, D a multiple of 8 up to 80, every row 16-byte aligned. Measured on an H200: at T = 30
-// (720p 4s) it is faster than the flash kernel (65 vs 93 ms of temporal attention per step), at
-// T = 8 slower (3.0 vs 0.45 ms at [3600, 8, 16, 72]), so up to 16 keys the flash kernel stays.
-bool short_applies(const AttnArgs& a) {
-  if (a.kv_packed || a.bias || a.key_mask || !a.in_bf16 || !a.out_bf16) return false;
-  if (a.nq != a.nk || a.nk > 32 || a.nk <= 16 || a.d % 8 != 0 || a.d > 80) return false;
+// BF16 q/k/v/out whose rows (and head offsets, and leading strides) are 16-byte aligned for
+// cp.async and whose output pairs are 4-byte aligned, without bias or key mask.
+bool rows_aligned_bf16(const AttnArgs& a) {
+  if (a.bias || a.key_mask || !a.in_bf16 || !a.out_bf16 || a.d % 8 != 0) return false;
   auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   if (!al(a.q.p) || !al(a.k.p) || !al(a.v.p) || !al(a.out_bf16)) return false;
   bool ok = a.q.sn % 8 == 0 && a.k.sn % 8 == 0 && a.v.sn % 8 == 0 && a.q.sh % 8 == 0 &&
             a.k.sh % 8 == 0 && a.v.sh % 8 == 0 && a.out_sn % 2 == 0 && a.out_sh % 2 == 0;
   for (int i = 0; i < a.lead.rank; ++i)
-    ok = ok && a.q.lead.s[i] % 8 == 0 && a.k.lead.s[i] % 8 == 0 && a.v.lead.s[i] % 8 == 0 &&
-         a.out_lead.s[i] % 2 == 0;
+    ok = ok && a.q.lead.s[i] % 8 == 0 && a.out_lead.s[i] % 2 == 0 &&
+         (a.kv_packed || (a.k.lead.s[i] % 8 == 0 && a.v.lead.s[i] % 8 == 0));
   return ok;
+}
+
+// Whether the short kernel takes this call: BF16 self-attention of 16 < nq == nk <= 32 without
+// extras, D a multiple of 8 up to 80, every row 16-byte aligned. Measured on an H200: at T = 30
+// (720p 4s) it is faster than the flash kernel (65 vs 93 ms of temporal attention per step), at
+// T = 8 slower (3.0 vs 0.45 ms at [3600, 8, 16, 72]), so up to 16 keys the flash kernel stays.
+bool short_applies(const AttnArgs& a) {
+  if (a.kv_packed || a.nq != a.nk || a.nk > 32 || a.nk <= 16 || a.d > 80) return false;
+  return rows_aligned_bf16(a);
 }
 
 template <int KS, int NV, int BK, int kWarps, bool kExtras>
@@ -497,6 +685,20 @@ void launch(const CudaContext& c, const AttnArgs& a, int64_t batch) {
 }
 
 }  // namespace
+
+bool launch_cross_attention_text_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch,
+                                      int max_kv_len) {
+  // (the output, too, is written in 16-byte pieces)
+  if (!a.kv_packed || max_kv_len > kTextKeys || a.d > 80 || !rows_aligned_bf16(a) ||
+      a.out_sn % 8 != 0 || a.out_sh % 8 != 0)
+    return false;
+  for (int i = 0; i < a.lead.rank; ++i)
+    if (a.out_lead.s[i] % 8 != 0) return false;
+  if (a.d <= 64) launch_text<4, 8>(c, a, batch);
+  else if (a.d <= 72) launch_text<5, 9>(c, a, batch);
+  else launch_text<5, 10>(c, a, batch);
+  return true;
+}
 
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   const int64_t d = a.d;

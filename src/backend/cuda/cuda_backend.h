@@ -35,6 +35,9 @@ struct CudaOptions {
   // BF16 attention without bias/mask through cuDNN's fused flash attention (cuDNN >= 9.13.1,
   // else the own bf16 kernel); false: always the own kernel.
   bool cudnn_attention = true;
+  // Cross-attention to texts of at most 64 tokens per sample (BF16) through the streaming
+  // short-text kernel; false: cuDNN or the flash kernel as above.
+  bool text_attention = true;
 };
 
 class CudaBackend final : public Backend {
