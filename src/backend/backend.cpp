@@ -20,6 +20,14 @@ void Backend::linear_residual(const Tensor& y, const Tensor& w, const Tensor& bi
     add(x, p, x);
 }
 
+int cuda_devices_visible() {
+#ifdef STDIT_HAVE_CUDA
+  return cuda_device_count();
+#else
+  return 0;
+#endif
+}
+
 std::vector<std::string> backend_names() {
 #ifdef STDIT_HAVE_CUDA
   return {"cpu", "cuda"};

@@ -157,5 +157,7 @@ class Backend {
 // Creates a backend by name ("cpu"; "cuda" once built). Throws with the list of available names.
 std::unique_ptr<Backend> make_backend(const std::string& name);
 std::vector<std::string> backend_names();
+// CUDA devices this process can use (0 in builds without CUDA).
+int cuda_devices_visible();
 
 }  // namespace stdit

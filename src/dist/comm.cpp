@@ -1,49 +1,28 @@
 // The host communicator group and run_group (see comm.h).
 #include "dist/comm.h"
 
-#include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <mutex>
 #include <thread>
 
 #include "core/error.h"
+#include "dist/barrier.h"
 
 namespace stdit {
 
 namespace {
 
-// State shared by the ranks of one host group: a reusable barrier with an abort flag, and the
-// posted tensors of the current collective.
+// State shared by the ranks of one host group: a barrier with an abort flag, and the posted
+// tensors of the current collective.
 struct HostShared {
-  explicit HostShared(int n) : n(n), posted(n, nullptr) {}
+  explicit HostShared(int n) : n(n), posted(n, nullptr), sync(n) {}
   const int n;
-  std::mutex mu;
-  std::condition_variable cv;
-  int arrived = 0;
-  uint64_t generation = 0;
-  bool aborted = false;
   std::vector<float*> posted;
   int64_t count = -1;
-
-  void barrier() {
-    std::unique_lock<std::mutex> lock(mu);
-    STDIT_CHECK(!aborted, "tensor parallel: another rank failed; this rank stops");
-    const uint64_t gen = generation;
-    if (++arrived == n) {
-      arrived = 0;
-      ++generation;
-      cv.notify_all();
-      return;
-    }
-    cv.wait(lock, [&] { return generation != gen || aborted; });
-    STDIT_CHECK(!aborted, "tensor parallel: another rank failed; this rank stops");
-  }
-  void abort() {
-    std::lock_guard<std::mutex> lock(mu);
-    aborted = true;
-    cv.notify_all();
-  }
+  GroupBarrier sync;
+  void barrier() { sync.arrive_and_wait(); }
+  void abort() { sync.abort(); }
 };
 
 class HostComm final : public Communicator {
@@ -90,6 +69,15 @@ CommGroup make_host_group(int n) {
   CommGroup g;
   for (int r = 0; r < n; ++r) g.push_back(std::make_unique<HostComm>(sh, r));
   return g;
+}
+
+void Communicator::reduce_into_residual(Tensor& p, Tensor& x, const Tensor& gate,
+                                        const Tensor& gate0, const FrameSelect& sel, Backend& be) {
+  all_reduce_sum(p);
+  if (gate.defined())
+    be.gated_residual(x, p, gate, gate0, sel);
+  else
+    be.add(x, p, x);
 }
 
 #ifndef STDIT_HAVE_CUDA

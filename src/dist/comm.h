@@ -24,6 +24,13 @@ class Communicator {
   // order; t is a contiguous F32 tensor of the backend this rank runs on (NCCL: also BF16, the
   // backend's matmul dtype). The result is identical on every rank and from run to run.
   virtual void all_reduce_sum(Tensor& t) = 0;
+  // The end of a row-parallel projection: x += gate * (the sum of every rank's p), or x += sum
+  // without a gate (gate/gate0/sel as in Backend::gated_residual). p is this rank's partial sum,
+  // x the residual stream, identical on every rank before and after. p may be overwritten. The
+  // default is all_reduce_sum(p), then be.gated_residual() or be.add(); NCCL groups of two GPUs
+  // with peer access read the other rank's p directly and add both in one kernel.
+  virtual void reduce_into_residual(Tensor& p, Tensor& x, const Tensor& gate, const Tensor& gate0,
+                                    const FrameSelect& sel, Backend& be);
   // Makes pending and future collectives of the whole group fail instead of waiting (any thread).
   virtual void abort() = 0;
   virtual std::string kind() const = 0;  // "host" or "nccl"

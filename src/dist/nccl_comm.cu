@@ -2,8 +2,10 @@
 #include <nccl.h>
 
 #include <cstdlib>
+#include <string>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "dist/barrier.h"
 #include "dist/comm.h"
 
 namespace stdit {
@@ -18,14 +20,25 @@ namespace {
   } while (0)
 
 struct NcclShared {
+  explicit NcclShared(int n) : comms(n), sync(n), ready(n), done(n), posted(n) {}
   std::vector<ncclComm_t> comms;
   std::atomic<bool> aborted{false};
   std::mutex mu;
+  // Two GPUs with peer access (reduce_into_residual's direct path): a host barrier, and per rank
+  // events "partial sum written" / "peer's partial read", and the posted partial sums.
+  bool p2p = false;
+  GroupBarrier sync;
+  std::vector<cudaEvent_t> ready, done;
+  std::vector<const void*> posted;
   ~NcclShared() {
     if (!aborted)
       for (ncclComm_t c : comms) ncclCommDestroy(c);
+    for (auto* list : {&ready, &done})
+      for (cudaEvent_t e : *list)
+        if (e) cudaEventDestroy(e);
   }
   void abort() {
+    sync.abort();
     std::lock_guard<std::mutex> lock(mu);
     if (aborted.exchange(true)) return;
     for (ncclComm_t c : comms) ncclCommAbort(c);
@@ -51,11 +64,70 @@ class NcclComm final : public Communicator {
                                    sh_->comms[rank_], c.stream));
   }
 
+  // Two GPUs: each rank reads the other's partial sum over NVLink in the kernel that adds both
+  // into x (x += gate * (p0 + p1)), instead of an all-reduce followed by a residual pass. The
+  // same bytes cross the link as in NCCL's two-rank all-reduce, and one pass over x disappears.
+  // Order: this rank's p is complete (event), both ranks have posted (barrier), this stream waits
+  // for the peer's p, adds; then it waits until the peer has read this rank's p (event after a
+  // second barrier) before p can be freed or reused.
+  void reduce_into_residual(Tensor& p, Tensor& x, const Tensor& gate, const Tensor& gate0,
+                            const FrameSelect& sel, Backend& be) override {
+    if (!sh_->p2p || sel.active() || !residual_sum2_applies(x, p))
+      return Communicator::reduce_into_residual(p, x, gate, gate0, sel, be);
+    STDIT_CHECK(!sh_->aborted, "tensor parallel: another rank failed; this rank stops");
+    const CudaContext& c = *be_->context();
+    cuda::expect_device(p, c, "reduce_into_residual", "partial sum");
+    cuda::expect_device(x, c, "reduce_into_residual", "x");
+    const int peer = 1 - rank_;
+    STDIT_CUDA_CHECK(cudaEventRecord(sh_->ready[rank_], c.stream));
+    sh_->posted[rank_] = p.raw();
+    sh_->sync.arrive_and_wait();
+    const void* other = sh_->posted[peer];
+    STDIT_CHECK((reinterpret_cast<uintptr_t>(other) & 15u) == 0,
+                "tensor parallel: the peer's partial sum is not 16-byte aligned");
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->ready[peer], 0));
+    const auto* mine = static_cast<const __nv_bfloat16*>(p.raw());
+    const auto* theirs = static_cast<const __nv_bfloat16*>(other);
+    residual_sum2(c, x, rank_ == 0 ? mine : theirs, rank_ == 0 ? theirs : mine, gate);
+    STDIT_CUDA_CHECK(cudaEventRecord(sh_->done[rank_], c.stream));
+    sh_->sync.arrive_and_wait();
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->done[peer], 0));
+  }
+
  private:
   std::shared_ptr<NcclShared> sh_;
   int rank_;
   CudaBackend* be_;
 };
+
+// Peer access between the two devices of a two-GPU group, for reduce_into_residual: each device
+// may read the other's memory, including blocks of its stream-ordered pool. False (the group
+// keeps NCCL for everything) when the devices cannot, or STDIT_TP_P2P=0.
+bool enable_pair_access(const std::vector<int>& devs) {
+  if (devs.size() != 2) return false;
+  if (const char* e = std::getenv("STDIT_TP_P2P"); e && std::string(e) == "0") return false;
+  int a = 0, b = 0;
+  if (cudaDeviceCanAccessPeer(&a, devs[0], devs[1]) != cudaSuccess ||
+      cudaDeviceCanAccessPeer(&b, devs[1], devs[0]) != cudaSuccess || !a || !b) {
+    cudaGetLastError();
+    return false;
+  }
+  for (int i = 0; i < 2; ++i) {
+    STDIT_CUDA_CHECK(cudaSetDevice(devs[i]));
+    const cudaError_t e = cudaDeviceEnablePeerAccess(devs[1 - i], 0);
+    if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
+    else STDIT_CUDA_CHECK(e);
+    // The other device's pool: readable from this one.
+    cudaMemPool_t pool;
+    STDIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, devs[1 - i]));
+    cudaMemAccessDesc desc{};
+    desc.location.type = cudaMemLocationTypeDevice;
+    desc.location.id = devs[i];
+    desc.flags = cudaMemAccessFlagsProtReadWrite;
+    STDIT_CUDA_CHECK(cudaMemPoolSetAccess(pool, &desc, 1));
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -74,11 +146,17 @@ CommGroup make_nccl_group(const std::vector<Backend*>& backends) {
   }
   // The GPU machines this project runs on need NVLink multicast (NVLS) off; a user's setting wins.
   setenv("NCCL_NVLS_ENABLE", "0", 0);
-  auto sh = std::make_shared<NcclShared>();
-  sh->comms.resize(n);
+  auto sh = std::make_shared<NcclShared>(n);
   int cur = 0;
   STDIT_CUDA_CHECK(cudaGetDevice(&cur));
   STDIT_NCCL_CHECK(ncclCommInitAll(sh->comms.data(), n, devs.data()));
+  sh->p2p = enable_pair_access(devs);
+  if (sh->p2p)
+    for (int r = 0; r < n; ++r) {
+      STDIT_CUDA_CHECK(cudaSetDevice(devs[r]));
+      STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->ready[r], cudaEventDisableTiming));
+      STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->done[r], cudaEventDisableTiming));
+    }
   STDIT_CUDA_CHECK(cudaSetDevice(cur));
   CommGroup g;
   for (int r = 0; r < n; ++r) g.push_back(std::make_unique<NcclComm>(sh, r, cbs[r]));

@@ -111,7 +111,10 @@ void run_bench(const BenchOptions& opt) {
   // batch (the split `generate --gpus 2N --tp N --cfg-parallel` makes).
   std::vector<std::unique_ptr<Backend>> tpb_owned;
   std::unique_ptr<TensorParallelDenoiser> tp_b;
-  if (opt.tp > 1 && opt.cfg_parallel) {
+  const bool room_for_cfg_tp = opt.backend != "cuda" || cuda_devices_visible() >= 2 * opt.tp;
+  if (opt.tp > 1 && opt.cfg_parallel && !room_for_cfg_tp)
+    std::printf("CFG-parallel x tensor parallel %d needs %d devices: not timed\n", opt.tp, 2 * opt.tp);
+  if (opt.tp > 1 && opt.cfg_parallel && room_for_cfg_tp) {
     std::vector<Backend*> bes;
     for (int r = 0; r < opt.tp; ++r) {
       tpb_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", opt.tp + r) : opt.backend));

@@ -113,15 +113,6 @@ void check_writable_dir(const fs::path& dir) {
 
 }  // namespace
 
-namespace {
-int cuda_devices_visible() {
-#ifdef STDIT_HAVE_CUDA
-  return cuda_device_count();
-#else
-  return 0;
-#endif
-}
-}  // namespace
 
 ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel) {
   STDIT_CHECK(gpus >= 1, "--gpus must be at least 1, got ", gpus);

@@ -157,6 +157,13 @@ bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, 
 bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
                 int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
                 void* C, int64_t ldc, const void* bias_rows = nullptr, bool gelu = false);
+// Tensor parallelism over two GPUs (dist/nccl_comm.cu): x += gate * (p0 + p1) (gate absent: 1)
+// for x [B, N, C] F32 and two BF16 partial sums of x's size, p1 possibly another device's memory
+// (peer access enabled). residual_sum2_applies: the layouts it takes (C % 8 == 0, 16-byte
+// aligned, contiguous; p's alignment is checked here, the peer's by the caller).
+bool residual_sum2_applies(const Tensor& x, const Tensor& p);
+void residual_sum2(const CudaContext& c, Tensor& x, const __nv_bfloat16* p0,
+                   const __nv_bfloat16* p1, const Tensor& gate);
 // Strided-batched accumulation through cuBLASLt only: for each i < batch,
 // C_i[m x n] += op(A_i) op(B_i) + bias_i (column-major, C and the bias in `out`, bias_i[r] added
 // to row r), with X_i = X + i * stride_x in elements. Returns false, with nothing written, when

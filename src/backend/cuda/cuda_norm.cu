@@ -136,6 +136,44 @@ __global__ void fold_gate_kernel(const __nv_bfloat16* __restrict__ w, const floa
   }
 }
 
+// x[row, :] += gate[b, :] * (p0[row, :] + p1[row, :]) (no gate: 1), 8 channels per thread:
+// the two ranks' partial sums of a tensor-parallel projection, p1 possibly in a peer device's
+// memory. Same expression, so same bits, on both ranks.
+__global__ void residual_sum2_kernel(float* __restrict__ x, const __nv_bfloat16* __restrict__ p0,
+                                     const __nv_bfloat16* __restrict__ p1, int64_t rows,
+                                     int64_t n, int64_t c, ModRow gate) {
+  const int64_t per = c / 8, total = rows * per;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = t / per, e = (t - row * per) * 8;
+    const uint4 a = *reinterpret_cast<const uint4*>(p0 + row * c + e);
+    const uint4 b = *reinterpret_cast<const uint4*>(p1 + row * c + e);
+    const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
+    const __nv_bfloat162* b2 = reinterpret_cast<const __nv_bfloat162*>(&b);
+    float4* xr = reinterpret_cast<float4*>(x + row * c + e);
+    const float* g = gate.p ? gate.p + (row / n) * gate.s + e : nullptr;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float2 a0 = __bfloat1622float2(a2[2 * h]), a1 = __bfloat1622float2(a2[2 * h + 1]);
+      const float2 b0 = __bfloat1622float2(b2[2 * h]), b1 = __bfloat1622float2(b2[2 * h + 1]);
+      float4 v = xr[h];
+      const float s0 = a0.x + b0.x, s1 = a0.y + b0.y, s2 = a1.x + b1.x, s3 = a1.y + b1.y;
+      if (g) {
+        v.x += g[4 * h] * s0;
+        v.y += g[4 * h + 1] * s1;
+        v.z += g[4 * h + 2] * s2;
+        v.w += g[4 * h + 3] * s3;
+      } else {
+        v.x += s0;
+        v.y += s1;
+        v.z += s2;
+        v.w += s3;
+      }
+      xr[h] = v;
+    }
+  }
+}
+
 __global__ void select_frames_kernel(float* dst, const float* src, int64_t rows, int64_t n,
                                      int64_t c, Sel sel) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -342,6 +380,23 @@ void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor
                            bias.defined() ? bias.raw() : nullptr, 0);
   }
   if (!done) Backend::linear_residual(y, w, bias, gate, gate0, sel, x);
+}
+
+bool residual_sum2_applies(const Tensor& x, const Tensor& p) {
+  auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
+  return x.dim() == 3 && x.dtype() == DType::F32 && x.is_contiguous() && x.size(2) % 8 == 0 &&
+         p.dtype() == DType::BF16 && p.is_contiguous() && p.numel() == x.numel() && al(x.raw()) &&
+         al(p.raw());
+}
+
+void residual_sum2(const CudaContext& c, Tensor& x, const __nv_bfloat16* p0,
+                   const __nv_bfloat16* p1, const Tensor& gate) {
+  const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
+  if (gate.defined()) check_mod(gate, c, b, ch, "reduce_into_residual", "gate");
+  if (b * n * ch == 0) return;
+  residual_sum2_kernel<<<blocks_for(b * n * ch / 8, 256), 256, 0, c.stream>>>(
+      x.data<float>(), p0, p1, b * n, n, ch, mod_row(gate));
+  check_launch("reduce_into_residual");
 }
 
 void CudaBackend::select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) {

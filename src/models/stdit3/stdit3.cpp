@@ -416,18 +416,14 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
 
   // The three projections added to x (attention out, cross-attention out, fc2), gated or not:
-  // one fused op on one GPU; with tensor parallelism the partial sums are reduced first (in the
-  // matmul dtype), then added.
+  // one fused op on one GPU; with tensor parallelism the partial sums (in the matmul dtype) are
+  // summed over the ranks and added by the communicator.
   auto project_into = [&](const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
                           const Tensor& gate0) {
     if (!tp_) return be_.linear_residual(in, w, b, gate, gate0, s.sel, x);
     Tensor p = be_.alloc({B, N, C}, red);
     be_.linear(in, w, b, Activation::None, p);
-    tp_->all_reduce_sum(p);
-    if (gate.defined())
-      be_.gated_residual(x, p, gate, gate0, s.sel);
-    else
-      be_.add(x, p, x);
+    tp_->reduce_into_residual(p, x, gate, gate0, s.sel, be_);
   };
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
