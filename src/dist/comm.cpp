@@ -80,6 +80,17 @@ void Communicator::reduce_into_residual(Tensor& p, Tensor& x, const Tensor& gate
     be.add(x, p, x);
 }
 
+void Communicator::layernorm_modulate_shared(const Tensor&, const Tensor&, const Tensor&, float,
+                                             Tensor&) {
+  fail("tensor parallel: this group does not split rows (sequence parallelism)");
+}
+void Communicator::reduce_into_own_rows(Tensor&, Tensor&, const Tensor&, Tensor*) {
+  fail("tensor parallel: this group does not split rows (sequence parallelism)");
+}
+void Communicator::share_own_rows(Tensor&) {
+  fail("tensor parallel: this group does not split rows (sequence parallelism)");
+}
+
 #ifndef STDIT_HAVE_CUDA
 CommGroup make_nccl_group(const std::vector<Backend*>&) {
   fail("tensor parallel over CUDA devices needs a build with CUDA (NCCL)");

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -31,6 +32,24 @@ class Communicator {
   // with peer access read the other rank's p directly and add both in one kernel.
   virtual void reduce_into_residual(Tensor& p, Tensor& x, const Tensor& gate, const Tensor& gate0,
                                     const FrameSelect& sel, Backend& be);
+
+  // Sequence parallelism (NCCL groups of two GPUs with peer access): the model then keeps only
+  // this rank's own rows (own_rows() of the flattened [B * N] token rows) of the residual stream
+  // x up to date between share_own_rows() calls, and the norms and residual updates run on those
+  // rows alone. Used when splits_rows() and no frame selection is active; the defaults fail.
+  virtual bool splits_rows() const { return false; }
+  std::pair<int64_t, int64_t> own_rows(int64_t rows) const {
+    return {rows * rank() / size(), rows * (rank() + 1) / size()};
+  }
+  // LayerNorm + modulate (shift/scale [B, C]) of x's own rows into out (BF16 [B, N, C]) of every
+  // rank: out is whole on every rank afterwards.
+  virtual void layernorm_modulate_shared(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                                         float eps, Tensor& out);
+  // x's own rows += gate * (the sum of every rank's p) (no gate: 1); with x16, the new own rows
+  // also go, in bf16, into x16 of every rank (whole afterwards). p: this rank's partial sum.
+  virtual void reduce_into_own_rows(Tensor& p, Tensor& x, const Tensor& gate, Tensor* x16);
+  // Every rank's own rows of x to every other rank: x whole and identical again.
+  virtual void share_own_rows(Tensor& x);
   // Makes pending and future collectives of the whole group fail instead of waiting (any thread).
   virtual void abort() = 0;
   virtual std::string kind() const = 0;  // "host" or "nccl"

@@ -1,6 +1,7 @@
 // NCCL communicators for CUDA backends (see comm.h).
 #include <nccl.h>
 
+#include <array>
 #include <cstdlib>
 #include <string>
 
@@ -29,7 +30,7 @@ struct NcclShared {
   bool p2p = false;
   GroupBarrier sync;
   std::vector<cudaEvent_t> ready, done;
-  std::vector<const void*> posted;
+  std::vector<std::array<void*, 2>> posted;
   ~NcclShared() {
     if (!aborted)
       for (ncclComm_t c : comms) ncclCommDestroy(c);
@@ -67,34 +68,91 @@ class NcclComm final : public Communicator {
   // Two GPUs: each rank reads the other's partial sum over NVLink in the kernel that adds both
   // into x (x += gate * (p0 + p1)), instead of an all-reduce followed by a residual pass. The
   // same bytes cross the link as in NCCL's two-rank all-reduce, and one pass over x disappears.
-  // Order: this rank's p is complete (event), both ranks have posted (barrier), this stream waits
-  // for the peer's p, adds; then it waits until the peer has read this rank's p (event after a
-  // second barrier) before p can be freed or reused.
   void reduce_into_residual(Tensor& p, Tensor& x, const Tensor& gate, const Tensor& gate0,
                             const FrameSelect& sel, Backend& be) override {
     if (!sh_->p2p || sel.active() || !residual_sum2_applies(x, p))
       return Communicator::reduce_into_residual(p, x, gate, gate0, sel, be);
+    exchange({p.raw(), nullptr}, [&](const std::array<void*, 2>& peer) {
+      const auto [p0, p1] = ordered(p, peer[0]);
+      residual_sum2(*be_->context(), x, p0, p1, gate);
+    });
+  }
+
+  bool splits_rows() const override { return sh_->p2p; }
+
+  void layernorm_modulate_shared(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                                 float eps, Tensor& out) override {
+    const CudaContext& c = *be_->context();
+    cuda::expect_contiguous_f32(x, c, "layernorm_modulate", "x");
+    STDIT_CHECK(x.dim() == 3 && out.dtype() == DType::BF16 && out.is_contiguous() &&
+                    out.numel() == x.numel(),
+                "tensor parallel: layernorm_modulate_shared needs x [B, N, C] F32 and a BF16 out");
+    const auto [lo, hi] = own_rows(x.size(0) * x.size(1));
+    exchange({out.raw(), nullptr}, [&](const std::array<void*, 2>& peer) {
+      layernorm_modulate_rows(c, x, shift, scale, eps, lo, hi, out.data<__nv_bfloat16>(),
+                              static_cast<__nv_bfloat16*>(peer[0]));
+    });
+  }
+
+  void reduce_into_own_rows(Tensor& p, Tensor& x, const Tensor& gate, Tensor* x16) override {
+    STDIT_CHECK(residual_sum2_applies(x, p) &&
+                    (!x16 || (x16->dtype() == DType::BF16 && x16->is_contiguous() &&
+                              x16->numel() == x.numel())),
+                "tensor parallel: reduce_into_own_rows needs x F32 [B, N, C], C % 8 == 0, and "
+                "BF16 partial sums");
+    const auto [lo, hi] = own_rows(x.size(0) * x.size(1));
+    exchange({p.raw(), x16 ? x16->raw() : nullptr}, [&](const std::array<void*, 2>& peer) {
+      const auto [p0, p1] = ordered(p, peer[0]);
+      residual_sum2(*be_->context(), x, p0, p1, gate, lo, hi,
+                    x16 ? x16->data<__nv_bfloat16>() : nullptr,
+                    static_cast<__nv_bfloat16*>(peer[1]));
+    });
+  }
+
+  void share_own_rows(Tensor& x) override {
+    const CudaContext& c = *be_->context();
+    cuda::expect_contiguous_f32(x, c, "share_own_rows", "x");
+    const int64_t rows = x.numel() / x.size(-1);
+    const auto [lo, hi] = own_rows(rows);
+    const int64_t row_bytes = x.size(-1) * 4;
+    exchange({x.raw(), nullptr}, [&](const std::array<void*, 2>& peer) {
+      if (hi > lo)
+        STDIT_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(peer[0]) + lo * row_bytes,
+                                         static_cast<const char*>(x.raw()) + lo * row_bytes,
+                                         (hi - lo) * row_bytes, cudaMemcpyDefault, c.stream));
+    });
+  }
+
+ private:
+  // One exchange between the two ranks: this rank posts pointers into its own buffers that the
+  // peer's work may read or write, once its stream has reached this point (event "ready"); both
+  // have posted (barrier); work(peer's pointers) is enqueued behind the peer's "ready"; then each
+  // stream waits for the other's work ("done", after a second barrier) before going on, so no
+  // buffer is reused or freed while the peer may still touch it.
+  template <typename F>
+  void exchange(const std::array<void*, 2>& mine, F&& work) {
     STDIT_CHECK(!sh_->aborted, "tensor parallel: another rank failed; this rank stops");
     const CudaContext& c = *be_->context();
-    cuda::expect_device(p, c, "reduce_into_residual", "partial sum");
-    cuda::expect_device(x, c, "reduce_into_residual", "x");
     const int peer = 1 - rank_;
     STDIT_CUDA_CHECK(cudaEventRecord(sh_->ready[rank_], c.stream));
-    sh_->posted[rank_] = p.raw();
+    sh_->posted[rank_] = mine;
     sh_->sync.arrive_and_wait();
-    const void* other = sh_->posted[peer];
-    STDIT_CHECK((reinterpret_cast<uintptr_t>(other) & 15u) == 0,
-                "tensor parallel: the peer's partial sum is not 16-byte aligned");
+    for (void* q : sh_->posted[peer])
+      STDIT_CHECK((reinterpret_cast<uintptr_t>(q) & 15u) == 0,
+                  "tensor parallel: the peer's buffer is not 16-byte aligned");
     STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->ready[peer], 0));
-    const auto* mine = static_cast<const __nv_bfloat16*>(p.raw());
-    const auto* theirs = static_cast<const __nv_bfloat16*>(other);
-    residual_sum2(c, x, rank_ == 0 ? mine : theirs, rank_ == 0 ? theirs : mine, gate);
+    work(sh_->posted[peer]);
     STDIT_CUDA_CHECK(cudaEventRecord(sh_->done[rank_], c.stream));
     sh_->sync.arrive_and_wait();
     STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->done[peer], 0));
   }
+  // Rank 0's partial sum first on both ranks: the same expression, so the same bits.
+  std::pair<const __nv_bfloat16*, const __nv_bfloat16*> ordered(const Tensor& p, void* other) const {
+    const auto* mine = static_cast<const __nv_bfloat16*>(p.raw());
+    const auto* theirs = static_cast<const __nv_bfloat16*>(other);
+    return rank_ == 0 ? std::make_pair(mine, theirs) : std::make_pair(theirs, mine);
+  }
 
- private:
   std::shared_ptr<NcclShared> sh_;
   int rank_;
   CudaBackend* be_;

@@ -49,6 +49,10 @@ struct STDiT3::Step {
   FrameSelect sel;       // active only when some frame is a conditioning frame
   Tensor y_packed;       // [sum(y_lens), C]
   std::vector<int> y_lens;
+  // Sequence parallelism (tensor-parallel groups that split rows, no frame selection): inside
+  // the blocks each rank keeps only its own token rows of x current; norms and residual updates
+  // run on those rows (Communicator::splits_rows).
+  bool rows_split = false;
 };
 
 namespace {
@@ -350,12 +354,15 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   record("y_packed", s.y_packed);
 
   // ---- blocks: S0, T0, S1, T1, ... ----
+  // (with rows split, x is whole again only after the blocks: no per-block records)
+  s.rows_split = tp_ && tp_->splits_rows() && !s.sel.active() && C % 8 == 0;
   for (int i = 0; i < c.depth; ++i) {
     block_forward(spatial_[i], false, s, x);
-    record(cat("block.", 2 * i), x);
+    if (!s.rows_split) record(cat("block.", 2 * i), x);
     block_forward(temporal_[i], true, s, x);
-    record(cat("block.", 2 * i + 1), x);
+    if (!s.rows_split) record(cat("block.", 2 * i + 1), x);
   }
+  if (s.rows_split) tp_->share_own_rows(x);
 
   // ---- final layer (spec §3.7): raw t, and LayerNorm twice for conditioning frames ----
   const Tensor ft = final_table_.view({-1});
@@ -418,18 +425,29 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   // The three projections added to x (attention out, cross-attention out, fc2), gated or not:
   // one fused op on one GPU; with tensor parallelism the partial sums (in the matmul dtype) are
   // summed over the ranks and added by the communicator.
+  // With rows split, only this rank's rows of x are updated (and, given x16, copied in bf16 to
+  // every rank's x16).
   auto project_into = [&](const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
-                          const Tensor& gate0) {
+                          const Tensor& gate0, Tensor* x16 = nullptr) {
     if (!tp_) return be_.linear_residual(in, w, b, gate, gate0, s.sel, x);
     Tensor p = be_.alloc({B, N, C}, red);
     be_.linear(in, w, b, Activation::None, p);
+    if (s.rows_split) return tp_->reduce_into_own_rows(p, x, gate, x16);
     tp_->reduce_into_residual(p, x, gate, gate0, s.sel, be_);
   };
+  // Modulated LayerNorm of x into a (with rows split: each rank's rows, gathered on every rank).
+  auto modulated_norm = [&](int shift, int scale, Tensor& a) {
+    if (s.rows_split) return tp_->layernorm_modulate_shared(x, m(shift), m(scale), eps, a);
+    be_.layernorm_modulate(x, m(shift), m(scale), m0(shift), m0(scale), s.sel, eps, a);
+  };
+  // Cross-attention's q input: x itself (linear converts it), or with rows split the bf16 copy
+  // the self-attention residual update gathers.
+  Tensor xq = s.rows_split ? be_.alloc({B, N, C}, mm) : Tensor{};
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
   {
     Tensor a = be_.alloc({B, N, C}, mm);
-    be_.layernorm_modulate(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
+    modulated_norm(0, 1, a);
     Tensor qkv = be_.alloc({B * N, 3 * Cl}, mm);
     be_.linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
     Tensor o = be_.alloc({B, T, S, H, D}, mm);
@@ -443,13 +461,13 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? rope_freqs_ : Tensor{});
     be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? rope_freqs_ : Tensor{});
     be_.attention(q, k, v, attn_scale, ov);
-    project_into(o.view({B, N, Cl}), blk.proj_w, blk.proj_b, m(2), m0(2));
+    project_into(o.view({B, N, Cl}), blk.proj_w, blk.proj_b, m(2), m0(2), &xq);
   }
 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
   {
     Tensor cq = be_.alloc({B, N, H, D}, mm);
-    be_.linear(x, blk.q_w, blk.q_b, Activation::None, cq);
+    be_.linear(s.rows_split ? xq : x, blk.q_w, blk.q_b, Activation::None, cq);
     const int64_t Lt = s.y_packed.size(0);
     Tensor ckv = be_.alloc({Lt, 2, H, D}, mm);
     be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
@@ -461,7 +479,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   // 5-7: modulated LN, MLP, gated residual.
   {
     Tensor a = be_.alloc({B, N, C}, mm);
-    be_.layernorm_modulate(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
+    modulated_norm(3, 4, a);
     Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
     be_.linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
     project_into(h.view({B, N, h.size(1)}), blk.fc2_w, blk.fc2_b, m(5), m0(5));
@@ -480,7 +498,9 @@ size_t STDiT3::activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_ro
   // (+ the per-sample gate-folded fc2 weights of the fused residual projection)
   const int64_t mlp = rows * (C * mm + M * mm + C * red) + B * C * M * mm;
   const int64_t out = rows * cfg_.patch_volume() * cfg_.out_channels() * 4;
+  // (tensor parallel: + the bf16 copy of x for cross-attention's q while rows are split)
   const int64_t persistent = rows * C * 4 + rows * cfg_.in_channels * cfg_.patch_volume() * 4 +
+                             (tp_size_ > 1 ? rows * C * mm : 0) +
                              text_rows * C * 4 + S * C * 4;
   return static_cast<size_t>(persistent + std::max({self_attn, cross, mlp, out}));
 }
