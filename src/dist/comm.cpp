@@ -80,15 +80,23 @@ void Communicator::reduce_into_residual(Tensor& p, Tensor& x, const Tensor& gate
     be.add(x, p, x);
 }
 
-void Communicator::layernorm_modulate_shared(const Tensor&, const Tensor&, const Tensor&, float,
-                                             Tensor&) {
+namespace {
+[[noreturn]] void no_row_split() {
   fail("tensor parallel: this group does not split rows (sequence parallelism)");
 }
-void Communicator::reduce_into_own_rows(Tensor&, Tensor&, const Tensor&, Tensor*) {
-  fail("tensor parallel: this group does not split rows (sequence parallelism)");
+}  // namespace
+
+void Communicator::start_row_exchange(const Tensor&, int64_t, int64_t, Tensor&, int64_t) {
+  no_row_split();
 }
-void Communicator::share_own_rows(Tensor&) {
-  fail("tensor parallel: this group does not split rows (sequence parallelism)");
+void Communicator::finish_row_exchange() { no_row_split(); }
+void Communicator::layernorm_modulate_own_rows(const Tensor&, const Tensor&, const Tensor&, float,
+                                               Tensor&) {
+  no_row_split();
+}
+void Communicator::add_partials_to_own_rows(const Tensor&, const Tensor&, Tensor&, const Tensor&,
+                                            Tensor*) {
+  no_row_split();
 }
 
 #ifndef STDIT_HAVE_CUDA

@@ -35,21 +35,29 @@ class Communicator {
 
   // Sequence parallelism (NCCL groups of two GPUs with peer access): the model then keeps only
   // this rank's own rows (own_rows() of the flattened [B * N] token rows) of the residual stream
-  // x up to date between share_own_rows() calls, and the norms and residual updates run on those
-  // rows alone. Used when splits_rows() and no frame selection is active; the defaults fail.
+  // x up to date inside the blocks; norms and residual updates run on those rows alone, and rows
+  // travel between the GPUs on copy engines beside the GEMMs. Used when splits_rows() and no
+  // frame selection is active; the defaults fail.
   virtual bool splits_rows() const { return false; }
   std::pair<int64_t, int64_t> own_rows(int64_t rows) const {
     return {rows * rank() / size(), rows * (rank() + 1) / size()};
   }
-  // LayerNorm + modulate (shift/scale [B, C]) of x's own rows into out (BF16 [B, N, C]) of every
-  // rank: out is whole on every rank afterwards.
-  virtual void layernorm_modulate_shared(const Tensor& x, const Tensor& shift, const Tensor& scale,
-                                         float eps, Tensor& out);
-  // x's own rows += gate * (the sum of every rank's p) (no gate: 1); with x16, the new own rows
-  // also go, in bf16, into x16 of every rank (whole afterwards). p: this rank's partial sum.
-  virtual void reduce_into_own_rows(Tensor& p, Tensor& x, const Tensor& gate, Tensor* x16);
-  // Every rank's own rows of x to every other rank: x whole and identical again.
-  virtual void share_own_rows(Tensor& x);
+  // Every rank sends rows [lo, hi) of its src ([R, ...] contiguous) to the other rank's dst (the
+  // dst that rank passes) starting at row dst_row, on a copy engine: this returns at once and the
+  // copy runs beside what the stream does next. finish_row_exchange() makes this rank's stream
+  // wait for both copies (the one into its dst, the one out of its src).
+  virtual void start_row_exchange(const Tensor& src, int64_t lo, int64_t hi, Tensor& dst,
+                                  int64_t dst_row);
+  virtual void finish_row_exchange();
+  // LayerNorm + modulate (shift/scale [B, C]) of x's own rows into the same rows of out (BF16
+  // [B, N, C]); the other rows of out are not touched.
+  virtual void layernorm_modulate_own_rows(const Tensor& x, const Tensor& shift,
+                                           const Tensor& scale, float eps, Tensor& out);
+  // x's own rows += gate * (rank 0's partial + rank 1's) (no gate: 1): p is this rank's partial
+  // sum [B, N, C], recv the other rank's partial of this rank's rows; with x16, the new own rows
+  // also go, in bf16, into the same rows of x16.
+  virtual void add_partials_to_own_rows(const Tensor& p, const Tensor& recv, Tensor& x,
+                                        const Tensor& gate, Tensor* x16);
   // Makes pending and future collectives of the whole group fail instead of waiting (any thread).
   virtual void abort() = 0;
   virtual std::string kind() const = 0;  // "host" or "nccl"

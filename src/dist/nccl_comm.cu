@@ -1,7 +1,6 @@
 // NCCL communicators for CUDA backends (see comm.h).
 #include <nccl.h>
 
-#include <array>
 #include <cstdlib>
 #include <string>
 
@@ -21,7 +20,11 @@ namespace {
   } while (0)
 
 struct NcclShared {
-  explicit NcclShared(int n) : comms(n), sync(n), ready(n), done(n), posted(n) {}
+  explicit NcclShared(int n)
+      : comms(n), sync(n), ready(n), done(n), posted(n), side(n),
+        src_ready{std::vector<cudaEvent_t>(n), std::vector<cudaEvent_t>(n)},
+        copied{std::vector<cudaEvent_t>(n), std::vector<cudaEvent_t>(n)},
+        dst{std::vector<void*>(n), std::vector<void*>(n)} {}
   std::vector<ncclComm_t> comms;
   std::atomic<bool> aborted{false};
   std::mutex mu;
@@ -30,13 +33,21 @@ struct NcclShared {
   bool p2p = false;
   GroupBarrier sync;
   std::vector<cudaEvent_t> ready, done;
-  std::vector<std::array<void*, 2>> posted;
+  std::vector<void*> posted;
+  // Row exchanges on copy engines: per rank a side stream, and two sets (alternating between
+  // exchanges, so a rank one exchange ahead never re-records an event or re-posts a destination
+  // the other still needs) of "source ready" and "copied" events and destinations.
+  std::vector<cudaStream_t> side;
+  std::vector<cudaEvent_t> src_ready[2], copied[2];
+  std::vector<void*> dst[2];  // each rank's destination of the exchange
   ~NcclShared() {
     if (!aborted)
       for (ncclComm_t c : comms) ncclCommDestroy(c);
-    for (auto* list : {&ready, &done})
+    for (auto* list : {&ready, &done, &src_ready[0], &src_ready[1], &copied[0], &copied[1]})
       for (cudaEvent_t e : *list)
         if (e) cudaEventDestroy(e);
+    for (cudaStream_t st : side)
+      if (st) cudaStreamDestroy(st);
   }
   void abort() {
     sync.abort();
@@ -72,74 +83,94 @@ class NcclComm final : public Communicator {
                             const FrameSelect& sel, Backend& be) override {
     if (!sh_->p2p || sel.active() || !residual_sum2_applies(x, p))
       return Communicator::reduce_into_residual(p, x, gate, gate0, sel, be);
-    exchange({p.raw(), nullptr}, [&](const std::array<void*, 2>& peer) {
-      const auto [p0, p1] = ordered(p, peer[0]);
+    exchange(p.raw(), [&](void* peer) {
+      const auto [p0, p1] = ordered(p, peer);
       residual_sum2(*be_->context(), x, p0, p1, gate);
     });
   }
 
   bool splits_rows() const override { return sh_->p2p; }
 
-  void layernorm_modulate_shared(const Tensor& x, const Tensor& shift, const Tensor& scale,
-                                 float eps, Tensor& out) override {
+  void start_row_exchange(const Tensor& src, int64_t lo, int64_t hi, Tensor& dst,
+                          int64_t dst_row) override {
+    STDIT_CHECK(!sh_->aborted, "tensor parallel: another rank failed; this rank stops");
+    STDIT_CHECK(!exchanging_, "tensor parallel: a row exchange is already in flight");
+    const CudaContext& c = *be_->context();
+    STDIT_CHECK(src.is_contiguous() && dst.is_contiguous() && src.dtype() == dst.dtype() &&
+                    src.dim() >= 2 && dst.dim() >= 2,
+                "tensor parallel: row exchange needs contiguous tensors of one dtype");
+    const int64_t row_bytes = static_cast<int64_t>(src.nbytes()) / (src.numel() / src.size(-1));
+    const int peer = 1 - rank_, k = parity_;
+    cudaStream_t side = sh_->side[rank_];
+    STDIT_CUDA_CHECK(cudaEventRecord(sh_->src_ready[k][rank_], c.stream));
+    // (one barrier per exchange: a rank may post its next destination before the other has
+    // read this one, hence the alternating slots, as for the events)
+    sh_->dst[k][rank_] = dst.raw();
+    sh_->sync.arrive_and_wait();
+    auto* to = static_cast<char*>(sh_->dst[k][peer]) + dst_row * row_bytes;
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(side, sh_->src_ready[k][rank_], 0));
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(side, sh_->src_ready[k][peer], 0));
+    if (hi > lo)
+      STDIT_CUDA_CHECK(cudaMemcpyAsync(to, static_cast<const char*>(src.raw()) + lo * row_bytes,
+                                       (hi - lo) * row_bytes, cudaMemcpyDefault, side));
+    STDIT_CUDA_CHECK(cudaEventRecord(sh_->copied[k][rank_], side));
+    exchanging_ = true;
+  }
+
+  void finish_row_exchange() override {
+    STDIT_CHECK(exchanging_, "tensor parallel: no row exchange in flight");
+    const CudaContext& c = *be_->context();
+    const int k = parity_;
+    // The other rank has enqueued its copy and recorded its "copied" event by now.
+    sh_->sync.arrive_and_wait();
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->copied[k][1 - rank_], 0));
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->copied[k][rank_], 0));
+    parity_ ^= 1;
+    exchanging_ = false;
+  }
+
+  void layernorm_modulate_own_rows(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                                   float eps, Tensor& out) override {
     const CudaContext& c = *be_->context();
     cuda::expect_contiguous_f32(x, c, "layernorm_modulate", "x");
     STDIT_CHECK(x.dim() == 3 && out.dtype() == DType::BF16 && out.is_contiguous() &&
                     out.numel() == x.numel(),
-                "tensor parallel: layernorm_modulate_shared needs x [B, N, C] F32 and a BF16 out");
+                "tensor parallel: layernorm_modulate_own_rows needs x [B, N, C] F32, out BF16");
     const auto [lo, hi] = own_rows(x.size(0) * x.size(1));
-    exchange({out.raw(), nullptr}, [&](const std::array<void*, 2>& peer) {
-      layernorm_modulate_rows(c, x, shift, scale, eps, lo, hi, out.data<__nv_bfloat16>(),
-                              static_cast<__nv_bfloat16*>(peer[0]));
-    });
+    layernorm_modulate_rows(c, x, shift, scale, eps, lo, hi, out.data<__nv_bfloat16>());
   }
 
-  void reduce_into_own_rows(Tensor& p, Tensor& x, const Tensor& gate, Tensor* x16) override {
-    STDIT_CHECK(residual_sum2_applies(x, p) &&
+  void add_partials_to_own_rows(const Tensor& p, const Tensor& recv, Tensor& x, const Tensor& gate,
+                                Tensor* x16) override {
+    const auto [lo, hi] = own_rows(x.size(0) * x.size(1));
+    STDIT_CHECK(residual_sum2_applies(x, p) && recv.dtype() == DType::BF16 &&
+                    recv.is_contiguous() && recv.numel() == (hi - lo) * x.size(2) &&
                     (!x16 || (x16->dtype() == DType::BF16 && x16->is_contiguous() &&
                               x16->numel() == x.numel())),
-                "tensor parallel: reduce_into_own_rows needs x F32 [B, N, C], C % 8 == 0, and "
-                "BF16 partial sums");
-    const auto [lo, hi] = own_rows(x.size(0) * x.size(1));
-    exchange({p.raw(), x16 ? x16->raw() : nullptr}, [&](const std::array<void*, 2>& peer) {
-      const auto [p0, p1] = ordered(p, peer[0]);
-      residual_sum2(*be_->context(), x, p0, p1, gate, lo, hi,
-                    x16 ? x16->data<__nv_bfloat16>() : nullptr,
-                    static_cast<__nv_bfloat16*>(peer[1]));
-    });
-  }
-
-  void share_own_rows(Tensor& x) override {
-    const CudaContext& c = *be_->context();
-    cuda::expect_contiguous_f32(x, c, "share_own_rows", "x");
-    const int64_t rows = x.numel() / x.size(-1);
-    const auto [lo, hi] = own_rows(rows);
-    const int64_t row_bytes = x.size(-1) * 4;
-    exchange({x.raw(), nullptr}, [&](const std::array<void*, 2>& peer) {
-      if (hi > lo)
-        STDIT_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(peer[0]) + lo * row_bytes,
-                                         static_cast<const char*>(x.raw()) + lo * row_bytes,
-                                         (hi - lo) * row_bytes, cudaMemcpyDefault, c.stream));
-    });
+                "tensor parallel: add_partials_to_own_rows needs x F32 [B, N, C], C % 8 == 0, "
+                "and BF16 partial sums");
+    const auto* mine = static_cast<const __nv_bfloat16*>(p.raw()) + lo * x.size(2);
+    const auto* theirs = static_cast<const __nv_bfloat16*>(recv.raw());
+    residual_sum2(*be_->context(), x, rank_ == 0 ? mine : theirs, rank_ == 0 ? theirs : mine,
+                  gate, lo, hi, x16 ? x16->data<__nv_bfloat16>() : nullptr);
   }
 
  private:
-  // One exchange between the two ranks: this rank posts pointers into its own buffers that the
-  // peer's work may read or write, once its stream has reached this point (event "ready"); both
-  // have posted (barrier); work(peer's pointers) is enqueued behind the peer's "ready"; then each
+  // One exchange between the two ranks: this rank posts a pointer into its own buffer that the
+  // peer's work may read, once its stream has reached this point (event "ready"); both
+  // have posted (barrier); work(peer's pointer) is enqueued behind the peer's "ready"; then each
   // stream waits for the other's work ("done", after a second barrier) before going on, so no
   // buffer is reused or freed while the peer may still touch it.
   template <typename F>
-  void exchange(const std::array<void*, 2>& mine, F&& work) {
+  void exchange(void* mine, F&& work) {
     STDIT_CHECK(!sh_->aborted, "tensor parallel: another rank failed; this rank stops");
     const CudaContext& c = *be_->context();
     const int peer = 1 - rank_;
     STDIT_CUDA_CHECK(cudaEventRecord(sh_->ready[rank_], c.stream));
     sh_->posted[rank_] = mine;
     sh_->sync.arrive_and_wait();
-    for (void* q : sh_->posted[peer])
-      STDIT_CHECK((reinterpret_cast<uintptr_t>(q) & 15u) == 0,
-                  "tensor parallel: the peer's buffer is not 16-byte aligned");
+    STDIT_CHECK((reinterpret_cast<uintptr_t>(sh_->posted[peer]) & 15u) == 0,
+                "tensor parallel: the peer's buffer is not 16-byte aligned");
     STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->ready[peer], 0));
     work(sh_->posted[peer]);
     STDIT_CUDA_CHECK(cudaEventRecord(sh_->done[rank_], c.stream));
@@ -156,6 +187,8 @@ class NcclComm final : public Communicator {
   std::shared_ptr<NcclShared> sh_;
   int rank_;
   CudaBackend* be_;
+  int parity_ = 0;           // which event set the next row exchange uses
+  bool exchanging_ = false;  // a row exchange was started and not finished
 };
 
 // Peer access between the two devices of a two-GPU group, for reduce_into_residual: each device
@@ -214,6 +247,11 @@ CommGroup make_nccl_group(const std::vector<Backend*>& backends) {
       STDIT_CUDA_CHECK(cudaSetDevice(devs[r]));
       STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->ready[r], cudaEventDisableTiming));
       STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->done[r], cudaEventDisableTiming));
+      STDIT_CUDA_CHECK(cudaStreamCreateWithFlags(&sh->side[r], cudaStreamNonBlocking));
+      for (int k = 0; k < 2; ++k) {
+        STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->src_ready[k][r], cudaEventDisableTiming));
+        STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->copied[k][r], cudaEventDisableTiming));
+      }
     }
   STDIT_CUDA_CHECK(cudaSetDevice(cur));
   CommGroup g;

@@ -162,18 +162,17 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
 // (peer access enabled). residual_sum2_applies: the layouts it takes (C % 8 == 0, 16-byte
 // aligned, contiguous; p's alignment is checked here, the peer's by the caller).
 bool residual_sum2_applies(const Tensor& x, const Tensor& p);
-// Rows [row_begin, row_end) of the flattened [B * N] rows only (row_end < 0: all); x16a/x16b
-// (optional): where the updated rows also go in bf16.
+// Rows [row_begin, row_end) of the flattened [B * N] rows only (row_end < 0: all), whose partial
+// sums start at p0 and p1 (row row_begin first); x16 (optional, [B * N, C]): where the updated
+// rows also go in bf16.
 void residual_sum2(const CudaContext& c, Tensor& x, const __nv_bfloat16* p0,
                    const __nv_bfloat16* p1, const Tensor& gate, int64_t row_begin = 0,
-                   int64_t row_end = -1, __nv_bfloat16* x16a = nullptr,
-                   __nv_bfloat16* x16b = nullptr);
+                   int64_t row_end = -1, __nv_bfloat16* x16 = nullptr);
 // Sequence parallelism: LayerNorm + modulate (shift/scale [B, C], no frame selection) of rows
-// [row_begin, row_end) of x [B, N, C] F32, written in bf16 to out and, when given, to out2 (the
-// other device's output), both [B * N, C].
+// [row_begin, row_end) of x [B, N, C] F32 into the same rows of out (BF16 [B * N, C]).
 void layernorm_modulate_rows(const CudaContext& c, const Tensor& x, const Tensor& shift,
                              const Tensor& scale, float eps, int64_t row_begin, int64_t row_end,
-                             __nv_bfloat16* out, __nv_bfloat16* out2);
+                             __nv_bfloat16* out);
 // Strided-batched accumulation through cuBLASLt only: for each i < batch,
 // C_i[m x n] += op(A_i) op(B_i) + bias_i (column-major, C and the bias in `out`, bias_i[r] added
 // to row r), with X_i = X + i * stride_x in elements. Returns false, with nothing written, when

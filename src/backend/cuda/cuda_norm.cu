@@ -53,13 +53,12 @@ Sel check_select(const FrameSelect& sel, const CudaContext& c, int64_t b, int64_
 constexpr int kWarps = 8;  // rows per block in the warp-per-row kernels
 
 // One warp per row of C. Statistics in f64 as the CPU backend (then f32); out may alias x.
-// Rows [row0, row0 + rows) of x; with out2, each output row is written there too (another
-// device's copy of out, for sequence parallelism).
+// Rows [row0, row0 + rows) of x.
 template <typename TO>
 __global__ void __launch_bounds__(kWarps * 32)
     ln_mod_kernel(const float* x, TO* out, int64_t rows, int64_t n, int64_t c, ModRow shift,
                   ModRow scale, ModRow shift0, ModRow scale0, Sel sel, float eps,
-                  int64_t row0 = 0, TO* out2 = nullptr) {
+                  int64_t row0 = 0) {
   const int lane = threadIdx.x & 31;
   const int64_t row = row0 + blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
   if (row >= row0 + rows) return;
@@ -81,12 +80,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const bool clean = is_clean(sel, bi, ni);
   const float* sh = clean ? shift0.p + bi * shift0.s : shift.p + bi * shift.s;
   const float* sc = clean ? scale0.p + bi * scale0.s : scale.p + bi * scale.s;
-  TO* o2 = out2 ? out2 + row * c : nullptr;
-  for (int64_t i = lane; i < c; i += 32) {
-    const float y = (xr[i] - m) * rstd * (1.0f + sc[i]) + sh[i];
-    store_out(o + i, y);
-    if (o2) store_out(o2 + i, y);
-  }
+  for (int64_t i = lane; i < c; i += 32) store_out(o + i, (xr[i] - m) * rstd * (1.0f + sc[i]) + sh[i]);
 }
 
 // One warp per row; f32 sum of squares.
@@ -147,17 +141,18 @@ __global__ void fold_gate_kernel(const __nv_bfloat16* __restrict__ w, const floa
 // x[row, :] += gate[b, :] * (p0[row, :] + p1[row, :]) (no gate: 1), 8 channels per thread:
 // the two ranks' partial sums of a tensor-parallel projection, p1 possibly in a peer device's
 // memory. Same expression, so same bits, on both ranks.
-// Rows [row0, row0 + rows); with x16a/x16b, the updated rows also go there in bf16.
+// Rows [row0, row0 + rows) of x, whose partial sums are rows 0.. of p0 and p1; with x16, the
+// updated rows also go there (at the rows of x) in bf16.
 __global__ void residual_sum2_kernel(float* __restrict__ x, const __nv_bfloat16* __restrict__ p0,
                                      const __nv_bfloat16* __restrict__ p1, int64_t rows,
                                      int64_t n, int64_t c, ModRow gate, int64_t row0,
-                                     __nv_bfloat16* x16a, __nv_bfloat16* x16b) {
+                                     __nv_bfloat16* x16) {
   const int64_t per = c / 8, total = rows * per;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = row0 + t / per, e = (t - (row - row0) * per) * 8;
-    const uint4 a = *reinterpret_cast<const uint4*>(p0 + row * c + e);
-    const uint4 b = *reinterpret_cast<const uint4*>(p1 + row * c + e);
+    const uint4 a = *reinterpret_cast<const uint4*>(p0 + (row - row0) * c + e);
+    const uint4 b = *reinterpret_cast<const uint4*>(p1 + (row - row0) * c + e);
     const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
     const __nv_bfloat162* b2 = reinterpret_cast<const __nv_bfloat162*>(&b);
     float4* xr = reinterpret_cast<float4*>(x + row * c + e);
@@ -180,11 +175,9 @@ __global__ void residual_sum2_kernel(float* __restrict__ x, const __nv_bfloat16*
         v.w += s3;
       }
       xr[h] = v;
-      if (x16a) {
+      if (x16) {
         __nv_bfloat162 pr[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
-        const uint2 u = *reinterpret_cast<const uint2*>(pr);
-        *reinterpret_cast<uint2*>(x16a + row * c + e + 4 * h) = u;
-        if (x16b) *reinterpret_cast<uint2*>(x16b + row * c + e + 4 * h) = u;
+        *reinterpret_cast<uint2*>(x16 + row * c + e + 4 * h) = *reinterpret_cast<const uint2*>(pr);
       }
     }
   }
@@ -407,20 +400,20 @@ bool residual_sum2_applies(const Tensor& x, const Tensor& p) {
 
 void residual_sum2(const CudaContext& c, Tensor& x, const __nv_bfloat16* p0,
                    const __nv_bfloat16* p1, const Tensor& gate, int64_t row_begin,
-                   int64_t row_end, __nv_bfloat16* x16a, __nv_bfloat16* x16b) {
+                   int64_t row_end, __nv_bfloat16* x16) {
   const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
   if (gate.defined()) check_mod(gate, c, b, ch, "reduce_into_residual", "gate");
   if (row_end < 0) row_end = b * n;
   const int64_t rows = row_end - row_begin;
   if (rows <= 0 || ch == 0) return;
   residual_sum2_kernel<<<blocks_for(rows * ch / 8, 256), 256, 0, c.stream>>>(
-      x.data<float>(), p0, p1, rows, n, ch, mod_row(gate), row_begin, x16a, x16b);
+      x.data<float>(), p0, p1, rows, n, ch, mod_row(gate), row_begin, x16);
   check_launch("reduce_into_residual");
 }
 
 void layernorm_modulate_rows(const CudaContext& c, const Tensor& x, const Tensor& shift,
                              const Tensor& scale, float eps, int64_t row_begin, int64_t row_end,
-                             __nv_bfloat16* out, __nv_bfloat16* out2) {
+                             __nv_bfloat16* out) {
   const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
   check_mod(shift, c, b, ch, "layernorm_modulate", "shift");
   check_mod(scale, c, b, ch, "layernorm_modulate", "scale");
@@ -428,7 +421,7 @@ void layernorm_modulate_rows(const CudaContext& c, const Tensor& x, const Tensor
   if (rows <= 0 || ch == 0) return;
   ln_mod_kernel<<<blocks_for(rows, kWarps, 2147483647), kWarps * 32, 0, c.stream>>>(
       x.data<float>(), out, rows, n, ch, mod_row(shift), mod_row(scale), ModRow{}, ModRow{}, Sel{},
-      eps, row_begin, out2);
+      eps, row_begin);
   check_launch("layernorm_modulate (rows)");
 }
 

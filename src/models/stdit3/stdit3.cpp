@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -362,7 +363,11 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     block_forward(temporal_[i], true, s, x);
     if (!s.rows_split) record(cat("block.", 2 * i + 1), x);
   }
-  if (s.rows_split) tp_->share_own_rows(x);
+  if (s.rows_split) {  // every rank's rows to the other: x whole again
+    const auto [lo, hi] = tp_->own_rows(B * s.N);
+    tp_->start_row_exchange(x, lo, hi, x, lo);
+    tp_->finish_row_exchange();
+  }
 
   // ---- final layer (spec §3.7): raw t, and LayerNorm twice for conditioning frames ----
   const Tensor ft = final_table_.view({-1});
@@ -425,23 +430,62 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   // The three projections added to x (attention out, cross-attention out, fc2), gated or not:
   // one fused op on one GPU; with tensor parallelism the partial sums (in the matmul dtype) are
   // summed over the ranks and added by the communicator.
-  // With rows split, only this rank's rows of x are updated (and, given x16, copied in bf16 to
-  // every rank's x16).
+  // Sequence parallelism (s.rows_split, two ranks): this rank owns token rows [lo, hi) of the
+  // R = B * N rows of x; the other rank's rows are [plo, phi). Rows of activations travel on copy
+  // engines while the GEMMs run: a gathered input's own rows are multiplied first, the other
+  // rank's once they have arrived; a row-parallel output's rows for the other rank are computed
+  // first and sent while this rank's are computed.
+  const int64_t R = B * N;
+  int64_t lo = 0, hi = R;
+  if (s.rows_split) std::tie(lo, hi) = tp_->own_rows(R);
+  const int64_t plo = lo == 0 ? hi : 0, phi = lo == 0 ? R : lo;
+  auto rows_of = [&](const Tensor& t, int64_t a, int64_t b) {
+    return t.view({R, t.numel() / R}).slice(0, a, b);
+  };
+  auto linear_rows = [&](const Tensor& in, const Tensor& w, const Tensor& b, Activation act,
+                         Tensor& out, int64_t a0, int64_t a1) {
+    if (a1 <= a0) return;
+    Tensor o = rows_of(out, a0, a1);
+    be_.linear(rows_of(in, a0, a1), w, b, act, o);
+  };
+  // A column-parallel GEMM: with rows split its input's rows are still arriving (an exchange was
+  // started by the producer).
+  auto linear_in = [&](const Tensor& in, const Tensor& w, const Tensor& b, Activation act,
+                       Tensor& out) {
+    if (!s.rows_split) return be_.linear(in, w, b, act, out);
+    linear_rows(in, w, b, act, out, lo, hi);
+    tp_->finish_row_exchange();
+    linear_rows(in, w, b, act, out, plo, phi);
+  };
+  // Modulated LayerNorm of x into a (with rows split: this rank's rows, sent to the other rank).
+  auto modulated_norm = [&](int shift, int scale, Tensor& a) {
+    if (!s.rows_split)
+      return be_.layernorm_modulate(x, m(shift), m(scale), m0(shift), m0(scale), s.sel, eps, a);
+    tp_->layernorm_modulate_own_rows(x, m(shift), m(scale), eps, a);
+    tp_->start_row_exchange(a, lo, hi, a, lo);
+  };
+  // The three projections added to x (attention out, cross-attention out, fc2), gated or not:
+  // one fused op on one GPU; with tensor parallelism the partial sums (in the matmul dtype) are
+  // summed over the ranks and added by the communicator; with rows split each rank adds the two
+  // partials of its own rows (and, given x16, writes them in bf16 there and sends them on).
   auto project_into = [&](const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
                           const Tensor& gate0, Tensor* x16 = nullptr) {
     if (!tp_) return be_.linear_residual(in, w, b, gate, gate0, s.sel, x);
     Tensor p = be_.alloc({B, N, C}, red);
-    be_.linear(in, w, b, Activation::None, p);
-    if (s.rows_split) return tp_->reduce_into_own_rows(p, x, gate, x16);
-    tp_->reduce_into_residual(p, x, gate, gate0, s.sel, be_);
-  };
-  // Modulated LayerNorm of x into a (with rows split: each rank's rows, gathered on every rank).
-  auto modulated_norm = [&](int shift, int scale, Tensor& a) {
-    if (s.rows_split) return tp_->layernorm_modulate_shared(x, m(shift), m(scale), eps, a);
-    be_.layernorm_modulate(x, m(shift), m(scale), m0(shift), m0(scale), s.sel, eps, a);
+    if (!s.rows_split) {
+      be_.linear(in, w, b, Activation::None, p);
+      return tp_->reduce_into_residual(p, x, gate, gate0, s.sel, be_);
+    }
+    Tensor recv = be_.alloc({hi - lo, C}, red);
+    linear_rows(in, w, b, Activation::None, p, plo, phi);
+    tp_->start_row_exchange(p, plo, phi, recv, 0);
+    linear_rows(in, w, b, Activation::None, p, lo, hi);
+    tp_->finish_row_exchange();
+    tp_->add_partials_to_own_rows(p, recv, x, gate, x16);
+    if (x16) tp_->start_row_exchange(*x16, lo, hi, *x16, lo);
   };
   // Cross-attention's q input: x itself (linear converts it), or with rows split the bf16 copy
-  // the self-attention residual update gathers.
+  // the self-attention residual update writes and sends.
   Tensor xq = s.rows_split ? be_.alloc({B, N, C}, mm) : Tensor{};
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
@@ -449,7 +493,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     Tensor a = be_.alloc({B, N, C}, mm);
     modulated_norm(0, 1, a);
     Tensor qkv = be_.alloc({B * N, 3 * Cl}, mm);
-    be_.linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
+    linear_in(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
     Tensor o = be_.alloc({B, T, S, H, D}, mm);
     // Views: spatial attends over S tokens of each (b, t); temporal over T frames of each (b, s).
     Tensor qkv6 = qkv.view({B, T, S, 3, H, D});
@@ -467,7 +511,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
   {
     Tensor cq = be_.alloc({B, N, H, D}, mm);
-    be_.linear(s.rows_split ? xq : x, blk.q_w, blk.q_b, Activation::None, cq);
+    linear_in(s.rows_split ? xq : x, blk.q_w, blk.q_b, Activation::None, cq);
     const int64_t Lt = s.y_packed.size(0);
     Tensor ckv = be_.alloc({Lt, 2, H, D}, mm);
     be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
@@ -481,7 +525,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     Tensor a = be_.alloc({B, N, C}, mm);
     modulated_norm(3, 4, a);
     Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
-    be_.linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
+    linear_in(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
     project_into(h.view({B, N, h.size(1)}), blk.fc2_w, blk.fc2_b, m(5), m0(5));
   }
 }
