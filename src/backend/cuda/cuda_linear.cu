@@ -100,37 +100,6 @@ void activation_pass(CudaContext& c, TO* o, int64_t total, int64_t n, int code) 
   check_launch("linear activation");
 }
 
-// out[m, n] = sum_k x[m, k] w[n, k] (+ bias[n]) for k <= 32 with F32 x and w (the patch
-// embedding, k = 16): cuBLASLt's TF32 kernels take ~30 ms for its [216000, 16] x [16, 1152] at
-// 720p; this is bound by writing the output. Each thread keeps one weight row in registers and
-// walks 32 rows of x staged in shared memory; f32 FMAs in k order.
-constexpr int kSmallK = 32, kSmallKRows = 32, kSmallKCols = 128;
-template <typename TO>
-__global__ void __launch_bounds__(kSmallKCols)
-    linear_small_k_kernel(const float* __restrict__ x, const float* __restrict__ w,
-                          const float* __restrict__ bias, TO* __restrict__ out, int64_t m,
-                          int64_t n, int k) {
-  __shared__ float xs[kSmallKRows][kSmallK];
-  const int64_t col = blockIdx.y * static_cast<int64_t>(kSmallKCols) + threadIdx.x;
-  const int64_t r0 = blockIdx.x * static_cast<int64_t>(kSmallKRows);
-  for (int i = threadIdx.x; i < kSmallKRows * kSmallK; i += kSmallKCols) {
-    const int r = i / kSmallK, kk = i - r * kSmallK;
-    xs[r][kk] = r0 + r < m && kk < k ? x[(r0 + r) * k + kk] : 0.0f;
-  }
-  float wr[kSmallK];
-#pragma unroll
-  for (int kk = 0; kk < kSmallK; ++kk) wr[kk] = col < n && kk < k ? w[col * k + kk] : 0.0f;
-  const float b = bias && col < n ? bias[col] : 0.0f;
-  __syncthreads();
-  if (col >= n) return;
-  for (int r = 0; r < kSmallKRows && r0 + r < m; ++r) {
-    float acc = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < kSmallK; ++kk) acc = fmaf(xs[r][kk], wr[kk], acc);
-    store_out(out + (r0 + r) * n + col, acc + b);
-  }
-}
-
 GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   GemmPlan p;
   const cublasComputeType_t ct = key.bf16_in || !ctx.options.tf32 ? CUBLAS_COMPUTE_32F
@@ -320,30 +289,6 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, A
     STDIT_CHECK(bias.numel() == n, "cuda linear: bias has ", bias.numel(), " values, expected ", n);
   }
   if (m == 0 || n == 0) return;
-  // The activation where no epilogue applied it: a separate exact pass.
-  auto activation = [&] {
-    if (act == Activation::None) return;
-    const int code = act == Activation::GeluTanh ? 1 : 2;
-    if (out.dtype() == DType::BF16)
-      activation_pass(c, out.data<__nv_bfloat16>(), m * n, n, code);
-    else
-      activation_pass(c, out.data<float>(), m * n, n, code);
-  };
-  if (k <= kSmallK && x.dtype() == DType::F32 && w.dtype() == DType::F32) {
-    const int64_t row_groups = (m + kSmallKRows - 1) / kSmallKRows;
-    STDIT_CHECK(row_groups < (int64_t{1} << 31), "cuda linear: too many rows (", m, ")");
-    const dim3 grid(static_cast<unsigned>(row_groups),
-                    static_cast<unsigned>((n + kSmallKCols - 1) / kSmallKCols));
-    const float* bp = bias.defined() ? bias.data<float>() : nullptr;
-    if (out.dtype() == DType::BF16)
-      linear_small_k_kernel<<<grid, kSmallKCols, 0, c.stream>>>(
-          x.data<float>(), w.data<float>(), bp, out.data<__nv_bfloat16>(), m, n, static_cast<int>(k));
-    else
-      linear_small_k_kernel<<<grid, kSmallKCols, 0, c.stream>>>(
-          x.data<float>(), w.data<float>(), bp, out.data<float>(), m, n, static_cast<int>(k));
-    check_launch("linear (small k)");
-    return activation();
-  }
   // The GEMM runs in the weight's dtype: x is converted to it when it differs (a bf16 copy of an
   // F32 activation, e.g. the residual stream feeding cross-attention's q).
   const DType in = w.dtype();
@@ -371,7 +316,12 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, A
   const bool gelu_epilogue = act == Activation::GeluTanh && (c.options.tf32 || in == DType::BF16);
   const bool applied = gemm_typed(c, in, out.dtype(), true, false, n, m, k, w.raw(), k, xin.raw(),
                                   k, out.raw(), n, b, gelu_epilogue);
-  if (!applied) activation();
+  if (act == Activation::None || applied) return;
+  const int code = act == Activation::GeluTanh ? 1 : 2;
+  if (out.dtype() == DType::BF16)
+    activation_pass(c, out.data<__nv_bfloat16>(), m * n, n, code);
+  else
+    activation_pass(c, out.data<float>(), m * n, n, code);
 }
 
 }  // namespace stdit
