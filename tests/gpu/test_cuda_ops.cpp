@@ -462,6 +462,19 @@ Tensor frame_mask(int64_t b, int64_t t) {
     for (int64_t j = 0; j < t; ++j) v.push_back((i + j) % 3 == 1 ? 0 : 1);
   return u8({b, t}, v);
 }
+
+// The host and device FrameSelect of frame_mask(b, t) with s tokens per frame (both inactive
+// when `on` is false).
+std::pair<FrameSelect, FrameSelect> frame_selects(CudaBackend& g, bool on, int64_t b, int64_t t,
+                                                  int64_t s) {
+  FrameSelect host, dev;
+  if (!on) return {host, dev};
+  host.mask = frame_mask(b, t);
+  host.tokens_per_frame = s;
+  dev.mask = g.upload(host.mask);
+  dev.tokens_per_frame = s;
+  return {host, dev};
+}
 std::string mod_what(const ModCase& m) {
   return cat("x [", m.b, ", ", m.t * m.s, ", ", m.c, "]", m.select ? cat(" sel T=", m.t) : std::string(), " rows of [B, 6C]");
 }
@@ -474,13 +487,7 @@ TEST(CudaOps, LayerNormModulate) {
     const int64_t n = m.t * m.s;
     const Tensor x = randn({m.b, n, m.c}, ++seed, 3.0f, 1.5f);
     const Tensor mod = randn({m.b, 6 * m.c}, ++seed, 0.3f), mod0 = randn({m.b, 6 * m.c}, ++seed, 0.3f);
-    FrameSelect cs, gs;
-    if (m.select) {
-      cs.mask = frame_mask(m.b, m.t);
-      cs.tokens_per_frame = m.s;
-      gs.mask = g.upload(cs.mask);
-      gs.tokens_per_frame = m.s;
-    }
+    const auto [cs, gs] = frame_selects(g, m.select, m.b, m.t, m.s);
     Tensor ref = host_be().alloc(x.shape());
     host_be().layernorm_modulate(x, chunk(mod, 0, m.c), chunk(mod, 1, m.c),
                              m.select ? chunk(mod0, 0, m.c) : Tensor{},
@@ -506,13 +513,7 @@ TEST(CudaOps, GatedResidualAndSelectFrames) {
     const int64_t n = m.t * m.s;
     const Tensor x = randn({m.b, n, m.c}, ++seed), y = randn({m.b, n, m.c}, ++seed);
     const Tensor mod = randn({m.b, 6 * m.c}, ++seed), mod0 = randn({m.b, 6 * m.c}, ++seed);
-    FrameSelect cs, gs;
-    if (m.select) {
-      cs.mask = frame_mask(m.b, m.t);
-      cs.tokens_per_frame = m.s;
-      gs.mask = g.upload(cs.mask);
-      gs.tokens_per_frame = m.s;
-    }
+    const auto [cs, gs] = frame_selects(g, m.select, m.b, m.t, m.s);
     Tensor ref = x.clone();
     host_be().gated_residual(ref, y, chunk(mod, 2, m.c), m.select ? chunk(mod0, 2, m.c) : Tensor{}, cs);
     const Tensor dmod = g.upload(mod), dmod0 = g.upload(mod0);
@@ -554,13 +555,7 @@ TEST(CudaOps, LinearResidual) {
     const Tensor w = randn({cs.c, cs.k}, ++seed, 1.0f / std::sqrt(static_cast<float>(cs.k)));
     const Tensor bias = randn({cs.c}, ++seed, 0.1f);
     const Tensor mod = randn({cs.b, 6 * cs.c}, ++seed, 0.3f), mod0 = randn({cs.b, 6 * cs.c}, ++seed, 0.3f);
-    FrameSelect hs, ds;
-    if (cs.select) {
-      hs.mask = frame_mask(cs.b, cs.t);
-      hs.tokens_per_frame = cs.s;
-      ds.mask = g.upload(hs.mask);
-      ds.tokens_per_frame = cs.s;
-    }
+    const auto [hs, ds] = frame_selects(g, cs.select, cs.b, cs.t, cs.s);
     const Tensor gate = cs.gate ? chunk(mod, 2, cs.c) : Tensor{};
     const Tensor gate0 = cs.gate && cs.select ? chunk(mod0, 2, cs.c) : Tensor{};
     Tensor ref = x.clone();

@@ -79,6 +79,44 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t addr, uint32_t& r0, uint32_t&
                : "r"(addr));
 }
 
+// Exact softmax (base 2) of one m16 tile's scores held as NG 8-key groups in the m16n8
+// accumulator layout (this thread: rows g and g + 8, columns 8n + 2 t4 + {0, 1}): scaled by sl2,
+// columns >= keys masked, exponentiated in place; returns the two rows' sums over all keys.
+template <int NG>
+__device__ __forceinline__ void softmax_tile(float (&s)[NG][4], int keys, int t4, float sl2,
+                                             float& la, float& lb) {
+  float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < NG; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int col = n * 8 + 2 * t4 + (e & 1);
+      const float v = col < keys ? s[n][e] * sl2 : -INFINITY;
+      s[n][e] = v;
+      if (e < 2) mx_a = fmaxf(mx_a, v);
+      else mx_b = fmaxf(mx_b, v);
+    }
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+  la = 0.0f;
+  lb = 0.0f;
+#pragma unroll
+  for (int n = 0; n < NG; ++n) {
+    s[n][0] = exp2f(s[n][0] - mx_a);
+    s[n][1] = exp2f(s[n][1] - mx_a);
+    s[n][2] = exp2f(s[n][2] - mx_b);
+    s[n][3] = exp2f(s[n][3] - mx_b);
+    la += s[n][0] + s[n][1];
+    lb += s[n][2] + s[n][3];
+  }
+  la += __shfl_xor_sync(0xffffffffu, la, 1);
+  la += __shfl_xor_sync(0xffffffffu, la, 2);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+}
+
 // KS: 16-wide head-dim steps of Q K^T (head dim padded to DK = KS * 16); NV: 8-wide head-dim
 // tiles of the output (NV * 8 <= DK); BK keys per tile (multiple of 16). TI: input type (F32
 // views are rounded to bf16 while loading; BF16 is copied), TO: output type.
@@ -344,39 +382,7 @@ __global__ void __launch_bounds__(kHeads * 32)
   // Softmax over the T keys of each row (all in this thread's row group), base 2.
   float l[2][2];
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt) {
-    float mx_a = -INFINITY, mx_b = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = n * 8 + 2 * t4 + (e & 1);
-        const float v = col < T ? s[mt][n][e] * sl2 : -INFINITY;
-        s[mt][n][e] = v;
-        if (e < 2) mx_a = fmaxf(mx_a, v);
-        else mx_b = fmaxf(mx_b, v);
-      }
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-    float la = 0.0f, lb = 0.0f;
-#pragma unroll
-    for (int n = 0; n < 4; ++n) {
-      s[mt][n][0] = exp2f(s[mt][n][0] - mx_a);
-      s[mt][n][1] = exp2f(s[mt][n][1] - mx_a);
-      s[mt][n][2] = exp2f(s[mt][n][2] - mx_b);
-      s[mt][n][3] = exp2f(s[mt][n][3] - mx_b);
-      la += s[mt][n][0] + s[mt][n][1];
-      lb += s[mt][n][2] + s[mt][n][3];
-    }
-    la += __shfl_xor_sync(0xffffffffu, la, 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
-    l[mt][0] = la;
-    l[mt][1] = lb;
-  }
+  for (int mt = 0; mt < 2; ++mt) softmax_tile(s[mt], T, t4, sl2, l[mt][0], l[mt][1]);
   // O = P V per 16-key step; B fragments of V from ldmatrix.trans (as the flash kernel).
   const uint32_t vs_addr = static_cast<uint32_t>(__cvta_generic_to_shared(qs + 2 * kMat)) +
                            4u * static_cast<uint32_t>(((lane & 7) + 8 * ((lane >> 3) & 1)) * RS +
@@ -514,35 +520,8 @@ __global__ void __launch_bounds__(kTextWarps * 32)
       }
     }
     // Exact softmax over the L keys of rows g and g + 8 (base 2).
-    float mx_a = -INFINITY, mx_b = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = n * 8 + 2 * t4 + (e & 1);
-        const float v = col < L ? s[n][e] * sl2 : -INFINITY;
-        s[n][e] = v;
-        if (e < 2) mx_a = fmaxf(mx_a, v);
-        else mx_b = fmaxf(mx_b, v);
-      }
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-    float la = 0.0f, lb = 0.0f;
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      s[n][0] = exp2f(s[n][0] - mx_a);
-      s[n][1] = exp2f(s[n][1] - mx_a);
-      s[n][2] = exp2f(s[n][2] - mx_b);
-      s[n][3] = exp2f(s[n][3] - mx_b);
-      la += s[n][0] + s[n][1];
-      lb += s[n][2] + s[n][3];
-    }
-    la += __shfl_xor_sync(0xffffffffu, la, 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    float la, lb;
+    softmax_tile(s, L, t4, sl2, la, lb);
     // O = P V per 16-key step.
     float o[NV][4];
 #pragma unroll
