@@ -360,6 +360,7 @@ void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor
   const bool fits = !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 &&
                     x.is_contiguous() && y.dtype() == DType::BF16 && y.is_contiguous() &&
                     w.dtype() == DType::BF16 && w.dim() == 2 && w.is_contiguous() &&
+                    (reinterpret_cast<uintptr_t>(w.raw()) & 15u) == 0 &&  // fold_gate's 16-byte loads
                     w.size(0) == x.size(2) && w.size(1) % 8 == 0 && y.numel() == x.size(0) * x.size(1) * w.size(1) &&
                     (!bias.defined() || (bias.dtype() == DType::F32 && bias.is_contiguous()));
   if (!fits) return Backend::linear_residual(y, w, bias, gate, gate0, sel, x);
