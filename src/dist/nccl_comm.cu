@@ -21,10 +21,8 @@ namespace {
 
 struct NcclShared {
   explicit NcclShared(int n)
-      : comms(n), sync(n), ready(n), done(n), posted(n), side(n),
-        src_ready{std::vector<cudaEvent_t>(n), std::vector<cudaEvent_t>(n)},
-        copied{std::vector<cudaEvent_t>(n), std::vector<cudaEvent_t>(n)},
-        dst{std::vector<void*>(n), std::vector<void*>(n)} {}
+      : comms(n), sync(n), ready(n), done(n), posted(n), side(n), src_ready(n), copied(n),
+        dst(n) {}
   std::vector<ncclComm_t> comms;
   std::atomic<bool> aborted{false};
   std::mutex mu;
@@ -34,16 +32,15 @@ struct NcclShared {
   GroupBarrier sync;
   std::vector<cudaEvent_t> ready, done;
   std::vector<void*> posted;
-  // Row exchanges on copy engines: per rank a side stream, and two sets (alternating between
-  // exchanges, so a rank one exchange ahead never re-records an event or re-posts a destination
-  // the other still needs) of "source ready" and "copied" events and destinations.
+  // Row exchanges on copy engines: per rank a side stream, events "source ready" (main stream)
+  // and "copied" (side stream), and the destination it posts.
   std::vector<cudaStream_t> side;
-  std::vector<cudaEvent_t> src_ready[2], copied[2];
-  std::vector<void*> dst[2];  // each rank's destination of the exchange
+  std::vector<cudaEvent_t> src_ready, copied;
+  std::vector<void*> dst;
   ~NcclShared() {
     if (!aborted)
       for (ncclComm_t c : comms) ncclCommDestroy(c);
-    for (auto* list : {&ready, &done, &src_ready[0], &src_ready[1], &copied[0], &copied[1]})
+    for (auto* list : {&ready, &done, &src_ready, &copied})
       for (cudaEvent_t e : *list)
         if (e) cudaEventDestroy(e);
     for (cudaStream_t st : side)
@@ -100,32 +97,30 @@ class NcclComm final : public Communicator {
                     src.dim() >= 2 && dst.dim() >= 2,
                 "tensor parallel: row exchange needs contiguous tensors of one dtype");
     const int64_t row_bytes = static_cast<int64_t>(src.nbytes()) / (src.numel() / src.size(-1));
-    const int peer = 1 - rank_, k = parity_;
+    // Two barriers per exchange (here and in finish_row_exchange) order every post and event
+    // record of one rank after the other rank's reads and waits of the previous exchange.
+    const int peer = 1 - rank_;
     cudaStream_t side = sh_->side[rank_];
-    STDIT_CUDA_CHECK(cudaEventRecord(sh_->src_ready[k][rank_], c.stream));
-    // (one barrier per exchange: a rank may post its next destination before the other has
-    // read this one, hence the alternating slots, as for the events)
-    sh_->dst[k][rank_] = dst.raw();
+    STDIT_CUDA_CHECK(cudaEventRecord(sh_->src_ready[rank_], c.stream));
+    sh_->dst[rank_] = dst.raw();
     sh_->sync.arrive_and_wait();
-    auto* to = static_cast<char*>(sh_->dst[k][peer]) + dst_row * row_bytes;
-    STDIT_CUDA_CHECK(cudaStreamWaitEvent(side, sh_->src_ready[k][rank_], 0));
-    STDIT_CUDA_CHECK(cudaStreamWaitEvent(side, sh_->src_ready[k][peer], 0));
+    auto* to = static_cast<char*>(sh_->dst[peer]) + dst_row * row_bytes;
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(side, sh_->src_ready[rank_], 0));
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(side, sh_->src_ready[peer], 0));
     if (hi > lo)
       STDIT_CUDA_CHECK(cudaMemcpyAsync(to, static_cast<const char*>(src.raw()) + lo * row_bytes,
                                        (hi - lo) * row_bytes, cudaMemcpyDefault, side));
-    STDIT_CUDA_CHECK(cudaEventRecord(sh_->copied[k][rank_], side));
+    STDIT_CUDA_CHECK(cudaEventRecord(sh_->copied[rank_], side));
     exchanging_ = true;
   }
 
   void finish_row_exchange() override {
     STDIT_CHECK(exchanging_, "tensor parallel: no row exchange in flight");
     const CudaContext& c = *be_->context();
-    const int k = parity_;
     // The other rank has enqueued its copy and recorded its "copied" event by now.
     sh_->sync.arrive_and_wait();
-    STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->copied[k][1 - rank_], 0));
-    STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->copied[k][rank_], 0));
-    parity_ ^= 1;
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->copied[1 - rank_], 0));
+    STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->copied[rank_], 0));
     exchanging_ = false;
   }
 
@@ -187,7 +182,6 @@ class NcclComm final : public Communicator {
   std::shared_ptr<NcclShared> sh_;
   int rank_;
   CudaBackend* be_;
-  int parity_ = 0;           // which event set the next row exchange uses
   bool exchanging_ = false;  // a row exchange was started and not finished
 };
 
@@ -248,10 +242,8 @@ CommGroup make_nccl_group(const std::vector<Backend*>& backends) {
       STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->ready[r], cudaEventDisableTiming));
       STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->done[r], cudaEventDisableTiming));
       STDIT_CUDA_CHECK(cudaStreamCreateWithFlags(&sh->side[r], cudaStreamNonBlocking));
-      for (int k = 0; k < 2; ++k) {
-        STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->src_ready[k][r], cudaEventDisableTiming));
-        STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->copied[k][r], cudaEventDisableTiming));
-      }
+      STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->src_ready[r], cudaEventDisableTiming));
+      STDIT_CUDA_CHECK(cudaEventCreateWithFlags(&sh->copied[r], cudaEventDisableTiming));
     }
   STDIT_CUDA_CHECK(cudaSetDevice(cur));
   CommGroup g;

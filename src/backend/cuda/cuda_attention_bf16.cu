@@ -79,6 +79,22 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t addr, uint32_t& r0, uint32_t&
                : "r"(addr));
 }
 
+// s = 2^(s - u) in place (u_a for row g, u_b for row g + 8 of the m16n8 accumulator layout),
+// each row's values added to l_a / l_b (this thread's columns only).
+template <int NG>
+__device__ __forceinline__ void exp2_rows(float (&s)[NG][4], float u_a, float u_b, float& l_a,
+                                          float& l_b) {
+#pragma unroll
+  for (int n = 0; n < NG; ++n) {
+    s[n][0] = exp2f(s[n][0] - u_a);
+    s[n][1] = exp2f(s[n][1] - u_a);
+    s[n][2] = exp2f(s[n][2] - u_b);
+    s[n][3] = exp2f(s[n][3] - u_b);
+    l_a += s[n][0] + s[n][1];
+    l_b += s[n][2] + s[n][3];
+  }
+}
+
 // Exact softmax (base 2) of one m16 tile's scores held as NG 8-key groups in the m16n8
 // accumulator layout (this thread: rows g and g + 8, columns 8n + 2 t4 + {0, 1}): scaled by sl2,
 // columns >= keys masked, exponentiated in place; returns the two rows' sums over all keys.
@@ -102,15 +118,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NG][4], int keys, int t4
   mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
   la = 0.0f;
   lb = 0.0f;
-#pragma unroll
-  for (int n = 0; n < NG; ++n) {
-    s[n][0] = exp2f(s[n][0] - mx_a);
-    s[n][1] = exp2f(s[n][1] - mx_a);
-    s[n][2] = exp2f(s[n][2] - mx_b);
-    s[n][3] = exp2f(s[n][3] - mx_b);
-    la += s[n][0] + s[n][1];
-    lb += s[n][2] + s[n][3];
-  }
+  exp2_rows(s, mx_a, mx_b, la, lb);
   la += __shfl_xor_sync(0xffffffffu, la, 1);
   la += __shfl_xor_sync(0xffffffffu, la, 2);
   lb += __shfl_xor_sync(0xffffffffu, lb, 1);
@@ -261,15 +269,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
     online_softmax_tile<NT, NV, kExtras>(s, o, rows < BK, rows, t4, j0, k_begin, sl2, mask, brow_a, brow_b,
                                         m_a, m_b, l_a, l_b, u_a, u_b);
     // P = 2^(S - m) in place, then O += P V per 16-key step.
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      s[n][0] = exp2f(s[n][0] - u_a);
-      s[n][1] = exp2f(s[n][1] - u_a);
-      s[n][2] = exp2f(s[n][2] - u_b);
-      s[n][3] = exp2f(s[n][3] - u_b);
-      l_a += s[n][0] + s[n][1];
-      l_b += s[n][2] + s[n][3];
-    }
+    exp2_rows(s, u_a, u_b, l_a, l_b);
 #pragma unroll
     for (int kk = 0; kk < NT / 2; ++kk) {
       if (kk >= chunks) continue;

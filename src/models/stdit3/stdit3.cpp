@@ -427,9 +427,6 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   const DType red = mm;
   const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
 
-  // The three projections added to x (attention out, cross-attention out, fc2), gated or not:
-  // one fused op on one GPU; with tensor parallelism the partial sums (in the matmul dtype) are
-  // summed over the ranks and added by the communicator.
   // Sequence parallelism (s.rows_split, two ranks): this rank owns token rows [lo, hi) of the
   // R = B * N rows of x; the other rank's rows are [plo, phi). Rows of activations travel on copy
   // engines while the GEMMs run: a gathered input's own rows are multiplied first, the other
