@@ -79,6 +79,31 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t addr, uint32_t& r0, uint32_t&
                : "r"(addr));
 }
 
+// S += Q K^T for one 16-row Q tile in shared memory (rows of RS 32-bit words, bf16 pairs; q_rows:
+// its first row) against the key rows ks of the same layout: s[n] holds keys 8n .. 8n + 7 in the
+// m16n8 accumulator layout; key groups n >= groups are skipped. ldmatrix x4: lanes 0-15 address
+// rows 0-15 at dims k0, lanes 16-31 rows 0-15 at k0 + 8.
+template <int KS, int RS, int NG>
+__device__ __forceinline__ void qk_tile(float (&s)[NG][4], const uint32_t* q_rows,
+                                        const uint32_t* ks, int groups, int lane) {
+  const int g = lane >> 2, t4 = lane & 3;
+  const uint32_t qa = static_cast<uint32_t>(
+      __cvta_generic_to_shared(q_rows + (lane & 15) * RS + 4 * (lane >> 4)));
+#pragma unroll
+  for (int k = 0; k < KS; ++k) {
+    uint32_t af[4];
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(af[0]), "=r"(af[1]), "=r"(af[2]), "=r"(af[3])
+                 : "r"(qa + 32u * k));
+#pragma unroll
+    for (int n = 0; n < NG; ++n) {
+      if (n >= groups) continue;
+      const uint32_t* kp = ks + (n * 8 + g) * RS + t4 + k * 8;
+      mma_bf16(s[n], af, kp[0], kp[4]);
+    }
+  }
+}
+
 // s = 2^(s - u) in place (u_a for row g, u_b for row g + 8 of the m16n8 accumulator layout),
 // each row's values added to l_a / l_b (this thread's columns only).
 template <int NG>
@@ -360,25 +385,8 @@ __global__ void __launch_bounds__(kHeads * 32)
     for (int n = 0; n < 4; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
   const int groups = (T + 7) / 8;
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt) {
-    if (mt * 16 >= T) continue;
-    // ldmatrix x4: lanes 0-15 address rows 0-15 at dims k0, lanes 16-31 rows 0-15 at k0 + 8.
-    const uint32_t qa = static_cast<uint32_t>(__cvta_generic_to_shared(
-        qs + (mt * 16 + (lane & 15)) * RS + 4 * (lane >> 4)));
-#pragma unroll
-    for (int k = 0; k < KS; ++k) {
-      uint32_t af[4];
-      asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                   : "=r"(af[0]), "=r"(af[1]), "=r"(af[2]), "=r"(af[3])
-                   : "r"(qa + 32u * k));
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        if (n >= groups) continue;
-        const uint32_t* kr = ks + (n * 8 + g) * RS + t4 + k * 8;
-        mma_bf16(s[mt][n], af, kr[0], kr[4]);
-      }
-    }
-  }
+  for (int mt = 0; mt < 2; ++mt)
+    if (mt * 16 < T) qk_tile<KS, RS>(s[mt], qs + mt * 16 * RS, ks, groups, lane);
   // Softmax over the T keys of each row (all in this thread's row group), base 2.
   float l[2][2];
 #pragma unroll
@@ -504,21 +512,7 @@ __global__ void __launch_bounds__(kTextWarps * 32)
     float s[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    const uint32_t qa = static_cast<uint32_t>(
-        __cvta_generic_to_shared(tile + (lane & 15) * RS + 4 * (lane >> 4)));
-#pragma unroll
-    for (int k = 0; k < KS; ++k) {
-      uint32_t af[4];
-      asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                   : "=r"(af[0]), "=r"(af[1]), "=r"(af[2]), "=r"(af[3])
-                   : "r"(qa + 32u * k));
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        if (n * 8 >= L) continue;
-        const uint32_t* kp = ks + (n * 8 + g) * RS + t4 + k * 8;
-        mma_bf16(s[n], af, kp[0], kp[4]);
-      }
-    }
+    qk_tile<KS, RS>(s, tile, ks, (L + 7) / 8, lane);
     // Exact softmax over the L keys of rows g and g + 8 (base 2).
     float la, lb;
     softmax_tile(s, L, t4, sl2, la, lb);
