@@ -238,8 +238,12 @@ CudaBackend& gpu16own() {  // the bf16 path with the own attention kernels only 
   static CudaBackend b(0, CudaOptions{true, true, true, true, false});
   return b;
 }
-CudaBackend& gpu16notext() {  // ... and without the short-text cross-attention kernel
-  static CudaBackend b(0, CudaOptions{true, true, true, true, false, false});
+CudaBackend& gpu16notext() {  // ... and without the short-text and wgmma kernels (flash kernel)
+  static CudaBackend b(0, CudaOptions{true, true, true, true, false, false, false});
+  return b;
+}
+CudaBackend& gpu16cudnn() {  // the default with cuDNN's attention in place of the wgmma kernel
+  static CudaBackend b(0, CudaOptions{true, true, true, true, true, true, false});
   return b;
 }
 
@@ -306,7 +310,8 @@ std::vector<AttnMode> attn_modes() {
           {&gpu16(), "[bf16]", DType::F32, "", false},
           {&gpu16(), "[bf16]", DType::BF16, " (bf16 out)", false},
           {&gpu16(), "[bf16]", DType::BF16, " (bf16 in+out)", true},
-          {&gpu16own(), "[bf16 own]", DType::BF16, " (bf16 in+out)", true}};
+          {&gpu16own(), "[bf16 own]", DType::BF16, " (bf16 in+out)", true},
+          {&gpu16notext(), "[bf16 own]", DType::BF16, " (bf16 in+out, flash kernel)", true}};
 }
 // A host F32 tensor on the device, as BF16 when asked.
 Tensor dev_in(CudaBackend& g, const Tensor& host, bool bf16) {
@@ -713,7 +718,10 @@ TEST(CudaOps, AttentionContiguousAndVaeShapes) {
   const std::vector<Case> cases = {
       {3, 1, 1, 3, 8},     {2, 33, 33, 3, 40},  {1, 65, 65, 2, 100}, {2, 31, 50, 2, 64},
       {1, 37, 17, 4, 72},  {2, 15, 15, 1, 16},  {2, 45, 45, 1, 200}, {1, 77, 77, 1, 512},
-      {1, 40, 40, 1, 600}, {1, 300, 300, 2, 4}, {2, 257, 257, 1, 128}};
+      {1, 40, 40, 1, 600}, {1, 300, 300, 2, 4}, {2, 257, 257, 1, 128},
+      // the wgmma kernel (bf16 in+out, D 64/72/80, >= 64 queries and keys): query tiles of 192
+      // and key tiles of 128 at their edges
+      {2, 64, 64, 2, 64},  {1, 193, 300, 3, 72}, {2, 400, 129, 2, 80}, {1, 1000, 777, 16, 72}};
   for (const auto& c : cases) {
     const Tensor q = randn({c.b, c.nq, c.h, c.d}, ++seed), k = randn({c.b, c.nk, c.h, c.d}, ++seed),
                  v = randn({c.b, c.nk, c.h, c.d}, ++seed);
@@ -778,9 +786,7 @@ TEST(CudaOps, CrossAttentionKvLens) {
     host_be().cross_attention(q, kv.select(1, 0), kv.select(1, 1), c.lens, scale, ref);
     std::string lens;
     for (int l : c.lens) lens += (lens.empty() ? "" : ",") + std::to_string(l);
-    std::vector<AttnMode> modes = attn_modes();
-    modes.push_back({&gpu16notext(), "[bf16 own]", DType::BF16, " (bf16 in+out, flash kernel)", true});
-    for (auto [g, sfx, od, ow, in16] : modes) {
+    for (auto [g, sfx, od, ow, in16] : attn_modes()) {
       const Tensor dkv = dev_in(*g, kv, in16);
       Tensor o = poisoned(*g, q.shape(), od);
       g->cross_attention(dev_in(*g, q, in16), dkv.select(1, 0), dkv.select(1, 1), c.lens, scale, o);
@@ -1378,8 +1384,11 @@ TEST(CudaPerf, RealShapes) {
                    [&] { Tensor ov = o16; g16.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
   CudaBackend& own = gpu16own();
   CudaBackend& notext = gpu16notext();
-  items.push_back({cat("attention[bf16 own] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
-                   [&] { Tensor ov = o16; own.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
+  CudaBackend& dnn = gpu16cudnn();
+  items.push_back({cat("attention[bf16 cuDNN] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
+                   [&] { Tensor ov = o16; dnn.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
+  items.push_back({cat("attention[bf16 flash] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
+                   [&] { Tensor ov = o16; notext.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
   items.push_back({cat("cross_attention[bf16 own] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
                    [&] { own.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
   items.push_back({cat("attention[bf16] temporal ", S, "x[", T, ",", H, ",", D, "]"), 4.0 * S * H * T * T * D, 0,
@@ -1422,6 +1431,7 @@ TEST(CudaPerf, RealShapes) {
     gpu16().synchronize();
     gpu16own().synchronize();
     gpu16notext().synchronize();
+    gpu16cudnn().synchronize();
     int reps = 0;
     double total = 0;
     while (reps < 50 && total < 300.0) {
@@ -1432,6 +1442,7 @@ TEST(CudaPerf, RealShapes) {
       gpu16().synchronize();
       gpu16own().synchronize();
       gpu16notext().synchronize();
+      gpu16cudnn().synchronize();
       total += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       ++reps;
     }

@@ -15,6 +15,7 @@ add_library(stdit_cuda_kernels OBJECT
   ${CMAKE_CURRENT_LIST_DIR}/cuda_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_attention_tc.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_attention_bf16.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_attention_wgmma.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_sdpa.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_layout.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_conv.cu

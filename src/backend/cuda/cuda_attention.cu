@@ -385,6 +385,7 @@ void dispatch_attention(CudaContext& c, const AttnArgs& a, int64_t batch,
       longest = std::max(longest, (*kv_begin)[i + 1] - (*kv_begin)[i]);
     if (launch_cross_attention_text_bf16(c, a, batch, longest)) return;
   }
+  if (bf16_attention_applies(c, d) && launch_attention_wgmma(c, a, batch)) return;
   if (bf16_attention_applies(c, d) && launch_attention_cudnn(c, a, batch, kv_begin)) return;
   if (bf16_attention_applies(c, d) && launch_attention_bf16(c, a, batch)) return;
   STDIT_CHECK(a.out_bf16 == nullptr && !a.in_bf16, "cuda attention: BF16 operands need the bf16 kernel");

@@ -112,6 +112,13 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o
 
 // The TF32 flash-attention kernel for D <= 128; false (nothing launched) for other D.
 bool launch_attention_tf32(const CudaContext& c, const AttnArgs& a, int64_t batch);
+// How many of a's lead dims (from the inside) fold into one batch dim for q, k, v and out alike
+// (strides nest); `inner` gets their element count (cuda_sdpa.cu).
+int fold_lead(const AttnArgs& a, int64_t& inner);
+// BF16 self-attention on the Hopper wgmma kernel (cuda_attention_wgmma.cu) for head dims
+// 64/72/80, >= 64 queries and keys, no bias or mask, lead dims that fold; false (nothing
+// launched) elsewhere.
+bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // The BF16 flash-attention kernel (cuda_attention_bf16.cu) for D <= 128; false for other D.
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // Cross-attention (kv_packed) of BF16 q/k/v/out to texts of at most 64 tokens per sample

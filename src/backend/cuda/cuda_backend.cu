@@ -603,6 +603,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
   if (const char* e = std::getenv("STDIT_CUDA_CUDNN")) o.cudnn_conv = o.cudnn_attention = std::string(e) != "0";
   if (const char* e = std::getenv("STDIT_CUDA_CUDNN_ATTENTION")) o.cudnn_attention = std::string(e) != "0";
   if (const char* e = std::getenv("STDIT_CUDA_TEXT_ATTENTION")) o.text_attention = std::string(e) != "0";
+  if (const char* e = std::getenv("STDIT_CUDA_WGMMA_ATTENTION")) o.wgmma_attention = std::string(e) != "0";
   if (!o.tf32) o.bf16 = false;
   return std::make_unique<CudaBackend>(device, o);
 }

@@ -184,6 +184,8 @@ void execute(CudaContext& c, cudnnHandle_t handle, const SdpaPlan& plan, const v
               cudnnGetErrorString(st), " ", dnn_last_error());
 }
 
+}  // namespace
+
 // Folds the innermost leading dims whose strides nest (for q, k, v and out alike) into one
 // batch dim: returns how many of the lead dims (from the inside) fold; `inner` gets their count.
 int fold_lead(const AttnArgs& a, int64_t& inner) {
@@ -200,8 +202,6 @@ int fold_lead(const AttnArgs& a, int64_t& inner) {
   }
   return folded;
 }
-
-}  // namespace
 
 bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
                             const std::vector<int>* kv_begin) {
