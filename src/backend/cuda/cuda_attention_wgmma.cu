@@ -21,8 +21,8 @@
 // further, stride byte offset 1,024 (8 keys), leading byte offset = the distance to the block of
 // dims 64-127, which holds V's dims past 64 (head dim 72/80, a box of {8 or 16, rows} into the
 // same swizzled layout). Q's and K's dims 64-79 (head dim 72/80, zero-padded by TMA past the
-// head dim) are two unswizzled columns of 16-byte row pieces (boxes of {8, rows}, row r at 16 r
-// bytes): core matrices 128 bytes apart along the rows and `rows * 16` bytes apart along K.
+// head dim) use the 32-byte swizzle: one box of {16, rows}, rows 32 bytes apart, stride byte
+// offset 256 (8 rows).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -140,7 +140,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 }
 
 // The six TMA maps of one call: Q, K, V over head dims 0-63 (128-byte swizzle), Q's and K's
-// dims 64-79 in 8-dim columns (no swizzle), V's dims 64-79 (128-byte swizzle).
+// dims 64-79 (32-byte swizzle), V's dims 64-79 (128-byte swizzle).
 struct WgmmaMaps {
   CUtensorMap q, qt, k, kt, v, vt;
 };
@@ -149,10 +149,10 @@ template <int DK, int DV, int BK, int kWG, int kStages>
 struct WgmmaTiles {
   static_assert(DK >= 64 && DK <= 80 && DV >= 64 && DV <= 80 && DK % 16 == 0 && DV % 8 == 0);
   static constexpr int kRows = 64 * kWG;         // query rows per block
-  static constexpr int KT = (DK - 64) / 8;       // unswizzled 8-dim columns of Q and K
+  static constexpr int KT = (DK - 64) / 16;      // 16-dim steps of Q and K past dim 64 (0 or 1)
   static constexpr int VT = DV - 64;             // V's dims in the second swizzled block
-  static constexpr int kQBytes = kRows * 128 + KT * kRows * 16;
-  static constexpr int kK128 = BK * 128, kKBytes = kK128 + KT * BK * 16;
+  static constexpr int kQBytes = kRows * 128 + KT * kRows * 32;
+  static constexpr int kK128 = BK * 128, kKBytes = kK128 + KT * BK * 32;
   static constexpr int kVBytes = BK * 128 * (VT > 0 ? 2 : 1);
   static constexpr int kStageBytes = kKBytes + kVBytes;
   static constexpr int kStageTx = kKBytes + BK * 128 + BK * VT * 2;  // bytes TMA writes per stage
@@ -162,9 +162,12 @@ struct WgmmaTiles {
   static constexpr int kThreads = 128 * (kWG + 1);
 };
 
-// Descriptor of a tile with the 128-byte swizzle (layout type 1).
+// Descriptors of tiles with the 128-byte (layout type 1) and the 32-byte swizzle (type 3).
 __device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t addr, uint32_t lbo) {
   return smem_desc(addr, lbo, 1024) | (uint64_t{1} << 62);
+}
+__device__ __forceinline__ uint64_t smem_desc_sw32(uint32_t addr) {
+  return smem_desc(addr, 16, 256) | (uint64_t{3} << 62);
 }
 
 template <int DK, int DV, int BK, int kWG, int kStages>
@@ -199,16 +202,14 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     if (warp == 4 * kWG && lane == 0) {
       mbar_expect_tx(qbar, L::kQBytes);
       tma_load(s_q, &maps.q, 0, head, q0, b, qbar);
-      for (int c = 0; c < L::KT; ++c)
-        tma_load(s_q + L::kRows * 128 + c * L::kRows * 16, &maps.qt, 64 + 8 * c, head, q0, b, qbar);
+      if (L::KT > 0) tma_load(s_q + L::kRows * 128, &maps.qt, 64, head, q0, b, qbar);
       for (int t = 0; t < tiles; ++t) {
         const int s = t % kStages, j0 = t * BK;
         if (t >= kStages) mbar_wait(empty(s), ((t / kStages) - 1) & 1);
         mbar_expect_tx(full(s), L::kStageTx);
         const uint32_t ks = s_kv + s * L::kStageBytes, vs = ks + L::kKBytes;
         tma_load(ks, &maps.k, 0, head, j0, b, full(s));
-        for (int c = 0; c < L::KT; ++c)
-          tma_load(ks + L::kK128 + c * BK * 16, &maps.kt, 64 + 8 * c, head, j0, b, full(s));
+        if (L::KT > 0) tma_load(ks + L::kK128, &maps.kt, 64, head, j0, b, full(s));
         tma_load(vs, &maps.v, 0, head, j0, b, full(s));
         if (L::VT > 0) tma_load(vs + BK * 128, &maps.vt, 64, head, j0, b, full(s));
       }
@@ -224,7 +225,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
 #pragma unroll
   for (int i = 0; i < DV / 2; ++i) o[i] = 0.0f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;  // l: this thread's columns
-  const uint32_t q_tile = s_q + wg * 64 * 128, q_tail = s_q + L::kRows * 128 + wg * 64 * 16;
+  const uint32_t q_tile = s_q + wg * 64 * 128, q_tail = s_q + L::kRows * 128 + wg * 64 * 32;
   mbar_wait(qbar, 0);
 
   // S = Q K^T of tile t into sc (asynchronous; committed as one group).
@@ -236,7 +237,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     for (int k = 0; k < 4; ++k)  // dims 0-63
       Wgmma<BK>::ss(sc, smem_desc_sw128(q_tile + 32 * k, 16), smem_desc_sw128(ks + 32 * k, 16), k > 0);
     if (L::KT > 0)  // dims 64-79
-      Wgmma<BK>::ss(sc, smem_desc(q_tail, L::kRows * 16, 128), smem_desc(ks + L::kK128, BK * 16, 128), 1);
+      Wgmma<BK>::ss(sc, smem_desc_sw32(q_tail), smem_desc_sw32(ks + L::kK128), 1);
     wgmma_commit();
   };
   // Online softmax of tile t's scores in place: sc becomes 2^(S sl2 - m) (f32); the running
@@ -352,7 +353,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 // A [b][n][h][d] BF16 operand (element strides sb, sn, sh; d contiguous) as a 4-d TMA map with
 // dims ordered (d, h, n, b) and boxes of {box_d, 1, rows, 1}; false where TMA cannot describe it.
 bool encode_operand(CUtensorMap& map, const void* p, int64_t nb, int64_t n, int64_t h, int64_t d,
-                    int64_t sb, int64_t sn, int64_t sh, int box_d, int rows, bool swizzle) {
+                    int64_t sb, int64_t sn, int64_t sh, int box_d, int rows,
+                    CUtensorMapSwizzle swizzle) {
   auto enc = tensor_map_encoder();
   if (!enc) return false;
   const cuuint64_t dims[4] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(h),
@@ -364,8 +366,7 @@ bool encode_operand(CUtensorMap& map, const void* p, int64_t nb, int64_t n, int6
   const cuuint32_t box[4] = {static_cast<cuuint32_t>(box_d), 1, static_cast<cuuint32_t>(rows), 1};
   const cuuint32_t estr[4] = {1, 1, 1, 1};
   return enc(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(p), dims, strides, box,
-             estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-             swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+             estr, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -379,13 +380,15 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
   using L = WgmmaTiles<DK, DV, BK, kWG, kStages>;
   WgmmaMaps m;
   auto enc = [&](CUtensorMap& map, const Operand& t, int64_t n, int64_t sb, int box_d, int rows,
-                 bool sw) { return encode_operand(map, t.p, nb, n, a.h, a.d, sb, t.sn, t.sh, box_d, rows, sw); };
-  if (!enc(m.q, a.q, a.nq, sq, 64, L::kRows, true) || !enc(m.k, a.k, a.nk, sk, 64, BK, true) ||
-      !enc(m.v, a.v, a.nk, sv, 64, BK, true))
+                 CUtensorMapSwizzle sw) { return encode_operand(map, t.p, nb, n, a.h, a.d, sb, t.sn, t.sh, box_d, rows, sw); };
+  constexpr auto sw128 = CU_TENSOR_MAP_SWIZZLE_128B;
+  if (!enc(m.q, a.q, a.nq, sq, 64, L::kRows, sw128) || !enc(m.k, a.k, a.nk, sk, 64, BK, sw128) ||
+      !enc(m.v, a.v, a.nk, sv, 64, BK, sw128))
     return false;
-  if (L::KT > 0 && (!enc(m.qt, a.q, a.nq, sq, 8, L::kRows, false) || !enc(m.kt, a.k, a.nk, sk, 8, BK, false)))
+  if (L::KT > 0 && (!enc(m.qt, a.q, a.nq, sq, 16, L::kRows, CU_TENSOR_MAP_SWIZZLE_32B) ||
+                    !enc(m.kt, a.k, a.nk, sk, 16, BK, CU_TENSOR_MAP_SWIZZLE_32B)))
     return false;
-  if (L::VT > 0 && !enc(m.vt, a.v, a.nk, sv, L::VT, BK, true)) return false;
+  if (L::VT > 0 && !enc(m.vt, a.v, a.nk, sv, L::VT, BK, sw128)) return false;
   auto kernel = attention_wgmma_kernel<DK, DV, BK, kWG, kStages>;
   // Per device (tensor parallelism runs it on several): cheap, so on every launch.
   STDIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem));
