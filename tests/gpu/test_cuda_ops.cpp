@@ -775,7 +775,10 @@ TEST(CudaOps, CrossAttentionKvLens) {
                                    // short texts (<= 64 tokens) over many query tiles: the
                                    // streaming kernel for bf16 in+out
                                    {3001, 16, 72, {40, 64}},      {300, 2, 80, {33, 50, 1}},
-                                   {130, 3, 64, {65, 2}}};
+                                   {130, 3, 64, {65, 2}},
+                                   // the wgmma kernel (bf16 in+out, texts > 64 tokens or the
+                                   // short-text kernel off): key tiles spanning samples
+                                   {1000, 4, 72, {300, 40, 7}}};
   for (const auto& c : cases) {
     const int64_t B = static_cast<int64_t>(c.lens.size());
     int64_t lt = 0;
@@ -1395,6 +1398,8 @@ TEST(CudaPerf, RealShapes) {
                    [&] { Tensor ov = o16.permute({0, 2, 1, 3, 4}); g16.attention(view16(0, true), view16(1, true), view16(2, true), 0.1178f, ov); }});
   items.push_back({cat("cross_attention[bf16] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
                    [&] { g16.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
+  items.push_back({cat("cross_attention[bf16 cuDNN] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
+                   [&] { dnn.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
   // The bench's text length (40 tokens; the streaming short-text kernel): bound by reading q and
   // writing the output.
   const Tensor ckv40 = ckv16.slice(0, 0, 40);

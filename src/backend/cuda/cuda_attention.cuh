@@ -115,9 +115,9 @@ bool launch_attention_tf32(const CudaContext& c, const AttnArgs& a, int64_t batc
 // How many of a's lead dims (from the inside) fold into one batch dim for q, k, v and out alike
 // (strides nest); `inner` gets their element count (cuda_sdpa.cu).
 int fold_lead(const AttnArgs& a, int64_t& inner);
-// BF16 self-attention on the Hopper wgmma kernel (cuda_attention_wgmma.cu) for head dims
-// 64/72/80, >= 64 queries and keys, no bias or mask, lead dims that fold; false (nothing
-// launched) elsewhere.
+// BF16 attention on the Hopper wgmma kernel (cuda_attention_wgmma.cu) for head dims 64/72/80,
+// >= 64 queries, no bias or mask, lead dims that fold: self-attention over >= 64 keys, or
+// cross-attention (kv_packed); false (nothing launched) elsewhere.
 bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // The BF16 flash-attention kernel (cuda_attention_bf16.cu) for D <= 128; false for other D.
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);

@@ -174,7 +174,7 @@ template <int DK, int DV, int BK, int kWG, int kStages>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     attention_wgmma_kernel(const __grid_constant__ WgmmaMaps maps, __nv_bfloat16* out,
                            int64_t out_sb, int64_t out_sn, int64_t out_sh, int nq, int nk,
-                           float sl2) {
+                           const int* __restrict__ kv_begin, float sl2) {
   using L = WgmmaTiles<DK, DV, BK, kWG, kStages>;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;  // swizzle atoms: 1,024-aligned
@@ -186,6 +186,14 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int q0 = blockIdx.x * L::kRows, head = blockIdx.y, b = blockIdx.z;
+  // Cross-attention (kv_begin): this sample's keys are rows [kv_begin[b], kv_begin[b + 1]) of
+  // k/v, which have no batch dim; rows of the next sample in a tile are masked like the end.
+  int k0 = 0, kb = b;
+  if (kv_begin) {
+    k0 = kv_begin[b];
+    nk = kv_begin[b + 1] - k0;
+    kb = 0;
+  }
   const int tiles = (nk + BK - 1) / BK;
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -204,14 +212,14 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       tma_load(s_q, &maps.q, 0, head, q0, b, qbar);
       if (L::KT > 0) tma_load(s_q + L::kRows * 128, &maps.qt, 64, head, q0, b, qbar);
       for (int t = 0; t < tiles; ++t) {
-        const int s = t % kStages, j0 = t * BK;
+        const int s = t % kStages, j0 = k0 + t * BK;
         if (t >= kStages) mbar_wait(empty(s), ((t / kStages) - 1) & 1);
         mbar_expect_tx(full(s), L::kStageTx);
         const uint32_t ks = s_kv + s * L::kStageBytes, vs = ks + L::kKBytes;
-        tma_load(ks, &maps.k, 0, head, j0, b, full(s));
-        if (L::KT > 0) tma_load(ks + L::kK128, &maps.kt, 64, head, j0, b, full(s));
-        tma_load(vs, &maps.v, 0, head, j0, b, full(s));
-        if (L::VT > 0) tma_load(vs + BK * 128, &maps.vt, 64, head, j0, b, full(s));
+        tma_load(ks, &maps.k, 0, head, j0, kb, full(s));
+        if (L::KT > 0) tma_load(ks + L::kK128, &maps.kt, 64, head, j0, kb, full(s));
+        tma_load(vs, &maps.v, 0, head, j0, kb, full(s));
+        if (L::VT > 0) tma_load(vs + BK * 128, &maps.vt, 64, head, j0, kb, full(s));
       }
     }
     return;
@@ -379,16 +387,20 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
   constexpr int BK = 128, kWG = 3, kStages = 2;
   using L = WgmmaTiles<DK, DV, BK, kWG, kStages>;
   WgmmaMaps m;
-  auto enc = [&](CUtensorMap& map, const Operand& t, int64_t n, int64_t sb, int box_d, int rows,
-                 CUtensorMapSwizzle sw) { return encode_operand(map, t.p, nb, n, a.h, a.d, sb, t.sn, t.sh, box_d, rows, sw); };
   constexpr auto sw128 = CU_TENSOR_MAP_SWIZZLE_128B;
-  if (!enc(m.q, a.q, a.nq, sq, 64, L::kRows, sw128) || !enc(m.k, a.k, a.nk, sk, 64, BK, sw128) ||
-      !enc(m.v, a.v, a.nk, sv, 64, BK, sw128))
+  // k/v of a cross-attention: one batch index holding every sample's rows.
+  const int64_t nbk = a.kv_packed ? 1 : nb;
+  auto enc = [&](CUtensorMap& map, const Operand& t, int64_t n, int64_t sb, int box_d, int rows,
+                 CUtensorMapSwizzle sw, int64_t batches) {
+    return encode_operand(map, t.p, batches, n, a.h, a.d, sb, t.sn, t.sh, box_d, rows, sw);
+  };
+  if (!enc(m.q, a.q, a.nq, sq, 64, L::kRows, sw128, nb) || !enc(m.k, a.k, a.nk, sk, 64, BK, sw128, nbk) ||
+      !enc(m.v, a.v, a.nk, sv, 64, BK, sw128, nbk))
     return false;
-  if (L::KT > 0 && (!enc(m.qt, a.q, a.nq, sq, 16, L::kRows, CU_TENSOR_MAP_SWIZZLE_32B) ||
-                    !enc(m.kt, a.k, a.nk, sk, 16, BK, CU_TENSOR_MAP_SWIZZLE_32B)))
+  if (L::KT > 0 && (!enc(m.qt, a.q, a.nq, sq, 16, L::kRows, CU_TENSOR_MAP_SWIZZLE_32B, nb) ||
+                    !enc(m.kt, a.k, a.nk, sk, 16, BK, CU_TENSOR_MAP_SWIZZLE_32B, nbk)))
     return false;
-  if (L::VT > 0 && !enc(m.vt, a.v, a.nk, sv, L::VT, BK, sw128)) return false;
+  if (L::VT > 0 && !enc(m.vt, a.v, a.nk, sv, L::VT, BK, sw128, nbk)) return false;
   auto kernel = attention_wgmma_kernel<DK, DV, BK, kWG, kStages>;
   // Per device (tensor parallelism runs it on several): cheap, so on every launch.
   STDIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem));
@@ -397,6 +409,7 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
   constexpr float kLog2e = 1.4426950408889634f;
   kernel<<<grid, L::kThreads, L::kSmem, c.stream>>>(m, a.out_bf16, so, a.out_sn, a.out_sh,
                                                     static_cast<int>(a.nq), static_cast<int>(a.nk),
+                                                    a.kv_packed ? a.kv_begin : nullptr,
                                                     a.scale * kLog2e);
   check_launch("attention (wgmma)");
   return true;
@@ -405,10 +418,10 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
 }  // namespace
 
 bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t batch) {
-  if (!c.options.wgmma_attention || !a.in_bf16 || !a.out_bf16 || a.kv_packed ||
-      a.bias || a.key_mask)
-    return false;
-  if (a.nq < 64 || a.nk < 64 || a.nq > (1 << 30) || a.nk > (1 << 30) || a.h > 65535 || batch > 65535)
+  if (!c.options.wgmma_attention || !a.in_bf16 || !a.out_bf16 || a.bias || a.key_mask) return false;
+  // Self-attention over fewer than 64 keys (temporal attention up to 4 s): the short kernel.
+  if (a.nq < 64 || (!a.kv_packed && a.nk < 64) || a.nq > (1 << 30) || a.nk > (1 << 30) ||
+      a.h > 65535 || batch > 65535)
     return false;
   // Every lead dim must fold into one batch stride (the model's [B, T] of a spatial view does).
   int64_t inner = 1;
@@ -418,8 +431,10 @@ bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t bat
     return r > 0 ? s.s[r - 1] : (std::max(sn * n, sh * h) + 7) / 8 * 8;  // (one batch index)
   };
   const int64_t sq = lead(a.q.lead, a.q.sn, a.nq, a.q.sh, a.h);
-  const int64_t sk = lead(a.k.lead, a.k.sn, a.nk, a.k.sh, a.h);
-  const int64_t sv = lead(a.v.lead, a.v.sn, a.nk, a.v.sh, a.h);
+  auto kv_lead = [&](const Operand& t) {
+    return a.kv_packed ? (std::max(t.sn * a.nk, t.sh * a.h) + 7) / 8 * 8 : lead(t.lead, t.sn, a.nk, t.sh, a.h);
+  };
+  const int64_t sk = kv_lead(a.k), sv = kv_lead(a.v);
   const int64_t so = r > 0 ? a.out_lead.s[r - 1] : 0;
   // 16-byte aligned bases (TMA); 4-byte output stores.
   auto aligned = [](const void* p, uintptr_t n) { return (reinterpret_cast<uintptr_t>(p) % n) == 0; };
