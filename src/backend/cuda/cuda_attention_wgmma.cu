@@ -1,9 +1,11 @@
-// BF16 self-attention on Hopper's asynchronous tensor cores (wgmma) for head dims 64, 72 and 80:
-// the spatial attention of STDiT3 (3,600 tokens per frame at 720p, head dim 72).
+// BF16 attention on Hopper's asynchronous tensor cores (wgmma) for head dims 64, 72 and 80: the
+// spatial attention of STDiT3 (3,600 tokens per frame at 720p, head dim 72), its temporal
+// attention from 64 latent frames on, and cross-attention to texts of more than 64 tokens (k/v
+// rows packed per sample: kv_begin).
 //
 // One block per (query tile of 64 * kWG rows, head, batch index): kWG consumer warpgroups of 64
-// query rows each, plus a producer warpgroup (one thread of it works; setmaxnreg hands its
-// registers to the consumers). The producer loads the block's Q tile once and
+// query rows each, plus a producer warpgroup (one thread of it works; setmaxnreg lowers its
+// registers and raises the consumers'). The producer loads the block's Q tile once and
 // streams K/V tiles of BK keys through kStages shared-memory stages with the tensor memory
 // accelerator (TMA); "full" and "empty" mbarriers hand each stage from the producer to the
 // consumers and back. Each consumer warpgroup, per key tile:
@@ -225,7 +227,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     return;
   }
 
-  // The registers the producer gave up: the block's 64K as 3 x 128 x 160 + 128 x 24.
+  // The registers the producer gave up: the block's 64K as 3 x 128 x 160 + 128 x 24. (ptxas
+  // compiles the whole kernel within the launch bound's 128 per thread, which the consumers fit
+  // without spills; the 160 is headroom the runtime grants, not what the code uses.)
   static_assert(kWG == 3, "register split below is for three consumer warpgroups");
   asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n" ::: "memory");
   const int wg = warp >> 2, g = lane >> 2, t4 = lane & 3;
