@@ -1,5 +1,6 @@
 // Shared by the attention kernels (cuda_attention.cu: F32 on the CUDA cores; cuda_attention_tc.cu:
-// TF32 and cuda_attention_bf16.cu: BF16 on the tensor cores).
+// TF32, cuda_attention_bf16.cu and cuda_attention_wgmma.cu: BF16 on the tensor cores; cuda_sdpa.cu:
+// cuDNN).
 #pragma once
 #include "backend/cuda/cuda_common.cuh"
 
