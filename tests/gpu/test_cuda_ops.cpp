@@ -143,6 +143,8 @@ const std::map<std::string, double>& thresholds() {
       // device only the reduction order of three products per block differs.
       {"stdit3_a[bf16,tp2]", 5e-3},
       {"stdit3_a[bf16,tp4]", 5e-3},
+      {"stdit3_c[bf16,tp4]", 5e-3},  // 4 and 8 devices (issue 9's runs)
+      {"stdit3_c[bf16,tp8]", 5e-3},
       {"tp_repeat", 0.0},
       {"nccl_abort", 0.0},  // 0: a failing rank stopped the NCCL group with its message
       // Same inputs twice on the GPU: identical bytes (0 = bit-identical).
@@ -788,7 +790,10 @@ TEST(CudaOps, CrossAttentionKvLens) {
     Tensor ref = host_be().alloc(q.shape());
     host_be().cross_attention(q, kv.select(1, 0), kv.select(1, 1), c.lens, scale, ref);
     std::string lens;
-    for (int l : c.lens) lens += (lens.empty() ? "" : ",") + std::to_string(l);
+    for (int l : c.lens) {
+      if (!lens.empty()) lens += ',';
+      lens += std::to_string(l);
+    }
     for (auto [g, sfx, od, ow, in16] : attn_modes()) {
       const Tensor dkv = dev_in(*g, kv, in16);
       Tensor o = poisoned(*g, q.shape(), od);
@@ -1259,30 +1264,42 @@ TEST(CudaFixtures, PipelineTiny) {
 
 // =============================================================================== several GPUs ===
 
-// Tensor parallelism over NCCL (needs 2 devices; skipped on one): fixture stdit3_a split 2 and
-// (with 4 devices) 4 ways against the reference and one device, in the default bf16 mode; the
-// same call twice gives identical bytes.
+// Tensor parallelism over NCCL (needs 2 devices; skipped on one): fixture stdit3_a (4 heads) split
+// 2 and (with 4 devices) 4 ways, and with 4 and 8 devices stdit3_c (16 heads of the real size)
+// split 4 and 8 ways, against the reference and one device, in the default bf16 mode; the same
+// call twice gives identical bytes.
 TEST(CudaMultiGpu, TensorParallelFixture) {
   const int n = cuda_device_count();
   if (n < 2) GTEST_SKIP() << "needs 2 CUDA devices, " << n << " visible";
-  const std::string dir = data_dir() + "/stdit3_a";
-  const auto inputs = read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors"));
-  const Tensor want = SafetensorsFile::open(dir + "/expected.safetensors")->get("output");
-  const Tensor single = STDiT3::load(dir, gpu16())->forward(inputs);
-  for (int tp : {2, 4}) {
-    if (tp > n) continue;
-    std::vector<std::unique_ptr<CudaBackend>> owned;
-    std::vector<Backend*> bes;
-    for (int r = 0; r < tp; ++r) {
-      owned.push_back(std::make_unique<CudaBackend>(r, CudaOptions{}));
-      bes.push_back(owned.back().get());
+  struct Split {
+    const char* fixture;
+    std::vector<int> tps;
+  };
+  for (const Split& sp : {Split{"stdit3_a", {2, 4}}, Split{"stdit3_c", {4, 8}}}) {
+    bool any = false;
+    for (int tp : sp.tps) any = any || tp <= n;
+    if (!any) continue;
+    const std::string dir = data_dir() + "/" + sp.fixture;
+    const auto inputs = read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors"));
+    const Tensor want = SafetensorsFile::open(dir + "/expected.safetensors")->get("output");
+    const Tensor single = STDiT3::load(dir, gpu16())->forward(inputs);
+    for (int tp : sp.tps) {
+      if (tp > n) continue;
+      std::vector<std::unique_ptr<CudaBackend>> owned;
+      std::vector<Backend*> bes;
+      for (int r = 0; r < tp; ++r) {
+        owned.push_back(std::make_unique<CudaBackend>(r, CudaOptions{}));
+        bes.push_back(owned.back().get());
+      }
+      auto model = TensorParallelDenoiser::load(dir, bes);
+      EXPECT_EQ(model->comm_kind(), "nccl");
+      const Tensor out = model->forward(inputs), again = model->forward(inputs);
+      const std::string what = cat(sp.fixture, "[bf16,tp", tp, "]");
+      check(what, "output vs reference", rel_error(out, want));
+      check(what, "output vs one device", rel_error(out, single));
+      check("tp_repeat", cat(sp.fixture, " tp ", tp, " twice"),
+            std::memcmp(out.raw(), again.raw(), out.nbytes()) == 0 ? 0.0 : 1.0);
     }
-    auto model = TensorParallelDenoiser::load(dir, bes);
-    EXPECT_EQ(model->comm_kind(), "nccl");
-    const Tensor out = model->forward(inputs), again = model->forward(inputs);
-    check(cat("stdit3_a[bf16,tp", tp, "]"), "output vs reference", rel_error(out, want));
-    check(cat("stdit3_a[bf16,tp", tp, "]"), "output vs one device", rel_error(out, single));
-    check("tp_repeat", cat("tp ", tp, " twice"), std::memcmp(out.raw(), again.raw(), out.nbytes()) == 0 ? 0.0 : 1.0);
   }
 }
 
