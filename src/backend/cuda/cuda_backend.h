@@ -38,8 +38,9 @@ struct CudaOptions {
   // Cross-attention to texts of at most 64 tokens per sample (BF16) through the streaming
   // short-text kernel; false: cuDNN or the flash kernel as above.
   bool text_attention = true;
-  // BF16 self-attention (head dim 64/72/80, >= 64 queries and keys, no bias/mask) through the
-  // Hopper wgmma kernel (cuda_attention_wgmma.cu); false: cuDNN or the flash kernel as above.
+  // BF16 attention with head dim 64/72/80, >= 64 queries and no bias/mask (self-attention over
+  // >= 64 keys, cross-attention the short-text kernel does not take) through the Hopper wgmma
+  // kernel (cuda_attention_wgmma.cu); false: cuDNN or the flash kernel as above.
   bool wgmma_attention = true;
 };
 
