@@ -6,6 +6,12 @@
 
 namespace stdit::cuda {
 
+// Two floats as a bf16 pair in one register (round to nearest even; lo in the low half).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
 // Where a [..., N, H, D] operand lives: leading-dim strides plus the N and H strides.
 struct Operand {
   const void* p;  // const float* (F32) or const __nv_bfloat16* (BF16, bf16 kernel only)

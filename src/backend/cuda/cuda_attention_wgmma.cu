@@ -48,9 +48,6 @@ struct Wgmma<128> {
 };
 template <>
 struct Wgmma<64> {
-  static __device__ __forceinline__ void ss(float (&d)[32], uint64_t a, uint64_t b, int acc) {
-    wgmma_m64n64k16_ss(d, a, b, acc);
-  }
   static __device__ __forceinline__ void rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
     wgmma_m64n64k16_rs(d, a, b);
   }
@@ -135,10 +132,6 @@ __device__ __forceinline__ float ex2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
-}
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // The six TMA maps of one call: Q, K, V over head dims 0-63 (128-byte swizzle), Q's and K's
@@ -303,7 +296,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16x2(sc[8 * kk + 2 * r], sc[8 * kk + 2 * r + 1]);
+      for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16(sc[8 * kk + 2 * r], sc[8 * kk + 2 * r + 1]);
   };
   // O += P V of tile t (asynchronous; one group).
   auto issue_pv = [&](int t) {
@@ -343,9 +336,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   for (int j = 0; j < DV / 8; ++j) {
     const int col = 8 * j + 2 * t4;
     if (row_a < nq)
-      *reinterpret_cast<uint32_t*>(ob + row_a * out_sn + col) = pack_bf16x2(o[4 * j] * inv_a, o[4 * j + 1] * inv_a);
+      *reinterpret_cast<uint32_t*>(ob + row_a * out_sn + col) = pack_bf16(o[4 * j] * inv_a, o[4 * j + 1] * inv_a);
     if (row_b < nq)
-      *reinterpret_cast<uint32_t*>(ob + row_b * out_sn + col) = pack_bf16x2(o[4 * j + 2] * inv_b, o[4 * j + 3] * inv_b);
+      *reinterpret_cast<uint32_t*>(ob + row_b * out_sn + col) = pack_bf16(o[4 * j + 2] * inv_b, o[4 * j + 3] * inv_b);
   }
 }
 
