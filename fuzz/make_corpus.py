@@ -161,12 +161,14 @@ def main():
         put("tokenizer", "bad_%02d" % j, bytes([j * 9]) + b)
 
     # --- media: a tiny PNG of each colour type, a truncated one; byte 0 picks the reader --------
-    def png(w, h, ctype, bitdepth, rowbytes):
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    def png(w, h, ctype, bitdepth, rowbytes, text=b""):
         raw = b"".join(b"\0" + bytes((x * 37 + y * 11) & 0xFF for x in range(rowbytes)) for y in range(h))
-        def chunk(t, d):
-            return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
         return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bitdepth, ctype, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+                + text + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    def itxt(key, value):  # uncompressed UTF-8 text, as generate writes its record
+        return chunk(b"iTXt", key + b"\0\0\0\0\0" + value)
     put("media", "png_rgb", b"\0" + png(8, 6, 2, 8, 24))
     put("media", "png_rgba", b"\0" + png(5, 3, 6, 8, 20))
     put("media", "png_gray", b"\0" + png(7, 7, 0, 8, 7))
@@ -176,6 +178,16 @@ def main():
     put("media", "png_as_video", b"\6" + png(8, 6, 2, 8, 24))
     put("media", "garbage_mp4", b"\2" + b"\0\0\0\x18ftypisom\0\0\0\0isomiso2" + b"\xff" * 64)
     put("media", "empty_video", b"\6")
+    # Byte 0 & 8: the run record reader (generate --from); & 16: read_png_text.
+    record = (b'{"program":"stdit 0.1.0","engine":"models/tiny","engine_id":"0","backend":"cpu","precision":"f32",'
+              b'"width":16,"height":16,"output_width":16,"output_height":16,"num_frames":1,"fps":24.0,'
+              b'"model_fps":120.0,"steps":1,"cfg_scale":7.0,"seed":42,"aes":6.5,"flow":null,"camera_motion":null,'
+              b'"batch_size":1,"videos":[{"prompt":"a red ball","prompt_encoded":"a red ball aesthetic score: 6.5.",'
+              b'"noise_index":0}]}')
+    put("media", "record_png", b"\x08" + png(8, 6, 2, 8, 24, itxt(b"stdit", record) + itxt(b"prompt", "a r\u00e9d ball".encode())))
+    put("media", "record_png_bad_json", b"\x08" + png(8, 6, 2, 8, 24, itxt(b"stdit", record[:-9])))
+    put("media", "record_safetensors", b"\x08" + st_image(json.dumps({"__metadata__": {"stdit": record.decode()}}), 0))
+    put("media", "png_text", b"\x10" + png(8, 6, 2, 8, 24, itxt(b"prompt", b"x" * 300) + chunk(b"tEXt", b"seed\x0042")))
 
     # --- engine directory: config.json text; byte 0 = which component files are missing ------
     copy("engine", "tiny_complete", "..", "..", "models", "tiny", "config.json", prefix=b"\0")

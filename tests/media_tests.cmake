@@ -1,2 +1,12 @@
 # Media tests (tests/test_media.cpp): included from tests/CMakeLists.txt after stdit_tests.
 target_sources(stdit_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/test_media.cpp)
+
+# `stdit generate` as users run it: real processes, signals and files (tests/cli/outputs.sh),
+# one ctest per case so that they run in parallel; each in its own directory.
+foreach(case concurrent sigint sigterm sigint_twice check_first errors from)
+  add_test(NAME cli_outputs_${case}
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/outputs.sh $<TARGET_FILE:stdit>
+                   ${CMAKE_BINARY_DIR}/cli_outputs/${case} ${case})
+  set_tests_properties(cli_outputs_${case} PROPERTIES TIMEOUT 300 PASS_REGULAR_EXPRESSION "ok ${case}"
+                       FAIL_REGULAR_EXPRESSION "FAIL \\[")
+endforeach()

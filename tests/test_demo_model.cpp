@@ -280,3 +280,29 @@ TEST(EngineDefaults, GenerateUsesThemUnlessAFlagIsGiven) {
   EXPECT_EQ(latent_shape([](GenerateOptions& g) { g.num_frames = "1"; }), (Shape{1, 4, 1, 3, 5}));
   fs::remove_all(out);
 }
+
+// convert keeps the "defaults" block of the engine its components come from (point 7 of the
+// outputs/error-contract issue): re-converting the demo model to another dtype keeps its size.
+TEST(EngineDefaults, ConvertKeepsThemFromASourceEngine) {
+  const fs::path out = fs::path(::testing::TempDir()) / ("stdit_reconvert_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  ConvertOptions c;
+  c.dit = kDemo + "/dit";
+  c.vae = kDemo + "/vae";
+  c.t5 = kDemo + "/t5";
+  c.out = out.string();
+  c.dtype = DType::F32;
+  convert_engine(c);
+  const Engine src = open_engine(kDemo), e = open_engine(out.string());
+  ASSERT_TRUE(src.defaults.height.has_value()) << kDemo << " has no defaults block";
+  EXPECT_EQ(e.defaults.height, src.defaults.height);
+  EXPECT_EQ(e.defaults.width, src.defaults.width);
+  EXPECT_EQ(e.defaults.num_frames, src.defaults.num_frames);
+  EXPECT_EQ(e.defaults.steps, src.defaults.steps);
+  EXPECT_EQ(e.defaults.fps, src.defaults.fps);
+  EXPECT_EQ(e.defaults.cfg_scale, src.defaults.cfg_scale);
+  // Same configs and tensor names, another dtype: another identity (the weight headers differ).
+  EXPECT_NE(engine_identity(e), engine_identity(src));
+  EXPECT_EQ(engine_identity(src), engine_identity(open_engine(kDemo)));
+  fs::remove_all(out);
+}

@@ -235,7 +235,8 @@ TEST(Generate, BadInputsGiveClearErrors) {
   // --decode-only with latents of another size.
   const std::string lat = (out / "lat.safetensors").string();
   write_safetensors(lat, {{"latents", Tensor::zeros({1, 4, 5, 4, 4}, DType::F32)}});
-  EXPECT_TRUE(has(err([&](GenerateOptions& g) { g.decode_only = lat; }), "do not fit this run"));
+  EXPECT_TRUE(has(err([&](GenerateOptions& g) { g.decode_only = lat; g.prompts.clear(); }), "do not fit this run"));
+  EXPECT_TRUE(has(err([&](GenerateOptions& g) { g.decode_only = lat; }), "do not pass prompts as well"));
   fs::remove_all(out);
 }
 

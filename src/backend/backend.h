@@ -54,6 +54,9 @@ class Backend {
   virtual void synchronize() {}
   // Peak device memory held by this backend's allocations so far (0 if not tracked).
   virtual size_t peak_memory_bytes() const { return 0; }
+  // Peak memory in use on the device as the device reports it (context, library workspaces and
+  // pool slack included), sampled since the backend was made; 0 where there is no device (CPU).
+  virtual size_t device_memory_peak_bytes() const { return 0; }
   // Makes this backend's device current for the calling thread (several GPUs, one thread each).
   virtual void bind_to_this_thread() {}
   // Host tensor (any dtype, any strides) -> backend tensor in the backend's activation/weight

@@ -1,5 +1,7 @@
 #include "io/safetensors.h"
 
+#include "core/interrupt.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -245,6 +247,7 @@ void write_safetensors_streaming(const std::string& path, const std::vector<Plan
   if (final_path.has_parent_path()) fs::create_directories(final_path.parent_path());
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   std::error_code ec;
+  CleanupPath registered(tmp);  // removed by a second Ctrl-C too
   try {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     STDIT_CHECK(out, path, ": cannot create ", tmp, ": ", std::strerror(errno));

@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <vector>
 
 #include "core/error.h"
 #include "media/libav.h"
@@ -18,26 +20,60 @@ namespace stdit {
 
 namespace {
 
-// Writes one packed RGB24 image to `path` atomically.
-void write_rgb_png(const std::string& path, const uint8_t* rgb, int width, int height) {
+struct PngWriteState {
+  std::string message;
+};
+
+void png_error_fn(png_structp png, png_const_charp msg) {
+  static_cast<PngWriteState*>(png_get_error_ptr(png))->message = msg ? msg : "unknown libpng error";
+  png_longjmp(png, 1);
+}
+void png_warning_fn(png_structp, png_const_charp) {}
+
+// Writes one packed RGB24 image to `path` atomically, with `text` as UTF-8 iTXt chunks.
+void write_rgb_png(const std::string& path, const uint8_t* rgb, int width, int height,
+                   const std::map<std::string, std::string>& text = {}) {
+  for (const auto& [k, v] : text)
+    STDIT_CHECK(!k.empty() && k.size() <= 79 && k.find('\0') == std::string::npos && v.find('\0') == std::string::npos,
+                path, ": invalid PNG text key '", k, "'");
   media::TempOutput out(path);
   FILE* fp = std::fopen(out.temp_path().c_str(), "wb");
   STDIT_CHECK(fp, path, ": cannot create ", out.temp_path(), ": ", std::strerror(errno));
-  png_image img;
-  std::memset(&img, 0, sizeof img);
-  img.version = PNG_IMAGE_VERSION;
-  img.width = static_cast<png_uint_32>(width);
-  img.height = static_cast<png_uint_32>(height);
-  img.format = PNG_FORMAT_RGB;
-  errno = 0;
-  const int ok = png_image_write_to_stdio(&img, fp, /*convert_to_8bit=*/0, rgb,
-                                          /*row_stride=*/width * 3, /*colormap=*/nullptr);
-  std::string message = img.message;
-  if (!ok && errno != 0) message += cat(" (", std::strerror(errno), ")");
-  png_image_free(&img);
+  PngWriteState state;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &state, png_error_fn, png_warning_fn);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  std::vector<png_text> chunks;
+  volatile bool ok = png && info;  // read after a longjmp
+  if (ok && setjmp(png_jmpbuf(png)) == 0) {
+    png_init_io(png, fp);
+    png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height), 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    for (const auto& [k, v] : text) {
+      png_text t;
+      std::memset(&t, 0, sizeof t);
+      t.compression = PNG_ITXT_COMPRESSION_NONE;  // UTF-8, as prompts are
+      t.key = const_cast<char*>(k.c_str());
+      t.text = const_cast<char*>(v.c_str());
+      t.itxt_length = v.size();
+      t.lang = const_cast<char*>("");
+      t.lang_key = const_cast<char*>("");
+      chunks.push_back(t);
+    }
+    if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
+    png_write_info(png, info);
+    for (int y = 0; y < height; ++y)
+      png_write_row(png, const_cast<png_bytep>(rgb + static_cast<size_t>(y) * width * 3));
+    png_write_end(png, info);
+  } else {
+    ok = false;
+    if (!png || !info) state.message = "out of memory";
+  }
+  png_destroy_write_struct(&png, &info);
+  const int write_err = errno;
   const bool flushed = std::fflush(fp) == 0 && !std::ferror(fp);
   const int close_err = std::fclose(fp) == 0 ? 0 : errno;
-  STDIT_CHECK(ok, path, ": libpng could not write the image: ", message);
+  STDIT_CHECK(ok, path, ": libpng could not write the image: ", state.message,
+              write_err ? cat(" (", std::strerror(write_err), ")") : std::string());
   STDIT_CHECK(flushed && close_err == 0, path, ": write failed (disk full?): ",
               std::strerror(close_err ? close_err : EIO));
   out.commit();
@@ -45,11 +81,45 @@ void write_rgb_png(const std::string& path, const uint8_t* rgb, int width, int h
 
 }  // namespace
 
-void write_png(const std::string& path, const Frames& f, int frame_index) {
+void write_png(const std::string& path, const Frames& f, int frame_index,
+               const std::map<std::string, std::string>& text) {
   check_frames(f, path);
   STDIT_CHECK(frame_index >= 0 && frame_index < f.count, path, ": frame index ", frame_index,
               " out of range (", f.count, " frames)");
-  write_rgb_png(path, f.frame(frame_index), f.width, f.height);
+  write_rgb_png(path, f.frame(frame_index), f.width, f.height, text);
+}
+
+std::map<std::string, std::string> read_png_text(const std::string& path) {
+  media::check_input_file(path);
+  FILE* fp = std::fopen(path.c_str(), "rb");
+  STDIT_CHECK(fp, path, ": cannot read: ", std::strerror(errno));
+  uint8_t sig[8] = {};
+  const bool is_png = std::fread(sig, 1, 8, fp) == 8 && png_sig_cmp(sig, 0, 8) == 0;
+  if (!is_png) {
+    std::fclose(fp);
+    fail(path, ": not a PNG file");
+  }
+  PngWriteState state;
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &state, png_error_fn, png_warning_fn);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  std::map<std::string, std::string> out;
+  volatile bool ok = png && info;  // read after a longjmp
+  if (ok && setjmp(png_jmpbuf(png)) == 0) {
+    png_init_io(png, fp);
+    png_set_sig_bytes(png, 8);
+    png_read_info(png, info);  // text chunks before the image data
+    png_textp t = nullptr;
+    const int n = png_get_text(png, info, &t, nullptr);
+    for (int i = 0; i < n; ++i)
+      out[t[i].key] = std::string(t[i].text, t[i].compression >= PNG_ITXT_COMPRESSION_NONE ? t[i].itxt_length
+                                                                                         : t[i].text_length);
+  } else {
+    ok = false;
+  }
+  png_destroy_read_struct(&png, &info, nullptr);
+  std::fclose(fp);
+  STDIT_CHECK(ok, path, ": corrupt PNG file: ", state.message);
+  return out;
 }
 
 Frames read_image(const std::string& path) {

@@ -1,13 +1,20 @@
 // Still images: PNG writing (libpng), PNG/JPEG/... reading (libavcodec), preview grids.
 #pragma once
+#include <map>
 #include <string>
+#include <vector>
 
 #include "media/frames.h"
 
 namespace stdit {
 
-// Writes frame `frame_index` of `f` as an 8-bit RGB PNG, via `<path>.tmp.<pid>` + rename.
-void write_png(const std::string& path, const Frames& f, int frame_index = 0);
+// Writes frame `frame_index` of `f` as an 8-bit RGB PNG, via `<path>.tmp.<pid>` + rename; `text`
+// goes into iTXt chunks (UTF-8 values, keys of 1..79 Latin-1 characters).
+void write_png(const std::string& path, const Frames& f, int frame_index = 0,
+               const std::map<std::string, std::string>& text = {});
+
+// The text chunks (tEXt, zTXt, iTXt) of a PNG file before its image data.
+std::map<std::string, std::string> read_png_text(const std::string& path);
 
 // Reads a still image (png, jpg, bmp, webp, tiff, ... whatever libavcodec decodes; for an
 // animation or a video, its first frame) as one RGB24 frame. Alpha is dropped, as PIL's

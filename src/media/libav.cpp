@@ -114,6 +114,7 @@ TempOutput::TempOutput(std::string final_path) : final_(std::move(final_path)) {
                 ec.message());
   }
   temp_ = final_ + ".tmp." + std::to_string(::getpid());
+  cleanup_ = std::make_unique<CleanupPath>(temp_);
 }
 
 TempOutput::~TempOutput() {
@@ -127,6 +128,7 @@ void TempOutput::commit() {
   fs::rename(temp_, final_, ec);
   STDIT_CHECK(!ec, final_, ": cannot move the finished file into place: ", ec.message());
   committed_ = true;
+  cleanup_->release();
 }
 
 }  // namespace stdit::media

@@ -4,6 +4,8 @@
 #include <memory>
 #include <string>
 
+#include "core/interrupt.h"
+
 extern "C" {
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
@@ -75,6 +77,7 @@ class TempOutput {
  private:
   std::string final_, temp_;
   bool committed_ = false;
+  std::unique_ptr<CleanupPath> cleanup_;  // a second Ctrl-C removes the temporary too
 };
 
 }  // namespace stdit::media

@@ -8,6 +8,7 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "core/host_memory.h"
 #include "core/log.h"
 #include "core/philox.h"
 #include "core/synthetic.h"
@@ -219,13 +220,19 @@ void run_bench(const BenchOptions& opt) {
     }
     const double video_s = (t5_ms > 0 ? t5_ms / 1e3 : 0) + 30 * step_ms / 1e3 + (vae_s > 0 ? vae_s : 0);
     std::printf("  %-8s %4dx%-4d %3d frames  tokens/sample %7lld  denoise %9.1f ms/step  %6.1f TFLOP/s  "
-                "VAE decode %7.2f s  whole video (30 steps) %8.1f s  peak %.1f GiB\n",
+                "VAE decode %7.2f s  whole video (30 steps) %8.1f s  peak %.1f GiB allocated%s, %.1f GiB host\n",
                 preset.c_str(), W, H, F, static_cast<long long>(T * S), step_ms, tflops, vae_s, video_s,
-                be->peak_memory_bytes() / double(1ull << 30));
+                be->peak_memory_bytes() / double(1ull << 30),
+                be->device_memory_peak_bytes()
+                    ? cat(", ", be->device_memory_peak_bytes() / double(1ull << 30), " GiB on the device (read from it)").c_str()
+                    : "",
+                peak_host_memory_bytes() / double(1ull << 30));
     results.push_back({{"preset", preset}, {"width", W}, {"height", H}, {"frames", F}, {"tokens", T * S},
                        {"denoise_ms_per_step", step_ms}, {"tflops", tflops}, {"t5_ms", t5_ms},
                        {"vae_decode_s", vae_s}, {"video_s_30_steps", video_s},
                        {"peak_gib", be->peak_memory_bytes() / double(1ull << 30)},
+                       {"device_peak_gib", be->device_memory_peak_bytes() / double(1ull << 30)},
+                       {"host_peak_gib", peak_host_memory_bytes() / double(1ull << 30)},
                        {"cfg_parallel_ms_per_step", cfgp_ms}, {"cfg_parallel_rel_err", cfgp_err},
                        {"tp", opt.tp}, {"tp_ms_per_step", tp_ms}, {"tp_rel_err", tp_err},
                        {"cfg_tp_ms_per_step", cfgtp_ms}, {"cfg_tp_rel_err", cfgtp_err},

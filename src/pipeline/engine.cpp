@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -179,6 +181,30 @@ EngineDefaults parse_defaults(const json& j, const std::string& src) {
   return d;
 }
 
+// The "defaults" block of the engine the components are taken from, when they come from one
+// (e.g. `convert --dit E/dit --vae E/vae --t5 E/t5` to change the dtype or split): the settings a
+// model was made for belong to the model. The denoiser's engine counts first.
+json defaults_of_source_engine(const ConvertOptions& opt) {
+  for (const std::string& given : {opt.dit, opt.vae, opt.t5}) {
+    std::error_code ec;
+    fs::path dir(given);
+    if (!fs::is_directory(dir, ec)) dir = dir.parent_path();
+    const fs::path cfg = dir.parent_path() / "config.json";
+    if (!fs::is_regular_file(cfg, ec)) continue;
+    json j;
+    try {
+      j = parse_json_object(read_text_file(cfg.string(), "engine config"), cfg.string());
+    } catch (const Error&) {
+      continue;  // not an engine's config: nothing to keep
+    }
+    if (!j.contains("format") || j["format"] != "stdit-engine" || !j.contains("defaults")) continue;
+    parse_defaults(j, cfg.string());  // refuse a broken block instead of copying it
+    log_info("convert: keeping the engine defaults of ", cfg.parent_path().string(), ": ", j["defaults"].dump());
+    return j["defaults"];
+  }
+  return json();
+}
+
 }  // namespace
 
 Engine open_engine(const std::string& dir) {
@@ -234,6 +260,47 @@ Engine default_engine() {
        candidates[0].string());
 }
 
+std::string engine_identity(const Engine& e) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const std::string& bytes) {
+    for (unsigned char c : bytes) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+    h ^= 0xff;  // a separator, so that moving bytes between parts changes the hash
+    h *= 1099511628211ull;
+  };
+  auto header_of = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    uint8_t len[8] = {};
+    in.read(reinterpret_cast<char*>(len), 8);
+    STDIT_CHECK(in, p.string(), ": cannot read the safetensors header");
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | len[i];
+    STDIT_CHECK(n <= (100u << 20), p.string(), ": safetensors header too large");
+    std::string hdr(n, '\0');
+    in.read(hdr.data(), static_cast<std::streamsize>(n));
+    STDIT_CHECK(in, p.string(), ": truncated safetensors header");
+    return hdr;
+  };
+  const fs::path d(e.dir);
+  for (const char* comp : {"dit", "t5", "vae"}) {
+    mix(comp);
+    mix(read_text_file((d / comp / "config.json").string(), "engine config"));
+    std::vector<fs::path> files;
+    for (const auto& f : fs::directory_iterator(d / comp))
+      if (f.path().extension() == ".safetensors") files.push_back(f.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      mix(f.filename().string());
+      mix(header_of(f));
+    }
+  }
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
 void convert_engine(const ConvertOptions& opt) {
   STDIT_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::BF16 || opt.dtype == DType::F16,
               "convert: --dtype must be f32, bf16 or f16");
@@ -253,6 +320,8 @@ void convert_engine(const ConvertOptions& opt) {
     const std::string dt = opt.dtype == DType::F32 ? "f32" : opt.dtype == DType::BF16 ? "bf16" : "f16";
     json cfg = {{"format", "stdit-engine"}, {"format_version", 1}, {"program", "stdit 0.1.0"},
                 {"dtype", dt}, {"tp_size", opt.tp}, {"components", comps}};
+    const json defaults = defaults_of_source_engine(opt);
+    if (!defaults.is_null()) cfg["defaults"] = defaults;
     std::ofstream(tmp / "config.json") << cfg.dump(2) << "\n";
     if (fs::exists(out)) fs::remove_all(out);
     if (out.has_parent_path()) fs::create_directories(out.parent_path());

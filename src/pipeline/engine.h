@@ -55,3 +55,13 @@ struct ConvertOptions {
 void convert_engine(const ConvertOptions& opt);
 
 }  // namespace stdit
+
+namespace stdit {
+
+// A short identity of an engine's contents: FNV-1a (64 bit, hex) over every component's
+// config.json and the header (tensor names, dtypes, shapes, offsets) of every weight file, in a
+// fixed order. Equal for copies of one engine; different when a config or a weight layout changes.
+// Weight values are not read (a re-quantised file with the same layout has the same identity).
+std::string engine_identity(const Engine& e);
+
+}  // namespace stdit

@@ -1,9 +1,12 @@
 #include "pipeline/generate.h"
 
-#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <map>
+#include <random>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -12,8 +15,11 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "core/host_memory.h"
+#include "core/interrupt.h"
 #include "core/log.h"
 #include "core/philox.h"
+#include "io/reservation.h"
 #include "io/safetensors.h"
 #include "media/frames.h"
 #ifdef STDIT_HAVE_MEDIA
@@ -30,6 +36,7 @@
 #include "pipeline/engine.h"
 #include "pipeline/presets.h"
 #include "pipeline/rflow.h"
+#include "pipeline/run_record.h"
 #include "text/prompt.h"
 #include "text/t5.h"
 #include "text/tokenizer.h"
@@ -50,18 +57,14 @@ std::string human_bytes(size_t b) {
   return buf;
 }
 
-double peak_rss_gib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
-}
-
 // A progress bar on a terminal, plain lines otherwise.
 class Progress {
  public:
+  // total 0: unknown yet (set_total before the first step).
   Progress(const std::string& label, int total) : label_(label), total_(total), tty_(isatty(2)), t0_(Clock::now()) {
-    if (log_level() >= LogLevel::Info) draw(0);
+    if (log_level() >= LogLevel::Info && total_ > 0) draw(0);
   }
+  void set_total(int total) { total_ = total; }
   void step(int done) {
     if (log_level() >= LogLevel::Info) draw(done);
   }
@@ -100,6 +103,12 @@ std::vector<std::string> read_prompt_file(const std::string& path) {
   return out;
 }
 
+std::string secs(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f s", s);
+  return buf;
+}
+
 void check_writable_dir(const fs::path& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -128,57 +137,296 @@ ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel) {
   return p;
 }
 
-std::vector<std::string> generate(const GenerateOptions& opt) {
-  const auto t_start = Clock::now();
-  // ---------------- check every setting before the heavy work ----------------
+namespace {
+
+// The file names of one run: NAME_0000.mp4 (NAME_0000-k.mp4 with several samples per prompt),
+// each reserved with O_EXCL when its video starts; a preview grid beside each when asked.
+class OutputNames {
+ public:
+  OutputNames(fs::path dir, std::string name, std::string ext, int samples, bool preview)
+      : dir_(std::move(dir)), name_(std::move(name)), ext_(std::move(ext)), samples_(samples), preview_(preview) {}
+
+  struct Files {
+    std::unique_ptr<Reservation> video, preview;
+  };
+
+  // The files of video k (0 .. samples-1) of the current prompt. At k == 0 the names of all
+  // samples of the prompt are reserved together, at the next index where every one is free.
+  Files take(int k) {
+    if (k == 0) reserve_group();
+    Files f = std::move(group_.at(k));
+    return f;
+  }
+  // Releases the reservations not taken (their placeholders are removed).
+  void release() { group_.clear(); }
+
+ private:
+  std::string stem(int idx, int k) const {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%04d", idx);
+    return name_ + "_" + buf + (samples_ != 1 ? "-" + std::to_string(k) : std::string());
+  }
+  void reserve_group() {
+    for (;; ++index_) {
+      std::vector<Files> g(samples_);
+      bool ok = true;
+      for (int k = 0; k < samples_ && ok; ++k) {
+        const fs::path base = dir_ / stem(index_, k);
+        g[k].video = Reservation::try_reserve(base.string() + ext_);
+        ok = g[k].video != nullptr;
+        if (ok && preview_) {
+          g[k].preview = Reservation::try_reserve(base.string() + ".grid.png");
+          ok = g[k].preview != nullptr;
+        }
+      }
+      if (!ok) continue;  // taken (by an earlier run or a concurrent one): the next index
+      group_ = std::move(g);
+      ++index_;
+      return;
+    }
+  }
+  fs::path dir_;
+  std::string name_, ext_;
+  int samples_;
+  bool preview_;
+  int index_ = 0;
+  std::vector<Files> group_;
+};
+
+// Everything a run needs, checked before any model is loaded.
+struct Plan {
+  Engine eng;
+  ParallelPlan par;
+  RunRecord rec;                    // settings and videos (prompts, noise streams)
+  std::vector<std::string> unique;  // the distinct encoded prompts, in first-use order
+  std::vector<int> text_of;         // video -> index into `unique`
+  int64_t T = 0, h = 0, w = 0;      // latent shape
+  bool decode_only = false;
+  Tensor latents;  // decode-only: [N, 4, T, h, w]
+  std::string ext;
+  std::unique_ptr<Reservation> output, latents_file;  // -o and --save-latents, reserved now
+};
+
+std::string ext_for(int frames) {
+#ifdef STDIT_HAVE_MEDIA
+  return frames == 1 ? ".png" : ".mp4";
+#else
+  (void)frames;
+  return ".frames.safetensors";
+#endif
+}
+
+Plan make_plan(const GenerateOptions& given) {
+  GenerateOptions opt = given;
+  Plan plan;
+  RunRecord& rec = plan.rec;
+  std::optional<RunRecord> from;
+  if (!opt.from.empty()) {
+    STDIT_CHECK(opt.prompts.empty() && opt.prompt_file.empty(), "--from takes the prompts from ", opt.from,
+                "; do not pass prompts as well");
+    STDIT_CHECK(opt.decode_only.empty(), "--from and --decode-only do not go together");
+    from = read_run_record(opt.from);
+    log_info("--from ", opt.from, ": ", from->videos.size(), " video(s) made by ", from->program, " with engine ",
+             from->engine, " (", from->backend, ", ", from->precision, ")");
+  }
+  plan.decode_only = !opt.decode_only.empty();
+  std::optional<RunRecord> saved;  // decode-only: the record of the latents file, if it has one
+  if (plan.decode_only) {
+    STDIT_CHECK(opt.prompts.empty() && opt.prompt_file.empty(),
+                "--decode-only decodes the saved latents; do not pass prompts as well");
+    STDIT_CHECK(opt.save_latents.empty(), "--decode-only and --save-latents do not go together");
+    const auto f = SafetensorsFile::open(opt.decode_only);
+    STDIT_CHECK(f->contains("latents"), opt.decode_only, ": no 'latents' tensor (write one with --save-latents)");
+    plan.latents = f->get("latents").to(DType::F32);
+    if (f->metadata().count(kRecordKey)) saved = read_run_record(opt.decode_only);
+  }
+  const RunRecord* base = from ? &*from : saved ? &*saved : nullptr;
+
+  // ---- prompts ----
   std::vector<std::string> prompts = opt.prompts;
   if (!opt.prompt_file.empty())
     for (auto& p : read_prompt_file(opt.prompt_file)) prompts.push_back(p);
-  const bool decode_only = !opt.decode_only.empty();
-  STDIT_CHECK(decode_only || !prompts.empty(),
+  STDIT_CHECK(plan.decode_only || from || !prompts.empty(),
               "no prompt given: pass one or more prompts, or --prompt-file FILE");
   STDIT_CHECK(opt.num_samples >= 1 && opt.batch_size >= 1, "--num-samples and --batch-size must be at least 1");
   STDIT_CHECK(opt.crf >= 0 && opt.crf <= 51, "--crf must be in 0..51");
-  ParallelPlan par = plan_parallel(opt.gpus, opt.tp, opt.cfg_parallel);
   STDIT_CHECK(!(opt.width > 0 || opt.height > 0) || (opt.width >= 8 && opt.height >= 8),
               "-W and -H must both be given, each at least 8 pixels");
-  const Engine eng = opt.engine.empty() ? default_engine() : open_engine(opt.engine);
+  plan.par = plan_parallel(opt.gpus, opt.tp, opt.cfg_parallel);
+
+  // ---- engine ----
+  std::string engine = opt.engine;
+  if (engine.empty() && from && !from->engine.empty() && fs::is_directory(from->engine)) engine = from->engine;
+  plan.eng = engine.empty() ? default_engine() : open_engine(engine);
+  const Engine& eng = plan.eng;
   if (eng.embedded)
     log_info("no engine given: using the embedded demo model (", eng.dir,
              "); convert real Open-Sora checkpoints with `stdit convert` for real videos");
-  // Flags first, then the engine's defaults, then Open-Sora's.
+  rec.engine = eng.dir;
+  rec.engine_id = engine_identity(eng);
+  if (base && base->engine_id != rec.engine_id)
+    log_warn("engine ", eng.dir, " (", rec.engine_id, ") is not the engine that made ", from ? opt.from : opt.decode_only,
+             " (", base->engine, ", ", base->engine_id, "): the result will differ");
+
+  // ---- settings: flags, then the record (--from / the latents), then the engine's, then Open-Sora's ----
   const EngineDefaults& ed = eng.defaults;
-  const int steps = opt.steps ? *opt.steps : ed.steps.value_or(30);
-  const double cfg_scale = opt.cfg_scale ? *opt.cfg_scale : ed.cfg_scale.value_or(7.0);
-  const double fps = opt.fps ? *opt.fps : ed.fps.value_or(24.0);
-  STDIT_CHECK(steps >= 1, "--steps must be at least 1, got ", steps);
-  STDIT_CHECK(std::isfinite(cfg_scale), "--cfg-scale must be a finite number");
-  STDIT_CHECK(std::isfinite(fps) && fps > 0, "--fps must be a positive number");
-  int H, W;
+  auto pick = [&](auto flag, auto recorded, auto engine_default, auto fallback) {
+    using T = decltype(fallback);
+    if (flag) return static_cast<T>(*flag);
+    if (base) return static_cast<T>(recorded);
+    if (engine_default) return static_cast<T>(*engine_default);
+    return fallback;
+  };
+  rec.steps = pick(opt.steps, base ? base->steps : 0, ed.steps, 30);
+  rec.cfg_scale = pick(opt.cfg_scale, base ? base->cfg_scale : 0.0, ed.cfg_scale, 7.0);
+  rec.fps = pick(opt.fps, base ? base->fps : 0.0, ed.fps, 24.0);
+  STDIT_CHECK(rec.steps >= 1, "--steps must be at least 1, got ", rec.steps);
+  STDIT_CHECK(std::isfinite(rec.cfg_scale), "--cfg-scale must be a finite number");
+  STDIT_CHECK(std::isfinite(rec.fps) && rec.fps > 0, "--fps must be a positive number");
   if (opt.width > 0 || opt.height > 0) {
-    H = opt.height;
-    W = opt.width;
-  } else if (opt.resolution || opt.aspect_ratio || !ed.height) {
-    std::tie(H, W) = image_size(opt.resolution.value_or("240p"), opt.aspect_ratio.value_or("9:16"));
+    rec.height = opt.height;
+    rec.width = opt.width;
+  } else if (opt.resolution || opt.aspect_ratio) {
+    std::tie(rec.height, rec.width) = image_size(opt.resolution.value_or("240p"), opt.aspect_ratio.value_or("9:16"));
+  } else if (base) {
+    rec.height = base->height;
+    rec.width = base->width;
+  } else if (ed.height) {
+    rec.height = *ed.height;
+    rec.width = *ed.width;
   } else {
-    H = *ed.height;
-    W = *ed.width;
+    std::tie(rec.height, rec.width) = image_size("240p", "9:16");
   }
-  const int F = opt.num_frames ? parse_num_frames(*opt.num_frames) : ed.num_frames.value_or(51);
-  if (F > 1) rflow_timesteps(1, H, W, F);  // refuses lengths the sampler cannot take
+  rec.num_frames = opt.num_frames ? parse_num_frames(*opt.num_frames)
+                                  : base ? base->num_frames : ed.num_frames.value_or(51);
+  if (rec.num_frames > 1) rflow_timesteps(1, rec.height, rec.width, rec.num_frames);  // refuses lengths the sampler cannot take
+  rec.model_fps = rec.num_frames == 1 ? 120.0 : rec.fps;  // Open-Sora conditions images on 120 fps
+  rec.output_height = rec.height / 8 * 8;
+  rec.output_width = rec.width / 8 * 8;
+  if (opt.seed) {
+    STDIT_CHECK(*opt.seed >= -1, "--seed must be -1 (random) or in 0..", INT64_MAX, ", got ", *opt.seed);
+    if (*opt.seed == -1) {
+      std::random_device rd;
+      rec.seed = ((uint64_t{rd()} << 32) | rd()) & 0x7fffffffffffffffull;
+      log_info("--seed -1: random seed ", rec.seed);
+    } else {
+      rec.seed = static_cast<uint64_t>(*opt.seed);
+    }
+  } else {
+    rec.seed = base ? base->seed : 42;
+  }
+  rec.aes = opt.no_aes ? std::nullopt : opt.aes ? opt.aes : base ? base->aes : std::optional<double>(6.5);
+  rec.flow = opt.flow ? opt.flow : base ? base->flow : std::nullopt;
+  rec.camera_motion = opt.camera_motion ? opt.camera_motion : base ? base->camera_motion : std::nullopt;
+  rec.batch_size = from && given.batch_size == 1 ? from->batch_size : opt.batch_size;
+  plan.h = rec.height / 8;
+  plan.w = rec.width / 8;
   const VaeConfig vcfg = load_vae_config(eng.vae + "/config.json");
-  const int64_t h = H / 8, w = W / 8, T = vcfg.latent_frames(F);
-  const fs::path out_dir = opt.out_dir;
-  check_writable_dir(out_dir);
-  const int items = decode_only ? 0 : static_cast<int>(prompts.size()) * opt.num_samples;
-  STDIT_CHECK(opt.output.empty() || items == 1 || decode_only,
-              "-o FILE names one output, but this run makes ", items, " videos");
+  plan.T = vcfg.latent_frames(rec.num_frames);
+
+  // ---- the videos: prompts as given and as encoded, noise streams ----
+  if (plan.decode_only) {
+    const Tensor& z = plan.latents;
+    STDIT_CHECK(z.dim() == 5 && z.size(1) == 4 && z.size(2) == plan.T && z.size(3) == plan.h && z.size(4) == plan.w,
+                opt.decode_only, ": latents ", shape_str(z.shape()), " do not fit this run (expected [N, 4, ", plan.T,
+                ", ", plan.h, ", ", plan.w, "] for ", rec.num_frames, " frames at ", rec.width, "x", rec.height,
+                saved ? std::string("; the file's own settings fit it, drop the flags that change them")
+                      : std::string("; pass the same size and --num-frames"),
+                ")");
+    if (saved) {
+      STDIT_CHECK(saved->videos.size() == static_cast<size_t>(z.size(0)), opt.decode_only, ": the record lists ",
+                  saved->videos.size(), " videos but the latents hold ", z.size(0));
+      // Flags that contradict the file are errors, not silent reinterpretations.
+      STDIT_CHECK(!opt.fps || *opt.fps == saved->fps, "--fps ", *opt.fps, " contradicts ", opt.decode_only,
+                  " (made at ", saved->fps, " fps)");
+      STDIT_CHECK(rec.width == saved->width && rec.height == saved->height, "the size ", rec.width, "x", rec.height,
+                  " contradicts ", opt.decode_only, " (made at ", saved->width, "x", saved->height, ")");
+      STDIT_CHECK(rec.num_frames == saved->num_frames, "--num-frames ", rec.num_frames, " contradicts ",
+                  opt.decode_only, " (made with ", saved->num_frames, " frames)");
+      rec = *saved;  // the outputs carry what made the latents
+      rec.engine = eng.dir;
+      rec.engine_id = engine_identity(eng);
+    } else {
+      for (int64_t i = 0; i < z.size(0); ++i) rec.videos.push_back({"", "", static_cast<uint32_t>(i)});
+    }
+  } else {
+    std::vector<std::string> given_prompts;
+    std::vector<uint32_t> streams;
+    if (from) {
+      for (const auto& v : from->videos) {
+        given_prompts.push_back(v.prompt);
+        streams.push_back(v.noise_index);
+      }
+      STDIT_CHECK(opt.num_samples == 1, "--num-samples does not go with --from (the file lists its videos)");
+    } else {
+      const uint32_t first = opt.noise_index.value_or(0);
+      for (size_t p = 0; p < prompts.size(); ++p)
+        for (int k = 0; k < opt.num_samples; ++k) {
+          given_prompts.push_back(prompts[p]);
+          streams.push_back(first + static_cast<uint32_t>(p * opt.num_samples + k));
+        }
+    }
+    for (size_t i = 0; i < given_prompts.size(); ++i) {
+      // Also checks the camera motion and the scores now, before any model is loaded.
+      const std::string text = prepare_prompt(given_prompts[i], {rec.aes, rec.flow, rec.camera_motion});
+      auto at = std::find(plan.unique.begin(), plan.unique.end(), text);
+      plan.text_of.push_back(static_cast<int>(at - plan.unique.begin()));
+      if (at == plan.unique.end()) plan.unique.push_back(text);
+      rec.videos.push_back({given_prompts[i], text, streams[i]});
+    }
+  }
+  const int items = static_cast<int>(rec.videos.size());
+
+  // ---- outputs: checked (and -o / --save-latents reserved) before any model is loaded ----
+  plan.ext = ext_for(rec.num_frames);
+  if (!opt.output.empty()) {
+    STDIT_CHECK(items == 1, "-o FILE names one output, but this run makes ", items, " videos");
+    const std::string ext = fs::path(opt.output).extension().string();
+    STDIT_CHECK(opt.output.size() >= plan.ext.size() &&
+                    opt.output.compare(opt.output.size() - plan.ext.size(), plan.ext.size(), plan.ext) == 0,
+                opt.output, " (-o): this run makes ", rec.num_frames == 1 ? "an image" : "a video", ", so the name must end in ",
+                plan.ext, " (got '", ext, "')");
+    STDIT_CHECK(!opt.preview || rec.num_frames > 1, "--preview is for videos (this run makes one image)");
+    check_new_file(opt.output, "-o");
+    if (opt.preview) check_new_file(fs::path(opt.output).replace_extension(".grid.png").string(), "--preview");
+  }
+  if (!opt.save_latents.empty()) check_new_file(opt.save_latents, "--save-latents", /*may_create_dir=*/true);
+  STDIT_CHECK(rec.batch_size >= 1, "--batch-size must be at least 1");
+
+  // ---- devices ----
   // An engine converted with --tp K fixes the split: K ranks per CFG half unless --tp says otherwise.
   if (opt.tp == 0 && eng.tp_size > 1 && opt.gpus % eng.tp_size == 0)
-    par = plan_parallel(opt.gpus, eng.tp_size, opt.cfg_parallel || opt.gpus == 2 * eng.tp_size);
-  STDIT_CHECK(eng.tp_size == 1 || par.tp == eng.tp_size, "engine ", eng.dir, " was converted with --tp ",
+    plan.par = plan_parallel(opt.gpus, eng.tp_size, opt.cfg_parallel || opt.gpus == 2 * eng.tp_size);
+  STDIT_CHECK(eng.tp_size == 1 || plan.par.tp == eng.tp_size, "engine ", eng.dir, " was converted with --tp ",
               eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
-              " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size, " --cfg-parallel), or convert again without --tp");
+              " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size,
+              " --cfg-parallel), or convert again without --tp");
+  // Every check passed: now the output directory may be made (never with -o) and names reserved.
+  if (opt.output.empty()) check_writable_dir(opt.out_dir);
+  if (!opt.output.empty()) plan.output = Reservation::reserve(opt.output, "-o");
+  if (!opt.save_latents.empty()) {
+    const fs::path dir = fs::path(opt.save_latents).parent_path();
+    std::error_code ec;
+    if (!dir.empty()) fs::create_directories(dir, ec);
+    STDIT_CHECK(!ec, opt.save_latents, " (--save-latents): cannot create the directory ", dir.string(), ": ",
+                ec.message());
+    plan.latents_file = Reservation::reserve(opt.save_latents, "--save-latents");
+  }
+  return plan;
+}
+
+}  // namespace
+
+std::vector<std::string> generate(const GenerateOptions& opt) {
+  const auto t_start = Clock::now();
+  Plan plan = make_plan(opt);
+  RunRecord& rec = plan.rec;
+  const Engine& eng = plan.eng;
+  const ParallelPlan& par = plan.par;
+  const int items = static_cast<int>(rec.videos.size());
+  const int F = rec.num_frames, H = rec.height, W = rec.width;
+  const int64_t T = plan.T, h = plan.h, w = plan.w;
+
   auto backend = make_backend(opt.backend);
   if (par.gpus > 1) {
     STDIT_CHECK(backend->name() == "cuda", "--gpus ", par.gpus, " needs the CUDA backend (this run uses ",
@@ -186,189 +434,225 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
     check_tp_split(par.tp, load_stdit3_config(eng.dit + "/config.json").num_heads, par.gpus,
                    cuda_devices_visible());
   }
-
-  log_info("stdit generate: ", prompts.size(), " prompt(s) x ", opt.num_samples, " sample(s), ", W, "x", H,
-           " px, ", F, " frames at ", fps, " fps, ", steps, " steps, cfg ", cfg_scale, ", seed ",
-           opt.seed, ", engine ", eng.dir, " (", eng.dtype, "), backend ", backend->name());
-
-  Tensor latents;  // [items, 4, T, h, w]
-  double t_text = 0, t_denoise = 0;
-  if (decode_only) {
-    const auto f = SafetensorsFile::open(opt.decode_only);
-    STDIT_CHECK(f->contains("latents"), opt.decode_only, ": no 'latents' tensor (write one with --save-latents)");
-    latents = f->get("latents").to(DType::F32);
-    STDIT_CHECK(latents.dim() == 5 && latents.size(1) == 4 && latents.size(2) == T && latents.size(3) == h &&
-                    latents.size(4) == w,
-                opt.decode_only, ": latents ", shape_str(latents.shape()), " do not fit this run (expected [N, 4, ",
-                T, ", ", h, ", ", w, "] for ", F, " frames at ", W, "x", H, "; pass the same size and --num-frames)");
-  } else {
-    // ---------------- text ----------------
-    auto t0 = Clock::now();
-    const T5Tokenizer tok(eng.spiece);
-    auto t5 = T5Encoder::load(eng.t5, *backend, "engine t5");
-    const int P = static_cast<int>(prompts.size());
-    const int L = 300;
-    Tensor ids = Tensor::zeros({P, L}, DType::I64), mask = Tensor::zeros({P, L}, DType::I64);
-    for (int p = 0; p < P; ++p) {
-      const std::string text = prepare_prompt(prompts[p], {opt.aes, opt.flow, opt.camera_motion});
-      log_debug("prompt ", p, ": ", text);
-      const Tokens t = tok.encode(text, L);
-      for (int i = 0; i < L; ++i) {
-        ids.data<int64_t>()[p * L + i] = t.ids[i];
-        mask.data<int64_t>()[p * L + i] = t.mask[i];
-      }
-    }
-    const Tensor y = t5->forward(ids, mask);  // [P, L, C]
-    t5.reset();
-    t_text = seconds_since(t0);
-
-    // ---------------- denoise ----------------
-    t0 = Clock::now();
-    // Devices: cuda:0 .. gpus-1; with CFG-parallel the conditional half on the first tp of them,
-    // the unconditional half on the rest; each half one STDiT3, or tensor parallel over tp.
-    std::vector<std::unique_ptr<Backend>> extra;
-    std::vector<Backend*> devs{backend.get()};
-    for (int g = 1; g < par.gpus; ++g) {
-      extra.push_back(make_backend(cat("cuda:", g)));
-      devs.push_back(extra.back().get());
-    }
-    const int groups = par.cfg_parallel ? 2 : 1;
-    std::vector<std::unique_ptr<STDiT3>> singles(groups);
-    std::vector<std::unique_ptr<Denoiser>> halves(groups);
-    for (int g = 0; g < groups; ++g) {
-      std::vector<Backend*> grp(devs.begin() + g * par.tp, devs.begin() + (g + 1) * par.tp);
-      if (par.tp > 1) {
-        halves[g] = TensorParallelDenoiser::load(eng.dit, grp, "engine dit");
-      } else {
-        run_on_devices({grp[0]}, [&](int) { singles[g] = STDiT3::load(eng.dit, *grp[0], "engine dit"); });
-        halves[g] = std::make_unique<SingleDenoiser>(*singles[g]);
-      }
-    }
-    backend->bind_to_this_thread();
-    if (par.gpus > 1)
-      log_info("denoiser on ", par.gpus, " GPUs: ", par.cfg_parallel ? "CFG-parallel x " : "",
-               "tensor parallel ", par.tp);
-    {
-      // The memory plan, per GPU (-v): what each stage holds; the sampling loop reuses the same
-      // sizes every step (the stream-ordered pool keeps them, nothing new is reserved after step 0).
-      const STDiT3& m0 = halves[0]->first();
-      const STDiT3Config& dc = m0.config();
-      const int64_t Bm = (par.cfg_parallel ? 1 : 2) * std::min(opt.batch_size, items);
-      const int64_t Tp = (T + dc.patch_size[0] - 1) / dc.patch_size[0];
-      const int64_t Sp = ((h + dc.patch_size[1] - 1) / dc.patch_size[1]) * ((w + dc.patch_size[2] - 1) / dc.patch_size[2]);
-      log_debug("memory plan per device: denoiser weights ", human_bytes(m0.weight_bytes()),
-                "; one model call (batch ", Bm, ", ", Tp, " x ", Sp, " tokens) holds at most ",
-                human_bytes(m0.activation_bytes(Bm, Tp, Sp, Bm * L)),
-                " of activations; the T5 encoder was freed before the denoiser loaded, the denoiser is freed "
-                "before the VAE, which decodes ", F > 17 ? "17-frame chunks" : "the clip", " one at a time");
-    }
-    const int64_t C = y.size(2);
-    latents = Tensor::empty({items, 4, T, h, w}, DType::F32);
-    const int64_t per = 4 * T * h * w;
-    Progress bar("denoise", steps * ((items + opt.batch_size - 1) / opt.batch_size));
-    int done = 0;
-    for (int start = 0; start < items; start += opt.batch_size) {
-      const int B = std::min(opt.batch_size, items - start);
-      Tensor yc = Tensor::empty({B, 1, L, C}, DType::F32), m = Tensor::empty({B, L}, DType::I64);
-      Tensor noise = Tensor::empty({B, 4, T, h, w}, DType::F32);
-      for (int b = 0; b < B; ++b) {
-        const int item = start + b, p = item / opt.num_samples;
-        std::memcpy(yc.data<float>() + b * L * C, y.data<float>() + p * L * C, L * C * 4);
-        std::memcpy(m.data<int64_t>() + b * L, mask.data<int64_t>() + p * L, L * 8);
-        // Each video's noise depends only on the seed and its index, not on the batching.
-        const Tensor n = philox_normal({4, T, h, w}, opt.seed, static_cast<uint32_t>(item));
-        std::memcpy(noise.data<float>() + b * per, n.data<float>(), per * 4);
-      }
-      auto tick = [&](int, const Tensor&) { bar.step(++done); };
-      const Tensor z =
-          par.cfg_parallel
-              ? rflow_sample_cfg_parallel({devs[0], devs[par.tp]}, {halves[0].get(), halves[1].get()}, yc, m,
-                                          noise, H, W, F, fps, steps, cfg_scale, tick)
-              : rflow_sample(*halves[0], yc, m, noise, H, W, F, fps, steps, cfg_scale, tick);
-      std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
-    }
-    t_denoise = seconds_since(t0);
-    if (backend->peak_memory_bytes() > 0)
-      log_debug("memory: ", backend->name(), " peak ", human_bytes(backend->peak_memory_bytes()),
-                " held by stdit's allocations so far (measured)");
-    if (!opt.save_latents.empty()) {
-      write_safetensors(opt.save_latents, {{"latents", latents}},
-                        {{"num_frames", std::to_string(F)}, {"height", std::to_string(H)},
-                         {"width", std::to_string(W)}, {"seed", std::to_string(opt.seed)}});
-      std::printf("Saved latents to %s\n", opt.save_latents.c_str());
-    }
+  rec.backend = backend->name();
+  rec.precision = backend->name() == "cpu" ? "f32" : "bf16";
+  {
+    const bool rounded = rec.output_width != W || rec.output_height != H;
+    log_info("stdit generate: ", items, " ", F == 1 ? "image" : "video", items == 1 ? "" : "s", ", ",
+             rec.output_width, "x", rec.output_height, " px",
+             rounded ? cat(" (size condition ", W, "x", H, "; the VAE makes multiples of 8)") : std::string(), ", ",
+             F == 1 ? std::string("1 frame (the model's fps condition is 120)")
+                    : cat(F, " frames at ", rec.fps, " fps"),
+             ", ", rec.steps, " steps, cfg ", rec.cfg_scale, ", seed ", rec.seed, ", engine ", eng.dir, " (",
+             eng.dtype, "), backend ", backend->name(), " (", rec.precision, ")");
   }
 
-  // ---------------- decode and write ----------------
-  backend->bind_to_this_thread();  // a second GPU's backend may have been made current above
-  auto t0 = Clock::now();
-  auto vae = OpenSoraVae::load(eng.vae, *backend, "engine vae");
+  OutputNames names(opt.out_dir, opt.sample_name, plan.ext, plan.decode_only ? 1 : opt.num_samples, opt.preview);
   std::vector<std::string> written;
-  const int n_items = static_cast<int>(latents.size(0));
-  double t_write = 0;
-  int index = 0;
-#ifdef STDIT_HAVE_MEDIA
-  const std::string ext = F == 1 ? ".png" : ".mp4";
-#else
-  const std::string ext = ".frames.safetensors";
-#endif
-  auto name_for = [&](int idx, int k) {
-    std::string s = opt.sample_name + "_" + std::string(4 - std::min<size_t>(4, std::to_string(idx).size()), '0') +
-                    std::to_string(idx);
-    if (opt.num_samples != 1) s += "-" + std::to_string(k);
-    return (out_dir / (s + ext)).string();
-  };
-  for (int item = 0; item < n_items; ++item) {
-    const int k = item % opt.num_samples;
-    if (k == 0 && opt.output.empty()) {
-      // The next index whose files are all free: existing outputs are never overwritten.
-      auto taken = [&](int idx) {
-        for (int kk = 0; kk < opt.num_samples; ++kk)
-          if (fs::exists(name_for(idx, kk))) return true;
-        return false;
-      };
-      while (taken(index)) ++index;
-    }
-    const Tensor z = latents.slice(0, item, item + 1).contiguous();
-    const Tensor video = vae->decode(z, F);  // [1, 3, F, 8h, 8w]
-    const auto tw = Clock::now();
-    const Frames frames = frames_from_video_tensor(video.select(0, 0), fps);
-    const std::string path = opt.output.empty() ? name_for(index, k) : opt.output;
-    if (!opt.output.empty()) STDIT_CHECK(!fs::exists(path), path, " exists; not overwriting it");
-    const std::string prompt = decode_only ? std::string() : prompts[item / opt.num_samples];
-#ifdef STDIT_HAVE_MEDIA
-    if (F == 1) {
-      write_png(path, frames);
+  double t_text = 0, t_denoise = 0, t_decode = 0, t_write = 0;
+  std::unique_ptr<OpenSoraVae> vae;
+
+  // Decodes video `item` (latents z [1, 4, T, h, w]) and writes its file(s) under reserved names.
+  auto decode_and_write = [&](int item, const Tensor& z) {
+    OutputNames::Files files;
+    if (plan.output) {
+      files.video = std::move(plan.output);
+      if (opt.preview)
+        files.preview = Reservation::reserve(fs::path(opt.output).replace_extension(".grid.png").string(), "--preview");
     } else {
-      Mp4Options mo;
-      mo.fps = fps;
-      mo.crf = opt.crf;
-      mo.metadata = {{"comment", "stdit generate"}, {"prompt", prompt}, {"seed", std::to_string(opt.seed)},
-                     {"steps", std::to_string(steps)}, {"cfg_scale", std::to_string(cfg_scale)},
-                     {"model", eng.dir}};
-      write_mp4(path, frames, mo);
-      if (opt.preview) {
-        const std::string grid = fs::path(path).replace_extension(".grid.png").string();
-        write_frame_grid_png(grid, frames);
-        std::printf("Preview: %s\n", grid.c_str());
+      files = names.take(plan.decode_only ? 0 : item % opt.num_samples);
+    }
+    backend->bind_to_this_thread();  // a second GPU's backend may have been made current
+    auto t0 = Clock::now();
+    if (!vae) vae = OpenSoraVae::load(eng.vae, *backend, "engine vae");
+    {
+      Progress bar(items > 1 ? cat("decode ", item + 1, "/", items) : std::string("decode"), 0);
+      vae->set_progress([&](int done, int total) {
+        bar.set_total(total);
+        bar.step(done);
+        check_interrupted();
+      });
+      const Tensor video = vae->decode(z, F);  // [1, 3, F, 8h, 8w]
+      vae->set_progress({});
+      t_decode += seconds_since(t0);
+      t0 = Clock::now();
+      const Frames frames = frames_from_video_tensor(video.select(0, 0), rec.fps);
+      const RunRecord one = rec.only_video(item);
+      const std::string& path = files.video->path();
+#ifdef STDIT_HAVE_MEDIA
+      if (F == 1) {
+        write_png(path, frames, 0, one.tags());
+      } else {
+        Mp4Options mo;
+        mo.fps = rec.fps;
+        mo.crf = opt.crf;
+        mo.metadata = one.tags();
+        write_mp4(path, frames, mo);
+      }
+#else
+      // Built without media libraries: the uint8 frames [F, H, W, 3] as safetensors.
+      write_safetensors(path, {{"frames", Tensor::from_blob(const_cast<uint8_t*>(frames.rgb.data()),
+                                                            {frames.count, frames.height, frames.width, 3},
+                                                            DType::U8, nullptr)}},
+                        one.tags());
+#endif
+      files.video->keep();
+      written.push_back(path);
+      std::printf("Saved to %s\n", path.c_str());
+      std::fflush(stdout);
+#ifdef STDIT_HAVE_MEDIA
+      if (files.preview) {
+        write_frame_grid_png(files.preview->path(), frames);
+        files.preview->keep();
+        std::printf("Preview: %s\n", files.preview->path().c_str());
+        std::fflush(stdout);
+      }
+#endif
+      t_write += seconds_since(t0);
+    }
+  };
+
+  try {
+    if (plan.decode_only) {
+      for (int item = 0; item < items; ++item) {
+        check_interrupted();
+        decode_and_write(item, plan.latents.slice(0, item, item + 1).contiguous());
+      }
+    } else {
+      // ---------------- text: each distinct prompt once; T5 freed before the denoiser loads ----------------
+      auto t0 = Clock::now();
+      const int P = static_cast<int>(plan.unique.size());
+      const int L = 300;
+      Tensor y, mask = Tensor::zeros({P, L}, DType::I64);
+      {
+        const T5Tokenizer tok(eng.spiece);
+        auto t5 = T5Encoder::load(eng.t5, *backend, "engine t5");
+        check_interrupted();
+        Tensor ids = Tensor::zeros({P, L}, DType::I64);
+        for (int p = 0; p < P; ++p) {
+          log_debug("prompt ", p, ": ", plan.unique[p]);
+          const Tokens t = tok.encode(plan.unique[p], L);
+          for (int i = 0; i < L; ++i) {
+            ids.data<int64_t>()[p * L + i] = t.ids[i];
+            mask.data<int64_t>()[p * L + i] = t.mask[i];
+          }
+        }
+        y = t5->forward(ids, mask);  // [P, L, C]
+      }
+      t_text = seconds_since(t0);
+      check_interrupted();
+
+      // ---------------- denoiser ----------------
+      // Devices: cuda:0 .. gpus-1; with CFG-parallel the conditional half on the first tp of them,
+      // the unconditional half on the rest; each half one STDiT3, or tensor parallel over tp.
+      std::vector<std::unique_ptr<Backend>> extra;
+      std::vector<Backend*> devs{backend.get()};
+      for (int g = 1; g < par.gpus; ++g) {
+        extra.push_back(make_backend(cat("cuda:", g)));
+        devs.push_back(extra.back().get());
+      }
+      const int groups = par.cfg_parallel ? 2 : 1;
+      std::vector<std::unique_ptr<STDiT3>> singles(groups);
+      std::vector<std::unique_ptr<Denoiser>> halves(groups);
+      for (int g = 0; g < groups; ++g) {
+        std::vector<Backend*> grp(devs.begin() + g * par.tp, devs.begin() + (g + 1) * par.tp);
+        if (par.tp > 1) {
+          halves[g] = TensorParallelDenoiser::load(eng.dit, grp, "engine dit");
+        } else {
+          run_on_devices({grp[0]}, [&](int) { singles[g] = STDiT3::load(eng.dit, *grp[0], "engine dit"); });
+          halves[g] = std::make_unique<SingleDenoiser>(*singles[g]);
+        }
+      }
+      backend->bind_to_this_thread();
+      if (par.gpus > 1)
+        log_info("denoiser on ", par.gpus, " GPUs: ", par.cfg_parallel ? "CFG-parallel x " : "", "tensor parallel ",
+                 par.tp);
+      const int batch = rec.batch_size;
+      {
+        // The memory plan, per GPU (-v): what each stage holds; the sampling loop reuses the same
+        // sizes every step (the stream-ordered pool keeps them, nothing new is reserved after step 0).
+        const STDiT3& m0 = halves[0]->first();
+        const STDiT3Config& dc = m0.config();
+        const int64_t Bm = (par.cfg_parallel ? 1 : 2) * std::min(batch, items);
+        const int64_t Tp = (T + dc.patch_size[0] - 1) / dc.patch_size[0];
+        const int64_t Sp =
+            ((h + dc.patch_size[1] - 1) / dc.patch_size[1]) * ((w + dc.patch_size[2] - 1) / dc.patch_size[2]);
+        log_debug("memory plan per device: denoiser weights ", human_bytes(m0.weight_bytes()), "; one model call (batch ",
+                  Bm, ", ", Tp, " x ", Sp, " tokens) holds at most ", human_bytes(m0.activation_bytes(Bm, Tp, Sp, Bm * L)),
+                  " of activations; the T5 encoder was freed before the denoiser loaded; each video is decoded "
+                  "as soon as it is denoised (the VAE ", F > 17 ? "in 17-frame chunks" : "in one chunk",
+                  "), the denoiser is freed before the last batch is decoded");
+      }
+      const int64_t C = y.size(2);
+      Tensor latents;  // all videos, for --save-latents
+      if (plan.latents_file) latents = Tensor::empty({items, 4, T, h, w}, DType::F32);
+      const int64_t per = 4 * T * h * w;
+      const int batches = (items + batch - 1) / batch;
+      Progress bar("denoise", rec.steps * batches);
+      int done = 0;
+      for (int start = 0; start < items; start += batch) {
+        check_interrupted();
+        t0 = Clock::now();
+        const int B = std::min(batch, items - start);
+        Tensor yc = Tensor::empty({B, 1, L, C}, DType::F32), m = Tensor::empty({B, L}, DType::I64);
+        Tensor noise = Tensor::empty({B, 4, T, h, w}, DType::F32);
+        for (int b = 0; b < B; ++b) {
+          const int item = start + b, p = plan.text_of[item];
+          std::memcpy(yc.data<float>() + b * L * C, y.data<float>() + p * L * C, L * C * 4);
+          std::memcpy(m.data<int64_t>() + b * L, mask.data<int64_t>() + p * L, L * 8);
+          // Each video's noise depends only on the seed and its stream, not on the batching.
+          const Tensor n = philox_normal({4, T, h, w}, rec.seed, rec.videos[item].noise_index);
+          std::memcpy(noise.data<float>() + b * per, n.data<float>(), per * 4);
+        }
+        auto tick = [&](int, const Tensor&) {
+          bar.step(++done);
+          check_interrupted();
+        };
+        const Tensor z =
+            par.cfg_parallel
+                ? rflow_sample_cfg_parallel({devs[0], devs[par.tp]}, {halves[0].get(), halves[1].get()}, yc, m, noise,
+                                            H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick)
+                : rflow_sample(*halves[0], yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick);
+        t_denoise += seconds_since(t0);
+        if (latents.defined()) std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
+        const bool last = start + B >= items;
+        if (last) {  // stage residency: the denoiser leaves before the last decode
+          halves.clear();
+          singles.clear();
+          extra.clear();
+          if (backend->peak_memory_bytes() > 0)
+            log_debug("memory: ", backend->name(), " peak ", human_bytes(backend->peak_memory_bytes()),
+                      " held by stdit's allocations so far (measured)");
+          if (latents.defined()) {
+            std::map<std::string, std::string> meta = {{"num_frames", std::to_string(F)},
+                                                       {"height", std::to_string(H)},
+                                                       {"width", std::to_string(W)},
+                                                       {"seed", std::to_string(rec.seed)},
+                                                       {kRecordKey, rec.to_json().dump()}};
+            write_safetensors(plan.latents_file->path(), {{"latents", latents}}, meta);
+            plan.latents_file->keep();
+            std::printf("Saved latents to %s\n", plan.latents_file->path().c_str());
+            std::fflush(stdout);
+          }
+        }
+        // ---------------- decode and write each video of the batch now ----------------
+        for (int b = 0; b < B; ++b) decode_and_write(start + b, z.slice(0, b, b + 1).contiguous());
       }
     }
-#else
-    // Built without media libraries: the uint8 frames [F, H, W, 3] as safetensors.
-    write_safetensors(path, {{"frames", Tensor::from_blob(const_cast<uint8_t*>(frames.rgb.data()),
-                                                          {frames.count, frames.height, frames.width, 3},
-                                                          DType::U8, nullptr)}},
-                      {{"prompt", prompt}, {"seed", std::to_string(opt.seed)}, {"fps", std::to_string(fps)}});
-#endif
-    t_write += seconds_since(tw);
-    std::printf("Saved to %s\n", path.c_str());
-    std::fflush(stdout);
-    written.push_back(path);
-    if (k == opt.num_samples - 1) ++index;
+  } catch (const Interrupted&) {
+    names.release();
+    std::fprintf(stderr, "\ninterrupted: %zu of %d %s saved\n", written.size(), items, F == 1 ? "images" : "videos");
+    for (const auto& p : written) std::fprintf(stderr, "  %s\n", p.c_str());
+    std::fflush(stderr);
+    throw;
   }
-  const double t_decode = seconds_since(t0) - t_write;
-  log_info("time: text ", t_text, " s, denoise ", t_denoise, " s, decode ", t_decode, " s, write ", t_write,
-           " s, total ", seconds_since(t_start), " s; peak memory ", peak_rss_gib(), " GiB (host)");
+
+  std::string device_mem;
+  if (const size_t d = backend->device_memory_peak_bytes())
+    device_mem = cat(human_bytes(d), " on ", backend->name(), " (read from the device), ");
+  log_info("time: text ", secs(t_text), ", denoise ", secs(t_denoise), ", decode ", secs(t_decode), ", write ",
+           secs(t_write), ", total ", secs(seconds_since(t_start)), "; peak memory ", device_mem,
+           human_bytes(peak_host_memory_bytes()), " host");
   return written;
 }
 

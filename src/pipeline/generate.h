@@ -23,12 +23,19 @@ struct GenerateOptions {
   std::optional<double> fps;                // 24
   std::optional<int> steps;                 // 30
   std::optional<double> cfg_scale;          // 7.0
-  uint64_t seed = 42;
-  std::optional<double> aes = 6.5, flow;
+  std::optional<int64_t> seed;        // 42; -1: a random seed (printed and recorded)
+  std::optional<uint32_t> noise_index;  // Philox stream of the first video's noise (0); video i uses +i
+  std::optional<double> aes;           // 6.5 unless no_aes
+  bool no_aes = false;
+  std::optional<double> flow;
   std::optional<std::string> camera_motion;
   int num_samples = 1, batch_size = 1;
   std::string out_dir = "sample_outputs", sample_name = "sample", output;
   std::string save_latents, decode_only;
+  // Re-run what made FILE (an mp4 / PNG from generate, or a --save-latents file): its prompts,
+  // seed, noise streams, size, frames, fps, steps, cfg, scores and batch size; settings given here
+  // as well win over the recorded ones.
+  std::string from;
   std::string backend = "auto";  // cuda when a usable GPU is present, else cpu
   int crf = 18;
   bool preview = false;  // also write NAME.grid.png: 4x4 evenly spaced frames
@@ -46,8 +53,13 @@ struct ParallelPlan {
 };
 ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel);
 
-// Runs the whole job; returns the paths written. Every bad input is an Error before any heavy
-// work starts where that is possible.
+// Runs the whole job; returns the paths written. Every bad input is an Error before any model is
+// loaded. Output names are reserved atomically as each video starts (O_EXCL), so concurrent runs
+// into one directory never take each other's names and no existing file is replaced. Each video
+// is decoded and written as soon as its denoising ends. After interrupt_requested() (SIGINT /
+// SIGTERM with install_interrupt_handlers()) it stops at the next step boundary, removes its
+// temporary files and unused reservations, keeps the finished videos, prints
+// "interrupted: N of M videos saved" and throws Interrupted.
 std::vector<std::string> generate(const GenerateOptions& opt);
 
 // The reusable core for tests: the denoising loop on given text embeddings and noise.

@@ -1,6 +1,7 @@
 // `stdit generate` and `stdit convert`: the main job and the checkpoint conversion.
 #include "commands.h"
 #include "core/error.h"
+#include "core/interrupt.h"
 #include "pipeline/engine.h"
 #include "pipeline/generate.h"
 
@@ -20,9 +21,11 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--fps", o->fps, "Frame rate, a model condition and the file's rate (default: the engine's, else 24)");
   cmd->add_option("--steps", o->steps, "Sampling steps (default: the engine's, else 30)");
   cmd->add_option("--cfg-scale", o->cfg_scale, "Classifier-free guidance scale (default: the engine's, else 7.0)");
-  cmd->add_option("--seed", o->seed, "Seed of the initial noise")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the initial noise (default 42); -1: a random seed, printed and recorded");
+  cmd->add_option("--noise-index", o->noise_index,
+                  "Noise stream of the first video (default 0; video i draws stream N+i of the seed)");
   cmd->add_option("--aes", o->aes, "Aesthetic score appended to the prompt (default 6.5)");
-  cmd->add_flag_callback("--no-aes", [o] { o->aes.reset(); }, "Do not append an aesthetic score");
+  cmd->add_flag("--no-aes", o->no_aes, "Do not append an aesthetic score");
   cmd->add_option("--flow", o->flow, "Motion score appended to the prompt");
   cmd->add_option("--camera-motion", o->camera_motion, "none, pan right, pan left, tilt up, tilt down, zoom in, zoom out, static");
   cmd->add_option("--num-samples", o->num_samples, "Videos per prompt (files get -k suffixes)")->capture_default_str();
@@ -32,6 +35,9 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("-o,--output", o->output, "Output file (one video only)");
   cmd->add_option("--save-latents", o->save_latents, "Also save the final latents (safetensors)");
   cmd->add_option("--decode-only", o->decode_only, "Decode latents saved with --save-latents instead of sampling");
+  cmd->add_option("--from", o->from,
+                  "Make again what made FILE (an mp4/PNG from generate, or a --save-latents file): its prompts, seed, "
+                  "noise streams and settings; flags given as well win");
   cmd->add_option("--crf", o->crf, "H.264 quality (0 lossless .. 51)")->capture_default_str();
   cmd->add_flag("--preview", o->preview, "Also write NAME.grid.png: 16 evenly spaced frames in a grid");
   cmd->add_option("--gpus", o->gpus, "GPUs for the denoiser (cuda:0..N-1); even N without --tp: CFG-parallel x N/2")
@@ -40,7 +46,12 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_flag("--cfg-parallel", o->cfg_parallel, "The conditional and unconditional CFG halves on separate GPUs");
   cmd->add_option("--backend", o->backend, "Compute backend: auto (cuda if a GPU is usable), cuda or cpu")
       ->capture_default_str();
-  cmd->callback([&action, o] { action = [o] { generate(*o); }; });
+  cmd->callback([&action, o] {
+    action = [o] {
+      install_interrupt_handlers();  // Ctrl-C: stop at the next step, keep what is finished
+      generate(*o);
+    };
+  });
 }
 
 void add_convert(CLI::App& app, Action& action) {

@@ -1,9 +1,31 @@
 // stdit: Open-Sora 1.2 text-to-video inference in one program.
+//
+// Exit status: 0 success; 1 any error (one "error: ..." line on stderr, command-line mistakes
+// included); 130 interrupted by SIGINT / SIGTERM (finished files kept, temporaries removed).
 #include <cstdio>
+#include <cstring>
+#include <string>
 
 #include "commands.h"
 #include "core/error.h"
+#include "core/interrupt.h"
 #include "core/log.h"
+
+namespace {
+
+int error_exit(const std::string& message) {
+  std::fprintf(stderr, "error: %s\n", message.c_str());
+  return 1;
+}
+
+std::string command_list(const CLI::App& app) {
+  std::string names;
+  for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  return names;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"stdit: Open-Sora 1.2 (STDiT3) text-to-video inference engine"};
@@ -21,21 +43,40 @@ int main(int argc, char** argv) {
   stdit::cli::add_inspect(app, action);
   stdit::cli::add_compare(app, action);
   stdit::cli::add_tokenize(app, action);
+  // The first word that is not a global flag names the command: say so when it names none.
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-v" || a == "--verbose" || a == "-q" || a == "--quiet") continue;
+    if (!a.empty() && a[0] == '-') break;  // --help, --version, or a flag CLI11 will reject
+    bool known = false;
+    for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+      known = known || sub->check_name(a);
+    if (!known) return error_exit("unknown command '" + a + "' (commands: " + command_list(app) + "; see stdit --help)");
+    break;
+  }
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string where;
+    for (const auto* sub : app.get_subcommands()) where = " " + sub->get_name();
+    std::string msg = e.what();
+    if (msg == "A subcommand is required") msg = "no command given (commands: " + command_list(app) + ")";
+    return error_exit(msg + " (see stdit" + where + " --help)");
   }
   stdit::set_log_level(quiet ? stdit::LogLevel::Quiet
                              : verbose ? stdit::LogLevel::Debug : stdit::LogLevel::Info);
   try {
     action();
-  } catch (const stdit::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+  } catch (const stdit::Interrupted&) {
+    return 130;  // the command has said what it kept
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
+    return error_exit(e.what());
   }
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/device_memory.h"
 #include "core/log.h"
 
 namespace stdit {
@@ -228,7 +229,8 @@ using namespace cuda;
 // backend object, memory
 
 CudaBackend::CudaBackend(int device, CudaOptions options)
-    : ctx_(std::make_shared<CudaContext>(device, options)) {}
+    : ctx_(std::make_shared<CudaContext>(device, options)),
+      memory_monitor_(std::make_unique<DeviceMemoryMonitor>(device)) {}
 
 CudaBackend::~CudaBackend() = default;
 
@@ -237,6 +239,7 @@ const CudaOptions& CudaBackend::options() const { return ctx_->options; }
 void CudaBackend::bind_to_this_thread() { STDIT_CUDA_CHECK(cudaSetDevice(ctx_->device)); }
 
 size_t CudaBackend::peak_memory_bytes() const { return ctx_->bytes_peak.load(); }
+size_t CudaBackend::device_memory_peak_bytes() const { return memory_monitor_->peak(); }
 
 void CudaBackend::synchronize() {
   STDIT_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));

@@ -17,6 +17,7 @@
 namespace stdit {
 
 struct CudaContext;  // cuda_common.cuh
+class DeviceMemoryMonitor;  // device_memory.h
 
 struct CudaOptions {
   // Linear layers and convolutions on the TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32).
@@ -54,6 +55,7 @@ class CudaBackend final : public Backend {
   Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
   void synchronize() override;    // waits for every op enqueued so far; throws on a device error
   size_t peak_memory_bytes() const override;  // most device bytes held at once by alloc/upload
+  size_t device_memory_peak_bytes() const override;  // cudaMemGetInfo, sampled every 5 ms
   void bind_to_this_thread() override;  // cudaSetDevice(this backend's device)
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
@@ -110,6 +112,7 @@ class CudaBackend final : public Backend {
   std::string conv3d_impl(const Tensor& x, const Tensor& w, const Tensor& bias,
                           const ConvParams& p, Tensor& out);
   std::shared_ptr<CudaContext> ctx_;
+  std::unique_ptr<DeviceMemoryMonitor> memory_monitor_;  // after ctx_: the device exists first
 };
 
 // The registry's factory ("cuda"): device index `device`. Environment: STDIT_CUDA_BF16=0 turns the

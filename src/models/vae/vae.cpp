@@ -317,6 +317,13 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
   be_.channel_affine(z, scale_, shift_, zs);
   // Temporal decode, chunk by chunk (independent; causal padding restarts in each).
   const int zc = cfg_.micro_z_frame_size(), fc = cfg_.micro_frame_size;
+  const int mb = cfg_.micro_batch_size;
+  const int units = static_cast<int>((T + zc - 1) / zc + B * ((num_frames + mb - 1) / mb));
+  int done = 0;
+  auto progress = [&] {
+    ++done;
+    if (progress_) progress_(done, units);
+  };
   Tensor xz = be_.alloc({B, 4, num_frames, h, w});
   for (int64_t k = 0, f0 = 0; k * zc < T; ++k) {
     const int64_t t0 = k * zc, t1 = std::min<int64_t>(T, t0 + zc);
@@ -327,11 +334,11 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
     Tensor dst = xz.slice(2, f0, f0 + frames);
     be_.copy(dec, dst);
     f0 += frames;
+    progress();
   }
   if (rec) rec("decode.temporal_out", be_.download(xz));
   // 2D decode in micro-batches of frames (each frame independent).
   Tensor video = be_.alloc({B, 3, num_frames, 8 * h, 8 * w});
-  const int mb = cfg_.micro_batch_size;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t f = 0; f < num_frames; f += mb) {
       const int64_t n = std::min<int64_t>(mb, num_frames - f);
@@ -341,6 +348,7 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
       Tensor out = spatial_decode(in);  // [n, 3, 1, 8h, 8w]
       Tensor dst = video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
       be_.copy(out.view({n, 3, 8 * h, 8 * w}), dst);
+      progress();
     }
   Tensor host = be_.download(video);
   if (rec) rec("video", host);

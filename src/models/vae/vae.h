@@ -1,6 +1,7 @@
 // Open-Sora VAE v1.2 (VideoAutoencoderPipeline): the SDXL-style 2D VAE per frame and the causal
 // temporal VAE per 17-frame chunk, written against the op interface. Spec: architecture.md §9.
 #pragma once
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,6 +32,10 @@ class OpenSoraVae {
 
   const VaeConfig& config() const { return cfg_; }
 
+  // Called by decode after each temporal chunk and each 2D micro-batch with (done, total) units;
+  // it may throw (e.g. Interrupted) to stop the decode there. Empty: no calls.
+  void set_progress(std::function<void(int done, int total)> fn) { progress_ = std::move(fn); }
+
  private:
   struct Conv {
     Tensor w, b;  // w as [Co, Ci, kt, kh, kw]
@@ -60,6 +65,7 @@ class OpenSoraVae {
   Tensor run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3);
   Tensor run_mid(const Mid& m, const Tensor& x);
 
+  std::function<void(int, int)> progress_;
   Tensor temporal_decode(const Tensor& z, int num_frames);    // one chunk
   // One chunk -> posterior mean, or a sample drawn from Philox stream `stream` of `seed`.
   Tensor temporal_encode(const Tensor& x, std::optional<uint64_t> seed, uint32_t stream);

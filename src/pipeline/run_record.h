@@ -1,0 +1,55 @@
+// What reproduces an output file: the settings of the run that made it and, per video, the
+// prompt (as given and as encoded) and the Philox stream of its initial noise.
+//
+// Written as JSON under the key "stdit" into every output: an mp4 container tag, a PNG iTXt
+// chunk, the __metadata__ of a --save-latents file (there with every video of the run).
+// `stdit generate --from FILE` reads it back and runs the same job again.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace stdit {
+
+inline constexpr const char* kProgramVersion = "stdit 0.1.0";
+inline constexpr const char* kRecordKey = "stdit";
+
+struct VideoRecord {
+  std::string prompt;          // as the user gave it
+  std::string prompt_encoded;  // after score suffixes and caption cleaning: what T5 read
+  uint32_t noise_index = 0;    // Philox stream of the initial noise (the seed is the run's)
+};
+
+struct RunRecord {
+  std::string program = kProgramVersion;
+  std::string engine, engine_id;   // directory as given; engine_identity() of its contents
+  std::string backend, precision;  // "cpu" / "cuda"; "f32" / "bf16"
+  int width = 0, height = 0;       // the model's size condition in pixels (as asked)
+  int output_width = 0, output_height = 0;  // the file's size: multiples of 8 at most as large
+  int num_frames = 0;
+  double fps = 0, model_fps = 0;  // the file's rate; the model's fps condition (120 for images)
+  int steps = 0;
+  double cfg_scale = 0;
+  uint64_t seed = 0;
+  std::optional<double> aes, flow;
+  std::optional<std::string> camera_motion;
+  int batch_size = 1;  // videos per model call: results of other batch sizes differ by rounding
+  std::vector<VideoRecord> videos;
+
+  nlohmann::json to_json() const;
+  // `where` names the file in errors.
+  static RunRecord from_json(const nlohmann::json& j, const std::string& where);
+  // This record with only video `i` (what one output file carries).
+  RunRecord only_video(size_t i) const;
+  // Human-readable tags written beside the JSON (mp4 / PNG): prompt, seed, steps, ...
+  std::map<std::string, std::string> tags() const;
+};
+
+// Reads the record of an mp4 / PNG written by `stdit generate`, or of a --save-latents file.
+// Error when the file has none (e.g. not made by stdit, or by a version before records).
+RunRecord read_run_record(const std::string& path);
+
+}  // namespace stdit
