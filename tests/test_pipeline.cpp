@@ -256,8 +256,8 @@ TEST(Pipeline, CfgParallelEqualsSingleBatch) {
   auto dit0 = STDiT3::load(d + "dit", be0), dit1 = STDiT3::load(d + "dit", be1);
   const Tensor single = rflow_sample(*dit0, y_cond, mask, noise, 24, 40, 17, 24, 3, 7.0);
   SingleDenoiser d0(*dit0), d1(*dit1);
-  const Tensor split = rflow_sample_cfg_parallel({&be0, &be1}, {&d0, &d1}, y_cond, mask, noise,
-                                                 24, 40, 17, 24, 3, 7.0);
+  CfgParallelDenoiser both({&be0, &be1}, {&d0, &d1});
+  const Tensor split = rflow_sample(both, y_cond, mask, noise, 24, 40, 17, 24, 3, 7.0);
   EXPECT_LE(rel_error(split, single), 1e-6);
   EXPECT_LE(rel_error(split, want->get("latents")), 1e-4);
 }

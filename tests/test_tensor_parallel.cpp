@@ -233,8 +233,8 @@ TEST(TensorParallel, SamplerAndCfgParallelCompose) {
   EXPECT_LE(rel_error(tp, in.latents), 1e-4);
 
   auto tp1 = TensorParallelDenoiser::load(d + "dit", g1.ptrs);
-  const Tensor both = rflow_sample_cfg_parallel({g0.ptrs[0], g1.ptrs[0]}, {tp0.get(), tp1.get()}, y_cond,
-                                                mask, noise, 24, 40, 17, 24, 3, 7.0);
+  CfgParallelDenoiser cfg_tp({g0.ptrs[0], g1.ptrs[0]}, {tp0.get(), tp1.get()});
+  const Tensor both = rflow_sample(cfg_tp, y_cond, mask, noise, 24, 40, 17, 24, 3, 7.0);
   EXPECT_LE(rel_error(both, single), 1e-6);
 }
 

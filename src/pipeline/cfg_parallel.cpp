@@ -7,7 +7,6 @@
 #include "core/error.h"
 #include "models/stdit3/stdit3.h"
 #include "pipeline/denoiser.h"
-#include "pipeline/rflow.h"
 
 namespace stdit {
 
@@ -29,53 +28,41 @@ void run_on_devices(const std::vector<Backend*>& backends, const std::function<v
     if (e) std::rethrow_exception(e);
 }
 
-Tensor rflow_sample_cfg_parallel(const std::vector<Backend*>& backends, const std::vector<Denoiser*>& dits,
-                                 const Tensor& y_cond, const Tensor& mask, const Tensor& noise, int height,
-                                 int width, int num_frames, double fps, int steps, double cfg_scale,
-                                 const std::function<void(int, const Tensor&)>& on_step) {
-  STDIT_CHECK(backends.size() == 2 && dits.size() == 2, "CFG-parallel needs exactly two devices");
-  const int64_t B = noise.size(0), L = y_cond.size(2), C = y_cond.size(3);
-  const Tensor& null = dits[1]->null_caption();
-  STDIT_CHECK(null.size(0) == L && null.size(1) == C, "text embeddings do not fit the denoiser");
-  Tensor y_null = Tensor::empty({B, 1, L, C}, DType::F32);
-  for (int64_t b = 0; b < B; ++b) std::memcpy(y_null.data<float>() + b * L * C, null.data<float>(), L * C * 4);
-  const std::vector<float> ts = rflow_timesteps(steps, height, width, num_frames, dits[0]->model_dtype());
-  Tensor z = noise.to(DType::F32).clone();
-  if (dits[0]->model_dtype() != DType::F32) z = z.to(dits[0]->model_dtype()).to(DType::F32);
-  STDiT3Inputs half[2];
+CfgParallelDenoiser::CfgParallelDenoiser(std::vector<Backend*> backends, std::vector<Denoiser*> halves)
+    : backends_(std::move(backends)), halves_(std::move(halves)) {
+  STDIT_CHECK(backends_.size() == 2 && halves_.size() == 2, "CFG-parallel needs exactly two devices");
+}
+
+Tensor CfgParallelDenoiser::forward(const STDiT3Inputs& in) {
+  const int64_t B = in.x.size(0);
+  STDIT_CHECK(B % 2 == 0, "CFG-parallel: the batch (", B, ") must be a CFG batch of two halves");
+  const int64_t H = B / 2;
+  // Per-sample inputs are split by rows; the mask is per half already ([B/2, L]) or per row; fps
+  // may be per half ([B/2]) or per row.
+  auto half_of = [&](const Tensor& t, int k, bool per_half_ok) {
+    if (!t.defined() || t.dim() == 0) return t;
+    if (t.size(0) == B) return t.slice(0, k * H, (k + 1) * H).contiguous();
+    STDIT_CHECK(per_half_ok || t.size(0) == 1, "CFG-parallel: an input of ", t.size(0), " rows for a batch of ", B);
+    return t;
+  };
+  STDiT3Inputs part[2];
   for (int k = 0; k < 2; ++k) {
-    half[k].y = k == 0 ? y_cond.to(DType::F32) : y_null;
-    half[k].mask = mask;
-    half[k].fps = Tensor::from_f32({1}, {static_cast<float>(num_frames == 1 ? 120.0 : fps)});
-    half[k].height = Tensor::from_f32({1}, {static_cast<float>(height)});
-    half[k].width = Tensor::from_f32({1}, {static_cast<float>(width)});
+    part[k] = in;
+    part[k].x = half_of(in.x, k, false);
+    part[k].timestep = half_of(in.timestep, k, false);
+    part[k].y = half_of(in.y, k, false);
+    part[k].mask = half_of(in.mask, k, true);
+    part[k].x_mask = half_of(in.x_mask, k, false);
+    part[k].fps = half_of(in.fps, k, true);
   }
-  const int64_t per = z.numel() / B, plane = per / 4;
-  for (int i = 0; i < steps; ++i) {
-    if (ts[i] > 1000.0f) {  // Open-Sora's frame mask freezes such a step (see rflow_sample)
-      if (on_step) on_step(i, z);
-      continue;
-    }
-    Tensor out[2];
-    run_on_devices(backends, [&](int k) {
-      STDiT3Inputs in = half[k];
-      in.x = z;
-      in.timestep = Tensor::from_f32({B}, std::vector<float>(B, ts[i]));
-      out[k] = dits[k]->forward(in);  // [B, 8, T, h, w]; velocity = channels 0..3
-    });
-    const int64_t oc = out[0].size(1);
-    const float dt = (i + 1 < steps ? ts[i] - ts[i + 1] : ts[i]) / 1000.0f;
-    const float g = static_cast<float>(cfg_scale);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t k = 0; k < per; ++k) {
-        const int64_t c = k / plane, r = k % plane;
-        const float vc = out[0].data<float>()[(b * oc + c) * plane + r];
-        const float vu = out[1].data<float>()[(b * oc + c) * plane + r];
-        z.data<float>()[b * per + k] += (vu + g * (vc - vu)) * dt;
-      }
-    if (on_step) on_step(i, z);
-  }
-  return z;
+  Tensor out[2];
+  run_on_devices(backends_, [&](int k) { out[k] = halves_[k]->forward(part[k]); });
+  Shape shape = out[0].shape();
+  shape[0] = B;
+  Tensor both = Tensor::empty(shape, DType::F32);
+  std::memcpy(both.data<float>(), out[0].data<float>(), out[0].nbytes());
+  std::memcpy(both.data<float>() + out[0].numel(), out[1].data<float>(), out[1].nbytes());
+  return both;
 }
 
 }  // namespace stdit

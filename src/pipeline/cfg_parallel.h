@@ -1,6 +1,7 @@
 // Classifier-free guidance split over two devices: the conditional half of the CFG batch runs on
-// one backend, the unconditional half on another, one thread each; per step only the predicted
-// velocities meet (on the host). Same schedule and update as rflow_sample.
+// one device (group), the unconditional half on another, one thread each. It is a Denoiser like
+// the others, so the one sampling loop (rflow_sample) drives it; per step only the predicted
+// velocities meet (on the host).
 #pragma once
 #include <functional>
 #include <memory>
@@ -9,20 +10,28 @@
 
 #include "backend/backend.h"
 #include "core/tensor.h"
+#include "pipeline/denoiser.h"
 
 namespace stdit {
-
-class Denoiser;
 
 // Runs fn(k) for k in [0, n) on n threads, each bound to backends[k]; rethrows the first error.
 void run_on_devices(const std::vector<Backend*>& backends, const std::function<void(int)>& fn);
 
-// `dits[0]` (on backends[0]) computes the conditional half, `dits[1]` the unconditional one. A
-// denoiser may itself be tensor parallel (its first device's backend is given here): CFG x TP.
-Tensor rflow_sample_cfg_parallel(const std::vector<Backend*>& backends,
-                                 const std::vector<Denoiser*>& dits, const Tensor& y_cond,
-                                 const Tensor& mask, const Tensor& noise, int height, int width,
-                                 int num_frames, double fps, int steps, double cfg_scale,
-                                 const std::function<void(int, const Tensor&)>& on_step = {});
+// halves[0] (first device: backends[0]) computes rows [0, B/2) of every CFG batch (the
+// conditional half), halves[1] (backends[1]) rows [B/2, B). Each half may itself be tensor
+// parallel (its first device's backend is given here): CFG x TP. Not owned.
+class CfgParallelDenoiser final : public Denoiser {
+ public:
+  CfgParallelDenoiser(std::vector<Backend*> backends, std::vector<Denoiser*> halves);
+  Tensor forward(const STDiT3Inputs& in) override;
+  const Tensor& null_caption() const override { return halves_[1]->null_caption(); }
+  DType model_dtype() const override { return halves_[0]->model_dtype(); }
+  const STDiT3Config& config() const override { return halves_[0]->config(); }
+  const STDiT3& first() const override { return halves_[0]->first(); }
+
+ private:
+  std::vector<Backend*> backends_;
+  std::vector<Denoiser*> halves_;
+};
 
 }  // namespace stdit

@@ -563,6 +563,12 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
           halves[g] = std::make_unique<SingleDenoiser>(*singles[g]);
         }
       }
+      // CFG-parallel is one more denoiser: the same sampling loop drives every split.
+      std::unique_ptr<Denoiser> cfg_split;
+      if (par.cfg_parallel)
+        cfg_split = std::make_unique<CfgParallelDenoiser>(std::vector<Backend*>{devs[0], devs[par.tp]},
+                                                          std::vector<Denoiser*>{halves[0].get(), halves[1].get()});
+      Denoiser* denoiser = cfg_split ? cfg_split.get() : halves[0].get();
       backend->bind_to_this_thread();
       if (par.gpus > 1)
         log_info("denoiser on ", par.gpus, " GPUs: ", par.cfg_parallel ? "CFG-parallel x " : "", "tensor parallel ",
@@ -608,15 +614,13 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
           bar.step(++done);
           check_interrupted();
         };
-        const Tensor z =
-            par.cfg_parallel
-                ? rflow_sample_cfg_parallel({devs[0], devs[par.tp]}, {halves[0].get(), halves[1].get()}, yc, m, noise,
-                                            H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick)
-                : rflow_sample(*halves[0], yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick);
+        const Tensor z = rflow_sample(*denoiser, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick);
         t_denoise += seconds_since(t0);
         if (latents.defined()) std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
         const bool last = start + B >= items;
         if (last) {  // stage residency: the denoiser leaves before the last decode
+          denoiser = nullptr;
+          cfg_split.reset();
           halves.clear();
           singles.clear();
           extra.clear();

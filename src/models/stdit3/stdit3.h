@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "core/recorder.h"
 #include "io/checkpoint.h"
 #include "models/stdit3/config.h"
 
@@ -29,9 +30,6 @@ struct STDiT3Inputs {
 // stdit3_tp_split; replicated tensors are shared views). Throws for a tp that does not divide the
 // heads.
 WeightMap shard_stdit3_weights(const STDiT3Config& cfg, const WeightMap& full, int rank, int tp);
-
-// Receives named intermediates (host F32 copies) during forward; used by tests and --record.
-using Recorder = std::function<void(const std::string& name, const Tensor& value)>;
 
 class STDiT3 {
  public:

@@ -8,7 +8,7 @@
 
 #include "backend/backend.h"
 #include "io/checkpoint.h"
-#include "models/stdit3/stdit3.h"  // Recorder
+#include "core/recorder.h"
 #include "models/vae/config.h"
 
 namespace stdit {
