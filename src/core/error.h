@@ -4,12 +4,9 @@
 #include <stdexcept>
 #include <string>
 
-namespace stdit {
+#include "stdit/error.h"  // Error (public: the API throws it)
 
-class Error : public std::runtime_error {
- public:
-  explicit Error(const std::string& msg) : std::runtime_error(msg) {}
-};
+namespace stdit {
 
 // cat("a", 1, "b") -> "a1b": builds messages without iostream noise at call sites.
 template <typename... Args>

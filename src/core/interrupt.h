@@ -9,13 +9,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "stdit/error.h"  // Cancelled
+
 namespace stdit {
 
-// Thrown at a step boundary after SIGINT / SIGTERM; front ends turn it into exit status 130.
-class Interrupted : public std::runtime_error {
- public:
-  Interrupted() : std::runtime_error("interrupted") {}
-};
+// Thrown at a step boundary after SIGINT / SIGTERM (or a cancelled api::CancelToken); front ends
+// turn it into exit status 130.
+using Interrupted = Cancelled;
 
 // Installs the handlers for SIGINT and SIGTERM (idempotent). Programs call it; libraries do not.
 void install_interrupt_handlers();

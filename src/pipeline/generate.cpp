@@ -57,39 +57,6 @@ std::string human_bytes(size_t b) {
   return buf;
 }
 
-// A progress bar on a terminal, plain lines otherwise.
-class Progress {
- public:
-  // total 0: unknown yet (set_total before the first step).
-  Progress(const std::string& label, int total) : label_(label), total_(total), tty_(isatty(2)), t0_(Clock::now()) {
-    if (log_level() >= LogLevel::Info && total_ > 0) draw(0);
-  }
-  void set_total(int total) { total_ = total; }
-  void step(int done) {
-    if (log_level() >= LogLevel::Info) draw(done);
-  }
-
- private:
-  void draw(int done) {
-    const double el = seconds_since(t0_);
-    const double per = done ? el / done : 0.0;
-    const double eta = per * (total_ - done);
-    if (tty_) {
-      const int width = 30, fill = total_ ? width * done / total_ : width;
-      std::fprintf(stderr, "\r%s [%s%s] %d/%d  %.2f s/it  ETA %.0f s   ", label_.c_str(),
-                   std::string(fill, '#').c_str(), std::string(width - fill, '.').c_str(), done, total_, per, eta);
-      if (done == total_) std::fprintf(stderr, "\n");
-    } else {
-      std::fprintf(stderr, "%s %d/%d  %.2f s/it  ETA %.0f s\n", label_.c_str(), done, total_, per, eta);
-    }
-    std::fflush(stderr);
-  }
-  std::string label_;
-  int total_;
-  bool tty_;
-  Clock::time_point t0_;
-};
-
 std::vector<std::string> read_prompt_file(const std::string& path) {
   std::ifstream in(path);
   STDIT_CHECK(in, path, ": cannot read the prompt file");
@@ -195,8 +162,6 @@ class OutputNames {
 
 // Everything a run needs, checked before any model is loaded.
 struct Plan {
-  Engine eng;
-  ParallelPlan par;
   RunRecord rec;                    // settings and videos (prompts, noise streams)
   std::vector<std::string> unique;  // the distinct encoded prompts, in first-use order
   std::vector<int> text_of;         // video -> index into `unique`
@@ -216,8 +181,7 @@ std::string ext_for(int frames) {
 #endif
 }
 
-Plan make_plan(const GenerateOptions& given) {
-  GenerateOptions opt = given;
+Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& identity) {
   Plan plan;
   RunRecord& rec = plan.rec;
   std::optional<RunRecord> from;
@@ -252,18 +216,9 @@ Plan make_plan(const GenerateOptions& given) {
   STDIT_CHECK(opt.crf >= 0 && opt.crf <= 51, "--crf must be in 0..51");
   STDIT_CHECK(!(opt.width > 0 || opt.height > 0) || (opt.width >= 8 && opt.height >= 8),
               "-W and -H must both be given, each at least 8 pixels");
-  plan.par = plan_parallel(opt.gpus, opt.tp, opt.cfg_parallel);
 
-  // ---- engine ----
-  std::string engine = opt.engine;
-  if (engine.empty() && from && !from->engine.empty() && fs::is_directory(from->engine)) engine = from->engine;
-  plan.eng = engine.empty() ? default_engine() : open_engine(engine);
-  const Engine& eng = plan.eng;
-  if (eng.embedded)
-    log_info("no engine given: using the embedded demo model (", eng.dir,
-             "); convert real Open-Sora checkpoints with `stdit convert` for real videos");
   rec.engine = eng.dir;
-  rec.engine_id = engine_identity(eng);
+  rec.engine_id = identity;
   if (base && base->engine_id != rec.engine_id)
     log_warn("engine ", eng.dir, " (", rec.engine_id, ") is not the engine that made ", from ? opt.from : opt.decode_only,
              " (", base->engine, ", ", base->engine_id, "): the result will differ");
@@ -318,7 +273,7 @@ Plan make_plan(const GenerateOptions& given) {
   rec.aes = opt.no_aes ? std::nullopt : opt.aes ? opt.aes : base ? base->aes : std::optional<double>(6.5);
   rec.flow = opt.flow ? opt.flow : base ? base->flow : std::nullopt;
   rec.camera_motion = opt.camera_motion ? opt.camera_motion : base ? base->camera_motion : std::nullopt;
-  rec.batch_size = from && given.batch_size == 1 ? from->batch_size : opt.batch_size;
+  rec.batch_size = from && opt.batch_size == 1 ? from->batch_size : opt.batch_size;
   plan.h = rec.height / 8;
   plan.w = rec.width / 8;
   const VaeConfig vcfg = load_vae_config(eng.vae + "/config.json");
@@ -345,7 +300,7 @@ Plan make_plan(const GenerateOptions& given) {
                   opt.decode_only, " (made with ", saved->num_frames, " frames)");
       rec = *saved;  // the outputs carry what made the latents
       rec.engine = eng.dir;
-      rec.engine_id = engine_identity(eng);
+      rec.engine_id = identity;
     } else {
       for (int64_t i = 0; i < z.size(0); ++i) rec.videos.push_back({"", "", static_cast<uint32_t>(i)});
     }
@@ -379,6 +334,8 @@ Plan make_plan(const GenerateOptions& given) {
 
   // ---- outputs: checked (and -o / --save-latents reserved) before any model is loaded ----
   plan.ext = ext_for(rec.num_frames);
+  STDIT_CHECK(opt.write_files || (opt.output.empty() && !opt.preview),
+              "-o and --preview write files; this request writes none (write_files is false)");
   if (!opt.output.empty()) {
     STDIT_CHECK(items == 1, "-o FILE names one output, but this run makes ", items, " videos");
     const std::string ext = fs::path(opt.output).extension().string();
@@ -393,16 +350,8 @@ Plan make_plan(const GenerateOptions& given) {
   if (!opt.save_latents.empty()) check_new_file(opt.save_latents, "--save-latents", /*may_create_dir=*/true);
   STDIT_CHECK(rec.batch_size >= 1, "--batch-size must be at least 1");
 
-  // ---- devices ----
-  // An engine converted with --tp K fixes the split: K ranks per CFG half unless --tp says otherwise.
-  if (opt.tp == 0 && eng.tp_size > 1 && opt.gpus % eng.tp_size == 0)
-    plan.par = plan_parallel(opt.gpus, eng.tp_size, opt.cfg_parallel || opt.gpus == 2 * eng.tp_size);
-  STDIT_CHECK(eng.tp_size == 1 || plan.par.tp == eng.tp_size, "engine ", eng.dir, " was converted with --tp ",
-              eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
-              " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size,
-              " --cfg-parallel), or convert again without --tp");
   // Every check passed: now the output directory may be made (never with -o) and names reserved.
-  if (opt.output.empty()) check_writable_dir(opt.out_dir);
+  if (opt.output.empty() && opt.write_files) check_writable_dir(opt.out_dir);
   if (!opt.output.empty()) plan.output = Reservation::reserve(opt.output, "-o");
   if (!opt.save_latents.empty()) {
     const fs::path dir = fs::path(opt.save_latents).parent_path();
@@ -415,69 +364,224 @@ Plan make_plan(const GenerateOptions& given) {
   return plan;
 }
 
+// The denoiser of a run on its devices: one STDiT3, a tensor-parallel group, or two of either
+// for CFG-parallel; `top` is what the sampling loop calls.
+struct DenoiserSet {
+  std::vector<std::unique_ptr<STDiT3>> singles;
+  std::vector<std::unique_ptr<Denoiser>> halves;
+  std::unique_ptr<Denoiser> cfg_split;
+  Denoiser* top = nullptr;
+};
+
 }  // namespace
 
-std::vector<std::string> generate(const GenerateOptions& opt) {
-  const auto t_start = Clock::now();
-  Plan plan = make_plan(opt);
-  RunRecord& rec = plan.rec;
-  const Engine& eng = plan.eng;
-  const ParallelPlan& par = plan.par;
-  const int items = static_cast<int>(rec.videos.size());
-  const int F = rec.num_frames, H = rec.height, W = rec.width;
-  const int64_t T = plan.T, h = plan.h, w = plan.w;
+namespace api {
 
-  auto backend = make_backend(opt.backend);
+struct Engine::Impl {
+  stdit::Engine eng;
+  std::string identity;
+  ParallelPlan par;
+  bool resident = false;
+  std::unique_ptr<Backend> backend;             // cuda:0 (or the CPU): T5, the VAE, the first rank
+  std::vector<std::unique_ptr<Backend>> extra;  // cuda:1 .. gpus-1
+  std::vector<Backend*> devs;
+  std::string precision;
+  // Models kept between requests when resident (else made and freed inside each request).
+  std::unique_ptr<T5Tokenizer> tokenizer;
+  std::unique_ptr<T5Encoder> t5;
+  std::unique_ptr<DenoiserSet> dit;
+  std::unique_ptr<OpenSoraVae> vae;
+
+  std::unique_ptr<DenoiserSet> load_denoiser() {
+    auto d = std::make_unique<DenoiserSet>();
+    const int groups = par.cfg_parallel ? 2 : 1;
+    d->singles.resize(groups);
+    d->halves.resize(groups);
+    for (int g = 0; g < groups; ++g) {
+      std::vector<Backend*> grp(devs.begin() + g * par.tp, devs.begin() + (g + 1) * par.tp);
+      if (par.tp > 1) {
+        d->halves[g] = TensorParallelDenoiser::load(eng.dit, grp, "engine dit");
+      } else {
+        run_on_devices({grp[0]}, [&](int) { d->singles[g] = STDiT3::load(eng.dit, *grp[0], "engine dit"); });
+        d->halves[g] = std::make_unique<SingleDenoiser>(*d->singles[g]);
+      }
+    }
+    // CFG-parallel is one more denoiser: the same sampling loop drives every split.
+    if (par.cfg_parallel)
+      d->cfg_split = std::make_unique<CfgParallelDenoiser>(std::vector<Backend*>{devs[0], devs[par.tp]},
+                                                           std::vector<Denoiser*>{d->halves[0].get(), d->halves[1].get()});
+    d->top = d->cfg_split ? d->cfg_split.get() : d->halves[0].get();
+    backend->bind_to_this_thread();
+    if (par.gpus > 1)
+      log_info("denoiser on ", par.gpus, " GPUs: ", par.cfg_parallel ? "CFG-parallel x " : "", "tensor parallel ",
+               par.tp);
+    return d;
+  }
+
+  Result run(const Request& opt, const EventFn& on_event, const CancelToken& cancel);
+};
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+const std::string& Engine::dir() const { return impl_->eng.dir; }
+const std::string& Engine::identity() const { return impl_->identity; }
+const std::string& Engine::backend() const {
+  static const std::string cpu = "cpu", cuda = "cuda";
+  return impl_->backend->name() == "cpu" ? cpu : cuda;
+}
+bool Engine::embedded() const { return impl_->eng.embedded; }
+
+std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
+  auto impl = std::make_unique<Impl>();
+  impl->par = plan_parallel(o.gpus, o.tp, o.cfg_parallel);
+  impl->eng = o.dir.empty() ? default_engine() : open_engine(o.dir);
+  const stdit::Engine& eng = impl->eng;
+  if (eng.embedded)
+    log_info("no engine given: using the embedded demo model (", eng.dir,
+             "); convert real Open-Sora checkpoints with `stdit convert` for real videos");
+  impl->identity = engine_identity(eng);
+  // An engine converted with --tp K fixes the split: K ranks per CFG half unless --tp says otherwise.
+  if (o.tp == 0 && eng.tp_size > 1 && o.gpus % eng.tp_size == 0)
+    impl->par = plan_parallel(o.gpus, eng.tp_size, o.cfg_parallel || o.gpus == 2 * eng.tp_size);
+  const ParallelPlan& par = impl->par;
+  STDIT_CHECK(eng.tp_size == 1 || par.tp == eng.tp_size, "engine ", eng.dir, " was converted with --tp ",
+              eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
+              " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size,
+              " --cfg-parallel), or convert again without --tp");
+  impl->backend = make_backend(o.backend);
   if (par.gpus > 1) {
-    STDIT_CHECK(backend->name() == "cuda", "--gpus ", par.gpus, " needs the CUDA backend (this run uses ",
-                backend->name(), ")");
+    STDIT_CHECK(impl->backend->name() == "cuda", "--gpus ", par.gpus, " needs the CUDA backend (this run uses ",
+                impl->backend->name(), ")");
     check_tp_split(par.tp, load_stdit3_config(eng.dit + "/config.json").num_heads, par.gpus,
                    cuda_devices_visible());
   }
+  impl->devs = {impl->backend.get()};
+  for (int g = 1; g < par.gpus; ++g) {
+    impl->extra.push_back(make_backend(cat("cuda:", g)));
+    impl->devs.push_back(impl->extra.back().get());
+  }
+  impl->backend->bind_to_this_thread();
+  impl->precision = impl->backend->name() == "cpu" ? "f32" : "bf16";
+  impl->resident = o.resident;
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Result Engine::generate(const Request& request, const EventFn& on_event, const CancelToken& cancel) {
+  return impl_->run(request, on_event, cancel);
+}
+
+void install_signal_handlers() { install_interrupt_handlers(); }
+
+void set_verbosity(Verbosity v) {
+  set_log_level(v == Verbosity::Quiet ? LogLevel::Quiet : v == Verbosity::Verbose ? LogLevel::Debug : LogLevel::Info);
+}
+
+Verbosity verbosity() {
+  const LogLevel l = log_level();
+  return l <= LogLevel::Warn ? Verbosity::Quiet : l >= LogLevel::Debug ? Verbosity::Verbose : Verbosity::Normal;
+}
+
+std::string recorded_engine(const std::string& file) {
+  const RunRecord r = read_run_record(file);
+  std::error_code ec;
+  return !r.engine.empty() && fs::is_directory(r.engine, ec) ? r.engine : std::string();
+}
+
+void convert(const ConvertRequest& r) {
+  const std::string& d = r.dtype;
+  STDIT_CHECK(d == "bf16" || d == "f16" || d == "f32" || d == "fp32" || d == "float32" || d == "bfloat16",
+              "--dtype must be bf16, f16 or f32, got '", d, "'");
+  ConvertOptions c;
+  c.dit = r.dit;
+  c.vae = r.vae;
+  c.t5 = r.t5;
+  c.out = r.out;
+  c.force = r.force;
+  c.tp = r.tp;
+  c.dtype = (d == "f16") ? DType::F16 : (d == "bf16" || d == "bfloat16") ? DType::BF16 : DType::F32;
+  convert_engine(c);
+}
+
+Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const CancelToken& cancel) {
+  const auto t_start = Clock::now();
+  auto check_cancel = [&] {
+    if (cancel.cancelled() || interrupt_requested()) throw Interrupted();
+  };
+  auto emit = [&](Event e) {
+    if (on_event) on_event(e);
+  };
+  Plan plan = make_plan(opt, eng, identity);
+  RunRecord& rec = plan.rec;
+  const int items = static_cast<int>(rec.videos.size());
+  const int F = rec.num_frames, H = rec.height, W = rec.width;
+  const int64_t T = plan.T, h = plan.h, w = plan.w;
   rec.backend = backend->name();
-  rec.precision = backend->name() == "cpu" ? "f32" : "bf16";
+  rec.precision = precision;
+  Result result;
   {
     const bool rounded = rec.output_width != W || rec.output_height != H;
-    log_info("stdit generate: ", items, " ", F == 1 ? "image" : "video", items == 1 ? "" : "s", ", ",
-             rec.output_width, "x", rec.output_height, " px",
-             rounded ? cat(" (size condition ", W, "x", H, "; the VAE makes multiples of 8)") : std::string(), ", ",
-             F == 1 ? std::string("1 frame (the model's fps condition is 120)")
-                    : cat(F, " frames at ", rec.fps, " fps"),
-             ", ", rec.steps, " steps, cfg ", rec.cfg_scale, ", seed ", rec.seed, ", engine ", eng.dir, " (",
-             eng.dtype, "), backend ", backend->name(), " (", rec.precision, ")");
+    result.settings =
+        cat(items, " ", F == 1 ? "image" : "video", items == 1 ? "" : "s", ", ", rec.output_width, "x", rec.output_height,
+            " px", rounded ? cat(" (size condition ", W, "x", H, "; the VAE makes multiples of 8)") : std::string(), ", ",
+            F == 1 ? std::string("1 frame (the model's fps condition is 120)") : cat(F, " frames at ", rec.fps, " fps"),
+            ", ", rec.steps, " steps, cfg ", rec.cfg_scale, ", seed ", rec.seed, ", engine ", eng.dir, " (", eng.dtype,
+            "), backend ", backend->name(), " (", rec.precision, ")");
+    log_info("stdit generate: ", result.settings);
   }
 
-  OutputNames names(opt.out_dir, opt.sample_name, plan.ext, plan.decode_only ? 1 : opt.num_samples, opt.preview);
+  OutputNames names(opt.out_dir, opt.sample_name, plan.ext, plan.decode_only ? 1 : opt.num_samples,
+                    opt.preview && opt.write_files);
   std::vector<std::string> written;
   double t_text = 0, t_denoise = 0, t_decode = 0, t_write = 0;
-  std::unique_ptr<OpenSoraVae> vae;
+  std::unique_ptr<OpenSoraVae> local_vae;
 
   // Decodes video `item` (latents z [1, 4, T, h, w]) and writes its file(s) under reserved names.
   auto decode_and_write = [&](int item, const Tensor& z) {
     OutputNames::Files files;
-    if (plan.output) {
-      files.video = std::move(plan.output);
-      if (opt.preview)
-        files.preview = Reservation::reserve(fs::path(opt.output).replace_extension(".grid.png").string(), "--preview");
-    } else {
-      files = names.take(plan.decode_only ? 0 : item % opt.num_samples);
+    if (opt.write_files) {
+      if (plan.output) {
+        files.video = std::move(plan.output);
+        if (opt.preview)
+          files.preview =
+              Reservation::reserve(fs::path(opt.output).replace_extension(".grid.png").string(), "--preview");
+      } else {
+        files = names.take(plan.decode_only ? 0 : item % opt.num_samples);
+      }
     }
     backend->bind_to_this_thread();  // a second GPU's backend may have been made current
     auto t0 = Clock::now();
-    if (!vae) vae = OpenSoraVae::load(eng.vae, *backend, "engine vae");
-    {
-      Progress bar(items > 1 ? cat("decode ", item + 1, "/", items) : std::string("decode"), 0);
-      vae->set_progress([&](int done, int total) {
-        bar.set_total(total);
-        bar.step(done);
-        check_interrupted();
-      });
-      const Tensor video = vae->decode(z, F);  // [1, 3, F, 8h, 8w]
-      vae->set_progress({});
-      t_decode += seconds_since(t0);
-      t0 = Clock::now();
-      const Frames frames = frames_from_video_tensor(video.select(0, 0), rec.fps);
-      const RunRecord one = rec.only_video(item);
+    std::unique_ptr<OpenSoraVae>& vae_slot = resident ? vae : local_vae;
+    if (!vae_slot) vae_slot = OpenSoraVae::load(eng.vae, *backend, "engine vae");
+    OpenSoraVae& v = *vae_slot;
+    v.set_progress([&](int done, int total) {
+      emit({"decode", done, total, item, items, "", ""});
+      check_cancel();
+    });
+    Tensor video;
+    try {
+      video = v.decode(z, F);  // [1, 3, F, 8h, 8w]
+    } catch (...) {
+      v.set_progress({});
+      throw;
+    }
+    v.set_progress({});
+    t_decode += seconds_since(t0);
+    t0 = Clock::now();
+    const Frames frames = frames_from_video_tensor(video.select(0, 0), rec.fps);
+    const RunRecord one = rec.only_video(item);
+    Video out;
+    out.prompt = one.videos[0].prompt;
+    out.record = one.to_json().dump();
+    out.width = frames.width;
+    out.height = frames.height;
+    out.frames = frames.count;
+    out.fps = rec.fps;
+    if (!opt.write_files || opt.keep_frames) out.rgb = frames.rgb;
+    if (opt.return_latents) {
+      out.latent_shape = {z.size(1), z.size(2), z.size(3), z.size(4)};
+      out.latents.assign(z.data<float>(), z.data<float>() + z.numel());
+    }
+    if (opt.write_files) {
       const std::string& path = files.video->path();
 #ifdef STDIT_HAVE_MEDIA
       if (F == 1) {
@@ -498,24 +602,24 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
 #endif
       files.video->keep();
       written.push_back(path);
-      std::printf("Saved to %s\n", path.c_str());
-      std::fflush(stdout);
+      out.path = path;
 #ifdef STDIT_HAVE_MEDIA
       if (files.preview) {
         write_frame_grid_png(files.preview->path(), frames);
         files.preview->keep();
-        std::printf("Preview: %s\n", files.preview->path().c_str());
-        std::fflush(stdout);
+        out.preview_path = files.preview->path();
       }
 #endif
-      t_write += seconds_since(t0);
     }
+    t_write += seconds_since(t0);
+    result.videos.push_back(std::move(out));
+    emit({"saved", item + 1, items, item, items, result.videos.back().path, result.videos.back().preview_path});
   };
 
   try {
     if (plan.decode_only) {
       for (int item = 0; item < items; ++item) {
-        check_interrupted();
+        check_cancel();
         decode_and_write(item, plan.latents.slice(0, item, item + 1).contiguous());
       }
     } else {
@@ -525,59 +629,37 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
       const int L = 300;
       Tensor y, mask = Tensor::zeros({P, L}, DType::I64);
       {
-        const T5Tokenizer tok(eng.spiece);
-        auto t5 = T5Encoder::load(eng.t5, *backend, "engine t5");
-        check_interrupted();
+        std::unique_ptr<T5Tokenizer> local_tok;
+        std::unique_ptr<T5Encoder> local_t5;
+        std::unique_ptr<T5Tokenizer>& tok = resident ? tokenizer : local_tok;
+        std::unique_ptr<T5Encoder>& enc = resident ? t5 : local_t5;
+        if (!tok) tok = std::make_unique<T5Tokenizer>(eng.spiece);
+        if (!enc) enc = T5Encoder::load(eng.t5, *backend, "engine t5");
+        check_cancel();
         Tensor ids = Tensor::zeros({P, L}, DType::I64);
         for (int p = 0; p < P; ++p) {
           log_debug("prompt ", p, ": ", plan.unique[p]);
-          const Tokens t = tok.encode(plan.unique[p], L);
+          const Tokens t = tok->encode(plan.unique[p], L);
           for (int i = 0; i < L; ++i) {
             ids.data<int64_t>()[p * L + i] = t.ids[i];
             mask.data<int64_t>()[p * L + i] = t.mask[i];
           }
         }
-        y = t5->forward(ids, mask);  // [P, L, C]
+        y = enc->forward(ids, mask);  // [P, L, C]
+        emit({"text", P, P, 0, items, "", ""});
       }
       t_text = seconds_since(t0);
-      check_interrupted();
+      check_cancel();
 
       // ---------------- denoiser ----------------
-      // Devices: cuda:0 .. gpus-1; with CFG-parallel the conditional half on the first tp of them,
-      // the unconditional half on the rest; each half one STDiT3, or tensor parallel over tp.
-      std::vector<std::unique_ptr<Backend>> extra;
-      std::vector<Backend*> devs{backend.get()};
-      for (int g = 1; g < par.gpus; ++g) {
-        extra.push_back(make_backend(cat("cuda:", g)));
-        devs.push_back(extra.back().get());
-      }
-      const int groups = par.cfg_parallel ? 2 : 1;
-      std::vector<std::unique_ptr<STDiT3>> singles(groups);
-      std::vector<std::unique_ptr<Denoiser>> halves(groups);
-      for (int g = 0; g < groups; ++g) {
-        std::vector<Backend*> grp(devs.begin() + g * par.tp, devs.begin() + (g + 1) * par.tp);
-        if (par.tp > 1) {
-          halves[g] = TensorParallelDenoiser::load(eng.dit, grp, "engine dit");
-        } else {
-          run_on_devices({grp[0]}, [&](int) { singles[g] = STDiT3::load(eng.dit, *grp[0], "engine dit"); });
-          halves[g] = std::make_unique<SingleDenoiser>(*singles[g]);
-        }
-      }
-      // CFG-parallel is one more denoiser: the same sampling loop drives every split.
-      std::unique_ptr<Denoiser> cfg_split;
-      if (par.cfg_parallel)
-        cfg_split = std::make_unique<CfgParallelDenoiser>(std::vector<Backend*>{devs[0], devs[par.tp]},
-                                                          std::vector<Denoiser*>{halves[0].get(), halves[1].get()});
-      Denoiser* denoiser = cfg_split ? cfg_split.get() : halves[0].get();
-      backend->bind_to_this_thread();
-      if (par.gpus > 1)
-        log_info("denoiser on ", par.gpus, " GPUs: ", par.cfg_parallel ? "CFG-parallel x " : "", "tensor parallel ",
-                 par.tp);
+      std::unique_ptr<DenoiserSet> local_dit;
+      std::unique_ptr<DenoiserSet>& dits = resident ? dit : local_dit;
+      if (!dits) dits = load_denoiser();
       const int batch = rec.batch_size;
       {
         // The memory plan, per GPU (-v): what each stage holds; the sampling loop reuses the same
         // sizes every step (the stream-ordered pool keeps them, nothing new is reserved after step 0).
-        const STDiT3& m0 = halves[0]->first();
+        const STDiT3& m0 = dits->top->first();
         const STDiT3Config& dc = m0.config();
         const int64_t Bm = (par.cfg_parallel ? 1 : 2) * std::min(batch, items);
         const int64_t Tp = (T + dc.patch_size[0] - 1) / dc.patch_size[0];
@@ -585,19 +667,22 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
             ((h + dc.patch_size[1] - 1) / dc.patch_size[1]) * ((w + dc.patch_size[2] - 1) / dc.patch_size[2]);
         log_debug("memory plan per device: denoiser weights ", human_bytes(m0.weight_bytes()), "; one model call (batch ",
                   Bm, ", ", Tp, " x ", Sp, " tokens) holds at most ", human_bytes(m0.activation_bytes(Bm, Tp, Sp, Bm * L)),
-                  " of activations; the T5 encoder was freed before the denoiser loaded; each video is decoded "
-                  "as soon as it is denoised (the VAE ", F > 17 ? "in 17-frame chunks" : "in one chunk",
-                  "), the denoiser is freed before the last batch is decoded");
+                  " of activations; ",
+                  resident ? std::string("every model stays loaded (resident engine)")
+                           : std::string("the T5 encoder was freed before the denoiser loaded; the denoiser is freed "
+                                         "before the last batch is decoded"),
+                  "; each video is decoded as soon as it is denoised (the VAE ",
+                  F > 17 ? "in 17-frame chunks)" : "in one chunk)");
       }
       const int64_t C = y.size(2);
       Tensor latents;  // all videos, for --save-latents
       if (plan.latents_file) latents = Tensor::empty({items, 4, T, h, w}, DType::F32);
       const int64_t per = 4 * T * h * w;
       const int batches = (items + batch - 1) / batch;
-      Progress bar("denoise", rec.steps * batches);
+      const int total_steps = rec.steps * batches;
       int done = 0;
       for (int start = 0; start < items; start += batch) {
-        check_interrupted();
+        check_cancel();
         t0 = Clock::now();
         const int B = std::min(batch, items - start);
         Tensor yc = Tensor::empty({B, 1, L, C}, DType::F32), m = Tensor::empty({B, L}, DType::I64);
@@ -611,19 +696,15 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
           std::memcpy(noise.data<float>() + b * per, n.data<float>(), per * 4);
         }
         auto tick = [&](int, const Tensor&) {
-          bar.step(++done);
-          check_interrupted();
+          emit({"denoise", ++done, total_steps, start, items, "", ""});
+          check_cancel();
         };
-        const Tensor z = rflow_sample(*denoiser, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick);
+        const Tensor z = rflow_sample(*dits->top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick);
         t_denoise += seconds_since(t0);
         if (latents.defined()) std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
         const bool last = start + B >= items;
-        if (last) {  // stage residency: the denoiser leaves before the last decode
-          denoiser = nullptr;
-          cfg_split.reset();
-          halves.clear();
-          singles.clear();
-          extra.clear();
+        if (last) {
+          if (!resident) dits.reset();  // stage residency: the denoiser leaves before the last decode
           if (backend->peak_memory_bytes() > 0)
             log_debug("memory: ", backend->name(), " peak ", human_bytes(backend->peak_memory_bytes()),
                       " held by stdit's allocations so far (measured)");
@@ -635,29 +716,49 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
                                                        {kRecordKey, rec.to_json().dump()}};
             write_safetensors(plan.latents_file->path(), {{"latents", latents}}, meta);
             plan.latents_file->keep();
-            std::printf("Saved latents to %s\n", plan.latents_file->path().c_str());
-            std::fflush(stdout);
+            emit({"latents", items, items, 0, items, plan.latents_file->path(), ""});
           }
         }
         // ---------------- decode and write each video of the batch now ----------------
         for (int b = 0; b < B; ++b) decode_and_write(start + b, z.slice(0, b, b + 1).contiguous());
       }
     }
-  } catch (const Interrupted&) {
+  } catch (const Cancelled&) {
     names.release();
-    std::fprintf(stderr, "\ninterrupted: %zu of %d %s saved\n", written.size(), items, F == 1 ? "images" : "videos");
-    for (const auto& p : written) std::fprintf(stderr, "  %s\n", p.c_str());
-    std::fflush(stderr);
-    throw;
+    throw Cancelled(written, items);
   }
 
-  std::string device_mem;
-  if (const size_t d = backend->device_memory_peak_bytes())
-    device_mem = cat(human_bytes(d), " on ", backend->name(), " (read from the device), ");
+  result.text_s = t_text;
+  result.denoise_s = t_denoise;
+  result.decode_s = t_decode;
+  result.write_s = t_write;
+  result.total_s = seconds_since(t_start);
+  result.device_peak_bytes = backend->device_memory_peak_bytes();
+  result.host_peak_bytes = peak_host_memory_bytes();
+  const std::string device_mem =
+      result.device_peak_bytes ? cat(human_bytes(result.device_peak_bytes), " on ", backend->name(), " (read from the device), ")
+                               : std::string();
   log_info("time: text ", secs(t_text), ", denoise ", secs(t_denoise), ", decode ", secs(t_decode), ", write ",
-           secs(t_write), ", total ", secs(seconds_since(t_start)), "; peak memory ", device_mem,
-           human_bytes(peak_host_memory_bytes()), " host");
-  return written;
+           secs(t_write), ", total ", secs(result.total_s), "; peak memory ", device_mem,
+           human_bytes(result.host_peak_bytes), " host");
+  return result;
+}
+
+}  // namespace api
+
+std::vector<std::string> generate(const GenerateOptions& opt) {
+  api::EngineOptions eo;
+  eo.dir = opt.engine;
+  if (eo.dir.empty() && !opt.from.empty()) eo.dir = api::recorded_engine(opt.from);
+  eo.backend = opt.backend;
+  eo.gpus = opt.gpus;
+  eo.tp = opt.tp;
+  eo.cfg_parallel = opt.cfg_parallel;
+  auto engine = api::Engine::open(eo);
+  const api::Result r = engine->generate(opt);
+  std::vector<std::string> paths;
+  for (const auto& v : r.videos) paths.push_back(v.path);
+  return paths;
 }
 
 }  // namespace stdit

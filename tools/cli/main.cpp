@@ -7,9 +7,7 @@
 #include <string>
 
 #include "commands.h"
-#include "core/error.h"
-#include "core/interrupt.h"
-#include "core/log.h"
+#include "stdit/stdit.h"
 
 namespace {
 
@@ -69,11 +67,12 @@ int main(int argc, char** argv) {
     if (msg == "A subcommand is required") msg = "no command given (commands: " + command_list(app) + ")";
     return error_exit(msg + " (see stdit" + where + " --help)");
   }
-  stdit::set_log_level(quiet ? stdit::LogLevel::Quiet
-                             : verbose ? stdit::LogLevel::Debug : stdit::LogLevel::Info);
+  stdit::api::set_verbosity(quiet     ? stdit::api::Verbosity::Quiet
+                            : verbose ? stdit::api::Verbosity::Verbose
+                                      : stdit::api::Verbosity::Normal);
   try {
     action();
-  } catch (const stdit::Interrupted&) {
+  } catch (const stdit::Cancelled&) {
     return 130;  // the command has said what it kept
   } catch (const std::exception& e) {
     return error_exit(e.what());

@@ -26,7 +26,7 @@ set_target_properties(stdit_cuda_kernels PROPERTIES
   CXX_STANDARD_REQUIRED OFF)   # no C++ sources here; stops the CUDA20 fallback
 set_property(TARGET stdit_cuda_kernels PROPERTY CUDA_STANDARD)
 target_compile_options(stdit_cuda_kernels PRIVATE -std=c++20 -O3 -lineinfo)
-target_include_directories(stdit_cuda_kernels PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_include_directories(stdit_cuda_kernels PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include)
 target_link_libraries(stdit_cuda_kernels PRIVATE CUDA::cudart CUDA::cublasLt)
 target_sources(stdit_core PRIVATE $<TARGET_OBJECTS:stdit_cuda_kernels>)
 

@@ -1,0 +1,170 @@
+// stdit's public C++ API: open an engine once, make videos from requests, with progress events and
+// cancellation. The `stdit` program (tools/cli) is a front end of this API; the server and the
+// Python package are the next ones. Nothing here exposes the engine's internals.
+//
+//   auto engine = stdit::api::Engine::open({});            // the embedded demo model, auto backend
+//   stdit::api::Request r;
+//   r.prompts = {"a red ball moving to the right"};
+//   stdit::api::Result out = engine->generate(r);           // sample_outputs/sample_0000.mp4
+//
+// Errors are stdit::Error (one clear message); a cancelled run throws stdit::Cancelled.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stdit/error.h"
+
+namespace stdit::api {
+
+inline constexpr const char* kVersion = "stdit 0.1.0";
+
+// Stops a running generate() at its next step boundary (a denoising step, a VAE chunk). Copies
+// share one flag; cancel() may be called from any thread.
+class CancelToken {
+ public:
+  CancelToken() : flag_(std::make_shared<std::atomic<bool>>(false)) {}
+  void cancel() const { flag_->store(true); }
+  bool cancelled() const { return flag_->load(); }
+  void reset() const { flag_->store(false); }
+
+ private:
+  std::shared_ptr<std::atomic<bool>> flag_;
+};
+
+// Which devices run the engine and how the models stay in memory. Fixed when the engine opens.
+struct EngineOptions {
+  std::string dir;                // engine directory; empty: ./engine_outputs if present, else the demo model
+  std::string backend = "auto";   // auto (cuda when a usable GPU is present, else cpu), cuda, cuda:N, cpu
+  int gpus = 1;                   // devices cuda:0 .. gpus-1 for the denoiser
+  int tp = 0;                     // tensor-parallel ranks per CFG half; 0: from gpus
+  bool cfg_parallel = false;      // the CFG halves on separate GPUs (default for even gpus without tp)
+  // true: T5, the denoiser and the VAE stay loaded between requests (a server, a notebook).
+  // false: each request loads T5, frees it, loads the denoiser, frees it before the last decode
+  // (the least memory; what the command line does).
+  bool resident = false;
+};
+
+// One job: prompts (or a file to re-make, or latents to decode) and the settings. Unset settings
+// take the engine's defaults, else Open-Sora 1.2's (docs/CLI.md has the table).
+struct Request {
+  std::vector<std::string> prompts;
+  std::string prompt_file;                  // one prompt per line, after `prompts`
+  std::optional<std::string> resolution;    // 144p .. 720p (default 240p)
+  std::optional<std::string> aspect_ratio;  // H:W, 9:16 = landscape (default)
+  int width = 0, height = 0;                // pixels; both or neither, instead of resolution/aspect
+  std::optional<std::string> num_frames;    // 51, or 2s/4s/8s/16s/32s; 1 = an image
+  std::optional<double> fps;                // 24; the model's condition is 120 for images
+  std::optional<int> steps;                 // 30
+  std::optional<double> cfg_scale;          // 7.0
+  std::optional<int64_t> seed;              // 42; -1: random (recorded)
+  std::optional<uint32_t> noise_index;      // Philox stream of the first video (0)
+  std::optional<double> aes;                // aesthetic score suffix (6.5) unless no_aes
+  bool no_aes = false;
+  std::optional<double> flow;               // motion score suffix
+  std::optional<std::string> camera_motion; // none, pan right, ..., static
+  int num_samples = 1, batch_size = 1;
+  // Outputs: files named out_dir/sample_name_0000.mp4 ... (reserved atomically), or `output`.
+  std::string out_dir = "sample_outputs", sample_name = "sample", output;
+  std::string save_latents;  // also write the final latents (safetensors, with the run record)
+  std::string decode_only;   // decode a save_latents file instead of sampling
+  std::string from;          // make again what made this mp4 / PNG / latents file (its record)
+  int crf = 18;              // H.264 quality
+  bool preview = false;      // also NAME.grid.png, 16 frames in a grid
+  bool write_files = true;   // false: nothing written; the frames come back in Video::rgb
+  bool keep_frames = false;  // also return the frames in Video::rgb when writing files
+  bool return_latents = false;  // return each video's final latents in Video::latents
+};
+
+// What the engine reports while it works. `stage`: "text", "denoise", "decode", "saved".
+struct Event {
+  std::string stage;
+  int done = 0, total = 0;     // units of the stage: steps over all batches; VAE chunks of one video
+  int video = 0, videos = 0;   // which video (decode, saved) of how many
+  std::string path, preview;   // saved: the file and its preview grid, if any
+};
+using EventFn = std::function<void(const Event&)>;
+
+struct Video {
+  std::string path, preview_path;  // empty when write_files is false
+  std::string prompt;              // as given
+  std::string record;              // the run record of this video (JSON; see docs/CLI.md, "Metadata")
+  int width = 0, height = 0, frames = 0;
+  double fps = 0;
+  std::vector<uint8_t> rgb;        // write_files = false or keep_frames: [frames, height, width, 3]
+  std::vector<float> latents;      // return_latents: [4, T, h, w] row-major
+  std::vector<int64_t> latent_shape;
+};
+
+struct Result {
+  std::vector<Video> videos;
+  std::string settings;  // one line: size, frames, fps, steps, cfg, seed, engine, backend
+  double text_s = 0, denoise_s = 0, decode_s = 0, write_s = 0, total_s = 0;
+  size_t device_peak_bytes = 0;  // read from the device (0 on the CPU backend)
+  size_t host_peak_bytes = 0;    // peak resident memory of the process
+};
+
+class Engine {
+ public:
+  // Opens the engine directory and the devices (no model is loaded yet). Error on a bad
+  // directory, backend or split.
+  static std::unique_ptr<Engine> open(const EngineOptions& options = {});
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Runs one request. Every setting and output name is checked before any model is loaded; each
+  // video is decoded and written as soon as it is denoised. One request at a time per engine.
+  Result generate(const Request& request, const EventFn& on_event = {}, const CancelToken& cancel = {});
+
+  const std::string& dir() const;       // the engine directory in use
+  const std::string& identity() const;  // hash of its configs and weight-file headers
+  const std::string& backend() const;   // "cpu" or "cuda"
+  bool embedded() const;                // the demo model shipped with stdit
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The engine directory recorded in `file` (an mp4 / PNG / latents file made by generate) when it
+// still exists, else empty: where `Request::from` is best re-run.
+std::string recorded_engine(const std::string& file);
+
+// `stdit convert`: Hugging Face checkpoints (or an engine's components) into an engine directory.
+struct ConvertRequest {
+  std::string dit, vae, t5;       // OpenSora-STDiT-v3, OpenSora-VAE-v1.2, t5-v1_1-xxl directories
+  std::string out = "engine_outputs";
+  std::string dtype = "bf16";     // bf16, f16 or f32
+  bool force = false;             // replace an existing output directory
+  int tp = 1;                     // > 1: the denoiser as one shard file per tensor-parallel rank
+};
+void convert(const ConvertRequest& request);
+
+}  // namespace stdit::api
+
+namespace stdit::api {
+
+// For programs: SIGINT / SIGTERM cancel every running generate() at its next step boundary (it
+// then throws Cancelled); a second signal ends the process at once with status 130, removing the
+// temporary files and empty name reservations first.
+void install_signal_handlers();
+
+}  // namespace stdit::api
+
+namespace stdit::api {
+
+// How much the engine writes to stderr: errors only, the settings line and stage times (default),
+// or also its memory plan and per-prompt details.
+enum class Verbosity { Quiet, Normal, Verbose };
+void set_verbosity(Verbosity v);
+Verbosity verbosity();
+
+}  // namespace stdit::api
