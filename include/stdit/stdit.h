@@ -168,3 +168,13 @@ void set_verbosity(Verbosity v);
 Verbosity verbosity();
 
 }  // namespace stdit::api
+
+namespace stdit::api {
+
+// Writes RGB frames ([frames, height, width, 3] uint8, row-major) as the H.264 (yuv420p) mp4 that
+// generate writes, through a temporary name renamed into place; an existing `path` is refused.
+// `metadata`: container tags (e.g. a run record under "stdit").
+void write_video(const std::string& path, const uint8_t* rgb, int frames, int height, int width, double fps,
+                 int crf = 18, const std::vector<std::pair<std::string, std::string>>& metadata = {});
+
+}  // namespace stdit::api

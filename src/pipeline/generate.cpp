@@ -434,6 +434,9 @@ bool Engine::embedded() const { return impl_->eng.embedded; }
 std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
   auto impl = std::make_unique<Impl>();
   impl->par = plan_parallel(o.gpus, o.tp, o.cfg_parallel);
+  std::error_code ec;
+  if (!o.dir.empty() && !fs::exists(o.dir, ec))
+    throw NotFound(cat(o.dir, ": no engine directory here (make one with `stdit convert`)"));
   impl->eng = o.dir.empty() ? default_engine() : open_engine(o.dir);
   const stdit::Engine& eng = impl->eng;
   if (eng.embedded)
@@ -471,6 +474,26 @@ Result Engine::generate(const Request& request, const EventFn& on_event, const C
 }
 
 void install_signal_handlers() { install_interrupt_handlers(); }
+
+void write_video(const std::string& path, const uint8_t* rgb, int frames, int height, int width, double fps, int crf,
+                 const std::vector<std::pair<std::string, std::string>>& metadata) {
+  STDIT_CHECK(rgb && frames >= 1 && height >= 1 && width >= 1, path, ": no frames to write");
+  STDIT_CHECK(crf >= 0 && crf <= 51, "crf must be in 0..51, got ", crf);
+  auto res = Reservation::reserve(path, "video file");
+  Frames f = make_frames(width, height, frames, fps);
+  std::memcpy(f.rgb.data(), rgb, f.rgb.size());
+#ifdef STDIT_HAVE_MEDIA
+  Mp4Options mo;
+  mo.fps = fps;
+  mo.crf = crf;
+  for (const auto& [k, v] : metadata) mo.metadata[k] = v;
+  write_mp4(path, f, mo);
+#else
+  (void)metadata;
+  fail(path, ": this build has no media libraries (mp4 writing needs libav)");
+#endif
+  res->keep();
+}
 
 void set_verbosity(Verbosity v) {
   set_log_level(v == Verbosity::Quiet ? LogLevel::Quiet : v == Verbosity::Verbose ? LogLevel::Debug : LogLevel::Info);
@@ -510,7 +533,14 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   auto emit = [&](Event e) {
     if (on_event) on_event(e);
   };
-  Plan plan = make_plan(opt, eng, identity);
+  Plan plan;
+  try {
+    plan = make_plan(opt, eng, identity);
+  } catch (const InvalidRequest&) {
+    throw;
+  } catch (const Error& e) {
+    throw InvalidRequest(e.what());  // refused before any model is loaded
+  }
   RunRecord& rec = plan.rec;
   const int items = static_cast<int>(rec.videos.size());
   const int F = rec.num_frames, H = rec.height, W = rec.width;
@@ -725,7 +755,8 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
     }
   } catch (const Cancelled&) {
     names.release();
-    throw Cancelled(written, items);
+    result.total_s = seconds_since(t_start);
+    throw Cancelled(written, items, std::make_shared<Result>(std::move(result)));
   }
 
   result.text_s = t_text;
