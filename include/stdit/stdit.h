@@ -121,6 +121,15 @@ class Engine {
   // Runs one request. Every setting and output name is checked before any model is loaded; each
   // video is decoded and written as soon as it is denoised. One request at a time per engine.
   Result generate(const Request& request, const EventFn& on_event = {}, const CancelToken& cancel = {});
+  // The checks generate makes before loading anything (settings, inputs, output names), without
+  // running or reserving anything: InvalidRequest with the same message generate would give.
+  // Returns what the request would make.
+  struct Planned {
+    int videos = 0, width = 0, height = 0, frames = 0;  // output size (multiples of 8)
+    double fps = 0;
+    std::string settings;  // the one-line summary generate prints
+  };
+  Planned validate(const Request& request) const;
 
   const std::string& dir() const;       // the engine directory in use
   const std::string& identity() const;  // hash of its configs and weight-file headers
@@ -176,5 +185,7 @@ namespace stdit::api {
 // `metadata`: container tags (e.g. a run record under "stdit").
 void write_video(const std::string& path, const uint8_t* rgb, int frames, int height, int width, double fps,
                  int crf = 18, const std::vector<std::pair<std::string, std::string>>& metadata = {});
+// One RGB frame ([height, width, 3] uint8) as a PNG, the same way (temporary name, no replacing).
+void write_image(const std::string& path, const uint8_t* rgb, int height, int width);
 
 }  // namespace stdit::api

@@ -473,6 +473,39 @@ Result Engine::generate(const Request& request, const EventFn& on_event, const C
   return impl_->run(request, on_event, cancel);
 }
 
+Engine::Planned Engine::validate(const Request& request) const {
+  Request dry = request;
+  dry.output.clear();  // names are checked by generate when it reserves them
+  dry.save_latents.clear();
+  dry.write_files = false;
+  dry.preview = false;
+  Plan plan;
+  try {
+    plan = make_plan(dry, impl_->eng, impl_->identity);
+  } catch (const InvalidRequest&) {
+    throw;
+  } catch (const Error& e) {
+    throw InvalidRequest(e.what());
+  }
+  const RunRecord& r = plan.rec;
+  return {static_cast<int>(r.videos.size()), r.output_width, r.output_height, r.num_frames, r.fps,
+          cat(r.videos.size(), " video(s), ", r.output_width, "x", r.output_height, " px, ", r.num_frames, " frames, ",
+              r.steps, " steps, seed ", r.seed)};
+}
+
+void write_image(const std::string& path, const uint8_t* rgb, int height, int width) {
+  STDIT_CHECK(rgb && height >= 1 && width >= 1, path, ": no image to write");
+  auto res = Reservation::reserve(path, "image file");
+  Frames f = make_frames(width, height, 1, 24);
+  std::memcpy(f.rgb.data(), rgb, f.rgb.size());
+#ifdef STDIT_HAVE_MEDIA
+  write_png(path, f, 0);
+#else
+  fail(path, ": this build has no media libraries (PNG writing needs libpng)");
+#endif
+  res->keep();
+}
+
 void install_signal_handlers() { install_interrupt_handlers(); }
 
 void write_video(const std::string& path, const uint8_t* rgb, int frames, int height, int width, double fps, int crf,

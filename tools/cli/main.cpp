@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   stdit::cli::Action action;
   stdit::cli::add_generate(app, action);
   stdit::cli::add_convert(app, action);
+  stdit::cli::add_serve(app, action);
   stdit::cli::add_bench(app, action);
   stdit::cli::add_forward(app, action);
   stdit::cli::add_inspect(app, action);

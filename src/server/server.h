@@ -1,0 +1,24 @@
+// `stdit serve`: video jobs over HTTP in the shape of OpenAI's Videos API, kept in a SQLite job
+// table, run one at a time by a worker thread on an engine loaded once; a web page at "/".
+// Built on the public API (include/stdit/stdit.h), cpp-httplib and SQLite only.
+#pragma once
+#include <string>
+
+namespace stdit::server {
+
+struct ServerOptions {
+  std::string engine;              // engine directory; empty: ./engine_outputs, else the demo model
+  std::string backend = "auto";
+  std::string host = "127.0.0.1";
+  int port = 8000;                 // 0: any free port (printed)
+  std::string data = "stdit_data";  // jobs.sqlite and videos/
+  std::string db;                  // sqlite:PATH (default DATA/jobs.sqlite)
+  int max_queue = 64;              // queued + running jobs; beyond: 429
+  std::string api_key_file;        // with a key: "Authorization: Bearer KEY" on /v1/*
+  size_t max_body = 1 << 20;       // request bodies above: 413
+};
+
+// Runs until SIGINT / SIGTERM; returns the exit status. Prints "listening on http://HOST:PORT".
+int serve(const ServerOptions& options);
+
+}  // namespace stdit::server

@@ -1,0 +1,21 @@
+// `stdit serve`: the HTTP front end (src/server) over the public API.
+#include "commands.h"
+#include "server/server.h"
+
+namespace stdit::cli {
+
+void add_serve(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("serve", "Serve video jobs over HTTP (OpenAI Videos API shape) with a web page at /");
+  auto o = std::make_shared<server::ServerOptions>();
+  cmd->add_option("-e,--engine", o->engine, "Engine directory (default: ./engine_outputs, else the embedded demo model)");
+  cmd->add_option("--backend", o->backend, "auto, cuda or cpu")->capture_default_str();
+  cmd->add_option("--host", o->host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", o->port, "Port (0: any free port)")->capture_default_str();
+  cmd->add_option("--data", o->data, "Directory for the job database and the videos")->capture_default_str();
+  cmd->add_option("--db", o->db, "Job store: sqlite:PATH (default DATA/jobs.sqlite)");
+  cmd->add_option("--max-queue", o->max_queue, "Queued + running jobs accepted; beyond: 429")->capture_default_str();
+  cmd->add_option("--api-key-file", o->api_key_file, "Require 'Authorization: Bearer KEY' (the file's first line)");
+  cmd->callback([&action, o] { action = [o] { server::serve(*o); }; });
+}
+
+}  // namespace stdit::cli
