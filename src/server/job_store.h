@@ -1,14 +1,14 @@
-// The server's persistent job table (SQLite, WAL mode): every job and its state survive a crash
-// of the server (kill -9 included).
+// The server's persistent job table: every job and its state survive a crash of the server (kill
+// -9 included). SQLite (WAL mode) for one box; PostgreSQL for several worker processes or hosts
+// taking jobs from one table (SELECT ... FOR UPDATE SKIP LOCKED, heartbeats).
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
-
-struct sqlite3;
 
 namespace stdit::server {
 
@@ -24,41 +24,41 @@ struct Job {
   std::string file, preview, thumbnail;  // completed: paths under the data directory
   int attempts = 0;          // times a worker started it
   bool cancel_requested = false;
+  std::string worker;        // the worker that ran it last
 };
 
 class JobStore {
  public:
-  // Opens (creating) the database at `path`; WAL journal, foreign writers wait up to 5 s.
-  explicit JobStore(const std::string& path);
-  ~JobStore();
-  JobStore(const JobStore&) = delete;
-  JobStore& operator=(const JobStore&) = delete;
-
+  virtual ~JobStore() = default;
   // Inserts a queued job unless `max_active` jobs are queued or running; false if full.
-  bool enqueue(const Job& job, int max_active);
-  std::optional<Job> get(const std::string& id);
+  virtual bool enqueue(const Job& job, int max_active) = 0;
+  virtual std::optional<Job> get(const std::string& id) = 0;
   // Newest first; `after`: the id of the last job of the previous page.
-  std::vector<Job> list(int limit, const std::string& after);
-  // Claims the oldest queued job for a worker (status in_progress, attempts + 1), atomically.
-  std::optional<Job> claim_next(int64_t now);
-  void set_progress(const std::string& id, double progress);
-  void complete(const std::string& id, int64_t now, const std::string& file, const std::string& preview,
-                const std::string& thumbnail);
-  void fail(const std::string& id, int64_t now, const std::string& error);
-  void cancelled(const std::string& id, int64_t now);
+  virtual std::vector<Job> list(int limit, const std::string& after) = 0;
+  // Claims the oldest queued job for `worker` (status in_progress, attempts + 1), atomically:
+  // two workers never get one job.
+  virtual std::optional<Job> claim_next(const std::string& worker, int64_t now) = 0;
+  // Progress of a running job; also its worker's heartbeat.
+  virtual void set_progress(const std::string& id, double progress, int64_t now) = 0;
+  virtual void complete(const std::string& id, int64_t now, const std::string& file, const std::string& preview,
+                        const std::string& thumbnail) = 0;
+  virtual void fail(const std::string& id, int64_t now, const std::string& error) = 0;
+  virtual void cancelled(const std::string& id, int64_t now) = 0;
   // DELETE: a queued job is cancelled at once (true); a running one is marked for cancellation.
-  bool request_cancel(const std::string& id, int64_t now);
-  // After a restart: jobs left in_progress by a dead server go back to the queue (their partial
-  // outputs are the caller's to remove); returns them. Jobs started `max_attempts` times fail.
-  std::vector<Job> requeue_interrupted(int max_attempts, int64_t now);
-  std::map<std::string, int> count_by_status();
-  int active();  // queued + in_progress
-
- private:
-  void exec(const std::string& sql);
-  sqlite3* db_ = nullptr;
-  std::mutex mu_;
-  std::string path_;
+  virtual bool request_cancel(const std::string& id, int64_t now) = 0;
+  // Jobs in_progress whose worker is gone go back to the queue (or fail after `max_attempts`, or
+  // are cancelled when that was asked): with `worker` given, the jobs that worker was running
+  // (its restart); else those whose heartbeat is older than `stale_s`. Returns them.
+  virtual std::vector<Job> requeue_interrupted(const std::string& worker, int64_t stale_s, int max_attempts,
+                                               int64_t now) = 0;
+  virtual std::map<std::string, int> count_by_status() = 0;
+  virtual int active() = 0;  // queued + in_progress
+  virtual std::string kind() const = 0;
 };
+
+// "sqlite:PATH" or a plain path: SQLite; "postgresql://..." / "postgres://...": PostgreSQL.
+std::unique_ptr<JobStore> open_job_store(const std::string& spec);
+std::unique_ptr<JobStore> open_sqlite_job_store(const std::string& path);
+std::unique_ptr<JobStore> open_postgres_job_store(const std::string& conninfo);
 
 }  // namespace stdit::server

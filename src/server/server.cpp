@@ -186,9 +186,18 @@ class Service {
       while (!key_.empty() && (key_.back() == '\r' || key_.back() == ' ')) key_.pop_back();
       if (key_.size() < 8) throw Error(o.api_key_file + ": the API key must be at least 8 characters");
     }
-    for (const Job& j : store_->requeue_interrupted(3, now_s())) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    worker_ = std::string(host) + ":" + std::to_string(getpid());
+    // One box (SQLite): whatever was running died with the previous server. Shared (PostgreSQL):
+    // only jobs whose worker stopped sending heartbeats.
+    if (!o.no_worker) requeue(store_->kind() == "sqlite" ? -1 : o_.stale_after);
+  }
+
+  void requeue(int64_t stale_s) {
+    for (const Job& j : store_->requeue_interrupted("", stale_s, 3, now_s())) {
       remove_outputs(j.id);
-      std::fprintf(stderr, "serve: job %s was running when the server stopped: %s\n", j.id.c_str(),
+      std::fprintf(stderr, "serve: job %s was running on %s, which stopped: %s\n", j.id.c_str(), j.worker.c_str(),
                    j.cancel_requested ? "cancelled" : j.attempts >= 3 ? "failed" : "queued again");
     }
   }
@@ -240,8 +249,14 @@ class Service {
 
   // The worker: one job at a time, in submission order.
   void work() {
+    auto last_sweep = std::chrono::steady_clock::now();
     while (!g_stop.load()) {
-      std::optional<Job> job = store_->claim_next(now_s());
+      if (store_->kind() != "sqlite" &&
+          std::chrono::steady_clock::now() - last_sweep > std::chrono::seconds(std::max(1, o_.stale_after / 3))) {
+        requeue(o_.stale_after);  // a dead worker's job is taken again
+        last_sweep = std::chrono::steady_clock::now();
+      }
+      std::optional<Job> job = store_->claim_next(worker_, now_s());
       if (!job) {
         std::unique_lock<std::mutex> lock(mu_);
         wake_.wait_for(lock, std::chrono::milliseconds(500));
@@ -410,7 +425,7 @@ class Service {
     }
     auto last = std::chrono::steady_clock::now();
     auto step_start = last;
-    double last_progress = -1;
+    std::atomic<double> last_progress{-1};  // also read by the heartbeat thread
     auto on_event = [&](const api::Event& e) {
       double p = -1;
       if (e.stage == "denoise" && e.total) {
@@ -425,11 +440,33 @@ class Service {
       }
       const auto now = std::chrono::steady_clock::now();
       if (p >= 0 && (p - last_progress >= 5 || now - last > std::chrono::milliseconds(500))) {
-        store_->set_progress(job.id, p);
+        store_->set_progress(job.id, p, now_s());
         last_progress = p;
         last = now;
       }
     };
+    // Heartbeat (the job's worker is alive) and cancellation asked through another process.
+    std::atomic<bool> done{false};
+    std::thread heartbeat([&] {
+      while (!done.load()) {
+        for (int i = 0; i < 10 && !done.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (done.load()) break;
+        try {
+          store_->set_progress(job.id, std::max(0.0, last_progress.load()), now_s());
+          if (auto j = store_->get(job.id); j && j->cancel_requested) cancel.cancel();
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "serve: heartbeat of %s: %s\n", job.id.c_str(), e.what());
+        }
+      }
+    });
+    struct Join {
+      std::atomic<bool>& done;
+      std::thread& t;
+      ~Join() {
+        done.store(true);
+        t.join();
+      }
+    } join{done, heartbeat};
     try {
       const api::Result out = engine_->generate(r, on_event, cancel);
       const api::Video& v = out.videos.at(0);
@@ -457,7 +494,7 @@ class Service {
   std::unique_ptr<api::Engine> engine_;
   std::unique_ptr<JobStore> store_;
   fs::path videos_;
-  std::string model_, key_;
+  std::string model_, key_, worker_;
   std::mutex mu_;  // running job, wake-ups
   std::condition_variable wake_;
   std::string running_id_;
@@ -472,12 +509,13 @@ class Service {
 
 int serve(const ServerOptions& o) {
   if (o.max_queue < 1) throw InvalidRequest("--max-queue must be at least 1");
+  if (o.stale_after < 3) throw InvalidRequest("--stale-after must be at least 3 seconds (heartbeats come every second)");
   if (o.port < 0 || o.port > 65535) throw InvalidRequest("--port must be in 0 .. 65535");
-  std::string db = o.db.empty() ? (fs::path(o.data) / "jobs.sqlite").string() : o.db;
-  if (db.rfind("postgresql://", 0) == 0 || db.rfind("postgres://", 0) == 0)
-    throw InvalidRequest("--db " + db + ": PostgreSQL job stores are not supported yet; use sqlite:PATH");
-  if (db.rfind("sqlite:", 0) == 0) db = db.substr(7);
-  if (db.empty()) throw InvalidRequest("--db sqlite:PATH needs a path");
+  const std::string db = o.db.empty() ? (fs::path(o.data) / "jobs.sqlite").string() : o.db;
+  const bool shared = db.rfind("postgresql://", 0) == 0 || db.rfind("postgres://", 0) == 0;
+  if (o.worker_only && o.no_worker) throw InvalidRequest("--worker-only and --no-worker exclude each other");
+  if ((o.worker_only || o.no_worker) && !shared)
+    throw InvalidRequest("--worker-only and --no-worker need a shared job store (--db postgresql://...)");
   std::error_code ec;
   fs::create_directories(o.data, ec);
   if (ec) throw Error(o.data + ": cannot create the data directory: " + ec.message());
@@ -487,8 +525,26 @@ int serve(const ServerOptions& o) {
   eo.backend = o.backend;
   eo.resident = true;  // loaded once, kept loaded
   auto engine = api::Engine::open(eo);
-  auto store = std::make_unique<JobStore>(db);
+  auto store = open_job_store(db);
   Service svc(o, std::move(engine), std::move(store));
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  if (o.worker_only) {
+    std::thread watcher([&] {
+      while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      svc.stop();
+    });
+    std::printf("worker ready (data %s)\n", o.data.c_str());
+    std::fflush(stdout);
+    svc.work();
+    watcher.join();
+    std::fprintf(stderr, "serve: worker stopped\n");
+    return 0;
+  }
 
   httplib::Server http;
   svc.routes(http);
@@ -500,13 +556,9 @@ int serve(const ServerOptions& o) {
   }
   if (port < 0) throw Error("cannot listen on " + o.host);
 
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-
-  std::thread worker([&] { svc.work(); });
+  std::thread worker([&] {
+    if (!o.no_worker) svc.work();
+  });
   std::thread watcher([&] {
     while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     svc.stop();

@@ -12,7 +12,10 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                 // 0: any free port (printed)
   std::string data = "stdit_data";  // jobs.sqlite and videos/
-  std::string db;                  // sqlite:PATH (default DATA/jobs.sqlite)
+  std::string db;                  // sqlite:PATH (default DATA/jobs.sqlite) or postgresql://...
+  bool worker_only = false;        // take and run jobs, no HTTP (several workers: PostgreSQL)
+  bool no_worker = false;          // HTTP only: another process runs the jobs (PostgreSQL)
+  int stale_after = 30;            // shared store: a running job whose heartbeat is older is taken again
   int max_queue = 64;              // queued + running jobs; beyond: 429
   std::string api_key_file;        // with a key: "Authorization: Bearer KEY" on /v1/*
   size_t max_body = 1 << 20;       // request bodies above: 413

@@ -12,7 +12,11 @@ void add_serve(CLI::App& app, Action& action) {
   cmd->add_option("--host", o->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "Port (0: any free port)")->capture_default_str();
   cmd->add_option("--data", o->data, "Directory for the job database and the videos")->capture_default_str();
-  cmd->add_option("--db", o->db, "Job store: sqlite:PATH (default DATA/jobs.sqlite)");
+  cmd->add_option("--db", o->db, "Job store: sqlite:PATH (default DATA/jobs.sqlite) or postgresql://... (shared)");
+  cmd->add_flag("--worker-only", o->worker_only, "Only run jobs from the shared store (no HTTP)");
+  cmd->add_flag("--no-worker", o->no_worker, "Only serve HTTP; workers elsewhere run the jobs (shared store)");
+  cmd->add_option("--stale-after", o->stale_after, "Shared store: seconds without a heartbeat before a job is taken again")
+      ->capture_default_str();
   cmd->add_option("--max-queue", o->max_queue, "Queued + running jobs accepted; beyond: 429")->capture_default_str();
   cmd->add_option("--api-key-file", o->api_key_file, "Require 'Authorization: Bearer KEY' (the file's first line)");
   cmd->callback([&action, o] { action = [o] { server::serve(*o); }; });

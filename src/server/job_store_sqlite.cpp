@@ -50,7 +50,7 @@ class Stmt {
 
 constexpr const char* kColumns =
     "id, status, progress, created_at, started_at, completed_at, request, prompt, size, seconds, error, file, "
-    "preview, thumbnail, attempts, cancel_requested";
+    "preview, thumbnail, attempts, cancel_requested, worker";
 
 Job row(const Stmt& s) {
   Job j;
@@ -70,12 +70,40 @@ Job row(const Stmt& s) {
   j.thumbnail = s.text(13);
   j.attempts = static_cast<int>(s.i64(14));
   j.cancel_requested = s.i64(15) != 0;
+  j.worker = s.text(16);
   return j;
 }
 
+class SqliteJobStore final : public JobStore {
+ public:
+  explicit SqliteJobStore(const std::string& path);
+  ~SqliteJobStore() override;
+  bool enqueue(const Job& job, int max_active) override;
+  std::optional<Job> get(const std::string& id) override;
+  std::vector<Job> list(int limit, const std::string& after) override;
+  std::optional<Job> claim_next(const std::string& worker, int64_t now) override;
+  void set_progress(const std::string& id, double progress, int64_t now) override;
+  void complete(const std::string& id, int64_t now, const std::string& file, const std::string& preview,
+                const std::string& thumbnail) override;
+  void fail(const std::string& id, int64_t now, const std::string& error) override;
+  void cancelled(const std::string& id, int64_t now) override;
+  bool request_cancel(const std::string& id, int64_t now) override;
+  std::vector<Job> requeue_interrupted(const std::string& worker, int64_t stale_s, int max_attempts,
+                                       int64_t now) override;
+  std::map<std::string, int> count_by_status() override;
+  int active() override;
+  std::string kind() const override { return "sqlite"; }
+
+ private:
+  void exec(const std::string& sql);
+  sqlite3* db_ = nullptr;
+  std::mutex mu_;
+  std::string path_;
+};
+
 }  // namespace
 
-JobStore::JobStore(const std::string& path) : path_(path) {
+SqliteJobStore::SqliteJobStore(const std::string& path) : path_(path) {
   if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) {
     const std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);
@@ -91,13 +119,14 @@ JobStore::JobStore(const std::string& path) : path_(path) {
       " request TEXT NOT NULL, prompt TEXT NOT NULL, size TEXT NOT NULL, seconds REAL NOT NULL,"
       " error TEXT NOT NULL DEFAULT '', file TEXT NOT NULL DEFAULT '', preview TEXT NOT NULL DEFAULT '',"
       " thumbnail TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,"
-      " cancel_requested INTEGER NOT NULL DEFAULT 0, seq INTEGER)");
+      " cancel_requested INTEGER NOT NULL DEFAULT 0, seq INTEGER, worker TEXT NOT NULL DEFAULT '',"
+      " heartbeat INTEGER NOT NULL DEFAULT 0)");
   exec("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq)");
 }
 
-JobStore::~JobStore() { sqlite3_close(db_); }
+SqliteJobStore::~SqliteJobStore() { sqlite3_close(db_); }
 
-void JobStore::exec(const std::string& sql) {
+void SqliteJobStore::exec(const std::string& sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     const std::string msg = err ? err : "unknown error";
@@ -106,7 +135,7 @@ void JobStore::exec(const std::string& sql) {
   }
 }
 
-bool JobStore::enqueue(const Job& j, int max_active) {
+bool SqliteJobStore::enqueue(const Job& j, int max_active) {
   std::lock_guard<std::mutex> lock(mu_);
   exec("BEGIN IMMEDIATE");
   try {
@@ -129,7 +158,7 @@ bool JobStore::enqueue(const Job& j, int max_active) {
   }
 }
 
-std::optional<Job> JobStore::get(const std::string& id) {
+std::optional<Job> SqliteJobStore::get(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, (std::string("SELECT ") + kColumns + " FROM jobs WHERE id = ?").c_str());
   s.bind(1, id);
@@ -137,7 +166,7 @@ std::optional<Job> JobStore::get(const std::string& id) {
   return row(s);
 }
 
-std::vector<Job> JobStore::list(int limit, const std::string& after) {
+std::vector<Job> SqliteJobStore::list(int limit, const std::string& after) {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<Job> out;
   const std::string sql = std::string("SELECT ") + kColumns + " FROM jobs" +
@@ -151,14 +180,14 @@ std::vector<Job> JobStore::list(int limit, const std::string& after) {
   return out;
 }
 
-std::optional<Job> JobStore::claim_next(int64_t now) {
+std::optional<Job> SqliteJobStore::claim_next(const std::string& worker, int64_t now) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt s(db_, (std::string("UPDATE jobs SET status = 'in_progress', started_at = ?, attempts = attempts + 1,"
-                           " progress = 0 WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq"
-                           " LIMIT 1) RETURNING ") +
+  Stmt s(db_, (std::string("UPDATE jobs SET status = 'in_progress', started_at = ?1, heartbeat = ?1, worker = ?2,"
+                           " attempts = attempts + 1, progress = 0 WHERE id = (SELECT id FROM jobs WHERE status ="
+                           " 'queued' ORDER BY seq LIMIT 1) RETURNING ") +
                   kColumns)
                      .c_str());
-  s.bind(1, now);
+  s.bind(1, now).bind(2, worker);
   if (!s.step()) return std::nullopt;
   Job j = row(s);
   while (s.step()) {
@@ -166,14 +195,14 @@ std::optional<Job> JobStore::claim_next(int64_t now) {
   return j;
 }
 
-void JobStore::set_progress(const std::string& id, double progress) {
+void SqliteJobStore::set_progress(const std::string& id, double progress, int64_t now) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt s(db_, "UPDATE jobs SET progress = ? WHERE id = ? AND status = 'in_progress'");
-  s.bind(1, progress).bind(2, id);
+  Stmt s(db_, "UPDATE jobs SET progress = ?, heartbeat = ? WHERE id = ? AND status = 'in_progress'");
+  s.bind(1, progress).bind(2, now).bind(3, id);
   s.step();
 }
 
-void JobStore::complete(const std::string& id, int64_t now, const std::string& file, const std::string& preview,
+void SqliteJobStore::complete(const std::string& id, int64_t now, const std::string& file, const std::string& preview,
                         const std::string& thumbnail) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_,
@@ -183,14 +212,14 @@ void JobStore::complete(const std::string& id, int64_t now, const std::string& f
   s.step();
 }
 
-void JobStore::fail(const std::string& id, int64_t now, const std::string& error) {
+void SqliteJobStore::fail(const std::string& id, int64_t now, const std::string& error) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "UPDATE jobs SET status = 'failed', completed_at = ?, error = ? WHERE id = ?");
   s.bind(1, now).bind(2, error).bind(3, id);
   s.step();
 }
 
-void JobStore::cancelled(const std::string& id, int64_t now) {
+void SqliteJobStore::cancelled(const std::string& id, int64_t now) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "UPDATE jobs SET status = 'cancelled', completed_at = ?, file = '', preview = '', thumbnail = ''"
               " WHERE id = ?");
@@ -198,7 +227,7 @@ void JobStore::cancelled(const std::string& id, int64_t now) {
   s.step();
 }
 
-bool JobStore::request_cancel(const std::string& id, int64_t now) {
+bool SqliteJobStore::request_cancel(const std::string& id, int64_t now) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt q(db_, "UPDATE jobs SET status = 'cancelled', completed_at = ? WHERE id = ? AND status = 'queued'");
   q.bind(1, now).bind(2, id);
@@ -210,11 +239,15 @@ bool JobStore::request_cancel(const std::string& id, int64_t now) {
   return false;
 }
 
-std::vector<Job> JobStore::requeue_interrupted(int max_attempts, int64_t now) {
+std::vector<Job> SqliteJobStore::requeue_interrupted(const std::string& worker, int64_t stale_s, int max_attempts,
+                                                     int64_t now) {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<Job> out;
   {
-    Stmt s(db_, (std::string("SELECT ") + kColumns + " FROM jobs WHERE status = 'in_progress'").c_str());
+    const std::string where = !worker.empty() ? " AND worker = ?" : stale_s >= 0 ? " AND heartbeat < ?" : "";
+    Stmt s(db_, (std::string("SELECT ") + kColumns + " FROM jobs WHERE status = 'in_progress'" + where).c_str());
+    if (!worker.empty()) s.bind(1, worker);
+    else if (stale_s >= 0) s.bind(1, now - stale_s);
     while (s.step()) out.push_back(row(s));
   }
   for (const Job& j : out) {
@@ -238,7 +271,7 @@ std::vector<Job> JobStore::requeue_interrupted(int max_attempts, int64_t now) {
   return out;
 }
 
-std::map<std::string, int> JobStore::count_by_status() {
+std::map<std::string, int> SqliteJobStore::count_by_status() {
   std::lock_guard<std::mutex> lock(mu_);
   std::map<std::string, int> out = {{"queued", 0}, {"in_progress", 0}, {"completed", 0}, {"failed", 0}, {"cancelled", 0}};
   Stmt s(db_, "SELECT status, COUNT(*) FROM jobs GROUP BY status");
@@ -246,11 +279,22 @@ std::map<std::string, int> JobStore::count_by_status() {
   return out;
 }
 
-int JobStore::active() {
+int SqliteJobStore::active() {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'in_progress')");
   s.step();
   return static_cast<int>(s.i64(0));
+}
+
+std::unique_ptr<JobStore> open_sqlite_job_store(const std::string& path) {
+  return std::make_unique<SqliteJobStore>(path);
+}
+
+std::unique_ptr<JobStore> open_job_store(const std::string& spec) {
+  if (spec.rfind("postgresql://", 0) == 0 || spec.rfind("postgres://", 0) == 0) return open_postgres_job_store(spec);
+  const std::string path = spec.rfind("sqlite:", 0) == 0 ? spec.substr(7) : spec;
+  if (path.empty()) throw InvalidRequest("--db sqlite:PATH needs a path");
+  return open_sqlite_job_store(path);
 }
 
 }  // namespace stdit::server
