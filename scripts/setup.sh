@@ -6,7 +6,7 @@ pkgs=(cmake ninja-build g++ ccache pkg-config
       nlohmann-json3-dev libcli11-dev libopenblas-dev libgtest-dev libomp-dev
       libsentencepiece-dev libicu-dev
       libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
-      libcpp-httplib-dev libsqlite3-dev libpq-dev postgresql
+      libcpp-httplib-dev libsqlite3-dev libpq-dev postgresql chromium
       clang-14 libclang-rt-14-dev)
 if [[ "${1:-}" == "--reference" ]]; then pkgs+=(python3-torch python3-numpy python3-sentencepiece); fi
 SUDO=""

@@ -129,6 +129,12 @@ async function waitFor(id) {
     await new Promise((r) => setTimeout(r, 500));
   }
 }
+// ?prompt=...&size=...&steps=...&submit=1 fills the form (and submits it): links that start a job;
+// ?play=ID shows that video.
+const params = new URLSearchParams(location.search);
+for (const k of ["prompt", "seconds", "size", "steps", "seed"]) if (params.has(k)) $(k).value = params.get(k);
+if (params.get("submit") === "1") $("form").requestSubmit();
+if (params.has("play")) api("/v1/videos/" + params.get("play")).then(play).catch((e) => { $("message").textContent = e.message; });
 refresh();
 setInterval(refresh, 1000);
 </script>
