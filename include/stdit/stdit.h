@@ -44,6 +44,8 @@ struct EngineOptions {
   int gpus = 1;                   // devices cuda:0 .. gpus-1 for the denoiser
   int tp = 0;                     // tensor-parallel ranks per CFG half; 0: from gpus
   bool cfg_parallel = false;      // the CFG halves on separate GPUs (default for even gpus without tp)
+  std::string precision = "auto";  // auto (bf16 on a GPU, f32 on the CPU), bf16, tf32, f32
+  std::string kernels = "auto";    // auto, or portable: no Hopper-only kernels
   // true: T5, the denoiser and the VAE stay loaded between requests (a server, a notebook).
   // false: each request loads T5, frees it, loads the denoiser, frees it before the last decode
   // (the least memory; what the command line does).
@@ -134,6 +136,7 @@ class Engine {
   const std::string& dir() const;       // the engine directory in use
   const std::string& identity() const;  // hash of its configs and weight-file headers
   const std::string& backend() const;   // "cpu" or "cuda"
+  const std::string& precision() const; // what runs: "f32", "tf32" or "bf16"
   bool embedded() const;                // the demo model shipped with stdit
 
   struct Impl;

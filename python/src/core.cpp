@@ -147,18 +147,20 @@ NB_MODULE(_core, m) {
   nb::class_<Engine>(m, "Engine")
       .def_static(
           "open",
-          [](const std::string& dir, const std::string& backend, bool resident) {
+          [](const std::string& dir, const std::string& backend, bool resident, const std::string& precision) {
             stdit::api::EngineOptions o;
             o.dir = dir;
             o.backend = backend;
             o.resident = resident;
+            o.precision = precision;
             nb::gil_scoped_release nogil;
             return Engine::open(o);
           },
-          "dir"_a, "backend"_a = "auto", "resident"_a = true)
+          "dir"_a, "backend"_a = "auto", "resident"_a = true, "precision"_a = "auto")
       .def_prop_ro("dir", &Engine::dir)
       .def_prop_ro("identity", &Engine::identity)
       .def_prop_ro("backend", &Engine::backend)
+      .def_prop_ro("precision", &Engine::precision)
       .def("generate", &generate, "request"_a, "callback"_a = nb::none());
   m.def(
       "write_video",

@@ -82,15 +82,13 @@ class Pipeline:
         """Opens an engine directory made by ``stdit convert`` (None: the embedded demo model).
 
         device: "auto" (the GPU when one is usable, else the CPU), "cpu", "cuda" or "cuda:N".
-        precision: None (the device's: bf16 on a GPU, f32 on the CPU) or that same name.
+        precision: None (the device's: bf16 on a GPU, f32 on the CPU), "bf16", "tf32" or "f32"
+            (the CPU computes in f32 only).
         """
         if device != "auto" and device != "cpu" and device != "cuda" and not str(device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         path = demo_engine_dir() if engine_dir is None else os.fspath(engine_dir)
-        engine = _core.Engine.open(path, device, True)
-        native = "f32" if engine.backend == "cpu" else "bf16"
-        if precision not in (None, native):
-            raise ValueError(f"precision {precision!r} is not available on {engine.backend}; it runs {native}")
+        engine = _core.Engine.open(path, device, True, "auto" if precision is None else str(precision))
         return cls(engine, device)
 
     @property
@@ -100,6 +98,10 @@ class Pipeline:
     @property
     def backend(self) -> str:
         return self._engine.backend
+
+    @property
+    def precision(self) -> str:
+        return self._engine.precision
 
     def __call__(
         self,

@@ -36,28 +36,32 @@ std::vector<std::string> backend_names() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& name) {
+std::unique_ptr<Backend> make_backend(const std::string& name, const PolicyRequest& request) {
+  // The developers' STDIT_CUDA_* switches apply unless the request overrides the same family.
+  PolicyRequest req = request;
+  for (const auto& [k, v] : overrides_from_env()) req.overrides.emplace(k, v);
   if (name == "auto") {
     // The GPU when one is usable, else the CPU.
 #ifdef STDIT_HAVE_CUDA
     if (cuda_device_count() > 0) {
       try {
-        return make_cuda_backend(0);
+        return make_cuda_backend(0, resolve_policy(req, "cuda", cuda_device_sm(0)));
       } catch (const Error& e) {
         log_warn("GPU present but not usable (", e.what(), "); using the CPU backend");
       }
     }
 #endif
-    return std::make_unique<CpuBackend>();
+    return std::make_unique<CpuBackend>(resolve_policy(req, "cpu", 0));
   }
-  if (name == "cpu") return std::make_unique<CpuBackend>();
+  if (name == "cpu") return std::make_unique<CpuBackend>(resolve_policy(req, "cpu", 0));
 #ifdef STDIT_HAVE_CUDA
-  if (name == "cuda") return make_cuda_backend(0);
+  if (name == "cuda") return make_cuda_backend(0, resolve_policy(req, "cuda", cuda_device_sm(0)));
   if (name.rfind("cuda:", 0) == 0) {  // cuda:N, the N-th visible GPU
     const std::string idx = name.substr(5);
     STDIT_CHECK(!idx.empty() && idx.find_first_not_of("0123456789") == std::string::npos,
                 "invalid backend '", name, "' (cuda:N with N a GPU index)");
-    return make_cuda_backend(std::stoi(idx));
+    const int d = std::stoi(idx);
+    return make_cuda_backend(d, resolve_policy(req, "cuda", cuda_device_sm(d)));
   }
 #endif
   std::string avail;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/policy.h"
 #include "core/tensor.h"
 
 namespace stdit {
@@ -47,6 +48,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
+  // The precision and kernel families this backend runs (backend/policy.h).
+  virtual const ExecutionPolicy& policy() const = 0;
 
   // --- memory and timing ---
   virtual Tensor alloc(const Shape& shape, DType dtype = DType::F32) = 0;
@@ -158,7 +161,7 @@ class Backend {
 };
 
 // Creates a backend by name ("cpu"; "cuda" once built). Throws with the list of available names.
-std::unique_ptr<Backend> make_backend(const std::string& name);
+std::unique_ptr<Backend> make_backend(const std::string& name, const PolicyRequest& request = {});
 std::vector<std::string> backend_names();
 // CUDA devices this process can use (0 in builds without CUDA).
 int cuda_devices_visible();

@@ -430,6 +430,7 @@ const std::string& Engine::backend() const {
   return impl_->backend->name() == "cpu" ? cpu : cuda;
 }
 bool Engine::embedded() const { return impl_->eng.embedded; }
+const std::string& Engine::precision() const { return impl_->precision; }
 
 std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
   auto impl = std::make_unique<Impl>();
@@ -451,7 +452,9 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
               eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
               " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size,
               " --cfg-parallel), or convert again without --tp");
-  impl->backend = make_backend(o.backend);
+  const PolicyRequest policy_request{o.precision, o.kernels, {}};
+  impl->backend = make_backend(o.backend, policy_request);
+  log_debug(impl->backend->policy().describe());
   if (par.gpus > 1) {
     STDIT_CHECK(impl->backend->name() == "cuda", "--gpus ", par.gpus, " needs the CUDA backend (this run uses ",
                 impl->backend->name(), ")");
@@ -460,11 +463,11 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
   }
   impl->devs = {impl->backend.get()};
   for (int g = 1; g < par.gpus; ++g) {
-    impl->extra.push_back(make_backend(cat("cuda:", g)));
+    impl->extra.push_back(make_backend(cat("cuda:", g), policy_request));
     impl->devs.push_back(impl->extra.back().get());
   }
   impl->backend->bind_to_this_thread();
-  impl->precision = impl->backend->name() == "cpu" ? "f32" : "bf16";
+  impl->precision = precision_name(impl->backend->policy().precision);
   impl->resident = o.resident;
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
@@ -818,6 +821,8 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   eo.gpus = opt.gpus;
   eo.tp = opt.tp;
   eo.cfg_parallel = opt.cfg_parallel;
+  eo.precision = opt.precision;
+  eo.kernels = opt.kernels;
   auto engine = api::Engine::open(eo);
   const api::Result r = engine->generate(opt);
   std::vector<std::string> paths;

@@ -18,6 +18,7 @@ struct GenerateOptions : api::Request {
   int gpus = 1;                  // devices cuda:0 .. gpus-1 for the denoiser
   int tp = 0;                    // tensor-parallel ranks per CFG half; 0: from --gpus (see plan_parallel)
   bool cfg_parallel = false;     // the CFG halves on separate GPUs (default when --gpus is even and no --tp)
+  std::string precision = "auto", kernels = "auto";  // the execution policy asked for (backend/policy.h)
 };
 
 // How the denoiser is spread over `gpus` devices: CFG-parallel (the conditional and unconditional

@@ -56,6 +56,9 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_flag("--cfg-parallel", e.cfg_parallel, "The conditional and unconditional CFG halves on separate GPUs");
   cmd->add_option("--backend", e.backend, "Compute backend: auto (cuda if a GPU is usable), cuda or cpu")
       ->capture_default_str();
+  cmd->add_option("--precision", e.precision, "auto (bf16 on a GPU, f32 on the CPU), bf16, tf32 or f32")
+      ->capture_default_str();
+  cmd->add_option("--kernels", e.kernels, "auto, or portable (no Hopper-only kernels)")->capture_default_str();
   cmd->callback([&action, o] {
     action = [o] {
       api::install_signal_handlers();  // Ctrl-C: stop at the next step, keep what is finished

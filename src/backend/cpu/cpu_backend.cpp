@@ -36,7 +36,9 @@ std::vector<int64_t> leading_offsets(const Tensor& t, int lead) {
 
 using namespace cpu;
 
-CpuBackend::CpuBackend() { openblas_set_num_threads(1); }
+CpuBackend::CpuBackend() : CpuBackend(resolve_policy({}, "cpu", 0)) {}
+
+CpuBackend::CpuBackend(ExecutionPolicy policy) : policy_(std::move(policy)) { openblas_set_num_threads(1); }
 
 Tensor CpuBackend::alloc(const Shape& shape, DType dtype) { return Tensor::empty(shape, dtype); }
 

@@ -229,8 +229,22 @@ using namespace cuda;
 // backend object, memory
 
 CudaBackend::CudaBackend(int device, CudaOptions options)
+    : CudaBackend(device, options, [&] {
+        ExecutionPolicy p;  // what these options mean, for policy()
+        p.backend = "cuda";
+        p.precision = options.bf16 ? Precision::BF16 : options.tf32 ? Precision::TF32 : Precision::F32;
+        p.text_attention = options.text_attention;
+        p.wgmma_attention = options.wgmma_attention;
+        p.cudnn_attention = options.cudnn_attention;
+        p.tf32_attention = options.tf32_attention;
+        p.cudnn_conv = options.cudnn_conv;
+        return p;
+      }()) {}
+
+CudaBackend::CudaBackend(int device, CudaOptions options, ExecutionPolicy policy)
     : ctx_(std::make_shared<CudaContext>(device, options)),
-      memory_monitor_(std::make_unique<DeviceMemoryMonitor>(device)) {}
+      memory_monitor_(std::make_unique<DeviceMemoryMonitor>(device)),
+      policy_(std::move(policy)) {}
 
 CudaBackend::~CudaBackend() = default;
 
@@ -598,17 +612,16 @@ void CudaBackend::gather_rows(const Tensor& src, const std::vector<int64_t>& row
   check_launch("gather_rows");
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
+std::unique_ptr<Backend> make_cuda_backend(int device, const ExecutionPolicy& p) {
   CudaOptions o;
-  if (const char* e = std::getenv("STDIT_CUDA_BF16")) o.bf16 = std::string(e) != "0";
-  if (const char* e = std::getenv("STDIT_CUDA_TF32")) o.tf32 = o.tf32_attention = std::string(e) != "0";
-  if (const char* e = std::getenv("STDIT_CUDA_TF32_ATTENTION")) o.tf32_attention = std::string(e) != "0";
-  if (const char* e = std::getenv("STDIT_CUDA_CUDNN")) o.cudnn_conv = o.cudnn_attention = std::string(e) != "0";
-  if (const char* e = std::getenv("STDIT_CUDA_CUDNN_ATTENTION")) o.cudnn_attention = std::string(e) != "0";
-  if (const char* e = std::getenv("STDIT_CUDA_TEXT_ATTENTION")) o.text_attention = std::string(e) != "0";
-  if (const char* e = std::getenv("STDIT_CUDA_WGMMA_ATTENTION")) o.wgmma_attention = std::string(e) != "0";
-  if (!o.tf32) o.bf16 = false;
-  return std::make_unique<CudaBackend>(device, o);
+  o.bf16 = p.precision == Precision::BF16;
+  o.tf32 = p.precision != Precision::F32;
+  o.tf32_attention = p.tf32_attention;
+  o.cudnn_conv = p.cudnn_conv;
+  o.cudnn_attention = p.cudnn_attention;
+  o.text_attention = p.text_attention;
+  o.wgmma_attention = p.wgmma_attention;
+  return std::make_unique<CudaBackend>(device, o, p);
 }
 
 }  // namespace stdit

@@ -48,6 +48,8 @@ struct CudaOptions {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device = 0, CudaOptions options = {});
+  CudaBackend(int device, CudaOptions options, ExecutionPolicy policy);
+  const ExecutionPolicy& policy() const override { return policy_; }
   ~CudaBackend() override;
   std::string name() const override { return "cuda"; }
   Device device() const override;
@@ -113,6 +115,7 @@ class CudaBackend final : public Backend {
                           const ConvParams& p, Tensor& out);
   std::shared_ptr<CudaContext> ctx_;
   std::unique_ptr<DeviceMemoryMonitor> memory_monitor_;  // after ctx_: the device exists first
+  ExecutionPolicy policy_;
 };
 
 // The registry's factory ("cuda"): device index `device`. Environment: STDIT_CUDA_BF16=0 turns the
@@ -120,7 +123,9 @@ class CudaBackend final : public Backend {
 // (implies STDIT_CUDA_BF16=0); STDIT_CUDA_TF32_ATTENTION=0 only F32 attention (without bf16);
 // STDIT_CUDA_CUDNN=0 no cuDNN (convolutions and attention); STDIT_CUDA_CUDNN_ATTENTION=0 only
 // attention without it.
-std::unique_ptr<Backend> make_cuda_backend(int device);
+// A CUDA backend on `device` running `policy` (resolve_policy(..., "cuda", cuda_device_sm(device))).
+std::unique_ptr<Backend> make_cuda_backend(int device, const ExecutionPolicy& policy);
+int cuda_device_sm(int device);
 
 // Number of visible CUDA devices; 0 when there is no driver or no device (cuda_runtime_info.cu).
 int cuda_device_count();

@@ -17,6 +17,16 @@ int cuda_device_count() {
   return n;
 }
 
+// Compute capability as 10 * major + minor (90 for H100/H200); 0 when it cannot be queried.
+int cuda_device_sm(int device) {
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return 10 * p.major + p.minor;
+}
+
 // "NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB" or "" when the device cannot be queried.
 std::string cuda_device_description(int device) {
   cudaDeviceProp p{};
