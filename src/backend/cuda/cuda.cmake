@@ -1,11 +1,11 @@
-# CUDA backend: its sources go into stdit_core; the GPU test binary (tests/gpu) is defined here
-# too. Included from the top-level CMakeLists.txt inside if(STDIT_CUDA), after stdit_core exists
-# (which already compiles cuda_runtime_info.cu and links CUDA::cudart / CUDA::cublasLt).
+# CUDA backend: its kernels go into stdit_backend, the NCCL communicator into stdit_dist; the GPU
+# test binary (tests/gpu) is defined here too. Included from the top-level CMakeLists.txt inside
+# if(STDIT_CUDA), after the layer libraries exist.
 #
 # Hopper only: sm_90a. No --use_fast_math (softmax/exp/sin/cos must keep their full-precision
 # semantics); -lineinfo for profilers.
 
-# The kernels are an object library whose objects go into stdit_core. They include core/tensor.h,
+# The kernels are an object library whose objects go into stdit_backend. They include core/tensor.h,
 # which is C++20; CMake 3.25 knows no CUDA20 dialect flag for nvcc (and with CUDA_STANDARD unset
 # it would derive CUDA20 from the required CXX_STANDARD 20), so the dialect is given by hand.
 add_library(stdit_cuda_kernels OBJECT
@@ -19,7 +19,6 @@ add_library(stdit_cuda_kernels OBJECT
   ${CMAKE_CURRENT_LIST_DIR}/cuda_sdpa.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_layout.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_conv.cu
-  ${PROJECT_SOURCE_DIR}/src/dist/nccl_comm.cu
 )
 set_target_properties(stdit_cuda_kernels PROPERTIES
   CUDA_ARCHITECTURES 90a
@@ -28,7 +27,16 @@ set_property(TARGET stdit_cuda_kernels PROPERTY CUDA_STANDARD)
 target_compile_options(stdit_cuda_kernels PRIVATE -std=c++20 -O3 -lineinfo)
 target_include_directories(stdit_cuda_kernels PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include)
 target_link_libraries(stdit_cuda_kernels PRIVATE CUDA::cudart CUDA::cublasLt)
-target_sources(stdit_core PRIVATE $<TARGET_OBJECTS:stdit_cuda_kernels>)
+target_sources(stdit_backend PRIVATE $<TARGET_OBJECTS:stdit_cuda_kernels>)
+
+# The NCCL communicator (dist layer): same flags, its own object library.
+add_library(stdit_cuda_dist OBJECT ${PROJECT_SOURCE_DIR}/src/dist/nccl_comm.cu)
+set_target_properties(stdit_cuda_dist PROPERTIES CUDA_ARCHITECTURES 90a CXX_STANDARD_REQUIRED OFF)
+set_property(TARGET stdit_cuda_dist PROPERTY CUDA_STANDARD)
+target_compile_options(stdit_cuda_dist PRIVATE -std=c++20 -O3 -lineinfo)
+target_include_directories(stdit_cuda_dist PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include)
+target_link_libraries(stdit_cuda_dist PRIVATE CUDA::cudart)
+target_sources(stdit_dist PRIVATE $<TARGET_OBJECTS:stdit_cuda_dist>)
 
 # GPU tests: CudaBackend vs the CPU backend per op, and the model fixtures on the GPU. Not a ctest
 # test (CI has no GPU): run scripts/gpu_check.sh on a GPU machine.
