@@ -59,8 +59,8 @@ double stdit3_step_flops(int64_t T, int64_t S, int64_t C, int depth) {
 void run_bench(const BenchOptions& opt) {
   auto be = make_backend(opt.backend);
   nlohmann::json results = nlohmann::json::array();
-  std::printf("stdit bench (backend %s, synthetic weights seed %llu)\n", opt.backend.c_str(),
-              static_cast<unsigned long long>(opt.seed));
+  std::printf("stdit bench (backend %s, synthetic weights seed %llu)\n%s\n", opt.backend.c_str(),
+              static_cast<unsigned long long>(opt.seed), be->policy().describe().c_str());
 
   // ---- T5-v1.1-XXL: one prompt of 300 tokens ----
   double t5_ms = -1;
@@ -239,7 +239,12 @@ void run_bench(const BenchOptions& opt) {
                        {"plan_weights_gib", plan_w}, {"plan_activations_gib", plan_a}});
   }
   if (!opt.json.empty()) {
-    std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend}, {"results", results}}).dump(2) << "\n";
+    std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend},
+                                               {"precision", precision_name(be->policy().precision)},
+                                               {"policy", be->policy().describe()},
+                                               {"results", results}})
+                                    .dump(2)
+                               << "\n";
     std::printf("JSON written to %s\n", opt.json.c_str());
   }
 }
