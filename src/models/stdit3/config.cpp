@@ -1,5 +1,7 @@
 #include "models/stdit3/config.h"
 
+#include "models/stdit3/block_weights.h"
+
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -92,19 +94,42 @@ namespace {
 std::vector<ParamSpec> full_param_specs(const STDiT3Config& c);
 }  // namespace
 
-TpSplit stdit3_tp_split(const std::string& name) {
-  if (name.rfind("spatial_blocks.", 0) != 0 && name.rfind("temporal_blocks.", 0) != 0) return {};
-  auto ends = [&](const char* suf) {
-    const std::string s(suf);
-    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+const std::vector<BlockParam>& stdit3_block_params() {
+  using K = BlockParam::Keep;
+  using B = BlockWeights;
+  static const TpSplit rep{}, rows3{TpSplit::Rows, 3}, rows2{TpSplit::Rows, 2}, rows1{TpSplit::Rows, 1},
+      cols{TpSplit::Cols, 1};
+  static const std::vector<BlockParam> params = {
+      {"scale_shift_table", [](const STDiT3Config& c) { return Shape{6, c.hidden_size}; }, rep, K::Plain, &B::table, true},
+      {"attn.qkv.weight", [](const STDiT3Config& c) { return Shape{3 * c.hidden_size, c.hidden_size}; }, rows3, K::Matrix, &B::qkv_w},
+      {"attn.qkv.bias", [](const STDiT3Config& c) { return Shape{3 * c.hidden_size}; }, rows3, K::Plain, &B::qkv_b},
+      {"attn.q_norm.weight", [](const STDiT3Config& c) { return Shape{c.head_dim()}; }, rep, K::Plain, &B::q_norm},
+      {"attn.k_norm.weight", [](const STDiT3Config& c) { return Shape{c.head_dim()}; }, rep, K::Plain, &B::k_norm},
+      {"attn.proj.weight", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, cols, K::Matrix, &B::proj_w},
+      {"attn.proj.bias", [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::proj_b},
+      {"cross_attn.q_linear.weight", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, rows1, K::Matrix, &B::q_w},
+      {"cross_attn.q_linear.bias", [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rows1, K::Plain, &B::q_b},
+      {"cross_attn.kv_linear.weight", [](const STDiT3Config& c) { return Shape{2 * c.hidden_size, c.hidden_size}; }, rows2, K::Matrix, &B::kv_w},
+      {"cross_attn.kv_linear.bias", [](const STDiT3Config& c) { return Shape{2 * c.hidden_size}; }, rows2, K::Plain, &B::kv_b},
+      {"cross_attn.proj.weight", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, cols, K::Matrix, &B::cproj_w},
+      {"cross_attn.proj.bias", [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::cproj_b},
+      {"mlp.fc1.weight", [](const STDiT3Config& c) { return Shape{c.mlp_hidden(), c.hidden_size}; }, rows1, K::Matrix, &B::fc1_w},
+      {"mlp.fc1.bias", [](const STDiT3Config& c) { return Shape{c.mlp_hidden()}; }, rows1, K::Plain, &B::fc1_b},
+      {"mlp.fc2.weight", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.mlp_hidden()}; }, cols, K::Matrix, &B::fc2_w},
+      {"mlp.fc2.bias", [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::fc2_b},
   };
-  if (ends(".attn.qkv.weight") || ends(".attn.qkv.bias")) return {TpSplit::Rows, 3};
-  if (ends(".cross_attn.kv_linear.weight") || ends(".cross_attn.kv_linear.bias")) return {TpSplit::Rows, 2};
-  if (ends(".cross_attn.q_linear.weight") || ends(".cross_attn.q_linear.bias") ||
-      ends(".mlp.fc1.weight") || ends(".mlp.fc1.bias"))
-    return {TpSplit::Rows, 1};
-  if (ends(".attn.proj.weight") || ends(".cross_attn.proj.weight") || ends(".mlp.fc2.weight"))
-    return {TpSplit::Cols, 1};
+  return params;
+}
+
+TpSplit stdit3_tp_split(const std::string& name) {
+  for (const char* kind : {"spatial_blocks.", "temporal_blocks."}) {
+    if (name.rfind(kind, 0) != 0) continue;
+    const size_t dot = name.find('.', std::string(kind).size());  // after the block index
+    if (dot == std::string::npos) return {};
+    const std::string suffix = name.substr(dot + 1);
+    for (const auto& p : stdit3_block_params())
+      if (suffix == p.suffix) return p.split;
+  }
   return {};
 }
 
@@ -121,7 +146,7 @@ std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c, int tp) {
 
 namespace {
 std::vector<ParamSpec> full_param_specs(const STDiT3Config& c) {
-  const int64_t C = c.hidden_size, F = c.frequency_embedding_size, M = c.mlp_hidden();
+  const int64_t C = c.hidden_size, F = c.frequency_embedding_size;
   std::vector<ParamSpec> p;
   p.push_back({"rope.freqs", {c.head_dim() / 2}, true});
   p.push_back({"x_embedder.proj.weight",
@@ -142,26 +167,8 @@ std::vector<ParamSpec> full_param_specs(const STDiT3Config& c) {
   p.push_back({"y_embedder.y_proj.fc2.weight", {C, C}});
   p.push_back({"y_embedder.y_proj.fc2.bias", {C}});
   for (const char* kind : {"spatial_blocks", "temporal_blocks"})
-    for (int i = 0; i < c.depth; ++i) {
-      const std::string pre = cat(kind, ".", i, ".");
-      p.push_back({pre + "scale_shift_table", {6, C}});
-      p.push_back({pre + "attn.qkv.weight", {3 * C, C}});
-      p.push_back({pre + "attn.qkv.bias", {3 * C}});
-      p.push_back({pre + "attn.q_norm.weight", {c.head_dim()}});
-      p.push_back({pre + "attn.k_norm.weight", {c.head_dim()}});
-      p.push_back({pre + "attn.proj.weight", {C, C}});
-      p.push_back({pre + "attn.proj.bias", {C}});
-      p.push_back({pre + "cross_attn.q_linear.weight", {C, C}});
-      p.push_back({pre + "cross_attn.q_linear.bias", {C}});
-      p.push_back({pre + "cross_attn.kv_linear.weight", {2 * C, C}});
-      p.push_back({pre + "cross_attn.kv_linear.bias", {2 * C}});
-      p.push_back({pre + "cross_attn.proj.weight", {C, C}});
-      p.push_back({pre + "cross_attn.proj.bias", {C}});
-      p.push_back({pre + "mlp.fc1.weight", {M, C}});
-      p.push_back({pre + "mlp.fc1.bias", {M}});
-      p.push_back({pre + "mlp.fc2.weight", {C, M}});
-      p.push_back({pre + "mlp.fc2.bias", {C}});
-    }
+    for (int i = 0; i < c.depth; ++i)
+      for (const auto& b : stdit3_block_params()) p.push_back({cat(kind, ".", i, ".", b.suffix), b.shape(c)});
   p.push_back({"final_layer.scale_shift_table", {2, C}});
   p.push_back({"final_layer.linear.weight", {c.patch_volume() * c.out_channels(), C}});
   p.push_back({"final_layer.linear.bias", {c.patch_volume() * c.out_channels()}});

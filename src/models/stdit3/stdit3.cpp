@@ -166,25 +166,16 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
     for (int i = 0; i < cfg.depth; ++i) {
       const std::string p = cat(kind, ".", i, ".");
       Block b;
-      // Row-parallel biases are added once, on rank 0, before the reduction.
-      auto row_bias = [&](const std::string& k) { return tp_rank_ == 0 ? up(p + k) : Tensor{}; };
-      b.table = up(p + "scale_shift_table").view({-1});
-      b.qkv_w = upw(p + "attn.qkv.weight");
-      b.qkv_b = up(p + "attn.qkv.bias");
-      b.q_norm = up(p + "attn.q_norm.weight");
-      b.k_norm = up(p + "attn.k_norm.weight");
-      b.proj_w = upw(p + "attn.proj.weight");
-      b.proj_b = row_bias("attn.proj.bias");
-      b.q_w = upw(p + "cross_attn.q_linear.weight");
-      b.q_b = up(p + "cross_attn.q_linear.bias");
-      b.kv_w = upw(p + "cross_attn.kv_linear.weight");
-      b.kv_b = up(p + "cross_attn.kv_linear.bias");
-      b.cproj_w = upw(p + "cross_attn.proj.weight");
-      b.cproj_b = row_bias("cross_attn.proj.bias");
-      b.fc1_w = upw(p + "mlp.fc1.weight");
-      b.fc1_b = up(p + "mlp.fc1.bias");
-      b.fc2_w = upw(p + "mlp.fc2.weight");
-      b.fc2_b = row_bias("mlp.fc2.bias");
+      for (const BlockParam& bp : stdit3_block_params()) {
+        Tensor& t = b.*bp.field;
+        switch (bp.keep) {
+          case BlockParam::Keep::Matrix: t = upw(p + bp.suffix); break;
+          case BlockParam::Keep::Plain: t = up(p + bp.suffix); break;
+          // Row-parallel biases are added once, on rank 0, before the reduction.
+          case BlockParam::Keep::RowBias: t = tp_rank_ == 0 ? up(p + bp.suffix) : Tensor{}; break;
+        }
+        if (bp.flatten) t = t.view({-1});
+      }
       list.push_back(std::move(b));
     }
   }

@@ -8,6 +8,7 @@
 #include "backend/backend.h"
 #include "core/recorder.h"
 #include "io/checkpoint.h"
+#include "models/stdit3/block_weights.h"
 #include "models/stdit3/config.h"
 
 namespace stdit {
@@ -67,12 +68,7 @@ class STDiT3 {
   size_t activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_rows) const;
 
  private:
-  struct Block {
-    Tensor table;  // [6C]
-    Tensor qkv_w, qkv_b, q_norm, k_norm, proj_w, proj_b;
-    Tensor q_w, q_b, kv_w, kv_b, cproj_w, cproj_b;
-    Tensor fc1_w, fc1_b, fc2_w, fc2_b;
-  };
+  using Block = BlockWeights;  // models/stdit3/block_weights.h: the one declaration of its tensors
   struct Step;  // per-call shapes and shared tensors
 
   void block_forward(const Block& blk, bool temporal, Step& s, Tensor& x);
