@@ -20,7 +20,8 @@ extern "C" {
 
 namespace stdit {
 
-constexpr int kMaxFrameSide = 16384;  // largest width or height read_video/read_image accept
+constexpr int kMaxFrameSide = 16384;           // largest width or height read_video/read_image accept
+constexpr int64_t kMaxFramePixels = 1ll << 26;  // and pixels per frame (8192 x 8192; 4K is 8.3 M)
 
 
 using namespace media;
@@ -156,6 +157,10 @@ class VideoReader {
     // frame). 16384 per side covers every video and image this program works with.
     STDIT_CHECK(par->width <= kMaxFrameSide && par->height <= kMaxFrameSide, path_, ": frames of ",
                 par->width, "x", par->height, " are larger than the ", kMaxFrameSide, " pixels per side stdit reads");
+    // Both sides near the limit would still mean gigabytes of buffers from a few header bytes
+    // (found by the media fuzzer: a 16000 x 16000 PNG header ran it out of memory).
+    STDIT_CHECK(static_cast<int64_t>(par->width) * par->height <= kMaxFramePixels, path_, ": frames of ", par->width,
+                "x", par->height, " have more than the ", kMaxFramePixels, " pixels stdit reads per frame");
     dec_.reset(avcodec_alloc_context3(codec));
     STDIT_CHECK(dec_, "out of memory allocating a decoder");
     int err = avcodec_parameters_to_context(dec_.get(), par);
