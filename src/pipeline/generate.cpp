@@ -202,7 +202,7 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
     const auto f = SafetensorsFile::open(opt.decode_only);
     STDIT_CHECK(f->contains("latents"), opt.decode_only, ": no 'latents' tensor (write one with --save-latents)");
     plan.latents = f->get("latents").to(DType::F32);
-    if (f->metadata().count(kRecordKey)) saved = read_run_record(opt.decode_only);
+    if (f->metadata().count(kRecordKey)) saved = RunRecord::from_metadata(f->metadata(), opt.decode_only);
   }
   const RunRecord* base = from ? &*from : saved ? &*saved : nullptr;
 

@@ -141,15 +141,19 @@ RunRecord read_run_record(const std::string& path) {
   } else {
     meta = SafetensorsFile::open(path)->metadata();
   }
-  STDIT_CHECK(meta.count(kRecordKey), path,
+  return RunRecord::from_metadata(meta, path);
+}
+
+RunRecord RunRecord::from_metadata(const std::map<std::string, std::string>& meta, const std::string& where) {
+  STDIT_CHECK(meta.count(kRecordKey), where,
               ": holds no stdit record (not written by `stdit generate`, or by a version before records)");
   json j;
   try {
     j = json::parse(meta.at(kRecordKey));
   } catch (const json::exception&) {
-    fail(path, ": the stdit record is not valid JSON");
+    fail(where, ": the stdit record is not valid JSON");
   }
-  return RunRecord::from_json(j, path);
+  return from_json(j, where);
 }
 
 }  // namespace stdit

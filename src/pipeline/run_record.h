@@ -42,6 +42,8 @@ struct RunRecord {
   nlohmann::json to_json() const;
   // `where` names the file in errors.
   static RunRecord from_json(const nlohmann::json& j, const std::string& where);
+  // From a file's metadata map (mp4 tags, PNG text, safetensors __metadata__): the "stdit" entry.
+  static RunRecord from_metadata(const std::map<std::string, std::string>& meta, const std::string& where);
   // This record with only video `i` (what one output file carries).
   RunRecord only_video(size_t i) const;
   // Human-readable tags written beside the JSON (mp4 / PNG): prompt, seed, steps, ...

@@ -8,8 +8,9 @@ DeviceMemoryMonitor::DeviceMemoryMonitor(int device, std::chrono::milliseconds p
     : device_(device), period_(period) {
   sample();
   thread_ = std::thread([this] {
+    if (cudaSetDevice(device_) != cudaSuccess) return;  // this thread stays on the device
     while (!stop_.load()) {
-      sample();
+      record_current();
       std::this_thread::sleep_for(period_);
     }
   });
@@ -20,18 +21,21 @@ DeviceMemoryMonitor::~DeviceMemoryMonitor() {
   if (thread_.joinable()) thread_.join();
 }
 
+void DeviceMemoryMonitor::record_current() const {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) return;
+  const size_t used = total - free;
+  size_t p = peak_.load();
+  while (used > p && !peak_.compare_exchange_weak(p, used)) {
+  }
+}
+
 void DeviceMemoryMonitor::sample() const {
-  // The sampling thread binds itself once; the calling thread (peak()) keeps its own device.
+  // From any thread: switch to the device for the reading, then back to the caller's.
   int current = -1;
   if (cudaGetDevice(&current) != cudaSuccess) return;
   if (current != device_ && cudaSetDevice(device_) != cudaSuccess) return;
-  size_t free = 0, total = 0;
-  if (cudaMemGetInfo(&free, &total) == cudaSuccess) {
-    const size_t used = total - free;
-    size_t p = peak_.load();
-    while (used > p && !peak_.compare_exchange_weak(p, used)) {
-    }
-  }
+  record_current();
   if (current != device_) cudaSetDevice(current);
 }
 

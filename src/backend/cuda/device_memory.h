@@ -20,7 +20,8 @@ class DeviceMemoryMonitor {
   size_t peak() const;
 
  private:
-  void sample() const;
+  void sample() const;          // from any thread (restores the caller's device)
+  void record_current() const;  // on a thread already bound to the device
   int device_;
   std::chrono::milliseconds period_;
   mutable std::atomic<size_t> peak_{0};
