@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU machine: `stdit generate` end to end with the embedded tiny engine on the GPU (twice)
 # and on the CPU, then: identical bytes for the two GPU runs, latent error and per-frame PSNR of
-# GPU vs CPU. Expects .device/gen.tar.xz (a STDIT_MEDIA=OFF build: frames come out as safetensors).
+# GPU vs CPU. Expects a STDIT_MEDIA=OFF build (frames come out as safetensors) in build-cuda/ with its
+# libraries in build-cuda/libs (see scripts/gpu_check.sh), or STDIT=path/to/stdit.
 set -euo pipefail
 repo=$PWD
-mkdir -p /tmp/g /tmp/w && tar xJf .device/gen.tar.xz -C /tmp/g
-export LD_LIBRARY_PATH=/tmp/g/libs:/usr/local/cuda/lib64:/usr/local/cuda/lib
-cd /tmp/w
-S=/tmp/g/stdit
+S=$(realpath "${STDIT:-build-cuda/stdit}")
+export LD_LIBRARY_PATH=$(dirname "$S")/libs:/usr/local/cuda/lib64:/usr/local/cuda/lib
+mkdir -p /tmp/w && cd /tmp/w
 for run in cuda1 cuda2 cpu; do
   be=${run%[0-9]}
   /usr/bin/time -f "$run: %e s wall" $S generate "a beautiful waterfall" -e "$repo/models/tiny" --backend "$be" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peak device memory as stdit reports it (cudaMemGetInfo sampled every 5 ms by the backend) next to
 # nvidia-smi's own samples of the same run, for `stdit generate` (demo engine, whole pipeline) and
-# `stdit bench` at 720p 4s (real sizes, synthetic weights). Run on the GPU machine from the
+# `stdit bench` at 720p 4s (real sizes, synthetic weights). Run on the GPU machine (a STDIT_MEDIA=OFF build: the frames come out as safetensors) from the
 # repository root with build-cuda/ and build-cuda/libs carried (see scripts/gpu_check.sh).
 # Usage: scripts/gpu_memory_check.sh [OUT_DIR]
 set -uo pipefail
@@ -20,7 +20,7 @@ smi_peak() {  # runs "$@" while nvidia-smi samples memory.used every 50 ms; prin
   return $rc
 }
 idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0)
-smi_peak build-cuda/stdit generate "a red ball moving to the right" --backend cuda -o "$out/red_ball.mp4" 2>&1 |
+smi_peak build-cuda/stdit generate "a red ball moving to the right" --backend cuda --out-dir "$out/gen" 2>&1 |
   tee "$out/generate.log" | grep -E "^time:|nvidia-smi|Saved"
-smi_peak build-cuda/stdit_bench bench --backend cuda --preset 720p-4s --iters 1 2>&1 | tee "$out/bench.log" |
+smi_peak build-cuda/stdit bench --backend cuda --preset 720p-4s --iters 1 2>&1 | tee "$out/bench.log" |
   grep -E "720p|nvidia-smi"

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "commands.h"
+#include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #ifdef STDIT_HAVE_MEDIA
@@ -31,7 +32,7 @@ bool inspect_media(const std::string& path) {
     std::printf("  metadata %s = %s\n", k.c_str(), v.c_str());
   return true;
 #else
-  fail(path, ": reading mp4 / PNG files needs a build with media libraries");
+  throw Error(path + ": reading mp4 / PNG files needs a build with media libraries (STDIT_MEDIA=ON)");
 #endif
 }
 
