@@ -53,6 +53,30 @@ TEST(CpuOps, AddBroadcastAndSilu) {
   EXPECT_THROW(be.add(a, T({4}, {1, 2, 3, 4}), o), Error);
 }
 
+TEST(CpuOps, SubAndL1Distance) {
+  Tensor a = T({2, 2}, {1, -2, 3, 0.5f}), b = T({2, 2}, {0.5f, 2, -1, 0.5f});
+  Tensor o = be.alloc({2, 2});
+  be.sub(a, b, o);
+  expect_values(o, {0.5f, -4, 4, 0});
+  Tensor d = be.alloc({2});
+  be.l1_distance(a, b, d);
+  // mean |a - b| = (0.5 + 4 + 4 + 0) / 4, mean |b| = (0.5 + 2 + 1 + 0.5) / 4
+  expect_values(d, {2.125f, 1.0f});
+  // Large inputs: the chunked sums equal one double sum, whatever the thread count.
+  const int64_t n = 300001;
+  Tensor x = iota({n}, -1.0f, 1e-5f), y = iota({n}, 0.5f, -3e-6f);
+  be.l1_distance(x, y, d);
+  double sd = 0, sr = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    sd += std::fabs(x.data<float>()[i] - y.data<float>()[i]);
+    sr += std::fabs(y.data<float>()[i]);
+  }
+  EXPECT_NEAR(d.data<float>()[0], sd / n, 1e-6 * sd / n);
+  EXPECT_NEAR(d.data<float>()[1], sr / n, 1e-6 * sr / n);
+  EXPECT_THROW(be.l1_distance(a, T({3}, {1, 2, 3}), d), Error);
+  EXPECT_THROW(be.sub(a, T({3}, {1, 2, 3}), o), Error);
+}
+
 TEST(CpuOps, LayerNormModulateWithFrameSelect) {
   // x [B=1, N=2, C=4]; 1 token per frame; frame 1 is a conditioning frame.
   Tensor x = T({1, 2, 4}, {1, 2, 3, 4, 2, 2, 2, 6});

@@ -238,6 +238,24 @@ TEST(TensorParallel, SamplerAndCfgParallelCompose) {
   EXPECT_LE(rel_error(both, single), 1e-6);
 }
 
+// Step caching and --cfg-until on TP 2 (every rank decides from the same replicated input, so
+// all ranks skip together) equal one device: the same schedule, the same latents.
+TEST(TensorParallel, StepCacheAndCfgUntilMatchOneDevice) {
+  const std::string d = kData + "/pipeline_tiny/";
+  const TinyPipeline in = tiny_pipeline();
+  CpuBackend be;
+  auto dit = STDiT3::load(d + "dit", be);
+  const SamplerOptions so{0.2, 0.8};
+  SamplerReport r1, r2;
+  const Tensor single = rflow_sample(*dit, in.y_cond, in.mask, in.noise, 24, 40, 17, 24, 30, 7.0, {}, so, &r1);
+  CpuRanks g(2);
+  auto tp = TensorParallelDenoiser::load(d + "dit", g.ptrs);
+  const Tensor z = rflow_sample(*tp, in.y_cond, in.mask, in.noise, 24, 40, 17, 24, 30, 7.0, {}, so, &r2);
+  EXPECT_GT(r1.parts_cached, 0);
+  EXPECT_EQ(r2.schedule, r1.schedule);
+  EXPECT_LE(rel_error(z, single), 1e-6);
+}
+
 TEST(TensorParallel, PlanFromGpusTpAndCfgParallel) {
   auto plan = [](int g, int tp, bool cfg) {
     const ParallelPlan p = plan_parallel(g, tp, cfg);

@@ -64,6 +64,8 @@ struct Request {
   std::optional<double> fps;                // 24; the model's condition is 120 for images
   std::optional<int> steps;                 // 30
   std::optional<double> cfg_scale;          // 7.0
+  std::optional<std::string> cache;         // step caching: "none" (default), "teacache" or "teacache:0.1"
+  std::optional<double> cfg_until;          // guidance for this fraction of the steps, (0, 1] (1)
   std::optional<int64_t> seed;              // 42; -1: random (recorded)
   std::optional<uint32_t> noise_index;      // Philox stream of the first video (0)
   std::optional<double> aes;                // aesthetic score suffix (6.5) unless no_aes
@@ -109,6 +111,11 @@ struct Result {
   double text_s = 0, denoise_s = 0, decode_s = 0, write_s = 0, total_s = 0;
   size_t device_peak_bytes = 0;  // read from the device (0 on the CPU backend)
   size_t host_peak_bytes = 0;    // peak resident memory of the process
+  // --cache / --cfg-until over all batches: denoiser evaluations (parts: the CFG batch, or each
+  // half with CFG-parallel, or the conditional half alone), how many reused the cached residual,
+  // steps that ran the conditional half alone; the last batch's schedule ("R R C ... r").
+  int denoiser_parts = 0, denoiser_parts_cached = 0, cond_only_steps = 0;
+  std::string cache_schedule;
 };
 
 class Engine {

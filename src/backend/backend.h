@@ -87,6 +87,14 @@ class Backend {
   virtual void silu(const Tensor& x, Tensor& out) = 0;
   // out = a * b elementwise, same shapes; out may alias a.
   virtual void mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // out = a - b elementwise, F32, same shapes; out may alias a or b.
+  virtual void sub(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // The relative-L1 statistics of step caching (TeaCache): out (F32 [2]) = { mean |a - b|,
+  // mean |b| } over all elements. a and b have one shape and one dtype (F32 or matmul_dtype());
+  // in a 16-bit dtype each difference is rounded to that dtype before |.| (as PyTorch computes
+  // a - b in the tensors' dtype). Sums in f32 per thread and f64 across, in a fixed order (the
+  // same inputs give the same bits).
+  virtual void l1_distance(const Tensor& a, const Tensor& b, Tensor& out) = 0;
 
   // --- normalisation and modulation ---
   // out = weight * x / sqrt(mean(x^2) + eps) over the last dim (T5 LayerNorm); f32 statistics.

@@ -57,12 +57,21 @@ Tensor CfgParallelDenoiser::forward(const STDiT3Inputs& in) {
   }
   Tensor out[2];
   run_on_devices(backends_, [&](int k) { out[k] = halves_[k]->forward(part[k]); });
+  last_ran_ = {halves_[0]->last_blocks_ran()[0], halves_[1]->last_blocks_ran()[0]};
   Shape shape = out[0].shape();
   shape[0] = B;
   Tensor both = Tensor::empty(shape, DType::F32);
   std::memcpy(both.data<float>(), out[0].data<float>(), out[0].nbytes());
   std::memcpy(both.data<float>() + out[0].numel(), out[1].data<float>(), out[1].nbytes());
   return both;
+}
+
+Tensor CfgParallelDenoiser::forward_conditional(const STDiT3Inputs& in) {
+  // The conditional rows are the first half's work: its device(s) alone; the second idles.
+  Tensor out;
+  run_on_devices({backends_[0]}, [&](int) { out = halves_[0]->forward(in); });
+  last_ran_ = {halves_[0]->last_blocks_ran()[0]};
+  return out;
 }
 
 }  // namespace stdit

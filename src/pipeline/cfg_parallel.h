@@ -24,6 +24,8 @@ class CfgParallelDenoiser final : public Denoiser {
  public:
   CfgParallelDenoiser(std::vector<Backend*> backends, std::vector<Denoiser*> halves);
   Tensor forward(const STDiT3Inputs& in) override;
+  Tensor forward_conditional(const STDiT3Inputs& in) override;
+  std::vector<bool> last_blocks_ran() const override { return last_ran_; }
   const Tensor& null_caption() const override { return halves_[1]->null_caption(); }
   DType model_dtype() const override { return halves_[0]->model_dtype(); }
   const STDiT3Config& config() const override { return halves_[0]->config(); }
@@ -32,6 +34,7 @@ class CfgParallelDenoiser final : public Denoiser {
  private:
   std::vector<Backend*> backends_;
   std::vector<Denoiser*> halves_;
+  std::vector<bool> last_ran_;
 };
 
 }  // namespace stdit

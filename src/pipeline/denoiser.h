@@ -18,6 +18,12 @@ class Denoiser {
   virtual ~Denoiser() = default;
   // Host F32 output [B, out_channels, T, H, W] (as STDiT3::forward).
   virtual Tensor forward(const STDiT3Inputs& in) = 0;
+  // The same for a batch of conditional rows only (no CFG batch; --cfg-until). A denoiser that
+  // splits the CFG batch over devices runs it on the conditional half's device(s) alone.
+  virtual Tensor forward_conditional(const STDiT3Inputs& in) { return forward(in); }
+  // Per part of the last call (one, or the two halves of CFG-parallel; one after
+  // forward_conditional): whether it ran the blocks (false: step caching reused its residual).
+  virtual std::vector<bool> last_blocks_ran() const { return {first().last_blocks_ran()}; }
   virtual const Tensor& null_caption() const = 0;
   virtual DType model_dtype() const = 0;
   virtual const STDiT3Config& config() const = 0;
@@ -72,9 +78,40 @@ class TensorParallelDenoiser final : public Denoiser {
 // Checks a split before anything is loaded: tp >= 1 dividing `heads`, one device per rank.
 void check_tp_split(int tp, int heads, int devices_needed, int devices_present);
 
+// Opt-in savings of model work (both off by default; docs/NUMERICS.md measures what they cost).
+struct SamplerOptions {
+  // Step caching (TeaCache, models/stdit3/step_cache.h): > 0 enables it with this threshold.
+  double cache_threshold = 0;
+  // Classifier-free guidance for the first ceil(cfg_until * steps) steps only; after that only
+  // the conditional half runs (v = v_cond). In (0, 1]; 1 = every step.
+  double cfg_until = 1.0;
+};
+
+// What the savings did in one sampling run.
+struct SamplerReport {
+  int steps = 0;             // model steps taken (steps whose timestep rounds above 1000 excluded)
+  int parts = 0;             // denoiser parts run over all steps (CFG-parallel: two per CFG step)
+  int parts_cached = 0;      // of those, the ones that reused the cached residual
+  int cond_only_steps = 0;   // steps that ran the conditional half alone
+  // One group per step, groups separated by spaces: per part 'R' (blocks ran) or 'C' (cached),
+  // in lower case for a conditional-only step ("RR CR c c" = CFG-parallel, 4 steps).
+  std::string schedule;
+};
+
+// --cache: "none" -> 0; "teacache" -> 0.1; "teacache:T" -> T (a finite number > 0). Anything else
+// is an error naming the accepted forms.
+double parse_step_cache(const std::string& spec);
+// The recorded form: "none" or "teacache:T".
+std::string step_cache_name(double threshold);
+
+// Steps that run the unconditional half for a cfg_until fraction (the rest run only the
+// conditional half).
+int cfg_steps(double cfg_until, int steps);
+
 // The denoising loop (spec §8.4) on any denoiser; see generate.h for the arguments.
 Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise,
                     int height, int width, int num_frames, double fps, int steps, double cfg_scale,
-                    const std::function<void(int, const Tensor&)>& on_step = {});
+                    const std::function<void(int, const Tensor&)>& on_step = {},
+                    const SamplerOptions& options = {}, SamplerReport* report = nullptr);
 
 }  // namespace stdit

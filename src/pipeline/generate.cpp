@@ -237,6 +237,9 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
   rec.fps = pick(opt.fps, base ? base->fps : 0.0, ed.fps, 24.0);
   STDIT_CHECK(rec.steps >= 1, "--steps must be at least 1, got ", rec.steps);
   STDIT_CHECK(std::isfinite(rec.cfg_scale), "--cfg-scale must be a finite number");
+  rec.cache = step_cache_name(parse_step_cache(opt.cache ? *opt.cache : base ? base->cache : "none"));
+  rec.cfg_until = opt.cfg_until ? *opt.cfg_until : base ? base->cfg_until : 1.0;
+  cfg_steps(rec.cfg_until, rec.steps);  // refuses a fraction outside (0, 1]
   STDIT_CHECK(std::isfinite(rec.fps) && rec.fps > 0, "--fps must be a positive number");
   if (opt.width > 0 || opt.height > 0) {
     rec.height = opt.height;
@@ -591,7 +594,11 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
             " px", rounded ? cat(" (size condition ", W, "x", H, "; the VAE makes multiples of 8)") : std::string(), ", ",
             F == 1 ? std::string("1 frame (the model's fps condition is 120)") : cat(F, " frames at ", rec.fps, " fps"),
             ", ", rec.steps, " steps, cfg ", rec.cfg_scale, ", seed ", rec.seed, ", engine ", eng.dir, " (", eng.dtype,
-            "), backend ", backend->name(), " (", rec.precision, ")");
+            "), backend ", backend->name(), " (", rec.precision, ")",
+            rec.cache != "none" ? cat(", cache ", rec.cache) : std::string(),
+            rec.cfg_until < 1 ? cat(", cfg until ", rec.cfg_until, " (", cfg_steps(rec.cfg_until, rec.steps), " of ",
+                                    rec.steps, " steps)")
+                              : std::string());
     log_info("stdit generate: ", result.settings);
   }
 
@@ -765,7 +772,17 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
           emit({"denoise", ++done, total_steps, start, items, "", ""});
           check_cancel();
         };
-        const Tensor z = rflow_sample(*dits->top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick);
+        SamplerReport rep;
+        const Tensor z = rflow_sample(*dits->top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick,
+                                      SamplerOptions{parse_step_cache(rec.cache), rec.cfg_until}, &rep);
+        result.denoiser_parts += rep.parts;
+        result.denoiser_parts_cached += rep.parts_cached;
+        result.cond_only_steps += rep.cond_only_steps;
+        result.cache_schedule = rep.schedule;
+        if (rec.cache != "none" || rec.cfg_until < 1)
+          log_info("savings: ", rep.parts_cached, " of ", rep.parts, " denoiser evaluations reused the cached residual, ",
+                   rep.cond_only_steps, " of ", rep.steps, " steps without the unconditional half; schedule ",
+                   rep.schedule);
         t_denoise += seconds_since(t0);
         if (latents.defined()) std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
         const bool last = start + B >= items;

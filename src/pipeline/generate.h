@@ -42,8 +42,14 @@ std::vector<std::string> generate(const GenerateOptions& opt);
 // The reusable core for tests: the denoising loop on given text embeddings and noise.
 // y_cond [B, 1, L, C], mask [B, L] (I64), noise [B, 4, T, h, w] -> latents [B, 4, T, h, w].
 class STDiT3;
+struct SamplerOptions;  // pipeline/denoiser.h
+struct SamplerReport;
 Tensor rflow_sample(STDiT3& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise,
                     int height, int width, int num_frames, double fps, int steps, double cfg_scale,
                     const std::function<void(int, const Tensor&)>& on_step = {});
+Tensor rflow_sample(STDiT3& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise,
+                    int height, int width, int num_frames, double fps, int steps, double cfg_scale,
+                    const std::function<void(int, const Tensor&)>& on_step, const SamplerOptions& options,
+                    SamplerReport* report = nullptr);
 
 }  // namespace stdit

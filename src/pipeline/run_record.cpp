@@ -65,6 +65,8 @@ json RunRecord::to_json() const {
           {"flow", opt(flow)},
           {"camera_motion", opt(camera_motion)},
           {"batch_size", batch_size},
+          {"cache", cache},
+          {"cfg_until", cfg_until},
           {"videos", vids}};
 }
 
@@ -90,6 +92,11 @@ RunRecord RunRecord::from_json(const json& j, const std::string& where) {
   r.flow = get_opt<double>(j, "flow", where);
   r.camera_motion = get_opt<std::string>(j, "camera_motion", where);
   r.batch_size = get<int>(j, "batch_size", where);
+  // Records written before step caching and --cfg-until have neither: both were off.
+  r.cache = get_opt<std::string>(j, "cache", where).value_or("none");
+  r.cfg_until = get_opt<double>(j, "cfg_until", where).value_or(1.0);
+  STDIT_CHECK(std::isfinite(r.cfg_until) && r.cfg_until > 0 && r.cfg_until <= 1, where,
+              ": the stdit record holds an impossible cfg_until: ", r.cfg_until);
   STDIT_CHECK(r.width >= 8 && r.height >= 8 && r.num_frames >= 1 && r.steps >= 1 && r.batch_size >= 1 &&
                   std::isfinite(r.fps) && r.fps > 0 && std::isfinite(r.cfg_scale),
               where, ": the stdit record holds impossible settings: ", j.dump());

@@ -37,6 +37,8 @@ struct RunRecord {
   std::optional<double> aes, flow;
   std::optional<std::string> camera_motion;
   int batch_size = 1;  // videos per model call: results of other batch sizes differ by rounding
+  std::string cache = "none";  // step caching: "none" or "teacache:THRESHOLD"
+  double cfg_until = 1.0;      // fraction of the steps with classifier-free guidance
   std::vector<VideoRecord> videos;
 
   nlohmann::json to_json() const;

@@ -1,5 +1,9 @@
 // The denoising loop: rectified flow with classifier-free guidance (spec §8.4), on any backend.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "core/error.h"
 #include "models/stdit3/stdit3.h"
@@ -11,15 +15,60 @@ namespace stdit {
 
 Tensor rflow_sample(STDiT3& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise, int height,
                     int width, int num_frames, double fps, int steps, double cfg_scale,
-                    const std::function<void(int, const Tensor&)>& on_step) {
+                    const std::function<void(int, const Tensor&)>& on_step, const SamplerOptions& so,
+                    SamplerReport* report) {
   SingleDenoiser d(dit);
   return rflow_sample(static_cast<Denoiser&>(d), y_cond, mask, noise, height, width, num_frames, fps,
-                      steps, cfg_scale, on_step);
+                      steps, cfg_scale, on_step, so, report);
+}
+
+Tensor rflow_sample(STDiT3& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise, int height,
+                    int width, int num_frames, double fps, int steps, double cfg_scale,
+                    const std::function<void(int, const Tensor&)>& on_step) {
+  return rflow_sample(dit, y_cond, mask, noise, height, width, num_frames, fps, steps, cfg_scale, on_step,
+                      SamplerOptions{});
+}
+
+double parse_step_cache(const std::string& spec) {
+  const std::string forms = " (use none, teacache, or teacache:THRESHOLD with a threshold > 0, e.g. teacache:0.1)";
+  if (spec == "none") return 0;
+  if (spec == "teacache") return 0.1;
+  const std::string prefix = "teacache:";
+  STDIT_CHECK(spec.compare(0, prefix.size(), prefix) == 0, "--cache: unknown method '", spec, "'", forms);
+  const std::string v = spec.substr(prefix.size());
+  double t = 0;
+  size_t used = 0;
+  try {
+    t = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  STDIT_CHECK(!v.empty() && used == v.size() && std::isfinite(t) && t > 0, "--cache: bad threshold '", v, "'", forms);
+  return t;
+}
+
+std::string step_cache_name(double threshold) {
+  if (threshold <= 0) return "none";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "teacache:%g", threshold);
+  return buf;
+}
+
+int cfg_steps(double cfg_until, int steps) {
+  STDIT_CHECK(std::isfinite(cfg_until) && cfg_until > 0 && cfg_until <= 1, "--cfg-until must be in (0, 1], got ",
+              cfg_until);
+  // ceil, less a rounding allowance: 0.6 of 30 steps is 18, not 19
+  return std::min(steps, static_cast<int>(std::ceil(cfg_until * steps - 1e-9)));
 }
 
 Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, const Tensor& noise, int height,
                     int width, int num_frames, double fps, int steps, double cfg_scale,
-                    const std::function<void(int, const Tensor&)>& on_step) {
+                    const std::function<void(int, const Tensor&)>& on_step, const SamplerOptions& so,
+                    SamplerReport* report) {
+  STDIT_CHECK(std::isfinite(so.cache_threshold) && so.cache_threshold >= 0,
+              "the step-cache threshold must be a finite number >= 0, got ", so.cache_threshold);
+  const int with_cfg = cfg_steps(so.cfg_until, steps);
+  SamplerReport rep;
   const int64_t B = noise.size(0), L = y_cond.size(2), C = y_cond.size(3);
   const Tensor& null = dit.null_caption();  // [max_len, C]
   STDIT_CHECK(null.size(0) == L && null.size(1) == C, "text embeddings [", L, ", ", C,
@@ -43,6 +92,16 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
   Shape zin_shape = z.shape();
   zin_shape[0] = 2 * B;
   Tensor zin = Tensor::empty(zin_shape, DType::F32);
+  // The conditional half alone (--cfg-until): its rows of y; x is z itself.
+  STDiT3Inputs in_c = in;
+  in_c.y = y.slice(0, 0, B);
+  in.cache.threshold = in_c.cache.threshold = so.cache_threshold;
+  int first_model_step = -1;
+  for (int i = 0; i < steps; ++i)
+    if (ts[i] <= 1000.0f) {
+      first_model_step = i;
+      break;
+    }
   for (int i = 0; i < steps; ++i) {
     // Open-Sora's frame mask is (1000 >= t): with a shift ratio below 1 the first timestep can
     // round above 1000 in f32, every frame then counts as a clean frame and the step leaves z
@@ -51,23 +110,48 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
       if (on_step) on_step(i, z);
       continue;
     }
-    std::memcpy(zin.data<float>(), z.data<float>(), z.nbytes());
-    std::memcpy(zin.data<float>() + z.numel(), z.data<float>(), z.nbytes());
-    in.x = zin;
-    in.timestep = Tensor::from_f32({2 * B}, std::vector<float>(2 * B, ts[i]));
-    const Tensor out = dit.forward(in);  // [2B, 8, T, h, w]; velocity = channels 0..3
-    const int64_t oc = out.size(1), plane = per / 4;
+    // The first and last model steps always run the blocks (TeaCache's rule).
+    const bool refresh = i == first_model_step || i == steps - 1;
+    const bool cfg = i < with_cfg;
     const float dt = (i + 1 < steps ? ts[i] - ts[i + 1] : ts[i]) / 1000.0f;
+    Tensor out;  // [2B or B, 8, T, h, w]; velocity = channels 0..3
+    if (cfg) {
+      std::memcpy(zin.data<float>(), z.data<float>(), z.nbytes());
+      std::memcpy(zin.data<float>() + z.numel(), z.data<float>(), z.nbytes());
+      in.x = zin;
+      in.timestep = Tensor::from_f32({2 * B}, std::vector<float>(2 * B, ts[i]));
+      in.cache.refresh = refresh;
+      out = dit.forward(in);
+    } else {
+      in_c.x = z.clone();
+      in_c.timestep = Tensor::from_f32({B}, std::vector<float>(B, ts[i]));
+      in_c.cache.refresh = refresh;
+      out = dit.forward_conditional(in_c);
+    }
+    const int64_t oc = out.size(1), plane = per / 4;
     const float g = static_cast<float>(cfg_scale);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t k = 0; k < per; ++k) {
         const int64_t c = k / plane, r = k % plane;
         const float vc = out.data<float>()[((b * oc) + c) * plane + r];
-        const float vu = out.data<float>()[(((B + b) * oc) + c) * plane + r];
-        z.data<float>()[b * per + k] += (vu + g * (vc - vu)) * dt;
+        const float v = cfg ? [&] {
+          const float vu = out.data<float>()[(((B + b) * oc) + c) * plane + r];
+          return vu + g * (vc - vu);
+        }() : vc;
+        z.data<float>()[b * per + k] += v * dt;
       }
+    // The report: one group per step.
+    ++rep.steps;
+    rep.cond_only_steps += cfg ? 0 : 1;
+    if (!rep.schedule.empty()) rep.schedule += ' ';
+    for (bool ran : dit.last_blocks_ran()) {
+      ++rep.parts;
+      rep.parts_cached += ran ? 0 : 1;
+      rep.schedule += cfg ? (ran ? 'R' : 'C') : (ran ? 'r' : 'c');
+    }
     if (on_step) on_step(i, z);
   }
+  if (report) *report = rep;
   return z;
 }
 

@@ -85,6 +85,8 @@ const std::map<std::string, double>& thresholds() {
       {"upsample_nearest2x", 0.0},
       {"add", 0.0},
       {"mul", 0.0},
+      {"sub", 0.0},
+      {"l1_distance", 1e-6},
       {"channel_affine", 1e-6},
       {"gated_residual", 1e-6},
       {"silu", 1e-5},
@@ -435,6 +437,46 @@ TEST(CudaOps, ElementwiseAddMulSilu) {
     Tensor d = g.upload(a);  // in place
     g.silu(d, d);
     check("silu", cat(S(s), " in place"), err_vs(g, d, ref));
+  }
+}
+
+// sub (exact) and l1_distance (step caching's statistic): F32 against the CPU backend; BF16
+// against the host's sums of the bf16-rounded differences; the same inputs give the same bits.
+TEST(CudaOps, SubAndL1Distance) {
+  CudaBackend& g = gpu();
+  uint64_t seed = 300;
+  for (const Shape& s : std::vector<Shape>{{1}, {37}, {405, 72}, {1000003}, {2, 3600, 1152}}) {
+    const Tensor a = randn(s, ++seed, 2.0f), b = randn(s, ++seed);
+    Tensor ref = host_be().alloc(s);
+    host_be().sub(a, b, ref);
+    Tensor o = poisoned(g, s);
+    g.sub(g.upload(a), g.upload(b), o);
+    check("sub", S(s), err_vs(g, o, ref));
+    Tensor d_ref = host_be().alloc({2});
+    host_be().l1_distance(a, b, d_ref);
+    Tensor d = poisoned(g, {2});
+    g.l1_distance(g.upload(a), g.upload(b), d);
+    check("l1_distance", cat(S(s), " f32"), err_vs(g, d, d_ref));
+    // bf16 operands: each difference rounded to bf16 before |.|, as PyTorch's bf16 a - b.
+    const Tensor ab = a.to(DType::BF16), bb = b.to(DType::BF16);
+    const Tensor af = ab.to(DType::F32), bf = bb.to(DType::F32);
+    Tensor diff = host_be().alloc(s);
+    host_be().sub(af, bf, diff);
+    const Tensor diff_r = diff.to(DType::BF16).to(DType::F32);
+    double sd = 0, sr = 0;
+    for (int64_t i = 0; i < diff_r.numel(); ++i) {
+      sd += std::fabs(diff_r.data<float>()[i]);
+      sr += std::fabs(bf.data<float>()[i]);
+    }
+    const Tensor want = Tensor::from_f32({2}, {static_cast<float>(sd / diff_r.numel()), static_cast<float>(sr / diff_r.numel())});
+    Tensor d16 = poisoned(g, {2});
+    const Tensor gab = g.upload(ab), gbb = g.upload(bb);
+    g.l1_distance(gab, gbb, d16);
+    check("l1_distance", cat(S(s), " bf16"), err_vs(g, d16, want));
+    Tensor again = poisoned(g, {2});
+    g.l1_distance(gab, gbb, again);
+    const Tensor h1 = g.download(d16), h2 = g.download(again);
+    EXPECT_EQ(std::memcmp(h1.raw(), h2.raw(), 8), 0) << "l1_distance is not deterministic";
   }
 }
 

@@ -30,6 +30,12 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--fps", r.fps, "Frame rate, a model condition and the file's rate (default: the engine's, else 24)");
   cmd->add_option("--steps", r.steps, "Sampling steps (default: the engine's, else 30)");
   cmd->add_option("--cfg-scale", r.cfg_scale, "Classifier-free guidance scale (default: the engine's, else 7.0)");
+  cmd->add_option("--cache", r.cache,
+                  "Step caching: none (default), teacache (threshold 0.1) or teacache:THRESHOLD; faster, "
+                  "slightly different videos (docs/NUMERICS.md)");
+  cmd->add_option("--cfg-until", r.cfg_until,
+                  "Classifier-free guidance for this fraction of the steps only, in (0, 1] (default 1); later "
+                  "steps run the conditional half alone");
   cmd->add_option("--seed", r.seed, "Seed of the initial noise (default 42); -1: a random seed, printed and recorded");
   cmd->add_option("--noise-index", r.noise_index,
                   "Noise stream of the first video (default 0; video i draws stream N+i of the seed)");

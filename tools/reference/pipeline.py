@@ -61,6 +61,7 @@ Usage:
 """
 
 import json
+import math
 import os
 import sys
 from collections import OrderedDict
@@ -177,27 +178,41 @@ def sampling_timesteps(steps, P, height, width, num_frames, use_transform=True):
 
 
 def rflow_sample(model, z, y, mask, timesteps, cfg_scale, fps, height, width, record=None,
-                 cond_only=False):
+                 cond_only=False, cache_threshold=0.0, cfg_until=1.0):
     """RFLOW.sample for text-to-video (frame mask all 1.0).
 
     z [P, 4, T, h, w] float32; y [2P, 1, L, Cc] = [cond; null] (or [P, ...] cond only when
-    `cond_only`: no CFG batch, v = cond); mask [P, L]; fps/height/width float32 [P]."""
+    `cond_only`: no CFG batch, v = cond); mask [P, L]; fps/height/width float32 [P].
+    cache_threshold > 0: TeaCache step caching (the first and last steps always run the blocks).
+    cfg_until < 1: the CFG batch for the first ceil(cfg_until * steps) steps only, then the
+    conditional half alone (v = cond). record["schedule"]: per step 'R'/'C' (blocks ran / cached),
+    lower case for a conditional-only step."""
     P, T = z.shape[0], z.shape[2]
+    n = len(timesteps)
+    n_cfg = min(n, math.ceil(cfg_until * n - 1e-9))
+    cache = {"threshold": cache_threshold, "acc": 0.0} if cache_threshold > 0 else None
+    schedule = []
     frame_mask_t = torch.ones(P, T, dtype=torch.float32) * NUM_TIMESTEPS
     for i, t in enumerate(timesteps):
         x_mask = frame_mask_t >= t.unsqueeze(1)  # [P, T]
         x0 = z.clone()
-        if cond_only:
-            pred = model(z, t, y, mask=mask, x_mask=x_mask, fps=fps, height=height, width=width)
+        if cache is not None:
+            cache["refresh"] = i == 0 or i == n - 1
+        use_cfg = not cond_only and i < n_cfg
+        if not use_cfg:
+            pred = model(z, t, y[:P], mask=mask, x_mask=x_mask, fps=fps, height=height, width=width,
+                         cache=cache)
             v = pred[:, 0:4]
         else:
             z_in = torch.cat([z, z], 0)
             t_in = torch.cat([t, t], 0)
             pred = model(z_in, t_in, y, mask=mask, x_mask=x_mask.repeat(2, 1), fps=fps,
-                         height=height, width=width)
+                         height=height, width=width, cache=cache)
             pred = pred.chunk(2, dim=1)[0]  # channels 0..3 (the other 4 are the unused sigma)
             cond, uncond = pred.chunk(2, dim=0)
             v = uncond + cfg_scale * (cond - uncond)
+        ran = cache["ran"] if cache is not None else True
+        schedule.append(("R" if ran else "C") if use_cfg else ("r" if ran else "c"))
         if i < len(timesteps) - 1:
             dt = timesteps[i] - timesteps[i + 1]
         else:
@@ -209,6 +224,8 @@ def rflow_sample(model, z, y, mask, timesteps, cfg_scale, fps, height, width, re
             record["x_mask.step%d" % i] = x_mask.clone()
             record["v.step%d" % i] = v.detach().clone()
             record["z.step%d" % i] = z.detach().clone()
+    if record is not None:
+        record["schedule"] = " ".join(schedule)
     return z
 
 

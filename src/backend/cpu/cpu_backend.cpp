@@ -3,7 +3,9 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 
@@ -96,6 +98,50 @@ void CpuBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
   float* po = out.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < a.numel(); ++i) po[i] = pa[i] * pb[i];
+}
+
+void CpuBackend::sub(const Tensor& a, const Tensor& b, Tensor& out) {
+  expect_contiguous_f32(a, "sub", "a");
+  expect_contiguous_f32(b, "sub", "b");
+  expect_contiguous_f32(out, "sub", "out");
+  STDIT_CHECK(a.numel() == b.numel() && a.numel() == out.numel(), "cpu sub: sizes ",
+              shape_str(a.shape()), ", ", shape_str(b.shape()), ", ", shape_str(out.shape()));
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  float* po = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < a.numel(); ++i) po[i] = pa[i] - pb[i];
+}
+
+void CpuBackend::l1_distance(const Tensor& a, const Tensor& b, Tensor& out) {
+  expect_contiguous_f32(a, "l1_distance", "a");
+  expect_contiguous_f32(b, "l1_distance", "b");
+  expect_contiguous_f32(out, "l1_distance", "out");
+  STDIT_CHECK(a.shape() == b.shape() && a.numel() > 0 && out.numel() == 2, "cpu l1_distance: a ",
+              shape_str(a.shape()), ", b ", shape_str(b.shape()), ", out ", shape_str(out.shape()));
+  const int64_t n = a.numel();
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  // Fixed chunks summed in order: the same result for any thread count.
+  const int64_t chunk = 1 << 16, nc = (n + chunk - 1) / chunk;
+  std::vector<double> d(nc), r(nc);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < nc; ++c) {
+    double sd = 0, sr = 0;
+    for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) {
+      sd += std::fabs(pa[i] - pb[i]);
+      sr += std::fabs(pb[i]);
+    }
+    d[c] = sd;
+    r[c] = sr;
+  }
+  double sd = 0, sr = 0;
+  for (int64_t c = 0; c < nc; ++c) {
+    sd += d[c];
+    sr += r[c];
+  }
+  out.data<float>()[0] = static_cast<float>(sd / static_cast<double>(n));
+  out.data<float>()[1] = static_cast<float>(sr / static_cast<double>(n));
 }
 
 void CpuBackend::timestep_embedding(const Tensor& t, float max_period, Tensor& out) {

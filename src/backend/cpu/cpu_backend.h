@@ -24,6 +24,8 @@ class CpuBackend final : public Backend {
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void silu(const Tensor& x, Tensor& out) override;
   void mul(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void sub(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void l1_distance(const Tensor& a, const Tensor& b, Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
 
   void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,

@@ -377,6 +377,61 @@ __global__ void mul_kernel(const float* __restrict__ a, const float* __restrict_
     o[i] = a[i] * b[i];
 }
 
+__global__ void sub_kernel(const float* __restrict__ a, const float* __restrict__ b,
+                           float* __restrict__ o, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    o[i] = a[i] - b[i];
+}
+
+// l1_distance, pass 1: block k writes its sums of |a - b| (the difference rounded to T) and |b|
+// to part[2k], part[2k + 1]. A fixed grid, so the order of every sum is fixed.
+constexpr int kL1Blocks = 1024, kL1Threads = 256;
+__device__ inline float l1_load(const float* p, int64_t i) { return p[i]; }
+__device__ inline float l1_load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ inline float l1_diff(float a, float b, const float*) { return a - b; }
+__device__ inline float l1_diff(float a, float b, const __nv_bfloat16*) {
+  return __bfloat162float(__float2bfloat16(a - b));
+}
+template <typename T>
+__global__ void __launch_bounds__(kL1Threads) l1_partial_kernel(const T* __restrict__ a,
+                                                                const T* __restrict__ b,
+                                                                double* __restrict__ part, int64_t n) {
+  float sd = 0.f, sr = 0.f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kL1Threads) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kL1Threads) {
+    const float va = l1_load(a, i), vb = l1_load(b, i);
+    sd += fabsf(l1_diff(va, vb, a));
+    sr += fabsf(vb);
+  }
+  __shared__ double sh[2][kL1Threads];
+  sh[0][threadIdx.x] = sd;
+  sh[1][threadIdx.x] = sr;
+  __syncthreads();
+  for (int w = kL1Threads / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w) {
+      sh[0][threadIdx.x] += sh[0][threadIdx.x + w];
+      sh[1][threadIdx.x] += sh[1][threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    part[2 * blockIdx.x] = sh[0][0];
+    part[2 * blockIdx.x + 1] = sh[1][0];
+  }
+}
+// Pass 2: one thread sums the parts in order and writes the two means.
+__global__ void l1_final_kernel(const double* __restrict__ part, int nparts, int64_t n,
+                                float* __restrict__ out) {
+  double sd = 0, sr = 0;
+  for (int k = 0; k < nparts; ++k) {
+    sd += part[2 * k];
+    sr += part[2 * k + 1];
+  }
+  out[0] = static_cast<float>(sd / static_cast<double>(n));
+  out[1] = static_cast<float>(sr / static_cast<double>(n));
+}
+
 // out = x * scale[c] + shift[c]; x [B, C, S] flattened; grid.y walks the B*C planes.
 __global__ void channel_affine_kernel(const float* __restrict__ x, const float* __restrict__ scale,
                                       const float* __restrict__ shift, float* __restrict__ o,
@@ -508,6 +563,43 @@ void CudaBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
   mul_kernel<<<blocks_for(a.numel(), 256), 256, 0, c.stream>>>(a.data<float>(), b.data<float>(),
                                                                out.data<float>(), a.numel());
   check_launch("mul");
+}
+
+void CudaBackend::sub(const Tensor& a, const Tensor& b, Tensor& out) {
+  OpTimer timer_(*ctx_, "sub", a);
+  const CudaContext& c = *ctx_;
+  expect_contiguous_f32(a, c, "sub", "a");
+  expect_contiguous_f32(b, c, "sub", "b");
+  expect_contiguous_f32(out, c, "sub", "out");
+  STDIT_CHECK(a.numel() == b.numel() && a.numel() == out.numel(), "cuda sub: sizes ",
+              shape_str(a.shape()), ", ", shape_str(b.shape()), ", ", shape_str(out.shape()));
+  if (a.numel() == 0) return;
+  sub_kernel<<<blocks_for(a.numel(), 256), 256, 0, c.stream>>>(a.data<float>(), b.data<float>(),
+                                                               out.data<float>(), a.numel());
+  check_launch("sub");
+}
+
+void CudaBackend::l1_distance(const Tensor& a, const Tensor& b, Tensor& out) {
+  OpTimer timer_(*ctx_, "l1_distance", a);
+  const CudaContext& c = *ctx_;
+  expect_contiguous_float(a, c, "l1_distance", "a");
+  expect_contiguous_float(b, c, "l1_distance", "b");
+  expect_contiguous_f32(out, c, "l1_distance", "out");
+  STDIT_CHECK(a.shape() == b.shape() && a.dtype() == b.dtype() && a.numel() > 0 && out.numel() == 2,
+              "cuda l1_distance: a ", shape_str(a.shape()), " ", dtype_name(a.dtype()), ", b ",
+              shape_str(b.shape()), " ", dtype_name(b.dtype()), ", out ", shape_str(out.shape()));
+  const int64_t n = a.numel();
+  const int nb = static_cast<int>(std::min<int64_t>(kL1Blocks, (n + kL1Threads - 1) / kL1Threads));
+  Tensor part = alloc({2 * static_cast<int64_t>(nb)}, DType::F64);
+  if (a.dtype() == DType::BF16)
+    l1_partial_kernel<<<nb, kL1Threads, 0, c.stream>>>(a.data<__nv_bfloat16>(), b.data<__nv_bfloat16>(),
+                                                       part.data<double>(), n);
+  else
+    l1_partial_kernel<<<nb, kL1Threads, 0, c.stream>>>(a.data<float>(), b.data<float>(),
+                                                       part.data<double>(), n);
+  check_launch("l1_distance");
+  l1_final_kernel<<<1, 1, 0, c.stream>>>(part.data<double>(), nb, n, out.data<float>());
+  check_launch("l1_distance");
 }
 
 void CudaBackend::channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,

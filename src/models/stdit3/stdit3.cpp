@@ -348,16 +348,34 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   // ---- blocks: S0, T0, S1, T1, ... ----
   // (with rows split, x is whole again only after the blocks: no per-block records)
   s.rows_split = tp_ && tp_->splits_rows() && !s.sel.active() && C % 8 == 0;
-  for (int i = 0; i < c.depth; ++i) {
-    block_forward(spatial_[i], false, s, x);
-    if (!s.rows_split) record(cat("block.", 2 * i), x);
-    block_forward(temporal_[i], true, s, x);
-    if (!s.rows_split) record(cat("block.", 2 * i + 1), x);
-  }
-  if (s.rows_split) {  // every rank's rows to the other: x whole again
-    const auto [lo, hi] = tp_->own_rows(B * s.N);
-    tp_->start_row_exchange(x, lo, hi, x, lo);
-    tp_->finish_row_exchange();
+  const bool caching = in.cache.threshold > 0;
+  if (!caching) cache_ = {};
+  last_blocks_ran_ = !caching || cache_says_run(in.cache, s, x);
+  if (!last_blocks_ran_) {
+    // Cached step: the residual of the last full step, rows of this batch (after --cfg-until the
+    // batch is the conditional half, the first rows of the CFG batch).
+    be_.add(x, cache_.residual.slice(0, 0, B), x);
+  } else {
+    Tensor x_in;
+    if (caching) {
+      x_in = be_.alloc(x.shape());
+      be_.copy(x, x_in);
+    }
+    for (int i = 0; i < c.depth; ++i) {
+      block_forward(spatial_[i], false, s, x);
+      if (!s.rows_split) record(cat("block.", 2 * i), x);
+      block_forward(temporal_[i], true, s, x);
+      if (!s.rows_split) record(cat("block.", 2 * i + 1), x);
+    }
+    if (s.rows_split) {  // every rank's rows to the other: x whole again
+      const auto [lo, hi] = tp_->own_rows(B * s.N);
+      tp_->start_row_exchange(x, lo, hi, x, lo);
+      tp_->finish_row_exchange();
+    }
+    if (caching) {
+      be_.sub(x, x_in, x_in);
+      cache_.residual = x_in;
+    }
   }
 
   // ---- final layer (spec §3.7): raw t, and LayerNorm twice for conditioning frames ----
@@ -388,6 +406,41 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   Tensor host = be_.download(out);
   if (rec) rec("output", host);
   return host;
+}
+
+// TeaCache's rule (step_cache.h), computed as its authors' Open-Sora code does: the first spatial
+// block's norm1 + modulation of the embedded input (in the matmul dtype), the relative L1 change
+// against the last call's as a ratio of two means, each rounded to the model dtype, rescaled and
+// summed; the blocks run when the sum reaches the threshold (then it restarts from 0).
+bool STDiT3::cache_says_run(const StepCacheControl& cc, const Step& s, const Tensor& x) {
+  const int64_t B = s.B, C = s.C;
+  Tensor mod = be_.alloc({B, 6 * C});
+  be_.add(s.t_mlp, spatial_[0].table, mod);
+  Tensor m = be_.alloc({B, s.N, C}, be_.matmul_dtype());
+  be_.layernorm_modulate(x, chunk(mod, 0, C), chunk(mod, 1, C), Tensor{}, Tensor{}, FrameSelect{},
+                         cfg_.norm_eps, m);
+  CacheState& st = cache_;
+  // The previous call's rows for this batch: all of them, or the conditional half after
+  // --cfg-until made the batch half as large.
+  const bool comparable = st.prev_input.defined() && st.residual.defined() &&
+                          st.prev_input.size(0) >= B && st.residual.size(0) >= B &&
+                          st.prev_input.numel() / st.prev_input.size(0) == m.numel() / B;
+  bool run = true;
+  if (cc.refresh || !comparable) {
+    st.accumulated = 0;
+  } else {
+    Tensor d = be_.alloc({2});
+    be_.l1_distance(m, st.prev_input.slice(0, 0, B), d);
+    const Tensor h = be_.download(d);
+    const double num = round_scalar(h.data<float>()[0], model_dtype_);
+    const double den = round_scalar(h.data<float>()[1], model_dtype_);
+    const double rel = den > 0 ? round_scalar(num / den, model_dtype_) : 0.0;
+    st.accumulated += teacache_rescale(rel);
+    if (st.accumulated < cc.threshold) run = false;
+    else st.accumulated = 0;
+  }
+  st.prev_input = m;
+  return run;
 }
 
 void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) {

@@ -10,6 +10,7 @@
 #include "io/checkpoint.h"
 #include "models/stdit3/block_weights.h"
 #include "models/stdit3/config.h"
+#include "models/stdit3/step_cache.h"
 
 namespace stdit {
 
@@ -25,6 +26,7 @@ struct STDiT3Inputs {
   Tensor fps;       // [1], [B/2] or [B] float
   Tensor height;    // [>=1] pixel height (element 0 is used)
   Tensor width;     // [>=1] pixel width (element 0 is used)
+  StepCacheControl cache;  // step caching (off unless cache.threshold > 0)
 };
 
 // Rank `rank`'s shard of the full weights for tensor parallelism over `tp` ranks (the split of
@@ -65,6 +67,8 @@ class STDiT3 {
   // and of the activations one forward() holds at its peak for batch B, T frames of S tokens and
   // `text_rows` packed caption rows (the same arithmetic as the allocations of block_forward).
   size_t weight_bytes() const { return weight_bytes_; }
+  // Whether the last forward() ran the blocks (false: step caching reused the cached residual).
+  bool last_blocks_ran() const { return last_blocks_ran_; }
   size_t activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_rows) const;
 
  private:
@@ -72,6 +76,8 @@ class STDiT3 {
   struct Step;  // per-call shapes and shared tensors
 
   void block_forward(const Block& blk, bool temporal, Step& s, Tensor& x);
+  // Step caching: true when the blocks must run for this call (models/stdit3/step_cache.h).
+  bool cache_says_run(const StepCacheControl& cc, const Step& s, const Tensor& x);
   // Runs timestep-like values through an embedder MLP pair: Linear -> SiLU -> Linear.
   Tensor embed_scalar(const Tensor& values, const Tensor& w0, const Tensor& b0, const Tensor& w2,
                       const Tensor& b2);
@@ -90,6 +96,13 @@ class STDiT3 {
   Tensor final_table_, final_w_, final_b_;
   Tensor rope_freqs_;
   std::vector<Block> spatial_, temporal_;
+  // Step-caching state across the calls of one video: the first block's modulated input of the
+  // last call, the residual of the blocks at the last call that ran them, the accumulated change.
+  struct CacheState {
+    Tensor prev_input, residual;
+    double accumulated = 0;
+  } cache_;
+  bool last_blocks_ran_ = true;
 };
 
 }  // namespace stdit
