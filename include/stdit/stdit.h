@@ -164,6 +164,8 @@ struct ConvertRequest {
   std::string dtype = "bf16";     // bf16, f16 or f32
   bool force = false;             // replace an existing output directory
   int tp = 1;                     // > 1: the denoiser as one shard file per tensor-parallel rank
+  bool synthetic = false;         // real sizes, synthetic weights (measurements); dit/vae/t5 optional
+  uint64_t seed = 1;              // of the synthetic weights (as `stdit bench --seed`)
 };
 void convert(const ConvertRequest& request);
 

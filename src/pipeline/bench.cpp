@@ -17,6 +17,7 @@
 #include "pipeline/cfg_parallel.h"
 #include "pipeline/denoiser.h"
 #include "pipeline/presets.h"
+#include "pipeline/synthetic_weights.h"
 #include "text/t5.h"
 
 namespace stdit {
@@ -25,27 +26,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-// Non-zero synthetic weights for every key of a model (recipe of tests/data: fan-in scaling).
-WeightMap synthetic_weights(const std::vector<ParamSpec>& specs, uint64_t seed) {
-  WeightMap w;
-  for (const auto& p : specs) {
-    if (p.optional) continue;
-    const int64_t n = shape_numel(p.shape);
-    const bool norm = p.name.find("norm") != std::string::npos || p.name.find("layer_norm") != std::string::npos;
-    double scale = 1.0 / 16;
-    if (p.shape.size() >= 2) {
-      const double fan_in = static_cast<double>(n / p.shape[0]);
-      scale = std::pow(2.0, -std::round(std::log2(std::sqrt(fan_in))));
-    }
-    if (p.name == "scale" || p.name == "shift") {
-      w[p.name] = Tensor::from_f32(p.shape, {3.85f, 2.32f, 2.33f, 3.06f});
-      if (p.name == "shift") w[p.name] = Tensor::from_f32(p.shape, {-0.10f, 0.34f, 0.27f, 0.98f});
-      continue;
-    }
-    w[p.name] = synthetic_tensor(p.name, p.shape, seed, scale, norm && p.shape.size() == 1 ? 1.0 : 0.0);
-  }
-  return w;
-}
 }  // namespace
 
 double stdit3_step_flops(int64_t T, int64_t S, int64_t C, int depth) {
@@ -57,6 +37,8 @@ double stdit3_step_flops(int64_t T, int64_t S, int64_t C, int depth) {
 }
 
 void run_bench(const BenchOptions& opt) {
+  const SamplerOptions savings{parse_step_cache(opt.cache), opt.cfg_until};
+  cfg_steps(opt.cfg_until, 30);  // refuses a fraction outside (0, 1] before anything loads
   auto be = make_backend(opt.backend);
   nlohmann::json results = nlohmann::json::array();
   std::printf("stdit bench (backend %s, synthetic weights seed %llu)\n%s\n", opt.backend.c_str(),
@@ -67,7 +49,7 @@ void run_bench(const BenchOptions& opt) {
   if (opt.t5) {
     T5Config tc;  // real sizes
     {
-      auto t5 = std::make_unique<T5Encoder>(tc, synthetic_weights(t5_param_specs(tc), opt.seed), *be);
+      auto t5 = std::make_unique<T5Encoder>(tc, synthetic_weights(t5_param_specs(tc), synthetic_seed("t5", opt.seed)), *be);
       Tensor ids = Tensor::zeros({1, 300}, DType::I64), mask = Tensor::zeros({1, 300}, DType::I64);
       for (int i = 0; i < 300; ++i) {
         ids.data<int64_t>()[i] = 100 + i;
@@ -85,7 +67,7 @@ void run_bench(const BenchOptions& opt) {
 
   // ---- STDiT3-XL/2 per preset, then the VAE decode ----
   STDiT3Config dc;  // real sizes
-  auto dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be);
+  auto dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be);
   // Tensor parallel over opt.tp devices, sharded from the same synthetic weights.
   std::vector<std::unique_ptr<Backend>> tp_owned;
   std::unique_ptr<TensorParallelDenoiser> tp;
@@ -95,7 +77,7 @@ void run_bench(const BenchOptions& opt) {
       tp_owned.push_back(r == 0 ? nullptr : make_backend(opt.backend == "cuda" ? cat("cuda:", r) : opt.backend));
       bes.push_back(r == 0 ? be.get() : tp_owned.back().get());
     }
-    tp = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), bes);
+    tp = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), bes);
     std::printf("tensor parallel: %d ranks (%s)\n", opt.tp, tp->comm_kind().c_str());
   }
   // CFG-parallel: a second device with its own copy of the denoiser.
@@ -104,7 +86,7 @@ void run_bench(const BenchOptions& opt) {
   if (opt.cfg_parallel) {
     be1 = make_backend(opt.backend == "cuda" ? "cuda:1" : opt.backend);
     run_on_devices({be1.get()}, [&](int) {
-      dit1 = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be1);
+      dit1 = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be1);
     });
     be->bind_to_this_thread();  // creating the second device's backend made its device current here
   }
@@ -121,13 +103,13 @@ void run_bench(const BenchOptions& opt) {
       tpb_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", opt.tp + r) : opt.backend));
       bes.push_back(tpb_owned.back().get());
     }
-    tp_b = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), bes);
+    tp_b = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), bes);
     be->bind_to_this_thread();
   }
   std::unique_ptr<OpenSoraVae> vae;
   VaeConfig vc;
   for (const auto& preset : opt.presets) {
-    if (!dit) dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), opt.seed + 1), *be);
+    if (!dit) dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be);
     const auto dash = preset.find('-');
     STDIT_CHECK(dash != std::string::npos, "bench preset '", preset, "' is not RESOLUTION-DURATION (e.g. 480p-4s)");
     const auto [H, W] = image_size(preset.substr(0, dash), "9:16");
@@ -204,13 +186,37 @@ void run_bench(const BenchOptions& opt) {
                   "rel err vs one device %.2e\n",
                   preset.c_str(), opt.tp, 2 * opt.tp, cfgtp_ms, step_ms / cfgtp_ms, cfgtp_err);
     }
+    // The 30-step sampling loop, plain and with the savings (same noise, text and weights).
+    double loop_plain_s = -1, loop_saved_s = -1, loop_change = -1;
+    SamplerReport saved_rep;
+    if (savings.cache_threshold > 0 || savings.cfg_until < 1) {
+      SingleDenoiser sd(*dit);
+      const Tensor y1 = in.y.slice(0, 0, 1).contiguous(), noise = in.x.slice(0, 0, 1).contiguous();
+      auto loop = [&](const SamplerOptions& so, SamplerReport* rep, double& s) {
+        be->synchronize();
+        const auto c0 = Clock::now();
+        Tensor z = rflow_sample(sd, y1, in.mask, noise, H, W, F, 24.0, 30, 7.0, {}, so, rep);
+        be->synchronize();
+        s = secs(c0, Clock::now());
+        return z;
+      };
+      const Tensor z0 = loop(SamplerOptions{}, nullptr, loop_plain_s);
+      const Tensor z1 = loop(savings, &saved_rep, loop_saved_s);
+      loop_change = rel_error(z1, z0);
+      std::printf("  %-8s 30-step loop: plain %.2f s, with %s%s %.2f s (%.2fx); %d of %d evaluations cached, "
+                  "%d conditional-only steps; latents rel. change %.2e (random weights)\n  %-8s schedule %s\n",
+                  preset.c_str(), loop_plain_s, step_cache_name(savings.cache_threshold).c_str(),
+                  savings.cfg_until < 1 ? cat(", cfg until ", savings.cfg_until).c_str() : "", loop_saved_s,
+                  loop_plain_s / loop_saved_s, saved_rep.parts_cached, saved_rep.parts, saved_rep.cond_only_steps,
+                  loop_change, preset.c_str(), saved_rep.schedule.c_str());
+    }
     double vae_s = -1;
     if (opt.vae) {
       if (!vae) {
         dit.reset();  // stage residency: the denoiser is freed before the VAE is loaded
         tp.reset();
         tp_b.reset();
-        vae = std::make_unique<OpenSoraVae>(vc, synthetic_weights(vae_param_specs(vc), opt.seed + 3), *be);
+        vae = std::make_unique<OpenSoraVae>(vc, synthetic_weights(vae_param_specs(vc), synthetic_seed("vae", opt.seed)), *be);
       }
       const Tensor z = philox_normal({1, 4, T, h, w}, opt.seed + 4);
       const auto b = Clock::now();
@@ -236,7 +242,12 @@ void run_bench(const BenchOptions& opt) {
                        {"cfg_parallel_ms_per_step", cfgp_ms}, {"cfg_parallel_rel_err", cfgp_err},
                        {"tp", opt.tp}, {"tp_ms_per_step", tp_ms}, {"tp_rel_err", tp_err},
                        {"cfg_tp_ms_per_step", cfgtp_ms}, {"cfg_tp_rel_err", cfgtp_err},
-                       {"plan_weights_gib", plan_w}, {"plan_activations_gib", plan_a}});
+                       {"plan_weights_gib", plan_w}, {"plan_activations_gib", plan_a},
+                       {"cache", step_cache_name(savings.cache_threshold)}, {"cfg_until", savings.cfg_until},
+                       {"loop30_plain_s", loop_plain_s}, {"loop30_saved_s", loop_saved_s},
+                       {"loop30_parts", saved_rep.parts}, {"loop30_parts_cached", saved_rep.parts_cached},
+                       {"loop30_cond_only_steps", saved_rep.cond_only_steps},
+                       {"loop30_latents_rel_change", loop_change}, {"loop30_schedule", saved_rep.schedule}});
   }
   if (!opt.json.empty()) {
     std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend},

@@ -15,6 +15,11 @@ struct BenchOptions {
   std::string json;  // write results here too
   bool cfg_parallel = false;  // also time the CFG halves on two devices (backend "cuda": cuda:0 + cuda:1)
   int tp = 1;  // > 1: also time tensor parallelism over tp devices (cuda:0..tp-1; CPU: tp backends)
+  // Set either: also run the whole 30-step sampling loop with and without these savings (step
+  // caching "teacache[:T]", guidance for a fraction of the steps) and report both times, the
+  // evaluations saved and the change of the latents.
+  std::string cache = "none";
+  double cfg_until = 1.0;
 };
 
 void run_bench(const BenchOptions& opt);

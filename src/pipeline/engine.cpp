@@ -17,6 +17,7 @@
 #include "models/stdit3/config.h"
 #include "models/stdit3/stdit3.h"
 #include "models/vae/config.h"
+#include "pipeline/synthetic_weights.h"
 #include "text/t5.h"
 #include "text/tokenizer.h"
 
@@ -64,6 +65,57 @@ std::vector<ParamSpec> specs_for(const std::string& kind, const fs::path& cfg) {
   if (kind == "dit") return stdit3_param_specs(load_stdit3_config(cfg.string()));
   if (kind == "t5") return t5_param_specs(load_t5_config(cfg.string()));
   return vae_param_specs(load_vae_config(cfg.string()));
+}
+
+// A component of real size with synthetic weights (convert --synthetic): the config of `given`
+// (a model directory) or the real model's, weights by the recipe of pipeline/synthetic_weights.h,
+// made one tensor at a time while the file is written.
+json synthetic_component(const std::string& kind, const std::string& given, const fs::path& out_dir, DType dtype,
+                         int tp, uint64_t seed) {
+  fs::create_directories(out_dir / kind);
+  const fs::path cfg = out_dir / kind / "config.json";
+  if (given.empty()) {
+    std::ofstream(cfg) << real_config_json(kind);
+  } else {
+    std::error_code ec;
+    const fs::path dir = fs::is_directory(given, ec) ? fs::path(given) : fs::path(given).parent_path();
+    STDIT_CHECK(fs::exists(dir / "config.json", ec), given, " (", flag_of(kind), "): no config.json");
+    fs::copy_file(dir / "config.json", cfg);
+    fs::permissions(cfg, fs::perms::owner_write, fs::perm_options::add);
+  }
+  STDIT_CHECK(identify(out_dir / kind, nullptr) == kind, given, " (", flag_of(kind), ") is not the config of ",
+              what_of(kind));
+  std::vector<ParamSpec> specs;
+  for (const auto& p : specs_for(kind, cfg))
+    if (!p.optional && p.name != "encoder.embed_tokens.weight") specs.push_back(p);
+  const uint64_t s = synthetic_seed(kind, seed);
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "stdit convert --synthetic"},
+                                                   {"synthetic_seed", std::to_string(s)}};
+  if (kind == "dit" && tp > 1) {
+    const STDiT3Config c = load_stdit3_config(cfg.string());
+    const WeightMap w = synthetic_weights(specs, s);
+    const auto rank_specs = stdit3_param_specs(c, tp);
+    for (int r = 0; r < tp; ++r) {
+      const WeightMap shard = shard_stdit3_weights(c, w, r, tp);
+      std::vector<PlannedTensor> rp;
+      for (const auto& p : rank_specs)
+        if (shard.count(p.name)) rp.push_back({p.name, dtype, p.shape});
+      auto m = meta;
+      m["tp_rank"] = std::to_string(r);
+      m["tp_size"] = std::to_string(tp);
+      write_safetensors_streaming((out_dir / kind / cat("rank", r, ".safetensors")).string(), rp,
+                                  [&](size_t i) { return shard.at(rp[i].name).to(dtype); }, m);
+    }
+  } else {
+    std::vector<PlannedTensor> plan;
+    for (const auto& p : specs) plan.push_back({p.name, dtype, p.shape});
+    write_safetensors_streaming((out_dir / kind / "model.safetensors").string(), plan,
+                                [&](size_t i) { return synthetic_weight(specs[i], s).to(dtype); }, meta);
+  }
+  if (kind == "t5") fs::copy_file(default_spiece_model(), out_dir / kind / "spiece.model");
+  log_info("convert: ", kind, " <- synthetic weights, seed ", s, " (", specs.size(), " tensors, ", dtype_name(dtype),
+           ")");
+  return {{"source", given.empty() ? "synthetic" : "synthetic, config of " + given}, {"synthetic_seed", s}};
 }
 
 // Converts one component into out_dir/<kind>/; returns its description for config.json.
@@ -314,9 +366,12 @@ void convert_engine(const ConvertOptions& opt) {
     fs::create_directories(tmp);
     json comps;
     STDIT_CHECK(opt.tp >= 1 && opt.tp <= 16, "convert: --tp must be in 1..16, got ", opt.tp);
-    comps["dit"] = convert_component("dit", opt.dit, tmp, opt.dtype, opt.tp);
-    comps["vae"] = convert_component("vae", opt.vae, tmp, opt.dtype);
-    comps["t5"] = convert_component("t5", opt.t5, tmp, opt.dtype);
+    for (const char* kind : {"dit", "vae", "t5"}) {
+      const std::string& given = std::string(kind) == "dit" ? opt.dit : std::string(kind) == "vae" ? opt.vae : opt.t5;
+      const int tp = std::string(kind) == "dit" ? opt.tp : 1;
+      comps[kind] = opt.synthetic ? synthetic_component(kind, given, tmp, opt.dtype, tp, opt.seed)
+                                  : convert_component(kind, given, tmp, opt.dtype, tp);
+    }
     const std::string dt = opt.dtype == DType::F32 ? "f32" : opt.dtype == DType::BF16 ? "bf16" : "f16";
     json cfg = {{"format", "stdit-engine"}, {"format_version", 1}, {"program", "stdit 0.1.0"},
                 {"dtype", dt}, {"tp_size", opt.tp}, {"components", comps}};

@@ -47,6 +47,10 @@ struct ConvertOptions {
   DType dtype = DType::BF16;
   bool force = false;
   int tp = 1;  // > 1: the denoiser as one shard file per tensor-parallel rank (the seed's layout)
+  // Real-size models with synthetic weights (for speed and memory measurements): dit/vae/t5 may
+  // name model directories whose config.json to use; empty: the real models' configs.
+  bool synthetic = false;
+  uint64_t seed = 1;  // of the synthetic weights (the same as `stdit bench --seed`)
 };
 
 // Streams every tensor (one at a time) into a new engine directory, cast to `dtype`. A checkpoint

@@ -560,6 +560,8 @@ void convert(const ConvertRequest& r) {
   c.out = r.out;
   c.force = r.force;
   c.tp = r.tp;
+  c.synthetic = r.synthetic;
+  c.seed = r.seed;
   c.dtype = (d == "f16") ? DType::F16 : (d == "bf16" || d == "bfloat16") ? DType::BF16 : DType::F32;
   convert_engine(c);
 }

@@ -14,6 +14,10 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_flag_callback("--no-vae", [o] { o->vae = false; }, "Skip the VAE decode");
   cmd->add_option("--seed", o->seed, "Seed of the synthetic weights")->capture_default_str();
   cmd->add_option("--json", o->json, "Also write the results as JSON");
+  cmd->add_option("--cache", o->cache,
+                  "Also run the 30-step loop with step caching (teacache[:THRESHOLD]) and without, and compare");
+  cmd->add_option("--cfg-until", o->cfg_until,
+                  "Also run the 30-step loop with guidance for this fraction of the steps and without");
   cmd->add_flag("--cfg-parallel", o->cfg_parallel, "Also time CFG-parallel on two devices (cuda:0 + cuda:1); with --tp N also "
                 "CFG-parallel x TP N on 2N devices");
   cmd->add_option("--tp", o->tp, "Also time tensor parallelism over N devices (cuda:0..N-1), N dividing 16")

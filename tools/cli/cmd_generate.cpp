@@ -86,9 +86,13 @@ void add_generate(CLI::App& app, Action& action) {
 void add_convert(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("convert", "Convert Hugging Face checkpoints into an engine directory");
   auto c = std::make_shared<api::ConvertRequest>();
-  cmd->add_option("--dit", c->dit, "hpcai-tech/OpenSora-STDiT-v3 directory")->required();
-  cmd->add_option("--vae", c->vae, "hpcai-tech/OpenSora-VAE-v1.2 directory")->required();
-  cmd->add_option("--t5", c->t5, "DeepFloyd/t5-v1_1-xxl directory")->required();
+  cmd->add_option("--dit", c->dit, "hpcai-tech/OpenSora-STDiT-v3 directory");
+  cmd->add_option("--vae", c->vae, "hpcai-tech/OpenSora-VAE-v1.2 directory");
+  cmd->add_option("--t5", c->t5, "DeepFloyd/t5-v1_1-xxl directory");
+  cmd->add_flag("--synthetic", c->synthetic,
+                "Real-size models with synthetic weights, for speed and memory measurements (--dit/--vae/--t5 "
+                "optional: whose config.json to use)");
+  cmd->add_option("--seed", c->seed, "Seed of the synthetic weights (as stdit bench --seed)")->capture_default_str();
   cmd->add_option("--dtype", c->dtype, "Weight dtype: bf16, f16 or f32")->capture_default_str();
   cmd->add_option("-o,--output", c->out, "Engine directory to write")->capture_default_str();
   cmd->add_flag("--force", c->force, "Replace an existing output directory");
