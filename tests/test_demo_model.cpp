@@ -20,6 +20,7 @@
 #include "media/frames.h"
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
+#include "pipeline/denoiser.h"
 #include "pipeline/engine.h"
 #include "pipeline/generate.h"
 #include "text/prompt.h"
@@ -140,7 +141,8 @@ struct Model {
     dit = STDiT3::load(eng.dit, be);
     vae = OpenSoraVae::load(eng.vae, be);
   }
-  Frames video(const std::string& prompt, uint64_t seed, int size, int frames, int steps, double cfg) {
+  Frames video(const std::string& prompt, uint64_t seed, int size, int frames, int steps, double cfg,
+               const SamplerOptions& savings = {}, SamplerReport* report = nullptr) {
     const int L = 300;
     const Tokens t = tok->encode(prepare_prompt(prompt, {6.5, std::nullopt, std::nullopt}), L);
     Tensor ids = Tensor::zeros({1, L}, DType::I64), mask = Tensor::zeros({1, L}, DType::I64);
@@ -151,7 +153,8 @@ struct Model {
     const Tensor y = t5->forward(ids, mask);
     const int64_t T = load_vae_config(eng.vae + "/config.json").latent_frames(frames);
     const Tensor noise = philox_normal({1, 4, T, size / 8, size / 8}, seed, 0);
-    const Tensor z = rflow_sample(*dit, y.view({1, 1, L, y.size(2)}), mask, noise, size, size, frames, 24.0, steps, cfg);
+    const Tensor z = rflow_sample(*dit, y.view({1, 1, L, y.size(2)}), mask, noise, size, size, frames, 24.0, steps, cfg,
+                                  {}, savings, report);
     return frames_from_video_tensor(vae->decode(z, frames).select(0, 0), 24.0);
   }
 };
@@ -189,6 +192,97 @@ TEST(DemoModel, DrawsTheNamedColourMovingTheNamedWay) {
     const Frames f = m.video(c.prompt, c.seed, *d.height, *d.num_frames, *d.steps, *d.cfg_scale);
     const Seen s = look(f, c.colour, c.motion);
     EXPECT_TRUE(s.ok) << "\"" << c.prompt << "\" seed " << c.seed << ": " << s.str();
+  }
+}
+
+namespace {
+// Luma (BT.601) of frame i as doubles.
+std::vector<double> luma(const Frames& f, int i) {
+  std::vector<double> y(static_cast<size_t>(f.width) * f.height);
+  for (size_t k = 0; k < y.size(); ++k) {
+    const uint8_t* p = f.frame(i) + k * 3;
+    y[k] = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+  }
+  return y;
+}
+// PSNR (dB, over RGB, 255 peak) of the worst frame, and SSIM (luma, 11x11 Gaussian window of
+// sigma 1.5, K1 0.01, K2 0.03, valid positions only) averaged over the frames.
+std::pair<double, double> psnr_ssim(const Frames& a, const Frames& b) {
+  double worst = 1e9, ssim_sum = 0;
+  const int W = a.width, H = a.height, n = a.width * a.height * 3;
+  double g[11], gs = 0;
+  for (int i = 0; i < 11; ++i) gs += g[i] = std::exp(-(i - 5) * (i - 5) / (2 * 1.5 * 1.5));
+  for (double& v : g) v /= gs;
+  const double c1 = (0.01 * 255) * (0.01 * 255), c2 = (0.03 * 255) * (0.03 * 255);
+  for (int i = 0; i < a.count; ++i) {
+    double se = 0;
+    for (int k = 0; k < n; ++k) se += (a.frame(i)[k] - b.frame(i)[k]) * double(a.frame(i)[k] - b.frame(i)[k]);
+    worst = std::min(worst, se == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 * n / se));
+    const auto x = luma(a, i), y = luma(b, i);
+    double s = 0;
+    int cnt = 0;
+    for (int y0 = 0; y0 + 11 <= H; ++y0)
+      for (int x0 = 0; x0 + 11 <= W; ++x0) {
+        double mx = 0, my = 0, sxx = 0, syy = 0, sxy = 0;
+        for (int u = 0; u < 11; ++u)
+          for (int v = 0; v < 11; ++v) {
+            const double w = g[u] * g[v], px = x[(y0 + u) * W + x0 + v], py = y[(y0 + u) * W + x0 + v];
+            mx += w * px, my += w * py, sxx += w * px * px, syy += w * py * py, sxy += w * px * py;
+          }
+        sxx -= mx * mx, syy -= my * my, sxy -= mx * my;
+        s += ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2));
+        ++cnt;
+      }
+    ssim_sum += s / cnt;
+  }
+  return {worst, ssim_sum / a.count};
+}
+}  // namespace
+
+// What step caching and --cfg-until cost on the demo model (docs/NUMERICS.md keeps the table this
+// prints): per setting, the denoiser evaluations saved, the worst frame's PSNR and the mean SSIM of
+// each video against the plain one of the same seed, and how many of the six prompts still pass
+// the colour-and-direction check. The defaults' settings (teacache 0.1, cfg-until 0.8) must keep
+// every prompt passing.
+TEST(DemoModel, StepSavingsQualityAgainstThePlainVideo) {
+  if (!open_engine(kDemo).defaults.steps) GTEST_SKIP() << kDemo << " is not the trained demo model yet (issue 8)";
+  Model m(kDemo);
+  const EngineDefaults& d = m.eng.defaults;
+  struct Setting {
+    const char* name;
+    SamplerOptions so;
+    bool must_pass_all;
+  };
+  // (teacache:0.05 skips no step on this model: each step's rescaled change alone exceeds 0.05.)
+  const Setting settings[] = {{"teacache:0.1", {0.1, 1.0}, true},
+                              {"teacache:0.2", {0.2, 1.0}, false},
+                              {"cfg-until 0.6", {0, 0.6}, false},
+                              {"cfg-until 0.8", {0, 0.8}, true},
+                              {"both", {0.1, 0.8}, false}};
+  std::vector<Frames> plain;
+  for (const Case& c : kCases) plain.push_back(m.video(c.prompt, c.seed, *d.height, *d.num_frames, *d.steps, *d.cfg_scale));
+  std::printf("demo model, %zu prompts, %d steps: setting | evaluations run | worst PSNR dB | mean SSIM | checks passed\n",
+              std::size(kCases), *d.steps);
+  for (const Setting& st : settings) {
+    double work = 0;  // in CFG-batch evaluations: a conditional-only one costs half, a cached one nothing
+    int passed = 0;
+    double psnr_min = 1e9, ssim_mean = 0;
+    for (size_t k = 0; k < std::size(kCases); ++k) {
+      const Case& c = kCases[k];
+      SamplerReport rep;
+      const Frames f = m.video(c.prompt, c.seed, *d.height, *d.num_frames, *d.steps, *d.cfg_scale, st.so, &rep);
+      for (char ch : rep.schedule) work += ch == 'R' ? 1.0 : ch == 'r' ? 0.5 : 0.0;
+      const auto [p, s] = psnr_ssim(f, plain[k]);
+      psnr_min = std::min(psnr_min, p);
+      ssim_mean += s / std::size(kCases);
+      const bool ok = look(f, c.colour, c.motion).ok;
+      passed += ok;
+      if (st.must_pass_all) EXPECT_TRUE(ok) << st.name << ": \"" << c.prompt << "\" no longer passes";
+    }
+    const double all = static_cast<double>(*d.steps) * std::size(kCases);
+    std::printf("  %-14s | %5.1f of %d (%.2fx fewer) | %6.2f | %.4f | %d of %zu\n", st.name,
+                work / std::size(kCases), *d.steps, all / work, psnr_min, ssim_mean, passed, std::size(kCases));
+    EXPECT_LT(work, all) << st.name << " saved nothing";
   }
 }
 
