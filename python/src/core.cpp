@@ -44,7 +44,7 @@ void set(const nb::dict& d, const char* key, T& out) {
 
 stdit::api::Request request_from(const nb::dict& d) {
   static const char* known[] = {"prompts", "resolution", "aspect_ratio", "width", "height", "num_frames", "fps",
-                                "steps", "cfg_scale", "seed", "noise_index", "aes", "no_aes", "flow",
+                                "steps", "cfg_scale", "cache", "cfg_until", "seed", "noise_index", "aes", "no_aes", "flow",
                                 "camera_motion", "num_samples", "batch_size", "return_latents"};
   for (auto [k, v] : d) {
     const std::string key = nb::cast<std::string>(k);
@@ -62,6 +62,8 @@ stdit::api::Request request_from(const nb::dict& d) {
   set_opt(d, "fps", r.fps);
   set_opt(d, "steps", r.steps);
   set_opt(d, "cfg_scale", r.cfg_scale);
+  set_opt(d, "cache", r.cache);
+  set_opt(d, "cfg_until", r.cfg_until);
   set_opt(d, "seed", r.seed);
   set_opt(d, "noise_index", r.noise_index);
   set_opt(d, "aes", r.aes);

@@ -114,6 +114,8 @@ class Pipeline:
         fps: Optional[float] = None,
         num_inference_steps: Optional[int] = None,
         guidance_scale: Optional[float] = None,
+        cache: Optional[str] = None,
+        cfg_until: Optional[float] = None,
         seed: Optional[int] = None,
         generator: Any = None,
         aes: Optional[float] = 6.5,
@@ -136,6 +138,9 @@ class Pipeline:
         num_frames: frames, or "2s"/"4s"/...; 1 makes an image.
         fps: the model's frame-rate condition and the video's rate.
         num_inference_steps, guidance_scale: RFLOW steps and the CFG scale.
+        cache: step caching, "none" (default), "teacache" or "teacache:0.2" (faster, slightly
+            different videos; see docs/NUMERICS.md).
+        cfg_until: guidance for this fraction of the steps only, in (0, 1] (default 1).
         seed / generator: the initial noise (-1: a random seed, recorded in ``records``).
         aes, flow, camera_motion: Open-Sora's score suffixes (aes=None: no aesthetic score).
         callback_on_step_end: ``f(pipe, step, total_steps, callback_kwargs)`` after every step;
@@ -160,6 +165,8 @@ class Pipeline:
             "fps": fps,
             "steps": num_inference_steps,
             "cfg_scale": guidance_scale,
+            "cache": cache,
+            "cfg_until": cfg_until,
             "seed": _seed_of(seed, generator),
             "aes": aes,
             "no_aes": aes is None,

@@ -91,7 +91,7 @@ json job_json(const Job& j, const std::string& model) {
 // The accepted JSON body -> the engine's request (the CLI's checks then run on it).
 api::Request request_from_body(const json& b) {
   static const char* fields[] = {"prompt", "model", "seconds", "num_frames", "size", "resolution", "aspect_ratio",
-                                 "seed", "steps", "guidance_scale", "fps", "aes", "flow", "camera_motion",
+                                 "seed", "steps", "guidance_scale", "cache", "cfg_until", "fps", "aes", "flow", "camera_motion",
                                  "negative_prompt", "input_reference"};
   for (const auto& [k, v] : b.items()) {
     bool known = false;
@@ -164,6 +164,8 @@ api::Request request_from_body(const json& b) {
     r.steps = static_cast<int>(*v);
   }
   r.cfg_scale = num("guidance_scale");
+  r.cache = str("cache");
+  r.cfg_until = num("cfg_until");
   r.fps = num("fps");
   if (b.contains("aes") && b["aes"].is_null()) r.no_aes = true;
   else r.aes = num("aes");

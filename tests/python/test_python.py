@@ -93,6 +93,27 @@ def test_bad_arguments(pipe):
         stdit.Pipeline.from_pretrained(device="cpu", precision="fp8")
     with pytest.raises(ValueError, match="uint8"):
         stdit.export_to_video(np.zeros((2, 8, 8, 3), np.float32), "x.mp4")
+    with pytest.raises(ValueError, match="--cache: unknown method 'pab'"):
+        pipe("x", cache="pab", **FAST)
+    with pytest.raises(ValueError, match="--cfg-until must be in"):
+        pipe("x", cfg_until=0, **FAST)
+
+
+def test_step_caching_and_cfg_until_as_the_program(pipe, tmp_path):
+    out = pipe("a red ball moving to the right", seed=3, cache="teacache:0.2", cfg_until=0.6,
+               num_inference_steps=8, return_latents=True, progress=False)
+    rec = out.records[0]
+    assert rec["cache"] == "teacache:0.2" and rec["cfg_until"] == 0.6
+    lat = tmp_path / "lat.safetensors"
+    subprocess.run([STDIT_BIN, "generate", "a red ball moving to the right", "--seed", "3", "--steps", "8",
+                    "--cache", "teacache:0.2", "--cfg-until", "0.6", "--backend", "cpu",
+                    "-e", stdit.demo_engine_dir(), "--out-dir", str(tmp_path), "--save-latents", str(lat), "-q"],
+                   check=True)
+    tensors, _ = read_safetensors(lat)
+    assert np.array_equal(tensors["latents"][0], out.latents[0])
+    plain = pipe("a red ball moving to the right", seed=3, num_inference_steps=8, return_latents=True,
+                 progress=False)
+    assert not np.array_equal(plain.latents[0], out.latents[0])
 
 
 def test_cancel_from_the_callback(pipe):
