@@ -366,6 +366,10 @@ void convert_engine(const ConvertOptions& opt) {
     fs::create_directories(tmp);
     json comps;
     STDIT_CHECK(opt.tp >= 1 && opt.tp <= 16, "convert: --tp must be in 1..16, got ", opt.tp);
+    if (!opt.synthetic)  // every missing flag before any file is read
+      for (const auto& [kind, given] : {std::pair<std::string, std::string>{"dit", opt.dit}, {"vae", opt.vae}, {"t5", opt.t5}})
+        STDIT_CHECK(!given.empty(), "convert: ", flag_of(kind), " is required (", what_of(kind),
+                    "), or --synthetic for real-size models with synthetic weights");
     for (const char* kind : {"dit", "vae", "t5"}) {
       const std::string& given = std::string(kind) == "dit" ? opt.dit : std::string(kind) == "vae" ? opt.vae : opt.t5;
       const int tp = std::string(kind) == "dit" ? opt.tp : 1;
