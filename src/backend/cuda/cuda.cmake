@@ -43,7 +43,10 @@ target_sources(stdit_dist PRIVATE $<TARGET_OBJECTS:stdit_cuda_dist>)
 if(NOT DEFINED STDIT_TESTS OR STDIT_TESTS)
   find_package(GTest)
   if(GTest_FOUND)
-    add_executable(stdit_gpu_tests ${PROJECT_SOURCE_DIR}/tests/gpu/test_cuda_ops.cpp)
+    set(_g ${PROJECT_SOURCE_DIR}/tests/gpu)
+    # test_cuda_multi_gpu.cpp last: its failing-rank test must run after every other test.
+    add_executable(stdit_gpu_tests ${_g}/gpu_test_util.cpp ${_g}/test_cuda_ops.cpp ${_g}/test_cuda_attention.cpp
+                                   ${_g}/test_cuda_models.cpp ${_g}/test_cuda_perf.cpp ${_g}/test_cuda_multi_gpu.cpp)
     target_link_libraries(stdit_gpu_tests PRIVATE stdit_core GTest::gtest)
     # Drop libraries nothing in the binary calls (cuDNN, NCCL, libav*): fewer to carry over.
     target_link_options(stdit_gpu_tests PRIVATE -Wl,--as-needed)

@@ -1,0 +1,206 @@
+// The model fixtures (STDiT3 a/b/c, T5 tiny, VAE tiny, the tiny pipeline) on the GPU against their
+// PyTorch reference values, every recorded intermediate. Needs a GPU (scripts/gpu_check.sh).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "gpu_test_util.h"
+#include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "core/error.h"
+#include "core/synthetic.h"
+#include "dist/comm.h"
+#include "models/stdit3/config.h"
+#include "models/stdit3/forward_io.h"
+#include "models/stdit3/stdit3.h"
+#include "models/vae/vae.h"
+#include "media/frames.h"
+#include "pipeline/denoiser.h"
+#include "pipeline/generate.h"
+#include "text/t5.h"
+
+using namespace stdit;
+using namespace stdit::gpu_test;
+
+// =============================================================================== fixtures =======
+
+namespace {
+
+// Fixture c's weights: synthetic, from its recipe manifest (as tests/test_stdit3_fixtures.cpp).
+WeightMap recipe_weights(const std::string& path) {
+  std::ifstream in(path);
+  const auto j = nlohmann::json::parse(in);
+  const uint64_t seed = j.at("seed").get<uint64_t>();
+  WeightMap w;
+  for (const auto& t : j.at("tensors"))
+    w[t.at("name")] = synthetic_tensor(t.at("name"), t.at("shape").get<Shape>(), seed,
+                                       t.at("scale").get<double>(), t.at("offset").get<double>());
+  return w;
+}
+
+std::unique_ptr<STDiT3> load_stdit3(const std::string& name, Backend& be) {
+  const std::string dir = data_dir() + "/" + name;
+  if (std::ifstream(dir + "/weights.json")) {
+    const STDiT3Config cfg = load_stdit3_config(dir + "/config.json");
+    return std::make_unique<STDiT3>(cfg, recipe_weights(dir + "/weights.json"), be);
+  }
+  return STDiT3::load(dir, be);
+}
+
+// Max error over the named tensors (each must be produced); prints each.
+double compare_all(const std::map<std::string, Tensor>& got, const SafetensorsFile& want,
+                   const std::vector<std::string>& names, const std::string& label,
+                   std::string* worst) {
+  double mx = 0;
+  int compared = 0;
+  for (const auto& n : names) {
+    if (!want.contains(n)) continue;
+    auto it = got.find(n);
+    if (it == got.end()) {
+      if (n == "t0_mlp") continue;  // only computed when some frame is a conditioning frame
+      ADD_FAILURE() << label << ": " << n << " not produced";
+      mx = INFINITY;
+      continue;
+    }
+    const double e = rel_error(it->second, want.get(n));
+    std::printf("  %-28s %-20s rel err %.3e\n", label.c_str(), n.c_str(), e);
+    ++compared;
+    if (!(e <= mx)) {
+      mx = e;
+      *worst = label + " " + n;
+    }
+  }
+  EXPECT_GT(compared, 0) << label;
+  return mx;
+}
+
+}  // namespace
+
+class CudaStdit3 : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaStdit3, ForwardMatchesReference) {
+  const std::string name = GetParam();
+  const std::string dir = data_dir() + "/" + name;
+  const auto inputs = SafetensorsFile::open(dir + "/inputs.safetensors");
+  const auto expected = SafetensorsFile::open(dir + "/expected.safetensors");
+  const std::vector<std::string> order = {"x_embed", "t",       "t_mlp",   "t0_mlp",  "y_packed",
+                                          "block.0", "block.1", "block.2", "block.3", "final",
+                                          "output"};
+  for (auto [g, sfx] : all_modes()) {
+    auto model = load_stdit3(name, *g);
+    std::map<std::string, Tensor> got;
+    const auto t0 = std::chrono::steady_clock::now();
+    model->forward(read_stdit3_inputs(*inputs), [&](const std::string& n, const Tensor& t) { got[n] = t; });
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    std::string worst;
+    const double e = compare_all(got, *expected, order, name + sfx, &worst);
+    check(name + sfx, cat("all intermediates (worst: ", worst, "), ", static_cast<int>(ms), " ms"), e);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaStdit3, ::testing::Values("stdit3_a", "stdit3_b", "stdit3_c"));
+
+TEST(CudaFixtures, T5Tiny) {
+  const std::string dir = data_dir() + "/t5_tiny";
+  const auto in = SafetensorsFile::open(dir + "/inputs.safetensors");
+  const auto want = SafetensorsFile::open(dir + "/expected.safetensors");
+  for (auto [g, sfx] : all_modes()) {
+    auto model = T5Encoder::load(dir + "/safetensors", *g);
+    std::map<std::string, Tensor> got;
+    model->forward(in->get("input_ids"), in->get("attention_mask"),
+                   [&](const std::string& n, const Tensor& t) { got[n] = t; });
+    std::string worst;
+    const double e = compare_all(got, *want, {"embed", "position_bias", "block.0", "block.1", "last_hidden_state"},
+                                 std::string("t5_tiny") + sfx, &worst);
+    check(cat("t5_tiny", sfx), cat("[2, 300] ids (worst: ", worst, ")"), e);
+  }
+}
+
+TEST(CudaFixtures, VaeTiny) {
+  const std::string d = data_dir() + "/vae_tiny/";
+  for (auto [g, sfx] : all_modes()) {
+    auto vae = OpenSoraVae::load(d, *g);
+    double mx = 0;
+    std::string worst_all;
+    for (int frames : {17, 23, 1}) {
+      const std::string f = std::to_string(frames);
+      {
+        const auto in = SafetensorsFile::open(d + "decode_" + f + ".inputs.safetensors");
+        const auto want = SafetensorsFile::open(d + "decode_" + f + ".expected.safetensors");
+        std::map<std::string, Tensor> got;
+        vae->decode(in->get("z"), frames, [&](const std::string& n, const Tensor& t) { got[n] = t; });
+        std::string worst;
+        const double e = compare_all(got, *want, {"decode.temporal_out", "video"},
+                                     cat("vae decode ", f, sfx), &worst);
+        if (!(e <= mx)) mx = e, worst_all = worst;
+      }
+      {
+        const auto in = SafetensorsFile::open(d + "encode_" + f + ".inputs.safetensors");
+        const auto want = SafetensorsFile::open(d + "encode_" + f + ".expected.safetensors");
+        std::map<std::string, Tensor> got;
+        vae->encode(in->get("video"), [&](const std::string& n, const Tensor& t) { got[n] = t; });
+        std::string worst;
+        const double e = compare_all(got, *want, {"encode.spatial_out", "z"}, cat("vae encode ", f, sfx), &worst);
+        if (!(e <= mx)) mx = e, worst_all = worst;
+      }
+    }
+    check(cat("vae_tiny", sfx), cat("decode+encode 17/23/1 frames (worst: ", worst_all, ")"), mx);
+  }
+}
+
+// The whole tiny pipeline on the GPU against the reference pipeline (tests/data/pipeline_tiny):
+// T5 output, latents after each Euler step, video; uint8 frames as PSNR; and the same run twice
+// gives identical latents.
+TEST(CudaFixtures, PipelineTiny) {
+  const std::string d = data_dir() + "/pipeline_tiny/";
+  const auto want = SafetensorsFile::open(d + "expected.safetensors");
+  const auto noise = SafetensorsFile::open(d + "noise.safetensors")->get("noise");
+  const Tensor ids = want->get("input_ids"), mask = want->get("mask");
+  const int P = 2, L = 300, H = 24, W = 40, F = 17, steps = 3;
+  for (auto [g, sfx] : all_modes()) {
+    auto t5 = T5Encoder::load(data_dir() + "/t5_tiny/safetensors", *g);
+    const Tensor y = t5->forward(ids, mask);
+    const Tensor y_cond = y.view({P, 1, L, y.size(2)});
+    auto dit = STDiT3::load(d + "dit", *g);
+    std::vector<Tensor> zs;
+    auto run = [&] {
+      zs.clear();
+      return rflow_sample(*dit, y_cond, mask, noise, H, W, F, 24.0, steps, 7.0,
+                          [&](int, const Tensor& z) { zs.push_back(z.clone()); });
+    };
+    const Tensor z = run();
+    double e = rel_error(y_cond, want->get("y_cond"));
+    for (int i = 0; i < steps; ++i) e = std::max(e, rel_error(zs[i], want->get(cat("z.step", i))));
+    auto vae = OpenSoraVae::load(data_dir() + "/vae_tiny", *g);
+    double worst_psnr = 1e9;
+    for (int p = 0; p < P; ++p) {
+      const Tensor video = vae->decode(z.slice(0, p, p + 1).contiguous(), F);
+      e = std::max(e, rel_error(video, want->get("video").slice(0, p, p + 1)));
+      const Frames fr = frames_from_video_tensor(video.select(0, 0), 24);
+      const Tensor ref = want->get("frames");
+      for (int f = 0; f < F; ++f) {
+        double se = 0;
+        const size_t n = fr.frame_bytes();
+        const uint8_t* r = ref.data<uint8_t>() + (static_cast<size_t>(p) * F + f) * n;
+        for (size_t i = 0; i < n; ++i) se += (double(fr.frame(f)[i]) - r[i]) * (double(fr.frame(f)[i]) - r[i]);
+        worst_psnr = std::min(worst_psnr, se == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 * n / se));
+      }
+    }
+    check(cat("pipeline_tiny", sfx), cat("T5, 3 steps, VAE; worst frame PSNR ", worst_psnr, " dB"), e);
+    const Tensor z2 = run();
+    check("pipeline_repeat", cat("latents twice", sfx),
+          std::memcmp(z.raw(), z2.raw(), z.nbytes()) == 0 ? 0.0 : 1.0);
+  }
+}
+

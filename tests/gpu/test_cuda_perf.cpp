@@ -1,0 +1,217 @@
+// Real-size op timings on the GPU (scripts/gpu_check.sh without --no-perf).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "gpu_test_util.h"
+#include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "core/error.h"
+#include "core/synthetic.h"
+#include "dist/comm.h"
+#include "models/stdit3/config.h"
+#include "models/stdit3/forward_io.h"
+#include "models/stdit3/stdit3.h"
+#include "models/vae/vae.h"
+#include "media/frames.h"
+#include "pipeline/denoiser.h"
+#include "pipeline/generate.h"
+#include "text/t5.h"
+
+using namespace stdit;
+using namespace stdit::gpu_test;
+
+// =============================================================================== timing =========
+
+// Real-size shapes (Open-Sora 720p: 45x80 = 3600 tokens per frame, C = 1152, 16 heads of 72):
+// wall time per op, after a warm-up; prints a table and checks that each op ran (a positive time,
+// no rate above the card's peak: an op that returns at once without working fails).
+TEST(CudaPerf, RealShapes) {
+  if (std::getenv("STDIT_GPU_NO_PERF")) GTEST_SKIP() << "STDIT_GPU_NO_PERF set";
+  CudaBackend& g = gpu();
+  struct Item {
+    std::string what;
+    double flops, bytes;
+    std::function<void()> run;
+  };
+  std::vector<Item> items;
+  const int64_t S = 3600, C = 1152, H = 16, D = 72, T = 8;
+  // Inputs are random on the device (uploaded once).
+  auto dev = [&](const Shape& s, uint64_t seed, float scale = 1.0f) { return g.upload(randn(s, seed, scale)); };
+  const Tensor x = dev({1, T * S, C}, 1), wqkv = dev({3 * C, C}, 2, 0.03f), bqkv = dev({3 * C}, 3, 0.1f);
+  const Tensor w1 = dev({4 * C, C}, 4, 0.03f), b1 = dev({4 * C}, 5);
+  Tensor qkv = g.alloc({T * S, 3 * C}), h1 = g.alloc({T * S, 4 * C}), o = g.alloc({1, T, S, H, D});
+  const Tensor mod = dev({1, 6 * C}, 6, 0.1f);
+  Tensor a = g.alloc({1, T * S, C});
+  g.linear(x, wqkv, bqkv, Activation::None, qkv);  // real values in qkv for the attention items
+  const double M = static_cast<double>(T * S);
+  items.push_back({cat("linear qkv [", T * S, ",", C, "]x[", 3 * C, ",", C, "]"), 2 * M * C * 3 * C, 0,
+                   [&] { g.linear(x, wqkv, bqkv, Activation::None, qkv); }});
+  items.push_back({cat("linear fc1+gelu [", T * S, ",", C, "]x[", 4 * C, ",", C, "]"), 2 * M * C * 4 * C, 0,
+                   [&] { g.linear(x, w1, b1, Activation::GeluTanh, h1); }});
+  items.push_back({cat("layernorm_modulate [1,", T * S, ",", C, "]"), 0, 2 * M * C * 4,
+                   [&] { g.layernorm_modulate(x, chunk(mod, 0, C), chunk(mod, 1, C), Tensor{}, Tensor{}, {}, 1e-6f, a); }});
+  auto view = [&](int j, bool temporal) {
+    const std::vector<int> order = temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
+    return qkv.view({1, T, S, 3, H, D}).select(3, j).permute(order);
+  };
+  const Tensor wn = dev({D}, 7, 0.1f), fr = g.upload(rope_freqs(D));
+  items.push_back({cat("qk_norm_rope temporal [1,", S, ",", T, ",", H, ",", D, "]"), 0, 2 * M * C * 4,
+                   [&] { Tensor q = view(0, true); g.qk_norm_rope(q, wn, 1e-6f, fr); }});
+  items.push_back({cat("attention spatial ", T, "x[", S, ",", H, ",", D, "]"), 4.0 * T * H * S * S * D, 0,
+                   [&] { Tensor ov = o; g.attention(view(0, false), view(1, false), view(2, false), 0.1178f, ov); }});
+  CudaBackend& g32 = gpu32();
+  const Tensor qkv32 = g32.upload(g.download(qkv));
+  Tensor o32 = g32.alloc({1, T, S, H, D});
+  auto view32 = [&](int j) { return qkv32.view({1, T, S, 3, H, D}).select(3, j); };
+  items.push_back({cat("attention[f32] spatial ", T, "x[", S, ",", H, ",", D, "]"), 4.0 * T * H * S * S * D, 0,
+                   [&] { g32.attention(view32(0), view32(1), view32(2), 0.1178f, o32); }});
+  items.push_back({cat("attention temporal ", S, "x[", T, ",", H, ",", D, "]"), 4.0 * S * H * T * T * D, 0,
+                   [&] { Tensor ov = o.permute({0, 2, 1, 3, 4}); g.attention(view(0, true), view(1, true), view(2, true), 0.1178f, ov); }});
+  const Tensor ckv = dev({300, 2, H, D}, 8);
+  const Tensor cq = dev({1, T * S, H, D}, 9);
+  Tensor co = g.alloc({1, T * S, H, D});
+  items.push_back({cat("cross_attention [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
+                   [&] { g.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), {300}, 0.1178f, co); }});
+  // VAE: 2D decoder at 512x512 (128 channels, 4 frames), temporal decoder conv (4 ch x 17 frames).
+  const Tensor vx = dev({4, 128, 1, 256, 256}, 10), vw = dev({128, 128, 1, 3, 3}, 11, 0.03f), vb = dev({128}, 12);
+  Tensor vo = g.alloc({4, 128, 1, 256, 256});
+  ConvParams same;
+  same.pad_top = same.pad_bottom = same.pad_left = same.pad_right = 1;
+  items.push_back({"conv3d 3x3 [4,128,1,256,256] -> 128", 2.0 * 4 * 256 * 256 * 128 * 128 * 9, 0,
+                   [&] { g.conv3d(vx, vw, vb, same, vo); }});
+  const Tensor gx = dev({1, 512, 5, 90, 160}, 13), gw = dev({512, 512, 3, 3, 3}, 14, 0.01f);
+  Tensor go = g.alloc({1, 512, 5, 90, 160});
+  ConvParams c3;
+  c3.pad_t_front = 2;
+  c3.pad_top = c3.pad_bottom = c3.pad_left = c3.pad_right = 1;
+  items.push_back({"conv3d 3x3x3 causal [1,512,5,90,160] -> 512", 2.0 * 5 * 90 * 160 * 512 * 512 * 27, 0,
+                   [&] { g.conv3d(gx, gw, Tensor{}, c3, go); }});
+  const Tensor gga = dev({128}, 15), gbe = dev({128}, 16);
+  items.push_back({"group_norm+silu [4,128,1,256,256] G=32", 0, 2.0 * 4 * 128 * 256 * 256 * 4 * 1.5,
+                   [&] { g.group_norm(vx, gga, gbe, 32, 1e-6f, true, vo); }});
+  const Tensor vq = dev({4, 4096, 1, 512}, 17);
+  Tensor vao = g.alloc({4, 4096, 1, 512});
+  items.push_back({"attention VAE mid [4,4096,1,512]", 4.0 * 4 * 4096.0 * 4096 * 512, 0,
+                   [&] { g.attention(vq, vq, vq, 0.044f, vao); }});
+  // The bf16 path (the default): bf16 weights and GEMM inputs, attention on the bf16 kernel.
+  CudaBackend& g16 = gpu16();
+  const Tensor x16f = g16.upload(g.download(x));
+  Tensor x16 = g16.alloc({1, T * S, C}, DType::BF16);
+  g16.copy(x16f, x16);
+  const Tensor wqkv16 = g16.upload_weight(g.download(wqkv)), bqkv16 = g16.upload(g.download(bqkv));
+  const Tensor w116 = g16.upload_weight(g.download(w1)), b116 = g16.upload(g.download(b1));
+  Tensor qkv16 = g16.alloc({T * S, 3 * C}, DType::BF16), h116 = g16.alloc({T * S, 4 * C}, DType::BF16);
+  Tensor o16 = g16.alloc({1, T, S, H, D}, DType::BF16), co16 = g16.alloc({1, T * S, H, D}, DType::BF16);
+  g16.linear(x16, wqkv16, bqkv16, Activation::None, qkv16);
+  auto view16 = [&](int j, bool temporal) {
+    const std::vector<int> order = temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
+    return qkv16.view({1, T, S, 3, H, D}).select(3, j).permute(order);
+  };
+  Tensor ckv16 = g16.alloc(ckv.shape(), DType::BF16), cq16 = g16.alloc(cq.shape(), DType::BF16);
+  g16.copy(g16.upload(g.download(ckv)), ckv16);
+  g16.copy(g16.upload(g.download(cq)), cq16);
+  items.push_back({cat("linear[bf16] qkv [", T * S, ",", C, "]x[", 3 * C, ",", C, "] out bf16"), 2 * M * C * 3 * C, 0,
+                   [&] { g16.linear(x16, wqkv16, bqkv16, Activation::None, qkv16); }});
+  items.push_back({cat("linear[bf16] fc1+gelu [", T * S, ",", C, "]x[", 4 * C, ",", C, "] out bf16"), 2 * M * C * 4 * C, 0,
+                   [&] { g16.linear(x16, w116, b116, Activation::GeluTanh, h116); }});
+  items.push_back({cat("linear[bf16] fc1 (no act) [", T * S, ",", C, "]x[", 4 * C, ",", C, "] out bf16"), 2 * M * C * 4 * C, 0,
+                   [&] { g16.linear(x16, w116, b116, Activation::None, h116); }});
+  items.push_back({cat("linear[bf16] qkv, x f32 (converted) [", T * S, ",", C, "]"), 2 * M * C * 3 * C, 0,
+                   [&] { g16.linear(x16f, wqkv16, bqkv16, Activation::None, qkv16); }});
+  items.push_back({cat("attention[bf16] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
+                   [&] { Tensor ov = o16; g16.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
+  CudaBackend& own = gpu16own();
+  CudaBackend& notext = gpu16notext();
+  CudaBackend& dnn = gpu16cudnn();
+  items.push_back({cat("attention[bf16 cuDNN] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
+                   [&] { Tensor ov = o16; dnn.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
+  items.push_back({cat("attention[bf16 flash] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
+                   [&] { Tensor ov = o16; notext.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
+  items.push_back({cat("cross_attention[bf16 own] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
+                   [&] { own.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
+  items.push_back({cat("attention[bf16] temporal ", S, "x[", T, ",", H, ",", D, "]"), 4.0 * S * H * T * T * D, 0,
+                   [&] { Tensor ov = o16.permute({0, 2, 1, 3, 4}); g16.attention(view16(0, true), view16(1, true), view16(2, true), 0.1178f, ov); }});
+  items.push_back({cat("cross_attention[bf16] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
+                   [&] { g16.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
+  items.push_back({cat("cross_attention[bf16 cuDNN] [1,", T * S, ",", H, ",", D, "] x 300"), 4.0 * M * H * 300 * D, 0,
+                   [&] { dnn.cross_attention(cq16, ckv16.select(1, 0), ckv16.select(1, 1), {300}, 0.1178f, co16); }});
+  // The bench's text length (40 tokens; the streaming short-text kernel): bound by reading q and
+  // writing the output.
+  const Tensor ckv40 = ckv16.slice(0, 0, 40);
+  items.push_back({cat("cross_attention[bf16] [1,", T * S, ",", H, ",", D, "] x 40"), 4.0 * M * H * 40 * D, 4.0 * M * C,
+                   [&] { g16.cross_attention(cq16, ckv40.select(1, 0), ckv40.select(1, 1), {40}, 0.1178f, co16); }});
+  items.push_back({cat("cross_attention[bf16 own] [1,", T * S, ",", H, ",", D, "] x 40 (flash kernel)"), 4.0 * M * H * 40 * D, 4.0 * M * C,
+                   [&] { notext.cross_attention(cq16, ckv40.select(1, 0), ckv40.select(1, 1), {40}, 0.1178f, co16); }});
+  // cuDNN's rate at other head dims (contiguous q, k, v): what padding 72 up would buy.
+  std::vector<Tensor> hd_bufs;
+  for (int64_t dd : {64, 80, 128}) {
+    Tensor t = g16.alloc({1, T, S, H, dd}, DType::BF16);
+    g16.copy(g16.upload(randn({1, T, S, H, dd}, 20 + dd)), t);
+    hd_bufs.push_back(t);
+    Tensor ot = g16.alloc({1, T, S, H, dd}, DType::BF16);
+    hd_bufs.push_back(ot);
+    items.push_back({cat("attention[bf16] spatial ", T, "x[", S, ",", H, ",", dd, "] contiguous"), 4.0 * T * H * S * S * dd, 0,
+                     [&g16, t, ot]() mutable { g16.attention(t, t, t, 0.1f, ot); }});
+  }
+  const Tensor gw16 = g16.upload_weight(g.download(gw)), vw16 = g16.upload_weight(g.download(vw));
+  const Tensor gx16 = g16.upload(g.download(gx)), vx16 = g16.upload(g.download(vx)), vb16 = g16.upload(g.download(vb));
+  Tensor go16 = g16.alloc({1, 512, 5, 90, 160}), vo16 = g16.alloc({4, 128, 1, 256, 256});
+  items.push_back({"conv3d[bf16] 3x3 [4,128,1,256,256] -> 128", 2.0 * 4 * 256 * 256 * 128 * 128 * 9, 0,
+                   [&] { g16.conv3d(vx16, vw16, vb16, same, vo16); }});
+  items.push_back({"conv3d[bf16] 3x3x3 causal [1,512,5,90,160] -> 512", 2.0 * 5 * 90 * 160 * 512 * 512 * 27, 0,
+                   [&] { g16.conv3d(gx16, gw16, Tensor{}, c3, go16); }});
+  items.push_back({"copy transpose [4,512,4096]->[4,4096,512]", 0, 2.0 * 4 * 4096 * 512 * 4,
+                   [&] { Tensor dv = vao.view({4, 4096, 512}); g.copy(vq.view({4, 512, 4096}).permute({0, 2, 1}), dv); }});
+
+  std::printf("\n%-50s %10s %12s\n", "op (real sizes)", "ms", "rate");
+  for (auto& it : items) {
+    it.run();
+    g.synchronize();
+    gpu32().synchronize();
+    gpu16().synchronize();
+    gpu16own().synchronize();
+    gpu16notext().synchronize();
+    gpu16cudnn().synchronize();
+    int reps = 0;
+    double total = 0;
+    while (reps < 50 && total < 300.0) {
+      const auto t0 = std::chrono::steady_clock::now();
+      it.run();
+      g.synchronize();
+      gpu32().synchronize();
+      gpu16().synchronize();
+      gpu16own().synchronize();
+      gpu16notext().synchronize();
+      gpu16cudnn().synchronize();
+      total += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      ++reps;
+    }
+    const double ms = total / reps;
+    // A timing is only worth printing if the op ran: a positive, finite time, and (where the
+    // rates are known) not faster than the card can do (990 TFLOP/s dense bf16, 4.8 TB/s).
+    EXPECT_TRUE(std::isfinite(ms) && ms > 0) << it.what;
+    if (it.flops > 0) EXPECT_LT(it.flops / (ms * 1e-3), 990e12) << it.what << ": faster than the tensor cores";
+    if (it.bytes > 0) EXPECT_LT(it.bytes / (ms * 1e-3), 4.8e12) << it.what << ": faster than the memory";
+    std::string rate;
+    if (it.flops > 0) rate = cat(static_cast<int>(it.flops / ms / 1e9), " TFLOP/s");
+    else if (it.bytes > 0) rate = cat(static_cast<int>(it.bytes / ms / 1e6), " GB/s");
+    std::printf("%-50s %10.3f %12s\n", it.what.c_str(), ms, rate.c_str());
+  }
+}
+
+// A rank that fails while the other waits inside an NCCL all-reduce: run_group aborts the NCCL
+// communicators, the waiting rank returns, and the error names the failing rank (issue: "an
+// error on any rank stops all ranks with that rank's message, no hang"). Runs last: it leaves
+// two aborted communicators behind. A watchdog ends the program if the group hangs.
