@@ -192,10 +192,11 @@ void run_bench(const BenchOptions& opt) {
     if (savings.cache_threshold > 0 || savings.cfg_until < 1) {
       SingleDenoiser sd(*dit);
       const Tensor y1 = in.y.slice(0, 0, 1).contiguous(), noise = in.x.slice(0, 0, 1).contiguous();
+      const int ph = H, pw = W;  // structured bindings cannot be captured before C++20 (clang)
       auto loop = [&](const SamplerOptions& so, SamplerReport* rep, double& s) {
         be->synchronize();
         const auto c0 = Clock::now();
-        Tensor z = rflow_sample(sd, y1, in.mask, noise, H, W, F, 24.0, 30, 7.0, {}, so, rep);
+        Tensor z = rflow_sample(sd, y1, in.mask, noise, ph, pw, F, 24.0, 30, 7.0, {}, so, rep);
         be->synchronize();
         s = secs(c0, Clock::now());
         return z;
