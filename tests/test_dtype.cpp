@@ -3,7 +3,11 @@
 
 #include <cmath>
 
+#include <cstring>
+
 #include "core/dtype.h"
+#include "core/tensor.h"
+#include "io/safetensors.h"
 
 using namespace stdit;
 
@@ -68,4 +72,38 @@ TEST(DType, F16RoundTripAllValues) {
     if (std::isnan(f)) continue;
     ASSERT_EQ(f32_to_f16(f), h) << std::hex << h;
   }
+}
+
+// FP8 E4M3 against ml_dtypes' float8_e4m3fn (tests/data/fp8, tools/reference/make_fp8_fixtures.py):
+// every code decodes to its value, and every input (ties, neighbours of ties, subnormals, random
+// values of every binade, both signs) encodes to the same code. Beyond ml_dtypes' range our cast
+// saturates as the GPU's cvt.rn.satfinite does.
+TEST(DType, Fp8E4m3MatchesReference) {
+  const auto f = SafetensorsFile::open(std::string(STDIT_TEST_DATA) + "/fp8/e4m3.safetensors");
+  const Tensor dec = f->get("decoded"), in = f->get("inputs"), codes = f->get("codes");
+  for (int c = 0; c < 256; ++c) {
+    const float want = dec.data<float>()[c], got = f8e4m3_to_f32(static_cast<uint8_t>(c));
+    if (std::isnan(want)) EXPECT_TRUE(std::isnan(got)) << "code " << c;
+    else EXPECT_EQ(f32_bits(got), f32_bits(want)) << "code " << c;
+  }
+  int wrong = 0;
+  for (int64_t i = 0; i < in.numel(); ++i) {
+    const uint8_t got = f32_to_f8e4m3(in.data<float>()[i]), want = codes.data<uint8_t>()[i];
+    if (got != want && ++wrong <= 10)
+      ADD_FAILURE() << in.data<float>()[i] << ": code " << int(got) << ", reference " << int(want);
+  }
+  EXPECT_EQ(wrong, 0) << "of " << in.numel();
+  EXPECT_GT(in.numel(), 10000);
+  // Saturation and NaN (where ml_dtypes gives NaN): +-448 for 464 .. inf, NaN stays NaN.
+  for (float v : {464.0f, 500.0f, 1e30f, INFINITY}) {
+    EXPECT_EQ(f32_to_f8e4m3(v), 0x7E) << v;
+    EXPECT_EQ(f32_to_f8e4m3(-v), 0xFE) << v;
+  }
+  EXPECT_TRUE(std::isnan(f8e4m3_to_f32(f32_to_f8e4m3(NAN))));
+  // Through Tensor::to both ways.
+  const Tensor q = in.to(DType::F8_E4M3);
+  EXPECT_EQ(std::memcmp(q.raw(), codes.raw(), codes.numel()), 0);
+  const Tensor back = q.to(DType::F32);
+  for (int64_t i = 0; i < 256 && i < back.numel(); ++i)
+    EXPECT_EQ(back.data<float>()[i], f8e4m3_to_f32(codes.data<uint8_t>()[i]));
 }

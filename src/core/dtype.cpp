@@ -1,6 +1,7 @@
 #include "core/dtype.h"
 
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
@@ -82,6 +83,46 @@ uint16_t f32_to_f16(float f) {
   return sign | static_cast<uint16_t>(v);
 }
 
+float f8e4m3_to_f32(uint8_t v) {
+  const float sign = (v & 0x80u) ? -1.0f : 1.0f;
+  const int e = (v >> 3) & 0xF, m = v & 0x7;
+  if (e == 0xF && m == 0x7) return sign * std::numeric_limits<float>::quiet_NaN();
+  if (e == 0) return sign * std::ldexp(static_cast<float>(m), -9);  // subnormal: m * 2^-9
+  return sign * std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
+}
+
+uint8_t f32_to_f8e4m3(float f) {
+  const uint32_t u = f32_bits(f);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return sign | 0x7Fu;           // NaN
+  if (abs >= 0x43E00000u) return sign | 0x7Eu;          // >= 448 (and inf): saturate to 448
+  const float a = bits_f32(abs);
+  if (a < std::ldexp(1.0f, -6)) {
+    // Subnormal range of e4m3 (below 2^-6): units of 2^-9, round to nearest even integer (exact
+    // in f32: a * 2^9 is exact, and so is the comparison with the half-way point).
+    const float q = a * 512.0f;
+    float r = std::floor(q);
+    const float rem = q - r;
+    if (rem > 0.5f || (rem == 0.5f && std::fmod(r, 2.0f) != 0.0f)) r += 1.0f;
+    return sign | static_cast<uint8_t>(r);  // r == 8 gives 0x08 = 2^-6, the smallest normal
+  }
+  // Normal: keep 3 of the 23 mantissa bits, round to nearest even (a carry may bump the exponent;
+  // values that round to 480 and beyond were saturated above: 448 <= a is handled, and a < 448
+  // rounds at most to 448).
+  uint32_t e = (abs >> 23) - 127 + 7;  // 1 .. 15
+  uint32_t m = abs & 0x7fffffu;
+  uint32_t q = m >> 20;
+  const uint32_t rem = m & 0xfffffu;
+  if (rem > 0x80000u || (rem == 0x80000u && (q & 1u))) ++q;
+  if (q == 8) {
+    q = 0;
+    ++e;
+  }
+  if (e > 15 || (e == 15 && q == 7)) return sign | 0x7Eu;  // would be NaN's code: saturate
+  return sign | static_cast<uint8_t>((e << 3) | q);
+}
+
 double load_as_double(const void* base, DType t, size_t i) {
   const auto* p = static_cast<const uint8_t*>(base) + i * dtype_size(t);
   auto rd = [p](auto v) { std::memcpy(&v, p, sizeof(v)); return v; };
@@ -96,7 +137,7 @@ double load_as_double(const void* base, DType t, size_t i) {
     case DType::I8: return rd(int8_t{});
     case DType::U8: return rd(uint8_t{});
     case DType::BOOL: return rd(uint8_t{}) != 0 ? 1.0 : 0.0;
-    case DType::F8_E4M3:
+    case DType::F8_E4M3: return f8e4m3_to_f32(rd(uint8_t{}));
     case DType::F8_E5M2: break;
   }
   fail("reading ", dtype_name(t), " values is not supported yet");

@@ -36,6 +36,14 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);     // exact, subnormals included
 uint16_t f32_to_f16(float f);     // round to nearest even; overflow -> inf; NaN -> quiet NaN
 
+// FP8 E4M3 (the "fn" variant of the OCP FP8 spec, as NVIDIA's e4m3 and PyTorch's float8_e4m3fn):
+// 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities; S.1111.111 is NaN; largest 448,
+// smallest subnormal 2^-9.
+float f8e4m3_to_f32(uint8_t v);  // exact
+// Round to nearest, ties to even, saturating: finite values beyond +-448 and infinities give +-448
+// (as the GPU's cvt.rn.satfinite); NaN gives NaN (sign kept).
+uint8_t f32_to_f8e4m3(float f);
+
 // Reads element i of a buffer of dtype t as a double (all integer types and all floats).
 double load_as_double(const void* base, DType t, size_t i);
 

@@ -216,6 +216,7 @@ Tensor Tensor::to(DType target) const {
         break;
       case DType::BF16: static_cast<uint16_t*>(d)[i] = f32_to_bf16(f); break;
       case DType::F16: static_cast<uint16_t*>(d)[i] = f32_to_f16(f); break;
+      case DType::F8_E4M3: static_cast<uint8_t*>(d)[i] = f32_to_f8e4m3(f); break;
       case DType::I64: static_cast<int64_t*>(d)[i] = static_cast<int64_t>(load_as_double(s, dtype_, i)); break;
       case DType::I32: static_cast<int32_t*>(d)[i] = static_cast<int32_t>(load_as_double(s, dtype_, i)); break;
       case DType::U8: static_cast<uint8_t*>(d)[i] = static_cast<uint8_t>(load_as_double(s, dtype_, i)); break;
