@@ -17,30 +17,16 @@ Tensors:
 import argparse
 import os
 
+import sys
+
 import ml_dtypes
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
-
-def write_safetensors(path, tensors, metadata):
-    import json
-    import struct
-    header, blobs, off = {}, [], 0
-    for name, (dtype, arr) in tensors.items():
-        b = np.ascontiguousarray(arr).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    header["__metadata__"] = metadata
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+from safetensors_io import save_file  # noqa: E402
 
 
 def main():
@@ -64,9 +50,8 @@ def main():
     assert not np.isnan(enc.view(e4).astype(np.float32)).any()
     out = os.path.join(a.out, "fp8")
     os.makedirs(out, exist_ok=True)
-    write_safetensors(os.path.join(out, "e4m3.safetensors"),
-                      {"decoded": ("F32", decoded), "inputs": ("F32", vals), "codes": ("U8", enc)},
-                      {"fixture": "fp8/e4m3", "source": "ml_dtypes %s float8_e4m3fn" % ml_dtypes.__version__})
+    save_file({"decoded": decoded, "inputs": vals, "codes": enc}, os.path.join(out, "e4m3.safetensors"),
+              metadata={"fixture": "fp8/e4m3", "source": "ml_dtypes %s float8_e4m3fn" % ml_dtypes.__version__})
     print("wrote", out, len(vals), "inputs")
 
 
