@@ -176,7 +176,9 @@ TEST(CudaOps, SubAndL1Distance) {
     }
     const Tensor want = Tensor::from_f32({2}, {static_cast<float>(sd / diff_r.numel()), static_cast<float>(sr / diff_r.numel())});
     Tensor d16 = poisoned(g, {2});
-    const Tensor gab = g.upload(ab), gbb = g.upload(bb);
+    // (upload widens floats to F32: BF16 device tensors come from a device-side copy, exact here)
+    const Tensor gab = dev_in(g, af, true), gbb = dev_in(g, bf, true);
+    ASSERT_EQ(gab.dtype(), DType::BF16);
     g.l1_distance(gab, gbb, d16);
     check("l1_distance", cat(S(s), " bf16"), err_vs(g, d16, want));
     Tensor again = poisoned(g, {2});
