@@ -123,7 +123,7 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
       in.cache.refresh = refresh;
       out = dit.forward(in);
     } else {
-      in_c.x = z.clone();
+      in_c.x = z;  // read only by forward, before z is stepped
       in_c.timestep = Tensor::from_f32({B}, std::vector<float>(B, ts[i]));
       in_c.cache.refresh = refresh;
       out = dit.forward_conditional(in_c);

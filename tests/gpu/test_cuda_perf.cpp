@@ -175,26 +175,19 @@ TEST(CudaPerf, RealShapes) {
   items.push_back({"copy transpose [4,512,4096]->[4,4096,512]", 0, 2.0 * 4 * 4096 * 512 * 4,
                    [&] { Tensor dv = vao.view({4, 4096, 512}); g.copy(vq.view({4, 512, 4096}).permute({0, 2, 1}), dv); }});
 
+  auto sync_all = [&] {  // every backend an item may run on
+    for (CudaBackend* b : {&g, &gpu32(), &gpu16(), &gpu16own(), &gpu16notext(), &gpu16cudnn()}) b->synchronize();
+  };
   std::printf("\n%-50s %10s %12s\n", "op (real sizes)", "ms", "rate");
   for (auto& it : items) {
     it.run();
-    g.synchronize();
-    gpu32().synchronize();
-    gpu16().synchronize();
-    gpu16own().synchronize();
-    gpu16notext().synchronize();
-    gpu16cudnn().synchronize();
+    sync_all();
     int reps = 0;
     double total = 0;
     while (reps < 50 && total < 300.0) {
       const auto t0 = std::chrono::steady_clock::now();
       it.run();
-      g.synchronize();
-      gpu32().synchronize();
-      gpu16().synchronize();
-      gpu16own().synchronize();
-      gpu16notext().synchronize();
-      gpu16cudnn().synchronize();
+      sync_all();
       total += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       ++reps;
     }
