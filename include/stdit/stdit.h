@@ -73,6 +73,16 @@ struct Request {
   std::optional<double> flow;               // motion score suffix
   std::optional<std::string> camera_motion; // none, pan right, ..., static
   int num_samples = 1, batch_size = 1;
+  // Conditioning on references, as Open-Sora 1.2 (docs/CLI.md, "Image-to-video, extension, loops").
+  // A prompt may also carry them in a JSON suffix: 'text{"reference_path": ..., "mask_strategy": ...}'.
+  std::vector<std::string> reference_paths;  // per prompt, or one for all; "a.png;b.mp4" = refs 0, 1; "" none
+  std::vector<std::string> mask_strategies;  // per prompt, or one for all: "loop,ref,ref_start,target_start,length,edit;..."
+  std::optional<int> loop;                   // clips per video, each continuing the last (1)
+  std::optional<int> condition_frame_length; // latent frames a clip conditions on (5 = 17 frames)
+  std::optional<double> condition_frame_edit;// their edit ratio (0: frozen)
+  std::optional<int> align;                  // snap mask-strategy starts to multiples of this (5; 0 = off)
+  std::string image;   // image-to-video: this picture is the first frame (reference + strategy "0")
+  std::string extend;  // continue this video: the output is the video, then the new frames
   // Outputs: files named out_dir/sample_name_0000.mp4 ... (reserved atomically), or `output`.
   std::string out_dir = "sample_outputs", sample_name = "sample", output;
   std::string save_latents;  // also write the final latents (safetensors, with the run record)

@@ -17,7 +17,7 @@ std::array<uint32_t, 4> philox4x32_10(std::array<uint32_t, 4> c, std::array<uint
   return c;
 }
 
-Tensor philox_normal(const Shape& shape, uint64_t seed, uint32_t stream) {
+Tensor philox_normal(const Shape& shape, uint64_t seed, uint32_t stream, uint32_t lane) {
   Tensor t = Tensor::empty(shape, DType::F32);
   float* p = t.data<float>();
   const int64_t n = t.numel();
@@ -26,7 +26,7 @@ Tensor philox_normal(const Shape& shape, uint64_t seed, uint32_t stream) {
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     const auto w = philox4x32_10({static_cast<uint32_t>(b), static_cast<uint32_t>(static_cast<uint64_t>(b) >> 32),
-                                  stream, 0},
+                                  stream, lane},
                                  key);
     double z[4];
     for (int pair = 0; pair < 2; ++pair) {
@@ -38,6 +38,13 @@ Tensor philox_normal(const Shape& shape, uint64_t seed, uint32_t stream) {
     for (int j = 0; j < 4 && 4 * b + j < n; ++j) p[4 * b + j] = static_cast<float>(z[j]);
   }
   return t;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  uint64_t z = x + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
 }
 
 }  // namespace stdit

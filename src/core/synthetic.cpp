@@ -3,16 +3,12 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/philox.h"
 
 namespace stdit {
 
 namespace {
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
-inline uint64_t splitmix_finalize(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 }  // namespace
 
 uint64_t fnv1a64(const std::string& s) {
@@ -35,7 +31,7 @@ Tensor synthetic_tensor(const std::string& name, const Shape& shape, uint64_t se
   const int64_t n = t.numel();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t z = splitmix_finalize(base + static_cast<uint64_t>(i + 1) * kGolden);
+    const uint64_t z = splitmix64(base + static_cast<uint64_t>(i) * kGolden);  // of base + (i+1) * golden
     const double m = static_cast<double>(z >> 40) - 8388608.0;  // -2^23 .. 2^23-1, exact
     p[i] = static_cast<float>(offset + m * 0x1p-23 * scale);
   }

@@ -85,6 +85,14 @@ struct SamplerOptions {
   // Classifier-free guidance for the first ceil(cfg_until * steps) steps only; after that only
   // the conditional half runs (v = v_cond). In (0, 1]; 1 = every step.
   double cfg_until = 1.0;
+  // Conditioning on references (pipeline/conditioning.h, spec §8.4): the frame mask [B, T] F32,
+  // 1 for a normal frame, a reference frame's edit ratio otherwise. Undefined: all 1
+  // (text-to-video, where Open-Sora passes ones too). x_mask = (1000 * mask >= t) each step.
+  Tensor frame_mask;
+  // Fresh noise [4, T, h, w] for video b at step i, called only where a frame gets noise added
+  // (x_mask newly true): Open-Sora draws it every step, so a counter-based stream per (video,
+  // step) gives the same result without the unused draws. Needed when such a step occurs.
+  std::function<Tensor(int step, int64_t b)> step_noise;
 };
 
 // What the savings did in one sampling run.

@@ -29,12 +29,14 @@
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
 #include "pipeline/cfg_parallel.h"
+#include "pipeline/conditioning.h"
 #include "pipeline/denoiser.h"
 #ifdef STDIT_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
 #include "pipeline/engine.h"
 #include "pipeline/presets.h"
+#include "pipeline/references.h"
 #include "pipeline/rflow.h"
 #include "pipeline/run_record.h"
 #include "text/prompt.h"
@@ -164,7 +166,17 @@ class OutputNames {
 struct Plan {
   RunRecord rec;                    // settings and videos (prompts, noise streams)
   std::vector<std::string> unique;  // the distinct encoded prompts, in first-use order
-  std::vector<int> text_of;         // video -> index into `unique`
+  std::vector<std::vector<int>> text_of;  // [video][loop] -> index into `unique`
+  // Conditioning per video: its references (indices into `refs`) and mask strategy; the
+  // distinct reference files, read; --extend's video (an index into `refs`, else -1).
+  struct Conditioning {
+    std::vector<int> refs;
+    std::vector<MaskEntry> entries;
+  };
+  std::vector<Conditioning> cond;
+  std::vector<Reference> refs;
+  int extend_ref = -1;
+  bool conditioned() const { return rec.loop > 1 || !refs.empty(); }
   int64_t T = 0, h = 0, w = 0;      // latent shape
   bool decode_only = false;
   Tensor latents;  // decode-only: [N, 4, T, h, w]
@@ -179,6 +191,94 @@ std::string ext_for(int frames) {
   (void)frames;
   return ".frames.safetensors";
 #endif
+}
+
+// Per video: the reference files ("a.png;b.mp4") and mask strategy it is conditioned on, from the
+// record (--from), the prompt's JSON suffix, --reference-path / --mask-strategy (one per prompt or
+// one for all), --image or --extend. References without a strategy get "0" (the first reference's
+// first latent frame conditions the first frame; Open-Sora would ignore them), said once.
+std::vector<std::pair<std::string, std::string>> video_conditioning(const api::Request& opt, const RunRecord* from,
+                                                                    const std::vector<std::string>& given_prompts,
+                                                                    size_t prompts, const RunRecord& rec) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (from) {
+    STDIT_CHECK(opt.reference_paths.empty() && opt.mask_strategies.empty() && opt.image.empty() && opt.extend.empty(),
+                "--from re-makes the recorded video with its own references; do not pass --reference-path, "
+                "--mask-strategy, --image or --extend");
+    for (const auto& v : from->videos) out.push_back({v.reference_path, v.mask_strategy});
+    return out;
+  }
+  auto per_prompt = [&](const std::vector<std::string>& v, const char* flag, size_t p) {
+    STDIT_CHECK(v.size() <= 1 || v.size() == prompts, flag, " is given ", v.size(), " times for ", prompts,
+                " prompts: give one for every prompt (\"\" for none), or one for all");
+    return v.empty() ? std::string() : v.size() == 1 ? v[0] : v[p];
+  };
+  STDIT_CHECK(opt.image.empty() || (opt.reference_paths.empty() && rec.extend.empty()),
+              "--image is a reference of its own; do not combine it with --reference-path or --extend");
+  STDIT_CHECK(rec.extend.empty() || (opt.reference_paths.empty() && opt.mask_strategies.empty()),
+              "--extend sets the reference and mask strategy itself; do not combine it with --reference-path "
+              "or --mask-strategy");
+  const size_t per = given_prompts.size() / std::max<size_t>(prompts, 1);
+  bool told = false;
+  for (size_t i = 0; i < given_prompts.size(); ++i) {
+    const size_t p = i / std::max<size_t>(per, 1);
+    const PromptParts parts = split_prompt_json(given_prompts[i]);
+    std::string ref = parts.reference_path ? *parts.reference_path : per_prompt(opt.reference_paths, "--reference-path", p);
+    std::string ms = parts.mask_strategy ? *parts.mask_strategy : per_prompt(opt.mask_strategies, "--mask-strategy", p);
+    if (!opt.image.empty() && ref.empty()) {
+      ref = opt.image;
+      if (ms.empty()) ms = "0";
+    }
+    if (!rec.extend.empty()) {
+      STDIT_CHECK(!parts.reference_path && !parts.mask_strategy, "--extend sets the reference and mask strategy; prompt '",
+                  given_prompts[i], "' has its own");
+      ref = rec.extend;
+      ms = cat("0,0,-", rec.condition_frame_length, ",0,", rec.condition_frame_length, ",", rec.condition_frame_edit);
+    }
+    if (!ref.empty() && ms.empty()) {
+      ms = "0";
+      if (!told)
+        log_info("references without a mask strategy: using \"0\" (reference 0's first latent frame conditions "
+                 "the first frame: image-to-video); pass --mask-strategy to place them otherwise");
+      told = true;
+    }
+    out.push_back({ref, ms});
+  }
+  return out;
+}
+
+// Reads each distinct reference file and checks every mask strategy against the clip and its
+// references (including the clips a loop appends), all before any model is loaded.
+void plan_references(Plan& plan, const VaeConfig& vcfg) {
+  const RunRecord& rec = plan.rec;
+  for (size_t i = 0; i < rec.videos.size(); ++i) {
+    const VideoRecord& v = rec.videos[i];
+    const std::string where = cat("video ", i + 1, " (prompt '", v.prompt, "')");
+    Plan::Conditioning c;
+    c.entries = parse_mask_strategy(v.mask_strategy, where + ": mask strategy");
+    for (const std::string& path : split_reference_paths(v.reference_path, where)) {
+        auto at = std::find_if(plan.refs.begin(), plan.refs.end(), [&](const Reference& r) { return r.path == path; });
+        if (at == plan.refs.end()) {
+          plan.refs.push_back(read_reference(path, rec.output_width, rec.output_height, vcfg, where));
+          at = plan.refs.end() - 1;
+        }
+        c.refs.push_back(static_cast<int>(at - plan.refs.begin()));
+      }
+    std::vector<int> frames;
+    for (int r : c.refs) frames.push_back(plan.refs[r].latent_frames);
+    const std::optional<int> align = rec.align > 0 ? std::optional<int>(rec.align) : std::nullopt;
+    for (const MaskEntry& e : c.entries) {
+      STDIT_CHECK(e.loop_id < rec.loop, where, ": mask strategy entry for loop ", e.loop_id, " but --loop is ", rec.loop,
+                  " (loops are numbered from 0)");
+      std::vector<int> f = frames;
+      f.insert(f.end(), e.loop_id, static_cast<int>(plan.T));  // the clips appended by earlier loops
+      place(e, static_cast<int>(plan.T), f, align, where + ": mask strategy");
+    }
+    plan.cond.push_back(std::move(c));
+  }
+  if (!rec.extend.empty())
+    for (size_t r = 0; r < plan.refs.size(); ++r)
+      if (plan.refs[r].path == rec.extend) plan.extend_ref = static_cast<int>(r);
 }
 
 Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& identity) {
@@ -282,6 +382,32 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
   const VaeConfig vcfg = load_vae_config(eng.vae + "/config.json");
   plan.T = vcfg.latent_frames(rec.num_frames);
 
+  // ---- conditioning settings (Open-Sora's defaults: loop 1, condition frames 5, edit 0, align 5) ----
+  rec.loop = opt.loop ? *opt.loop : base ? base->loop : 1;
+  rec.condition_frame_length = opt.condition_frame_length ? *opt.condition_frame_length
+                                                          : base ? base->condition_frame_length : 5;
+  rec.condition_frame_edit = opt.condition_frame_edit ? *opt.condition_frame_edit
+                                                      : base ? base->condition_frame_edit : 0.0;
+  rec.align = opt.align ? *opt.align : base ? base->align : 5;
+  rec.extend = !opt.extend.empty() ? opt.extend : from ? from->extend : std::string();
+  STDIT_CHECK(rec.loop >= 1, "--loop must be at least 1 (clips per video), got ", rec.loop);
+  STDIT_CHECK(rec.align >= 0, "--align must be 0 (off) or a positive number of latent frames, got ", rec.align);
+  STDIT_CHECK(std::isfinite(rec.condition_frame_edit) && rec.condition_frame_edit >= 0 &&
+                  rec.condition_frame_edit < 1,
+              "--condition-frame-edit must be in [0, 1), got ", rec.condition_frame_edit);
+  STDIT_CHECK(!plan.decode_only || (!opt.loop && opt.reference_paths.empty() && opt.mask_strategies.empty() &&
+                                      opt.image.empty() && opt.extend.empty()),
+              "--decode-only decodes saved latents; --loop, --reference-path, --mask-strategy, --image and --extend "
+              "do not apply");
+  STDIT_CHECK(opt.save_latents.empty() || (rec.loop == 1 && rec.extend.empty()),
+              "--save-latents keeps one clip per video; it does not go with --loop or --extend");
+  if (rec.loop > 1 || !rec.extend.empty()) {
+    dframe_to_frame(rec.condition_frame_length);  // a positive multiple of 5
+    STDIT_CHECK(rec.condition_frame_length < plan.T, "--condition-frame-length ", rec.condition_frame_length,
+                " must be shorter than the clip (", plan.T, " latent frames for ", rec.num_frames,
+                " frames); use more --num-frames");
+  }
+
   // ---- the videos: prompts as given and as encoded, noise streams ----
   if (plan.decode_only) {
     const Tensor& z = plan.latents;
@@ -324,14 +450,29 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
           streams.push_back(first + static_cast<uint32_t>(p * opt.num_samples + k));
         }
     }
+    const std::vector<std::pair<std::string, std::string>> conditioning =
+        video_conditioning(opt, from ? &*from : nullptr, given_prompts, prompts.size(), rec);
     for (size_t i = 0; i < given_prompts.size(); ++i) {
       // Also checks the camera motion and the scores now, before any model is loaded.
-      const std::string text = prepare_prompt(given_prompts[i], {rec.aes, rec.flow, rec.camera_motion});
-      auto at = std::find(plan.unique.begin(), plan.unique.end(), text);
-      plan.text_of.push_back(static_cast<int>(at - plan.unique.begin()));
-      if (at == plan.unique.end()) plan.unique.push_back(text);
-      rec.videos.push_back({given_prompts[i], text, streams[i]});
+      const std::string text = split_prompt_json(given_prompts[i]).text;
+      std::vector<int> of;
+      std::vector<std::string> loop_texts;
+      for (int l = 0; l < rec.loop; ++l) {
+        loop_texts.push_back(prepare_prompt(prompt_for_loop(text, l), {rec.aes, rec.flow, rec.camera_motion}));
+        auto at = std::find(plan.unique.begin(), plan.unique.end(), loop_texts.back());
+        of.push_back(static_cast<int>(at - plan.unique.begin()));
+        if (at == plan.unique.end()) plan.unique.push_back(loop_texts.back());
+      }
+      // The record: the text, or "|0|text A|1|text B" when the loops read different texts.
+      std::string encoded = loop_texts[0];
+      if (std::count(loop_texts.begin(), loop_texts.end(), loop_texts[0]) != rec.loop) {
+        encoded.clear();
+        for (int l = 0; l < rec.loop; ++l) encoded += "|" + std::to_string(l) + "|" + loop_texts[l];
+      }
+      plan.text_of.push_back(of);
+      rec.videos.push_back({given_prompts[i], encoded, streams[i], conditioning[i].first, conditioning[i].second});
     }
+    plan_references(plan, vcfg);
   }
   const int items = static_cast<int>(rec.videos.size());
 
@@ -610,8 +751,34 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   double t_text = 0, t_denoise = 0, t_decode = 0, t_write = 0;
   std::unique_ptr<OpenSoraVae> local_vae;
 
-  // Decodes video `item` (latents z [1, 4, T, h, w]) and writes its file(s) under reserved names.
-  auto decode_and_write = [&](int item, const Tensor& z) {
+  // The VAE (loaded on first use; kept for the run, or for the engine's life when resident).
+  auto the_vae = [&]() -> OpenSoraVae& {
+    backend->bind_to_this_thread();  // a second GPU's backend may have been made current
+    std::unique_ptr<OpenSoraVae>& vae_slot = resident ? vae : local_vae;
+    if (!vae_slot) vae_slot = OpenSoraVae::load(eng.vae, *backend, "engine vae");
+    return *vae_slot;
+  };
+  // Decodes one clip of video `item` (latents z [1, 4, T, h, w]) -> [1, 3, F, 8h, 8w].
+  auto decode_clip = [&](int item, const Tensor& z) {
+    OpenSoraVae& v = the_vae();
+    const auto t0 = Clock::now();
+    v.set_progress([&](int done, int total) {
+      emit({"decode", done, total, item, items, "", ""});
+      check_cancel();
+    });
+    Tensor video;
+    try {
+      video = v.decode(z, F);
+    } catch (...) {
+      v.set_progress({});
+      throw;
+    }
+    v.set_progress({});
+    t_decode += seconds_since(t0);
+    return video;
+  };
+  // Writes video `item` (its frames; z: its last clip's latents) under reserved names.
+  auto write_item = [&](int item, const Frames& frames, const Tensor& z) {
     OutputNames::Files files;
     if (opt.write_files) {
       if (plan.output) {
@@ -623,26 +790,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
         files = names.take(plan.decode_only ? 0 : item % opt.num_samples);
       }
     }
-    backend->bind_to_this_thread();  // a second GPU's backend may have been made current
-    auto t0 = Clock::now();
-    std::unique_ptr<OpenSoraVae>& vae_slot = resident ? vae : local_vae;
-    if (!vae_slot) vae_slot = OpenSoraVae::load(eng.vae, *backend, "engine vae");
-    OpenSoraVae& v = *vae_slot;
-    v.set_progress([&](int done, int total) {
-      emit({"decode", done, total, item, items, "", ""});
-      check_cancel();
-    });
-    Tensor video;
-    try {
-      video = v.decode(z, F);  // [1, 3, F, 8h, 8w]
-    } catch (...) {
-      v.set_progress({});
-      throw;
-    }
-    v.set_progress({});
-    t_decode += seconds_since(t0);
-    t0 = Clock::now();
-    const Frames frames = frames_from_video_tensor(video.select(0, 0), rec.fps);
+    const auto t0 = Clock::now();
     const RunRecord one = rec.only_video(item);
     Video out;
     out.prompt = one.videos[0].prompt;
@@ -689,6 +837,9 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
     t_write += seconds_since(t0);
     result.videos.push_back(std::move(out));
     emit({"saved", item + 1, items, item, items, result.videos.back().path, result.videos.back().preview_path});
+  };
+  auto decode_and_write = [&](int item, const Tensor& z) {
+    write_item(item, frames_from_video_tensor(decode_clip(item, z).select(0, 0), rec.fps), z);
   };
 
   try {
@@ -754,58 +905,119 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       if (plan.latents_file) latents = Tensor::empty({items, 4, T, h, w}, DType::F32);
       const int64_t per = 4 * T * h * w;
       const int batches = (items + batch - 1) / batch;
-      const int total_steps = rec.steps * batches;
+      const int total_steps = rec.steps * batches * rec.loop;
+      const std::optional<int> align = rec.align > 0 ? std::optional<int>(rec.align) : std::nullopt;
+      const int cfl = rec.condition_frame_length;
+      // Clips are assembled (loops, --extend) rather than each written as it is decoded.
+      const bool assemble = rec.loop > 1 || plan.extend_ref >= 0;
       int done = 0;
       for (int start = 0; start < items; start += batch) {
         check_cancel();
-        t0 = Clock::now();
         const int B = std::min(batch, items - start);
-        Tensor yc = Tensor::empty({B, 1, L, C}, DType::F32), m = Tensor::empty({B, L}, DType::I64);
-        Tensor noise = Tensor::empty({B, 4, T, h, w}, DType::F32);
+        // Per video: its references' latents (then each clip a loop appends), mask strategy, and
+        // the frames assembled so far.
+        std::vector<std::vector<Tensor>> ref_latents(B);
+        std::vector<std::vector<MaskEntry>> entries(B);
+        std::vector<Frames> assembled(B);
         for (int b = 0; b < B; ++b) {
-          const int item = start + b, p = plan.text_of[item];
-          std::memcpy(yc.data<float>() + b * L * C, y.data<float>() + p * L * C, L * C * 4);
-          std::memcpy(m.data<int64_t>() + b * L, mask.data<int64_t>() + p * L, L * 8);
-          // Each video's noise depends only on the seed and its stream, not on the batching.
-          const Tensor n = philox_normal({4, T, h, w}, rec.seed, rec.videos[item].noise_index);
-          std::memcpy(noise.data<float>() + b * per, n.data<float>(), per * 4);
+          const int item = start + b;
+          const uint32_t n = rec.videos[item].noise_index;
+          entries[b] = plan.cond[item].entries;
+          for (int r : plan.cond[item].refs) {
+            const auto te = Clock::now();
+            const Tensor z = the_vae().encode(reference_pixels(plan.refs[r], rec.output_width, rec.output_height), {},
+                                              reference_key(rec.seed, n, static_cast<uint32_t>(ref_latents[b].size())));
+            ref_latents[b].push_back(z.select(0, 0).contiguous());
+            t_decode += seconds_since(te);
+          }
+          if (plan.extend_ref >= 0)  // the continued video opens the output
+            assembled[b] = reference_frames(plan.refs[plan.extend_ref], rec.output_width, rec.output_height);
         }
-        auto tick = [&](int, const Tensor&) {
-          emit({"denoise", ++done, total_steps, start, items, "", ""});
-          check_cancel();
-        };
-        SamplerReport rep;
-        const Tensor z = rflow_sample(*dits->top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick,
-                                      SamplerOptions{parse_step_cache(rec.cache), rec.cfg_until}, &rep);
-        result.denoiser_parts += rep.parts;
-        result.denoiser_parts_cached += rep.parts_cached;
-        result.cond_only_steps += rep.cond_only_steps;
-        result.cache_schedule = rep.schedule;
-        if (rec.cache != "none" || rec.cfg_until < 1)
-          log_info("savings: ", rep.parts_cached, " of ", rep.parts, " denoiser evaluations reused the cached residual, ",
-                   rep.cond_only_steps, " of ", rep.steps, " steps without the unconditional half; schedule ",
-                   rep.schedule);
-        t_denoise += seconds_since(t0);
-        if (latents.defined()) std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
-        const bool last = start + B >= items;
-        if (last) {
-          if (!resident) dits.reset();  // stage residency: the denoiser leaves before the last decode
-          if (backend->peak_memory_bytes() > 0)
-            log_debug("memory: ", backend->name(), " peak ", human_bytes(backend->peak_memory_bytes()),
-                      " held by stdit's allocations so far (measured)");
-          if (latents.defined()) {
-            std::map<std::string, std::string> meta = {{"num_frames", std::to_string(F)},
-                                                       {"height", std::to_string(H)},
-                                                       {"width", std::to_string(W)},
-                                                       {"seed", std::to_string(rec.seed)},
-                                                       {kRecordKey, rec.to_json().dump()}};
-            write_safetensors(plan.latents_file->path(), {{"latents", latents}}, meta);
-            plan.latents_file->keep();
-            emit({"latents", items, items, 0, items, plan.latents_file->path(), ""});
+        for (int loop = 0; loop < rec.loop; ++loop) {
+          t0 = Clock::now();
+          Tensor yc = Tensor::empty({B, 1, L, C}, DType::F32), m = Tensor::empty({B, L}, DType::I64);
+          Tensor noise = Tensor::empty({B, 4, T, h, w}, DType::F32);
+          Tensor frame_mask = Tensor::empty({B, T}, DType::F32);
+          bool masked = false;
+          for (int b = 0; b < B; ++b) {
+            const int item = start + b, p = plan.text_of[item][loop];
+            std::memcpy(yc.data<float>() + b * L * C, y.data<float>() + p * L * C, L * C * 4);
+            std::memcpy(m.data<int64_t>() + b * L, mask.data<int64_t>() + p * L, L * 8);
+            // Each video's noise depends only on the seed and its stream, not on the batching:
+            // loop l draws lane l << 16 of the video's stream (docs/NUMERICS.md).
+            Tensor n = philox_normal({4, T, h, w}, rec.seed, rec.videos[item].noise_index, static_cast<uint32_t>(loop) << 16);
+            const std::vector<float> fm = apply_mask_strategy(n, ref_latents[b], entries[b], loop, align);
+            for (int64_t t = 0; t < T; ++t) masked |= fm[t] != 1.0f;
+            std::memcpy(frame_mask.data<float>() + b * T, fm.data(), T * sizeof(float));
+            std::memcpy(noise.data<float>() + b * per, n.data<float>(), per * 4);
+          }
+          auto tick = [&](int, const Tensor&) {
+            emit({"denoise", ++done, total_steps, start, items, "", ""});
+            check_cancel();
+          };
+          SamplerOptions so{parse_step_cache(rec.cache), rec.cfg_until};
+          if (masked) so.frame_mask = frame_mask;
+          // Fresh noise where a frame's edit threshold is crossed: lane (l << 16) | (step + 1).
+          so.step_noise = [&](int step, int64_t b) {
+            return philox_normal({4, T, h, w}, rec.seed, rec.videos[start + b].noise_index,
+                                 (static_cast<uint32_t>(loop) << 16) | static_cast<uint32_t>(step + 1));
+          };
+          SamplerReport rep;
+          const Tensor z = rflow_sample(*dits->top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick, so, &rep);
+          result.denoiser_parts += rep.parts;
+          result.denoiser_parts_cached += rep.parts_cached;
+          result.cond_only_steps += rep.cond_only_steps;
+          result.cache_schedule = rep.schedule;
+          if (rec.cache != "none" || rec.cfg_until < 1)
+            log_info("savings: ", rep.parts_cached, " of ", rep.parts, " denoiser evaluations reused the cached residual, ",
+                     rep.cond_only_steps, " of ", rep.steps, " steps without the unconditional half; schedule ",
+                     rep.schedule);
+          t_denoise += seconds_since(t0);
+          if (latents.defined()) std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
+          const bool last = start + B >= items && loop == rec.loop - 1;
+          if (last) {
+            if (!resident) dits.reset();  // stage residency: the denoiser leaves before the last decode
+            if (backend->peak_memory_bytes() > 0)
+              log_debug("memory: ", backend->name(), " peak ", human_bytes(backend->peak_memory_bytes()),
+                        " held by stdit's allocations so far (measured)");
+            if (latents.defined()) {
+              std::map<std::string, std::string> meta = {{"num_frames", std::to_string(F)},
+                                                         {"height", std::to_string(H)},
+                                                         {"width", std::to_string(W)},
+                                                         {"seed", std::to_string(rec.seed)},
+                                                         {kRecordKey, rec.to_json().dump()}};
+              write_safetensors(plan.latents_file->path(), {{"latents", latents}}, meta);
+              plan.latents_file->keep();
+              emit({"latents", items, items, 0, items, plan.latents_file->path(), ""});
+            }
+          }
+          // ---------------- decode (and write, or assemble) each video of the batch now ----------------
+          for (int b = 0; b < B; ++b) {
+            const int item = start + b;
+            const Tensor zb = z.slice(0, b, b + 1).contiguous();
+            if (!assemble) {
+              decode_and_write(item, zb);
+              continue;
+            }
+            const Tensor video = decode_clip(item, zb);
+            append_clip(assembled[b], frames_from_video_tensor(video.select(0, 0), rec.fps),
+                        loop > 0 || plan.extend_ref >= 0 ? dframe_to_frame(cfl) : 0);
+            if (loop + 1 < rec.loop) {
+              // The next clip continues this one: its last latent frames condition the next clip's
+              // first ones (Open-Sora's append_generated).
+              const auto te = Clock::now();
+              const uint32_t r = static_cast<uint32_t>(ref_latents[b].size());
+              const MaskEntry e{loop + 1, static_cast<int>(r), -cfl, 0, cfl, rec.condition_frame_edit};
+              ref_latents[b].push_back(encode_clip_tail(the_vae(), video, e, static_cast<int>(T), align,
+                                                        reference_key(rec.seed, rec.videos[item].noise_index, r)));
+              entries[b].push_back(e);
+              t_decode += seconds_since(te);
+            } else {
+              write_item(item, assembled[b], zb);
+              assembled[b] = Frames();
+            }
           }
         }
-        // ---------------- decode and write each video of the batch now ----------------
-        for (int b = 0; b < B; ++b) decode_and_write(start + b, z.slice(0, b, b + 1).contiguous());
       }
     }
   } catch (const Cancelled&) {

@@ -44,7 +44,11 @@ std::string number(double x) {
 json RunRecord::to_json() const {
   json vids = json::array();
   for (const auto& v : videos)
-    vids.push_back({{"prompt", v.prompt}, {"prompt_encoded", v.prompt_encoded}, {"noise_index", v.noise_index}});
+    vids.push_back({{"prompt", v.prompt},
+                    {"prompt_encoded", v.prompt_encoded},
+                    {"noise_index", v.noise_index},
+                    {"reference_path", v.reference_path},
+                    {"mask_strategy", v.mask_strategy}});
   auto opt = [](const auto& o) { return o ? json(*o) : json(nullptr); };
   return {{"program", program},
           {"engine", engine},
@@ -67,6 +71,11 @@ json RunRecord::to_json() const {
           {"batch_size", batch_size},
           {"cache", cache},
           {"cfg_until", cfg_until},
+          {"loop", loop},
+          {"condition_frame_length", condition_frame_length},
+          {"condition_frame_edit", condition_frame_edit},
+          {"align", align},
+          {"extend", extend},
           {"videos", vids}};
 }
 
@@ -95,6 +104,14 @@ RunRecord RunRecord::from_json(const json& j, const std::string& where) {
   // Records written before step caching and --cfg-until have neither: both were off.
   r.cache = get_opt<std::string>(j, "cache", where).value_or("none");
   r.cfg_until = get_opt<double>(j, "cfg_until", where).value_or(1.0);
+  // ... nor conditioning: none.
+  r.loop = get_opt<int>(j, "loop", where).value_or(1);
+  r.condition_frame_length = get_opt<int>(j, "condition_frame_length", where).value_or(5);
+  r.condition_frame_edit = get_opt<double>(j, "condition_frame_edit", where).value_or(0.0);
+  r.align = get_opt<int>(j, "align", where).value_or(5);
+  r.extend = get_opt<std::string>(j, "extend", where).value_or("");
+  STDIT_CHECK(r.loop >= 1 && r.align >= 0 && r.condition_frame_length >= 1 && std::isfinite(r.condition_frame_edit),
+              where, ": the stdit record holds impossible conditioning settings: ", j.dump());
   STDIT_CHECK(std::isfinite(r.cfg_until) && r.cfg_until > 0 && r.cfg_until <= 1, where,
               ": the stdit record holds an impossible cfg_until: ", r.cfg_until);
   STDIT_CHECK(r.width >= 8 && r.height >= 8 && r.num_frames >= 1 && r.steps >= 1 && r.batch_size >= 1 &&
@@ -104,7 +121,9 @@ RunRecord RunRecord::from_json(const json& j, const std::string& where) {
               ": the stdit record lists no video");
   for (const auto& v : j["videos"])
     r.videos.push_back({get<std::string>(v, "prompt", where), get<std::string>(v, "prompt_encoded", where),
-                        get<uint32_t>(v, "noise_index", where)});
+                        get<uint32_t>(v, "noise_index", where),
+                        get_opt<std::string>(v, "reference_path", where).value_or(""),
+                        get_opt<std::string>(v, "mask_strategy", where).value_or("")});
   return r;
 }
 

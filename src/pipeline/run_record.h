@@ -21,6 +21,9 @@ struct VideoRecord {
   std::string prompt;          // as the user gave it
   std::string prompt_encoded;  // after score suffixes and caption cleaning: what T5 read
   uint32_t noise_index = 0;    // Philox stream of the initial noise (the seed is the run's)
+  // Conditioning (pipeline/conditioning.h): the reference files ("a.png;b.mp4", as given) and the
+  // mask strategy used ("" for none; the default filled in when references came without one).
+  std::string reference_path, mask_strategy;
 };
 
 struct RunRecord {
@@ -39,6 +42,11 @@ struct RunRecord {
   int batch_size = 1;  // videos per model call: results of other batch sizes differ by rounding
   std::string cache = "none";  // step caching: "none" or "teacache:THRESHOLD"
   double cfg_until = 1.0;      // fraction of the steps with classifier-free guidance
+  int loop = 1;                      // clips per video, each continuing the last
+  int condition_frame_length = 5;    // latent frames a clip (or --extend) conditions on
+  double condition_frame_edit = 0;   // their edit ratio
+  int align = 5;                     // mask-strategy starts snap to multiples of this (0: off)
+  std::string extend;                // the video continued (its frames open the output), or ""
   std::vector<VideoRecord> videos;
 
   nlohmann::json to_json() const;

@@ -102,13 +102,62 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
       first_model_step = i;
       break;
     }
+  // The frame mask (Open-Sora's RFLOW.sample): x_mask = (1000 * mask >= t); frames whose x_mask
+  // turns true get noise added once (noise_added starts as mask == 1); frames with x_mask false
+  // are restored after the step.
+  const int64_t T = z.size(2), hw = per / (4 * T);  // latent frames, pixels per frame plane
+  std::vector<float> fmask(B * T, 1.0f), mask_t(B * T, 1000.0f);
+  if (so.frame_mask.defined()) {
+    STDIT_CHECK(so.frame_mask.dim() == 2 && so.frame_mask.size(0) == B && so.frame_mask.size(1) == T,
+                "frame mask ", shape_str(so.frame_mask.shape()), " does not fit ", B, " videos of ", T, " latent frames");
+    const Tensor fm = so.frame_mask.to(DType::F32);
+    for (int64_t k = 0; k < B * T; ++k) {
+      fmask[k] = fm.data<float>()[k];
+      mask_t[k] = fmask[k] * 1000.0f;
+    }
+  }
+  std::vector<char> noise_added(B * T), x_mask(B * T);
+  for (int64_t k = 0; k < B * T; ++k) noise_added[k] = fmask[k] == 1.0f;
+  Tensor x0;
   for (int i = 0; i < steps; ++i) {
-    // Open-Sora's frame mask is (1000 >= t): with a shift ratio below 1 the first timestep can
-    // round above 1000 in f32, every frame then counts as a clean frame and the step leaves z
-    // unchanged. Skipping the model call gives the same result.
-    if (ts[i] > 1000.0f) {
+    bool any_frozen = false, any_live = false;
+    for (int64_t k = 0; k < B * T; ++k) {
+      x_mask[k] = mask_t[k] >= ts[i];
+      (x_mask[k] ? any_live : any_frozen) = true;
+    }
+    if (any_frozen) x0 = z.clone();
+    // Noise once for the frames whose threshold was just crossed: tp * x0 + (1 - tp) * eps.
+    const float tp = 1.0f - ts[i] / 1000.0f;
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor eps;
+      for (int64_t t = 0; t < T; ++t) {
+        if (!x_mask[b * T + t] || noise_added[b * T + t]) continue;
+        if (!eps.defined()) {
+          STDIT_CHECK(so.step_noise, "the sampler needs step noise (a frame gets noise added at step ", i, ")");
+          eps = so.step_noise(i, b).to(DType::F32);
+          STDIT_CHECK(eps.numel() == per, "step noise ", shape_str(eps.shape()), " does not fit one video's latent");
+          if (i == 0 && dit.model_dtype() != DType::F32) eps = eps.to(dit.model_dtype()).to(DType::F32);
+        }
+        for (int c = 0; c < 4; ++c) {
+          float* zp = z.data<float>() + b * per + (c * T + t) * hw;
+          const float* ep = eps.data<float>() + (c * T + t) * hw;
+          for (int64_t r = 0; r < hw; ++r) zp[r] = tp * zp[r] + (1.0f - tp) * ep[r];
+        }
+      }
+    }
+    for (int64_t k = 0; k < B * T; ++k) noise_added[k] = x_mask[k];
+    // Every frame frozen (e.g. a first timestep rounding above 1000 at small sizes): the step
+    // restores z, so the model call is skipped.
+    if (!any_live) {
       if (on_step) on_step(i, z);
       continue;
+    }
+    // x_mask for the CFG batch [2B, T] (both halves alike); its first B rows for the conditional
+    // half alone. Absent when every frame is live (the model then skips its t0 branch).
+    Tensor xm2;
+    if (any_frozen) {
+      xm2 = Tensor::empty({2 * B, T}, DType::BOOL);
+      for (int64_t k = 0; k < 2 * B * T; ++k) xm2.data<uint8_t>()[k] = x_mask[k % (B * T)];
     }
     // The first and last model steps always run the blocks (TeaCache's rule).
     const bool refresh = i == first_model_step || i == steps - 1;
@@ -121,11 +170,13 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
       in.x = zin;
       in.timestep = Tensor::from_f32({2 * B}, std::vector<float>(2 * B, ts[i]));
       in.cache.refresh = refresh;
+      in.x_mask = xm2;
       out = dit.forward(in);
     } else {
       in_c.x = z;  // read only by forward, before z is stepped
       in_c.timestep = Tensor::from_f32({B}, std::vector<float>(B, ts[i]));
       in_c.cache.refresh = refresh;
+      in_c.x_mask = xm2.defined() ? xm2.slice(0, 0, B).contiguous() : Tensor();
       out = dit.forward_conditional(in_c);
     }
     const int64_t oc = out.size(1), plane = per / 4;
@@ -140,6 +191,14 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
         }() : vc;
         z.data<float>()[b * per + k] += v * dt;
       }
+    if (any_frozen)  // frozen frames keep their value from before the step
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < T; ++t)
+          if (!x_mask[b * T + t])
+            for (int c = 0; c < 4; ++c) {
+              const int64_t o = b * per + (c * T + t) * hw;
+              std::memcpy(z.data<float>() + o, x0.data<float>() + o, hw * sizeof(float));
+            }
     // The report: one group per step.
     ++rep.steps;
     rep.cond_only_steps += cfg ? 0 : 1;

@@ -46,6 +46,28 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--num-samples", r.num_samples, "Videos per prompt (files get -k suffixes)")->capture_default_str();
   cmd->add_option("--batch-size", r.batch_size, "Videos per model call (CFG doubles it); see docs/CLI.md")
       ->capture_default_str();
+  // Conditioning (Open-Sora 1.2's names and meaning; docs/CLI.md "Image-to-video, extension, loops").
+  cmd->add_option("--image", r.image, "Image-to-video: this picture becomes the first frame");
+  cmd->add_option("--extend", r.extend,
+                  "Continue this video: the new clip is conditioned on its last frames and the output is the "
+                  "video followed by the new frames");
+  cmd->add_option("--reference-path", r.reference_paths,
+                  "Reference image(s)/video(s) for a prompt, several separated by ';'; repeat once per prompt "
+                  "(\"\" for none) or give once for all")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--mask-strategy", r.mask_strategies,
+                  "Where references go: loop,ref,ref_start,target_start,length,edit_ratio;... in latent frames "
+                  "(defaults 0,0,0,0,1,0); repeat once per prompt or give once for all")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--loop", r.loop, "Clips per video, each continuing the last (default 1); prompts may change per clip: "
+                                    "'|0|text A|2|text B'");
+  cmd->add_option("--condition-frame-length", r.condition_frame_length,
+                  "Latent frames a loop or --extend conditions on, a multiple of 5 (default 5 = 17 frames)");
+  cmd->add_option("--condition-frame-edit", r.condition_frame_edit,
+                  "Edit ratio of those frames, in [0, 1) (default 0: kept as they are)");
+  cmd->add_option("--align", r.align, "Snap mask-strategy starts to multiples of this many latent frames (default 5; 0: off)");
   cmd->add_option("--out-dir", r.out_dir, "Output directory")->capture_default_str();
   cmd->add_option("--sample-name", r.sample_name, "File name prefix")->capture_default_str();
   cmd->add_option("-o,--output", r.output, "Output file (one video only; .mp4, or .png for one frame)");

@@ -211,22 +211,27 @@ Tensor OpenSoraVae::temporal_decode(const Tensor& z, int num_frames) {
   return out;
 }
 
-Tensor OpenSoraVae::posterior(const Tensor& moments, std::optional<uint64_t> seed, uint32_t stream) {
+Tensor OpenSoraVae::posterior(const Tensor& moments, std::optional<uint64_t> seed, uint32_t stream,
+                              uint32_t item_stride) {
   Shape half = moments.shape();
   half[1] = 4;
   Tensor mean = be_.alloc(half);
   be_.copy(moments.slice(1, 0, 4), mean);
   if (!seed) return mean;
-  // Sampling is a small elementwise pass; it runs on the host.
+  // Sampling is a small elementwise pass; it runs on the host. Item j of the leading dimension
+  // draws from its own stream (stream + j * item_stride).
   const Tensor m = be_.download(moments);
   Tensor out = be_.download(mean);
-  const Tensor eps = philox_normal(half, *seed, stream);
   const int64_t B = half[0], per = out.numel() / B;
-  for (int64_t b = 0; b < B; ++b)
+  Shape one = half;
+  one[0] = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    const Tensor eps = philox_normal(one, *seed, stream + static_cast<uint32_t>(b) * item_stride);
     for (int64_t i = 0; i < per; ++i) {
       const float lv = std::clamp(m.data<float>()[b * 2 * per + per + i], -30.0f, 20.0f);
-      out.data<float>()[b * per + i] += std::exp(0.5f * lv) * eps.data<float>()[b * per + i];
+      out.data<float>()[b * per + i] += std::exp(0.5f * lv) * eps.data<float>()[i];
     }
+  }
   return be_.upload(out).clone();
 }
 
@@ -253,7 +258,7 @@ Tensor OpenSoraVae::temporal_encode(const Tensor& x0, std::optional<uint64_t> se
   for (const auto& r : t_enc_res_) x = run_res(r, x, g, eps, causal3(3));
   x = run_conv(t_enc_out_, gn(t_enc_norm_, x, g, eps, true), ConvParams{});
   x = run_conv(t_quant_, x, ConvParams{});
-  return posterior(x, seed, stream);
+  return posterior(x, seed, stream, kVaeItemStride);
 }
 
 // ---------------------------------------------------------------- 2D VAE ------------------------
@@ -294,7 +299,7 @@ Tensor OpenSoraVae::spatial_encode(const Tensor& frames, std::optional<uint64_t>
   x = run_mid(s_enc_mid_, x);
   x = run_conv(s_enc_out_, gn(s_enc_norm_out_, x, g, sp.eps, true), same2d(3));
   x = run_conv(s_quant_, x, ConvParams{});
-  const Tensor m = posterior(x, seed, stream);
+  const Tensor m = posterior(x, seed, stream, 1);  // one stream per frame
   Tensor out = be_.alloc(m.shape());
   const Tensor f = be_.upload(Tensor::from_f32({4}, std::vector<float>(4, cfg_.scaling_factor)));
   const Tensor zero = be_.upload(Tensor::zeros({4}, DType::F32));
@@ -355,11 +360,14 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
   return host;
 }
 
-Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec, std::optional<uint64_t> sample_seed) {
+Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec, std::optional<uint64_t> sample_seed,
+                           int64_t first_frame) {
   STDIT_CHECK(v_host.defined() && v_host.dim() == 5 && v_host.size(1) == 3 && is_float(v_host.dtype()),
               "VAE encode: 'video' must be a float tensor [B, 3, F, H, W], got ",
               v_host.defined() ? shape_str(v_host.shape()) : "nothing");
   const int64_t B = v_host.size(0), F = v_host.size(2), H = v_host.size(3), W = v_host.size(4);
+  STDIT_CHECK(first_frame >= 0 && first_frame % cfg_.micro_frame_size == 0 && first_frame + F < kVaeItemStride,
+              "VAE encode: first_frame ", first_frame, " must be a multiple of ", cfg_.micro_frame_size);
   STDIT_CHECK(F >= 1 && H >= 8 && W >= 8 && H % 8 == 0 && W % 8 == 0, "VAE encode: video ",
               shape_str(v_host.shape()), " needs at least 1 frame and height/width multiples of 8");
   const int64_t h = H / 8, w = W / 8;
@@ -373,8 +381,8 @@ Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec, std::optio
       Tensor in = be_.alloc({n, 3, 1, H, W});
       Tensor in4 = in.view({n, 3, H, W});
       be_.copy(video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3}), in4);
-      // Stream ids: 2D micro-batches count up from 0, temporal chunks from 2^31.
-      const auto stream = static_cast<uint32_t>(b * ((F + mb - 1) / mb) + f / mb);
+      // Stream ids (vae.h): frame f of item b -> b * 2^20 + first_frame + f.
+      const auto stream = static_cast<uint32_t>(b * kVaeItemStride + first_frame + f);
       Tensor out = spatial_encode(in, sample_seed, stream);  // [n, 4, 1, h, w]
       Tensor dst = xz.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
       be_.copy(out.view({n, 4, h, w}), dst);
@@ -388,7 +396,7 @@ Tensor OpenSoraVae::encode(const Tensor& v_host, const Recorder& rec, std::optio
     const int64_t n = std::min<int64_t>(fc, F - f0);
     Tensor chunk = be_.alloc({B, 4, n, h, w});
     be_.copy(xz.slice(2, f0, f0 + n), chunk);
-    Tensor zc = temporal_encode(chunk, sample_seed, 0x80000000u + static_cast<uint32_t>(f0 / fc));
+    Tensor zc = temporal_encode(chunk, sample_seed, 0x80000000u + static_cast<uint32_t>((first_frame + f0) / fc));
     Tensor dst = z.slice(2, t0, t0 + zc.size(2));
     be_.copy(zc, dst);
     t0 += zc.size(2);

@@ -25,10 +25,15 @@ class OpenSoraVae {
   Tensor decode(const Tensor& z, int num_frames, const Recorder& rec = {});
   // video: host [B, 3, F, H, W] in [-1, 1] (H, W multiples of 8) -> host F32 z
   // [B, 4, latent_frames(F), H/8, W/8]: the posterior mean of both VAEs, or, with `sample_seed`,
-  // a sample mean + exp(logvar / 2) * eps of each (logvar clamped to [-30, 20]; eps from Philox
-  // streams of the seed), as Open-Sora's encode draws them.
+  // a sample mean + exp(logvar / 2) * eps of each (logvar clamped to [-30, 20]), as Open-Sora's
+  // encode draws them. eps comes from Philox (core/philox.h) keyed by `sample_seed`: the 2D VAE's
+  // moments of frame f of item b from stream b * 2^20 + first_frame + f (shape [1, 4, 1, h, w]),
+  // the temporal VAE's of chunk k (micro_frame_size frames) of item b from stream
+  // 2^31 + b * 2^20 + (first_frame / micro_frame_size + k). `first_frame` (a multiple of
+  // micro_frame_size) says where `video` starts in a longer clip: encoding the tail of a clip from
+  // a chunk boundary then gives exactly the last latent frames of encoding the whole clip.
   Tensor encode(const Tensor& video, const Recorder& rec = {},
-                std::optional<uint64_t> sample_seed = std::nullopt);
+                std::optional<uint64_t> sample_seed = std::nullopt, int64_t first_frame = 0);
 
   const VaeConfig& config() const { return cfg_; }
 
@@ -73,7 +78,9 @@ class OpenSoraVae {
   // [N, 3, 1, H, W] -> [N, 4, 1, h, w] (already multiplied by the scaling factor).
   Tensor spatial_encode(const Tensor& x, std::optional<uint64_t> seed, uint32_t stream);
   // moments [N, 8, ...] -> mean (channels 0..3) or mean + exp(clamp(logvar)/2) * eps.
-  Tensor posterior(const Tensor& moments, std::optional<uint64_t> seed, uint32_t stream);
+  // Item j of the leading dimension draws from stream + j * item_stride.
+  Tensor posterior(const Tensor& moments, std::optional<uint64_t> seed, uint32_t stream, uint32_t item_stride);
+  static constexpr uint32_t kVaeItemStride = 1u << 20;
 
   VaeConfig cfg_;
   Backend& be_;
