@@ -1,5 +1,6 @@
-# Media tests (tests/test_media.cpp): included from tests/CMakeLists.txt after stdit_tests.
-target_sources(stdit_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/test_media.cpp)
+# Media tests (tests/test_media.cpp, tests/test_conditioning.cpp): included from tests/CMakeLists.txt after stdit_tests.
+target_sources(stdit_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/test_media.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/test_conditioning.cpp)
 
 # `stdit generate` as users run it: real processes, signals and files (tests/cli/outputs.sh),
 # one ctest per case so that they run in parallel; each in its own directory.

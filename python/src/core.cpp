@@ -45,7 +45,9 @@ void set(const nb::dict& d, const char* key, T& out) {
 stdit::api::Request request_from(const nb::dict& d) {
   static const char* known[] = {"prompts", "resolution", "aspect_ratio", "width", "height", "num_frames", "fps",
                                 "steps", "cfg_scale", "cache", "cfg_until", "seed", "noise_index", "aes", "no_aes", "flow",
-                                "camera_motion", "num_samples", "batch_size", "return_latents"};
+                                "camera_motion", "num_samples", "batch_size", "return_latents", "image", "extend",
+                                "reference_paths", "mask_strategies", "loop", "condition_frame_length",
+                                "condition_frame_edit", "align"};
   for (auto [k, v] : d) {
     const std::string key = nb::cast<std::string>(k);
     bool ok = false;
@@ -73,6 +75,14 @@ stdit::api::Request request_from(const nb::dict& d) {
   set(d, "num_samples", r.num_samples);
   set(d, "batch_size", r.batch_size);
   set(d, "return_latents", r.return_latents);
+  set(d, "image", r.image);
+  set(d, "extend", r.extend);
+  set(d, "reference_paths", r.reference_paths);
+  set(d, "mask_strategies", r.mask_strategies);
+  set_opt(d, "loop", r.loop);
+  set_opt(d, "condition_frame_length", r.condition_frame_length);
+  set_opt(d, "condition_frame_edit", r.condition_frame_edit);
+  set_opt(d, "align", r.align);
   r.write_files = false;  // frames come back as arrays; export_to_video writes files
   return r;
 }

@@ -53,6 +53,12 @@ class PipelineOutput:
     records: List[Dict[str, Any]] = field(default_factory=list)
 
 
+def _as_list(v: Any) -> Optional[List[str]]:
+    if v is None:
+        return None
+    return [v] if isinstance(v, str) else [str(x) for x in v]
+
+
 def _seed_of(seed: Optional[int], generator: Any) -> Optional[int]:
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
@@ -126,6 +132,14 @@ class Pipeline:
         callback_on_step_end: Optional[Callable[..., Any]] = None,
         return_latents: bool = False,
         progress: bool = True,
+        image: Optional[str] = None,
+        extend: Optional[str] = None,
+        reference_path: Optional[Union[str, Sequence[str]]] = None,
+        mask_strategy: Optional[Union[str, Sequence[str]]] = None,
+        loop: Optional[int] = None,
+        condition_frame_length: Optional[int] = None,
+        condition_frame_edit: Optional[float] = None,
+        align: Optional[int] = None,
     ) -> PipelineOutput:
         """Generates one video per prompt (times ``num_videos_per_prompt``).
 
@@ -148,6 +162,13 @@ class Pipeline:
             returns the videos finished before it (possibly none).
         return_latents: also return the final latents.
         progress: a tqdm bar when tqdm is installed.
+        image: image-to-video, the picture (a file) becomes the first frame.
+        extend: a video file to continue; the result is that video followed by the new frames.
+        reference_path, mask_strategy: Open-Sora's references ("a.png;b.mp4") and their placement
+            ("loop,ref,ref_start,target_start,length,edit_ratio;..."), one for every prompt or one
+            for all (docs/CLI.md, "Image-to-video, extension, loops").
+        loop: clips per video, each continuing the last; condition_frame_length (5 latent frames)
+            and condition_frame_edit (0) say on what; align: snap mask-strategy starts (5; 0: off).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -175,6 +196,14 @@ class Pipeline:
             "num_samples": num_videos_per_prompt,
             "batch_size": batch_size,
             "return_latents": bool(return_latents),
+            "image": image,
+            "extend": extend,
+            "reference_paths": _as_list(reference_path),
+            "mask_strategies": _as_list(mask_strategy),
+            "loop": loop,
+            "condition_frame_length": condition_frame_length,
+            "condition_frame_edit": condition_frame_edit,
+            "align": align,
         }
         if height is not None:
             request["height"], request["width"] = int(height), int(width)

@@ -80,6 +80,8 @@ void check_tp_split(int tp, int heads, int devices_needed, int devices_present);
 
 // Opt-in savings of model work (both off by default; docs/NUMERICS.md measures what they cost).
 struct SamplerOptions {
+  SamplerOptions() = default;
+  SamplerOptions(double cache, double until) : cache_threshold(cache), cfg_until(until) {}
   // Step caching (TeaCache, models/stdit3/step_cache.h): > 0 enables it with this threshold.
   double cache_threshold = 0;
   // Classifier-free guidance for the first ceil(cfg_until * steps) steps only; after that only

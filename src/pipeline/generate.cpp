@@ -431,7 +431,7 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
       rec.engine = eng.dir;
       rec.engine_id = identity;
     } else {
-      for (int64_t i = 0; i < z.size(0); ++i) rec.videos.push_back({"", "", static_cast<uint32_t>(i)});
+      for (int64_t i = 0; i < z.size(0); ++i) rec.videos.push_back({"", "", static_cast<uint32_t>(i), "", ""});
     }
   } else {
     std::vector<std::string> given_prompts;

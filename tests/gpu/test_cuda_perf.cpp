@@ -195,8 +195,12 @@ TEST(CudaPerf, RealShapes) {
     // A timing is only worth printing if the op ran: a positive, finite time, and (where the
     // rates are known) not faster than the card can do (990 TFLOP/s dense bf16, 4.8 TB/s).
     EXPECT_TRUE(std::isfinite(ms) && ms > 0) << it.what;
-    if (it.flops > 0) EXPECT_LT(it.flops / (ms * 1e-3), 990e12) << it.what << ": faster than the tensor cores";
-    if (it.bytes > 0) EXPECT_LT(it.bytes / (ms * 1e-3), 4.8e12) << it.what << ": faster than the memory";
+    if (it.flops > 0) {
+      EXPECT_LT(it.flops / (ms * 1e-3), 990e12) << it.what << ": faster than the tensor cores";
+    }
+    if (it.bytes > 0) {
+      EXPECT_LT(it.bytes / (ms * 1e-3), 4.8e12) << it.what << ": faster than the memory";
+    }
     std::string rate;
     if (it.flops > 0) rate = cat(static_cast<int>(it.flops / ms / 1e9), " TFLOP/s");
     else if (it.bytes > 0) rate = cat(static_cast<int>(it.bytes / ms / 1e6), " GB/s");

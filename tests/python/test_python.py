@@ -42,6 +42,21 @@ def read_safetensors(path):
     return out, header.get("__metadata__", {})
 
 
+def write_png(path, rgb):
+    """A plain 8-bit RGB PNG (filter 0 on every row)."""
+    import zlib
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
 def red_centroid_x(frame):
     r, g, b = (frame[..., k].astype(int) for k in range(3))
     red = (r > 140) & (g < 110) & (b < 110)
@@ -114,6 +129,30 @@ def test_step_caching_and_cfg_until_as_the_program(pipe, tmp_path):
     plain = pipe("a red ball moving to the right", seed=3, num_inference_steps=8, return_latents=True,
                  progress=False)
     assert not np.array_equal(plain.latents[0], out.latents[0])
+
+
+def test_image_to_video_as_the_program(pipe, tmp_path):
+    # a red disc on the left of the demo model's white background, as a PNG
+    yy, xx = np.mgrid[0:128, 0:128]
+    img = np.full((128, 128, 3), 240, np.uint8)
+    img[(xx + 0.5 - 30) ** 2 + (yy + 0.5 - 64) ** 2 <= 14 ** 2] = (220, 35, 35)
+    ref = tmp_path / "ball.png"
+    write_png(ref, img)
+    out = pipe("a red ball moving to the right", image=str(ref), return_latents=True, **FAST)
+    rec = out.records[0]
+    assert rec["reference_path"] == str(ref) and rec["mask_strategy"] == "0"
+    v = out.frames[0]
+    assert red_centroid_x(v[0]) < 45, "the first frame does not start from the picture"
+    lat = tmp_path / "lat.safetensors"
+    subprocess.run([STDIT_BIN, "generate", "a red ball moving to the right", "--image", str(ref), "--steps", "3",
+                    "--backend", "cpu", "-e", stdit.demo_engine_dir(), "--out-dir", str(tmp_path),
+                    "--save-latents", str(lat), "-q"], check=True)
+    tensors, _ = read_safetensors(lat)
+    assert np.array_equal(tensors["latents"][0], out.latents[0])
+    with pytest.raises(ValueError, match="does not exist"):
+        pipe("x", image=str(tmp_path / "missing.png"), **FAST)
+    with pytest.raises(ValueError, match="bad ref_id 'q'"):
+        pipe("x", reference_path=str(ref), mask_strategy="0,q", **FAST)
 
 
 def test_cancel_from_the_callback(pipe):

@@ -360,6 +360,24 @@ def patch_embed_padding_and_unpatchify_layout():
 
 
 @check
+def philox_known_answers():
+    """Philox4x32-10 (Random123 known-answer vectors), the normal generator's block layout, SplitMix64."""
+    import philox
+    assert philox.philox4x32_10([0, 0, 0, 0], [0, 0]) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert philox.philox4x32_10([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0]) == \
+        [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+    w = philox.philox4x32_10([2, 0, 5, 7], [42, 0])  # block 2 of stream 5, lane 7 -> elements 8..11
+    u = [(v + 0.5) * 2.0 ** -32 for v in w]
+    want = []
+    for a, b in ((u[0], u[1]), (u[2], u[3])):
+        r = math.sqrt(-2.0 * math.log(a))
+        want += [r * math.cos(2 * math.pi * b), r * math.sin(2 * math.pi * b)]
+    got = philox.philox_normal((3, 4), 42, 5, 7)[2]
+    assert torch.equal(got, torch.tensor(want, dtype=torch.float64).float())
+    assert philox.splitmix64(0) == 0xE220A8397B1DCDAF
+
+
+@check
 def fixtures_reproduce():
     """Reload each fixture from tests/data and re-run; must equal expected exactly."""
     import json

@@ -20,7 +20,8 @@ Self-checks (all must pass, else the script exits non-zero, having written nothi
   * text preparation reproduces tests/data/text/prompts_ftfy_lite.jsonl
   * the loaders + reference pieces reproduce the t5_tiny, stdit3_a, stdit3_b and vae_tiny fixtures
   * cfg_scale 1.0 equals running the conditional branch alone
-  * the x_mask quirk for t'_0 > 1000 (ratio < 1, F = 1): step 0 leaves z unchanged
+  * the x_mask quirk for t'_0 > 1000 (ratio < 1, F = 1): step 0 leaves z unchanged and step 1
+    re-noises every frame (Philox step noise, tools/reference/philox.py)
   * determinism: a second run gives bit-identical results; written files read back
 """
 
@@ -39,6 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+import philox  # noqa: E402
 import pipeline as PL  # noqa: E402
 import text_prep  # noqa: E402
 import weights_recipe as W  # noqa: E402
@@ -255,15 +257,24 @@ def main():
     dcfg = maxdiff(rec["latents"], a["latents"])
     check(dcfg > 1e-2, "cfg 7 differs from cfg 1 (max |diff| %.3g)" % dcfg)
 
-    # x_mask quirk: 24x40, F = 1: ratio 0.0605 < 1, t'_0 = 1000.0004 > 1000 -> x_mask False at step 0
+    # x_mask quirk: 24x40, F = 1: ratio 0.0605 < 1, t'_0 = 1000.0004 > 1000 -> x_mask False at step 0,
+    # noise_added reset, so step 1 re-noises every frame with fresh noise (Philox step noise, seed 7,
+    # stream = prompt index, lane i + 1)
     rq = {}
     nq = torch.randn(2, 4, 1, 3, 5, generator=torch.Generator().manual_seed(7))
+    step_noise = lambda i: torch.stack([philox.step_noise((4, 1, 3, 5), 7, k, 0, i) for k in range(2)])  # noqa: E731
     PL.generate(PROMPTS, nq, 24, 40, 1, steps=3, cfg_scale=7.0, dit_dir=None, t5_dir=None, vae_dir=None,
-                models=models, sp=sp, record=rq)
+                models=models, sp=sp, record=rq, step_noise=step_noise)
     t0 = float(rq["timesteps"][0])
+    t1 = rq["timesteps"][1:2].repeat(2)
+    renoised = PL.add_noise(nq, step_noise(1), t1)
     check(t0 > 1000 and not bool(rq["x_mask.step0"].any()) and torch.equal(rq["z.step0"], nq)
+          and not bool(rq["noise_added.step0"].any()) and bool(rq["noise_added.step1"].all())
+          and not bool(rq["noise_added.step2"].any()) and sorted(k for k in rq if k.startswith("step_noise")) == ["step_noise.step1"]
+          and torch.equal(rq["z_in.step1"], renoised)
           and bool(rq["x_mask.step1"].all()) and not torch.equal(rq["z.step1"], nq),
-          "F=1 at 24x40: t'_0 = %.9g > 1000 -> x_mask False at step 0, z unchanged (Open-Sora quirk)" % t0)
+          "F=1 at 24x40: t'_0 = %.9g > 1000 -> x_mask False at step 0, z unchanged; step 1 re-noises every "
+          "frame, z = tp*z + (1-tp)*eps, tp = 1 - t'_1/1000 (Open-Sora quirk)" % t0)
 
     shutil.rmtree(tmp_dit)
     if FAILS:

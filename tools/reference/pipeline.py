@@ -10,6 +10,9 @@ against Open-Sora v1.2.0 (`scripts/inference.py`, `opensora/schedulers/rf/__init
     t5.py         T5 encoder                               -> y_cond [P, 1, 300, Cc]
     stdit3.py     STDiT3 denoiser (y_null = its y_embedding)
     vae.py        Open-Sora VAE v1.2 decode
+    philox.py     the engine's noise convention (step noise when a step re-noises frames)
+
+Conditioning (references, mask strategies, loops) is conditioning.py, built on rflow_sample.
 
 What `generate()` does, for P prompts and given initial noise z [P, 4, T, Hl, Wl]:
 
@@ -24,12 +27,17 @@ What `generate()` does, for P prompts and given initial noise z [P, 4, T, Hl, Wl
              then t'_i = timestep_transform(t_i) (float32 tensors, see below)
     loop     x_mask_i = (1000 * mask_frames >= t'_i)  [P, T], with mask_frames = 1.0 (no references),
              i.e. True unless t'_i > 1000 (see NOTE below);  repeated to [2P, T]
+             x0 = z
+             add = x_mask_i & ~noise_added  (noise_added starts as mask_frames == 1)
+             if add.any():  eps = step_noise(i);  tp = 1 - t'_i / 1000  (t'/1000 then 1 - ., float32)
+                            z = where(add, tp * x0 + (1 - tp) * eps, x0)   per frame
+             noise_added = x_mask_i
              pred  = dit(cat([z, z]), cat([t'_i, t'_i]), y, mask, x_mask, fps, height, width)[:, 0:4]
              cond, uncond = pred[:P], pred[P:]
              v  = uncond + cfg * (cond - uncond)
              dt = (t'_i - t'_{i+1}) / 1000   (i < steps-1),   t'_last / 1000  (last step)
              z  = z + v * dt
-             z  = where(x_mask_i, z, z_before_step)
+             z  = where(x_mask_i, z, x0)
     decode   video = vae.decode(z, num_frames)  [P, 3, F, H, W] float32, not clamped
     frames   uint8 [P, F, H, W, 3] = save_sample's conversion (`to_uint8`)
 
@@ -47,12 +55,16 @@ timestep_transform (float32 throughout; every line one rounded float32 op, in th
 
 NOTE (Open-Sora behaviour reproduced here): the sampler always has a frame mask (all 1.0 for
 text-to-video), so x_mask = (1000.0 >= t'_i). For ratio >= 1, t'_0 is exactly 1000 in float32
-(ratio - 1 and 1 + (ratio - 1) are exact), so x_mask is all True. For ratio < 1 (tiny sizes,
-e.g. 144p images, or 24x40 with F = 1) t'_0 can round to 1000.0001: then x_mask is all False
-at step 0, the model uses the t0 (timestep 0) modulation everywhere and the step leaves z
-unchanged. For 2 <= num_frames <= 16, n = 0, ratio = 0 and t'_0 = 0/0 = NaN in Open-Sora.
-The noise-adding branch of RFLOW.sample (mask_add_noise = x_mask & ~(mask == 1)) never fires
-for text-to-video, so it is left out (Open-Sora still draws an unused randn_like there).
+(ratio - 1 and 1 + (ratio - 1) are exact), so x_mask is all True and the noise-adding branch
+never fires for text-to-video. For ratio < 1 (tiny sizes, e.g. 144p images, 24x40 with F = 1
+or F = 34) t'_0 can round to 1000.0001: then x_mask is all False at step 0, the model uses the
+t0 (timestep 0) modulation everywhere, the step leaves z unchanged AND resets noise_added to
+all False, so step 1 re-noises every frame: z = tp * z + (1 - tp) * eps with fresh noise eps
+and tp = 1 - t'_1 / 1000 (Open-Sora's add_noise). Such runs need a step_noise source (Open-Sora
+draws randn_like at every step and uses it only then). 24x40 with F = 17 has t'_0 = 999.99988:
+no quirk. For 2 <= num_frames <= 16, n = 0, ratio = 0 and t'_0 = 0/0 = NaN in Open-Sora.
+With references (conditioning.py) frames with mask value m < 1 are frozen (z kept) while
+t'_i > 1000 m and re-noised once at the first step with t'_i <= 1000 m (m = 0: frozen throughout).
 
 Usage:
     from pipeline import generate
@@ -177,25 +189,60 @@ def sampling_timesteps(steps, P, height, width, num_frames, use_transform=True):
     return ts
 
 
+def add_noise(x0, eps, t):
+    """Open-Sora RFlowScheduler.add_noise: tp = 1 - t.float()/1000 (two float32 ops, in this
+    order), x = tp * x0 + (1 - tp) * eps; t [P], x0/eps [P, 4, T, h, w]."""
+    tp = t.float() / NUM_TIMESTEPS
+    tp = 1 - tp
+    tp = tp[:, None, None, None, None]
+    return tp * x0 + (1 - tp) * eps
+
+
 def rflow_sample(model, z, y, mask, timesteps, cfg_scale, fps, height, width, record=None,
-                 cond_only=False, cache_threshold=0.0, cfg_until=1.0):
-    """RFLOW.sample for text-to-video (frame mask all 1.0).
+                 cond_only=False, cache_threshold=0.0, cfg_until=1.0, frame_mask=None, step_noise=None):
+    """RFLOW.sample with a frame mask (Open-Sora always passes one; all 1.0 = text-to-video).
 
     z [P, 4, T, h, w] float32; y [2P, 1, L, Cc] = [cond; null] (or [P, ...] cond only when
     `cond_only`: no CFG batch, v = cond); mask [P, L]; fps/height/width float32 [P].
+    frame_mask [P, T] float32 (None = all 1.0); step_noise(i) -> [P, 4, T, h, w] float32, the
+    noise of step i, called only when some frame needs noise at step i (see the module docstring).
     cache_threshold > 0: TeaCache step caching (the first and last steps always run the blocks).
     cfg_until < 1: the CFG batch for the first ceil(cfg_until * steps) steps only, then the
     conditional half alone (v = cond). record["schedule"]: per step 'R'/'C' (blocks ran / cached),
-    lower case for a conditional-only step."""
+    lower case for a conditional-only step; record["noise_added.step{i}"] [P, T] bool (frames
+    re-noised at step i), record["step_noise.step{i}"] (only for steps that drew noise) and
+    record["z_in.step{i}"] (z entering the model)."""
     P, T = z.shape[0], z.shape[2]
     n = len(timesteps)
     n_cfg = min(n, math.ceil(cfg_until * n - 1e-9))
     cache = {"threshold": cache_threshold, "acc": 0.0} if cache_threshold > 0 else None
     schedule = []
-    frame_mask_t = torch.ones(P, T, dtype=torch.float32) * NUM_TIMESTEPS
+    if frame_mask is None:
+        frame_mask = torch.ones(P, T, dtype=torch.float32)
+    frame_mask = frame_mask.to(torch.float32)
+    if tuple(frame_mask.shape) != (P, T):
+        raise ValueError("frame_mask shape %s, expected %s" % (tuple(frame_mask.shape), (P, T)))
+    frame_mask_t = frame_mask * NUM_TIMESTEPS
+    noise_added = frame_mask == 1
     for i, t in enumerate(timesteps):
         x_mask = frame_mask_t >= t.unsqueeze(1)  # [P, T]
         x0 = z.clone()
+        mask_add_noise = x_mask & ~noise_added
+        if bool(mask_add_noise.any()):
+            if step_noise is None:
+                raise ValueError("step %d re-noises frames (t' = %r) but no step_noise source was given"
+                                 % (i, t.tolist()))
+            eps = step_noise(i).to(torch.float32)
+            if tuple(eps.shape) != tuple(z.shape):
+                raise ValueError("step_noise(%d) shape %s, expected %s" % (i, tuple(eps.shape), tuple(z.shape)))
+            x_noise = add_noise(x0, eps, t)
+            z = torch.where(mask_add_noise[:, None, :, None, None], x_noise, x0)
+            if record is not None:
+                record["step_noise.step%d" % i] = eps.clone()
+        if record is not None:
+            record["noise_added.step%d" % i] = mask_add_noise.clone()
+            record["z_in.step%d" % i] = z.detach().clone()
+        noise_added = x_mask
         if cache is not None:
             cache["refresh"] = i == 0 or i == n - 1
         use_cfg = not cond_only and i < n_cfg
@@ -251,13 +298,16 @@ def to_uint8(video):
 @torch.no_grad()
 def generate(prompts, noise, height, width, num_frames, fps=24, steps=30, cfg_scale=7.0, aes=6.5,
              flow=None, camera_motion=None, *, dit_dir, t5_dir, vae_dir, record=None,
-             models=None, sp=None, cond_only=False):
+             models=None, sp=None, cond_only=False, step_noise=None, seed=None):
     """Open-Sora 1.2 text-to-video for `prompts` (list of str) starting from `noise`
     [P, 4, T, height//8, width//8]. Returns dict(video [P,3,F,H,W] float32, frames
     [P,F,H,W,3] uint8, latents [P,4,T,h,w]). `record` (dict) receives texts, input_ids, mask,
     y_cond, timesteps, x_mask.step{i}, v.step{i}, z.step{i}, latents, video, frames.
     `models` = (t5, dit, vae) skips loading; `cond_only` runs the conditional branch alone
-    (no CFG batch; for self-checks)."""
+    (no CFG batch; for self-checks). `step_noise(i)` -> [P, 4, T, h, w]: the noise for a step that
+    re-noises frames (only when t'_0 > 1000, see the NOTE in the module docstring); when it is
+    None and `seed` is given, the engine's convention: philox.step_noise(shape, seed, stream =
+    prompt index, loop 0, step i). With neither, such a run raises ValueError."""
     P = len(prompts)
     noise = noise.to(torch.float32)
     t5, dit, vae = models if models is not None else (load_t5(t5_dir), load_dit(dit_dir), load_vae(vae_dir))
@@ -274,9 +324,13 @@ def generate(prompts, noise, height, width, num_frames, fps=24, steps=30, cfg_sc
     fps_t = f(fps if num_frames > 1 else IMG_FPS)
     h_t, w_t = f(height), f(width)
     timesteps = sampling_timesteps(steps, P, height, width, num_frames)
+    if step_noise is None and seed is not None:
+        import philox
+        shape = tuple(noise.shape[1:])
+        step_noise = lambda i: torch.stack([philox.step_noise(shape, seed, k, 0, i) for k in range(P)])  # noqa: E731
 
     z = rflow_sample(dit, noise.clone(), y, mask, timesteps, cfg_scale, fps_t, h_t, w_t,
-                     record=record, cond_only=cond_only)
+                     record=record, cond_only=cond_only, step_noise=step_noise)
     video = vae.decode(z, num_frames)
     frames = to_uint8(video)
     if record is not None:

@@ -24,7 +24,9 @@ Pipeline (frames <-> latents):
         video = 2D-decode every frame (micro-batches of 4): decoder(post_quant_conv(x_z / 0.18215))
         no clamp.
 
-The encoder returns the posterior MEAN in both VAEs (Open-Sora samples; see make_vae_fixtures).
+`encode` returns the posterior MEAN in both VAEs. `encode_sample(x, key)` samples both posteriors
+as Open-Sora does (mean + exp(0.5 clamp(logvar, -30, 20)) * eps), eps from the engine's Philox
+convention (philox.py): 2D frame f uses stream f, temporal chunk k stream 0x80000000 + k.
 
 State-dict keys are the real ones: `scale`, `shift` ([1,4,1,1,1] buffers),
 `spatial_vae.module.` + diffusers AutoencoderKL names, `temporal_vae.` + VAE_Temporal names.
@@ -248,6 +250,12 @@ class TemporalVAE(nn.Module):
         moments = self.quant_conv(self.encoder(x))
         return moments[:, : self.lc]
 
+    def encode_moments(self, x):
+        """x: one chunk [B, 4, n, h, w] -> moments [B, 8, (n + p)/4, h, w] = (mean, logvar)."""
+        p = self.front_pad(x.shape[2])
+        x = F.pad(x, (0, 0, 0, 0, p, 0))
+        return self.quant_conv(self.encoder(x))
+
     def decode(self, z, num_frames):
         """z: one chunk [B, 4, t, h, w] -> [B, 4, 4t - p(num_frames), h, w]."""
         x = self.decoder(self.post_quant_conv(z))
@@ -412,8 +420,22 @@ class AutoencoderKL2D(nn.Module):
     def encode_mean(self, x):
         return self.quant_conv(self.encoder(x))[:, : self.lc]
 
+    def encode_moments(self, x):
+        """quant_conv(encoder(x)): [N, 2*lc, h, w] = (mean, logvar)."""
+        return self.quant_conv(self.encoder(x))
+
     def decode(self, z):
         return self.decoder(self.post_quant_conv(z))
+
+
+def sample_posterior(moments, eps):
+    """DiagonalGaussianDistribution(moments).sample() with the given eps (diffusers and Open-Sora
+    agree): mean, logvar = chunk(moments, 2, dim=1); logvar = clamp(logvar, -30, 20);
+    std = exp(0.5 * logvar); mean + std * eps (float32 ops in this order)."""
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    logvar = torch.clamp(logvar, -30.0, 20.0)
+    std = torch.exp(0.5 * logvar)
+    return mean + std * eps
 
 
 class SpatialVAE(nn.Module):
@@ -434,6 +456,24 @@ class SpatialVAE(nn.Module):
 
     def encode(self, x):
         return self._per_frame(x, lambda f: self.module.encode_mean(f) * SCALING_FACTOR_2D)
+
+    def encode_sample(self, x, key):
+        """Posterior sample per frame (batch 1): (mean + std * eps_f) * 0.18215, eps_f =
+        philox_normal([1, 4, 1, h, w], key, stream = f) for frame f (micro-batches as encode)."""
+        from philox import philox_normal
+        b, _, t, _, _ = x.shape
+        if b != 1:
+            raise ValueError("encode_sample: batch size 1 only (got %d)" % b)
+        frames = x.permute(0, 2, 1, 3, 4).reshape(t, *x.shape[1:2], *x.shape[3:])
+        outs = []
+        for i in range(0, t, self.mbs):
+            m = self.module.encode_moments(frames[i:i + self.mbs])
+            lc = m.shape[1] // 2
+            eps = torch.cat([philox_normal((1, lc, 1) + tuple(m.shape[2:]), key, f)[:, :, 0]
+                             for f in range(i, i + m.shape[0])], 0)
+            outs.append(sample_posterior(m, eps) * SCALING_FACTOR_2D)
+        y = torch.cat(outs, 0)
+        return y.reshape(b, t, *y.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
 
     def decode(self, z):
         return self._per_frame(z, lambda f: self.module.decode(f / SCALING_FACTOR_2D))
@@ -491,6 +531,31 @@ class OpenSoraVAE(nn.Module):
         means = [self.temporal_vae.encode_mean(x_z[:, :, i:i + self.mfs])
                  for i in range(0, x_z.shape[2], self.mfs)]
         z = torch.cat(means, dim=2)
+        return (z - self.shift) / self.scale
+
+    @torch.no_grad()
+    def encode_sample(self, x, key, record=None):
+        """Open-Sora's encode (both posteriors sampled), with the engine's noise convention.
+        x [1, 3, F, H, W] -> [1, 4, T, h, w]. Philox key `key` (philox.reference_key):
+          2D: frame f (0-based in x):  eps = philox_normal([1, 4, 1, h, w], key, stream = f)
+          temporal chunk k (frames 17k .. 17k+16 of x_z):
+               eps = philox_normal(shape of the chunk's mean [1, 4, t_k, h, w], key,
+                                   stream = 0x80000000 + k)
+        each: mean + exp(0.5 * clamp(logvar, -30, 20)) * eps (2D: then * 0.18215);
+        z = (concat_t(temporal samples) - shift) / scale."""
+        from philox import TEMPORAL_STREAM_BASE, philox_normal
+        if x.shape[0] != 1:
+            raise ValueError("encode_sample: batch size 1 only (got %d)" % x.shape[0])
+        x_z = self.spatial_vae.encode_sample(x, key)
+        if record is not None:
+            record["encode.spatial_out"] = x_z.clone()
+        zs = []
+        for k, i in enumerate(range(0, x_z.shape[2], self.mfs)):
+            m = self.temporal_vae.encode_moments(x_z[:, :, i:i + self.mfs])
+            lc = m.shape[1] // 2
+            eps = philox_normal((m.shape[0], lc) + tuple(m.shape[2:]), key, TEMPORAL_STREAM_BASE + k)
+            zs.append(sample_posterior(m, eps))
+        z = torch.cat(zs, dim=2)
         return (z - self.shift) / self.scale
 
 

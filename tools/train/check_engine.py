@@ -100,7 +100,7 @@ def main():
 
     # 2. the whole sampling
     ref = PL.generate([a.prompt], noise, H, W, F, fps=fps, steps=steps, cfg_scale=cfg, aes=M.AES,
-                      dit_dir=None, t5_dir=None, vae_dir=None, models=(t5, dit, vae), sp=sp)
+                      dit_dir=None, t5_dir=None, vae_dir=None, models=(t5, dit, vae), sp=sp, seed=a.seed)
     e_lat = rel(z_cpp, ref["latents"])
 
     zin, vout = os.path.join(tmp, "z.safetensors"), os.path.join(tmp, "video.safetensors")

@@ -97,7 +97,7 @@ def main():
                 else:
                     out = PL.generate([prompt], M.philox_normal(shape, seed), a.size, a.size, a.frames, fps=M.FPS,
                                       steps=a.steps, cfg_scale=cfg, aes=M.AES, dit_dir=None, t5_dir=None,
-                                      vae_dir=None, models=models, sp=sp)
+                                      vae_dir=None, models=models, sp=sp, seed=seed)
                     fr = out["frames"][0].numpy()
                 if seed == a.seeds[0] and cfg == a.cfg[0]:
                     rows.append(fr)
