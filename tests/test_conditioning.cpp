@@ -319,6 +319,33 @@ TEST(References, ConditionedVideosMatchTheReference) {
   }
 }
 
+// The run record keeps the references and strategies: --from makes the same file again.
+TEST(References, FromRemakesAConditionedVideoByteForByte) {
+  auto engine = tiny_engine();
+  const fs::path tmp = fs::path(::testing::TempDir()) / ("stdit_cond_from_" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  api::Request r = tiny_request("a red ball{\"reference_path\": \"" + kData + "/conditioning/ref.png\", "
+                                "\"mask_strategy\": \"0;0,0,0,2,1,0.5\"}");
+  r.align = 0;
+  r.write_files = true;
+  r.output = (tmp / "a.mp4").string();
+  engine->generate(r);
+  api::Request again;
+  again.from = r.output;
+  again.output = (tmp / "b.mp4").string();
+  const api::Result out = engine->generate(again);
+  const auto rec = nlohmann::json::parse(out.videos.at(0).record);
+  EXPECT_EQ(rec["videos"][0]["mask_strategy"], "0;0,0,0,2,1,0.5");
+  EXPECT_EQ(rec["align"], 0);
+  auto bytes = [](const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  EXPECT_EQ(bytes(tmp / "a.mp4"), bytes(tmp / "b.mp4"));
+  fs::remove_all(tmp);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The embedded demo model: image-to-video starts from the image and moves as the prompt says;
 // --extend continues a clip without a jump at the seam.

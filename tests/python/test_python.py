@@ -140,7 +140,7 @@ def test_image_to_video_as_the_program(pipe, tmp_path):
     write_png(ref, img)
     out = pipe("a red ball moving to the right", image=str(ref), return_latents=True, **FAST)
     rec = out.records[0]
-    assert rec["reference_path"] == str(ref) and rec["mask_strategy"] == "0"
+    assert rec["videos"][0]["reference_path"] == str(ref) and rec["videos"][0]["mask_strategy"] == "0"
     v = out.frames[0]
     assert red_centroid_x(v[0]) < 45, "the first frame does not start from the picture"
     lat = tmp_path / "lat.safetensors"
