@@ -7,7 +7,8 @@ pkgs=(cmake ninja-build g++ ccache pkg-config
       libsentencepiece-dev libicu-dev
       libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
       libcpp-httplib-dev libsqlite3-dev libpq-dev postgresql chromium
-      clang-14 libclang-rt-14-dev)
+      clang-14 libclang-rt-14-dev
+      openmpi-bin libopenmpi-dev)
 if [[ "${1:-}" == "--reference" ]]; then pkgs+=(python3-torch python3-numpy python3-sentencepiece python3-pil); fi
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi

@@ -11,3 +11,15 @@ foreach(case concurrent sigint sigterm sigint_twice check_first errors from)
   set_tests_properties(cli_outputs_${case} PROPERTIES TIMEOUT 300 PASS_REGULAR_EXPRESSION "ok ${case}"
                        FAIL_REGULAR_EXPRESSION "FAIL \\[")
 endforeach()
+
+# Processes under mpirun (tests/cli/mpi.sh): the CPU backend's splits over processes against the
+# same splits as threads, a bad split, a failing rank. Needs MPI (libopenmpi-dev, openmpi-bin).
+if(MPI_CXX_FOUND AND MPIEXEC_EXECUTABLE)
+  foreach(case tp2 cfg2 cfg_tp4 bad_split rank_fails)
+    add_test(NAME cli_mpi_${case}
+             COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/mpi.sh $<TARGET_FILE:stdit> ${MPIEXEC_EXECUTABLE}
+                     ${CMAKE_BINARY_DIR}/cli_mpi/${case} ${case})
+    set_tests_properties(cli_mpi_${case} PROPERTIES TIMEOUT 600 PASS_REGULAR_EXPRESSION "ok ${case}"
+                         FAIL_REGULAR_EXPRESSION "FAIL \\[" RUN_SERIAL TRUE)
+  endforeach()
+endif()

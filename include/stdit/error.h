@@ -30,6 +30,15 @@ class NotFound : public Error {
   explicit NotFound(const std::string& msg) : Error(msg) {}
 };
 
+// Under mpirun: another process (`rank`) refused the request or failed before the run began; that
+// process reports the error, this one only stops.
+class RefusedElsewhere : public Error {
+ public:
+  explicit RefusedElsewhere(int failed_rank)
+      : Error("process " + std::to_string(failed_rank) + " refused the request"), rank(failed_rank) {}
+  int rank;
+};
+
 // A run stopped by cancellation (api::CancelToken, or SIGINT / SIGTERM in a program that
 // installed stdit's handlers) at a step boundary. The files finished before it are kept (`saved`,
 // out of `planned` videos); temporaries and unused name reservations are removed.

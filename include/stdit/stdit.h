@@ -160,6 +160,7 @@ class Engine {
 
  private:
   explicit Engine(std::unique_ptr<Impl> impl);
+  static std::unique_ptr<Engine> open_here(const EngineOptions& options);  // this process's part of open
   std::unique_ptr<Impl> impl_;
 };
 
@@ -182,6 +183,22 @@ void convert(const ConvertRequest& request);
 }  // namespace stdit::api
 
 namespace stdit::api {
+
+// Several processes under `mpirun -n N` (one per GPU, or CPU ranks): call processes_init first
+// thing in main. Every process then runs the same command; the engine splits the denoiser over
+// them (world = cfg-parallel x tensor parallel, as --gpus does with threads), rank 0 alone writes
+// files and reports progress. Without mpirun: one process, nothing changes.
+struct Processes {
+  int rank = 0, size = 1, local_rank = 0;
+};
+Processes processes_init(int* argc, char*** argv);
+// After the command: ends MPI (every process calls it).
+void processes_finalize();
+// True while a request runs across the processes (an error then must end all of them:
+// processes_abort); before that, errors are agreed (the first failing process reports, the
+// others get RefusedElsewhere).
+bool processes_running();
+void processes_abort(int code);
 
 // For programs: SIGINT / SIGTERM cancel every running generate() at its next step boundary (it
 // then throws Cancelled); a second signal ends the process at once with status 130, removing the

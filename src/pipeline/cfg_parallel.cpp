@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "dist/process.h"
 #include "models/stdit3/stdit3.h"
 #include "pipeline/denoiser.h"
 
@@ -33,28 +34,29 @@ CfgParallelDenoiser::CfgParallelDenoiser(std::vector<Backend*> backends, std::ve
   STDIT_CHECK(backends_.size() == 2 && halves_.size() == 2, "CFG-parallel needs exactly two devices");
 }
 
-Tensor CfgParallelDenoiser::forward(const STDiT3Inputs& in) {
+STDiT3Inputs cfg_half_inputs(const STDiT3Inputs& in, int k) {
   const int64_t B = in.x.size(0);
   STDIT_CHECK(B % 2 == 0, "CFG-parallel: the batch (", B, ") must be a CFG batch of two halves");
   const int64_t H = B / 2;
-  // Per-sample inputs are split by rows; the mask is per half already ([B/2, L]) or per row; fps
-  // may be per half ([B/2]) or per row.
-  auto half_of = [&](const Tensor& t, int k, bool per_half_ok) {
+  auto half_of = [&](const Tensor& t, bool per_half_ok) {
     if (!t.defined() || t.dim() == 0) return t;
     if (t.size(0) == B) return t.slice(0, k * H, (k + 1) * H).contiguous();
     STDIT_CHECK(per_half_ok || t.size(0) == 1, "CFG-parallel: an input of ", t.size(0), " rows for a batch of ", B);
     return t;
   };
-  STDiT3Inputs part[2];
-  for (int k = 0; k < 2; ++k) {
-    part[k] = in;
-    part[k].x = half_of(in.x, k, false);
-    part[k].timestep = half_of(in.timestep, k, false);
-    part[k].y = half_of(in.y, k, false);
-    part[k].mask = half_of(in.mask, k, true);
-    part[k].x_mask = half_of(in.x_mask, k, false);
-    part[k].fps = half_of(in.fps, k, true);
-  }
+  STDiT3Inputs part = in;
+  part.x = half_of(in.x, false);
+  part.timestep = half_of(in.timestep, false);
+  part.y = half_of(in.y, false);
+  part.mask = half_of(in.mask, true);
+  part.x_mask = half_of(in.x_mask, false);
+  part.fps = half_of(in.fps, true);
+  return part;
+}
+
+Tensor CfgParallelDenoiser::forward(const STDiT3Inputs& in) {
+  const int64_t B = in.x.size(0);
+  const STDiT3Inputs part[2] = {cfg_half_inputs(in, 0), cfg_half_inputs(in, 1)};
   Tensor out[2];
   run_on_devices(backends_, [&](int k) { out[k] = halves_[k]->forward(part[k]); });
   last_ran_ = {halves_[0]->last_blocks_ran()[0], halves_[1]->last_blocks_ran()[0]};
@@ -71,6 +73,30 @@ Tensor CfgParallelDenoiser::forward_conditional(const STDiT3Inputs& in) {
   Tensor out;
   run_on_devices({backends_[0]}, [&](int) { out = halves_[0]->forward(in); });
   last_ran_ = {halves_[0]->last_blocks_ran()[0]};
+  return out;
+}
+
+ProcessCfgDenoiser::ProcessCfgDenoiser(Denoiser& inner, Communicator& pair, int half)
+    : inner_(inner), pair_(pair), half_(half) {
+  STDIT_CHECK(pair.size() == 2 && pair.rank() == half, "CFG-parallel over processes: a pair of processes, "
+              "this one running half ", half);
+}
+
+Tensor ProcessCfgDenoiser::forward(const STDiT3Inputs& in) {
+  const Tensor mine = inner_.forward(cfg_half_inputs(in, half_));
+  const Tensor both = process_all_gather(pair_, mine);  // [2, B/2, ...]: half 0, then half 1
+  Tensor ran = Tensor::empty({1}, DType::U8);
+  ran.data<uint8_t>()[0] = inner_.last_blocks_ran()[0] ? 1 : 0;
+  const Tensor rans = process_all_gather(pair_, ran);
+  last_ran_ = {rans.data<uint8_t>()[0] != 0, rans.data<uint8_t>()[1] != 0};
+  Shape shape = mine.shape();
+  shape[0] *= 2;
+  return both.view(shape);
+}
+
+Tensor ProcessCfgDenoiser::forward_conditional(const STDiT3Inputs& in) {
+  Tensor out = inner_.forward(in);
+  last_ran_ = {inner_.last_blocks_ran()[0]};
   return out;
 }
 

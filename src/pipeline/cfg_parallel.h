@@ -17,6 +17,10 @@ namespace stdit {
 // Runs fn(k) for k in [0, n) on n threads, each bound to backends[k]; rethrows the first error.
 void run_on_devices(const std::vector<Backend*>& backends, const std::function<void(int)>& fn);
 
+// Half k (0: conditional, 1: unconditional) of a CFG batch's inputs: per-sample inputs split by
+// rows; inputs given per half already (mask [B/2, L], fps [B/2]) or for all ([1]) kept.
+STDiT3Inputs cfg_half_inputs(const STDiT3Inputs& in, int k);
+
 // halves[0] (first device: backends[0]) computes rows [0, B/2) of every CFG batch (the
 // conditional half), halves[1] (backends[1]) rows [B/2, B). Each half may itself be tensor
 // parallel (its first device's backend is given here): CFG x TP. Not owned.
@@ -34,6 +38,28 @@ class CfgParallelDenoiser final : public Denoiser {
  private:
   std::vector<Backend*> backends_;
   std::vector<Denoiser*> halves_;
+  std::vector<bool> last_ran_;
+};
+
+// The CFG halves in two processes (mpirun): this process runs half `half` (0: conditional) through
+// `inner` (which may itself be tensor parallel over processes), and the two outputs meet through
+// `pair`, the group of this process and the one running the other half (half order = rank order).
+// A conditional-only step (--cfg-until) runs in both processes (no exchange; the same result).
+class ProcessCfgDenoiser final : public Denoiser {
+ public:
+  ProcessCfgDenoiser(Denoiser& inner, Communicator& pair, int half);
+  Tensor forward(const STDiT3Inputs& in) override;
+  Tensor forward_conditional(const STDiT3Inputs& in) override;
+  std::vector<bool> last_blocks_ran() const override { return last_ran_; }
+  const Tensor& null_caption() const override { return inner_.null_caption(); }
+  DType model_dtype() const override { return inner_.model_dtype(); }
+  const STDiT3Config& config() const override { return inner_.config(); }
+  const STDiT3& first() const override { return inner_.first(); }
+
+ private:
+  Denoiser& inner_;
+  Communicator& pair_;
+  int half_;
   std::vector<bool> last_ran_;
 };
 

@@ -38,26 +38,58 @@ TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const st
   backends_[0]->bind_to_this_thread();
 }
 
-std::unique_ptr<TensorParallelDenoiser> TensorParallelDenoiser::load(
-    const std::string& dir, std::vector<Backend*> backends, const std::string& flag) {
+namespace {
+// The number of rank files of an engine's dit directory converted with --tp K (0: none).
+int rank_files(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  int files = 0;
+  while (fs::exists(fs::path(dir) / ("rank" + std::to_string(files) + ".safetensors"), ec)) ++files;
+  return files;
+}
+void check_rank_files(const std::string& dir, int files, int n) {
+  STDIT_CHECK(files == n, dir, " holds the denoiser for tensor parallelism over ", files,
+              " GPUs (rank files); run it with --tp ", files, ", or convert again with --tp ", n);
+}
+STDiT3Config dit_config(const std::string& dir, const std::string& flag) {
   namespace fs = std::filesystem;
   std::error_code ec;
   STDIT_CHECK(fs::is_directory(dir, ec), dir, " (", flag,
               "): expected a model directory with config.json and model.safetensors");
-  const STDiT3Config cfg = load_stdit3_config((fs::path(dir) / "config.json").string());
+  return load_stdit3_config((fs::path(dir) / "config.json").string());
+}
+}  // namespace
+
+std::unique_ptr<TensorParallelDenoiser> TensorParallelDenoiser::load(
+    const std::string& dir, std::vector<Backend*> backends, const std::string& flag) {
+  const STDiT3Config cfg = dit_config(dir, flag);
   // Converted with --tp K: one shard file per rank, usable with exactly K ranks.
-  int files = 0;
-  while (fs::exists(fs::path(dir) / ("rank" + std::to_string(files) + ".safetensors"), ec)) ++files;
-  if (files > 0) {
-    const int n = static_cast<int>(backends.size());
-    STDIT_CHECK(files == n, dir, " holds the denoiser for tensor parallelism over ", files,
-                " GPUs (rank files); run it with --tp ", files, ", or convert again with --tp ", n);
+  if (const int files = rank_files(dir); files > 0) {
+    check_rank_files(dir, files, static_cast<int>(backends.size()));
     return std::unique_ptr<TensorParallelDenoiser>(
         new TensorParallelDenoiser(cfg, dir, std::move(backends), flag));
   }
   const auto file = open_model_weights(dir, flag);
   const WeightMap w = load_checked(*file, stdit3_param_specs(cfg), flag);
   return std::make_unique<TensorParallelDenoiser>(cfg, w, std::move(backends));
+}
+
+std::unique_ptr<STDiT3> load_stdit3_rank(const std::string& dir, Backend& be, Communicator* comm,
+                                         const std::string& flag) {
+  const int n = comm ? comm->size() : 1;
+  const STDiT3Config cfg = dit_config(dir, flag);
+  if (const int files = rank_files(dir); files > 0) {
+    check_rank_files(dir, files, n);
+    const std::string path = dir + "/rank" + std::to_string(comm ? comm->rank() : 0) + ".safetensors";
+    const WeightMap w = load_checked(*open_tensor_file(path), stdit3_param_specs(cfg, n), flag + " " + path);
+    return std::make_unique<STDiT3>(cfg, w, be, n > 1 ? comm : nullptr, true);
+  }
+  if (n == 1) return STDiT3::load(dir, be, flag);
+  STDIT_CHECK(cfg.num_heads % n == 0, "tensor parallel: --tp ", n, " must divide the ", cfg.num_heads,
+              " attention heads");
+  const auto file = open_model_weights(dir, flag);
+  const WeightMap w = load_checked(*file, stdit3_param_specs(cfg), flag);
+  return std::make_unique<STDiT3>(cfg, w, be, comm);
 }
 
 Tensor TensorParallelDenoiser::forward(const STDiT3Inputs& in) {

@@ -75,6 +75,12 @@ class TensorParallelDenoiser final : public Denoiser {
   std::vector<std::unique_ptr<STDiT3>> ranks_;
 };
 
+// One rank of a tensor-parallel split whose ranks are other processes (mpirun): this process's
+// shard (its rank file of an engine converted with --tp, else sliced from the full weights) with
+// `comm` for the reductions; comm null or of size 1: the whole model.
+std::unique_ptr<STDiT3> load_stdit3_rank(const std::string& dir, Backend& be, Communicator* comm,
+                                         const std::string& flag);
+
 // Checks a split before anything is loaded: tp >= 1 dividing `heads`, one device per rank.
 void check_tp_split(int tp, int heads, int devices_needed, int devices_present);
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <exception>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -19,6 +20,7 @@
 #include "core/interrupt.h"
 #include "core/log.h"
 #include "core/philox.h"
+#include "dist/process.h"
 #include "io/reservation.h"
 #include "io/safetensors.h"
 #include "media/frames.h"
@@ -92,8 +94,8 @@ void check_writable_dir(const fs::path& dir) {
 }  // namespace
 
 
-ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel) {
-  STDIT_CHECK(gpus >= 1, "--gpus must be at least 1, got ", gpus);
+ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel, const char* devices) {
+  STDIT_CHECK(gpus >= 1, devices, " must be at least 1, got ", gpus);
   STDIT_CHECK(tp >= 0, "--tp must be at least 1, got ", tp);
   ParallelPlan p;
   p.gpus = gpus;
@@ -101,7 +103,7 @@ ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel) {
   p.cfg_parallel = cfg_parallel || (tp == 0 && gpus >= 2 && gpus % 2 == 0);
   const int halves = p.cfg_parallel ? 2 : 1;
   p.tp = tp ? tp : gpus / halves;
-  STDIT_CHECK(p.tp * halves == gpus, "--gpus ", gpus, " must equal --tp ", p.tp,
+  STDIT_CHECK(p.tp * halves == gpus, devices, " ", gpus, " must equal --tp ", p.tp,
               p.cfg_parallel ? " x 2 (--cfg-parallel puts the two CFG halves on separate GPUs)" : "");
   return p;
 }
@@ -511,6 +513,7 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
 // The denoiser of a run on its devices: one STDiT3, a tensor-parallel group, or two of either
 // for CFG-parallel; `top` is what the sampling loop calls.
 struct DenoiserSet {
+  std::unique_ptr<Communicator> tp_comm, cfg_comm;  // mpirun: this process's groups
   std::vector<std::unique_ptr<STDiT3>> singles;
   std::vector<std::unique_ptr<Denoiser>> halves;
   std::unique_ptr<Denoiser> cfg_split;
@@ -537,6 +540,7 @@ struct Engine::Impl {
   std::unique_ptr<OpenSoraVae> vae;
 
   std::unique_ptr<DenoiserSet> load_denoiser() {
+    if (process_world().active()) return load_denoiser_in_processes();
     auto d = std::make_unique<DenoiserSet>();
     const int groups = par.cfg_parallel ? 2 : 1;
     d->singles.resize(groups);
@@ -562,6 +566,26 @@ struct Engine::Impl {
     return d;
   }
 
+  // mpirun: this process is rank r of the world = (CFG halves) x (tensor-parallel ranks); it runs
+  // rank r % tp of half r / tp. Every process makes the groups in the same order (collectives).
+  std::unique_ptr<DenoiserSet> load_denoiser_in_processes() {
+    auto d = std::make_unique<DenoiserSet>();
+    const int r = process_world().rank, tp = par.tp, half = par.cfg_parallel ? r / tp : 0, j = r % tp;
+    if (tp > 1) {
+      std::vector<int> group;
+      for (int k = 0; k < tp; ++k) group.push_back(half * tp + k);
+      d->tp_comm = make_process_comm(group);
+    }
+    if (par.cfg_parallel) d->cfg_comm = make_process_comm({j, j + tp});
+    d->singles.push_back(load_stdit3_rank(eng.dit, *backend, d->tp_comm.get(), "engine dit"));
+    d->halves.push_back(std::make_unique<SingleDenoiser>(*d->singles[0]));
+    if (par.cfg_parallel) d->cfg_split = std::make_unique<ProcessCfgDenoiser>(*d->halves[0], *d->cfg_comm, half);
+    d->top = d->cfg_split ? d->cfg_split.get() : d->halves[0].get();
+    log_info("denoiser over ", process_world().size, " processes: ", par.cfg_parallel ? "CFG-parallel x " : "",
+             "tensor parallel ", tp);
+    return d;
+  }
+
   Result run(const Request& opt, const EventFn& on_event, const CancelToken& cancel);
 };
 
@@ -577,8 +601,26 @@ bool Engine::embedded() const { return impl_->eng.embedded; }
 const std::string& Engine::precision() const { return impl_->precision; }
 
 std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
+  // Under mpirun every process opens the engine; the first one that cannot reports why.
+  std::unique_ptr<Engine> engine;
+  std::exception_ptr err;
+  try {
+    engine = open_here(o);
+  } catch (...) {
+    err = std::current_exception();
+  }
+  process_world_sync(err);
+  return engine;
+}
+
+std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
   auto impl = std::make_unique<Impl>();
-  impl->par = plan_parallel(o.gpus, o.tp, o.cfg_parallel);
+  const ProcessWorld& world = process_world();
+  // Processes (mpirun): one device each, the world size plays --gpus.
+  STDIT_CHECK(!world.active() || o.gpus == 1, "under mpirun each process drives one device: drop --gpus ", o.gpus,
+              " (the ", world.size, " processes are the devices)");
+  const int devices = world.active() ? world.size : o.gpus;
+  impl->par = plan_parallel(devices, o.tp, o.cfg_parallel, world.active() ? "mpirun -n" : "--gpus");
   std::error_code ec;
   if (!o.dir.empty() && !fs::exists(o.dir, ec))
     throw NotFound(cat(o.dir, ": no engine directory here (make one with `stdit convert`)"));
@@ -589,8 +631,9 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
              "); convert real Open-Sora checkpoints with `stdit convert` for real videos");
   impl->identity = engine_identity(eng);
   // An engine converted with --tp K fixes the split: K ranks per CFG half unless --tp says otherwise.
-  if (o.tp == 0 && eng.tp_size > 1 && o.gpus % eng.tp_size == 0)
-    impl->par = plan_parallel(o.gpus, eng.tp_size, o.cfg_parallel || o.gpus == 2 * eng.tp_size);
+  if (o.tp == 0 && eng.tp_size > 1 && devices % eng.tp_size == 0)
+    impl->par = plan_parallel(devices, eng.tp_size, o.cfg_parallel || devices == 2 * eng.tp_size,
+                              world.active() ? "mpirun -n" : "--gpus");
   const ParallelPlan& par = impl->par;
   STDIT_CHECK(eng.tp_size == 1 || par.tp == eng.tp_size, "engine ", eng.dir, " was converted with --tp ",
               eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
@@ -599,15 +642,20 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
   const PolicyRequest policy_request{o.precision, o.kernels, {}};
   impl->backend = make_backend(o.backend, policy_request);
   log_debug(impl->backend->policy().describe());
-  if (par.gpus > 1) {
-    STDIT_CHECK(impl->backend->name() == "cuda", "--gpus ", par.gpus, " needs the CUDA backend (this run uses ",
-                impl->backend->name(), ")");
+  if (world.active()) {
+    STDIT_CHECK(impl->backend->name() == "cpu", "mpirun with the CUDA backend (NCCL between processes) is not in this "
+                "build yet: run the GPUs as threads of one process (--gpus N), or pass --backend cpu");
+    check_tp_split(par.tp, load_stdit3_config(eng.dit + "/config.json").num_heads, 1, 1);
+  } else if (par.gpus > 1) {
+    // On the CPU backend --gpus N runs N host ranks as threads (the same splits, for checks).
+    const bool cpu = impl->backend->name() == "cpu";
     check_tp_split(par.tp, load_stdit3_config(eng.dit + "/config.json").num_heads, par.gpus,
-                   cuda_devices_visible());
+                   cpu ? par.gpus : cuda_devices_visible());
   }
   impl->devs = {impl->backend.get()};
-  for (int g = 1; g < par.gpus; ++g) {
-    impl->extra.push_back(make_backend(cat("cuda:", g), policy_request));
+  for (int g = 1; !world.active() && g < par.gpus; ++g) {
+    impl->extra.push_back(make_backend(impl->backend->name() == "cpu" ? std::string("cpu") : cat("cuda:", g),
+                                       policy_request));
     impl->devs.push_back(impl->extra.back().get());
   }
   impl->backend->bind_to_this_thread();
@@ -617,7 +665,16 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
 }
 
 Result Engine::generate(const Request& request, const EventFn& on_event, const CancelToken& cancel) {
-  return impl_->run(request, on_event, cancel);
+  const ProcessWorld& world = process_world();
+  if (!world.active() || world.rank == 0) return impl_->run(request, on_event, cancel);
+  // mpirun: the other processes do the same work but write nothing and report nothing.
+  Request r = request;
+  r.write_files = false;
+  r.output.clear();
+  r.save_latents.clear();
+  r.preview = false;
+  r.keep_frames = false;
+  return impl_->run(r, {}, cancel);
 }
 
 Engine::Planned Engine::validate(const Request& request) const {
@@ -716,13 +773,31 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
     if (on_event) on_event(e);
   };
   Plan plan;
+  std::exception_ptr refused;
   try {
     plan = make_plan(opt, eng, identity);
+  } catch (...) {
+    refused = std::current_exception();
+  }
+  try {
+    process_world_sync(refused);  // mpirun: every process agrees before any model is loaded
   } catch (const InvalidRequest&) {
+    throw;
+  } catch (const RefusedElsewhere&) {
     throw;
   } catch (const Error& e) {
     throw InvalidRequest(e.what());  // refused before any model is loaded
   }
+  // From here an error in one process ends them all (the program aborts the world).
+  // (An error leaves the flag set for the program's handler: it must end every process.)
+  struct Running {
+    const int unwinding = std::uncaught_exceptions();
+    Running() { process_world_set_running(process_world().active()); }
+    ~Running() {
+      if (std::uncaught_exceptions() == unwinding) process_world_set_running(false);
+    }
+  } running;
+  plan.rec.seed = process_world_broadcast(plan.rec.seed);  // --seed -1: rank 0's draw everywhere
   RunRecord& rec = plan.rec;
   const int items = static_cast<int>(rec.videos.size());
   const int F = rec.num_frames, H = rec.height, W = rec.width;

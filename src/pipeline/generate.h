@@ -28,7 +28,8 @@ struct ParallelPlan {
   int gpus = 1, tp = 1;
   bool cfg_parallel = false;
 };
-ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel);
+// `devices` names the count in messages ("--gpus", or "mpirun -n" for processes).
+ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel, const char* devices = "--gpus");
 
 // Runs the whole job; returns the paths written. Every bad input is an Error before any model is
 // loaded. Output names are reserved atomically as each video starts (O_EXCL), so concurrent runs

@@ -25,7 +25,26 @@ std::string command_list(const CLI::App& app) {
 
 }  // namespace
 
+namespace {
+int run_command(int argc, char** argv, const stdit::api::Processes& procs);
+}
+
 int main(int argc, char** argv) {
+  // Under mpirun every process runs the same command (rank 0 writes and reports).
+  stdit::api::Processes procs;
+  try {
+    procs = stdit::api::processes_init(&argc, &argv);
+  } catch (const std::exception& e) {
+    return error_exit(e.what());
+  }
+  const int rc = run_command(argc, argv, procs);
+  stdit::api::processes_finalize();
+  return rc;
+}
+
+namespace {
+
+int run_command(int argc, char** argv, const stdit::api::Processes& procs) {
   CLI::App app{"stdit: Open-Sora 1.2 (STDiT3) text-to-video inference engine"};
   app.require_subcommand(1);
   app.fallthrough();  // -v / -q also after the subcommand
@@ -66,17 +85,30 @@ int main(int argc, char** argv) {
     for (const auto* sub : app.get_subcommands()) where = " " + sub->get_name();
     std::string msg = e.what();
     if (msg == "A subcommand is required") msg = "no command given (commands: " + command_list(app) + ")";
+    if (procs.rank > 0) return 1;  // every process parsed the same line: rank 0 says it
     return error_exit(msg + " (see stdit" + where + " --help)");
   }
   stdit::api::set_verbosity(quiet     ? stdit::api::Verbosity::Quiet
                             : verbose ? stdit::api::Verbosity::Verbose
                                       : stdit::api::Verbosity::Normal);
+  if (procs.rank > 0 && !verbose) stdit::api::set_verbosity(stdit::api::Verbosity::Quiet);  // rank 0 speaks
   try {
     action();
   } catch (const stdit::Cancelled&) {
     return 130;  // the command has said what it kept
+  } catch (const stdit::RefusedElsewhere&) {
+    return 1;  // the process that refused has said why
   } catch (const std::exception& e) {
-    return error_exit(e.what());
+    if (procs.size > 1 && stdit::api::processes_running()) {
+      // Mid-run, one process failing must end the others (they may wait on it in a collective).
+      error_exit("process " + std::to_string(procs.rank) + ": " + e.what());
+      stdit::api::processes_abort(1);
+    }
+    // Errors agreed before a run reach the first failing process only (the others get
+    // RefusedElsewhere); elsewhere every process reports what it hit.
+    return error_exit(procs.rank > 0 ? "process " + std::to_string(procs.rank) + ": " + e.what() : e.what());
   }
   return 0;
 }
+
+}  // namespace

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `stdit` as several processes under mpirun (issue: processes and hosts), on the CPU backend and
+# the embedded demo model: tensor parallel, CFG-parallel and both over processes give the bytes
+# the same split gives as threads of one process (--gpus N --backend cpu; both sum the ranks'
+# partials in rank order), and a one-step run equals the unsplit model within 1e-5; a bad split is
+# one error line from rank 0; a rank that fails mid-run ends every rank.
+# Usage: mpi.sh STDIT MPIRUN WORKDIR CASE   (prints "ok CASE" or "FAIL [CASE]: ...")
+set -uo pipefail
+S=$1
+MPIRUN=$2
+W=$3
+CASE=$4
+rm -rf "$W" && mkdir -p "$W" && cd "$W" || exit 1
+# One BLAS/OpenMP thread per rank in both modes: GEMM blocking depends on the thread count.
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+M=("$MPIRUN" --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY)
+P="a red ball moving to the right"
+FAST=(--steps 3 --backend cpu -q)
+die() { echo "FAIL [$CASE]: $*" >&2; exit 1; }
+same() { "$S" compare "$1" "$2" --tol "$3" >cmp.log 2>&1 || die "$1 vs $2: $(tail -1 cmp.log)"; }
+# split N [flags]: the same generate as N processes and as N threads; latents and mp4 identical.
+split() {
+  local n=$1
+  shift
+  timeout 300 "${M[@]}" -n "$n" "$S" generate "$P" "${FAST[@]}" "$@" --save-latents p.safetensors -o p.mp4 \
+    >p.out 2>p.err || die "mpirun -n $n $*: exit $? $(cat p.err)"
+  "$S" generate "$P" "${FAST[@]}" --gpus "$n" "$@" --save-latents t.safetensors -o t.mp4 >t.out 2>t.err ||
+    die "--gpus $n $*: $(cat t.err)"
+  same p.safetensors t.safetensors 0
+  cmp -s p.mp4 t.mp4 || die "mpirun -n $n $*: the mp4 differs from the threads' one"
+  [[ $(grep -c "Saved to" p.out) -eq 1 ]] || die "mpirun -n $n: expected one 'Saved to' (rank 0 writes), got: $(cat p.out)"
+}
+case $CASE in
+  tp2) split 2 --tp 2
+       # one step: the split equals the whole model within 1e-5 (more steps at cfg 7 amplify rounding)
+       timeout 300 "${M[@]}" -n 2 "$S" generate "$P" --steps 1 --backend cpu -q --tp 2 --save-latents p1.safetensors \
+         --out-dir o >/dev/null 2>p1.err || die "one step: $(cat p1.err)"
+       "$S" generate "$P" --steps 1 --backend cpu -q --save-latents s1.safetensors --out-dir o >/dev/null 2>&1
+       same p1.safetensors s1.safetensors 1e-5 ;;
+  cfg2) split 2 ;;
+  cfg_tp4) split 4 --tp 2 --cfg-parallel ;;
+  bad_split)
+    timeout 120 "${M[@]}" -n 3 "$S" generate "$P" "${FAST[@]}" --tp 2 >b.out 2>b.err && die "mpirun -n 3 --tp 2 succeeded"
+    n=$(grep -c "^error: " b.err)
+    [[ $n -eq 1 ]] || die "expected one error line, got $n: $(cat b.err)"
+    grep -q "^error: mpirun -n 3 must equal --tp 2" b.err || die "unexpected error: $(grep '^error' b.err)" ;;
+  rank_fails)
+    # An engine converted with --tp 2 whose rank 1 shard is damaged: rank 1 fails while loading,
+    # rank 0 would wait for it in the first all-reduce; the whole job must end, with rank 1's error.
+    "$S" convert --dit "$(dirname "$S")/../models/tiny/dit" --vae "$(dirname "$S")/../models/tiny/vae" \
+      --t5 "$(dirname "$S")/../models/tiny/t5" --tp 2 -o eng -q >/dev/null 2>c.err || die "convert: $(cat c.err)"
+    # keep the header (what opening the engine reads on every rank), cut the tensor data
+    n=$(od -An -t u8 -N 8 eng/dit/rank1.safetensors | tr -d ' ')
+    head -c $((8 + n + 64)) eng/dit/rank1.safetensors >cut && mv cut eng/dit/rank1.safetensors
+    timeout 120 "${M[@]}" -n 2 "$S" generate "$P" "${FAST[@]}" -e eng --tp 2 >f.out 2>f.err
+    rc=$?
+    [[ $rc -ne 0 && $rc -ne 124 ]] || die "expected a non-zero exit without a hang, got $rc: $(cat f.err)"
+    grep -q "^error: process 1: .*rank1.safetensors" f.err || die "no error from process 1: $(cat f.err)" ;;
+  *) die "unknown case" ;;
+esac
+echo "ok $CASE"
