@@ -43,6 +43,7 @@ struct EngineOptions {
   std::string backend = "auto";   // auto (cuda when a usable GPU is present, else cpu), cuda, cuda:N, cpu
   int gpus = 1;                   // devices cuda:0 .. gpus-1 for the denoiser
   int tp = 0;                     // tensor-parallel ranks per CFG half; 0: from gpus
+  int cp = 1;                     // context-parallel ranks (frames / spatial tokens split); mpirun only for now
   bool cfg_parallel = false;      // the CFG halves on separate GPUs (default for even gpus without tp)
   std::string precision = "auto";  // auto (bf16 on a GPU, f32 on the CPU), bf16, tf32, f32
   std::string kernels = "auto";    // auto, or portable: no Hopper-only kernels

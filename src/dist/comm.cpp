@@ -25,6 +25,13 @@ struct HostShared {
   void abort() { sync.abort(); }
 };
 
+// Checks an all-to-all's buffers; returns the bytes of one chunk.
+size_t check_chunks(const Tensor& src, const Tensor& dst, const char* what) {
+  STDIT_CHECK(src.is_contiguous() && dst.is_contiguous() && src.nbytes() == dst.nbytes() && src.dim() >= 1,
+              what, ": src and dst must be contiguous and of one size");
+  return src.nbytes() / static_cast<size_t>(src.size(0));
+}
+
 class HostComm final : public Communicator {
  public:
   HostComm(std::shared_ptr<HostShared> sh, int rank) : sh_(std::move(sh)), rank_(rank) {}
@@ -32,6 +39,25 @@ class HostComm final : public Communicator {
   int size() const override { return sh_->n; }
   std::string kind() const override { return "host"; }
   void abort() override { sh_->abort(); }
+
+  void all_to_all(const Tensor& src, Tensor& dst) override {
+    const size_t chunk = check_chunks(src, dst, "all_to_all");
+    sh_->posted[rank_] = const_cast<float*>(static_cast<const float*>(src.raw()));
+    sh_->barrier();
+    for (int r = 0; r < sh_->n; ++r)
+      std::memcpy(static_cast<char*>(dst.raw()) + r * chunk,
+                  reinterpret_cast<const char*>(sh_->posted[r]) + rank_ * chunk, chunk);
+    sh_->barrier();  // every rank has read its chunks
+  }
+  void all_gather(const Tensor& src, Tensor& dst) override {
+    STDIT_CHECK(src.is_contiguous() && dst.is_contiguous() && dst.nbytes() == src.nbytes() * sh_->n,
+                "host all_gather: dst must hold size() copies of src");
+    sh_->posted[rank_] = const_cast<float*>(static_cast<const float*>(src.raw()));
+    sh_->barrier();
+    for (int r = 0; r < sh_->n; ++r)
+      std::memcpy(static_cast<char*>(dst.raw()) + r * src.nbytes(), sh_->posted[r], src.nbytes());
+    sh_->barrier();
+  }
 
   void all_reduce_sum(Tensor& t) override {
     STDIT_CHECK(t.dtype() == DType::F32 && t.is_contiguous() && t.device().kind == DeviceKind::CPU,
@@ -90,6 +116,12 @@ void Communicator::start_row_exchange(const Tensor&, int64_t, int64_t, Tensor&, 
   no_row_split();
 }
 void Communicator::finish_row_exchange() { no_row_split(); }
+void Communicator::all_to_all(const Tensor&, Tensor&) {
+  fail("context parallelism: the ", kind(), " communicator has no all-to-all yet (use the CPU backend)");
+}
+void Communicator::all_gather(const Tensor&, Tensor&) {
+  fail("context parallelism: the ", kind(), " communicator has no all-gather yet (use the CPU backend)");
+}
 void Communicator::layernorm_modulate_own_rows(const Tensor&, const Tensor&, const Tensor&, float,
                                                Tensor&) {
   no_row_split();

@@ -58,6 +58,12 @@ class Communicator {
   // also go, in bf16, into the same rows of x16.
   virtual void add_partials_to_own_rows(const Tensor& p, const Tensor& recv, Tensor& x,
                                         const Tensor& gate, Tensor* x16);
+  // Context parallelism (models/stdit3: frames / spatial tokens split over the ranks). `src` is
+  // [size(), ...] contiguous: chunk j goes to rank j; `dst` (the same shape) receives in chunk i
+  // what rank i sent to this rank. Host communicators only for now; the default fails.
+  virtual void all_to_all(const Tensor& src, Tensor& dst);
+  // dst [size(), ...] receives every rank's src in rank order (contiguous, the same shape everywhere).
+  virtual void all_gather(const Tensor& src, Tensor& dst);
   // Makes pending and future collectives of the whole group fail instead of waiting (any thread).
   virtual void abort() = 0;
   virtual std::string kind() const = 0;  // "host" or "nccl"

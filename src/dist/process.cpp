@@ -73,6 +73,19 @@ class ProcessComm final : public Communicator {
     }
   }
 
+  void all_to_all(const Tensor& src, Tensor& dst) override {
+    STDIT_CHECK(src.is_contiguous() && dst.is_contiguous() && src.nbytes() == dst.nbytes() && src.size(0) == size_,
+                "process all_to_all: src and dst must be contiguous [size(), ...] of one size");
+    const size_t chunk = src.nbytes() / size_;
+    STDIT_CHECK(chunk < (size_t{1} << 31), "process all_to_all: chunks too large");
+    MPI_Alltoall(src.raw(), static_cast<int>(chunk), MPI_BYTE, dst.raw(), static_cast<int>(chunk), MPI_BYTE, comm_);
+  }
+  void all_gather(const Tensor& src, Tensor& dst) override {
+    STDIT_CHECK(src.is_contiguous() && dst.is_contiguous() && dst.nbytes() == src.nbytes() * size_,
+                "process all_gather: dst must hold size() copies of src");
+    all_gather_bytes(src.raw(), src.nbytes(), dst.raw());
+  }
+
   void all_gather_bytes(const void* mine, size_t bytes, void* all) {
     MPI_Allgather(mine, static_cast<int>(bytes), MPI_BYTE, all, static_cast<int>(bytes), MPI_BYTE, comm_);
   }

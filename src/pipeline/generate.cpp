@@ -94,16 +94,20 @@ void check_writable_dir(const fs::path& dir) {
 }  // namespace
 
 
-ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel, const char* devices) {
+ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel, const char* devices, int cp) {
   STDIT_CHECK(gpus >= 1, devices, " must be at least 1, got ", gpus);
   STDIT_CHECK(tp >= 0, "--tp must be at least 1, got ", tp);
+  STDIT_CHECK(cp >= 1, "--cp must be at least 1, got ", cp);
   ParallelPlan p;
   p.gpus = gpus;
-  // Without --tp an even number of GPUs splits the CFG halves first (near-ideal scaling).
-  p.cfg_parallel = cfg_parallel || (tp == 0 && gpus >= 2 && gpus % 2 == 0);
+  p.cp = cp;
+  // Without --tp an even number of GPUs (per context-parallel group) splits the CFG halves first
+  // (near-ideal scaling).
+  p.cfg_parallel = cfg_parallel || (tp == 0 && gpus % cp == 0 && gpus / cp >= 2 && (gpus / cp) % 2 == 0);
   const int halves = p.cfg_parallel ? 2 : 1;
-  p.tp = tp ? tp : gpus / halves;
-  STDIT_CHECK(p.tp * halves == gpus, devices, " ", gpus, " must equal --tp ", p.tp,
+  p.tp = tp ? tp : std::max(1, gpus / (halves * cp));
+  STDIT_CHECK(p.tp * halves * cp == gpus, devices, " ", gpus, " must equal --tp ", p.tp,
+              cp > 1 ? cat(" x --cp ", cp) : std::string(),
               p.cfg_parallel ? " x 2 (--cfg-parallel puts the two CFG halves on separate GPUs)" : "");
   return p;
 }
@@ -513,7 +517,7 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
 // The denoiser of a run on its devices: one STDiT3, a tensor-parallel group, or two of either
 // for CFG-parallel; `top` is what the sampling loop calls.
 struct DenoiserSet {
-  std::unique_ptr<Communicator> tp_comm, cfg_comm;  // mpirun: this process's groups
+  std::unique_ptr<Communicator> tp_comm, cp_comm, cfg_comm;  // mpirun: this process's groups
   std::vector<std::unique_ptr<STDiT3>> singles;
   std::vector<std::unique_ptr<Denoiser>> halves;
   std::unique_ptr<Denoiser> cfg_split;
@@ -569,20 +573,29 @@ struct Engine::Impl {
   // mpirun: this process is rank r of the world = (CFG halves) x (tensor-parallel ranks); it runs
   // rank r % tp of half r / tp. Every process makes the groups in the same order (collectives).
   std::unique_ptr<DenoiserSet> load_denoiser_in_processes() {
+    // World rank r = half * (tp * cp) + c * tp + t: tensor-parallel rank t of context-parallel
+    // rank c of CFG half `half`. Every process makes the groups in the same order (collectives).
     auto d = std::make_unique<DenoiserSet>();
-    const int r = process_world().rank, tp = par.tp, half = par.cfg_parallel ? r / tp : 0, j = r % tp;
+    const int r = process_world().rank, tp = par.tp, cp = par.cp, per_half = tp * cp;
+    const int half = par.cfg_parallel ? r / per_half : 0, c = (r % per_half) / tp, t = r % tp;
     if (tp > 1) {
       std::vector<int> group;
-      for (int k = 0; k < tp; ++k) group.push_back(half * tp + k);
+      for (int k = 0; k < tp; ++k) group.push_back(half * per_half + c * tp + k);
       d->tp_comm = make_process_comm(group);
     }
-    if (par.cfg_parallel) d->cfg_comm = make_process_comm({j, j + tp});
+    if (cp > 1) {
+      std::vector<int> group;
+      for (int k = 0; k < cp; ++k) group.push_back(half * per_half + k * tp + t);
+      d->cp_comm = make_process_comm(group);
+    }
+    if (par.cfg_parallel) d->cfg_comm = make_process_comm({c * tp + t, per_half + c * tp + t});
     d->singles.push_back(load_stdit3_rank(eng.dit, *backend, d->tp_comm.get(), "engine dit"));
+    d->singles[0]->set_context_parallel(d->cp_comm.get());
     d->halves.push_back(std::make_unique<SingleDenoiser>(*d->singles[0]));
     if (par.cfg_parallel) d->cfg_split = std::make_unique<ProcessCfgDenoiser>(*d->halves[0], *d->cfg_comm, half);
     d->top = d->cfg_split ? d->cfg_split.get() : d->halves[0].get();
     log_info("denoiser over ", process_world().size, " processes: ", par.cfg_parallel ? "CFG-parallel x " : "",
-             "tensor parallel ", tp);
+             "tensor parallel ", tp, " x context parallel ", cp);
     return d;
   }
 
@@ -620,7 +633,9 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
   STDIT_CHECK(!world.active() || o.gpus == 1, "under mpirun each process drives one device: drop --gpus ", o.gpus,
               " (the ", world.size, " processes are the devices)");
   const int devices = world.active() ? world.size : o.gpus;
-  impl->par = plan_parallel(devices, o.tp, o.cfg_parallel, world.active() ? "mpirun -n" : "--gpus");
+  impl->par = plan_parallel(devices, o.tp, o.cfg_parallel, world.active() ? "mpirun -n" : "--gpus", o.cp);
+  STDIT_CHECK(o.cp == 1 || world.active(), "--cp (context parallelism) runs as processes for now: mpirun -n N stdit "
+              "generate ... --cp C");
   std::error_code ec;
   if (!o.dir.empty() && !fs::exists(o.dir, ec))
     throw NotFound(cat(o.dir, ": no engine directory here (make one with `stdit convert`)"));
@@ -631,9 +646,9 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
              "); convert real Open-Sora checkpoints with `stdit convert` for real videos");
   impl->identity = engine_identity(eng);
   // An engine converted with --tp K fixes the split: K ranks per CFG half unless --tp says otherwise.
-  if (o.tp == 0 && eng.tp_size > 1 && devices % eng.tp_size == 0)
-    impl->par = plan_parallel(devices, eng.tp_size, o.cfg_parallel || devices == 2 * eng.tp_size,
-                              world.active() ? "mpirun -n" : "--gpus");
+  if (o.tp == 0 && eng.tp_size > 1 && devices % (eng.tp_size * o.cp) == 0)
+    impl->par = plan_parallel(devices, eng.tp_size, o.cfg_parallel || devices == 2 * eng.tp_size * o.cp,
+                              world.active() ? "mpirun -n" : "--gpus", o.cp);
   const ParallelPlan& par = impl->par;
   STDIT_CHECK(eng.tp_size == 1 || par.tp == eng.tp_size, "engine ", eng.dir, " was converted with --tp ",
               eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
@@ -776,6 +791,13 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   std::exception_ptr refused;
   try {
     plan = make_plan(opt, eng, identity);
+    if (par.cp > 1 && !plan.decode_only) {  // the split must fit this video's latent shape
+      const STDiT3Config dc = load_stdit3_config(eng.dit + "/config.json");
+      const int64_t Tp = (plan.T + dc.patch_size[0] - 1) / dc.patch_size[0];
+      const int64_t Sp = ((plan.h + dc.patch_size[1] - 1) / dc.patch_size[1]) * ((plan.w + dc.patch_size[2] - 1) / dc.patch_size[2]);
+      STDIT_CHECK(Tp % par.cp == 0 && Sp % par.cp == 0, "--cp ", par.cp, " must divide the latent frames (", Tp,
+                  ") and the spatial tokens per frame (", Sp, ") of this video");
+    }
   } catch (...) {
     refused = std::current_exception();
   }
@@ -1126,6 +1148,7 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   eo.backend = opt.backend;
   eo.gpus = opt.gpus;
   eo.tp = opt.tp;
+  eo.cp = opt.cp;
   eo.cfg_parallel = opt.cfg_parallel;
   eo.precision = opt.precision;
   eo.kernels = opt.kernels;

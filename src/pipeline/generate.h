@@ -17,6 +17,7 @@ struct GenerateOptions : api::Request {
   std::string backend = "auto";  // cuda when a usable GPU is present, else cpu
   int gpus = 1;                  // devices cuda:0 .. gpus-1 for the denoiser
   int tp = 0;                    // tensor-parallel ranks per CFG half; 0: from --gpus (see plan_parallel)
+  int cp = 1;                    // context-parallel ranks (processes under mpirun)
   bool cfg_parallel = false;     // the CFG halves on separate GPUs (default when --gpus is even and no --tp)
   std::string precision = "auto", kernels = "auto";  // the execution policy asked for (backend/policy.h)
 };
@@ -25,11 +26,11 @@ struct GenerateOptions : api::Request {
 // halves on separate GPUs) and/or tensor parallel over `tp` GPUs per half; gpus = tp x (1 or 2).
 // Without --tp an even --gpus means CFG-parallel x tp = gpus / 2. An inconsistent split is an Error.
 struct ParallelPlan {
-  int gpus = 1, tp = 1;
+  int gpus = 1, tp = 1, cp = 1;  // gpus = (cfg_parallel ? 2 : 1) x tp x cp
   bool cfg_parallel = false;
 };
 // `devices` names the count in messages ("--gpus", or "mpirun -n" for processes).
-ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel, const char* devices = "--gpus");
+ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel, const char* devices = "--gpus", int cp = 1);
 
 // Runs the whole job; returns the paths written. Every bad input is an Error before any model is
 // loaded. Output names are reserved atomically as each video starts (O_EXCL), so concurrent runs

@@ -2,8 +2,11 @@
 # `stdit` as several processes under mpirun (issue: processes and hosts), on the CPU backend and
 # the embedded demo model: tensor parallel, CFG-parallel and both over processes give the bytes
 # the same split gives as threads of one process (--gpus N --backend cpu; both sum the ranks'
-# partials in rank order), and a one-step run equals the unsplit model within 1e-5; a bad split is
-# one error line from rank 0; a rank that fails mid-run ends every rank.
+# partials in rank order), and a one-step run equals the unsplit model within 1e-5; context
+# parallelism (alone, with CFG-parallel, with TP, with frozen frames) equals the unsplit model
+# within 1e-5 at one step (the trained demo model amplifies rounding differences over steps at
+# cfg 7: 1e-6 after one step, 2e-4 after three, for TP and CP alike); a bad split is one error
+# line from rank 0; a rank that fails mid-run ends every rank.
 # Usage: mpi.sh STDIT MPIRUN WORKDIR CASE   (prints "ok CASE" or "FAIL [CASE]: ...")
 set -uo pipefail
 S=$1
@@ -39,6 +42,25 @@ case $CASE in
        same p1.safetensors s1.safetensors 1e-5 ;;
   cfg2) split 2 ;;
   cfg_tp4) split 4 --tp 2 --cfg-parallel ;;
+  cp2|cp_cfg4|cp_tp4|cp_i2v)
+    # Context parallelism changes no sum, only which rank holds which frames / tokens: one step
+    # (34 frames: 10 latent frames, 64 tokens per frame) equals the unsplit model within 1e-5.
+    args=(generate "$P" --num-frames 34 --steps 1 --backend cpu -q)
+    case $CASE in
+      cp2) n=2 split_args=(--cp 2) ;;
+      cp_cfg4) n=4 split_args=(--cp 2 --cfg-parallel) ;;
+      cp_tp4) n=4 split_args=(--cp 2 --tp 2) ;;
+      cp_i2v) n=2 split_args=(--cp 2)  # frozen frames 0 and 7 (the t0 branch) on both ranks' slices
+              args+=(--image "$(dirname "$S")/../tests/data/conditioning/ref.png" --align 0 --mask-strategy "0;0,0,0,7,1,0") ;;
+    esac
+    timeout 300 "${M[@]}" -n $n "$S" "${args[@]}" "${split_args[@]}" --save-latents p.safetensors --out-dir o >/dev/null \
+      2>p.err || die "mpirun -n $n ${split_args[*]}: $(cat p.err)"
+    "$S" "${args[@]}" --save-latents s.safetensors --out-dir o >/dev/null 2>&1 || die "one process failed"
+    same p.safetensors s.safetensors 1e-5 ;;
+  cp_bad)
+    timeout 120 "${M[@]}" -n 2 "$S" generate "$P" "${FAST[@]}" --cp 2 >b.out 2>b.err && die "--cp 2 of 5 latent frames succeeded"
+    [[ $(grep -c "^error: " b.err) -eq 1 ]] || die "expected one error line: $(cat b.err)"
+    grep -q "^error: --cp 2 must divide the latent frames (5)" b.err || die "unexpected error: $(grep '^error' b.err)" ;;
   bad_split)
     timeout 120 "${M[@]}" -n 3 "$S" generate "$P" "${FAST[@]}" --tp 2 >b.out 2>b.err && die "mpirun -n 3 --tp 2 succeeded"
     n=$(grep -c "^error: " b.err)

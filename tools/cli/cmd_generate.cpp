@@ -81,6 +81,10 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--gpus", e.gpus, "GPUs for the denoiser (cuda:0..N-1); even N without --tp: CFG-parallel x N/2")
       ->capture_default_str();
   cmd->add_option("--tp", e.tp, "Tensor-parallel GPUs per CFG half (divides 16 heads); default from --gpus");
+  cmd->add_option("--cp", e.cp,
+                  "Context-parallel ranks: the spatial blocks split the frames, the temporal blocks the spatial "
+                  "tokens (processes under mpirun; must divide both)")
+      ->capture_default_str();
   cmd->add_flag("--cfg-parallel", e.cfg_parallel, "The conditional and unconditional CFG halves on separate GPUs");
   cmd->add_option("--backend", e.backend, "Compute backend: auto (cuda if a GPU is usable), cuda or cpu")
       ->capture_default_str();

@@ -349,6 +349,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   // (with rows split, x is whole again only after the blocks: no per-block records)
   s.rows_split = tp_ && tp_->splits_rows() && !s.sel.active() && C % 8 == 0;
   const bool caching = in.cache.threshold > 0;
+  STDIT_CHECK(!(caching && cp_), "step caching (--cache) does not go with context parallelism (--cp) yet");
   if (!caching) cache_ = {};
   last_blocks_ran_ = !caching || cache_says_run(in.cache, s, x);
   if (!last_blocks_ran_) {
@@ -361,7 +362,8 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
       x_in = be_.alloc(x.shape());
       be_.copy(x, x_in);
     }
-    for (int i = 0; i < c.depth; ++i) {
+    if (cp_) blocks_context_parallel(s, x);
+    for (int i = 0; i < (cp_ ? 0 : c.depth); ++i) {
       block_forward(spatial_[i], false, s, x);
       if (!s.rows_split) record(cat("block.", 2 * i), x);
       block_forward(temporal_[i], true, s, x);
@@ -406,6 +408,62 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   Tensor host = be_.download(out);
   if (rec) rec("output", host);
   return host;
+}
+
+void STDiT3::set_context_parallel(Communicator* cp) { cp_ = cp && cp->size() > 1 ? cp : nullptr; }
+
+void STDiT3::blocks_context_parallel(Step& s, Tensor& x) {
+  const int64_t P = cp_->size(), r = cp_->rank(), B = s.B, T = s.T, S = s.S, C = s.C;
+  STDIT_CHECK(T % P == 0 && S % P == 0, "--cp ", P, " must divide the latent frames (", T,
+              ") and the spatial tokens per frame (", S, "); use --cp 1, or a size and length they divide");
+  const int64_t Tl = T / P, Sl = S / P;
+  // This rank's frames [B, Tl, S, C] for the spatial blocks, its spatial tokens [B, T, Sl, C] for
+  // the temporal ones; the frame selection follows each layout.
+  Step sp = s, tm = s;
+  sp.T = Tl;
+  sp.N = Tl * S;
+  tm.S = Sl;
+  tm.N = T * Sl;
+  if (s.sel.active()) {
+    sp.sel.mask = be_.alloc({B, Tl}, DType::U8);
+    be_.copy(s.sel.mask.slice(1, r * Tl, (r + 1) * Tl), sp.sel.mask);
+    tm.sel.tokens_per_frame = Sl;
+  }
+  Tensor xs = be_.alloc({B, Tl * S, C}), xt = be_.alloc({B, T * Sl, C});
+  Tensor xs4 = xs.view({B, Tl, S, C}), xt4 = xt.view({B, T, Sl, C}), x4 = x.view({B, T, S, C});
+  be_.copy(x4.slice(1, r * Tl, (r + 1) * Tl), xs4);
+  Tensor send = be_.alloc({P, B, Tl, Sl, C}), recv = be_.alloc({P, B, Tl, Sl, C});
+  for (int i = 0; i < cfg_.depth; ++i) {
+    block_forward(spatial_[i], false, sp, xs);
+    // frames -> spatial tokens: rank j gets our frames' tokens [j Sl, (j+1) Sl)
+    for (int64_t j = 0; j < P; ++j) {
+      Tensor dst = send.select(0, j);
+      be_.copy(xs4.slice(2, j * Sl, (j + 1) * Sl), dst);
+    }
+    cp_->all_to_all(send, recv);
+    for (int64_t j = 0; j < P; ++j) {
+      Tensor dst = xt4.slice(1, j * Tl, (j + 1) * Tl);
+      be_.copy(recv.select(0, j), dst);
+    }
+    block_forward(temporal_[i], true, tm, xt);
+    // spatial tokens -> frames: rank j gets its frames of our tokens
+    for (int64_t j = 0; j < P; ++j) {
+      Tensor dst = send.select(0, j);
+      be_.copy(xt4.slice(1, j * Tl, (j + 1) * Tl), dst);
+    }
+    cp_->all_to_all(send, recv);
+    for (int64_t j = 0; j < P; ++j) {
+      Tensor dst = xs4.slice(2, j * Sl, (j + 1) * Sl);
+      be_.copy(recv.select(0, j), dst);
+    }
+  }
+  // Every rank's frames: x whole again for the final layer.
+  Tensor all = be_.alloc({P, B, Tl * S, C});
+  cp_->all_gather(xs, all);
+  for (int64_t j = 0; j < P; ++j) {
+    Tensor dst = x4.slice(1, j * Tl, (j + 1) * Tl);
+    be_.copy(all.select(0, j).view({B, Tl, S, C}), dst);
+  }
 }
 
 // TeaCache's rule (step_cache.h), computed as its authors' Open-Sora code does: the first spatial

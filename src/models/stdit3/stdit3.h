@@ -49,6 +49,13 @@ class STDiT3 {
   STDiT3(const STDiT3Config& cfg, const WeightMap& weights, Backend& backend,
          Communicator* tp = nullptr, bool presharded = false);
 
+  // Context parallelism, DSP-style (VideoSys' Dynamic Sequence Parallelism): with a group of P
+  // ranks, each runs the spatial blocks on T/P of the frames and the temporal blocks on S/P of the
+  // spatial tokens, one all-to-all between them; embeddings and the final layer are computed whole
+  // on every rank. P must divide T and S. Composes with tensor parallelism (the two groups are
+  // orthogonal). Every rank's forward() is called together, with the same inputs.
+  void set_context_parallel(Communicator* cp);
+
   // Loads a Hugging Face layout directory (config.json + model.safetensors).
   static std::unique_ptr<STDiT3> load(const std::string& dir, Backend& backend,
                                       const std::string& flag = "--model",
@@ -74,6 +81,8 @@ class STDiT3 {
  private:
   using Block = BlockWeights;  // models/stdit3/block_weights.h: the one declaration of its tensors
   struct Step;  // per-call shapes and shared tensors
+  // The block stack under context parallelism (cp_): x whole on entry and exit.
+  void blocks_context_parallel(Step& s, Tensor& x);
 
   void block_forward(const Block& blk, bool temporal, Step& s, Tensor& x);
   // Step caching: true when the blocks must run for this call (models/stdit3/step_cache.h).
@@ -85,6 +94,7 @@ class STDiT3 {
   STDiT3Config cfg_;
   Backend& be_;
   Communicator* tp_ = nullptr;
+  Communicator* cp_ = nullptr;  // context parallelism (set_context_parallel)
   int tp_size_ = 1, tp_rank_ = 0;
   size_t weight_bytes_ = 0;
   DType model_dtype_ = DType::F32;
