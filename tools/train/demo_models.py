@@ -372,35 +372,9 @@ def load_engine(engine_dir):
     return t5m.eval(), dit.eval(), vae.eval()
 
 
-# ------------------------------------------------------------------------------------------------
-# Philox4x32-10 normal noise, as src/core/philox.cpp (so Python can start from stdit's noise)
-# ------------------------------------------------------------------------------------------------
-
-def philox_normal(shape, seed, stream=0):
-    n = int(np.prod(shape))
-    blocks = (n + 3) // 4
-    M = np.uint64(0xFFFFFFFF)
-    b = np.arange(blocks, dtype=np.uint64)
-    c = [b & M, b >> np.uint64(32), np.full(blocks, stream, np.uint64), np.zeros(blocks, np.uint64)]
-    k = [np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)]
-    M0, M1, W0, W1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57), 0x9E3779B9, 0xBB67AE85
-    with np.errstate(over="ignore"):
-        for _ in range(10):
-            p0 = M0 * c[0]
-            p1 = M1 * c[2]
-            c = [((p1 >> np.uint64(32)) ^ c[1] ^ k[0]) & M, p1 & M,
-                 ((p0 >> np.uint64(32)) ^ c[3] ^ k[1]) & M, p0 & M]
-            k = [np.uint64((int(k[0]) + W0) & 0xFFFFFFFF), np.uint64((int(k[1]) + W1) & 0xFFFFFFFF)]
-    w = np.stack(c, 1).astype(np.float64)  # [blocks, 4]
-    z = np.empty((blocks, 4))
-    for pair in range(2):
-        u1 = (w[:, 2 * pair] + 0.5) * 2.0 ** -32
-        u2 = (w[:, 2 * pair + 1] + 0.5) * 2.0 ** -32
-        r = np.sqrt(-2.0 * np.log(u1))
-        a = 2.0 * math.pi * u2
-        z[:, 2 * pair] = r * np.cos(a)
-        z[:, 2 * pair + 1] = r * np.sin(a)
-    return torch.from_numpy(z.reshape(-1)[:n].astype(np.float32).reshape(shape))
+# Philox4x32-10 normal noise, as src/core/philox.cpp (so Python can start from stdit's noise):
+# tools/reference/philox.py.
+from philox import philox_normal  # noqa: E402,F401
 
 
 if __name__ == "__main__":

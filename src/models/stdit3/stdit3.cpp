@@ -433,29 +433,24 @@ void STDiT3::blocks_context_parallel(Step& s, Tensor& x) {
   Tensor xs4 = xs.view({B, Tl, S, C}), xt4 = xt.view({B, T, Sl, C}), x4 = x.view({B, T, S, C});
   be_.copy(x4.slice(1, r * Tl, (r + 1) * Tl), xs4);
   Tensor send = be_.alloc({P, B, Tl, Sl, C}), recv = be_.alloc({P, B, Tl, Sl, C});
+  // One all-to-all between the layouts: chunk j of `from` (dim `from_dim`, [B, Tl, Sl, C] each)
+  // goes to rank j; what rank j sends lands in chunk j of `to` along `to_dim`.
+  auto exchange = [&](const Tensor& from, int from_dim, int64_t from_part, Tensor& to, int to_dim, int64_t to_part) {
+    for (int64_t j = 0; j < P; ++j) {
+      Tensor dst = send.select(0, j);
+      be_.copy(from.slice(from_dim, j * from_part, (j + 1) * from_part), dst);
+    }
+    cp_->all_to_all(send, recv);
+    for (int64_t j = 0; j < P; ++j) {
+      Tensor dst = to.slice(to_dim, j * to_part, (j + 1) * to_part);
+      be_.copy(recv.select(0, j), dst);
+    }
+  };
   for (int i = 0; i < cfg_.depth; ++i) {
     block_forward(spatial_[i], false, sp, xs);
-    // frames -> spatial tokens: rank j gets our frames' tokens [j Sl, (j+1) Sl)
-    for (int64_t j = 0; j < P; ++j) {
-      Tensor dst = send.select(0, j);
-      be_.copy(xs4.slice(2, j * Sl, (j + 1) * Sl), dst);
-    }
-    cp_->all_to_all(send, recv);
-    for (int64_t j = 0; j < P; ++j) {
-      Tensor dst = xt4.slice(1, j * Tl, (j + 1) * Tl);
-      be_.copy(recv.select(0, j), dst);
-    }
+    exchange(xs4, 2, Sl, xt4, 1, Tl);  // frames -> spatial tokens
     block_forward(temporal_[i], true, tm, xt);
-    // spatial tokens -> frames: rank j gets its frames of our tokens
-    for (int64_t j = 0; j < P; ++j) {
-      Tensor dst = send.select(0, j);
-      be_.copy(xt4.slice(1, j * Tl, (j + 1) * Tl), dst);
-    }
-    cp_->all_to_all(send, recv);
-    for (int64_t j = 0; j < P; ++j) {
-      Tensor dst = xs4.slice(2, j * Sl, (j + 1) * Sl);
-      be_.copy(recv.select(0, j), dst);
-    }
+    exchange(xt4, 1, Tl, xs4, 2, Sl);  // spatial tokens -> frames
   }
   // Every rank's frames: x whole again for the final layer.
   Tensor all = be_.alloc({P, B, Tl * S, C});
