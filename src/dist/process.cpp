@@ -139,6 +139,25 @@ uint64_t process_world_broadcast(uint64_t v) {
   return v;
 }
 
+void process_world_sum_disjoint(Tensor& t) {
+  if (!g_mpi) return;
+  STDIT_CHECK(t.dtype() == DType::F32 && t.is_contiguous() && t.device().kind == DeviceKind::CPU,
+              "process sum: expects a contiguous F32 host tensor");
+  // In pieces below 2^31 elements (MPI counts are int).
+  const int64_t n = t.numel(), piece = int64_t{1} << 30;
+  for (int64_t i = 0; i < n; i += piece)
+    MPI_Allreduce(MPI_IN_PLACE, t.data<float>() + i, static_cast<int>(std::min(piece, n - i)), MPI_FLOAT, MPI_SUM,
+                  MPI_COMM_WORLD);
+}
+
+void process_world_broadcast_tensor(Tensor& t) {
+  if (!g_mpi) return;
+  STDIT_CHECK(t.is_contiguous() && t.device().kind == DeviceKind::CPU, "process broadcast: expects a contiguous host tensor");
+  const size_t n = t.nbytes(), piece = size_t{1} << 30;
+  for (size_t i = 0; i < n; i += piece)
+    MPI_Bcast(static_cast<char*>(t.raw()) + i, static_cast<int>(std::min(piece, n - i)), MPI_BYTE, 0, MPI_COMM_WORLD);
+}
+
 std::unique_ptr<Communicator> make_process_comm(const std::vector<int>& ranks) {
   STDIT_CHECK(g_mpi, "a process group needs the processes of mpirun");
   int color = -1, key = 0;
@@ -173,6 +192,8 @@ void process_world_abort(int) {}
 bool process_world_agree(bool ok) { return ok; }
 int process_world_first_failure(bool ok) { return ok ? -1 : 0; }
 uint64_t process_world_broadcast(uint64_t v) { return v; }
+void process_world_sum_disjoint(Tensor&) {}
+void process_world_broadcast_tensor(Tensor&) {}
 std::unique_ptr<Communicator> make_process_comm(const std::vector<int>&) {
   fail("this stdit was built without MPI: no process groups");
 }

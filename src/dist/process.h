@@ -44,6 +44,12 @@ void process_world_sync(std::exception_ptr err);
 // Rank 0's value on every rank.
 uint64_t process_world_broadcast(uint64_t v);
 
+// In place over the whole world, for host F32 tensors of one shape where each element is non-zero
+// on at most one rank (e.g. the frames of a split VAE decode): the sum, exact in any order.
+void process_world_sum_disjoint(Tensor& t);
+// Rank 0's contents of `t` (contiguous host, the same shape everywhere) on every rank.
+void process_world_broadcast_tensor(Tensor& t);
+
 // A communicator over the world ranks `ranks` (this process among them, in that order): host F32
 // tensors, the sum in rank order, so a split over processes gives the bits a split over threads
 // (make_host_group) gives. Collective: every process of the world calls it with its group.

@@ -863,6 +863,9 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       emit({"decode", done, total, item, items, "", ""});
       check_cancel();
     });
+    // mpirun: each process decodes its share of the VAE chunks; the sum is the whole clip.
+    const ProcessWorld& world = process_world();
+    v.set_decode_split(world.rank, world.size);
     Tensor video;
     try {
       video = v.decode(z, F);
@@ -871,6 +874,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       throw;
     }
     v.set_progress({});
+    process_world_sum_disjoint(video);
     t_decode += seconds_since(t0);
     return video;
   };
@@ -956,8 +960,10 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
         std::unique_ptr<T5Encoder> local_t5;
         std::unique_ptr<T5Tokenizer>& tok = resident ? tokenizer : local_tok;
         std::unique_ptr<T5Encoder>& enc = resident ? t5 : local_t5;
+        // mpirun: rank 0 runs T5 and sends the embeddings; the others tokenize only (the mask).
+        const ProcessWorld& world = process_world();
         if (!tok) tok = std::make_unique<T5Tokenizer>(eng.spiece);
-        if (!enc) enc = T5Encoder::load(eng.t5, *backend, "engine t5");
+        if (!enc && world.rank == 0) enc = T5Encoder::load(eng.t5, *backend, "engine t5");
         check_cancel();
         Tensor ids = Tensor::zeros({P, L}, DType::I64);
         for (int p = 0; p < P; ++p) {
@@ -968,7 +974,12 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
             mask.data<int64_t>()[p * L + i] = t.mask[i];
           }
         }
-        y = enc->forward(ids, mask);  // [P, L, C]
+        if (world.rank == 0) y = enc->forward(ids, mask).contiguous();  // [P, L, C]
+        if (world.active()) {
+          const int64_t Ct = static_cast<int64_t>(process_world_broadcast(world.rank == 0 ? y.size(2) : 0));
+          if (world.rank != 0) y = Tensor::empty({P, L, Ct}, DType::F32);
+          process_world_broadcast_tensor(y);
+        }
         emit({"text", P, P, 0, items, "", ""});
       }
       t_text = seconds_since(t0);

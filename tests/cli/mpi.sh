@@ -6,7 +6,8 @@
 # parallelism (alone, with CFG-parallel, with TP, with frozen frames) equals the unsplit model
 # within 1e-5 at one step (the trained demo model amplifies rounding differences over steps at
 # cfg 7: 1e-6 after one step, 2e-4 after three, for TP and CP alike); a bad split is one error
-# line from rank 0; a rank that fails mid-run ends every rank.
+# line from rank 0; a rank that fails mid-run ends every rank; the VAE decode split over the
+# processes (one chunk each) gives the bytes of one decode.
 # Usage: mpi.sh STDIT MPIRUN WORKDIR CASE   (prints "ok CASE" or "FAIL [CASE]: ...")
 set -uo pipefail
 S=$1
@@ -41,6 +42,9 @@ case $CASE in
        "$S" generate "$P" --steps 1 --backend cpu -q --save-latents s1.safetensors --out-dir o >/dev/null 2>&1
        same p1.safetensors s1.safetensors 1e-5 ;;
   cfg2) split 2 ;;
+  vae_split)  # 34 frames = two VAE chunks, one per process (summed): the threads' whole decode
+    FAST=(--steps 2 --backend cpu -q --num-frames 34)
+    split 2 --tp 2 ;;
   cfg_tp4) split 4 --tp 2 --cfg-parallel ;;
   cp2|cp_cfg4|cp_tp4|cp_i2v)
     # Context parallelism changes no sum, only which rank holds which frames / tokens: one step

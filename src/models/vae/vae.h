@@ -37,6 +37,14 @@ class OpenSoraVae {
 
   const VaeConfig& config() const { return cfg_; }
 
+  // Splits decode over `parts` workers (processes): this one decodes only the temporal chunks k
+  // with k % parts == part (and their frames in the 2D VAE); the other frames of its result are
+  // zero, so the sum of every worker's result is the whole video. 1 part: everything.
+  void set_decode_split(int part, int parts) {
+    split_part_ = part;
+    split_parts_ = parts;
+  }
+
   // Called by decode after each temporal chunk and each 2D micro-batch with (done, total) units;
   // it may throw (e.g. Interrupted) to stop the decode there. Empty: no calls.
   void set_progress(std::function<void(int done, int total)> fn) { progress_ = std::move(fn); }
@@ -71,6 +79,7 @@ class OpenSoraVae {
   Tensor run_mid(const Mid& m, const Tensor& x);
 
   std::function<void(int, int)> progress_;
+  int split_part_ = 0, split_parts_ = 1;
   Tensor temporal_decode(const Tensor& z, int num_frames);    // one chunk
   // One chunk -> posterior mean, or a sample drawn from Philox stream `stream` of `seed`.
   Tensor temporal_encode(const Tensor& x, std::optional<uint64_t> seed, uint32_t stream);
