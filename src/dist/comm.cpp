@@ -148,9 +148,16 @@ CommGroup make_comm_group(const std::vector<Backend*>& backends) {
 
 void run_group(const std::vector<Backend*>& backends, CommGroup& group,
                const std::function<void(int)>& fn) {
+  STDIT_CHECK(group.size() == backends.size(), "tensor parallel: ", group.size(), " communicators for ",
+              backends.size(), " ranks");
+  run_group(backends, [&] {
+    for (auto& c : group) c->abort();
+  }, fn);
+}
+
+void run_group(const std::vector<Backend*>& backends, const std::function<void()>& abort_all,
+               const std::function<void(int)>& fn) {
   const int n = static_cast<int>(backends.size());
-  STDIT_CHECK(static_cast<int>(group.size()) == n, "tensor parallel: ", group.size(),
-              " communicators for ", n, " ranks");
   std::vector<std::exception_ptr> errs(n);
   std::mutex mu;
   int first = -1;
@@ -164,7 +171,7 @@ void run_group(const std::vector<Backend*>& backends, CommGroup& group,
         std::lock_guard<std::mutex> lock(mu);
         if (first < 0) first = r;
       }
-      for (auto& c : group) c->abort();
+      abort_all();
     }
   };
   std::vector<std::thread> threads;

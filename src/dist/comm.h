@@ -84,5 +84,8 @@ CommGroup make_comm_group(const std::vector<Backend*>& backends);
 // and, after every thread has returned, the first error is rethrown (with its rank).
 void run_group(const std::vector<Backend*>& backends, CommGroup& group,
                const std::function<void(int)>& fn);
+// The same with several groups: abort_all() makes every collective of every group fail.
+void run_group(const std::vector<Backend*>& backends, const std::function<void()>& abort_all,
+               const std::function<void(int)>& fn);
 
 }  // namespace stdit

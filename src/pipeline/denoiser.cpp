@@ -1,41 +1,73 @@
 #include "pipeline/denoiser.h"
 
 #include <filesystem>
+#include <functional>
 
 #include "core/error.h"
 #include "io/checkpoint.h"
 
 namespace stdit {
 
-TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const WeightMap& weights,
-                                               std::vector<Backend*> backends)
-    : backends_(std::move(backends)) {
+void TensorParallelDenoiser::build(int cp, const std::function<void(int, Communicator*, Communicator*)>& make) {
   const int n = static_cast<int>(backends_.size());
-  STDIT_CHECK(n >= 1, "tensor parallel: no devices");
-  STDIT_CHECK(cfg.num_heads % n == 0, "tensor parallel: --tp ", n, " must divide the ",
-              cfg.num_heads, " attention heads");
-  comm_ = make_comm_group(backends_);
+  STDIT_CHECK(n >= 1 && cp >= 1 && n % cp == 0, "parallel denoiser: ", n, " devices for context parallelism ", cp);
+  cp_ = cp;
+  tp_ = n / cp;
+  auto pick = [&](int first, int stride, int count) {
+    std::vector<Backend*> b;
+    for (int k = 0; k < count; ++k) b.push_back(backends_[first + k * stride]);
+    return b;
+  };
+  if (tp_ > 1)
+    for (int c = 0; c < cp_; ++c) tp_groups_.push_back(make_comm_group(pick(c * tp_, 1, tp_)));
+  if (cp_ > 1)
+    for (int t = 0; t < tp_; ++t) cp_groups_.push_back(make_comm_group(pick(t, tp_, cp_)));
   ranks_.resize(n);
-  // Each rank slices and uploads its shard on its own thread (bound to its device).
-  run_group(backends_, comm_, [&](int r) {
-    ranks_[r] = std::make_unique<STDiT3>(cfg, weights, *backends_[r], comm_[r].get());
+  run([&](int r) {
+    const int c = r / tp_, t = r % tp_;
+    make(r, tp_ > 1 ? tp_groups_[c][t].get() : nullptr, cp_ > 1 ? cp_groups_[t][c].get() : nullptr);
   });
   backends_[0]->bind_to_this_thread();
 }
 
-TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const std::string& dir,
-                                               std::vector<Backend*> backends, const std::string& flag)
+void TensorParallelDenoiser::run(const std::function<void(int)>& fn) {
+  run_group(backends_, [&] {
+    for (auto& g : tp_groups_)
+      for (auto& c : g) c->abort();
+    for (auto& g : cp_groups_)
+      for (auto& c : g) c->abort();
+  }, fn);
+}
+
+std::string TensorParallelDenoiser::comm_kind() const {
+  return !tp_groups_.empty() ? tp_groups_[0][0]->kind() : !cp_groups_.empty() ? cp_groups_[0][0]->kind() : "none";
+}
+
+TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const WeightMap& weights,
+                                               std::vector<Backend*> backends, int cp)
     : backends_(std::move(backends)) {
   const int n = static_cast<int>(backends_.size());
-  comm_ = make_comm_group(backends_);
-  ranks_.resize(n);
-  // Each rank reads only its own file, on its own thread.
-  run_group(backends_, comm_, [&](int r) {
-    const std::string path = dir + "/rank" + std::to_string(r) + ".safetensors";
-    const WeightMap w = load_checked(*open_tensor_file(path), stdit3_param_specs(cfg, n), flag + " " + path);
-    ranks_[r] = std::make_unique<STDiT3>(cfg, w, *backends_[r], comm_[r].get(), true);
+  STDIT_CHECK(n >= 1, "tensor parallel: no devices");
+  STDIT_CHECK(cp >= 1 && n % cp == 0 && cfg.num_heads % (n / cp) == 0, "tensor parallel: --tp ", n / std::max(cp, 1),
+              " must divide the ", cfg.num_heads, " attention heads");
+  // Each rank slices and uploads its shard on its own thread (bound to its device).
+  build(cp, [&](int r, Communicator* tp, Communicator* cpc) {
+    ranks_[r] = std::make_unique<STDiT3>(cfg, weights, *backends_[r], tp);
+    ranks_[r]->set_context_parallel(cpc);
   });
-  backends_[0]->bind_to_this_thread();
+}
+
+TensorParallelDenoiser::TensorParallelDenoiser(const STDiT3Config& cfg, const std::string& dir,
+                                               std::vector<Backend*> backends, const std::string& flag, int cp)
+    : backends_(std::move(backends)) {
+  // Each rank reads only its tensor-parallel rank's file, on its own thread.
+  build(cp, [&](int r, Communicator* tp, Communicator* cpc) {
+    const int t = r % tp_;
+    const std::string path = dir + "/rank" + std::to_string(t) + ".safetensors";
+    const WeightMap w = load_checked(*open_tensor_file(path), stdit3_param_specs(cfg, tp_), flag + " " + path);
+    ranks_[r] = std::make_unique<STDiT3>(cfg, w, *backends_[r], tp, true);
+    ranks_[r]->set_context_parallel(cpc);
+  });
 }
 
 namespace {
@@ -61,17 +93,17 @@ STDiT3Config dit_config(const std::string& dir, const std::string& flag) {
 }  // namespace
 
 std::unique_ptr<TensorParallelDenoiser> TensorParallelDenoiser::load(
-    const std::string& dir, std::vector<Backend*> backends, const std::string& flag) {
+    const std::string& dir, std::vector<Backend*> backends, const std::string& flag, int cp) {
   const STDiT3Config cfg = dit_config(dir, flag);
-  // Converted with --tp K: one shard file per rank, usable with exactly K ranks.
+  // Converted with --tp K: one shard file per tensor-parallel rank, usable with exactly K.
   if (const int files = rank_files(dir); files > 0) {
-    check_rank_files(dir, files, static_cast<int>(backends.size()));
+    check_rank_files(dir, files, static_cast<int>(backends.size()) / std::max(cp, 1));
     return std::unique_ptr<TensorParallelDenoiser>(
-        new TensorParallelDenoiser(cfg, dir, std::move(backends), flag));
+        new TensorParallelDenoiser(cfg, dir, std::move(backends), flag, cp));
   }
   const auto file = open_model_weights(dir, flag);
   const WeightMap w = load_checked(*file, stdit3_param_specs(cfg), flag);
-  return std::make_unique<TensorParallelDenoiser>(cfg, w, std::move(backends));
+  return std::make_unique<TensorParallelDenoiser>(cfg, w, std::move(backends), cp);
 }
 
 std::unique_ptr<STDiT3> load_stdit3_rank(const std::string& dir, Backend& be, Communicator* comm,
@@ -94,7 +126,7 @@ std::unique_ptr<STDiT3> load_stdit3_rank(const std::string& dir, Backend& be, Co
 
 Tensor TensorParallelDenoiser::forward(const STDiT3Inputs& in) {
   std::vector<Tensor> out(ranks_.size());
-  run_group(backends_, comm_, [&](int r) { out[r] = ranks_[r]->forward(in); });
+  run([&](int r) { out[r] = ranks_[r]->forward(in); });
   backends_[0]->bind_to_this_thread();
   return out[0];
 }

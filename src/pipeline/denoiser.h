@@ -51,27 +51,34 @@ class SingleDenoiser final : public Denoiser {
 // thread and returns rank 0's output; an error on any rank stops all of them (dist/comm.h).
 class TensorParallelDenoiser final : public Denoiser {
  public:
+  // backends.size() = tp x cp ranks: rank r = c * tp + t is tensor-parallel rank t of context-
+  // parallel rank c (STDiT3::set_context_parallel); cp = 1: tensor parallelism alone.
   TensorParallelDenoiser(const STDiT3Config& cfg, const WeightMap& weights,
-                         std::vector<Backend*> backends);
+                         std::vector<Backend*> backends, int cp = 1);
   // A Hugging Face layout directory (config.json + weights), as STDiT3::load, or an engine's dit
   // directory converted with --tp N (rank0.safetensors ... rank{N-1}.safetensors; N must equal
-  // backends.size()), each rank reading only its own file.
+  // the tensor-parallel size), each rank reading only its own file.
   static std::unique_ptr<TensorParallelDenoiser> load(const std::string& dir,
                                                       std::vector<Backend*> backends,
-                                                      const std::string& flag = "--model");
+                                                      const std::string& flag = "--model", int cp = 1);
   Tensor forward(const STDiT3Inputs& in) override;
   const Tensor& null_caption() const override { return ranks_[0]->null_caption(); }
   DType model_dtype() const override { return ranks_[0]->model_dtype(); }
   const STDiT3Config& config() const override { return ranks_[0]->config(); }
   const STDiT3& first() const override { return *ranks_[0]; }
   int size() const { return static_cast<int>(ranks_.size()); }
-  std::string comm_kind() const { return comm_[0]->kind(); }
+  std::string comm_kind() const;
 
  private:
   TensorParallelDenoiser(const STDiT3Config& cfg, const std::string& rank_dir,
-                         std::vector<Backend*> backends, const std::string& flag);
+                         std::vector<Backend*> backends, const std::string& flag, int cp);
+  // Makes the groups (TP groups of the ranks of one CP rank, CP groups of one TP rank), then
+  // make(r, tp communicator or null, cp communicator or null) on each rank's thread.
+  void build(int cp, const std::function<void(int, Communicator*, Communicator*)>& make);
+  void run(const std::function<void(int)>& fn);  // every rank on its thread; an error aborts all
   std::vector<Backend*> backends_;
-  CommGroup comm_;
+  int tp_ = 1, cp_ = 1;
+  std::vector<CommGroup> tp_groups_, cp_groups_;
   std::vector<std::unique_ptr<STDiT3>> ranks_;
 };
 

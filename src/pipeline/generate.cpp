@@ -549,10 +549,11 @@ struct Engine::Impl {
     const int groups = par.cfg_parallel ? 2 : 1;
     d->singles.resize(groups);
     d->halves.resize(groups);
+    const int per_half = par.tp * par.cp;  // ranks of one CFG half: tensor x context parallel
     for (int g = 0; g < groups; ++g) {
-      std::vector<Backend*> grp(devs.begin() + g * par.tp, devs.begin() + (g + 1) * par.tp);
-      if (par.tp > 1) {
-        d->halves[g] = TensorParallelDenoiser::load(eng.dit, grp, "engine dit");
+      std::vector<Backend*> grp(devs.begin() + g * per_half, devs.begin() + (g + 1) * per_half);
+      if (per_half > 1) {
+        d->halves[g] = TensorParallelDenoiser::load(eng.dit, grp, "engine dit", par.cp);
       } else {
         run_on_devices({grp[0]}, [&](int) { d->singles[g] = STDiT3::load(eng.dit, *grp[0], "engine dit"); });
         d->halves[g] = std::make_unique<SingleDenoiser>(*d->singles[g]);
@@ -560,13 +561,13 @@ struct Engine::Impl {
     }
     // CFG-parallel is one more denoiser: the same sampling loop drives every split.
     if (par.cfg_parallel)
-      d->cfg_split = std::make_unique<CfgParallelDenoiser>(std::vector<Backend*>{devs[0], devs[par.tp]},
+      d->cfg_split = std::make_unique<CfgParallelDenoiser>(std::vector<Backend*>{devs[0], devs[per_half]},
                                                            std::vector<Denoiser*>{d->halves[0].get(), d->halves[1].get()});
     d->top = d->cfg_split ? d->cfg_split.get() : d->halves[0].get();
     backend->bind_to_this_thread();
     if (par.gpus > 1)
-      log_info("denoiser on ", par.gpus, " GPUs: ", par.cfg_parallel ? "CFG-parallel x " : "", "tensor parallel ",
-               par.tp);
+      log_info("denoiser on ", par.gpus, " devices: ", par.cfg_parallel ? "CFG-parallel x " : "", "tensor parallel ",
+               par.tp, par.cp > 1 ? cat(" x context parallel ", par.cp) : std::string());
     return d;
   }
 
@@ -634,8 +635,7 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
               " (the ", world.size, " processes are the devices)");
   const int devices = world.active() ? world.size : o.gpus;
   impl->par = plan_parallel(devices, o.tp, o.cfg_parallel, world.active() ? "mpirun -n" : "--gpus", o.cp);
-  STDIT_CHECK(o.cp == 1 || world.active(), "--cp (context parallelism) runs as processes for now: mpirun -n N stdit "
-              "generate ... --cp C");
+
   std::error_code ec;
   if (!o.dir.empty() && !fs::exists(o.dir, ec))
     throw NotFound(cat(o.dir, ": no engine directory here (make one with `stdit convert`)"));
@@ -664,6 +664,8 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
   } else if (par.gpus > 1) {
     // On the CPU backend --gpus N runs N host ranks as threads (the same splits, for checks).
     const bool cpu = impl->backend->name() == "cpu";
+    STDIT_CHECK(cpu || par.cp == 1, "--cp on GPUs needs an all-to-all between them (NCCL), not in this build yet; "
+                "context parallelism runs on the CPU backend (threads or mpirun processes)");
     check_tp_split(par.tp, load_stdit3_config(eng.dit + "/config.json").num_heads, par.gpus,
                    cpu ? par.gpus : cuda_devices_visible());
   }
@@ -863,9 +865,9 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       emit({"decode", done, total, item, items, "", ""});
       check_cancel();
     });
-    // mpirun: each process decodes its share of the VAE chunks; the sum is the whole clip.
+    // mpirun: each process decodes its share of the VAE chunks and frames; the sum is the clip.
     const ProcessWorld& world = process_world();
-    v.set_decode_split(world.rank, world.size);
+    v.set_decode_split(world.rank, world.size, [](Tensor& t) { process_world_sum_disjoint(t); });
     Tensor video;
     try {
       video = v.decode(z, F);

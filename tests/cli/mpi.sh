@@ -42,9 +42,18 @@ case $CASE in
        "$S" generate "$P" --steps 1 --backend cpu -q --save-latents s1.safetensors --out-dir o >/dev/null 2>&1
        same p1.safetensors s1.safetensors 1e-5 ;;
   cfg2) split 2 ;;
-  vae_split)  # 34 frames = two VAE chunks, one per process (summed): the threads' whole decode
+  vae_split)  # 34 frames = two VAE chunks, split over 2 and 3 processes: the bytes of one decode
+    "$S" generate "$P" --steps 2 --backend cpu -q --num-frames 34 --save-latents z.safetensors --out-dir o >/dev/null 2>&1 ||
+      die "latents"
+    "$S" generate --decode-only z.safetensors --backend cpu -q -o one.mp4 >/dev/null 2>&1 || die "one decode"
+    for n in 2 3; do
+      timeout 300 "${M[@]}" -n $n "$S" generate --decode-only z.safetensors --backend cpu -q -o split$n.mp4 >/dev/null \
+        2>d.err || die "mpirun -n $n decode: $(cat d.err)"
+      cmp -s one.mp4 split$n.mp4 || die "the decode split over $n processes differs from one decode"
+    done ;;
+  cp_threads)  # context parallelism as processes and as threads: the same bytes
     FAST=(--steps 2 --backend cpu -q --num-frames 34)
-    split 2 --tp 2 ;;
+    split 4 --cp 2 --tp 2 ;;
   cfg_tp4) split 4 --tp 2 --cfg-parallel ;;
   cp2|cp_cfg4|cp_tp4|cp_i2v)
     # Context parallelism changes no sum, only which rank holds which frames / tokens: one step

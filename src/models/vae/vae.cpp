@@ -323,50 +323,54 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
   // Temporal decode, chunk by chunk (independent; causal padding restarts in each).
   const int zc = cfg_.micro_z_frame_size(), fc = cfg_.micro_frame_size;
   const int mb = cfg_.micro_batch_size;
-  int units = static_cast<int>((T + zc - 1) / zc + B * ((num_frames + mb - 1) / mb));
+  const int units = static_cast<int>((T + zc - 1) / zc + B * ((num_frames + mb - 1) / mb));
   int done = 0;
   auto progress = [&] {
     ++done;
     if (progress_) progress_(done, units);
   };
   Tensor xz = be_.alloc({B, 4, num_frames, h, w});
-  std::vector<std::pair<int64_t, int64_t>> mine;  // frame ranges this worker decodes (set_decode_split)
+  const bool split = split_parts_ > 1;
+  if (split) be_.copy(be_.upload(Tensor::zeros(xz.shape(), DType::F32)), xz);
   for (int64_t k = 0, f0 = 0; k * zc < T; ++k) {
     const int64_t t0 = k * zc, t1 = std::min<int64_t>(T, t0 + zc);
     const int frames = static_cast<int>(std::min<int64_t>(fc, num_frames - f0));
-    if (k % split_parts_ != split_part_) {
-      f0 += frames;
-      progress();
-      continue;
+    if (k % split_parts_ == split_part_) {
+      Tensor chunk = be_.alloc({B, 4, t1 - t0, h, w});
+      be_.copy(zs.slice(2, t0, t1), chunk);
+      Tensor dec = temporal_decode(chunk, frames);
+      Tensor dst = xz.slice(2, f0, f0 + frames);
+      be_.copy(dec, dst);
     }
-    mine.push_back({f0, f0 + frames});
-    Tensor chunk = be_.alloc({B, 4, t1 - t0, h, w});
-    be_.copy(zs.slice(2, t0, t1), chunk);
-    Tensor dec = temporal_decode(chunk, frames);
-    Tensor dst = xz.slice(2, f0, f0 + frames);
-    be_.copy(dec, dst);
     f0 += frames;
     progress();
   }
+  if (split) {  // every worker's chunks: the temporal output whole everywhere
+    STDIT_CHECK(split_sum_, "VAE decode split without a sum");
+    Tensor host = be_.download(xz);
+    split_sum_(host);
+    be_.copy(be_.upload(host), xz);
+  }
   if (rec) rec("decode.temporal_out", be_.download(xz));
-  if (split_parts_ == 1) mine = {{0, num_frames}};  // micro-batches across chunk boundaries, as ever
-  units = static_cast<int>((T + zc - 1) / zc);
-  for (const auto& [first, last] : mine) units += static_cast<int>(B * ((last - first + mb - 1) / mb));
   // 2D decode in micro-batches of frames (each frame independent).
   Tensor video = be_.alloc({B, 3, num_frames, 8 * h, 8 * w});
-  if (split_parts_ > 1) be_.copy(be_.upload(Tensor::zeros(video.shape(), DType::F32)), video);
+  if (split) be_.copy(be_.upload(Tensor::zeros(video.shape(), DType::F32)), video);
+  int64_t m = 0;  // micro-batch index
   for (int64_t b = 0; b < B; ++b)
-    for (const auto& [first, last] : mine)
-      for (int64_t f = first; f < last; f += mb) {
-        const int64_t n = std::min<int64_t>(mb, last - f);
-        Tensor in = be_.alloc({n, 4, 1, h, w});
-        Tensor in4 = in.view({n, 4, h, w});
-        be_.copy(xz.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3}), in4);
-        Tensor out = spatial_decode(in);  // [n, 3, 1, 8h, 8w]
-        Tensor dst = video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
-        be_.copy(out.view({n, 3, 8 * h, 8 * w}), dst);
+    for (int64_t f = 0; f < num_frames; f += mb, ++m) {
+      if (m % split_parts_ != split_part_) {
         progress();
+        continue;
       }
+      const int64_t n = std::min<int64_t>(mb, num_frames - f);
+      Tensor in = be_.alloc({n, 4, 1, h, w});
+      Tensor in4 = in.view({n, 4, h, w});
+      be_.copy(xz.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3}), in4);
+      Tensor out = spatial_decode(in);  // [n, 3, 1, 8h, 8w]
+      Tensor dst = video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
+      be_.copy(out.view({n, 3, 8 * h, 8 * w}), dst);
+      progress();
+    }
   Tensor host = be_.download(video);
   if (rec) rec("video", host);
   return host;

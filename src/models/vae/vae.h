@@ -37,12 +37,15 @@ class OpenSoraVae {
 
   const VaeConfig& config() const { return cfg_; }
 
-  // Splits decode over `parts` workers (processes): this one decodes only the temporal chunks k
-  // with k % parts == part (and their frames in the 2D VAE); the other frames of its result are
-  // zero, so the sum of every worker's result is the whole video. 1 part: everything.
-  void set_decode_split(int part, int parts) {
+  // Splits decode over `parts` workers (processes): this one runs only the temporal chunks k with
+  // k % parts == part, `sum` (an exact sum over the workers, in place, host F32) makes the temporal
+  // output whole, then this one runs only the 2D micro-batches m with m % parts == part (the same
+  // micro-batches as one worker: the bytes of one decode); the other frames of its result are zero,
+  // so the caller sums the workers' results the same way. 1 part: everything, no sums.
+  void set_decode_split(int part, int parts, std::function<void(Tensor&)> sum = {}) {
     split_part_ = part;
     split_parts_ = parts;
+    split_sum_ = std::move(sum);
   }
 
   // Called by decode after each temporal chunk and each 2D micro-batch with (done, total) units;
@@ -80,6 +83,7 @@ class OpenSoraVae {
 
   std::function<void(int, int)> progress_;
   int split_part_ = 0, split_parts_ = 1;
+  std::function<void(Tensor&)> split_sum_;
   Tensor temporal_decode(const Tensor& z, int num_frames);    // one chunk
   // One chunk -> posterior mean, or a sample drawn from Philox stream `stream` of `seed`.
   Tensor temporal_encode(const Tensor& x, std::optional<uint64_t> seed, uint32_t stream);
