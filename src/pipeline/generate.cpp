@@ -783,8 +783,12 @@ void convert(const ConvertRequest& r) {
 
 Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const CancelToken& cancel) {
   const auto t_start = Clock::now();
+  // Under mpirun every process calls this at the same points; any one stopping stops all there
+  // (a process leaving alone would leave the others waiting in a collective).
   auto check_cancel = [&] {
-    if (cancel.cancelled() || interrupt_requested()) throw Interrupted();
+    bool stop = cancel.cancelled() || interrupt_requested();
+    if (process_world().active()) stop = !process_world_agree(!stop);
+    if (stop) throw Interrupted();
   };
   auto emit = [&](Event e) {
     if (on_event) on_event(e);
