@@ -7,7 +7,7 @@
 # within 1e-5 at one step (the trained demo model amplifies rounding differences over steps at
 # cfg 7: 1e-6 after one step, 2e-4 after three, for TP and CP alike); a bad split is one error
 # line from rank 0; a rank that fails mid-run ends every rank; the VAE decode split over the
-# processes (one chunk each) gives the bytes of one decode.
+# processes (one chunk each) gives the bytes of one decode; Ctrl-C at mpirun stops every process.
 # Usage: mpi.sh STDIT MPIRUN WORKDIR CASE   (prints "ok CASE" or "FAIL [CASE]: ...")
 set -uo pipefail
 S=$1
@@ -79,6 +79,25 @@ case $CASE in
     n=$(grep -c "^error: " b.err)
     [[ $n -eq 1 ]] || die "expected one error line, got $n: $(cat b.err)"
     grep -q "^error: mpirun -n 3 must equal --tp 2" b.err || die "unexpected error: $(grep '^error' b.err)" ;;
+  sigint)
+    # Ctrl-C at mpirun: every process stops at the same step (agreed), the finished video is kept,
+    # no temporary file is left, nothing hangs.
+    "${M[@]}" -n 2 "$S" generate "$P" --steps 30 --backend cpu --tp 2 --num-samples 3 --out-dir o >s.out 2>s.err &
+    pid=$!
+    for _ in $(seq 1 600); do
+      grep -q "Saved to" s.out 2>/dev/null && break
+      sleep 0.1
+    done
+    kill -INT $pid
+    for _ in $(seq 1 300); do
+      kill -0 $pid 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 $pid 2>/dev/null && { kill -KILL $pid; die "mpirun still running 30 s after SIGINT"; }
+    wait $pid && die "expected a non-zero exit after SIGINT"
+    grep -q "interrupted: 1 of 3 videos saved" s.err || die "no 'interrupted' line from rank 0: $(cat s.err)"
+    [[ $(ls o | grep -c '\.mp4$') -eq 1 ]] || die "expected the one finished video: $(ls o)"
+    [[ -z $(find o -name '*.tmp.*') ]] || die "temporary files left: $(ls o)" ;;
   rank_fails)
     # An engine converted with --tp 2 whose rank 1 shard is damaged: rank 1 fails while loading,
     # rank 0 would wait for it in the first all-reduce; the whole job must end, with rank 1's error.
