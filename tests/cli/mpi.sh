@@ -70,6 +70,14 @@ case $CASE in
       2>p.err || die "mpirun -n $n ${split_args[*]}: $(cat p.err)"
     "$S" "${args[@]}" --save-latents s.safetensors --out-dir o >/dev/null 2>&1 || die "one process failed"
     same p.safetensors s.safetensors 1e-5 ;;
+  cp_cache)  # step caching decides on the whole x (before the split): the unsplit model's schedule
+    A=(generate "$P" --num-frames 34 --steps 20 --backend cpu --cache teacache:0.5 --out-dir o)
+    timeout 300 "${M[@]}" -n 2 "$S" "${A[@]}" --cp 2 --save-latents p.safetensors >p.out 2>p.err || die "$(cat p.err)"
+    "$S" "${A[@]}" --gpus 2 --cp 2 --save-latents t.safetensors >t.out 2>t.err || die "$(cat t.err)"
+    "$S" "${A[@]}" --save-latents s.safetensors >s.out 2>s.err || die "$(cat s.err)"
+    same p.safetensors t.safetensors 0
+    sp=$(grep -o "schedule .*" p.err) ss=$(grep -o "schedule .*" s.err)
+    [[ -n $sp && $sp == "$ss" && $sp == *C* ]] || die "schedules: '$sp' vs one process '$ss'" ;;
   cp_bad)
     timeout 120 "${M[@]}" -n 2 "$S" generate "$P" "${FAST[@]}" --cp 2 >b.out 2>b.err && die "--cp 2 of 5 latent frames succeeded"
     [[ $(grep -c "^error: " b.err) -eq 1 ]] || die "expected one error line: $(cat b.err)"

@@ -349,7 +349,6 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   // (with rows split, x is whole again only after the blocks: no per-block records)
   s.rows_split = tp_ && tp_->splits_rows() && !s.sel.active() && C % 8 == 0;
   const bool caching = in.cache.threshold > 0;
-  STDIT_CHECK(!(caching && cp_), "step caching (--cache) does not go with context parallelism (--cp) yet");
   if (!caching) cache_ = {};
   last_blocks_ran_ = !caching || cache_says_run(in.cache, s, x);
   if (!last_blocks_ran_) {
