@@ -193,6 +193,7 @@ struct Processes {
   int rank = 0, size = 1, local_rank = 0;
 };
 Processes processes_init(int* argc, char*** argv);
+Processes processes();  // this process's place (rank 0 of 1 without mpirun)
 // After the command: ends MPI (every process calls it).
 void processes_finalize();
 // True while a request runs across the processes (an error then must end all of them:

@@ -104,6 +104,7 @@ case $CASE in
     kill -0 $pid 2>/dev/null && { kill -KILL $pid; die "mpirun still running 30 s after SIGINT"; }
     wait $pid && die "expected a non-zero exit after SIGINT"
     grep -q "interrupted: 1 of 3 videos saved" s.err || die "no 'interrupted' line from rank 0: $(cat s.err)"
+    [[ $(grep -c "interrupted:" s.err) -eq 1 ]] || die "expected one 'interrupted' line (rank 0): $(cat s.err)"
     [[ $(ls o | grep -c '\.mp4$') -eq 1 ]] || die "expected the one finished video: $(ls o)"
     [[ -z $(find o -name '*.tmp.*') ]] || die "temporary files left: $(ls o)" ;;
   rank_fails)

@@ -101,8 +101,10 @@ void add_generate(CLI::App& app, Action& action) {
         auto engine = api::Engine::open(eo);
         engine->generate(o->r, [&](const api::Event& ev) { printer(ev); });
       } catch (const Cancelled& c) {
-        std::fprintf(stderr, "\ninterrupted: %zu of %d videos saved\n", c.saved.size(), c.planned);
-        for (const auto& p : c.saved) std::fprintf(stderr, "  %s\n", p.c_str());
+        if (api::processes().rank == 0) {  // under mpirun rank 0 wrote the files and reports them
+          std::fprintf(stderr, "\ninterrupted: %zu of %d videos saved\n", c.saved.size(), c.planned);
+          for (const auto& p : c.saved) std::fprintf(stderr, "  %s\n", p.c_str());
+        }
         throw;
       }
     };
