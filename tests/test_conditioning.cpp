@@ -368,6 +368,13 @@ Frames disc_picture(int cx, const uint8_t rgb[3]) {
   return f;
 }
 
+std::unique_ptr<api::Engine> demo_engine() {
+  api::EngineOptions eo;
+  eo.dir = kDemo;
+  eo.backend = "cpu";
+  return api::Engine::open(eo);
+}
+
 Frames frames_of(const api::Video& v) {
   Frames f = make_frames(v.width, v.height, v.frames, v.fps);
   f.rgb = v.rgb;
@@ -390,10 +397,7 @@ double frame_diff(const Frames& f, int i, int j) {
 }  // namespace
 
 TEST(DemoModel, ImageToVideoStartsFromTheImageAndMovesAsTold) {
-  api::EngineOptions eo;
-  eo.dir = kDemo;
-  eo.backend = "cpu";
-  auto engine = api::Engine::open(eo);
+  auto engine = demo_engine();
   const fs::path tmp = fs::path(::testing::TempDir()) / ("stdit_i2v_" + std::to_string(::getpid()));
   fs::create_directories(tmp);
   CpuBackend be;
@@ -438,10 +442,7 @@ TEST(DemoModel, ImageToVideoStartsFromTheImageAndMovesAsTold) {
 }
 
 TEST(DemoModel, ExtendContinuesAClipWithoutAJump) {
-  api::EngineOptions eo;
-  eo.dir = kDemo;
-  eo.backend = "cpu";
-  auto engine = api::Engine::open(eo);
+  auto engine = demo_engine();
   const fs::path tmp = fs::path(::testing::TempDir()) / ("stdit_extend_" + std::to_string(::getpid()));
   fs::remove_all(tmp);
   fs::create_directories(tmp);

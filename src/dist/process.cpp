@@ -83,11 +83,8 @@ class ProcessComm final : public Communicator {
   void all_gather(const Tensor& src, Tensor& dst) override {
     STDIT_CHECK(src.is_contiguous() && dst.is_contiguous() && dst.nbytes() == src.nbytes() * size_,
                 "process all_gather: dst must hold size() copies of src");
-    all_gather_bytes(src.raw(), src.nbytes(), dst.raw());
-  }
-
-  void all_gather_bytes(const void* mine, size_t bytes, void* all) {
-    MPI_Allgather(mine, static_cast<int>(bytes), MPI_BYTE, all, static_cast<int>(bytes), MPI_BYTE, comm_);
+    MPI_Allgather(src.raw(), static_cast<int>(src.nbytes()), MPI_BYTE, dst.raw(), static_cast<int>(src.nbytes()),
+                  MPI_BYTE, comm_);
   }
 
  private:
@@ -169,17 +166,6 @@ std::unique_ptr<Communicator> make_process_comm(const std::vector<int>& ranks) {
   return std::make_unique<ProcessComm>(c);
 }
 
-Tensor process_all_gather(Communicator& comm, const Tensor& mine) {
-  auto* pc = dynamic_cast<ProcessComm*>(&comm);
-  STDIT_CHECK(pc, "process_all_gather: not a process communicator");
-  const Tensor m = mine.contiguous();
-  Shape shape = m.shape();
-  shape.insert(shape.begin(), comm.size());
-  Tensor all = Tensor::empty(shape, m.dtype());
-  pc->all_gather_bytes(m.raw(), m.nbytes(), all.raw());
-  return all;
-}
-
 #else  // no MPI in this build: always one process
 
 void process_world_init(int*, char***) {
@@ -197,7 +183,6 @@ void process_world_broadcast_tensor(Tensor&) {}
 std::unique_ptr<Communicator> make_process_comm(const std::vector<int>&) {
   fail("this stdit was built without MPI: no process groups");
 }
-Tensor process_all_gather(Communicator&, const Tensor&) { fail("this stdit was built without MPI"); }
 
 #endif
 

@@ -55,8 +55,4 @@ void process_world_broadcast_tensor(Tensor& t);
 // (make_host_group) gives. Collective: every process of the world calls it with its group.
 std::unique_ptr<Communicator> make_process_comm(const std::vector<int>& ranks);
 
-// Every member of `comm`'s group contributes `mine` (host, contiguous, the same byte size on every
-// rank); returns them concatenated in rank order.
-Tensor process_all_gather(Communicator& comm, const Tensor& mine);
-
 }  // namespace stdit

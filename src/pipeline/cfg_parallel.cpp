@@ -5,7 +5,6 @@
 #include <thread>
 
 #include "core/error.h"
-#include "dist/process.h"
 #include "models/stdit3/stdit3.h"
 #include "pipeline/denoiser.h"
 
@@ -83,15 +82,16 @@ ProcessCfgDenoiser::ProcessCfgDenoiser(Denoiser& inner, Communicator& pair, int 
 }
 
 Tensor ProcessCfgDenoiser::forward(const STDiT3Inputs& in) {
-  const Tensor mine = inner_.forward(cfg_half_inputs(in, half_));
-  const Tensor both = process_all_gather(pair_, mine);  // [2, B/2, ...]: half 0, then half 1
-  Tensor ran = Tensor::empty({1}, DType::U8);
-  ran.data<uint8_t>()[0] = inner_.last_blocks_ran()[0] ? 1 : 0;
-  const Tensor rans = process_all_gather(pair_, ran);
-  last_ran_ = {rans.data<uint8_t>()[0] != 0, rans.data<uint8_t>()[1] != 0};
+  const Tensor mine = inner_.forward(cfg_half_inputs(in, half_)).contiguous();
   Shape shape = mine.shape();
   shape[0] *= 2;
-  return both.view(shape);
+  Tensor both = Tensor::empty(shape, mine.dtype());  // half 0's rows, then half 1's
+  pair_.all_gather(mine, both);
+  Tensor ran = Tensor::empty({1}, DType::U8), rans = Tensor::empty({2}, DType::U8);
+  ran.data<uint8_t>()[0] = inner_.last_blocks_ran()[0] ? 1 : 0;
+  pair_.all_gather(ran, rans);
+  last_ran_ = {rans.data<uint8_t>()[0] != 0, rans.data<uint8_t>()[1] != 0};
+  return both;
 }
 
 Tensor ProcessCfgDenoiser::forward_conditional(const STDiT3Inputs& in) {

@@ -182,7 +182,6 @@ struct Plan {
   std::vector<Conditioning> cond;
   std::vector<Reference> refs;
   int extend_ref = -1;
-  bool conditioned() const { return rec.loop > 1 || !refs.empty(); }
   int64_t T = 0, h = 0, w = 0;      // latent shape
   bool decode_only = false;
   Tensor latents;  // decode-only: [N, 4, T, h, w]
@@ -1024,6 +1023,11 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       const int cfl = rec.condition_frame_length;
       // Clips are assembled (loops, --extend) rather than each written as it is decoded.
       const bool assemble = rec.loop > 1 || plan.extend_ref >= 0;
+      // Each reference resized once per run (its VAE samples differ per video: their keys do).
+      std::vector<Tensor> ref_pixels(plan.refs.size());
+      const Frames extend_frames = plan.extend_ref >= 0 ? reference_frames(plan.refs[plan.extend_ref], rec.output_width,
+                                                                           rec.output_height)
+                                                        : Frames();
       int done = 0;
       for (int start = 0; start < items; start += batch) {
         check_cancel();
@@ -1039,13 +1043,14 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
           entries[b] = plan.cond[item].entries;
           for (int r : plan.cond[item].refs) {
             const auto te = Clock::now();
-            const Tensor z = the_vae().encode(reference_pixels(plan.refs[r], rec.output_width, rec.output_height), {},
+            if (!ref_pixels[r].defined())
+              ref_pixels[r] = reference_pixels(plan.refs[r], rec.output_width, rec.output_height);
+            const Tensor z = the_vae().encode(ref_pixels[r], {},
                                               reference_key(rec.seed, n, static_cast<uint32_t>(ref_latents[b].size())));
             ref_latents[b].push_back(z.select(0, 0).contiguous());
             t_decode += seconds_since(te);
           }
-          if (plan.extend_ref >= 0)  // the continued video opens the output
-            assembled[b] = reference_frames(plan.refs[plan.extend_ref], rec.output_width, rec.output_height);
+          if (plan.extend_ref >= 0) assembled[b] = extend_frames;  // the continued video opens the output
         }
         for (int loop = 0; loop < rec.loop; ++loop) {
           t0 = Clock::now();

@@ -28,6 +28,11 @@ std::string lower_extension(const std::string& path) {
   return e;
 }
 
+#ifdef STDIT_HAVE_MEDIA
+// Open-Sora's read_from_path: videos resized bilinearly in float, images with PIL's bicubic.
+ResizeFilter filter_of(bool video) { return video ? ResizeFilter::TorchBilinear : ResizeFilter::PilBicubic; }
+#endif
+
 }  // namespace
 
 Reference read_reference(const std::string& path, int target_w, int target_h, const VaeConfig& vae,
@@ -52,7 +57,7 @@ Reference read_reference(const std::string& path, int target_w, int target_h, co
   STDIT_CHECK(r.frames.count >= 1, where, ": reference '", path, "' holds no frame");
   try {
     const ResizeCrop g = resize_crop_geometry(r.frames.width, r.frames.height, target_w, target_h,
-                                              r.video ? ResizeFilter::TorchBilinear : ResizeFilter::PilBicubic);
+                                              filter_of(r.video));
     STDIT_CHECK(g.scaled_w >= target_w && g.scaled_h >= target_h && g.x >= 0 && g.y >= 0, "the crop falls outside");
   } catch (const Error& e) {
     fail(where, ": reference '", path, "' (", r.frames.width, "x", r.frames.height, ") cannot be resized to ",
@@ -69,7 +74,7 @@ Reference read_reference(const std::string& path, int target_w, int target_h, co
 Tensor reference_pixels(const Reference& r, int target_w, int target_h) {
 #ifdef STDIT_HAVE_MEDIA
   const Tensor t = reference_video_tensor(r.frames, target_w, target_h,
-                                          r.video ? ResizeFilter::TorchBilinear : ResizeFilter::PilBicubic);
+                                          filter_of(r.video));
   return t.view({1, t.size(0), t.size(1), t.size(2), t.size(3)});
 #else
   (void)target_w, (void)target_h;
@@ -115,7 +120,7 @@ void append_clip(Frames& acc, const Frames& clip, int drop) {
 Frames reference_frames(const Reference& r, int target_w, int target_h) {
 #ifdef STDIT_HAVE_MEDIA
   return resize_center_crop(r.frames, target_w, target_h,
-                            r.video ? ResizeFilter::TorchBilinear : ResizeFilter::PilBicubic);
+                            filter_of(r.video));
 #else
   (void)target_w, (void)target_h;
   fail("reference '", r.path, "': this build has no media libraries");

@@ -106,18 +106,17 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
   // turns true get noise added once (noise_added starts as mask == 1); frames with x_mask false
   // are restored after the step.
   const int64_t T = z.size(2), hw = per / (4 * T);  // latent frames, pixels per frame plane
-  std::vector<float> fmask(B * T, 1.0f), mask_t(B * T, 1000.0f);
+  std::vector<float> mask_t(B * T, 1000.0f);
+  std::vector<char> noise_added(B * T, 1), x_mask(B * T);
   if (so.frame_mask.defined()) {
     STDIT_CHECK(so.frame_mask.dim() == 2 && so.frame_mask.size(0) == B && so.frame_mask.size(1) == T,
                 "frame mask ", shape_str(so.frame_mask.shape()), " does not fit ", B, " videos of ", T, " latent frames");
     const Tensor fm = so.frame_mask.to(DType::F32);
     for (int64_t k = 0; k < B * T; ++k) {
-      fmask[k] = fm.data<float>()[k];
-      mask_t[k] = fmask[k] * 1000.0f;
+      mask_t[k] = fm.data<float>()[k] * 1000.0f;
+      noise_added[k] = fm.data<float>()[k] == 1.0f;
     }
   }
-  std::vector<char> noise_added(B * T), x_mask(B * T);
-  for (int64_t k = 0; k < B * T; ++k) noise_added[k] = fmask[k] == 1.0f;
   Tensor x0;
   for (int i = 0; i < steps; ++i) {
     bool any_frozen = false, any_live = false;
@@ -136,6 +135,7 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
           STDIT_CHECK(so.step_noise, "the sampler needs step noise (a frame gets noise added at step ", i, ")");
           eps = so.step_noise(i, b).to(DType::F32);
           STDIT_CHECK(eps.numel() == per, "step noise ", shape_str(eps.shape()), " does not fit one video's latent");
+          // At step 0 Open-Sora's z is still in the model dtype, and so is its randn_like.
           if (i == 0 && dit.model_dtype() != DType::F32) eps = eps.to(dit.model_dtype()).to(DType::F32);
         }
         for (int c = 0; c < 4; ++c) {
