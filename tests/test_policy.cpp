@@ -10,7 +10,7 @@ using namespace stdit;
 namespace {
 ExecutionPolicy cuda(const std::string& precision, const std::string& kernels = "auto", int sm = 90,
                      std::map<std::string, bool> ov = {}) {
-  return resolve_policy({precision, kernels, std::move(ov)}, "cuda", sm);
+  return resolve_policy({precision, kernels, std::move(ov), ""}, "cuda", sm);
 }
 }  // namespace
 
@@ -53,10 +53,31 @@ TEST(Policy, DeveloperOverridesAsTheOldSwitches) {
   EXPECT_EQ(cuda("bf16", "auto", 90, {{"tf32", false}}).precision, Precision::BF16);
 }
 
+TEST(Policy, Fp8) {
+  const ExecutionPolicy cpu = resolve_policy({"fp8", "auto", {}, "qkv,first:1"}, "cpu", 0);
+  EXPECT_EQ(cpu.precision, Precision::FP8);
+  EXPECT_EQ(cpu.describe(),
+            "execution policy: cpu, fp8 emulated (e4m3 codes and scales as on the GPU, f32 arithmetic; for checking "
+            "quality, not speed); unquantized qkv,first:1");
+  auto error_of = [](const PolicyRequest& r, const std::string& backend, int sm) -> std::string {
+    try {
+      resolve_policy(r, backend, sm);
+    } catch (const InvalidRequest& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(error_of({"fp8", "auto", {}, ""}, "cuda", 86),
+            "--precision fp8 needs FP8 tensor cores (Ada sm_89 or Hopper sm_90); this GPU is sm_86");
+  EXPECT_NE(error_of({"fp8", "auto", {}, ""}, "cuda", 90).find("CPU backend only in this build"), std::string::npos);
+  EXPECT_EQ(error_of({"bf16", "auto", {}, "qkv"}, "cpu", 0), "--fp8-keep needs --precision fp8");
+  EXPECT_NE(error_of({"fp8", "auto", {}, "qkv,nope"}, "cpu", 0).find("'nope'"), std::string::npos);
+}
+
 TEST(Policy, ImpossibleRequestsAreInvalid) {
-  EXPECT_THROW(resolve_policy({"bf16", "auto", {}}, "cpu", 0), InvalidRequest);
-  EXPECT_THROW(resolve_policy({"fp8", "auto", {}}, "cuda", 90), InvalidRequest);
-  EXPECT_THROW(resolve_policy({"auto", "fast", {}}, "cuda", 90), InvalidRequest);
-  EXPECT_THROW(resolve_policy({"auto", "auto", {{"turbo", true}}}, "cuda", 90), InvalidRequest);
-  EXPECT_NO_THROW(resolve_policy({"f32", "portable", {}}, "cpu", 0));
+  EXPECT_THROW(resolve_policy({"bf16", "auto", {}, ""}, "cpu", 0), InvalidRequest);
+  EXPECT_THROW(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90), InvalidRequest);
+  EXPECT_THROW(resolve_policy({"auto", "fast", {}, ""}, "cuda", 90), InvalidRequest);
+  EXPECT_THROW(resolve_policy({"auto", "auto", {{"turbo", true}}, ""}, "cuda", 90), InvalidRequest);
+  EXPECT_NO_THROW(resolve_policy({"f32", "portable", {}, ""}, "cpu", 0));
 }

@@ -45,7 +45,8 @@ struct EngineOptions {
   int tp = 0;                     // tensor-parallel ranks per CFG half; 0: from gpus
   int cp = 1;                     // context-parallel ranks (frames / spatial tokens split); mpirun only for now
   bool cfg_parallel = false;      // the CFG halves on separate GPUs (default for even gpus without tp)
-  std::string precision = "auto";  // auto (bf16 on a GPU, f32 on the CPU), bf16, tf32, f32
+  std::string precision = "auto";  // auto (bf16 on a GPU, f32 on the CPU), bf16, tf32, f32, fp8
+  std::string fp8_keep;            // with fp8: the layers / steps left unquantized (docs/CLI.md)
   std::string kernels = "auto";    // auto, or portable: no Hopper-only kernels
   // true: T5, the denoiser and the VAE stay loaded between requests (a server, a notebook).
   // false: each request loads T5, frees it, loads the denoiser, frees it before the last decode
@@ -154,7 +155,7 @@ class Engine {
   const std::string& dir() const;       // the engine directory in use
   const std::string& identity() const;  // hash of its configs and weight-file headers
   const std::string& backend() const;   // "cpu" or "cuda"
-  const std::string& precision() const; // what runs: "f32", "tf32" or "bf16"
+  const std::string& precision() const; // what runs: "f32", "tf32", "bf16", "fp8" (+ what it keeps)
   bool embedded() const;                // the demo model shipped with stdit
 
   struct Impl;
@@ -173,7 +174,7 @@ std::string recorded_engine(const std::string& file);
 struct ConvertRequest {
   std::string dit, vae, t5;       // OpenSora-STDiT-v3, OpenSora-VAE-v1.2, t5-v1_1-xxl directories
   std::string out = "engine_outputs";
-  std::string dtype = "bf16";     // bf16, f16 or f32
+  std::string dtype = "bf16";     // bf16, f16, f32, or fp8 (the denoiser's block matrices in e4m3)
   bool force = false;             // replace an existing output directory
   int tp = 1;                     // > 1: the denoiser as one shard file per tensor-parallel rank
   bool synthetic = false;         // real sizes, synthetic weights (measurements); dit/vae/t5 optional

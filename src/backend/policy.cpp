@@ -1,5 +1,6 @@
 #include "backend/policy.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -19,12 +20,92 @@ const char* precision_name(Precision p) {
     case Precision::BF16: return "bf16";
     case Precision::TF32: return "tf32";
     case Precision::F32: return "f32";
+    case Precision::FP8: return "fp8";
   }
   return "?";
 }
 
+const std::vector<std::string>& fp8_layer_names() {
+  static const std::vector<std::string> names = {"qkv", "proj", "q", "kv", "cross_proj", "fc1", "fc2"};
+  return names;
+}
+
+namespace {
+int parse_count(const std::string& s, const std::string& item) {
+  REQUIRE(!s.empty() && s.size() <= 6 && s.find_first_not_of("0123456789") == std::string::npos,
+          "--fp8-keep: '", item, "' is not a layer name, spatial, temporal, a block N or N-M, first:N or last:N");
+  return std::stoi(s);
+}
+}  // namespace
+
+Fp8Keep parse_fp8_keep(const std::string& text) {
+  Fp8Keep k;
+  size_t pos = 0;
+  while (pos <= text.size() && !text.empty()) {
+    const size_t comma = text.find(',', pos);
+    const std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    pos = comma == std::string::npos ? text.size() + 1 : comma + 1;
+    REQUIRE(!item.empty(), "--fp8-keep: empty item in '", text, "'");
+    const auto& names = fp8_layer_names();
+    if (std::find(names.begin(), names.end(), item) != names.end()) {
+      k.layers.push_back(item);
+      continue;
+    }
+    if (item == "spatial" || item == "temporal") {
+      k.blocks.push_back({item == "spatial" ? 1 : 2, 0, 1 << 20});
+      continue;
+    }
+    const size_t colon = item.find(':');
+    std::string range = item;
+    int kind = 0;
+    if (colon != std::string::npos) {
+      const std::string head = item.substr(0, colon), tail = item.substr(colon + 1);
+      if (head == "first" || head == "last") {
+        (head == "first" ? k.first_steps : k.last_steps) = parse_count(tail, item);
+        continue;
+      }
+      REQUIRE(head == "spatial" || head == "temporal", "--fp8-keep: '", item,
+              "' is not a layer name, spatial, temporal, a block N or N-M, first:N or last:N");
+      kind = head == "spatial" ? 1 : 2;
+      range = tail;
+    }
+    const size_t dash = range.find('-');
+    const int a = parse_count(range.substr(0, dash), item);
+    const int b = dash == std::string::npos ? a : parse_count(range.substr(dash + 1), item);
+    REQUIRE(a <= b, "--fp8-keep: block range '", item, "' runs backwards");
+    k.blocks.push_back({kind, a, b});
+  }
+  return k;
+}
+
+bool Fp8Keep::keeps(const std::string& layer, bool temporal, int index) const {
+  if (std::find(layers.begin(), layers.end(), layer) != layers.end()) return true;
+  for (const Blocks& b : blocks)
+    if ((b.kind == 0 || b.kind == (temporal ? 2 : 1)) && index >= b.first && index <= b.last) return true;
+  return false;
+}
+
+std::string Fp8Keep::describe() const {
+  std::string out;
+  auto add = [&](const std::string& s) { out += (out.empty() ? "" : ",") + s; };
+  for (const auto& l : layers) add(l);
+  for (const Blocks& b : blocks) {
+    const char* kind = b.kind == 1 ? "spatial" : b.kind == 2 ? "temporal" : "";
+    if (b.last >= (1 << 20)) add(kind);
+    else add(cat(kind, *kind ? ":" : "", b.first, b.first == b.last ? "" : cat("-", b.last)));
+  }
+  if (first_steps) add(cat("first:", first_steps));
+  if (last_steps) add(cat("last:", last_steps));
+  return out;
+}
+
 std::string ExecutionPolicy::describe() const {
-  if (backend == "cpu") return "execution policy: cpu, f32 (the oracle: plain loops + BLAS sgemm)";
+  const std::string keep = fp8_keep.empty() ? "" : "; unquantized " + fp8_keep.describe();
+  if (backend == "cpu")
+    return precision == Precision::FP8
+               ? "execution policy: cpu, fp8 emulated (e4m3 codes and scales as on the GPU, f32 arithmetic; "
+                 "for checking quality, not speed)" + keep
+               : "execution policy: cpu, f32 (the oracle: plain loops + BLAS sgemm)";
   std::string attention;
   auto add = [&](bool on, const char* name) {
     if (on) attention += (attention.empty() ? "" : " > ") + std::string(name);
@@ -40,8 +121,10 @@ std::string ExecutionPolicy::describe() const {
 }
 
 ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backend, int sm) {
-  REQUIRE(r.precision == "auto" || r.precision == "bf16" || r.precision == "tf32" || r.precision == "f32",
-              "--precision must be auto, bf16, tf32 or f32, got '", r.precision, "'");
+  REQUIRE(r.precision == "auto" || r.precision == "bf16" || r.precision == "tf32" || r.precision == "f32" ||
+              r.precision == "fp8",
+          "--precision must be auto, bf16, tf32, f32 or fp8, got '", r.precision, "'");
+  REQUIRE(r.fp8_keep.empty() || r.precision == "fp8", "--fp8-keep needs --precision fp8");
   REQUIRE(r.kernels == "auto" || r.kernels == "portable", "--kernels must be auto or portable, got '", r.kernels,
               "'");
   for (const auto& [k, v] : r.overrides)
@@ -50,13 +133,18 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
                 "unknown kernel override '", k, "'");
   ExecutionPolicy p;
   p.backend = backend;
+  p.fp8_keep = parse_fp8_keep(r.fp8_keep);
   if (backend == "cpu") {
-    REQUIRE(r.precision == "auto" || r.precision == "f32", "the CPU backend computes in f32 only; --precision ",
-                r.precision, " needs a GPU");
-    p.precision = Precision::F32;
+    REQUIRE(r.precision == "auto" || r.precision == "f32" || r.precision == "fp8",
+            "the CPU backend computes in f32 (or emulates fp8) only; --precision ", r.precision, " needs a GPU");
+    p.precision = r.precision == "fp8" ? Precision::FP8 : Precision::F32;
     return p;
   }
   REQUIRE(backend == "cuda", "unknown backend '", backend, "'");
+  REQUIRE(r.precision != "fp8" || sm >= 89, "--precision fp8 needs FP8 tensor cores (Ada sm_89 or Hopper sm_90); "
+          "this GPU is sm_", sm);
+  REQUIRE(r.precision != "fp8", "--precision fp8 runs on the CPU backend only in this build (the emulation that "
+          "checks its quality: --backend cpu); the GPU's FP8 GEMMs are not built yet");
   auto ov = [&](const char* k, bool dflt) {
     auto it = r.overrides.find(k);
     return it == r.overrides.end() ? dflt : it->second;

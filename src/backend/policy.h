@@ -6,11 +6,39 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace stdit {
 
-enum class Precision { BF16, TF32, F32 };
-const char* precision_name(Precision p);  // "bf16", "tf32", "f32"
+enum class Precision { BF16, TF32, F32, FP8 };
+const char* precision_name(Precision p);  // "bf16", "tf32", "f32", "fp8"
+
+// Which of the denoiser's quantizable linear layers stay unquantized under --precision fp8
+// (--fp8-keep): a comma-separated list of
+//   qkv | proj | q | kv | cross_proj | fc1 | fc2   that layer in every block
+//   spatial | temporal                            every layer of those blocks
+//   N | N-M | spatial:N[-M] | temporal:N[-M]      every layer of blocks N..M (both kinds, or one)
+//   first:N | last:N                              the first / last N sampling steps in full
+//                                                  precision (the engine holds both weight copies)
+// The layers run in the precision's high format (bf16 on a GPU, f32 on the CPU).
+struct Fp8Keep {
+  std::vector<std::string> layers;
+  struct Blocks {
+    int kind = 0;  // 0 both, 1 spatial, 2 temporal
+    int first = 0, last = 0;
+  };
+  std::vector<Blocks> blocks;
+  int first_steps = 0, last_steps = 0;
+  // Whether `layer` (one of fp8_layer_names()) of block `index` (temporal or spatial) is kept.
+  bool keeps(const std::string& layer, bool temporal, int index) const;
+  // Whether step `i` of `steps` runs entirely unquantized.
+  bool keeps_step(int i, int steps) const { return i < first_steps || i >= steps - last_steps; }
+  bool empty() const { return layers.empty() && blocks.empty() && first_steps == 0 && last_steps == 0; }
+  std::string describe() const;  // the list back, normalised ("" when empty)
+};
+const std::vector<std::string>& fp8_layer_names();
+// Parses --fp8-keep; an unknown item is an InvalidRequest naming it.
+Fp8Keep parse_fp8_keep(const std::string& text);
 
 // What the user asked for.
 struct PolicyRequest {
@@ -18,6 +46,7 @@ struct PolicyRequest {
   std::string kernels = "auto";    // auto | portable (no Hopper-only kernels)
   // Developer overrides of single kernel families (STDIT_CUDA_CUDNN=0 ...), from overrides_from_env().
   std::map<std::string, bool> overrides;
+  std::string fp8_keep;  // --fp8-keep (only with precision fp8)
 };
 
 // What runs.
@@ -30,6 +59,7 @@ struct ExecutionPolicy {
   bool cudnn_attention = false;  // cuDNN fused flash attention (bf16)
   bool tf32_attention = false;   // TF32 tensor-core attention (tf32 precision)
   bool cudnn_conv = false;       // cuDNN convolutions (the VAE); else im2col + GEMM
+  Fp8Keep fp8_keep;              // precision fp8: the layers / steps left unquantized
   std::string describe() const;  // one line for -v
 };
 

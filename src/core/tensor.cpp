@@ -95,6 +95,17 @@ void* Tensor::raw() const {
   return static_cast<uint8_t*>(storage_->data) + offset_ * static_cast<int64_t>(dtype_size(dtype_));
 }
 
+Tensor Tensor::with_scales(const Tensor& scales) const {
+  Tensor t = *this;
+  t.scales_ = scales.defined() ? std::make_shared<const Tensor>(scales) : nullptr;
+  return t;
+}
+
+const Tensor& Tensor::scales() const {
+  static const Tensor none;
+  return scales_ ? *scales_ : none;
+}
+
 Tensor Tensor::view(const Shape& shape) const {
   STDIT_CHECK(is_contiguous(), "internal: view() of a non-contiguous tensor ", shape_str(shape_));
   Shape s = shape;

@@ -80,11 +80,19 @@ class Tensor {
   const std::shared_ptr<Storage>& storage() const { return storage_; }
   int64_t offset() const { return offset_; }
 
+  // --- quantized tensors ---
+  // An FP8 (or other quantized) matrix carries its per-row dequantization scales, as PyTorch's
+  // per-channel quantized tensors do: value[r, :] = code[r, :] * scales()[r] (core/fp8.h). Views
+  // keep them (only whole matrices are ever quantized); new copies (clone, to) drop them.
+  Tensor with_scales(const Tensor& scales) const;
+  const Tensor& scales() const;  // undefined for a plain tensor
+
  private:
   std::shared_ptr<Storage> storage_;
   int64_t offset_ = 0;  // in elements
   DType dtype_ = DType::F32;
   Shape shape_, strides_;
+  std::shared_ptr<const Tensor> scales_;
 };
 
 // Calls fn(flat_index, element_offset) for every element of shape/strides in row-major order.

@@ -31,12 +31,25 @@ void verify(const std::vector<Found>& found, const std::vector<ParamSpec>& expec
       continue;
     }
     const Found& f = *it->second;
-    if (f.shape != p.shape)
+    if (f.shape != p.shape) {
       mismatched.push_back(cat(p.name, ": shape ", shape_str(f.shape), ", expected ",
                                shape_str(p.shape)));
-    else if (!is_float(f.dtype) || f.dtype == DType::F64 || f.dtype == DType::F8_E5M2 ||
-             f.dtype == DType::F8_E4M3)
-      mismatched.push_back(cat(p.name, ": dtype ", dtype_name(f.dtype), ", expected F32, BF16 or F16"));
+    } else if (f.dtype == DType::F8_E4M3 && p.quantizable) {
+      // An FP8 weight needs its row scales, and nothing else may use the _scale name.
+      const std::string sk = scale_key(p.name);
+      wanted.insert(sk);
+      auto s = have.find(sk);
+      if (s == have.end())
+        missing.push_back(cat(sk, " ", shape_str({p.shape[0]}), " (the row scales of the F8_E4M3 weight)"));
+      else if (s->second->shape != Shape{p.shape[0]} || s->second->dtype != DType::F32)
+        mismatched.push_back(cat(sk, ": ", dtype_name(s->second->dtype), " ", shape_str(s->second->shape),
+                                 ", expected F32 ", shape_str({p.shape[0]}), " (one scale per row of ",
+                                 p.name, ")"));
+    } else if (!is_float(f.dtype) || f.dtype == DType::F64 || f.dtype == DType::F8_E5M2 ||
+               f.dtype == DType::F8_E4M3) {
+      mismatched.push_back(cat(p.name, ": dtype ", dtype_name(f.dtype), ", expected F32, BF16 or F16",
+                               p.quantizable ? " (or F8_E4M3 with row scales)" : ""));
+    }
   }
   for (const auto& f : found)
     if (!wanted.count(f.name)) unexpected.push_back(f.name + " " + shape_str(f.shape));
@@ -61,6 +74,18 @@ void verify(const std::vector<Found>& found, const std::vector<ParamSpec>& expec
 
 }  // namespace
 
+std::string scale_key(const std::string& name) { return name + "_scale"; }
+
+namespace {
+// Attaches the scales of every FP8 weight (verified present and shaped by verify()).
+void attach_scales(WeightMap& w, const std::vector<ParamSpec>& expected, const WeightMap& scales) {
+  for (const auto& p : expected) {
+    auto it = w.find(p.name);
+    if (it != w.end() && it->second.dtype() == DType::F8_E4M3) it->second = it->second.with_scales(scales.at(scale_key(p.name)));
+  }
+}
+}  // namespace
+
 WeightMap load_checked(const TensorSource& file, const std::vector<ParamSpec>& expected,
                        const std::string& flag, const std::vector<std::string>& ignored_prefixes) {
   std::vector<Found> found;
@@ -70,16 +95,25 @@ WeightMap load_checked(const TensorSource& file, const std::vector<ParamSpec>& e
     if (!ignored) found.push_back({t.name, t.dtype, t.shape});
   }
   verify(found, expected, file.path() + (flag.empty() ? "" : " (given as " + flag + ")"));
-  WeightMap out;
-  for (const auto& p : expected)
-    if (file.contains(p.name)) out[p.name] = file.get(p.name);
+  WeightMap out, scales;
+  for (const auto& p : expected) {
+    if (!file.contains(p.name)) continue;
+    out[p.name] = file.get(p.name);
+    if (out[p.name].dtype() == DType::F8_E4M3) scales[scale_key(p.name)] = file.get(scale_key(p.name));
+  }
+  attach_scales(out, expected, scales);
   return out;
 }
 
 void check_weights(const WeightMap& weights, const std::vector<ParamSpec>& expected,
                    const std::string& label) {
+  // In memory, an FP8 weight carries its scales (Tensor::scales()); check them as a file's.
   std::vector<Found> found;
-  for (const auto& [name, t] : weights) found.push_back({name, t.dtype(), t.shape()});
+  for (const auto& [name, t] : weights) {
+    found.push_back({name, t.dtype(), t.shape()});
+    if (t.dtype() == DType::F8_E4M3 && t.scales().defined())
+      found.push_back({scale_key(name), t.scales().dtype(), t.scales().shape()});
+  }
   verify(found, expected, label);
 }
 

@@ -15,11 +15,18 @@ struct ParamSpec {
   std::string name;
   Shape shape;
   bool optional = false;  // may be absent from the file (the model recomputes it)
+  // May be stored in FP8 (F8_E4M3, rows quantized as core/fp8.h), then with its per-row scales
+  // as `<name>_scale` (F32 [rows]) beside it: an engine made by `convert --dtype fp8`.
+  bool quantizable = false;
 };
+
+// The key of the per-row scales of a quantized weight `name`.
+std::string scale_key(const std::string& name);
 
 using WeightMap = std::map<std::string, Tensor>;
 
-// Returns every expected tensor (CPU views into the file, any float dtype). Throws one Error that
+// Returns every expected tensor (CPU views into the file, any float dtype; an FP8 weight with its
+// scales attached, Tensor::scales()). Throws one Error that
 // lists every missing key, unexpected key, shape mismatch and non-float dtype, naming the file and
 // the command-line flag the file came from.
 // Keys starting with one of `ignored_prefixes` are skipped (e.g. a T5 decoder next to its encoder).

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/fp8.h"
 #include "core/log.h"
 #include "io/checkpoint.h"
 #include "io/config_json.h"
@@ -67,6 +68,77 @@ std::vector<ParamSpec> specs_for(const std::string& kind, const fs::path& cfg) {
   return vae_param_specs(load_vae_config(cfg.string()));
 }
 
+// How a weight is stored in an engine of `dtype`. F8_E4M3 ("--dtype fp8"): the denoiser's
+// quantizable matrices in e4m3 with their row scales (core/fp8.h; one already in FP8 is kept as
+// it is), every other float in bf16. Other dtypes: an FP8 source weight is dequantized first.
+DType stored_dtype(const ParamSpec& p, const Tensor& t, DType dtype) {
+  if (!is_float(t.dtype())) return t.dtype();
+  if (dtype == DType::F8_E4M3) return p.quantizable ? DType::F8_E4M3 : DType::BF16;
+  return dtype;
+}
+Tensor stored(const ParamSpec& p, const Tensor& t, DType target) {
+  if (target == DType::F8_E4M3) return t.dtype() == DType::F8_E4M3 ? t : quantize_rows_e4m3(t, p.name);
+  if (t.dtype() == DType::F8_E4M3) return dequantize_rows_e4m3(t, t.scales()).to(target);
+  return t.to(target);
+}
+
+// Writes the tensors of `specs` that `get` has (get returns an undefined Tensor for an absent
+// one) to one safetensors file, one tensor in memory at a time; an FP8 weight is followed by its
+// scales. Returns the number of weights written.
+size_t write_weights(const fs::path& path, const std::vector<ParamSpec>& specs,
+                     const std::function<Tensor(const ParamSpec&)>& get, DType dtype,
+                     const std::map<std::string, std::string>& meta) {
+  struct Item {
+    size_t spec;
+    bool scale;
+  };
+  std::vector<PlannedTensor> plan;
+  std::vector<Item> items;
+  size_t weights = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const ParamSpec& p = specs[i];
+    const Tensor t = get(p);
+    if (!t.defined()) continue;
+    const DType d = stored_dtype(p, t, dtype);
+    plan.push_back({p.name, d, p.shape});
+    items.push_back({i, false});
+    ++weights;
+    if (d == DType::F8_E4M3) {
+      plan.push_back({scale_key(p.name), DType::F32, {p.shape[0]}});
+      items.push_back({i, true});
+    }
+  }
+  Tensor last;  // the quantized weight whose scales come next
+  write_safetensors_streaming(
+      path.string(), plan,
+      [&](size_t k) {
+        const ParamSpec& p = specs[items[k].spec];
+        if (items[k].scale) return last.scales();
+        last = stored(p, get(p), plan[k].dtype);
+        return last;
+      },
+      meta);
+  return weights;
+}
+
+// The denoiser as one file per tensor-parallel rank. With --dtype fp8 the whole matrices are
+// quantized first, so that a rank's codes and scales are those of the one-file engine.
+void write_dit_shards(const STDiT3Config& cfg, const WeightMap& full, const fs::path& dir, DType dtype, int tp,
+                      std::map<std::string, std::string> meta) {
+  WeightMap w = full;
+  if (dtype == DType::F8_E4M3)
+    for (const auto& p : stdit3_param_specs(cfg))
+      if (p.quantizable && w.count(p.name)) w[p.name] = stored(p, w.at(p.name), DType::F8_E4M3);
+  const auto rank_specs = stdit3_param_specs(cfg, tp);
+  for (int r = 0; r < tp; ++r) {
+    const WeightMap shard = shard_stdit3_weights(cfg, w, r, tp);
+    meta["tp_rank"] = std::to_string(r);
+    meta["tp_size"] = std::to_string(tp);
+    write_weights(dir / cat("rank", r, ".safetensors"), rank_specs,
+                  [&](const ParamSpec& p) { return shard.count(p.name) ? shard.at(p.name) : Tensor{}; }, dtype, meta);
+  }
+}
+
 // A component of real size with synthetic weights (convert --synthetic): the config of `given`
 // (a model directory) or the real model's, weights by the recipe of pipeline/synthetic_weights.h,
 // made one tensor at a time while the file is written.
@@ -92,25 +164,10 @@ json synthetic_component(const std::string& kind, const std::string& given, cons
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "stdit convert --synthetic"},
                                                    {"synthetic_seed", std::to_string(s)}};
   if (kind == "dit" && tp > 1) {
-    const STDiT3Config c = load_stdit3_config(cfg.string());
-    const WeightMap w = synthetic_weights(specs, s);
-    const auto rank_specs = stdit3_param_specs(c, tp);
-    for (int r = 0; r < tp; ++r) {
-      const WeightMap shard = shard_stdit3_weights(c, w, r, tp);
-      std::vector<PlannedTensor> rp;
-      for (const auto& p : rank_specs)
-        if (shard.count(p.name)) rp.push_back({p.name, dtype, p.shape});
-      auto m = meta;
-      m["tp_rank"] = std::to_string(r);
-      m["tp_size"] = std::to_string(tp);
-      write_safetensors_streaming((out_dir / kind / cat("rank", r, ".safetensors")).string(), rp,
-                                  [&](size_t i) { return shard.at(rp[i].name).to(dtype); }, m);
-    }
+    write_dit_shards(load_stdit3_config(cfg.string()), synthetic_weights(specs, s), out_dir / kind, dtype, tp, meta);
   } else {
-    std::vector<PlannedTensor> plan;
-    for (const auto& p : specs) plan.push_back({p.name, dtype, p.shape});
-    write_safetensors_streaming((out_dir / kind / "model.safetensors").string(), plan,
-                                [&](size_t i) { return synthetic_weight(specs[i], s).to(dtype); }, meta);
+    write_weights(out_dir / kind / "model.safetensors", specs,
+                  [&](const ParamSpec& p) { return synthetic_weight(p, s); }, dtype, meta);
   }
   if (kind == "t5") fs::copy_file(default_spiece_model(), out_dir / kind / "spiece.model");
   log_info("convert: ", kind, " <- synthetic weights, seed ", s, " (", specs.size(), " tensors, ", dtype_name(dtype),
@@ -150,35 +207,17 @@ json convert_component(const std::string& kind, const std::string& given, const 
   fs::create_directories(out_dir / kind);
   fs::copy_file(dir / "config.json", out_dir / kind / "config.json");
   fs::permissions(out_dir / kind / "config.json", fs::perms::owner_write, fs::perm_options::add);
-  std::vector<PlannedTensor> plan;
-  std::vector<std::string> names;
-  for (const auto& p : specs) {
-    if (!w.count(p.name) || p.name == "encoder.embed_tokens.weight") continue;  // tied copy
-    plan.push_back({p.name, is_float(w.at(p.name).dtype()) ? dtype : w.at(p.name).dtype(), p.shape});
-    names.push_back(p.name);
-  }
+  // T5's input embedding is a tied copy of shared.weight: not written.
+  auto get = [&](const ParamSpec& p) {
+    return w.count(p.name) && p.name != "encoder.embed_tokens.weight" ? w.at(p.name) : Tensor{};
+  };
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "stdit convert"}};
+  size_t written = 0;
   if (kind == "dit" && tp > 1) {
-    // One file per tensor-parallel rank (the seed's layout), each holding that rank's shard.
-    const STDiT3Config cfg = load_stdit3_config((dir / "config.json").string());
-    const auto rank_specs = stdit3_param_specs(cfg, tp);
-    for (int r = 0; r < tp; ++r) {
-      const WeightMap shard = shard_stdit3_weights(cfg, w, r, tp);
-      std::vector<PlannedTensor> rp;
-      std::vector<std::string> rn;
-      for (const auto& p : rank_specs) {
-        if (!shard.count(p.name)) continue;
-        rp.push_back({p.name, is_float(shard.at(p.name).dtype()) ? dtype : shard.at(p.name).dtype(), p.shape});
-        rn.push_back(p.name);
-      }
-      write_safetensors_streaming((out_dir / kind / cat("rank", r, ".safetensors")).string(), rp,
-                                  [&](size_t i) { return shard.at(rn[i]).to(rp[i].dtype); },
-                                  {{"format", "pt"}, {"producer", "stdit convert"},
-                                   {"tp_rank", std::to_string(r)}, {"tp_size", std::to_string(tp)}});
-    }
+    write_dit_shards(load_stdit3_config((dir / "config.json").string()), w, out_dir / kind, dtype, tp, meta);
+    for (const auto& p : specs) written += get(p).defined();
   } else {
-    write_safetensors_streaming((out_dir / kind / "model.safetensors").string(), plan,
-                                [&](size_t i) { return w.at(names[i]).to(plan[i].dtype); },
-                                {{"format", "pt"}, {"producer", "stdit convert"}});
+    written = write_weights(out_dir / kind / "model.safetensors", specs, get, dtype, meta);
   }
   if (kind == "t5") {
     const fs::path sp = fs::exists(dir / "spiece.model") ? dir / "spiece.model" : fs::path(default_spiece_model());
@@ -189,8 +228,8 @@ json convert_component(const std::string& kind, const std::string& given, const 
   uint64_t bytes = 0;
   for (const auto& e : fs::recursive_directory_iterator(dir))
     if (e.is_regular_file()) bytes += e.file_size();
-  log_info("convert: ", kind, " <- ", given, " (", plan.size(), " tensors, ", dtype_name(dtype), ")");
-  json desc = {{"source", fs::absolute(src).string()}, {"source_bytes", bytes}, {"tensors", plan.size()}};
+  log_info("convert: ", kind, " <- ", given, " (", written, " tensors, ", engine_dtype_name(dtype), ")");
+  json desc = {{"source", fs::absolute(src).string()}, {"source_bytes", bytes}, {"tensors", written}};
   if (kind == "dit" && tp > 1) desc["tp_size"] = tp;
   return desc;
 }
@@ -272,8 +311,8 @@ Engine open_engine(const std::string& dir) {
               cfg_path, ": engine format version ", j.contains("format_version") ? j["format_version"].dump() : "(none)",
               " is not supported by this stdit");
   const auto dtype = j.contains("dtype") ? j["dtype"] : json("f32");
-  STDIT_CHECK(dtype.is_string() && (dtype == "f32" || dtype == "bf16" || dtype == "f16"), cfg_path,
-              ": engine dtype ", dtype.dump(), " is not f32, bf16 or f16");
+  STDIT_CHECK(dtype.is_string() && (dtype == "f32" || dtype == "bf16" || dtype == "f16" || dtype == "fp8"), cfg_path,
+              ": engine dtype ", dtype.dump(), " is not f32, bf16, f16 or fp8");
   Engine e;
   e.dir = dir;
   e.dtype = dtype.get<std::string>();
@@ -353,9 +392,14 @@ std::string engine_identity(const Engine& e) {
   return buf;
 }
 
+const char* engine_dtype_name(DType d) {
+  return d == DType::F32 ? "f32" : d == DType::BF16 ? "bf16" : d == DType::F16 ? "f16" : "fp8";
+}
+
 void convert_engine(const ConvertOptions& opt) {
-  STDIT_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::BF16 || opt.dtype == DType::F16,
-              "convert: --dtype must be f32, bf16 or f16");
+  STDIT_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::BF16 || opt.dtype == DType::F16 ||
+                  opt.dtype == DType::F8_E4M3,
+              "convert: --dtype must be f32, bf16, f16 or fp8");
   const fs::path out(opt.out);
   STDIT_CHECK(!fs::exists(out) || opt.force, opt.out,
               " already exists; pass --force to replace it, or choose another -o");
@@ -376,7 +420,7 @@ void convert_engine(const ConvertOptions& opt) {
       comps[kind] = opt.synthetic ? synthetic_component(kind, given, tmp, opt.dtype, tp, opt.seed)
                                   : convert_component(kind, given, tmp, opt.dtype, tp);
     }
-    const std::string dt = opt.dtype == DType::F32 ? "f32" : opt.dtype == DType::BF16 ? "bf16" : "f16";
+    const std::string dt = engine_dtype_name(opt.dtype);
     json cfg = {{"format", "stdit-engine"}, {"format_version", 1}, {"program", "stdit 0.1.0"},
                 {"dtype", dt}, {"tp_size", opt.tp}, {"components", comps}};
     const json defaults = defaults_of_source_engine(opt);

@@ -44,7 +44,7 @@ Engine default_engine();
 struct ConvertOptions {
   std::string dit, vae, t5;  // Hugging Face directories (or a weights file inside one)
   std::string out = "engine_outputs";
-  DType dtype = DType::BF16;
+  DType dtype = DType::BF16;  // F8_E4M3: "fp8" (see engine_dtype_name)
   bool force = false;
   int tp = 1;  // > 1: the denoiser as one shard file per tensor-parallel rank (the seed's layout)
   // Real-size models with synthetic weights (for speed and memory measurements): dit/vae/t5 may
@@ -57,6 +57,9 @@ struct ConvertOptions {
 // given to the wrong flag is recognised and the error names the right flag. An existing output
 // directory is only replaced with `force`; the new one is built under a temporary name first.
 void convert_engine(const ConvertOptions& opt);
+// "f32", "bf16", "f16", or "fp8" for F8_E4M3 (the denoiser's block matrices in e4m3 with row
+// scales, everything else bf16).
+const char* engine_dtype_name(DType d);
 
 }  // namespace stdit
 

@@ -653,7 +653,7 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
               eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
               " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size,
               " --cfg-parallel), or convert again without --tp");
-  const PolicyRequest policy_request{o.precision, o.kernels, {}};
+  const PolicyRequest policy_request{o.precision, o.kernels, {}, o.fp8_keep};
   impl->backend = make_backend(o.backend, policy_request);
   log_debug(impl->backend->policy().describe());
   if (world.active()) {
@@ -675,7 +675,9 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
     impl->devs.push_back(impl->extra.back().get());
   }
   impl->backend->bind_to_this_thread();
-  impl->precision = precision_name(impl->backend->policy().precision);
+  const ExecutionPolicy& pol = impl->backend->policy();
+  impl->precision = precision_name(pol.precision);
+  if (!pol.fp8_keep.empty()) impl->precision += " (unquantized " + pol.fp8_keep.describe() + ")";
   impl->resident = o.resident;
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
@@ -765,8 +767,9 @@ std::string recorded_engine(const std::string& file) {
 
 void convert(const ConvertRequest& r) {
   const std::string& d = r.dtype;
-  STDIT_CHECK(d == "bf16" || d == "f16" || d == "f32" || d == "fp32" || d == "float32" || d == "bfloat16",
-              "--dtype must be bf16, f16 or f32, got '", d, "'");
+  STDIT_CHECK(d == "bf16" || d == "f16" || d == "f32" || d == "fp32" || d == "float32" || d == "bfloat16" ||
+                  d == "fp8",
+              "--dtype must be bf16, f16, f32 or fp8, got '", d, "'");
   ConvertOptions c;
   c.dit = r.dit;
   c.vae = r.vae;
@@ -776,7 +779,7 @@ void convert(const ConvertRequest& r) {
   c.tp = r.tp;
   c.synthetic = r.synthetic;
   c.seed = r.seed;
-  c.dtype = (d == "f16") ? DType::F16 : (d == "bf16" || d == "bfloat16") ? DType::BF16 : DType::F32;
+  c.dtype = d == "fp8" ? DType::F8_E4M3 : d == "f16" ? DType::F16 : (d == "bf16" || d == "bfloat16") ? DType::BF16 : DType::F32;
   convert_engine(c);
 }
 
@@ -1174,6 +1177,7 @@ std::vector<std::string> generate(const GenerateOptions& opt) {
   eo.cfg_parallel = opt.cfg_parallel;
   eo.precision = opt.precision;
   eo.kernels = opt.kernels;
+  eo.fp8_keep = opt.fp8_keep;
   auto engine = api::Engine::open(eo);
   const api::Result r = engine->generate(opt);
   std::vector<std::string> paths;

@@ -20,6 +20,7 @@ struct GenerateOptions : api::Request {
   int cp = 1;                    // context-parallel ranks (processes under mpirun)
   bool cfg_parallel = false;     // the CFG halves on separate GPUs (default when --gpus is even and no --tp)
   std::string precision = "auto", kernels = "auto";  // the execution policy asked for (backend/policy.h)
+  std::string fp8_keep;                               // with precision fp8 (--fp8-keep)
 };
 
 // How the denoiser is spread over `gpus` devices: CFG-parallel (the conditional and unconditional

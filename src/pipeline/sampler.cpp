@@ -170,12 +170,16 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
       in.x = zin;
       in.timestep = Tensor::from_f32({2 * B}, std::vector<float>(2 * B, ts[i]));
       in.cache.refresh = refresh;
+      in.step = i;
+      in.steps = steps;
       in.x_mask = xm2;
       out = dit.forward(in);
     } else {
       in_c.x = z;  // read only by forward, before z is stepped
       in_c.timestep = Tensor::from_f32({B}, std::vector<float>(B, ts[i]));
       in_c.cache.refresh = refresh;
+      in_c.step = i;
+      in_c.steps = steps;
       in_c.x_mask = xm2.defined() ? xm2.slice(0, 0, B).contiguous() : Tensor();
       out = dit.forward_conditional(in_c);
     }

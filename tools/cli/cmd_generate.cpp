@@ -88,8 +88,13 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_flag("--cfg-parallel", e.cfg_parallel, "The conditional and unconditional CFG halves on separate GPUs");
   cmd->add_option("--backend", e.backend, "Compute backend: auto (cuda if a GPU is usable), cuda or cpu")
       ->capture_default_str();
-  cmd->add_option("--precision", e.precision, "auto (bf16 on a GPU, f32 on the CPU), bf16, tf32 or f32")
+  cmd->add_option("--precision", e.precision,
+                  "auto (bf16 on a GPU, f32 on the CPU), bf16, tf32, f32, or fp8 (e4m3 block GEMMs; on the CPU "
+                  "an emulation for checking quality)")
       ->capture_default_str();
+  cmd->add_option("--fp8-keep", e.fp8_keep,
+                  "With --precision fp8, what stays unquantized: layer names (qkv, proj, q, kv, cross_proj, fc1, "
+                  "fc2), spatial, temporal, blocks N or N-M (spatial:N, temporal:N-M), first:N / last:N steps");
   cmd->add_option("--kernels", e.kernels, "auto, or portable (no Hopper-only kernels)")->capture_default_str();
   cmd->callback([&action, o] {
     action = [o] {
@@ -121,7 +126,7 @@ void add_convert(CLI::App& app, Action& action) {
                 "Real-size models with synthetic weights, for speed and memory measurements (--dit/--vae/--t5 "
                 "optional: whose config.json to use)");
   cmd->add_option("--seed", c->seed, "Seed of the synthetic weights (as stdit bench --seed)")->capture_default_str();
-  cmd->add_option("--dtype", c->dtype, "Weight dtype: bf16, f16 or f32")->capture_default_str();
+  cmd->add_option("--dtype", c->dtype, "Weight dtype: bf16, f16, f32, or fp8 (the denoiser's block matrices in e4m3 with row scales, the rest bf16)")->capture_default_str();
   cmd->add_option("-o,--output", c->out, "Engine directory to write")->capture_default_str();
   cmd->add_flag("--force", c->force, "Replace an existing output directory");
   cmd->add_option("--tp", c->tp, "Write the denoiser as one shard file per tensor-parallel rank (divides 16)")

@@ -53,6 +53,13 @@ Tensor CpuBackend::upload(const Tensor& host) {
   return host.to(target);
 }
 
+Tensor CpuBackend::upload_weight(const Tensor& host) {
+  if (host.dtype() != DType::F8_E4M3) return upload(host);
+  STDIT_CHECK(host.device().kind == DeviceKind::CPU && host.scales().defined(),
+              "cpu upload: an F8_E4M3 weight needs its row scales");
+  return host.contiguous().with_scales(host.scales().to(DType::F32));
+}
+
 Tensor CpuBackend::download(const Tensor& t) {
   Tensor c = t.contiguous();
   if (c.storage() == t.storage()) {

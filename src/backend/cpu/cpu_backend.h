@@ -19,6 +19,8 @@ class CpuBackend final : public Backend {
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 
+  // An F8_E4M3 weight (precision fp8) stays in e4m3 with its row scales; else as upload().
+  Tensor upload_weight(const Tensor& host) override;
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
               Tensor& out) override;
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;
@@ -60,6 +62,9 @@ class CpuBackend final : public Backend {
 
  private:
   ExecutionPolicy policy_;
+  void linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out);
+  static void epilogue(float* out, int64_t m, int64_t n, const float* row_scale, const float* col_scale,
+                       const float* bias, Activation act);
 };
 
 namespace cpu {

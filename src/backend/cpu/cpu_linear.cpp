@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/fp8.h"
 
 namespace stdit {
 
@@ -23,6 +25,7 @@ inline float gelu_tanh(float x) {
 void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                         Tensor& out) {
   expect_contiguous_f32(x, "linear", "x");
+  if (w.dtype() == DType::F8_E4M3) return linear_fp8(x, w, bias, act, out);
   expect_contiguous_f32(w, "linear", "weight");
   expect_contiguous_f32(out, "linear", "out");
   STDIT_CHECK(w.dim() == 2, "cpu linear: weight must be 2-d, got ", shape_str(w.shape()));
@@ -47,14 +50,67 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
                   static_cast<int>(k), 1.0f, x.data<float>() + r0 * k, static_cast<int>(k), w.data<float>(),
                   static_cast<int>(k), 0.0f, out.data<float>() + r0 * n, static_cast<int>(n));
   }
-  if (!bias.defined() && act == Activation::None) return;
-  float* o = out.data<float>();
-  const float* b = bias.defined() ? bias.data<float>() : nullptr;
+  epilogue(out.data<float>(), m, n, nullptr, nullptr, bias.defined() ? bias.data<float>() : nullptr, act);
+}
+
+// --precision fp8, emulated: the GPU's arithmetic on e4m3 codes. Each row of x is quantized
+// (core/fp8.h: per token); the codes are multiplied in f32 (each product of two e4m3 values is
+// exact in f32, the sum is rounded as a GPU's f32 accumulator rounds it, in another order); then
+// out = acc * x_scale[row] * w_scale[col] + bias, and the activation.
+void CpuBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) {
+  expect_contiguous_f32(out, "linear", "out");
+  STDIT_CHECK(w.dim() == 2 && w.is_contiguous() && w.scales().defined() && w.scales().numel() == w.size(0) &&
+                  w.scales().dtype() == DType::F32,
+              "cpu linear: an F8_E4M3 weight must be a contiguous matrix with F32 row scales");
+  const int64_t n = w.size(0), k = w.size(1);
+  STDIT_CHECK(x.size(-1) == k, "cpu linear: input ", shape_str(x.shape()), " does not match weight ",
+              shape_str(w.shape()));
+  const int64_t m = x.numel() / k;
+  STDIT_CHECK(out.numel() == m * n, "cpu linear: output ", shape_str(out.shape()), " is not [", m, ", ", n, "]");
+  if (bias.defined()) {
+    expect_contiguous_f32(bias, "linear", "bias");
+    STDIT_CHECK(bias.numel() == n, "cpu linear: bias has ", bias.numel(), " values, expected ", n);
+  }
+  if (m == 0) return;
+  static const std::vector<float> value = [] {
+    std::vector<float> v(256);
+    for (int c = 0; c < 256; ++c) v[c] = f8e4m3_to_f32(static_cast<uint8_t>(c));
+    return v;
+  }();
+  std::vector<float> wq(static_cast<size_t>(n * k)), xq(static_cast<size_t>(m * k)), xs(static_cast<size_t>(m));
+  const uint8_t* wc = w.data<uint8_t>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n * k; ++i) wq[i] = value[wc[i]];
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < m; ++r) {
+    std::vector<uint8_t> codes(static_cast<size_t>(k));
+    xs[r] = quantize_row_e4m3(x.data<float>() + r * k, k, codes.data());
+    for (int64_t i = 0; i < k; ++i) xq[r * k + i] = value[codes[i]];
+  }
+  const int64_t chunks = std::min<int64_t>(m, omp_get_max_threads());
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t r0 = m * c / chunks, r1 = m * (c + 1) / chunks;
+    if (r1 > r0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(r1 - r0), static_cast<int>(n),
+                  static_cast<int>(k), 1.0f, xq.data() + r0 * k, static_cast<int>(k), wq.data(), static_cast<int>(k),
+                  0.0f, out.data<float>() + r0 * n, static_cast<int>(n));
+  }
+  epilogue(out.data<float>(), m, n, xs.data(), w.scales().data<float>(),
+           bias.defined() ? bias.data<float>() : nullptr, act);
+}
+
+// out[i, j] = act(out[i, j] * row_scale[i] * col_scale[j] + bias[j]); absent parts skipped.
+void CpuBackend::epilogue(float* o, int64_t m, int64_t n, const float* row_scale, const float* col_scale,
+                          const float* b, Activation act) {
+  if (!row_scale && !b && act == Activation::None) return;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < m; ++i) {
     float* row = o + i * n;
     for (int64_t j = 0; j < n; ++j) {
-      float v = row[j] + (b ? b[j] : 0.0f);
+      float v = row[j];
+      if (row_scale) v = v * row_scale[i] * col_scale[j];
+      v += b ? b[j] : 0.0f;
       if (act == Activation::GeluTanh) v = gelu_tanh(v);
       else if (act == Activation::Silu) v = v / (1.0f + std::exp(-v));
       row[j] = v;

@@ -24,6 +24,7 @@ struct BlockParam {
     RowBias,  // the bias of a row-parallel linear: added once, so only tensor-parallel rank 0 holds it
   };
   const char* suffix;                            // after "spatial_blocks.N." / "temporal_blocks.N."
+  const char* fp8_name;                          // Matrix: its name for --fp8-keep (fp8_layer_names())
   Shape (*shape)(const STDiT3Config& c);         // in the checkpoint (unsharded)
   TpSplit split;                                 // Rows: column-parallel output rows; Cols: input columns
   Keep keep;

@@ -100,23 +100,23 @@ const std::vector<BlockParam>& stdit3_block_params() {
   static const TpSplit rep{}, rows3{TpSplit::Rows, 3}, rows2{TpSplit::Rows, 2}, rows1{TpSplit::Rows, 1},
       cols{TpSplit::Cols, 1};
   static const std::vector<BlockParam> params = {
-      {"scale_shift_table", [](const STDiT3Config& c) { return Shape{6, c.hidden_size}; }, rep, K::Plain, &B::table, true},
-      {"attn.qkv.weight", [](const STDiT3Config& c) { return Shape{3 * c.hidden_size, c.hidden_size}; }, rows3, K::Matrix, &B::qkv_w},
-      {"attn.qkv.bias", [](const STDiT3Config& c) { return Shape{3 * c.hidden_size}; }, rows3, K::Plain, &B::qkv_b},
-      {"attn.q_norm.weight", [](const STDiT3Config& c) { return Shape{c.head_dim()}; }, rep, K::Plain, &B::q_norm},
-      {"attn.k_norm.weight", [](const STDiT3Config& c) { return Shape{c.head_dim()}; }, rep, K::Plain, &B::k_norm},
-      {"attn.proj.weight", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, cols, K::Matrix, &B::proj_w},
-      {"attn.proj.bias", [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::proj_b},
-      {"cross_attn.q_linear.weight", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, rows1, K::Matrix, &B::q_w},
-      {"cross_attn.q_linear.bias", [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rows1, K::Plain, &B::q_b},
-      {"cross_attn.kv_linear.weight", [](const STDiT3Config& c) { return Shape{2 * c.hidden_size, c.hidden_size}; }, rows2, K::Matrix, &B::kv_w},
-      {"cross_attn.kv_linear.bias", [](const STDiT3Config& c) { return Shape{2 * c.hidden_size}; }, rows2, K::Plain, &B::kv_b},
-      {"cross_attn.proj.weight", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, cols, K::Matrix, &B::cproj_w},
-      {"cross_attn.proj.bias", [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::cproj_b},
-      {"mlp.fc1.weight", [](const STDiT3Config& c) { return Shape{c.mlp_hidden(), c.hidden_size}; }, rows1, K::Matrix, &B::fc1_w},
-      {"mlp.fc1.bias", [](const STDiT3Config& c) { return Shape{c.mlp_hidden()}; }, rows1, K::Plain, &B::fc1_b},
-      {"mlp.fc2.weight", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.mlp_hidden()}; }, cols, K::Matrix, &B::fc2_w},
-      {"mlp.fc2.bias", [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::fc2_b},
+      {"scale_shift_table", nullptr, [](const STDiT3Config& c) { return Shape{6, c.hidden_size}; }, rep, K::Plain, &B::table, true},
+      {"attn.qkv.weight", "qkv", [](const STDiT3Config& c) { return Shape{3 * c.hidden_size, c.hidden_size}; }, rows3, K::Matrix, &B::qkv_w},
+      {"attn.qkv.bias", nullptr, [](const STDiT3Config& c) { return Shape{3 * c.hidden_size}; }, rows3, K::Plain, &B::qkv_b},
+      {"attn.q_norm.weight", nullptr, [](const STDiT3Config& c) { return Shape{c.head_dim()}; }, rep, K::Plain, &B::q_norm},
+      {"attn.k_norm.weight", nullptr, [](const STDiT3Config& c) { return Shape{c.head_dim()}; }, rep, K::Plain, &B::k_norm},
+      {"attn.proj.weight", "proj", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, cols, K::Matrix, &B::proj_w},
+      {"attn.proj.bias", nullptr, [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::proj_b},
+      {"cross_attn.q_linear.weight", "q", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, rows1, K::Matrix, &B::q_w},
+      {"cross_attn.q_linear.bias", nullptr, [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rows1, K::Plain, &B::q_b},
+      {"cross_attn.kv_linear.weight", "kv", [](const STDiT3Config& c) { return Shape{2 * c.hidden_size, c.hidden_size}; }, rows2, K::Matrix, &B::kv_w},
+      {"cross_attn.kv_linear.bias", nullptr, [](const STDiT3Config& c) { return Shape{2 * c.hidden_size}; }, rows2, K::Plain, &B::kv_b},
+      {"cross_attn.proj.weight", "cross_proj", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.hidden_size}; }, cols, K::Matrix, &B::cproj_w},
+      {"cross_attn.proj.bias", nullptr, [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::cproj_b},
+      {"mlp.fc1.weight", "fc1", [](const STDiT3Config& c) { return Shape{c.mlp_hidden(), c.hidden_size}; }, rows1, K::Matrix, &B::fc1_w},
+      {"mlp.fc1.bias", nullptr, [](const STDiT3Config& c) { return Shape{c.mlp_hidden()}; }, rows1, K::Plain, &B::fc1_b},
+      {"mlp.fc2.weight", "fc2", [](const STDiT3Config& c) { return Shape{c.hidden_size, c.mlp_hidden()}; }, cols, K::Matrix, &B::fc2_w},
+      {"mlp.fc2.bias", nullptr, [](const STDiT3Config& c) { return Shape{c.hidden_size}; }, rep, K::RowBias, &B::fc2_b},
   };
   return params;
 }
@@ -127,8 +127,12 @@ TpSplit stdit3_tp_split(const std::string& name) {
     const size_t dot = name.find('.', std::string(kind).size());  // after the block index
     if (dot == std::string::npos) return {};
     const std::string suffix = name.substr(dot + 1);
-    for (const auto& p : stdit3_block_params())
+    for (const auto& p : stdit3_block_params()) {
       if (suffix == p.suffix) return p.split;
+      // The row scales of an FP8 weight: cut with its rows; whole when its columns are cut.
+      if (p.keep == BlockParam::Keep::Matrix && suffix == scale_key(p.suffix))
+        return p.split.kind == TpSplit::Rows ? p.split : TpSplit{};
+    }
   }
   return {};
 }
@@ -168,7 +172,8 @@ std::vector<ParamSpec> full_param_specs(const STDiT3Config& c) {
   p.push_back({"y_embedder.y_proj.fc2.bias", {C}});
   for (const char* kind : {"spatial_blocks", "temporal_blocks"})
     for (int i = 0; i < c.depth; ++i)
-      for (const auto& b : stdit3_block_params()) p.push_back({cat(kind, ".", i, ".", b.suffix), b.shape(c)});
+      for (const auto& b : stdit3_block_params())
+        p.push_back({cat(kind, ".", i, ".", b.suffix), b.shape(c), false, b.keep == BlockParam::Keep::Matrix});
   p.push_back({"final_layer.scale_shift_table", {2, C}});
   p.push_back({"final_layer.linear.weight", {c.patch_volume() * c.out_channels(), C}});
   p.push_back({"final_layer.linear.bias", {c.patch_volume() * c.out_channels()}});

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "core/fp8.h"
 #include "core/log.h"
 #include "dist/comm.h"
 
@@ -54,6 +55,9 @@ struct STDiT3::Step {
   // the blocks each rank keeps only its own token rows of x current; norms and residual updates
   // run on those rows (Communicator::splits_rows).
   bool rows_split = false;
+  // The blocks this call runs: the fp8 ones, or the full-precision copies (--fp8-keep first:N).
+  const std::vector<BlockWeights>* spatial = nullptr;
+  const std::vector<BlockWeights>* temporal = nullptr;
 };
 
 namespace {
@@ -80,18 +84,40 @@ Tensor cols_of(const Tensor& t, int rank, int n) {
 
 }  // namespace
 
+WeightMap stdit3_weights_for_precision(const STDiT3Config& cfg, const WeightMap& w, bool fp8, const Fp8Keep& keep) {
+  WeightMap out = w;
+  for (const char* kind : {"spatial_blocks", "temporal_blocks"})
+    for (int i = 0; i < cfg.depth; ++i)
+      for (const BlockParam& bp : stdit3_block_params()) {
+        if (bp.keep != BlockParam::Keep::Matrix) continue;
+        const std::string name = cat(kind, ".", i, ".", bp.suffix);
+        auto it = out.find(name);
+        if (it == out.end()) continue;
+        const bool quantize = fp8 && !keep.keeps(bp.fp8_name, kind[0] == 't', i);
+        const bool is_fp8 = it->second.dtype() == DType::F8_E4M3;
+        if (quantize && !is_fp8) it->second = quantize_rows_e4m3(it->second, name);
+        if (!quantize && is_fp8) it->second = dequantize_rows_e4m3(it->second, it->second.scales());
+      }
+  return out;
+}
+
 WeightMap shard_stdit3_weights(const STDiT3Config& cfg, const WeightMap& w, int rank, int tp) {
   STDIT_CHECK(tp >= 1 && rank >= 0 && rank < tp, "tensor parallel: rank ", rank, " of ", tp);
   STDIT_CHECK(cfg.num_heads % tp == 0 && cfg.mlp_hidden() % tp == 0, "tensor parallel: --tp ", tp,
               " must divide the ", cfg.num_heads, " attention heads (and the MLP width ",
               cfg.mlp_hidden(), ")");
   check_weights(w, stdit3_param_specs(cfg), "STDiT3 weights");
+  auto cut = [&](const std::string& name, const Tensor& t) {
+    const TpSplit sp = stdit3_tp_split(name);
+    return tp == 1 || sp.kind == TpSplit::Replicated ? t
+           : sp.kind == TpSplit::Rows                ? rows_of(t, sp.groups, rank, tp)
+                                                     : cols_of(t, rank, tp);
+  };
   WeightMap out;
   for (const auto& [name, t] : w) {
-    const TpSplit sp = stdit3_tp_split(name);
-    out[name] = tp == 1 || sp.kind == TpSplit::Replicated ? t
-                : sp.kind == TpSplit::Rows                ? rows_of(t, sp.groups, rank, tp)
-                                                          : cols_of(t, rank, tp);
+    out[name] = cut(name, t);
+    // An FP8 weight's row scales: cut with its rows, whole when its columns are cut.
+    if (t.scales().defined()) out[name] = out[name].with_scales(cut(scale_key(name), t.scales()));
   }
   return out;
 }
@@ -109,10 +135,16 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
     tp_ = nullptr;
     STDIT_CHECK(!presharded, "STDiT3: pre-sharded weights need a tensor-parallel communicator");
   }
+  // The block matrices in this run's precision (fp8: quantized per row, whole, before any
+  // tensor-parallel cut, so that every split quantizes alike; else an FP8 engine's dequantized).
+  const ExecutionPolicy& pol = be.policy();
+  const bool fp8 = pol.precision == Precision::FP8;
+  const WeightMap prepared = stdit3_weights_for_precision(cfg, full_or_shard, fp8, pol.fp8_keep);
   // This rank's weights: sliced here from the full checkpoint, or read from its rank file.
-  WeightMap sliced;
-  if (tp_size_ > 1 && !presharded) sliced = shard_stdit3_weights(cfg, full_or_shard, tp_rank_, tp_size_);
-  const WeightMap& w = tp_size_ > 1 && !presharded ? sliced : full_or_shard;
+  auto rank_weights = [&](const WeightMap& m) {
+    return tp_size_ > 1 && !presharded ? shard_stdit3_weights(cfg, m, tp_rank_, tp_size_) : m;
+  };
+  const WeightMap w = rank_weights(prepared);
   check_weights(w, stdit3_param_specs(cfg, tp_size_),
                 tp_size_ > 1 ? cat("STDiT3 weights of tensor-parallel rank ", tp_rank_, " of ", tp_size_)
                              : std::string("STDiT3 weights"));
@@ -179,6 +211,22 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
       list.push_back(std::move(b));
     }
   }
+  // --fp8-keep first:N / last:N: a second set of block matrices in full precision (the other
+  // block tensors are shared) for the steps that run unquantized.
+  if (fp8 && (pol.fp8_keep.first_steps > 0 || pol.fp8_keep.last_steps > 0)) {
+    const WeightMap high = rank_weights(stdit3_weights_for_precision(cfg, full_or_shard, false, {}));
+    for (const char* kind : {"spatial_blocks", "temporal_blocks"}) {
+      const bool temporal = kind[0] == 't';
+      auto& list = temporal ? temporal_full_ : spatial_full_;
+      list = temporal ? temporal_ : spatial_;
+      for (int i = 0; i < cfg.depth; ++i)
+        for (const BlockParam& bp : stdit3_block_params())
+          if (bp.keep == BlockParam::Keep::Matrix) {
+            list[i].*bp.field = be_.upload_weight(high.at(cat(kind, ".", i, ".", bp.suffix)));
+            weight_bytes_ += (list[i].*bp.field).nbytes();
+          }
+    }
+  }
 }
 
 std::unique_ptr<STDiT3> STDiT3::load(const std::string& dir, Backend& backend,
@@ -241,6 +289,9 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   s.H = c.num_heads / tp_size_;  // this rank's heads
   s.D = c.head_dim();
   const int64_t C = s.C;
+  const bool full_step = !spatial_full_.empty() && in.step >= 0 && be_.policy().fp8_keep.keeps_step(in.step, in.steps);
+  s.spatial = full_step ? &spatial_full_ : &spatial_;
+  s.temporal = full_step ? &temporal_full_ : &temporal_;
 
   // ---- text: y_lens and packed rows (spec §3.5) ----
   std::vector<int64_t> rows;
@@ -363,9 +414,9 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     }
     if (cp_) blocks_context_parallel(s, x);
     for (int i = 0; i < (cp_ ? 0 : c.depth); ++i) {
-      block_forward(spatial_[i], false, s, x);
+      block_forward((*s.spatial)[i], false, s, x);
       if (!s.rows_split) record(cat("block.", 2 * i), x);
-      block_forward(temporal_[i], true, s, x);
+      block_forward((*s.temporal)[i], true, s, x);
       if (!s.rows_split) record(cat("block.", 2 * i + 1), x);
     }
     if (s.rows_split) {  // every rank's rows to the other: x whole again
@@ -446,9 +497,9 @@ void STDiT3::blocks_context_parallel(Step& s, Tensor& x) {
     }
   };
   for (int i = 0; i < cfg_.depth; ++i) {
-    block_forward(spatial_[i], false, sp, xs);
+    block_forward((*s.spatial)[i], false, sp, xs);
     exchange(xs4, 2, Sl, xt4, 1, Tl);  // frames -> spatial tokens
-    block_forward(temporal_[i], true, tm, xt);
+    block_forward((*s.temporal)[i], true, tm, xt);
     exchange(xt4, 1, Tl, xs4, 2, Sl);  // spatial tokens -> frames
   }
   // Every rank's frames: x whole again for the final layer.

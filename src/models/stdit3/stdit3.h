@@ -27,12 +27,20 @@ struct STDiT3Inputs {
   Tensor height;    // [>=1] pixel height (element 0 is used)
   Tensor width;     // [>=1] pixel width (element 0 is used)
   StepCacheControl cache;  // step caching (off unless cache.threshold > 0)
+  // Which sampling step this call is (step of steps), for --fp8-keep first:N / last:N; -1: none.
+  int step = -1, steps = 0;
 };
 
 // Rank `rank`'s shard of the full weights for tensor parallelism over `tp` ranks (the split of
 // stdit3_tp_split; replicated tensors are shared views). Throws for a tp that does not divide the
 // heads.
 WeightMap shard_stdit3_weights(const STDiT3Config& cfg, const WeightMap& full, int rank, int tp);
+
+// The weights with the block matrices (the linear layers of every block) as a run of the given
+// precision keeps them: fp8 -> e4m3 with row scales (core/fp8.h; an FP8 weight as stored) except
+// the layers `keep` names; otherwise an FP8-stored weight dequantized to F32. Other tensors are
+// shared views. Whole matrices: quantize before any tensor-parallel cut.
+WeightMap stdit3_weights_for_precision(const STDiT3Config& cfg, const WeightMap& w, bool fp8, const Fp8Keep& keep);
 
 class STDiT3 {
  public:
@@ -106,6 +114,8 @@ class STDiT3 {
   Tensor final_table_, final_w_, final_b_;
   Tensor rope_freqs_;
   std::vector<Block> spatial_, temporal_;
+  // With --fp8-keep first:N / last:N: the blocks with full-precision matrices (else empty).
+  std::vector<Block> spatial_full_, temporal_full_;
   // Step-caching state across the calls of one video: the first block's modulated input of the
   // last call, the residual of the blocks at the last call that ran them, the accumulated change.
   struct CacheState {

@@ -1,0 +1,59 @@
+#include "core/fp8.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace stdit {
+
+float quantize_row_e4m3(const float* x, int64_t n, uint8_t* q) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    if (!std::isfinite(a)) finite = false;
+    else if (a > amax) amax = a;
+  }
+  if (!finite) {
+    for (int64_t i = 0; i < n; ++i) q[i] = f32_to_f8e4m3(x[i]);
+    return std::nanf("");
+  }
+  const float inv = kE4M3Max / amax;
+  if (amax == 0.0f || !std::isfinite(inv)) {
+    for (int64_t i = 0; i < n; ++i) q[i] = 0;
+    return 1.0f;
+  }
+  for (int64_t i = 0; i < n; ++i) q[i] = f32_to_f8e4m3(x[i] * inv);
+  return amax / kE4M3Max;
+}
+
+Tensor quantize_rows_e4m3(const Tensor& w, const std::string& what) {
+  STDIT_CHECK(w.dim() == 2 && is_float(w.dtype()) && w.dtype() != DType::F8_E4M3, what,
+              ": only a 2-D float matrix can be quantized to FP8, got ", dtype_name(w.dtype()), " ",
+              shape_str(w.shape()));
+  const Tensor f = w.to(DType::F32);
+  const int64_t rows = w.size(0), n = w.size(1);
+  Tensor q = Tensor::empty(w.shape(), DType::F8_E4M3);
+  Tensor s = Tensor::empty({rows}, DType::F32);
+  for (int64_t r = 0; r < rows; ++r) {
+    s.data<float>()[r] = quantize_row_e4m3(f.data<float>() + r * n, n, q.data<uint8_t>() + r * n);
+    STDIT_CHECK(std::isfinite(s.data<float>()[r]), what, ": row ", r,
+                " holds a NaN or an infinity; it cannot be quantized to FP8");
+  }
+  return q.with_scales(s);
+}
+
+Tensor dequantize_rows_e4m3(const Tensor& q, const Tensor& scales) {
+  STDIT_CHECK(q.dtype() == DType::F8_E4M3 && q.dim() == 2, "dequantize: expected a 2-D F8_E4M3 matrix");
+  STDIT_CHECK(scales.defined() && scales.numel() == q.size(0), "dequantize: ", q.size(0),
+              " rows need as many scales");
+  const Tensor c = q.contiguous(), s = scales.to(DType::F32);
+  const int64_t rows = q.size(0), n = q.size(1);
+  Tensor out = Tensor::empty(q.shape(), DType::F32);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < n; ++i)
+      out.data<float>()[r * n + i] = f8e4m3_to_f32(c.data<uint8_t>()[r * n + i]) * s.data<float>()[r];
+  return out;
+}
+
+}  // namespace stdit

@@ -1,0 +1,214 @@
+// The fp8 precision on the CPU backend (the emulation every GPU kernel is checked against): the
+// per-row quantization rule and the scaled GEMM bit for bit / to rounding against the reference
+// (tools/reference/fp8.py, fixtures tests/data/fp8 from make_fp8_model_fixtures.py), STDiT3
+// forwards with fp8 block linears, FP8 weights in checkpoints, and the --fp8-keep list.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/error.h"
+#include "core/fp8.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "models/stdit3/forward_io.h"
+#include "models/stdit3/stdit3.h"
+
+using namespace stdit;
+
+namespace {
+
+const std::string kData = STDIT_TEST_DATA;
+
+Tensor fixture(const std::string& file, const std::string& name) {
+  return SafetensorsFile::open(kData + "/fp8/" + file)->get(name).to(DType::F32);
+}
+
+CpuBackend fp8_backend(const std::string& keep = "") {
+  return CpuBackend(resolve_policy({"fp8", "auto", {}, keep}, "cpu", 0));
+}
+
+Tensor forward(const std::string& fixture_dir, Backend& be) {
+  const std::string dir = kData + "/" + fixture_dir;
+  auto model = STDiT3::load(dir, be);
+  return model->forward(read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors")));
+}
+
+}  // namespace
+
+TEST(Fp8, RowQuantizationEqualsTheReferenceBitForBit) {
+  const Tensor x = fixture("rows.safetensors", "x");
+  const Tensor codes = SafetensorsFile::open(kData + "/fp8/rows.safetensors")->get("codes");
+  const Tensor scales = fixture("rows.safetensors", "scales");
+  const Tensor q = quantize_rows_e4m3(x, "x");
+  ASSERT_EQ(q.dtype(), DType::F8_E4M3);
+  int code_diffs = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) code_diffs += q.data<uint8_t>()[i] != codes.data<uint8_t>()[i];
+  EXPECT_EQ(code_diffs, 0) << "of " << x.numel() << " codes";
+  for (int64_t r = 0; r < x.size(0); ++r)
+    EXPECT_EQ(q.scales().data<float>()[r], scales.data<float>()[r]) << "row " << r;
+  // The all-zero and the tiny row: zeros with scale 1.
+  EXPECT_EQ(q.scales().data<float>()[5], 1.0f);
+  EXPECT_EQ(q.scales().data<float>()[6], 1.0f);
+  // Dequantized values are close to the input (e4m3 has 3 mantissa bits: relative step 1/16 at most).
+  const Tensor back = dequantize_rows_e4m3(q, q.scales());
+  for (int64_t r = 0; r < 5; ++r) {
+    const Tensor a = back.select(0, r).contiguous(), b = x.select(0, r).contiguous();
+    EXPECT_LT(rel_error(a, b), 0.04) << "row " << r;
+    EXPECT_GT(rel_error(a, b), 0.0) << "row " << r;  // it did quantize
+  }
+}
+
+TEST(Fp8, NonFiniteWeightsAreRefusedAndActivationsPropagate) {
+  Tensor w = Tensor::from_f32({2, 3}, {1, 2, 3, 4, NAN, 6});
+  try {
+    quantize_rows_e4m3(w, "blocks.0.w");
+    FAIL() << "a NaN weight was quantized";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("blocks.0.w: row 1"), std::string::npos) << e.what();
+  }
+  uint8_t q[3];
+  const float row[3] = {1.0f, INFINITY, 2.0f};
+  EXPECT_TRUE(std::isnan(quantize_row_e4m3(row, 3, q)));  // the GEMM's output row becomes NaN
+}
+
+TEST(Fp8, ScaledGemmMatchesTheReference) {
+  const Tensor x = fixture("linear.safetensors", "x"), w = fixture("linear.safetensors", "w");
+  const Tensor bias = fixture("linear.safetensors", "bias"), want = fixture("linear.safetensors", "out");
+  CpuBackend be = fp8_backend();
+  const Tensor wq = be.upload_weight(quantize_rows_e4m3(w, "w"));
+  Tensor out = be.alloc({x.size(0), w.size(0)});
+  be.linear(x, wq, bias, Activation::None, out);
+  // Codes are identical; only the f32 accumulation order differs from the reference's exact sum.
+  EXPECT_LT(rel_error(out, want), 1e-6);
+  // ... and the result is fp8's, not f32's: the unquantized product is far away.
+  Tensor plain = be.alloc({x.size(0), w.size(0)});
+  be.linear(x, w, bias, Activation::None, plain);
+  EXPECT_GT(rel_error(plain, want), 1e-3);
+}
+
+// Whole forwards: codes flip where an upstream f32 rounding differs from PyTorch's (a tie moved by
+// one ulp), so the tolerance is looser than f32's 1e-4, and far below fp8's own error.
+TEST(Fp8, Stdit3ForwardMatchesTheReference) {
+  const Tensor want_all = fixture("stdit3.safetensors", "output_all");
+  const Tensor want_keep = fixture("stdit3.safetensors", "output_keep");
+  const Tensor want_b = fixture("stdit3.safetensors", "output_b_all");
+  CpuBackend all = fp8_backend(), keep = fp8_backend("fc2,temporal:1"), f32;
+  const Tensor got_all = forward("stdit3_a", all), got_keep = forward("stdit3_a", keep);
+  const Tensor got_b = forward("stdit3_b", all), plain = forward("stdit3_a", f32);
+  EXPECT_LT(rel_error(got_all, want_all), 1e-4);
+  EXPECT_LT(rel_error(got_keep, want_keep), 1e-4);
+  EXPECT_LT(rel_error(got_b, want_b), 1e-4);
+  std::printf("fp8 forward vs the reference: a %.3g, a keep %.3g, b %.3g\n", rel_error(got_all, want_all),
+              rel_error(got_keep, want_keep), rel_error(got_b, want_b));
+  std::printf("fp8 vs f32 on stdit3_a: all %.3g, keep fc2,temporal:1 %.3g\n", rel_error(got_all, plain),
+              rel_error(got_keep, plain));
+  EXPECT_GT(rel_error(got_all, plain), 1e-3);
+  EXPECT_GT(rel_error(got_all, got_keep), 1e-4);  // the keep list changes what runs
+}
+
+TEST(Fp8, AnFp8CheckpointRunsAsQuantizedAtLoad) {
+  // convert --dtype fp8 stores what --precision fp8 computes at load: the same forward, bit for bit.
+  const std::string dir = kData + "/stdit3_a";
+  const STDiT3Config cfg = load_stdit3_config(dir + "/config.json");
+  WeightMap w = load_checked(*SafetensorsFile::open(dir + "/model.safetensors"), stdit3_param_specs(cfg), "--model");
+  const WeightMap q = stdit3_weights_for_precision(cfg, w, true, {});
+  int quantized = 0;
+  for (const auto& [name, t] : q) quantized += t.dtype() == DType::F8_E4M3;
+  EXPECT_EQ(quantized, 2 * cfg.depth * 7);
+  CpuBackend be = fp8_backend(), f32;
+  const auto in = read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors"));
+  const Tensor a = STDiT3(cfg, w, be).forward(in), b = STDiT3(cfg, q, be).forward(in);
+  EXPECT_EQ(rel_error(a, b), 0.0);
+  // Run at another precision, an FP8 checkpoint is dequantized: the f32 result of those weights.
+  const Tensor c = STDiT3(cfg, q, f32).forward(in);
+  EXPECT_GT(rel_error(c, a), 0.0);
+  EXPECT_LT(rel_error(c, a), 0.2);
+}
+
+TEST(Fp8, CheckpointScalesAreChecked) {
+  const std::string dir = kData + "/stdit3_a";
+  const STDiT3Config cfg = load_stdit3_config(dir + "/config.json");
+  const WeightMap w = load_checked(*SafetensorsFile::open(dir + "/model.safetensors"), stdit3_param_specs(cfg), "--model");
+  const WeightMap q = stdit3_weights_for_precision(cfg, w, true, {});
+  auto write = [&](const std::string& name, const std::function<void(NamedTensors&)>& edit) {
+    NamedTensors t;
+    for (const auto& [k, v] : q) {
+      t.push_back({k, v});
+      if (v.scales().defined()) t.push_back({scale_key(k), v.scales()});
+    }
+    edit(t);
+    const std::string p = ::testing::TempDir() + "stdit_fp8_" + name + ".safetensors";
+    write_safetensors(p, t);
+    return p;
+  };
+  auto error_of = [&](const std::string& p) -> std::string {
+    try {
+      load_checked(*SafetensorsFile::open(p), stdit3_param_specs(cfg), "--model");
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string qkv = "spatial_blocks.0.attn.qkv.weight";
+  auto drop = [&](const std::string& key) {
+    return [key](NamedTensors& t) {
+      t.erase(std::remove_if(t.begin(), t.end(), [&](const auto& e) { return e.first == key; }), t.end());
+    };
+  };
+  EXPECT_EQ(error_of(write("good", [](NamedTensors&) {})), "");
+  const std::string missing = error_of(write("missing", drop(scale_key(qkv))));
+  EXPECT_NE(missing.find("missing keys:\n    " + scale_key(qkv) + " [192] (the row scales"), std::string::npos)
+      << missing;
+  const std::string shaped = error_of(write("shaped", [&](NamedTensors& t) {
+    for (auto& e : t)
+      if (e.first == scale_key(qkv)) e.second = Tensor::zeros({191}, DType::F32);
+  }));
+  EXPECT_NE(shaped.find(scale_key(qkv) + ": F32 [191], expected F32 [192]"), std::string::npos) << shaped;
+  // A scale beside an unquantized weight, and an FP8 tensor where none may be.
+  const std::string stray = error_of(write("stray", [&](NamedTensors& t) {
+    t.push_back({scale_key("x_embedder.proj.weight"), Tensor::zeros({64}, DType::F32)});
+  }));
+  EXPECT_NE(stray.find("unexpected keys:\n    x_embedder.proj.weight_scale"), std::string::npos) << stray;
+  const std::string where = error_of(write("where", [&](NamedTensors& t) {
+    for (auto& e : t)
+      if (e.first == "t_block.1.weight") e.second = e.second.to(DType::F8_E4M3);
+  }));
+  EXPECT_NE(where.find("t_block.1.weight: dtype F8_E4M3, expected F32, BF16 or F16"), std::string::npos) << where;
+  EXPECT_EQ(where.find("(or F8_E4M3"), std::string::npos) << where;  // not a quantizable weight
+}
+
+TEST(Fp8, KeepListParsesAndMatches) {
+  const Fp8Keep k = parse_fp8_keep("fc2,temporal:1,3-4,spatial,first:2,last:1");
+  EXPECT_TRUE(k.keeps("fc2", false, 9));
+  EXPECT_TRUE(k.keeps("qkv", true, 1));
+  EXPECT_FALSE(k.keeps("qkv", true, 2));
+  EXPECT_TRUE(k.keeps("qkv", true, 3));
+  EXPECT_TRUE(k.keeps("kv", false, 0));  // every spatial block
+  EXPECT_TRUE(k.keeps_step(0, 30) && k.keeps_step(1, 30) && k.keeps_step(29, 30));
+  EXPECT_FALSE(k.keeps_step(2, 30) || k.keeps_step(28, 30));
+  EXPECT_EQ(k.describe(), "fc2,temporal:1,3-4,spatial,first:2,last:1");
+  EXPECT_TRUE(parse_fp8_keep("").empty());
+  for (const char* bad : {"fc3", "qkv,", "5-2", "first:x", "middle:2", "spatial:a"})
+    EXPECT_THROW(parse_fp8_keep(bad), InvalidRequest) << bad;
+  // The model's quantizable layers are exactly the names the list takes.
+  std::vector<std::string> names;
+  for (const auto& p : stdit3_block_params())
+    if (p.keep == BlockParam::Keep::Matrix) names.push_back(p.fp8_name);
+  EXPECT_EQ(names, fp8_layer_names());
+}
+
+TEST(Fp8, FullPrecisionStepsUseTheUnquantizedWeights) {
+  // --fp8-keep first:1: step 0 of 2 runs the f32 blocks (= the f32 model), step 1 the fp8 ones.
+  const std::string dir = kData + "/stdit3_a";
+  CpuBackend keep = fp8_backend("first:1"), all = fp8_backend(), f32;
+  auto model = STDiT3::load(dir, keep);
+  STDiT3Inputs in = read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors"));
+  in.steps = 2;
+  in.step = 0;
+  const Tensor first = model->forward(in);
+  in.step = 1;
+  const Tensor second = model->forward(in);
+  EXPECT_EQ(rel_error(first, forward("stdit3_a", f32)), 0.0);
+  EXPECT_EQ(rel_error(second, forward("stdit3_a", all)), 0.0);
+}
