@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "fuzz_common.h"
+#include "core/fp8.h"
 #include "io/checkpoint.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -32,6 +33,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (stdit::shape_numel(e.shape) > (4 << 20)) continue;
       stdit::Tensor t = src->get(e.name).contiguous();
       fuzz::touch(t.raw(), t.nbytes());
+    }
+    // The strict load of a model with one quantizable weight: FP8 needs its row scales.
+    const std::vector<stdit::ParamSpec> specs = {{"q", {2, 2}, false, true}, {"a", {2}, true}};
+    const stdit::WeightMap w = stdit::load_checked(*src, specs, "--fuzz");
+    if (w.count("q") && w.at("q").dtype() == stdit::DType::F8_E4M3) {
+      const stdit::Tensor d = stdit::dequantize_rows_e4m3(w.at("q"), w.at("q").scales());
+      fuzz::touch(d.raw(), d.nbytes());
     }
   });
   return 0;

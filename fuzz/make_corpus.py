@@ -136,6 +136,10 @@ def main():
     put("checkpoint_dir", "two_shards_ok", b"\0" + two.encode() + b"\n@@@@\n" + sa + b"\n@@@@\n" + sb)
     put("checkpoint_dir", "path_escape", b"\0" + b'{"weight_map":{"a":"../x","b":"/etc/passwd","c":".."}}')
     put("checkpoint_dir", "single_safetensors", b"\2" + sa)
+    # An FP8 weight with its row scales (load_checked's quantizable spec "q" [2, 2] + "q_scale" [2]).
+    fp8 = st_image('{"q":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[0,4]},'
+                   '"q_scale":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}', 12)
+    put("checkpoint_dir", "fp8_with_scales", b"\2" + fp8)
     put("checkpoint_dir", "single_bin", b"\3" + open(os.path.join(DATA, "t5_bad", "truncated.bin"), "rb").read())
     put("checkpoint_dir", "index_nesting_bomb", b"\0" + b"[" * 20000)
 

@@ -4,7 +4,7 @@ target_sources(stdit_tests PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/test_media.cpp
 
 # `stdit generate` as users run it: real processes, signals and files (tests/cli/outputs.sh),
 # one ctest per case so that they run in parallel; each in its own directory.
-foreach(case concurrent sigint sigterm sigint_twice check_first errors from)
+foreach(case concurrent sigint sigterm sigint_twice check_first errors from fp8)
   add_test(NAME cli_outputs_${case}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/outputs.sh $<TARGET_FILE:stdit>
                    ${CMAKE_BINARY_DIR}/cli_outputs/${case} ${case})

@@ -53,7 +53,8 @@ struct Model {
   std::unique_ptr<STDiT3> dit;
   std::unique_ptr<OpenSoraVae> vae;
 
-  explicit Model(const std::string& dir) : eng(open_engine(dir)) {
+  explicit Model(const std::string& dir, const ExecutionPolicy& policy = resolve_policy({}, "cpu", 0))
+      : be(policy), eng(open_engine(dir)) {
     tok = std::make_unique<T5Tokenizer>(eng.spiece);
     t5 = T5Encoder::load(eng.t5, be);
     dit = STDiT3::load(eng.dit, be);
@@ -160,6 +161,73 @@ TEST(DemoModel, StepSavingsQualityAgainstThePlainVideo) {
                 work / std::size(kCases), *d.steps, all / work, psnr_min, ssim_mean, passed, std::size(kCases));
     EXPECT_LT(work, all) << st.name << " saved nothing";
   }
+}
+
+// --precision fp8 (the CPU emulation of the GPU's arithmetic) against f32 on the demo model: every
+// prompt still draws its colour moving its way, and the worst frame stays >= 30 dB from the f32
+// video of the same seed (docs/NUMERICS.md keeps the figures this prints).
+namespace {
+struct Fp8Row {
+  double psnr_min = 1e9, ssim_mean = 0;
+  int passed = 0;
+};
+Fp8Row fp8_against_f32(const std::string& keep, const std::vector<Frames>& plain) {
+  Model m(kDemo, resolve_policy({"fp8", "auto", {}, keep}, "cpu", 0));
+  const EngineDefaults& d = m.eng.defaults;
+  Fp8Row row;
+  for (size_t k = 0; k < std::size(kCases); ++k) {
+    const Case& c = kCases[k];
+    const Frames f = m.video(c.prompt, c.seed, *d.height, *d.num_frames, *d.steps, *d.cfg_scale);
+    const auto [p, s] = psnr_ssim(f, plain[k]);
+    row.psnr_min = std::min(row.psnr_min, p);
+    row.ssim_mean += s / std::size(kCases);
+    const bool ok = look(f, c.colour, c.motion).ok;
+    row.passed += ok;
+    EXPECT_TRUE(ok || !keep.empty()) << "fp8: \"" << c.prompt << "\" no longer passes";
+  }
+  return row;
+}
+std::vector<Frames> plain_videos() {
+  Model m(kDemo);
+  const EngineDefaults& d = m.eng.defaults;
+  std::vector<Frames> plain;
+  for (const Case& c : kCases) plain.push_back(m.video(c.prompt, c.seed, *d.height, *d.num_frames, *d.steps, *d.cfg_scale));
+  return plain;
+}
+}  // namespace
+
+TEST(DemoModel, Fp8KeepsEveryPromptAndThirtyDecibels) {
+  if (!open_engine(kDemo).defaults.steps) GTEST_SKIP() << kDemo << " is not the trained demo model yet (issue 8)";
+  const Fp8Row r = fp8_against_f32("", plain_videos());
+  std::printf("demo model, fp8 vs f32, %zu prompts: worst PSNR %.2f dB, mean SSIM %.4f, checks %d of %zu\n",
+              std::size(kCases), r.psnr_min, r.ssim_mean, r.passed, std::size(kCases));
+  EXPECT_GE(r.psnr_min, 30.0);
+  EXPECT_EQ(r.passed, static_cast<int>(std::size(kCases)));
+}
+
+// Which layers cost the most (docs/NUMERICS.md's table): one layer kind quantized at a time, every
+// other one kept; then everything but the first / last steps. A measurement (3 minutes on 2 cores),
+// run by hand: stdit_tests --gtest_also_run_disabled_tests --gtest_filter='*Fp8LayerTable'.
+TEST(DemoModel, DISABLED_Fp8LayerTable) {
+  const std::vector<Frames> plain = plain_videos();
+  const auto& names = fp8_layer_names();
+  std::printf("demo model, %zu prompts, fp8 vs f32: quantized | worst PSNR dB | mean SSIM | checks passed\n",
+              std::size(kCases));
+  auto print = [&](const std::string& what, const std::string& keep) {
+    const Fp8Row r = fp8_against_f32(keep, plain);
+    std::printf("  %-32s | %6.2f | %.4f | %d of %zu\n", what.c_str(), r.psnr_min, r.ssim_mean, r.passed,
+                std::size(kCases));
+    EXPECT_GT(r.psnr_min, 0.0);
+  };
+  for (const auto& layer : names) {
+    std::string keep;
+    for (const auto& other : names)
+      if (other != layer) keep += (keep.empty() ? "" : ",") + other;
+    print("only " + layer, keep);
+  }
+  print("all", "");
+  print("all, first 3 / last 3 steps f32", "first:3,last:3");
+  print("all but spatial/temporal block 0", "0");
 }
 
 TEST(DemoModel, RandomWeightsFailTheSameCheck) {

@@ -169,6 +169,10 @@ class Engine {
 // The engine directory recorded in `file` (an mp4 / PNG / latents file made by generate) when it
 // still exists, else empty: where `Request::from` is best re-run.
 std::string recorded_engine(const std::string& file);
+// `given` completed from the record in `file` for `Request::from`: the recorded engine when none is
+// given (and it still exists); precision fp8 and its --fp8-keep when the precision is auto (auto
+// never picks fp8, so a re-run would otherwise compute another video).
+EngineOptions with_recorded(const std::string& file, EngineOptions given);
 
 // `stdit convert`: Hugging Face checkpoints (or an engine's components) into an engine directory.
 struct ConvertRequest {

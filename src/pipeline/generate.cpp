@@ -765,6 +765,16 @@ std::string recorded_engine(const std::string& file) {
   return !r.engine.empty() && fs::is_directory(r.engine, ec) ? r.engine : std::string();
 }
 
+EngineOptions with_recorded(const std::string& file, EngineOptions given) {
+  if (given.dir.empty()) given.dir = recorded_engine(file);
+  const RunRecord r = read_run_record(file);
+  if (given.precision == "auto" && r.precision == "fp8") {
+    given.precision = "fp8";
+    if (given.fp8_keep.empty()) given.fp8_keep = r.fp8_keep;
+  }
+  return given;
+}
+
 void convert(const ConvertRequest& r) {
   const std::string& d = r.dtype;
   STDIT_CHECK(d == "bf16" || d == "f16" || d == "f32" || d == "fp32" || d == "float32" || d == "bfloat16" ||
@@ -833,7 +843,8 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   const int F = rec.num_frames, H = rec.height, W = rec.width;
   const int64_t T = plan.T, h = plan.h, w = plan.w;
   rec.backend = backend->name();
-  rec.precision = precision;
+  rec.precision = precision_name(backend->policy().precision);
+  rec.fp8_keep = backend->policy().fp8_keep.describe();
   Result result;
   {
     const bool rounded = rec.output_width != W || rec.output_height != H;
@@ -842,7 +853,8 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
             " px", rounded ? cat(" (size condition ", W, "x", H, "; the VAE makes multiples of 8)") : std::string(), ", ",
             F == 1 ? std::string("1 frame (the model's fps condition is 120)") : cat(F, " frames at ", rec.fps, " fps"),
             ", ", rec.steps, " steps, cfg ", rec.cfg_scale, ", seed ", rec.seed, ", engine ", eng.dir, " (", eng.dtype,
-            "), backend ", backend->name(), " (", rec.precision, ")",
+            "), backend ", backend->name(), " (", rec.precision,
+            rec.fp8_keep.empty() ? std::string() : ", unquantized " + rec.fp8_keep, ")",
             rec.cache != "none" ? cat(", cache ", rec.cache) : std::string(),
             rec.cfg_until < 1 ? cat(", cfg until ", rec.cfg_until, " (", cfg_steps(rec.cfg_until, rec.steps), " of ",
                                     rec.steps, " steps)")
@@ -1169,7 +1181,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
 std::vector<std::string> generate(const GenerateOptions& opt) {
   api::EngineOptions eo;
   eo.dir = opt.engine;
-  if (eo.dir.empty() && !opt.from.empty()) eo.dir = api::recorded_engine(opt.from);
+  if (!opt.from.empty()) eo = api::with_recorded(opt.from, eo);
   eo.backend = opt.backend;
   eo.gpus = opt.gpus;
   eo.tp = opt.tp;

@@ -55,6 +55,7 @@ json RunRecord::to_json() const {
           {"engine_id", engine_id},
           {"backend", backend},
           {"precision", precision},
+          {"fp8_keep", fp8_keep},
           {"width", width},
           {"height", height},
           {"output_width", output_width},
@@ -110,6 +111,7 @@ RunRecord RunRecord::from_json(const json& j, const std::string& where) {
   r.condition_frame_edit = get_opt<double>(j, "condition_frame_edit", where).value_or(0.0);
   r.align = get_opt<int>(j, "align", where).value_or(5);
   r.extend = get_opt<std::string>(j, "extend", where).value_or("");
+  r.fp8_keep = get_opt<std::string>(j, "fp8_keep", where).value_or("");
   STDIT_CHECK(r.loop >= 1 && r.align >= 0 && r.condition_frame_length >= 1 && std::isfinite(r.condition_frame_edit),
               where, ": the stdit record holds impossible conditioning settings: ", j.dump());
   STDIT_CHECK(std::isfinite(r.cfg_until) && r.cfg_until > 0 && r.cfg_until <= 1, where,

@@ -29,7 +29,8 @@ struct VideoRecord {
 struct RunRecord {
   std::string program = kProgramVersion;
   std::string engine, engine_id;   // directory as given; engine_identity() of its contents
-  std::string backend, precision;  // "cpu" / "cuda"; "f32" / "bf16"
+  std::string backend, precision;  // "cpu" / "cuda"; "f32" / "tf32" / "bf16" / "fp8"
+  std::string fp8_keep;            // precision fp8: what stayed unquantized (--fp8-keep), "" for none
   int width = 0, height = 0;       // the model's size condition in pixels (as asked)
   int output_width = 0, output_height = 0;  // the file's size: multiples of 8 at most as large
   int num_frames = 0;

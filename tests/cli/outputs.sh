@@ -184,3 +184,37 @@ if want $CASE; then
   clean_dir .
   echo "ok $CASE"
 fi
+
+CASE=fp8
+if want $CASE; then
+  # --precision fp8 (the CPU emulation) quantizes at load what `convert --dtype fp8` stores: the same
+  # latents; the record brings fp8 and --fp8-keep back for --from; bad requests are one error line.
+  T=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/models/tiny
+  "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --dtype fp8 -o e8 >run.out 2>run.err || die "convert: $(cat run.err)"
+  grep -q '"dtype": "fp8"' e8/config.json || die "engine config lacks dtype fp8"
+  listing=$("$S" inspect e8/dit/model.safetensors)
+  grep -q "spatial_blocks.0.mlp.fc1.weight  *F8_E4M3  *\[768, 192\]" <<<"$listing" &&
+    grep -q "spatial_blocks.0.mlp.fc1.weight_scale  *F32  *\[768\]" <<<"$listing" ||
+    die "no e4m3 weight with row scales in the fp8 engine: $(head <<<"$listing")"
+  "$S" generate "a red ball moving left" "${FAST[@]}" --precision fp8 --save-latents a.safetensors -o a.mp4 2>run.err ||
+    die "fp8 at load: $(cat run.err)"
+  "$S" generate "a red ball moving left" "${FAST[@]}" -e e8 --precision fp8 --save-latents b.safetensors -o b.mp4 2>run.err ||
+    die "fp8 engine: $(cat run.err)"
+  "$S" compare a.safetensors b.safetensors --tol 0 >run.out 2>&1 || die "fp8 engine != fp8 at load: $(cat run.out)"
+  "$S" generate "a red ball moving left" "${FAST[@]}" --save-latents c.safetensors -o c.mp4 2>run.err || die "f32: $(cat run.err)"
+  "$S" compare a.safetensors c.safetensors --tol 1e-4 >run.out 2>&1 && die "fp8 latents equal f32's"
+  "$S" generate "a red ball moving left" "${FAST[@]}" --precision fp8 --fp8-keep fc2,first:1 -o k.mp4 2>run.err ||
+    die "fp8-keep: $(cat run.err)"
+  rec=$(tag k.mp4 stdit)
+  [[ $rec == *'"precision":"fp8"'* && $rec == *'"fp8_keep":"fc2,first:1"'* ]] || die "record: $rec"
+  "$S" generate --from k.mp4 -o k2.mp4 -q >/dev/null 2>run.err || die "--from fp8: $(cat run.err)"
+  cmp -s k.mp4 k2.mp4 || die "--from k.mp4 made different bytes"
+  "$S" generate x --fp8-keep qkv >run.out 2>run.err
+  [[ $? -eq 1 ]] && grep -q "^error: --fp8-keep needs --precision fp8" run.err || die "keep without fp8: $(cat run.err)"
+  "$S" generate x --backend cpu --precision fp8 --fp8-keep fc3 >run.out 2>run.err
+  [[ $? -eq 1 ]] && grep -q "^error: --fp8-keep: 'fc3'" run.err || die "bad keep: $(cat run.err)"
+  "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --dtype fp4 -o e4 >run.out 2>run.err
+  [[ $? -eq 1 && ! -e e4 ]] && grep -q "^error: --dtype must be bf16, f16, f32 or fp8" run.err || die "fp4: $(cat run.err)"
+  clean_dir .
+  echo "ok $CASE"
+fi

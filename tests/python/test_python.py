@@ -105,7 +105,9 @@ def test_bad_arguments(pipe):
     with pytest.raises(ValueError, match="device"):
         stdit.Pipeline.from_pretrained(device="tpu")
     with pytest.raises(ValueError, match="precision"):
-        stdit.Pipeline.from_pretrained(device="cpu", precision="fp8")
+        stdit.Pipeline.from_pretrained(device="cpu", precision="fp4")
+    with pytest.raises(ValueError, match="--fp8-keep needs --precision fp8"):
+        stdit.Pipeline.from_pretrained(device="cpu", fp8_keep="qkv")
     with pytest.raises(ValueError, match="uint8"):
         stdit.export_to_video(np.zeros((2, 8, 8, 3), np.float32), "x.mp4")
     with pytest.raises(ValueError, match="--cache: unknown method 'pab'"):
@@ -129,6 +131,19 @@ def test_step_caching_and_cfg_until_as_the_program(pipe, tmp_path):
     plain = pipe("a red ball moving to the right", seed=3, num_inference_steps=8, return_latents=True,
                  progress=False)
     assert not np.array_equal(plain.latents[0], out.latents[0])
+
+
+def test_fp8_as_the_program(tmp_path):
+    p8 = stdit.Pipeline.from_pretrained(device="cpu", precision="fp8", fp8_keep="fc2")
+    assert p8.precision == "fp8 (unquantized fc2)"
+    out = p8("a red ball moving to the right", seed=4, return_latents=True, **FAST)
+    assert out.records[0]["precision"] == "fp8" and out.records[0]["fp8_keep"] == "fc2"
+    lat = tmp_path / "lat.safetensors"
+    subprocess.run([STDIT_BIN, "generate", "a red ball moving to the right", "--seed", "4", "--steps", "3",
+                    "--precision", "fp8", "--fp8-keep", "fc2", "--backend", "cpu", "-e", stdit.demo_engine_dir(),
+                    "--out-dir", str(tmp_path), "--save-latents", str(lat), "-q"], check=True)
+    tensors, _ = read_safetensors(lat)
+    assert np.array_equal(tensors["latents"][0], out.latents[0])
 
 
 def test_image_to_video_as_the_program(pipe, tmp_path):

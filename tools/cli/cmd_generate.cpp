@@ -100,7 +100,7 @@ void add_generate(CLI::App& app, Action& action) {
     action = [o] {
       api::install_signal_handlers();  // Ctrl-C: stop at the next step, keep what is finished
       api::EngineOptions eo = o->e;
-      if (eo.dir.empty() && !o->r.from.empty()) eo.dir = api::recorded_engine(o->r.from);
+      if (!o->r.from.empty()) eo = api::with_recorded(o->r.from, eo);
       ProgressPrinter printer(api::verbosity() == api::Verbosity::Quiet);
       try {
         auto engine = api::Engine::open(eo);
