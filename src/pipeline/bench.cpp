@@ -1,6 +1,8 @@
 #include "pipeline/bench.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -12,6 +14,7 @@
 #include "core/log.h"
 #include "core/philox.h"
 #include "core/synthetic.h"
+#include "media/frames.h"
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
 #include "pipeline/cfg_parallel.h"
@@ -36,10 +39,38 @@ double stdit3_step_flops(int64_t T, int64_t S, int64_t C, int depth) {
   return linear + spatial + temporal;
 }
 
+namespace {
+// Per-frame PSNR of two decoded videos [1, 3, F, H, W] (values in [-1, 1]) as the files would hold
+// them (pixel_from_unit, the writer's rounding). Returns the worst and the mean frame (dB; identical
+// frames count as 99 dB).
+std::pair<double, double> video_psnr(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(DType::F32), y = b.to(DType::F32);
+  const int64_t F = a.size(2), plane = a.size(3) * a.size(4);
+  auto u8 = [](float v) { return static_cast<double>(pixel_from_unit(v)); };
+  double worst = 1e9, sum = 0;
+  for (int64_t f = 0; f < F; ++f) {
+    double se = 0;
+    for (int c = 0; c < 3; ++c)
+      for (int64_t i = 0; i < plane; ++i) {
+        const int64_t o = (c * F + f) * plane + i;
+        const double d = u8(x.data<float>()[o]) - u8(y.data<float>()[o]);
+        se += d * d;
+      }
+    const double mse = se / (3.0 * plane);
+    const double p = mse > 0 ? 10.0 * std::log10(255.0 * 255.0 / mse) : 99.0;
+    worst = std::min(worst, p);
+    sum += p;
+  }
+  return {worst, sum / static_cast<double>(F)};
+}
+}  // namespace
+
 void run_bench(const BenchOptions& opt) {
   const SamplerOptions savings{parse_step_cache(opt.cache), opt.cfg_until};
   cfg_steps(opt.cfg_until, 30);  // refuses a fraction outside (0, 1] before anything loads
-  auto be = make_backend(opt.backend);
+  STDIT_CHECK(opt.steps >= 1 && opt.steps <= 1000, "--steps must be in 1..1000, got ", opt.steps);
+  auto be = make_backend(opt.backend, {opt.precision, "auto", {}, opt.fp8_keep});
+  const bool fp8 = be->policy().precision == Precision::FP8;
   nlohmann::json results = nlohmann::json::array();
   std::printf("stdit bench (backend %s, synthetic weights seed %llu)\n%s\n", opt.backend.c_str(),
               static_cast<unsigned long long>(opt.seed), be->policy().describe().c_str());
@@ -196,7 +227,7 @@ void run_bench(const BenchOptions& opt) {
       auto loop = [&](const SamplerOptions& so, SamplerReport* rep, double& s) {
         be->synchronize();
         const auto c0 = Clock::now();
-        Tensor z = rflow_sample(sd, y1, in.mask, noise, ph, pw, F, 24.0, 30, 7.0, {}, so, rep);
+        Tensor z = rflow_sample(sd, y1, in.mask, noise, ph, pw, F, 24.0, opt.steps, 7.0, {}, so, rep);
         be->synchronize();
         s = secs(c0, Clock::now());
         return z;
@@ -204,12 +235,37 @@ void run_bench(const BenchOptions& opt) {
       const Tensor z0 = loop(SamplerOptions{}, nullptr, loop_plain_s);
       const Tensor z1 = loop(savings, &saved_rep, loop_saved_s);
       loop_change = rel_error(z1, z0);
-      std::printf("  %-8s 30-step loop: plain %.2f s, with %s%s %.2f s (%.2fx); %d of %d evaluations cached, "
+      std::printf("  %-8s sampling loop: plain %.2f s, with %s%s %.2f s (%.2fx); %d of %d evaluations cached, "
                   "%d conditional-only steps; latents rel. change %.2e (random weights)\n  %-8s schedule %s\n",
                   preset.c_str(), loop_plain_s, step_cache_name(savings.cache_threshold).c_str(),
                   savings.cfg_until < 1 ? cat(", cfg until ", savings.cfg_until).c_str() : "", loop_saved_s,
                   loop_plain_s / loop_saved_s, saved_rep.parts_cached, saved_rep.parts, saved_rep.cond_only_steps,
                   loop_change, preset.c_str(), saved_rep.schedule.c_str());
+    }
+    // The fp8 quality gate: the sampling loop in fp8 and in the high precision, then both decoded.
+    double fp8_latent_err = -1, fp8_psnr_min = -1, fp8_psnr_mean = -1;
+    if (fp8) {
+      auto hi = make_backend(opt.backend);
+      STDiT3 dit_hi(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *hi);
+      SingleDenoiser d8(*dit), dh(dit_hi);
+      const Tensor y1 = in.y.slice(0, 0, 1).contiguous(), noise = in.x.slice(0, 0, 1).contiguous();
+      const int ph = H, pw = W;
+      const Tensor z8 = rflow_sample(d8, y1, in.mask, noise, ph, pw, F, 24.0, opt.steps, 7.0, {}, {}, nullptr);
+      const Tensor zh = rflow_sample(dh, y1, in.mask, noise, ph, pw, F, 24.0, opt.steps, 7.0, {}, {}, nullptr);
+      fp8_latent_err = rel_error(z8, zh);
+      if (opt.vae) {
+        OpenSoraVae vae_hi(vc, synthetic_weights(vae_param_specs(vc), synthetic_seed("vae", opt.seed)), *hi);
+        const Tensor v8 = vae_hi.decode(z8, F), vh = vae_hi.decode(zh, F);  // [1, 3, F, H, W] in [-1, 1]
+        const auto [worst, mean] = video_psnr(v8, vh);
+        fp8_psnr_min = worst;
+        fp8_psnr_mean = mean;
+      }
+      std::printf("  %-8s fp8 quality (%d steps, random weights) vs %s: latents rel. error %.3e; decoded video "
+                  "worst frame %.2f dB, mean %.2f dB: %s\n",
+                  preset.c_str(), opt.steps, precision_name(hi->policy().precision), fp8_latent_err, fp8_psnr_min,
+                  fp8_psnr_mean,
+                  !opt.vae ? "no decode (--no-vae)" : fp8_psnr_min >= 30 ? "pass (>= 30 dB)" : "FAIL (< 30 dB)");
+      be->bind_to_this_thread();
     }
     double vae_s = -1, vae_first_s = -1;
     if (opt.vae) {
@@ -257,7 +313,9 @@ void run_bench(const BenchOptions& opt) {
                        {"loop30_plain_s", loop_plain_s}, {"loop30_saved_s", loop_saved_s},
                        {"loop30_parts", saved_rep.parts}, {"loop30_parts_cached", saved_rep.parts_cached},
                        {"loop30_cond_only_steps", saved_rep.cond_only_steps},
-                       {"loop30_latents_rel_change", loop_change}, {"loop30_schedule", saved_rep.schedule}});
+                       {"loop30_latents_rel_change", loop_change}, {"loop30_schedule", saved_rep.schedule},
+                       {"loop_steps", opt.steps}, {"fp8_latents_rel_err", fp8_latent_err},
+                       {"fp8_psnr_worst_db", fp8_psnr_min}, {"fp8_psnr_mean_db", fp8_psnr_mean}});
   }
   if (!opt.json.empty()) {
     std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend},

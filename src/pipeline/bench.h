@@ -20,6 +20,12 @@ struct BenchOptions {
   // evaluations saved and the change of the latents.
   std::string cache = "none";
   double cfg_until = 1.0;
+  int steps = 30;  // of those sampling loops (and of the fp8 quality gate)
+  // The execution policy (backend/policy.h). With "fp8" each preset also runs the quality gate:
+  // the sampling loop in fp8 and in the backend's high precision (bf16 on a GPU, f32 on the CPU)
+  // from the same noise, text and weights; the latents' relative error and the decoded videos'
+  // per-frame PSNR (worst frame; gate >= 30 dB).
+  std::string precision = "auto", fp8_keep;
 };
 
 void run_bench(const BenchOptions& opt);
