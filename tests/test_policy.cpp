@@ -69,7 +69,14 @@ TEST(Policy, Fp8) {
   };
   EXPECT_EQ(error_of({"fp8", "auto", {}, ""}, "cuda", 86),
             "--precision fp8 needs FP8 tensor cores (Ada sm_89 or Hopper sm_90); this GPU is sm_86");
-  EXPECT_NE(error_of({"fp8", "auto", {}, ""}, "cuda", 90).find("CPU backend only in this build"), std::string::npos);
+  EXPECT_NE(error_of({"fp8", "auto", {}, ""}, "cuda", 90).find("not yet checked on one"), std::string::npos);
+  // The developers' switch (STDIT_CUDA_FP8=1): bf16 around the FP8 GEMMs.
+  const ExecutionPolicy g = resolve_policy({"fp8", "auto", {{"fp8", true}}, "first:2"}, "cuda", 89);
+  EXPECT_EQ(g.precision, Precision::FP8);
+  EXPECT_TRUE(g.cudnn_attention && g.text_attention && !g.wgmma_attention);  // Ada: no wgmma
+  EXPECT_EQ(g.describe(),
+            "execution policy: cuda, fp8 (e4m3 block linears, bf16 elsewhere); attention short-text > cudnn > bf16 "
+            "flash > tf32 > f32; convolutions cudnn; unquantized first:2");
   EXPECT_EQ(error_of({"bf16", "auto", {}, "qkv"}, "cpu", 0), "--fp8-keep needs --precision fp8");
   EXPECT_NE(error_of({"fp8", "auto", {}, "qkv,nope"}, "cpu", 0).find("'nope'"), std::string::npos);
 }

@@ -116,6 +116,12 @@ const std::map<std::string, double>& thresholds() {
       {"linear", 2e-3},
       {"conv3d", 2e-3},
       {"linear[f32]", 1e-5},
+      // fp8 (cuda_fp8.cu) against the CPU emulation: the same codes (share of differing codes: 0),
+      // then only the f32 accumulation order differs (F32 out); BF16 out adds its rounding.
+      {"fp8 codes", 0.0},
+      {"linear[fp8]", 1e-5},
+      {"linear[fp8, bf16 out]", 1e-2},
+      {"stdit3_a[fp8]", 1e-2},
       {"linear[gelu epilogue]", 1e-5},
       {"conv3d[f32]", 1e-5},
       {"nan-propagation", 0.0},

@@ -115,6 +115,19 @@ TEST_P(CudaStdit3, ForwardMatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaStdit3, ::testing::Values("stdit3_a", "stdit3_b", "stdit3_c"));
 
+// fp8 on the GPU (bf16 activations around e4m3 GEMMs) against the CPU emulation of fp8 (f32
+// around the same GEMMs), fixture a and its fp8 reference output (tests/data/fp8/stdit3.safetensors).
+TEST(CudaStdit3Fp8, ForwardMatchesTheEmulation) {
+  if (cuda_device_sm(0) < 89) GTEST_SKIP() << "no FP8 tensor cores (sm_" << cuda_device_sm(0) << ")";
+  const PolicyRequest req{"fp8", "auto", {{"fp8", true}}, ""};
+  CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
+  const std::string dir = data_dir() + "/stdit3_a";
+  auto model = STDiT3::load(dir, g8);
+  const Tensor got = model->forward(read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors")));
+  const Tensor want = SafetensorsFile::open(data_dir() + "/fp8/stdit3.safetensors")->get("output_all").to(DType::F32);
+  check("stdit3_a[fp8]", "output vs the reference's fp8 forward", rel_error(got, want));
+}
+
 TEST(CudaFixtures, T5Tiny) {
   const std::string dir = data_dir() + "/t5_tiny";
   const auto in = SafetensorsFile::open(dir + "/inputs.safetensors");

@@ -12,6 +12,8 @@
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+
+#include "core/fp8.h"
 #include <random>
 #include <sstream>
 #include <thread>
@@ -667,3 +669,55 @@ TEST(CudaOps, NanPropagates) {
   }
 }
 
+// --precision fp8 on the GPU (sm_89+) against the CPU emulation (the oracle of tests/test_fp8.cpp):
+// the quantized codes and scales bit for bit, the scaled GEMM with bias and activations, and a
+// whole STDiT3 forward of fixture a.
+TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
+  if (cuda_device_sm(0) < 89) GTEST_SKIP() << "no FP8 tensor cores (sm_" << cuda_device_sm(0) << ")";
+  const PolicyRequest req{"fp8", "auto", {{"fp8", true}}, ""};
+  CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
+  CpuBackend c8(resolve_policy(req, "cpu", 0));
+  // Codes: rows of several magnitudes, a zero row, a tiny row, values at ties.
+  Tensor x = randn({9, 200}, 7001);
+  for (int64_t i = 0; i < 200; ++i) {
+    x.data<float>()[5 * 200 + i] = 0.0f;
+    x.data<float>()[6 * 200 + i] = 1e-38f;
+    x.data<float>()[7 * 200 + i] *= 3000.0f;
+    x.data<float>()[8 * 200 + i] = (i % 4 == 0) ? 448.0f : 1.0625f * static_cast<float>(i % 7);
+  }
+  for (bool bf16_in : {false, true}) {
+    const Tensor xin = bf16_in ? x.to(DType::BF16).to(DType::F32) : x;
+    const Tensor want = quantize_rows_e4m3(xin, "x");
+    const Tensor got = g8.quantize_rows_e4m3(dev_in(g8, xin, bf16_in));
+    const Tensor codes = g8.download(got), scales = g8.download(got.scales());
+    int64_t diff = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) diff += codes.data<uint8_t>()[i] != want.data<uint8_t>()[i];
+    for (int64_t r = 0; r < x.size(0); ++r) diff += scales.data<float>()[r] != want.scales().data<float>()[r];
+    check("fp8 codes", bf16_in ? "x [9, 200] bf16" : "x [9, 200] f32", static_cast<double>(diff) / x.numel());
+  }
+  struct Case {
+    Shape x;
+    int64_t n;
+    bool bias;
+    Activation act;
+  };
+  const std::vector<Case> cases = {{{37, 64}, 96, true, Activation::None},
+                                   {{2, 405, 1152}, 3456, true, Activation::None},
+                                   {{405, 1152}, 4608, true, Activation::GeluTanh},
+                                   {{13, 40}, 24, false, Activation::Silu}};
+  uint64_t seed = 7100;
+  for (const auto& c : cases) {
+    const int64_t k = c.x.back();
+    const Tensor xs = randn(c.x, ++seed);
+    const Tensor w = quantize_rows_e4m3(randn({c.n, k}, ++seed, 1.0f / std::sqrt(static_cast<float>(k))), "w");
+    const Tensor b = randn({c.n}, ++seed, 0.1f);
+    Tensor ref = c8.alloc(with_last(c.x, c.n));
+    c8.linear(xs, c8.upload_weight(w), c.bias ? b : Tensor{}, c.act, ref);
+    const std::string what = cat("x ", S(c.x), " w ", S(w.shape()), c.bias ? " +b" : "");
+    for (DType out : {DType::F32, DType::BF16}) {
+      Tensor o = poisoned(g8, ref.shape(), out);
+      g8.linear(g8.upload(xs), g8.upload_weight(w), c.bias ? g8.upload(b) : Tensor{}, c.act, o);
+      check(out == DType::F32 ? "linear[fp8]" : "linear[fp8, bf16 out]", what, err_vs(g8, o, ref));
+    }
+  }
+}

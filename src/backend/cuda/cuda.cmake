@@ -11,6 +11,7 @@
 add_library(stdit_cuda_kernels OBJECT
   ${CMAKE_CURRENT_LIST_DIR}/cuda_backend.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_linear.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_fp8.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_norm.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_attention_tc.cu

@@ -299,6 +299,15 @@ DType CudaBackend::matmul_dtype() const { return ctx_->options.bf16 ? DType::BF1
 
 Tensor CudaBackend::upload_weight(const Tensor& host) {
   STDIT_CHECK(host.defined(), "cuda upload: tensor is missing");
+  if (host.dtype() == DType::F8_E4M3) {  // an fp8 weight: its codes and row scales as they are
+    STDIT_CHECK(host.device().kind == DeviceKind::CPU && host.scales().defined(),
+                "cuda upload: an F8_E4M3 weight needs its row scales (host)");
+    const Tensor h = host.contiguous();
+    Tensor d = alloc(h.shape(), DType::F8_E4M3);
+    if (h.nbytes())
+      STDIT_CUDA_CHECK(cudaMemcpyAsync(d.raw(), h.raw(), h.nbytes(), cudaMemcpyHostToDevice, ctx_->stream));
+    return d.with_scales(upload(host.scales()));
+  }
   if (!ctx_->options.bf16 || !is_float(host.dtype())) return upload(host);
   if (host.device().kind == DeviceKind::CUDA) {  // a device tensor: converted on the device
     expect_float(host, *ctx_, "upload", "source");
@@ -706,7 +715,7 @@ void CudaBackend::gather_rows(const Tensor& src, const std::vector<int64_t>& row
 
 std::unique_ptr<Backend> make_cuda_backend(int device, const ExecutionPolicy& p) {
   CudaOptions o;
-  o.bf16 = p.precision == Precision::BF16;
+  o.bf16 = p.precision == Precision::BF16 || p.precision == Precision::FP8;  // fp8: bf16 around the FP8 GEMMs
   o.tf32 = p.precision != Precision::F32;
   o.tf32_attention = p.tf32_attention;
   o.cudnn_conv = p.cudnn_conv;

@@ -106,6 +106,9 @@ class CudaBackend final : public Backend {
                       Tensor& out) override;
 
   // --- CUDA-specific ---
+  // x [..., K] (F32 or BF16, contiguous) quantized row by row to e4m3 by core/fp8.h's rule: an
+  // F8_E4M3 device tensor carrying its F32 row scales (the fp8 precision's activations).
+  Tensor quantize_rows_e4m3(const Tensor& x);
   // Sets every byte of a contiguous device tensor (tests poison outputs with 0xFF = NaN floats).
   void fill_bytes(Tensor& t, int byte);
   const CudaOptions& options() const;
@@ -115,6 +118,9 @@ class CudaBackend final : public Backend {
   // conv3d's work; returns the path taken ("cudnn", "gemm", "im2col") for the profile.
   std::string conv3d_impl(const Tensor& x, const Tensor& w, const Tensor& bias,
                           const ConvParams& p, Tensor& out);
+  // linear() with an F8_E4M3 weight (cuda_fp8.cu): x quantized per row, the FP8 GEMM, then
+  // out = act(acc * x_scale[row] * w_scale[col] + bias) in the order of the CPU emulation.
+  void linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out);
   std::shared_ptr<CudaContext> ctx_;
   std::unique_ptr<DeviceMemoryMonitor> memory_monitor_;  // after ctx_: the device exists first
   ExecutionPolicy policy_;

@@ -4,6 +4,7 @@
 #include <cublasLt.h>
 #include <cudnn.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -49,7 +50,9 @@ void check_launch(const char* op);
 
 struct GemmKey {
   int64_t m, n, k, lda, ldb, ldc;
-  int transa, transb, epilogue, align_a, align_b, align_c, bf16_in, bf16_out;
+  int transa, transb, epilogue, align_a, align_b, align_c;
+  int bf16_in;  // A and B: 0 F32, 1 BF16, 2 FP8 e4m3
+  int bf16_out;
   int64_t batch, stride_a, stride_b, stride_c, stride_bias;  // strided batch (1: none)
   auto tied() const {
     return std::tie(m, n, k, lda, ldb, ldc, transa, transb, epilogue, align_a, align_b, align_c,
@@ -157,6 +160,11 @@ bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, 
 bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
                 int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
                 void* C, int64_t ldc, const void* bias_rows = nullptr, bool gelu = false);
+// C (F32, column-major m x n, ldc = m) = A^T B for e4m3 codes A (k x m, lda = k) and B (k x n,
+// ldb = k): the fp8 precision's GEMM (cuBLASLt's "TN" FP8 layout, f32 accumulation without fast
+// accumulation, scales 1: the caller applies the row scales), or the plain kernel where cuBLASLt
+// has no algorithm.
+void gemm_fp8(CudaContext& ctx, int64_t m, int64_t n, int64_t k, const void* A, const void* B, float* C);
 // Tensor parallelism over two GPUs (dist/nccl_comm.cu): x += gate * (p0 + p1) (gate absent: 1)
 // for x [B, N, C] F32 and two BF16 partial sums of x's size, p1 possibly another device's memory
 // (peer access enabled). residual_sum2_applies: the layouts it takes (C % 8 == 0, 16-byte
@@ -201,6 +209,7 @@ __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ float load_f(const float* p) { return *p; }
 __device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float load_f(const __nv_fp8_e4m3* p) { return static_cast<float>(*p); }
 
 inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 1 << 20) {
   int64_t b = (n + threads - 1) / threads;

@@ -104,7 +104,7 @@ GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   GemmPlan p;
   const cublasComputeType_t ct = key.bf16_in || !ctx.options.tf32 ? CUBLAS_COMPUTE_32F
                                                                   : CUBLAS_COMPUTE_32F_FAST_TF32;
-  const cudaDataType_t tin = key.bf16_in ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t tin = key.bf16_in == 2 ? CUDA_R_8F_E4M3 : key.bf16_in ? CUDA_R_16BF : CUDA_R_32F;
   const cudaDataType_t tout = key.bf16_out ? CUDA_R_16BF : CUDA_R_32F;
   STDIT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, ct, CUDA_R_32F));
   const cublasOperation_t ta = key.transa ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -246,6 +246,22 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
   return false;
 }
 
+void gemm_fp8(CudaContext& ctx, int64_t m, int64_t n, int64_t k, const void* A, const void* B, float* C) {
+  if (m == 0 || n == 0) return;
+  const int aa = alignment_of(A, k, 1), ab = alignment_of(B, k, 1), ac = alignment_of(C, m, 4);
+  const GemmKey key{m, n, k, k, k, m, 1, 0, static_cast<int>(CUBLASLT_EPILOGUE_DEFAULT), aa, ab, ac, 2, 0, 1, 0, 0, 0, 0};
+  if (k > 0 && run_cached(ctx, key, nullptr, 0.0f, A, B, C)) return;
+  static std::once_flag warned;
+  std::call_once(warned, [&] {
+    log_warn("cuda: cuBLASLt has no FP8 algorithm for a ", m, "x", n, "x", k, " GEMM; using the slow fallback kernel");
+  });
+  dim3 grid(static_cast<unsigned>((m + 15) / 16), static_cast<unsigned>((n + 15) / 16));
+  STDIT_CHECK(grid.y <= 65535, "cuda gemm: fallback kernel cannot cover n = ", n);
+  gemm_fallback_kernel<__nv_fp8_e4m3, float><<<grid, dim3(16, 16), 0, ctx.stream>>>(
+      true, false, m, n, k, static_cast<const __nv_fp8_e4m3*>(A), k, static_cast<const __nv_fp8_e4m3*>(B), k, C, m);
+  check_launch("gemm fp8 (fallback)");
+}
+
 bool gemm_accumulate(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
                      int64_t n, int64_t k, int64_t batch, const void* A, int64_t lda,
                      int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,
@@ -270,6 +286,7 @@ bool gemm_accumulate(CudaContext& ctx, DType in, DType out, bool transa, bool tr
 
 void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                          Tensor& out) {
+  if (w.dtype() == DType::F8_E4M3) return linear_fp8(x, w, bias, act, out);
   OpTimer timer_(*ctx_, "linear", x);
   if (timer_.active())
     timer_.detail = cat("w ", shape_str(w.shape()), act == Activation::None ? "" : " +act");

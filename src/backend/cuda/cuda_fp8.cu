@@ -1,0 +1,140 @@
+// The fp8 precision on the GPU: per-row e4m3 quantization (core/fp8.h's rule, bit for bit), the
+// FP8 GEMM (cuBLASLt) and the scale/bias/activation epilogue. A first, unfused version: the
+// activation is quantized in its own pass and the epilogue is a second pass over the f32 product.
+#include "backend/cuda/cuda_common.cuh"
+
+namespace stdit {
+
+using namespace cuda;
+
+namespace {
+
+// One block per row: amax (and whether any value is not finite), then the codes.
+template <typename T>
+__global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t k, __nv_fp8_storage_t* __restrict__ q,
+                                     float* __restrict__ scale) {
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * k;
+  float amax = 0.0f;
+  int bad = 0;
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+    const float a = fabsf(load_f(xr + i));
+    if (!isfinite(a)) bad = 1;
+    else amax = fmaxf(amax, a);
+  }
+  __shared__ float s_max[32];
+  __shared__ int s_bad[32];
+  __shared__ float s_inv;
+  __shared__ int s_mode;  // 0 scaled, 1 zero row, 2 not finite
+  for (int o = 16; o > 0; o >>= 1) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    bad |= __shfl_xor_sync(0xffffffffu, bad, o);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  if (lane == 0) {
+    s_max[warp] = amax;
+    s_bad[warp] = bad;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = 0.0f;
+    int b = 0;
+    for (int w = 0; w < warps; ++w) {
+      m = fmaxf(m, s_max[w]);
+      b |= s_bad[w];
+    }
+    const float inv = __fdiv_rn(448.0f, m);
+    if (b) {
+      s_mode = 2;
+      scale[row] = __int_as_float(0x7fc00000);  // NaN
+    } else if (m == 0.0f || isinf(inv)) {
+      s_mode = 1;
+      scale[row] = 1.0f;
+    } else {
+      s_mode = 0;
+      s_inv = inv;
+      scale[row] = __fdiv_rn(m, 448.0f);
+    }
+  }
+  __syncthreads();
+  const int mode = s_mode;
+  const float inv = s_inv;
+  __nv_fp8_storage_t* qr = q + row * k;
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+    const float v = load_f(xr + i);
+    qr[i] = mode == 1 ? __nv_fp8_storage_t(0)
+                      : __nv_cvt_float_to_fp8(mode == 2 ? v : __fmul_rn(v, inv), __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
+// out[r, c] = act(acc[r, c] * sx[r] * sw[c] + bias[c]), rounded as the CPU emulation (no FMA).
+template <typename TO>
+__global__ void fp8_epilogue_kernel(const float* __restrict__ acc, const float* __restrict__ sx,
+                                    const float* __restrict__ sw, const float* __restrict__ bias, TO* __restrict__ out,
+                                    int64_t m, int64_t n, int act) {
+  const int64_t total = m * n;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = t / n, c = t - r * n;
+    float v = __fmul_rn(__fmul_rn(acc[t], sx[r]), sw[c]);
+    if (bias) v = __fadd_rn(v, bias[c]);
+    if (act == 1) v = gelu_tanh_f(v);
+    else if (act == 2) v = silu_f(v);
+    store_out(out + t, v);
+  }
+}
+
+}  // namespace
+
+Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
+  CudaContext& c = *ctx_;
+  expect_contiguous_float(x, c, "quantize_rows_e4m3", "x");
+  const int64_t k = x.dim() ? x.size(-1) : 1, m = k ? x.numel() / k : 0;
+  Tensor q = alloc(x.shape(), DType::F8_E4M3);
+  Tensor s = alloc({m}, DType::F32);
+  if (m == 0) return q.with_scales(s);
+  STDIT_CHECK(m <= 0x7fffffff, "cuda quantize_rows_e4m3: too many rows (", m, ")");
+  auto* qp = static_cast<__nv_fp8_storage_t*>(q.raw());
+  if (x.dtype() == DType::BF16)
+    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<__nv_bfloat16>(), k, qp, s.data<float>());
+  else
+    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<float>(), k, qp, s.data<float>());
+  check_launch("quantize_rows_e4m3");
+  return q.with_scales(s);
+}
+
+void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) {
+  OpTimer timer_(*ctx_, "linear_fp8", x);
+  if (timer_.active()) timer_.detail = cat("w ", shape_str(w.shape()), act == Activation::None ? "" : " +act");
+  CudaContext& c = *ctx_;
+  expect_device(w, c, "linear", "weight");
+  STDIT_CHECK(w.dim() == 2 && w.is_contiguous() && w.scales().defined() && w.scales().numel() == w.size(0) &&
+                  w.scales().dtype() == DType::F32,
+              "cuda linear: an F8_E4M3 weight must be a contiguous matrix with F32 row scales");
+  expect_contiguous_float(out, c, "linear", "out");
+  const int64_t n = w.size(0), k = w.size(1);
+  STDIT_CHECK(x.size(-1) == k, "cuda linear: input ", shape_str(x.shape()), " does not match weight ",
+              shape_str(w.shape()));
+  const int64_t m = k ? x.numel() / k : 0;
+  STDIT_CHECK(out.numel() == m * n, "cuda linear: output ", shape_str(out.shape()), " is not [", m, ", ", n, "]");
+  if (bias.defined()) {
+    expect_contiguous_f32(bias, c, "linear", "bias");
+    STDIT_CHECK(bias.numel() == n, "cuda linear: bias has ", bias.numel(), " values, expected ", n);
+  }
+  if (m == 0 || n == 0) return;
+  const Tensor xq = quantize_rows_e4m3(x);
+  // Row-major acc[m, n] = xq[m, k] w[n, k]^T is column-major acc^T[n, m] = w^T xq^T.
+  Tensor acc = out.dtype() == DType::F32 ? out : alloc({m, n}, DType::F32);
+  gemm_fp8(c, n, m, k, w.raw(), xq.raw(), acc.data<float>());
+  const int code = act == Activation::GeluTanh ? 1 : act == Activation::Silu ? 2 : 0;
+  const float* bp = bias.defined() ? bias.data<float>() : nullptr;
+  if (out.dtype() == DType::BF16)
+    fp8_epilogue_kernel<<<blocks_for(m * n, 256), 256, 0, c.stream>>>(
+        acc.data<float>(), xq.scales().data<float>(), w.scales().data<float>(), bp, out.data<__nv_bfloat16>(), m, n, code);
+  else
+    fp8_epilogue_kernel<<<blocks_for(m * n, 256), 256, 0, c.stream>>>(
+        acc.data<float>(), xq.scales().data<float>(), w.scales().data<float>(), bp, out.data<float>(), m, n, code);
+  check_launch("linear fp8 epilogue");
+}
+
+}  // namespace stdit
