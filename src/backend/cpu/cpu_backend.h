@@ -62,7 +62,6 @@ class CpuBackend final : public Backend {
 
  private:
   ExecutionPolicy policy_;
-  void linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out);
   static void epilogue(float* out, int64_t m, int64_t n, const float* row_scale, const float* col_scale,
                        const float* bias, Activation act);
 };

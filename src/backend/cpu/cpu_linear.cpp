@@ -22,11 +22,20 @@ inline float gelu_tanh(float x) {
 }
 }  // namespace
 
+// With an F8_E4M3 weight (--precision fp8) this emulates the GPU's arithmetic on e4m3 codes: each
+// row of x is quantized (core/fp8.h: per token); the codes are multiplied in f32 (each product of
+// two e4m3 values is exact in f32, the sum is rounded as a GPU's f32 accumulator rounds it, in
+// another order); then out = acc * x_scale[row] * w_scale[col] + bias, and the activation.
 void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                         Tensor& out) {
   expect_contiguous_f32(x, "linear", "x");
-  if (w.dtype() == DType::F8_E4M3) return linear_fp8(x, w, bias, act, out);
-  expect_contiguous_f32(w, "linear", "weight");
+  const bool fp8 = w.dtype() == DType::F8_E4M3;
+  if (fp8)
+    STDIT_CHECK(w.dim() == 2 && w.is_contiguous() && w.scales().defined() && w.scales().numel() == w.size(0) &&
+                    w.scales().dtype() == DType::F32,
+                "cpu linear: an F8_E4M3 weight must be a contiguous matrix with F32 row scales");
+  else
+    expect_contiguous_f32(w, "linear", "weight");
   expect_contiguous_f32(out, "linear", "out");
   STDIT_CHECK(w.dim() == 2, "cpu linear: weight must be 2-d, got ", shape_str(w.shape()));
   const int64_t n = w.size(0), k = w.size(1);
@@ -40,6 +49,30 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
     STDIT_CHECK(bias.numel() == n, "cpu linear: bias has ", bias.numel(), " values, expected ", n);
   }
   if (m == 0) return;
+  const float* a = x.data<float>();
+  const float* b = fp8 ? nullptr : w.data<float>();
+  std::vector<float> wq, xq, xs;  // fp8: the codes' values and the rows' scales
+  if (fp8) {
+    static const std::vector<float> value = [] {
+      std::vector<float> v(256);
+      for (int c = 0; c < 256; ++c) v[c] = f8e4m3_to_f32(static_cast<uint8_t>(c));
+      return v;
+    }();
+    wq.resize(static_cast<size_t>(n * k));
+    xq.resize(static_cast<size_t>(m * k));
+    xs.resize(static_cast<size_t>(m));
+    const uint8_t* wc = w.data<uint8_t>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n * k; ++i) wq[i] = value[wc[i]];
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < m; ++r) {
+      std::vector<uint8_t> codes(static_cast<size_t>(k));
+      xs[r] = quantize_row_e4m3(x.data<float>() + r * k, k, codes.data());
+      for (int64_t i = 0; i < k; ++i) xq[r * k + i] = value[codes[i]];
+    }
+    a = xq.data();
+    b = wq.data();
+  }
   // BLAS runs single-threaded (see CpuBackend()); OpenMP splits the rows instead.
   const int64_t chunks = std::min<int64_t>(m, omp_get_max_threads());
 #pragma omp parallel for schedule(static)
@@ -47,56 +80,10 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
     const int64_t r0 = m * c / chunks, r1 = m * (c + 1) / chunks;
     if (r1 > r0)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(r1 - r0), static_cast<int>(n),
-                  static_cast<int>(k), 1.0f, x.data<float>() + r0 * k, static_cast<int>(k), w.data<float>(),
-                  static_cast<int>(k), 0.0f, out.data<float>() + r0 * n, static_cast<int>(n));
+                  static_cast<int>(k), 1.0f, a + r0 * k, static_cast<int>(k), b, static_cast<int>(k), 0.0f,
+                  out.data<float>() + r0 * n, static_cast<int>(n));
   }
-  epilogue(out.data<float>(), m, n, nullptr, nullptr, bias.defined() ? bias.data<float>() : nullptr, act);
-}
-
-// --precision fp8, emulated: the GPU's arithmetic on e4m3 codes. Each row of x is quantized
-// (core/fp8.h: per token); the codes are multiplied in f32 (each product of two e4m3 values is
-// exact in f32, the sum is rounded as a GPU's f32 accumulator rounds it, in another order); then
-// out = acc * x_scale[row] * w_scale[col] + bias, and the activation.
-void CpuBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) {
-  expect_contiguous_f32(out, "linear", "out");
-  STDIT_CHECK(w.dim() == 2 && w.is_contiguous() && w.scales().defined() && w.scales().numel() == w.size(0) &&
-                  w.scales().dtype() == DType::F32,
-              "cpu linear: an F8_E4M3 weight must be a contiguous matrix with F32 row scales");
-  const int64_t n = w.size(0), k = w.size(1);
-  STDIT_CHECK(x.size(-1) == k, "cpu linear: input ", shape_str(x.shape()), " does not match weight ",
-              shape_str(w.shape()));
-  const int64_t m = x.numel() / k;
-  STDIT_CHECK(out.numel() == m * n, "cpu linear: output ", shape_str(out.shape()), " is not [", m, ", ", n, "]");
-  if (bias.defined()) {
-    expect_contiguous_f32(bias, "linear", "bias");
-    STDIT_CHECK(bias.numel() == n, "cpu linear: bias has ", bias.numel(), " values, expected ", n);
-  }
-  if (m == 0) return;
-  static const std::vector<float> value = [] {
-    std::vector<float> v(256);
-    for (int c = 0; c < 256; ++c) v[c] = f8e4m3_to_f32(static_cast<uint8_t>(c));
-    return v;
-  }();
-  std::vector<float> wq(static_cast<size_t>(n * k)), xq(static_cast<size_t>(m * k)), xs(static_cast<size_t>(m));
-  const uint8_t* wc = w.data<uint8_t>();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n * k; ++i) wq[i] = value[wc[i]];
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < m; ++r) {
-    std::vector<uint8_t> codes(static_cast<size_t>(k));
-    xs[r] = quantize_row_e4m3(x.data<float>() + r * k, k, codes.data());
-    for (int64_t i = 0; i < k; ++i) xq[r * k + i] = value[codes[i]];
-  }
-  const int64_t chunks = std::min<int64_t>(m, omp_get_max_threads());
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t r0 = m * c / chunks, r1 = m * (c + 1) / chunks;
-    if (r1 > r0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(r1 - r0), static_cast<int>(n),
-                  static_cast<int>(k), 1.0f, xq.data() + r0 * k, static_cast<int>(k), wq.data(), static_cast<int>(k),
-                  0.0f, out.data<float>() + r0 * n, static_cast<int>(n));
-  }
-  epilogue(out.data<float>(), m, n, xs.data(), w.scales().data<float>(),
+  epilogue(out.data<float>(), m, n, fp8 ? xs.data() : nullptr, fp8 ? w.scales().data<float>() : nullptr,
            bias.defined() ? bias.data<float>() : nullptr, act);
 }
 
