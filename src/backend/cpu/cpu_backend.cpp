@@ -57,7 +57,8 @@ Tensor CpuBackend::upload_weight(const Tensor& host) {
   if (host.dtype() != DType::F8_E4M3) return upload(host);
   STDIT_CHECK(host.device().kind == DeviceKind::CPU && host.scales().defined(),
               "cpu upload: an F8_E4M3 weight needs its row scales");
-  return host.contiguous().with_scales(host.scales().to(DType::F32));
+  // Held as its e4m3 values in F32 (exact) with the row scales: linear() multiplies them directly.
+  return host.to(DType::F32).with_scales(host.scales().to(DType::F32));
 }
 
 Tensor CpuBackend::download(const Tensor& t) {

@@ -19,7 +19,8 @@ class CpuBackend final : public Backend {
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 
-  // An F8_E4M3 weight (precision fp8) stays in e4m3 with its row scales; else as upload().
+  // An F8_E4M3 weight (precision fp8): its e4m3 values in F32 (exact) carrying the row scales,
+  // which linear() takes for a quantized weight; else as upload().
   Tensor upload_weight(const Tensor& host) override;
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
               Tensor& out) override;

@@ -22,20 +22,19 @@ inline float gelu_tanh(float x) {
 }
 }  // namespace
 
-// With an F8_E4M3 weight (--precision fp8) this emulates the GPU's arithmetic on e4m3 codes: each
-// row of x is quantized (core/fp8.h: per token); the codes are multiplied in f32 (each product of
-// two e4m3 values is exact in f32, the sum is rounded as a GPU's f32 accumulator rounds it, in
-// another order); then out = acc * x_scale[row] * w_scale[col] + bias, and the activation.
+// With a quantized weight (--precision fp8: e4m3 values with row scales, from upload_weight) this
+// emulates the GPU's arithmetic on e4m3 codes: each row of x is quantized (core/fp8.h: per
+// token); the codes' values are multiplied in f32 (each product of two e4m3 values is exact in
+// f32, the sum is rounded as a GPU's f32 accumulator rounds it, in another order); then
+// out = acc * x_scale[row] * w_scale[col] + bias, and the activation.
 void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                         Tensor& out) {
   expect_contiguous_f32(x, "linear", "x");
-  const bool fp8 = w.dtype() == DType::F8_E4M3;
-  if (fp8)
-    STDIT_CHECK(w.dim() == 2 && w.is_contiguous() && w.scales().defined() && w.scales().numel() == w.size(0) &&
-                    w.scales().dtype() == DType::F32,
-                "cpu linear: an F8_E4M3 weight must be a contiguous matrix with F32 row scales");
-  else
-    expect_contiguous_f32(w, "linear", "weight");
+  STDIT_CHECK(w.dtype() != DType::F8_E4M3, "cpu linear: an F8_E4M3 weight must come from upload_weight()");
+  expect_contiguous_f32(w, "linear", "weight");
+  const bool fp8 = w.scales().defined();
+  STDIT_CHECK(!fp8 || (w.dim() == 2 && w.scales().numel() == w.size(0) && w.scales().dtype() == DType::F32),
+              "cpu linear: a quantized weight needs one F32 scale per row");
   expect_contiguous_f32(out, "linear", "out");
   STDIT_CHECK(w.dim() == 2, "cpu linear: weight must be 2-d, got ", shape_str(w.shape()));
   const int64_t n = w.size(0), k = w.size(1);
@@ -50,20 +49,15 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
   }
   if (m == 0) return;
   const float* a = x.data<float>();
-  const float* b = fp8 ? nullptr : w.data<float>();
-  std::vector<float> wq, xq, xs;  // fp8: the codes' values and the rows' scales
+  std::vector<float> xq, xs;  // fp8: the values of x's codes and its rows' scales
   if (fp8) {
     static const std::vector<float> value = [] {
       std::vector<float> v(256);
       for (int c = 0; c < 256; ++c) v[c] = f8e4m3_to_f32(static_cast<uint8_t>(c));
       return v;
     }();
-    wq.resize(static_cast<size_t>(n * k));
     xq.resize(static_cast<size_t>(m * k));
     xs.resize(static_cast<size_t>(m));
-    const uint8_t* wc = w.data<uint8_t>();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n * k; ++i) wq[i] = value[wc[i]];
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < m; ++r) {
       std::vector<uint8_t> codes(static_cast<size_t>(k));
@@ -71,8 +65,8 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
       for (int64_t i = 0; i < k; ++i) xq[r * k + i] = value[codes[i]];
     }
     a = xq.data();
-    b = wq.data();
   }
+  const float* b = w.data<float>();
   // BLAS runs single-threaded (see CpuBackend()); OpenMP splits the rows instead.
   const int64_t chunks = std::min<int64_t>(m, omp_get_max_threads());
 #pragma omp parallel for schedule(static)
