@@ -161,7 +161,7 @@ TEST(TensorParallel, RowSplitMatchesOneDevice) {
     void all_reduce_sum(Tensor& t) override { inner.all_reduce_sum(t); }
     void abort() override { sh.sync.abort(); inner.abort(); }
     std::string kind() const override { return "host rows"; }
-    bool splits_rows() const override { return true; }
+    bool splits_rows(int64_t) const override { return true; }
     void start_row_exchange(const Tensor& src, int64_t lo, int64_t hi, Tensor& dst,
                             int64_t dst_row) override {
       sh.dst[rank()] = dst.raw();

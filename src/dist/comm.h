@@ -36,9 +36,9 @@ class Communicator {
   // Sequence parallelism (NCCL groups of two GPUs with peer access): the model then keeps only
   // this rank's own rows (own_rows() of the flattened [B * N] token rows) of the residual stream
   // x up to date inside the blocks; norms and residual updates run on those rows alone, and rows
-  // travel between the GPUs on copy engines beside the GEMMs. Used when splits_rows() and no
-  // frame selection is active; the defaults fail.
-  virtual bool splits_rows() const { return false; }
+  // travel between the GPUs on copy engines beside the GEMMs (dist/rank_ops.h). Used when
+  // splits_rows(C) for the model's C channels and no frame selection is active; the defaults fail.
+  virtual bool splits_rows(int64_t channels) const { (void)channels; return false; }
   std::pair<int64_t, int64_t> own_rows(int64_t rows) const {
     return {rows * rank() / size(), rows * (rank() + 1) / size()};
   }

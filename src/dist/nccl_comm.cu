@@ -86,7 +86,8 @@ class NcclComm final : public Communicator {
     });
   }
 
-  bool splits_rows() const override { return sh_->p2p; }
+  // The residual kernels take rows of 8-element (16-byte bf16) vectors.
+  bool splits_rows(int64_t channels) const override { return sh_->p2p && channels % 8 == 0; }
 
   void start_row_exchange(const Tensor& src, int64_t lo, int64_t hi, Tensor& dst,
                           int64_t dst_row) override {

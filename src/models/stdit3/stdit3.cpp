@@ -10,6 +10,7 @@
 #include "core/fp8.h"
 #include "core/log.h"
 #include "dist/comm.h"
+#include "dist/rank_ops.h"
 
 namespace stdit {
 
@@ -398,7 +399,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
 
   // ---- blocks: S0, T0, S1, T1, ... ----
   // (with rows split, x is whole again only after the blocks: no per-block records)
-  s.rows_split = tp_ && tp_->splits_rows() && !s.sel.active() && C % 8 == 0;
+  s.rows_split = RankOps::rows_split_applies(tp_, s.sel, C);
   const bool caching = in.cache.threshold > 0;
   if (!caching) cache_ = {};
   last_blocks_ran_ = !caching || cache_says_run(in.cache, s, x);
@@ -419,11 +420,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
       block_forward((*s.temporal)[i], true, s, x);
       if (!s.rows_split) record(cat("block.", 2 * i + 1), x);
     }
-    if (s.rows_split) {  // every rank's rows to the other: x whole again
-      const auto [lo, hi] = tp_->own_rows(B * s.N);
-      tp_->start_row_exchange(x, lo, hi, x, lo);
-      tp_->finish_row_exchange();
-    }
+    RankOps(be_, tp_, x.shape(), s.rows_split).make_rows_whole(x);  // rows split: x whole again
     if (caching) {
       be_.sub(x, x_in, x_in);
       cache_.residual = x_in;
@@ -563,81 +560,20 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   auto m0 = [&](int j) { return s.sel.active() ? chunk(mod0, j, C) : Tensor{}; };
 
   // Activations that only feed GEMMs and attention (LN outputs, q/k/v, attention outputs, MLP
-  // hidden): the backend's matmul dtype (bf16 on CUDA); the residual stream x stays F32. The
-  // projections added to x (attention/cross-attention out, fc2) go through linear_residual(),
-  // which the CUDA backend fuses into the GEMM (no projection tensor); with tensor parallelism
-  // their partial sums are in the matmul dtype (half the bytes on the wire, as the seed's bf16
-  // linear outputs) and the sum into x is in f32. Each of the three phases
-  // below frees its tensors when it ends, so a block holds at most one phase's worth
+  // hidden) are in the backend's matmul dtype (bf16 on CUDA); the residual stream x stays F32.
+  // The ops that depend on how the block is split over ranks are RankOps' (dist/rank_ops.h). Each
+  // of the three phases frees its tensors when it ends, so a block holds at most one phase's worth
   // (activation_bytes() is the same arithmetic).
   const DType mm = be_.matmul_dtype();
-  const DType red = mm;
   const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
-
-  // Sequence parallelism (s.rows_split, two ranks): this rank owns token rows [lo, hi) of the
-  // R = B * N rows of x; the other rank's rows are [plo, phi). Rows of activations travel on copy
-  // engines while the GEMMs run: a gathered input's own rows are multiplied first, the other
-  // rank's once they have arrived; a row-parallel output's rows for the other rank are computed
-  // first and sent while this rank's are computed.
-  const int64_t R = B * N;
-  int64_t lo = 0, hi = R;
-  if (s.rows_split) std::tie(lo, hi) = tp_->own_rows(R);
-  const int64_t plo = lo == 0 ? hi : 0, phi = lo == 0 ? R : lo;
-  auto rows_of = [&](const Tensor& t, int64_t a, int64_t b) {
-    return t.view({R, t.numel() / R}).slice(0, a, b);
-  };
-  auto linear_rows = [&](const Tensor& in, const Tensor& w, const Tensor& b, Activation act,
-                         Tensor& out, int64_t a0, int64_t a1) {
-    if (a1 <= a0) return;
-    Tensor o = rows_of(out, a0, a1);
-    be_.linear(rows_of(in, a0, a1), w, b, act, o);
-  };
-  // A column-parallel GEMM: with rows split its input's rows are still arriving (an exchange was
-  // started by the producer).
-  auto linear_in = [&](const Tensor& in, const Tensor& w, const Tensor& b, Activation act,
-                       Tensor& out) {
-    if (!s.rows_split) return be_.linear(in, w, b, act, out);
-    linear_rows(in, w, b, act, out, lo, hi);
-    tp_->finish_row_exchange();
-    linear_rows(in, w, b, act, out, plo, phi);
-  };
-  // Modulated LayerNorm of x into a (with rows split: this rank's rows, sent to the other rank).
-  auto modulated_norm = [&](int shift, int scale, Tensor& a) {
-    if (!s.rows_split)
-      return be_.layernorm_modulate(x, m(shift), m(scale), m0(shift), m0(scale), s.sel, eps, a);
-    tp_->layernorm_modulate_own_rows(x, m(shift), m(scale), eps, a);
-    tp_->start_row_exchange(a, lo, hi, a, lo);
-  };
-  // The three projections added to x (attention out, cross-attention out, fc2), gated or not:
-  // one fused op on one GPU; with tensor parallelism the partial sums (in the matmul dtype) are
-  // summed over the ranks and added by the communicator; with rows split each rank adds the two
-  // partials of its own rows (and, given x16, writes them in bf16 there and sends them on).
-  auto project_into = [&](const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
-                          const Tensor& gate0, Tensor* x16 = nullptr) {
-    if (!tp_) return be_.linear_residual(in, w, b, gate, gate0, s.sel, x);
-    Tensor p = be_.alloc({B, N, C}, red);
-    if (!s.rows_split) {
-      be_.linear(in, w, b, Activation::None, p);
-      return tp_->reduce_into_residual(p, x, gate, gate0, s.sel, be_);
-    }
-    Tensor recv = be_.alloc({hi - lo, C}, red);
-    linear_rows(in, w, b, Activation::None, p, plo, phi);
-    tp_->start_row_exchange(p, plo, phi, recv, 0);
-    linear_rows(in, w, b, Activation::None, p, lo, hi);
-    tp_->finish_row_exchange();
-    tp_->add_partials_to_own_rows(p, recv, x, gate, x16);
-    if (x16) tp_->start_row_exchange(*x16, lo, hi, *x16, lo);
-  };
-  // Cross-attention's q input: x itself (linear converts it), or with rows split the bf16 copy
-  // the self-attention residual update writes and sends.
-  Tensor xq = s.rows_split ? be_.alloc({B, N, C}, mm) : Tensor{};
+  RankOps ops(be_, tp_, x.shape(), s.rows_split);
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
   {
     Tensor a = be_.alloc({B, N, C}, mm);
-    modulated_norm(0, 1, a);
+    ops.modulated_norm(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
     Tensor qkv = be_.alloc({B * N, 3 * Cl}, mm);
-    linear_in(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
+    ops.column_linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
     Tensor o = be_.alloc({B, T, S, H, D}, mm);
     // Views: spatial attends over S tokens of each (b, t); temporal over T frames of each (b, s).
     Tensor qkv6 = qkv.view({B, T, S, 3, H, D});
@@ -649,28 +585,28 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? rope_freqs_ : Tensor{});
     be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? rope_freqs_ : Tensor{});
     be_.attention(q, k, v, attn_scale, ov);
-    project_into(o.view({B, N, Cl}), blk.proj_w, blk.proj_b, m(2), m0(2), &xq);
+    ops.row_linear_residual(o.view({B, N, Cl}), blk.proj_w, blk.proj_b, m(2), m0(2), s.sel, x, true);
   }
 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
   {
     Tensor cq = be_.alloc({B, N, H, D}, mm);
-    linear_in(s.rows_split ? xq : x, blk.q_w, blk.q_b, Activation::None, cq);
+    ops.column_linear(ops.cross_q_input(x), blk.q_w, blk.q_b, Activation::None, cq);
     const int64_t Lt = s.y_packed.size(0);
     Tensor ckv = be_.alloc({Lt, 2, H, D}, mm);
     be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
     Tensor co = be_.alloc({B, N, H, D}, mm);
     be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
-    project_into(co.view({B, N, Cl}), blk.cproj_w, blk.cproj_b, Tensor{}, Tensor{});
+    ops.row_linear_residual(co.view({B, N, Cl}), blk.cproj_w, blk.cproj_b, Tensor{}, Tensor{}, s.sel, x);
   }
 
   // 5-7: modulated LN, MLP, gated residual.
   {
     Tensor a = be_.alloc({B, N, C}, mm);
-    modulated_norm(3, 4, a);
+    ops.modulated_norm(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
     Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
-    linear_in(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
-    project_into(h.view({B, N, h.size(1)}), blk.fc2_w, blk.fc2_b, m(5), m0(5));
+    ops.column_linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
+    ops.row_linear_residual(h.view({B, N, h.size(1)}), blk.fc2_w, blk.fc2_b, m(5), m0(5), s.sel, x);
   }
 }
 

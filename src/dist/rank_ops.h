@@ -1,0 +1,61 @@
+// The ops of a transformer block as one rank of a tensor-parallel group runs them, so that the
+// model calls the same four ops on one device and on many (models/stdit3/stdit3.cpp's block):
+//
+//   modulated_norm        LayerNorm + modulate of the residual stream (rows split: this rank's
+//                         own rows, then sent to the other rank)
+//   column_linear         a column-parallel GEMM (qkv, cross-attention q and kv, fc1): this rank's
+//                         output columns (rows split: its own input rows first, the other rank's
+//                         once they have arrived)
+//   row_linear_residual   a row-parallel projection added to the residual stream (attention and
+//                         cross-attention out, fc2): one fused op on one device; with tensor
+//                         parallelism the partial sums (in the matmul dtype) are summed over the
+//                         ranks and added by the communicator; with rows split each rank adds the
+//                         two partials of its own rows
+//   cross_q_input         what cross-attention's q reads: x, or with rows split the bf16 copy the
+//                         self-attention residual update wrote and sent
+//
+// Sequence parallelism ("rows split", Communicator::splits_rows): this rank owns token rows
+// [lo, hi) of the R = B * N rows of x inside the blocks; rows travel on copy engines while the
+// GEMMs run. make_rows_whole() ends it (every rank's rows to the other).
+#pragma once
+#include <cstdint>
+
+#include "backend/backend.h"
+#include "dist/comm.h"
+
+namespace stdit {
+
+class RankOps {
+ public:
+  // x_shape: the residual stream [B, N, C]; tp: the tensor-parallel group (nullptr: one device);
+  // rows_split: sequence parallelism for this call (rows_split_applies()).
+  RankOps(Backend& be, Communicator* tp, const Shape& x_shape, bool rows_split);
+
+  // Whether a call of C channels with this frame selection splits rows over `tp`.
+  static bool rows_split_applies(const Communicator* tp, const FrameSelect& sel, int64_t channels);
+
+  void modulated_norm(const Tensor& x, const Tensor& shift, const Tensor& scale, const Tensor& shift0,
+                      const Tensor& scale0, const FrameSelect& sel, float eps, Tensor& a);
+  void column_linear(const Tensor& in, const Tensor& w, const Tensor& b, Activation act, Tensor& out);
+  // x += gate * (in w^T + b) over the group (gate absent: x += in w^T + b). keep_for_q: with rows
+  // split, also write the new own rows in the matmul dtype for cross_q_input() and send them.
+  void row_linear_residual(const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
+                           const Tensor& gate0, const FrameSelect& sel, Tensor& x, bool keep_for_q = false);
+  const Tensor& cross_q_input(const Tensor& x) const { return split_ ? xq_ : x; }
+  // With rows split: every rank's own rows of x to the other, x whole again.
+  void make_rows_whole(Tensor& x);
+
+ private:
+  Tensor rows(const Tensor& t, int64_t a, int64_t b) const;
+  void linear_rows(const Tensor& in, const Tensor& w, const Tensor& b, Activation act, Tensor& out,
+                   int64_t a0, int64_t a1);
+
+  Backend& be_;
+  Communicator* tp_;
+  Shape x_shape_;
+  bool split_;
+  int64_t rows_ = 0, lo_ = 0, hi_ = 0, plo_ = 0, phi_ = 0;  // own rows [lo, hi), the other's [plo, phi)
+  Tensor xq_;  // rows split: the matmul-dtype copy of x for cross-attention's q
+};
+
+}  // namespace stdit
