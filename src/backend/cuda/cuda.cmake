@@ -2,7 +2,9 @@
 # test binary (tests/gpu) is defined here too. Included from the top-level CMakeLists.txt inside
 # if(STDIT_CUDA), after the layer libraries exist.
 #
-# Hopper only: sm_90a. No --use_fast_math (softmax/exp/sin/cos must keep their full-precision
+# Architectures: STDIT_CUDA_ARCHS (CMakeLists.txt; sm_80 + sm_90a SASS, compute_80 PTX). The
+# wgmma/TMA kernels compile to empty bodies for sm_80 and are chosen on sm_90 only
+# (backend/policy.h). No --use_fast_math (softmax/exp/sin/cos must keep their full-precision
 # semantics); -lineinfo for profilers.
 
 # The kernels are an object library whose objects go into stdit_backend. They include core/tensor.h,
@@ -22,7 +24,7 @@ add_library(stdit_cuda_kernels OBJECT
   ${CMAKE_CURRENT_LIST_DIR}/cuda_conv.cu
 )
 set_target_properties(stdit_cuda_kernels PROPERTIES
-  CUDA_ARCHITECTURES 90a
+  CUDA_ARCHITECTURES "${STDIT_CUDA_ARCHS}"
   CXX_STANDARD_REQUIRED OFF)   # no C++ sources here; stops the CUDA20 fallback
 set_property(TARGET stdit_cuda_kernels PROPERTY CUDA_STANDARD)
 target_compile_options(stdit_cuda_kernels PRIVATE -std=c++20 -O3 -lineinfo)
@@ -32,7 +34,7 @@ target_sources(stdit_backend PRIVATE $<TARGET_OBJECTS:stdit_cuda_kernels>)
 
 # The NCCL communicator (dist layer): same flags, its own object library.
 add_library(stdit_cuda_dist OBJECT ${PROJECT_SOURCE_DIR}/src/dist/nccl_comm.cu)
-set_target_properties(stdit_cuda_dist PROPERTIES CUDA_ARCHITECTURES 90a CXX_STANDARD_REQUIRED OFF)
+set_target_properties(stdit_cuda_dist PROPERTIES CUDA_ARCHITECTURES "${STDIT_CUDA_ARCHS}" CXX_STANDARD_REQUIRED OFF)
 set_property(TARGET stdit_cuda_dist PROPERTY CUDA_STANDARD)
 target_compile_options(stdit_cuda_dist PRIVATE -std=c++20 -O3 -lineinfo)
 target_include_directories(stdit_cuda_dist PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include)

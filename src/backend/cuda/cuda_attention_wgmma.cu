@@ -26,6 +26,8 @@
 // head dim) use the 32-byte swizzle: one box of {16, rows}, rows 32 bytes apart, stride byte
 // offset 256 (8 rows).
 #include <cuda.h>
+// The sm_80 pass compiles the helpers below without the kernel that uses them (it is sm_90a only).
+#pragma nv_diag_suppress 177
 #include <cudaTypedefs.h>
 
 #include <cmath>
@@ -170,6 +172,10 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     attention_wgmma_kernel(const __grid_constant__ WgmmaMaps maps, __nv_bfloat16* out,
                            int64_t out_sb, int64_t out_sn, int64_t out_sh, int nq, int nk,
                            const int* __restrict__ kv_begin, float sl2) {
+  // wgmma, TMA and mbarriers exist on sm_90a only: the other targets of the build (sm_80 SASS,
+  // compute_80 PTX) hold an empty kernel, which the policy never launches (wgmma_attention is
+  // chosen for sm_90 alone).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = WgmmaTiles<DK, DV, BK, kWG, kStages>;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;  // swizzle atoms: 1,024-aligned
@@ -340,6 +346,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     if (row_b < nq)
       *reinterpret_cast<uint32_t*>(ob + row_b * out_sn + col) = pack_bf16(o[4 * j + 2] * inv_b, o[4 * j + 3] * inv_b);
   }
+#endif
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {

@@ -30,8 +30,10 @@ CudaContext::CudaContext(int dev, CudaOptions opt) : device(dev), options(opt) {
   STDIT_CUDA_CHECK(cudaSetDevice(dev));
   cudaDeviceProp prop{};
   STDIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-  STDIT_CHECK(prop.major == 9 && prop.minor == 0, "cuda backend: this build holds sm_90a code only "
-              "(H100/H200); device ", dev, " (", prop.name, ") is sm_", prop.major, prop.minor);
+  // The build holds sm_80 code (which Ampere and Ada run), sm_90a code (Hopper, with the wgmma
+  // kernels the policy chooses there only) and compute_80 PTX for newer GPUs.
+  STDIT_CHECK(prop.major >= 8, "cuda backend: needs compute capability 8.0 or newer (Ampere, Ada, Hopper); device ",
+              dev, " (", prop.name, ") is sm_", prop.major, prop.minor);
   num_sms = prop.multiProcessorCount;
   smem_optin = prop.sharedMemPerBlockOptin;
   // Keep freed blocks in the pool: the models allocate and free the same sizes every step.
