@@ -135,6 +135,10 @@ void Communicator::add_partials_to_own_rows(const Tensor&, const Tensor&, Tensor
 CommGroup make_nccl_group(const std::vector<Backend*>&) {
   fail("tensor parallel over CUDA devices needs a build with CUDA (NCCL)");
 }
+std::vector<char> nccl_unique_id() { fail("NCCL needs a build with CUDA"); }
+std::unique_ptr<Communicator> make_nccl_rank_comm(Backend&, int, int, const std::vector<char>&) {
+  fail("NCCL needs a build with CUDA");
+}
 #endif
 
 CommGroup make_comm_group(const std::vector<Backend*>& backends) {

@@ -77,6 +77,11 @@ CommGroup make_host_group(int n);
 // NCCL over the CUDA backends' devices (ncclCommInitAll, NVLink multicast off unless
 // NCCL_NVLS_ENABLE is set), all-reduce on each backend's stream. Throws in builds without CUDA.
 CommGroup make_nccl_group(const std::vector<Backend*>& backends);
+// One process's rank of an NCCL group that spans processes (mpirun): `id` is nccl_unique_id() of
+// the group's rank 0, carried to the others (dist/process.cpp does it over MPI). Throws in builds
+// without CUDA.
+std::vector<char> nccl_unique_id();
+std::unique_ptr<Communicator> make_nccl_rank_comm(Backend& backend, int rank, int size, const std::vector<char>& id);
 // make_nccl_group for CUDA backends, make_host_group for CPU ones (all of one kind).
 CommGroup make_comm_group(const std::vector<Backend*>& backends);
 

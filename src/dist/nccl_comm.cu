@@ -1,6 +1,7 @@
 // NCCL communicators for CUDA backends (see comm.h).
 #include <nccl.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -56,10 +57,13 @@ struct NcclShared {
 
 class NcclComm final : public Communicator {
  public:
-  NcclComm(std::shared_ptr<NcclShared> sh, int rank, CudaBackend* be)
-      : sh_(std::move(sh)), rank_(rank), be_(be) {}
+  // Threads of one process: sh holds every rank's communicator, this rank's is comms[rank].
+  // Processes: sh holds this process's only (comms[0]) and `size` is the group's.
+  NcclComm(std::shared_ptr<NcclShared> sh, int rank, CudaBackend* be, int size = 0)
+      : sh_(std::move(sh)), rank_(rank), be_(be),
+        index_(size > 0 ? 0 : rank), size_(size > 0 ? size : static_cast<int>(sh_->comms.size())) {}
   int rank() const override { return rank_; }
-  int size() const override { return static_cast<int>(sh_->comms.size()); }
+  int size() const override { return size_; }
   std::string kind() const override { return "nccl"; }
   void abort() override { sh_->abort(); }
 
@@ -70,7 +74,38 @@ class NcclComm final : public Communicator {
     if (t.numel() == 0) return;
     const ncclDataType_t dt = t.dtype() == DType::BF16 ? ncclBfloat16 : ncclFloat;
     STDIT_NCCL_CHECK(ncclAllReduce(t.raw(), t.raw(), static_cast<size_t>(t.numel()), dt, ncclSum,
-                                   sh_->comms[rank_], c.stream));
+                                   sh_->comms[index_], c.stream));
+  }
+
+  // Context parallelism: chunk j of src to rank j, rank i's chunk into chunk i of dst (one NCCL
+  // group of sends and receives on this rank's stream).
+  void all_to_all(const Tensor& src, Tensor& dst) override {
+    STDIT_CHECK(!sh_->aborted, "context parallel: another rank failed; this rank stops");
+    const CudaContext& c = *be_->context();
+    cuda::expect_device(src, c, "all_to_all", "src");
+    cuda::expect_device(dst, c, "all_to_all", "dst");
+    STDIT_CHECK(src.is_contiguous() && dst.is_contiguous() && src.shape() == dst.shape() &&
+                    src.dtype() == dst.dtype() && src.dim() >= 1 && src.size(0) == size_,
+                "context parallel: all_to_all needs contiguous [", size_, ", ...] tensors of one shape");
+    const size_t chunk = src.nbytes() / static_cast<size_t>(size_);
+    const ncclComm_t comm = sh_->comms[index_];
+    STDIT_NCCL_CHECK(ncclGroupStart());
+    for (int j = 0; j < size_; ++j) {
+      STDIT_NCCL_CHECK(ncclSend(static_cast<const char*>(src.raw()) + j * chunk, chunk, ncclInt8, j, comm, c.stream));
+      STDIT_NCCL_CHECK(ncclRecv(static_cast<char*>(dst.raw()) + j * chunk, chunk, ncclInt8, j, comm, c.stream));
+    }
+    STDIT_NCCL_CHECK(ncclGroupEnd());
+  }
+
+  void all_gather(const Tensor& src, Tensor& dst) override {
+    STDIT_CHECK(!sh_->aborted, "context parallel: another rank failed; this rank stops");
+    const CudaContext& c = *be_->context();
+    cuda::expect_device(src, c, "all_gather", "src");
+    cuda::expect_device(dst, c, "all_gather", "dst");
+    STDIT_CHECK(src.is_contiguous() && dst.is_contiguous() && src.dtype() == dst.dtype() &&
+                    dst.nbytes() == src.nbytes() * static_cast<size_t>(size_),
+                "all_gather: dst must hold ", size_, " contiguous copies of src's shape");
+    STDIT_NCCL_CHECK(ncclAllGather(src.raw(), dst.raw(), src.nbytes(), ncclInt8, sh_->comms[index_], c.stream));
   }
 
   // Two GPUs: each rank reads the other's partial sum over NVLink in the kernel that adds both
@@ -183,6 +218,7 @@ class NcclComm final : public Communicator {
   std::shared_ptr<NcclShared> sh_;
   int rank_;
   CudaBackend* be_;
+  int index_, size_;         // this rank's communicator in sh_->comms; the group's size
   bool exchanging_ = false;  // a row exchange was started and not finished
 };
 
@@ -250,6 +286,25 @@ CommGroup make_nccl_group(const std::vector<Backend*>& backends) {
   CommGroup g;
   for (int r = 0; r < n; ++r) g.push_back(std::make_unique<NcclComm>(sh, r, cbs[r]));
   return g;
+}
+
+std::vector<char> nccl_unique_id() {
+  ncclUniqueId id;
+  STDIT_NCCL_CHECK(ncclGetUniqueId(&id));
+  return std::vector<char>(id.internal, id.internal + sizeof(id.internal));
+}
+
+std::unique_ptr<Communicator> make_nccl_rank_comm(Backend& backend, int rank, int size, const std::vector<char>& id) {
+  auto* cb = dynamic_cast<CudaBackend*>(&backend);
+  STDIT_CHECK(cb, "NCCL between processes needs a CUDA backend");
+  ncclUniqueId uid;
+  STDIT_CHECK(id.size() == sizeof(uid.internal), "NCCL: a unique id has ", sizeof(uid.internal), " bytes");
+  std::copy(id.begin(), id.end(), uid.internal);
+  setenv("NCCL_NVLS_ENABLE", "0", 0);  // as make_nccl_group: a user's setting wins
+  auto sh = std::make_shared<NcclShared>(1);
+  cb->bind_to_this_thread();
+  STDIT_NCCL_CHECK(ncclCommInitRank(&sh->comms[0], size, uid, rank));
+  return std::make_unique<NcclComm>(sh, rank, cb, size);
 }
 
 }  // namespace stdit

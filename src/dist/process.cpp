@@ -155,7 +155,7 @@ void process_world_broadcast_tensor(Tensor& t) {
     MPI_Bcast(static_cast<char*>(t.raw()) + i, static_cast<int>(std::min(piece, n - i)), MPI_BYTE, 0, MPI_COMM_WORLD);
 }
 
-std::unique_ptr<Communicator> make_process_comm(const std::vector<int>& ranks) {
+std::unique_ptr<Communicator> make_process_comm(const std::vector<int>& ranks, Backend* device) {
   STDIT_CHECK(g_mpi, "a process group needs the processes of mpirun");
   int color = -1, key = 0;
   for (size_t i = 0; i < ranks.size(); ++i)
@@ -163,7 +163,16 @@ std::unique_ptr<Communicator> make_process_comm(const std::vector<int>& ranks) {
   STDIT_CHECK(color >= 0, "process group: rank ", g_world.rank, " is not a member");
   MPI_Comm c;
   MPI_Comm_split(MPI_COMM_WORLD, color, key, &c);
-  return std::make_unique<ProcessComm>(c);
+  if (!device || device->device().kind != DeviceKind::CUDA) return std::make_unique<ProcessComm>(c);
+  // NCCL: the group's rank 0 makes the id, MPI carries it to the others, then MPI's part is done.
+  std::vector<char> id;
+  if (key == 0) id = nccl_unique_id();
+  int n = static_cast<int>(id.size());
+  MPI_Bcast(&n, 1, MPI_INT, 0, c);
+  id.resize(static_cast<size_t>(n));
+  MPI_Bcast(id.data(), n, MPI_CHAR, 0, c);
+  MPI_Comm_free(&c);
+  return make_nccl_rank_comm(*device, key, static_cast<int>(ranks.size()), id);
 }
 
 #else  // no MPI in this build: always one process
@@ -180,7 +189,7 @@ int process_world_first_failure(bool ok) { return ok ? -1 : 0; }
 uint64_t process_world_broadcast(uint64_t v) { return v; }
 void process_world_sum_disjoint(Tensor&) {}
 void process_world_broadcast_tensor(Tensor&) {}
-std::unique_ptr<Communicator> make_process_comm(const std::vector<int>&) {
+std::unique_ptr<Communicator> make_process_comm(const std::vector<int>&, Backend*) {
   fail("this stdit was built without MPI: no process groups");
 }
 

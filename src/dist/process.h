@@ -53,6 +53,8 @@ void process_world_broadcast_tensor(Tensor& t);
 // A communicator over the world ranks `ranks` (this process among them, in that order): host F32
 // tensors, the sum in rank order, so a split over processes gives the bits a split over threads
 // (make_host_group) gives. Collective: every process of the world calls it with its group.
-std::unique_ptr<Communicator> make_process_comm(const std::vector<int>& ranks);
+// With `device` a CUDA backend: an NCCL communicator over those processes' GPUs instead (the
+// group's first process makes the unique id, MPI carries it), for device tensors.
+std::unique_ptr<Communicator> make_process_comm(const std::vector<int>& ranks, Backend* device = nullptr);
 
 }  // namespace stdit

@@ -581,13 +581,14 @@ struct Engine::Impl {
     if (tp > 1) {
       std::vector<int> group;
       for (int k = 0; k < tp; ++k) group.push_back(half * per_half + c * tp + k);
-      d->tp_comm = make_process_comm(group);
+      d->tp_comm = make_process_comm(group, backend.get());  // NCCL between GPUs, MPI between CPU ranks
     }
     if (cp > 1) {
       std::vector<int> group;
       for (int k = 0; k < cp; ++k) group.push_back(half * per_half + k * tp + t);
-      d->cp_comm = make_process_comm(group);
+      d->cp_comm = make_process_comm(group, backend.get());
     }
+    // The CFG halves exchange the model's host outputs: MPI.
     if (par.cfg_parallel) d->cfg_comm = make_process_comm({c * tp + t, per_half + c * tp + t});
     d->singles.push_back(load_stdit3_rank(eng.dit, *backend, d->tp_comm.get(), "engine dit"));
     d->singles[0]->set_context_parallel(d->cp_comm.get());
@@ -654,17 +655,21 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
               " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size,
               " --cfg-parallel), or convert again without --tp");
   const PolicyRequest policy_request{o.precision, o.kernels, {}, o.fp8_keep};
-  impl->backend = make_backend(o.backend, policy_request);
+  // Under mpirun each process drives the GPU of its local rank (one process per GPU of a host).
+  std::string backend_name = o.backend;
+  if (world.active() && (o.backend == "auto" || o.backend == "cuda") && cuda_devices_visible() > 0) {
+    STDIT_CHECK(world.local_rank < cuda_devices_visible(), "mpirun started more processes on this host than it has "
+                "GPUs (", cuda_devices_visible(), "): one process per GPU, e.g. mpirun -n ", cuda_devices_visible(),
+                " (or --backend cpu)");
+    backend_name = cat("cuda:", world.local_rank);
+  }
+  impl->backend = make_backend(backend_name, policy_request);
   log_debug(impl->backend->policy().describe());
   if (world.active()) {
-    STDIT_CHECK(impl->backend->name() == "cpu", "mpirun with the CUDA backend (NCCL between processes) is not in this "
-                "build yet: run the GPUs as threads of one process (--gpus N), or pass --backend cpu");
     check_tp_split(par.tp, load_stdit3_config(eng.dit + "/config.json").num_heads, 1, 1);
   } else if (par.gpus > 1) {
     // On the CPU backend --gpus N runs N host ranks as threads (the same splits, for checks).
     const bool cpu = impl->backend->name() == "cpu";
-    STDIT_CHECK(cpu || par.cp == 1, "--cp on GPUs needs an all-to-all between them (NCCL), not in this build yet; "
-                "context parallelism runs on the CPU backend (threads or mpirun processes)");
     check_tp_split(par.tp, load_stdit3_config(eng.dit + "/config.json").num_heads, par.gpus,
                    cpu ? par.gpus : cuda_devices_visible());
   }
