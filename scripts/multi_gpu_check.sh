@@ -6,6 +6,8 @@
 #   2. `stdit generate` with the same seed on 1 GPU, TP 2 (twice), CFG-parallel 2, and with 4+
 #      GPUs TP 4 and CFG-parallel x TP 2: latents compared with the one-GPU run; the two TP runs
 #      must be byte-identical.
+#   2b. context parallel 2 as threads (NCCL all-to-all) and, where mpirun exists, TP 2 and CP 2
+#      as two processes (NCCL from an id carried over MPI), 34 frames, against one GPU.
 #   3. `stdit bench`: denoiser step at 480p and 720p 4s (real sizes, synthetic weights) on one GPU,
 #      TP over all GPUs and CFG-parallel, in one process; errors vs one GPU. With 4+ GPUs also
 #      the scaling of 720p 4s and 16s: TP 2/4/8 and CFG-parallel x TP 1/2/4 as the GPUs allow.
@@ -69,6 +71,32 @@ for r in "${runs[@]}"; do
   [ -f "$w/$name.safetensors" ] || continue
   echo "  $name vs one GPU:"
   "$GEN" compare "$w/$name.safetensors" "$w/one.safetensors" --tol "$TOL" | sed 's/^/    /'
+  [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+done
+
+echo "== 2b. context parallel (NCCL all-to-all) and processes (mpirun, NCCL from an MPI-carried id)"
+# 34 frames: 10 latent frames and 64 tokens per frame, both divisible by 2.
+cp_runs=("one34:--gpus 1" "cp2:--gpus 2 --cp 2")
+for r in "${cp_runs[@]}"; do
+  name=${r%%:*}
+  # shellcheck disable=SC2086
+  "$GEN" generate "a red ball moving to the right" -e "$ENGINE" --num-frames 34 --backend cuda ${r#*:} \
+    --out-dir "$w/$name" --save-latents "$w/$name.safetensors" -q || { echo "  $name: FAILED"; fail=1; }
+done
+if command -v mpirun >/dev/null; then
+  for r in "mp_tp2:--tp 2" "mp_cp2:--cp 2"; do
+    name=${r%%:*}
+    # shellcheck disable=SC2086
+    mpirun --allow-run-as-root -n 2 "$GEN" generate "a red ball moving to the right" -e "$ENGINE" --num-frames 34 \
+      ${r#*:} --out-dir "$w/$name" --save-latents "$w/$name.safetensors" -q || { echo "  $name: FAILED"; fail=1; }
+  done
+else
+  echo "  mpirun not on this machine: the process runs are skipped (carry OpenMPI to make them)"
+fi
+for name in cp2 mp_tp2 mp_cp2; do
+  [ -f "$w/$name.safetensors" ] || continue
+  echo "  $name vs one GPU (34 frames):"
+  "$GEN" compare "$w/$name.safetensors" "$w/one34.safetensors" --tol "$TOL" | sed 's/^/    /'
   [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
 done
 
