@@ -525,6 +525,8 @@ int serve(const ServerOptions& o) {
   api::EngineOptions eo;
   eo.dir = o.engine;
   eo.backend = o.backend;
+  eo.precision = o.precision;
+  eo.fp8_keep = o.fp8_keep;
   eo.resident = true;  // loaded once, kept loaded
   auto engine = api::Engine::open(eo);
   auto store = open_job_store(db);

@@ -106,6 +106,26 @@ def test_submit_poll_download(server):
     assert status == 200 and b"<form" in page
 
 
+def test_fp8_engine_options(tmp_path):
+    # `stdit serve --precision fp8 --fp8-keep ...`: every job runs so and its file records it.
+    s = Server(tmp_path / "data", "--precision", "fp8", "--fp8-keep", "fc2")
+    try:
+        status, job, _ = s.json("POST", "/v1/videos", {"prompt": "a red ball moving to the right", "steps": 2})
+        assert status == 200, job
+        assert s.wait(job["id"])["status"] == "completed"
+        status, mp4, _ = s.request("GET", "/v1/videos/%s/content" % job["id"])
+        path = os.path.join(s.data, "fp8.mp4")
+        with open(path, "wb") as f:
+            f.write(mp4)
+        info = subprocess.run([STDIT_BIN, "inspect", path], capture_output=True, text=True, check=True).stdout
+        assert '"precision":"fp8"' in info and '"fp8_keep":"fc2"' in info, info
+    finally:
+        s.stop()
+    bad = subprocess.run([STDIT_BIN, "serve", "--backend", "cpu", "--precision", "fp8", "--fp8-keep", "fc9",
+                          "--data", str(tmp_path / "bad"), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "error: --fp8-keep: 'fc9'" in bad.stderr, bad.stderr
+
+
 def test_list_newest_first_with_paging(server):
     ids = [server.json("POST", "/v1/videos", dict(QUICK, prompt="clip %d" % i))[1]["id"] for i in range(5)]
     for i in ids:
