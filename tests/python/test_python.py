@@ -216,11 +216,19 @@ def test_ctrl_c_raises_keyboard_interrupt(tmp_path):
             sys.exit(0)
         sys.exit(3)
     """)
-    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(2.0)  # in the denoising loop by now
-    p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=120)
+    # Ctrl-C as in a terminal: SIGINT at its default in the child even when the test runs as a
+    # background job (which ignores SIGINT, and a Python started so keeps ignoring it).
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(2.0)  # in the denoising loop by now
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:  # never leave the 2000-step run behind
+            p.kill()
+            p.wait()
     assert p.returncode == 0, out
     assert "KeyboardInterrupt" in out and "again 1" in out
 
