@@ -68,10 +68,11 @@ void RankOps::row_linear_residual(const Tensor& in, const Tensor& w, const Tenso
   if (keep_for_q) tp_->start_row_exchange(xq_, lo_, hi_, xq_, lo_);
 }
 
-void RankOps::make_rows_whole(Tensor& x) {
-  if (!split_) return;
-  tp_->start_row_exchange(x, lo_, hi_, x, lo_);
-  tp_->finish_row_exchange();
+void RankOps::make_rows_whole(Communicator* tp, bool rows_split, Tensor& x) {
+  if (!rows_split || !tp || tp->size() <= 1) return;
+  const auto [lo, hi] = tp->own_rows(x.size(0) * x.size(1));
+  tp->start_row_exchange(x, lo, hi, x, lo);
+  tp->finish_row_exchange();
 }
 
 }  // namespace stdit

@@ -42,8 +42,9 @@ class RankOps {
   void row_linear_residual(const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
                            const Tensor& gate0, const FrameSelect& sel, Tensor& x, bool keep_for_q = false);
   const Tensor& cross_q_input(const Tensor& x) const { return split_ ? xq_ : x; }
-  // With rows split: every rank's own rows of x to the other, x whole again.
-  void make_rows_whole(Tensor& x);
+  // After the blocks, with rows split over `tp`: every rank's own rows of x to the other, x whole
+  // again (no RankOps needed: it would allocate the q copy).
+  static void make_rows_whole(Communicator* tp, bool rows_split, Tensor& x);
 
  private:
   Tensor rows(const Tensor& t, int64_t a, int64_t b) const;

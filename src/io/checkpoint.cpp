@@ -76,16 +76,6 @@ void verify(const std::vector<Found>& found, const std::vector<ParamSpec>& expec
 
 std::string scale_key(const std::string& name) { return name + "_scale"; }
 
-namespace {
-// Attaches the scales of every FP8 weight (verified present and shaped by verify()).
-void attach_scales(WeightMap& w, const std::vector<ParamSpec>& expected, const WeightMap& scales) {
-  for (const auto& p : expected) {
-    auto it = w.find(p.name);
-    if (it != w.end() && it->second.dtype() == DType::F8_E4M3) it->second = it->second.with_scales(scales.at(scale_key(p.name)));
-  }
-}
-}  // namespace
-
 WeightMap load_checked(const TensorSource& file, const std::vector<ParamSpec>& expected,
                        const std::string& flag, const std::vector<std::string>& ignored_prefixes) {
   std::vector<Found> found;
@@ -95,13 +85,14 @@ WeightMap load_checked(const TensorSource& file, const std::vector<ParamSpec>& e
     if (!ignored) found.push_back({t.name, t.dtype, t.shape});
   }
   verify(found, expected, file.path() + (flag.empty() ? "" : " (given as " + flag + ")"));
-  WeightMap out, scales;
+  WeightMap out;
   for (const auto& p : expected) {
     if (!file.contains(p.name)) continue;
-    out[p.name] = file.get(p.name);
-    if (out[p.name].dtype() == DType::F8_E4M3) scales[scale_key(p.name)] = file.get(scale_key(p.name));
+    Tensor t = file.get(p.name);
+    // An FP8 weight carries its row scales (verify() checked them).
+    if (t.dtype() == DType::F8_E4M3) t = t.with_scales(file.get(scale_key(p.name)));
+    out[p.name] = t;
   }
-  attach_scales(out, expected, scales);
   return out;
 }
 

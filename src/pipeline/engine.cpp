@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "core/error.h"
@@ -71,8 +72,8 @@ std::vector<ParamSpec> specs_for(const std::string& kind, const fs::path& cfg) {
 // How a weight is stored in an engine of `dtype`. F8_E4M3 ("--dtype fp8"): the denoiser's
 // quantizable matrices in e4m3 with their row scales (core/fp8.h; one already in FP8 is kept as
 // it is), every other float in bf16. Other dtypes: an FP8 source weight is dequantized first.
-DType stored_dtype(const ParamSpec& p, const Tensor& t, DType dtype) {
-  if (!is_float(t.dtype())) return t.dtype();
+DType stored_dtype(const ParamSpec& p, DType source, DType dtype) {
+  if (!is_float(source)) return source;
   if (dtype == DType::F8_E4M3) return p.quantizable ? DType::F8_E4M3 : DType::BF16;
   return dtype;
 }
@@ -82,11 +83,24 @@ Tensor stored(const ParamSpec& p, const Tensor& t, DType target) {
   return t.to(target);
 }
 
-// Writes the tensors of `specs` that `get` has (get returns an undefined Tensor for an absent
-// one) to one safetensors file, one tensor in memory at a time; an FP8 weight is followed by its
-// scales. Returns the number of weights written.
-size_t write_weights(const fs::path& path, const std::vector<ParamSpec>& specs,
-                     const std::function<Tensor(const ParamSpec&)>& get, DType dtype,
+// A source of weights: the dtype of a spec's tensor (nullopt: absent) without making it, and the
+// tensor itself, made when it is written.
+struct WeightSource {
+  std::function<std::optional<DType>(const ParamSpec&)> dtype_of;
+  std::function<Tensor(const ParamSpec&)> get;
+};
+// The tensors of a map, less `skip` (T5's tied embedding copy).
+WeightSource map_source(const WeightMap& m, const std::string& skip = "") {
+  return {[&m, skip](const ParamSpec& p) -> std::optional<DType> {
+            if (p.name == skip || !m.count(p.name)) return std::nullopt;
+            return m.at(p.name).dtype();
+          },
+          [&m](const ParamSpec& p) { return m.at(p.name); }};
+}
+
+// Writes the tensors of `specs` that `src` has to one safetensors file, one tensor in memory at a
+// time; an FP8 weight is followed by its scales. Returns the number of weights written.
+size_t write_weights(const fs::path& path, const std::vector<ParamSpec>& specs, const WeightSource& src, DType dtype,
                      const std::map<std::string, std::string>& meta) {
   struct Item {
     size_t spec;
@@ -97,9 +111,9 @@ size_t write_weights(const fs::path& path, const std::vector<ParamSpec>& specs,
   size_t weights = 0;
   for (size_t i = 0; i < specs.size(); ++i) {
     const ParamSpec& p = specs[i];
-    const Tensor t = get(p);
-    if (!t.defined()) continue;
-    const DType d = stored_dtype(p, t, dtype);
+    const std::optional<DType> source = src.dtype_of(p);
+    if (!source) continue;
+    const DType d = stored_dtype(p, *source, dtype);
     plan.push_back({p.name, d, p.shape});
     items.push_back({i, false});
     ++weights;
@@ -114,7 +128,7 @@ size_t write_weights(const fs::path& path, const std::vector<ParamSpec>& specs,
       [&](size_t k) {
         const ParamSpec& p = specs[items[k].spec];
         if (items[k].scale) return last.scales();
-        last = stored(p, get(p), plan[k].dtype);
+        last = stored(p, src.get(p), plan[k].dtype);
         return last;
       },
       meta);
@@ -134,8 +148,7 @@ void write_dit_shards(const STDiT3Config& cfg, const WeightMap& full, const fs::
     const WeightMap shard = shard_stdit3_weights(cfg, w, r, tp);
     meta["tp_rank"] = std::to_string(r);
     meta["tp_size"] = std::to_string(tp);
-    write_weights(dir / cat("rank", r, ".safetensors"), rank_specs,
-                  [&](const ParamSpec& p) { return shard.count(p.name) ? shard.at(p.name) : Tensor{}; }, dtype, meta);
+    write_weights(dir / cat("rank", r, ".safetensors"), rank_specs, map_source(shard), dtype, meta);
   }
 }
 
@@ -166,8 +179,9 @@ json synthetic_component(const std::string& kind, const std::string& given, cons
   if (kind == "dit" && tp > 1) {
     write_dit_shards(load_stdit3_config(cfg.string()), synthetic_weights(specs, s), out_dir / kind, dtype, tp, meta);
   } else {
-    write_weights(out_dir / kind / "model.safetensors", specs,
-                  [&](const ParamSpec& p) { return synthetic_weight(p, s); }, dtype, meta);
+    const WeightSource synthetic{[](const ParamSpec&) { return std::optional<DType>(DType::F32); },
+                                 [&](const ParamSpec& p) { return synthetic_weight(p, s); }};
+    write_weights(out_dir / kind / "model.safetensors", specs, synthetic, dtype, meta);
   }
   if (kind == "t5") fs::copy_file(default_spiece_model(), out_dir / kind / "spiece.model");
   log_info("convert: ", kind, " <- synthetic weights, seed ", s, " (", specs.size(), " tensors, ", dtype_name(dtype),
@@ -208,16 +222,14 @@ json convert_component(const std::string& kind, const std::string& given, const 
   fs::copy_file(dir / "config.json", out_dir / kind / "config.json");
   fs::permissions(out_dir / kind / "config.json", fs::perms::owner_write, fs::perm_options::add);
   // T5's input embedding is a tied copy of shared.weight: not written.
-  auto get = [&](const ParamSpec& p) {
-    return w.count(p.name) && p.name != "encoder.embed_tokens.weight" ? w.at(p.name) : Tensor{};
-  };
+  const WeightSource to_write = map_source(w, "encoder.embed_tokens.weight");
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "stdit convert"}};
   size_t written = 0;
   if (kind == "dit" && tp > 1) {
     write_dit_shards(load_stdit3_config((dir / "config.json").string()), w, out_dir / kind, dtype, tp, meta);
-    for (const auto& p : specs) written += get(p).defined();
+    for (const auto& p : specs) written += to_write.dtype_of(p).has_value();
   } else {
-    written = write_weights(out_dir / kind / "model.safetensors", specs, get, dtype, meta);
+    written = write_weights(out_dir / kind / "model.safetensors", specs, to_write, dtype, meta);
   }
   if (kind == "t5") {
     const fs::path sp = fs::exists(dir / "spiece.model") ? dir / "spiece.model" : fs::path(default_spiece_model());

@@ -420,7 +420,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
       block_forward((*s.temporal)[i], true, s, x);
       if (!s.rows_split) record(cat("block.", 2 * i + 1), x);
     }
-    RankOps(be_, tp_, x.shape(), s.rows_split).make_rows_whole(x);  // rows split: x whole again
+    RankOps::make_rows_whole(tp_, s.rows_split, x);  // rows split: x whole again
     if (caching) {
       be_.sub(x, x_in, x_in);
       cache_.residual = x_in;
