@@ -2,6 +2,7 @@
 // combination the developers' switches used to reach, spelled out.
 #include <gtest/gtest.h>
 
+#include "backend/attention_choice.h"
 #include "backend/policy.h"
 #include "core/error.h"
 
@@ -87,4 +88,97 @@ TEST(Policy, ImpossibleRequestsAreInvalid) {
   EXPECT_THROW(resolve_policy({"auto", "fast", {}, ""}, "cuda", 90), InvalidRequest);
   EXPECT_THROW(resolve_policy({"auto", "auto", {{"turbo", true}}, ""}, "cuda", 90), InvalidRequest);
   EXPECT_NO_THROW(resolve_policy({"f32", "portable", {}, ""}, "cpu", 0));
+}
+
+// Which attention kernel takes each of the model's calls, by the rules measured in
+// docs/PERF.md (720p 4s: S = 45 x 80 = 3600 spatial tokens, T = 30 latent frames, 16 heads of 72;
+// the VAE's mid-block attention has one head of 512).
+namespace {
+AttentionCall self(int64_t batch, int64_t n, int64_t d = 72) {
+  AttentionCall a;
+  a.batch = batch;
+  a.heads = d > 128 ? 1 : 16;
+  a.nq = a.nk = n;
+  a.d = d;
+  a.bf16_in = a.bf16_out = d <= 128;
+  return a;
+}
+AttentionCall cross(int64_t queries, int64_t longest_text) {
+  AttentionCall a = self(2, queries);
+  a.cross = true;
+  a.nk = 0;
+  a.longest_text = longest_text;
+  return a;
+}
+const char* chosen(const AttentionCall& a, const ExecutionPolicy& p) {
+  return attention_kernel_name(choose_attention(a, p));
+}
+}  // namespace
+
+TEST(AttentionChoice, HopperBf16) {
+  const ExecutionPolicy p = cuda("auto");
+  EXPECT_STREQ(chosen(self(2 * 30, 3600), p), "wgmma");        // spatial
+  EXPECT_STREQ(chosen(self(2 * 3600, 30), p), "short-bf16");   // temporal, 17..32 frames
+  EXPECT_STREQ(chosen(self(2 * 3600, 8), p), "flash-bf16");    // temporal, 8 frames (faster than short)
+  EXPECT_STREQ(chosen(self(2 * 3600, 64), p), "wgmma");        // temporal, 64 frames (16 s)
+  EXPECT_STREQ(chosen(cross(30 * 3600, 40), p), "text-bf16");  // a prompt of 40 tokens
+  EXPECT_STREQ(chosen(cross(30 * 3600, 120), p), "wgmma");     // longer than 64 tokens
+  EXPECT_STREQ(chosen(self(1, 30 * 45 * 80 / 4, 512), p), "gemm");  // the VAE's mid-block
+  // Head dim 96: not one of wgmma's (64/72/80), cuDNN's.
+  EXPECT_STREQ(chosen(self(60, 3600, 96), p), "cudnn");
+  // The candidates end with the kernel that takes anything bf16.
+  EXPECT_EQ(attention_candidates(self(60, 3600), p).back(), AttentionKernel::FlashBf16);
+}
+
+TEST(AttentionChoice, PortableAndAmpere) {
+  for (const ExecutionPolicy& p : {cuda("auto", "portable"), cuda("auto", "auto", 80), cuda("auto", "auto", 89)}) {
+    EXPECT_STREQ(chosen(self(60, 3600), p), "cudnn");
+    EXPECT_STREQ(chosen(cross(30 * 3600, 120), p), "cudnn");
+    EXPECT_STREQ(chosen(cross(30 * 3600, 40), p), "text-bf16");
+    EXPECT_STREQ(chosen(self(7200, 30), p), "short-bf16");
+  }
+  // Without cuDNN attention: the mma.sync flash kernel.
+  EXPECT_STREQ(chosen(self(60, 3600), cuda("auto", "auto", 80, {{"cudnn_attention", false}})), "flash-bf16");
+  // cuDNN is called once per leading index outside the folded batch: > 64 calls is the own kernel's.
+  AttentionCall many = self(60, 3600);
+  many.lead_folds = false;
+  many.cudnn_calls = 65;
+  EXPECT_STREQ(chosen(many, cuda("auto", "portable")), "flash-bf16");
+  EXPECT_STREQ(chosen(many, cuda("auto")), "flash-bf16");  // wgmma needs folding leads too
+}
+
+TEST(AttentionChoice, CallsTheFusedKernelsDoNotTake) {
+  const ExecutionPolicy p = cuda("auto");
+  AttentionCall biased = self(2 * 3600, 30);
+  biased.extras = true;  // a bias or key mask (the VAE's?) -> the flash kernel with extras
+  EXPECT_STREQ(chosen(biased, p), "flash-bf16");
+  AttentionCall spatial = self(60, 3600);
+  spatial.extras = true;
+  EXPECT_STREQ(chosen(spatial, p), "flash-bf16");
+  AttentionCall unaligned = self(60, 3600);
+  unaligned.rows_aligned = false;  // TMA and cuDNN need 16-byte rows
+  EXPECT_STREQ(chosen(unaligned, p), "flash-bf16");
+  EXPECT_STREQ(chosen(unaligned, cuda("auto", "portable")), "flash-bf16");
+  AttentionCall f32_out = self(60, 3600);
+  f32_out.bf16_out = false;
+  EXPECT_STREQ(chosen(f32_out, p), "flash-bf16");
+}
+
+TEST(AttentionChoice, OtherPrecisionsAndTheCpu) {
+  AttentionCall a = self(60, 3600);
+  a.bf16_in = a.bf16_out = false;
+  EXPECT_STREQ(chosen(a, cuda("tf32")), "flash-tf32");
+  EXPECT_STREQ(chosen(a, cuda("f32")), "flash-f32");
+  EXPECT_STREQ(chosen(self(1, 900, 512), cuda("f32")), "gemm");
+  EXPECT_STREQ(chosen(self(60, 3600), cuda("fp8", "auto", 90, {{"fp8", true}})), "wgmma");  // fp8 runs bf16 attention
+  EXPECT_STREQ(chosen(a, resolve_policy({}, "cpu", 0)), "cpu");
+}
+
+TEST(AttentionChoice, CountsSinceAndTheirDescription) {
+  const KernelCounts before{{"wgmma", 10}, {"short-bf16", 4}, {"cudnn", 0}};
+  const KernelCounts now{{"wgmma", 25}, {"short-bf16", 4}, {"cudnn", 2}};
+  const KernelCounts d = kernel_counts_since(before, now);
+  EXPECT_EQ(describe_kernel_counts(d), "wgmma 15, cudnn 2");
+  EXPECT_EQ(describe_kernel_counts(d, true), "wgmma, cudnn");
+  EXPECT_EQ(describe_kernel_counts(kernel_counts_since(now, now)), "");
 }

@@ -62,6 +62,9 @@ class Backend {
   virtual size_t device_memory_peak_bytes() const { return 0; }
   // Makes this backend's device current for the calling thread (several GPUs, one thread each).
   virtual void bind_to_this_thread() {}
+  // How often each attention kernel has run on this backend so far, by
+  // attention_kernel_name() (backend/attention_choice.h), in AttentionKernel order.
+  virtual std::vector<std::pair<std::string, int64_t>> attention_kernels() const = 0;
   // Host tensor (any dtype, any strides) -> backend tensor in the backend's activation/weight
   // dtype for floats (F32 on CPU), unchanged dtype for integers. The result may share memory
   // with `host` (CPU, packed F32): never modify an uploaded tensor in place.

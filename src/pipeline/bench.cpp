@@ -8,6 +8,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "backend/attention_choice.h"
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/host_memory.h"
@@ -69,7 +70,7 @@ void run_bench(const BenchOptions& opt) {
   const SamplerOptions savings{parse_step_cache(opt.cache), opt.cfg_until};
   cfg_steps(opt.cfg_until, 30);  // refuses a fraction outside (0, 1] before anything loads
   STDIT_CHECK(opt.steps >= 1 && opt.steps <= 1000, "--steps must be in 1..1000, got ", opt.steps);
-  auto be = make_backend(opt.backend, {opt.precision, "auto", {}, opt.fp8_keep});
+  auto be = make_backend(opt.backend, {opt.precision, opt.kernels, {}, opt.fp8_keep});
   const bool fp8 = be->policy().precision == Precision::FP8;
   nlohmann::json results = nlohmann::json::array();
   std::printf("stdit bench (backend %s, synthetic weights seed %llu)\n%s\n", opt.backend.c_str(),
@@ -140,6 +141,7 @@ void run_bench(const BenchOptions& opt) {
   std::unique_ptr<OpenSoraVae> vae;
   VaeConfig vc;
   for (const auto& preset : opt.presets) {
+    const KernelCounts kernels_before = be->attention_kernels();
     if (!dit) dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be);
     const auto dash = preset.find('-');
     STDIT_CHECK(dash != std::string::npos, "bench preset '", preset, "' is not RESOLUTION-DURATION (e.g. 480p-4s)");
@@ -298,7 +300,9 @@ void run_bench(const BenchOptions& opt) {
                     ? cat(", ", be->device_memory_peak_bytes() / double(1ull << 30), " GiB on the device (read from it)").c_str()
                     : "",
                 peak_host_memory_bytes() / double(1ull << 30));
-    results.push_back({{"preset", preset}, {"width", W}, {"height", H}, {"frames", F}, {"tokens", T * S},
+    const std::string kernels = describe_kernel_counts(kernel_counts_since(kernels_before, be->attention_kernels()));
+    std::printf("  %-8s attention kernels (calls, every stage of this preset): %s\n", preset.c_str(), kernels.c_str());
+    results.push_back({{"preset", preset}, {"attention_kernels", kernels}, {"width", W}, {"height", H}, {"frames", F}, {"tokens", T * S},
                        {"denoise_ms_per_step", step_ms}, {"tflops", tflops}, {"t5_ms", t5_ms},
                        {"vae_decode_s", vae_s}, {"vae_decode_first_s", vae_first_s},
                        {"stages_added_up_s_30_steps", video_s},

@@ -26,6 +26,7 @@ struct BenchOptions {
   // from the same noise, text and weights; the latents' relative error and the decoded videos'
   // per-frame PSNR (worst frame; gate >= 30 dB).
   std::string precision = "auto", fp8_keep;
+  std::string kernels = "auto";  // auto | portable (as generate's --kernels)
 };
 
 void run_bench(const BenchOptions& opt);

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backend/attention_choice.h"
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/host_memory.h"
@@ -850,6 +851,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   rec.backend = backend->name();
   rec.precision = precision_name(backend->policy().precision);
   rec.fp8_keep = backend->policy().fp8_keep.describe();
+  const KernelCounts kernels_before = backend->attention_kernels();  // this run's, rank 0's device
   Result result;
   {
     const bool rounded = rec.output_width != W || rec.output_height != H;
@@ -917,7 +919,8 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       }
     }
     const auto t0 = Clock::now();
-    const RunRecord one = rec.only_video(item);
+    RunRecord one = rec.only_video(item);
+    one.attention_kernels = describe_kernel_counts(kernel_counts_since(kernels_before, backend->attention_kernels()), true);
     Video out;
     out.prompt = one.videos[0].prompt;
     out.record = one.to_json().dump();
@@ -1175,6 +1178,8 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   const std::string device_mem =
       result.device_peak_bytes ? cat(human_bytes(result.device_peak_bytes), " on ", backend->name(), " (read from the device), ")
                                : std::string();
+  log_debug("attention kernels (calls): ",
+            describe_kernel_counts(kernel_counts_since(kernels_before, backend->attention_kernels())));
   log_info("time: text ", secs(t_text), ", denoise ", secs(t_denoise), ", decode ", secs(t_decode), ", write ",
            secs(t_write), ", total ", secs(result.total_s), "; peak memory ", device_mem,
            human_bytes(result.host_peak_bytes), " host");

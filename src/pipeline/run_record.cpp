@@ -56,6 +56,7 @@ json RunRecord::to_json() const {
           {"backend", backend},
           {"precision", precision},
           {"fp8_keep", fp8_keep},
+          {"attention_kernels", attention_kernels},
           {"width", width},
           {"height", height},
           {"output_width", output_width},
@@ -112,6 +113,7 @@ RunRecord RunRecord::from_json(const json& j, const std::string& where) {
   r.align = get_opt<int>(j, "align", where).value_or(5);
   r.extend = get_opt<std::string>(j, "extend", where).value_or("");
   r.fp8_keep = get_opt<std::string>(j, "fp8_keep", where).value_or("");
+  r.attention_kernels = get_opt<std::string>(j, "attention_kernels", where).value_or("");
   STDIT_CHECK(r.loop >= 1 && r.align >= 0 && r.condition_frame_length >= 1 && std::isfinite(r.condition_frame_edit),
               where, ": the stdit record holds impossible conditioning settings: ", j.dump());
   STDIT_CHECK(std::isfinite(r.cfg_until) && r.cfg_until > 0 && r.cfg_until <= 1, where,

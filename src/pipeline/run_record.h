@@ -31,6 +31,7 @@ struct RunRecord {
   std::string engine, engine_id;   // directory as given; engine_identity() of its contents
   std::string backend, precision;  // "cpu" / "cuda"; "f32" / "tf32" / "bf16" / "fp8"
   std::string fp8_keep;            // precision fp8: what stayed unquantized (--fp8-keep), "" for none
+  std::string attention_kernels;   // the attention kernels that ran (backend/attention_choice.h), by name
   int width = 0, height = 0;       // the model's size condition in pixels (as asked)
   int output_width = 0, output_height = 0;  // the file's size: multiples of 8 at most as large
   int num_frames = 0;

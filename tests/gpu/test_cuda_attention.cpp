@@ -2,6 +2,7 @@
 // mode against the CPU backend. Needs a GPU (scripts/gpu_check.sh).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -16,6 +17,7 @@
 #include <thread>
 
 #include "gpu_test_util.h"
+#include "backend/attention_choice.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
@@ -200,3 +202,77 @@ TEST(CudaOps, CrossAttentionKvLens) {
   }
 }
 
+
+// Each model-shaped call runs exactly one kernel, the one attention_choice.h names for it (the
+// names written here from the rules in docs/PERF.md, not read from the chooser), in each mode.
+TEST(CudaOps, AttentionRunsTheChosenKernel) {
+  struct Call {
+    const char* what;
+    int64_t b, t, s, h, d;
+    bool temporal;
+    std::vector<int> lens;  // cross-attention to texts of these lengths (queries t * s per sample)
+  };
+  const std::vector<Call> calls = {{"spatial", 2, 4, 405, 16, 72, false, {}},
+                                   {"temporal 20", 2, 20, 9, 16, 72, true, {}},
+                                   {"temporal 8", 2, 8, 9, 16, 72, true, {}},
+                                   {"cross 40", 2, 3, 401, 16, 72, false, {40, 33}},
+                                   {"cross 300", 2, 3, 401, 16, 72, false, {300, 7}},
+                                   {"vae", 1, 1, 77, 1, 512, false, {}}};
+  struct Mode {
+    CudaBackend* g;
+    const char* name;
+    std::vector<const char*> want;  // per call above
+  };
+  const std::vector<Mode> modes = {
+      {&gpu16(), "bf16", {"wgmma", "short-bf16", "flash-bf16", "text-bf16", "wgmma", "gemm"}},
+      {&gpu16cudnn(), "bf16 cudnn", {"cudnn", "short-bf16", "flash-bf16", "text-bf16", "cudnn", "gemm"}},
+      {&gpu16notext(), "bf16 flash", {"flash-bf16", "short-bf16", "flash-bf16", "flash-bf16", "flash-bf16", "gemm"}},
+      {&gpu(), "tf32", {"flash-tf32", "flash-tf32", "flash-tf32", "flash-tf32", "flash-tf32", "gemm"}},
+      {&gpu32(), "f32", {"flash-f32", "flash-f32", "flash-f32", "flash-f32", "flash-f32", "gemm"}}};
+  uint64_t seed = 1200;
+  for (const Mode& m : modes) {
+    CudaBackend& g = *m.g;
+    const bool bf16 = g.policy().precision == Precision::BF16;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const Call& c = calls[i];
+      const bool io16 = bf16 && c.d <= 128;
+      const DType od = io16 ? DType::BF16 : DType::F32;
+      const int64_t C = c.h * c.d, N = c.t * c.s;
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+      AttentionCall facts;  // as the model's call looks
+      facts.heads = c.h;
+      facts.d = c.d;
+      facts.bf16_in = facts.bf16_out = io16;
+      const KernelCounts before = g.attention_kernels();
+      if (!c.lens.empty()) {
+        int64_t lt = 0;
+        for (int l : c.lens) lt += l;
+        const Tensor q = dev_in(g, randn({c.b, N, c.h, c.d}, ++seed), io16);
+        const Tensor kv = dev_in(g, randn({lt, 2, c.h, c.d}, ++seed), io16);
+        Tensor o = poisoned(g, q.shape(), od);
+        g.cross_attention(q, kv.select(1, 0), kv.select(1, 1), c.lens, scale, o);
+        facts.batch = c.b;
+        facts.nq = N;
+        facts.cross = true;
+        facts.longest_text = *std::max_element(c.lens.begin(), c.lens.end());
+      } else {
+        const std::vector<int> order = c.temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
+        const Tensor qkv = dev_in(g, randn({c.b * N, 3 * C}, ++seed), io16);
+        auto view = [&](const Tensor& t, int j) {
+          return t.view({c.b, c.t, c.s, 3, c.h, c.d}).select(3, j).permute(order);
+        };
+        Tensor o = poisoned(g, {c.b, c.t, c.s, c.h, c.d}, od);
+        Tensor ov = o.permute(order);
+        g.attention(view(qkv, 0), view(qkv, 1), view(qkv, 2), scale, ov);
+        facts.batch = c.b * (c.temporal ? c.s : c.t);
+        facts.nq = facts.nk = c.temporal ? c.t : c.s;
+        facts.lead_folds = !c.temporal;  // [b, s] of a temporal view: s's stride is one token
+        facts.cudnn_calls = c.temporal ? c.b : 1;
+      }
+      g.synchronize();
+      const KernelCounts ran = kernel_counts_since(before, g.attention_kernels());
+      EXPECT_EQ(describe_kernel_counts(ran), cat(m.want[i], " 1")) << m.name << ", " << c.what;
+      EXPECT_STREQ(attention_kernel_name(choose_attention(facts, g.policy())), m.want[i]) << m.name << ", " << c.what;
+    }
+  }
+}

@@ -25,6 +25,8 @@ void add_bench(CLI::App& app, Action& action) {
                   "in fp8 and in bf16 / f32, latents' error and the decoded videos' PSNR)")
       ->capture_default_str();
   cmd->add_option("--fp8-keep", o->fp8_keep, "With --precision fp8: what stays unquantized (as generate)");
+  cmd->add_option("--kernels", o->kernels, "auto, or portable (no Hopper-only kernels; as generate)")
+      ->capture_default_str();
   cmd->add_option("--steps", o->steps, "Steps of the sampling loops (--cache, --cfg-until, the fp8 gate)")
       ->capture_default_str();
   cmd->add_option("--tp", o->tp, "Also time tensor parallelism over N devices (cuda:0..N-1), N dividing 16")

@@ -103,6 +103,7 @@ void CpuBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const 
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                            Tensor& out, const AttentionExtras& extras) {
   const char* op = "attention";
+  ++attention_runs_;
   const HeadView qv = head_view(q, op, "q"), kv = head_view(k, op, "k"),
                  vv = head_view(v, op, "v"), ov = head_view(out, op, "out");
   const Shape lead(q.shape().begin(), q.shape().end() - 3);
@@ -143,6 +144,7 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
 void CpuBackend::cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                  const std::vector<int>& kv_lens, float scale, Tensor& out) {
   const char* op = "cross_attention";
+  ++attention_runs_;
   STDIT_CHECK(q.dim() == 4 && out.shape() == q.shape(), "cpu ", op, ": q/out must be [B, N, H, D]");
   STDIT_CHECK(k.dim() == 3 && v.shape() == k.shape(), "cpu ", op, ": k/v must be [L, H, D]");
   // Packed k/v [L, H, D] are one "batch" of L rows (strides kept, so [L, 2, H, D] slices work).

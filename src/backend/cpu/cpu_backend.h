@@ -1,6 +1,8 @@
 // The CPU backend: plain f32 loops + OpenMP and BLAS sgemm. It is the numerical reference for
 // every other backend, so it favours clarity and f32-faithful arithmetic over speed.
 #pragma once
+#include <atomic>
+
 #include "backend/backend.h"
 
 namespace stdit {
@@ -14,6 +16,9 @@ class CpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
   Device device() const override { return {}; }
   const ExecutionPolicy& policy() const override { return policy_; }
+  std::vector<std::pair<std::string, int64_t>> attention_kernels() const override {
+    return {{"cpu", attention_runs_.load()}};
+  }
 
   Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
   Tensor upload(const Tensor& host) override;
@@ -63,6 +68,7 @@ class CpuBackend final : public Backend {
 
  private:
   ExecutionPolicy policy_;
+  std::atomic<int64_t> attention_runs_{0};
   static void epilogue(float* out, int64_t m, int64_t n, const float* row_scale, const float* col_scale,
                        const float* bias, Activation act);
 };

@@ -376,24 +376,8 @@ void attention_by_gemm(CudaContext& c, const AttnArgs& a, int64_t batch,
   }
 }
 
-void dispatch_attention(CudaContext& c, const AttnArgs& a, int64_t batch,
-                        const std::vector<int>* kv_begin = nullptr) {
-  if (batch == 0 || a.h == 0 || a.nq == 0) return;
+void launch_attention_f32(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   const int64_t d = a.d;
-  STDIT_CHECK(d > 0, "cuda attention: head dim must be positive");
-  if (d > 128) return attention_by_gemm(c, a, batch, kv_begin);
-  // BF16 tensor cores on the bf16 path, TF32 unless F32 attention was asked for.
-  if (bf16_attention_applies(c, d) && kv_begin && c.options.text_attention) {  // short texts
-    int longest = 0;
-    for (size_t i = 0; i + 1 < kv_begin->size(); ++i)
-      longest = std::max(longest, (*kv_begin)[i + 1] - (*kv_begin)[i]);
-    if (launch_cross_attention_text_bf16(c, a, batch, longest)) return;
-  }
-  if (bf16_attention_applies(c, d) && launch_attention_wgmma(c, a, batch)) return;
-  if (bf16_attention_applies(c, d) && launch_attention_cudnn(c, a, batch, kv_begin)) return;
-  if (bf16_attention_applies(c, d) && launch_attention_bf16(c, a, batch)) return;
-  STDIT_CHECK(a.out_bf16 == nullptr && !a.in_bf16, "cuda attention: BF16 operands need the bf16 kernel");
-  if (c.options.tf32_attention && launch_attention_tf32(c, a, batch)) return;
   if (d <= 16) launch_small<4>(c, a, batch);
   else if (d <= 32) launch_small<8>(c, a, batch);
   else if (d <= 48) launch_small<12>(c, a, batch);
@@ -401,6 +385,75 @@ void dispatch_attention(CudaContext& c, const AttnArgs& a, int64_t batch,
   else if (d <= 80) launch_small<20>(c, a, batch);
   else if (d <= 96) launch_small<24>(c, a, batch);
   else launch_small<32>(c, a, batch);
+}
+
+// The facts of attention_choice.h read off a call.
+AttentionCall attention_call(const AttnArgs& a, int64_t batch, const std::vector<int>* kv_begin) {
+  AttentionCall call;
+  call.batch = batch;
+  call.heads = a.h;
+  call.nq = a.nq;
+  call.nk = a.nk;
+  call.d = a.d;
+  call.cross = a.kv_packed;
+  if (a.kv_packed && kv_begin)
+    for (size_t i = 0; i + 1 < kv_begin->size(); ++i)
+      call.longest_text = std::max<int64_t>(call.longest_text, (*kv_begin)[i + 1] - (*kv_begin)[i]);
+  call.bf16_in = a.in_bf16;
+  call.bf16_out = a.out_bf16 != nullptr;
+  call.extras = a.bias || a.key_mask;
+  auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  bool ok = al16(a.q.p) && al16(a.k.p) && al16(a.v.p) && al16(a.out_bf16 ? static_cast<const void*>(a.out_bf16) : a.out);
+  auto m8 = [](int64_t s) { return s % 8 == 0; };
+  ok = ok && m8(a.q.sn) && m8(a.k.sn) && m8(a.v.sn) && m8(a.q.sh) && m8(a.k.sh) && m8(a.v.sh) && m8(a.out_sn) &&
+       m8(a.out_sh);
+  for (int i = 0; i < a.lead.rank; ++i)
+    ok = ok && m8(a.q.lead.s[i]) && m8(a.out_lead.s[i]) && (a.kv_packed || (m8(a.k.lead.s[i]) && m8(a.v.lead.s[i])));
+  call.rows_aligned = ok;
+  int64_t inner = 1;
+  call.lead_folds = fold_lead(a, inner) == a.lead.rank;
+  call.cudnn_calls = a.kv_packed ? batch : batch / std::max<int64_t>(inner, 1);
+  return call;
+}
+
+// Runs kernel k if its launcher takes the call.
+bool launch_attention_kernel(CudaContext& c, AttentionKernel k, const AttnArgs& a, int64_t batch,
+                             const std::vector<int>* kv_begin, int64_t longest_text) {
+  using K = AttentionKernel;
+  const bool f32_operands = a.out_bf16 == nullptr && !a.in_bf16;
+  switch (k) {
+    case K::TextBf16: return kv_begin && launch_cross_attention_text_bf16(c, a, batch, static_cast<int>(longest_text));
+    case K::Wgmma: return launch_attention_wgmma(c, a, batch);
+    case K::Cudnn: return launch_attention_cudnn(c, a, batch, kv_begin);
+    case K::ShortBf16: return launch_attention_short_bf16(c, a, batch);
+    case K::FlashBf16: return launch_attention_bf16(c, a, batch);
+    case K::FlashTf32:
+      STDIT_CHECK(f32_operands, "cuda attention: BF16 operands need the bf16 kernel");
+      return launch_attention_tf32(c, a, batch);
+    case K::FlashF32:
+      STDIT_CHECK(f32_operands, "cuda attention: BF16 operands need the bf16 kernel");
+      launch_attention_f32(c, a, batch);
+      return true;
+    case K::Gemm: attention_by_gemm(c, a, batch, kv_begin); return true;
+    case K::Cpu: break;
+  }
+  return false;
+}
+
+// The candidates of choose_attention() in order; the first whose launcher takes the call runs
+// and is counted.
+void dispatch_attention(CudaContext& c, const AttnArgs& a, int64_t batch,
+                        const std::vector<int>* kv_begin = nullptr) {
+  if (batch == 0 || a.h == 0 || a.nq == 0) return;
+  STDIT_CHECK(a.d > 0, "cuda attention: head dim must be positive");
+  const AttentionCall call = attention_call(a, batch, kv_begin);
+  for (AttentionKernel k : attention_candidates(call, c.policy)) {
+    if (launch_attention_kernel(c, k, a, batch, kv_begin, call.longest_text)) {
+      ++c.attention_runs[static_cast<size_t>(k)];
+      return;
+    }
+  }
+  STDIT_CHECK(false, "cuda attention: no kernel takes q [", a.nq, " x ", a.h, " x ", a.d, "] against ", a.nk, " keys");
 }
 
 struct HeadDims {
@@ -547,6 +600,13 @@ void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor
   }
   dispatch_attention(c, a, nb);
   if (ot.convert) copy(ot.t, out);
+}
+
+std::vector<std::pair<std::string, int64_t>> CudaBackend::attention_kernels() const {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (int k = static_cast<int>(AttentionKernel::TextBf16); k <= static_cast<int>(AttentionKernel::Gemm); ++k)
+    out.emplace_back(attention_kernel_name(static_cast<AttentionKernel>(k)), ctx_->attention_runs[k].load());
+  return out;
 }
 
 void CudaBackend::cross_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,

@@ -2,6 +2,7 @@
 // TF32, cuda_attention_bf16.cu and cuda_attention_wgmma.cu: BF16 on the tensor cores; cuda_sdpa.cu:
 // cuDNN).
 #pragma once
+#include "backend/attention_choice.h"
 #include "backend/cuda/cuda_common.cuh"
 
 namespace stdit::cuda {
@@ -128,6 +129,9 @@ int fold_lead(const AttnArgs& a, int64_t& inner);
 bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // The BF16 flash-attention kernel (cuda_attention_bf16.cu) for D <= 128; false for other D.
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
+// Its 32-key-tile variant for BF16 self-attention over 17-32 keys, D <= 80, rows 16-byte aligned,
+// no bias or mask; false (nothing launched) elsewhere.
+bool launch_attention_short_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // Cross-attention (kv_packed) of BF16 q/k/v/out to texts of at most 64 tokens per sample
 // (max_kv_len): the streaming kernel of cuda_attention_bf16.cu; false where it does not apply.
 bool launch_cross_attention_text_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch,

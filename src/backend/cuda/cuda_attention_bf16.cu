@@ -668,16 +668,18 @@ bool launch_cross_attention_text_bf16(const CudaContext& c, const AttnArgs& a, i
   return true;
 }
 
-bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch) {
-  const int64_t d = a.d;
+bool launch_attention_short_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   // Short key sequences (temporal attention: one key per latent frame) take 32-key tiles: half
   // the padded work and half the shared memory per block, so twice the blocks per SM.
-  if (short_applies(a)) {
-    if (d <= 64) launch_short<4, 8>(c, a, batch);
-    else if (d <= 72) launch_short<5, 9>(c, a, batch);
-    else launch_short<5, 10>(c, a, batch);
-    return true;
-  }
+  if (!short_applies(a)) return false;
+  if (a.d <= 64) launch_short<4, 8>(c, a, batch);
+  else if (a.d <= 72) launch_short<5, 9>(c, a, batch);
+  else launch_short<5, 10>(c, a, batch);
+  return true;
+}
+
+bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch) {
+  const int64_t d = a.d;
   const bool short_k = !a.kv_packed && a.nk <= 32;
   if (d <= 16) launch<1, 2, 64>(c, a, batch);
   else if (d <= 32) launch<2, 4, 64>(c, a, batch);

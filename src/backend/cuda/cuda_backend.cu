@@ -246,7 +246,9 @@ CudaBackend::CudaBackend(int device, CudaOptions options)
 CudaBackend::CudaBackend(int device, CudaOptions options, ExecutionPolicy policy)
     : ctx_(std::make_shared<CudaContext>(device, options)),
       memory_monitor_(std::make_unique<DeviceMemoryMonitor>(device)),
-      policy_(std::move(policy)) {}
+      policy_(std::move(policy)) {
+  ctx_->policy = policy_;
+}
 
 CudaBackend::~CudaBackend() = default;
 

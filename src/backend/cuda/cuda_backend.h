@@ -50,6 +50,7 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device = 0, CudaOptions options = {});
   CudaBackend(int device, CudaOptions options, ExecutionPolicy policy);
   const ExecutionPolicy& policy() const override { return policy_; }
+  std::vector<std::pair<std::string, int64_t>> attention_kernels() const override;
   ~CudaBackend() override;
   std::string name() const override { return "cuda"; }
   Device device() const override;

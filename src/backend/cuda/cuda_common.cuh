@@ -9,7 +9,9 @@
 
 #include <cstdint>
 #include <algorithm>
+#include <array>
 #include <atomic>
+
 #include <map>
 #include <memory>
 #include <mutex>
@@ -108,6 +110,10 @@ struct CudaContext : std::enable_shared_from_this<CudaContext> {
   std::map<ConvKey, ConvPlan> conv_plans;
   std::mutex sdpa_mutex;
   std::map<std::vector<int64_t>, std::shared_ptr<struct SdpaPlan>> sdpa_plans;  // cuda_sdpa.cu
+  // What runs attention: the policy's kernel families (attention_choice.h) and how often each
+  // kernel ran (indexed by AttentionKernel).
+  ExecutionPolicy policy;
+  std::array<std::atomic<int64_t>, 16> attention_runs{};
 
   CudaContext(int device, CudaOptions options);
   ~CudaContext();
