@@ -1,16 +1,17 @@
 // CUDA attention: q/k RMSNorm + interleaved RoPE in place, flash-style self-attention over strided
 // [..., N, H, D] views (optional T5 bias and key mask), block-diagonal cross-attention.
 //
-// On the bf16 path (dispatch_attention, BF16 operands): cross-attention to texts of <= 64 tokens
-// -> the short-text kernel (cuda_attention_bf16.cu); head dims 64/72/80 -> the Hopper wgmma
-// kernel (cuda_attention_wgmma.cu) where it applies; then cuDNN's fused flash attention
-// (cuda_sdpa.cu); then the bf16 flash / short-sequence kernels (cuda_attention_bf16.cu).
-// Otherwise three paths: D <= 128 with TF32 allowed -> the tensor-core flash kernel
-// (cuda_attention_tc.cu); D <= 128 in F32 -> the flash kernel here, F32 on the CUDA cores: one
-// block per (batch index, head, query tile), TPQ threads share one query row (each holds DPT of its
-// D values in registers), key/value tiles of BK rows stream through shared memory, online softmax
-// in f32; D > 128 (VAE mid-block) -> scores materialised per query chunk with cuBLASLt GEMMs and an
-// exact row softmax. NaN propagates as on the CPU in all three.
+// Which kernel runs a call is choose_attention()'s (backend/attention_choice.h): dispatch_attention
+// reads the call's facts, walks the candidates in order and runs the first whose launcher takes
+// it, counting what ran. On the bf16 path: the short-text kernel (cuda_attention_bf16.cu), the
+// Hopper wgmma kernel (cuda_attention_wgmma.cu), cuDNN's fused flash attention (cuda_sdpa.cu),
+// the short-sequence and flash kernels (cuda_attention_bf16.cu). Otherwise: D <= 128 with TF32
+// allowed -> the tensor-core flash kernel (cuda_attention_tc.cu); D <= 128 in F32 -> the flash
+// kernel here, F32 on the CUDA cores: one block per (batch index, head, query tile), TPQ threads
+// share one query row (each holds DPT of its D values in registers), key/value tiles of BK rows
+// stream through shared memory, online softmax in f32; D > 128 (VAE mid-block) -> scores
+// materialised per query chunk with cuBLASLt GEMMs and an exact row softmax. NaN propagates as on
+// the CPU in all three.
 #include <algorithm>
 #include <type_traits>
 #include <cmath>
