@@ -148,35 +148,56 @@ std::vector<ParamSpec> stdit3_param_specs(const STDiT3Config& c, int tp) {
   return p;
 }
 
+const std::vector<GlobalParam>& stdit3_global_params() {
+  using G = GlobalWeights;
+  using W = GlobalParam::Where;
+  using Cf = const STDiT3Config&;
+  static const std::vector<GlobalParam> params = {
+      {"rope.freqs", [](Cf c) { return Shape{c.head_dim() / 2}; }, &G::rope_freqs, W::Optional},
+      {"x_embedder.proj.weight",
+       [](Cf c) { return Shape{c.hidden_size, c.in_channels, c.patch_size[0], c.patch_size[1], c.patch_size[2]}; },
+       &G::x_emb_w},
+      {"x_embedder.proj.bias", [](Cf c) { return Shape{c.hidden_size}; }, &G::x_emb_b},
+      {"t_embedder.mlp.0.weight", [](Cf c) { return Shape{c.hidden_size, c.frequency_embedding_size}; }, &G::t_w0},
+      {"t_embedder.mlp.0.bias", [](Cf c) { return Shape{c.hidden_size}; }, &G::t_b0},
+      {"t_embedder.mlp.2.weight", [](Cf c) { return Shape{c.hidden_size, c.hidden_size}; }, &G::t_w2},
+      {"t_embedder.mlp.2.bias", [](Cf c) { return Shape{c.hidden_size}; }, &G::t_b2},
+      {"fps_embedder.mlp.0.weight", [](Cf c) { return Shape{c.hidden_size, c.frequency_embedding_size}; }, &G::fps_w0},
+      {"fps_embedder.mlp.0.bias", [](Cf c) { return Shape{c.hidden_size}; }, &G::fps_b0},
+      {"fps_embedder.mlp.2.weight", [](Cf c) { return Shape{c.hidden_size, c.hidden_size}; }, &G::fps_w2},
+      {"fps_embedder.mlp.2.bias", [](Cf c) { return Shape{c.hidden_size}; }, &G::fps_b2},
+      {"t_block.1.weight", [](Cf c) { return Shape{6 * c.hidden_size, c.hidden_size}; }, &G::t_block_w},
+      {"t_block.1.bias", [](Cf c) { return Shape{6 * c.hidden_size}; }, &G::t_block_b},
+      {"y_embedder.y_embedding", [](Cf c) { return Shape{c.model_max_length, c.caption_channels}; }, &G::y_embedding,
+       W::Host},
+      {"y_embedder.y_proj.fc1.weight", [](Cf c) { return Shape{c.hidden_size, c.caption_channels}; }, &G::y_fc1_w},
+      {"y_embedder.y_proj.fc1.bias", [](Cf c) { return Shape{c.hidden_size}; }, &G::y_fc1_b},
+      {"y_embedder.y_proj.fc2.weight", [](Cf c) { return Shape{c.hidden_size, c.hidden_size}; }, &G::y_fc2_w},
+      {"y_embedder.y_proj.fc2.bias", [](Cf c) { return Shape{c.hidden_size}; }, &G::y_fc2_b},
+      {"final_layer.scale_shift_table", [](Cf c) { return Shape{2, c.hidden_size}; }, &G::final_table, W::Device,
+       true},
+      {"final_layer.linear.weight", [](Cf c) { return Shape{c.patch_volume() * c.out_channels(), c.hidden_size}; },
+       &G::final_w, W::Device, true},
+      {"final_layer.linear.bias", [](Cf c) { return Shape{c.patch_volume() * c.out_channels()}; }, &G::final_b,
+       W::Device, true},
+  };
+  return params;
+}
+
 namespace {
 std::vector<ParamSpec> full_param_specs(const STDiT3Config& c) {
-  const int64_t C = c.hidden_size, F = c.frequency_embedding_size;
   std::vector<ParamSpec> p;
-  p.push_back({"rope.freqs", {c.head_dim() / 2}, true});
-  p.push_back({"x_embedder.proj.weight",
-               {C, c.in_channels, c.patch_size[0], c.patch_size[1], c.patch_size[2]}});
-  p.push_back({"x_embedder.proj.bias", {C}});
-  for (const char* e : {"t_embedder", "fps_embedder"}) {
-    const std::string pre = std::string(e) + ".mlp.";
-    p.push_back({pre + "0.weight", {C, F}});
-    p.push_back({pre + "0.bias", {C}});
-    p.push_back({pre + "2.weight", {C, C}});
-    p.push_back({pre + "2.bias", {C}});
-  }
-  p.push_back({"t_block.1.weight", {6 * C, C}});
-  p.push_back({"t_block.1.bias", {6 * C}});
-  p.push_back({"y_embedder.y_embedding", {c.model_max_length, c.caption_channels}});
-  p.push_back({"y_embedder.y_proj.fc1.weight", {C, c.caption_channels}});
-  p.push_back({"y_embedder.y_proj.fc1.bias", {C}});
-  p.push_back({"y_embedder.y_proj.fc2.weight", {C, C}});
-  p.push_back({"y_embedder.y_proj.fc2.bias", {C}});
+  auto globals = [&](bool after_blocks) {
+    for (const auto& g : stdit3_global_params())
+      if (g.after_blocks == after_blocks)
+        p.push_back({g.name, g.shape(c), g.where == GlobalParam::Where::Optional});
+  };
+  globals(false);
   for (const char* kind : {"spatial_blocks", "temporal_blocks"})
     for (int i = 0; i < c.depth; ++i)
       for (const auto& b : stdit3_block_params())
         p.push_back({cat(kind, ".", i, ".", b.suffix), b.shape(c), false, b.keep == BlockParam::Keep::Matrix});
-  p.push_back({"final_layer.scale_shift_table", {2, C}});
-  p.push_back({"final_layer.linear.weight", {c.patch_volume() * c.out_channels(), C}});
-  p.push_back({"final_layer.linear.bias", {c.patch_volume() * c.out_channels()}});
+  globals(true);
   return p;
 }
 }  // namespace

@@ -161,37 +161,19 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
     return t;
   };
   model_dtype_ = w.at("x_embedder.proj.weight").dtype();
-  const int64_t C = cfg.hidden_size;
-  x_emb_w_ = up("x_embedder.proj.weight").view({C, -1});
-  x_emb_b_ = up("x_embedder.proj.bias");
-  t_w0_ = up("t_embedder.mlp.0.weight");
-  t_b0_ = up("t_embedder.mlp.0.bias");
-  t_w2_ = up("t_embedder.mlp.2.weight");
-  t_b2_ = up("t_embedder.mlp.2.bias");
-  fps_w0_ = up("fps_embedder.mlp.0.weight");
-  fps_b0_ = up("fps_embedder.mlp.0.bias");
-  fps_w2_ = up("fps_embedder.mlp.2.weight");
-  fps_b2_ = up("fps_embedder.mlp.2.bias");
-  t_block_w_ = up("t_block.1.weight");
-  t_block_b_ = up("t_block.1.bias");
-  y_embedding_host_ = w.at("y_embedder.y_embedding").to(DType::F32);
-  y_fc1_w_ = up("y_embedder.y_proj.fc1.weight");
-  y_fc1_b_ = up("y_embedder.y_proj.fc1.bias");
-  y_fc2_w_ = up("y_embedder.y_proj.fc2.weight");
-  y_fc2_b_ = up("y_embedder.y_proj.fc2.bias");
-  final_table_ = up("final_layer.scale_shift_table");
-  final_w_ = up("final_layer.linear.weight");
-  final_b_ = up("final_layer.linear.bias");
-
-  if (w.count("rope.freqs")) {
-    rope_freqs_ = up("rope.freqs");
-  } else {
+  for (const GlobalParam& gp : stdit3_global_params()) {
+    Tensor& t = g_.*gp.field;
+    if (gp.where == GlobalParam::Where::Host) t = w.at(gp.name).to(DType::F32);
+    else if (gp.where == GlobalParam::Where::Device || w.count(gp.name)) t = up(gp.name);
+  }
+  g_.x_emb_w = g_.x_emb_w.view({cfg.hidden_size, -1});
+  if (!g_.rope_freqs.defined()) {
     // Same values rotary-embedding-torch stores: 1 / 10000^(2i/d), in f32.
     const int d = cfg.head_dim();
     std::vector<float> f(d / 2);
     for (int i = 0; i < d / 2; ++i)
       f[i] = 1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(d));
-    rope_freqs_ = be_.upload(round_through(Tensor::from_f32({d / 2}, f), model_dtype_));
+    g_.rope_freqs = be_.upload(round_through(Tensor::from_f32({d / 2}, f), model_dtype_));
   }
 
   for (const char* kind : {"spatial_blocks", "temporal_blocks"}) {
@@ -341,7 +323,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   Tensor patches = be_.alloc({B, s.N, c.in_channels * c.patch_volume()});
   be_.patchify(x_in, c.patch_size[0], c.patch_size[1], c.patch_size[2], patches);
   Tensor x = be_.alloc({B, s.N, C});
-  be_.linear(patches, x_emb_w_, x_emb_b_, Activation::None, x);
+  be_.linear(patches, g_.x_emb_w, g_.x_emb_b, Activation::None, x);
 
   const double height = round_scalar(host_values(in.height)[0], model_dtype_);
   const double width = round_scalar(host_values(in.width)[0], model_dtype_);
@@ -363,15 +345,15 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   std::vector<float> fps_b(B);
   for (int64_t b = 0; b < B; ++b) fps_b[b] = static_cast<float>(fps_v[b % fps_v.size()]);
   Tensor fps_t = be_.upload(round_through(Tensor::from_f32({B}, fps_b), model_dtype_));
-  Tensor fps_emb = embed_scalar(fps_t, fps_w0_, fps_b0_, fps_w2_, fps_b2_);
-  Tensor t = embed_scalar(ts, t_w0_, t_b0_, t_w2_, t_b2_);
+  Tensor fps_emb = embed_scalar(fps_t, g_.fps_w0, g_.fps_b0, g_.fps_w2, g_.fps_b2);
+  Tensor t = embed_scalar(ts, g_.t_w0, g_.t_b0, g_.t_w2, g_.t_b2);
   be_.add(t, fps_emb, t);
   record("t", t);
   auto t_block = [&](const Tensor& tv) {
     Tensor a = be_.alloc({B, C});
     be_.silu(tv, a);
     Tensor out = be_.alloc({B, 6 * C});
-    be_.linear(a, t_block_w_, t_block_b_, Activation::None, out);
+    be_.linear(a, g_.t_block_w, g_.t_block_b, Activation::None, out);
     return out;
   };
   s.t_mlp = t_block(t);
@@ -379,7 +361,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   Tensor t0;
   if (s.sel.active()) {
     Tensor zeros = be_.upload(Tensor::zeros({B}, DType::F32));
-    t0 = embed_scalar(zeros, t_w0_, t_b0_, t_w2_, t_b2_);
+    t0 = embed_scalar(zeros, g_.t_w0, g_.t_b0, g_.t_w2, g_.t_b2);
     be_.add(t0, fps_emb, t0);
     s.t0_mlp = t_block(t0);
     record("t0_mlp", s.t0_mlp);
@@ -391,9 +373,9 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     Tensor y_rows = be_.alloc({static_cast<int64_t>(rows.size()), c.caption_channels});
     be_.gather_rows(y_all, rows, y_rows);
     Tensor h = be_.alloc({static_cast<int64_t>(rows.size()), C});
-    be_.linear(y_rows, y_fc1_w_, y_fc1_b_, Activation::GeluTanh, h);
+    be_.linear(y_rows, g_.y_fc1_w, g_.y_fc1_b, Activation::GeluTanh, h);
     s.y_packed = be_.alloc({static_cast<int64_t>(rows.size()), C});
-    be_.linear(h, y_fc2_w_, y_fc2_b_, Activation::None, s.y_packed);
+    be_.linear(h, g_.y_fc2_w, g_.y_fc2_b, Activation::None, s.y_packed);
   }
   record("y_packed", s.y_packed);
 
@@ -428,7 +410,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   }
 
   // ---- final layer (spec §3.7): raw t, and LayerNorm twice for conditioning frames ----
-  const Tensor ft = final_table_.view({-1});
+  const Tensor ft = g_.final_table.view({-1});
   auto shift_scale = [&](const Tensor& tv, Tensor& shift, Tensor& scale) {
     shift = be_.alloc({B, C});
     scale = be_.alloc({B, C});
@@ -448,7 +430,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   }
   const int64_t fo = static_cast<int64_t>(c.patch_volume()) * c.out_channels();
   Tensor fin = be_.alloc({B, s.N, fo});
-  be_.linear(xt, final_w_, final_b_, Activation::None, fin);
+  be_.linear(xt, g_.final_w, g_.final_b, Activation::None, fin);
   record("final", fin);
   Tensor out = be_.alloc({B, c.out_channels(), Tx, Hx, Wx});
   be_.unpatchify(fin, T, Hp, Wp, c.patch_size[0], c.patch_size[1], c.patch_size[2], out);
@@ -582,8 +564,8 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     Tensor k = qkv6.select(3, 1).permute(order);
     Tensor v = qkv6.select(3, 2).permute(order);
     Tensor ov = o.permute(order);
-    be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? rope_freqs_ : Tensor{});
-    be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? rope_freqs_ : Tensor{});
+    be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? g_.rope_freqs : Tensor{});
+    be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? g_.rope_freqs : Tensor{});
     be_.attention(q, k, v, attn_scale, ov);
     ops.row_linear_residual(o.view({B, N, Cl}), blk.proj_w, blk.proj_b, m(2), m0(2), s.sel, x, true);
   }

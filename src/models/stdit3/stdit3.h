@@ -76,7 +76,7 @@ class STDiT3 {
   DType model_dtype() const { return model_dtype_; }
   // The null caption embedding `y_embedder.y_embedding` [model_max_length, caption_channels]
   // (host F32): the unconditional half of the classifier-free-guidance batch.
-  const Tensor& null_caption() const { return y_embedding_host_; }
+  const Tensor& null_caption() const { return g_.y_embedding; }
 
   // For the memory plan (`generate -v`): bytes of the weights this object holds on its backend,
   // and of the activations one forward() holds at its peak for batch B, T frames of S tokens and
@@ -106,13 +106,7 @@ class STDiT3 {
   int tp_size_ = 1, tp_rank_ = 0;
   size_t weight_bytes_ = 0;
   DType model_dtype_ = DType::F32;
-  Tensor x_emb_w_, x_emb_b_;
-  Tensor t_w0_, t_b0_, t_w2_, t_b2_, fps_w0_, fps_b0_, fps_w2_, fps_b2_;
-  Tensor t_block_w_, t_block_b_;
-  Tensor y_embedding_host_;  // kept on the host: the null caption, used by the pipeline
-  Tensor y_fc1_w_, y_fc1_b_, y_fc2_w_, y_fc2_b_;
-  Tensor final_table_, final_w_, final_b_;
-  Tensor rope_freqs_;
+  GlobalWeights g_;  // the tensors outside the blocks (block_weights.h)
   std::vector<Block> spatial_, temporal_;
   // With --fp8-keep first:N / last:N: the blocks with full-precision matrices (else empty).
   std::vector<Block> spatial_full_, temporal_full_;
