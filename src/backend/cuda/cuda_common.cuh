@@ -68,6 +68,9 @@ struct GemmPlan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
   bool ok = false;  // false: cuBLASLt found no algorithm; the fallback kernel runs instead
+  // STDIT_CUDA_GEMM_TUNE=1: the heuristics' candidates, to be timed on first use (cuda_linear.cu)
+  cublasLtMatmulAlgo_t candidates[8];
+  int n_candidates = 0;
 };
 
 // A cuDNN convolution prepared for one geometry (cuda_conv.cu): descriptors, the algorithm the

@@ -1,6 +1,7 @@
 // CUDA GEMM (cuBLASLt, TF32 tensor cores or F32) and the linear layer.
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -100,6 +101,15 @@ void activation_pass(CudaContext& c, TO* o, int64_t total, int64_t n, int code) 
   check_launch("linear activation");
 }
 
+constexpr int kTuneCandidates = 8;
+bool gemm_tuning() {
+  static const bool on = [] {
+    const char* e = std::getenv("STDIT_CUDA_GEMM_TUNE");
+    return e && std::string(e) != "0";
+  }();
+  return on;
+}
+
 GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   GemmPlan p;
   const cublasComputeType_t ct = key.bf16_in || !ctx.options.tf32 ? CUBLAS_COMPUTE_32F
@@ -145,16 +155,59 @@ GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac));
-  cublasLtMatmulHeuristicResult_t res{};
+  // The heuristics' first choice; with STDIT_CUDA_GEMM_TUNE=1 their first kTuneCandidates, timed
+  // on the first call (tune_plan).
+  cublasLtMatmulHeuristicResult_t res[kTuneCandidates]{};
   int count = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &count);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref,
+                                                           gemm_tuning() ? kTuneCandidates : 1, res, &count);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (st == CUBLAS_STATUS_SUCCESS && count > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
-    p.algo = res.algo;
+  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < count; ++i)
+    if (res[i].state == CUBLAS_STATUS_SUCCESS) p.candidates[p.n_candidates++] = res[i].algo;
+  if (p.n_candidates > 0) {
+    p.algo = p.candidates[0];
     p.ok = true;
   }
   return p;
+}
+
+// STDIT_CUDA_GEMM_TUNE=1: the first call of each GEMM shape times the heuristics' candidates on
+// its own operands (3 runs each after one warm-up, on the stream; only where C is not an input,
+// beta = 0) and keeps the fastest for the rest of the run. The output is then computed again by
+// the caller's run, so tuning changes which algorithm runs, never what a call returns.
+void tune_plan(CudaContext& ctx, GemmPlan& p, float beta, const void* A, const void* B, void* C) {
+  if (p.n_candidates < 2 || beta != 0.0f) {
+    p.n_candidates = 0;
+    return;
+  }
+  cudaEvent_t e0, e1;
+  STDIT_CUDA_CHECK(cudaEventCreate(&e0));
+  STDIT_CUDA_CHECK(cudaEventCreate(&e1));
+  const float alpha = 1.0f;
+  float best_ms = 0;
+  int best = 0;
+  for (int i = 0; i < p.n_candidates; ++i) {
+    auto once = [&] {
+      return cublasLtMatmul(ctx.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.candidates[i],
+                            ctx.workspace, ctx.workspace_bytes, ctx.stream);
+    };
+    if (once() != CUBLAS_STATUS_SUCCESS) continue;
+    STDIT_CUDA_CHECK(cudaEventRecord(e0, ctx.stream));
+    bool ok = true;
+    for (int r = 0; r < 3 && ok; ++r) ok = once() == CUBLAS_STATUS_SUCCESS;
+    STDIT_CUDA_CHECK(cudaEventRecord(e1, ctx.stream));
+    STDIT_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    STDIT_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (ok && (best_ms == 0 || ms < best_ms)) {
+      best_ms = ms;
+      best = i;
+    }
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  if (best_ms > 0) p.algo = p.candidates[best];
+  p.n_candidates = 0;  // tuned once
 }
 
 // One cuBLASLt call, C = op(A) op(B) (+ bias) + beta C, with the plan for `key` (made and cached
@@ -169,6 +222,7 @@ bool run_cached(CudaContext& ctx, const GemmKey& key, const void* bias, float be
   if (bias)
     STDIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                       &bias, sizeof(bias)));
+  if (p.n_candidates > 0) tune_plan(ctx, p, beta, A, B, C);
   const float alpha = 1.0f;
   const cublasStatus_t st = cublasLtMatmul(ctx.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, C, p.c,
                                            C, p.c, &p.algo, ctx.workspace, ctx.workspace_bytes,
