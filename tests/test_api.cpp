@@ -58,6 +58,7 @@ TEST(Api, ResidentEngineReturnsFramesAndMatchesAStagedOne) {
   EXPECT_EQ(v.latent_shape, (std::vector<int64_t>{4, 5, 8, 8}));
   EXPECT_EQ(v.latents.size(), size_t{4} * 5 * 8 * 8);
   EXPECT_NE(v.record.find("\"prompt\":\"a red ball moving to the right\""), std::string::npos);
+  EXPECT_NE(v.record.find("\"attention_kernels\":\"cpu\""), std::string::npos) << v.record;
   // Events: the text, one per denoising step, the VAE chunks, then the saved video.
   int steps = 0, decode = 0, saved = 0;
   for (const auto& e : events) {
@@ -76,6 +77,8 @@ TEST(Api, ResidentEngineReturnsFramesAndMatchesAStagedOne) {
   EXPECT_NE(b.videos[0].rgb, v.rgb);
   const api::Result again = resident->generate(small_request("a red ball moving to the right"));
   EXPECT_EQ(again.videos[0].rgb, v.rgb);
+  // A resident engine's counts grow across requests; each record names what its own run used.
+  EXPECT_NE(again.videos[0].record.find("\"attention_kernels\":\"cpu\""), std::string::npos);
   eo.resident = false;
   auto staged = api::Engine::open(eo);
   EXPECT_EQ(staged->generate(small_request("a red ball moving to the right")).videos[0].rgb, v.rgb);
