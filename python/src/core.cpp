@@ -160,17 +160,19 @@ NB_MODULE(_core, m) {
       .def_static(
           "open",
           [](const std::string& dir, const std::string& backend, bool resident, const std::string& precision,
-             const std::string& fp8_keep) {
+             const std::string& fp8_keep, const std::string& kernels) {
             stdit::api::EngineOptions o;
             o.dir = dir;
             o.backend = backend;
             o.resident = resident;
             o.precision = precision;
             o.fp8_keep = fp8_keep;
+            o.kernels = kernels;
             nb::gil_scoped_release nogil;
             return Engine::open(o);
           },
-          "dir"_a, "backend"_a = "auto", "resident"_a = true, "precision"_a = "auto", "fp8_keep"_a = "")
+          "dir"_a, "backend"_a = "auto", "resident"_a = true, "precision"_a = "auto", "fp8_keep"_a = "",
+          "kernels"_a = "auto")
       .def_prop_ro("dir", &Engine::dir)
       .def_prop_ro("identity", &Engine::identity)
       .def_prop_ro("backend", &Engine::backend)

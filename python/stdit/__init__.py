@@ -84,7 +84,8 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, engine_dir: Optional[str] = None, device: str = "auto",
-                        precision: Optional[str] = None, fp8_keep: Optional[str] = None) -> "Pipeline":
+                        precision: Optional[str] = None, fp8_keep: Optional[str] = None,
+                        kernels: str = "auto") -> "Pipeline":
         """Opens an engine directory made by ``stdit convert`` (None: the embedded demo model).
 
         device: "auto" (the GPU when one is usable, else the CPU), "cpu", "cuda" or "cuda:N".
@@ -92,12 +93,13 @@ class Pipeline:
             (e4m3 block linears; on the CPU an emulation for checking quality). The CPU computes in f32
             or emulates fp8.
         fp8_keep: with precision "fp8", what stays unquantized, as ``--fp8-keep`` (e.g. "fc2,first:2").
+        kernels: "auto", or "portable": no Hopper-only kernels (what Ampere and Ada GPUs run), as ``--kernels``.
         """
         if device != "auto" and device != "cpu" and device != "cuda" and not str(device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         path = demo_engine_dir() if engine_dir is None else os.fspath(engine_dir)
         engine = _core.Engine.open(path, device, True, "auto" if precision is None else str(precision),
-                                   "" if fp8_keep is None else str(fp8_keep))
+                                   "" if fp8_keep is None else str(fp8_keep), str(kernels))
         return cls(engine, device)
 
     @property

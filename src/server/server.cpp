@@ -527,6 +527,7 @@ int serve(const ServerOptions& o) {
   eo.backend = o.backend;
   eo.precision = o.precision;
   eo.fp8_keep = o.fp8_keep;
+  eo.kernels = o.kernels;
   eo.resident = true;  // loaded once, kept loaded
   auto engine = api::Engine::open(eo);
   auto store = open_job_store(db);

@@ -10,6 +10,7 @@ struct ServerOptions {
   std::string engine;              // engine directory; empty: ./engine_outputs, else the demo model
   std::string backend = "auto";
   std::string precision = "auto", fp8_keep;  // the execution policy (as `stdit generate`)
+  std::string kernels = "auto";               // auto | portable (as `stdit generate --kernels`)
   std::string host = "127.0.0.1";
   int port = 8000;                 // 0: any free port (printed)
   std::string data = "stdit_data";  // jobs.sqlite and videos/

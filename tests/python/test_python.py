@@ -108,6 +108,8 @@ def test_bad_arguments(pipe):
         stdit.Pipeline.from_pretrained(device="cpu", precision="fp4")
     with pytest.raises(ValueError, match="--fp8-keep needs --precision fp8"):
         stdit.Pipeline.from_pretrained(device="cpu", fp8_keep="qkv")
+    with pytest.raises(ValueError, match="--kernels must be auto or portable, got 'fast'"):
+        stdit.Pipeline.from_pretrained(device="cpu", kernels="fast")
     with pytest.raises(ValueError, match="uint8"):
         stdit.export_to_video(np.zeros((2, 8, 8, 3), np.float32), "x.mp4")
     with pytest.raises(ValueError, match="--cache: unknown method 'pab'"):
@@ -138,6 +140,7 @@ def test_fp8_as_the_program(tmp_path):
     assert p8.precision == "fp8 (unquantized fc2)"
     out = p8("a red ball moving to the right", seed=4, return_latents=True, **FAST)
     assert out.records[0]["precision"] == "fp8" and out.records[0]["fp8_keep"] == "fc2"
+    assert out.records[0]["attention_kernels"] == "cpu"
     lat = tmp_path / "lat.safetensors"
     subprocess.run([STDIT_BIN, "generate", "a red ball moving to the right", "--seed", "4", "--steps", "3",
                     "--precision", "fp8", "--fp8-keep", "fc2", "--backend", "cpu", "-e", stdit.demo_engine_dir(),

@@ -119,11 +119,15 @@ def test_fp8_engine_options(tmp_path):
             f.write(mp4)
         info = subprocess.run([STDIT_BIN, "inspect", path], capture_output=True, text=True, check=True).stdout
         assert '"precision":"fp8"' in info and '"fp8_keep":"fc2"' in info, info
+        assert '"attention_kernels":"cpu"' in info, info
     finally:
         s.stop()
     bad = subprocess.run([STDIT_BIN, "serve", "--backend", "cpu", "--precision", "fp8", "--fp8-keep", "fc9",
                           "--data", str(tmp_path / "bad"), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "error: --fp8-keep: 'fc9'" in bad.stderr, bad.stderr
+    bad = subprocess.run([STDIT_BIN, "serve", "--backend", "cpu", "--kernels", "fast",
+                          "--data", str(tmp_path / "bad2"), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "error: --kernels must be auto or portable, got 'fast'" in bad.stderr, bad.stderr
 
 
 def test_list_newest_first_with_paging(server):
