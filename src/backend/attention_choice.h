@@ -3,9 +3,11 @@
 // (tests/test_policy.cpp), printed with -v and recorded in every output's metadata.
 //
 // The CUDA backend walks attention_candidates() in order and runs the first whose launcher takes
-// the call; a launcher refuses only for what no shape shows (a cuDNN older than 9.13.1 or a plan
-// it cannot build, a TMA descriptor the driver rejects), so on a current stack the kernel that
-// ran is choose_attention()'s. The backend counts what actually ran (Backend::attention_kernels()).
+// the call. The launchers keep their own checks: they refuse what the facts below do not record
+// (a cuDNN older than 9.13.1 or a plan it cannot build, a TMA descriptor the driver rejects, an
+// output aligned to 4 but not 16 bytes), so on a current stack and the model's tensors the kernel
+// that ran is choose_attention()'s (CudaOps.AttentionRunsTheChosenKernel checks the model's
+// calls). The backend counts what actually ran (Backend::attention_kernels()).
 #pragma once
 #include <cstdint>
 #include <string>
