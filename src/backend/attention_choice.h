@@ -28,6 +28,7 @@ enum class AttentionKernel {
   FlashF32,   // CUDA-core flash attention in f32 (f32 precision)
   Gemm,       // head dims > 128 (the VAE's mid-block): scores by GEMM, exact row softmax
 };
+constexpr int kAttentionKernels = static_cast<int>(AttentionKernel::Gemm) + 1;
 const char* attention_kernel_name(AttentionKernel k);  // "wgmma", "cudnn", "short-bf16", ...
 
 // What decides the kernel, read off the call.

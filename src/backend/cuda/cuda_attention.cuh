@@ -2,7 +2,6 @@
 // TF32, cuda_attention_bf16.cu and cuda_attention_wgmma.cu: BF16 on the tensor cores; cuda_sdpa.cu:
 // cuDNN).
 #pragma once
-#include "backend/attention_choice.h"
 #include "backend/cuda/cuda_common.cuh"
 
 namespace stdit::cuda {

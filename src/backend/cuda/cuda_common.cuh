@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-
 #include <map>
 #include <memory>
 #include <mutex>
@@ -19,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "backend/attention_choice.h"
 #include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
 #include "core/tensor.h"
@@ -69,7 +69,8 @@ struct GemmPlan {
   cublasLtMatmulAlgo_t algo{};
   bool ok = false;  // false: cuBLASLt found no algorithm; the fallback kernel runs instead
   // STDIT_CUDA_GEMM_TUNE=1: the heuristics' candidates, to be timed on first use (cuda_linear.cu)
-  cublasLtMatmulAlgo_t candidates[8];
+  static constexpr int kTuneCandidates = 8;
+  cublasLtMatmulAlgo_t candidates[kTuneCandidates];
   int n_candidates = 0;
 };
 
@@ -116,7 +117,7 @@ struct CudaContext : std::enable_shared_from_this<CudaContext> {
   // What runs attention: the policy's kernel families (attention_choice.h) and how often each
   // kernel ran (indexed by AttentionKernel).
   ExecutionPolicy policy;
-  std::array<std::atomic<int64_t>, 16> attention_runs{};
+  std::array<std::atomic<int64_t>, kAttentionKernels> attention_runs{};
 
   CudaContext(int device, CudaOptions options);
   ~CudaContext();

@@ -101,8 +101,7 @@ void activation_pass(CudaContext& c, TO* o, int64_t total, int64_t n, int code) 
   check_launch("linear activation");
 }
 
-constexpr int kTuneCandidates = 8;
-static_assert(sizeof(GemmPlan::candidates) / sizeof(GemmPlan::candidates[0]) == kTuneCandidates);
+constexpr int kTuneCandidates = GemmPlan::kTuneCandidates;
 bool gemm_tuning() {
   static const bool on = [] {
     const char* e = std::getenv("STDIT_CUDA_GEMM_TUNE");
