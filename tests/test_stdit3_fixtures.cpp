@@ -127,6 +127,51 @@ TEST(STDiT3Fixture, AllTrueXMaskEqualsNoXMask) {
   EXPECT_EQ(rel_error(with, without), 0.0);
 }
 
+// A keyed call (the sampler's) computes the text conditioning once and reuses it: the same key
+// gives the reference's output again with the y it was made from, and keeps using that text when
+// a later call passes other values under the key (the key is the caller's promise that y is the
+// same); a new key or no key reads the new y. The positional table kept across calls follows a
+// change of the patch grid.
+TEST(STDiT3Fixture, KeyedTextIsComputedOnceAndReused) {
+  CpuBackend be;
+  auto model = load_fixture_model("stdit3_a", be);
+  const auto inputs = SafetensorsFile::open(kData + "/stdit3_a/inputs.safetensors");
+  const auto expected = SafetensorsFile::open(kData + "/stdit3_a/expected.safetensors");
+  STDiT3Inputs in = read_stdit3_inputs(*inputs);
+  const Tensor plain = model->forward(in);
+  EXPECT_LT(rel_error(plain, expected->get("output")), kTol);
+  in.text_key = new_text_key();
+  EXPECT_EQ(rel_error(model->forward(in), plain), 0.0);  // first keyed call: computed
+  EXPECT_EQ(rel_error(model->forward(in), plain), 0.0);  // second: reused
+  STDiT3Inputs other = in;
+  other.y = in.y.to(DType::F32).clone();
+  for (int64_t i = 0; i < other.y.numel(); ++i) other.y.data<float>()[i] *= -0.5f;
+  EXPECT_EQ(rel_error(model->forward(other), plain), 0.0);  // same key: the kept text
+  other.text_key = 0;
+  const Tensor changed = model->forward(other);
+  EXPECT_GT(rel_error(changed, plain), 1e-3);
+  other.text_key = new_text_key();
+  EXPECT_EQ(rel_error(model->forward(other), changed), 0.0);
+  // A key made for one batch is refused for another.
+  STDiT3Inputs half = other;
+  const int64_t B = in.x.size(0);
+  half.x = in.x.slice(0, 0, B / 2).contiguous();
+  half.timestep = in.timestep.slice(0, 0, B / 2).contiguous();
+  half.y = other.y.slice(0, 0, B / 2).contiguous();
+  half.x_mask = Tensor{};
+  if (half.mask.defined() && half.mask.size(0) == B) half.mask = half.mask.slice(0, 0, B / 2).contiguous();
+  EXPECT_THROW(model->forward(half), Error);
+  half.text_key = new_text_key();
+  EXPECT_NO_THROW(model->forward(half));
+  // The kept positional table: a smaller grid (x cropped) equals a fresh model's output.
+  STDiT3Inputs small = in;
+  small.text_key = 0;
+  small.x = in.x.slice(3, 0, in.x.size(3) - 2).contiguous();
+  auto fresh = load_fixture_model("stdit3_a", be);
+  EXPECT_EQ(rel_error(model->forward(small), fresh->forward(small)), 0.0);
+  EXPECT_EQ(rel_error(model->forward(in), plain), 0.0);  // and back to the first grid
+}
+
 TEST(STDiT3Fixture, BadInputsGiveClearErrors) {
   CpuBackend be;
   auto model = load_fixture_model("stdit3_a", be);

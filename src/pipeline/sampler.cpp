@@ -96,6 +96,9 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
   STDiT3Inputs in_c = in;
   in_c.y = y.slice(0, 0, B);
   in.cache.threshold = in_c.cache.threshold = so.cache_threshold;
+  // The text is the same at every step: each half's conditioning is computed once, on the device.
+  in.text_key = new_text_key();
+  in_c.text_key = new_text_key();
   int first_model_step = -1;
   for (int i = 0; i < steps; ++i)
     if (ts[i] <= 1000.0f) {

@@ -1,6 +1,7 @@
 #include "models/stdit3/stdit3.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -52,6 +53,7 @@ struct STDiT3::Step {
   FrameSelect sel;       // active only when some frame is a conditioning frame
   Tensor y_packed;       // [sum(y_lens), C]
   std::vector<int> y_lens;
+  TextState* text = nullptr;  // where the blocks' keys and values are kept (keyed calls), or null
   // Sequence parallelism (tensor-parallel groups that split rows, no frame selection): inside
   // the blocks each rank keeps only its own token rows of x current; norms and residual updates
   // run on those rows (Communicator::splits_rows).
@@ -236,6 +238,80 @@ Tensor STDiT3::embed_scalar(const Tensor& values, const Tensor& w0, const Tensor
   return out;
 }
 
+uint64_t new_text_key() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1);
+}
+
+void STDiT3::text_conditioning(const STDiT3Inputs& in, Step& s) {
+  const STDiT3Config& c = cfg_;
+  const int64_t B = s.B, C = s.C, L = in.y.size(2);
+  if (in.text_key != 0 && in.text_key == text_.key) {
+    STDIT_CHECK(text_.B == B && text_.L == L, "text key ", in.text_key, " was made for ", text_.B, " x ", text_.L,
+                " caption rows, not ", B, " x ", L);
+    s.y_packed = text_.y_packed;
+    s.y_lens = text_.y_lens;
+    s.text = &text_;
+    return;
+  }
+  // ---- text: y_lens and packed rows (spec §3.5) ----
+  std::vector<int64_t> rows;
+  if (in.mask.defined()) {
+    STDIT_CHECK(in.mask.dim() == 2 && in.mask.size(1) == L && in.mask.size(0) > 0 &&
+                    B % in.mask.size(0) == 0 && is_integer(in.mask.dtype()),
+                "input 'mask' has shape ", shape_str(in.mask.shape()), " ", dtype_name(in.mask.dtype()),
+                ", expected an integer [", B, " or ", B / 2, ", ", L, "]");
+    const auto m = host_values(in.mask);
+    const int64_t mr = in.mask.size(0);
+    for (int64_t b = 0; b < B; ++b) {
+      int len = 0;
+      for (int64_t l = 0; l < L; ++l)
+        if (m[(b % mr) * L + l] != 0) {
+          rows.push_back(b * L + l);
+          ++len;
+        }
+      STDIT_CHECK(len > 0, "input 'mask': row ", b % mr, " marks no text token");
+      s.y_lens.push_back(len);
+    }
+  } else {
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t l = 0; l < L; ++l) rows.push_back(b * L + l);
+      s.y_lens.push_back(static_cast<int>(L));
+    }
+  }
+
+  // Caption MLP on the valid rows only (it acts row by row, so this equals Open-Sora's order).
+  {
+    Tensor y_all = be_.upload(round_through(in.y, model_dtype_)).view({B * L, c.caption_channels});
+    Tensor y_rows = be_.alloc({static_cast<int64_t>(rows.size()), c.caption_channels});
+    be_.gather_rows(y_all, rows, y_rows);
+    Tensor h = be_.alloc({static_cast<int64_t>(rows.size()), C});
+    be_.linear(y_rows, g_.y_fc1_w, g_.y_fc1_b, Activation::GeluTanh, h);
+    s.y_packed = be_.alloc({static_cast<int64_t>(rows.size()), C});
+    be_.linear(h, g_.y_fc2_w, g_.y_fc2_b, Activation::None, s.y_packed);
+  }
+  if (in.text_key != 0) {
+    text_ = TextState{};
+    text_.key = in.text_key;
+    text_.B = B;
+    text_.L = L;
+    text_.y_packed = s.y_packed;
+    text_.y_lens = s.y_lens;
+    s.text = &text_;
+  }
+}
+
+Tensor STDiT3::cross_kv(const Block& blk, const Step& s) {
+  if (s.text) {
+    const auto at = s.text->kv.find(&blk);
+    if (at != s.text->kv.end()) return at->second;
+  }
+  Tensor kv = be_.alloc({s.y_packed.size(0), 2, s.H, s.D}, be_.matmul_dtype());
+  be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, kv);
+  if (s.text) s.text->kv.emplace(&blk, kv);
+  return kv;
+}
+
 Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   const STDiT3Config& c = cfg_;
   auto record = [&](const std::string& name, const Tensor& t) {
@@ -276,32 +352,6 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   s.spatial = full_step ? &spatial_full_ : &spatial_;
   s.temporal = full_step ? &temporal_full_ : &temporal_;
 
-  // ---- text: y_lens and packed rows (spec §3.5) ----
-  std::vector<int64_t> rows;
-  if (in.mask.defined()) {
-    STDIT_CHECK(in.mask.dim() == 2 && in.mask.size(1) == L && in.mask.size(0) > 0 &&
-                    B % in.mask.size(0) == 0 && is_integer(in.mask.dtype()),
-                "input 'mask' has shape ", shape_str(in.mask.shape()), " ", dtype_name(in.mask.dtype()),
-                ", expected an integer [", B, " or ", B / 2, ", ", L, "]");
-    const auto m = host_values(in.mask);
-    const int64_t mr = in.mask.size(0);
-    for (int64_t b = 0; b < B; ++b) {
-      int len = 0;
-      for (int64_t l = 0; l < L; ++l)
-        if (m[(b % mr) * L + l] != 0) {
-          rows.push_back(b * L + l);
-          ++len;
-        }
-      STDIT_CHECK(len > 0, "input 'mask': row ", b % mr, " marks no text token");
-      s.y_lens.push_back(len);
-    }
-  } else {
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t l = 0; l < L; ++l) rows.push_back(b * L + l);
-      s.y_lens.push_back(static_cast<int>(L));
-    }
-  }
-
   // ---- x_mask: skipped when every frame is noisy (same result, less work; spec §4.6) ----
   bool any_clean = false;
   Tensor xm_host;
@@ -330,9 +380,15 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   STDIT_CHECK(height > 0 && width > 0, "inputs 'height' and 'width' must be positive pixel sizes");
   const double pe_scale = std::sqrt(height * width) / c.input_sq_size;
   const double base_size = std::round(std::sqrt(static_cast<double>(s.S)));
-  Tensor pe = be_.alloc({s.S, C});
-  be_.sincos_pos_embed_2d(Hp, Wp, static_cast<float>(pe_scale), static_cast<float>(base_size), pe);
-  if (model_dtype_ != DType::F32) pe = be_.upload(round_through(be_.download(pe), model_dtype_));
+  // The table depends on the patch grid only: kept from the last call when the grid is the same.
+  const float pe_scale_f = static_cast<float>(pe_scale), base_f = static_cast<float>(base_size);
+  if (!pos_.pe.defined() || pos_.hp != Hp || pos_.wp != Wp || pos_.scale != pe_scale_f || pos_.base != base_f) {
+    Tensor pe = be_.alloc({s.S, C});
+    be_.sincos_pos_embed_2d(Hp, Wp, pe_scale_f, base_f, pe);
+    if (model_dtype_ != DType::F32) pe = be_.upload(round_through(be_.download(pe), model_dtype_));
+    pos_ = {Hp, Wp, pe_scale_f, base_f, pe};
+  }
+  const Tensor& pe = pos_.pe;
   {
     Tensor xv = x.view({B * T, s.S * C});
     be_.add(xv, pe.view({s.S * C}), xv);
@@ -367,16 +423,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     record("t0_mlp", s.t0_mlp);
   }
 
-  // Caption MLP on the valid rows only (it acts row by row, so this equals Open-Sora's order).
-  {
-    Tensor y_all = be_.upload(round_through(in.y, model_dtype_)).view({B * L, c.caption_channels});
-    Tensor y_rows = be_.alloc({static_cast<int64_t>(rows.size()), c.caption_channels});
-    be_.gather_rows(y_all, rows, y_rows);
-    Tensor h = be_.alloc({static_cast<int64_t>(rows.size()), C});
-    be_.linear(y_rows, g_.y_fc1_w, g_.y_fc1_b, Activation::GeluTanh, h);
-    s.y_packed = be_.alloc({static_cast<int64_t>(rows.size()), C});
-    be_.linear(h, g_.y_fc2_w, g_.y_fc2_b, Activation::None, s.y_packed);
-  }
+  text_conditioning(in, s);
   record("y_packed", s.y_packed);
 
   // ---- blocks: S0, T0, S1, T1, ... ----
@@ -574,9 +621,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   {
     Tensor cq = be_.alloc({B, N, H, D}, mm);
     ops.column_linear(ops.cross_q_input(x), blk.q_w, blk.q_b, Activation::None, cq);
-    const int64_t Lt = s.y_packed.size(0);
-    Tensor ckv = be_.alloc({Lt, 2, H, D}, mm);
-    be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, ckv);
+    const Tensor ckv = cross_kv(blk, s);
     Tensor co = be_.alloc({B, N, H, D}, mm);
     be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
     ops.row_linear_residual(co.view({B, N, Cl}), blk.cproj_w, blk.cproj_b, Tensor{}, Tensor{}, s.sel, x);
@@ -600,14 +645,18 @@ size_t STDiT3::activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_ro
   // The three phases of block_forward (each frees its tensors), plus what lives across blocks:
   // the residual stream x, the patch embedding input and the final layer's output.
   const int64_t self_attn = rows * (C * mm + 3 * Cl * mm + Cl * mm + C * red);
-  const int64_t cross = rows * (2 * Cl * mm + C * red) + text_rows * 2 * Cl * mm;
+  const int64_t cross = rows * (2 * Cl * mm + C * red);
   // (+ the per-sample gate-folded fc2 weights of the fused residual projection)
   const int64_t mlp = rows * (C * mm + M * mm + C * red) + B * C * M * mm;
   const int64_t out = rows * cfg_.patch_volume() * cfg_.out_channels() * 4;
   // (tensor parallel: + the bf16 copy of x for cross-attention's q while rows are split)
+  // The text conditioning of a keyed call (the sampler's) stays on the device across calls: the
+  // packed caption rows and every block's cross-attention keys and values (the full-precision
+  // blocks' too when --fp8-keep keeps steps).
+  const int64_t block_sets = spatial_full_.empty() ? 1 : 2;
+  const int64_t text = text_rows * C * 4 + block_sets * 2 * cfg_.depth * text_rows * 2 * Cl * mm;
   const int64_t persistent = rows * C * 4 + rows * cfg_.in_channels * cfg_.patch_volume() * 4 +
-                             (tp_size_ > 1 ? rows * C * mm : 0) +
-                             text_rows * C * 4 + S * C * 4;
+                             (tp_size_ > 1 ? rows * C * mm : 0) + text + S * C * 4;
   return static_cast<size_t>(persistent + std::max({self_attn, cross, mlp, out}));
 }
 

@@ -3,6 +3,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
@@ -29,7 +30,16 @@ struct STDiT3Inputs {
   StepCacheControl cache;  // step caching (off unless cache.threshold > 0)
   // Which sampling step this call is (step of steps), for --fp8-keep first:N / last:N; -1: none.
   int step = -1, steps = 0;
+  // Nonzero: y and mask are the same as in every other call with this key (one sampling loop's
+  // CFG batch, or its conditional half; new_text_key() makes one). The model computes the text
+  // conditioning (the caption MLP on the valid rows, each block's cross-attention keys and values)
+  // at the first call with the key and keeps it on its device for the next ones. 0: every call
+  // computes it (and holds it only while it runs).
+  uint64_t text_key = 0;
 };
+
+// A key no earlier call of this process has used (thread-safe).
+uint64_t new_text_key();
 
 // Rank `rank`'s shard of the full weights for tensor parallelism over `tp` ranks (the split of
 // stdit3_tp_split; replicated tensors are shared views). Throws for a tp that does not divide the
@@ -98,6 +108,11 @@ class STDiT3 {
   // Runs timestep-like values through an embedder MLP pair: Linear -> SiLU -> Linear.
   Tensor embed_scalar(const Tensor& values, const Tensor& w0, const Tensor& b0, const Tensor& w2,
                       const Tensor& b2);
+  // The caption MLP on the valid rows of y (s.y_packed, s.y_lens): from text_ when the call's
+  // key matches, else computed (and kept in text_ when the call has a key).
+  void text_conditioning(const STDiT3Inputs& in, Step& s);
+  // Block blk's cross-attention keys and values [rows, 2, H, D] of the packed caption rows.
+  Tensor cross_kv(const Block& blk, const Step& s);
 
   STDiT3Config cfg_;
   Backend& be_;
@@ -117,6 +132,21 @@ class STDiT3 {
     double accumulated = 0;
   } cache_;
   bool last_blocks_ran_ = true;
+  // The text conditioning of the last keyed call (STDiT3Inputs::text_key), on the device: the
+  // packed caption rows and, per block as it first runs, its cross-attention keys and values.
+  struct TextState {
+    uint64_t key = 0;
+    int64_t B = 0, L = 0;
+    Tensor y_packed;
+    std::vector<int> y_lens;
+    std::unordered_map<const Block*, Tensor> kv;
+  } text_;
+  // The positional embedding of the last call's patch grid (Hp, Wp, scale, base size).
+  struct PosEmbed {
+    int64_t hp = 0, wp = 0;
+    float scale = 0, base = 0;
+    Tensor pe;
+  } pos_;
 };
 
 }  // namespace stdit
