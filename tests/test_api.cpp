@@ -79,9 +79,34 @@ TEST(Api, ResidentEngineReturnsFramesAndMatchesAStagedOne) {
   EXPECT_EQ(again.videos[0].rgb, v.rgb);
   // A resident engine's counts grow across requests; each record names what its own run used.
   EXPECT_NE(again.videos[0].record.find("\"attention_kernels\":\"cpu\""), std::string::npos);
+  EXPECT_EQ(resident->loaded_models(), (std::vector<std::string>{"t5", "denoiser", "vae"}));
   eo.resident = false;
   auto staged = api::Engine::open(eo);
+  EXPECT_TRUE(staged->loaded_models().empty());
   EXPECT_EQ(staged->generate(small_request("a red ball moving to the right")).videos[0].rgb, v.rgb);
+  EXPECT_TRUE(staged->loaded_models().empty());
+}
+
+// Offload: a resident engine that keeps only the denoiser between requests makes the same frames,
+// request after request; without resident the option changes nothing.
+TEST(Api, OffloadKeepsOnlyTheDenoiser) {
+  api::EngineOptions eo;
+  eo.dir = kDemo;
+  eo.backend = "cpu";
+  auto staged = api::Engine::open(eo);
+  const std::vector<uint8_t> want = staged->generate(small_request("a red ball moving to the right")).videos[0].rgb;
+  eo.resident = true;
+  eo.offload = true;
+  auto offloaded = api::Engine::open(eo);
+  EXPECT_TRUE(offloaded->loaded_models().empty());  // nothing loads before the first request
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(offloaded->generate(small_request("a red ball moving to the right")).videos[0].rgb, want);
+    EXPECT_EQ(offloaded->loaded_models(), std::vector<std::string>{"denoiser"});
+  }
+  eo.resident = false;
+  auto staged_offload = api::Engine::open(eo);
+  EXPECT_EQ(staged_offload->generate(small_request("a red ball moving to the right")).videos[0].rgb, want);
+  EXPECT_TRUE(staged_offload->loaded_models().empty());
 }
 
 TEST(Api, CancelTokenStopsAtTheNextStepAndLeavesNothing) {

@@ -52,6 +52,11 @@ struct EngineOptions {
   // false: each request loads T5, frees it, loads the denoiser, frees it before the last decode
   // (the least memory; what the command line does).
   bool resident = false;
+  // With resident: only the denoiser stays on the device between requests; T5 and the VAE are
+  // loaded from their files when a request needs them (the OS keeps the files in host memory), T5
+  // freed after the text, the VAE when the request ends, leaving the device to the denoiser's activations and the decode (docs/GPUS.md: 24 GB cards).
+  // Without resident it changes nothing (every model is freed after its stage anyway).
+  bool offload = false;
 };
 
 // One job: prompts (or a file to re-make, or latents to decode) and the settings. Unset settings
@@ -157,6 +162,9 @@ class Engine {
   const std::string& backend() const;   // "cpu" or "cuda"
   const std::string& precision() const; // what runs: "f32", "tf32", "bf16", "fp8" (+ what it keeps)
   bool embedded() const;                // the demo model shipped with stdit
+  // The models loaded now, of "t5", "denoiser", "vae": what a resident engine keeps between
+  // requests (empty for an engine that is not resident, between requests).
+  std::vector<std::string> loaded_models() const;
 
   struct Impl;
 

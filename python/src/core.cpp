@@ -160,7 +160,7 @@ NB_MODULE(_core, m) {
       .def_static(
           "open",
           [](const std::string& dir, const std::string& backend, bool resident, const std::string& precision,
-             const std::string& fp8_keep, const std::string& kernels) {
+             const std::string& fp8_keep, const std::string& kernels, bool offload) {
             stdit::api::EngineOptions o;
             o.dir = dir;
             o.backend = backend;
@@ -168,12 +168,14 @@ NB_MODULE(_core, m) {
             o.precision = precision;
             o.fp8_keep = fp8_keep;
             o.kernels = kernels;
+            o.offload = offload;
             nb::gil_scoped_release nogil;
             return Engine::open(o);
           },
           "dir"_a, "backend"_a = "auto", "resident"_a = true, "precision"_a = "auto", "fp8_keep"_a = "",
-          "kernels"_a = "auto")
+          "kernels"_a = "auto", "offload"_a = false)
       .def_prop_ro("dir", &Engine::dir)
+      .def_prop_ro("loaded_models", &Engine::loaded_models)
       .def_prop_ro("identity", &Engine::identity)
       .def_prop_ro("backend", &Engine::backend)
       .def_prop_ro("precision", &Engine::precision)

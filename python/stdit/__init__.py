@@ -85,7 +85,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, engine_dir: Optional[str] = None, device: str = "auto",
                         precision: Optional[str] = None, fp8_keep: Optional[str] = None,
-                        kernels: str = "auto") -> "Pipeline":
+                        kernels: str = "auto", offload: bool = False) -> "Pipeline":
         """Opens an engine directory made by ``stdit convert`` (None: the embedded demo model).
 
         device: "auto" (the GPU when one is usable, else the CPU), "cpu", "cuda" or "cuda:N".
@@ -94,12 +94,14 @@ class Pipeline:
             or emulates fp8.
         fp8_keep: with precision "fp8", what stays unquantized, as ``--fp8-keep`` (e.g. "fc2,first:2").
         kernels: "auto", or "portable": no Hopper-only kernels (what Ampere and Ada GPUs run), as ``--kernels``.
+        offload: keep only the denoiser on the device between calls; T5 and the VAE are loaded for each call
+            and freed after it (for GPUs with 24 GB or less), as ``stdit serve --offload``.
         """
         if device != "auto" and device != "cpu" and device != "cuda" and not str(device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         path = demo_engine_dir() if engine_dir is None else os.fspath(engine_dir)
         engine = _core.Engine.open(path, device, True, "auto" if precision is None else str(precision),
-                                   "" if fp8_keep is None else str(fp8_keep), str(kernels))
+                                   "" if fp8_keep is None else str(fp8_keep), str(kernels), bool(offload))
         return cls(engine, device)
 
     @property
@@ -113,6 +115,11 @@ class Pipeline:
     @property
     def precision(self) -> str:
         return self._engine.precision
+
+    @property
+    def loaded_models(self) -> List[str]:
+        """The models kept on the device between calls: "t5", "denoiser", "vae" (only "denoiser" with offload)."""
+        return list(self._engine.loaded_models)
 
     def __call__(
         self,

@@ -533,6 +533,7 @@ struct Engine::Impl {
   std::string identity;
   ParallelPlan par;
   bool resident = false;
+  bool offload = false;  // resident: T5 and the VAE are freed after their stage all the same
   std::unique_ptr<Backend> backend;             // cuda:0 (or the CPU): T5, the VAE, the first rank
   std::vector<std::unique_ptr<Backend>> extra;  // cuda:1 .. gpus-1
   std::vector<Backend*> devs;
@@ -613,6 +614,13 @@ const std::string& Engine::backend() const {
   return impl_->backend->name() == "cpu" ? cpu : cuda;
 }
 bool Engine::embedded() const { return impl_->eng.embedded; }
+std::vector<std::string> Engine::loaded_models() const {
+  std::vector<std::string> out;
+  if (impl_->t5) out.push_back("t5");
+  if (impl_->dit) out.push_back("denoiser");
+  if (impl_->vae) out.push_back("vae");
+  return out;
+}
 const std::string& Engine::precision() const { return impl_->precision; }
 
 std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
@@ -685,6 +693,7 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
   impl->precision = precision_name(pol.precision);
   if (!pol.fp8_keep.empty()) impl->precision += " (unquantized " + pol.fp8_keep.describe() + ")";
   impl->resident = o.resident;
+  impl->offload = o.offload;
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -878,7 +887,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   // The VAE (loaded on first use; kept for the run, or for the engine's life when resident).
   auto the_vae = [&]() -> OpenSoraVae& {
     backend->bind_to_this_thread();  // a second GPU's backend may have been made current
-    std::unique_ptr<OpenSoraVae>& vae_slot = resident ? vae : local_vae;
+    std::unique_ptr<OpenSoraVae>& vae_slot = resident && !offload ? vae : local_vae;
     if (!vae_slot) vae_slot = OpenSoraVae::load(eng.vae, *backend, "engine vae");
     return *vae_slot;
   };
@@ -987,7 +996,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
         std::unique_ptr<T5Tokenizer> local_tok;
         std::unique_ptr<T5Encoder> local_t5;
         std::unique_ptr<T5Tokenizer>& tok = resident ? tokenizer : local_tok;
-        std::unique_ptr<T5Encoder>& enc = resident ? t5 : local_t5;
+        std::unique_ptr<T5Encoder>& enc = resident && !offload ? t5 : local_t5;
         // mpirun: rank 0 runs T5 and sends the embeddings; the others tokenize only (the mask).
         const ProcessWorld& world = process_world();
         if (!tok) tok = std::make_unique<T5Tokenizer>(eng.spiece);
@@ -1030,7 +1039,9 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
         log_debug("memory plan per device: denoiser weights ", human_bytes(m0.weight_bytes()), "; one model call (batch ",
                   Bm, ", ", Tp, " x ", Sp, " tokens) holds at most ", human_bytes(m0.activation_bytes(Bm, Tp, Sp, Bm * L)),
                   " of activations; ",
-                  resident ? std::string("every model stays loaded (resident engine)")
+                  resident && offload ? std::string("the denoiser stays loaded (resident engine); T5 was freed "
+                                                    "after the text and the VAE is freed when the request ends (offload)")
+                  : resident ? std::string("every model stays loaded (resident engine)")
                            : std::string("the T5 encoder was freed before the denoiser loaded; the denoiser is freed "
                                          "before the last batch is decoded"),
                   "; each video is decoded as soon as it is denoised (the VAE ",

@@ -208,7 +208,17 @@ class Service {
     s.set_payload_max_length(o_.max_body);
     s.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(kWebPage, "text/html; charset=utf-8"); });
     s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(json{{"status", "ok"}, {"engine", engine_->dir()}, {"backend", engine_->backend()}}.dump(),
+      std::vector<std::string> loaded;
+      {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        loaded = loaded_;
+      }
+      res.set_content(json{{"status", "ok"},
+                           {"engine", engine_->dir()},
+                           {"backend", engine_->backend()},
+                           {"offload", o_.offload},
+                           {"loaded_models", loaded}}
+                          .dump(),
                       "application/json");
     });
     s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { metrics(res); });
@@ -474,9 +484,12 @@ class Service {
       const api::Video& v = out.videos.at(0);
       const std::string thumb = (videos_ / (job.id + ".thumb.png")).string();
       api::write_image(thumb, v.rgb.data(), v.height, v.width);
+      {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        device_peak_ = out.device_peak_bytes;
+        loaded_ = engine_->loaded_models();  // read here: the engine is this thread's between jobs
+      }
       store_->complete(job.id, now_s(), v.path, v.preview_path, thumb);
-      std::lock_guard<std::mutex> lock(stats_mu_);
-      device_peak_ = out.device_peak_bytes;
     } catch (const Cancelled&) {
       remove_outputs(job.id);
       if (g_stop.load() && !store_->get(job.id)->cancel_requested) {
@@ -505,6 +518,7 @@ class Service {
   double step_seconds_ = 0;
   int64_t steps_ = 0;
   size_t device_peak_ = 0;
+  std::vector<std::string> loaded_;  // the models the engine kept after the last job
 };
 
 }  // namespace
@@ -528,7 +542,8 @@ int serve(const ServerOptions& o) {
   eo.precision = o.precision;
   eo.fp8_keep = o.fp8_keep;
   eo.kernels = o.kernels;
-  eo.resident = true;  // loaded once, kept loaded
+  eo.resident = true;  // loaded once, kept loaded (with --offload: the denoiser only)
+  eo.offload = o.offload;
   auto engine = api::Engine::open(eo);
   auto store = open_job_store(db);
   Service svc(o, std::move(engine), std::move(store));

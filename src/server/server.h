@@ -11,6 +11,7 @@ struct ServerOptions {
   std::string backend = "auto";
   std::string precision = "auto", fp8_keep;  // the execution policy (as `stdit generate`)
   std::string kernels = "auto";               // auto | portable (as `stdit generate --kernels`)
+  bool offload = false;  // keep only the denoiser on the device between jobs (T5, VAE loaded per job)
   std::string host = "127.0.0.1";
   int port = 8000;                 // 0: any free port (printed)
   std::string data = "stdit_data";  // jobs.sqlite and videos/

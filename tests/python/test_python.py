@@ -149,6 +149,18 @@ def test_fp8_as_the_program(tmp_path):
     assert np.array_equal(tensors["latents"][0], out.latents[0])
 
 
+def test_offload_keeps_only_the_denoiser(pipe):
+    assert pipe.loaded_models == ["t5", "denoiser", "vae"] or pipe.loaded_models == []  # [] before its first call
+    want = pipe("a red ball moving to the right", seed=5, **FAST).frames[0]
+    assert pipe.loaded_models == ["t5", "denoiser", "vae"]
+    off = stdit.Pipeline.from_pretrained(device="cpu", offload=True)
+    assert off.loaded_models == []
+    for _ in range(2):
+        got = off("a red ball moving to the right", seed=5, **FAST).frames[0]
+        assert np.array_equal(got, want)
+        assert off.loaded_models == ["denoiser"]
+
+
 def test_image_to_video_as_the_program(pipe, tmp_path):
     # a red disc on the left of the demo model's white background, as a PNG
     yy, xx = np.mgrid[0:128, 0:128]

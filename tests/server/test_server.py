@@ -130,6 +130,27 @@ def test_fp8_engine_options(tmp_path):
     assert bad.returncode == 1 and "error: --kernels must be auto or portable, got 'fast'" in bad.stderr, bad.stderr
 
 
+def test_offload_keeps_only_the_denoiser(server, tmp_path):
+    # /health names the models kept loaded after the last job: all three by default, only the
+    # denoiser with `stdit serve --offload`; the jobs' videos are the same.
+    status, health, _ = server.json("GET", "/health")
+    assert status == 200 and health["offload"] is False and health["loaded_models"] == []
+    s = Server(tmp_path / "data_offload", "--offload")
+    try:
+        files = []
+        for srv in (server, s):
+            status, job, _ = srv.json("POST", "/v1/videos", dict(QUICK, prompt="a red ball moving to the right", seed=3))
+            assert status == 200, job
+            assert srv.wait(job["id"])["status"] == "completed"
+            files.append(srv.request("GET", "/v1/videos/%s/content" % job["id"])[1])
+        assert server.json("GET", "/health")[1]["loaded_models"] == ["t5", "denoiser", "vae"]
+        health = s.json("GET", "/health")[1]
+        assert health["offload"] is True and health["loaded_models"] == ["denoiser"], health
+        assert files[0] == files[1]
+    finally:
+        s.stop()
+
+
 def test_list_newest_first_with_paging(server):
     ids = [server.json("POST", "/v1/videos", dict(QUICK, prompt="clip %d" % i))[1]["id"] for i in range(5)]
     for i in ids:

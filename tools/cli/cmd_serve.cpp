@@ -13,6 +13,8 @@ void add_serve(CLI::App& app, Action& action) {
   cmd->add_option("--fp8-keep", o->fp8_keep, "With --precision fp8: what stays unquantized (as generate)");
   cmd->add_option("--kernels", o->kernels, "auto, or portable (no Hopper-only kernels; as generate)")
       ->capture_default_str();
+  cmd->add_flag("--offload", o->offload,
+                "Keep only the denoiser on the GPU between jobs; T5 and the VAE are loaded per job (24 GB cards)");
   cmd->add_option("--host", o->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "Port (0: any free port)")->capture_default_str();
   cmd->add_option("--data", o->data, "Directory for the job database and the videos")->capture_default_str();
