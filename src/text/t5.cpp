@@ -49,23 +49,43 @@ T5Config load_t5_config(const std::string& path) {
   return parse_t5_config(read_text_file(path, "T5 config"), path);
 }
 
+namespace {
+// Block 0's self-attention also has the relative position table (spec §10.2 item 4), kept on the host.
+const char* const kRelBiasSuffix = "0.SelfAttention.relative_attention_bias.weight";
+const std::string kRelBias = cat("encoder.block.0.layer.", kRelBiasSuffix);
+}  // namespace
+
+const std::vector<T5BlockParam>& t5_block_params() {
+  using P = T5BlockParam;
+  using W = T5BlockWeights;
+  static const auto DD = [](const T5Config& c) { return Shape{c.d_model}; };
+  static const auto ID = [](const T5Config& c) { return Shape{int64_t{c.num_heads} * c.d_kv, c.d_model}; };
+  static const auto DI = [](const T5Config& c) { return Shape{c.d_model, int64_t{c.num_heads} * c.d_kv}; };
+  static const auto FD = [](const T5Config& c) { return Shape{c.d_ff, c.d_model}; };
+  static const auto DF = [](const T5Config& c) { return Shape{c.d_model, c.d_ff}; };
+  static const std::vector<P> params = {
+      {"0.SelfAttention.q.weight", ID, &W::q, true},
+      {"0.SelfAttention.k.weight", ID, &W::k, true},
+      {"0.SelfAttention.v.weight", ID, &W::v, true},
+      {"0.SelfAttention.o.weight", DI, &W::o, true},
+      {kRelBiasSuffix, [](const T5Config& c) { return Shape{c.num_buckets, c.num_heads}; }, nullptr, false, true},
+      {"0.layer_norm.weight", DD, &W::ln0, false},
+      {"1.DenseReluDense.wi_0.weight", FD, &W::wi0, true},
+      {"1.DenseReluDense.wi_1.weight", FD, &W::wi1, true},
+      {"1.DenseReluDense.wo.weight", DF, &W::wo, true},
+      {"1.layer_norm.weight", DD, &W::ln1, false},
+  };
+  return params;
+}
+
 std::vector<ParamSpec> t5_param_specs(const T5Config& c) {
-  const int64_t D = c.d_model, I = static_cast<int64_t>(c.num_heads) * c.d_kv, F = c.d_ff;
+  const int64_t D = c.d_model;
   std::vector<ParamSpec> p;
   p.push_back({"shared.weight", {c.vocab_size, D}});
   p.push_back({"encoder.embed_tokens.weight", {c.vocab_size, D}, true});  // tied copy, unused
-  for (int i = 0; i < c.num_layers; ++i) {
-    const std::string b = cat("encoder.block.", i, ".layer.");
-    for (const char* m : {"q", "k", "v"}) p.push_back({b + "0.SelfAttention." + m + ".weight", {I, D}});
-    p.push_back({b + "0.SelfAttention.o.weight", {D, I}});
-    if (i == 0)
-      p.push_back({b + "0.SelfAttention.relative_attention_bias.weight", {c.num_buckets, c.num_heads}});
-    p.push_back({b + "0.layer_norm.weight", {D}});
-    p.push_back({b + "1.DenseReluDense.wi_0.weight", {F, D}});
-    p.push_back({b + "1.DenseReluDense.wi_1.weight", {F, D}});
-    p.push_back({b + "1.DenseReluDense.wo.weight", {D, F}});
-    p.push_back({b + "1.layer_norm.weight", {D}});
-  }
+  for (int i = 0; i < c.num_layers; ++i)
+    for (const T5BlockParam& q : t5_block_params())
+      if (i == 0 || !q.first_block_only) p.push_back({cat("encoder.block.", i, ".layer.", q.suffix), q.shape(c)});
   p.push_back({"encoder.final_layer_norm.weight", {D}});
   return p;
 }
@@ -87,23 +107,16 @@ int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance) {
 
 T5Encoder::T5Encoder(const T5Config& cfg, const WeightMap& w, Backend& be) : cfg_(cfg), be_(be) {
   check_weights(w, t5_param_specs(cfg), "T5 weights");
-  auto up = [&](const std::string& k) { return be_.upload(w.at(k)); };
-  auto upw = [&](const std::string& k) { return be_.upload_weight(w.at(k)); };  // linear() only
-  embedding_ = up("shared.weight");
-  rel_bias_host_ = w.at("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight").to(DType::F32);
-  final_ln_ = up("encoder.final_layer_norm.weight");
+  embedding_ = be_.upload(w.at("shared.weight"));
+  rel_bias_host_ = w.at(kRelBias).to(DType::F32);
+  final_ln_ = be_.upload(w.at("encoder.final_layer_norm.weight"));
   for (int i = 0; i < cfg.num_layers; ++i) {
-    const std::string b = cat("encoder.block.", i, ".layer.");
     Block blk;
-    blk.ln0 = up(b + "0.layer_norm.weight");
-    blk.q = upw(b + "0.SelfAttention.q.weight");
-    blk.k = upw(b + "0.SelfAttention.k.weight");
-    blk.v = upw(b + "0.SelfAttention.v.weight");
-    blk.o = upw(b + "0.SelfAttention.o.weight");
-    blk.ln1 = up(b + "1.layer_norm.weight");
-    blk.wi0 = upw(b + "1.DenseReluDense.wi_0.weight");
-    blk.wi1 = upw(b + "1.DenseReluDense.wi_1.weight");
-    blk.wo = upw(b + "1.DenseReluDense.wo.weight");
+    for (const T5BlockParam& q : t5_block_params()) {
+      if (!q.field) continue;
+      const Tensor& t = w.at(cat("encoder.block.", i, ".layer.", q.suffix));
+      blk.*q.field = q.matrix ? be_.upload_weight(t) : be_.upload(t);
+    }
     blocks_.push_back(std::move(blk));
   }
 }

@@ -23,6 +23,20 @@ struct T5Config {
 T5Config parse_t5_config(const std::string& json_text, const std::string& source);
 T5Config load_t5_config(const std::string& path);
 
+// The tensors of one encoder block, declared once (checkpoint name after "encoder.block.N.layer.",
+// shape, field, whether it is only a linear() weight): t5_param_specs and loading derive from it.
+struct T5BlockWeights {
+  Tensor ln0, q, k, v, o, ln1, wi0, wi1, wo;
+};
+struct T5BlockParam {
+  const char* suffix;
+  Shape (*shape)(const T5Config& c);
+  Tensor T5BlockWeights::*field;  // null: not held per block (block 0's relative position table)
+  bool matrix;                    // uploaded with upload_weight (the backend may keep it in bf16)
+  bool first_block_only = false;
+};
+const std::vector<T5BlockParam>& t5_block_params();
+
 std::vector<ParamSpec> t5_param_specs(const T5Config& cfg);
 
 // Bucket of the relative position key - query (bidirectional, spec §10.2 item 4).
@@ -44,9 +58,7 @@ class T5Encoder {
   const T5Config& config() const { return cfg_; }
 
  private:
-  struct Block {
-    Tensor ln0, q, k, v, o, ln1, wi0, wi1, wo;
-  };
+  using Block = T5BlockWeights;
   T5Config cfg_;
   Backend& be_;
   Tensor embedding_;  // [vocab, d_model]
