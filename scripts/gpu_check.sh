@@ -37,5 +37,11 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 log=build-cuda/gpu_check.log
 "$bin" --gtest_brief=1 ${args[@]+"${args[@]}"} 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# The op registry (tests/data/ops): every op case in every CUDA mode against the reference's values.
+if [ -x build-cuda/stdit ]; then
+  build-cuda/stdit ops --backend cuda --cases tests/data/ops/cases.safetensors 2>&1 | tee build-cuda/ops.log | tail -3
+  ops_rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] && rc=$ops_rc
+fi
 echo "gpu_check: exit $rc (full log: $log)"
 exit "$rc"

@@ -29,8 +29,9 @@ struct FrameSelect {
 
 // Extra terms of an attention score matrix (T5): an additive bias [H, Nq, Nk] shared by every
 // batch index, and a key mask [batch, Nk] (U8, 0 = padding key) over the flattened leading dims.
-// A row whose keys are all masked attends uniformly to every key (as an additive -inf-like mask
-// does in PyTorch).
+// A row whose keys are all masked ignores the mask and attends to every key (every backend does
+// this; PyTorch's additive mask would give uniform weights instead). No model passes such a row:
+// a T5 prompt always keeps its end token.
 struct AttentionExtras {
   Tensor bias;
   Tensor key_mask;

@@ -16,5 +16,6 @@ void add_generate(CLI::App& app, Action& action);
 void add_convert(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);
 void add_serve(CLI::App& app, Action& action);
+void add_ops(CLI::App& app, Action& action);
 
 }  // namespace stdit::cli

@@ -61,6 +61,7 @@ int run_command(int argc, char** argv, const stdit::api::Processes& procs) {
   stdit::cli::add_inspect(app, action);
   stdit::cli::add_compare(app, action);
   stdit::cli::add_tokenize(app, action);
+  stdit::cli::add_ops(app, action);
   // The first word that is not a global flag names the command: say so when it names none.
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];

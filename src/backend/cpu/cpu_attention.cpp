@@ -31,7 +31,7 @@ HeadView head_view(const Tensor& t, const char* op, const char* what) {
 }
 
 // out_row = softmax(q . k_j * scale + bias_j) v_j over j in [0, nk), skipping keys whose
-// mask byte is 0 (all keys when every one is masked: PyTorch's additive mask gives uniform weights).
+// mask byte is 0 (all keys when every one is masked; backend.h says why that case never arises).
 void attend_row(const float* q, const HeadView& k, const HeadView& v, int64_t b, int64_t head,
                 int64_t kv_begin, int64_t nk, float scale, float* out, std::vector<float>& p,
                 const float* bias = nullptr, const uint8_t* key_mask = nullptr) {
