@@ -12,7 +12,7 @@ mkdir -p "$out"
 export LD_LIBRARY_PATH="$PWD/build-cuda/libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 new=build-cuda/stdit
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-b() { timeout 90 "$@" bench --backend cuda --preset 480p-4s --preset 720p-4s --iters 3 --no-t5 --no-vae; }
+b() { local bin=$1; shift; timeout 90 "$bin" bench --backend cuda --preset 480p-4s --preset 720p-4s --iters 3 --no-t5 --no-vae "$@"; }
 {
   echo "== new"; b "$new" --json "$out/b_new1.json"
   echo "== old"; b "$old" --json "$out/b_old.json"

@@ -70,9 +70,10 @@ TEST(Policy, Fp8) {
   };
   EXPECT_EQ(error_of({"fp8", "auto", {}, ""}, "cuda", 86),
             "--precision fp8 needs FP8 tensor cores (Ada sm_89 or Hopper sm_90); this GPU is sm_86");
-  EXPECT_NE(error_of({"fp8", "auto", {}, ""}, "cuda", 90).find("not yet checked on one"), std::string::npos);
-  // The developers' switch (STDIT_CUDA_FP8=1): bf16 around the FP8 GEMMs.
-  const ExecutionPolicy g = resolve_policy({"fp8", "auto", {{"fp8", true}}, "first:2"}, "cuda", 89);
+  // Hopper and Ada: bf16 around the FP8 GEMMs (the old developer switch STDIT_CUDA_FP8 is accepted).
+  EXPECT_EQ(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90).precision, Precision::FP8);
+  EXPECT_EQ(resolve_policy({"fp8", "auto", {{"fp8", true}}, ""}, "cuda", 90).precision, Precision::FP8);
+  const ExecutionPolicy g = resolve_policy({"fp8", "auto", {}, "first:2"}, "cuda", 89);
   EXPECT_EQ(g.precision, Precision::FP8);
   EXPECT_TRUE(g.cudnn_attention && g.text_attention && !g.wgmma_attention);  // Ada: no wgmma
   EXPECT_EQ(g.describe(),
@@ -84,7 +85,7 @@ TEST(Policy, Fp8) {
 
 TEST(Policy, ImpossibleRequestsAreInvalid) {
   EXPECT_THROW(resolve_policy({"bf16", "auto", {}, ""}, "cpu", 0), InvalidRequest);
-  EXPECT_THROW(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90), InvalidRequest);
+  EXPECT_THROW(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 86), InvalidRequest);
   EXPECT_THROW(resolve_policy({"auto", "fast", {}, ""}, "cuda", 90), InvalidRequest);
   EXPECT_THROW(resolve_policy({"auto", "auto", {{"turbo", true}}, ""}, "cuda", 90), InvalidRequest);
   EXPECT_NO_THROW(resolve_policy({"f32", "portable", {}, ""}, "cpu", 0));

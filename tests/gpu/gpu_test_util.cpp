@@ -117,9 +117,11 @@ const std::map<std::string, double>& thresholds() {
       {"conv3d", 2e-3},
       {"linear[f32]", 1e-5},
       // fp8 (cuda_fp8.cu) against the CPU emulation: the same codes (share of differing codes: 0),
-      // then only the f32 accumulation order differs (F32 out); BF16 out adds its rounding.
+      // then the accumulation differs (F32 out): Hopper's FP8 tensor cores keep fewer bits than f32
+      // while they accumulate (1.3e-4 measured at K = 1152 on an H100; the plain fallback kernel
+      // for shapes cuBLASLt refuses stays within 1e-5); BF16 out adds its rounding.
       {"fp8 codes", 0.0},
-      {"linear[fp8]", 1e-5},
+      {"linear[fp8]", 5e-4},
       {"linear[fp8, bf16 out]", 1e-2},
       {"stdit3_a[fp8]", 1e-2},
       {"linear[gelu epilogue]", 1e-5},

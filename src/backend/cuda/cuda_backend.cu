@@ -1,4 +1,5 @@
 // CUDA backend: context, memory, elementwise ops, embeddings, gather.
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -248,6 +249,10 @@ CudaBackend::CudaBackend(int device, CudaOptions options, ExecutionPolicy policy
       memory_monitor_(std::make_unique<DeviceMemoryMonitor>(device)),
       policy_(std::move(policy)) {
   ctx_->policy = policy_;
+  static std::atomic<bool> told{false};
+  if (policy_.precision == Precision::FP8 && !told.exchange(true))
+    log_warn("--precision fp8 passes its quality gate but is slower than bf16 today (its quantization and "
+             "scaling run as passes of their own; docs/PERF.md); it halves the denoiser's weight memory");
 }
 
 CudaBackend::~CudaBackend() = default;
