@@ -15,6 +15,14 @@ namespace {
 
 const std::string kDemo = (fs::path(STDIT_TEST_DATA).parent_path().parent_path() / "models" / "tiny").string();
 
+// The embedded demo model on the CPU.
+api::EngineOptions demo_on_cpu() {
+  api::EngineOptions eo;
+  eo.dir = kDemo;
+  eo.backend = "cpu";
+  return eo;
+}
+
 api::Request small_request(const std::string& prompt) {
   api::Request r;
   r.prompts = {prompt};
@@ -35,9 +43,7 @@ fs::path temp_dir(const std::string& name) {
 }  // namespace
 
 TEST(Api, ResidentEngineReturnsFramesAndMatchesAStagedOne) {
-  api::EngineOptions eo;
-  eo.dir = kDemo;
-  eo.backend = "cpu";
+  api::EngineOptions eo = demo_on_cpu();
   eo.resident = true;
   auto resident = api::Engine::open(eo);
   EXPECT_EQ(resident->backend(), "cpu");
@@ -90,9 +96,7 @@ TEST(Api, ResidentEngineReturnsFramesAndMatchesAStagedOne) {
 // Offload: a resident engine that keeps only the denoiser between requests makes the same frames,
 // request after request; without resident the option changes nothing.
 TEST(Api, OffloadKeepsOnlyTheDenoiser) {
-  api::EngineOptions eo;
-  eo.dir = kDemo;
-  eo.backend = "cpu";
+  api::EngineOptions eo = demo_on_cpu();
   auto staged = api::Engine::open(eo);
   const std::vector<uint8_t> want = staged->generate(small_request("a red ball moving to the right")).videos[0].rgb;
   eo.resident = true;
@@ -110,9 +114,7 @@ TEST(Api, OffloadKeepsOnlyTheDenoiser) {
 }
 
 TEST(Api, CancelTokenStopsAtTheNextStepAndLeavesNothing) {
-  api::EngineOptions eo;
-  eo.dir = kDemo;
-  eo.backend = "cpu";
+  api::EngineOptions eo = demo_on_cpu();
   auto engine = api::Engine::open(eo);
   const fs::path out = temp_dir("stdit_api_cancel");
   api::Request r = small_request("a red ball");
@@ -147,9 +149,7 @@ TEST(Api, CancelTokenStopsAtTheNextStepAndLeavesNothing) {
 }
 
 TEST(Api, BadRequestsAreErrorsBeforeWork) {
-  api::EngineOptions eo;
-  eo.dir = kDemo;
-  eo.backend = "cpu";
+  api::EngineOptions eo = demo_on_cpu();
   auto engine = api::Engine::open(eo);
   api::Request r = small_request("x");
   r.output = "x.mp4";  // files with write_files = false

@@ -380,7 +380,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   STDIT_CHECK(height > 0 && width > 0, "inputs 'height' and 'width' must be positive pixel sizes");
   const double pe_scale = std::sqrt(height * width) / c.input_sq_size;
   const double base_size = std::round(std::sqrt(static_cast<double>(s.S)));
-  // The table depends on the patch grid only: kept from the last call when the grid is the same.
+  // The table depends on the patch grid and the size condition only: kept while they stay the same.
   const float pe_scale_f = static_cast<float>(pe_scale), base_f = static_cast<float>(base_size);
   if (!pos_.pe.defined() || pos_.hp != Hp || pos_.wp != Wp || pos_.scale != pe_scale_f || pos_.base != base_f) {
     Tensor pe = be_.alloc({s.S, C});
