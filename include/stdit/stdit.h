@@ -54,8 +54,9 @@ struct EngineOptions {
   bool resident = false;
   // With resident: only the denoiser stays on the device between requests; T5 and the VAE are
   // loaded from their files when a request needs them (the OS keeps the files in host memory), T5
-  // freed after the text, the VAE when the request ends, leaving the device to the denoiser's activations and the decode (docs/GPUS.md: 24 GB cards).
-  // Without resident it changes nothing (every model is freed after its stage anyway).
+  // freed after the text, the VAE when the request ends, leaving the device to the denoiser's
+  // activations and the decode (docs/GPUS.md: 24 GB cards). Without resident it changes nothing
+  // (every model is freed after its stage anyway).
   bool offload = false;
 };
 

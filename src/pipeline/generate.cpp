@@ -534,6 +534,7 @@ struct Engine::Impl {
   ParallelPlan par;
   bool resident = false;
   bool offload = false;  // resident: T5 and the VAE are freed after their stage all the same
+  bool keeps_t5_and_vae() const { return resident && !offload; }
   std::unique_ptr<Backend> backend;             // cuda:0 (or the CPU): T5, the VAE, the first rank
   std::vector<std::unique_ptr<Backend>> extra;  // cuda:1 .. gpus-1
   std::vector<Backend*> devs;
@@ -887,7 +888,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   // The VAE (loaded on first use; kept for the run, or for the engine's life when resident).
   auto the_vae = [&]() -> OpenSoraVae& {
     backend->bind_to_this_thread();  // a second GPU's backend may have been made current
-    std::unique_ptr<OpenSoraVae>& vae_slot = resident && !offload ? vae : local_vae;
+    std::unique_ptr<OpenSoraVae>& vae_slot = keeps_t5_and_vae() ? vae : local_vae;
     if (!vae_slot) vae_slot = OpenSoraVae::load(eng.vae, *backend, "engine vae");
     return *vae_slot;
   };
@@ -996,7 +997,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
         std::unique_ptr<T5Tokenizer> local_tok;
         std::unique_ptr<T5Encoder> local_t5;
         std::unique_ptr<T5Tokenizer>& tok = resident ? tokenizer : local_tok;
-        std::unique_ptr<T5Encoder>& enc = resident && !offload ? t5 : local_t5;
+        std::unique_ptr<T5Encoder>& enc = keeps_t5_and_vae() ? t5 : local_t5;
         // mpirun: rank 0 runs T5 and sends the embeddings; the others tokenize only (the mask).
         const ProcessWorld& world = process_world();
         if (!tok) tok = std::make_unique<T5Tokenizer>(eng.spiece);

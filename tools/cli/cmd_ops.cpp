@@ -91,114 +91,74 @@ class CaseRun {
     return s;
   }
 
+  // Every case has one output: a fresh tensor, or (ops that write in place) a copy of the input of
+  // that name.
   std::map<std::string, Tensor> run() {
     const json& p = c_.params;
     const std::string& op = c_.op;
-    std::map<std::string, Tensor> r;
+    STDIT_CHECK(c_.out.size() == 1, "op registry: case '", c_.name, "' has ", c_.out.size(), " outputs, not one");
+    const std::string& name = c_.out.begin()->first;
+    Tensor o = c_.in.count(name) ? fresh(name) : out_like(name);
     if (op == "linear") {
-      Tensor o = out_like("out");
       be_.linear(in("x"), in("w"), in("bias"), activation(p.at("act")), o);
-      r["out"] = o;
     } else if (op == "add" || op == "mul" || op == "sub") {
-      Tensor o = out_like("out");
       if (op == "add") be_.add(in("a"), in("b"), o);
       if (op == "mul") be_.mul(in("a"), in("b"), o);
       if (op == "sub") be_.sub(in("a"), in("b"), o);
-      r["out"] = o;
     } else if (op == "silu") {
-      Tensor o = out_like("out");
       be_.silu(in("x"), o);
-      r["out"] = o;
     } else if (op == "l1_distance") {
-      Tensor o = out_like("out");
       be_.l1_distance(in("a"), in("b"), o);
-      r["out"] = o;
     } else if (op == "rms_norm") {
-      Tensor o = out_like("out");
       be_.rms_norm(in("x"), in("weight"), p.at("eps").get<float>(), o);
-      r["out"] = o;
     } else if (op == "layernorm_modulate") {
-      Tensor o = out_like("out");
       be_.layernorm_modulate(in("x"), in("shift"), in("scale"), in("shift0"), in("scale0"), select(),
                              p.at("eps").get<float>(), o);
-      r["out"] = o;
     } else if (op == "gated_residual") {
-      Tensor x = fresh("x");
-      be_.gated_residual(x, in("y"), in("gate"), in("gate0"), select());
-      r["x"] = x;
+      be_.gated_residual(o, in("y"), in("gate"), in("gate0"), select());
     } else if (op == "linear_residual") {
-      Tensor x = fresh("x");
-      be_.linear_residual(in("y"), in("w"), in("bias"), in("gate"), in("gate0"), select(), x);
-      r["x"] = x;
+      be_.linear_residual(in("y"), in("w"), in("bias"), in("gate"), in("gate0"), select(), o);
     } else if (op == "select_frames") {
-      Tensor dst = fresh("dst");
-      be_.select_frames(dst, in("src"), select());
-      r["dst"] = dst;
+      be_.select_frames(o, in("src"), select());
     } else if (op == "qk_norm_rope") {
-      Tensor q = fresh("q");
-      be_.qk_norm_rope(q, in("weight"), p.at("eps").get<float>(), in("rope_freqs"));
-      r["q"] = q;
+      be_.qk_norm_rope(o, in("weight"), p.at("eps").get<float>(), in("rope_freqs"));
     } else if (op == "attention") {
-      Tensor o = out_like("out");
       be_.attention(in("q"), in("k"), in("v"), p.at("scale").get<float>(), o, AttentionExtras{in("bias"), in("key_mask")});
-      r["out"] = o;
     } else if (op == "cross_attention") {
-      Tensor o = out_like("out");
       be_.cross_attention(in("q"), in("k"), in("v"), p.at("kv_lens").get<std::vector<int>>(),
                           p.at("scale").get<float>(), o);
-      r["out"] = o;
     } else if (op == "timestep_embedding") {
-      Tensor o = out_like("out");
       be_.timestep_embedding(in("t"), p.at("max_period").get<float>(), o);
-      r["out"] = o;
     } else if (op == "sincos_pos_embed_2d") {
-      Tensor o = out_like("out");
       be_.sincos_pos_embed_2d(p.at("hp").get<int64_t>(), p.at("wp").get<int64_t>(), p.at("scale").get<float>(),
                               p.at("base_size").get<float>(), o);
-      r["out"] = o;
     } else if (op == "patchify") {
       const auto k = p.at("patch").get<std::vector<int>>();
-      Tensor o = out_like("out");
       be_.patchify(in("x"), k[0], k[1], k[2], o);
-      r["out"] = o;
     } else if (op == "unpatchify") {
       const auto k = p.at("patch").get<std::vector<int>>();
       const auto g = p.at("grid").get<std::vector<int64_t>>();
-      Tensor o = out_like("out");
       be_.unpatchify(in("x"), g[0], g[1], g[2], k[0], k[1], k[2], o);
-      r["out"] = o;
     } else if (op == "gather_rows") {
-      Tensor o = out_like("out");
       be_.gather_rows(in("src"), p.at("rows").get<std::vector<int64_t>>(), o);
-      r["out"] = o;
     } else if (op == "copy") {
-      Tensor o = out_like("out");
       be_.copy(in("src").permute(p.at("permute").get<std::vector<int>>()), o);
-      r["out"] = o;
     } else if (op == "conv3d") {
       const auto s = p.at("stride").get<std::vector<int>>();
       const auto pad = p.at("pad").get<std::vector<int>>();  // t front, t back, top, bottom, left, right
       ConvParams cp{s[0], s[1], s[2], pad[0], pad[1], pad[2], pad[3], pad[4], pad[5]};
-      Tensor o = out_like("out");
       be_.conv3d(in("x"), in("w"), in("bias"), cp, o);
-      r["out"] = o;
     } else if (op == "group_norm") {
-      Tensor o = out_like("out");
       be_.group_norm(in("x"), in("gamma"), in("beta"), p.at("groups").get<int>(), p.at("eps").get<float>(),
                      p.at("silu").get<bool>(), o);
-      r["out"] = o;
     } else if (op == "upsample_nearest2x") {
-      Tensor o = out_like("out");
       be_.upsample_nearest2x(in("x"), o);
-      r["out"] = o;
     } else if (op == "channel_affine") {
-      Tensor o = out_like("out");
       be_.channel_affine(in("x"), in("scale"), in("shift"), o);
-      r["out"] = o;
     } else {
       throw Error("op registry: case '" + c_.name + "' names op '" + op + "', which has no runner here");
     }
-    return r;
+    return {{name, o}};
   }
 
  private:
@@ -253,6 +213,9 @@ void add_ops(CLI::App& app, Action& action) {
         backends = {"cpu"};
         if (cuda_devices_visible() > 0) backends.push_back("cuda");
       }
+      for (const std::string& m : o->precisions)
+        STDIT_CHECK(m == "f32" || m == "tf32" || m == "bf16" || m == "bf16-portable",
+                    "--precision must be f32, tf32, bf16 or bf16-portable, got '", m, "'");
       std::vector<Mode> modes;
       for (const std::string& b : backends) {
         STDIT_CHECK(b == "cpu" || b == "cuda", "--backend must be cpu or cuda, got '", b, "'");
@@ -264,9 +227,6 @@ void add_ops(CLI::App& app, Action& action) {
             modes.push_back({b, portable ? "bf16" : m, portable ? "portable" : "auto"});
           }
       }
-      for (const std::string& m : o->precisions)
-        STDIT_CHECK(m == "f32" || m == "tf32" || m == "bf16" || m == "bf16-portable",
-                    "--precision must be f32, tf32, bf16 or bf16-portable, got '", m, "'");
       STDIT_CHECK(!modes.empty(), "no mode to run: the backends given have none of the precisions given");
 
       int failed = 0, ran = 0;
