@@ -207,6 +207,16 @@ TEST(CudaPerf, RealShapes) {
     linear8("fc1+gelu", x16, 1, 5, Activation::GeluTanh, h116, 2 * M * C * 4 * C);
     linear8("fc2", h116, 2, 6, Activation::None, y16, 2 * M * 4 * C * C);
     linear8("proj", x16, 3, 6, Activation::None, y16, 2 * M * C * C);
+    // The GEMMs alone: x quantized once beforehand (what fusing the quantization into the kernels
+    // that produce x would leave), scales, bias and GELU in the GEMM.
+    fp8_bufs.reserve(9);  // the items keep references to the quantized inputs
+    fp8_bufs.push_back(e.quantize_rows_e4m3(x16));
+    fp8_bufs.push_back(e.quantize_rows_e4m3(h116));
+    const Tensor &xq = fp8_bufs[7], &hq = fp8_bufs[8];
+    linear8("qkv, x quantized", xq, 0, 4, Activation::None, qkv16, 2 * M * C * 3 * C);
+    linear8("fc1+gelu, x quantized", xq, 1, 5, Activation::GeluTanh, h116, 2 * M * C * 4 * C);
+    linear8("fc2, x quantized", hq, 2, 6, Activation::None, y16, 2 * M * 4 * C * C);
+    linear8("proj, x quantized", xq, 3, 6, Activation::None, y16, 2 * M * C * C);
   }
 
   auto sync_all = [&] {  // every backend an item may run on

@@ -1,6 +1,8 @@
 // The fp8 precision on the GPU: per-row e4m3 quantization (core/fp8.h's rule, bit for bit), the
 // FP8 GEMM (cuBLASLt) and the scale/bias/activation epilogue. A first, unfused version: the
-// activation is quantized in its own pass and the epilogue is a second pass over the f32 product.
+// activation is quantized in its own pass (unless it arrives quantized) and the epilogue is a
+// second pass over the f32 product. (cuBLASLt 13.1 offers no FP8 GEMM with per-row scales in its
+// epilogue on sm_90 at our shapes: docs/PERF.md.)
 #include "backend/cuda/cuda_common.cuh"
 
 namespace stdit {
@@ -122,7 +124,10 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
     STDIT_CHECK(bias.numel() == n, "cuda linear: bias has ", bias.numel(), " values, expected ", n);
   }
   if (m == 0 || n == 0) return;
-  const Tensor xq = quantize_rows_e4m3(x);
+  // x quantized here, or already (an F8_E4M3 tensor with its row scales).
+  const Tensor xq = x.dtype() == DType::F8_E4M3 ? x : quantize_rows_e4m3(x);
+  STDIT_CHECK(xq.is_contiguous() && xq.scales().defined() && xq.scales().numel() == m,
+              "cuda linear: an F8_E4M3 input must be contiguous with one F32 scale per row");
   // Row-major acc[m, n] = xq[m, k] w[n, k]^T is column-major acc^T[n, m] = w^T xq^T.
   Tensor acc = out.dtype() == DType::F32 ? out : alloc({m, n}, DType::F32);
   gemm_fp8(c, n, m, k, w.raw(), xq.raw(), acc.data<float>());
