@@ -20,6 +20,21 @@ void Backend::linear_residual(const Tensor& y, const Tensor& w, const Tensor& bi
     add(x, p, x);
 }
 
+EulerGeometry euler_geometry(const Tensor& z, const Tensor& v, bool cfg, const char* backend) {
+  STDIT_CHECK(z.defined() && v.defined() && z.dtype() == DType::F32 && v.dtype() == DType::F32 && z.is_contiguous() &&
+                  v.is_contiguous(),
+              backend, " cfg_euler_step: z and v must be contiguous F32 tensors");
+  STDIT_CHECK(z.dim() >= 2 && v.dim() == z.dim(), backend, " cfg_euler_step: z ", shape_str(z.shape()), " and v ",
+              shape_str(v.shape()), " must be [B, C, ...] of one rank");
+  EulerGeometry g{z.size(0), z.size(1), z.size(1) ? z.numel() / (z.size(0) * z.size(1)) : 0, v.size(1)};
+  bool same_trailing = true;
+  for (int d = 2; d < z.dim(); ++d) same_trailing &= z.size(d) == v.size(d);
+  STDIT_CHECK(same_trailing && v.size(0) == (cfg ? 2 : 1) * g.rows && g.v_channels >= g.channels, backend,
+              " cfg_euler_step: v ", shape_str(v.shape()), " does not fit z ", shape_str(z.shape()),
+              cfg ? " (with guidance v holds two halves of z's rows)" : "");
+  return g;
+}
+
 int cuda_devices_visible() {
 #ifdef STDIT_HAVE_CUDA
   return cuda_device_count();

@@ -99,6 +99,13 @@ class Backend {
   // a - b in the tensors' dtype). Sums in f32 per thread and f64 across, in a fixed order (the
   // same inputs give the same bits).
   virtual void l1_distance(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // One rectified-flow Euler step with classifier-free guidance (spec §8.4), in place on z:
+  // z [B, Cz, ...] F32 contiguous; v [B or 2B, Cv >= Cz, ...] F32 contiguous with z's trailing
+  // dims (the denoiser's output; with cfg its rows are the conditional half, then the
+  // unconditional one). For each element of z, with vc/vu its channel of the two halves:
+  // z += dt * (cfg ? vu + guidance * (vc - vu) : vc), in f32 in that order without fused
+  // multiply-adds (every backend gives the same bits).
+  virtual void cfg_euler_step(Tensor& z, const Tensor& v, bool cfg, float guidance, float dt) = 0;
 
   // --- normalisation and modulation ---
   // out = weight * x / sqrt(mean(x^2) + eps) over the last dim (T5 LayerNorm); f32 statistics.
@@ -171,6 +178,13 @@ class Backend {
   virtual void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
                               Tensor& out) = 0;
 };
+
+// cfg_euler_step's geometry, checked (one message per mismatch): z's rows (B), its channels, and
+// the elements of one channel plane; v's channels.
+struct EulerGeometry {
+  int64_t rows, channels, plane, v_channels;
+};
+EulerGeometry euler_geometry(const Tensor& z, const Tensor& v, bool cfg, const char* backend);
 
 // Creates a backend by name ("cpu"; "cuda" once built). Throws with the list of available names.
 std::unique_ptr<Backend> make_backend(const std::string& name, const PolicyRequest& request = {});

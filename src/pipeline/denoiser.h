@@ -1,6 +1,6 @@
 // The denoiser as the samplers see it: one STDiT3, or one STDiT3 split over several devices by
-// tensor parallelism (dist/comm.h). Both take the whole CFG batch and return its output on the
-// host.
+// tensor parallelism (dist/comm.h). Both take the whole CFG batch; the output is on the host, or
+// (one STDiT3) on its backend when the latents are (latent_backend()).
 #pragma once
 #include <functional>
 #include <memory>
@@ -16,7 +16,7 @@ namespace stdit {
 class Denoiser {
  public:
   virtual ~Denoiser() = default;
-  // Host F32 output [B, out_channels, T, H, W] (as STDiT3::forward).
+  // F32 output [B, out_channels, T, H, W] (as STDiT3::forward): on latent_backend() when x is there, else the host.
   virtual Tensor forward(const STDiT3Inputs& in) = 0;
   // The same for a batch of conditional rows only (no CFG batch; --cfg-until). A denoiser that
   // splits the CFG batch over devices runs it on the conditional half's device(s) alone.
@@ -26,6 +26,9 @@ class Denoiser {
   virtual std::vector<bool> last_blocks_ran() const { return {first().last_blocks_ran()}; }
   virtual const Tensor& null_caption() const = 0;
   virtual DType model_dtype() const = 0;
+  // The backend whose tensors forward() takes as x and then returns its output on (the sampler
+  // keeps its latents there across steps); null: host tensors in and out.
+  virtual Backend* latent_backend() const { return nullptr; }
   virtual const STDiT3Config& config() const = 0;
   // The model on the first device (rank 0): its weights and activation sizes are the per-GPU
   // figures of the memory plan.
@@ -38,6 +41,7 @@ class SingleDenoiser final : public Denoiser {
   explicit SingleDenoiser(STDiT3& m) : m_(m) {}
   Tensor forward(const STDiT3Inputs& in) override { return m_.forward(in); }
   const Tensor& null_caption() const override { return m_.null_caption(); }
+  Backend* latent_backend() const override { return &m_.backend(); }
   DType model_dtype() const override { return m_.model_dtype(); }
   const STDiT3Config& config() const override { return m_.config(); }
   const STDiT3& first() const override { return m_; }

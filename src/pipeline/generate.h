@@ -43,7 +43,9 @@ ParallelPlan plan_parallel(int gpus, int tp, bool cfg_parallel, const char* devi
 std::vector<std::string> generate(const GenerateOptions& opt);
 
 // The reusable core for tests: the denoising loop on given text embeddings and noise.
-// y_cond [B, 1, L, C], mask [B, L] (I64), noise [B, 4, T, h, w] -> latents [B, 4, T, h, w].
+// y_cond [B, 1, L, C], mask [B, L] (I64), noise [B, 4, T, h, w] -> latents [B, 4, T, h, w] (host).
+// on_step(i, z) gets the latents after step i where the loop keeps them: on the denoiser's backend
+// (Denoiser::latent_backend(); download them to read them there), else on the host.
 class STDiT3;
 struct SamplerOptions;  // pipeline/denoiser.h
 struct SamplerReport;

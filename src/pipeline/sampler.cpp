@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
 #include "models/stdit3/stdit3.h"
 #include "pipeline/denoiser.h"
@@ -80,8 +81,21 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
   for (int64_t b = 0; b < B; ++b)
     std::memcpy(y.data<float>() + (B + b) * L * C, null.data<float>(), L * C * 4);
   const std::vector<float> ts = rflow_timesteps(steps, height, width, num_frames, dit.model_dtype());
-  Tensor z = noise.to(DType::F32).clone();
-  if (dit.model_dtype() != DType::F32) z = z.to(dit.model_dtype()).to(DType::F32);  // randn in model dtype
+  Tensor zh = noise.to(DType::F32).clone();
+  if (dit.model_dtype() != DType::F32) zh = zh.to(dit.model_dtype()).to(DType::F32);  // randn in model dtype
+  // The latents live where the denoiser computes (its backend, when it takes them there: the CFG
+  // combine and the Euler step run there and nothing crosses to the host between steps), else on
+  // the host. The frame-mask edits below are host work on a downloaded copy, in the steps that
+  // have them only.
+  std::unique_ptr<Backend> host_backend;
+  Backend* lb = dit.latent_backend();
+  if (!lb) {
+    host_backend = std::make_unique<CpuBackend>();
+    lb = host_backend.get();
+  }
+  Tensor z = lb->alloc(zh.shape());
+  lb->copy(lb->upload(zh), z);
+  auto to_latents = [&](const Tensor& host) { lb->copy(lb->upload(host), z); };
   const int64_t per = z.numel() / B;
   STDiT3Inputs in;
   in.y = y;
@@ -91,7 +105,8 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
   in.width = Tensor::from_f32({1}, {static_cast<float>(width)});
   Shape zin_shape = z.shape();
   zin_shape[0] = 2 * B;
-  Tensor zin = Tensor::empty(zin_shape, DType::F32);
+  Tensor zin = lb->alloc(zin_shape);
+  Tensor zin_halves[2] = {zin.slice(0, 0, B), zin.slice(0, B, 2 * B)};
   // The conditional half alone (--cfg-until): its rows of y; x is z itself.
   STDiT3Inputs in_c = in;
   in_c.y = y.slice(0, 0, B);
@@ -120,17 +135,21 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
       noise_added[k] = fm.data<float>()[k] == 1.0f;
     }
   }
-  Tensor x0;
+  Tensor x0;  // host: the latents before a step that has frozen frames
   for (int i = 0; i < steps; ++i) {
-    bool any_frozen = false, any_live = false;
+    bool any_frozen = false, any_live = false, any_noise = false;
     for (int64_t k = 0; k < B * T; ++k) {
       x_mask[k] = mask_t[k] >= ts[i];
       (x_mask[k] ? any_live : any_frozen) = true;
+      any_noise |= x_mask[k] && !noise_added[k];
     }
-    if (any_frozen) x0 = z.clone();
+    if (any_frozen || any_noise) {
+      zh = lb->download(z);
+      if (any_frozen) x0 = zh.clone();
+    }
     // Noise once for the frames whose threshold was just crossed: tp * x0 + (1 - tp) * eps.
     const float tp = 1.0f - ts[i] / 1000.0f;
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = 0; b < B && any_noise; ++b) {
       Tensor eps;
       for (int64_t t = 0; t < T; ++t) {
         if (!x_mask[b * T + t] || noise_added[b * T + t]) continue;
@@ -142,12 +161,13 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
           if (i == 0 && dit.model_dtype() != DType::F32) eps = eps.to(dit.model_dtype()).to(DType::F32);
         }
         for (int c = 0; c < 4; ++c) {
-          float* zp = z.data<float>() + b * per + (c * T + t) * hw;
+          float* zp = zh.data<float>() + b * per + (c * T + t) * hw;
           const float* ep = eps.data<float>() + (c * T + t) * hw;
           for (int64_t r = 0; r < hw; ++r) zp[r] = tp * zp[r] + (1.0f - tp) * ep[r];
         }
       }
     }
+    if (any_noise) to_latents(zh);
     for (int64_t k = 0; k < B * T; ++k) noise_added[k] = x_mask[k];
     // Every frame frozen (e.g. a first timestep rounding above 1000 at small sizes): the step
     // restores z, so the model call is skipped.
@@ -168,8 +188,7 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
     const float dt = (i + 1 < steps ? ts[i] - ts[i + 1] : ts[i]) / 1000.0f;
     Tensor out;  // [2B or B, 8, T, h, w]; velocity = channels 0..3
     if (cfg) {
-      std::memcpy(zin.data<float>(), z.data<float>(), z.nbytes());
-      std::memcpy(zin.data<float>() + z.numel(), z.data<float>(), z.nbytes());
+      for (Tensor& half : zin_halves) lb->copy(z, half);
       in.x = zin;
       in.timestep = Tensor::from_f32({2 * B}, std::vector<float>(2 * B, ts[i]));
       in.cache.refresh = refresh;
@@ -186,26 +205,20 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
       in_c.x_mask = xm2.defined() ? xm2.slice(0, 0, B).contiguous() : Tensor();
       out = dit.forward_conditional(in_c);
     }
-    const int64_t oc = out.size(1), plane = per / 4;
-    const float g = static_cast<float>(cfg_scale);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t k = 0; k < per; ++k) {
-        const int64_t c = k / plane, r = k % plane;
-        const float vc = out.data<float>()[((b * oc) + c) * plane + r];
-        const float v = cfg ? [&] {
-          const float vu = out.data<float>()[(((B + b) * oc) + c) * plane + r];
-          return vu + g * (vc - vu);
-        }() : vc;
-        z.data<float>()[b * per + k] += v * dt;
-      }
-    if (any_frozen)  // frozen frames keep their value from before the step
+    // The output where z is (a host output is uploaded; on the host backend that is no copy).
+    const Tensor v = out.device() == z.device() ? out : lb->upload(out);
+    lb->cfg_euler_step(z, v, cfg, static_cast<float>(cfg_scale), dt);
+    if (any_frozen) {  // frozen frames keep their value from before the step
+      zh = lb->download(z);
       for (int64_t b = 0; b < B; ++b)
         for (int64_t t = 0; t < T; ++t)
           if (!x_mask[b * T + t])
             for (int c = 0; c < 4; ++c) {
               const int64_t o = b * per + (c * T + t) * hw;
-              std::memcpy(z.data<float>() + o, x0.data<float>() + o, hw * sizeof(float));
+              std::memcpy(zh.data<float>() + o, x0.data<float>() + o, hw * sizeof(float));
             }
+      to_latents(zh);
+    }
     // The report: one group per step.
     ++rep.steps;
     rep.cond_only_steps += cfg ? 0 : 1;
@@ -218,7 +231,7 @@ Tensor rflow_sample(Denoiser& dit, const Tensor& y_cond, const Tensor& mask, con
     if (on_step) on_step(i, z);
   }
   if (report) *report = rep;
-  return z;
+  return lb->download(z);
 }
 
 }  // namespace stdit

@@ -164,6 +164,7 @@ const std::map<std::string, double>& thresholds() {
       {"nccl_abort", 0.0},  // 0: a failing rank stopped the NCCL group with its message
       // Same inputs twice on the GPU: identical bytes (0 = bit-identical).
       {"pipeline_repeat", 0.0},
+      {"sampler_latents_host", 0.0},  // latents kept on the host: the same bits as on the device
   };
   return t;
 }

@@ -107,6 +107,8 @@ class CaseRun {
       if (op == "sub") be_.sub(in("a"), in("b"), o);
     } else if (op == "silu") {
       be_.silu(in("x"), o);
+    } else if (op == "cfg_euler_step") {
+      be_.cfg_euler_step(o, in("v"), p.at("cfg").get<bool>(), p.at("guidance").get<float>(), p.at("dt").get<float>());
     } else if (op == "l1_distance") {
       be_.l1_distance(in("a"), in("b"), o);
     } else if (op == "rms_norm") {

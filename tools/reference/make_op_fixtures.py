@@ -229,6 +229,18 @@ case("channel_affine", "channel_affine", {}, {"x": x, "scale": scl, "shift": sft
      {"out": d(x) * d(scl)[None, :, None, None] + d(sft)[None, :, None, None]})
 
 
+# ---------------------------------------------------------------- sampling ----------------------
+# The rectified-flow Euler step with classifier-free guidance (spec §8.4): z += dt * v, with
+# v = vu + g * (vc - vu) from the two halves of the denoiser's output (its first 4 of 8 channels).
+z = randn(2, 4, 3, 2, 5)
+for cfg in (True, False):
+    v = randn(2 * (2 if cfg else 1), 8, 3, 2, 5)
+    vc = d(v[:2, :4])
+    step = d(v[2:, :4]) + 7.0 * (vc - d(v[2:, :4])) if cfg else vc
+    case("cfg_euler_step" if cfg else "euler_step", "cfg_euler_step", {"cfg": cfg, "guidance": 7.0, "dt": 0.03125},
+         {"z": z, "v": v}, {"z": d(z) + 0.03125 * step})
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tests", "data", "ops")

@@ -121,6 +121,28 @@ void CpuBackend::sub(const Tensor& a, const Tensor& b, Tensor& out) {
   for (int64_t i = 0; i < a.numel(); ++i) po[i] = pa[i] - pb[i];
 }
 
+void CpuBackend::cfg_euler_step(Tensor& z, const Tensor& v, bool cfg, float guidance, float dt) {
+  const EulerGeometry g = euler_geometry(z, v, cfg, "cpu");
+  const int64_t per = g.channels * g.plane;
+  float* pz = z.data<float>();
+  const float* pv = v.data<float>();
+  for (int64_t b = 0; b < g.rows; ++b)
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < per; ++k) {
+      const int64_t c = k / g.plane, r = k - c * g.plane;
+      const float vc = pv[(b * g.v_channels + c) * g.plane + r];
+      float step = vc;
+      if (cfg) {
+        const float vu = pv[((g.rows + b) * g.v_channels + c) * g.plane + r];
+        const float diff = vc - vu;
+        const float scaled = guidance * diff;
+        step = vu + scaled;
+      }
+      const float inc = step * dt;
+      pz[b * per + k] = pz[b * per + k] + inc;
+    }
+}
+
 void CpuBackend::l1_distance(const Tensor& a, const Tensor& b, Tensor& out) {
   expect_contiguous_f32(a, "l1_distance", "a");
   expect_contiguous_f32(b, "l1_distance", "b");

@@ -34,6 +34,7 @@ class CpuBackend final : public Backend {
   void mul(const Tensor& a, const Tensor& b, Tensor& out) override;
   void sub(const Tensor& a, const Tensor& b, Tensor& out) override;
   void l1_distance(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void cfg_euler_step(Tensor& z, const Tensor& v, bool cfg, float guidance, float dt) override;
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
 
   void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,

@@ -402,6 +402,24 @@ __global__ void sub_kernel(const float* __restrict__ a, const float* __restrict_
     o[i] = a[i] - b[i];
 }
 
+// cfg_euler_step (backend.h): z [rows, per] += dt * (vu + g * (vc - vu)), rounded op by op
+// (no fused multiply-adds: the CPU backend's bits).
+__global__ void cfg_euler_kernel(float* __restrict__ z, const float* __restrict__ v, int64_t rows,
+                                 int64_t per, int64_t plane, int64_t vch, bool cfg, float g, float dt) {
+  const int64_t total = rows * per;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / per, k = i - b * per, c = k / plane, r = k - c * plane;
+    const float vc = v[(b * vch + c) * plane + r];
+    float step = vc;
+    if (cfg) {
+      const float vu = v[((rows + b) * vch + c) * plane + r];
+      step = __fadd_rn(vu, __fmul_rn(g, __fsub_rn(vc, vu)));
+    }
+    z[i] = __fadd_rn(z[i], __fmul_rn(step, dt));
+  }
+}
+
 // l1_distance, pass 1: block k writes its sums of |a - b| (the difference rounded to T) and |b|
 // to part[2k], part[2k + 1]. A fixed grid, so the order of every sum is fixed.
 constexpr int kL1Blocks = 1024, kL1Threads = 256;
@@ -595,6 +613,19 @@ void CudaBackend::sub(const Tensor& a, const Tensor& b, Tensor& out) {
   sub_kernel<<<blocks_for(a.numel(), 256), 256, 0, c.stream>>>(a.data<float>(), b.data<float>(),
                                                                out.data<float>(), a.numel());
   check_launch("sub");
+}
+
+void CudaBackend::cfg_euler_step(Tensor& z, const Tensor& v, bool cfg, float guidance, float dt) {
+  OpTimer timer_(*ctx_, "cfg_euler_step", z);
+  const CudaContext& c = *ctx_;
+  expect_device(z, c, "cfg_euler_step", "z");
+  expect_device(v, c, "cfg_euler_step", "v");
+  const EulerGeometry g = euler_geometry(z, v, cfg, "cuda");
+  const int64_t per = g.channels * g.plane;
+  if (g.rows * per == 0) return;
+  cfg_euler_kernel<<<blocks_for(g.rows * per, 256), 256, 0, c.stream>>>(
+      z.data<float>(), v.data<float>(), g.rows, per, g.plane, g.v_channels, cfg, guidance, dt);
+  check_launch("cfg_euler_step");
 }
 
 void CudaBackend::l1_distance(const Tensor& a, const Tensor& b, Tensor& out) {

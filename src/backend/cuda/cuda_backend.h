@@ -72,6 +72,7 @@ class CudaBackend final : public Backend {
   void mul(const Tensor& a, const Tensor& b, Tensor& out) override;
   void sub(const Tensor& a, const Tensor& b, Tensor& out) override;
   void l1_distance(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void cfg_euler_step(Tensor& z, const Tensor& v, bool cfg, float guidance, float dt) override;
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
 
   void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
@@ -119,8 +120,9 @@ class CudaBackend final : public Backend {
   // conv3d's work; returns the path taken ("cudnn", "gemm", "im2col") for the profile.
   std::string conv3d_impl(const Tensor& x, const Tensor& w, const Tensor& bias,
                           const ConvParams& p, Tensor& out);
-  // linear() with an F8_E4M3 weight (cuda_fp8.cu): x quantized per row, the FP8 GEMM, then
-  // out = act(acc * x_scale[row] * w_scale[col] + bias) in the order of the CPU emulation.
+  // linear() with an F8_E4M3 weight (cuda_fp8.cu): x quantized per row (unless it is an F8_E4M3
+  // tensor with its row scales already), the FP8 GEMM, then out = act(acc * x_scale[row] *
+  // w_scale[col] + bias) in the order of the CPU emulation.
   void linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out);
   std::shared_ptr<CudaContext> ctx_;
   std::unique_ptr<DeviceMemoryMonitor> memory_monitor_;  // after ctx_: the device exists first

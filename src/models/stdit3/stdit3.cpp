@@ -331,7 +331,6 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
                   in.y.size(3) == c.caption_channels && in.y.size(2) > 0 && is_float(in.y.dtype()),
               "input 'y' has shape ", in.y.defined() ? shape_str(in.y.shape()) : "(missing)",
               ", expected float [", B, ", 1, L, ", c.caption_channels, "]");
-  const int64_t L = in.y.size(2);
   const int64_t T = ceil_div(Tx, c.patch_size[0]), Hp = ceil_div(Hx, c.patch_size[1]),
                 Wp = ceil_div(Wx, c.patch_size[2]);
   for (const Tensor* t : std::initializer_list<const Tensor*>{&in.fps, &in.height, &in.width})
@@ -369,7 +368,22 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   }
 
   // ---- embeddings ----
-  Tensor x_in = be_.upload(round_through(in.x, model_dtype_));
+  // The latents as the model dtype holds them (Open-Sora casts z to it), on the backend.
+  const bool x_on_device = in.x.device() == be_.device() && in.x.device().kind != DeviceKind::CPU;
+  Tensor x_in;
+  if (!x_on_device) {
+    x_in = be_.upload(round_through(in.x, model_dtype_));
+  } else {
+    STDIT_CHECK(in.x.dtype() == DType::F32 && in.x.is_contiguous(), "input 'x' on the device must be contiguous F32");
+    x_in = be_.alloc(in.x.shape());
+    if (model_dtype_ == DType::F32) {
+      be_.copy(in.x, x_in);
+    } else {
+      Tensor rounded = be_.alloc(in.x.shape(), model_dtype_);
+      be_.copy(in.x, rounded);
+      be_.copy(rounded, x_in);
+    }
+  }
   Tensor patches = be_.alloc({B, s.N, c.in_channels * c.patch_volume()});
   be_.patchify(x_in, c.patch_size[0], c.patch_size[1], c.patch_size[2], patches);
   Tensor x = be_.alloc({B, s.N, C});
@@ -481,6 +495,10 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   record("final", fin);
   Tensor out = be_.alloc({B, c.out_channels(), Tx, Hx, Wx});
   be_.unpatchify(fin, T, Hp, Wp, c.patch_size[0], c.patch_size[1], c.patch_size[2], out);
+  if (x_on_device) {
+    record("output", out);
+    return out;
+  }
   Tensor host = be_.download(out);
   if (rec) rec("output", host);
   return host;

@@ -17,7 +17,9 @@ namespace stdit {
 
 class Communicator;  // dist/comm.h
 
-// Host tensors, named and shaped as the PyTorch forward's arguments.
+// Host tensors, named and shaped as the PyTorch forward's arguments; x may instead be an F32
+// tensor on the model's backend (a sampler keeping its latents there), and the output is then
+// left there too.
 struct STDiT3Inputs {
   Tensor x;         // [B, in_channels, T, H, W] float
   Tensor timestep;  // [B] float, in (0, 1000]
@@ -79,8 +81,10 @@ class STDiT3 {
                                       const std::string& flag = "--model",
                                       Communicator* tp = nullptr);
 
-  // Returns the host F32 output [B, out_channels, T, H, W]. Bad inputs raise stdit::Error.
+  // Returns the F32 output [B, out_channels, T, H, W], on the host, or on the backend when in.x
+  // is there. Bad inputs raise stdit::Error.
   Tensor forward(const STDiT3Inputs& in, const Recorder& rec = {});
+  Backend& backend() const { return be_; }
 
   const STDiT3Config& config() const { return cfg_; }
   DType model_dtype() const { return model_dtype_; }
