@@ -76,7 +76,7 @@ Tensor CfgParallelDenoiser::forward_conditional(const STDiT3Inputs& in) {
 }
 
 ProcessCfgDenoiser::ProcessCfgDenoiser(Denoiser& inner, Communicator& pair, int half)
-    : inner_(inner), pair_(pair), half_(half) {
+    : DenoiserAdapter(inner), pair_(pair), half_(half) {
   STDIT_CHECK(pair.size() == 2 && pair.rank() == half, "CFG-parallel over processes: a pair of processes, "
               "this one running half ", half);
 }

@@ -45,19 +45,14 @@ class CfgParallelDenoiser final : public Denoiser {
 // `inner` (which may itself be tensor parallel over processes), and the two outputs meet through
 // `pair`, the group of this process and the one running the other half (half order = rank order).
 // A conditional-only step (--cfg-until) runs in both processes (no exchange; the same result).
-class ProcessCfgDenoiser final : public Denoiser {
+class ProcessCfgDenoiser final : public DenoiserAdapter {
  public:
   ProcessCfgDenoiser(Denoiser& inner, Communicator& pair, int half);
   Tensor forward(const STDiT3Inputs& in) override;
   Tensor forward_conditional(const STDiT3Inputs& in) override;
   std::vector<bool> last_blocks_ran() const override { return last_ran_; }
-  const Tensor& null_caption() const override { return inner_.null_caption(); }
-  DType model_dtype() const override { return inner_.model_dtype(); }
-  const STDiT3Config& config() const override { return inner_.config(); }
-  const STDiT3& first() const override { return inner_.first(); }
 
  private:
-  Denoiser& inner_;
   Communicator& pair_;
   int half_;
   std::vector<bool> last_ran_;

@@ -35,6 +35,21 @@ class Denoiser {
   virtual const STDiT3& first() const = 0;
 };
 
+// A denoiser around another (not owned): the model's queries and, unless a subclass overrides it,
+// forward() go to `inner`, in host tensors (latent_backend() stays null whatever inner's is).
+class DenoiserAdapter : public Denoiser {
+ public:
+  explicit DenoiserAdapter(Denoiser& inner) : inner_(inner) {}
+  Tensor forward(const STDiT3Inputs& in) override { return inner_.forward(in); }
+  const Tensor& null_caption() const override { return inner_.null_caption(); }
+  DType model_dtype() const override { return inner_.model_dtype(); }
+  const STDiT3Config& config() const override { return inner_.config(); }
+  const STDiT3& first() const override { return inner_.first(); }
+
+ protected:
+  Denoiser& inner_;
+};
+
 // One STDiT3 on one backend (not owned).
 class SingleDenoiser final : public Denoiser {
  public:

@@ -176,21 +176,6 @@ TEST(CudaFixtures, VaeTiny) {
   }
 }
 
-// A denoiser that takes and returns host tensors (latent_backend() null) around one that would
-// keep them on its device.
-class HostLatents final : public Denoiser {
- public:
-  explicit HostLatents(Denoiser& inner) : inner_(inner) {}
-  Tensor forward(const STDiT3Inputs& in) override { return inner_.forward(in); }
-  const Tensor& null_caption() const override { return inner_.null_caption(); }
-  DType model_dtype() const override { return inner_.model_dtype(); }
-  const STDiT3Config& config() const override { return inner_.config(); }
-  const STDiT3& first() const override { return inner_.first(); }
-
- private:
-  Denoiser& inner_;
-};
-
 // The whole tiny pipeline on the GPU against the reference pipeline (tests/data/pipeline_tiny):
 // T5 output, latents after each Euler step, video; uint8 frames as PSNR; and the same run twice
 // gives identical latents.
@@ -238,7 +223,7 @@ TEST(CudaFixtures, PipelineTiny) {
     // tensors: the CFG combine and Euler step on the CPU, x uploaded and the output downloaded at
     // every step) gives the same bits.
     SingleDenoiser on_device(*dit);
-    HostLatents on_host(on_device);
+    DenoiserAdapter on_host(on_device);  // host tensors in and out
     const Tensor zh = rflow_sample(on_host, y_cond, mask, noise, H, W, F, 24.0, steps, 7.0);
     check("sampler_latents_host", cat("latents on the host vs the device", sfx),
           std::memcmp(z.raw(), zh.raw(), z.nbytes()) == 0 ? 0.0 : 1.0);
