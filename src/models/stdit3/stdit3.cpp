@@ -370,22 +370,18 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   // ---- embeddings ----
   // The latents as the model dtype holds them (Open-Sora casts z to it), on the backend.
   const bool x_on_device = in.x.device() == be_.device() && in.x.device().kind != DeviceKind::CPU;
-  Tensor x_in;
-  if (!x_on_device) {
-    x_in = be_.upload(round_through(in.x, model_dtype_));
-  } else {
+  Tensor latents = x_on_device ? in.x : be_.upload(round_through(in.x, model_dtype_));
+  if (x_on_device) {
     STDIT_CHECK(in.x.dtype() == DType::F32 && in.x.is_contiguous(), "input 'x' on the device must be contiguous F32");
-    x_in = be_.alloc(in.x.shape());
-    if (model_dtype_ == DType::F32) {
-      be_.copy(in.x, x_in);
-    } else {
+    if (model_dtype_ != DType::F32) {  // rounded through the model dtype into a copy (patchify only reads it)
       Tensor rounded = be_.alloc(in.x.shape(), model_dtype_);
       be_.copy(in.x, rounded);
-      be_.copy(rounded, x_in);
+      latents = be_.alloc(in.x.shape());
+      be_.copy(rounded, latents);
     }
   }
   Tensor patches = be_.alloc({B, s.N, c.in_channels * c.patch_volume()});
-  be_.patchify(x_in, c.patch_size[0], c.patch_size[1], c.patch_size[2], patches);
+  be_.patchify(latents, c.patch_size[0], c.patch_size[1], c.patch_size[2], patches);
   Tensor x = be_.alloc({B, s.N, C});
   be_.linear(patches, g_.x_emb_w, g_.x_emb_b, Activation::None, x);
 
