@@ -44,6 +44,7 @@ struct VaeConfig {
 
 VaeConfig parse_vae_config(const std::string& json_text, const std::string& source);
 VaeConfig load_vae_config(const std::string& path);
+// Every tensor of the checkpoint, in its order: derived from the module tree (vae_modules.cpp).
 std::vector<ParamSpec> vae_param_specs(const VaeConfig& cfg);
 
 }  // namespace stdit

@@ -26,99 +26,22 @@ ConvParams same2d(int k) {
 }  // namespace
 
 // ---------------------------------------------------------------- weights ------------------------
-OpenSoraVae::Conv OpenSoraVae::conv2d(const WeightMap& w, const std::string& n) {
-  // F32 weights (TF32 GEMMs on CUDA), not upload_weight(): bf16 convolutions took the tiny VAE
-  // fixture from 5.5e-3 to 7.7e-2 and the pipeline's frames from 53.8 to 40.7 dB PSNR for a
-  // 10% faster decode (docs/PERF.md), so the VAE keeps f32 storage.
-  Tensor wt = be_.upload(w.at(n + ".weight"));
-  return {wt.view({wt.size(0), wt.size(1), 1, wt.size(2), wt.size(3)}), be_.upload(w.at(n + ".bias"))};
-}
-OpenSoraVae::Conv OpenSoraVae::conv3d(const WeightMap& w, const std::string& n, bool bias) {
-  return {be_.upload(w.at(n + ".conv.weight")), bias ? be_.upload(w.at(n + ".conv.bias")) : Tensor{}};
-}
-OpenSoraVae::Norm OpenSoraVae::norm(const WeightMap& w, const std::string& n) {
-  return {be_.upload(w.at(n + ".weight")), be_.upload(w.at(n + ".bias"))};
-}
-OpenSoraVae::Res OpenSoraVae::res2d(const WeightMap& w, const std::string& n) {
-  Res r{norm(w, n + ".norm1"), norm(w, n + ".norm2"), conv2d(w, n + ".conv1"), conv2d(w, n + ".conv2"), {}};
-  if (w.count(n + ".conv_shortcut.weight")) r.shortcut = conv2d(w, n + ".conv_shortcut");
-  return r;
-}
-OpenSoraVae::Res OpenSoraVae::res3d(const WeightMap& w, const std::string& n) {
-  Res r{norm(w, n + ".norm1"), norm(w, n + ".norm2"), conv3d(w, n + ".conv1", false),
-        conv3d(w, n + ".conv2", false), {}};
-  if (w.count(n + ".conv3.conv.weight")) r.shortcut = conv3d(w, n + ".conv3", false);
-  return r;
-}
-OpenSoraVae::Mid OpenSoraVae::mid(const WeightMap& w, const std::string& n) {
-  const std::string a = n + ".attentions.0.";
-  auto up = [&](const std::string& k) { return be_.upload(w.at(a + k)); };
-  return {res2d(w, n + ".resnets.0"), res2d(w, n + ".resnets.1"), norm(w, a + "group_norm"),
-          up("to_q.weight"), up("to_q.bias"), up("to_k.weight"), up("to_k.bias"),
-          up("to_v.weight"), up("to_v.bias"), up("to_out.0.weight"), up("to_out.0.bias")};
-}
-
-OpenSoraVae::OpenSoraVae(const VaeConfig& cfg, const WeightMap& w, Backend& be) : cfg_(cfg), be_(be) {
+// Every tensor keeps f32 storage (upload(), not upload_weight()): bf16 convolutions took the tiny
+// VAE fixture from 5.5e-3 to 7.7e-2 and the pipeline's frames from 53.8 to 40.7 dB PSNR for a 10%
+// faster decode (docs/PERF.md); on CUDA the convolutions run as TF32 GEMMs.
+namespace {
+const WeightMap& checked(const WeightMap& w, const VaeConfig& cfg) {
   check_weights(w, vae_param_specs(cfg), "VAE weights");
-  // scale/shift come from the checkpoint buffers (same values as config.json).
-  scale_ = be_.upload(w.at("scale").view({4}));
-  shift_ = be_.upload(w.at("shift").view({4}));
-  const std::string s = "spatial_vae.module.";
-  const auto& sp = cfg.spatial;
-  const int nb = static_cast<int>(sp.block_out_channels.size());
-  s_enc_in_ = conv2d(w, s + "encoder.conv_in");
-  for (int i = 0; i < nb; ++i) {
-    s_down_.emplace_back();
-    for (int r = 0; r < sp.layers_per_block; ++r)
-      s_down_.back().push_back(res2d(w, cat(s, "encoder.down_blocks.", i, ".resnets.", r)));
-    if (i < nb - 1) s_downsample_.push_back(conv2d(w, cat(s, "encoder.down_blocks.", i, ".downsamplers.0.conv")));
-  }
-  s_enc_mid_ = mid(w, s + "encoder.mid_block");
-  s_enc_norm_out_ = norm(w, s + "encoder.conv_norm_out");
-  s_enc_out_ = conv2d(w, s + "encoder.conv_out");
-  s_quant_ = conv2d(w, s + "quant_conv");
-  s_post_quant_ = conv2d(w, s + "post_quant_conv");
-  s_dec_in_ = conv2d(w, s + "decoder.conv_in");
-  s_dec_mid_ = mid(w, s + "decoder.mid_block");
-  for (int i = 0; i < nb; ++i) {
-    s_up_.emplace_back();
-    for (int r = 0; r <= sp.layers_per_block; ++r)
-      s_up_.back().push_back(res2d(w, cat(s, "decoder.up_blocks.", i, ".resnets.", r)));
-    if (i < nb - 1) s_upsample_.push_back(conv2d(w, cat(s, "decoder.up_blocks.", i, ".upsamplers.0.conv")));
-  }
-  s_dec_norm_out_ = norm(w, s + "decoder.conv_norm_out");
-  s_dec_out_ = conv2d(w, s + "decoder.conv_out");
-
-  const std::string t = "temporal_vae.";
-  const auto& tp = cfg.temporal;
-  const int ns = static_cast<int>(tp.channel_multipliers.size());
-  t_enc_in_ = conv3d(w, t + "encoder.conv_in", false);
-  t_enc_down_.resize(ns);
-  t_dec_up_.resize(ns);
-  for (int i = 0; i < ns; ++i) {
-    t_enc_blocks_.emplace_back();
-    t_dec_blocks_.emplace_back();
-    for (int r = 0; r < tp.num_res_blocks; ++r) {
-      t_enc_blocks_.back().push_back(res3d(w, cat(t, "encoder.block_res_blocks.", i, ".", r)));
-      t_dec_blocks_.back().push_back(res3d(w, cat(t, "decoder.block_res_blocks.", i, ".", r)));
-    }
-    if (i < ns - 1 && tp.temporal_downsample[i]) {
-      t_enc_down_[i] = conv3d(w, cat(t, "encoder.conv_blocks.", i), true);
-      t_dec_up_[i] = conv3d(w, cat(t, "decoder.conv_blocks.", i), true);
-    }
-  }
-  for (int r = 0; r < tp.num_res_blocks; ++r) {
-    t_enc_res_.push_back(res3d(w, cat(t, "encoder.res_blocks.", r)));
-    t_dec_res_.push_back(res3d(w, cat(t, "decoder.res_blocks.", r)));
-  }
-  t_enc_norm_ = norm(w, t + "encoder.norm1");
-  t_enc_out_ = conv3d(w, t + "encoder.conv2", true);
-  t_quant_ = conv3d(w, t + "quant_conv", true);
-  t_post_quant_ = conv3d(w, t + "post_quant_conv", true);
-  t_dec_in_ = conv3d(w, t + "decoder.conv1", true);
-  t_dec_norm_ = norm(w, t + "decoder.norm1");
-  t_dec_out_ = conv3d(w, t + "decoder.conv_out", true);
+  return w;
 }
+}  // namespace
+
+OpenSoraVae::OpenSoraVae(const VaeConfig& cfg, const WeightMap& weights, Backend& be)
+    : VaeModules(walk_vae_modules(cfg, [&w = checked(weights, cfg), &be](const std::string& name, const Shape&) {
+        return be.upload(w.at(name));
+      })),
+      cfg_(cfg),
+      be_(be) {}
 
 std::unique_ptr<OpenSoraVae> OpenSoraVae::load(const std::string& dir, Backend& backend,
                                                const std::string& flag) {

@@ -10,10 +10,12 @@
 #include "io/checkpoint.h"
 #include "core/recorder.h"
 #include "models/vae/config.h"
+#include "models/vae/vae_modules.h"
 
 namespace stdit {
 
-class OpenSoraVae {
+// The module tree (its tensors) is VaeModules, built by walk_vae_modules (vae_modules.h).
+class OpenSoraVae : private VaeModules {
  public:
   OpenSoraVae(const VaeConfig& cfg, const WeightMap& weights, Backend& backend);
   // A directory with config.json + model.safetensors (hpcai-tech/OpenSora-VAE-v1.2 layout).
@@ -53,29 +55,6 @@ class OpenSoraVae {
   void set_progress(std::function<void(int done, int total)> fn) { progress_ = std::move(fn); }
 
  private:
-  struct Conv {
-    Tensor w, b;  // w as [Co, Ci, kt, kh, kw]
-  };
-  struct Norm {
-    Tensor gamma, beta;
-  };
-  struct Res {  // ResnetBlock2D or the temporal ResBlock
-    Norm n1, n2;
-    Conv c1, c2, shortcut;  // shortcut.w undefined when in == out
-  };
-  struct Mid {  // UNetMidBlock2D: resnet, single-head attention, resnet
-    Res r0, r1;
-    Norm attn_norm;
-    Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
-  };
-
-  Conv conv2d(const WeightMap& w, const std::string& name);
-  Conv conv3d(const WeightMap& w, const std::string& name, bool bias);
-  Norm norm(const WeightMap& w, const std::string& name);
-  Res res2d(const WeightMap& w, const std::string& name);
-  Res res3d(const WeightMap& w, const std::string& name);
-  Mid mid(const WeightMap& w, const std::string& name);
-
   Tensor run_conv(const Conv& c, const Tensor& x, const ConvParams& p);
   Tensor gn(const Norm& n, const Tensor& x, int groups, float eps, bool silu);
   Tensor run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3);
@@ -97,19 +76,6 @@ class OpenSoraVae {
 
   VaeConfig cfg_;
   Backend& be_;
-  Tensor scale_, shift_;  // [4]
-  // 2D VAE
-  Conv s_enc_in_, s_enc_out_, s_quant_, s_post_quant_, s_dec_in_, s_dec_out_;
-  std::vector<std::vector<Res>> s_down_, s_up_;
-  std::vector<Conv> s_downsample_, s_upsample_;
-  Mid s_enc_mid_, s_dec_mid_;
-  Norm s_enc_norm_out_, s_dec_norm_out_;
-  // temporal VAE
-  Conv t_enc_in_, t_enc_out_, t_quant_, t_post_quant_, t_dec_in_, t_dec_out_;
-  std::vector<std::vector<Res>> t_enc_blocks_, t_dec_blocks_;
-  std::vector<Res> t_enc_res_, t_dec_res_;
-  std::vector<Conv> t_enc_down_, t_dec_up_;  // indexed by stage; w undefined where absent
-  Norm t_enc_norm_, t_dec_norm_;
 };
 
 }  // namespace stdit
