@@ -155,7 +155,7 @@ Tensor OpenSoraVae::posterior(const Tensor& moments, std::optional<uint64_t> see
       out.data<float>()[b * per + i] += std::exp(0.5f * lv) * eps.data<float>()[i];
     }
   }
-  return be_.upload(out).clone();
+  return be_.upload(out);  // `out` is this call's own: a CPU upload may share it
 }
 
 Tensor OpenSoraVae::temporal_encode(const Tensor& x0, std::optional<uint64_t> seed, uint32_t stream) {
