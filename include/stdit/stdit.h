@@ -96,6 +96,9 @@ struct Request {
   std::string save_latents;  // also write the final latents (safetensors, with the run record)
   std::string decode_only;   // decode a save_latents file instead of sampling
   std::string from;          // make again what made this mp4 / PNG / latents file (its record)
+  // Refuse the request before anything loads when its memory plan (a dry run of every stage on
+  // this device, plus what the device holds already) needs more than this many GiB; 0: no limit.
+  double max_memory_gib = 0;
   int crf = 18;              // H.264 quality
   bool preview = false;      // also NAME.grid.png, 16 frames in a grid
   bool write_files = true;   // false: nothing written; the frames come back in Video::rgb
@@ -128,6 +131,7 @@ struct Result {
   std::string settings;  // one line: size, frames, fps, steps, cfg, seed, engine, backend
   double text_s = 0, denoise_s = 0, decode_s = 0, write_s = 0, total_s = 0;
   size_t device_peak_bytes = 0;  // read from the device (0 on the CPU backend)
+  size_t allocated_peak_bytes = 0;  // the most stdit's own allocations held at once (all stages)
   size_t host_peak_bytes = 0;    // peak resident memory of the process
   // --cache / --cfg-until over all batches: denoiser evaluations (parts: the CFG batch, or each
   // half with CFG-parallel, or the conditional half alone), how many reused the cached residual,
@@ -157,6 +161,19 @@ class Engine {
     std::string settings;  // the one-line summary generate prints
   };
   Planned validate(const Request& request) const;
+
+  // The request's memory plan, made before anything loads: its stages replayed on a dry run of
+  // this process's first device (the models map their engine files without reading them and run
+  // the request's shapes on a backend that only counts what it would allocate). Per stage, the
+  // most bytes stdit's allocations hold at once; and what the device holds already (CUDA
+  // context, library code, other processes; 0 on the CPU). Request::max_memory_gib refuses a
+  // request whose largest stage plus that is over the budget. InvalidRequest as validate().
+  struct MemoryEstimate {
+    std::vector<std::pair<std::string, size_t>> stages;  // "text", "denoise", "decode"
+    size_t device_held = 0;
+    size_t largest() const;
+  };
+  MemoryEstimate plan_memory(const Request& request) const;
 
   const std::string& dir() const;       // the engine directory in use
   const std::string& identity() const;  // hash of its configs and weight-file headers

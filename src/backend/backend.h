@@ -17,6 +17,8 @@
 
 namespace stdit {
 
+class DryRunBackend;  // backend/dry_run.h
+
 enum class Activation { None, GeluTanh, Silu };
 
 // Per-frame choice between two modulation vectors (STDiT3's x_mask / t0 path). Token n of sample
@@ -58,9 +60,21 @@ class Backend {
   virtual void synchronize() {}
   // Peak device memory held by this backend's allocations so far (0 if not tracked).
   virtual size_t peak_memory_bytes() const { return 0; }
+  // Starts that peak again from what is held now.
+  virtual void reset_peak_memory() {}
+  // Gives the memory that freed tensors left cached in this backend's pool back to the device
+  // (CUDA: waits for queued work, then trims the stream-ordered pool). The pipeline calls it
+  // between stages whose tensors differ (T5, then the denoiser, then the VAE), so that blocks one
+  // stage freed do not stay reserved beside the next stage's; within a stage the pool keeps them
+  // (every step allocates the same sizes again).
+  virtual void release_cached_memory() {}
+  // A dry run of this backend's allocator (backend/dry_run.h): the memory plan's twin of it.
+  virtual std::unique_ptr<DryRunBackend> dry_run() const;
   // Peak memory in use on the device as the device reports it (context, library workspaces and
   // pool slack included), sampled since the backend was made; 0 where there is no device (CPU).
   virtual size_t device_memory_peak_bytes() const { return 0; }
+  // Memory in use on the device now, as the device reports it (every process's); 0 on the CPU.
+  virtual size_t device_memory_in_use_bytes() const { return 0; }
   // Makes this backend's device current for the calling thread (several GPUs, one thread each).
   virtual void bind_to_this_thread() {}
   // How often each attention kernel has run on this backend so far, by

@@ -14,4 +14,11 @@ void log_line(LogLevel level, const std::string& msg) {
   std::fprintf(stderr, "%s\n", msg.c_str());
 }
 
+std::string human_bytes(size_t b) {
+  char buf[32];
+  if (b >= (size_t{1} << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
+  else std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1ull << 20));
+  return buf;
+}
+
 }  // namespace stdit

@@ -11,6 +11,8 @@ enum class LogLevel { Quiet = 0, Warn = 1, Info = 2, Debug = 3 };
 void set_log_level(LogLevel level);
 LogLevel log_level();
 void log_line(LogLevel level, const std::string& msg);
+// "1.50 GiB" at a GiB or more, else "12.3 MiB".
+std::string human_bytes(size_t bytes);
 
 template <typename... Args>
 void log_warn(const Args&... a) { log_line(LogLevel::Warn, cat("warning: ", a...)); }

@@ -191,4 +191,36 @@ void run_group(const std::vector<Backend*>& backends, const std::function<void()
   }
 }
 
+namespace {
+class DryComm final : public Communicator {
+ public:
+  DryComm(int rank, int size, const Communicator* real) : rank_(rank), size_(size), real_(real) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string kind() const override { return real_ ? "dry run of " + real_->kind() : "dry run"; }
+  void abort() override {}
+  void all_reduce_sum(Tensor&) override {}
+  bool splits_rows(int64_t channels) const override { return real_ && real_->splits_rows(channels); }
+  void start_row_exchange(const Tensor&, int64_t, int64_t, Tensor&, int64_t) override {}
+  void finish_row_exchange() override {}
+  void layernorm_modulate_own_rows(const Tensor&, const Tensor&, const Tensor&, float, Tensor&) override {}
+  void add_partials_to_own_rows(const Tensor&, const Tensor&, Tensor&, const Tensor&, Tensor*) override {}
+  void all_to_all(const Tensor&, Tensor&) override {}
+  void all_gather(const Tensor&, Tensor&) override {}
+
+ private:
+  int rank_, size_;
+  const Communicator* real_;
+};
+}  // namespace
+
+std::unique_ptr<Communicator> make_dry_communicator(const Communicator& real) {
+  return std::make_unique<DryComm>(real.rank(), real.size(), &real);
+}
+
+std::unique_ptr<Communicator> make_dry_communicator(int rank, int size) {
+  STDIT_CHECK(size >= 1 && rank >= 0 && rank < size, "dry communicator: rank ", rank, " of ", size);
+  return std::make_unique<DryComm>(rank, size, nullptr);
+}
+
 }  // namespace stdit

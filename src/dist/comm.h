@@ -74,6 +74,11 @@ using CommGroup = std::vector<std::unique_ptr<Communicator>>;
 // Ranks whose tensors are in host memory (CPU backends): a sum in rank order through shared
 // memory, two barriers per call.
 CommGroup make_host_group(int n);
+// The memory plan's twin of `real` (backend/dry_run.h): the same rank, size and row-split answer,
+// and no traffic (every collective returns at once; the model runs on a dry-run backend).
+std::unique_ptr<Communicator> make_dry_communicator(const Communicator& real);
+// One for a split planned before any communicator exists (rank of size; rows are not split).
+std::unique_ptr<Communicator> make_dry_communicator(int rank, int size);
 // NCCL over the CUDA backends' devices (ncclCommInitAll, NVLink multicast off unless
 // NCCL_NVLS_ENABLE is set), all-reduce on each backend's stream. Throws in builds without CUDA.
 CommGroup make_nccl_group(const std::vector<Backend*>& backends);

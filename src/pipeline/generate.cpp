@@ -38,6 +38,7 @@
 #include "backend/cuda/cuda_backend.h"
 #endif
 #include "pipeline/engine.h"
+#include "pipeline/memory_plan.h"
 #include "pipeline/presets.h"
 #include "pipeline/references.h"
 #include "pipeline/rflow.h"
@@ -54,13 +55,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-std::string human_bytes(size_t b) {
-  char buf[32];
-  if (b >= (size_t{1} << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
-  else std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1ull << 20));
-  return buf;
-}
 
 std::vector<std::string> read_prompt_file(const std::string& path) {
   std::ifstream in(path);
@@ -545,6 +539,60 @@ struct Engine::Impl {
   std::unique_ptr<DenoiserSet> dit;
   std::unique_ptr<OpenSoraVae> vae;
 
+  // The request's memory plan on this process's first device (every other device of a split
+  // holds the same or less): its stages replayed on a dry run of the backend (pipeline/memory_plan.h).
+  MemoryPlan memory_plan(const Plan& plan) const {
+    const RunRecord& rec = plan.rec;
+    const int items = static_cast<int>(rec.videos.size());
+    MemoryRequest m;
+    m.prompts = std::max<int>(1, static_cast<int>(plan.unique.size()));
+    if (!plan.decode_only) {  // the longest prompt's tokens: the text rows the denoiser keeps per video
+      std::unique_ptr<T5Tokenizer> local;
+      const T5Tokenizer& tok = tokenizer ? *tokenizer : *(local = std::make_unique<T5Tokenizer>(eng.spiece));
+      m.text_rows = 1;
+      for (const auto& p : plan.unique) {
+        const Tokens t = tok.encode(p, m.text_len);
+        m.text_rows = std::max<int>(m.text_rows, static_cast<int>(std::count(t.mask.begin(), t.mask.end(), 1)));
+      }
+    }
+    m.videos = std::min(rec.batch_size, items);
+    m.batch = (par.cfg_parallel ? 1 : 2) * m.videos;
+    m.T = plan.T;
+    m.h = plan.h;
+    m.w = plan.w;
+    m.frames = rec.num_frames;
+    m.height = rec.height;
+    m.width = rec.width;
+    m.fps = rec.model_fps;
+    m.tp = par.tp;
+    m.cp = par.cp;
+    m.keep_t5 = keeps_t5_and_vae();
+    m.vae_during_denoise = !plan.refs.empty() || rec.loop > 1;
+    m.conditioned = m.vae_during_denoise && plan.T > 1;
+    for (const Reference& ref : plan.refs) m.encode_frames = std::max<int>(m.encode_frames, ref.frames.count);
+    if (rec.loop > 1) m.encode_frames = std::max(m.encode_frames, rec.num_frames);  // a clip's tail: at most the clip
+    m.denoiser_during_decode = resident || items > rec.batch_size || rec.loop > 1;
+    m.decode_only = plan.decode_only;
+    return plan_request_memory(eng, m, *backend);
+  }
+
+  // --max-memory: the plan's largest stage plus what the device holds already, against the budget;
+  // refused up front when over.
+  void check_memory_budget(const Plan& plan, double gib) const {
+    STDIT_CHECK(std::isfinite(gib) && gib > 0, "--max-memory must be a positive number of GiB, got ", gib);
+    const MemoryPlan mp = memory_plan(plan);
+    const size_t held = backend->device_memory_in_use_bytes();
+    const MemoryStage& top = mp.largest();
+    const size_t need = top.peak + held, budget = static_cast<size_t>(gib * double(1ull << 30));
+    log_debug("memory plan (dry run) on ", backend->name(), ": ", mp.describe(), "; the device holds ",
+              human_bytes(held), " already; needs ", human_bytes(need), " of --max-memory ", gib, " GiB");
+    STDIT_CHECK(need <= budget, "--max-memory ", gib, " GiB: this request needs about ", human_bytes(need), " on ",
+                backend->name(), " (its ", top.name, " stage ", human_bytes(top.peak), " + ", human_bytes(held),
+                " the device holds already), ", human_bytes(need - budget),
+                " more; lower --resolution, --num-frames or --batch-size",
+                par.gpus == 1 && backend->device().kind == DeviceKind::CUDA ? ", or split the denoiser over GPUs (--gpus, --cp)" : "");
+  }
+
   std::unique_ptr<DenoiserSet> load_denoiser() {
     if (process_world().active()) return load_denoiser_in_processes();
     auto d = std::make_unique<DenoiserSet>();
@@ -711,6 +759,32 @@ Result Engine::generate(const Request& request, const EventFn& on_event, const C
   return impl_->run(r, {}, cancel);
 }
 
+Engine::MemoryEstimate Engine::plan_memory(const Request& request) const {
+  Request dry = request;
+  dry.output.clear();
+  dry.save_latents.clear();
+  dry.write_files = false;
+  dry.preview = false;
+  Plan plan;
+  try {
+    plan = make_plan(dry, impl_->eng, impl_->identity);
+  } catch (const InvalidRequest&) {
+    throw;
+  } catch (const Error& e) {
+    throw InvalidRequest(e.what());
+  }
+  MemoryEstimate est;
+  for (const MemoryStage& st : impl_->memory_plan(plan).stages) est.stages.emplace_back(st.name, st.peak);
+  est.device_held = impl_->backend->device_memory_in_use_bytes();
+  return est;
+}
+
+size_t Engine::MemoryEstimate::largest() const {
+  size_t m = 0;
+  for (const auto& [name, bytes] : stages) m = std::max(m, bytes);
+  return m;
+}
+
 Engine::Planned Engine::validate(const Request& request) const {
   Request dry = request;
   dry.output.clear();  // names are checked by generate when it reserves them
@@ -832,6 +906,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       STDIT_CHECK(Tp % par.cp == 0 && Sp % par.cp == 0, "--cp ", par.cp, " must divide the latent frames (", Tp,
                   ") and the spatial tokens per frame (", Sp, ") of this video");
     }
+    if (opt.max_memory_gib != 0) check_memory_budget(plan, opt.max_memory_gib);
   } catch (...) {
     refused = std::current_exception();
   }
@@ -1020,6 +1095,8 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
         }
         emit({"text", P, P, 0, items, "", ""});
       }
+      // T5's freed weights leave the device's pool before the denoiser's tensors come.
+      if (!keeps_t5_and_vae()) backend->release_cached_memory();
       t_text = seconds_since(t0);
       check_cancel();
 
@@ -1029,17 +1106,31 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       if (!dits) dits = load_denoiser();
       const int batch = rec.batch_size;
       {
-        // The memory plan, per GPU (-v): what each stage holds; the sampling loop reuses the same
-        // sizes every step (the stream-ordered pool keeps them, nothing new is reserved after step 0).
+        // The memory plan, per GPU (-v): a dry run of one model call of this request's shape
+        // (STDiT3::plan_forward: every allocation counted, nothing computed); the sampling loop
+        // reuses the same sizes every step (the stream-ordered pool keeps them).
         const STDiT3& m0 = dits->top->first();
-        const STDiT3Config& dc = m0.config();
         const int64_t Bm = (par.cfg_parallel ? 1 : 2) * std::min(batch, items);
-        const int64_t Tp = (T + dc.patch_size[0] - 1) / dc.patch_size[0];
-        const int64_t Sp =
-            ((h + dc.patch_size[1] - 1) / dc.patch_size[1]) * ((w + dc.patch_size[2] - 1) / dc.patch_size[2]);
+        STDiT3Inputs dry;
+        dry.x = Tensor::zeros({Bm, m0.config().in_channels, T, h, w}, DType::F32);
+        dry.timestep = Tensor::from_f32({Bm}, std::vector<float>(Bm, 1000.0f));
+        dry.y = Tensor::zeros({Bm, 1, L, y.size(2)}, DType::F32);
+        dry.fps = Tensor::from_f32({1}, {static_cast<float>(rec.model_fps)});
+        dry.height = Tensor::from_f32({1}, {static_cast<float>(rec.height)});
+        dry.width = Tensor::from_f32({1}, {static_cast<float>(rec.width)});
+        dry.mask = Tensor::zeros({Bm, L}, DType::I64);  // every row as long as the longest prompt
+        int64_t longest = 1;
+        for (int64_t i = 0; i < mask.size(0); ++i) {
+          int64_t n = 0;
+          for (int64_t l = 0; l < L; ++l) n += mask.data<int64_t>()[i * L + l] != 0;
+          longest = std::max(longest, n);
+        }
+        for (int64_t i = 0; i < Bm; ++i)
+          for (int64_t l = 0; l < longest; ++l) dry.mask.data<int64_t>()[i * L + l] = 1;
+        dry.text_key = 1;  // keyed, as the sampler's calls: the text conditioning stays on the device
         log_debug("memory plan per device: denoiser weights ", human_bytes(m0.weight_bytes()), "; one model call (batch ",
-                  Bm, ", ", Tp, " x ", Sp, " tokens) holds at most ", human_bytes(m0.activation_bytes(Bm, Tp, Sp, Bm * L)),
-                  " of activations; ",
+                  Bm, ", ", T, " x ", h, " x ", w, " latents) holds at most ", human_bytes(m0.plan_forward(dry)),
+                  " (dry run); ",
                   resident && offload ? std::string("the denoiser stays loaded (resident engine); T5 was freed "
                                                     "after the text and the VAE is freed when the request ends (offload)")
                   : resident ? std::string("every model stays loaded (resident engine)")
@@ -1117,7 +1208,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
                                  (static_cast<uint32_t>(loop) << 16) | static_cast<uint32_t>(step + 1));
           };
           SamplerReport rep;
-          const Tensor z = rflow_sample(*dits->top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick, so, &rep);
+                    const Tensor z = rflow_sample(*dits->top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick, so, &rep);
           result.denoiser_parts += rep.parts;
           result.denoiser_parts_cached += rep.parts_cached;
           result.cond_only_steps += rep.cond_only_steps;
@@ -1130,7 +1221,11 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
           if (latents.defined()) std::memcpy(latents.data<float>() + start * per, z.data<float>(), z.nbytes());
           const bool last = start + B >= items && loop == rec.loop - 1;
           if (last) {
-            if (!resident) dits.reset();  // stage residency: the denoiser leaves before the last decode
+            if (!resident) {  // stage residency: the denoiser leaves before the last decode, pool and all
+              dits.reset();
+              for (Backend* d : devs) d->release_cached_memory();
+              backend->bind_to_this_thread();
+            }
             if (backend->peak_memory_bytes() > 0)
               log_debug("memory: ", backend->name(), " peak ", human_bytes(backend->peak_memory_bytes()),
                         " held by stdit's allocations so far (measured)");
@@ -1180,12 +1275,17 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
     throw Cancelled(written, items, std::make_shared<Result>(std::move(result)));
   }
 
+  if (local_vae) {  // the VAE was loaded for this request only: its memory goes back too
+    local_vae.reset();
+    backend->release_cached_memory();
+  }
   result.text_s = t_text;
   result.denoise_s = t_denoise;
   result.decode_s = t_decode;
   result.write_s = t_write;
   result.total_s = seconds_since(t_start);
   result.device_peak_bytes = backend->device_memory_peak_bytes();
+  result.allocated_peak_bytes = backend->peak_memory_bytes();
   result.host_peak_bytes = peak_host_memory_bytes();
   const std::string device_mem =
       result.device_peak_bytes ? cat(human_bytes(result.device_peak_bytes), " on ", backend->name(), " (read from the device), ")

@@ -77,6 +77,9 @@ void add_generate(CLI::App& app, Action& action) {
                   "Make again what made FILE (an mp4/PNG from generate, or a --save-latents file): its prompts, seed, "
                   "noise streams and settings; flags given as well win");
   cmd->add_option("--crf", r.crf, "H.264 quality (0 lossless .. 51)")->capture_default_str();
+  cmd->add_option("--max-memory", r.max_memory_gib,
+                  "GiB this run may use on each GPU: refused before anything loads (one error naming the stage and "
+                  "the shortfall) when the memory plan needs more; -v prints the plan");
   cmd->add_flag("--preview", r.preview, "Also write NAME.grid.png: 16 evenly spaced frames in a grid");
   cmd->add_option("--gpus", e.gpus, "GPUs for the denoiser (cuda:0..N-1); even N without --tp: CFG-parallel x N/2")
       ->capture_default_str();

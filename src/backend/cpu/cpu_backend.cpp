@@ -42,7 +42,11 @@ CpuBackend::CpuBackend() : CpuBackend(resolve_policy({}, "cpu", 0)) {}
 
 CpuBackend::CpuBackend(ExecutionPolicy policy) : policy_(std::move(policy)) { openblas_set_num_threads(1); }
 
-Tensor CpuBackend::alloc(const Shape& shape, DType dtype) { return Tensor::empty(shape, dtype); }
+Tensor CpuBackend::counted(const Tensor& packed) {
+  return Tensor::from_blob(packed.raw(), packed.shape(), packed.dtype(), ledger_.hold(packed.nbytes(), packed.storage()));
+}
+
+Tensor CpuBackend::alloc(const Shape& shape, DType dtype) { return counted(Tensor::empty(shape, dtype)); }
 
 Tensor CpuBackend::upload(const Tensor& host) {
   STDIT_CHECK(host.device().kind == DeviceKind::CPU, "cpu upload: source is not a host tensor");
@@ -50,7 +54,7 @@ Tensor CpuBackend::upload(const Tensor& host) {
   // already packed F32 is used in place (zero copy: an mmap'd f32 checkpoint costs no extra
   // memory), so callers never modify an uploaded tensor in place.
   const DType target = is_float(host.dtype()) ? DType::F32 : host.dtype();
-  return host.to(target);
+  return counted(host.to(target));
 }
 
 Tensor CpuBackend::upload_weight(const Tensor& host) {
@@ -58,7 +62,7 @@ Tensor CpuBackend::upload_weight(const Tensor& host) {
   STDIT_CHECK(host.device().kind == DeviceKind::CPU && host.scales().defined(),
               "cpu upload: an F8_E4M3 weight needs its row scales");
   // Held as its e4m3 values in F32 (exact) with the row scales: linear() multiplies them directly.
-  return host.to(DType::F32).with_scales(host.scales().to(DType::F32));
+  return counted(host.to(DType::F32)).with_scales(counted(host.scales().to(DType::F32)));
 }
 
 Tensor CpuBackend::download(const Tensor& t) {

@@ -4,6 +4,7 @@
 #include <atomic>
 
 #include "backend/backend.h"
+#include "core/memory_ledger.h"
 
 namespace stdit {
 
@@ -20,7 +21,12 @@ class CpuBackend final : public Backend {
     return {{"cpu", attention_runs_.load()}};
   }
 
+  // alloc() and upload() results are counted while they live (an upload that shares the host's
+  // memory too: the model holds it): peak_memory_bytes(), compared with the dry run's.
   Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
+  size_t peak_memory_bytes() const override { return ledger_.peak(); }
+  void reset_peak_memory() override { ledger_.reset_peak(); }
+  size_t held_bytes() const { return ledger_.now(); }
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 
@@ -68,6 +74,8 @@ class CpuBackend final : public Backend {
                       Tensor& out) override;
 
  private:
+  Tensor counted(const Tensor& packed);
+  MemoryLedger ledger_;
   ExecutionPolicy policy_;
   std::atomic<int64_t> attention_runs_{0};
   static void epilogue(float* out, int64_t m, int64_t n, const float* row_scale, const float* col_scale,

@@ -263,6 +263,28 @@ void CudaBackend::bind_to_this_thread() { STDIT_CUDA_CHECK(cudaSetDevice(ctx_->d
 
 size_t CudaBackend::peak_memory_bytes() const { return ctx_->bytes_peak.load(); }
 size_t CudaBackend::device_memory_peak_bytes() const { return memory_monitor_->peak(); }
+void CudaBackend::reset_peak_memory() { ctx_->bytes_peak.store(ctx_->bytes_in_use.load()); }
+
+size_t CudaBackend::device_memory_in_use_bytes() const {
+  int previous = -1;
+  STDIT_CUDA_CHECK(cudaGetDevice(&previous));
+  STDIT_CUDA_CHECK(cudaSetDevice(ctx_->device));
+  size_t free_b = 0, total_b = 0;
+  STDIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  STDIT_CUDA_CHECK(cudaSetDevice(previous));
+  return total_b - free_b;
+}
+
+void CudaBackend::release_cached_memory() {
+  int previous = -1;
+  STDIT_CUDA_CHECK(cudaGetDevice(&previous));
+  STDIT_CUDA_CHECK(cudaSetDevice(ctx_->device));
+  STDIT_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));  // frees queued on the stream are done
+  cudaMemPool_t pool;
+  STDIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ctx_->device));
+  STDIT_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+  STDIT_CUDA_CHECK(cudaSetDevice(previous));
+}
 
 void CudaBackend::synchronize() {
   STDIT_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <tuple>
 
+#include "backend/dry_run.h"
 #include "core/error.h"
 #include "core/fp8.h"
 #include "core/log.h"
@@ -127,7 +128,7 @@ WeightMap shard_stdit3_weights(const STDiT3Config& cfg, const WeightMap& w, int 
 
 STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend& be,
                Communicator* tp, bool presharded)
-    : cfg_(cfg), be_(be), tp_(tp) {
+    : cfg_(cfg), be_(&be), tp_(tp) {
   if (tp_ && tp_->size() > 1) {
     tp_size_ = tp_->size();
     tp_rank_ = tp_->rank();
@@ -152,13 +153,13 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
                 tp_size_ > 1 ? cat("STDiT3 weights of tensor-parallel rank ", tp_rank_, " of ", tp_size_)
                              : std::string("STDiT3 weights"));
   auto up = [&](const std::string& k) {
-    Tensor t = be_.upload(w.at(k));
+    Tensor t = be_->upload(w.at(k));
     weight_bytes_ += t.nbytes();
     return t;
   };
   // The blocks' matrices are only ever linear() weights: the backend may keep them in bf16.
   auto upw = [&](const std::string& k) {
-    Tensor t = be_.upload_weight(w.at(k));
+    Tensor t = be_->upload_weight(w.at(k));
     weight_bytes_ += t.nbytes();
     return t;
   };
@@ -175,7 +176,7 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
     std::vector<float> f(d / 2);
     for (int i = 0; i < d / 2; ++i)
       f[i] = 1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(d));
-    g_.rope_freqs = be_.upload(round_through(Tensor::from_f32({d / 2}, f), model_dtype_));
+    g_.rope_freqs = be_->upload(round_through(Tensor::from_f32({d / 2}, f), model_dtype_));
   }
 
   for (const char* kind : {"spatial_blocks", "temporal_blocks"}) {
@@ -207,7 +208,7 @@ STDiT3::STDiT3(const STDiT3Config& cfg, const WeightMap& full_or_shard, Backend&
       for (int i = 0; i < cfg.depth; ++i)
         for (const BlockParam& bp : stdit3_block_params())
           if (bp.keep == BlockParam::Keep::Matrix) {
-            list[i].*bp.field = be_.upload_weight(high.at(cat(kind, ".", i, ".", bp.suffix)));
+            list[i].*bp.field = be_->upload_weight(high.at(cat(kind, ".", i, ".", bp.suffix)));
             weight_bytes_ += (list[i].*bp.field).nbytes();
           }
     }
@@ -229,12 +230,12 @@ std::unique_ptr<STDiT3> STDiT3::load(const std::string& dir, Backend& backend,
 Tensor STDiT3::embed_scalar(const Tensor& values, const Tensor& w0, const Tensor& b0,
                             const Tensor& w2, const Tensor& b2) {
   const int64_t B = values.numel(), C = cfg_.hidden_size;
-  Tensor f = be_.alloc({B, cfg_.frequency_embedding_size});
-  be_.timestep_embedding(values, 10000.0f, f);
-  Tensor h = be_.alloc({B, C});
-  be_.linear(f, w0, b0, Activation::Silu, h);
-  Tensor out = be_.alloc({B, C});
-  be_.linear(h, w2, b2, Activation::None, out);
+  Tensor f = be_->alloc({B, cfg_.frequency_embedding_size});
+  be_->timestep_embedding(values, 10000.0f, f);
+  Tensor h = be_->alloc({B, C});
+  be_->linear(f, w0, b0, Activation::Silu, h);
+  Tensor out = be_->alloc({B, C});
+  be_->linear(h, w2, b2, Activation::None, out);
   return out;
 }
 
@@ -282,13 +283,13 @@ void STDiT3::text_conditioning(const STDiT3Inputs& in, Step& s) {
 
   // Caption MLP on the valid rows only (it acts row by row, so this equals Open-Sora's order).
   {
-    Tensor y_all = be_.upload(round_through(in.y, model_dtype_)).view({B * L, c.caption_channels});
-    Tensor y_rows = be_.alloc({static_cast<int64_t>(rows.size()), c.caption_channels});
-    be_.gather_rows(y_all, rows, y_rows);
-    Tensor h = be_.alloc({static_cast<int64_t>(rows.size()), C});
-    be_.linear(y_rows, g_.y_fc1_w, g_.y_fc1_b, Activation::GeluTanh, h);
-    s.y_packed = be_.alloc({static_cast<int64_t>(rows.size()), C});
-    be_.linear(h, g_.y_fc2_w, g_.y_fc2_b, Activation::None, s.y_packed);
+    Tensor y_all = be_->upload(round_through(in.y, model_dtype_)).view({B * L, c.caption_channels});
+    Tensor y_rows = be_->alloc({static_cast<int64_t>(rows.size()), c.caption_channels});
+    be_->gather_rows(y_all, rows, y_rows);
+    Tensor h = be_->alloc({static_cast<int64_t>(rows.size()), C});
+    be_->linear(y_rows, g_.y_fc1_w, g_.y_fc1_b, Activation::GeluTanh, h);
+    s.y_packed = be_->alloc({static_cast<int64_t>(rows.size()), C});
+    be_->linear(h, g_.y_fc2_w, g_.y_fc2_b, Activation::None, s.y_packed);
   }
   if (in.text_key != 0) {
     text_ = TextState{};
@@ -306,8 +307,8 @@ Tensor STDiT3::cross_kv(const Block& blk, const Step& s) {
     const auto at = s.text->kv.find(&blk);
     if (at != s.text->kv.end()) return at->second;
   }
-  Tensor kv = be_.alloc({s.y_packed.size(0), 2, s.H, s.D}, be_.matmul_dtype());
-  be_.linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, kv);
+  Tensor kv = be_->alloc({s.y_packed.size(0), 2, s.H, s.D}, be_->matmul_dtype());
+  be_->linear(s.y_packed, blk.kv_w, blk.kv_b, Activation::None, kv);
   if (s.text) s.text->kv.emplace(&blk, kv);
   return kv;
 }
@@ -315,7 +316,7 @@ Tensor STDiT3::cross_kv(const Block& blk, const Step& s) {
 Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   const STDiT3Config& c = cfg_;
   auto record = [&](const std::string& name, const Tensor& t) {
-    if (rec) rec(name, be_.download(t));
+    if (rec) rec(name, be_->download(t));
   };
 
   // ---- validate the inputs (one clear message per problem) ----
@@ -347,7 +348,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   s.H = c.num_heads / tp_size_;  // this rank's heads
   s.D = c.head_dim();
   const int64_t C = s.C;
-  const bool full_step = !spatial_full_.empty() && in.step >= 0 && be_.policy().fp8_keep.keeps_step(in.step, in.steps);
+  const bool full_step = !spatial_full_.empty() && in.step >= 0 && be_->policy().fp8_keep.keeps_step(in.step, in.steps);
   s.spatial = full_step ? &spatial_full_ : &spatial_;
   s.temporal = full_step ? &temporal_full_ : &temporal_;
 
@@ -363,27 +364,27 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     for (int64_t i = 0; i < xm_host.numel(); ++i) any_clean |= xm_host.data<uint8_t>()[i] == 0;
   }
   if (any_clean) {
-    s.sel.mask = be_.upload(xm_host.view({B, T}).to(DType::U8));
+    s.sel.mask = be_->upload(xm_host.view({B, T}).to(DType::U8));
     s.sel.tokens_per_frame = s.S;
   }
 
   // ---- embeddings ----
   // The latents as the model dtype holds them (Open-Sora casts z to it), on the backend.
-  const bool x_on_device = in.x.device() == be_.device() && in.x.device().kind != DeviceKind::CPU;
-  Tensor latents = x_on_device ? in.x : be_.upload(round_through(in.x, model_dtype_));
+  const bool x_on_device = in.x.device() == be_->device() && in.x.device().kind != DeviceKind::CPU;
+  Tensor latents = x_on_device ? in.x : be_->upload(round_through(in.x, model_dtype_));
   if (x_on_device) {
     STDIT_CHECK(in.x.dtype() == DType::F32 && in.x.is_contiguous(), "input 'x' on the device must be contiguous F32");
     if (model_dtype_ != DType::F32) {  // rounded through the model dtype into a copy (patchify only reads it)
-      Tensor rounded = be_.alloc(in.x.shape(), model_dtype_);
-      be_.copy(in.x, rounded);
-      latents = be_.alloc(in.x.shape());
-      be_.copy(rounded, latents);
+      Tensor rounded = be_->alloc(in.x.shape(), model_dtype_);
+      be_->copy(in.x, rounded);
+      latents = be_->alloc(in.x.shape());
+      be_->copy(rounded, latents);
     }
   }
-  Tensor patches = be_.alloc({B, s.N, c.in_channels * c.patch_volume()});
-  be_.patchify(latents, c.patch_size[0], c.patch_size[1], c.patch_size[2], patches);
-  Tensor x = be_.alloc({B, s.N, C});
-  be_.linear(patches, g_.x_emb_w, g_.x_emb_b, Activation::None, x);
+  Tensor patches = be_->alloc({B, s.N, c.in_channels * c.patch_volume()});
+  be_->patchify(latents, c.patch_size[0], c.patch_size[1], c.patch_size[2], patches);
+  Tensor x = be_->alloc({B, s.N, C});
+  be_->linear(patches, g_.x_emb_w, g_.x_emb_b, Activation::None, x);
 
   const double height = round_scalar(host_values(in.height)[0], model_dtype_);
   const double width = round_scalar(host_values(in.width)[0], model_dtype_);
@@ -393,42 +394,42 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   // The table depends on the patch grid and the size condition only: kept while they stay the same.
   const float pe_scale_f = static_cast<float>(pe_scale), base_f = static_cast<float>(base_size);
   if (!pos_.pe.defined() || pos_.hp != Hp || pos_.wp != Wp || pos_.scale != pe_scale_f || pos_.base != base_f) {
-    Tensor pe = be_.alloc({s.S, C});
-    be_.sincos_pos_embed_2d(Hp, Wp, pe_scale_f, base_f, pe);
-    if (model_dtype_ != DType::F32) pe = be_.upload(round_through(be_.download(pe), model_dtype_));
+    Tensor pe = be_->alloc({s.S, C});
+    be_->sincos_pos_embed_2d(Hp, Wp, pe_scale_f, base_f, pe);
+    if (model_dtype_ != DType::F32) pe = be_->upload(round_through(be_->download(pe), model_dtype_));
     pos_ = {Hp, Wp, pe_scale_f, base_f, pe};
   }
   const Tensor& pe = pos_.pe;
   {
     Tensor xv = x.view({B * T, s.S * C});
-    be_.add(xv, pe.view({s.S * C}), xv);
+    be_->add(xv, pe.view({s.S * C}), xv);
   }
   record("x_embed", x);
 
   // t = t_embedder(timestep) + fps_embedder(fps); fps tiled to B.
-  Tensor ts = be_.upload(round_through(in.timestep.view({B}), model_dtype_));
+  Tensor ts = be_->upload(round_through(in.timestep.view({B}), model_dtype_));
   const auto fps_v = host_values(in.fps);
   std::vector<float> fps_b(B);
   for (int64_t b = 0; b < B; ++b) fps_b[b] = static_cast<float>(fps_v[b % fps_v.size()]);
-  Tensor fps_t = be_.upload(round_through(Tensor::from_f32({B}, fps_b), model_dtype_));
+  Tensor fps_t = be_->upload(round_through(Tensor::from_f32({B}, fps_b), model_dtype_));
   Tensor fps_emb = embed_scalar(fps_t, g_.fps_w0, g_.fps_b0, g_.fps_w2, g_.fps_b2);
   Tensor t = embed_scalar(ts, g_.t_w0, g_.t_b0, g_.t_w2, g_.t_b2);
-  be_.add(t, fps_emb, t);
+  be_->add(t, fps_emb, t);
   record("t", t);
   auto t_block = [&](const Tensor& tv) {
-    Tensor a = be_.alloc({B, C});
-    be_.silu(tv, a);
-    Tensor out = be_.alloc({B, 6 * C});
-    be_.linear(a, g_.t_block_w, g_.t_block_b, Activation::None, out);
+    Tensor a = be_->alloc({B, C});
+    be_->silu(tv, a);
+    Tensor out = be_->alloc({B, 6 * C});
+    be_->linear(a, g_.t_block_w, g_.t_block_b, Activation::None, out);
     return out;
   };
   s.t_mlp = t_block(t);
   record("t_mlp", s.t_mlp);
   Tensor t0;
   if (s.sel.active()) {
-    Tensor zeros = be_.upload(Tensor::zeros({B}, DType::F32));
+    Tensor zeros = be_->upload(Tensor::zeros({B}, DType::F32));
     t0 = embed_scalar(zeros, g_.t_w0, g_.t_b0, g_.t_w2, g_.t_b2);
-    be_.add(t0, fps_emb, t0);
+    be_->add(t0, fps_emb, t0);
     s.t0_mlp = t_block(t0);
     record("t0_mlp", s.t0_mlp);
   }
@@ -445,12 +446,12 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   if (!last_blocks_ran_) {
     // Cached step: the residual of the last full step, rows of this batch (after --cfg-until the
     // batch is the conditional half, the first rows of the CFG batch).
-    be_.add(x, cache_.residual.slice(0, 0, B), x);
+    be_->add(x, cache_.residual.slice(0, 0, B), x);
   } else {
     Tensor x_in;
     if (caching) {
-      x_in = be_.alloc(x.shape());
-      be_.copy(x, x_in);
+      x_in = be_->alloc(x.shape());
+      be_->copy(x, x_in);
     }
     if (cp_) blocks_context_parallel(s, x);
     for (int i = 0; i < (cp_ ? 0 : c.depth); ++i) {
@@ -461,7 +462,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     }
     RankOps::make_rows_whole(tp_, s.rows_split, x);  // rows split: x whole again
     if (caching) {
-      be_.sub(x, x_in, x_in);
+      be_->sub(x, x_in, x_in);
       cache_.residual = x_in;
     }
   }
@@ -469,33 +470,33 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   // ---- final layer (spec §3.7): raw t, and LayerNorm twice for conditioning frames ----
   const Tensor ft = g_.final_table.view({-1});
   auto shift_scale = [&](const Tensor& tv, Tensor& shift, Tensor& scale) {
-    shift = be_.alloc({B, C});
-    scale = be_.alloc({B, C});
-    be_.add(tv, ft.slice(0, 0, C), shift);
-    be_.add(tv, ft.slice(0, C, 2 * C), scale);
+    shift = be_->alloc({B, C});
+    scale = be_->alloc({B, C});
+    be_->add(tv, ft.slice(0, 0, C), shift);
+    be_->add(tv, ft.slice(0, C, 2 * C), scale);
   };
   Tensor shift, scale;
   shift_scale(t, shift, scale);
-  Tensor xt = be_.alloc({B, s.N, C});
-  be_.layernorm_modulate(x, shift, scale, Tensor{}, Tensor{}, FrameSelect{}, c.norm_eps, xt);
+  Tensor xt = be_->alloc({B, s.N, C});
+  be_->layernorm_modulate(x, shift, scale, Tensor{}, Tensor{}, FrameSelect{}, c.norm_eps, xt);
   if (s.sel.active()) {
     Tensor shift0, scale0;
     shift_scale(t0, shift0, scale0);
-    Tensor x0 = be_.alloc({B, s.N, C});
-    be_.layernorm_modulate(xt, shift0, scale0, Tensor{}, Tensor{}, FrameSelect{}, c.norm_eps, x0);
-    be_.select_frames(xt, x0, s.sel);
+    Tensor x0 = be_->alloc({B, s.N, C});
+    be_->layernorm_modulate(xt, shift0, scale0, Tensor{}, Tensor{}, FrameSelect{}, c.norm_eps, x0);
+    be_->select_frames(xt, x0, s.sel);
   }
   const int64_t fo = static_cast<int64_t>(c.patch_volume()) * c.out_channels();
-  Tensor fin = be_.alloc({B, s.N, fo});
-  be_.linear(xt, g_.final_w, g_.final_b, Activation::None, fin);
+  Tensor fin = be_->alloc({B, s.N, fo});
+  be_->linear(xt, g_.final_w, g_.final_b, Activation::None, fin);
   record("final", fin);
-  Tensor out = be_.alloc({B, c.out_channels(), Tx, Hx, Wx});
-  be_.unpatchify(fin, T, Hp, Wp, c.patch_size[0], c.patch_size[1], c.patch_size[2], out);
+  Tensor out = be_->alloc({B, c.out_channels(), Tx, Hx, Wx});
+  be_->unpatchify(fin, T, Hp, Wp, c.patch_size[0], c.patch_size[1], c.patch_size[2], out);
   if (x_on_device) {
     record("output", out);
     return out;
   }
-  Tensor host = be_.download(out);
+  Tensor host = be_->download(out);
   if (rec) rec("output", host);
   return host;
 }
@@ -515,25 +516,25 @@ void STDiT3::blocks_context_parallel(Step& s, Tensor& x) {
   tm.S = Sl;
   tm.N = T * Sl;
   if (s.sel.active()) {
-    sp.sel.mask = be_.alloc({B, Tl}, DType::U8);
-    be_.copy(s.sel.mask.slice(1, r * Tl, (r + 1) * Tl), sp.sel.mask);
+    sp.sel.mask = be_->alloc({B, Tl}, DType::U8);
+    be_->copy(s.sel.mask.slice(1, r * Tl, (r + 1) * Tl), sp.sel.mask);
     tm.sel.tokens_per_frame = Sl;
   }
-  Tensor xs = be_.alloc({B, Tl * S, C}), xt = be_.alloc({B, T * Sl, C});
+  Tensor xs = be_->alloc({B, Tl * S, C}), xt = be_->alloc({B, T * Sl, C});
   Tensor xs4 = xs.view({B, Tl, S, C}), xt4 = xt.view({B, T, Sl, C}), x4 = x.view({B, T, S, C});
-  be_.copy(x4.slice(1, r * Tl, (r + 1) * Tl), xs4);
-  Tensor send = be_.alloc({P, B, Tl, Sl, C}), recv = be_.alloc({P, B, Tl, Sl, C});
+  be_->copy(x4.slice(1, r * Tl, (r + 1) * Tl), xs4);
+  Tensor send = be_->alloc({P, B, Tl, Sl, C}), recv = be_->alloc({P, B, Tl, Sl, C});
   // One all-to-all between the layouts: chunk j of `from` (dim `from_dim`, [B, Tl, Sl, C] each)
   // goes to rank j; what rank j sends lands in chunk j of `to` along `to_dim`.
   auto exchange = [&](const Tensor& from, int from_dim, int64_t from_part, Tensor& to, int to_dim, int64_t to_part) {
     for (int64_t j = 0; j < P; ++j) {
       Tensor dst = send.select(0, j);
-      be_.copy(from.slice(from_dim, j * from_part, (j + 1) * from_part), dst);
+      be_->copy(from.slice(from_dim, j * from_part, (j + 1) * from_part), dst);
     }
     cp_->all_to_all(send, recv);
     for (int64_t j = 0; j < P; ++j) {
       Tensor dst = to.slice(to_dim, j * to_part, (j + 1) * to_part);
-      be_.copy(recv.select(0, j), dst);
+      be_->copy(recv.select(0, j), dst);
     }
   };
   for (int i = 0; i < cfg_.depth; ++i) {
@@ -543,11 +544,11 @@ void STDiT3::blocks_context_parallel(Step& s, Tensor& x) {
     exchange(xt4, 1, Tl, xs4, 2, Sl);  // spatial tokens -> frames
   }
   // Every rank's frames: x whole again for the final layer.
-  Tensor all = be_.alloc({P, B, Tl * S, C});
+  Tensor all = be_->alloc({P, B, Tl * S, C});
   cp_->all_gather(xs, all);
   for (int64_t j = 0; j < P; ++j) {
     Tensor dst = x4.slice(1, j * Tl, (j + 1) * Tl);
-    be_.copy(all.select(0, j).view({B, Tl, S, C}), dst);
+    be_->copy(all.select(0, j).view({B, Tl, S, C}), dst);
   }
 }
 
@@ -557,10 +558,10 @@ void STDiT3::blocks_context_parallel(Step& s, Tensor& x) {
 // summed; the blocks run when the sum reaches the threshold (then it restarts from 0).
 bool STDiT3::cache_says_run(const StepCacheControl& cc, const Step& s, const Tensor& x) {
   const int64_t B = s.B, C = s.C;
-  Tensor mod = be_.alloc({B, 6 * C});
-  be_.add(s.t_mlp, spatial_[0].table, mod);
-  Tensor m = be_.alloc({B, s.N, C}, be_.matmul_dtype());
-  be_.layernorm_modulate(x, chunk(mod, 0, C), chunk(mod, 1, C), Tensor{}, Tensor{}, FrameSelect{},
+  Tensor mod = be_->alloc({B, 6 * C});
+  be_->add(s.t_mlp, spatial_[0].table, mod);
+  Tensor m = be_->alloc({B, s.N, C}, be_->matmul_dtype());
+  be_->layernorm_modulate(x, chunk(mod, 0, C), chunk(mod, 1, C), Tensor{}, Tensor{}, FrameSelect{},
                          cfg_.norm_eps, m);
   CacheState& st = cache_;
   // The previous call's rows for this batch: all of them, or the conditional half after
@@ -572,9 +573,9 @@ bool STDiT3::cache_says_run(const StepCacheControl& cc, const Step& s, const Ten
   if (cc.refresh || !comparable) {
     st.accumulated = 0;
   } else {
-    Tensor d = be_.alloc({2});
-    be_.l1_distance(m, st.prev_input.slice(0, 0, B), d);
-    const Tensor h = be_.download(d);
+    Tensor d = be_->alloc({2});
+    be_->l1_distance(m, st.prev_input.slice(0, 0, B), d);
+    const Tensor h = be_->download(d);
     const double num = round_scalar(h.data<float>()[0], model_dtype_);
     const double den = round_scalar(h.data<float>()[1], model_dtype_);
     const double rel = den > 0 ? round_scalar(num / den, model_dtype_) : 0.0;
@@ -592,12 +593,12 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   const float attn_scale = 1.0f / std::sqrt(static_cast<float>(D));
 
   // Modulation vectors: table [6C] + t_mlp [B, 6C] -> six [B, C] chunks (spec §4.1).
-  Tensor mod = be_.alloc({B, 6 * C});
-  be_.add(s.t_mlp, blk.table, mod);
+  Tensor mod = be_->alloc({B, 6 * C});
+  be_->add(s.t_mlp, blk.table, mod);
   Tensor mod0;
   if (s.sel.active()) {
-    mod0 = be_.alloc({B, 6 * C});
-    be_.add(s.t0_mlp, blk.table, mod0);
+    mod0 = be_->alloc({B, 6 * C});
+    be_->add(s.t0_mlp, blk.table, mod0);
   }
   auto m = [&](int j) { return chunk(mod, j, C); };
   auto m0 = [&](int j) { return s.sel.active() ? chunk(mod0, j, C) : Tensor{}; };
@@ -606,18 +607,18 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   // hidden) are in the backend's matmul dtype (bf16 on CUDA); the residual stream x stays F32.
   // The ops that depend on how the block is split over ranks are RankOps' (dist/rank_ops.h). Each
   // of the three phases frees its tensors when it ends, so a block holds at most one phase's worth
-  // (activation_bytes() is the same arithmetic).
-  const DType mm = be_.matmul_dtype();
+  // (plan_forward() counts them in a dry run).
+  const DType mm = be_->matmul_dtype();
   const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
-  RankOps ops(be_, tp_, x.shape(), s.rows_split);
+  RankOps ops(*be_, tp_, x.shape(), s.rows_split);
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
   {
-    Tensor a = be_.alloc({B, N, C}, mm);
+    Tensor a = be_->alloc({B, N, C}, mm);
     ops.modulated_norm(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
-    Tensor qkv = be_.alloc({B * N, 3 * Cl}, mm);
+    Tensor qkv = be_->alloc({B * N, 3 * Cl}, mm);
     ops.column_linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
-    Tensor o = be_.alloc({B, T, S, H, D}, mm);
+    Tensor o = be_->alloc({B, T, S, H, D}, mm);
     // Views: spatial attends over S tokens of each (b, t); temporal over T frames of each (b, s).
     Tensor qkv6 = qkv.view({B, T, S, 3, H, D});
     std::vector<int> order = temporal ? std::vector<int>{0, 2, 1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
@@ -625,53 +626,49 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     Tensor k = qkv6.select(3, 1).permute(order);
     Tensor v = qkv6.select(3, 2).permute(order);
     Tensor ov = o.permute(order);
-    be_.qk_norm_rope(q, blk.q_norm, eps, temporal ? g_.rope_freqs : Tensor{});
-    be_.qk_norm_rope(k, blk.k_norm, eps, temporal ? g_.rope_freqs : Tensor{});
-    be_.attention(q, k, v, attn_scale, ov);
+    be_->qk_norm_rope(q, blk.q_norm, eps, temporal ? g_.rope_freqs : Tensor{});
+    be_->qk_norm_rope(k, blk.k_norm, eps, temporal ? g_.rope_freqs : Tensor{});
+    be_->attention(q, k, v, attn_scale, ov);
     ops.row_linear_residual(o.view({B, N, Cl}), blk.proj_w, blk.proj_b, m(2), m0(2), s.sel, x, true);
   }
 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
   {
-    Tensor cq = be_.alloc({B, N, H, D}, mm);
+    Tensor cq = be_->alloc({B, N, H, D}, mm);
     ops.column_linear(ops.cross_q_input(x), blk.q_w, blk.q_b, Activation::None, cq);
     const Tensor ckv = cross_kv(blk, s);
-    Tensor co = be_.alloc({B, N, H, D}, mm);
-    be_.cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
+    Tensor co = be_->alloc({B, N, H, D}, mm);
+    be_->cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
     ops.row_linear_residual(co.view({B, N, Cl}), blk.cproj_w, blk.cproj_b, Tensor{}, Tensor{}, s.sel, x);
   }
 
   // 5-7: modulated LN, MLP, gated residual.
   {
-    Tensor a = be_.alloc({B, N, C}, mm);
+    Tensor a = be_->alloc({B, N, C}, mm);
     ops.modulated_norm(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
-    Tensor h = be_.alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
+    Tensor h = be_->alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
     ops.column_linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
     ops.row_linear_residual(h.view({B, N, h.size(1)}), blk.fc2_w, blk.fc2_b, m(5), m0(5), s.sel, x);
   }
 }
 
-size_t STDiT3::activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_rows) const {
-  const int64_t N = T * S, C = cfg_.hidden_size, Cl = C / tp_size_, M = cfg_.mlp_hidden() / tp_size_;
-  const int64_t mm = static_cast<int64_t>(dtype_size(be_.matmul_dtype()));
-  const int64_t red = mm;
-  const int64_t rows = B * N;
-  // The three phases of block_forward (each frees its tensors), plus what lives across blocks:
-  // the residual stream x, the patch embedding input and the final layer's output.
-  const int64_t self_attn = rows * (C * mm + 3 * Cl * mm + Cl * mm + C * red);
-  const int64_t cross = rows * (2 * Cl * mm + C * red);
-  // (+ the per-sample gate-folded fc2 weights of the fused residual projection)
-  const int64_t mlp = rows * (C * mm + M * mm + C * red) + B * C * M * mm;
-  const int64_t out = rows * cfg_.patch_volume() * cfg_.out_channels() * 4;
-  // (tensor parallel: + the bf16 copy of x for cross-attention's q while rows are split)
-  // The text conditioning of a keyed call (the sampler's) stays on the device across calls: the
-  // packed caption rows and every block's cross-attention keys and values (the full-precision
-  // blocks' too when --fp8-keep keeps steps).
-  const int64_t block_sets = spatial_full_.empty() ? 1 : 2;
-  const int64_t text = text_rows * C * 4 + block_sets * 2 * cfg_.depth * text_rows * 2 * Cl * mm;
-  const int64_t persistent = rows * C * 4 + rows * cfg_.in_channels * cfg_.patch_volume() * 4 +
-                             (tp_size_ > 1 ? rows * C * mm : 0) + text + S * C * 4;
-  return static_cast<size_t>(persistent + std::max({self_attn, cross, mlp, out}));
+void STDiT3::release_kept_state() {
+  cache_ = {};
+  text_ = {};
+  pos_ = {};
+}
+
+size_t STDiT3::plan_forward(const STDiT3Inputs& in) const {
+  const std::unique_ptr<DryRunBackend> dry = be_->dry_run();
+  const std::unique_ptr<Communicator> tp = tp_ ? make_dry_communicator(*tp_) : nullptr;
+  const std::unique_ptr<Communicator> cp = cp_ ? make_dry_communicator(*cp_) : nullptr;
+  STDiT3 twin(*this);  // the same weights (a dry run reads no tensor), its own state
+  twin.be_ = dry.get();
+  twin.tp_ = tp.get();
+  twin.cp_ = cp.get();
+  twin.release_kept_state();
+  twin.forward(in);
+  return dry->peak_memory_bytes();
 }
 
 }  // namespace stdit

@@ -84,7 +84,7 @@ class STDiT3 {
   // Returns the F32 output [B, out_channels, T, H, W], on the host, or on the backend when in.x
   // is there. Bad inputs raise stdit::Error.
   Tensor forward(const STDiT3Inputs& in, const Recorder& rec = {});
-  Backend& backend() const { return be_; }
+  Backend& backend() const { return *be_; }
 
   const STDiT3Config& config() const { return cfg_; }
   DType model_dtype() const { return model_dtype_; }
@@ -92,13 +92,19 @@ class STDiT3 {
   // (host F32): the unconditional half of the classifier-free-guidance batch.
   const Tensor& null_caption() const { return g_.y_embedding; }
 
-  // For the memory plan (`generate -v`): bytes of the weights this object holds on its backend,
-  // and of the activations one forward() holds at its peak for batch B, T frames of S tokens and
-  // `text_rows` packed caption rows (the same arithmetic as the allocations of block_forward).
+  // Bytes of the weights this object holds on its backend (the sum of the tensors it uploaded).
   size_t weight_bytes() const { return weight_bytes_; }
+  // The memory plan of one forward() with these inputs (only their shapes and where x lives
+  // matter): a dry run of this model on a twin of its backend (backend/dry_run.h) and of its
+  // communicators, from a fresh state (no kept text conditioning, no step cache). Returns the
+  // most bytes the call's own allocations hold at once on this rank: activations, the text
+  // conditioning a keyed call keeps, the output, the backend's scratch; not the weights.
+  size_t plan_forward(const STDiT3Inputs& in) const;
+  // Frees what the model keeps between calls (the kept text conditioning, the step cache, the
+  // positional table): the next call starts as the first one did.
+  void release_kept_state();
   // Whether the last forward() ran the blocks (false: step caching reused the cached residual).
   bool last_blocks_ran() const { return last_blocks_ran_; }
-  size_t activation_bytes(int64_t B, int64_t T, int64_t S, int64_t text_rows) const;
 
  private:
   using Block = BlockWeights;  // models/stdit3/block_weights.h: the one declaration of its tensors
@@ -119,7 +125,7 @@ class STDiT3 {
   Tensor cross_kv(const Block& blk, const Step& s);
 
   STDiT3Config cfg_;
-  Backend& be_;
+  Backend* be_;  // a pointer so that plan_forward's twin can run on a dry run of it
   Communicator* tp_ = nullptr;
   Communicator* cp_ = nullptr;  // context parallelism (set_context_parallel)
   int tp_size_ = 1, tp_rank_ = 0;

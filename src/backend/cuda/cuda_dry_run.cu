@@ -1,0 +1,86 @@
+// The CUDA backend's dry run (backend/dry_run.h): the device memory its ops take for themselves
+// while they run, beside the tensors the models allocate. Each rule restates an allocation of the
+// op it names (same file in brackets); the GPU check compares a dry run with the backend's own
+// count (CudaBackend::peak_memory_bytes) for the model calls in every precision.
+#include "backend/cuda/cuda_attention.cuh"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/dry_run.h"
+
+namespace stdit {
+
+namespace {
+
+size_t bytes_of(int64_t n, DType t) { return static_cast<size_t>(n) * dtype_size(t); }
+
+class CudaDryRun final : public DryRunBackend {
+ public:
+  CudaDryRun(const CudaBackend& target, std::shared_ptr<CudaContext> ctx)
+      : DryRunBackend(target), ctx_(std::move(ctx)) {}
+
+  // [cuda_linear.cu, cuda_fp8.cu] fp8 weights: x quantized with its row scales (unless it is)
+  // and an F32 accumulator for a non-F32 output; else a copy of x in the weight's dtype when
+  // they differ and a bf16 copy of the bias for a BF16 output.
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation, Tensor& out) override {
+    const int64_t n = w.size(0), k = w.size(1), m = k ? x.numel() / k : 0;
+    if (m == 0 || n == 0) return;
+    size_t s = 0;
+    if (w.dtype() == DType::F8_E4M3) {
+      if (x.dtype() != DType::F8_E4M3) s += bytes_of(m * k, DType::F8_E4M3) + bytes_of(m, DType::F32);
+      if (out.dtype() != DType::F32) s += bytes_of(m * n, DType::F32);
+    } else {
+      if (x.dtype() != w.dtype()) s += bytes_of(m * k, w.dtype());
+      if (bias.defined() && out.dtype() == DType::BF16) s += bytes_of(n, DType::BF16);
+    }
+    scratch(s);
+  }
+
+  // [cuda_norm.cu] The fused projection into the residual stream folds a gate into per-sample
+  // weights and biases; the unfused path is the base class's (a temporary, then the residual).
+  void linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
+                       const Tensor& gate0, const FrameSelect& sel, Tensor& x) override {
+    const bool fits = !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 && y.dtype() == DType::BF16 &&
+                      w.dtype() == DType::BF16 && w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) % 8 == 0 &&
+                      y.numel() == x.size(0) * x.size(1) * w.size(1) &&
+                      (!bias.defined() || bias.dtype() == DType::F32);
+    if (!fits) return Backend::linear_residual(y, w, bias, gate, gate0, sel, x);
+    const int64_t b = x.size(0), ch = x.size(2), k = w.size(1);
+    if (gate.defined() && b * x.size(1) > 0 && ch > 0)
+      scratch(bytes_of(b * ch * k, DType::BF16) + bytes_of(b * ch, DType::F32));
+  }
+
+  // [cuda_attention.cu] kernel_inputs / out_target: F32 copies of BF16 operands and an F32 output
+  // converted afterwards when the bf16 kernels do not apply; cross-attention's offsets.
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float, Tensor& out,
+                 const AttentionExtras&) override {
+    scratch(conversions(q, k, v, out));
+  }
+  void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<int>& kv_lens,
+                       float, Tensor& out) override {
+    scratch(conversions(q, k, v, out) + (kv_lens.size() + 1) * sizeof(int));
+  }
+
+  // [cuda_backend.cu] a non-contiguous tensor is packed on the device before the copy.
+  Tensor download(const Tensor& t) override {
+    if (!t.is_contiguous()) scratch(t.nbytes());
+    return DryRunBackend::download(t);
+  }
+
+ private:
+  size_t conversions(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out) const {
+    const bool applies = cuda::bf16_attention_applies(*ctx_, q.size(-1));
+    size_t s = 0;
+    const bool all16 = q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16;
+    if (!(all16 && applies))
+      for (const Tensor* t : {&q, &k, &v})
+        if (t->dtype() != DType::F32) s += bytes_of(t->numel(), DType::F32);
+    if (out.dtype() != DType::F32 && !applies) s += bytes_of(out.numel(), DType::F32);
+    return s;
+  }
+  std::shared_ptr<CudaContext> ctx_;
+};
+
+}  // namespace
+
+std::unique_ptr<DryRunBackend> CudaBackend::dry_run() const { return std::make_unique<CudaDryRun>(*this, ctx_); }
+
+}  // namespace stdit

@@ -1,0 +1,40 @@
+#include "backend/dry_run.h"
+
+#include "core/error.h"
+
+namespace stdit {
+
+DryRunBackend::DryRunBackend(const Backend& target)
+    : target_name_(target.name()),
+      device_(target.device()),
+      policy_(target.policy()),
+      matmul_(target.matmul_dtype()) {}
+
+std::unique_ptr<DryRunBackend> Backend::dry_run() const { return std::make_unique<DryRunBackend>(*this); }
+
+Tensor DryRunBackend::alloc(const Shape& shape, DType dtype) {
+  for (int64_t d : shape) STDIT_CHECK(d >= 0, "dry run alloc: negative dimension in ", shape_str(shape));
+  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  return Tensor::from_blob(nullptr, shape, dtype, ledger_.hold(bytes), device_);
+}
+
+Tensor DryRunBackend::upload(const Tensor& host) {
+  STDIT_CHECK(host.defined(), "dry run upload: tensor is missing");
+  return alloc(host.shape(), is_float(host.dtype()) ? DType::F32 : host.dtype());
+}
+
+Tensor DryRunBackend::upload_weight(const Tensor& host) {
+  STDIT_CHECK(host.defined(), "dry run upload: tensor is missing");
+  if (host.dtype() == DType::F8_E4M3) {
+    // CUDA keeps the codes; the CPU backend their values in F32. Both keep the row scales.
+    const Tensor codes = alloc(host.shape(), device_.kind == DeviceKind::CUDA ? DType::F8_E4M3 : DType::F32);
+    return codes.with_scales(upload(host.scales()));
+  }
+  return is_float(host.dtype()) ? alloc(host.shape(), matmul_) : upload(host);
+}
+
+Tensor DryRunBackend::download(const Tensor& t) {
+  return Tensor::zeros(t.shape(), is_float(t.dtype()) ? DType::F32 : t.dtype());
+}
+
+}  // namespace stdit

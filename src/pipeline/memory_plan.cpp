@@ -1,0 +1,94 @@
+#include "pipeline/memory_plan.h"
+
+#include <algorithm>
+#include <functional>
+
+#include "backend/dry_run.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "dist/comm.h"
+#include "models/stdit3/stdit3.h"
+#include "models/vae/vae.h"
+#include "pipeline/denoiser.h"
+#include "text/t5.h"
+
+namespace stdit {
+
+const MemoryStage& MemoryPlan::largest() const {
+  STDIT_CHECK(!stages.empty(), "memory plan: no stages");
+  return *std::max_element(stages.begin(), stages.end(),
+                           [](const MemoryStage& a, const MemoryStage& b) { return a.peak < b.peak; });
+}
+
+std::string MemoryPlan::describe() const {
+  std::string s;
+  for (const auto& st : stages) s += (s.empty() ? "" : ", ") + st.name + " " + human_bytes(st.peak);
+  return s;
+}
+
+MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const Backend& device) {
+  const std::unique_ptr<DryRunBackend> dry = device.dry_run();
+  MemoryPlan plan;
+  auto stage = [&](const char* name, const std::function<void()>& fn) {
+    dry->reset_peak_memory();
+    fn();
+    plan.stages.push_back({name, dry->peak_memory_bytes()});
+  };
+  std::unique_ptr<T5Encoder> t5;
+  std::unique_ptr<STDiT3> dit;
+  std::unique_ptr<OpenSoraVae> vae;
+  const std::unique_ptr<Communicator> tp = r.tp > 1 ? make_dry_communicator(0, r.tp) : nullptr;
+  const std::unique_ptr<Communicator> cp = r.cp > 1 ? make_dry_communicator(0, r.cp) : nullptr;
+  int64_t caption_channels = 0;
+
+  // Text: T5 on every distinct prompt at once (padding rows cost what text rows do).
+  if (!r.decode_only) stage("text", [&] {
+    t5 = T5Encoder::load(eng.t5, *dry, "engine t5");
+    Tensor ids = Tensor::zeros({r.prompts, r.text_len}, DType::I64);
+    Tensor mask = Tensor::zeros({r.prompts, r.text_len}, DType::I64);
+    for (int64_t i = 0; i < mask.numel(); ++i) mask.data<int64_t>()[i] = 1;
+    caption_channels = t5->forward(ids, mask).size(2);
+    if (!r.keep_t5) t5.reset();
+  });
+  // Denoise: the denoiser (this rank's share), the sampler's latents, one keyed call (the text
+  // conditioning it keeps, the activations, the output); the VAE too when references are encoded.
+  if (!r.decode_only) stage("denoise", [&] {
+    dit = load_stdit3_rank(eng.dit, *dry, tp.get(), "engine dit");
+    if (cp) dit->set_context_parallel(cp.get());
+    if (r.vae_during_denoise) {  // references (and loops' clip tails) are encoded beside the denoiser
+      vae = OpenSoraVae::load(eng.vae, *dry, "engine vae");
+      if (r.encode_frames > 0)
+        vae->encode(Tensor::zeros({1, 3, r.encode_frames, 8 * r.h, 8 * r.w}, DType::F32), {}, uint64_t{1});
+    }
+    // The sampler's latents and its CFG batch live on the device (pipeline/sampler.cpp).
+    const Tensor z = dry->alloc({r.videos, dit->config().in_channels, r.T, r.h, r.w});
+    STDiT3Inputs in;
+    const Tensor zin = dry->alloc({r.batch, dit->config().in_channels, r.T, r.h, r.w});
+    // (A CPU backend's tensors are host tensors, which the model reads: there, real zeros.)
+    in.x = dry->device().kind == DeviceKind::CPU ? Tensor::zeros(zin.shape(), DType::F32) : zin;
+    in.timestep = Tensor::from_f32({r.batch}, std::vector<float>(r.batch, 1000.0f));
+    in.y = Tensor::zeros({r.batch, 1, r.text_len, caption_channels}, DType::F32);
+    in.mask = Tensor::zeros({r.batch, r.text_len}, DType::I64);
+    for (int64_t i = 0; i < r.batch; ++i)
+      for (int l = 0; l < std::min(r.text_rows, r.text_len); ++l) in.mask.data<int64_t>()[i * r.text_len + l] = 1;
+    in.fps = Tensor::from_f32({1}, {static_cast<float>(r.fps)});
+    in.height = Tensor::from_f32({1}, {static_cast<float>(r.height)});
+    in.width = Tensor::from_f32({1}, {static_cast<float>(r.width)});
+    in.text_key = new_text_key();
+    if (r.conditioned) {  // frame 0 of every row a reference's (the sampler's x_mask, when some are)
+      in.x_mask = Tensor::zeros({r.batch, r.T}, DType::U8);
+      for (int64_t i = 0; i < in.x_mask.numel(); ++i) in.x_mask.data<uint8_t>()[i] = i % r.T != 0;
+    }
+    dit->forward(in);
+  });
+  // Decode: one video; the denoiser (with its kept text conditioning) still loaded unless this is
+  // the last batch of a non-resident run.
+  stage("decode", [&] {
+    if (!r.denoiser_during_decode) dit.reset();
+    if (!vae) vae = OpenSoraVae::load(eng.vae, *dry, "engine vae");
+    vae->decode(Tensor::zeros({1, 4, r.T, r.h, r.w}, DType::F32), r.frames);
+  });
+  return plan;
+}
+
+}  // namespace stdit
