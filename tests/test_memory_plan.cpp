@@ -9,6 +9,8 @@
 
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
+
 #include "backend/cpu/cpu_backend.h"
 #include "backend/dry_run.h"
 #include "io/safetensors.h"
@@ -216,4 +218,54 @@ TEST(MemoryPlan, RequestPlanEqualsTheRunsAllocations) {
     EXPECT_EQ(engine->generate(r).videos.size(), 1u);
   }
   fs::remove_all(tmp);
+}
+
+// When the decode is what does not fit, --max-memory lowers the frames per 2D VAE call (4, 2, 1)
+// until it does, records the choice, and the video is the same (on the CPU, bit for bit).
+TEST(MemoryPlan, MaxMemoryLowersTheVaeFramesPerCallToFit) {
+  namespace fs = std::filesystem;
+  const std::string demo = (fs::path(kData).parent_path().parent_path() / "models" / "tiny").string();
+  api::EngineOptions eo;
+  eo.dir = demo;
+  eo.backend = "cpu";
+  auto engine = api::Engine::open(eo);
+  api::Request r;
+  r.prompts = {"a red ball rolls across a green field"};
+  r.width = 128;
+  r.height = 96;
+  r.num_frames = "17";
+  r.steps = 2;
+  r.write_files = false;
+  const api::Engine::MemoryEstimate plain = engine->plan_memory(r);
+  ASSERT_EQ(plain.stages.back().first, "decode");
+  size_t others = 0;
+  for (const auto& [name, bytes] : plain.stages)
+    if (name != "decode") others = std::max(others, bytes);
+  ASSERT_GT(plain.largest(), others) << "the decode must be the largest stage for this test";
+  const api::Result reference = engine->generate(r);
+  EXPECT_EQ(reference.allocated_peak_bytes, plain.largest());
+
+  // A budget just under the plain decode: fewer frames per call, then the same frames.
+  api::Request limited = r;
+  limited.max_memory_gib = (plain.largest() - 1) / double(1ull << 30);
+  const api::Result got = engine->generate(limited);
+  ASSERT_EQ(got.videos.size(), 1u);
+  const auto record = nlohmann::json::parse(got.videos[0].record);
+  ASSERT_TRUE(record.contains("vae_frames_per_call")) << got.videos[0].record;
+  const int frames = record["vae_frames_per_call"].get<int>();
+  EXPECT_GE(frames, 1);
+  EXPECT_LT(frames, 4);
+  EXPECT_LT(got.allocated_peak_bytes, plain.largest());
+  EXPECT_EQ(got.videos[0].rgb, reference.videos[0].rgb);
+  EXPECT_FALSE(nlohmann::json::parse(reference.videos[0].record).contains("vae_frames_per_call"));
+
+  // Under what any stage needs even at one frame per call: refused, naming the stage.
+  api::Request tiny = r;
+  tiny.max_memory_gib = 1e-6;
+  try {
+    engine->generate(tiny);
+    ADD_FAILURE() << "a budget under every stage was accepted";
+  } catch (const InvalidRequest& e) {
+    EXPECT_NE(std::string(e.what()).find(" stage "), std::string::npos) << e.what();
+  }
 }

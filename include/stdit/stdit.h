@@ -131,7 +131,7 @@ struct Result {
   std::string settings;  // one line: size, frames, fps, steps, cfg, seed, engine, backend
   double text_s = 0, denoise_s = 0, decode_s = 0, write_s = 0, total_s = 0;
   size_t device_peak_bytes = 0;  // read from the device (0 on the CPU backend)
-  size_t allocated_peak_bytes = 0;  // the most stdit's own allocations held at once (all stages)
+  size_t allocated_peak_bytes = 0;  // the most stdit's own allocations held at once in this request (its first device)
   size_t host_peak_bytes = 0;    // peak resident memory of the process
   // --cache / --cfg-until over all batches: denoiser evaluations (parts: the CFG batch, or each
   // half with CFG-parallel, or the conditional half alone), how many reused the cached residual,

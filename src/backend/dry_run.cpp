@@ -34,7 +34,11 @@ Tensor DryRunBackend::upload_weight(const Tensor& host) {
 }
 
 Tensor DryRunBackend::download(const Tensor& t) {
-  return Tensor::zeros(t.shape(), is_float(t.dtype()) ? DType::F32 : t.dtype());
+  // Zeros; a large one (a whole decoded video) is left uninitialised, so that its pages are never
+  // touched and a plan costs no host memory: nothing reads what a dry run computed.
+  const DType dt = is_float(t.dtype()) ? DType::F32 : t.dtype();
+  const size_t bytes = static_cast<size_t>(t.numel()) * dtype_size(dt);
+  return bytes <= (size_t{16} << 20) ? Tensor::zeros(t.shape(), dt) : Tensor::empty(t.shape(), dt);
 }
 
 }  // namespace stdit

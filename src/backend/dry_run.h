@@ -32,7 +32,7 @@ class DryRunBackend : public Backend {
   size_t held_bytes() const { return ledger_.now(); }
   std::vector<std::pair<std::string, int64_t>> attention_kernels() const override { return {}; }
   // Floats as F32 (weights: the matmul dtype, fp8 weights as they are with their scales), as
-  // both backends keep them; download() gives host zeros.
+  // both backends keep them; download() gives host zeros (above 16 MiB, untouched memory).
   Tensor upload(const Tensor& host) override;
   Tensor upload_weight(const Tensor& host) override;
   Tensor download(const Tensor& t) override;

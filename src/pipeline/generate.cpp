@@ -377,6 +377,7 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
   rec.flow = opt.flow ? opt.flow : base ? base->flow : std::nullopt;
   rec.camera_motion = opt.camera_motion ? opt.camera_motion : base ? base->camera_motion : std::nullopt;
   rec.batch_size = from && opt.batch_size == 1 ? from->batch_size : opt.batch_size;
+  rec.vae_frames_per_call = from ? from->vae_frames_per_call : 0;  // --max-memory may lower it below
   plan.h = rec.height / 8;
   plan.w = rec.width / 8;
   const VaeConfig vcfg = load_vae_config(eng.vae + "/config.json");
@@ -573,24 +574,35 @@ struct Engine::Impl {
     if (rec.loop > 1) m.encode_frames = std::max(m.encode_frames, rec.num_frames);  // a clip's tail: at most the clip
     m.denoiser_during_decode = resident || items > rec.batch_size || rec.loop > 1;
     m.decode_only = plan.decode_only;
+    m.vae_frames_per_call = rec.vae_frames_per_call;
     return plan_request_memory(eng, m, *backend);
   }
 
-  // --max-memory: the plan's largest stage plus what the device holds already, against the budget;
-  // refused up front when over.
-  void check_memory_budget(const Plan& plan, double gib) const {
+  // --max-memory: the plan's largest stage plus what the device holds already, against the budget.
+  // Over it because of the decode, fewer frames per 2D VAE call are tried (4, 2, 1: recorded, so
+  // that --from makes the same bytes); still over: refused up front.
+  void check_memory_budget(Plan& plan, double gib) const {
     STDIT_CHECK(std::isfinite(gib) && gib > 0, "--max-memory must be a positive number of GiB, got ", gib);
-    const MemoryPlan mp = memory_plan(plan);
     const size_t held = backend->device_memory_in_use_bytes();
+    const size_t budget = static_cast<size_t>(gib * double(1ull << 30));
+    MemoryPlan mp = memory_plan(plan);
+    auto need = [&] { return mp.largest().peak + held; };
+    const int configured = load_vae_config(eng.vae + "/config.json").micro_batch_size;
+    int& frames = plan.rec.vae_frames_per_call;
+    while (need() > budget && mp.largest().name == "decode" && (frames == 0 ? configured : frames) > 1) {
+      frames = std::max(1, (frames == 0 ? configured : frames) / 2);
+      mp = memory_plan(plan);
+    }
     const MemoryStage& top = mp.largest();
-    const size_t need = top.peak + held, budget = static_cast<size_t>(gib * double(1ull << 30));
     log_debug("memory plan (dry run) on ", backend->name(), ": ", mp.describe(), "; the device holds ",
-              human_bytes(held), " already; needs ", human_bytes(need), " of --max-memory ", gib, " GiB");
-    STDIT_CHECK(need <= budget, "--max-memory ", gib, " GiB: this request needs about ", human_bytes(need), " on ",
+              human_bytes(held), " already; needs ", human_bytes(need()), " of --max-memory ", gib, " GiB");
+    STDIT_CHECK(need() <= budget, "--max-memory ", gib, " GiB: this request needs about ", human_bytes(need()), " on ",
                 backend->name(), " (its ", top.name, " stage ", human_bytes(top.peak), " + ", human_bytes(held),
-                " the device holds already), ", human_bytes(need - budget),
+                " the device holds already), ", human_bytes(need() - budget),
                 " more; lower --resolution, --num-frames or --batch-size",
                 par.gpus == 1 && backend->device().kind == DeviceKind::CUDA ? ", or split the denoiser over GPUs (--gpus, --cp)" : "");
+    if (frames > 0) log_info("--max-memory ", gib, " GiB: the VAE decodes ", frames, " frame", frames == 1 ? "" : "s",
+                             " per 2D call (", configured, " by default) to fit");
   }
 
   std::unique_ptr<DenoiserSet> load_denoiser() {
@@ -936,6 +948,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   rec.backend = backend->name();
   rec.precision = precision_name(backend->policy().precision);
   rec.fp8_keep = backend->policy().fp8_keep.describe();
+  for (Backend* d : devs) d->reset_peak_memory();  // Result::allocated_peak_bytes: this request's
   const KernelCounts kernels_before = backend->attention_kernels();  // this run's, rank 0's device
   Result result;
   {
@@ -965,6 +978,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
     backend->bind_to_this_thread();  // a second GPU's backend may have been made current
     std::unique_ptr<OpenSoraVae>& vae_slot = keeps_t5_and_vae() ? vae : local_vae;
     if (!vae_slot) vae_slot = OpenSoraVae::load(eng.vae, *backend, "engine vae");
+    vae_slot->set_frames_per_2d_call(rec.vae_frames_per_call);  // this request's (a resident VAE serves many)
     return *vae_slot;
   };
   // Decodes one clip of video `item` (latents z [1, 4, T, h, w]) -> [1, 3, F, 8h, 8w].

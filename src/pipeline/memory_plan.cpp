@@ -57,6 +57,7 @@ MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const 
     if (cp) dit->set_context_parallel(cp.get());
     if (r.vae_during_denoise) {  // references (and loops' clip tails) are encoded beside the denoiser
       vae = OpenSoraVae::load(eng.vae, *dry, "engine vae");
+      vae->set_frames_per_2d_call(r.vae_frames_per_call);
       if (r.encode_frames > 0)
         vae->encode(Tensor::zeros({1, 3, r.encode_frames, 8 * r.h, 8 * r.w}, DType::F32), {}, uint64_t{1});
     }
@@ -86,6 +87,7 @@ MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const 
   stage("decode", [&] {
     if (!r.denoiser_during_decode) dit.reset();
     if (!vae) vae = OpenSoraVae::load(eng.vae, *dry, "engine vae");
+    vae->set_frames_per_2d_call(r.vae_frames_per_call);
     vae->decode(Tensor::zeros({1, 4, r.T, r.h, r.w}, DType::F32), r.frames);
   });
   return plan;

@@ -31,6 +31,7 @@ struct MemoryRequest {
   bool conditioned = false;         // some latent frames are references' (the model's x_mask branch)
   bool denoiser_during_decode = false;  // more batches follow, or a resident engine: it stays
   bool decode_only = false;             // saved latents decoded: the decode stage alone
+  int vae_frames_per_call = 0;          // frames per 2D VAE call (0: the VAE's own)
 };
 
 struct MemoryStage {

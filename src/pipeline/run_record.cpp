@@ -50,7 +50,7 @@ json RunRecord::to_json() const {
                     {"reference_path", v.reference_path},
                     {"mask_strategy", v.mask_strategy}});
   auto opt = [](const auto& o) { return o ? json(*o) : json(nullptr); };
-  return {{"program", program},
+  json j = {{"program", program},
           {"engine", engine},
           {"engine_id", engine_id},
           {"backend", backend},
@@ -79,6 +79,8 @@ json RunRecord::to_json() const {
           {"align", align},
           {"extend", extend},
           {"videos", vids}};
+  if (vae_frames_per_call > 0) j["vae_frames_per_call"] = vae_frames_per_call;  // only when --max-memory set it
+  return j;
 }
 
 RunRecord RunRecord::from_json(const json& j, const std::string& where) {
@@ -114,6 +116,9 @@ RunRecord RunRecord::from_json(const json& j, const std::string& where) {
   r.extend = get_opt<std::string>(j, "extend", where).value_or("");
   r.fp8_keep = get_opt<std::string>(j, "fp8_keep", where).value_or("");
   r.attention_kernels = get_opt<std::string>(j, "attention_kernels", where).value_or("");
+  r.vae_frames_per_call = get_opt<int>(j, "vae_frames_per_call", where).value_or(0);
+  STDIT_CHECK(r.vae_frames_per_call >= 0 && r.vae_frames_per_call <= 64, where,
+              ": the stdit record holds an impossible vae_frames_per_call: ", r.vae_frames_per_call);
   STDIT_CHECK(r.loop >= 1 && r.align >= 0 && r.condition_frame_length >= 1 && std::isfinite(r.condition_frame_edit),
               where, ": the stdit record holds impossible conditioning settings: ", j.dump());
   STDIT_CHECK(std::isfinite(r.cfg_until) && r.cfg_until > 0 && r.cfg_until <= 1, where,

@@ -42,6 +42,9 @@ struct RunRecord {
   std::optional<double> aes, flow;
   std::optional<std::string> camera_motion;
   int batch_size = 1;  // videos per model call: results of other batch sizes differ by rounding
+  // Frames per 2D VAE decode call when --max-memory lowered it (0: the VAE's own, 4): on a GPU the
+  // convolutions may round differently at another count, so --from reuses it.
+  int vae_frames_per_call = 0;
   std::string cache = "none";  // step caching: "none" or "teacache:THRESHOLD"
   double cfg_until = 1.0;      // fraction of the steps with classifier-free guidance
   int loop = 1;                      // clips per video, each continuing the last

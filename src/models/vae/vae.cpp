@@ -41,7 +41,13 @@ OpenSoraVae::OpenSoraVae(const VaeConfig& cfg, const WeightMap& weights, Backend
         return be.upload(w.at(name));
       })),
       cfg_(cfg),
+      config_micro_batch_(cfg.micro_batch_size),
       be_(be) {}
+
+void OpenSoraVae::set_frames_per_2d_call(int n) {
+  STDIT_CHECK(n >= 0, "VAE: frames per decode call must be positive, got ", n);
+  cfg_.micro_batch_size = n > 0 ? n : config_micro_batch_;
+}
 
 std::unique_ptr<OpenSoraVae> OpenSoraVae::load(const std::string& dir, Backend& backend,
                                                const std::string& flag) {

@@ -38,6 +38,9 @@ class OpenSoraVae : private VaeModules {
                 std::optional<uint64_t> sample_seed = std::nullopt, int64_t first_frame = 0);
 
   const VaeConfig& config() const { return cfg_; }
+  // Frames per call of the 2D VAE, decoding and encoding (its micro-batch; fewer: less memory,
+  // the same frames on the CPU); 0 restores the config's.
+  void set_frames_per_2d_call(int n);
 
   // Splits decode over `parts` workers (processes): this one runs only the temporal chunks k with
   // k % parts == part, `sum` (an exact sum over the workers, in place, host F32) makes the temporal
@@ -75,6 +78,7 @@ class OpenSoraVae : private VaeModules {
   static constexpr uint32_t kVaeItemStride = 1u << 20;
 
   VaeConfig cfg_;
+  int config_micro_batch_;  // the config's frames per 2D VAE call
   Backend& be_;
 };
 
