@@ -771,20 +771,27 @@ Result Engine::generate(const Request& request, const EventFn& on_event, const C
   return impl_->run(r, {}, cancel);
 }
 
-Engine::MemoryEstimate Engine::plan_memory(const Request& request) const {
+namespace {
+// The plan of a request without its outputs (nothing reserved), as validate() and plan_memory()
+// see it; InvalidRequest with generate's message.
+Plan plan_without_outputs(const Request& request, const stdit::Engine& eng, const std::string& identity) {
   Request dry = request;
-  dry.output.clear();
+  dry.output.clear();  // names are checked by generate when it reserves them
   dry.save_latents.clear();
   dry.write_files = false;
   dry.preview = false;
-  Plan plan;
   try {
-    plan = make_plan(dry, impl_->eng, impl_->identity);
+    return make_plan(dry, eng, identity);
   } catch (const InvalidRequest&) {
     throw;
   } catch (const Error& e) {
     throw InvalidRequest(e.what());
   }
+}
+}  // namespace
+
+Engine::MemoryEstimate Engine::plan_memory(const Request& request) const {
+  const Plan plan = plan_without_outputs(request, impl_->eng, impl_->identity);
   MemoryEstimate est;
   for (const MemoryStage& st : impl_->memory_plan(plan).stages) est.stages.emplace_back(st.name, st.peak);
   est.device_held = impl_->backend->device_memory_in_use_bytes();
@@ -798,19 +805,7 @@ size_t Engine::MemoryEstimate::largest() const {
 }
 
 Engine::Planned Engine::validate(const Request& request) const {
-  Request dry = request;
-  dry.output.clear();  // names are checked by generate when it reserves them
-  dry.save_latents.clear();
-  dry.write_files = false;
-  dry.preview = false;
-  Plan plan;
-  try {
-    plan = make_plan(dry, impl_->eng, impl_->identity);
-  } catch (const InvalidRequest&) {
-    throw;
-  } catch (const Error& e) {
-    throw InvalidRequest(e.what());
-  }
+  const Plan plan = plan_without_outputs(request, impl_->eng, impl_->identity);
   const RunRecord& r = plan.rec;
   return {static_cast<int>(r.videos.size()), r.output_width, r.output_height, r.num_frames, r.fps,
           cat(r.videos.size(), " video(s), ", r.output_width, "x", r.output_height, " px, ", r.num_frames, " frames, ",
@@ -1304,6 +1299,8 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   const std::string device_mem =
       result.device_peak_bytes ? cat(human_bytes(result.device_peak_bytes), " on ", backend->name(), " (read from the device), ")
                                : std::string();
+  log_debug("memory: stdit's allocations peaked at ", human_bytes(result.allocated_peak_bytes), " on ", backend->name(),
+            " in this request (measured; -v with --max-memory prints the plan of each stage)");
   log_debug("attention kernels (calls): ",
             describe_kernel_counts(kernel_counts_since(kernels_before, backend->attention_kernels())));
   log_info("time: text ", secs(t_text), ", denoise ", secs(t_denoise), ", decode ", secs(t_decode), ", write ",

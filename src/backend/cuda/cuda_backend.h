@@ -59,8 +59,8 @@ class CudaBackend final : public Backend {
   void synchronize() override;    // waits for every op enqueued so far; throws on a device error
   size_t peak_memory_bytes() const override;  // most device bytes held at once by alloc/upload
   void reset_peak_memory() override;
-  void release_cached_memory() override;
-  size_t device_memory_in_use_bytes() const override;  // cudaMemGetInfo: total - free  // trims the device's default (stream-ordered) pool
+  void release_cached_memory() override;  // trims the device's default (stream-ordered) pool
+  size_t device_memory_in_use_bytes() const override;  // cudaMemGetInfo: total - free
   std::unique_ptr<DryRunBackend> dry_run() const override;  // cuda_dry_run.cu: with the ops' scratch
   size_t device_memory_peak_bytes() const override;  // cudaMemGetInfo, sampled every 5 ms
   void bind_to_this_thread() override;  // cudaSetDevice(this backend's device)

@@ -152,6 +152,9 @@ class OpTimer {
 // Device memory of `bytes` bytes on ctx's stream (stream-ordered allocator); freed on that stream
 // when the last owner goes.
 std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size_t bytes);
+// The device memory conv3d takes for itself with these shapes (cuda_conv.cu; for the dry run).
+size_t conv3d_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape& x_shape, const Shape& w_shape,
+                            DType w_dtype, const ConvParams& p);
 
 // A small host array copied to a fresh device buffer on ctx's stream (kernel arguments that do not
 // fit a parameter block). The buffer is freed stream-ordered, after the kernels that use it.

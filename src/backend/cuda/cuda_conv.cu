@@ -331,4 +331,52 @@ std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Ten
   return path;
 }
 
+// The device memory conv3d takes for itself with these shapes, for the dry run (backend/dry_run.h):
+// the same path choice as conv3d_impl and conv3d_cudnn above — the padded copy and the cuDNN
+// plan's workspace (a batch split into halves when the plan's best algorithm does not fit), the
+// im2col column buffer, or the per-sample input copies of a 1x1x1 GEMM in another dtype.
+size_t conv3d_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape& xs, const Shape& ws, DType wt,
+                            const ConvParams& p) {
+  CudaContext& c = *ctx;
+  const int64_t B = xs[0], Ci = xs[1], T = xs[2], H = xs[3], W = xs[4];
+  const int64_t Co = ws[0], kt = ws[2], kh = ws[3], kw = ws[4];
+  const int64_t To = (T + p.pad_t_front + p.pad_t_back - kt) / p.stride_t + 1;
+  const int64_t Ho = (H + p.pad_top + p.pad_bottom - kh) / p.stride_h + 1;
+  const int64_t Wo = (W + p.pad_left + p.pad_right - kw) / p.stride_w + 1;
+  const int64_t K = Ci * kt * kh * kw, J = To * Ho * Wo;
+  if (B == 0 || Co == 0 || J == 0) return 0;
+  const size_t esz = dtype_size(wt);
+  const bool direct = kt == 1 && kh == 1 && kw == 1 && p.stride_t == 1 && p.stride_h == 1 && p.stride_w == 1 &&
+                      p.pad_t_front == 0 && p.pad_t_back == 0 && p.pad_top == 0 && p.pad_bottom == 0 &&
+                      p.pad_left == 0 && p.pad_right == 0;
+  if (!direct && wt == DType::F32 && c.options.cudnn_conv) {
+    const int st = std::min(p.pad_t_front, p.pad_t_back), sh = std::min(p.pad_top, p.pad_bottom),
+              sw = std::min(p.pad_left, p.pad_right);
+    const int64_t Tp = T + (p.pad_t_front - st) + (p.pad_t_back - st), Hp = H + (p.pad_top - sh) + (p.pad_bottom - sh),
+                  Wp = W + (p.pad_left - sw) + (p.pad_right - sw);
+    const bool explicit_pad = Tp != T || Hp != H || Wp != W;
+    constexpr int64_t kLim = int64_t{1} << 31;
+    const bool sizes_ok = B * Ci * Tp * Hp * Wp < kLim && B * Co * J < kLim && Co * K < kLim && sh <= 0xffff &&
+                          sw <= 0xffff;
+    const ConvKey key{{B, Ci, Tp, Hp, Wp, Co, kt, kh, kw, p.stride_t, p.stride_h, p.stride_w, st,
+                       (int64_t{sh} << 16) | sw},
+                      c.options.tf32 ? 1 : 0};
+    const ConvPlan* plan = sizes_ok ? cudnn_plan(c, key) : nullptr;
+    if (plan) {
+      if (!plan->best_fits && B > 1) {
+        Shape h0 = xs, h1 = xs;
+        h0[0] = B / 2;
+        h1[0] = B - B / 2;
+        return std::max(conv3d_scratch_bytes(ctx, h0, ws, wt, p), conv3d_scratch_bytes(ctx, h1, ws, wt, p));
+      }
+      return (explicit_pad ? static_cast<size_t>(B * Ci * Tp * Hp * Wp) * sizeof(float) : 0) + plan->workspace;
+    }
+  }
+  if (direct) return wt != DType::F32 ? static_cast<size_t>(Ci * T * H * W) * esz : 0;
+  const int64_t budget = int64_t{64} << 20;
+  int64_t nc = std::max<int64_t>(256, budget / std::max<int64_t>(K, 1)) / 32 * 32;
+  if (nc >= J) nc = J;
+  return static_cast<size_t>(K * nc) * esz;
+}
+
 }  // namespace stdit

@@ -2,6 +2,8 @@
 // while they run, beside the tensors the models allocate. Each rule restates an allocation of the
 // op it names (same file in brackets); the GPU check compares a dry run with the backend's own
 // count (CudaBackend::peak_memory_bytes) for the model calls in every precision.
+#include <algorithm>
+
 #include "backend/cuda/cuda_attention.cuh"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/dry_run.h"
@@ -57,6 +59,21 @@ class CudaDryRun final : public DryRunBackend {
   void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<int>& kv_lens,
                        float, Tensor& out) override {
     scratch(conversions(q, k, v, out) + (kv_lens.size() + 1) * sizeof(int));
+  }
+
+  // [cuda_conv.cu] the padded copy and cuDNN's workspace, or the im2col columns (its own rule,
+  // conv3d_scratch_bytes, beside the code it restates).
+  void conv3d(const Tensor& x, const Tensor& w, const Tensor&, const ConvParams& p, Tensor&) override {
+    scratch(conv3d_scratch_bytes(ctx_, x.shape(), w.shape(), w.dtype(), p));
+  }
+
+  // [cuda_norm.cu] per-chunk partial sums (f64) of each group's statistics.
+  void group_norm(const Tensor& x, const Tensor&, const Tensor&, int groups, float, bool, Tensor&) override {
+    if (x.numel() == 0 || groups <= 0) return;
+    const int64_t B = x.size(0), C = x.size(1), S = x.numel() / (B * C), n = C / groups * S, G = B * groups;
+    const int64_t want = std::max<int64_t>(1, (8 * ctx_->num_sms + G - 1) / G);
+    const int64_t p = std::max<int64_t>(1, std::min<int64_t>({want, (n + 2047) / 2048, 1024}));
+    scratch(static_cast<size_t>(2 * G * p + G) * sizeof(double));
   }
 
   // [cuda_backend.cu] a non-contiguous tensor is packed on the device before the copy.
