@@ -75,6 +75,32 @@ Tensor CfgParallelDenoiser::forward_conditional(const STDiT3Inputs& in) {
   return out;
 }
 
+Tensor CfgSequentialDenoiser::forward(const STDiT3Inputs& in) {
+  const int64_t B = in.x.size(0);
+  STDiT3Inputs part[2] = {cfg_half_inputs(in, 0), cfg_half_inputs(in, 1)};
+  if (in.text_key != 0) {
+    auto [it, fresh] = keys_.try_emplace(in.text_key);
+    if (fresh) it->second = {new_text_key(), new_text_key()};
+    for (int k = 0; k < 2; ++k) part[k].text_key = it->second[k];
+  }
+  Backend* lb = inner_.latent_backend();
+  Tensor both;
+  for (int k = 0; k < 2; ++k) {
+    const Tensor out = inner_.forward(part[k]);
+    if (k == 0) {
+      Shape shape = out.shape();
+      shape[0] = B;
+      both = lb && out.device() == lb->device() ? lb->alloc(shape) : Tensor::empty(shape, DType::F32);
+    }
+    Tensor rows = both.slice(0, k * (B / 2), (k + 1) * (B / 2));
+    if (lb && both.device() == lb->device() && out.device() == lb->device()) lb->copy(out, rows);
+    else std::memcpy(rows.raw(), out.raw(), out.nbytes());
+    last_ran_.resize(2);
+    last_ran_[k] = inner_.last_blocks_ran()[0];
+  }
+  return both;
+}
+
 ProcessCfgDenoiser::ProcessCfgDenoiser(Denoiser& inner, Communicator& pair, int half)
     : DenoiserAdapter(inner), pair_(pair), half_(half) {
   STDIT_CHECK(pair.size() == 2 && pair.rank() == half, "CFG-parallel over processes: a pair of processes, "

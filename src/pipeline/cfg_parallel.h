@@ -3,7 +3,9 @@
 // the others, so the one sampling loop (rflow_sample) drives it; per step only the predicted
 // velocities meet (on the host).
 #pragma once
+#include <array>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +40,24 @@ class CfgParallelDenoiser final : public Denoiser {
  private:
   std::vector<Backend*> backends_;
   std::vector<Denoiser*> halves_;
+  std::vector<bool> last_ran_;
+};
+
+// The two CFG halves one after the other through one denoiser: at most half the CFG batch's
+// activations at once (what --max-memory chooses when the denoise stage does not fit). Each half
+// keeps its own text conditioning (a key of its own per key of the batch); the output is the two
+// halves' rows, on the latents' backend when the inner denoiser takes them there. Step caching
+// needs one model per half and is not combined with it.
+class CfgSequentialDenoiser final : public DenoiserAdapter {
+ public:
+  explicit CfgSequentialDenoiser(Denoiser& inner) : DenoiserAdapter(inner) {}
+  Tensor forward(const STDiT3Inputs& in) override;
+  Tensor forward_conditional(const STDiT3Inputs& in) override { return inner_.forward_conditional(in); }
+  std::vector<bool> last_blocks_ran() const override { return last_ran_; }
+  Backend* latent_backend() const override { return inner_.latent_backend(); }
+
+ private:
+  std::map<uint64_t, std::array<uint64_t, 2>> keys_;  // a batch's text key -> its halves'
   std::vector<bool> last_ran_;
 };
 

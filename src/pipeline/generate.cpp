@@ -378,6 +378,7 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
   rec.camera_motion = opt.camera_motion ? opt.camera_motion : base ? base->camera_motion : std::nullopt;
   rec.batch_size = from && opt.batch_size == 1 ? from->batch_size : opt.batch_size;
   rec.vae_frames_per_call = from ? from->vae_frames_per_call : 0;  // --max-memory may lower it below
+  rec.cfg_sequential = from && from->cfg_sequential;                // ... or choose this
   plan.h = rec.height / 8;
   plan.w = rec.width / 8;
   const VaeConfig vcfg = load_vae_config(eng.vae + "/config.json");
@@ -575,6 +576,8 @@ struct Engine::Impl {
     m.denoiser_during_decode = resident || items > rec.batch_size || rec.loop > 1;
     m.decode_only = plan.decode_only;
     m.vae_frames_per_call = rec.vae_frames_per_call;
+    m.cfg_sequential = rec.cfg_sequential;
+    m.conditional_only_steps = rec.cfg_until < 1;
     return plan_request_memory(eng, m, *backend);
   }
 
@@ -593,6 +596,16 @@ struct Engine::Impl {
       frames = std::max(1, (frames == 0 ? configured : frames) / 2);
       mp = memory_plan(plan);
     }
+    // Over it because of the denoiser: the CFG halves one after the other (one device, no step caching).
+    if (need() > budget && mp.largest().name == "denoise" && !par.cfg_parallel && par.gpus == 1 &&
+        plan.rec.cache == "none" && !plan.rec.cfg_sequential && !plan.decode_only) {
+      plan.rec.cfg_sequential = true;
+      mp = memory_plan(plan);
+      while (need() > budget && mp.largest().name == "decode" && (frames == 0 ? configured : frames) > 1) {
+        frames = std::max(1, (frames == 0 ? configured : frames) / 2);
+        mp = memory_plan(plan);
+      }
+    }
     const MemoryStage& top = mp.largest();
     log_debug("memory plan (dry run) on ", backend->name(), ": ", mp.describe(), "; the device holds ",
               human_bytes(held), " already; needs ", human_bytes(need()), " of --max-memory ", gib, " GiB");
@@ -603,6 +616,8 @@ struct Engine::Impl {
                 par.gpus == 1 && backend->device().kind == DeviceKind::CUDA ? ", or split the denoiser over GPUs (--gpus, --cp)" : "");
     if (frames > 0) log_info("--max-memory ", gib, " GiB: the VAE decodes ", frames, " frame", frames == 1 ? "" : "s",
                              " per 2D call (", configured, " by default) to fit");
+    if (plan.rec.cfg_sequential)
+      log_info("--max-memory ", gib, " GiB: the two CFG halves run one after the other to fit");
   }
 
   std::unique_ptr<DenoiserSet> load_denoiser() {
@@ -1217,7 +1232,11 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
                                  (static_cast<uint32_t>(loop) << 16) | static_cast<uint32_t>(step + 1));
           };
           SamplerReport rep;
-                    const Tensor z = rflow_sample(*dits->top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick, so, &rep);
+          // --max-memory may have chosen the CFG halves one after the other (half the activations).
+          std::unique_ptr<CfgSequentialDenoiser> sequential;
+          if (rec.cfg_sequential) sequential = std::make_unique<CfgSequentialDenoiser>(*dits->top);
+          Denoiser& top = sequential ? static_cast<Denoiser&>(*sequential) : *dits->top;
+          const Tensor z = rflow_sample(top, yc, m, noise, H, W, F, rec.fps, rec.steps, rec.cfg_scale, tick, so, &rep);
           result.denoiser_parts += rep.parts;
           result.denoiser_parts_cached += rep.parts_cached;
           result.cond_only_steps += rep.cond_only_steps;

@@ -9,6 +9,7 @@
 #include "dist/comm.h"
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
+#include "pipeline/cfg_parallel.h"
 #include "pipeline/denoiser.h"
 #include "text/t5.h"
 
@@ -80,7 +81,16 @@ MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const 
       in.x_mask = Tensor::zeros({r.batch, r.T}, DType::U8);
       for (int64_t i = 0; i < in.x_mask.numel(); ++i) in.x_mask.data<uint8_t>()[i] = i % r.T != 0;
     }
-    dit->forward(in);
+    SingleDenoiser single(*dit);
+    CfgSequentialDenoiser sequential(single);
+    Denoiser& top = r.cfg_sequential ? static_cast<Denoiser&>(sequential) : single;
+    // Each step's output lives beside the latents until the Euler step has read it.
+    { const Tensor v = top.forward(in); }
+    if (r.conditional_only_steps) {  // then the conditional rows alone, their own text kept too
+      STDiT3Inputs c = cfg_half_inputs(in, 0);
+      c.text_key = new_text_key();
+      const Tensor v = top.forward_conditional(c);
+    }
   });
   // Decode: one video; the denoiser (with its kept text conditioning) still loaded unless this is
   // the last batch of a non-resident run.

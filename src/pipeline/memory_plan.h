@@ -32,6 +32,8 @@ struct MemoryRequest {
   bool denoiser_during_decode = false;  // more batches follow, or a resident engine: it stays
   bool decode_only = false;             // saved latents decoded: the decode stage alone
   int vae_frames_per_call = 0;          // frames per 2D VAE call (0: the VAE's own)
+  bool cfg_sequential = false;          // the CFG halves one after the other (batch / 2 rows a call)
+  bool conditional_only_steps = false;  // --cfg-until: later calls run the conditional rows alone
 };
 
 struct MemoryStage {

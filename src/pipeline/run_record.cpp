@@ -80,6 +80,7 @@ json RunRecord::to_json() const {
           {"extend", extend},
           {"videos", vids}};
   if (vae_frames_per_call > 0) j["vae_frames_per_call"] = vae_frames_per_call;  // only when --max-memory set it
+  if (cfg_sequential) j["cfg_halves"] = "sequential";
   return j;
 }
 
@@ -117,6 +118,10 @@ RunRecord RunRecord::from_json(const json& j, const std::string& where) {
   r.fp8_keep = get_opt<std::string>(j, "fp8_keep", where).value_or("");
   r.attention_kernels = get_opt<std::string>(j, "attention_kernels", where).value_or("");
   r.vae_frames_per_call = get_opt<int>(j, "vae_frames_per_call", where).value_or(0);
+  const std::string halves = get_opt<std::string>(j, "cfg_halves", where).value_or("together");
+  STDIT_CHECK(halves == "together" || halves == "sequential", where, ": the stdit record holds an unknown cfg_halves '",
+              halves, "'");
+  r.cfg_sequential = halves == "sequential";
   STDIT_CHECK(r.vae_frames_per_call >= 0 && r.vae_frames_per_call <= 64, where,
               ": the stdit record holds an impossible vae_frames_per_call: ", r.vae_frames_per_call);
   STDIT_CHECK(r.loop >= 1 && r.align >= 0 && r.condition_frame_length >= 1 && std::isfinite(r.condition_frame_edit),

@@ -45,6 +45,9 @@ struct RunRecord {
   // Frames per 2D VAE decode call when --max-memory lowered it (0: the VAE's own, 4): on a GPU the
   // convolutions may round differently at another count, so --from reuses it.
   int vae_frames_per_call = 0;
+  // The two CFG halves one after the other on one device (--max-memory chose it: half the
+  // denoiser's activations; a GPU may round the half batches differently), reused by --from.
+  bool cfg_sequential = false;
   std::string cache = "none";  // step caching: "none" or "teacache:THRESHOLD"
   double cfg_until = 1.0;      // fraction of the steps with classifier-free guidance
   int loop = 1;                      // clips per video, each continuing the last

@@ -247,14 +247,16 @@ uint64_t new_text_key() {
 void STDiT3::text_conditioning(const STDiT3Inputs& in, Step& s) {
   const STDiT3Config& c = cfg_;
   const int64_t B = s.B, C = s.C, L = in.y.size(2);
-  if (in.text_key != 0 && in.text_key == text_.key) {
-    STDIT_CHECK(text_.B == B && text_.L == L, "text key ", in.text_key, " was made for ", text_.B, " x ", text_.L,
-                " caption rows, not ", B, " x ", L);
-    s.y_packed = text_.y_packed;
-    s.y_lens = text_.y_lens;
-    s.text = &text_;
-    return;
-  }
+  for (TextState& kept : text_)
+    if (in.text_key != 0 && in.text_key == kept.key) {
+      STDIT_CHECK(kept.B == B && kept.L == L, "text key ", in.text_key, " was made for ", kept.B, " x ", kept.L,
+                  " caption rows, not ", B, " x ", L);
+      kept.used = ++text_clock_;
+      s.y_packed = kept.y_packed;
+      s.y_lens = kept.y_lens;
+      s.text = &kept;
+      return;
+    }
   // ---- text: y_lens and packed rows (spec §3.5) ----
   std::vector<int64_t> rows;
   if (in.mask.defined()) {
@@ -292,13 +294,15 @@ void STDiT3::text_conditioning(const STDiT3Inputs& in, Step& s) {
     be_->linear(h, g_.y_fc2_w, g_.y_fc2_b, Activation::None, s.y_packed);
   }
   if (in.text_key != 0) {
-    text_ = TextState{};
-    text_.key = in.text_key;
-    text_.B = B;
-    text_.L = L;
-    text_.y_packed = s.y_packed;
-    text_.y_lens = s.y_lens;
-    s.text = &text_;
+    TextState& slot = text_[0].used <= text_[1].used ? text_[0] : text_[1];  // the older one
+    slot = TextState{};
+    slot.key = in.text_key;
+    slot.used = ++text_clock_;
+    slot.B = B;
+    slot.L = L;
+    slot.y_packed = s.y_packed;
+    slot.y_lens = s.y_lens;
+    s.text = &slot;
   }
 }
 

@@ -1,5 +1,6 @@
 // STDiT3 (Open-Sora 1.2 denoiser), written once against the op interface. Spec: architecture.md §3-4.
 #pragma once
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
@@ -142,15 +143,19 @@ class STDiT3 {
     double accumulated = 0;
   } cache_;
   bool last_blocks_ran_ = true;
-  // The text conditioning of the last keyed call (STDiT3Inputs::text_key), on the device: the
-  // packed caption rows and, per block as it first runs, its cross-attention keys and values.
+  // The text conditioning of the last two keys (STDiT3Inputs::text_key: the two CFG halves run
+  // one after the other alternate theirs), on the device: the packed caption rows and, per block
+  // as it first runs, its cross-attention keys and values. A new key replaces the older one.
   struct TextState {
     uint64_t key = 0;
+    uint64_t used = 0;  // when it was last used (text_clock_)
     int64_t B = 0, L = 0;
     Tensor y_packed;
     std::vector<int> y_lens;
     std::unordered_map<const Block*, Tensor> kv;
-  } text_;
+  };
+  std::array<TextState, 2> text_;
+  uint64_t text_clock_ = 0;
   // The positional embedding of the last call's patch grid (Hp, Wp, scale, base size).
   struct PosEmbed {
     int64_t hp = 0, wp = 0;
