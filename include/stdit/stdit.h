@@ -152,8 +152,9 @@ class Engine {
   // Runs one request. Every setting and output name is checked before any model is loaded; each
   // video is decoded and written as soon as it is denoised. One request at a time per engine.
   Result generate(const Request& request, const EventFn& on_event = {}, const CancelToken& cancel = {});
-  // The checks generate makes before loading anything (settings, inputs, output names), without
-  // running or reserving anything: InvalidRequest with the same message generate would give.
+  // The checks generate makes before loading anything (settings, inputs, output names, and with
+  // max_memory_gib the memory plan), without running or reserving anything: InvalidRequest with
+  // the same message generate would give.
   // Returns what the request would make.
   struct Planned {
     int videos = 0, width = 0, height = 0, frames = 0;  // output size (multiples of 8)

@@ -820,7 +820,16 @@ size_t Engine::MemoryEstimate::largest() const {
 }
 
 Engine::Planned Engine::validate(const Request& request) const {
-  const Plan plan = plan_without_outputs(request, impl_->eng, impl_->identity);
+  Plan plan = plan_without_outputs(request, impl_->eng, impl_->identity);
+  if (request.max_memory_gib != 0) {  // generate's memory check too (a dry run of every stage)
+    try {
+      impl_->check_memory_budget(plan, request.max_memory_gib);
+    } catch (const InvalidRequest&) {
+      throw;
+    } catch (const Error& e) {
+      throw InvalidRequest(e.what());
+    }
+  }
   const RunRecord& r = plan.rec;
   return {static_cast<int>(r.videos.size()), r.output_width, r.output_height, r.num_frames, r.fps,
           cat(r.videos.size(), " video(s), ", r.output_width, "x", r.output_height, " px, ", r.num_frames, " frames, ",

@@ -307,7 +307,8 @@ class Service {
     api::Engine::Planned p;
     try {
       r = request_from_body(body);
-      p = engine_->validate(r);  // the same checks as `stdit generate`
+      r.max_memory_gib = o_.max_memory_gib;
+      p = engine_->validate(r);  // the same checks as `stdit generate` (the memory plan with --max-memory)
     } catch (const Error& e) {
       return send_error(res, 400, e.what(), "invalid_request_error");
     }
@@ -419,6 +420,7 @@ class Service {
     api::Request r;
     try {
       r = request_from_body(json::parse(job.request));
+      r.max_memory_gib = o_.max_memory_gib;
     } catch (const Error& e) {
       store_->fail(job.id, now_s(), e.what());
       return;

@@ -12,6 +12,7 @@ struct ServerOptions {
   std::string precision = "auto", fp8_keep;  // the execution policy (as `stdit generate`)
   std::string kernels = "auto";               // auto | portable (as `stdit generate --kernels`)
   bool offload = false;  // keep only the denoiser on the device between jobs (T5, VAE loaded per job)
+  double max_memory_gib = 0;  // as generate --max-memory, for every job: over it, 400 at submission
   std::string host = "127.0.0.1";
   int port = 8000;                 // 0: any free port (printed)
   std::string data = "stdit_data";  // jobs.sqlite and videos/

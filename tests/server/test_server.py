@@ -151,6 +151,24 @@ def test_offload_keeps_only_the_denoiser(server, tmp_path):
         s.stop()
 
 
+def test_max_memory_refuses_at_submission(tmp_path):
+    # `stdit serve --max-memory G`: every job's memory plan (a dry run of its stages) is checked when
+    # it is submitted; one that needs more is a 400 naming the budget, and nothing is queued.
+    tight = Server(tmp_path / "data_tight", "--max-memory", "0.000001")
+    roomy = Server(tmp_path / "data_roomy", "--max-memory", "8")
+    try:
+        status, err, _ = tight.json("POST", "/v1/videos", dict(QUICK, prompt="a red ball"))
+        assert status == 400, err
+        assert "--max-memory" in err["error"]["message"] and "stage" in err["error"]["message"], err
+        assert tight.json("GET", "/v1/videos")[1]["data"] == []
+        status, job, _ = roomy.json("POST", "/v1/videos", dict(QUICK, prompt="a red ball"))
+        assert status == 200, job
+        assert roomy.wait(job["id"])["status"] == "completed"
+    finally:
+        tight.stop()
+        roomy.stop()
+
+
 def test_list_newest_first_with_paging(server):
     ids = [server.json("POST", "/v1/videos", dict(QUICK, prompt="clip %d" % i))[1]["id"] for i in range(5)]
     for i in ids:

@@ -15,6 +15,9 @@ void add_serve(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_flag("--offload", o->offload,
                 "Keep only the denoiser on the GPU between jobs; T5 and the VAE are loaded per job (24 GB cards)");
+  cmd->add_option("--max-memory", o->max_memory_gib,
+                  "GiB each job may use on the GPU (as generate --max-memory): a job whose memory plan needs more "
+                  "is refused at submission (400)");
   cmd->add_option("--host", o->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "Port (0: any free port)")->capture_default_str();
   cmd->add_option("--data", o->data, "Directory for the job database and the videos")->capture_default_str();
