@@ -937,6 +937,9 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       STDIT_CHECK(Tp % par.cp == 0 && Sp % par.cp == 0, "--cp ", par.cp, " must divide the latent frames (", Tp,
                   ") and the spatial tokens per frame (", Sp, ") of this video");
     }
+    // A record's sequential CFG halves (--from) on a split that already puts them on two devices:
+    // each device runs its half as before.
+    if (par.cfg_parallel) plan.rec.cfg_sequential = false;
     if (opt.max_memory_gib != 0) check_memory_budget(plan, opt.max_memory_gib);
   } catch (...) {
     refused = std::current_exception();
