@@ -1,6 +1,7 @@
 #include "backend/backend.h"
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/dry_run.h"
 #include "core/error.h"
 #include "core/log.h"
 #ifdef STDIT_HAVE_CUDA
@@ -8,6 +9,8 @@
 #endif
 
 namespace stdit {
+
+std::unique_ptr<DryRunBackend> Backend::dry_run() const { return std::make_unique<DryRunBackend>(*this); }
 
 void Backend::linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias,
                               const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,

@@ -10,8 +10,6 @@ DryRunBackend::DryRunBackend(const Backend& target)
       policy_(target.policy()),
       matmul_(target.matmul_dtype()) {}
 
-std::unique_ptr<DryRunBackend> Backend::dry_run() const { return std::make_unique<DryRunBackend>(*this); }
-
 Tensor DryRunBackend::alloc(const Shape& shape, DType dtype) {
   for (int64_t d : shape) STDIT_CHECK(d >= 0, "dry run alloc: negative dimension in ", shape_str(shape));
   const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
