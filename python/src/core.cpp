@@ -47,7 +47,7 @@ stdit::api::Request request_from(const nb::dict& d) {
                                 "steps", "cfg_scale", "cache", "cfg_until", "seed", "noise_index", "aes", "no_aes", "flow",
                                 "camera_motion", "num_samples", "batch_size", "return_latents", "image", "extend",
                                 "reference_paths", "mask_strategies", "loop", "condition_frame_length",
-                                "condition_frame_edit", "align"};
+                                "condition_frame_edit", "align", "max_memory_gib"};
   for (auto [k, v] : d) {
     const std::string key = nb::cast<std::string>(k);
     bool ok = false;
@@ -74,6 +74,7 @@ stdit::api::Request request_from(const nb::dict& d) {
   set_opt(d, "camera_motion", r.camera_motion);
   set(d, "num_samples", r.num_samples);
   set(d, "batch_size", r.batch_size);
+  set(d, "max_memory_gib", r.max_memory_gib);
   set(d, "return_latents", r.return_latents);
   set(d, "image", r.image);
   set(d, "extend", r.extend);

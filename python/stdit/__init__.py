@@ -152,6 +152,7 @@ class Pipeline:
         condition_frame_length: Optional[int] = None,
         condition_frame_edit: Optional[float] = None,
         align: Optional[int] = None,
+        max_memory: Optional[float] = None,
     ) -> PipelineOutput:
         """Generates one video per prompt (times ``num_videos_per_prompt``).
 
@@ -181,6 +182,9 @@ class Pipeline:
             for all (docs/CLI.md, "Image-to-video, extension, loops").
         loop: clips per video, each continuing the last; condition_frame_length (5 latent frames)
             and condition_frame_edit (0) say on what; align: snap mask-strategy starts (5; 0: off).
+        max_memory: GiB this call may use on the GPU (as ``stdit generate --max-memory``): the
+            memory plan is checked before anything loads; ValueError naming the shortfall when the
+            call cannot fit even with the CFG halves one after the other and fewer VAE frames per call.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -216,6 +220,7 @@ class Pipeline:
             "condition_frame_length": condition_frame_length,
             "condition_frame_edit": condition_frame_edit,
             "align": align,
+            "max_memory_gib": max_memory,
         }
         if height is not None:
             request["height"], request["width"] = int(height), int(width)

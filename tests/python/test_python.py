@@ -185,6 +185,16 @@ def test_image_to_video_as_the_program(pipe, tmp_path):
         pipe("x", reference_path=str(ref), mask_strategy="0,q", **FAST)
 
 
+def test_max_memory(pipe):
+    # The memory plan before anything loads: a budget under every stage is a ValueError naming the
+    # shortfall; a roomy one makes the video as without it.
+    with pytest.raises(ValueError, match="--max-memory"):
+        pipe("a red ball", height=32, width=32, num_frames=1, num_inference_steps=1, max_memory=1e-6, progress=False)
+    a = pipe("a red ball", height=32, width=32, num_frames=1, num_inference_steps=1, progress=False)
+    b = pipe("a red ball", height=32, width=32, num_frames=1, num_inference_steps=1, max_memory=8, progress=False)
+    assert (a.frames[0] == b.frames[0]).all()
+
+
 def test_cancel_from_the_callback(pipe):
     seen = []
 
