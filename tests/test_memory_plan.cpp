@@ -1,4 +1,4 @@
-// The memory plan is a dry run of the allocator (backend/dry_run.h, STDiT3::plan_forward): the
+// The memory plan is a dry run of the allocator (backend/dry_run.h, pipeline/memory_plan.h): the
 // dry run computes nothing and holds no memory, and its peak equals what the real call's
 // allocations held at once, counted by the CPU backend as it allocates — on one device, for keyed
 // and unkeyed calls and conditioned frames, and on rank 0 of the tensor- and context-parallel
@@ -19,6 +19,7 @@
 #include "models/stdit3/forward_io.h"
 #include "models/stdit3/stdit3.h"
 #include "pipeline/denoiser.h"
+#include "pipeline/memory_plan.h"
 #include "stdit/stdit.h"
 
 using namespace stdit;
@@ -28,6 +29,37 @@ const std::string kData = STDIT_TEST_DATA;
 
 STDiT3Inputs fixture_inputs(const std::string& name) {
   return read_stdit3_inputs(*SafetensorsFile::open(kData + "/" + name + "/inputs.safetensors"));
+}
+
+namespace fs = std::filesystem;
+const std::string kDemo = (fs::path(kData).parent_path().parent_path() / "models" / "tiny").string();
+
+// The embedded demo model on the CPU.
+std::unique_ptr<api::Engine> demo_engine(bool resident = false) {
+  api::EngineOptions eo;
+  eo.dir = kDemo;
+  eo.backend = "cpu";
+  eo.resident = resident;
+  return api::Engine::open(eo);
+}
+
+// A small request on it, two steps, nothing written.
+api::Request demo_request(int width, int height, const std::string& frames) {
+  api::Request r;
+  r.prompts = {"a red ball rolls across a green field"};
+  r.width = width;
+  r.height = height;
+  r.num_frames = frames;
+  r.steps = 2;
+  r.write_files = false;
+  return r;
+}
+
+// `r` again with --max-memory one byte under `plain_peak` (its plan without a budget).
+api::Result one_byte_short(api::Engine& engine, const api::Request& r, size_t plain_peak) {
+  api::Request limited = r;
+  limited.max_memory_gib = (plain_peak - 1) / double(1ull << 30);
+  return engine.generate(limited);
 }
 
 // The most bytes `backend` held at once during fn, above what it held before.
@@ -87,7 +119,7 @@ TEST(MemoryPlan, EqualsTheCallsAllocationsOnOneDevice) {
       }
       CpuBackend be;
       auto model = STDiT3::load(kData + "/" + name, be);
-      const size_t plan = model->plan_forward(in);
+      const size_t plan = plan_model_call(*model, in);
       EXPECT_GT(plan, 0u);
       Tensor out;
       const size_t held = held_during(be, [&] { out = model->forward(in); });
@@ -121,7 +153,7 @@ TEST(MemoryPlan, EqualsRankZerosAllocationsUnderTensorAndContextParallelism) {
       ptrs.push_back(owned.back().get());
     }
     auto model = TensorParallelDenoiser::load(dir, ptrs, "--model", sp.cp);
-    const size_t plan = model->first().plan_forward(in);
+    const size_t plan = plan_model_call(model->first(), in);
     EXPECT_EQ(plan, held_during(*owned[0], [&] { model->forward(in); }));
   }
 }
@@ -131,21 +163,10 @@ TEST(MemoryPlan, EqualsRankZerosAllocationsUnderTensorAndContextParallelism) {
 // chunks, an image, two videos denoised together, image-to-video (the VAE loaded while
 // sampling), a resident engine (every model kept), and 51 frames decoded from saved latents.
 TEST(MemoryPlan, RequestPlanEqualsTheRunsAllocations) {
-  namespace fs = std::filesystem;
-  const std::string demo = (fs::path(kData).parent_path().parent_path() / "models" / "tiny").string();
   const fs::path tmp = fs::path(::testing::TempDir()) / ("memory_plan_" + std::to_string(::getpid()));
   fs::remove_all(tmp);
   fs::create_directories(tmp);
-  auto request = [](const std::string& frames) {
-    api::Request r;
-    r.prompts = {"a red ball rolls across a green field"};
-    r.width = 64;
-    r.height = 48;
-    r.num_frames = frames;
-    r.steps = 2;
-    r.write_files = false;
-    return r;
-  };
+  auto request = [](const std::string& frames) { return demo_request(64, 48, frames); };
   struct Case {
     std::string name;
     api::Request r;
@@ -168,11 +189,7 @@ TEST(MemoryPlan, RequestPlanEqualsTheRunsAllocations) {
   cases.push_back({"resident", request("17"), true});
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    api::EngineOptions eo;
-    eo.dir = demo;
-    eo.backend = "cpu";
-    eo.resident = c.resident;
-    auto engine = api::Engine::open(eo);
+    auto engine = demo_engine(c.resident);
     const api::Engine::MemoryEstimate est = engine->plan_memory(c.r);
     ASSERT_EQ(est.stages.size(), 3u);
     EXPECT_EQ(est.device_held, 0u);  // the CPU
@@ -182,18 +199,15 @@ TEST(MemoryPlan, RequestPlanEqualsTheRunsAllocations) {
   }
   // Decoding saved latents: the decode stage alone.
   {
-    api::EngineOptions eo;
-    eo.dir = demo;
-    eo.backend = "cpu";
     api::Request r = request("51");
     r.write_files = true;
     r.out_dir = tmp.string();
     r.save_latents = (tmp / "z.safetensors").string();
-    api::Engine::open(eo)->generate(r);
+    demo_engine()->generate(r);
     api::Request d;
     d.decode_only = r.save_latents;
     d.write_files = false;
-    auto engine = api::Engine::open(eo);
+    auto engine = demo_engine();
     const api::Engine::MemoryEstimate est = engine->plan_memory(d);
     ASSERT_EQ(est.stages.size(), 1u);
     EXPECT_EQ(est.stages[0].first, "decode");
@@ -201,10 +215,7 @@ TEST(MemoryPlan, RequestPlanEqualsTheRunsAllocations) {
   }
   // --max-memory refuses before anything loads, naming the stage and the shortfall.
   {
-    api::EngineOptions eo;
-    eo.dir = demo;
-    eo.backend = "cpu";
-    auto engine = api::Engine::open(eo);
+    auto engine = demo_engine();
     api::Request r = request("17");
     const size_t need = engine->plan_memory(r).largest();
     r.max_memory_gib = 1e-6;  // under what any stage needs in any form
@@ -225,19 +236,8 @@ TEST(MemoryPlan, RequestPlanEqualsTheRunsAllocations) {
 // When the decode is what does not fit, --max-memory lowers the frames per 2D VAE call (4, 2, 1)
 // until it does, records the choice, and the video is the same (on the CPU, bit for bit).
 TEST(MemoryPlan, MaxMemoryLowersTheVaeFramesPerCallToFit) {
-  namespace fs = std::filesystem;
-  const std::string demo = (fs::path(kData).parent_path().parent_path() / "models" / "tiny").string();
-  api::EngineOptions eo;
-  eo.dir = demo;
-  eo.backend = "cpu";
-  auto engine = api::Engine::open(eo);
-  api::Request r;
-  r.prompts = {"a red ball rolls across a green field"};
-  r.width = 128;
-  r.height = 96;
-  r.num_frames = "17";
-  r.steps = 2;
-  r.write_files = false;
+  auto engine = demo_engine();
+  const api::Request r = demo_request(128, 96, "17");
   const api::Engine::MemoryEstimate plain = engine->plan_memory(r);
   ASSERT_EQ(plain.stages.back().first, "decode");
   size_t others = 0;
@@ -248,9 +248,7 @@ TEST(MemoryPlan, MaxMemoryLowersTheVaeFramesPerCallToFit) {
   EXPECT_EQ(reference.allocated_peak_bytes, plain.largest());
 
   // A budget just under the plain decode: fewer frames per call, then the same frames.
-  api::Request limited = r;
-  limited.max_memory_gib = (plain.largest() - 1) / double(1ull << 30);
-  const api::Result got = engine->generate(limited);
+  const api::Result got = one_byte_short(*engine, r, plain.largest());
   ASSERT_EQ(got.videos.size(), 1u);
   const auto record = nlohmann::json::parse(got.videos[0].record);
   ASSERT_TRUE(record.contains("vae_frames_per_call")) << got.videos[0].record;
@@ -273,30 +271,17 @@ TEST(MemoryPlan, MaxMemoryLowersTheVaeFramesPerCallToFit) {
 }
 
 // When the denoiser is what does not fit (one device, no step caching), --max-memory runs the two
-// CFG halves one after the other: less memory, recorded, and on the CPU the same video.
+// CFG halves one after the other: less memory, recorded, and the same video within a few levels.
 TEST(MemoryPlan, MaxMemoryRunsTheCfgHalvesOneAfterTheOther) {
-  namespace fs = std::filesystem;
-  const std::string demo = (fs::path(kData).parent_path().parent_path() / "models" / "tiny").string();
-  api::EngineOptions eo;
-  eo.dir = demo;
-  eo.backend = "cpu";
-  auto engine = api::Engine::open(eo);
-  api::Request r;
-  r.prompts = {"a red ball rolls across a green field"};
-  r.width = 64;
-  r.height = 48;
-  r.num_frames = "204";
-  r.steps = 2;
-  r.write_files = false;
+  auto engine = demo_engine();
+  const api::Request r = demo_request(64, 48, "204");
   const api::Engine::MemoryEstimate plain = engine->plan_memory(r);
   ASSERT_EQ(plain.stages[1].first, "denoise");
   ASSERT_EQ(plain.stages[1].second, plain.largest()) << "the denoiser must be the largest stage for this test";
   const api::Result reference = engine->generate(r);
   EXPECT_EQ(reference.allocated_peak_bytes, plain.largest());
 
-  api::Request limited = r;
-  limited.max_memory_gib = (plain.largest() - 1) / double(1ull << 30);
-  const api::Result got = engine->generate(limited);
+  const api::Result got = one_byte_short(*engine, r, plain.largest());
   ASSERT_EQ(got.videos.size(), 1u);
   const auto record = nlohmann::json::parse(got.videos[0].record);
   EXPECT_EQ(record.value("cfg_halves", ""), "sequential") << got.videos[0].record;
@@ -318,7 +303,8 @@ TEST(MemoryPlan, MaxMemoryRunsTheCfgHalvesOneAfterTheOther) {
   EXPECT_LE(sum / a.size(), 0.05);
 
   // With step caching the halves need a model each: refused instead.
-  api::Request cached = limited;
+  api::Request cached = r;
+  cached.max_memory_gib = (plain.largest() - 1) / double(1ull << 30);
   cached.cache = "teacache";
   EXPECT_THROW(engine->generate(cached), InvalidRequest);
 }

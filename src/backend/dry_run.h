@@ -2,7 +2,7 @@
 //
 // A DryRunBackend stands in for a target backend: the same device, policy and dtypes, but alloc()
 // and upload() give tensors without memory (their data pointer is null) whose bytes are counted
-// while they live, and no op computes anything. A model run on it (STDiT3::plan_forward) costs
+// while they live, and no op computes anything. A model run on it (pipeline/memory_plan.h) costs
 // host time only and leaves in peak_memory_bytes() the most bytes the target's allocations would
 // hold at once for that call: every tensor the model allocates, in the order it allocates and
 // frees them. A target whose ops take device memory of their own while they run (CUDA: input

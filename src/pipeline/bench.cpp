@@ -19,6 +19,7 @@
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
 #include "pipeline/cfg_parallel.h"
+#include "pipeline/memory_plan.h"
 #include "pipeline/denoiser.h"
 #include "pipeline/presets.h"
 #include "pipeline/synthetic_weights.h"
@@ -161,7 +162,7 @@ void run_bench(const BenchOptions& opt) {
     in.width = Tensor::from_f32({1}, {static_cast<float>(W)});
     in.text_key = new_text_key();  // the same text every call, as in the sampler's loop
     // The memory plan (a dry run of this call) against what the call's own allocations held.
-    const size_t planned = dit->plan_forward(in);
+    const size_t planned = plan_model_call(*dit, in);
     be->synchronize();
     dit->release_kept_state();  // as the planned call: the text conditioning computed and kept
     peak_before_resets = std::max(peak_before_resets, be->peak_memory_bytes());

@@ -85,6 +85,7 @@ Tensor CfgSequentialDenoiser::forward(const STDiT3Inputs& in) {
   }
   Backend* lb = inner_.latent_backend();
   Tensor both;
+  last_ran_.assign(2, true);
   for (int k = 0; k < 2; ++k) {
     const Tensor out = inner_.forward(part[k]);
     if (k == 0) {
@@ -95,7 +96,6 @@ Tensor CfgSequentialDenoiser::forward(const STDiT3Inputs& in) {
     Tensor rows = both.slice(0, k * (B / 2), (k + 1) * (B / 2));
     if (lb && both.device() == lb->device() && out.device() == lb->device()) lb->copy(out, rows);
     else std::memcpy(rows.raw(), out.raw(), out.nbytes());
-    last_ran_.resize(2);
     last_ran_[k] = inner_.last_blocks_ran()[0];
   }
   return both;

@@ -592,19 +592,19 @@ struct Engine::Impl {
     auto need = [&] { return mp.largest().peak + held; };
     const int configured = load_vae_config(eng.vae + "/config.json").micro_batch_size;
     int& frames = plan.rec.vae_frames_per_call;
-    while (need() > budget && mp.largest().name == "decode" && (frames == 0 ? configured : frames) > 1) {
-      frames = std::max(1, (frames == 0 ? configured : frames) / 2);
-      mp = memory_plan(plan);
-    }
+    auto fewer_vae_frames = [&] {  // 4, 2, 1 frames per 2D VAE call while the decode is over
+      while (need() > budget && mp.largest().name == "decode" && (frames == 0 ? configured : frames) > 1) {
+        frames = std::max(1, (frames == 0 ? configured : frames) / 2);
+        mp = memory_plan(plan);
+      }
+    };
+    fewer_vae_frames();
     // Over it because of the denoiser: the CFG halves one after the other (one device, no step caching).
     if (need() > budget && mp.largest().name == "denoise" && !par.cfg_parallel && par.gpus == 1 &&
         plan.rec.cache == "none" && !plan.rec.cfg_sequential && !plan.decode_only) {
       plan.rec.cfg_sequential = true;
       mp = memory_plan(plan);
-      while (need() > budget && mp.largest().name == "decode" && (frames == 0 ? configured : frames) > 1) {
-        frames = std::max(1, (frames == 0 ? configured : frames) / 2);
-        mp = memory_plan(plan);
-      }
+      fewer_vae_frames();  // the decode may be the largest stage now
     }
     const MemoryStage& top = mp.largest();
     log_debug("memory plan (dry run) on ", backend->name(), ": ", mp.describe(), "; the device holds ",
@@ -1141,32 +1141,29 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       std::unique_ptr<DenoiserSet>& dits = resident ? dit : local_dit;
       if (!dits) dits = load_denoiser();
       const int batch = rec.batch_size;
-      {
+      if (log_level() >= LogLevel::Debug) {
         // The memory plan, per GPU (-v): a dry run of one model call of this request's shape
-        // (STDiT3::plan_forward: every allocation counted, nothing computed); the sampling loop
+        // (pipeline/memory_plan.h: every allocation counted, nothing computed); the sampling loop
         // reuses the same sizes every step (the stream-ordered pool keeps them).
         const STDiT3& m0 = dits->top->first();
-        const int64_t Bm = (par.cfg_parallel ? 1 : 2) * std::min(batch, items);
-        STDiT3Inputs dry;
-        dry.x = Tensor::zeros({Bm, m0.config().in_channels, T, h, w}, DType::F32);
-        dry.timestep = Tensor::from_f32({Bm}, std::vector<float>(Bm, 1000.0f));
-        dry.y = Tensor::zeros({Bm, 1, L, y.size(2)}, DType::F32);
-        dry.fps = Tensor::from_f32({1}, {static_cast<float>(rec.model_fps)});
-        dry.height = Tensor::from_f32({1}, {static_cast<float>(rec.height)});
-        dry.width = Tensor::from_f32({1}, {static_cast<float>(rec.width)});
-        dry.mask = Tensor::zeros({Bm, L}, DType::I64);  // every row as long as the longest prompt
-        int64_t longest = 1;
+        MemoryRequest call;
+        call.batch = (par.cfg_parallel ? 1 : 2) * std::min(batch, items);
+        call.T = T;
+        call.h = h;
+        call.w = w;
+        call.height = rec.height;
+        call.width = rec.width;
+        call.fps = rec.model_fps;
+        call.text_rows = 1;  // every row as long as the longest prompt
         for (int64_t i = 0; i < mask.size(0); ++i) {
-          int64_t n = 0;
+          int n = 0;
           for (int64_t l = 0; l < L; ++l) n += mask.data<int64_t>()[i * L + l] != 0;
-          longest = std::max(longest, n);
+          call.text_rows = std::max(call.text_rows, n);
         }
-        for (int64_t i = 0; i < Bm; ++i)
-          for (int64_t l = 0; l < longest; ++l) dry.mask.data<int64_t>()[i * L + l] = 1;
-        dry.text_key = 1;  // keyed, as the sampler's calls: the text conditioning stays on the device
+        const STDiT3Inputs in = planned_call_inputs(call, m0.config().in_channels, y.size(2));
         log_debug("memory plan per device: denoiser weights ", human_bytes(m0.weight_bytes()), "; one model call (batch ",
-                  Bm, ", ", T, " x ", h, " x ", w, " latents) holds at most ", human_bytes(m0.plan_forward(dry)),
-                  " (dry run); ",
+                  call.batch, ", ", T, " x ", h, " x ", w, " latents) holds at most ",
+                  human_bytes(plan_model_call(m0, in)), " (dry run); ",
                   resident && offload ? std::string("the denoiser stays loaded (resident engine); T5 was freed "
                                                     "after the text and the VAE is freed when the request ends (offload)")
                   : resident ? std::string("every model stays loaded (resident engine)")

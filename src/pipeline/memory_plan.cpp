@@ -64,23 +64,10 @@ MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const 
     }
     // The sampler's latents and its CFG batch live on the device (pipeline/sampler.cpp).
     const Tensor z = dry->alloc({r.videos, dit->config().in_channels, r.T, r.h, r.w});
-    STDiT3Inputs in;
     const Tensor zin = dry->alloc({r.batch, dit->config().in_channels, r.T, r.h, r.w});
-    // (A CPU backend's tensors are host tensors, which the model reads: there, real zeros.)
-    in.x = dry->device().kind == DeviceKind::CPU ? Tensor::zeros(zin.shape(), DType::F32) : zin;
-    in.timestep = Tensor::from_f32({r.batch}, std::vector<float>(r.batch, 1000.0f));
-    in.y = Tensor::zeros({r.batch, 1, r.text_len, caption_channels}, DType::F32);
-    in.mask = Tensor::zeros({r.batch, r.text_len}, DType::I64);
-    for (int64_t i = 0; i < r.batch; ++i)
-      for (int l = 0; l < std::min(r.text_rows, r.text_len); ++l) in.mask.data<int64_t>()[i * r.text_len + l] = 1;
-    in.fps = Tensor::from_f32({1}, {static_cast<float>(r.fps)});
-    in.height = Tensor::from_f32({1}, {static_cast<float>(r.height)});
-    in.width = Tensor::from_f32({1}, {static_cast<float>(r.width)});
-    in.text_key = new_text_key();
-    if (r.conditioned) {  // frame 0 of every row a reference's (the sampler's x_mask, when some are)
-      in.x_mask = Tensor::zeros({r.batch, r.T}, DType::U8);
-      for (int64_t i = 0; i < in.x_mask.numel(); ++i) in.x_mask.data<uint8_t>()[i] = i % r.T != 0;
-    }
+    STDiT3Inputs in = planned_call_inputs(r, dit->config().in_channels, caption_channels);
+    // (A CPU backend's tensors are host tensors, which the model reads: there, the host zeros.)
+    if (dry->device().kind != DeviceKind::CPU) in.x = zin;
     SingleDenoiser single(*dit);
     CfgSequentialDenoiser sequential(single);
     Denoiser& top = r.cfg_sequential ? static_cast<Denoiser&>(sequential) : single;
@@ -101,6 +88,35 @@ MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const 
     vae->decode(Tensor::zeros({1, 4, r.T, r.h, r.w}, DType::F32), r.frames);
   });
   return plan;
+}
+
+STDiT3Inputs planned_call_inputs(const MemoryRequest& r, int64_t in_channels, int64_t caption_channels) {
+  STDiT3Inputs in;
+  in.x = Tensor::zeros({r.batch, in_channels, r.T, r.h, r.w}, DType::F32);
+  in.timestep = Tensor::from_f32({r.batch}, std::vector<float>(r.batch, 1000.0f));
+  in.y = Tensor::zeros({r.batch, 1, r.text_len, caption_channels}, DType::F32);
+  in.mask = Tensor::zeros({r.batch, r.text_len}, DType::I64);
+  for (int64_t i = 0; i < r.batch; ++i)
+    for (int l = 0; l < std::min(r.text_rows, r.text_len); ++l) in.mask.data<int64_t>()[i * r.text_len + l] = 1;
+  in.fps = Tensor::from_f32({1}, {static_cast<float>(r.fps)});
+  in.height = Tensor::from_f32({1}, {static_cast<float>(r.height)});
+  in.width = Tensor::from_f32({1}, {static_cast<float>(r.width)});
+  in.text_key = new_text_key();
+  if (r.conditioned) {  // frame 0 of every row a reference's (the sampler's x_mask, when some are)
+    in.x_mask = Tensor::zeros({r.batch, r.T}, DType::U8);
+    for (int64_t i = 0; i < in.x_mask.numel(); ++i) in.x_mask.data<uint8_t>()[i] = i % r.T != 0;
+  }
+  return in;
+}
+
+size_t plan_model_call(const STDiT3& model, const STDiT3Inputs& in) {
+  const std::unique_ptr<DryRunBackend> dry = model.backend().dry_run();
+  const std::unique_ptr<Communicator> tp =
+      model.tensor_parallel() ? make_dry_communicator(*model.tensor_parallel()) : nullptr;
+  const std::unique_ptr<Communicator> cp =
+      model.context_parallel() ? make_dry_communicator(*model.context_parallel()) : nullptr;
+  model.rebound(*dry, tp.get(), cp.get())->forward(in);
+  return dry->peak_memory_bytes();
 }
 
 }  // namespace stdit

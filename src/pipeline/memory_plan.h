@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "models/stdit3/stdit3.h"
 #include "pipeline/engine.h"
 
 namespace stdit {
@@ -48,5 +49,15 @@ struct MemoryPlan {
 };
 
 MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const Backend& device);
+
+// One denoiser call of the request's shape as host inputs (x host zeros, keyed, every row's text
+// as long as the longest prompt, frame 0 a reference's when conditioned).
+STDiT3Inputs planned_call_inputs(const MemoryRequest& r, int64_t in_channels, int64_t caption_channels);
+
+// One call of a loaded model, planned: `model` rebound to a dry run of its backend and of its
+// communicators, from a fresh state. The most bytes the call's own allocations hold at once on
+// this rank (activations, the text conditioning a keyed call keeps, the output, the backend's
+// scratch); not the weights (STDiT3::weight_bytes()).
+size_t plan_model_call(const STDiT3& model, const STDiT3Inputs& in);
 
 }  // namespace stdit

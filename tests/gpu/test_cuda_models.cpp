@@ -29,6 +29,7 @@
 #include "pipeline/conditioning.h"
 #include "pipeline/denoiser.h"
 #include "pipeline/generate.h"
+#include "pipeline/memory_plan.h"
 #include "text/t5.h"
 #include "text/tokenizer.h"
 #include "core/philox.h"
@@ -128,7 +129,7 @@ TEST(CudaStdit3Fp8, ForwardMatchesTheEmulation) {
   check("stdit3_a[fp8]", "output vs the reference's fp8 forward", rel_error(got, want));
 }
 
-// The memory plan (STDiT3::plan_forward: a dry run with the CUDA backend's scratch rules) against
+// The memory plan (plan_model_call: a dry run with the CUDA backend's scratch rules) against
 // the CUDA backend's own count of what the same call held at once (CudaBackend::peak_memory_bytes),
 // for every fixture in every precision, unkeyed and keyed, with and without a conditioning frame.
 TEST(CudaMemoryPlan, DryRunEqualsTheBackendsCount) {
@@ -156,7 +157,7 @@ TEST(CudaMemoryPlan, DryRunEqualsTheBackendsCount) {
             for (int64_t i = 0; i < in.x_mask.numel(); ++i) in.x_mask.data<uint8_t>()[i] = i % in.x.size(2) != 0;
           }
           auto model = load_stdit3(name, *g);
-          const size_t plan = model->plan_forward(in);
+          const size_t plan = plan_model_call(*model, in);
           g->synchronize();
           g->reset_peak_memory();
           const size_t before = g->peak_memory_bytes();

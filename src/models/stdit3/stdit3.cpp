@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <tuple>
 
-#include "backend/dry_run.h"
 #include "core/error.h"
 #include "core/fp8.h"
 #include "core/log.h"
@@ -611,7 +610,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   // hidden) are in the backend's matmul dtype (bf16 on CUDA); the residual stream x stays F32.
   // The ops that depend on how the block is split over ranks are RankOps' (dist/rank_ops.h). Each
   // of the three phases frees its tensors when it ends, so a block holds at most one phase's worth
-  // (plan_forward() counts them in a dry run).
+  // (the memory plan counts them in a dry run: pipeline/memory_plan.h).
   const DType mm = be_->matmul_dtype();
   const int64_t Cl = H * D;  // this rank's share of the channels (C without tensor parallelism)
   RankOps ops(*be_, tp_, x.shape(), s.rows_split);
@@ -662,17 +661,13 @@ void STDiT3::release_kept_state() {
   pos_ = {};
 }
 
-size_t STDiT3::plan_forward(const STDiT3Inputs& in) const {
-  const std::unique_ptr<DryRunBackend> dry = be_->dry_run();
-  const std::unique_ptr<Communicator> tp = tp_ ? make_dry_communicator(*tp_) : nullptr;
-  const std::unique_ptr<Communicator> cp = cp_ ? make_dry_communicator(*cp_) : nullptr;
-  STDiT3 twin(*this);  // the same weights (a dry run reads no tensor), its own state
-  twin.be_ = dry.get();
-  twin.tp_ = tp.get();
-  twin.cp_ = cp.get();
-  twin.release_kept_state();
-  twin.forward(in);
-  return dry->peak_memory_bytes();
+std::unique_ptr<STDiT3> STDiT3::rebound(Backend& backend, Communicator* tp, Communicator* cp) const {
+  auto twin = std::make_unique<STDiT3>(*this);
+  twin->be_ = &backend;
+  twin->tp_ = tp;
+  twin->cp_ = cp;
+  twin->release_kept_state();
+  return twin;
 }
 
 }  // namespace stdit

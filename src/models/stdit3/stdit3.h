@@ -95,12 +95,12 @@ class STDiT3 {
 
   // Bytes of the weights this object holds on its backend (the sum of the tensors it uploaded).
   size_t weight_bytes() const { return weight_bytes_; }
-  // The memory plan of one forward() with these inputs (only their shapes and where x lives
-  // matter): a dry run of this model on a twin of its backend (backend/dry_run.h) and of its
-  // communicators, from a fresh state (no kept text conditioning, no step cache). Returns the
-  // most bytes the call's own allocations hold at once on this rank: activations, the text
-  // conditioning a keyed call keeps, the output, the backend's scratch; not the weights.
-  size_t plan_forward(const STDiT3Inputs& in) const;
+  // This model with the same weights (shared, not copied) on another backend and communicators
+  // of the same sizes, with none of the kept state: what the memory plan runs on a dry run (pipeline/memory_plan.h).
+  std::unique_ptr<STDiT3> rebound(Backend& backend, Communicator* tp, Communicator* cp) const;
+  // The communicators it was made with (null: none).
+  Communicator* tensor_parallel() const { return tp_; }
+  Communicator* context_parallel() const { return cp_; }
   // Frees what the model keeps between calls (the kept text conditioning, the step cache, the
   // positional table): the next call starts as the first one did.
   void release_kept_state();
@@ -126,7 +126,7 @@ class STDiT3 {
   Tensor cross_kv(const Block& blk, const Step& s);
 
   STDiT3Config cfg_;
-  Backend* be_;  // a pointer so that plan_forward's twin can run on a dry run of it
+  Backend* be_;  // a pointer: rebound() points a copy at another backend
   Communicator* tp_ = nullptr;
   Communicator* cp_ = nullptr;  // context parallelism (set_context_parallel)
   int tp_size_ = 1, tp_rank_ = 0;
