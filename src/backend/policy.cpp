@@ -117,7 +117,11 @@ std::string ExecutionPolicy::describe() const {
   add(tf32_attention, "tf32");
   add(true, "f32");
   return cat("execution policy: cuda, ", precision_name(precision),
-             precision == Precision::FP8 ? " (e4m3 block linears, bf16 elsewhere)" : "", "; attention ", attention,
+             precision == Precision::FP8 ? " (e4m3 block linears, bf16 elsewhere)" : "",
+             precision != Precision::FP8 ? ""
+             : fused_fp8_gemm            ? "; fp8 GEMMs fused (scales in the epilogue)"
+                                         : "; fp8 GEMMs unfused (an epilogue pass)",
+             "; attention ", attention,
              "; convolutions ", cudnn_conv ? "cudnn" : "im2col + GEMM", keep);
 }
 
@@ -130,7 +134,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
               "'");
   for (const auto& [k, v] : r.overrides)
     REQUIRE(k == "bf16" || k == "tf32" || k == "tf32_attention" || k == "cudnn" || k == "cudnn_attention" ||
-                    k == "text_attention" || k == "wgmma_attention" || k == "fp8",
+                    k == "text_attention" || k == "wgmma_attention" || k == "fp8" || k == "fp8_gemm",
                 "unknown kernel override '", k, "'");
   ExecutionPolicy p;
   p.backend = backend;
@@ -164,13 +168,14 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   p.cudnn_attention = bf16 && ov("cudnn", true) && ov("cudnn_attention", true);
   p.tf32_attention = p.precision != Precision::F32 && ov("tf32_attention", true);
   p.cudnn_conv = ov("cudnn", true);
+  p.fused_fp8_gemm = p.precision == Precision::FP8 && hopper && ov("fp8_gemm", true);
   return p;
 }
 
 std::map<std::string, bool> overrides_from_env() {
   std::map<std::string, bool> out;
   for (const char* k : {"bf16", "tf32", "tf32_attention", "cudnn", "cudnn_attention", "text_attention", "wgmma_attention",
-                        "fp8"}) {
+                        "fp8", "fp8_gemm"}) {
     std::string name = "STDIT_CUDA_";
     for (const char* c = k; *c; ++c) name += static_cast<char>(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
     if (const char* e = std::getenv(name.c_str())) out[k] = std::string(e) != "0";

@@ -677,6 +677,11 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   const PolicyRequest req{"fp8", "auto", {{"fp8", true}}, ""};
   CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
   CpuBackend c8(resolve_policy(req, "cpu", 0));
+  // The GEMMs both ways on Hopper: fused (CUTLASS, scales in the epilogue) and unfused (cuBLASLt and
+  // an epilogue pass, the path of Ada and of shapes the fused kernel does not take).
+  CudaBackend g8u(0, {}, resolve_policy({"fp8", "auto", {{"fp8", true}, {"fp8_gemm", false}}, ""}, "cuda",
+                                        cuda_device_sm(0)));
+  std::printf("fp8 GEMMs: %s\n", g8.policy().fused_fp8_gemm ? "fused and unfused" : "unfused only");
   // Codes: rows of several magnitudes, a zero row, a tiny row, values at ties.
   Tensor x = randn({9, 200}, 7001);
   for (int64_t i = 0; i < 200; ++i) {
@@ -714,10 +719,36 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
     Tensor ref = c8.alloc(with_last(c.x, c.n));
     c8.linear(xs, c8.upload_weight(w), c.bias ? b : Tensor{}, c.act, ref);
     const std::string what = cat("x ", S(c.x), " w ", S(w.shape()), c.bias ? " +b" : "");
-    for (DType out : {DType::F32, DType::BF16}) {
-      Tensor o = poisoned(g8, ref.shape(), out);
-      g8.linear(g8.upload(xs), g8.upload_weight(w), c.bias ? g8.upload(b) : Tensor{}, c.act, o);
-      check(out == DType::F32 ? "linear[fp8]" : "linear[fp8, bf16 out]", what, err_vs(g8, o, ref));
-    }
+    for (CudaBackend* e : {&g8, &g8u})
+      for (DType out : {DType::F32, DType::BF16}) {
+        Tensor o = poisoned(*e, ref.shape(), out);
+        e->linear(e->upload(xs), e->upload_weight(w), c.bias ? e->upload(b) : Tensor{}, c.act, o);
+        check(out == DType::F32 ? "linear[fp8]" : "linear[fp8, bf16 out]",
+              cat(what, e == &g8u ? " unfused" : ""), err_vs(*e, o, ref));
+      }
   }
+  // A projection into the residual stream (linear_residual; fused: the sum accumulated into x by
+  // the GEMM, the gate folded into per-sample column scales and biases), on the increment of x.
+  for (const bool gated : {true, false})
+    for (CudaBackend* e : {&g8, &g8u}) {
+      const int64_t b = 2, n = 405, k = 1152, ch = 1152;
+      const Tensor x = randn({b, n, ch}, ++seed, 2.0f);
+      const Tensor y = e->download(dev_in(*e, randn({b, n, k}, ++seed), true));
+      const Tensor w = quantize_rows_e4m3(randn({ch, k}, ++seed, 1.0f / std::sqrt(static_cast<float>(k))), "w");
+      const Tensor bias = randn({ch}, ++seed, 0.1f);
+      const Tensor gate = gated ? randn({b, ch}, ++seed, 0.3f) : Tensor{};
+      Tensor ref = x.clone();
+      c8.linear_residual(y, c8.upload_weight(w), bias, gate, Tensor{}, FrameSelect{}, ref);
+      Tensor dx = e->upload(x);
+      e->linear_residual(dev_in(*e, y, true), e->upload_weight(w), e->upload(bias),
+                         gated ? e->upload(gate) : Tensor{}, Tensor{}, FrameSelect{}, dx);
+      Tensor got = e->download(dx);
+      for (int64_t i = 0; i < got.numel(); ++i) {
+        got.data<float>()[i] -= x.data<float>()[i];
+        ref.data<float>()[i] -= x.data<float>()[i];
+      }
+      check("linear_residual[fp8]", cat("x ", S(x.shape()), " w ", S(w.shape()), gated ? " gated" : "", " +b",
+                                        e == &g8u ? " unfused" : ""),
+            rel_error(got, ref));
+    }
 }

@@ -218,10 +218,28 @@ TEST(CudaPerf, RealShapes) {
     linear8("fc2, x quantized", hq, 2, 6, Activation::None, y16, 2 * M * 4 * C * C);
     linear8("proj, x quantized", xq, 3, 6, Activation::None, y16, 2 * M * C * C);
   }
+  // The same GEMMs unfused (cuBLASLt into f32, then the epilogue pass): what the fused kernel gains.
+  std::unique_ptr<CudaBackend> g8u;
+  if (g8 && g8->policy().fused_fp8_gemm) {
+    g8u = std::make_unique<CudaBackend>(
+        0, CudaOptions{}, resolve_policy({"fp8", "auto", {{"fp8", true}, {"fp8_gemm", false}}, ""}, "cuda", cuda_device_sm(0)));
+    CudaBackend& u = *g8u;
+    auto unfused = [&](const char* name, const Tensor& in, int wi, int bi, Activation act, Tensor& out, double flops) {
+      items.push_back({cat("linear[fp8, unfused] ", name), flops, 0,
+                       [&u, &in, wi, bi, act, &out, &fp8_bufs] { u.linear(in, fp8_bufs[wi], fp8_bufs[bi], act, out); },
+                       1979e12});
+    };
+    const Tensor &xq = fp8_bufs[7], &hq = fp8_bufs[8];
+    unfused("qkv, x quantized", xq, 0, 4, Activation::None, qkv16, 2 * M * C * 3 * C);
+    unfused("fc1+gelu, x quantized", xq, 1, 5, Activation::GeluTanh, h116, 2 * M * C * 4 * C);
+    unfused("fc2, x quantized", hq, 2, 6, Activation::None, y16, 2 * M * 4 * C * C);
+    unfused("proj, x quantized", xq, 3, 6, Activation::None, y16, 2 * M * C * C);
+  }
 
   auto sync_all = [&] {  // every backend an item may run on
     for (CudaBackend* b : {&g, &gpu32(), &gpu16(), &gpu16own(), &gpu16notext(), &gpu16cudnn()}) b->synchronize();
     if (g8) g8->synchronize();
+    if (g8u) g8u->synchronize();
   };
   std::printf("\n%-50s %10s %12s\n", "op (real sizes)", "ms", "rate");
   for (auto& it : items) {

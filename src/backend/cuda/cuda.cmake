@@ -33,6 +33,30 @@ target_include_directories(stdit_cuda_kernels PRIVATE ${PROJECT_SOURCE_DIR}/src 
 target_link_libraries(stdit_cuda_kernels PRIVATE CUDA::cudart CUDA::cublasLt)
 target_sources(stdit_backend PRIVATE $<TARGET_OBJECTS:stdit_cuda_kernels>)
 
+# The fp8 precision's fused GEMM (cutlass_fp8_gemm.cu): CUTLASS 3 Hopper kernels, compiled for
+# sm_90a only and only when CUTLASS's headers are found (scripts/setup.sh unpacks the pinned
+# nvidia-cutlass wheel's include/ into /opt/cutlass-4.2.0.0; -DSTDIT_CUTLASS_INCLUDE=DIR points
+# elsewhere). Without them, or without sm_90a among the architectures, the file compiles to a stub
+# that says "not built" and fp8 takes the unfused path.
+set(STDIT_CUTLASS_INCLUDE "/opt/cutlass-4.2.0.0/include" CACHE PATH "CUTLASS 3 headers (cutlass/, cute/)")
+add_library(stdit_cuda_cutlass OBJECT ${CMAKE_CURRENT_LIST_DIR}/cutlass_fp8_gemm.cu)
+set_property(TARGET stdit_cuda_cutlass PROPERTY CUDA_STANDARD)
+target_include_directories(stdit_cuda_cutlass PRIVATE ${PROJECT_SOURCE_DIR}/src)
+if(EXISTS "${STDIT_CUTLASS_INCLUDE}/cutlass/cutlass.h" AND "90a-real" IN_LIST STDIT_CUDA_ARCHS)
+  message(STATUS "stdit: fused FP8 GEMM with CUTLASS from ${STDIT_CUTLASS_INCLUDE}")
+  set_target_properties(stdit_cuda_cutlass PROPERTIES CUDA_ARCHITECTURES "90a-real" CXX_STANDARD_REQUIRED OFF)
+  target_include_directories(stdit_cuda_cutlass SYSTEM PRIVATE ${STDIT_CUTLASS_INCLUDE})
+  # NDEBUG in every build type: an assert inside the main loop serializes its wgmma instructions.
+  target_compile_definitions(stdit_cuda_cutlass PRIVATE STDIT_CUTLASS NDEBUG)
+  target_compile_options(stdit_cuda_cutlass PRIVATE -std=c++17 -O3 --expt-relaxed-constexpr)
+else()
+  message(STATUS "stdit: no CUTLASS headers at ${STDIT_CUTLASS_INCLUDE} (or no sm_90a): fp8 GEMMs unfused")
+  set_target_properties(stdit_cuda_cutlass PROPERTIES CUDA_ARCHITECTURES "${STDIT_CUDA_ARCHS}" CXX_STANDARD_REQUIRED OFF)
+  target_compile_options(stdit_cuda_cutlass PRIVATE -std=c++17 -O3)
+endif()
+target_link_libraries(stdit_cuda_cutlass PRIVATE CUDA::cudart)
+target_sources(stdit_backend PRIVATE $<TARGET_OBJECTS:stdit_cuda_cutlass>)
+
 # The NCCL communicator (dist layer): same flags, its own object library.
 add_library(stdit_cuda_dist OBJECT ${PROJECT_SOURCE_DIR}/src/dist/nccl_comm.cu)
 set_target_properties(stdit_cuda_dist PROPERTIES CUDA_ARCHITECTURES "${STDIT_CUDA_ARCHS}" CXX_STANDARD_REQUIRED OFF)

@@ -6,6 +6,7 @@
 
 #include "backend/cuda/cuda_attention.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_fp8.h"
 #include "backend/dry_run.h"
 
 namespace stdit {
@@ -20,15 +21,18 @@ class CudaDryRun final : public DryRunBackend {
       : DryRunBackend(target), ctx_(std::move(ctx)) {}
 
   // [cuda_linear.cu, cuda_fp8.cu] fp8 weights: x quantized with its row scales (unless it is)
-  // and an F32 accumulator for a non-F32 output; else a copy of x in the weight's dtype when
-  // they differ and a bf16 copy of the bias for a BF16 output.
-  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation, Tensor& out) override {
+  // and, unless the fused GEMM writes the BF16 output, an F32 accumulator for a non-F32 output;
+  // else a copy of x in the weight's dtype when they differ and a bf16 copy of the bias for a BF16
+  // output.
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) override {
     const int64_t n = w.size(0), k = w.size(1), m = k ? x.numel() / k : 0;
     if (m == 0 || n == 0) return;
     size_t s = 0;
     if (w.dtype() == DType::F8_E4M3) {
       if (x.dtype() != DType::F8_E4M3) s += bytes_of(m * k, DType::F8_E4M3) + bytes_of(m, DType::F32);
-      if (out.dtype() != DType::F32) s += bytes_of(m * n, DType::F32);
+      const bool fused = out.dtype() == DType::BF16 && (act == Activation::None || act == Activation::GeluTanh) &&
+                         fused_fp8_gemm_applies(*ctx_, n, k);
+      if (out.dtype() != DType::F32 && !fused) s += bytes_of(m * n, DType::F32);
     } else {
       if (x.dtype() != w.dtype()) s += bytes_of(m * k, w.dtype());
       if (bias.defined() && out.dtype() == DType::BF16) s += bytes_of(n, DType::BF16);
@@ -40,6 +44,17 @@ class CudaDryRun final : public DryRunBackend {
   // weights and biases; the unfused path is the base class's (a temporary, then the residual).
   void linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
                        const Tensor& gate0, const FrameSelect& sel, Tensor& x) override {
+    // [cuda_fp8.cu] linear_residual_fp8: y quantized (unless it is), the gate folded into per-sample
+    // column scales and biases.
+    if (w.dtype() == DType::F8_E4M3 && !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 &&
+        w.dim() == 2 && w.size(0) == x.size(2) && fused_fp8_gemm_applies(*ctx_, w.size(0), w.size(1))) {
+      const int64_t b = x.size(0), rows = b * x.size(1), ch = x.size(2), k = w.size(1);
+      if (rows == 0 || ch == 0) return;
+      size_t s = 0;
+      if (y.dtype() != DType::F8_E4M3) s += bytes_of(rows * k, DType::F8_E4M3) + bytes_of(rows, DType::F32);
+      if (gate.defined()) s += bytes_of(b * ch, DType::F32) * (bias.defined() ? 2 : 1);
+      return scratch(s);
+    }
     const bool fits = !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 && y.dtype() == DType::BF16 &&
                       w.dtype() == DType::BF16 && w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) % 8 == 0 &&
                       y.numel() == x.size(0) * x.size(1) * w.size(1) &&

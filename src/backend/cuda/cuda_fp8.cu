@@ -1,9 +1,11 @@
-// The fp8 precision on the GPU: per-row e4m3 quantization (core/fp8.h's rule, bit for bit), the
-// FP8 GEMM (cuBLASLt) and the scale/bias/activation epilogue. A first, unfused version: the
-// activation is quantized in its own pass (unless it arrives quantized) and the epilogue is a
-// second pass over the f32 product. (cuBLASLt 13.1 offers no FP8 GEMM with per-row scales in its
-// epilogue on sm_90 at our shapes: docs/PERF.md.)
-#include "backend/cuda/cuda_common.cuh"
+// The fp8 precision on the GPU: per-row e4m3 quantization (core/fp8.h's rule, bit for bit) and the
+// FP8 GEMM with its scales, bias and activation. On Hopper (policy fused_fp8_gemm) the GEMM applies
+// them in its epilogue (cutlass_fp8_gemm.h), residual and gate included; elsewhere cuBLASLt's FP8
+// GEMM writes an f32 product and a second pass applies them (cuBLASLt 13.1 offers no FP8 GEMM with
+// per-row scales in its epilogue on sm_90 at our shapes: docs/PERF.md). The activation is
+// quantized in its own pass unless it arrives quantized.
+#include "backend/cuda/cuda_fp8.h"
+#include "backend/cuda/cutlass_fp8_gemm.h"
 
 namespace stdit {
 
@@ -86,7 +88,25 @@ __global__ void fp8_epilogue_kernel(const float* __restrict__ acc, const float* 
   }
 }
 
+// A gated residual's gate folded into the FP8 GEMM's column scales and bias, per sample:
+// sout[b, c] = sw[c] * gate[b, c], bout[b, c] = bias[c] * gate[b, c] (bout only with a bias).
+__global__ void fold_gate_scales_kernel(const float* __restrict__ sw, const float* __restrict__ bias,
+                                        const float* __restrict__ gate, int64_t gate_stride, int64_t ch,
+                                        int64_t batch, float* __restrict__ sout, float* __restrict__ bout) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < batch * ch;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = t / ch, c = t - b * ch;
+    const float g = gate[b * gate_stride + c];
+    sout[t] = sw[c] * g;
+    if (bias) bout[t] = bias[c] * g;
+  }
+}
+
 }  // namespace
+
+bool fused_fp8_gemm_applies(const CudaContext& ctx, int64_t n, int64_t k) {
+  return ctx.policy.fused_fp8_gemm && cutlass_fp8_built() && n % 16 == 0 && k % 16 == 0;
+}
 
 Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
   CudaContext& c = *ctx_;
@@ -128,11 +148,21 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
   const Tensor xq = x.dtype() == DType::F8_E4M3 ? x : quantize_rows_e4m3(x);
   STDIT_CHECK(xq.is_contiguous() && xq.scales().defined() && xq.scales().numel() == m,
               "cuda linear: an F8_E4M3 input must be contiguous with one F32 scale per row");
+  const float* bp = bias.defined() ? bias.data<float>() : nullptr;
+  if (out.dtype() == DType::BF16 && (act == Activation::None || act == Activation::GeluTanh) &&
+      fused_fp8_gemm_applies(c, n, k)) {
+    Fp8GemmProblem p;
+    p.m = m, p.n = n, p.k = k;
+    p.a = xq.raw(), p.b = w.raw();
+    p.row_scale = xq.scales().data<float>(), p.col_scale = w.scales().data<float>(), p.bias = bp;
+    p.d = out.raw();
+    p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::Bf16Gelu : Fp8Epilogue::Bf16;
+    if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused)");
+  }
   // Row-major acc[m, n] = xq[m, k] w[n, k]^T is column-major acc^T[n, m] = w^T xq^T.
   Tensor acc = out.dtype() == DType::F32 ? out : alloc({m, n}, DType::F32);
   gemm_fp8(c, n, m, k, w.raw(), xq.raw(), acc.data<float>());
   const int code = act == Activation::GeluTanh ? 1 : act == Activation::Silu ? 2 : 0;
-  const float* bp = bias.defined() ? bias.data<float>() : nullptr;
   if (out.dtype() == DType::BF16)
     fp8_epilogue_kernel<<<blocks_for(m * n, 256), 256, 0, c.stream>>>(
         acc.data<float>(), xq.scales().data<float>(), w.scales().data<float>(), bp, out.data<__nv_bfloat16>(), m, n, code);
@@ -140,6 +170,49 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
     fp8_epilogue_kernel<<<blocks_for(m * n, 256), 256, 0, c.stream>>>(
         acc.data<float>(), xq.scales().data<float>(), w.scales().data<float>(), bp, out.data<float>(), m, n, code);
   check_launch("linear fp8 epilogue");
+}
+
+bool linear_residual_fp8(CudaBackend& be, CudaContext& c, const Tensor& y, const Tensor& w, const Tensor& bias,
+                         const Tensor& gate, Tensor& x) {
+  if (x.dim() != 3 || x.dtype() != DType::F32 || !x.is_contiguous() || !y.is_contiguous() || w.dim() != 2 ||
+      !w.is_contiguous() || !w.scales().defined() || w.scales().numel() != w.size(0) || w.size(0) != x.size(2) ||
+      y.numel() != x.size(0) * x.size(1) * w.size(1) || (bias.defined() && (bias.dtype() != DType::F32 || !bias.is_contiguous())) ||
+      (gate.defined() && (gate.dtype() != DType::F32 || gate.dim() != 2 || gate.size(0) != x.size(0) ||
+                          gate.size(1) != x.size(2) || gate.stride(1) != 1)) ||
+      !fused_fp8_gemm_applies(c, w.size(0), w.size(1)))
+    return false;
+  const int64_t b = x.size(0), n = x.size(1), ch = x.size(2), k = w.size(1);
+  if (b * n == 0 || ch == 0) return true;
+  OpTimer timer_(c, "linear_residual_fp8", x);
+  if (timer_.active()) timer_.detail = cat("w ", shape_str(w.shape()), gate.defined() ? " gated" : "");
+  expect_device(x, c, "linear_residual", "x");
+  expect_device(w, c, "linear_residual", "weight");
+  const Tensor yq = y.dtype() == DType::F8_E4M3 ? y : be.quantize_rows_e4m3(y);
+  if (!yq.scales().defined() || yq.scales().numel() != b * n) return false;
+  Fp8GemmProblem p;
+  p.n = ch, p.k = k;
+  p.a = yq.raw(), p.b = w.raw(), p.row_scale = yq.scales().data<float>();
+  p.d = x.raw();
+  p.epilogue = Fp8Epilogue::F32Accumulate;
+  Tensor sg, bg;
+  if (gate.defined()) {  // one batch entry per sample: its own column scales and bias
+    sg = be.alloc({b, ch}, DType::F32);
+    if (bias.defined()) bg = be.alloc({b, ch}, DType::F32);
+    fold_gate_scales_kernel<<<blocks_for(b * ch, 256), 256, 0, c.stream>>>(
+        w.scales().data<float>(), bias.defined() ? bias.data<float>() : nullptr, gate.data<float>(), gate.stride(0),
+        ch, b, sg.data<float>(), bias.defined() ? bg.data<float>() : nullptr);
+    check_launch("linear_residual fp8 (fold gate)");
+    p.m = n, p.batch = b, p.a_batch_stride = n * k, p.d_batch_stride = n * ch;
+    p.col_scale = sg.data<float>(), p.col_scale_batch_stride = ch;
+    p.bias = bias.defined() ? bg.data<float>() : nullptr, p.bias_batch_stride = ch;
+  } else {
+    p.m = b * n;
+    p.col_scale = w.scales().data<float>();
+    p.bias = bias.defined() ? bias.data<float>() : nullptr;
+  }
+  if (!cutlass_fp8_gemm(p, c.num_sms, c.stream)) return false;
+  check_launch("linear_residual fp8 (fused)");
+  return true;
 }
 
 }  // namespace stdit
