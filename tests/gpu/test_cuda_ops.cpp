@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -682,23 +683,33 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   CudaBackend g8u(0, {}, resolve_policy({"fp8", "auto", {{"fp8", true}, {"fp8_gemm", false}}, ""}, "cuda",
                                         cuda_device_sm(0)));
   std::printf("fp8 GEMMs: %s\n", g8.policy().fused_fp8_gemm ? "fused and unfused" : "unfused only");
-  // Codes: rows of several magnitudes, a zero row, a tiny row, values at ties.
-  Tensor x = randn({9, 200}, 7001);
-  for (int64_t i = 0; i < 200; ++i) {
-    x.data<float>()[5 * 200 + i] = 0.0f;
-    x.data<float>()[6 * 200 + i] = 1e-38f;
-    x.data<float>()[7 * 200 + i] *= 3000.0f;
-    x.data<float>()[8 * 200 + i] = (i % 4 == 0) ? 448.0f : 1.0625f * static_cast<float>(i % 7);
-  }
-  for (bool bf16_in : {false, true}) {
-    const Tensor xin = bf16_in ? x.to(DType::BF16).to(DType::F32) : x;
-    const Tensor want = quantize_rows_e4m3(xin, "x");
-    const Tensor got = g8.quantize_rows_e4m3(dev_in(g8, xin, bf16_in));
-    const Tensor codes = g8.download(got), scales = g8.download(got.scales());
-    int64_t diff = 0;
-    for (int64_t i = 0; i < x.numel(); ++i) diff += codes.data<uint8_t>()[i] != want.data<uint8_t>()[i];
-    for (int64_t r = 0; r < x.size(0); ++r) diff += scales.data<float>()[r] != want.scales().data<float>()[r];
-    check("fp8 codes", bf16_in ? "x [9, 200] bf16" : "x [9, 200] f32", static_cast<double>(diff) / x.numel());
+  // Codes: rows of several magnitudes, a zero row, a tiny row, values at ties, a row with a NaN;
+  // k = 200 (the block-per-row kernel), 1152 and 4608 (the warp-per-row kernel's two sizes).
+  for (const int64_t k : {200, 1152, 4608}) {
+    Tensor x = randn({10, k}, 7001 + k);
+    for (int64_t i = 0; i < k; ++i) {
+      x.data<float>()[5 * k + i] = 0.0f;
+      x.data<float>()[6 * k + i] = 1e-38f;
+      x.data<float>()[7 * k + i] *= 3000.0f;
+      x.data<float>()[8 * k + i] = (i % 4 == 0) ? 448.0f : 1.0625f * static_cast<float>(i % 7);
+    }
+    x.data<float>()[9 * k + k / 3] = std::numeric_limits<float>::quiet_NaN();
+    for (bool bf16_in : {false, true}) {
+      const Tensor xin = bf16_in ? x.to(DType::BF16).to(DType::F32) : x;
+      std::vector<uint8_t> want(x.numel());  // the rule row by row (the matrix form refuses the NaN row)
+      std::vector<float> want_scales(x.size(0));
+      for (int64_t r = 0; r < x.size(0); ++r)
+        want_scales[r] = quantize_row_e4m3(xin.data<float>() + r * k, k, want.data() + r * k);
+      const Tensor got = g8.quantize_rows_e4m3(dev_in(g8, xin, bf16_in));
+      const Tensor codes = g8.download(got), scales = g8.download(got.scales());
+      int64_t diff = 0;
+      for (int64_t i = 0; i < x.numel(); ++i) diff += codes.data<uint8_t>()[i] != want[i];
+      for (int64_t r = 0; r < x.size(0); ++r) {
+        const float a = scales.data<float>()[r], b = want_scales[r];
+        diff += !(a == b || (std::isnan(a) && std::isnan(b)));
+      }
+      check("fp8 codes", cat("x [10, ", k, "] ", bf16_in ? "bf16" : "f32"), static_cast<double>(diff) / x.numel());
+    }
   }
   struct Case {
     Shape x;
