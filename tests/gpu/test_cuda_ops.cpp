@@ -758,8 +758,7 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
         got.data<float>()[i] -= x.data<float>()[i];
         ref.data<float>()[i] -= x.data<float>()[i];
       }
-      check("linear_residual[fp8]", cat("x ", S(x.shape()), " w ", S(w.shape()), gated ? " gated" : "", " +b",
-                                        e == &g8u ? " unfused" : ""),
-            rel_error(got, ref));
+      check(e == &g8u ? "linear_residual[fp8, unfused]" : "linear_residual[fp8]",
+            cat("x ", S(x.shape()), " w ", S(w.shape()), gated ? " gated" : "", " +b"), rel_error(got, ref));
     }
 }

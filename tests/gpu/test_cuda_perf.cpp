@@ -18,6 +18,7 @@
 #include "gpu_test_util.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cutlass_fp8_gemm.h"
 #include "core/error.h"
 #include "core/fp8.h"
 #include "core/synthetic.h"
@@ -234,6 +235,32 @@ TEST(CudaPerf, RealShapes) {
     unfused("fc1+gelu, x quantized", xq, 1, 5, Activation::GeluTanh, h116, 2 * M * C * 4 * C);
     unfused("fc2, x quantized", hq, 2, 6, Activation::None, y16, 2 * M * 4 * C * C);
     unfused("proj, x quantized", xq, 3, 6, Activation::None, y16, 2 * M * C * C);
+  }
+  // The fused kernel's two schedules called directly (cutlass_fp8_gemm.h), x quantized beforehand.
+  if (g8 && g8->policy().fused_fp8_gemm) {
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+    for (const int cfg : {0, 1}) {
+      auto direct = [&, cfg, sms](const char* name, int xi, int wi, int bi, cuda::Fp8Epilogue epi, Tensor& out,
+                                  double flops) {
+        items.push_back({cat("cutlass fp8 schedule ", cfg, " ", name), flops, 0,
+                         [&fp8_bufs, &out, cfg, sms, xi, wi, bi, epi] {
+                           const Tensor &x = fp8_bufs[xi], &w = fp8_bufs[wi];
+                           cuda::Fp8GemmProblem p;
+                           p.m = x.numel() / x.size(-1), p.n = w.size(0), p.k = x.size(-1);
+                           p.a = x.raw(), p.b = w.raw(), p.row_scale = x.scales().data<float>();
+                           p.col_scale = w.scales().data<float>(), p.bias = fp8_bufs[bi].data<float>();
+                           p.d = out.raw(), p.epilogue = epi, p.config = cfg;
+                           STDIT_CHECK(cuda::cutlass_fp8_gemm(p, sms, nullptr), "cutlass fp8: not run");
+                           cudaDeviceSynchronize();
+                         },
+                         1979e12});
+      };
+      direct("qkv", 7, 0, 4, cuda::Fp8Epilogue::Bf16, qkv16, 2 * M * C * 3 * C);
+      direct("fc1+gelu", 7, 1, 5, cuda::Fp8Epilogue::Bf16Gelu, h116, 2 * M * C * 4 * C);
+      direct("fc2", 8, 2, 6, cuda::Fp8Epilogue::Bf16, y16, 2 * M * 4 * C * C);
+      direct("proj", 7, 3, 6, cuda::Fp8Epilogue::Bf16, y16, 2 * M * C * C);
+    }
   }
 
   auto sync_all = [&] {  // every backend an item may run on

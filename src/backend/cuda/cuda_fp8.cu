@@ -4,8 +4,14 @@
 // GEMM writes an f32 product and a second pass applies them (cuBLASLt 13.1 offers no FP8 GEMM with
 // per-row scales in its epilogue on sm_90 at our shapes: docs/PERF.md). The activation is
 // quantized in its own pass unless it arrives quantized.
+#include <array>
+#include <cstdlib>
+#include <mutex>
+#include <set>
+
 #include "backend/cuda/cuda_fp8.h"
 #include "backend/cuda/cutlass_fp8_gemm.h"
+#include "core/log.h"
 
 namespace stdit {
 
@@ -158,6 +164,26 @@ __global__ void fold_gate_scales_kernel(const float* __restrict__ sw, const floa
 
 }  // namespace
 
+// The fused kernel's schedule (Fp8GemmProblem::config): STDIT_CUDA_FP8_GEMM_SCHEDULE=N, a developer
+// switch for timing them against each other (docs/CLI.md); 0 otherwise.
+int fp8_gemm_schedule() {
+  static const int s = [] {
+    const char* e = std::getenv("STDIT_CUDA_FP8_GEMM_SCHEDULE");
+    return e ? std::atoi(e) : 0;
+  }();
+  return s;
+}
+
+// Said once per shape (-v): the fused kernel declined a GEMM the policy gave it (an operand's
+// alignment or a size CUTLASS cannot take), so it ran unfused.
+void tell_unfused(int64_t m, int64_t n, int64_t k) {
+  static std::mutex mu;
+  static std::set<std::array<int64_t, 3>> told;
+  std::lock_guard<std::mutex> lock(mu);
+  if (told.insert({m, n, k}).second)
+    log_info("cuda: the fused FP8 GEMM declined ", m, "x", n, "x", k, "; it runs unfused (cuBLASLt and a pass)");
+}
+
 bool fused_fp8_gemm_applies(const CudaContext& ctx, int64_t n, int64_t k) {
   return ctx.policy.fused_fp8_gemm && cutlass_fp8_built() && n % 16 == 0 && k % 16 == 0;
 }
@@ -230,7 +256,9 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
     p.row_scale = xq.scales().data<float>(), p.col_scale = w.scales().data<float>(), p.bias = bp;
     p.d = out.raw();
     p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::Bf16Gelu : Fp8Epilogue::Bf16;
+    p.config = fp8_gemm_schedule();
     if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused)");
+    tell_unfused(m, n, k);
   }
   // Row-major acc[m, n] = xq[m, k] w[n, k]^T is column-major acc^T[n, m] = w^T xq^T.
   Tensor acc = out.dtype() == DType::F32 ? out : alloc({m, n}, DType::F32);
@@ -267,6 +295,7 @@ bool linear_residual_fp8(CudaBackend& be, CudaContext& c, const Tensor& y, const
   p.a = yq.raw(), p.b = w.raw(), p.row_scale = yq.scales().data<float>();
   p.d = x.raw();
   p.epilogue = Fp8Epilogue::F32Accumulate;
+  p.config = fp8_gemm_schedule();
   Tensor sg, bg;
   if (gate.defined()) {  // one batch entry per sample: its own column scales and bias
     sg = be.alloc({b, ch}, DType::F32);
@@ -283,7 +312,10 @@ bool linear_residual_fp8(CudaBackend& be, CudaContext& c, const Tensor& y, const
     p.col_scale = w.scales().data<float>();
     p.bias = bias.defined() ? bias.data<float>() : nullptr;
   }
-  if (!cutlass_fp8_gemm(p, c.num_sms, c.stream)) return false;
+  if (!cutlass_fp8_gemm(p, c.num_sms, c.stream)) {
+    tell_unfused(p.m, ch, k);
+    return false;
+  }
   check_launch("linear_residual fp8 (fused)");
   return true;
 }

@@ -39,26 +39,49 @@ struct GeluTanh<cutlass::Array<float, N>> {
   }
 };
 
-using TileShape = Shape<_128, _128, _128>;
-using ClusterShape = Shape<_2, _1, _1>;
+// Two schedules (Fp8GemmProblem::config). Both keep a consumer warpgroup's accumulators at 64 x 128
+// (64 f32 per thread, and as many again for the promotion that keeps f32 accuracy): a 128 x 128
+// tile per warpgroup would spill (measured: ~320 TFLOP/s).
+//   0: cooperative, 128 x 128 x 128 tiles (two warpgroups on one tile), clusters of 2 along M;
+//   1: ping-pong, 64 x 128 x 128 tiles (each warpgroup its own tile, one's epilogue overlapping the
+//      other's main loop), clusters of 2 along M.
+struct Cooperative128 {
+  using Tile = Shape<_128, _128, _128>;
+  using Cluster = Shape<_2, _1, _1>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+struct Pingpong64 {
+  using Tile = Shape<_64, _128, _128>;
+  using Cluster = Shape<_2, _1, _1>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
+};
 
 // Per-row (m) and per-column (n) f32 vectors, with a batch stride.
-using RowScale = fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, int64_t>>;
-using ColVec = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, int64_t>>;
+template <class Tile>
+using RowScale = fusion::Sm90ColBroadcast<0, Tile, float, float, Stride<_1, _0, int64_t>>;
+template <class Tile>
+using ColVec = fusion::Sm90RowBroadcast<0, Tile, float, float, Stride<_0, _1, int64_t>>;
 template <template <class> class Fn, class Out>
 using Op = fusion::Sm90Compute<Fn, Out, float, kRound>;
 
 // (acc * row_scale) * col_scale + bias, in this order (the unfused path's rounding order).
+template <class Tile>
 using Scaled = fusion::Sm90EVT<Op<cutlass::multiplies, float>,
-                               fusion::Sm90EVT<Op<cutlass::multiplies, float>, fusion::Sm90AccFetch, RowScale>, ColVec>;
-template <class Out>
-using Biased = fusion::Sm90EVT<Op<cutlass::plus, Out>, Scaled, ColVec>;
+                               fusion::Sm90EVT<Op<cutlass::multiplies, float>, fusion::Sm90AccFetch, RowScale<Tile>>,
+                               ColVec<Tile>>;
+template <class Tile, class Out>
+using Biased = fusion::Sm90EVT<Op<cutlass::plus, Out>, Scaled<Tile>, ColVec<Tile>>;
 
-using EvtBf16 = Biased<cutlass::bfloat16_t>;
-using EvtBf16Gelu = fusion::Sm90EVT<Op<GeluTanh, cutlass::bfloat16_t>, Biased<float>>;
-using EvtAccumulate = fusion::Sm90EVT<Op<cutlass::plus, float>, Biased<float>, fusion::Sm90SrcFetch<float>>;
+template <class Tile>
+using EvtBf16 = Biased<Tile, cutlass::bfloat16_t>;
+template <class Tile>
+using EvtBf16Gelu = fusion::Sm90EVT<Op<GeluTanh, cutlass::bfloat16_t>, Biased<Tile, float>>;
+template <class Tile>
+using EvtAccumulate = fusion::Sm90EVT<Op<cutlass::plus, float>, Biased<Tile, float>, fusion::Sm90SrcFetch<float>>;
 
-template <class Evt, class ElementC, class ElementD>
+template <class Config, class Evt, class ElementC, class ElementD>
 struct Kernel {
   using ElementA = cutlass::float_e4m3_t;
   using ElementB = cutlass::float_e4m3_t;
@@ -66,24 +89,24 @@ struct Kernel {
   using LayoutB = cutlass::layout::ColumnMajor;  // w [n, k] is B (k x n) column-major
   using LayoutD = cutlass::layout::RowMajor;
   static constexpr int kAlignD = 16 / sizeof(ElementD);
-  static constexpr int kAlignC = std::is_void_v<ElementC> ? kAlignD : 16 / sizeof(std::conditional_t<std::is_void_v<ElementC>, float, ElementC>);
+  static constexpr int kAlignC =
+      std::is_void_v<ElementC> ? kAlignD : 16 / sizeof(std::conditional_t<std::is_void_v<ElementC>, float, ElementC>);
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC, LayoutD, kAlignC, ElementD,
-      LayoutD, kAlignD, cutlass::epilogue::TmaWarpSpecialized, Evt>::CollectiveOp;
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, typename Config::Tile, typename Config::Cluster,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC, LayoutD, kAlignC, ElementD, LayoutD,
+      kAlignD, typename Config::EpilogueSchedule, Evt>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, 16, ElementB, LayoutB, 16, float,
-      TileShape, ClusterShape,
+      typename Config::Tile, typename Config::Cluster,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedPingpong>::CollectiveOp;
+      typename Config::MainloopSchedule>::CollectiveOp;
   using GemmKernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;
 };
 
-template <class Evt, class ElementC, class ElementD, class EvtArgs>
+template <class Config, class Evt, class ElementC, class ElementD, class EvtArgs>
 bool run(const Fp8GemmProblem& p, EvtArgs evt, int num_sms, cudaStream_t stream) {
-  using K = Kernel<Evt, ElementC, ElementD>;
-  using Gemm = typename K::Gemm;
+  using Gemm = typename Kernel<Config, Evt, ElementC, ElementD>::Gemm;
   using StrideA = typename Gemm::GemmKernel::StrideA;
   using StrideB = typename Gemm::GemmKernel::StrideB;
   using StrideC = typename Gemm::GemmKernel::StrideC;
@@ -107,6 +130,28 @@ bool run(const Fp8GemmProblem& p, EvtArgs evt, int num_sms, cudaStream_t stream)
   return gemm.run(stream) == cutlass::Status::kSuccess;
 }
 
+template <class Config>
+bool dispatch(const Fp8GemmProblem& p, int num_sms, cudaStream_t stream) {
+  using Tile = typename Config::Tile;
+  const typename RowScale<Tile>::Arguments rs{p.row_scale, 0.0f, {_1{}, _0{}, p.m}};
+  const typename ColVec<Tile>::Arguments cs{p.col_scale, 0.0f, {_0{}, _1{}, p.col_scale_batch_stride}};
+  const typename ColVec<Tile>::Arguments bs{p.bias, 0.0f, {_0{}, _1{}, p.bias_batch_stride}};
+  // Each node's arguments: its children's, then its own.
+  const typename Scaled<Tile>::Arguments scaled{{{}, rs, {}}, cs, {}};
+  switch (p.epilogue) {
+    case Fp8Epilogue::Bf16:
+      return run<Config, EvtBf16<Tile>, void, cutlass::bfloat16_t>(p, typename EvtBf16<Tile>::Arguments{scaled, bs, {}},
+                                                                  num_sms, stream);
+    case Fp8Epilogue::Bf16Gelu:
+      return run<Config, EvtBf16Gelu<Tile>, void, cutlass::bfloat16_t>(
+          p, typename EvtBf16Gelu<Tile>::Arguments{{scaled, bs, {}}, {}}, num_sms, stream);
+    case Fp8Epilogue::F32Accumulate:
+      return run<Config, EvtAccumulate<Tile>, float, float>(
+          p, typename EvtAccumulate<Tile>::Arguments{{scaled, bs, {}}, {}, {}}, num_sms, stream);
+  }
+  return false;
+}
+
 bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
 
 }  // namespace
@@ -120,22 +165,7 @@ bool cutlass_fp8_gemm(const Fp8GemmProblem& p, int num_sms, cudaStream_t stream)
       !aligned16(p.col_scale) || (p.bias && !aligned16(p.bias)) || !p.row_scale)
     return false;
   if (p.batch > 1 && (p.a_batch_stride % 16 || p.d_batch_stride % 16)) return false;
-  const typename RowScale::Arguments rs{p.row_scale, 0.0f, {_1{}, _0{}, p.m}};
-  const typename ColVec::Arguments cs{p.col_scale, 0.0f, {_0{}, _1{}, p.col_scale_batch_stride}};
-  const typename ColVec::Arguments bs{p.bias, 0.0f, {_0{}, _1{}, p.bias_batch_stride}};
-  // Each node's arguments: its children's, then its own.
-  const typename Scaled::Arguments scaled{{{}, rs, {}}, cs, {}};
-  switch (p.epilogue) {
-    case Fp8Epilogue::Bf16:
-      return run<EvtBf16, void, cutlass::bfloat16_t>(p, typename EvtBf16::Arguments{scaled, bs, {}}, num_sms, stream);
-    case Fp8Epilogue::Bf16Gelu:
-      return run<EvtBf16Gelu, void, cutlass::bfloat16_t>(
-          p, typename EvtBf16Gelu::Arguments{{scaled, bs, {}}, {}}, num_sms, stream);
-    case Fp8Epilogue::F32Accumulate:
-      return run<EvtAccumulate, float, float>(p, typename EvtAccumulate::Arguments{{scaled, bs, {}}, {}, {}},
-                                              num_sms, stream);
-  }
-  return false;
+  return p.config == 1 ? dispatch<Pingpong64>(p, num_sms, stream) : dispatch<Cooperative128>(p, num_sms, stream);
 }
 
 }  // namespace stdit::cuda

@@ -32,6 +32,7 @@ struct Fp8GemmProblem {
   void* d = nullptr;  // bf16 or f32 [batch, m, n]
   int64_t d_batch_stride = 0;
   Fp8Epilogue epilogue = Fp8Epilogue::Bf16;
+  int config = 0;  // the kernel's schedule (cutlass_fp8_gemm.cu): 0 cooperative 128x128, 1 ping-pong 64x128
 };
 
 // Whether this build has the kernels (CUTLASS headers found at configure time, sm_90a compiled).
