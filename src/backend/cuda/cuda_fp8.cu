@@ -162,8 +162,6 @@ __global__ void fold_gate_scales_kernel(const float* __restrict__ sw, const floa
   }
 }
 
-}  // namespace
-
 // The fused kernel's schedule (Fp8GemmProblem::config): STDIT_CUDA_FP8_GEMM_SCHEDULE=N, a developer
 // switch for timing them against each other (docs/CLI.md); 0 otherwise.
 int fp8_gemm_schedule() {
@@ -183,6 +181,8 @@ void tell_unfused(int64_t m, int64_t n, int64_t k) {
   if (told.insert({m, n, k}).second)
     log_info("cuda: the fused FP8 GEMM declined ", m, "x", n, "x", k, "; it runs unfused (cuBLASLt and a pass)");
 }
+
+}  // namespace
 
 bool fused_fp8_gemm_applies(const CudaContext& ctx, int64_t n, int64_t k) {
   return ctx.policy.fused_fp8_gemm && cutlass_fp8_built() && n % 16 == 0 && k % 16 == 0;
@@ -288,6 +288,8 @@ bool linear_residual_fp8(CudaBackend& be, CudaContext& c, const Tensor& y, const
   if (timer_.active()) timer_.detail = cat("w ", shape_str(w.shape()), gate.defined() ? " gated" : "");
   expect_device(x, c, "linear_residual", "x");
   expect_device(w, c, "linear_residual", "weight");
+  if (gate.defined()) expect_device(gate, c, "linear_residual", "gate");
+  if (bias.defined()) expect_device(bias, c, "linear_residual", "bias");
   const Tensor yq = y.dtype() == DType::F8_E4M3 ? y : be.quantize_rows_e4m3(y);
   if (!yq.scales().defined() || yq.scales().numel() != b * n) return false;
   Fp8GemmProblem p;
