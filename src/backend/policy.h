@@ -60,7 +60,8 @@ struct ExecutionPolicy {
   bool tf32_attention = false;   // TF32 tensor-core attention (tf32 precision)
   bool cudnn_conv = false;       // cuDNN convolutions (the VAE); else im2col + GEMM
   // precision fp8 on Hopper: the e4m3 GEMMs with their scales, bias, activation and residual in
-  // the GEMM's epilogue (CUTLASS, cutlass_fp8_gemm.h); else cuBLASLt and an epilogue pass.
+  // the GEMM's epilogue (CUTLASS, cutlass_fp8_gemm.h); else cuBLASLt and an epilogue pass. Opt-in
+  // for now (the "fp8_gemm" override, STDIT_CUDA_FP8_GEMM=1).
   bool fused_fp8_gemm = false;
   Fp8Keep fp8_keep;              // precision fp8: the layers / steps left unquantized
   std::string describe() const;  // one line for -v

@@ -193,7 +193,7 @@ TEST(CudaPerf, RealShapes) {
                    [&] { g16.linear(x16, wp16, bc16, Activation::None, y16); }});
   if (cuda_device_sm(0) >= 89) {
     g8 = std::make_unique<CudaBackend>(0, CudaOptions{},
-                                       resolve_policy({"fp8", "auto", {{"fp8", true}}, ""}, "cuda", cuda_device_sm(0)));
+                                       resolve_policy({"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, ""}, "cuda", cuda_device_sm(0)));
     CudaBackend& e = *g8;
     auto q8 = [&](const Tensor& w) { return e.upload_weight(quantize_rows_e4m3(g.download(w), "w")); };
     fp8_bufs = {q8(wqkv), q8(w1), q8(w2), q8(wp), e.upload(g.download(bqkv)), e.upload(g.download(b1)),
