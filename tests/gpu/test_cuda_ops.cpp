@@ -684,7 +684,7 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
                                         cuda_device_sm(0)));
   std::printf("fp8 GEMMs: %s\n", g8.policy().fused_fp8_gemm ? "fused and unfused" : "unfused only");
   // Codes: rows of several magnitudes, a zero row, a tiny row, values at ties, a row with a NaN;
-  // k = 200 (the block-per-row kernel), 1152 and 4608 (the warp-per-row kernel's two sizes).
+  // k = 200 and 4608 (the block-per-row kernel), 1152 (the warp-per-row kernel).
   for (const int64_t k : {200, 1152, 4608}) {
     Tensor x = randn({10, k}, 7001 + k);
     for (int64_t i = 0; i < k; ++i) {

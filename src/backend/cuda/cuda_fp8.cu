@@ -77,11 +77,12 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t k, __nv_fp
   }
 }
 
-// The same rule, one warp per row, for rows of k = 128 * v (v <= 36: k up to 4608) with 8- or
-// 16-byte aligned rows: each lane loads its v groups of 4 values once (vector loads), keeps them in
-// registers for the amax and the codes, and stores 4 codes at a time. Bit for bit the kernel above.
-// Two register budgets: up to 9 groups (k <= 1152, the block linears' inputs but fc2's) and 36.
-constexpr int kQuantWarps = 8, kQuantMaxGroups = 36;
+// The same rule, one warp per row, for rows of k = 128 * v (v <= 9: k up to 1152, the block
+// linears' inputs but fc2's) with 8- or 16-byte aligned rows: each lane loads its v groups of 4
+// values once (vector loads), keeps them in registers for the amax and the codes, and stores 4
+// codes at a time. Bit for bit the kernel above. (A 36-group version for fc2's 4608 needed 231
+// registers and ran slower than the block-per-row kernel on an H100: docs/PERF.md.)
+constexpr int kQuantWarps = 8, kQuantMaxGroups = 9;
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
   const uint2 u = *reinterpret_cast<const uint2*>(p);
@@ -202,17 +203,12 @@ Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
       reinterpret_cast<uintptr_t>(qp) % 4 == 0) {
     const unsigned blocks = static_cast<unsigned>((m + kQuantWarps - 1) / kQuantWarps);
     const int groups = static_cast<int>(k / 128);
-    auto launch = [&](auto kernel, const auto* xp) {
-      kernel<<<blocks, kQuantWarps * 32, 0, c.stream>>>(xp, m, groups, qp, s.data<float>());
-    };
-    if (x.dtype() == DType::BF16) {
-      const auto* xp = x.data<__nv_bfloat16>();
-      groups <= 9 ? launch(quantize_rows_warp_kernel<__nv_bfloat16, 9>, xp)
-                  : launch(quantize_rows_warp_kernel<__nv_bfloat16, kQuantMaxGroups>, xp);
-    } else {
-      const auto* xp = x.data<float>();
-      groups <= 9 ? launch(quantize_rows_warp_kernel<float, 9>, xp) : launch(quantize_rows_warp_kernel<float, kQuantMaxGroups>, xp);
-    }
+    if (x.dtype() == DType::BF16)
+      quantize_rows_warp_kernel<__nv_bfloat16, kQuantMaxGroups><<<blocks, kQuantWarps * 32, 0, c.stream>>>(
+          x.data<__nv_bfloat16>(), m, groups, qp, s.data<float>());
+    else
+      quantize_rows_warp_kernel<float, kQuantMaxGroups><<<blocks, kQuantWarps * 32, 0, c.stream>>>(
+          x.data<float>(), m, groups, qp, s.data<float>());
     check_launch("quantize_rows_e4m3");
     return q.with_scales(s);
   }
