@@ -30,9 +30,8 @@ class CudaDryRun final : public DryRunBackend {
     size_t s = 0;
     if (w.dtype() == DType::F8_E4M3) {
       if (x.dtype() != DType::F8_E4M3) s += bytes_of(m * k, DType::F8_E4M3) + bytes_of(m, DType::F32);
-      const bool fused = out.dtype() == DType::BF16 && (act == Activation::None || act == Activation::GeluTanh) &&
-                         fused_fp8_gemm_applies(*ctx_, n, k);
-      if (out.dtype() != DType::F32 && !fused) s += bytes_of(m * n, DType::F32);
+      if (out.dtype() != DType::F32 && !fused_fp8_linear_applies(*ctx_, n, k, out.dtype(), act))
+        s += bytes_of(m * n, DType::F32);
     } else {
       if (x.dtype() != w.dtype()) s += bytes_of(m * k, w.dtype());
       if (bias.defined() && out.dtype() == DType::BF16) s += bytes_of(n, DType::BF16);
@@ -46,8 +45,7 @@ class CudaDryRun final : public DryRunBackend {
                        const Tensor& gate0, const FrameSelect& sel, Tensor& x) override {
     // [cuda_fp8.cu] linear_residual_fp8: y quantized (unless it is), the gate folded into per-sample
     // column scales and biases.
-    if (w.dtype() == DType::F8_E4M3 && !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 &&
-        w.dim() == 2 && w.size(0) == x.size(2) && fused_fp8_gemm_applies(*ctx_, w.size(0), w.size(1))) {
+    if (fused_fp8_residual_applies(*ctx_, y, w, bias, gate, sel, x)) {
       const int64_t b = x.size(0), rows = b * x.size(1), ch = x.size(2), k = w.size(1);
       if (rows == 0 || ch == 0) return;
       size_t s = 0;

@@ -90,7 +90,7 @@ __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
   const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
   return make_float4(a.x, a.y, b.x, b.y);
 }
-template <typename T, int kMaxGroups>
+template <typename T>
 __global__ void __launch_bounds__(kQuantWarps * 32)
     quantize_rows_warp_kernel(const T* __restrict__ x, int64_t rows, int groups, __nv_fp8_storage_t* __restrict__ q,
                               float* __restrict__ scale) {
@@ -99,11 +99,11 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
   if (row >= rows) return;
   const int64_t k = static_cast<int64_t>(groups) * 128;
   const T* xr = x + row * k;
-  float4 v[kMaxGroups];
+  float4 v[kQuantMaxGroups];
   float amax = 0.0f;
   int bad = 0;
 #pragma unroll
-  for (int g = 0; g < kMaxGroups; ++g) {
+  for (int g = 0; g < kQuantMaxGroups; ++g) {
     if (g < groups) {
       v[g] = load4(xr + (static_cast<int64_t>(g) * 32 + lane) * 4);
       for (const float e : {v[g].x, v[g].y, v[g].z, v[g].w}) {
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
                                                                    __NV_E4M3));
   };
 #pragma unroll
-  for (int g = 0; g < kMaxGroups; ++g)
+  for (int g = 0; g < kQuantMaxGroups; ++g)
     if (g < groups)
       qr[g * 32 + lane] = code(v[g].x) | code(v[g].y) << 8 | code(v[g].z) << 16 | code(v[g].w) << 24;
 }
@@ -189,6 +189,22 @@ bool fused_fp8_gemm_applies(const CudaContext& ctx, int64_t n, int64_t k) {
   return ctx.policy.fused_fp8_gemm && cutlass_fp8_built() && n % 16 == 0 && k % 16 == 0;
 }
 
+bool fused_fp8_linear_applies(const CudaContext& ctx, int64_t n, int64_t k, DType out, Activation act) {
+  return out == DType::BF16 && (act == Activation::None || act == Activation::GeluTanh) &&
+         fused_fp8_gemm_applies(ctx, n, k);
+}
+
+bool fused_fp8_residual_applies(const CudaContext& ctx, const Tensor& y, const Tensor& w, const Tensor& bias,
+                                const Tensor& gate, const FrameSelect& sel, const Tensor& x) {
+  return w.dtype() == DType::F8_E4M3 && !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 &&
+         x.is_contiguous() && y.is_contiguous() && w.dim() == 2 && w.is_contiguous() && w.size(0) == x.size(2) &&
+         y.numel() == x.size(0) * x.size(1) * w.size(1) &&
+         (!bias.defined() || (bias.dtype() == DType::F32 && bias.is_contiguous())) &&
+         (!gate.defined() || (gate.dtype() == DType::F32 && gate.dim() == 2 && gate.size(0) == x.size(0) &&
+                              gate.size(1) == x.size(2) && gate.stride(1) == 1)) &&
+         fused_fp8_gemm_applies(ctx, w.size(0), w.size(1));
+}
+
 Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
   CudaContext& c = *ctx_;
   expect_contiguous_float(x, c, "quantize_rows_e4m3", "x");
@@ -204,10 +220,10 @@ Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
     const unsigned blocks = static_cast<unsigned>((m + kQuantWarps - 1) / kQuantWarps);
     const int groups = static_cast<int>(k / 128);
     if (x.dtype() == DType::BF16)
-      quantize_rows_warp_kernel<__nv_bfloat16, kQuantMaxGroups><<<blocks, kQuantWarps * 32, 0, c.stream>>>(
+      quantize_rows_warp_kernel<<<blocks, kQuantWarps * 32, 0, c.stream>>>(
           x.data<__nv_bfloat16>(), m, groups, qp, s.data<float>());
     else
-      quantize_rows_warp_kernel<float, kQuantMaxGroups><<<blocks, kQuantWarps * 32, 0, c.stream>>>(
+      quantize_rows_warp_kernel<<<blocks, kQuantWarps * 32, 0, c.stream>>>(
           x.data<float>(), m, groups, qp, s.data<float>());
     check_launch("quantize_rows_e4m3");
     return q.with_scales(s);
@@ -244,8 +260,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
   STDIT_CHECK(xq.is_contiguous() && xq.scales().defined() && xq.scales().numel() == m,
               "cuda linear: an F8_E4M3 input must be contiguous with one F32 scale per row");
   const float* bp = bias.defined() ? bias.data<float>() : nullptr;
-  if (out.dtype() == DType::BF16 && (act == Activation::None || act == Activation::GeluTanh) &&
-      fused_fp8_gemm_applies(c, n, k)) {
+  if (fused_fp8_linear_applies(c, n, k, out.dtype(), act)) {
     Fp8GemmProblem p;
     p.m = m, p.n = n, p.k = k;
     p.a = xq.raw(), p.b = w.raw();
@@ -271,13 +286,8 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
 
 bool linear_residual_fp8(CudaBackend& be, CudaContext& c, const Tensor& y, const Tensor& w, const Tensor& bias,
                          const Tensor& gate, Tensor& x) {
-  if (x.dim() != 3 || x.dtype() != DType::F32 || !x.is_contiguous() || !y.is_contiguous() || w.dim() != 2 ||
-      !w.is_contiguous() || !w.scales().defined() || w.scales().numel() != w.size(0) || w.size(0) != x.size(2) ||
-      y.numel() != x.size(0) * x.size(1) * w.size(1) || (bias.defined() && (bias.dtype() != DType::F32 || !bias.is_contiguous())) ||
-      (gate.defined() && (gate.dtype() != DType::F32 || gate.dim() != 2 || gate.size(0) != x.size(0) ||
-                          gate.size(1) != x.size(2) || gate.stride(1) != 1)) ||
-      !fused_fp8_gemm_applies(c, w.size(0), w.size(1)))
-    return false;
+  STDIT_CHECK(w.scales().defined() && w.scales().numel() == w.size(0) && w.scales().dtype() == DType::F32,
+              "cuda linear_residual: an F8_E4M3 weight must carry F32 row scales");
   const int64_t b = x.size(0), n = x.size(1), ch = x.size(2), k = w.size(1);
   if (b * n == 0 || ch == 0) return true;
   OpTimer timer_(c, "linear_residual_fp8", x);

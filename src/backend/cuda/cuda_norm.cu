@@ -355,7 +355,8 @@ void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor
                                   const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,
                                   Tensor& x) {
   CudaContext& c = *ctx_;
-  if (w.dtype() == DType::F8_E4M3 && !sel.active() && linear_residual_fp8(*this, c, y, w, bias, gate, x)) return;
+  if (fused_fp8_residual_applies(c, y, w, bias, gate, sel, x) && linear_residual_fp8(*this, c, y, w, bias, gate, x))
+    return;
   // Fused when every token has the same gate and the operands suit the bf16 GEMM: the sum goes
   // straight into x (cuBLASLt with beta = 1, F32 C/D), the gate folded into the weights of each
   // sample (and its bias), so no projection tensor is written and no residual pass runs.
