@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
@@ -87,6 +88,67 @@ TEST(Fp8, ScaledGemmMatchesTheReference) {
   EXPECT_GT(rel_error(plain, want), 1e-3);
 }
 
+// Deterministic values in [-a, a) (no generator dependence).
+static Tensor ramp(const Shape& shape, uint32_t seed, float a) {
+  Tensor t = Tensor::zeros(shape, DType::F32);
+  uint32_t s = seed;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    s = s * 1664525u + 1013904223u;
+    t.data<float>()[i] = a * (static_cast<float>(s >> 8) / 8388608.0f - 1.0f);
+  }
+  return t;
+}
+
+// A modulated LayerNorm feeding an fp8 GEMM writes the GEMM's operand (Backend::operand_dtype): the
+// codes and row scales the GEMM would make from the norm's f32 output, so the GEMM gives the same
+// bits; with frame selection (clean frames' own shift and scale) and strided modulation rows.
+TEST(Fp8, NormWritesTheGemmsOperandBitForBit) {
+  CpuBackend be = fp8_backend();
+  CpuBackend off(resolve_policy({"fp8", "auto", {{"fp8_norm", false}}, ""}, "cpu", 0)), f32;
+  const int64_t B = 2, T = 3, S = 4, N = T * S, C = 48, n = 20;
+  const Tensor w = be.upload_weight(quantize_rows_e4m3(ramp({n, C}, 1, 0.2f), "w"));
+  const Tensor plain_w = be.upload(ramp({n, C}, 1, 0.2f));
+  EXPECT_EQ(be.operand_dtype(w), DType::F8_E4M3);
+  EXPECT_EQ(be.operand_dtype(plain_w), DType::F32);  // an unquantized layer (--fp8-keep)
+  EXPECT_EQ(off.operand_dtype(w), DType::F32);
+  EXPECT_EQ(f32.operand_dtype(plain_w), DType::F32);
+  Tensor x = ramp({B, N, C}, 2, 3.0f);
+  for (int64_t i = 0; i < C; ++i) x.data<float>()[5 * C + i] = 0.5f;  // a constant row: the shift alone
+  const Tensor mod = ramp({B, 4 * C}, 3, 0.5f), mod0 = ramp({B, 4 * C}, 4, 0.5f);
+  auto chunk = [&](const Tensor& t, int j) { return t.slice(1, j * C, (j + 1) * C); };  // strided rows
+  FrameSelect sel;
+  sel.mask = Tensor::zeros({B, T}, DType::U8);
+  sel.mask.data<uint8_t>()[1] = sel.mask.data<uint8_t>()[T + 2] = 1;
+  sel.tokens_per_frame = S;
+  const Tensor bias = ramp({n}, 5, 0.1f);
+  for (const bool selected : {false, true}) {
+    SCOPED_TRACE(selected ? "frame selection" : "no selection");
+    const FrameSelect fs = selected ? sel : FrameSelect{};
+    const Tensor sh0 = selected ? chunk(mod0, 0) : Tensor{}, sc0 = selected ? chunk(mod0, 1) : Tensor{};
+    Tensor a32 = be.alloc({B, N, C});
+    be.layernorm_modulate(x, chunk(mod, 0), chunk(mod, 1), sh0, sc0, fs, 1e-6f, a32);
+    Tensor a8 = be.alloc({B, N, C}, be.operand_dtype(w));
+    be.layernorm_modulate(x, chunk(mod, 0), chunk(mod, 1), sh0, sc0, fs, 1e-6f, a8);
+    ASSERT_EQ(a8.dtype(), DType::F8_E4M3);
+    ASSERT_TRUE(a8.scales().defined());
+    ASSERT_EQ(a8.scales().numel(), B * N);
+    const Tensor want = quantize_rows_e4m3(a32.view({B * N, C}), "a");  // a finite row: the matrix form
+    int diffs = 0;
+    for (int64_t i = 0; i < a8.numel(); ++i) diffs += a8.data<uint8_t>()[i] != want.data<uint8_t>()[i];
+    for (int64_t r = 0; r < B * N; ++r) diffs += a8.scales().data<float>()[r] != want.scales().data<float>()[r];
+    EXPECT_EQ(diffs, 0);
+    Tensor y32 = be.alloc({B * N, n}), y8 = be.alloc({B * N, n});
+    be.linear(a32, w, bias, Activation::GeluTanh, y32);
+    be.linear(a8, w, bias, Activation::GeluTanh, y8);
+    EXPECT_EQ(std::memcmp(y32.raw(), y8.raw(), y32.nbytes()), 0);
+  }
+  // An F8_E4M3 input needs a quantized weight.
+  Tensor a8 = be.alloc({B, N, C}, DType::F8_E4M3);
+  be.layernorm_modulate(x, chunk(mod, 0), chunk(mod, 1), Tensor{}, Tensor{}, FrameSelect{}, 1e-6f, a8);
+  Tensor y = be.alloc({B * N, n});
+  EXPECT_THROW(be.linear(a8, plain_w, Tensor{}, Activation::None, y), Error);
+}
+
 // Whole forwards: codes flip where an upstream f32 rounding differs from PyTorch's (a tie moved by
 // one ulp), so the tolerance is looser than f32's 1e-4, and far below fp8's own error.
 TEST(Fp8, Stdit3ForwardMatchesTheReference) {
@@ -105,6 +167,11 @@ TEST(Fp8, Stdit3ForwardMatchesTheReference) {
               rel_error(got_keep, plain));
   EXPECT_GT(rel_error(got_all, plain), 1e-3);
   EXPECT_GT(rel_error(got_all, got_keep), 1e-4);  // the keep list changes what runs
+  // The norms writing e4m3 operands (the default) or F32 copies the GEMMs quantize: the same bits.
+  CpuBackend no_norm(resolve_policy({"fp8", "auto", {{"fp8_norm", false}}, ""}, "cpu", 0));
+  const Tensor got_unfused = forward("stdit3_a", no_norm);
+  ASSERT_EQ(got_unfused.nbytes(), got_all.nbytes());
+  EXPECT_EQ(std::memcmp(got_unfused.raw(), got_all.raw(), got_all.nbytes()), 0);
 }
 
 TEST(Fp8, AnFp8CheckpointRunsAsQuantizedAtLoad) {

@@ -105,11 +105,15 @@ TEST(MemoryPlan, DryRunCountsTensorsWithoutMemory) {
 
 // The reference fixtures' models and inputs, unkeyed and keyed (the kept text conditioning stays
 // after the call: in the plan and in the count), with and without a conditioning frame (x_mask).
+// In fp8 too (the emulation: the norms write their GEMMs' e4m3 operands with row scales).
 TEST(MemoryPlan, EqualsTheCallsAllocationsOnOneDevice) {
+  for (const char* precision : {"f32", "fp8"})
   for (const char* name : {"stdit3_a", "stdit3_b"})
     for (const bool conditioned : {false, true})
       for (const uint64_t key : {uint64_t{0}, new_text_key()}) {
-      SCOPED_TRACE(std::string(name) + (key ? " keyed" : " unkeyed") + (conditioned ? " conditioned" : ""));
+      SCOPED_TRACE(std::string(name) + " " + precision + (key ? " keyed" : " unkeyed") +
+                   (conditioned ? " conditioned" : ""));
+      const ExecutionPolicy policy = resolve_policy({precision, "auto", {}, ""}, "cpu", 0);
       STDiT3Inputs in = fixture_inputs(name);
       in.text_key = key;
       in.x_mask = Tensor{};
@@ -117,7 +121,7 @@ TEST(MemoryPlan, EqualsTheCallsAllocationsOnOneDevice) {
         in.x_mask = Tensor::zeros({in.x.size(0), in.x.size(2)}, DType::U8);
         for (int64_t i = 0; i < in.x_mask.numel(); ++i) in.x_mask.data<uint8_t>()[i] = i % in.x.size(2) != 0;
       }
-      CpuBackend be;
+      CpuBackend be(policy);
       auto model = STDiT3::load(kData + "/" + name, be);
       const size_t plan = plan_model_call(*model, in);
       EXPECT_GT(plan, 0u);
@@ -125,7 +129,7 @@ TEST(MemoryPlan, EqualsTheCallsAllocationsOnOneDevice) {
       const size_t held = held_during(be, [&] { out = model->forward(in); });
       EXPECT_EQ(plan, held);
       // The dry run left the model as it was: the same output as a model that never planned.
-      CpuBackend be2;
+      CpuBackend be2(policy);
       const Tensor fresh = STDiT3::load(kData + "/" + name, be2)->forward(in);
       ASSERT_EQ(out.nbytes(), fresh.nbytes());
       EXPECT_EQ(std::memcmp(out.raw(), fresh.raw(), out.nbytes()), 0);

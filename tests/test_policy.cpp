@@ -78,7 +78,8 @@ TEST(Policy, Fp8) {
   EXPECT_TRUE(g.cudnn_attention && g.text_attention && !g.wgmma_attention);  // Ada: no wgmma
   EXPECT_EQ(g.describe(),
             "execution policy: cuda, fp8 (e4m3 block linears, bf16 elsewhere); fp8 GEMMs unfused (an epilogue "
-            "pass); attention short-text > cudnn > bf16 flash > tf32 > f32; convolutions cudnn; unquantized first:2");
+            "pass); norms write e4m3; attention short-text > cudnn > bf16 flash > tf32 > f32; convolutions cudnn; "
+            "unquantized first:2");
   // The fused FP8 GEMM (CUTLASS, scales in the epilogue): asked for (STDIT_CUDA_FP8_GEMM=1, opt-in
   // until measured), on Hopper only, not with portable kernels, not in other precisions.
   const std::map<std::string, bool> fused{{"fp8_gemm", true}};
@@ -89,6 +90,17 @@ TEST(Policy, Fp8) {
   EXPECT_FALSE(resolve_policy({"fp8", "portable", fused, ""}, "cuda", 90).fused_fp8_gemm);
   EXPECT_FALSE(resolve_policy({"bf16", "auto", fused, ""}, "cuda", 90).fused_fp8_gemm);
   EXPECT_NE(resolve_policy({"fp8", "auto", fused, ""}, "cuda", 90).describe().find("fp8 GEMMs fused"), std::string::npos);
+  // The norms that feed fp8 GEMMs write their e4m3 operands: by default in fp8 on both backends,
+  // off with the "fp8_norm" override (STDIT_CUDA_FP8_NORM=0), never in other precisions.
+  const std::map<std::string, bool> no_norm{{"fp8_norm", false}};
+  EXPECT_TRUE(g.fp8_norm_quantizes);
+  EXPECT_TRUE(resolve_policy({"fp8", "auto", {}, ""}, "cpu", 0).fp8_norm_quantizes);
+  EXPECT_FALSE(resolve_policy({"fp8", "auto", no_norm, ""}, "cpu", 0).fp8_norm_quantizes);
+  EXPECT_FALSE(resolve_policy({"fp8", "auto", no_norm, ""}, "cuda", 90).fp8_norm_quantizes);
+  EXPECT_FALSE(resolve_policy({"bf16", "auto", {}, ""}, "cuda", 90).fp8_norm_quantizes);
+  EXPECT_FALSE(resolve_policy({"auto", "auto", {}, ""}, "cpu", 0).fp8_norm_quantizes);
+  EXPECT_NE(resolve_policy({"fp8", "auto", no_norm, ""}, "cuda", 90).describe().find("norms write bf16"),
+            std::string::npos);
   EXPECT_EQ(error_of({"bf16", "auto", {}, "qkv"}, "cpu", 0), "--fp8-keep needs --precision fp8");
   EXPECT_NE(error_of({"fp8", "auto", {}, "qkv,nope"}, "cpu", 0).find("'nope'"), std::string::npos);
 }

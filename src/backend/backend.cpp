@@ -12,6 +12,10 @@ namespace stdit {
 
 std::unique_ptr<DryRunBackend> Backend::dry_run() const { return std::make_unique<DryRunBackend>(*this); }
 
+DType Backend::operand_dtype(const Tensor& w) const {
+  return policy().fp8_norm_quantizes && w.defined() && w.scales().defined() ? DType::F8_E4M3 : matmul_dtype();
+}
+
 void Backend::linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias,
                               const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,
                               Tensor& x) {

@@ -62,6 +62,8 @@ class Backend {
   virtual size_t peak_memory_bytes() const { return 0; }
   // Starts that peak again from what is held now.
   virtual void reset_peak_memory() {}
+  // What this backend's allocations hold now (the count peak_memory_bytes() peaks; 0 if not tracked).
+  virtual size_t allocated_bytes() const { return 0; }
   // Gives the memory that freed tensors left cached in this backend's pool back to the device
   // (CUDA: waits for queued work, then trims the stream-ordered pool). The pipeline calls it
   // between stages whose tensors differ (T5, then the denoiser, then the VAE), so that blocks one
@@ -92,6 +94,13 @@ class Backend {
   // Dtype for activations that only feed linear() inputs or come out of attention()/
   // layernorm_modulate() to feed a GEMM (CUDA: BF16; CPU: F32). Every other tensor is F32.
   virtual DType matmul_dtype() const { return DType::F32; }
+  // The dtype in which linear(x, w, ...) takes x as it is: matmul_dtype(), or for a quantized
+  // weight under a policy whose norms quantize (fp8_norm_quantizes), F8_E4M3. A caller whose
+  // layernorm_modulate() output feeds only that GEMM allocates it in this dtype; the norm then
+  // writes the GEMM's operand (e4m3 codes, per-row scales attached to `out`) and the GEMM skips its
+  // own quantization pass. The codes are those the GEMM would have made from the norm's
+  // matmul_dtype() output.
+  virtual DType operand_dtype(const Tensor& w) const;
 
   // --- dense ---
   // out[m, n] = act( sum_k x[m, k] * w[n, k] + bias[n] ); x is [..., K] contiguous, w [N, K].
@@ -125,7 +134,7 @@ class Backend {
   // out = weight * x / sqrt(mean(x^2) + eps) over the last dim (T5 LayerNorm); f32 statistics.
   virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
   // out = LayerNorm(x) * (1 + scale) + shift over the last dim C (no affine), x [B, N, C];
-  // out F32 or matmul_dtype().
+  // out F32 or matmul_dtype(), or F8_E4M3 when operand_dtype() said so (out gets its row scales).
   // shift/scale (and shift0/scale0) are [B, C], possibly strided rows (stride(1) == 1).
   virtual void layernorm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
                                   const Tensor& shift0, const Tensor& scale0,

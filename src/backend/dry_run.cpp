@@ -5,7 +5,8 @@
 namespace stdit {
 
 DryRunBackend::DryRunBackend(const Backend& target)
-    : target_name_(target.name()),
+    : target_(target),
+      target_name_(target.name()),
       device_(target.device()),
       policy_(target.policy()),
       matmul_(target.matmul_dtype()) {}
@@ -29,6 +30,15 @@ Tensor DryRunBackend::upload_weight(const Tensor& host) {
     return codes.with_scales(upload(host.scales()));
   }
   return is_float(host.dtype()) ? alloc(host.shape(), matmul_) : upload(host);
+}
+
+void DryRunBackend::layernorm_modulate(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                       const FrameSelect&, float, Tensor& out) {
+  if (out.dtype() == DType::F8_E4M3) {  // one scale per row of [B, N, C]
+    int64_t rows = 1;
+    for (int d = 0; d + 1 < out.dim(); ++d) rows *= out.size(d);
+    out = out.with_scales(alloc({rows}, DType::F32));
+  }
 }
 
 Tensor DryRunBackend::download(const Tensor& t) {

@@ -25,11 +25,13 @@ class DryRunBackend : public Backend {
   Device device() const override { return device_; }
   const ExecutionPolicy& policy() const override { return policy_; }
   DType matmul_dtype() const override { return matmul_; }
+  DType operand_dtype(const Tensor& w) const override { return target_.operand_dtype(w); }
 
   Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
   size_t peak_memory_bytes() const override { return ledger_.peak(); }
   void reset_peak_memory() override { ledger_.reset_peak(); }
   size_t held_bytes() const { return ledger_.now(); }
+  size_t allocated_bytes() const override { return ledger_.now(); }
   std::vector<std::pair<std::string, int64_t>> attention_kernels() const override { return {}; }
   // Floats as F32 (weights: the matmul dtype, fp8 weights as they are with their scales), as
   // both backends keep them; download() gives host zeros (above 16 MiB, untouched memory).
@@ -47,8 +49,9 @@ class DryRunBackend : public Backend {
   void l1_distance(const Tensor&, const Tensor&, Tensor&) override {}
   void cfg_euler_step(Tensor&, const Tensor&, bool, float, float) override {}
   void rms_norm(const Tensor&, const Tensor&, float, Tensor&) override {}
+  // An F8_E4M3 `out` gets its row scales, as both backends attach them.
   void layernorm_modulate(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                          const FrameSelect&, float, Tensor&) override {}
+                          const FrameSelect&, float, Tensor& out) override;
   void gated_residual(Tensor&, const Tensor&, const Tensor&, const Tensor&, const FrameSelect&) override {}
   void select_frames(Tensor&, const Tensor&, const FrameSelect&) override {}
   void qk_norm_rope(Tensor&, const Tensor&, float, const Tensor&) override {}
@@ -71,6 +74,7 @@ class DryRunBackend : public Backend {
   void scratch(size_t bytes) { ledger_.transient(bytes); }
 
  private:
+  const Backend& target_;  // outlives the dry run (asked for operand_dtype())
   std::string target_name_;
   Device device_;
   ExecutionPolicy policy_;

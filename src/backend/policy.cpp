@@ -121,6 +121,9 @@ std::string ExecutionPolicy::describe() const {
              precision != Precision::FP8 ? ""
              : fused_fp8_gemm            ? "; fp8 GEMMs fused (scales in the epilogue)"
                                          : "; fp8 GEMMs unfused (an epilogue pass)",
+             precision != Precision::FP8 ? ""
+             : fp8_norm_quantizes        ? "; norms write e4m3"
+                                         : "; norms write bf16 (quantized in a pass)",
              "; attention ", attention,
              "; convolutions ", cudnn_conv ? "cudnn" : "im2col + GEMM", keep);
 }
@@ -134,24 +137,26 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
               "'");
   for (const auto& [k, v] : r.overrides)
     REQUIRE(k == "bf16" || k == "tf32" || k == "tf32_attention" || k == "cudnn" || k == "cudnn_attention" ||
-                    k == "text_attention" || k == "wgmma_attention" || k == "fp8" || k == "fp8_gemm",
+                    k == "text_attention" || k == "wgmma_attention" || k == "fp8" || k == "fp8_gemm" ||
+                    k == "fp8_norm",
                 "unknown kernel override '", k, "'");
   ExecutionPolicy p;
   p.backend = backend;
   p.fp8_keep = parse_fp8_keep(r.fp8_keep);
+  auto ov = [&](const char* k, bool dflt) {
+    auto it = r.overrides.find(k);
+    return it == r.overrides.end() ? dflt : it->second;
+  };
   if (backend == "cpu") {
     REQUIRE(r.precision == "auto" || r.precision == "f32" || r.precision == "fp8",
             "the CPU backend computes in f32 (or emulates fp8) only; --precision ", r.precision, " needs a GPU");
     p.precision = r.precision == "fp8" ? Precision::FP8 : Precision::F32;
+    p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
     return p;
   }
   REQUIRE(backend == "cuda", "unknown backend '", backend, "'");
   REQUIRE(r.precision != "fp8" || sm >= 89, "--precision fp8 needs FP8 tensor cores (Ada sm_89 or Hopper sm_90); "
           "this GPU is sm_", sm);
-  auto ov = [&](const char* k, bool dflt) {
-    auto it = r.overrides.find(k);
-    return it == r.overrides.end() ? dflt : it->second;
-  };
   // (The "fp8" override, STDIT_CUDA_FP8=1, gated the GPU's FP8 path until its check passed on a
   // GPU; it is accepted and changes nothing now.)
   // Precision: asked, else the developers' switches, else bf16.
@@ -171,13 +176,14 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   // The fused FP8 GEMM stays opt-in (STDIT_CUDA_FP8_GEMM=1) until its speed against the unfused path
   // is measured on a GPU (docs/PERF.md, "FP8 GEMMs with the scales in the epilogue").
   p.fused_fp8_gemm = p.precision == Precision::FP8 && hopper && ov("fp8_gemm", false);
+  p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
   return p;
 }
 
 std::map<std::string, bool> overrides_from_env() {
   std::map<std::string, bool> out;
   for (const char* k : {"bf16", "tf32", "tf32_attention", "cudnn", "cudnn_attention", "text_attention", "wgmma_attention",
-                        "fp8", "fp8_gemm"}) {
+                        "fp8", "fp8_gemm", "fp8_norm"}) {
     std::string name = "STDIT_CUDA_";
     for (const char* c = k; *c; ++c) name += static_cast<char>(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
     if (const char* e = std::getenv(name.c_str())) out[k] = std::string(e) != "0";

@@ -63,6 +63,11 @@ struct ExecutionPolicy {
   // the GEMM's epilogue (CUTLASS, cutlass_fp8_gemm.h); else cuBLASLt and an epilogue pass. Opt-in
   // for now (the "fp8_gemm" override, STDIT_CUDA_FP8_GEMM=1).
   bool fused_fp8_gemm = false;
+  // precision fp8: a modulated LayerNorm whose output feeds only an e4m3 GEMM writes that GEMM's
+  // operand (e4m3 codes and per-row scales) instead of a copy the GEMM quantizes in a pass of its
+  // own (Backend::operand_dtype); the same codes either way. On by default (the "fp8_norm"
+  // override, STDIT_CUDA_FP8_NORM=0, turns it off for comparisons).
+  bool fp8_norm_quantizes = false;
   Fp8Keep fp8_keep;              // precision fp8: the layers / steps left unquantized
   std::string describe() const;  // one line for -v
 };

@@ -34,6 +34,10 @@ class RankOps {
   // Whether a call of C channels with this frame selection splits rows over `tp`.
   static bool rows_split_applies(const Communicator* tp, const FrameSelect& sel, int64_t channels);
 
+  // The dtype to allocate modulated_norm's `a` in when `a` feeds only column_linear(a, w): the
+  // backend's operand_dtype(w) (the norm may write the GEMM's quantized operand), or with rows split
+  // the matmul dtype (the norm's rows travel to the other rank in it).
+  DType norm_dtype_for(const Tensor& w) const { return split_ ? be_.matmul_dtype() : be_.operand_dtype(w); }
   void modulated_norm(const Tensor& x, const Tensor& shift, const Tensor& scale, const Tensor& shift0,
                       const Tensor& scale0, const FrameSelect& sel, float eps, Tensor& a);
   void column_linear(const Tensor& in, const Tensor& w, const Tensor& b, Activation act, Tensor& out);

@@ -684,9 +684,10 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
                                         cuda_device_sm(0)));
   std::printf("fp8 GEMMs: %s\n", g8.policy().fused_fp8_gemm ? "fused and unfused" : "unfused only");
   // Codes: rows of several magnitudes, a zero row, a tiny row, values at ties, a row with a NaN;
-  // k = 200 and 4608 (the block-per-row kernel), 1152 (the warp-per-row kernel).
-  for (const int64_t k : {200, 1152, 4608}) {
-    Tensor x = randn({10, k}, 7001 + k);
+  // k = 200 (the block-per-row kernel), 1152 (one warp per row), 512 and 4608 (four warps per row);
+  // 11 rows: a last block with fewer rows than it holds.
+  for (const int64_t k : {200, 512, 1152, 4608}) {
+    Tensor x = randn({11, k}, 7001 + k);
     for (int64_t i = 0; i < k; ++i) {
       x.data<float>()[5 * k + i] = 0.0f;
       x.data<float>()[6 * k + i] = 1e-38f;
@@ -708,7 +709,41 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
         const float a = scales.data<float>()[r], b = want_scales[r];
         diff += !(a == b || (std::isnan(a) && std::isnan(b)));
       }
-      check("fp8 codes", cat("x [10, ", k, "] ", bf16_in ? "bf16" : "f32"), static_cast<double>(diff) / x.numel());
+      check("fp8 codes", cat("x [11, ", k, "] ", bf16_in ? "bf16" : "f32"), static_cast<double>(diff) / x.numel());
+    }
+  }
+  // A modulated LayerNorm feeding an fp8 GEMM writes the GEMM's operand (operand_dtype(): e4m3 codes
+  // and row scales): bit for bit the bf16 norm quantized by quantize_rows_e4m3, with and without
+  // frame selection, at C = 1152 (the blocks') and an odd C, with a constant row (the shift alone).
+  for (const int64_t C : {int64_t{1152}, int64_t{200}}) {
+    const int64_t B = 2, T = 3, S = 37, N = T * S;
+    const Tensor wq = g8.upload_weight(quantize_rows_e4m3(randn({64, C}, 7201 + C, 0.05f), "w"));
+    if (g8.operand_dtype(wq) != DType::F8_E4M3) {
+      check("fp8 norm codes", cat("C ", C, ": operand_dtype is not F8_E4M3"), 1.0);
+      continue;
+    }
+    Tensor x = randn({B, N, C}, 7301 + C, 2.0f, 0.3f);
+    for (int64_t i = 0; i < C; ++i) x.data<float>()[7 * C + i] = 1.5f;
+    const Tensor mod = g8.upload(randn({B, 4 * C}, 7401 + C, 0.5f));
+    auto chunk = [&](int j) { return mod.slice(1, j * C, (j + 1) * C); };
+    Tensor mask = Tensor::zeros({B, T}, DType::U8);
+    mask.data<uint8_t>()[1] = mask.data<uint8_t>()[T + 2] = 1;
+    const Tensor dx = g8.upload(x);
+    for (const bool selected : {false, true}) {
+      FrameSelect sel;
+      if (selected) sel = {g8.upload(mask), S};
+      const Tensor sh0 = selected ? chunk(2) : Tensor{}, sc0 = selected ? chunk(3) : Tensor{};
+      Tensor a16 = g8.alloc({B, N, C}, DType::BF16), a8 = g8.alloc({B, N, C}, DType::F8_E4M3);
+      g8.layernorm_modulate(dx, chunk(0), chunk(1), sh0, sc0, sel, 1e-6f, a16);
+      g8.layernorm_modulate(dx, chunk(0), chunk(1), sh0, sc0, sel, 1e-6f, a8);
+      const Tensor want = g8.quantize_rows_e4m3(a16);
+      const Tensor got_codes = g8.download(a8), want_codes = g8.download(want);
+      const Tensor got_scales = g8.download(a8.scales()), want_scales = g8.download(want.scales());
+      int64_t diff = 0;
+      for (int64_t i = 0; i < got_codes.numel(); ++i) diff += got_codes.data<uint8_t>()[i] != want_codes.data<uint8_t>()[i];
+      for (int64_t r = 0; r < B * N; ++r) diff += got_scales.data<float>()[r] != want_scales.data<float>()[r];
+      check("fp8 norm codes", cat("x [", B, ", ", N, ", ", C, "]", selected ? " frame selection" : ""),
+            static_cast<double>(diff) / got_codes.numel());
     }
   }
   struct Case {

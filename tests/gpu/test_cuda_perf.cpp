@@ -191,6 +191,7 @@ TEST(CudaPerf, RealShapes) {
                    [&] { g16.linear(h116, w216, bc16, Activation::None, y16); }});
   items.push_back({cat("linear[bf16] proj [", T * S, ",", C, "]x[", C, ",", C, "] out bf16"), 2 * M * C * C, 0,
                    [&] { g16.linear(x16, wp16, bc16, Activation::None, y16); }});
+  Tensor ln16 = g16.alloc({1, T * S, C}, DType::BF16), ln8;
   if (cuda_device_sm(0) >= 89) {
     g8 = std::make_unique<CudaBackend>(0, CudaOptions{},
                                        resolve_policy({"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, ""}, "cuda", cuda_device_sm(0)));
@@ -204,6 +205,19 @@ TEST(CudaPerf, RealShapes) {
                        flops, 0, [&e, &in, wi, bi, act, &out, &fp8_bufs] { e.linear(in, fp8_bufs[wi], fp8_bufs[bi], act, out); },
                        1979e12});
     };
+    // The per-token quantization passes (bf16 in), and the modulated LayerNorm writing bf16 or the
+    // e4m3 operand with its row scales (operand_dtype(): what replaces the first pass for qkv and fc1).
+    items.push_back({cat("quantize_rows_e4m3 [", T * S, ",", C, "] bf16"), 0, M * C * 3,
+                     [&e, &x16] { e.quantize_rows_e4m3(x16); }});
+    items.push_back({cat("quantize_rows_e4m3 [", T * S, ",", 4 * C, "] bf16"), 0, M * 4 * C * 3,
+                     [&e, &h116] { e.quantize_rows_e4m3(h116); }});
+    ln8 = e.alloc({1, T * S, C}, DType::F8_E4M3);
+    items.push_back({cat("layernorm_modulate [1,", T * S, ",", C, "] -> bf16"), 0, M * C * 6, [&e, &x, &mod, &ln16, C] {
+                       e.layernorm_modulate(x, chunk(mod, 0, C), chunk(mod, 1, C), Tensor{}, Tensor{}, {}, 1e-6f, ln16);
+                     }});
+    items.push_back({cat("layernorm_modulate [1,", T * S, ",", C, "] -> e4m3"), 0, M * C * 5, [&e, &x, &mod, &ln8, C] {
+                       e.layernorm_modulate(x, chunk(mod, 0, C), chunk(mod, 1, C), Tensor{}, Tensor{}, {}, 1e-6f, ln8);
+                     }});
     linear8("qkv", x16, 0, 4, Activation::None, qkv16, 2 * M * C * 3 * C);
     linear8("fc1+gelu", x16, 1, 5, Activation::GeluTanh, h116, 2 * M * C * 4 * C);
     linear8("fc2", h116, 2, 6, Activation::None, y16, 2 * M * 4 * C * C);

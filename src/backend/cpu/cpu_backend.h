@@ -27,6 +27,7 @@ class CpuBackend final : public Backend {
   size_t peak_memory_bytes() const override { return ledger_.peak(); }
   void reset_peak_memory() override { ledger_.reset_peak(); }
   size_t held_bytes() const { return ledger_.now(); }
+  size_t allocated_bytes() const override { return ledger_.now(); }
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 

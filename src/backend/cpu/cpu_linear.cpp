@@ -24,15 +24,23 @@ inline float gelu_tanh(float x) {
 
 // With a quantized weight (--precision fp8: e4m3 values with row scales, from upload_weight) this
 // emulates the GPU's arithmetic on e4m3 codes: each row of x is quantized (core/fp8.h: per
-// token); the codes' values are multiplied in f32 (each product of two e4m3 values is exact in
-// f32, the sum is rounded as a GPU's f32 accumulator rounds it, in another order); then
+// token) unless x arrives quantized (an F8_E4M3 tensor with its row scales); the codes' values
+// are multiplied in f32 (each product of two e4m3 values is exact in f32, the sum is rounded as
+// a GPU's f32 accumulator rounds it, in another order); then
 // out = acc * x_scale[row] * w_scale[col] + bias, and the activation.
 void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                         Tensor& out) {
-  expect_contiguous_f32(x, "linear", "x");
   STDIT_CHECK(w.dtype() != DType::F8_E4M3, "cpu linear: an F8_E4M3 weight must come from upload_weight()");
   expect_contiguous_f32(w, "linear", "weight");
   const bool fp8 = w.scales().defined();
+  // x quantized already (operand_dtype(): codes with their row scales) or F32.
+  const bool x_codes = x.dtype() == DType::F8_E4M3;
+  if (x_codes)
+    STDIT_CHECK(fp8 && x.device().kind == DeviceKind::CPU && x.is_contiguous() && x.scales().defined() &&
+                    x.scales().dtype() == DType::F32 && x.scales().numel() * x.size(-1) == x.numel(),
+                "cpu linear: an F8_E4M3 input needs a quantized weight, contiguous codes and one scale per row");
+  else
+    expect_contiguous_f32(x, "linear", "x");
   STDIT_CHECK(!fp8 || (w.dim() == 2 && w.scales().numel() == w.size(0) && w.scales().dtype() == DType::F32),
               "cpu linear: a quantized weight needs one F32 scale per row");
   expect_contiguous_f32(out, "linear", "out");
@@ -60,8 +68,9 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
     xs.resize(static_cast<size_t>(m));
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < m; ++r) {
-      std::vector<uint8_t> codes(static_cast<size_t>(k));
-      xs[r] = quantize_row_e4m3(x.data<float>() + r * k, k, codes.data());
+      std::vector<uint8_t> own(x_codes ? 0 : static_cast<size_t>(k));
+      const uint8_t* codes = x_codes ? x.data<uint8_t>() + r * k : own.data();
+      xs[r] = x_codes ? x.scales().data<float>()[r] : quantize_row_e4m3(x.data<float>() + r * k, k, own.data());
       for (int64_t i = 0; i < k; ++i) xq[r * k + i] = value[codes[i]];
     }
     a = xq.data();

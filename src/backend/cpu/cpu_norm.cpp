@@ -1,8 +1,10 @@
 // CPU normalisation, modulation and gating (STDiT3's adaLN-single path).
 #include <cmath>
+#include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/fp8.h"
 
 namespace stdit {
 
@@ -42,10 +44,17 @@ void CpuBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const 
                                     const FrameSelect& sel, float eps, Tensor& out) {
   const char* op = "layernorm_modulate";
   expect_contiguous_f32(x, op, "x");
-  expect_contiguous_f32(out, op, "out");
+  // F8_E4M3 (operand_dtype() of a quantized weight): each row's values quantized as linear() would
+  // quantize them (core/fp8.h), the codes in `out` and the row scales attached to it.
+  const bool codes = out.dtype() == DType::F8_E4M3;
+  if (!codes) expect_contiguous_f32(out, op, "out");
+  STDIT_CHECK(!codes || (out.device().kind == DeviceKind::CPU && out.is_contiguous()), "cpu ", op,
+              ": an F8_E4M3 out must be a contiguous host tensor");
   STDIT_CHECK(x.dim() == 3, "cpu ", op, ": x must be [B, N, C]");
   expect_shape(out, x.shape(), op, "out");
   const int64_t b = x.size(0), n = x.size(1), c = x.size(2);
+  Tensor scales;
+  if (codes) scales = alloc({b * n});
   check_mod(shift, b, c, op, "shift");
   check_mod(scale, b, c, op, "scale");
   check_select(sel, b, n, op);
@@ -56,8 +65,10 @@ void CpuBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const 
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t bi = 0; bi < b; ++bi)
     for (int64_t ni = 0; ni < n; ++ni) {
-      const float* xr = x.data<float>() + (bi * n + ni) * c;
-      float* o = out.data<float>() + (bi * n + ni) * c;
+      const int64_t r = bi * n + ni;
+      const float* xr = x.data<float>() + r * c;
+      std::vector<float> row_values(codes ? static_cast<size_t>(c) : 0);
+      float* o = codes ? row_values.data() : out.data<float>() + r * c;
       double sum = 0, sq = 0;
       for (int64_t i = 0; i < c; ++i) sum += xr[i];
       const double mean = sum / c;
@@ -68,7 +79,9 @@ void CpuBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const 
       const float* sh = row(clean ? shift0 : shift, bi);
       const float* sc = row(clean ? scale0 : scale, bi);
       for (int64_t i = 0; i < c; ++i) o[i] = (xr[i] - m) * rstd * (1.0f + sc[i]) + sh[i];
+      if (codes) scales.data<float>()[r] = quantize_row_e4m3(o, c, out.data<uint8_t>() + r * c);
     }
+  if (codes) out = out.with_scales(scales);
 }
 
 void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {

@@ -264,6 +264,7 @@ void CudaBackend::bind_to_this_thread() { STDIT_CUDA_CHECK(cudaSetDevice(ctx_->d
 size_t CudaBackend::peak_memory_bytes() const { return ctx_->bytes_peak.load(); }
 size_t CudaBackend::device_memory_peak_bytes() const { return memory_monitor_->peak(); }
 void CudaBackend::reset_peak_memory() { ctx_->bytes_peak.store(ctx_->bytes_in_use.load()); }
+size_t CudaBackend::allocated_bytes() const { return ctx_->bytes_in_use.load(); }
 
 size_t CudaBackend::device_memory_in_use_bytes() const {
   int previous = -1;

@@ -59,6 +59,7 @@ class CudaBackend final : public Backend {
   void synchronize() override;    // waits for every op enqueued so far; throws on a device error
   size_t peak_memory_bytes() const override;  // most device bytes held at once by alloc/upload
   void reset_peak_memory() override;
+  size_t allocated_bytes() const override;
   void release_cached_memory() override;  // trims the device's default (stream-ordered) pool
   size_t device_memory_in_use_bytes() const override;  // cudaMemGetInfo: total - free
   std::unique_ptr<DryRunBackend> dry_run() const override;  // cuda_dry_run.cu: with the ops' scratch
@@ -68,6 +69,7 @@ class CudaBackend final : public Backend {
   Tensor download(const Tensor& t) override;
   Tensor upload_weight(const Tensor& host) override;  // BF16 in bf16 mode
   DType matmul_dtype() const override;                // BF16 in bf16 mode, else F32
+  DType operand_dtype(const Tensor& w) const override;  // F8_E4M3 for an fp8 weight of <= 1152 inputs
 
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
               Tensor& out) override;

@@ -53,35 +53,24 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t k, __nv_fp
       m = fmaxf(m, s_max[w]);
       b |= s_bad[w];
     }
-    const float inv = __fdiv_rn(448.0f, m);
-    if (b) {
-      s_mode = 2;
-      scale[row] = __int_as_float(0x7fc00000);  // NaN
-    } else if (m == 0.0f || isinf(inv)) {
-      s_mode = 1;
-      scale[row] = 1.0f;
-    } else {
-      s_mode = 0;
-      s_inv = inv;
-      scale[row] = __fdiv_rn(m, 448.0f);
-    }
+    const E4m3Row r = e4m3_row_rule(m, b);
+    s_mode = r.mode;
+    s_inv = r.inv;
+    scale[row] = r.scale;
   }
   __syncthreads();
-  const int mode = s_mode;
-  const float inv = s_inv;
+  const E4m3Row r{s_mode, s_inv, 0.0f};
   __nv_fp8_storage_t* qr = q + row * k;
-  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
-    const float v = load_f(xr + i);
-    qr[i] = mode == 1 ? __nv_fp8_storage_t(0)
-                      : __nv_cvt_float_to_fp8(mode == 2 ? v : __fmul_rn(v, inv), __NV_SATFINITE, __NV_E4M3);
-  }
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x)
+    qr[i] = static_cast<__nv_fp8_storage_t>(e4m3_code(load_f(xr + i), r));
 }
 
-// The same rule, one warp per row, for rows of k = 128 * v (v <= 9: k up to 1152, the block
-// linears' inputs but fc2's) with 8- or 16-byte aligned rows: each lane loads its v groups of 4
-// values once (vector loads), keeps them in registers for the amax and the codes, and stores 4
-// codes at a time. Bit for bit the kernel above. (A 36-group version for fc2's 4608 needed 231
-// registers and ran slower than the block-per-row kernel on an H100: docs/PERF.md.)
+// The same rule, W warps per row, for rows of k = 128 * W * v (v <= 9: W = 1 for k up to 1152,
+// the block linears' inputs; W = 4 for fc2's 4608) with 8- or 16-byte aligned rows: each thread
+// loads its v groups of 4 values once (vector loads), keeps them in registers for the amax and the
+// codes, and stores 4 codes at a time; the W warps of a row meet in shared memory for the amax.
+// Bit for bit the kernel above. (One warp per 4608-value row needed 36 groups, 231 registers, and
+// ran slower than the block-per-row kernel on an H100: docs/PERF.md.)
 constexpr int kQuantWarps = 8, kQuantMaxGroups = 9;
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
@@ -90,22 +79,24 @@ __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
   const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
   return make_float4(a.x, a.y, b.x, b.y);
 }
-template <typename T>
+template <int W, typename T>
 __global__ void __launch_bounds__(kQuantWarps * 32)
     quantize_rows_warp_kernel(const T* __restrict__ x, int64_t rows, int groups, __nv_fp8_storage_t* __restrict__ q,
                               float* __restrict__ scale) {
-  const int lane = threadIdx.x % 32;
-  const int64_t row = blockIdx.x * static_cast<int64_t>(kQuantWarps) + threadIdx.x / 32;
-  if (row >= rows) return;
-  const int64_t k = static_cast<int64_t>(groups) * 128;
-  const T* xr = x + row * k;
+  static_assert(kQuantWarps % W == 0, "a block holds whole rows");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int t = (warp % W) * 32 + lane;  // this thread's place in its row
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kQuantWarps / W) + warp / W;
+  const bool valid = row < rows;  // (no early return: the row's warps meet at a barrier)
+  const int64_t k = static_cast<int64_t>(groups) * 128 * W;
+  const T* xr = x + (valid ? row : 0) * k;
   float4 v[kQuantMaxGroups];
   float amax = 0.0f;
   int bad = 0;
 #pragma unroll
   for (int g = 0; g < kQuantMaxGroups; ++g) {
-    if (g < groups) {
-      v[g] = load4(xr + (static_cast<int64_t>(g) * 32 + lane) * 4);
+    if (valid && g < groups) {
+      v[g] = load4(xr + (static_cast<int64_t>(g) * 32 * W + t) * 4);
       for (const float e : {v[g].x, v[g].y, v[g].z, v[g].w}) {
         const float a = fabsf(e);
         if (!isfinite(a)) bad = 1;
@@ -117,19 +108,35 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     bad |= __shfl_xor_sync(0xffffffffu, bad, o);
   }
-  const float inv = __fdiv_rn(448.0f, amax);
-  const int mode = bad ? 2 : (amax == 0.0f || isinf(inv)) ? 1 : 0;
-  if (lane == 0) scale[row] = mode == 2 ? __int_as_float(0x7fc00000) : mode == 1 ? 1.0f : __fdiv_rn(amax, 448.0f);
+  if constexpr (W > 1) {
+    __shared__ float s_amax[kQuantWarps];
+    __shared__ int s_bad[kQuantWarps];
+    if (lane == 0) {
+      s_amax[warp] = amax;
+      s_bad[warp] = bad;
+    }
+    __syncthreads();
+    const int first = warp - warp % W;
+#pragma unroll
+    for (int i = 0; i < W; ++i) {
+      amax = fmaxf(amax, s_amax[first + i]);
+      bad |= s_bad[first + i];
+    }
+  }
+  if (!valid) return;
+  const E4m3Row r = e4m3_row_rule(amax, bad);
+  if (t == 0) scale[row] = r.scale;
   uint32_t* qr = reinterpret_cast<uint32_t*>(q + row * k);
-  auto code = [&](float e) -> uint32_t {
-    return mode == 1 ? 0u
-                     : static_cast<uint32_t>(__nv_cvt_float_to_fp8(mode == 2 ? e : __fmul_rn(e, inv), __NV_SATFINITE,
-                                                                   __NV_E4M3));
-  };
+  auto code = [&](float e) { return e4m3_code(e, r); };
 #pragma unroll
   for (int g = 0; g < kQuantMaxGroups; ++g)
     if (g < groups)
-      qr[g * 32 + lane] = code(v[g].x) | code(v[g].y) << 8 | code(v[g].z) << 16 | code(v[g].w) << 24;
+      qr[g * 32 * W + t] = code(v[g].x) | code(v[g].y) << 8 | code(v[g].z) << 16 | code(v[g].w) << 24;
+}
+template <int W, typename T>
+void launch_quantize_rows_warp(const T* x, int64_t m, int64_t k, __nv_fp8_storage_t* q, float* s, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>((m + kQuantWarps / W - 1) / (kQuantWarps / W));
+  quantize_rows_warp_kernel<W><<<blocks, kQuantWarps * 32, 0, stream>>>(x, m, static_cast<int>(k / (128 * W)), q, s);
 }
 
 // out[r, c] = act(acc[r, c] * sx[r] * sw[c] + bias[c]), rounded as the CPU emulation (no FMA).
@@ -205,6 +212,13 @@ bool fused_fp8_residual_applies(const CudaContext& ctx, const Tensor& y, const T
          fused_fp8_gemm_applies(ctx, w.size(0), w.size(1));
 }
 
+DType CudaBackend::operand_dtype(const Tensor& w) const {
+  const DType d = Backend::operand_dtype(w);
+  return d == DType::F8_E4M3 && w.dtype() == DType::F8_E4M3 && w.dim() == 2 && w.size(1) <= kNormCodesMaxChannels
+             ? d
+             : matmul_dtype();
+}
+
 Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
   CudaContext& c = *ctx_;
   expect_contiguous_float(x, c, "quantize_rows_e4m3", "x");
@@ -215,16 +229,14 @@ Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
   STDIT_CHECK(m <= 0x7fffffff, "cuda quantize_rows_e4m3: too many rows (", m, ")");
   auto* qp = static_cast<__nv_fp8_storage_t*>(q.raw());
   const size_t vec = x.dtype() == DType::BF16 ? 8 : 16;  // bytes of 4 values
-  if (k % 128 == 0 && k / 128 <= kQuantMaxGroups && reinterpret_cast<uintptr_t>(x.raw()) % vec == 0 &&
-      reinterpret_cast<uintptr_t>(qp) % 4 == 0) {
-    const unsigned blocks = static_cast<unsigned>((m + kQuantWarps - 1) / kQuantWarps);
-    const int groups = static_cast<int>(k / 128);
-    if (x.dtype() == DType::BF16)
-      quantize_rows_warp_kernel<<<blocks, kQuantWarps * 32, 0, c.stream>>>(
-          x.data<__nv_bfloat16>(), m, groups, qp, s.data<float>());
-    else
-      quantize_rows_warp_kernel<<<blocks, kQuantWarps * 32, 0, c.stream>>>(
-          x.data<float>(), m, groups, qp, s.data<float>());
+  const bool aligned = reinterpret_cast<uintptr_t>(x.raw()) % vec == 0 && reinterpret_cast<uintptr_t>(qp) % 4 == 0;
+  const bool bf16 = x.dtype() == DType::BF16;
+  auto fits = [&](int w) { return aligned && k % (128 * w) == 0 && k / (128 * w) <= kQuantMaxGroups; };
+  if (fits(1) || fits(4)) {
+    if (fits(1) && bf16) launch_quantize_rows_warp<1>(x.data<__nv_bfloat16>(), m, k, qp, s.data<float>(), c.stream);
+    else if (fits(1)) launch_quantize_rows_warp<1>(x.data<float>(), m, k, qp, s.data<float>(), c.stream);
+    else if (bf16) launch_quantize_rows_warp<4>(x.data<__nv_bfloat16>(), m, k, qp, s.data<float>(), c.stream);
+    else launch_quantize_rows_warp<4>(x.data<float>(), m, k, qp, s.data<float>(), c.stream);
     check_launch("quantize_rows_e4m3");
     return q.with_scales(s);
   }

@@ -6,6 +6,29 @@
 
 namespace stdit {
 
+// core/fp8.h's rule for one row on the device, from the row's largest |value| and whether a value
+// is not finite: mode 0 scaled (code = e4m3(v * inv)), 1 a zero row (codes 0, scale 1), 2 a row
+// with NaN or Inf (codes e4m3(v), scale NaN). Shared by every kernel that writes codes, so that
+// they write the same bits.
+struct E4m3Row {
+  int mode;
+  float inv, scale;
+};
+__device__ __forceinline__ E4m3Row e4m3_row_rule(float amax, bool bad) {
+  const float inv = __fdiv_rn(448.0f, amax);
+  const int mode = bad ? 2 : (amax == 0.0f || isinf(inv)) ? 1 : 0;
+  return {mode, inv, mode == 2 ? __int_as_float(0x7fc00000) : mode == 1 ? 1.0f : __fdiv_rn(amax, 448.0f)};
+}
+__device__ __forceinline__ uint32_t e4m3_code(float v, const E4m3Row& r) {
+  return r.mode == 1 ? 0u
+                     : static_cast<uint32_t>(
+                           __nv_cvt_float_to_fp8(r.mode == 2 ? v : __fmul_rn(v, r.inv), __NV_SATFINITE, __NV_E4M3));
+}
+
+// The widest row a modulated LayerNorm writes as e4m3 codes (one warp per row, the row's values in
+// registers): CudaBackend::operand_dtype() asks for codes only up to it.
+constexpr int64_t kNormCodesMaxChannels = 1152;
+
 // Whether the fused FP8 GEMM (cutlass_fp8_gemm.h) takes an [n, k] weight under ctx's policy: the
 // policy asks for it, the build has it, and n and k are multiples of 16 (the pointers' alignment
 // is checked when it runs).

@@ -53,8 +53,27 @@ Sel check_select(const FrameSelect& sel, const CudaContext& c, int64_t b, int64_
 
 constexpr int kWarps = 8;  // rows per block in the warp-per-row kernels
 
-// One warp per row of C. Statistics in f64 as the CPU backend (then f32); out may alias x.
-// Rows [row0, row0 + rows) of x.
+// A row's LayerNorm statistics, one warp per row of c: f64 sums as the CPU backend (then f32).
+__device__ __forceinline__ void ln_row_stats(const float* xr, int64_t c, int lane, float eps, float& mean,
+                                             float& rstd) {
+  double sum = 0;
+  for (int64_t i = lane; i < c; i += 32) sum += xr[i];
+  sum = warp_sum(sum);
+  const double mu = sum / c;
+  double sq = 0;
+  for (int64_t i = lane; i < c; i += 32) {
+    const double d = xr[i] - mu;
+    sq += d * d;
+  }
+  sq = warp_sum(sq);
+  rstd = static_cast<float>(1.0 / sqrt(sq / c + eps));
+  mean = static_cast<float>(mu);
+}
+__device__ __forceinline__ float ln_mod_value(float x, float mean, float rstd, float scale, float shift) {
+  return (x - mean) * rstd * (1.0f + scale) + shift;
+}
+
+// One warp per row of C; out may alias x. Rows [row0, row0 + rows) of x.
 template <typename TO>
 __global__ void __launch_bounds__(kWarps * 32)
     ln_mod_kernel(const float* x, TO* out, int64_t rows, int64_t n, int64_t c, ModRow shift,
@@ -65,23 +84,59 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (row >= row0 + rows) return;
   const float* xr = x + row * c;
   TO* o = out + row * c;
-  double sum = 0;
-  for (int64_t i = lane; i < c; i += 32) sum += xr[i];
-  sum = warp_sum(sum);
-  const double mean = sum / c;
-  double sq = 0;
-  for (int64_t i = lane; i < c; i += 32) {
-    const double d = xr[i] - mean;
-    sq += d * d;
-  }
-  sq = warp_sum(sq);
-  const float rstd = static_cast<float>(1.0 / sqrt(sq / c + eps));
-  const float m = static_cast<float>(mean);
+  float m, rstd;
+  ln_row_stats(xr, c, lane, eps, m, rstd);
   const int64_t bi = row / n, ni = row - bi * n;
   const bool clean = is_clean(sel, bi, ni);
   const float* sh = clean ? shift0.p + bi * shift0.s : shift.p + bi * shift.s;
   const float* sc = clean ? scale0.p + bi * scale0.s : scale.p + bi * scale.s;
-  for (int64_t i = lane; i < c; i += 32) store_out(o + i, (xr[i] - m) * rstd * (1.0f + sc[i]) + sh[i]);
+  for (int64_t i = lane; i < c; i += 32) store_out(o + i, ln_mod_value(xr[i], m, rstd, sc[i], sh[i]));
+}
+
+// The same row as e4m3 codes with its scale (an fp8 GEMM's operand, c <= kNormCodesMaxChannels):
+// each value rounded to bf16 as ln_mod_kernel<bf16> writes it, then quantized by core/fp8.h's
+// rule as quantize_rows_e4m3 would quantize that bf16 row — the same codes and scale, without the
+// bf16 copy and its pass.
+constexpr int kNormCodesPerLane = static_cast<int>(kNormCodesMaxChannels / 32);
+__global__ void __launch_bounds__(kWarps * 32)
+    ln_mod_e4m3_kernel(const float* __restrict__ x, __nv_fp8_storage_t* __restrict__ out,
+                       float* __restrict__ row_scale, int64_t rows, int64_t n, int64_t c, ModRow shift,
+                       ModRow scale, ModRow shift0, ModRow scale0, Sel sel, float eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const float* xr = x + row * c;
+  float m, rstd;
+  ln_row_stats(xr, c, lane, eps, m, rstd);
+  const int64_t bi = row / n, ni = row - bi * n;
+  const bool clean = is_clean(sel, bi, ni);
+  const float* sh = clean ? shift0.p + bi * shift0.s : shift.p + bi * shift.s;
+  const float* sc = clean ? scale0.p + bi * scale0.s : scale.p + bi * scale.s;
+  float v[kNormCodesPerLane];
+  float amax = 0.0f;
+  bool bad = false;
+#pragma unroll
+  for (int j = 0; j < kNormCodesPerLane; ++j) {
+    const int64_t i = lane + 32 * j;
+    if (i < c) {
+      v[j] = __bfloat162float(__float2bfloat16_rn(ln_mod_value(xr[i], m, rstd, sc[i], sh[i])));
+      const float a = fabsf(v[j]);
+      if (!isfinite(a)) bad = true;
+      else amax = fmaxf(amax, a);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    bad = __shfl_xor_sync(0xffffffffu, static_cast<int>(bad), o) || bad;
+  }
+  const E4m3Row r = e4m3_row_rule(amax, bad);
+  if (lane == 0) row_scale[row] = r.scale;
+  __nv_fp8_storage_t* o = out + row * c;
+#pragma unroll
+  for (int j = 0; j < kNormCodesPerLane; ++j) {
+    const int64_t i = lane + 32 * j;
+    if (i < c) o[i] = static_cast<__nv_fp8_storage_t>(e4m3_code(v[j], r));
+  }
 }
 
 // One warp per row; f32 sum of squares.
@@ -283,7 +338,15 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
   const char* op = "layernorm_modulate";
   const CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, op, "x");
-  expect_contiguous_float(out, c, op, "out");
+  // F8_E4M3 (operand_dtype() of an fp8 weight): the codes and, attached to out, the row scales.
+  const bool codes = out.dtype() == DType::F8_E4M3;
+  if (codes) {
+    expect_device(out, c, op, "out");
+    STDIT_CHECK(out.is_contiguous() && x.size(-1) <= kNormCodesMaxChannels, "cuda ", op,
+                ": an F8_E4M3 out must be contiguous with at most ", kNormCodesMaxChannels, " channels");
+  } else {
+    expect_contiguous_float(out, c, op, "out");
+  }
   STDIT_CHECK(x.dim() == 3, "cuda ", op, ": x must be [B, N, C]");
   expect_shape(out, x.shape(), op, "out");
   const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
@@ -295,6 +358,15 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
     check_mod(scale0, c, b, ch, op, "scale0");
   }
   const int64_t rows = b * n;
+  if (codes) {
+    const Tensor scales = alloc({rows}, DType::F32);
+    out = out.with_scales(scales);
+    if (rows == 0 || ch == 0) return;
+    ln_mod_e4m3_kernel<<<blocks_for(rows, kWarps, 2147483647), kWarps * 32, 0, c.stream>>>(
+        x.data<float>(), static_cast<__nv_fp8_storage_t*>(out.raw()), scales.data<float>(), rows, n, ch,
+        mod_row(shift), mod_row(scale), mod_row(shift0), mod_row(scale0), s, eps);
+    return check_launch("layernorm_modulate (e4m3)");
+  }
   if (rows == 0 || ch == 0) return;
   const unsigned blocks = blocks_for(rows, kWarps, 2147483647);
   if (out.dtype() == DType::BF16)

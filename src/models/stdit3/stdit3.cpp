@@ -607,7 +607,8 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   auto m0 = [&](int j) { return s.sel.active() ? chunk(mod0, j, C) : Tensor{}; };
 
   // Activations that only feed GEMMs and attention (LN outputs, q/k/v, attention outputs, MLP
-  // hidden) are in the backend's matmul dtype (bf16 on CUDA); the residual stream x stays F32.
+  // hidden) are in the backend's matmul dtype (bf16 on CUDA), the LN outputs in the dtype their
+  // GEMM takes them in (Backend::operand_dtype); the residual stream x stays F32.
   // The ops that depend on how the block is split over ranks are RankOps' (dist/rank_ops.h). Each
   // of the three phases frees its tensors when it ends, so a block holds at most one phase's worth
   // (the memory plan counts them in a dry run: pipeline/memory_plan.h).
@@ -617,7 +618,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
 
   // 1-3: modulated LN, self-attention (per frame or per position), gated residual.
   {
-    Tensor a = be_->alloc({B, N, C}, mm);
+    Tensor a = be_->alloc({B, N, C}, ops.norm_dtype_for(blk.qkv_w));
     ops.modulated_norm(x, m(0), m(1), m0(0), m0(1), s.sel, eps, a);
     Tensor qkv = be_->alloc({B * N, 3 * Cl}, mm);
     ops.column_linear(a, blk.qkv_w, blk.qkv_b, Activation::None, qkv);
@@ -647,7 +648,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
 
   // 5-7: modulated LN, MLP, gated residual.
   {
-    Tensor a = be_->alloc({B, N, C}, mm);
+    Tensor a = be_->alloc({B, N, C}, ops.norm_dtype_for(blk.fc1_w));
     ops.modulated_norm(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
     Tensor h = be_->alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
     ops.column_linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
