@@ -237,6 +237,41 @@ TEST(MemoryPlan, RequestPlanEqualsTheRunsAllocations) {
   fs::remove_all(tmp);
 }
 
+// A resident engine's later requests: T5, the denoiser and the VAE loaded by the first are held
+// through every stage, and the plan counts them (equal to the run's allocations again; nothing of
+// the first request's text or step-caching state is left in the denoiser). Over a budget with
+// them kept, the request frees T5 and the VAE after their stages (as offload): less memory, the
+// same video bit for bit, the engine still able to serve the next request.
+TEST(MemoryPlan, ResidentEnginePlansItsLoadedModelsAndOffloadsToFit) {
+  auto engine = demo_engine(true);
+  api::Request r = demo_request(64, 48, "17");
+  r.cache = "teacache";  // leaves step-caching state in the model at the end of a request
+  const api::Engine::MemoryEstimate first_est = engine->plan_memory(r);
+  const size_t first_plan = first_est.largest(), engine_plan_text = first_est.stages[0].second;
+  const api::Result first = engine->generate(r);
+  EXPECT_EQ(first.allocated_peak_bytes, first_plan);
+  const std::vector<std::string> all = {"t5", "denoiser", "vae"};
+  ASSERT_EQ(engine->loaded_models(), all);
+  const api::Engine::MemoryEstimate again = engine->plan_memory(r);
+  ASSERT_EQ(again.stages.size(), 3u);
+  EXPECT_GT(again.stages[0].second, engine_plan_text);  // T5's stage holds the denoiser and the VAE now
+  const api::Result second = engine->generate(r);
+  EXPECT_EQ(second.allocated_peak_bytes, again.largest());
+  EXPECT_EQ(second.videos[0].rgb, first.videos[0].rgb);
+
+  // One byte under that: T5 and the VAE go after their stages in this request.
+  const api::Result offloaded = one_byte_short(*engine, r, again.largest());
+  ASSERT_EQ(offloaded.videos.size(), 1u);
+  EXPECT_LT(offloaded.allocated_peak_bytes, again.largest());
+  EXPECT_EQ(offloaded.videos[0].rgb, first.videos[0].rgb);
+  EXPECT_EQ(engine->loaded_models(), std::vector<std::string>{"denoiser"});
+  // The next request plans from there (T5 and the VAE not loaded) and loads them again.
+  const size_t after = engine->plan_memory(r).largest();
+  const api::Result next = engine->generate(r);
+  EXPECT_EQ(next.allocated_peak_bytes, after);
+  EXPECT_EQ(engine->loaded_models(), all);
+}
+
 // When the decode is what does not fit, --max-memory lowers the frames per 2D VAE call (4, 2, 1)
 // until it does, records the choice, and the video is the same (on the CPU, bit for bit).
 TEST(MemoryPlan, MaxMemoryLowersTheVaeFramesPerCallToFit) {

@@ -166,9 +166,12 @@ class Engine {
   // The request's memory plan, made before anything loads: its stages replayed on a dry run of
   // this process's first device (the models map their engine files without reading them and run
   // the request's shapes on a backend that only counts what it would allocate). Per stage, the
-  // most bytes stdit's allocations hold at once; and what the device holds already (CUDA
-  // context, library code, other processes; 0 on the CPU). Request::max_memory_gib refuses a
-  // request whose largest stage plus that is over the budget. InvalidRequest as validate().
+  // most bytes stdit's allocations hold at once (a resident engine's models loaded by earlier
+  // requests included); and what the device holds besides this engine's tensors (CUDA context,
+  // library code, other processes, cached pool blocks; 0 on the CPU). Request::max_memory_gib
+  // refuses a request whose largest stage plus that is over the budget; on a resident engine it
+  // first frees T5 and the VAE after their stages for that request (as offload) when that fits.
+  // InvalidRequest as validate().
   struct MemoryEstimate {
     std::vector<std::pair<std::string, size_t>> stages;  // "text", "denoise", "decode"
     size_t device_held = 0;

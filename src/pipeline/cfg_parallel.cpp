@@ -67,6 +67,10 @@ Tensor CfgParallelDenoiser::forward(const STDiT3Inputs& in) {
   return both;
 }
 
+void CfgParallelDenoiser::release_kept_state() {
+  run_on_devices(backends_, [&](int k) { halves_[k]->release_kept_state(); });
+}
+
 Tensor CfgParallelDenoiser::forward_conditional(const STDiT3Inputs& in) {
   // The conditional rows are the first half's work: its device(s) alone; the second idles.
   Tensor out;

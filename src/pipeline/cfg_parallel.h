@@ -36,6 +36,7 @@ class CfgParallelDenoiser final : public Denoiser {
   DType model_dtype() const override { return halves_[0]->model_dtype(); }
   const STDiT3Config& config() const override { return halves_[0]->config(); }
   const STDiT3& first() const override { return halves_[0]->first(); }
+  void release_kept_state() override;
 
  private:
   std::vector<Backend*> backends_;
@@ -55,6 +56,10 @@ class CfgSequentialDenoiser final : public DenoiserAdapter {
   Tensor forward_conditional(const STDiT3Inputs& in) override { return inner_.forward_conditional(in); }
   std::vector<bool> last_blocks_ran() const override { return last_ran_; }
   Backend* latent_backend() const override { return inner_.latent_backend(); }
+  void release_kept_state() override {
+    keys_.clear();
+    inner_.release_kept_state();
+  }
 
  private:
   std::map<uint64_t, std::array<uint64_t, 2>> keys_;  // a batch's text key -> its halves'

@@ -131,6 +131,11 @@ Tensor TensorParallelDenoiser::forward(const STDiT3Inputs& in) {
   return out[0];
 }
 
+void TensorParallelDenoiser::release_kept_state() {
+  run([&](int r) { ranks_[r]->release_kept_state(); });
+  backends_[0]->bind_to_this_thread();
+}
+
 void check_tp_split(int tp, int heads, int devices_needed, int devices_present) {
   STDIT_CHECK(tp >= 1, "--tp must be at least 1, got ", tp);
   STDIT_CHECK(heads % tp == 0, "--tp ", tp, " does not divide the model's ", heads,

@@ -33,6 +33,10 @@ class Denoiser {
   // The model on the first device (rank 0): its weights and activation sizes are the per-GPU
   // figures of the memory plan.
   virtual const STDiT3& first() const = 0;
+  // Frees what the model keeps from one call to the next (the kept text conditioning, step
+  // caching's state) on every device: a resident engine's denoiser holds none of it between
+  // requests.
+  virtual void release_kept_state() = 0;
 };
 
 // A denoiser around another (not owned): the model's queries and, unless a subclass overrides it,
@@ -45,6 +49,7 @@ class DenoiserAdapter : public Denoiser {
   DType model_dtype() const override { return inner_.model_dtype(); }
   const STDiT3Config& config() const override { return inner_.config(); }
   const STDiT3& first() const override { return inner_.first(); }
+  void release_kept_state() override { inner_.release_kept_state(); }
 
  protected:
   Denoiser& inner_;
@@ -60,6 +65,7 @@ class SingleDenoiser final : public Denoiser {
   DType model_dtype() const override { return m_.model_dtype(); }
   const STDiT3Config& config() const override { return m_.config(); }
   const STDiT3& first() const override { return m_; }
+  void release_kept_state() override { m_.release_kept_state(); }
 
  private:
   STDiT3& m_;
@@ -85,6 +91,7 @@ class TensorParallelDenoiser final : public Denoiser {
   DType model_dtype() const override { return ranks_[0]->model_dtype(); }
   const STDiT3Config& config() const override { return ranks_[0]->config(); }
   const STDiT3& first() const override { return *ranks_[0]; }
+  void release_kept_state() override;
   int size() const { return static_cast<int>(ranks_.size()); }
   std::string comm_kind() const;
 

@@ -179,6 +179,9 @@ struct Plan {
   int extend_ref = -1;
   int64_t T = 0, h = 0, w = 0;      // latent shape
   bool decode_only = false;
+  // A resident engine's T5 and VAE freed after their stages in this request (as --offload does):
+  // what --max-memory chooses first when they do not fit beside the rest.
+  bool offload = false;
   Tensor latents;  // decode-only: [N, 4, T, h, w]
   std::string ext;
   std::unique_ptr<Reservation> output, latents_file;  // -o and --save-latents, reserved now
@@ -530,7 +533,7 @@ struct Engine::Impl {
   ParallelPlan par;
   bool resident = false;
   bool offload = false;  // resident: T5 and the VAE are freed after their stage all the same
-  bool keeps_t5_and_vae() const { return resident && !offload; }
+  bool keeps_t5_and_vae(const Plan& p) const { return resident && !offload && !p.offload; }
   std::unique_ptr<Backend> backend;             // cuda:0 (or the CPU): T5, the VAE, the first rank
   std::vector<std::unique_ptr<Backend>> extra;  // cuda:1 .. gpus-1
   std::vector<Backend*> devs;
@@ -568,12 +571,18 @@ struct Engine::Impl {
     m.fps = rec.model_fps;
     m.tp = par.tp;
     m.cp = par.cp;
-    m.keep_t5 = keeps_t5_and_vae();
+    m.keep_t5 = keeps_t5_and_vae(plan);
+    // A resident engine's models loaded by earlier requests (T5 and the VAE unless this request
+    // frees them first).
+    m.t5_loaded = t5 && m.keep_t5;
+    m.vae_loaded = vae && m.keep_t5;
+    m.dit_loaded = dit != nullptr;
     m.vae_during_denoise = !plan.refs.empty() || rec.loop > 1;
     m.conditioned = m.vae_during_denoise && plan.T > 1;
     for (const Reference& ref : plan.refs) m.encode_frames = std::max<int>(m.encode_frames, ref.frames.count);
     if (rec.loop > 1) m.encode_frames = std::max(m.encode_frames, rec.num_frames);  // a clip's tail: at most the clip
-    m.denoiser_during_decode = resident || items > rec.batch_size || rec.loop > 1;
+    m.text_during_decode = items > rec.batch_size || rec.loop > 1;
+    m.denoiser_during_decode = resident || m.text_during_decode;
     m.decode_only = plan.decode_only;
     m.vae_frames_per_call = rec.vae_frames_per_call;
     m.cfg_sequential = rec.cfg_sequential;
@@ -581,15 +590,29 @@ struct Engine::Impl {
     return plan_request_memory(eng, m, *backend);
   }
 
-  // --max-memory: the plan's largest stage plus what the device holds already, against the budget.
-  // Over it because of the decode, fewer frames per 2D VAE call are tried (4, 2, 1: recorded, so
-  // that --from makes the same bytes); still over: refused up front.
+  // What the device holds besides this engine's tensors (the CUDA context, library code, other
+  // processes, and the pool's cached blocks unless given back first): what it reports in use, less
+  // what this engine's allocations hold (a resident engine's models: the plan counts those).
+  size_t held_besides_own() const {
+    const size_t in_use = backend->device_memory_in_use_bytes(), own = backend->allocated_bytes();
+    return in_use > own ? in_use - own : 0;
+  }
+
+  // --max-memory: the plan's largest stage plus what the device holds besides this engine's
+  // tensors, against the budget. A resident engine over it with T5 and the VAE kept frees them
+  // after their stages in this request (as --offload). Over it because of the decode, fewer frames
+  // per 2D VAE call are tried (4, 2, 1: recorded, so that --from makes the same bytes); still
+  // over: refused up front.
   void check_memory_budget(Plan& plan, double gib) const {
     STDIT_CHECK(std::isfinite(gib) && gib > 0, "--max-memory must be a positive number of GiB, got ", gib);
-    const size_t held = backend->device_memory_in_use_bytes();
+    const size_t held = held_besides_own();
     const size_t budget = static_cast<size_t>(gib * double(1ull << 30));
     MemoryPlan mp = memory_plan(plan);
     auto need = [&] { return mp.largest().peak + held; };
+    if (need() > budget && keeps_t5_and_vae(plan) && (t5 || vae)) {
+      plan.offload = true;
+      mp = memory_plan(plan);
+    }
     const int configured = load_vae_config(eng.vae + "/config.json").micro_batch_size;
     int& frames = plan.rec.vae_frames_per_call;
     auto fewer_vae_frames = [&] {  // 4, 2, 1 frames per 2D VAE call while the decode is over
@@ -618,6 +641,9 @@ struct Engine::Impl {
                              " per 2D call (", configured, " by default) to fit");
     if (plan.rec.cfg_sequential)
       log_info("--max-memory ", gib, " GiB: the two CFG halves run one after the other to fit");
+    if (plan.offload)
+      log_info("--max-memory ", gib, " GiB: T5 and the VAE of this resident engine are freed after their stages in "
+               "this request (as --offload) to fit");
   }
 
   std::unique_ptr<DenoiserSet> load_denoiser() {
@@ -809,7 +835,7 @@ Engine::MemoryEstimate Engine::plan_memory(const Request& request) const {
   const Plan plan = plan_without_outputs(request, impl_->eng, impl_->identity);
   MemoryEstimate est;
   for (const MemoryStage& st : impl_->memory_plan(plan).stages) est.stages.emplace_back(st.name, st.peak);
-  est.device_held = impl_->backend->device_memory_in_use_bytes();
+  est.device_held = impl_->held_besides_own();
   return est;
 }
 
@@ -926,6 +952,9 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   auto emit = [&](Event e) {
     if (on_event) on_event(e);
   };
+  // A resident denoiser keeps nothing of an earlier request (one that ended early may have left
+  // its text conditioning or step-caching state).
+  if (dit) dit->top->release_kept_state();
   Plan plan;
   std::exception_ptr refused;
   try {
@@ -940,7 +969,10 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
     // A record's sequential CFG halves (--from) on a split that already puts them on two devices:
     // each device runs its half as before.
     if (par.cfg_parallel) plan.rec.cfg_sequential = false;
-    if (opt.max_memory_gib != 0) check_memory_budget(plan, opt.max_memory_gib);
+    if (opt.max_memory_gib != 0) {
+      backend->release_cached_memory();  // the pool's cached blocks are this request's to use
+      check_memory_budget(plan, opt.max_memory_gib);
+    }
   } catch (...) {
     refused = std::current_exception();
   }
@@ -970,6 +1002,11 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   rec.backend = backend->name();
   rec.precision = precision_name(backend->policy().precision);
   rec.fp8_keep = backend->policy().fp8_keep.describe();
+  if (plan.offload && (t5 || vae)) {  // --max-memory chose to free them (the plan counted this)
+    t5.reset();
+    vae.reset();
+    backend->release_cached_memory();
+  }
   for (Backend* d : devs) d->reset_peak_memory();  // Result::allocated_peak_bytes: this request's
   const KernelCounts kernels_before = backend->attention_kernels();  // this run's, rank 0's device
   Result result;
@@ -998,7 +1035,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   // The VAE (loaded on first use; kept for the run, or for the engine's life when resident).
   auto the_vae = [&]() -> OpenSoraVae& {
     backend->bind_to_this_thread();  // a second GPU's backend may have been made current
-    std::unique_ptr<OpenSoraVae>& vae_slot = keeps_t5_and_vae() ? vae : local_vae;
+    std::unique_ptr<OpenSoraVae>& vae_slot = keeps_t5_and_vae(plan) ? vae : local_vae;
     if (!vae_slot) vae_slot = OpenSoraVae::load(eng.vae, *backend, "engine vae");
     vae_slot->set_frames_per_2d_call(rec.vae_frames_per_call);  // this request's (a resident VAE serves many)
     return *vae_slot;
@@ -1108,7 +1145,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
         std::unique_ptr<T5Tokenizer> local_tok;
         std::unique_ptr<T5Encoder> local_t5;
         std::unique_ptr<T5Tokenizer>& tok = resident ? tokenizer : local_tok;
-        std::unique_ptr<T5Encoder>& enc = keeps_t5_and_vae() ? t5 : local_t5;
+        std::unique_ptr<T5Encoder>& enc = keeps_t5_and_vae(plan) ? t5 : local_t5;
         // mpirun: rank 0 runs T5 and sends the embeddings; the others tokenize only (the mask).
         const ProcessWorld& world = process_world();
         if (!tok) tok = std::make_unique<T5Tokenizer>(eng.spiece);
@@ -1132,7 +1169,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
         emit({"text", P, P, 0, items, "", ""});
       }
       // T5's freed weights leave the device's pool before the denoiser's tensors come.
-      if (!keeps_t5_and_vae()) backend->release_cached_memory();
+      if (!keeps_t5_and_vae(plan)) backend->release_cached_memory();
       t_text = seconds_since(t0);
       check_cancel();
 
@@ -1261,6 +1298,9 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
             if (!resident) {  // stage residency: the denoiser leaves before the last decode, pool and all
               dits.reset();
               for (Backend* d : devs) d->release_cached_memory();
+              backend->bind_to_this_thread();
+            } else {  // the resident denoiser stays, without this request's text and caching state
+              dits->top->release_kept_state();
               backend->bind_to_this_thread();
             }
             if (backend->peak_memory_bytes() > 0)

@@ -42,9 +42,18 @@ MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const 
   const std::unique_ptr<Communicator> cp = r.cp > 1 ? make_dry_communicator(0, r.cp) : nullptr;
   int64_t caption_channels = 0;
 
+  auto load_dit = [&] {
+    dit = load_stdit3_rank(eng.dit, *dry, tp.get(), "engine dit");
+    if (cp) dit->set_context_parallel(cp.get());
+  };
+  // A resident engine's models from earlier requests.
+  if (r.t5_loaded) t5 = T5Encoder::load(eng.t5, *dry, "engine t5");
+  if (r.dit_loaded) load_dit();
+  if (r.vae_loaded) vae = OpenSoraVae::load(eng.vae, *dry, "engine vae");
+
   // Text: T5 on every distinct prompt at once (padding rows cost what text rows do).
   if (!r.decode_only) stage("text", [&] {
-    t5 = T5Encoder::load(eng.t5, *dry, "engine t5");
+    if (!t5) t5 = T5Encoder::load(eng.t5, *dry, "engine t5");
     Tensor ids = Tensor::zeros({r.prompts, r.text_len}, DType::I64);
     Tensor mask = Tensor::zeros({r.prompts, r.text_len}, DType::I64);
     for (int64_t i = 0; i < mask.numel(); ++i) mask.data<int64_t>()[i] = 1;
@@ -54,10 +63,9 @@ MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const 
   // Denoise: the denoiser (this rank's share), the sampler's latents, one keyed call (the text
   // conditioning it keeps, the activations, the output); the VAE too when references are encoded.
   if (!r.decode_only) stage("denoise", [&] {
-    dit = load_stdit3_rank(eng.dit, *dry, tp.get(), "engine dit");
-    if (cp) dit->set_context_parallel(cp.get());
+    if (!dit) load_dit();
     if (r.vae_during_denoise) {  // references (and loops' clip tails) are encoded beside the denoiser
-      vae = OpenSoraVae::load(eng.vae, *dry, "engine vae");
+      if (!vae) vae = OpenSoraVae::load(eng.vae, *dry, "engine vae");
       vae->set_frames_per_2d_call(r.vae_frames_per_call);
       if (r.encode_frames > 0)
         vae->encode(Tensor::zeros({1, 3, r.encode_frames, 8 * r.h, 8 * r.w}, DType::F32), {}, uint64_t{1});
@@ -83,6 +91,7 @@ MemoryPlan plan_request_memory(const Engine& eng, const MemoryRequest& r, const 
   // the last batch of a non-resident run.
   stage("decode", [&] {
     if (!r.denoiser_during_decode) dit.reset();
+    else if (dit && !r.text_during_decode) dit->release_kept_state();  // a resident one after its last batch
     if (!vae) vae = OpenSoraVae::load(eng.vae, *dry, "engine vae");
     vae->set_frames_per_2d_call(r.vae_frames_per_call);
     vae->decode(Tensor::zeros({1, 4, r.T, r.h, r.w}, DType::F32), r.frames);

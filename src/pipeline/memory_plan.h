@@ -27,10 +27,14 @@ struct MemoryRequest {
   double fps = 24;
   int tp = 1, cp = 1;       // this device is rank 0 of these splits
   bool keep_t5 = false;           // T5 stays loaded after the text (resident engine without offload)
+  // Models a resident engine holds already when the request starts (loaded by an earlier one):
+  // on the device through every stage before their own.
+  bool t5_loaded = false, dit_loaded = false, vae_loaded = false;
   bool vae_during_denoise = false;  // references are encoded before sampling: the VAE is loaded then
   int encode_frames = 0;            // frames of the longest clip the VAE encodes then (0: none)
   bool conditioned = false;         // some latent frames are references' (the model's x_mask branch)
   bool denoiser_during_decode = false;  // more batches follow, or a resident engine: it stays
+  bool text_during_decode = false;      // ... with its text conditioning kept (more batches or clips follow)
   bool decode_only = false;             // saved latents decoded: the decode stage alone
   int vae_frames_per_call = 0;          // frames per 2D VAE call (0: the VAE's own)
   bool cfg_sequential = false;          // the CFG halves one after the other (batch / 2 rows a call)
