@@ -72,6 +72,25 @@ __device__ __forceinline__ void ln_row_stats(const float* xr, int64_t c, int lan
 __device__ __forceinline__ float ln_mod_value(float x, float mean, float rstd, float scale, float shift) {
   return (x - mean) * rstd * (1.0f + scale) + shift;
 }
+// Row `row` of x [B, N, c] as the modulated LayerNorm reads it: its values, statistics, and the
+// shift and scale of its sample (a clean frame's own with frame selection).
+struct LnModRow {
+  const float* x;
+  float mean, rstd;
+  const float *shift, *scale;
+};
+__device__ __forceinline__ LnModRow ln_mod_row(const float* x, int64_t row, int64_t n, int64_t c, int lane,
+                                               float eps, ModRow shift, ModRow scale, ModRow shift0,
+                                               ModRow scale0, Sel sel) {
+  LnModRow r;
+  r.x = x + row * c;
+  ln_row_stats(r.x, c, lane, eps, r.mean, r.rstd);
+  const int64_t bi = row / n, ni = row - bi * n;
+  const bool clean = is_clean(sel, bi, ni);
+  r.shift = clean ? shift0.p + bi * shift0.s : shift.p + bi * shift.s;
+  r.scale = clean ? scale0.p + bi * scale0.s : scale.p + bi * scale.s;
+  return r;
+}
 
 // One warp per row of C; out may alias x. Rows [row0, row0 + rows) of x.
 template <typename TO>
@@ -82,15 +101,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int lane = threadIdx.x & 31;
   const int64_t row = row0 + blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
   if (row >= row0 + rows) return;
-  const float* xr = x + row * c;
+  const LnModRow r = ln_mod_row(x, row, n, c, lane, eps, shift, scale, shift0, scale0, sel);
   TO* o = out + row * c;
-  float m, rstd;
-  ln_row_stats(xr, c, lane, eps, m, rstd);
-  const int64_t bi = row / n, ni = row - bi * n;
-  const bool clean = is_clean(sel, bi, ni);
-  const float* sh = clean ? shift0.p + bi * shift0.s : shift.p + bi * shift.s;
-  const float* sc = clean ? scale0.p + bi * scale0.s : scale.p + bi * scale.s;
-  for (int64_t i = lane; i < c; i += 32) store_out(o + i, ln_mod_value(xr[i], m, rstd, sc[i], sh[i]));
+  for (int64_t i = lane; i < c; i += 32) store_out(o + i, ln_mod_value(r.x[i], r.mean, r.rstd, r.scale[i], r.shift[i]));
 }
 
 // The same row as e4m3 codes with its scale (an fp8 GEMM's operand, c <= kNormCodesMaxChannels):
@@ -105,13 +118,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
   if (row >= rows) return;
-  const float* xr = x + row * c;
-  float m, rstd;
-  ln_row_stats(xr, c, lane, eps, m, rstd);
-  const int64_t bi = row / n, ni = row - bi * n;
-  const bool clean = is_clean(sel, bi, ni);
-  const float* sh = clean ? shift0.p + bi * shift0.s : shift.p + bi * shift.s;
-  const float* sc = clean ? scale0.p + bi * scale0.s : scale.p + bi * scale.s;
+  const LnModRow lr = ln_mod_row(x, row, n, c, lane, eps, shift, scale, shift0, scale0, sel);
   float v[kNormCodesPerLane];
   float amax = 0.0f;
   bool bad = false;
@@ -119,7 +126,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int j = 0; j < kNormCodesPerLane; ++j) {
     const int64_t i = lane + 32 * j;
     if (i < c) {
-      v[j] = __bfloat162float(__float2bfloat16_rn(ln_mod_value(xr[i], m, rstd, sc[i], sh[i])));
+      v[j] = __bfloat162float(__float2bfloat16_rn(ln_mod_value(lr.x[i], lr.mean, lr.rstd, lr.scale[i], lr.shift[i])));
       const float a = fabsf(v[j]);
       if (!isfinite(a)) bad = true;
       else amax = fmaxf(amax, a);
