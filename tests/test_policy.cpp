@@ -80,11 +80,12 @@ TEST(Policy, Fp8) {
             "execution policy: cuda, fp8 (e4m3 block linears, bf16 elsewhere); fp8 GEMMs unfused (an epilogue "
             "pass); norms write e4m3; attention short-text > cudnn > bf16 flash > tf32 > f32; convolutions cudnn; "
             "unquantized first:2");
-  // The fused FP8 GEMM (CUTLASS, scales in the epilogue): asked for (STDIT_CUDA_FP8_GEMM=1, opt-in
-  // until measured), on Hopper only, not with portable kernels, not in other precisions.
+  // The fused FP8 GEMM (CUTLASS, scales in the epilogue): by default on Hopper (off with
+  // STDIT_CUDA_FP8_GEMM=0), not on Ada, not with portable kernels, not in other precisions.
   const std::map<std::string, bool> fused{{"fp8_gemm", true}};
   EXPECT_FALSE(g.fused_fp8_gemm);
-  EXPECT_FALSE(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90).fused_fp8_gemm);
+  EXPECT_TRUE(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90).fused_fp8_gemm);
+  EXPECT_FALSE(resolve_policy({"fp8", "auto", {{"fp8_gemm", false}}, ""}, "cuda", 90).fused_fp8_gemm);
   EXPECT_TRUE(resolve_policy({"fp8", "auto", fused, ""}, "cuda", 90).fused_fp8_gemm);
   EXPECT_FALSE(resolve_policy({"fp8", "auto", fused, ""}, "cuda", 89).fused_fp8_gemm);
   EXPECT_FALSE(resolve_policy({"fp8", "portable", fused, ""}, "cuda", 90).fused_fp8_gemm);

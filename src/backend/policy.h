@@ -60,8 +60,8 @@ struct ExecutionPolicy {
   bool tf32_attention = false;   // TF32 tensor-core attention (tf32 precision)
   bool cudnn_conv = false;       // cuDNN convolutions (the VAE); else im2col + GEMM
   // precision fp8 on Hopper: the e4m3 GEMMs with their scales, bias, activation and residual in
-  // the GEMM's epilogue (CUTLASS, cutlass_fp8_gemm.h); else cuBLASLt and an epilogue pass. Opt-in
-  // for now (the "fp8_gemm" override, STDIT_CUDA_FP8_GEMM=1).
+  // the GEMM's epilogue (CUTLASS, cutlass_fp8_gemm.h); else cuBLASLt and an epilogue pass. On by
+  // default on Hopper (the "fp8_gemm" override, STDIT_CUDA_FP8_GEMM=0, turns it off).
   bool fused_fp8_gemm = false;
   // precision fp8: a modulated LayerNorm whose output feeds only an e4m3 GEMM writes that GEMM's
   // operand (e4m3 codes and per-row scales) instead of a copy the GEMM quantizes in a pass of its

@@ -250,9 +250,9 @@ CudaBackend::CudaBackend(int device, CudaOptions options, ExecutionPolicy policy
       policy_(std::move(policy)) {
   ctx_->policy = policy_;
   static std::atomic<bool> told{false};
-  if (policy_.precision == Precision::FP8 && !told.exchange(true))
-    log_warn("--precision fp8 passes its quality gate but is slower than bf16 today (its quantization and "
-             "scaling run as passes of their own; docs/PERF.md); it halves the denoiser's weight memory");
+  if (policy_.precision == Precision::FP8 && !policy_.fused_fp8_gemm && !told.exchange(true))
+    log_warn("--precision fp8 without the fused FP8 GEMM (Hopper only) is slower than bf16 (its scaling runs as "
+             "a pass of its own; docs/PERF.md); it halves the denoiser's weight memory");
 }
 
 CudaBackend::~CudaBackend() = default;
