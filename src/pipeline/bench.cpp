@@ -104,13 +104,16 @@ void run_bench(const BenchOptions& opt) {
   // Tensor parallel over opt.tp devices, sharded from the same synthetic weights.
   std::vector<std::unique_ptr<Backend>> tp_owned;
   std::unique_ptr<TensorParallelDenoiser> tp;
-  if (opt.tp > 1) {
-    std::vector<Backend*> bes;
-    for (int r = 0; r < opt.tp; ++r) {
-      tp_owned.push_back(r == 0 ? nullptr : make_backend(opt.backend == "cuda" ? cat("cuda:", r) : opt.backend));
-      bes.push_back(r == 0 ? be.get() : tp_owned.back().get());
-    }
+  if (opt.tp > 1)
+    for (int r = 1; r < opt.tp; ++r) tp_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", r) : opt.backend));
+  auto make_tp = [&] {  // (again for each preset after a VAE stage freed it)
+    std::vector<Backend*> bes = {be.get()};
+    for (auto& b : tp_owned) bes.push_back(b.get());
     tp = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), bes);
+    be->bind_to_this_thread();
+  };
+  if (opt.tp > 1) {
+    make_tp();
     std::printf("tensor parallel: %d ranks (%s)\n", opt.tp, tp->comm_kind().c_str());
   }
   // CFG-parallel: a second device with its own copy of the denoiser.
@@ -130,22 +133,28 @@ void run_bench(const BenchOptions& opt) {
   const bool room_for_cfg_tp = opt.backend != "cuda" || cuda_devices_visible() >= 2 * opt.tp;
   if (opt.tp > 1 && opt.cfg_parallel && !room_for_cfg_tp)
     std::printf("CFG-parallel x tensor parallel %d needs %d devices: not timed\n", opt.tp, 2 * opt.tp);
-  if (opt.tp > 1 && opt.cfg_parallel && room_for_cfg_tp) {
-    std::vector<Backend*> bes;
-    for (int r = 0; r < opt.tp; ++r) {
+  const bool cfg_tp = opt.tp > 1 && opt.cfg_parallel && room_for_cfg_tp;
+  if (cfg_tp)
+    for (int r = 0; r < opt.tp; ++r)
       tpb_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", opt.tp + r) : opt.backend));
-      bes.push_back(tpb_owned.back().get());
-    }
+  auto make_tp_b = [&] {
+    std::vector<Backend*> bes;
+    for (auto& b : tpb_owned) bes.push_back(b.get());
     tp_b = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), bes);
     be->bind_to_this_thread();
-  }
+  };
+  if (cfg_tp) make_tp_b();
   std::unique_ptr<OpenSoraVae> vae;
   VaeConfig vc;
   size_t peak_before_resets = 0;  // the backend's peak, kept across the per-call measurements
   auto own_peak = [&] { return std::max(peak_before_resets, be->peak_memory_bytes()); };
   for (const auto& preset : opt.presets) {
     const KernelCounts kernels_before = be->attention_kernels();
-    if (!dit) dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be);
+    if (!dit) {  // the previous preset's VAE stage freed the denoisers
+      dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be);
+      if (opt.tp > 1) make_tp();
+      if (cfg_tp) make_tp_b();
+    }
     const auto dash = preset.find('-');
     STDIT_CHECK(dash != std::string::npos, "bench preset '", preset, "' is not RESOLUTION-DURATION (e.g. 480p-4s)");
     const auto [H, W] = image_size(preset.substr(0, dash), "9:16");
