@@ -60,6 +60,43 @@ TEST(Fp8, RowQuantizationEqualsTheReferenceBitForBit) {
   }
 }
 
+TEST(Fp8, LargeMatricesQuantizeOnEveryCoreToTheReferencesCodes) {
+  // The reference's rows, repeated past the size above which rows are quantized in parallel
+  // (weights at load: 1.2 billion values for the denoiser), in f32 and from bf16 storage.
+  const Tensor x = fixture("rows.safetensors", "x");
+  const Tensor codes = SafetensorsFile::open(kData + "/fp8/rows.safetensors")->get("codes");
+  const Tensor scales = fixture("rows.safetensors", "scales");
+  const int64_t R = x.size(0), n = x.size(1), copies = (int64_t{1} << 19) / (R * n) + 1;
+  Tensor big = Tensor::empty({R * copies, n}, DType::F32);
+  for (int64_t c = 0; c < copies; ++c) std::memcpy(big.data<float>() + c * R * n, x.data<float>(), R * n * 4);
+  const Tensor q = quantize_rows_e4m3(big, "big");
+  int64_t code_diffs = 0, scale_diffs = 0;
+  for (int64_t i = 0; i < big.numel(); ++i) code_diffs += q.data<uint8_t>()[i] != codes.data<uint8_t>()[i % (R * n)];
+  for (int64_t r = 0; r < big.size(0); ++r) scale_diffs += q.scales().data<float>()[r] != scales.data<float>()[r % R];
+  EXPECT_EQ(code_diffs, 0) << "of " << big.numel();
+  EXPECT_EQ(scale_diffs, 0) << "of " << big.size(0);
+  // Dequantized: each code's value times its row's scale.
+  const Tensor back = dequantize_rows_e4m3(q, q.scales());
+  int64_t value_diffs = 0;
+  for (int64_t i = 0; i < big.numel(); ++i)
+    value_diffs += back.data<float>()[i] != f8e4m3_to_f32(q.data<uint8_t>()[i]) * q.scales().data<float>()[i / n];
+  EXPECT_EQ(value_diffs, 0);
+  // bf16 storage widens to f32 as the one-value rule does (the fast path of Tensor::to).
+  const Tensor b = big.to(DType::BF16), bf = b.to(DType::F32);
+  int64_t conversion_diffs = 0;
+  for (int64_t i = 0; i < b.numel(); ++i)
+    conversion_diffs += bf.data<float>()[i] != static_cast<float>(load_as_double(b.raw(), DType::BF16, i));
+  EXPECT_EQ(conversion_diffs, 0);
+  // A NaN far into the matrix is named by its row.
+  big.data<float>()[(R * copies - 2) * n + 3] = NAN;
+  try {
+    quantize_rows_e4m3(big, "big");
+    FAIL() << "a NaN weight was quantized";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(cat("big: row ", R * copies - 2, " ")), std::string::npos) << e.what();
+  }
+}
+
 TEST(Fp8, NonFiniteWeightsAreRefusedAndActivationsPropagate) {
   Tensor w = Tensor::from_f32({2, 3}, {1, 2, 3, 4, NAN, 6});
   try {
