@@ -106,6 +106,21 @@ TEST(Policy, Fp8) {
   EXPECT_NE(error_of({"fp8", "auto", {}, "qkv,nope"}, "cpu", 0).find("'nope'"), std::string::npos);
 }
 
+TEST(Policy, AnFp8EngineRunsInFp8WhereTheGpuHasFp8TensorCores) {
+  auto stored = [](const std::string& precision, const std::string& backend, int sm) {
+    return resolve_policy({precision, "auto", {}, "", true}, backend, sm).precision;
+  };
+  EXPECT_EQ(stored("auto", "cuda", 90), Precision::FP8);  // Hopper
+  EXPECT_EQ(stored("auto", "cuda", 89), Precision::FP8);  // Ada
+  EXPECT_EQ(stored("auto", "cuda", 86), Precision::BF16);  // Ampere: dequantized at load
+  EXPECT_EQ(stored("auto", "cuda", 80), Precision::BF16);
+  EXPECT_EQ(stored("auto", "cpu", 0), Precision::F32);     // the CPU: f32, as for any engine
+  EXPECT_EQ(stored("bf16", "cuda", 90), Precision::BF16);  // an explicit precision wins
+  EXPECT_EQ(stored("f32", "cuda", 90), Precision::F32);
+  EXPECT_EQ(stored("fp8", "cpu", 0), Precision::FP8);
+  EXPECT_EQ(cuda("auto").precision, Precision::BF16);      // bf16 weights: bf16 as before
+}
+
 TEST(Policy, ImpossibleRequestsAreInvalid) {
   EXPECT_THROW(resolve_policy({"bf16", "auto", {}, ""}, "cpu", 0), InvalidRequest);
   EXPECT_THROW(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 86), InvalidRequest);

@@ -159,11 +159,13 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
           "this GPU is sm_", sm);
   // (The "fp8" override, STDIT_CUDA_FP8=1, gated the GPU's FP8 path until its check passed on a
   // GPU; it is accepted and changes nothing now.)
-  // Precision: asked, else the developers' switches, else bf16.
+  // Precision: asked, else fp8 for weights stored in fp8 where FP8 tensor cores exist, else the
+  // developers' switches, else bf16.
   if (r.precision == "bf16") p.precision = Precision::BF16;
   else if (r.precision == "tf32") p.precision = Precision::TF32;
   else if (r.precision == "f32") p.precision = Precision::F32;
   else if (r.precision == "fp8") p.precision = Precision::FP8;
+  else if (r.stored_fp8 && sm >= 89) p.precision = Precision::FP8;
   else if (!ov("tf32", true)) p.precision = Precision::F32;
   else p.precision = ov("bf16", true) ? Precision::BF16 : Precision::TF32;
   const bool bf16 = p.precision == Precision::BF16 || p.precision == Precision::FP8;  // fp8: bf16 around its GEMMs

@@ -47,6 +47,9 @@ struct PolicyRequest {
   // Developer overrides of single kernel families (STDIT_CUDA_CUDNN=0 ...), from overrides_from_env().
   std::map<std::string, bool> overrides;
   std::string fp8_keep;  // --fp8-keep (only with precision fp8)
+  // The denoiser's weights are stored in e4m3 (an engine converted with --dtype fp8): "auto" then
+  // runs them in fp8 on a GPU with FP8 tensor cores, instead of dequantizing them at load.
+  bool stored_fp8 = false;
 };
 
 // What runs.

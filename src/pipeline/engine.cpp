@@ -77,6 +77,14 @@ DType stored_dtype(const ParamSpec& p, DType source, DType dtype) {
   if (dtype == DType::F8_E4M3) return p.quantizable ? DType::F8_E4M3 : DType::BF16;
   return dtype;
 }
+// What a component is written in, for the log: under fp8 only the denoiser's block matrices are
+// e4m3 (T5 and the VAE stay bf16).
+std::string stored_label(const std::vector<ParamSpec>& specs, DType dtype) {
+  if (dtype != DType::F8_E4M3) return engine_dtype_name(dtype);
+  size_t quantized = 0;
+  for (const auto& p : specs) quantized += p.quantizable;
+  return quantized ? cat("fp8: ", quantized, " block matrices in e4m3, the rest bf16") : std::string("bf16 (fp8 is for the denoiser)");
+}
 Tensor stored(const ParamSpec& p, const Tensor& t, DType target) {
   if (target == DType::F8_E4M3) return t.dtype() == DType::F8_E4M3 ? t : quantize_rows_e4m3(t, p.name);
   if (t.dtype() == DType::F8_E4M3) return dequantize_rows_e4m3(t, t.scales()).to(target);
@@ -184,7 +192,7 @@ json synthetic_component(const std::string& kind, const std::string& given, cons
     write_weights(out_dir / kind / "model.safetensors", specs, synthetic, dtype, meta);
   }
   if (kind == "t5") fs::copy_file(default_spiece_model(), out_dir / kind / "spiece.model");
-  log_info("convert: ", kind, " <- synthetic weights, seed ", s, " (", specs.size(), " tensors, ", dtype_name(dtype),
+  log_info("convert: ", kind, " <- synthetic weights, seed ", s, " (", specs.size(), " tensors, ", stored_label(specs, dtype),
            ")");
   return {{"source", given.empty() ? "synthetic" : "synthetic, config of " + given}, {"synthetic_seed", s}};
 }
@@ -240,7 +248,7 @@ json convert_component(const std::string& kind, const std::string& given, const 
   uint64_t bytes = 0;
   for (const auto& e : fs::recursive_directory_iterator(dir))
     if (e.is_regular_file()) bytes += e.file_size();
-  log_info("convert: ", kind, " <- ", given, " (", written, " tensors, ", engine_dtype_name(dtype), ")");
+  log_info("convert: ", kind, " <- ", given, " (", written, " tensors, ", stored_label(specs, dtype), ")");
   json desc = {{"source", fs::absolute(src).string()}, {"source_bytes", bytes}, {"tensors", written}};
   if (kind == "dit" && tp > 1) desc["tp_size"] = tp;
   return desc;

@@ -765,7 +765,7 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
               eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
               " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size,
               " --cfg-parallel), or convert again without --tp");
-  const PolicyRequest policy_request{o.precision, o.kernels, {}, o.fp8_keep};
+  const PolicyRequest policy_request{o.precision, o.kernels, {}, o.fp8_keep, eng.dtype == "fp8"};
   // Under mpirun each process drives the GPU of its local rank (one process per GPU of a host).
   std::string backend_name = o.backend;
   if (world.active() && (o.backend == "auto" || o.backend == "cuda") && cuda_devices_visible() > 0) {
