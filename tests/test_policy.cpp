@@ -119,6 +119,24 @@ TEST(Policy, AnFp8EngineRunsInFp8WhereTheGpuHasFp8TensorCores) {
   EXPECT_EQ(stored("f32", "cuda", 90), Precision::F32);
   EXPECT_EQ(stored("fp8", "cpu", 0), Precision::FP8);
   EXPECT_EQ(cuda("auto").precision, Precision::BF16);      // bf16 weights: bf16 as before
+  // --fp8-keep with such an engine needs no --precision where it runs in fp8, and is refused where not.
+  const ExecutionPolicy kept = resolve_policy({"auto", "auto", {}, "fc2", true}, "cuda", 90);
+  EXPECT_EQ(kept.precision, Precision::FP8);
+  EXPECT_EQ(kept.fp8_keep.describe(), "fc2");
+  auto error_of = [](const PolicyRequest& r, const std::string& backend, int sm) -> std::string {
+    try {
+      resolve_policy(r, backend, sm);
+    } catch (const InvalidRequest& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(error_of({"auto", "auto", {}, "fc2", true}, "cuda", 86),
+            "--fp8-keep needs fp8, which needs FP8 tensor cores (Ada sm_89 or Hopper sm_90); this GPU is sm_86 and "
+            "runs the fp8 engine in bf16");
+  EXPECT_EQ(error_of({"auto", "auto", {}, "fc2", true}, "cpu", 0),
+            "--fp8-keep needs --precision fp8 (the CPU runs an fp8 engine in f32 unless asked for fp8)");
+  EXPECT_EQ(error_of({"auto", "auto", {}, "fc2", false}, "cuda", 90), "--fp8-keep needs --precision fp8");
 }
 
 TEST(Policy, ImpossibleRequestsAreInvalid) {

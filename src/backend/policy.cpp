@@ -132,7 +132,8 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   REQUIRE(r.precision == "auto" || r.precision == "bf16" || r.precision == "tf32" || r.precision == "f32" ||
               r.precision == "fp8",
           "--precision must be auto, bf16, tf32, f32 or fp8, got '", r.precision, "'");
-  REQUIRE(r.fp8_keep.empty() || r.precision == "fp8", "--fp8-keep needs --precision fp8");
+  REQUIRE(r.fp8_keep.empty() || r.precision == "fp8" || (r.precision == "auto" && r.stored_fp8),
+          "--fp8-keep needs --precision fp8");
   REQUIRE(r.kernels == "auto" || r.kernels == "portable", "--kernels must be auto or portable, got '", r.kernels,
               "'");
   for (const auto& [k, v] : r.overrides)
@@ -151,6 +152,8 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
     REQUIRE(r.precision == "auto" || r.precision == "f32" || r.precision == "fp8",
             "the CPU backend computes in f32 (or emulates fp8) only; --precision ", r.precision, " needs a GPU");
     p.precision = r.precision == "fp8" ? Precision::FP8 : Precision::F32;
+    REQUIRE(p.fp8_keep.empty() || p.precision == Precision::FP8,
+            "--fp8-keep needs --precision fp8 (the CPU runs an fp8 engine in f32 unless asked for fp8)");
     p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
     return p;
   }
@@ -168,6 +171,8 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   else if (r.stored_fp8 && sm >= 89) p.precision = Precision::FP8;
   else if (!ov("tf32", true)) p.precision = Precision::F32;
   else p.precision = ov("bf16", true) ? Precision::BF16 : Precision::TF32;
+  REQUIRE(p.fp8_keep.empty() || p.precision == Precision::FP8, "--fp8-keep needs fp8, which needs FP8 tensor cores "
+          "(Ada sm_89 or Hopper sm_90); this GPU is sm_", sm, " and runs the fp8 engine in ", precision_name(p.precision));
   const bool bf16 = p.precision == Precision::BF16 || p.precision == Precision::FP8;  // fp8: bf16 around its GEMMs
   const bool hopper = sm == 90 && r.kernels != "portable";
   p.text_attention = bf16 && ov("text_attention", true);
