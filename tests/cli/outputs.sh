@@ -211,6 +211,11 @@ if want $CASE; then
   cmp -s k.mp4 k2.mp4 || die "--from k.mp4 made different bytes"
   "$S" generate x --fp8-keep qkv >run.out 2>run.err
   [[ $? -eq 1 ]] && grep -q "^error: --fp8-keep needs --precision fp8" run.err || die "keep without fp8: $(cat run.err)"
+  # An fp8 engine under auto: fp8 where FP8 tensor cores are; the CPU runs it in f32, so a keep
+  # list without --precision fp8 is refused with the reason (the engine's dtype reached the policy).
+  "$S" generate x -e e8 --backend cpu --fp8-keep qkv >run.out 2>run.err
+  [[ $? -eq 1 ]] && grep -q "^error: --fp8-keep needs --precision fp8 (the CPU runs an fp8 engine in f32" run.err ||
+    die "keep on an fp8 engine: $(cat run.err)"
   "$S" generate x --backend cpu --precision fp8 --fp8-keep fc3 >run.out 2>run.err
   [[ $? -eq 1 ]] && grep -q "^error: --fp8-keep: 'fc3'" run.err || die "bad keep: $(cat run.err)"
   "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --dtype fp4 -o e4 >run.out 2>run.err
