@@ -159,6 +159,7 @@ TEST(TensorParallel, RowSplitMatchesOneDevice) {
     int rank() const override { return inner.rank(); }
     int size() const override { return inner.size(); }
     void all_reduce_sum(Tensor& t) override { inner.all_reduce_sum(t); }
+    void all_reduce_max(Tensor& t) override { inner.all_reduce_max(t); }
     void abort() override { sh.sync.abort(); inner.abort(); }
     std::string kind() const override { return "host rows"; }
     bool splits_rows(int64_t) const override { return true; }
@@ -214,6 +215,47 @@ TEST(TensorParallel, RowSplitMatchesOneDevice) {
   EXPECT_LE(rel_error(out[0], single), 1e-6);
   EXPECT_LE(rel_error(out[0], want), 1e-4);
   EXPECT_EQ(std::memcmp(out[0].raw(), out[1].raw(), out[0].nbytes()), 0);  // same on every rank
+  // fp8 with rows split: the row-parallel inputs are quantized with each token's amax over both
+  // ranks (the rows of the e4m3 operand travel with their scales).
+  const PolicyRequest fp8{"fp8", "auto", {}, ""};
+  CpuBackend one8(resolve_policy(fp8, "cpu", 0));
+  const Tensor single8 = STDiT3::load(dir, one8)->forward(inputs);
+  std::vector<std::unique_ptr<CpuBackend>> r8;
+  std::vector<Backend*> p8;
+  for (int k = 0; k < 2; ++k) p8.push_back((r8.emplace_back(std::make_unique<CpuBackend>(resolve_policy(fp8, "cpu", 0)))).get());
+  CommGroup g8 = make_comm_group(p8);
+  Shared sh8;
+  RowSplitHost d0(*g8[0], sh8, *r8[0]), d1(*g8[1], sh8, *r8[1]);
+  Communicator* ds[2] = {&d0, &d1};
+  run_group(p8, g8, [&](int k) { out[k] = STDiT3::load(dir, *p8[k], "--model", ds[k])->forward(inputs); });
+  std::printf("fp8, rows split over 2 ranks, vs one device's fp8: %.3g\n", rel_error(out[0], single8));
+  EXPECT_LE(rel_error(out[0], single8), 1e-5);
+  EXPECT_EQ(std::memcmp(out[0].raw(), out[1].raw(), out[0].nbytes()), 0);
+}
+
+// fp8 under tensor parallelism: the inputs of the row-parallel projections (attention and
+// cross-attention out, fc2) hold each rank's columns of a token's row; quantized with the row's
+// amax reduced over the ranks they are one device's codes, so the split model is one device's
+// fp8 model (the sum order of the partial products aside) and the reference's fp8 forward.
+TEST(TensorParallel, Fp8QuantizesEachTokenAsOneDevice) {
+  const std::string dir = kData + "/stdit3_a";
+  const auto inputs = read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors"));
+  const Tensor want = SafetensorsFile::open(kData + "/fp8/stdit3.safetensors")->get("output_all").to(DType::F32);
+  const PolicyRequest fp8{"fp8", "auto", {}, ""};
+  CpuBackend one(resolve_policy(fp8, "cpu", 0)), f32;
+  const Tensor single = STDiT3::load(dir, one)->forward(inputs);
+  const Tensor plain = STDiT3::load(dir, f32)->forward(inputs);
+  for (int tp : {2, 4}) {
+    std::vector<std::unique_ptr<CpuBackend>> owned;
+    std::vector<Backend*> ptrs;
+    for (int k = 0; k < tp; ++k) ptrs.push_back((owned.emplace_back(std::make_unique<CpuBackend>(resolve_policy(fp8, "cpu", 0)))).get());
+    auto model = TensorParallelDenoiser::load(dir, ptrs);
+    const Tensor out = model->forward(inputs);
+    std::printf("fp8 tp %d: vs one device's fp8 %.3g, vs the reference's fp8 forward %.3g (fp8 vs f32: %.3g)\n", tp,
+                rel_error(out, single), rel_error(out, want), rel_error(single, plain));
+    EXPECT_LE(rel_error(out, single), 1e-5) << "tp " << tp;
+    EXPECT_LE(rel_error(out, want), 1e-4) << "tp " << tp;
+  }
 }
 
 // The tiny pipeline: 3 RFLOW steps with CFG on TP 2, and CFG-parallel over two TP-2 groups

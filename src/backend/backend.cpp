@@ -16,6 +16,13 @@ DType Backend::operand_dtype(const Tensor& w) const {
   return policy().fp8_norm_quantizes && w.defined() && w.scales().defined() ? DType::F8_E4M3 : matmul_dtype();
 }
 
+void Backend::row_amax(const Tensor&, Tensor&) {
+  fail(name(), " backend: row_amax (fp8 under tensor parallelism) is not supported");
+}
+void Backend::quantize_rows_with_amax(const Tensor&, const Tensor&, Tensor&) {
+  fail(name(), " backend: quantize_rows_with_amax (fp8 under tensor parallelism) is not supported");
+}
+
 void Backend::linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias,
                               const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,
                               Tensor& x) {

@@ -107,6 +107,14 @@ class Backend {
   // x and out may be F32 or matmul_dtype(); w from upload() or upload_weight().
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                       Tensor& out) = 0;
+  // fp8 under tensor parallelism, where a row of linear()'s input is cut by columns over the ranks:
+  // amax (F32 [rows]) = each row's amax of x [..., K] (F32 or matmul_dtype()) by core/fp8.h's rule,
+  // +infinity for a row holding a NaN or an infinity ...
+  virtual void row_amax(const Tensor& x, Tensor& amax);
+  // ... and, once the ranks' amax are reduced to their maximum, x's e4m3 codes with the scales of
+  // that amax into out (F8_E4M3, x's shape; out gets its row scales): the codes one device makes
+  // of these columns of the whole row. linear() takes out as x as it is.
+  virtual void quantize_rows_with_amax(const Tensor& x, const Tensor& amax, Tensor& out);
   // out = a + b, where b has a's shape or broadcasts over a's leading dims (b.numel() divides a's).
   // out may alias a. b may be matmul_dtype() when it has a's shape.
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;

@@ -41,6 +41,10 @@ void DryRunBackend::layernorm_modulate(const Tensor&, const Tensor&, const Tenso
   }
 }
 
+void DryRunBackend::quantize_rows_with_amax(const Tensor&, const Tensor& amax, Tensor& out) {
+  out = out.with_scales(alloc({amax.numel()}, DType::F32));
+}
+
 Tensor DryRunBackend::download(const Tensor& t) {
   // Zeros; a large one (a whole decoded video) is left uninitialised, so that its pages are never
   // touched and a plan costs no host memory: nothing reads what a dry run computed.

@@ -42,6 +42,8 @@ class DryRunBackend : public Backend {
   // Every op: nothing to compute. linear_residual is the base class's (its temporary is an
   // allocation of the target too) unless a subclass knows better.
   void linear(const Tensor&, const Tensor&, const Tensor&, Activation, Tensor&) override {}
+  void row_amax(const Tensor&, Tensor&) override {}
+  void quantize_rows_with_amax(const Tensor& x, const Tensor& amax, Tensor& out) override;
   void add(const Tensor&, const Tensor&, Tensor&) override {}
   void silu(const Tensor&, Tensor&) override {}
   void mul(const Tensor&, const Tensor&, Tensor&) override {}

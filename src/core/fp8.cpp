@@ -6,15 +6,18 @@
 
 namespace stdit {
 
-float quantize_row_e4m3(const float* x, int64_t n, uint8_t* q) {
+float row_amax_e4m3(const float* x, int64_t n) {
   float amax = 0.0f;
-  bool finite = true;
   for (int64_t i = 0; i < n; ++i) {
     const float a = std::fabs(x[i]);
-    if (!std::isfinite(a)) finite = false;
-    else if (a > amax) amax = a;
+    if (!std::isfinite(a)) return INFINITY;
+    if (a > amax) amax = a;
   }
-  if (!finite) {
+  return amax;
+}
+
+float quantize_row_e4m3_with_amax(const float* x, int64_t n, float amax, uint8_t* q) {
+  if (!std::isfinite(amax)) {
     for (int64_t i = 0; i < n; ++i) q[i] = f32_to_f8e4m3(x[i]);
     return std::nanf("");
   }
@@ -25,6 +28,10 @@ float quantize_row_e4m3(const float* x, int64_t n, uint8_t* q) {
   }
   for (int64_t i = 0; i < n; ++i) q[i] = f32_to_f8e4m3(x[i] * inv);
   return amax / kE4M3Max;
+}
+
+float quantize_row_e4m3(const float* x, int64_t n, uint8_t* q) {
+  return quantize_row_e4m3_with_amax(x, n, row_amax_e4m3(x, n), q);
 }
 
 Tensor quantize_rows_e4m3(const Tensor& w, const std::string& what) {

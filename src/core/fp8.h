@@ -22,6 +22,12 @@ constexpr float kE4M3Max = 448.0f;
 
 // Quantizes one row into q[0..n); returns its scale.
 float quantize_row_e4m3(const float* x, int64_t n, uint8_t* q);
+// The rule's amax of a row, +infinity when the row holds a NaN or an infinity: the amax of a row
+// whose parts live on several tensor-parallel ranks is the maximum of its parts' amax.
+float row_amax_e4m3(const float* x, int64_t n);
+// A row (or a part of one) quantized with a given amax (row_amax_e4m3's over the whole row): the
+// codes and scale quantize_row_e4m3 gives that part within the whole row. Returns the scale.
+float quantize_row_e4m3_with_amax(const float* x, int64_t n, float amax, uint8_t* q);
 
 // A 2-D host matrix (any float dtype) quantized row by row: an F8_E4M3 tensor of the same shape
 // carrying its F32 [rows] scales (Tensor::scales()). `what` names the tensor in errors: weights

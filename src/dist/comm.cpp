@@ -1,6 +1,7 @@
 // The host communicator group and run_group (see comm.h).
 #include "dist/comm.h"
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -119,6 +120,16 @@ void Communicator::finish_row_exchange() { no_row_split(); }
 void Communicator::all_to_all(const Tensor&, Tensor&) {
   fail("context parallelism: the ", kind(), " communicator has no all-to-all yet (use the CPU backend)");
 }
+void Communicator::all_reduce_max(Tensor& t) {
+  STDIT_CHECK(t.dtype() == DType::F32 && t.is_contiguous() && t.device().kind == DeviceKind::CPU, kind(),
+              " all_reduce_max: expects a contiguous F32 host tensor");
+  const int64_t n = t.numel();
+  Tensor all = Tensor::empty({static_cast<int64_t>(size()), n}, DType::F32);
+  all_gather(t, all);
+  float* out = t.data<float>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int r = 0; r < size(); ++r) out[i] = std::max(out[i], all.data<float>()[r * n + i]);
+}
 void Communicator::all_gather(const Tensor&, Tensor&) {
   fail("context parallelism: the ", kind(), " communicator has no all-gather yet (use the CPU backend)");
 }
@@ -200,6 +211,7 @@ class DryComm final : public Communicator {
   std::string kind() const override { return real_ ? "dry run of " + real_->kind() : "dry run"; }
   void abort() override {}
   void all_reduce_sum(Tensor&) override {}
+  void all_reduce_max(Tensor&) override {}
   bool splits_rows(int64_t channels) const override { return real_ && real_->splits_rows(channels); }
   void start_row_exchange(const Tensor&, int64_t, int64_t, Tensor&, int64_t) override {}
   void finish_row_exchange() override {}

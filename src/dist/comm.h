@@ -25,6 +25,10 @@ class Communicator {
   // order; t is a contiguous F32 tensor of the backend this rank runs on (NCCL: also BF16, the
   // backend's matmul dtype). The result is identical on every rank and from run to run.
   virtual void all_reduce_sum(Tensor& t) = 0;
+  // In place: t = the elementwise maximum of every rank's t (fp8 under tensor parallelism: a
+  // token's amax over the ranks' parts of its row). The default gathers every rank's t on the host
+  // (all_gather of a host F32 tensor); NCCL reduces on the device.
+  virtual void all_reduce_max(Tensor& t);
   // The end of a row-parallel projection: x += gate * (the sum of every rank's p), or x += sum
   // without a gate (gate/gate0/sel as in Backend::gated_residual). p is this rank's partial sum,
   // x the residual stream, identical on every rank before and after. p may be overwritten. The

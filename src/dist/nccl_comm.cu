@@ -77,6 +77,16 @@ class NcclComm final : public Communicator {
                                    sh_->comms[index_], c.stream));
   }
 
+  void all_reduce_max(Tensor& t) override {
+    STDIT_CHECK(!sh_->aborted, "tensor parallel: another rank failed; this rank stops");
+    const CudaContext& c = *be_->context();
+    cuda::expect_contiguous_float(t, c, "all_reduce_max", "tensor");
+    STDIT_CHECK(t.dtype() == DType::F32, "all_reduce_max: expects F32");
+    if (t.numel() == 0) return;
+    STDIT_NCCL_CHECK(ncclAllReduce(t.raw(), t.raw(), static_cast<size_t>(t.numel()), ncclFloat, ncclMax,
+                                   sh_->comms[index_], c.stream));
+  }
+
   // Context parallelism: chunk j of src to rank j, rank i's chunk into chunk i of dst (one NCCL
   // group of sends and receives on this rank's stream).
   void all_to_all(const Tensor& src, Tensor& dst) override {

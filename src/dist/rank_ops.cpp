@@ -24,7 +24,18 @@ bool RankOps::rows_split_applies(const Communicator* tp, const FrameSelect& sel,
 }
 
 Tensor RankOps::rows(const Tensor& t, int64_t a, int64_t b) const {
-  return t.view({rows_, t.numel() / rows_}).slice(0, a, b);
+  const Tensor v = t.view({rows_, t.numel() / rows_}).slice(0, a, b);
+  return t.scales().defined() ? v.with_scales(t.scales().slice(0, a, b)) : v;  // an e4m3 operand's rows
+}
+
+Tensor RankOps::quantized_over_ranks(const Tensor& in) {
+  const int64_t k = in.size(-1), m = in.numel() / k;
+  Tensor amax = be_.alloc({m}, DType::F32);
+  be_.row_amax(in, amax);
+  tp_->all_reduce_max(amax);  // each token's amax over every rank's columns of its row
+  Tensor q = be_.alloc(in.shape(), DType::F8_E4M3);
+  be_.quantize_rows_with_amax(in, amax, q);
+  return q;
 }
 
 void RankOps::linear_rows(const Tensor& in, const Tensor& w, const Tensor& b, Activation act, Tensor& out,
@@ -52,17 +63,20 @@ void RankOps::column_linear(const Tensor& in, const Tensor& w, const Tensor& b, 
 void RankOps::row_linear_residual(const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
                                   const Tensor& gate0, const FrameSelect& sel, Tensor& x, bool keep_for_q) {
   if (!tp_) return be_.linear_residual(in, w, b, gate, gate0, sel, x);
+  // fp8: `in` holds this rank's columns of each row; quantized with the whole row's amax, its codes
+  // are one device's (a per-rank amax would quantize each part on its own, a finer rounding).
+  const Tensor xin = w.scales().defined() ? quantized_over_ranks(in) : in;
   const DType red = be_.matmul_dtype();  // partial sums in the matmul dtype (half the bytes on the wire)
   Tensor p = be_.alloc(x_shape_, red);
   if (!split_) {
-    be_.linear(in, w, b, Activation::None, p);
+    be_.linear(xin, w, b, Activation::None, p);
     return tp_->reduce_into_residual(p, x, gate, gate0, sel, be_);
   }
   // The other rank's rows first, sent while this rank's are computed.
   Tensor recv = be_.alloc({hi_ - lo_, x_shape_[2]}, red);
-  linear_rows(in, w, b, Activation::None, p, plo_, phi_);
+  linear_rows(xin, w, b, Activation::None, p, plo_, phi_);
   tp_->start_row_exchange(p, plo_, phi_, recv, 0);
-  linear_rows(in, w, b, Activation::None, p, lo_, hi_);
+  linear_rows(xin, w, b, Activation::None, p, lo_, hi_);
   tp_->finish_row_exchange();
   tp_->add_partials_to_own_rows(p, recv, x, gate, keep_for_q ? &xq_ : nullptr);
   if (keep_for_q) tp_->start_row_exchange(xq_, lo_, hi_, xq_, lo_);

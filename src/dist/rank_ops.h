@@ -52,6 +52,9 @@ class RankOps {
 
  private:
   Tensor rows(const Tensor& t, int64_t a, int64_t b) const;
+  // fp8: the e4m3 operand of a row-parallel GEMM whose input rows are cut by columns over the
+  // ranks, with each row's amax reduced over them (Backend::row_amax, quantize_rows_with_amax).
+  Tensor quantized_over_ranks(const Tensor& in);
   void linear_rows(const Tensor& in, const Tensor& w, const Tensor& b, Activation act, Tensor& out,
                    int64_t a0, int64_t a1);
 

@@ -710,6 +710,35 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
         diff += !(a == b || (std::isnan(a) && std::isnan(b)));
       }
       check("fp8 codes", cat("x [11, ", k, "] ", bf16_in ? "bf16" : "f32"), static_cast<double>(diff) / x.numel());
+      // Tensor parallelism: each half of the rows' columns (two ranks' parts) with the whole row's
+      // amax: row_amax of each half, their maximum, quantize_rows_with_amax: the whole row's codes.
+      const int64_t h = k / 2;
+      Tensor parts[2], amax_parts[2];
+      for (int part = 0; part < 2; ++part) {
+        parts[part] = xin.slice(1, part * h, (part + 1) * h).contiguous();
+        Tensor a = g8.alloc({x.size(0)}, DType::F32);
+        g8.row_amax(dev_in(g8, parts[part], bf16_in), a);
+        amax_parts[part] = g8.download(a);
+      }
+      Tensor amax = Tensor::empty({x.size(0)}, DType::F32);
+      int64_t tp_diff = 0;
+      for (int64_t r = 0; r < x.size(0); ++r) {
+        amax.data<float>()[r] = std::max(amax_parts[0].data<float>()[r], amax_parts[1].data<float>()[r]);
+        for (int part = 0; part < 2; ++part)  // each part's amax: the rule's (+infinity for the NaN row)
+          tp_diff += amax_parts[part].data<float>()[r] != row_amax_e4m3(parts[part].data<float>() + r * h, h);
+      }
+      for (int part = 0; part < 2; ++part) {
+        Tensor q = g8.alloc(parts[part].shape(), DType::F8_E4M3);
+        g8.quantize_rows_with_amax(dev_in(g8, parts[part], bf16_in), g8.upload(amax), q);
+        const Tensor qc = g8.download(q), qs = g8.download(q.scales());
+        for (int64_t r = 0; r < x.size(0); ++r) {
+          for (int64_t i = 0; i < h; ++i) tp_diff += qc.data<uint8_t>()[r * h + i] != want[r * k + part * h + i];
+          const float a = qs.data<float>()[r], b = want_scales[r];
+          tp_diff += !(a == b || (std::isnan(a) && std::isnan(b)));
+        }
+      }
+      check("fp8 codes", cat("x [11, ", k, "] ", bf16_in ? "bf16" : "f32", ", two ranks' halves"),
+            static_cast<double>(tp_diff) / x.numel());
     }
   }
   // A modulated LayerNorm feeding an fp8 GEMM writes the GEMM's operand (operand_dtype(): e4m3 codes

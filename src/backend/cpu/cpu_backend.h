@@ -36,6 +36,8 @@ class CpuBackend final : public Backend {
   Tensor upload_weight(const Tensor& host) override;
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
               Tensor& out) override;
+  void row_amax(const Tensor& x, Tensor& amax) override;
+  void quantize_rows_with_amax(const Tensor& x, const Tensor& amax, Tensor& out) override;
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void silu(const Tensor& x, Tensor& out) override;
   void mul(const Tensor& a, const Tensor& b, Tensor& out) override;

@@ -90,6 +90,30 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
            bias.defined() ? bias.data<float>() : nullptr, act);
 }
 
+void CpuBackend::row_amax(const Tensor& x, Tensor& amax) {
+  expect_contiguous_f32(x, "row_amax", "x");
+  expect_contiguous_f32(amax, "row_amax", "amax");
+  const int64_t k = x.dim() ? x.size(-1) : 1, m = k ? x.numel() / k : 0;
+  STDIT_CHECK(amax.numel() == m, "cpu row_amax: amax has ", amax.numel(), " values for ", m, " rows");
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < m; ++r) amax.data<float>()[r] = row_amax_e4m3(x.data<float>() + r * k, k);
+}
+
+void CpuBackend::quantize_rows_with_amax(const Tensor& x, const Tensor& amax, Tensor& out) {
+  expect_contiguous_f32(x, "quantize_rows_with_amax", "x");
+  expect_contiguous_f32(amax, "quantize_rows_with_amax", "amax");
+  const int64_t k = x.dim() ? x.size(-1) : 1, m = k ? x.numel() / k : 0;
+  STDIT_CHECK(amax.numel() == m && out.dtype() == DType::F8_E4M3 && out.is_contiguous() && out.shape() == x.shape(),
+              "cpu quantize_rows_with_amax: out must be a contiguous F8_E4M3 tensor of x's shape and amax one "
+              "value per row");
+  Tensor scales = alloc({m}, DType::F32);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < m; ++r)
+    scales.data<float>()[r] = quantize_row_e4m3_with_amax(x.data<float>() + r * k, k, amax.data<float>()[r],
+                                                          out.data<uint8_t>() + r * k);
+  out = out.with_scales(scales);
+}
+
 // out[i, j] = act(out[i, j] * row_scale[i] * col_scale[j] + bias[j]); absent parts skipped.
 void CpuBackend::epilogue(float* o, int64_t m, int64_t n, const float* row_scale, const float* col_scale,
                           const float* b, Activation act) {

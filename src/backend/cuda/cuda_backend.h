@@ -71,6 +71,8 @@ class CudaBackend final : public Backend {
   DType matmul_dtype() const override;                // BF16 in bf16 mode, else F32
   DType operand_dtype(const Tensor& w) const override;  // F8_E4M3 for an fp8 weight of <= 1152 inputs
 
+  void row_amax(const Tensor& x, Tensor& amax) override;                                  // cuda_fp8.cu
+  void quantize_rows_with_amax(const Tensor& x, const Tensor& amax, Tensor& out) override;  // cuda_fp8.cu
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
               Tensor& out) override;
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;

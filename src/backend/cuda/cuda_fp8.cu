@@ -19,15 +19,19 @@ using namespace cuda;
 
 namespace {
 
-// One block per row: amax (and whether any value is not finite), then the codes.
+// One block per row: amax (and whether any value is not finite), then the codes. With `given`
+// (tensor parallelism: each row's amax over every rank's columns, +infinity for a row holding a NaN
+// or an infinity) the row's amax is taken from there; with `amax_out` only the amax is written (in
+// that form), no codes.
 template <typename T>
 __global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t k, __nv_fp8_storage_t* __restrict__ q,
-                                     float* __restrict__ scale) {
+                                     float* __restrict__ scale, const float* __restrict__ given = nullptr,
+                                     float* __restrict__ amax_out = nullptr) {
   const int64_t row = blockIdx.x;
   const T* xr = x + row * k;
   float amax = 0.0f;
   int bad = 0;
-  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+  for (int64_t i = threadIdx.x; i < k && !given; i += blockDim.x) {
     const float a = fabsf(load_f(xr + i));
     if (!isfinite(a)) bad = 1;
     else amax = fmaxf(amax, a);
@@ -53,12 +57,22 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t k, __nv_fp
       m = fmaxf(m, s_max[w]);
       b |= s_bad[w];
     }
-    const E4m3Row r = e4m3_row_rule(m, b);
-    s_mode = r.mode;
-    s_inv = r.inv;
-    scale[row] = r.scale;
+    if (given) {
+      m = given[row];
+      b = isinf(m);
+    }
+    if (amax_out) {
+      amax_out[row] = b ? INFINITY : m;
+      s_mode = 3;  // the amax only
+    } else {
+      const E4m3Row r = e4m3_row_rule(m, b);
+      s_mode = r.mode;
+      s_inv = r.inv;
+      scale[row] = r.scale;
+    }
   }
   __syncthreads();
+  if (s_mode == 3) return;
   const E4m3Row r{s_mode, s_inv, 0.0f};
   __nv_fp8_storage_t* qr = q + row * k;
   for (int64_t i = threadIdx.x; i < k; i += blockDim.x)
@@ -246,6 +260,47 @@ Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
     quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<float>(), k, qp, s.data<float>());
   check_launch("quantize_rows_e4m3");
   return q.with_scales(s);
+}
+
+void CudaBackend::row_amax(const Tensor& x, Tensor& amax) {
+  CudaContext& c = *ctx_;
+  expect_contiguous_float(x, c, "row_amax", "x");
+  expect_contiguous_float(amax, c, "row_amax", "amax");
+  const int64_t k = x.dim() ? x.size(-1) : 1, m = k ? x.numel() / k : 0;
+  STDIT_CHECK(amax.dtype() == DType::F32 && amax.numel() == m && m <= 0x7fffffff,
+              "cuda row_amax: amax must be F32 with one value per row of x");
+  if (m == 0) return;
+  if (x.dtype() == DType::BF16)
+    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<__nv_bfloat16>(), k, nullptr, nullptr,
+                                                                        nullptr, amax.data<float>());
+  else
+    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<float>(), k, nullptr, nullptr,
+                                                                        nullptr, amax.data<float>());
+  check_launch("row_amax");
+}
+
+void CudaBackend::quantize_rows_with_amax(const Tensor& x, const Tensor& amax, Tensor& out) {
+  CudaContext& c = *ctx_;
+  expect_contiguous_float(x, c, "quantize_rows_with_amax", "x");
+  expect_contiguous_float(amax, c, "quantize_rows_with_amax", "amax");
+  expect_device(out, c, "quantize_rows_with_amax", "out");
+  const int64_t k = x.dim() ? x.size(-1) : 1, m = k ? x.numel() / k : 0;
+  STDIT_CHECK(amax.dtype() == DType::F32 && amax.numel() == m && m <= 0x7fffffff && out.dtype() == DType::F8_E4M3 &&
+                  out.is_contiguous() && out.shape() == x.shape(),
+              "cuda quantize_rows_with_amax: out must be a contiguous F8_E4M3 tensor of x's shape and amax F32 "
+              "with one value per row");
+  Tensor s = alloc({m}, DType::F32);
+  if (m > 0) {
+    auto* qp = static_cast<__nv_fp8_storage_t*>(out.raw());
+    if (x.dtype() == DType::BF16)
+      quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<__nv_bfloat16>(), k, qp,
+                                                                          s.data<float>(), amax.data<float>());
+    else
+      quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<float>(), k, qp, s.data<float>(),
+                                                                          amax.data<float>());
+    check_launch("quantize_rows_with_amax");
+  }
+  out = out.with_scales(s);
 }
 
 void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) {
