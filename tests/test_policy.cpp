@@ -13,6 +13,15 @@ ExecutionPolicy cuda(const std::string& precision, const std::string& kernels = 
                      std::map<std::string, bool> ov = {}) {
   return resolve_policy({precision, kernels, std::move(ov), ""}, "cuda", sm);
 }
+// The message of the InvalidRequest a request gets ("" when it resolves).
+std::string error_of(const PolicyRequest& r, const std::string& backend, int sm) {
+  try {
+    resolve_policy(r, backend, sm);
+  } catch (const InvalidRequest& e) {
+    return e.what();
+  }
+  return "";
+}
 }  // namespace
 
 TEST(Policy, DefaultsPerBackend) {
@@ -60,14 +69,6 @@ TEST(Policy, Fp8) {
   EXPECT_EQ(cpu.describe(),
             "execution policy: cpu, fp8 emulated (e4m3 codes and scales as on the GPU, f32 arithmetic; for checking "
             "quality, not speed); unquantized qkv,first:1");
-  auto error_of = [](const PolicyRequest& r, const std::string& backend, int sm) -> std::string {
-    try {
-      resolve_policy(r, backend, sm);
-    } catch (const InvalidRequest& e) {
-      return e.what();
-    }
-    return "";
-  };
   EXPECT_EQ(error_of({"fp8", "auto", {}, ""}, "cuda", 86),
             "--precision fp8 needs FP8 tensor cores (Ada sm_89 or Hopper sm_90); this GPU is sm_86");
   // Hopper and Ada: bf16 around the FP8 GEMMs (the old developer switch STDIT_CUDA_FP8 is accepted).
@@ -123,14 +124,6 @@ TEST(Policy, AnFp8EngineRunsInFp8WhereTheGpuHasFp8TensorCores) {
   const ExecutionPolicy kept = resolve_policy({"auto", "auto", {}, "fc2", true}, "cuda", 90);
   EXPECT_EQ(kept.precision, Precision::FP8);
   EXPECT_EQ(kept.fp8_keep.describe(), "fc2");
-  auto error_of = [](const PolicyRequest& r, const std::string& backend, int sm) -> std::string {
-    try {
-      resolve_policy(r, backend, sm);
-    } catch (const InvalidRequest& e) {
-      return e.what();
-    }
-    return "";
-  };
   EXPECT_EQ(error_of({"auto", "auto", {}, "fc2", true}, "cuda", 86),
             "--fp8-keep needs fp8, which needs FP8 tensor cores (Ada sm_89 or Hopper sm_90); this GPU is sm_86 and "
             "runs the fp8 engine in bf16");
