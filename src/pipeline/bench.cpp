@@ -71,7 +71,9 @@ void run_bench(const BenchOptions& opt) {
   const SamplerOptions savings{parse_step_cache(opt.cache), opt.cfg_until};
   cfg_steps(opt.cfg_until, 30);  // refuses a fraction outside (0, 1] before anything loads
   STDIT_CHECK(opt.steps >= 1 && opt.steps <= 1000, "--steps must be in 1..1000, got ", opt.steps);
-  auto be = make_backend(opt.backend, {opt.precision, opt.kernels, {}, opt.fp8_keep});
+  // Every device of the splits runs the asked policy (the gate's high-precision model alone not).
+  const PolicyRequest request{opt.precision, opt.kernels, {}, opt.fp8_keep};
+  auto be = make_backend(opt.backend, request);
   const bool fp8 = be->policy().precision == Precision::FP8;
   nlohmann::json results = nlohmann::json::array();
   std::printf("stdit bench (backend %s, synthetic weights seed %llu)\n%s\n", opt.backend.c_str(),
@@ -105,7 +107,7 @@ void run_bench(const BenchOptions& opt) {
   std::vector<std::unique_ptr<Backend>> tp_owned;
   std::unique_ptr<TensorParallelDenoiser> tp;
   if (opt.tp > 1)
-    for (int r = 1; r < opt.tp; ++r) tp_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", r) : opt.backend));
+    for (int r = 1; r < opt.tp; ++r) tp_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", r) : opt.backend, request));
   auto make_tp = [&] {  // (again for each preset after a VAE stage freed it)
     std::vector<Backend*> bes = {be.get()};
     for (auto& b : tp_owned) bes.push_back(b.get());
@@ -120,7 +122,7 @@ void run_bench(const BenchOptions& opt) {
   std::unique_ptr<Backend> be1;
   std::unique_ptr<STDiT3> dit1;
   if (opt.cfg_parallel) {
-    be1 = make_backend(opt.backend == "cuda" ? "cuda:1" : opt.backend);
+    be1 = make_backend(opt.backend == "cuda" ? "cuda:1" : opt.backend, request);
     run_on_devices({be1.get()}, [&](int) {
       dit1 = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be1);
     });
@@ -136,7 +138,7 @@ void run_bench(const BenchOptions& opt) {
   const bool cfg_tp = opt.tp > 1 && opt.cfg_parallel && room_for_cfg_tp;
   if (cfg_tp)
     for (int r = 0; r < opt.tp; ++r)
-      tpb_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", opt.tp + r) : opt.backend));
+      tpb_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", opt.tp + r) : opt.backend, request));
   auto make_tp_b = [&] {
     std::vector<Backend*> bes;
     for (auto& b : tpb_owned) bes.push_back(b.get());
