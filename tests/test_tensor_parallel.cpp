@@ -30,8 +30,8 @@ namespace {
 const std::string kData = STDIT_TEST_DATA;
 
 struct CpuRanks {
-  explicit CpuRanks(int n) {
-    for (int i = 0; i < n; ++i) owned.push_back(std::make_unique<CpuBackend>());
+  explicit CpuRanks(int n, const PolicyRequest& request = {}) {
+    for (int i = 0; i < n; ++i) owned.push_back(std::make_unique<CpuBackend>(resolve_policy(request, "cpu", 0)));
     for (auto& b : owned) ptrs.push_back(b.get());
   }
   std::vector<std::unique_ptr<CpuBackend>> owned;
@@ -220,14 +220,12 @@ TEST(TensorParallel, RowSplitMatchesOneDevice) {
   const PolicyRequest fp8{"fp8", "auto", {}, ""};
   CpuBackend one8(resolve_policy(fp8, "cpu", 0));
   const Tensor single8 = STDiT3::load(dir, one8)->forward(inputs);
-  std::vector<std::unique_ptr<CpuBackend>> r8;
-  std::vector<Backend*> p8;
-  for (int k = 0; k < 2; ++k) p8.push_back((r8.emplace_back(std::make_unique<CpuBackend>(resolve_policy(fp8, "cpu", 0)))).get());
-  CommGroup g8 = make_comm_group(p8);
+  CpuRanks r8(2, fp8);
+  CommGroup g8 = make_comm_group(r8.ptrs);
   Shared sh8;
-  RowSplitHost d0(*g8[0], sh8, *r8[0]), d1(*g8[1], sh8, *r8[1]);
+  RowSplitHost d0(*g8[0], sh8, *r8.owned[0]), d1(*g8[1], sh8, *r8.owned[1]);
   Communicator* ds[2] = {&d0, &d1};
-  run_group(p8, g8, [&](int k) { out[k] = STDiT3::load(dir, *p8[k], "--model", ds[k])->forward(inputs); });
+  run_group(r8.ptrs, g8, [&](int k) { out[k] = STDiT3::load(dir, *r8.ptrs[k], "--model", ds[k])->forward(inputs); });
   std::printf("fp8, rows split over 2 ranks, vs one device's fp8: %.3g\n", rel_error(out[0], single8));
   EXPECT_LE(rel_error(out[0], single8), 1e-5);
   EXPECT_EQ(std::memcmp(out[0].raw(), out[1].raw(), out[0].nbytes()), 0);
@@ -246,10 +244,8 @@ TEST(TensorParallel, Fp8QuantizesEachTokenAsOneDevice) {
   const Tensor single = STDiT3::load(dir, one)->forward(inputs);
   const Tensor plain = STDiT3::load(dir, f32)->forward(inputs);
   for (int tp : {2, 4}) {
-    std::vector<std::unique_ptr<CpuBackend>> owned;
-    std::vector<Backend*> ptrs;
-    for (int k = 0; k < tp; ++k) ptrs.push_back((owned.emplace_back(std::make_unique<CpuBackend>(resolve_policy(fp8, "cpu", 0)))).get());
-    auto model = TensorParallelDenoiser::load(dir, ptrs);
+    CpuRanks r(tp, fp8);
+    auto model = TensorParallelDenoiser::load(dir, r.ptrs);
     const Tensor out = model->forward(inputs);
     std::printf("fp8 tp %d: vs one device's fp8 %.3g, vs the reference's fp8 forward %.3g (fp8 vs f32: %.3g)\n", tp,
                 rel_error(out, single), rel_error(out, want), rel_error(single, plain));

@@ -1,5 +1,6 @@
 #include "core/fp8.h"
 
+#include <array>
 #include <cmath>
 
 #include "core/error.h"
@@ -34,6 +35,15 @@ float quantize_row_e4m3(const float* x, int64_t n, uint8_t* q) {
   return quantize_row_e4m3_with_amax(x, n, row_amax_e4m3(x, n), q);
 }
 
+const float* e4m3_values() {
+  static const std::array<float, 256> values = [] {
+    std::array<float, 256> v{};
+    for (int c = 0; c < 256; ++c) v[c] = f8e4m3_to_f32(static_cast<uint8_t>(c));
+    return v;
+  }();
+  return values.data();
+}
+
 Tensor quantize_rows_e4m3(const Tensor& w, const std::string& what) {
   STDIT_CHECK(w.dim() == 2 && is_float(w.dtype()) && w.dtype() != DType::F8_E4M3, what,
               ": only a 2-D float matrix can be quantized to FP8, got ", dtype_name(w.dtype()), " ",
@@ -60,8 +70,7 @@ Tensor dequantize_rows_e4m3(const Tensor& q, const Tensor& scales) {
   const Tensor c = q.contiguous(), s = scales.to(DType::F32);
   const int64_t rows = q.size(0), n = q.size(1);
   Tensor out = Tensor::empty(q.shape(), DType::F32);
-  float value[256];  // every code's value
-  for (int v = 0; v < 256; ++v) value[v] = f8e4m3_to_f32(static_cast<uint8_t>(v));
+  const float* value = e4m3_values();
   const uint8_t* cp = c.data<uint8_t>();
   const float* sp = s.data<float>();
   float* o = out.data<float>();

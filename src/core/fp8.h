@@ -29,6 +29,9 @@ float row_amax_e4m3(const float* x, int64_t n);
 // codes and scale quantize_row_e4m3 gives that part within the whole row. Returns the scale.
 float quantize_row_e4m3_with_amax(const float* x, int64_t n, float amax, uint8_t* q);
 
+// The value of every e4m3 code (f8e4m3_to_f32 of 0..255), for decoding many codes.
+const float* e4m3_values();
+
 // A 2-D host matrix (any float dtype) quantized row by row: an F8_E4M3 tensor of the same shape
 // carrying its F32 [rows] scales (Tensor::scales()). `what` names the tensor in errors: weights
 // must be finite.

@@ -59,11 +59,7 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
   const float* a = x.data<float>();
   std::vector<float> xq, xs;  // fp8: the values of x's codes and its rows' scales
   if (fp8) {
-    static const std::vector<float> value = [] {
-      std::vector<float> v(256);
-      for (int c = 0; c < 256; ++c) v[c] = f8e4m3_to_f32(static_cast<uint8_t>(c));
-      return v;
-    }();
+    const float* value = e4m3_values();
     xq.resize(static_cast<size_t>(m * k));
     xs.resize(static_cast<size_t>(m));
 #pragma omp parallel for schedule(static)

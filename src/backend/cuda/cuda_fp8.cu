@@ -25,8 +25,8 @@ namespace {
 // that form), no codes.
 template <typename T>
 __global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t k, __nv_fp8_storage_t* __restrict__ q,
-                                     float* __restrict__ scale, const float* __restrict__ given = nullptr,
-                                     float* __restrict__ amax_out = nullptr) {
+                                     float* __restrict__ scale, const float* __restrict__ given,
+                                     float* __restrict__ amax_out) {
   const int64_t row = blockIdx.x;
   const T* xr = x + row * k;
   float amax = 0.0f;
@@ -77,6 +77,16 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t k, __nv_fp
   __nv_fp8_storage_t* qr = q + row * k;
   for (int64_t i = threadIdx.x; i < k; i += blockDim.x)
     qr[i] = static_cast<__nv_fp8_storage_t>(e4m3_code(load_f(xr + i), r));
+}
+
+// quantize_rows_kernel over the m rows of x (F32 or BF16), one block each.
+void launch_quantize_rows_block(const Tensor& x, int64_t m, int64_t k, __nv_fp8_storage_t* q, float* scale,
+                                const float* given, float* amax_out, cudaStream_t stream) {
+  if (x.dtype() == DType::BF16)
+    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, stream>>>(x.data<__nv_bfloat16>(), k, q, scale, given,
+                                                                       amax_out);
+  else
+    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, stream>>>(x.data<float>(), k, q, scale, given, amax_out);
 }
 
 // The same rule, W warps per row, for rows of k = 128 * W * v (v <= 9: W = 1 for k up to 1152,
@@ -254,10 +264,7 @@ Tensor CudaBackend::quantize_rows_e4m3(const Tensor& x) {
     check_launch("quantize_rows_e4m3");
     return q.with_scales(s);
   }
-  if (x.dtype() == DType::BF16)
-    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<__nv_bfloat16>(), k, qp, s.data<float>());
-  else
-    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<float>(), k, qp, s.data<float>());
+  launch_quantize_rows_block(x, m, k, qp, s.data<float>(), nullptr, nullptr, c.stream);
   check_launch("quantize_rows_e4m3");
   return q.with_scales(s);
 }
@@ -270,12 +277,7 @@ void CudaBackend::row_amax(const Tensor& x, Tensor& amax) {
   STDIT_CHECK(amax.dtype() == DType::F32 && amax.numel() == m && m <= 0x7fffffff,
               "cuda row_amax: amax must be F32 with one value per row of x");
   if (m == 0) return;
-  if (x.dtype() == DType::BF16)
-    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<__nv_bfloat16>(), k, nullptr, nullptr,
-                                                                        nullptr, amax.data<float>());
-  else
-    quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<float>(), k, nullptr, nullptr,
-                                                                        nullptr, amax.data<float>());
+  launch_quantize_rows_block(x, m, k, nullptr, nullptr, nullptr, amax.data<float>(), c.stream);
   check_launch("row_amax");
 }
 
@@ -291,13 +293,8 @@ void CudaBackend::quantize_rows_with_amax(const Tensor& x, const Tensor& amax, T
               "with one value per row");
   Tensor s = alloc({m}, DType::F32);
   if (m > 0) {
-    auto* qp = static_cast<__nv_fp8_storage_t*>(out.raw());
-    if (x.dtype() == DType::BF16)
-      quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<__nv_bfloat16>(), k, qp,
-                                                                          s.data<float>(), amax.data<float>());
-    else
-      quantize_rows_kernel<<<static_cast<unsigned>(m), 256, 0, c.stream>>>(x.data<float>(), k, qp, s.data<float>(),
-                                                                          amax.data<float>());
+    launch_quantize_rows_block(x, m, k, static_cast<__nv_fp8_storage_t*>(out.raw()), s.data<float>(),
+                               amax.data<float>(), nullptr, c.stream);
     check_launch("quantize_rows_with_amax");
   }
   out = out.with_scales(s);
