@@ -32,8 +32,8 @@ TEST(Policy, DefaultsPerBackend) {
   EXPECT_EQ(h.precision, Precision::BF16);
   EXPECT_TRUE(h.text_attention && h.wgmma_attention && h.cudnn_attention && h.tf32_attention && h.cudnn_conv);
   EXPECT_EQ(h.describe(),
-            "execution policy: cuda, bf16; attention short-text > wgmma > cudnn > bf16 flash > tf32 > f32; "
-            "convolutions cudnn");
+            "execution policy: cuda, bf16; residual projections fused (CUTLASS); attention short-text > wgmma > "
+            "cudnn > bf16 flash > tf32 > f32; convolutions cudnn");
 }
 
 TEST(Policy, PrecisionsAndPortableKernels) {
@@ -63,6 +63,23 @@ TEST(Policy, DeveloperOverridesAsTheOldSwitches) {
   EXPECT_EQ(cuda("bf16", "auto", 90, {{"tf32", false}}).precision, Precision::BF16);
 }
 
+TEST(Policy, FusedBf16GemmsOnHopperOnly) {
+  // The CUTLASS bf16 residual projections with fused epilogues: by default in bf16 and fp8 on
+  // Hopper; not on Ada or Ampere, not with portable kernels, not in tf32/f32; off with
+  // STDIT_CUDA_BF16_GEMM=0.
+  EXPECT_TRUE(cuda("auto").fused_bf16_gemm);
+  EXPECT_TRUE(cuda("fp8").fused_bf16_gemm);
+  EXPECT_FALSE(cuda("auto", "auto", 89).fused_bf16_gemm);
+  EXPECT_FALSE(cuda("auto", "auto", 80).fused_bf16_gemm);
+  EXPECT_FALSE(cuda("auto", "portable").fused_bf16_gemm);
+  EXPECT_FALSE(cuda("tf32").fused_bf16_gemm);
+  EXPECT_FALSE(cuda("f32").fused_bf16_gemm);
+  EXPECT_FALSE(resolve_policy({}, "cpu", 0).fused_bf16_gemm);
+  const ExecutionPolicy off = cuda("auto", "auto", 90, {{"bf16_gemm", false}});
+  EXPECT_FALSE(off.fused_bf16_gemm);
+  EXPECT_NE(off.describe().find("residual projections cuBLASLt"), std::string::npos);
+}
+
 TEST(Policy, Fp8) {
   const ExecutionPolicy cpu = resolve_policy({"fp8", "auto", {}, "qkv,first:1"}, "cpu", 0);
   EXPECT_EQ(cpu.precision, Precision::FP8);
@@ -79,8 +96,8 @@ TEST(Policy, Fp8) {
   EXPECT_TRUE(g.cudnn_attention && g.text_attention && !g.wgmma_attention);  // Ada: no wgmma
   EXPECT_EQ(g.describe(),
             "execution policy: cuda, fp8 (e4m3 block linears, bf16 elsewhere); fp8 GEMMs unfused (an epilogue "
-            "pass); norms write e4m3; attention short-text > cudnn > bf16 flash > tf32 > f32; convolutions cudnn; "
-            "unquantized first:2");
+            "pass); norms write e4m3; residual projections cuBLASLt; attention short-text > cudnn > bf16 flash > tf32 > f32; "
+            "convolutions cudnn; unquantized first:2");
   // The fused FP8 GEMM (CUTLASS, scales in the epilogue): by default on Hopper (off with
   // STDIT_CUDA_FP8_GEMM=0), not on Ada, not with portable kernels, not in other precisions.
   const std::map<std::string, bool> fused{{"fp8_gemm", true}};

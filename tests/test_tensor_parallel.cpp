@@ -17,6 +17,7 @@
 #include "dist/comm.h"
 #include "io/safetensors.h"
 #include "models/stdit3/forward_io.h"
+#include "models/stdit3/stdit3.h"
 #include "pipeline/cfg_parallel.h"
 #include "pipeline/denoiser.h"
 #include "pipeline/engine.h"
@@ -89,6 +90,40 @@ TEST(TensorParallel, FixtureForwardMatchesOneDevice) {
     const Tensor again = model->forward(inputs);
     EXPECT_EQ(std::memcmp(out.raw(), again.raw(), out.nbytes()), 0) << "tp " << tp;
   }
+}
+
+// On one device, a backend whose residual GEMM writes the copy of x that cross-attention's q reads
+// (Backend::fuses_residual_copy; CUDA's fused bf16 GEMM) is asked for it once per block, and q's
+// GEMM reads that copy: here a CPU backend that says it fuses (its copy is the default's, x
+// converted after the sum, F32 = x itself) gives the plain CPU forward bit for bit.
+TEST(TensorParallel, OneDeviceCrossAttentionQReadsTheResidualCopy) {
+  struct Copying : CpuBackend {
+    bool fuses_residual_copy(const Tensor&) const override { return true; }
+    void linear_residual_copy(const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
+                              const Tensor& gate0, const FrameSelect& sel, Tensor& x, Tensor& x_copy) override {
+      ++copies;
+      last_copy = x_copy.raw();
+      CpuBackend::linear_residual_copy(y, w, bias, gate, gate0, sel, x, x_copy);
+    }
+    void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) override {
+      if (last_copy && x.raw() == last_copy) ++reads, last_copy = nullptr;  // (its memory is reused later)
+      CpuBackend::linear(x, w, bias, act, out);
+    }
+    int copies = 0, reads = 0;
+    const void* last_copy = nullptr;
+  };
+  const std::string dir = kData + "/stdit3_a";
+  const auto inputs = read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors"));
+  CpuBackend one;
+  const Tensor single = STDiT3::load(dir, one)->forward(inputs);
+  Copying be;
+  const Tensor out = STDiT3::load(dir, be)->forward(inputs);
+  EXPECT_EQ(be.copies, 4);  // depth 2: two spatial and two temporal blocks
+  EXPECT_EQ(be.reads, 4);
+  ASSERT_EQ(out.nbytes(), single.nbytes());
+  EXPECT_EQ(std::memcmp(out.raw(), single.raw(), out.nbytes()), 0);
+  // The plain CPU backend does not fuse it: the model's q reads x, no copy is made.
+  EXPECT_FALSE(one.fuses_residual_copy(Tensor{}));
 }
 
 // Each rank holds its shard and every block reduces three times: a rank alone (its partial sums,

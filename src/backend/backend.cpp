@@ -34,6 +34,14 @@ void Backend::linear_residual(const Tensor& y, const Tensor& w, const Tensor& bi
     add(x, p, x);
 }
 
+void Backend::linear_residual_copy(const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
+                                   const Tensor& gate0, const FrameSelect& sel, Tensor& x, Tensor& x_copy) {
+  linear_residual(y, w, bias, gate, gate0, sel, x);
+  copy(x, x_copy);
+}
+
+bool Backend::fuses_residual_copy(const Tensor&) const { return false; }
+
 EulerGeometry euler_geometry(const Tensor& z, const Tensor& v, bool cfg, const char* backend) {
   STDIT_CHECK(z.defined() && v.defined() && z.dtype() == DType::F32 && v.dtype() == DType::F32 && z.is_contiguous() &&
                   v.is_contiguous(),

@@ -159,6 +159,14 @@ class Backend {
   virtual void linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias,
                                const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,
                                Tensor& x);
+  // linear_residual, and x_copy [B, N, C] in matmul_dtype() = the updated x (what
+  // cross-attention's q reads next). The default: linear_residual, then copy(); a backend whose
+  // fused GEMM writes the copy from its epilogue says so with fuses_residual_copy(w), and only
+  // then does RankOps ask for it (otherwise q reads x as it is).
+  virtual void linear_residual_copy(const Tensor& y, const Tensor& w, const Tensor& bias,
+                                    const Tensor& gate, const Tensor& gate0, const FrameSelect& sel,
+                                    Tensor& x, Tensor& x_copy);
+  virtual bool fuses_residual_copy(const Tensor& w) const;
   // dst[b, n, :] = src[b, n, :] for tokens of frames with mask == 0 (x_mask False).
   virtual void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) = 0;
 

@@ -26,6 +26,7 @@ class DryRunBackend : public Backend {
   const ExecutionPolicy& policy() const override { return policy_; }
   DType matmul_dtype() const override { return matmul_; }
   DType operand_dtype(const Tensor& w) const override { return target_.operand_dtype(w); }
+  bool fuses_residual_copy(const Tensor& w) const override { return target_.fuses_residual_copy(w); }
 
   Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
   size_t peak_memory_bytes() const override { return ledger_.peak(); }
@@ -76,7 +77,7 @@ class DryRunBackend : public Backend {
   void scratch(size_t bytes) { ledger_.transient(bytes); }
 
  private:
-  const Backend& target_;  // outlives the dry run (asked for operand_dtype())
+  const Backend& target_;  // outlives the dry run (asked for operand_dtype(), fuses_residual_copy())
   std::string target_name_;
   Device device_;
   ExecutionPolicy policy_;

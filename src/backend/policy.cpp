@@ -113,7 +113,8 @@ std::string ExecutionPolicy::describe() const {
   add(text_attention, "short-text");
   add(wgmma_attention, "wgmma");
   add(cudnn_attention, "cudnn");
-  if (precision == Precision::BF16 || precision == Precision::FP8) add(true, "bf16 flash");
+  const bool bf16 = precision == Precision::BF16 || precision == Precision::FP8;
+  if (bf16) add(true, "bf16 flash");
   add(tf32_attention, "tf32");
   add(true, "f32");
   return cat("execution policy: cuda, ", precision_name(precision),
@@ -124,6 +125,7 @@ std::string ExecutionPolicy::describe() const {
              precision != Precision::FP8 ? ""
              : fp8_norm_quantizes        ? "; norms write e4m3"
                                          : "; norms write bf16 (quantized in a pass)",
+             bf16 ? (fused_bf16_gemm ? "; residual projections fused (CUTLASS)" : "; residual projections cuBLASLt") : "",
              "; attention ", attention,
              "; convolutions ", cudnn_conv ? "cudnn" : "im2col + GEMM", keep);
 }
@@ -139,7 +141,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   for (const auto& [k, v] : r.overrides)
     REQUIRE(k == "bf16" || k == "tf32" || k == "tf32_attention" || k == "cudnn" || k == "cudnn_attention" ||
                     k == "text_attention" || k == "wgmma_attention" || k == "fp8" || k == "fp8_gemm" ||
-                    k == "fp8_norm",
+                    k == "fp8_norm" || k == "bf16_gemm",
                 "unknown kernel override '", k, "'");
   ExecutionPolicy p;
   p.backend = backend;
@@ -184,13 +186,14 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   // GEMMs with the scales in the epilogue"); STDIT_CUDA_FP8_GEMM=0 turns it off.
   p.fused_fp8_gemm = p.precision == Precision::FP8 && hopper && ov("fp8_gemm", true);
   p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
+  p.fused_bf16_gemm = bf16 && hopper && ov("bf16_gemm", true);
   return p;
 }
 
 std::map<std::string, bool> overrides_from_env() {
   std::map<std::string, bool> out;
   for (const char* k : {"bf16", "tf32", "tf32_attention", "cudnn", "cudnn_attention", "text_attention", "wgmma_attention",
-                        "fp8", "fp8_gemm", "fp8_norm"}) {
+                        "fp8", "fp8_gemm", "fp8_norm", "bf16_gemm"}) {
     std::string name = "STDIT_CUDA_";
     for (const char* c = k; *c; ++c) name += static_cast<char>(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
     if (const char* e = std::getenv(name.c_str())) out[k] = std::string(e) != "0";

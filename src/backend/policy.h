@@ -66,6 +66,12 @@ struct ExecutionPolicy {
   // the GEMM's epilogue (CUTLASS, cutlass_fp8_gemm.h); else cuBLASLt and an epilogue pass. On by
   // default on Hopper (the "fp8_gemm" override, STDIT_CUDA_FP8_GEMM=0, turns it off).
   bool fused_fp8_gemm = false;
+  // bf16 and fp8 on Hopper: the bf16 projections of attention and cross-attention into the
+  // residual stream as a CUTLASS GEMM with the bias, gate and f32 sum in its epilogue, attention's
+  // also writing the bf16 copy that cross-attention's q reads (cutlass_bf16_gemm.h); else cuBLASLt
+  // and a conversion pass. On by default on Hopper (the "bf16_gemm" override,
+  // STDIT_CUDA_BF16_GEMM=0, turns it off).
+  bool fused_bf16_gemm = false;
   // precision fp8: a modulated LayerNorm whose output feeds only an e4m3 GEMM writes that GEMM's
   // operand (e4m3 codes and per-row scales) instead of a copy the GEMM quantizes in a pass of its
   // own (Backend::operand_dtype); the same codes either way. On by default (the "fp8_norm"

@@ -1,6 +1,7 @@
 #include "dist/rank_ops.h"
 
 #include <tuple>
+#include <utility>
 
 #include "core/error.h"
 
@@ -62,7 +63,12 @@ void RankOps::column_linear(const Tensor& in, const Tensor& w, const Tensor& b, 
 
 void RankOps::row_linear_residual(const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
                                   const Tensor& gate0, const FrameSelect& sel, Tensor& x, bool keep_for_q) {
-  if (!tp_) return be_.linear_residual(in, w, b, gate, gate0, sel, x);
+  if (!tp_) {
+    if (!keep_for_q || sel.active() || !be_.fuses_residual_copy(w))
+      return be_.linear_residual(in, w, b, gate, gate0, sel, x);
+    xq_ = be_.alloc(x_shape_, be_.matmul_dtype());
+    return be_.linear_residual_copy(in, w, b, gate, gate0, sel, x, xq_);
+  }
   // fp8: `in` holds this rank's columns of each row; quantized with the whole row's amax, its codes
   // are one device's (a per-rank amax would quantize each part on its own, a finer rounding).
   const Tensor xin = w.scales().defined() ? quantized_over_ranks(in) : in;
@@ -80,6 +86,13 @@ void RankOps::row_linear_residual(const Tensor& in, const Tensor& w, const Tenso
   tp_->finish_row_exchange();
   tp_->add_partials_to_own_rows(p, recv, x, gate, keep_for_q ? &xq_ : nullptr);
   if (keep_for_q) tp_->start_row_exchange(xq_, lo_, hi_, xq_, lo_);
+}
+
+Tensor RankOps::take_cross_q_input(const Tensor& x) {
+  if (!xq_.defined()) return x;
+  Tensor q = std::move(xq_);
+  xq_ = Tensor{};
+  return q;
 }
 
 void RankOps::make_rows_whole(Communicator* tp, bool rows_split, Tensor& x) {

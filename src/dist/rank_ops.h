@@ -11,8 +11,9 @@
 //                         parallelism the partial sums (in the matmul dtype) are summed over the
 //                         ranks and added by the communicator; with rows split each rank adds the
 //                         two partials of its own rows
-//   cross_q_input         what cross-attention's q reads: x, or with rows split the bf16 copy the
-//                         self-attention residual update wrote and sent
+//   take_cross_q_input    what cross-attention's q reads: the matmul-dtype copy of x that the
+//                         self-attention residual update wrote (with rows split: and sent; on one
+//                         device: from its GEMM's epilogue, where the backend fuses it), else x
 //
 // Sequence parallelism ("rows split", Communicator::splits_rows): this rank owns token rows
 // [lo, hi) of the R = B * N rows of x inside the blocks; rows travel on copy engines while the
@@ -41,11 +42,15 @@ class RankOps {
   void modulated_norm(const Tensor& x, const Tensor& shift, const Tensor& scale, const Tensor& shift0,
                       const Tensor& scale0, const FrameSelect& sel, float eps, Tensor& a);
   void column_linear(const Tensor& in, const Tensor& w, const Tensor& b, Activation act, Tensor& out);
-  // x += gate * (in w^T + b) over the group (gate absent: x += in w^T + b). keep_for_q: with rows
-  // split, also write the new own rows in the matmul dtype for cross_q_input() and send them.
+  // x += gate * (in w^T + b) over the group (gate absent: x += in w^T + b). keep_for_q: also write
+  // x in the matmul dtype for take_cross_q_input(): with rows split the new own rows (and send
+  // them), on one device where the backend writes the copy from the GEMM
+  // (Backend::fuses_residual_copy).
   void row_linear_residual(const Tensor& in, const Tensor& w, const Tensor& b, const Tensor& gate,
                            const Tensor& gate0, const FrameSelect& sel, Tensor& x, bool keep_for_q = false);
-  const Tensor& cross_q_input(const Tensor& x) const { return split_ ? xq_ : x; }
+  // The copy kept for q (handed over: this RankOps holds it no longer, so that it is freed once
+  // q's GEMM has read it), or x when none was kept.
+  Tensor take_cross_q_input(const Tensor& x);
   // After the blocks, with rows split over `tp`: every rank's own rows of x to the other, x whole
   // again (no RankOps needed: it would allocate the q copy).
   static void make_rows_whole(Communicator* tp, bool rows_split, Tensor& x);
@@ -63,7 +68,7 @@ class RankOps {
   Shape x_shape_;
   bool split_;
   int64_t rows_ = 0, lo_ = 0, hi_ = 0, plo_ = 0, phi_ = 0;  // own rows [lo, hi), the other's [plo, phi)
-  Tensor xq_;  // rows split: the matmul-dtype copy of x for cross-attention's q
+  Tensor xq_;  // the matmul-dtype copy of x for cross-attention's q (rows split, or written by the GEMM)
 };
 
 }  // namespace stdit

@@ -291,10 +291,11 @@ TEST(CudaOps, GatedResidualAndSelectFrames) {
   }
 }
 
-// A projection added to the residual stream (linear_residual): the CUDA backend's fused form
-// (gate folded into per-sample bf16 weights, the sum accumulated by cuBLASLt into F32 x) and its
-// unfused fallbacks (frame selection, K not a multiple of 8), against linear + gated_residual on
-// the CPU. Measured on the increment x_after - x_before (x itself would dilute the error).
+// A projection added to the residual stream (linear_residual): the CUDA backend's fused forms (on
+// Hopper a CUTLASS GEMM with the gate and the sum in its epilogue; elsewhere the gate folded into
+// per-sample bf16 weights, the sum accumulated by cuBLASLt into F32 x) and its unfused fallbacks
+// (frame selection, K not a multiple of 8), against linear + gated_residual on the CPU. Measured
+// on the increment x_after - x_before (x itself would dilute the error).
 TEST(CudaOps, LinearResidual) {
   CudaBackend& g = gpu16();
   struct Case {
@@ -326,14 +327,25 @@ TEST(CudaOps, LinearResidual) {
                       cs.gate ? chunk(dmod, 2, cs.c) : Tensor{},
                       cs.gate && cs.select ? chunk(dmod0, 2, cs.c) : Tensor{}, ds, dx);
     Tensor got = g.download(dx);
+    const std::string what = cat("x ", S(x.shape()), " w ", S(w.shape()), cs.gate ? " gated" : "",
+                                 cs.bias ? " +b" : "", cs.select ? " select" : "");
+    // The same with the bf16 copy of the updated x (what cross-attention's q reads): written by
+    // the fused GEMM's epilogue where fuses_residual_copy() says so, else by a conversion after
+    // it. x must come out as without the copy, the copy as x rounded to bf16 by the backend's
+    // own conversion (round to nearest even).
+    Tensor dx2 = g.upload(x), copy = poisoned(g, x.shape(), DType::BF16);
+    g.linear_residual_copy(dev_in(g, y, true), g.upload_weight(w), cs.bias ? g.upload(bias) : Tensor{},
+                           cs.gate ? chunk(dmod, 2, cs.c) : Tensor{},
+                           cs.gate && cs.select ? chunk(dmod0, 2, cs.c) : Tensor{}, ds, dx2, copy);
+    Tensor rounded = g.alloc(x.shape(), DType::BF16);
+    g.copy(dx2, rounded);
+    check("linear_residual_copy[bf16] x", what, err_vs(g, dx2, got));
+    check("linear_residual_copy[bf16] copy", what, err_vs(g, copy, g.download(rounded)));
     for (int64_t i = 0; i < got.numel(); ++i) {
       got.data<float>()[i] -= x.data<float>()[i];
       ref.data<float>()[i] -= x.data<float>()[i];
     }
-    check("linear_residual[bf16]",
-          cat("x ", S(x.shape()), " w ", S(w.shape()), cs.gate ? " gated" : "", cs.bias ? " +b" : "",
-              cs.select ? " select" : ""),
-          rel_error(got, ref));
+    check("linear_residual[bf16]", what, rel_error(got, ref));
   }
 }
 

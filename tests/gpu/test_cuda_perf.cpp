@@ -191,6 +191,40 @@ TEST(CudaPerf, RealShapes) {
                    [&] { g16.linear(h116, w216, bc16, Activation::None, y16); }});
   items.push_back({cat("linear[bf16] proj [", T * S, ",", C, "]x[", C, ",", C, "] out bf16"), 2 * M * C * C, 0,
                    [&] { g16.linear(x16, wp16, bc16, Activation::None, y16); }});
+  // The projections into the f32 residual stream: on Hopper (policy fused_bf16_gemm) a CUTLASS
+  // ping-pong GEMM with the gate and the sum in its epilogue where K <= 2 N (attention's and
+  // cross-attention's projections), also writing the bf16 copy of the sum that cross-attention's
+  // q reads; against cuBLASLt (the gate folded into the weights, beta = 1; then a conversion pass
+  // for the copy): the path before, and elsewhere. fc2 (K = 4 N) runs through cuBLASLt in both.
+  CudaOptions lt_options;
+  lt_options.fused_bf16_gemm = false;
+  CudaBackend lt(0, lt_options);
+  const Tensor wpl = lt.upload_weight(g.download(wp));
+  Tensor xres = g16.alloc({1, T * S, C}), xcopy = g16.alloc({1, T * S, C}, DType::BF16);
+  g16.copy(x16f, xres);
+  const Tensor gate16 = g16.upload(g.download(mod));
+  const Tensor y3 = y16.view({1, T * S, C}), h3 = h116.view({1, T * S, 4 * C});
+  items.push_back({"linear_residual[bf16] proj + gate into f32 x", 2 * M * C * C, 0, [&] {
+                     g16.linear_residual(y3, wp16, bc16, chunk(gate16, 2, C), Tensor{}, {}, xres);
+                   }});
+  items.push_back({"linear_residual[bf16] proj + gate, + bf16 copy", 2 * M * C * C, 0, [&] {
+                     g16.linear_residual_copy(y3, wp16, bc16, chunk(gate16, 2, C), Tensor{}, {}, xres, xcopy);
+                   }});
+  items.push_back({"linear_residual[bf16] proj, no gate", 2 * M * C * C, 0, [&] {
+                     g16.linear_residual(y3, wp16, bc16, Tensor{}, Tensor{}, {}, xres);
+                   }});
+  items.push_back({"linear_residual[bf16, cuBLASLt] proj + gate", 2 * M * C * C, 0, [&] {
+                     lt.linear_residual(y3, wpl, bc16, chunk(gate16, 2, C), Tensor{}, {}, xres);
+                   }});
+  items.push_back({"linear_residual[bf16, cuBLASLt] proj + gate, then the copy", 2 * M * C * C, 0, [&] {
+                     lt.linear_residual_copy(y3, wpl, bc16, chunk(gate16, 2, C), Tensor{}, {}, xres, xcopy);
+                   }});
+  items.push_back({"linear_residual[bf16, cuBLASLt] proj, no gate", 2 * M * C * C, 0, [&] {
+                     lt.linear_residual(y3, wpl, bc16, Tensor{}, Tensor{}, {}, xres);
+                   }});
+  items.push_back({"linear_residual[bf16] fc2 + gate (cuBLASLt)", 2 * M * 4 * C * C, 0, [&] {
+                     g16.linear_residual(h3, w216, bc16, chunk(gate16, 5, C), Tensor{}, {}, xres);
+                   }});
   Tensor ln16 = g16.alloc({1, T * S, C}, DType::BF16), ln8;
   if (cuda_device_sm(0) >= 89) {
     g8 = std::make_unique<CudaBackend>(0, CudaOptions{},
@@ -278,7 +312,7 @@ TEST(CudaPerf, RealShapes) {
   }
 
   auto sync_all = [&] {  // every backend an item may run on
-    for (CudaBackend* b : {&g, &gpu32(), &gpu16(), &gpu16own(), &gpu16notext(), &gpu16cudnn()}) b->synchronize();
+    for (CudaBackend* b : {&g, &gpu32(), &gpu16(), &gpu16own(), &gpu16notext(), &gpu16cudnn(), &lt}) b->synchronize();
     if (g8) g8->synchronize();
     if (g8u) g8u->synchronize();
   };

@@ -8,7 +8,7 @@
 
 namespace stdit {
 
-class CpuBackend final : public Backend {
+class CpuBackend : public Backend {
  public:
   // Makes BLAS single-threaded: the CPU ops parallelise with OpenMP themselves, and OpenBLAS's own
   // thread pool fighting OpenMP's for the same cores costs 2x (measured on the VAE decode).

@@ -33,24 +33,24 @@ target_include_directories(stdit_cuda_kernels PRIVATE ${PROJECT_SOURCE_DIR}/src 
 target_link_libraries(stdit_cuda_kernels PRIVATE CUDA::cudart CUDA::cublasLt)
 target_sources(stdit_backend PRIVATE $<TARGET_OBJECTS:stdit_cuda_kernels>)
 
-# The fp8 precision's fused GEMM (cutlass_fp8_gemm.cu): CUTLASS 3 Hopper kernels, compiled for
+# The fused GEMMs (cutlass_fp8_gemm.cu for fp8, cutlass_bf16_gemm.cu for bf16): CUTLASS 3 Hopper kernels, compiled for
 # sm_90a only and only when CUTLASS's headers are found (scripts/setup.sh unpacks the pinned
 # nvidia-cutlass wheel's include/ into /opt/cutlass-4.2.0.0; -DSTDIT_CUTLASS_INCLUDE=DIR points
 # elsewhere). Without them, or without sm_90a among the architectures, the file compiles to a stub
-# that says "not built" and fp8 takes the unfused path.
+# that says "not built": fp8 takes the unfused path, bf16 cuBLASLt's.
 set(STDIT_CUTLASS_INCLUDE "/opt/cutlass-4.2.0.0/include" CACHE PATH "CUTLASS 3 headers (cutlass/, cute/)")
-add_library(stdit_cuda_cutlass OBJECT ${CMAKE_CURRENT_LIST_DIR}/cutlass_fp8_gemm.cu)
+add_library(stdit_cuda_cutlass OBJECT ${CMAKE_CURRENT_LIST_DIR}/cutlass_fp8_gemm.cu ${CMAKE_CURRENT_LIST_DIR}/cutlass_bf16_gemm.cu)
 set_property(TARGET stdit_cuda_cutlass PROPERTY CUDA_STANDARD)
 target_include_directories(stdit_cuda_cutlass PRIVATE ${PROJECT_SOURCE_DIR}/src)
 if(EXISTS "${STDIT_CUTLASS_INCLUDE}/cutlass/cutlass.h" AND "90a-real" IN_LIST STDIT_CUDA_ARCHS)
-  message(STATUS "stdit: fused FP8 GEMM with CUTLASS from ${STDIT_CUTLASS_INCLUDE}")
+  message(STATUS "stdit: fused FP8 and BF16 GEMMs with CUTLASS from ${STDIT_CUTLASS_INCLUDE}")
   set_target_properties(stdit_cuda_cutlass PROPERTIES CUDA_ARCHITECTURES "90a-real" CXX_STANDARD_REQUIRED OFF)
   target_include_directories(stdit_cuda_cutlass SYSTEM PRIVATE ${STDIT_CUTLASS_INCLUDE})
   # NDEBUG in every build type: an assert inside the main loop serializes its wgmma instructions.
   target_compile_definitions(stdit_cuda_cutlass PRIVATE STDIT_CUTLASS NDEBUG)
   target_compile_options(stdit_cuda_cutlass PRIVATE -std=c++17 -O3 --expt-relaxed-constexpr)
 else()
-  message(STATUS "stdit: no CUTLASS headers at ${STDIT_CUTLASS_INCLUDE} (or no sm_90a): fp8 GEMMs unfused")
+  message(STATUS "stdit: no CUTLASS headers at ${STDIT_CUTLASS_INCLUDE} (or no sm_90a): fp8 GEMMs unfused, bf16 GEMMs cuBLASLt only")
   set_target_properties(stdit_cuda_cutlass PROPERTIES CUDA_ARCHITECTURES "${STDIT_CUDA_ARCHS}" CXX_STANDARD_REQUIRED OFF)
   target_compile_options(stdit_cuda_cutlass PRIVATE -std=c++17 -O3)
 endif()

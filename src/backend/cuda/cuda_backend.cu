@@ -241,6 +241,7 @@ CudaBackend::CudaBackend(int device, CudaOptions options)
         p.cudnn_attention = options.cudnn_attention;
         p.tf32_attention = options.tf32_attention;
         p.cudnn_conv = options.cudnn_conv;
+        p.fused_bf16_gemm = options.bf16 && options.fused_bf16_gemm && cuda_device_sm(device) == 90;
         return p;
       }()) {}
 

@@ -43,6 +43,9 @@ struct CudaOptions {
   // >= 64 keys, cross-attention the short-text kernel does not take) through the Hopper wgmma
   // kernel (cuda_attention_wgmma.cu); false: cuDNN or the flash kernel as above.
   bool wgmma_attention = true;
+  // The BF16 projections into the residual stream as a CUTLASS GEMM with its epilogue fused, on
+  // Hopper (cutlass_bf16_gemm.h; policy fused_bf16_gemm); false: cuBLASLt.
+  bool fused_bf16_gemm = true;
 };
 
 class CudaBackend final : public Backend {
@@ -88,6 +91,9 @@ class CudaBackend final : public Backend {
                           float eps, Tensor& out) override;
   void linear_residual(const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
                        const Tensor& gate0, const FrameSelect& sel, Tensor& x) override;
+  void linear_residual_copy(const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
+                            const Tensor& gate0, const FrameSelect& sel, Tensor& x, Tensor& x_copy) override;
+  bool fuses_residual_copy(const Tensor& w) const override;  // the fused bf16 residual GEMM's weights
   void gated_residual(Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& gate0,
                       const FrameSelect& sel) override;
   void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) override;

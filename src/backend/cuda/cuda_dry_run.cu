@@ -7,6 +7,7 @@
 #include "backend/cuda/cuda_attention.cuh"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_fp8.h"
+#include "backend/cuda/cuda_fused_gemm.h"
 #include "backend/dry_run.h"
 
 namespace stdit {
@@ -53,6 +54,8 @@ class CudaDryRun final : public DryRunBackend {
       if (gate.defined()) s += bytes_of(b * ch, DType::F32) * (bias.defined() ? 2 : 1);
       return scratch(s);
     }
+    // [cuda_linear.cu] linear_residual_bf16: nothing of its own.
+    if (fused_bf16_residual_applies(*ctx_, y, w, bias, gate, sel, x)) return;
     const bool fits = !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 && y.dtype() == DType::BF16 &&
                       w.dtype() == DType::BF16 && w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) % 8 == 0 &&
                       y.numel() == x.size(0) * x.size(1) * w.size(1) &&

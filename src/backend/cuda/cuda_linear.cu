@@ -5,6 +5,8 @@
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_fused_gemm.h"
+#include "backend/cuda/cutlass_bf16_gemm.h"
 #include "core/log.h"
 
 namespace stdit {
@@ -336,6 +338,54 @@ bool gemm_accumulate(CudaContext& ctx, DType in, DType out, bool transa, bool tr
                     in == DType::BF16 ? 1 : 0, out == DType::BF16 ? 1 : 0,
                     batch, stride_a, stride_b, stride_c, stride_bias};
   return run_cached(ctx, key, bias_rows, 1.0f, A, B, C);
+}
+
+bool fused_bf16_gemm_applies(const CudaContext& ctx, const Tensor& w) {
+  return ctx.policy.fused_bf16_gemm && cutlass_bf16_built() && w.dtype() == DType::BF16 && w.dim() == 2 &&
+         w.is_contiguous() && w.size(0) % 8 == 0 && w.size(1) % 8 == 0 && w.size(1) <= 2 * w.size(0);
+}
+
+bool fused_bf16_residual_applies(const CudaContext& ctx, const Tensor& y, const Tensor& w, const Tensor& bias,
+                                 const Tensor& gate, const FrameSelect& sel, const Tensor& x) {
+  return !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 && x.is_contiguous() &&
+         y.dtype() == DType::BF16 && y.is_contiguous() && fused_bf16_gemm_applies(ctx, w) &&
+         w.size(0) == x.size(2) && y.numel() == x.size(0) * x.size(1) * w.size(1) &&
+         (!bias.defined() || (bias.dtype() == DType::F32 && bias.is_contiguous() && bias.numel() == w.size(0))) &&
+         (!gate.defined() || (gate.dtype() == DType::F32 && gate.dim() == 2 && gate.size(0) == x.size(0) &&
+                              gate.size(1) == x.size(2) && gate.stride(1) == 1));
+}
+
+bool linear_residual_bf16(CudaContext& c, const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
+                          Tensor& x, Tensor* x_copy) {
+  const int64_t b = x.size(0), n = x.size(1), ch = x.size(2), k = w.size(1);
+  if (b * n == 0 || ch == 0) return true;
+  OpTimer timer_(c, "linear_residual_bf16", x);
+  if (timer_.active())
+    timer_.detail = cat("w ", shape_str(w.shape()), gate.defined() ? " gated" : "", x_copy ? " +copy" : "");
+  expect_device(x, c, "linear_residual", "x");
+  expect_device(y, c, "linear_residual", "y");
+  expect_device(w, c, "linear_residual", "weight");
+  if (bias.defined()) expect_device(bias, c, "linear_residual", "bias");
+  if (gate.defined()) expect_device(gate, c, "linear_residual", "gate");
+  if (x_copy) {
+    expect_device(*x_copy, c, "linear_residual", "x copy");
+    STDIT_CHECK(x_copy->dtype() == DType::BF16 && x_copy->is_contiguous() && x_copy->shape() == x.shape(),
+                "cuda linear_residual: the copy of x must be a contiguous BF16 tensor of x's shape");
+  }
+  Bf16GemmProblem p;
+  p.n = ch, p.k = k;
+  p.a = y.raw(), p.b = w.raw(), p.d = x.raw();
+  p.bias = bias.defined() ? bias.data<float>() : nullptr;
+  p.d_copy = x_copy ? x_copy->raw() : nullptr;
+  if (gate.defined()) {  // one batch entry per sample: its own gate row
+    p.m = n, p.batch = b, p.a_batch_stride = n * k, p.d_batch_stride = n * ch;
+    p.gate = gate.data<float>(), p.gate_batch_stride = gate.stride(0);
+  } else {
+    p.m = b * n;
+  }
+  if (!cutlass_bf16_residual_gemm(p, c.num_sms, c.stream)) return false;
+  check_launch("linear_residual (fused bf16)");
+  return true;
 }
 
 void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,

@@ -5,6 +5,7 @@
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_fp8.h"
+#include "backend/cuda/cuda_fused_gemm.h"
 
 namespace stdit {
 
@@ -436,6 +437,8 @@ void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor
   CudaContext& c = *ctx_;
   if (fused_fp8_residual_applies(c, y, w, bias, gate, sel, x) && linear_residual_fp8(*this, c, y, w, bias, gate, x))
     return;
+  if (fused_bf16_residual_applies(c, y, w, bias, gate, sel, x) && linear_residual_bf16(c, y, w, bias, gate, x, nullptr))
+    return;
   // Fused when every token has the same gate and the operands suit the bf16 GEMM: the sum goes
   // straight into x (cuBLASLt with beta = 1, F32 C/D), the gate folded into the weights of each
   // sample (and its bias), so no projection tensor is written and no residual pass runs.
@@ -472,6 +475,18 @@ void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor
                            bias.defined() ? bias.raw() : nullptr, 0);
   }
   if (!done) Backend::linear_residual(y, w, bias, gate, gate0, sel, x);
+}
+
+void CudaBackend::linear_residual_copy(const Tensor& y, const Tensor& w, const Tensor& bias, const Tensor& gate,
+                                       const Tensor& gate0, const FrameSelect& sel, Tensor& x, Tensor& x_copy) {
+  if (fused_bf16_residual_applies(*ctx_, y, w, bias, gate, sel, x) &&
+      linear_residual_bf16(*ctx_, y, w, bias, gate, x, &x_copy))
+    return;
+  Backend::linear_residual_copy(y, w, bias, gate, gate0, sel, x, x_copy);
+}
+
+bool CudaBackend::fuses_residual_copy(const Tensor& w) const {
+  return matmul_dtype() == DType::BF16 && fused_bf16_gemm_applies(*ctx_, w);
 }
 
 bool residual_sum2_applies(const Tensor& x, const Tensor& p) {

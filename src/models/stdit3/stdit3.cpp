@@ -633,13 +633,16 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     be_->qk_norm_rope(q, blk.q_norm, eps, temporal ? g_.rope_freqs : Tensor{});
     be_->qk_norm_rope(k, blk.k_norm, eps, temporal ? g_.rope_freqs : Tensor{});
     be_->attention(q, k, v, attn_scale, ov);
+    // Only o is read from here on: the norm's output and q, k, v go before the projection, which
+    // may take a copy of x for cross-attention's q (RankOps::take_cross_q_input).
+    a = q = k = v = qkv6 = qkv = Tensor{};
     ops.row_linear_residual(o.view({B, N, Cl}), blk.proj_w, blk.proj_b, m(2), m0(2), s.sel, x, true);
   }
 
   // 4: cross-attention to this sample's text tokens; no norm, no gate.
   {
     Tensor cq = be_->alloc({B, N, H, D}, mm);
-    ops.column_linear(ops.cross_q_input(x), blk.q_w, blk.q_b, Activation::None, cq);
+    ops.column_linear(ops.take_cross_q_input(x), blk.q_w, blk.q_b, Activation::None, cq);
     const Tensor ckv = cross_kv(blk, s);
     Tensor co = be_->alloc({B, N, H, D}, mm);
     be_->cross_attention(cq, ckv.select(1, 0), ckv.select(1, 1), s.y_lens, attn_scale, co);
