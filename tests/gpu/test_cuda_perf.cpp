@@ -134,6 +134,11 @@ TEST(CudaPerf, RealShapes) {
                    [&] { g16.linear(x16, w116, b116, Activation::None, h116); }});
   items.push_back({cat("linear[bf16] qkv, x f32 (converted) [", T * S, ",", C, "]"), 2 * M * C * 3 * C, 0,
                    [&] { g16.linear(x16f, wqkv16, bqkv16, Activation::None, qkv16); }});
+  const Tensor wn16 = g16.upload(g.download(wn)), fr16 = g16.upload(g.download(fr));
+  items.push_back({cat("qk_norm_rope[bf16] temporal [1,", S, ",", T, ",", H, ",", D, "]"), 0, 2 * M * C * 2,
+                   [&] { Tensor q = view16(0, true); g16.qk_norm_rope(q, wn16, 1e-6f, fr16); }});
+  items.push_back({cat("qk_norm_rope[bf16] spatial [1,", T, ",", S, ",", H, ",", D, "]"), 0, 2 * M * C * 2,
+                   [&] { Tensor q = view16(0, false); g16.qk_norm_rope(q, wn16, 1e-6f, Tensor{}); }});
   items.push_back({cat("attention[bf16] spatial ", T, "x[", S, ",", H, ",", D, "] out bf16"), 4.0 * T * H * S * S * D, 0,
                    [&] { Tensor ov = o16; g16.attention(view16(0, false), view16(1, false), view16(2, false), 0.1178f, ov); }});
   CudaBackend& own = gpu16own();

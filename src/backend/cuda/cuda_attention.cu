@@ -30,17 +30,33 @@ namespace {
 
 constexpr int kRopeWarps = 8;
 
+// The rotation table of rotary embedding: cs[i * pairs + j] = (cos, sin) of angle i * freqs[j]
+// for the positions i < n, angle in f32 (what the kernel below computed per pair before: the same
+// sincosf of the same product, so the same bits; once per position instead of once per head and
+// batch index).
+__global__ void rope_table_kernel(const float* __restrict__ freqs, int64_t n, int pairs, float2* __restrict__ cs) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < n * pairs;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = t / pairs;
+    const int j = static_cast<int>(t - i * pairs);
+    float sn_a, cs_a;
+    sincosf(static_cast<float>(i) * freqs[j], &sn_a, &cs_a);
+    cs[t] = make_float2(cs_a, sn_a);
+  }
+}
+
 // kRopeLanes lanes per (batch, n, head) vector of D values, each lane owning the pairs
 // (x[2j], x[2j+1]) with j = lane + kRopeLanes * it, it < kIt (kIt * kRopeLanes >= D / 2 pairs):
 // head dims of 64-128 keep every lane busy. The pairs stay in registers between the statistics
 // and the output; with vec2 (BF16, even D and strides) a pair is one 4-byte load/store. In place
-// on a F32 or BF16 view; statistics and rotation in f32.
+// on a F32 or BF16 view; statistics and rotation in f32, the rotation's cos and sin from the
+// table above.
 constexpr int kRopeLanes = 8;
 template <typename T, int kIt>
 __global__ void __launch_bounds__(kRopeWarps * 32)
     qk_norm_rope_kernel(T* q, LeadShape lsh, LeadStrides lst, int64_t nvec, int64_t n,
                         int64_t h, int64_t d, int64_t sn, int64_t sh,
-                        const float* __restrict__ w, const float* __restrict__ freqs, float eps,
+                        const float* __restrict__ w, const float2* __restrict__ rot, float eps,
                         bool vec2) {
   const int sub = threadIdx.x % kRopeLanes;
   const int64_t vec = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kRopeLanes;
@@ -88,12 +104,11 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
     }
     const float x1 = w[e1] * (v1[it] * r);
     float y0 = x0, y1 = x1;
-    if (freqs) {
-      // Interleaved pairs rotate by angle i * freqs[j], angle in f32.
-      float sn_a, cs_a;
-      sincosf(static_cast<float>(i) * freqs[j], &sn_a, &cs_a);
-      y0 = x0 * cs_a - x1 * sn_a;
-      y1 = x1 * cs_a + x0 * sn_a;
+    if (rot) {
+      // Interleaved pairs rotate by angle i * freqs[j].
+      const float2 r2 = rot[i * pairs + j];
+      y0 = x0 * r2.x - x1 * r2.y;
+      y1 = x1 * r2.x + x0 * r2.y;
     }
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (vec2) {
@@ -526,12 +541,19 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
   const int64_t nvec = q.numel() / std::max<int64_t>(hv.d, 1);
   if (nvec == 0 || hv.d == 0) return;
   const unsigned blocks = blocks_for(nvec, kRopeWarps * 32 / kRopeLanes, 2147483647);
-  const float* fr = rope_freqs.defined() ? rope_freqs.data<float>() : nullptr;
+  const int64_t pairs = (hv.d + 1) / 2;
+  Tensor rot;  // [n, pairs] (cos, sin)
+  if (rope_freqs.defined()) {
+    rot = alloc({hv.n, pairs, 2}, DType::F32);
+    rope_table_kernel<<<blocks_for(hv.n * pairs, 256), 256, 0, c.stream>>>(
+        rope_freqs.data<float>(), hv.n, static_cast<int>(pairs), reinterpret_cast<float2*>(rot.raw()));
+    check_launch("qk_norm_rope (rotation table)");
+  }
+  const float2* fr = rot.defined() ? reinterpret_cast<const float2*>(rot.raw()) : nullptr;
   // Pairs as single 4-byte accesses: BF16, even D, even strides, 4-byte aligned base.
   bool vec2 = q.dtype() == DType::BF16 && hv.d % 2 == 0 && hv.sn % 2 == 0 && hv.sh % 2 == 0 &&
               (reinterpret_cast<uintptr_t>(q.raw()) & 3u) == 0;
   for (int i = 0; i < lead; ++i) vec2 = vec2 && lst.s[i] % 2 == 0;
-  const int64_t pairs = (hv.d + 1) / 2;
   STDIT_CHECK(pairs <= 64 * kRopeLanes, "cuda ", op, ": head dim ", hv.d, " is over 1024");
   auto go = [&](auto* x, auto it_tag) {
     constexpr int kIt = decltype(it_tag)::value;

@@ -66,6 +66,11 @@ class CudaDryRun final : public DryRunBackend {
       scratch(bytes_of(b * ch * k, DType::BF16) + bytes_of(b * ch, DType::F32));
   }
 
+  // [cuda_attention.cu] qk_norm_rope: rotary embedding's (cos, sin) table, [N, D / 2] pairs of F32.
+  void qk_norm_rope(Tensor& q, const Tensor&, float, const Tensor& rope_freqs) override {
+    if (rope_freqs.defined() && q.dim() >= 3 && q.numel() > 0) scratch(bytes_of(q.size(-3) * ((q.size(-1) + 1) / 2) * 2, DType::F32));
+  }
+
   // [cuda_attention.cu] kernel_inputs / out_target: F32 copies of BF16 operands and an F32 output
   // converted afterwards when the bf16 kernels do not apply; cross-attention's offsets.
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float, Tensor& out,
