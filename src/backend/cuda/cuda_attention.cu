@@ -121,6 +121,67 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
   }
 }
 
+// The same for BF16 q whose heads lie side by side (head stride D, D % 4 == 0) in rows of H * D =
+// 128 k values (k <= kRowChunks; STDiT3's 16 x 72 = 1152): one warp per (batch, n) row, each lane
+// holding 4 consecutive values of every 128-column chunk (8-byte loads and stores, the row read and
+// written once, whole rows per warp). A head's sum of squares is its groups' partial sums added in
+// group order by one lane (shared memory; a fixed order, so the same bits every run); per element the
+// arithmetic of the kernel above (the statistics' sum in another order).
+constexpr int kRowChunks = 9;
+__global__ void __launch_bounds__(kRopeWarps * 32)
+    qk_norm_rope_rows_kernel(__nv_bfloat16* q, LeadShape lsh, LeadStrides lst, int64_t rows, int64_t n, int h,
+                             int d, int chunks, int64_t sn, const float* __restrict__ w,
+                             const float2* __restrict__ rot, float eps) {
+  __shared__ float s_part[kRopeWarps][kRowChunks * 32];
+  __shared__ float s_r[kRopeWarps][kRowChunks * 32];  // per head (at most one per group)
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kRopeWarps) + warp;
+  if (row >= rows) return;
+  const int64_t b = row / n, i = row - b * n;
+  __nv_bfloat16* x = q + lead_offset(lsh, lst, b) + i * sn;
+  const int per_head = d / 4;  // groups of 4 per head
+  float4 v[kRowChunks];
+#pragma unroll
+  for (int j = 0; j < kRowChunks; ++j)
+    if (j < chunks) {
+      const uint2 u = reinterpret_cast<const uint2*>(x)[lane + 32 * j];
+      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+      v[j] = make_float4(lo.x, lo.y, hi.x, hi.y);
+      s_part[warp][lane + 32 * j] = v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+    }
+  __syncwarp();
+  for (int hd = lane; hd < h; hd += 32) {
+    float ss = 0;
+    for (int g = 0; g < per_head; ++g) ss += s_part[warp][hd * per_head + g];
+    s_r[warp][hd] = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+  }
+  __syncwarp();
+  const int pairs = d / 2;
+#pragma unroll
+  for (int j = 0; j < kRowChunks; ++j)
+    if (j < chunks) {
+      const int gi = lane + 32 * j, head = gi / per_head, e0 = 4 * (gi - head * per_head);
+      const float r = s_r[warp][head];
+      float y[4] = {w[e0] * (v[j].x * r), w[e0 + 1] * (v[j].y * r), w[e0 + 2] * (v[j].z * r),
+                    w[e0 + 3] * (v[j].w * r)};
+      if (rot) {
+#pragma unroll
+        for (int p2 = 0; p2 < 2; ++p2) {
+          const float2 r2 = rot[i * pairs + e0 / 2 + p2];
+          const float x0 = y[2 * p2], x1 = y[2 * p2 + 1];
+          y[2 * p2] = x0 * r2.x - x1 * r2.y;
+          y[2 * p2 + 1] = x1 * r2.x + x0 * r2.y;
+        }
+      }
+      const __nv_bfloat162 lo = __floats2bfloat162_rn(y[0], y[1]), hi = __floats2bfloat162_rn(y[2], y[3]);
+      uint2 u;
+      u.x = *reinterpret_cast<const uint32_t*>(&lo);
+      u.y = *reinterpret_cast<const uint32_t*>(&hi);
+      reinterpret_cast<uint2*>(x)[lane + 32 * j] = u;
+    }
+}
+
 // ---------------------------------------------------------------------------- attention --------
 
 // Shared-memory layout of one key (or value) row: TPQ segments of DPT values, segment stride SS
@@ -554,6 +615,17 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
   bool vec2 = q.dtype() == DType::BF16 && hv.d % 2 == 0 && hv.sn % 2 == 0 && hv.sh % 2 == 0 &&
               (reinterpret_cast<uintptr_t>(q.raw()) & 3u) == 0;
   for (int i = 0; i < lead; ++i) vec2 = vec2 && lst.s[i] % 2 == 0;
+  // Whole rows per warp: BF16, heads side by side in rows of 128 k <= 1152 values, 8-byte aligned.
+  bool rows_ok = q.dtype() == DType::BF16 && hv.sh == hv.d && hv.d % 4 == 0 && (hv.h * hv.d) % 128 == 0 &&
+                 hv.h * hv.d <= 128 * kRowChunks && hv.sn % 4 == 0 && (reinterpret_cast<uintptr_t>(q.raw()) & 7u) == 0;
+  for (int i = 0; i < lead; ++i) rows_ok = rows_ok && lst.s[i] % 4 == 0;
+  if (rows_ok) {
+    const int64_t rows = nvec / hv.h;
+    qk_norm_rope_rows_kernel<<<blocks_for(rows, kRopeWarps, 2147483647), kRopeWarps * 32, 0, c.stream>>>(
+        q.data<__nv_bfloat16>(), lsh, lst, rows, hv.n, static_cast<int>(hv.h), static_cast<int>(hv.d),
+        static_cast<int>(hv.h * hv.d / 128), hv.sn, weight.data<float>(), fr, eps);
+    return check_launch(op);
+  }
   STDIT_CHECK(pairs <= 64 * kRopeLanes, "cuda ", op, ": head dim ", hv.d, " is over 1024");
   auto go = [&](auto* x, auto it_tag) {
     constexpr int kIt = decltype(it_tag)::value;
