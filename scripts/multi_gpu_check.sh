@@ -122,7 +122,7 @@ bench --preset 480p-4s --preset 720p-4s --tp "$n" --cfg-parallel
 # fp8: each token's amax reduced over the ranks (NCCL max), so TP's codes are one GPU's; its
 # output error against the one-GPU fp8 call stays within the same tolerance.
 echo "== 3a. bench: fp8, one GPU vs TP 2"
-bench --preset 480p-4s --tp 2 --precision fp8 --steps 1
+bench --preset 480p-4s --tp 2 --precision fp8 --fp8-keep none --steps 1
 # 4+ GPUs: the scaling of the 720p 4s and 16s step over 1, 2, 4 (and 8) GPUs, each run with its
 # one-GPU baseline: TP 2 and CFG-parallel (2 GPUs), TP 4 and CFG-parallel x TP 2 (4), TP 8 and
 # CFG-parallel x TP 4 (8).

@@ -25,7 +25,8 @@ Tensor fixture(const std::string& file, const std::string& name) {
   return SafetensorsFile::open(kData + "/fp8/" + file)->get(name).to(DType::F32);
 }
 
-CpuBackend fp8_backend(const std::string& keep = "") {
+// Every block linear in fp8 unless told ("none": the reference's fp8 forward quantizes all seven).
+CpuBackend fp8_backend(const std::string& keep = "none") {
   return CpuBackend(resolve_policy({"fp8", "auto", {}, keep}, "cpu", 0));
 }
 
@@ -141,7 +142,7 @@ static Tensor ramp(const Shape& shape, uint32_t seed, float a) {
 // bits; with frame selection (clean frames' own shift and scale) and strided modulation rows.
 TEST(Fp8, NormWritesTheGemmsOperandBitForBit) {
   CpuBackend be = fp8_backend();
-  CpuBackend off(resolve_policy({"fp8", "auto", {{"fp8_norm", false}}, ""}, "cpu", 0)), f32;
+  CpuBackend off(resolve_policy({"fp8", "auto", {{"fp8_norm", false}}, "none"}, "cpu", 0)), f32;
   const int64_t B = 2, T = 3, S = 4, N = T * S, C = 48, n = 20;
   const Tensor w = be.upload_weight(quantize_rows_e4m3(ramp({n, C}, 1, 0.2f), "w"));
   const Tensor plain_w = be.upload(ramp({n, C}, 1, 0.2f));
@@ -205,7 +206,7 @@ TEST(Fp8, Stdit3ForwardMatchesTheReference) {
   EXPECT_GT(rel_error(got_all, plain), 1e-3);
   EXPECT_GT(rel_error(got_all, got_keep), 1e-4);  // the keep list changes what runs
   // The norms writing e4m3 operands (the default) or F32 copies the GEMMs quantize: the same bits.
-  CpuBackend no_norm(resolve_policy({"fp8", "auto", {{"fp8_norm", false}}, ""}, "cpu", 0));
+  CpuBackend no_norm(resolve_policy({"fp8", "auto", {{"fp8_norm", false}}, "none"}, "cpu", 0));
   const Tensor got_unfused = forward("stdit3_a", no_norm);
   ASSERT_EQ(got_unfused.nbytes(), got_all.nbytes());
   EXPECT_EQ(std::memcmp(got_unfused.raw(), got_all.raw(), got_all.nbytes()), 0);
@@ -293,7 +294,11 @@ TEST(Fp8, KeepListParsesAndMatches) {
   EXPECT_FALSE(k.keeps_step(2, 30) || k.keeps_step(28, 30));
   EXPECT_EQ(k.describe(), "fc2,temporal:1,3-4,spatial,first:2,last:1");
   EXPECT_TRUE(parse_fp8_keep("").empty());
-  for (const char* bad : {"fc3", "qkv,", "5-2", "first:x", "middle:2", "spatial:a"})
+  // "auto": the default layers (the projections, cross-attention's q, fc2); "none": nothing.
+  EXPECT_EQ(parse_fp8_keep("auto").describe(), "proj,q,cross_proj,fc2");
+  EXPECT_EQ(parse_fp8_keep("auto,first:2").describe(), "proj,q,cross_proj,fc2,first:2");
+  EXPECT_TRUE(parse_fp8_keep("none").empty());
+  for (const char* bad : {"fc3", "qkv,", "5-2", "first:x", "middle:2", "spatial:a", "none,qkv", "qkv,none"})
     EXPECT_THROW(parse_fp8_keep(bad), InvalidRequest) << bad;
   // The model's quantizable layers are exactly the names the list takes.
   std::vector<std::string> names;

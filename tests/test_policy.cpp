@@ -63,6 +63,27 @@ TEST(Policy, DeveloperOverridesAsTheOldSwitches) {
   EXPECT_EQ(cuda("bf16", "auto", 90, {{"tf32", false}}).precision, Precision::BF16);
 }
 
+TEST(Policy, Fp8QuantizesTheNormFedLayersUnlessTold) {
+  // An empty --fp8-keep is fp8_default_keep(): only the layers whose inputs arrive as e4m3 (qkv,
+  // fc1) and kv are quantized; "none" quantizes all seven; explicit lists replace the default.
+  for (const char* backend : {"cpu", "cuda"}) {
+    const int sm = std::string(backend) == "cpu" ? 0 : 90;
+    const ExecutionPolicy d = resolve_policy({"fp8", "auto", {}, ""}, backend, sm);
+    EXPECT_EQ(d.fp8_keep.describe(), "proj,q,cross_proj,fc2") << backend;
+    EXPECT_TRUE(d.fp8_keep.keeps("fc2", false, 0) && !d.fp8_keep.keeps("qkv", false, 0) &&
+                !d.fp8_keep.keeps("fc1", true, 3) && !d.fp8_keep.keeps("kv", true, 0));
+    EXPECT_TRUE(resolve_policy({"fp8", "auto", {}, "none"}, backend, sm).fp8_keep.empty()) << backend;
+    EXPECT_EQ(resolve_policy({"fp8", "auto", {}, "qkv"}, backend, sm).fp8_keep.describe(), "qkv");
+    // Not fp8: nothing to keep, and "none" is an fp8 option.
+    EXPECT_TRUE(resolve_policy({}, backend, sm).fp8_keep.empty()) << backend;
+    EXPECT_NE(error_of({"auto", "auto", {}, "none"}, backend, sm).find("--fp8-keep needs --precision fp8"),
+              std::string::npos);
+  }
+  // An fp8 engine under auto on Hopper: fp8 with the default list.
+  EXPECT_EQ(resolve_policy({"auto", "auto", {}, "", true}, "cuda", 90).fp8_keep.describe(), "proj,q,cross_proj,fc2");
+  EXPECT_TRUE(resolve_policy({"auto", "auto", {}, "", true}, "cuda", 80).fp8_keep.empty());  // bf16 there
+}
+
 TEST(Policy, FusedBf16GemmsOnHopperOnly) {
   // The CUTLASS bf16 residual projections with fused epilogues: by default in bf16 and fp8 on
   // Hopper; not on Ada or Ampere, not with portable kernels, not in tf32/f32; off with

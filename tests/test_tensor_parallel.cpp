@@ -252,7 +252,7 @@ TEST(TensorParallel, RowSplitMatchesOneDevice) {
   EXPECT_EQ(std::memcmp(out[0].raw(), out[1].raw(), out[0].nbytes()), 0);  // same on every rank
   // fp8 with rows split: the row-parallel inputs are quantized with each token's amax over both
   // ranks (the rows of the e4m3 operand travel with their scales).
-  const PolicyRequest fp8{"fp8", "auto", {}, ""};
+  const PolicyRequest fp8{"fp8", "auto", {}, "none"};
   CpuBackend one8(resolve_policy(fp8, "cpu", 0));
   const Tensor single8 = STDiT3::load(dir, one8)->forward(inputs);
   CpuRanks r8(2, fp8);
@@ -274,7 +274,7 @@ TEST(TensorParallel, Fp8QuantizesEachTokenAsOneDevice) {
   const std::string dir = kData + "/stdit3_a";
   const auto inputs = read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors"));
   const Tensor want = SafetensorsFile::open(kData + "/fp8/stdit3.safetensors")->get("output_all").to(DType::F32);
-  const PolicyRequest fp8{"fp8", "auto", {}, ""};
+  const PolicyRequest fp8{"fp8", "auto", {}, "none"};
   CpuBackend one(resolve_policy(fp8, "cpu", 0)), f32;
   const Tensor single = STDiT3::load(dir, one)->forward(inputs);
   const Tensor plain = STDiT3::load(dir, f32)->forward(inputs);

@@ -30,10 +30,12 @@ const std::vector<std::string>& fp8_layer_names() {
   return names;
 }
 
+const char* fp8_default_keep() { return "proj,q,cross_proj,fc2"; }
+
 namespace {
 int parse_count(const std::string& s, const std::string& item) {
   REQUIRE(!s.empty() && s.size() <= 6 && s.find_first_not_of("0123456789") == std::string::npos,
-          "--fp8-keep: '", item, "' is not a layer name, spatial, temporal, a block N or N-M, first:N or last:N");
+          "--fp8-keep: '", item, "' is not auto, none, a layer name, spatial, temporal, a block N or N-M, first:N or last:N");
   return std::stoi(s);
 }
 }  // namespace
@@ -46,6 +48,15 @@ Fp8Keep parse_fp8_keep(const std::string& text) {
     const std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     pos = comma == std::string::npos ? text.size() + 1 : comma + 1;
     REQUIRE(!item.empty(), "--fp8-keep: empty item in '", text, "'");
+    if (item == "none") {
+      REQUIRE(text == "none", "--fp8-keep: 'none' (every block linear in fp8) stands alone, got '", text, "'");
+      continue;
+    }
+    if (item == "auto") {
+      const Fp8Keep d = parse_fp8_keep(fp8_default_keep());
+      k.layers.insert(k.layers.end(), d.layers.begin(), d.layers.end());
+      continue;
+    }
     const auto& names = fp8_layer_names();
     if (std::find(names.begin(), names.end(), item) != names.end()) {
       k.layers.push_back(item);
@@ -65,7 +76,7 @@ Fp8Keep parse_fp8_keep(const std::string& text) {
         continue;
       }
       REQUIRE(head == "spatial" || head == "temporal", "--fp8-keep: '", item,
-              "' is not a layer name, spatial, temporal, a block N or N-M, first:N or last:N");
+              "' is not auto, none, a layer name, spatial, temporal, a block N or N-M, first:N or last:N");
       kind = head == "spatial" ? 1 : 2;
       range = tail;
     }
@@ -157,6 +168,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
     REQUIRE(p.fp8_keep.empty() || p.precision == Precision::FP8,
             "--fp8-keep needs --precision fp8 (the CPU runs an fp8 engine in f32 unless asked for fp8)");
     p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
+    if (p.precision == Precision::FP8 && r.fp8_keep.empty()) p.fp8_keep = parse_fp8_keep(fp8_default_keep());
     return p;
   }
   REQUIRE(backend == "cuda", "unknown backend '", backend, "'");
@@ -187,6 +199,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   p.fused_fp8_gemm = p.precision == Precision::FP8 && hopper && ov("fp8_gemm", true);
   p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
   p.fused_bf16_gemm = bf16 && hopper && ov("bf16_gemm", true);
+  if (p.precision == Precision::FP8 && r.fp8_keep.empty()) p.fp8_keep = parse_fp8_keep(fp8_default_keep());
   return p;
 }
 

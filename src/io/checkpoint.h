@@ -18,6 +18,8 @@ struct ParamSpec {
   // May be stored in FP8 (F8_E4M3, rows quantized as core/fp8.h), then with its per-row scales
   // as `<name>_scale` (F32 [rows]) beside it: an engine made by `convert --dtype fp8`.
   bool quantizable = false;
+  // A quantizable matrix's layer name for --fp8-keep (fp8_layer_names()), else null.
+  const char* fp8_layer = nullptr;
 };
 
 // The key of the per-row scales of a quantized weight `name`.

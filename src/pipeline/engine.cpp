@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 
+#include "backend/policy.h"
 #include "core/error.h"
 #include "core/fp8.h"
 #include "core/log.h"
@@ -69,12 +70,18 @@ std::vector<ParamSpec> specs_for(const std::string& kind, const fs::path& cfg) {
   return vae_param_specs(load_vae_config(cfg.string()));
 }
 
-// How a weight is stored in an engine of `dtype`. F8_E4M3 ("--dtype fp8"): the denoiser's
-// quantizable matrices in e4m3 with their row scales (core/fp8.h; one already in FP8 is kept as
-// it is), every other float in bf16. Other dtypes: an FP8 source weight is dequantized first.
+// Whether an engine of --dtype fp8 stores this weight in e4m3: the denoiser's quantizable matrices
+// that fp8 runs quantized by default (not fp8_default_keep()'s layers, which it runs in bf16: stored
+// in bf16, an fp8 engine runs as the same weights quantized at load do).
+bool stored_quantized(const ParamSpec& p) {
+  return p.quantizable && !(p.fp8_layer && parse_fp8_keep(fp8_default_keep()).keeps(p.fp8_layer, false, 0));
+}
+// How a weight is stored in an engine of `dtype`. F8_E4M3 ("--dtype fp8"): stored_quantized()
+// matrices in e4m3 with their row scales (core/fp8.h; one already in FP8 is kept as it is), every
+// other float in bf16. Other dtypes: an FP8 source weight is dequantized first.
 DType stored_dtype(const ParamSpec& p, DType source, DType dtype) {
   if (!is_float(source)) return source;
-  if (dtype == DType::F8_E4M3) return p.quantizable ? DType::F8_E4M3 : DType::BF16;
+  if (dtype == DType::F8_E4M3) return stored_quantized(p) ? DType::F8_E4M3 : DType::BF16;
   return dtype;
 }
 // What a component is written in, for the log: under fp8 only the denoiser's block matrices are
@@ -82,7 +89,7 @@ DType stored_dtype(const ParamSpec& p, DType source, DType dtype) {
 std::string stored_label(const std::vector<ParamSpec>& specs, DType dtype) {
   if (dtype != DType::F8_E4M3) return engine_dtype_name(dtype);
   size_t quantized = 0;
-  for (const auto& p : specs) quantized += p.quantizable;
+  for (const auto& p : specs) quantized += stored_quantized(p);
   return quantized ? cat("fp8: ", quantized, " block matrices in e4m3, the rest bf16") : std::string("bf16 (fp8 is for the denoiser)");
 }
 Tensor stored(const ParamSpec& p, const Tensor& t, DType target) {
@@ -150,7 +157,7 @@ void write_dit_shards(const STDiT3Config& cfg, const WeightMap& full, const fs::
   WeightMap w = full;
   if (dtype == DType::F8_E4M3)
     for (const auto& p : stdit3_param_specs(cfg))
-      if (p.quantizable && w.count(p.name)) w[p.name] = stored(p, w.at(p.name), DType::F8_E4M3);
+      if (stored_quantized(p) && w.count(p.name)) w[p.name] = stored(p, w.at(p.name), DType::F8_E4M3);
   const auto rank_specs = stdit3_param_specs(cfg, tp);
   for (int r = 0; r < tp; ++r) {
     const WeightMap shard = shard_stdit3_weights(cfg, w, r, tp);

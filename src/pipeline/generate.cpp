@@ -917,7 +917,9 @@ EngineOptions with_recorded(const std::string& file, EngineOptions given) {
   const RunRecord r = read_run_record(file);
   if (given.precision == "auto" && r.precision == "fp8") {
     given.precision = "fp8";
-    if (given.fp8_keep.empty()) given.fp8_keep = r.fp8_keep;
+    // A record's empty list is all layers in fp8 (records before fp8_default_keep(); later ones say
+    // "none").
+    if (given.fp8_keep.empty()) given.fp8_keep = r.fp8_keep.empty() ? "none" : r.fp8_keep;
   }
   return given;
 }
@@ -1002,6 +1004,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
   rec.backend = backend->name();
   rec.precision = precision_name(backend->policy().precision);
   rec.fp8_keep = backend->policy().fp8_keep.describe();
+  if (backend->policy().precision == Precision::FP8 && rec.fp8_keep.empty()) rec.fp8_keep = "none";
   if (plan.offload && (t5 || vae)) {  // --max-memory chose to free them (the plan counted this)
     t5.reset();
     vae.reset();

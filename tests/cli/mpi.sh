@@ -45,7 +45,7 @@ case $CASE in
        # (Not compared with one process: on the trained demo model fp8 turns the f32 sum order's
        # 1e-6 into percents, as one process with 2 threads instead of 1 does; docs/NUMERICS.md.)
        rm -f p.mp4 t.mp4 p.safetensors t.safetensors
-       split 2 --tp 2 --precision fp8 ;;
+       split 2 --tp 2 --precision fp8 --fp8-keep none ;;
   cfg2) split 2 ;;
   vae_split)  # 34 frames = two VAE chunks, split over 2 and 3 processes: the bytes of one decode
     "$S" generate "$P" --steps 2 --backend cpu -q --num-frames 34 --save-latents z.safetensors --out-dir o >/dev/null 2>&1 ||

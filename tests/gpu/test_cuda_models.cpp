@@ -120,7 +120,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaStdit3, ::testing::Values("stdit3_a", "st
 // around the same GEMMs), fixture a and its fp8 reference output (tests/data/fp8/stdit3.safetensors).
 TEST(CudaStdit3Fp8, ForwardMatchesTheEmulation) {
   if (cuda_device_sm(0) < 89) GTEST_SKIP() << "no FP8 tensor cores (sm_" << cuda_device_sm(0) << ")";
-  const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, ""};
+  const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, "none"};
   CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
   const std::string dir = data_dir() + "/stdit3_a";
   auto model = STDiT3::load(dir, g8);
@@ -138,7 +138,7 @@ TEST(CudaMemoryPlan, DryRunEqualsTheBackendsCount) {
   std::unique_ptr<CudaBackend> g8;
   if (cuda_device_sm(0) >= 89) {
     g8 = std::make_unique<CudaBackend>(0, CudaOptions{},
-                                       resolve_policy(PolicyRequest{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, ""}, "cuda",
+                                       resolve_policy(PolicyRequest{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, "none"}, "cuda",
                                                       cuda_device_sm(0)));
     modes.emplace_back(g8.get(), "[fp8]");
   }

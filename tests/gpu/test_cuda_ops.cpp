@@ -687,12 +687,12 @@ TEST(CudaOps, NanPropagates) {
 // whole STDiT3 forward of fixture a.
 TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   if (cuda_device_sm(0) < 89) GTEST_SKIP() << "no FP8 tensor cores (sm_" << cuda_device_sm(0) << ")";
-  const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, ""};
+  const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, "none"};
   CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
   CpuBackend c8(resolve_policy(req, "cpu", 0));
   // The GEMMs both ways on Hopper: fused (CUTLASS, scales in the epilogue) and unfused (cuBLASLt and
   // an epilogue pass, the path of Ada and of shapes the fused kernel does not take).
-  CudaBackend g8u(0, {}, resolve_policy({"fp8", "auto", {{"fp8", true}, {"fp8_gemm", false}}, ""}, "cuda",
+  CudaBackend g8u(0, {}, resolve_policy({"fp8", "auto", {{"fp8", true}, {"fp8_gemm", false}}, "none"}, "cuda",
                                         cuda_device_sm(0)));
   std::printf("fp8 GEMMs: %s\n", g8.policy().fused_fp8_gemm ? "fused and unfused" : "unfused only");
   // Codes: rows of several magnitudes, a zero row, a tiny row, values at ties, a row with a NaN;
