@@ -88,12 +88,7 @@ void RankOps::row_linear_residual(const Tensor& in, const Tensor& w, const Tenso
   if (keep_for_q) tp_->start_row_exchange(xq_, lo_, hi_, xq_, lo_);
 }
 
-Tensor RankOps::take_cross_q_input(const Tensor& x) {
-  if (!xq_.defined()) return x;
-  Tensor q = std::move(xq_);
-  xq_ = Tensor{};
-  return q;
-}
+Tensor RankOps::take_cross_q_input(const Tensor& x) { return xq_.defined() ? std::exchange(xq_, Tensor{}) : x; }
 
 void RankOps::make_rows_whole(Communicator* tp, bool rows_split, Tensor& x) {
   if (!rows_split || !tp || tp->size() <= 1) return;

@@ -34,7 +34,7 @@ void verify(const std::vector<Found>& found, const std::vector<ParamSpec>& expec
     if (f.shape != p.shape) {
       mismatched.push_back(cat(p.name, ": shape ", shape_str(f.shape), ", expected ",
                                shape_str(p.shape)));
-    } else if (f.dtype == DType::F8_E4M3 && p.quantizable) {
+    } else if (f.dtype == DType::F8_E4M3 && p.quantizable()) {
       // An FP8 weight needs its row scales, and nothing else may use the _scale name.
       const std::string sk = scale_key(p.name);
       wanted.insert(sk);
@@ -48,7 +48,7 @@ void verify(const std::vector<Found>& found, const std::vector<ParamSpec>& expec
     } else if (!is_float(f.dtype) || f.dtype == DType::F64 || f.dtype == DType::F8_E5M2 ||
                f.dtype == DType::F8_E4M3) {
       mismatched.push_back(cat(p.name, ": dtype ", dtype_name(f.dtype), ", expected F32, BF16 or F16",
-                               p.quantizable ? " (or F8_E4M3 with row scales)" : ""));
+                               p.quantizable() ? " (or F8_E4M3 with row scales)" : ""));
     }
   }
   for (const auto& f : found)

@@ -15,11 +15,11 @@ struct ParamSpec {
   std::string name;
   Shape shape;
   bool optional = false;  // may be absent from the file (the model recomputes it)
-  // May be stored in FP8 (F8_E4M3, rows quantized as core/fp8.h), then with its per-row scales
-  // as `<name>_scale` (F32 [rows]) beside it: an engine made by `convert --dtype fp8`.
-  bool quantizable = false;
-  // A quantizable matrix's layer name for --fp8-keep (fp8_layer_names()), else null.
+  // A denoiser block matrix's layer name for --fp8-keep (fp8_layer_names()), else null. Such a
+  // weight may be stored in FP8 (F8_E4M3, rows quantized as core/fp8.h), then with its per-row
+  // scales as `<name>_scale` (F32 [rows]) beside it: an engine made by `convert --dtype fp8`.
   const char* fp8_layer = nullptr;
+  bool quantizable() const { return fp8_layer != nullptr; }
 };
 
 // The key of the per-row scales of a quantized weight `name`.

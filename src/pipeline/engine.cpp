@@ -74,7 +74,8 @@ std::vector<ParamSpec> specs_for(const std::string& kind, const fs::path& cfg) {
 // that fp8 runs quantized by default (not fp8_default_keep()'s layers, which it runs in bf16: stored
 // in bf16, an fp8 engine runs as the same weights quantized at load do).
 bool stored_quantized(const ParamSpec& p) {
-  return p.quantizable && !(p.fp8_layer && parse_fp8_keep(fp8_default_keep()).keeps(p.fp8_layer, false, 0));
+  static const Fp8Keep kept = parse_fp8_keep(fp8_default_keep());
+  return p.quantizable() && !kept.keeps(p.fp8_layer, false, 0);
 }
 // How a weight is stored in an engine of `dtype`. F8_E4M3 ("--dtype fp8"): stored_quantized()
 // matrices in e4m3 with their row scales (core/fp8.h; one already in FP8 is kept as it is), every

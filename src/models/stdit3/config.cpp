@@ -196,7 +196,7 @@ std::vector<ParamSpec> full_param_specs(const STDiT3Config& c) {
   for (const char* kind : {"spatial_blocks", "temporal_blocks"})
     for (int i = 0; i < c.depth; ++i)
       for (const auto& b : stdit3_block_params())
-        p.push_back({cat(kind, ".", i, ".", b.suffix), b.shape(c), false, b.keep == BlockParam::Keep::Matrix,
+        p.push_back({cat(kind, ".", i, ".", b.suffix), b.shape(c), false,
                      b.keep == BlockParam::Keep::Matrix ? b.fp8_name : nullptr});
   globals(true);
   return p;
