@@ -35,7 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       fuzz::touch(t.raw(), t.nbytes());
     }
     // The strict load of a model with one quantizable weight: FP8 needs its row scales.
-    const std::vector<stdit::ParamSpec> specs = {{"q", {2, 2}, false, true}, {"a", {2}, true}};
+    const std::vector<stdit::ParamSpec> specs = {{"q", {2, 2}, false, "qkv"}, {"a", {2}, true}};
     const stdit::WeightMap w = stdit::load_checked(*src, specs, "--fuzz");
     if (w.count("q") && w.at("q").dtype() == stdit::DType::F8_E4M3) {
       const stdit::Tensor d = stdit::dequantize_rows_e4m3(w.at("q"), w.at("q").scales());
