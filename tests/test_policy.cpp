@@ -33,7 +33,7 @@ TEST(Policy, DefaultsPerBackend) {
   EXPECT_TRUE(h.text_attention && h.wgmma_attention && h.cudnn_attention && h.tf32_attention && h.cudnn_conv);
   EXPECT_EQ(h.describe(),
             "execution policy: cuda, bf16; residual projections fused (CUTLASS); attention short-text > wgmma > "
-            "cudnn > bf16 flash > tf32 > f32; convolutions cudnn");
+            "cudnn > bf16 flash > tf32 > f32; convolutions cudnn (VAE decode bf16 channels-last)");
 }
 
 TEST(Policy, PrecisionsAndPortableKernels) {
@@ -84,6 +84,22 @@ TEST(Policy, Fp8QuantizesTheNormFedLayersUnlessTold) {
   EXPECT_TRUE(resolve_policy({"auto", "auto", {}, "", true}, "cuda", 80).fp8_keep.empty());  // bf16 there
 }
 
+TEST(Policy, VaeDecodesInBf16WithTheBf16Precisions) {
+  // The channels-last bf16 VAE decode: with bf16 and fp8 on every GPU generation (cuDNN's NHWC
+  // convolutions run on Ampere too); not in tf32/f32, not without cuDNN, not on the CPU; off with
+  // STDIT_CUDA_VAE_BF16=0.
+  EXPECT_TRUE(cuda("auto").vae_bf16);
+  EXPECT_TRUE(cuda("fp8").vae_bf16);
+  EXPECT_TRUE(cuda("auto", "auto", 80).vae_bf16);
+  EXPECT_TRUE(cuda("auto", "portable").vae_bf16);
+  EXPECT_FALSE(cuda("tf32").vae_bf16);
+  EXPECT_FALSE(cuda("f32").vae_bf16);
+  EXPECT_FALSE(cuda("auto", "auto", 90, {{"cudnn", false}}).vae_bf16);
+  EXPECT_FALSE(cuda("auto", "auto", 90, {{"vae_bf16", false}}).vae_bf16);
+  EXPECT_FALSE(resolve_policy({}, "cpu", 0).vae_bf16);
+  EXPECT_NE(cuda("tf32").describe().find("(VAE f32)"), std::string::npos);
+}
+
 TEST(Policy, FusedBf16GemmsOnHopperOnly) {
   // The CUTLASS bf16 residual projections with fused epilogues: by default in bf16 and fp8 on
   // Hopper; not on Ada or Ampere, not with portable kernels, not in tf32/f32; off with
@@ -118,7 +134,7 @@ TEST(Policy, Fp8) {
   EXPECT_EQ(g.describe(),
             "execution policy: cuda, fp8 (e4m3 block linears, bf16 elsewhere); fp8 GEMMs unfused (an epilogue "
             "pass); norms write e4m3; residual projections cuBLASLt; attention short-text > cudnn > bf16 flash > tf32 > f32; "
-            "convolutions cudnn; unquantized first:2");
+            "convolutions cudnn (VAE decode bf16 channels-last); unquantized first:2");
   // The fused FP8 GEMM (CUTLASS, scales in the epilogue): by default on Hopper (off with
   // STDIT_CUDA_FP8_GEMM=0), not on Ada, not with portable kernels, not in other precisions.
   const std::map<std::string, bool> fused{{"fp8_gemm", true}};

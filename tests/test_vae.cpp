@@ -3,6 +3,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <cstring>
 #include <map>
 
 #include "core/error.h"
@@ -107,6 +108,27 @@ TEST_P(VaeCase, DecodeAndEncodeMatchReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Vae, VaeCase, ::testing::Values(17, 23, 1));
+
+// The channels-last decode (what the CUDA backend runs in bf16) through the base class's
+// channel-first ops on the CPU: the same operations in the same order, so the same bits as the
+// channel-first decode, and the reference's video within the decode's tolerance.
+TEST(Vae, ChannelsLastDecodeIsTheSameDecode) {
+  CpuBackend be;
+  auto vae = OpenSoraVae::load(kData + "/vae_tiny", be);
+  EXPECT_FALSE(vae->channels_last());  // the CPU's policy: channel-first F32
+  const std::string d = kData + "/vae_tiny/";
+  const auto in = SafetensorsFile::open(d + "decode_17.inputs.safetensors");
+  const auto want = SafetensorsFile::open(d + "decode_17.expected.safetensors");
+  const Tensor first = vae->decode(in->get("z"), 17);
+  vae->set_channels_last(true);
+  EXPECT_TRUE(vae->channels_last());
+  std::map<std::string, Tensor> got;
+  const Tensor last = vae->decode(in->get("z"), 17, [&](const std::string& n, const Tensor& t) { got[n] = t; });
+  ASSERT_EQ(first.shape(), last.shape());
+  EXPECT_EQ(std::memcmp(first.raw(), last.raw(), first.nbytes()), 0);
+  EXPECT_LE(compare_named(got, *want, "decode.temporal_out"), 1e-4);
+  EXPECT_LE(compare_named(got, *want, "video"), 1e-4);
+}
 
 TEST(Vae, FrameCountMustMatchLatents) {
   CpuBackend be;

@@ -42,6 +42,60 @@ void Backend::linear_residual_copy(const Tensor& y, const Tensor& w, const Tenso
 
 bool Backend::fuses_residual_copy(const Tensor&) const { return false; }
 
+// ---- channels-last family through the channel-first ops (backend.h) ----
+namespace {
+// t [B, T, H, W, C] (any float dtype the backend copies) -> a contiguous F32 [B, C, T, H, W].
+Tensor channels_first(Backend& be, const Tensor& t, const char* op, const char* what) {
+  STDIT_CHECK(t.defined() && t.dim() == 5, be.name(), " ", op, ": ", what, " must be [B, T, H, W, C], got ",
+              t.defined() ? shape_str(t.shape()) : "nothing");
+  Tensor out = be.alloc({t.size(0), t.size(4), t.size(1), t.size(2), t.size(3)});
+  be.copy(t.permute({0, 4, 1, 2, 3}), out);
+  return out;
+}
+// cf [B, C, T, H, W] -> out [B, T, H, W, C].
+void to_channels_last(Backend& be, const Tensor& cf, Tensor& out, const char* op) {
+  STDIT_CHECK(out.defined() && out.dim() == 5 && out.size(0) == cf.size(0) && out.size(4) == cf.size(1) &&
+                  out.size(1) == cf.size(2) && out.size(2) == cf.size(3) && out.size(3) == cf.size(4),
+              be.name(), " ", op, ": out ", out.defined() ? shape_str(out.shape()) : "nothing", " should be [",
+              cf.size(0), ", ", cf.size(2), ", ", cf.size(3), ", ", cf.size(4), ", ", cf.size(1), "]");
+  Tensor view = out.permute({0, 4, 1, 2, 3});
+  be.copy(cf, view);
+}
+}  // namespace
+
+void Backend::conv3d_cl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
+                        const ConvParams& p, Tensor& out) {
+  const char* op = "conv3d_cl";
+  const Tensor xc = channels_first(*this, x, op, "x");
+  const Tensor wc = channels_first(*this, w, op, "weight");
+  STDIT_CHECK(out.defined() && out.dim() == 5, name(), " ", op, ": out must be [B, To, Ho, Wo, Co]");
+  Tensor oc = alloc({out.size(0), out.size(4), out.size(1), out.size(2), out.size(3)});
+  conv3d(xc, wc, bias, p, oc);
+  if (residual.defined()) {
+    STDIT_CHECK(residual.shape() == out.shape(), name(), " ", op, ": residual ", shape_str(residual.shape()),
+                " must have out's shape ", shape_str(out.shape()));
+    add(oc, channels_first(*this, residual, op, "residual"), oc);
+  }
+  to_channels_last(*this, oc, out, op);
+}
+
+void Backend::group_norm_cl(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+                            bool silu, Tensor& out) {
+  const char* op = "group_norm_cl";
+  const Tensor xc = channels_first(*this, x, op, "x");
+  Tensor oc = alloc(xc.shape());
+  group_norm(xc, gamma, beta, groups, eps, silu, oc);
+  to_channels_last(*this, oc, out, op);
+}
+
+void Backend::upsample_nearest2x_cl(const Tensor& x, Tensor& out) {
+  const char* op = "upsample_nearest2x_cl";
+  const Tensor xc = channels_first(*this, x, op, "x");
+  Tensor oc = alloc({xc.size(0), xc.size(1), xc.size(2), 2 * xc.size(3), 2 * xc.size(4)});
+  upsample_nearest2x(xc, oc);
+  to_channels_last(*this, oc, out, op);
+}
+
 EulerGeometry euler_geometry(const Tensor& z, const Tensor& v, bool cfg, const char* backend) {
   STDIT_CHECK(z.defined() && v.defined() && z.dtype() == DType::F32 && v.dtype() == DType::F32 && z.is_contiguous() &&
                   v.is_contiguous(),

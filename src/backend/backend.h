@@ -216,6 +216,24 @@ class Backend {
   // out[b, c, ...] = x[b, c, ...] * scale[c] + shift[c]; x [B, C, ...]; out may alias x.
   virtual void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
                               Tensor& out) = 0;
+
+  // --- channels-last family (the VAE decode when policy().vae_bf16) ---
+  // Activations [B, T, H, W, C], channels fastest, in channels_last_dtype(); weights
+  // [Co, kt, kh, kw, Ci] in that dtype; biases, gamma and beta F32. The base class runs each op
+  // through the channel-first ops above on permuted F32 copies (the same arithmetic, so on the CPU
+  // the same bits as the channel-first model); the CUDA backend keeps BF16 tensors and runs
+  // cuDNN's NHWC tensor-core convolutions and kernels of its own (cuda_conv_cl.cu).
+  virtual DType channels_last_dtype() const { return DType::F32; }
+  // out [B, To, Ho, Wo, Co] = conv(x, w) + bias + residual; bias [Co] and residual (out's shape)
+  // may be absent.
+  virtual void conv3d_cl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
+                         const ConvParams& p, Tensor& out);
+  // GroupNorm over (C/groups channels, all of T, H, W) per batch index, as group_norm; out may
+  // alias x.
+  virtual void group_norm_cl(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+                             bool silu, Tensor& out);
+  // x [B, T, H, W, C] -> out [B, T, 2H, 2W, C], nearest neighbour.
+  virtual void upsample_nearest2x_cl(const Tensor& x, Tensor& out);
 };
 
 // cfg_euler_step's geometry, checked (one message per mismatch): z's rows (B), its channels, and

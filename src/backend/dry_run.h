@@ -71,6 +71,10 @@ class DryRunBackend : public Backend {
   void group_norm(const Tensor&, const Tensor&, const Tensor&, int, float, bool, Tensor&) override {}
   void upsample_nearest2x(const Tensor&, Tensor&) override {}
   void channel_affine(const Tensor&, const Tensor&, const Tensor&, Tensor&) override {}
+  DType channels_last_dtype() const override { return target_.channels_last_dtype(); }
+  void conv3d_cl(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const ConvParams&, Tensor&) override {}
+  void group_norm_cl(const Tensor&, const Tensor&, const Tensor&, int, float, bool, Tensor&) override {}
+  void upsample_nearest2x_cl(const Tensor&, Tensor&) override {}
 
  protected:
   // Device memory an op takes for itself while it runs (freed when it returns).

@@ -86,6 +86,11 @@ struct ExecutionPolicy {
   // own (Backend::operand_dtype); the same codes either way. On by default (the "fp8_norm"
   // override, STDIT_CUDA_FP8_NORM=0, turns it off for comparisons).
   bool fp8_norm_quantizes = false;
+  // bf16 and fp8: the VAE decodes on channels-last BF16 tensors (cuDNN NHWC tensor-core
+  // convolutions, as Open-Sora decodes in bf16; Backend::conv3d_cl); else F32 tensors and TF32
+  // convolutions. On by default where cuDNN convolutions are (the "vae_bf16" override,
+  // STDIT_CUDA_VAE_BF16=0, turns it off).
+  bool vae_bf16 = false;
   Fp8Keep fp8_keep;              // precision fp8: the layers / steps left unquantized
   std::string describe() const;  // one line for -v
 };

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <tuple>
 #include <functional>
 #include <nlohmann/json.hpp>
 
@@ -297,7 +298,7 @@ void run_bench(const BenchOptions& opt) {
                     preset.c_str(), precision_name(hi->policy().precision), device_before_gate / double(1ull << 30));
       be->bind_to_this_thread();
     }
-    double vae_s = -1, vae_first_s = -1;
+    double vae_s = -1, vae_first_s = -1, vae_f32_s = -1, vae_psnr_min = -1, vae_psnr_mean = -1;
     if (opt.vae) {
       if (!vae) {
         dit.reset();  // stage residency: the denoiser is freed before the VAE is loaded
@@ -316,6 +317,25 @@ void run_bench(const BenchOptions& opt) {
       }
       std::printf("  %-8s VAE decode: first call %.2f s (plans included), second %.2f s\n", preset.c_str(),
                   vae_first_s, vae_s);
+      if (vae->channels_last()) {
+        // The quality gate of the bf16 channels-last decode (policy vae_bf16): the same latents
+        // through the F32 channel-first decode it replaces (TF32 convolutions), per-frame PSNR
+        // of the two videos as 8-bit frames; that decode's time is the baseline of this call.
+        const Tensor fast = vae->decode(z, F);
+        vae->set_channels_last(false);
+        vae->decode(z, F);  // its plans
+        be->synchronize();
+        const auto b = Clock::now();
+        const Tensor slow = vae->decode(z, F);
+        be->synchronize();
+        vae_f32_s = secs(b, Clock::now());
+        vae->set_channels_last(std::nullopt);
+        std::tie(vae_psnr_min, vae_psnr_mean) = video_psnr(fast, slow);
+        std::printf("  %-8s VAE decode bf16 channels-last vs f32 (random weights, same latents): worst frame %.1f dB, "
+                    "mean %.1f dB: %s; the f32 decode %.2f s\n",
+                    preset.c_str(), vae_psnr_min, vae_psnr_mean, vae_psnr_min >= 40 ? "pass (>= 40 dB)" : "FAIL (< 40 dB)",
+                    vae_f32_s);
+      }
     }
     // Added up from the stages (T5 + 30 steps + the second VAE decode): an estimate; a whole
     // video is measured end to end by `stdit generate` on a `stdit convert --synthetic` engine.
@@ -333,6 +353,8 @@ void run_bench(const BenchOptions& opt) {
     results.push_back({{"preset", preset}, {"attention_kernels", kernels}, {"width", W}, {"height", H}, {"frames", F}, {"tokens", T * S},
                        {"denoise_ms_per_step", step_ms}, {"tflops", tflops}, {"t5_ms", t5_ms},
                        {"vae_decode_s", vae_s}, {"vae_decode_first_s", vae_first_s},
+                       {"vae_decode_f32_s", vae_f32_s}, {"vae_bf16_psnr_worst_db", vae_psnr_min},
+                       {"vae_bf16_psnr_mean_db", vae_psnr_mean},
                        {"stages_added_up_s_30_steps", video_s},
                        {"peak_gib", own_peak() / double(1ull << 30)},
                        {"device_peak_gib", be->device_memory_peak_bytes() / double(1ull << 30)},

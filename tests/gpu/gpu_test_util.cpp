@@ -38,8 +38,10 @@
 // | linear_residual[bf16] (increment)    | 1e-2      | (new)     | bf16 y, w*gate; f32 sum into x     |
 // | stdit3_a/b/c[bf16], t5_tiny[bf16]    | 5e-3      | 5.0e-4 / 7.4e-4 | every intermediate           |
 // | stdit3_a[bf16,tp2] (NCCL, 2 GPUs)    | 5e-3      | 6.0e-4    | vs reference and one GPU           |
-// | vae_tiny[bf16] (VAE keeps f32)       | 1e-2      | 5.9e-3    | as TF32                            |
+// | vae_tiny[bf16] (VAE in f32)          | 1e-2      | 5.9e-3    | as TF32                            |
+// | vae_tiny[bf16 cl] (bf16 channels-last)| 1e-1     | 5.4e-2    | bf16 activations (2026-12-06)      |
 // | pipeline_tiny[bf16]                  | 2e-2      | 5.5e-3    | worst frame 54.1 dB PSNR           |
+// | pipeline_tiny[bf16 cl]               | 1e-1      | 5.3e-2    | worst frame 39.0 dB (bf16 VAE)     |
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -107,6 +109,12 @@ const std::map<std::string, double>& thresholds() {
       {"cross_attention[bf16 own]", 1e-2},
       {"linear[bf16]", 1e-2},
       {"conv3d[bf16]", 1e-2},
+      // Channels-last BF16 (the VAE decode): bf16 x and w as conv3d[bf16], a bf16 output (and
+      // its bias and residual added in f32, rounded once more); the norm's output rounded once;
+      // the upsampling copies.
+      {"conv3d_cl", 1e-2},
+      {"group_norm_cl", 4e-3},
+      {"upsample_nearest2x_cl", 0.0},
       {"layernorm_modulate[bf16]", 4e-3},
       {"qk_norm_rope[bf16]", 4e-3},
       {"gated_residual[bf16]", 4e-3},
@@ -154,8 +162,16 @@ const std::map<std::string, double>& thresholds() {
       {"stdit3_b[bf16]", 5e-3},
       {"stdit3_c[bf16]", 5e-3},
       {"t5_tiny[bf16]", 5e-3},
-      {"vae_tiny[bf16]", 1e-2},
+      {"vae_tiny[bf16]", 1e-2},  // the F32 decode beside bf16 denoisers
       {"pipeline_tiny[bf16]", 2e-2},
+      // The bf16 policy's VAE decode on bf16 channels-last tensors (policy vae_bf16): bf16
+      // activations through the ~60 convolutions and norms of a random 8-16-channel net (both
+      // VAEs), measured 5.4e-2 (~28 u; bf16 im2col convolutions gave 7.7e-2 in the second
+      // session). A smoke bound (a wrong layout or a lost residual is O(1)); its quality gate is
+      // the PSNR against the F32 decode on the demo model (DemoVaeBf16AgainstF32, >= 40 dB) and on
+      // real-dimension weights (`stdit bench`).
+      {"vae_tiny[bf16 cl]", 1e-1},
+      {"pipeline_tiny[bf16 cl]", 1e-1},
       // Conditioned sampling (tests/data/conditioning: image-to-video, a 0.5 edit): the frame
       // mask, the t0 branch for frozen frames and the step noise, latents after the last step.
       {"conditioning", 1e-2},

@@ -607,6 +607,103 @@ TEST(CudaOps, UpsampleAndChannelAffine) {
   }
 }
 
+// The channels-last family (cuda_conv_cl.cu): BF16 [B, T, H, W, C] tensors against the CPU's
+// channel-first F32 ops on the same (bf16-rounded) inputs.
+namespace {
+// host channel-first F32 -> device channels-last BF16
+Tensor to_cl(CudaBackend& g, const Tensor& cf) {
+  const Tensor up = g.upload(cf);
+  Tensor out = g.alloc({cf.size(0), cf.size(2), cf.size(3), cf.size(4), cf.size(1)}, DType::BF16);
+  g.copy(up.permute({0, 2, 3, 4, 1}), out);
+  return out;
+}
+// device channels-last -> device channel-first F32 (for err_vs)
+Tensor from_cl(CudaBackend& g, const Tensor& cl) {
+  Tensor out = g.alloc({cl.size(0), cl.size(4), cl.size(1), cl.size(2), cl.size(3)});
+  g.copy(cl.permute({0, 4, 1, 2, 3}), out);
+  return out;
+}
+// host channel-first F32 rounded to bf16 (the values the channels-last ops read)
+Tensor rounded(CudaBackend& g, const Tensor& cf) { return g.download(from_cl(g, to_cl(g, cf))); }
+}  // namespace
+
+TEST(CudaOps, ChannelsLast) {
+  CudaBackend& g = gpu16();
+  uint64_t seed = 2100;
+  ConvParams same2d;
+  same2d.pad_top = same2d.pad_bottom = same2d.pad_left = same2d.pad_right = 1;
+  ConvParams causal;  // the temporal VAE's 3x3x3: time padding in front only
+  causal.pad_t_front = 2;
+  causal.pad_top = causal.pad_bottom = causal.pad_left = causal.pad_right = 1;
+  struct ConvCase {
+    std::string what;
+    Shape x, w;  // channel-first, as conv3d
+    ConvParams p;
+    bool bias, residual;
+  };
+  const std::vector<ConvCase> convs = {
+      {"3x3 same 128ch", {2, 128, 1, 32, 48}, {128, 128, 1, 3, 3}, same2d, true, false},
+      {"3x3 same 256->128 + residual", {3, 256, 1, 20, 24}, {128, 256, 1, 3, 3}, same2d, true, true},
+      {"1x1 shortcut", {2, 64, 1, 9, 11}, {32, 64, 1, 1, 1}, ConvParams{}, true, false},
+      {"3x3 to 3 channels (zero-padded filters)", {1, 32, 1, 16, 16}, {3, 32, 1, 3, 3}, same2d, true, false},
+      {"3x3 12 channels (the tiny VAE's)", {2, 12, 1, 10, 14}, {12, 12, 1, 3, 3}, same2d, true, true},
+      {"3x3x3 causal 64ch", {1, 64, 5, 12, 16}, {64, 64, 3, 3, 3}, causal, true, true},
+      {"no bias", {1, 16, 1, 8, 8}, {16, 16, 1, 3, 3}, same2d, false, false},
+  };
+  for (const auto& c : convs) {
+    const int64_t fan = c.w[1] * c.w[2] * c.w[3] * c.w[4];
+    const Tensor x = rounded(g, randn(c.x, ++seed));
+    const Tensor w = rounded(g, randn(c.w, ++seed, 1.0f / std::sqrt(static_cast<float>(fan))));
+    const Tensor b = randn({c.w[0]}, ++seed, 0.1f);
+    const int64_t To = (c.x[2] + c.p.pad_t_front + c.p.pad_t_back - c.w[2]) / c.p.stride_t + 1;
+    const int64_t Ho = (c.x[3] + c.p.pad_top + c.p.pad_bottom - c.w[3]) / c.p.stride_h + 1;
+    const int64_t Wo = (c.x[4] + c.p.pad_left + c.p.pad_right - c.w[4]) / c.p.stride_w + 1;
+    const Shape os = {c.x[0], c.w[0], To, Ho, Wo};
+    const Tensor r = rounded(g, randn(os, ++seed));
+    Tensor ref = host_be().alloc(os);
+    host_be().conv3d(x, w, c.bias ? b : Tensor{}, c.p, ref);
+    if (c.residual) host_be().add(ref, r, ref);
+    Tensor o = g.alloc({os[0], To, Ho, Wo, os[1]}, DType::BF16);
+    g.fill_bytes(o, 0xFF);
+    g.conv3d_cl(to_cl(g, x), to_cl(g, w), c.bias ? g.upload(b) : Tensor{}, c.residual ? to_cl(g, r) : Tensor{}, c.p, o);
+    check("conv3d_cl", cat(c.what, " x ", S(c.x), " w ", S(c.w)), err_vs(g, from_cl(g, o), ref));
+  }
+  struct GnCase {
+    Shape s;  // channel-first
+    int groups;
+    bool silu;
+    float offset;
+  };
+  const std::vector<GnCase> gns = {{{4, 128, 1, 32, 32}, 32, true, -1.0f}, {{2, 512, 1, 9, 16}, 32, false, 3.0f},
+                                   {{1, 256, 3, 10, 12}, 32, true, 20.0f}, {{2, 12, 1, 7, 9}, 4, true, 0.0f},
+                                   {{1, 8, 5, 6, 10}, 4, false, 0.5f},
+                                   {{1, 512, 5, 60, 106}, 32, true, 20.0f}};  // the temporal VAE's: many chunks
+  for (const auto& c : gns) {
+    const Tensor x = rounded(g, randn(c.s, ++seed, 2.0f, c.offset));
+    const Tensor ga = randn({c.s[1]}, ++seed, 0.2f, 1.0f), be = randn({c.s[1]}, ++seed, 0.2f);
+    Tensor ref = host_be().alloc(c.s);
+    host_be().group_norm(x, ga, be, c.groups, 1e-6f, c.silu, ref);
+    const Tensor xd = to_cl(g, x);
+    Tensor o = g.alloc(xd.shape(), DType::BF16);
+    g.fill_bytes(o, 0xFF);
+    g.group_norm_cl(xd, g.upload(ga), g.upload(be), c.groups, 1e-6f, c.silu, o);
+    check("group_norm_cl", cat(S(c.s), " G=", c.groups, c.silu ? " +silu" : "", " mean ", c.offset),
+          err_vs(g, from_cl(g, o), ref));
+    Tensor in_place = to_cl(g, x);
+    g.group_norm_cl(in_place, g.upload(ga), g.upload(be), c.groups, 1e-6f, c.silu, in_place);
+    check("group_norm_cl", cat(S(c.s), " in place"), err_vs(g, from_cl(g, in_place), ref));
+  }
+  for (const Shape& s : std::vector<Shape>{{2, 64, 1, 9, 16}, {1, 12, 2, 5, 7}}) {
+    const Tensor x = rounded(g, randn(s, ++seed));
+    Tensor ref = host_be().alloc({s[0], s[1], s[2], 2 * s[3], 2 * s[4]});
+    host_be().upsample_nearest2x(x, ref);
+    Tensor o = g.alloc({s[0], s[2], 2 * s[3], 2 * s[4], s[1]}, DType::BF16);
+    g.fill_bytes(o, 0xFF);
+    g.upsample_nearest2x_cl(to_cl(g, x), o);
+    check("upsample_nearest2x_cl", S(s), err_vs(g, from_cl(g, o), ref));
+  }
+}
+
 // =============================================================================== NaN ============
 
 // NaN inputs give NaN outputs in exactly the places the CPU backend has them.

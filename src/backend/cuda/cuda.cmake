@@ -22,6 +22,7 @@ add_library(stdit_cuda_kernels OBJECT
   ${CMAKE_CURRENT_LIST_DIR}/cuda_sdpa.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_layout.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_conv.cu
+  ${CMAKE_CURRENT_LIST_DIR}/cuda_conv_cl.cu
   ${CMAKE_CURRENT_LIST_DIR}/cuda_dry_run.cu
 )
 set_target_properties(stdit_cuda_kernels PROPERTIES

@@ -242,6 +242,7 @@ CudaBackend::CudaBackend(int device, CudaOptions options)
         p.tf32_attention = options.tf32_attention;
         p.cudnn_conv = options.cudnn_conv;
         p.fused_bf16_gemm = options.bf16 && options.fused_bf16_gemm && cuda_device_sm(device) == 90;
+        p.vae_bf16 = options.bf16 && options.cudnn_conv && options.vae_bf16;
         return p;
       }()) {}
 
@@ -786,6 +787,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device, const ExecutionPolicy& p)
   o.cudnn_attention = p.cudnn_attention;
   o.text_attention = p.text_attention;
   o.wgmma_attention = p.wgmma_attention;
+  o.vae_bf16 = p.vae_bf16;
   return std::make_unique<CudaBackend>(device, o, p);
 }
 

@@ -46,6 +46,9 @@ struct CudaOptions {
   // The BF16 projections into the residual stream as a CUTLASS GEMM with its epilogue fused, on
   // Hopper (cutlass_bf16_gemm.h; policy fused_bf16_gemm); false: cuBLASLt.
   bool fused_bf16_gemm = true;
+  // With bf16: the VAE decodes on channels-last BF16 tensors (cuDNN NHWC convolutions,
+  // cuda_conv_cl.cu; policy vae_bf16); false: F32 channel-first tensors and TF32 convolutions.
+  bool vae_bf16 = true;
 };
 
 class CudaBackend final : public Backend {
@@ -120,6 +123,13 @@ class CudaBackend final : public Backend {
   void upsample_nearest2x(const Tensor& x, Tensor& out) override;
   void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
                       Tensor& out) override;
+  // Channels-last family (cuda_conv_cl.cu): BF16 tensors, cuDNN NHWC convolutions.
+  DType channels_last_dtype() const override;
+  void conv3d_cl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual, const ConvParams& p,
+                 Tensor& out) override;
+  void group_norm_cl(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps, bool silu,
+                     Tensor& out) override;
+  void upsample_nearest2x_cl(const Tensor& x, Tensor& out) override;
 
   // --- CUDA-specific ---
   // x [..., K] (F32 or BF16, contiguous) quantized row by row to e4m3 by core/fp8.h's rule: an

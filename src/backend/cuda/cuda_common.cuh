@@ -78,10 +78,10 @@ struct GemmPlan {
 // heuristics ranked first among those that fit, and its workspace size.
 struct ConvKey {
   int64_t dims[14];  // x [B, Ci, T, H, W], w [Co, kt, kh, kw], strides, front paddings
-  int tf32;
+  int mode;          // 0 F32 (FMA only), 1 F32 on TF32 tensor cores, 2 channels-last BF16
   bool operator<(const ConvKey& o) const {
     return std::lexicographical_compare(dims, dims + 14, o.dims, o.dims + 14) ||
-           (std::equal(dims, dims + 14, o.dims) && tf32 < o.tf32);
+           (std::equal(dims, dims + 14, o.dims) && mode < o.mode);
   }
 };
 struct ConvPlan {
@@ -155,6 +155,18 @@ std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size
 // The device memory conv3d takes for itself with these shapes (cuda_conv.cu; for the dry run).
 size_t conv3d_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape& x_shape, const Shape& w_shape,
                             DType w_dtype, const ConvParams& p);
+// The same for conv3d_cl (cuda_conv_cl.cu), x [B, T, H, W, Ci] and w [Co, kt, kh, kw, Ci].
+size_t conv3d_cl_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape& x_shape, const Shape& w_shape,
+                               const ConvParams& p);
+// The same for group_norm_cl (cuda_conv_cl.cu), x [B, T, H, W, C] 16-byte aligned as alloc() gives it.
+size_t group_norm_cl_scratch_bytes(const CudaContext& c, const Shape& x_shape);
+// cuDNN's forward algorithm for a plan's descriptors (cuda_conv.cu): the heuristics' first that
+// runs within ws_limit bytes of workspace (fma_only: without tensor cores); sets p.algo,
+// p.workspace, p.best_fits and the math type. false: none fits.
+bool choose_conv_algo(CudaContext& c, ConvPlan& p, size_t ws_limit, bool fma_only);
+// Most workspace a convolution may take: 1 GiB; for a batch of one, up to twice its input and
+// output together (the caller splits a batch whose best algorithm wants more).
+size_t conv_workspace_limit(int64_t batch, int64_t x_elems, int64_t y_elems);
 
 // A small host array copied to a fresh device buffer on ctx's stream (kernel arguments that do not
 // fit a parameter block). The buffer is freed stream-ordered, after the kernels that use it.

@@ -16,6 +16,45 @@
 
 namespace stdit {
 
+// The heuristics' ranking for p's descriptors; takes the first algorithm that runs within
+// ws_limit bytes of workspace (with fma_only, one without tensor cores) and sets p.algo,
+// p.workspace, p.best_fits and the descriptor's math type. false: none fits.
+bool choose_conv_algo(CudaContext& c, ConvPlan& p, size_t ws_limit, bool fma_only) {
+  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  int n = 0;
+  if (cudnnGetConvolutionForwardAlgorithm_v7(c.dnn, p.x, p.w, p.conv, p.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
+                                             perf) != CUDNN_STATUS_SUCCESS)
+    return false;
+  if (std::getenv("STDIT_CUDA_CONV_PROFILE"))
+    for (int i = 0; i < n; ++i)
+      std::fprintf(stderr, "conv plan: #%d algo %d status %d mem %zu math %d\n", i, int(perf[i].algo),
+                   int(perf[i].status), perf[i].memory, int(perf[i].mathType));
+  bool found = false, skipped = false;
+  for (int i = 0; i < n && !found; ++i) {
+    if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+    if (fma_only && perf[i].mathType != CUDNN_FMA_MATH) continue;
+    if (perf[i].memory > ws_limit) {
+      skipped = true;
+      continue;
+    }
+    found = cudnnSetConvolutionMathType(p.conv, perf[i].mathType) == CUDNN_STATUS_SUCCESS;
+    p.algo = perf[i].algo;
+    p.workspace = perf[i].memory;
+  }
+  p.best_fits = found && !skipped;
+  return found;
+}
+// Most workspace a convolution may take: 1 GiB; for a batch of one, up to twice its input and
+// output together. The fast TF32 algorithm (IMPLICIT_PRECOMP_GEMM) wants about twice the input;
+// for a batch of large NCHW planes (720p frames at 128-256 channels) that is over 1 GiB, and the
+// heuristics' next choice is ~10x slower (IMPLICIT_GEMM: 23 TFLOP/s at [2,256,720,1280], measured
+// on an H200), so the caller splits the batch down to single frames instead.
+size_t conv_workspace_limit(int64_t batch, int64_t x_elems, int64_t y_elems) {
+  const size_t base = size_t{1} << 30;
+  if (batch > 1) return base;
+  return std::max<size_t>(base, 2 * static_cast<size_t>(x_elems + y_elems) * sizeof(float));
+}
+
 using namespace cuda;
 
 namespace {
@@ -96,16 +135,6 @@ void add_bias(CudaContext& c, float* po, const float* bias, int64_t B, int64_t C
   check_launch("conv3d bias");
 }
 
-// Most workspace a convolution may take: 1 GiB; for a batch of one, up to twice its input and
-// output together. The fast TF32 algorithm (IMPLICIT_PRECOMP_GEMM) wants about twice the input;
-// for a batch of large NCHW planes (720p frames at 128-256 channels) that is over 1 GiB, and the
-// heuristics' next choice is ~10x slower (IMPLICIT_GEMM: 23 TFLOP/s at [2,256,720,1280], measured
-// on an H200), so the caller splits the batch down to single frames instead.
-size_t conv_workspace_limit(int64_t batch, int64_t x_elems, int64_t y_elems) {
-  const size_t base = size_t{1} << 30;
-  if (batch > 1) return base;
-  return std::max<size_t>(base, 2 * static_cast<size_t>(x_elems + y_elems) * sizeof(float));
-}
 
 // The cuDNN plan for an unpadded-or-symmetrically-padded F32 convolution of this geometry, or
 // nullptr when cuDNN cannot run it here (then the caller takes the im2col path).
@@ -146,7 +175,7 @@ const ConvPlan* cudnn_plan(CudaContext& c, const ConvKey& key) {
                 CUDNN_STATUS_SUCCESS &&
             cudnnSetConvolutionNdDescriptor(p.conv, ns, pad, stride, dil, CUDNN_CROSS_CORRELATION,
                                             CUDNN_DATA_FLOAT) == CUDNN_STATUS_SUCCESS &&
-            cudnnSetConvolutionMathType(p.conv, key.tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH) ==
+            cudnnSetConvolutionMathType(p.conv, key.mode ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH) ==
                 CUDNN_STATUS_SUCCESS &&
             cudnnGetConvolutionNdForwardOutputDim(p.conv, p.x, p.w, nd, yd) == CUDNN_STATUS_SUCCESS;
   int64_t x_elems = 1, y_elems = 1;
@@ -156,34 +185,7 @@ const ConvPlan* cudnn_plan(CudaContext& c, const ConvKey& key) {
     strides_of(yd, ys);
     ok = cudnnSetTensorNdDescriptor(p.y, CUDNN_DATA_FLOAT, nd, yd, ys) == CUDNN_STATUS_SUCCESS;
   }
-  if (ok) {
-    // The heuristics' ranking; the first algorithm that runs this geometry within the workspace
-    // limit (and, in F32 mode, without tensor cores).
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int n = 0;
-    ok = cudnnGetConvolutionForwardAlgorithm_v7(c.dnn, p.x, p.w, p.conv, p.y,
-                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf) ==
-         CUDNN_STATUS_SUCCESS;
-    if (std::getenv("STDIT_CUDA_CONV_PROFILE"))
-      for (int i = 0; i < n; ++i)
-        std::fprintf(stderr, "conv plan x[%d,%d,%d,%d] w[%d,%d,%d,%d]: #%d algo %d status %d mem %zu math %d\n",
-                     xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[2], wd[3], i, int(perf[i].algo),
-                     int(perf[i].status), perf[i].memory, int(perf[i].mathType));
-    bool found = false, skipped = false;
-    for (int i = 0; ok && i < n && !found; ++i) {
-      if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
-      if (!key.tf32 && perf[i].mathType != CUDNN_FMA_MATH) continue;
-      if (perf[i].memory > ws_limit) {
-        skipped = true;
-        continue;
-      }
-      found = cudnnSetConvolutionMathType(p.conv, perf[i].mathType) == CUDNN_STATUS_SUCCESS;
-      p.algo = perf[i].algo;
-      p.workspace = perf[i].memory;
-    }
-    p.best_fits = found && !skipped;
-    ok = ok && found;
-  }
+  ok = ok && choose_conv_algo(c, p, ws_limit, key.mode == 0);
   p.ok = ok;
   return ok ? &p : nullptr;
 }

@@ -97,6 +97,17 @@ class CudaDryRun final : public DryRunBackend {
     scratch(static_cast<size_t>(2 * G * p + G) * sizeof(double));
   }
 
+  // [cuda_conv_cl.cu] the channels-last family: conv3d_cl's padded copy, zero-padded filters and
+  // cuDNN's workspace (conv3d_cl_scratch_bytes), group_norm_cl's partial sums and per-channel
+  // scales (group_norm_cl_scratch_bytes).
+  void conv3d_cl(const Tensor& x, const Tensor& w, const Tensor&, const Tensor&, const ConvParams& p,
+                 Tensor&) override {
+    scratch(conv3d_cl_scratch_bytes(ctx_, x.shape(), w.shape(), p));
+  }
+  void group_norm_cl(const Tensor& x, const Tensor&, const Tensor&, int, float, bool, Tensor&) override {
+    scratch(group_norm_cl_scratch_bytes(*ctx_, x.shape()));
+  }
+
   // [cuda_backend.cu] a non-contiguous tensor is packed on the device before the copy.
   Tensor download(const Tensor& t) override {
     if (!t.is_contiguous()) scratch(t.nbytes());

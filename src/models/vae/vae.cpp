@@ -109,6 +109,63 @@ Tensor OpenSoraVae::run_mid(const Mid& m, const Tensor& x0) {
   return run_res(m.r1, back, g, eps, same2d(3));
 }
 
+// ---------------------------------------------------------------- channels-last blocks -----------
+// The blocks above on [N, T, H, W, C] tensors in the backend's channels_last_dtype(): the same
+// operations in the same order (on the CPU the same bits), the layout cuDNN's tensor-core
+// convolutions read without transposing.
+const Tensor& OpenSoraVae::cl_weight(const Conv& c) {
+  auto it = cl_weights_.find(&c);
+  if (it != cl_weights_.end()) return it->second;
+  const Shape& s = c.w.shape();  // [Co, Ci, kt, kh, kw]
+  Tensor w = be_.alloc({s[0], s[2], s[3], s[4], s[1]}, be_.channels_last_dtype());
+  be_.copy(c.w.permute({0, 2, 3, 4, 1}), w);
+  return cl_weights_.emplace(&c, w).first->second;
+}
+
+Tensor OpenSoraVae::run_conv_cl(const Conv& c, const Tensor& x, const ConvParams& p, const Tensor& residual) {
+  const int64_t kt = c.w.size(2), kh = c.w.size(3), kw = c.w.size(4);
+  const int64_t to = (x.size(1) + p.pad_t_front + p.pad_t_back - kt) / p.stride_t + 1;
+  const int64_t ho = (x.size(2) + p.pad_top + p.pad_bottom - kh) / p.stride_h + 1;
+  const int64_t wo = (x.size(3) + p.pad_left + p.pad_right - kw) / p.stride_w + 1;
+  Tensor out = be_.alloc({x.size(0), to, ho, wo, c.w.size(0)}, x.dtype());
+  be_.conv3d_cl(x, cl_weight(c), c.b, residual, p, out);
+  return out;
+}
+
+Tensor OpenSoraVae::gn_cl(const Norm& n, const Tensor& x, int groups, float eps, bool silu) {
+  Tensor out = be_.alloc(x.shape(), x.dtype());
+  be_.group_norm_cl(x, n.gamma, n.beta, groups, eps, silu, out);
+  return out;
+}
+
+Tensor OpenSoraVae::run_res_cl(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3) {
+  const Tensor h = run_conv_cl(r.c1, gn_cl(r.n1, x, groups, eps, true), p3);
+  const Tensor skip = r.shortcut.w.defined() ? run_conv_cl(r.shortcut, x, ConvParams{}) : x;
+  return run_conv_cl(r.c2, gn_cl(r.n2, h, groups, eps, true), p3, skip);
+}
+
+Tensor OpenSoraVae::run_mid_cl(const Mid& m, const Tensor& x0) {
+  const int g = cfg_.spatial.norm_num_groups;
+  const float eps = cfg_.spatial.eps;
+  const Tensor x = run_res_cl(m.r0, x0, g, eps, same2d(3));
+  const int64_t N = x.size(0), P = x.size(1) * x.size(2) * x.size(3), C = x.size(4);
+  // The attention in F32 as in run_mid: the tokens are the channels-last rows as they are.
+  const Tensor h = gn_cl(m.attn_norm, x, g, eps, false);
+  Tensor tokens = be_.alloc({N, P, C});
+  be_.copy(h.view({N, P, C}), tokens);
+  Tensor q = be_.alloc({N, P, 1, C}), k = be_.alloc({N, P, 1, C}), v = be_.alloc({N, P, 1, C});
+  be_.linear(tokens, m.q_w, m.q_b, Activation::None, q);
+  be_.linear(tokens, m.k_w, m.k_b, Activation::None, k);
+  be_.linear(tokens, m.v_w, m.v_b, Activation::None, v);
+  Tensor o = be_.alloc({N, P, 1, C});
+  be_.attention(q, k, v, 1.0f / std::sqrt(static_cast<float>(C)), o);
+  be_.linear(o.view({N, P, C}), m.o_w, m.o_b, Activation::None, tokens);
+  be_.add(tokens, x.view({N, P, C}), tokens);
+  Tensor back = be_.alloc(x.shape(), x.dtype());
+  be_.copy(tokens.view(x.shape()), back);
+  return run_res_cl(m.r1, back, g, eps, same2d(3));
+}
+
 // ---------------------------------------------------------------- temporal VAE ------------------
 Tensor OpenSoraVae::temporal_decode(const Tensor& z, int num_frames) {
   const auto& tp = cfg_.temporal;
@@ -137,6 +194,39 @@ Tensor OpenSoraVae::temporal_decode(const Tensor& z, int num_frames) {
               " frames for ", num_frames);
   Tensor out = be_.alloc({x.size(0), x.size(1), num_frames, x.size(3), x.size(4)});
   be_.copy(x.slice(2, drop, x.size(2)), out);
+  return out;
+}
+
+// temporal_decode with the blocks after the input convolution on channels-last tensors.
+Tensor OpenSoraVae::temporal_decode_cl(const Tensor& z, int num_frames) {
+  const auto& tp = cfg_.temporal;
+  const int g = tp.num_groups;
+  const float eps = tp.eps;
+  const int ns = static_cast<int>(tp.channel_multipliers.size());
+  Tensor x = run_conv(t_post_quant_, z, ConvParams{});
+  x = run_conv(t_dec_in_, x, causal3(3));  // from the 4 latent channels: channel-first, F32
+  Tensor c = be_.alloc({x.size(0), x.size(2), x.size(3), x.size(4), x.size(1)}, be_.channels_last_dtype());
+  be_.copy(x.permute({0, 2, 3, 4, 1}), c);
+  x = Tensor{};
+  for (const auto& r : t_dec_res_) c = run_res_cl(r, c, g, eps, causal3(3));
+  for (int i = ns - 1; i >= 0; --i) {
+    for (const auto& r : t_dec_blocks_[i]) c = run_res_cl(r, c, g, eps, causal3(3));
+    if (i > 0 && t_dec_up_[i - 1].w.defined()) {
+      // Depth-to-time as in temporal_decode: channel 2c + j becomes channel c of frame 2t + j.
+      const Tensor y = run_conv_cl(t_dec_up_[i - 1], c, causal3(3));
+      const int64_t B = y.size(0), T = y.size(1), H = y.size(2), W = y.size(3), C = y.size(4) / 2;
+      Tensor d = be_.alloc({B, 2 * T, H, W, C}, y.dtype());
+      Tensor dv = d.view({B, T, 2, H, W, C});
+      be_.copy(y.view({B, T, H, W, C, 2}).permute({0, 1, 5, 2, 3, 4}), dv);
+      c = d;
+    }
+  }
+  c = run_conv_cl(t_dec_out_, gn_cl(t_dec_norm_, c, g, eps, true), causal3(3));
+  const int64_t drop = c.size(1) - num_frames;
+  STDIT_CHECK(drop >= 0 && drop < tp.time_factor(), "internal: temporal decode made ", c.size(1),
+              " frames for ", num_frames);
+  Tensor out = be_.alloc({c.size(0), c.size(4), num_frames, c.size(2), c.size(3)});
+  be_.copy(c.slice(1, drop, c.size(1)).permute({0, 4, 1, 2, 3}), out);
   return out;
 }
 
@@ -212,6 +302,34 @@ Tensor OpenSoraVae::spatial_decode(const Tensor& z) {
   return run_conv(s_dec_out_, gn(s_dec_norm_out_, x, g, sp.eps, true), same2d(3));
 }
 
+// spatial_decode with the blocks after the input convolution on channels-last tensors.
+Tensor OpenSoraVae::spatial_decode_cl(const Tensor& z) {
+  const auto& sp = cfg_.spatial;
+  const int g = sp.norm_num_groups;
+  Tensor x = be_.alloc(z.shape());
+  const Tensor inv = be_.upload(Tensor::from_f32({4}, std::vector<float>(4, 1.0f / cfg_.scaling_factor)));
+  const Tensor zero = be_.upload(Tensor::zeros({4}, DType::F32));
+  be_.channel_affine(z, inv, zero, x);
+  x = run_conv(s_post_quant_, x, ConvParams{});
+  x = run_conv(s_dec_in_, x, same2d(3));  // from the 4 latent channels: channel-first, F32
+  Tensor c = be_.alloc({x.size(0), x.size(2), x.size(3), x.size(4), x.size(1)}, be_.channels_last_dtype());
+  be_.copy(x.permute({0, 2, 3, 4, 1}), c);
+  x = Tensor{};
+  c = run_mid_cl(s_dec_mid_, c);
+  for (size_t i = 0; i < s_up_.size(); ++i) {
+    for (const auto& r : s_up_[i]) c = run_res_cl(r, c, g, sp.eps, same2d(3));
+    if (i < s_upsample_.size()) {
+      Tensor u = be_.alloc({c.size(0), c.size(1), 2 * c.size(2), 2 * c.size(3), c.size(4)}, c.dtype());
+      be_.upsample_nearest2x_cl(c, u);
+      c = run_conv_cl(s_upsample_[i], u, same2d(3));
+    }
+  }
+  c = run_conv_cl(s_dec_out_, gn_cl(s_dec_norm_out_, c, g, sp.eps, true), same2d(3));
+  Tensor out = be_.alloc({c.size(0), c.size(4), c.size(1), c.size(2), c.size(3)});
+  be_.copy(c.permute({0, 4, 1, 2, 3}), out);
+  return out;
+}
+
 Tensor OpenSoraVae::spatial_encode(const Tensor& frames, std::optional<uint64_t> seed, uint32_t stream) {
   const auto& sp = cfg_.spatial;
   const int g = sp.norm_num_groups;
@@ -267,7 +385,7 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
     if (k % split_parts_ == split_part_) {
       Tensor chunk = be_.alloc({B, 4, t1 - t0, h, w});
       be_.copy(zs.slice(2, t0, t1), chunk);
-      Tensor dec = temporal_decode(chunk, frames);
+      Tensor dec = channels_last() ? temporal_decode_cl(chunk, frames) : temporal_decode(chunk, frames);
       Tensor dst = xz.slice(2, f0, f0 + frames);
       be_.copy(dec, dst);
     }
@@ -295,7 +413,7 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
       Tensor in = be_.alloc({n, 4, 1, h, w});
       Tensor in4 = in.view({n, 4, h, w});
       be_.copy(xz.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3}), in4);
-      Tensor out = spatial_decode(in);  // [n, 3, 1, 8h, 8w]
+      Tensor out = channels_last() ? spatial_decode_cl(in) : spatial_decode(in);  // [n, 3, 1, 8h, 8w]
       Tensor dst = video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
       be_.copy(out.view({n, 3, 8 * h, 8 * w}), dst);
       progress();

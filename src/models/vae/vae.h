@@ -2,6 +2,7 @@
 // temporal VAE per 17-frame chunk, written against the op interface. Spec: architecture.md §9.
 #pragma once
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +54,13 @@ class OpenSoraVae : private VaeModules {
     split_sum_ = std::move(sum);
   }
 
+  // The 2D decode's layout: channels-last tensors in the backend's channels_last_dtype() (BF16 on
+  // CUDA: cuDNN's NHWC tensor-core convolutions; the default where policy().vae_bf16) or
+  // channel-first F32 tensors (true / false); nullopt: the policy's choice. On the CPU both give
+  // the same bits.
+  void set_channels_last(std::optional<bool> on) { channels_last_ = on; }
+  bool channels_last() const { return channels_last_.value_or(be_.policy().vae_bf16); }
+
   // Called by decode after each temporal chunk and each 2D micro-batch with (done, total) units;
   // it may throw (e.g. Interrupted) to stop the decode there. Empty: no calls.
   void set_progress(std::function<void(int done, int total)> fn) { progress_ = std::move(fn); }
@@ -62,6 +70,15 @@ class OpenSoraVae : private VaeModules {
   Tensor gn(const Norm& n, const Tensor& x, int groups, float eps, bool silu);
   Tensor run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3);
   Tensor run_mid(const Mid& m, const Tensor& x);
+  // The same blocks on channels-last tensors [N, T, H, W, C] (Backend::conv3d_cl ...); a
+  // residual, when given, is added by the convolution.
+  const Tensor& cl_weight(const Conv& c);
+  Tensor run_conv_cl(const Conv& c, const Tensor& x, const ConvParams& p, const Tensor& residual = {});
+  Tensor gn_cl(const Norm& n, const Tensor& x, int groups, float eps, bool silu);
+  Tensor run_res_cl(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3);
+  Tensor run_mid_cl(const Mid& m, const Tensor& x);
+  Tensor spatial_decode_cl(const Tensor& x);  // as spatial_decode, channels-last inside
+  Tensor temporal_decode_cl(const Tensor& z, int num_frames);  // as temporal_decode, the same
 
   std::function<void(int, int)> progress_;
   int split_part_ = 0, split_parts_ = 1;
@@ -78,6 +95,8 @@ class OpenSoraVae : private VaeModules {
   static constexpr uint32_t kVaeItemStride = 1u << 20;
 
   VaeConfig cfg_;
+  std::optional<bool> channels_last_;
+  std::map<const Conv*, Tensor> cl_weights_;  // [Co, kt, kh, kw, Ci] copies, made on first use
   int config_micro_batch_;  // the config's frames per 2D VAE call
   Backend& be_;
 };
