@@ -26,9 +26,11 @@ ConvParams same2d(int k) {
 }  // namespace
 
 // ---------------------------------------------------------------- weights ------------------------
-// Every tensor keeps f32 storage (upload(), not upload_weight()): bf16 convolutions took the tiny
-// VAE fixture from 5.5e-3 to 7.7e-2 and the pipeline's frames from 53.8 to 40.7 dB PSNR for a 10%
-// faster decode (docs/PERF.md); on CUDA the convolutions run as TF32 GEMMs.
+// Every tensor is uploaded in f32 (upload(), not upload_weight()): the channel-first decode and
+// the encode compute in f32 (TF32 convolutions on CUDA). The channels-last decode
+// (channels_last(), the bf16 policy's default on CUDA) makes its own copies of the convolution
+// weights in the backend's channels_last_dtype() on first use (cl_weight); its quality against the
+// f32 decode is docs/NUMERICS.md's "VAE precision".
 namespace {
 const WeightMap& checked(const WeightMap& w, const VaeConfig& cfg) {
   check_weights(w, vae_param_specs(cfg), "VAE weights");
@@ -61,58 +63,17 @@ std::unique_ptr<OpenSoraVae> OpenSoraVae::load(const std::string& dir, Backend& 
 }
 
 // ---------------------------------------------------------------- building blocks ----------------
-Tensor OpenSoraVae::run_conv(const Conv& c, const Tensor& x, const ConvParams& p) {
-  const int64_t kt = c.w.size(2), kh = c.w.size(3), kw = c.w.size(4);
-  const int64_t to = (x.size(2) + p.pad_t_front + p.pad_t_back - kt) / p.stride_t + 1;
-  const int64_t ho = (x.size(3) + p.pad_top + p.pad_bottom - kh) / p.stride_h + 1;
-  const int64_t wo = (x.size(4) + p.pad_left + p.pad_right - kw) / p.stride_w + 1;
-  Tensor out = be_.alloc({x.size(0), c.w.size(0), to, ho, wo});
-  be_.conv3d(x, c.w, c.b, p, out);
-  return out;
-}
-
-Tensor OpenSoraVae::gn(const Norm& n, const Tensor& x, int groups, float eps, bool silu) {
-  Tensor out = be_.alloc(x.shape());
-  be_.group_norm(x, n.gamma, n.beta, groups, eps, silu, out);
-  return out;
-}
-
-// norm1 -> SiLU -> conv1 -> norm2 -> SiLU -> conv2, plus the (projected) input.
-Tensor OpenSoraVae::run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3) {
-  Tensor h = run_conv(r.c1, gn(r.n1, x, groups, eps, true), p3);
-  h = run_conv(r.c2, gn(r.n2, h, groups, eps, true), p3);
-  const Tensor skip = r.shortcut.w.defined() ? run_conv(r.shortcut, x, ConvParams{}) : x;
-  be_.add(h, skip, h);
-  return h;
-}
-
-// Mid block: resnet, single-head self-attention over the H*W positions (with residual), resnet.
-Tensor OpenSoraVae::run_mid(const Mid& m, const Tensor& x0) {
-  const int g = cfg_.spatial.norm_num_groups;
-  const float eps = cfg_.spatial.eps;
-  Tensor x = run_res(m.r0, x0, g, eps, same2d(3));
-  const int64_t N = x.size(0), C = x.size(1), P = x.size(3) * x.size(4);
-  Tensor h = gn(m.attn_norm, x, g, eps, false);
-  Tensor tokens = be_.alloc({N, P, C});
-  be_.copy(h.view({N, C, P}).permute({0, 2, 1}), tokens);
-  Tensor q = be_.alloc({N, P, 1, C}), k = be_.alloc({N, P, 1, C}), v = be_.alloc({N, P, 1, C});
-  be_.linear(tokens, m.q_w, m.q_b, Activation::None, q);
-  be_.linear(tokens, m.k_w, m.k_b, Activation::None, k);
-  be_.linear(tokens, m.v_w, m.v_b, Activation::None, v);
-  Tensor o = be_.alloc({N, P, 1, C});
-  be_.attention(q, k, v, 1.0f / std::sqrt(static_cast<float>(C)), o);
-  be_.linear(o.view({N, P, C}), m.o_w, m.o_b, Activation::None, tokens);
-  Tensor back = be_.alloc(x.shape());
-  Tensor bv = back.view({N, C, P});
-  be_.copy(tokens.permute({0, 2, 1}), bv);
-  be_.add(back, x, back);
-  return run_res(m.r1, back, g, eps, same2d(3));
-}
-
-// ---------------------------------------------------------------- channels-last blocks -----------
-// The blocks above on [N, T, H, W, C] tensors in the backend's channels_last_dtype(): the same
-// operations in the same order (on the CPU the same bits), the layout cuDNN's tensor-core
+// Activations are channel-first F32 [N, C, T, H, W], or with `cl` channels-last [N, T, H, W, C] in
+// the backend's channels_last_dtype() (the decode when channels_last()): the same operations in
+// the same order either way (on the CPU the same bits), the second the layout cuDNN's tensor-core
 // convolutions read without transposing.
+namespace {
+int time_dim(bool cl) { return cl ? 1 : 2; }  // H and W follow it
+Shape act_shape(int64_t n, int64_t c, int64_t t, int64_t h, int64_t w, bool cl) {
+  return cl ? Shape{n, t, h, w, c} : Shape{n, c, t, h, w};
+}
+}  // namespace
+
 const Tensor& OpenSoraVae::cl_weight(const Conv& c) {
   auto it = cl_weights_.find(&c);
   if (it != cl_weights_.end()) return it->second;
@@ -122,37 +83,64 @@ const Tensor& OpenSoraVae::cl_weight(const Conv& c) {
   return cl_weights_.emplace(&c, w).first->second;
 }
 
-Tensor OpenSoraVae::run_conv_cl(const Conv& c, const Tensor& x, const ConvParams& p, const Tensor& residual) {
+Tensor OpenSoraVae::to_layout(const Tensor& x, bool cl) {
+  Tensor out = cl ? be_.alloc({x.size(0), x.size(2), x.size(3), x.size(4), x.size(1)}, be_.channels_last_dtype())
+                  : be_.alloc({x.size(0), x.size(4), x.size(1), x.size(2), x.size(3)});
+  be_.copy(cl ? x.permute({0, 2, 3, 4, 1}) : x.permute({0, 4, 1, 2, 3}), out);
+  return out;
+}
+
+Tensor OpenSoraVae::run_conv(const Conv& c, const Tensor& x, const ConvParams& p, bool cl, const Tensor& residual) {
+  const int d = time_dim(cl);
   const int64_t kt = c.w.size(2), kh = c.w.size(3), kw = c.w.size(4);
-  const int64_t to = (x.size(1) + p.pad_t_front + p.pad_t_back - kt) / p.stride_t + 1;
-  const int64_t ho = (x.size(2) + p.pad_top + p.pad_bottom - kh) / p.stride_h + 1;
-  const int64_t wo = (x.size(3) + p.pad_left + p.pad_right - kw) / p.stride_w + 1;
-  Tensor out = be_.alloc({x.size(0), to, ho, wo, c.w.size(0)}, x.dtype());
-  be_.conv3d_cl(x, cl_weight(c), c.b, residual, p, out);
+  const int64_t to = (x.size(d) + p.pad_t_front + p.pad_t_back - kt) / p.stride_t + 1;
+  const int64_t ho = (x.size(d + 1) + p.pad_top + p.pad_bottom - kh) / p.stride_h + 1;
+  const int64_t wo = (x.size(d + 2) + p.pad_left + p.pad_right - kw) / p.stride_w + 1;
+  Tensor out = be_.alloc(act_shape(x.size(0), c.w.size(0), to, ho, wo, cl), x.dtype());
+  if (cl) {
+    be_.conv3d_cl(x, cl_weight(c), c.b, residual, p, out);
+  } else {
+    be_.conv3d(x, c.w, c.b, p, out);
+    if (residual.defined()) be_.add(out, residual, out);
+  }
   return out;
 }
 
-Tensor OpenSoraVae::gn_cl(const Norm& n, const Tensor& x, int groups, float eps, bool silu) {
+Tensor OpenSoraVae::gn(const Norm& n, const Tensor& x, int groups, float eps, bool silu, bool cl) {
   Tensor out = be_.alloc(x.shape(), x.dtype());
-  be_.group_norm_cl(x, n.gamma, n.beta, groups, eps, silu, out);
+  if (cl) be_.group_norm_cl(x, n.gamma, n.beta, groups, eps, silu, out);
+  else be_.group_norm(x, n.gamma, n.beta, groups, eps, silu, out);
   return out;
 }
 
-Tensor OpenSoraVae::run_res_cl(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3) {
-  const Tensor h = run_conv_cl(r.c1, gn_cl(r.n1, x, groups, eps, true), p3);
-  const Tensor skip = r.shortcut.w.defined() ? run_conv_cl(r.shortcut, x, ConvParams{}) : x;
-  return run_conv_cl(r.c2, gn_cl(r.n2, h, groups, eps, true), p3, skip);
+Tensor OpenSoraVae::upsample2x(const Tensor& x, bool cl) {
+  const int d = time_dim(cl);
+  Shape s = x.shape();
+  s[d + 1] *= 2;
+  s[d + 2] *= 2;
+  Tensor out = be_.alloc(s, x.dtype());
+  if (cl) be_.upsample_nearest2x_cl(x, out);
+  else be_.upsample_nearest2x(x, out);
+  return out;
 }
 
-Tensor OpenSoraVae::run_mid_cl(const Mid& m, const Tensor& x0) {
+// norm1 -> SiLU -> conv1 -> norm2 -> SiLU -> conv2, plus the (projected) input (added by conv2).
+Tensor OpenSoraVae::run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3, bool cl) {
+  const Tensor h = run_conv(r.c1, gn(r.n1, x, groups, eps, true, cl), p3, cl);
+  const Tensor skip = r.shortcut.w.defined() ? run_conv(r.shortcut, x, ConvParams{}, cl) : x;
+  return run_conv(r.c2, gn(r.n2, h, groups, eps, true, cl), p3, cl, skip);
+}
+
+// Mid block: resnet, single-head self-attention over the H*W positions (with residual; in F32 in
+// both layouts), resnet.
+Tensor OpenSoraVae::run_mid(const Mid& m, const Tensor& x0, bool cl) {
   const int g = cfg_.spatial.norm_num_groups;
   const float eps = cfg_.spatial.eps;
-  const Tensor x = run_res_cl(m.r0, x0, g, eps, same2d(3));
-  const int64_t N = x.size(0), P = x.size(1) * x.size(2) * x.size(3), C = x.size(4);
-  // The attention in F32 as in run_mid: the tokens are the channels-last rows as they are.
-  const Tensor h = gn_cl(m.attn_norm, x, g, eps, false);
+  const Tensor x = run_res(m.r0, x0, g, eps, same2d(3), cl);
+  const int64_t N = x.size(0), C = x.size(cl ? 4 : 1), P = x.numel() / (N * C);
+  const Tensor h = gn(m.attn_norm, x, g, eps, false, cl);
   Tensor tokens = be_.alloc({N, P, C});
-  be_.copy(h.view({N, P, C}), tokens);
+  be_.copy(cl ? h.view({N, P, C}) : h.view({N, C, P}).permute({0, 2, 1}), tokens);
   Tensor q = be_.alloc({N, P, 1, C}), k = be_.alloc({N, P, 1, C}), v = be_.alloc({N, P, 1, C});
   be_.linear(tokens, m.q_w, m.q_b, Activation::None, q);
   be_.linear(tokens, m.k_w, m.k_b, Activation::None, k);
@@ -160,73 +148,51 @@ Tensor OpenSoraVae::run_mid_cl(const Mid& m, const Tensor& x0) {
   Tensor o = be_.alloc({N, P, 1, C});
   be_.attention(q, k, v, 1.0f / std::sqrt(static_cast<float>(C)), o);
   be_.linear(o.view({N, P, C}), m.o_w, m.o_b, Activation::None, tokens);
-  be_.add(tokens, x.view({N, P, C}), tokens);
   Tensor back = be_.alloc(x.shape(), x.dtype());
-  be_.copy(tokens.view(x.shape()), back);
-  return run_res_cl(m.r1, back, g, eps, same2d(3));
+  if (cl) {  // tokens + x, then into the activation dtype
+    be_.add(tokens, x.view({N, P, C}), tokens);
+    be_.copy(tokens.view(x.shape()), back);
+  } else {
+    Tensor bv = back.view({N, C, P});
+    be_.copy(tokens.permute({0, 2, 1}), bv);
+    be_.add(back, x, back);
+  }
+  return run_res(m.r1, back, g, eps, same2d(3), cl);
 }
 
 // ---------------------------------------------------------------- temporal VAE ------------------
-Tensor OpenSoraVae::temporal_decode(const Tensor& z, int num_frames) {
+Tensor OpenSoraVae::temporal_decode(const Tensor& z, int num_frames, bool cl) {
   const auto& tp = cfg_.temporal;
   const int g = tp.num_groups;
   const float eps = tp.eps;
   const int ns = static_cast<int>(tp.channel_multipliers.size());
   Tensor x = run_conv(t_post_quant_, z, ConvParams{});
-  x = run_conv(t_dec_in_, x, causal3(3));
-  for (const auto& r : t_dec_res_) x = run_res(r, x, g, eps, causal3(3));
+  x = run_conv(t_dec_in_, x, causal3(3));  // from the 4 latent channels: channel-first F32
+  if (cl) x = to_layout(x, true);
+  for (const auto& r : t_dec_res_) x = run_res(r, x, g, eps, causal3(3), cl);
   for (int i = ns - 1; i >= 0; --i) {
-    for (const auto& r : t_dec_blocks_[i]) x = run_res(r, x, g, eps, causal3(3));
+    for (const auto& r : t_dec_blocks_[i]) x = run_res(r, x, g, eps, causal3(3), cl);
     if (i > 0 && t_dec_up_[i - 1].w.defined()) {
       // conv to 2C channels, then depth-to-time: channel 2c + j becomes channel c of frame 2t + j.
-      Tensor y = run_conv(t_dec_up_[i - 1], x, causal3(3));
-      const int64_t B = y.size(0), C = y.size(1) / 2, T = y.size(2), HW = y.size(3) * y.size(4);
-      Tensor d = be_.alloc({B, C, 2 * T, y.size(3), y.size(4)});
-      Tensor dv = d.view({B, C, T, 2, HW});
-      be_.copy(y.view({B, C, 2, T, HW}).permute({0, 1, 3, 2, 4}), dv);
-      x = d;
+      const Tensor y = run_conv(t_dec_up_[i - 1], x, causal3(3), cl);
+      const int d = time_dim(cl);
+      const int64_t B = y.size(0), T = y.size(d), H = y.size(d + 1), W = y.size(d + 2), C = y.numel() / (B * T * H * W) / 2;
+      Tensor out = be_.alloc(act_shape(B, C, 2 * T, H, W, cl), y.dtype());
+      Tensor ov = cl ? out.view({B, T, 2, H, W, C}) : out.view({B, C, T, 2, H * W});
+      be_.copy(cl ? y.view({B, T, H, W, C, 2}).permute({0, 1, 5, 2, 3, 4})
+                  : y.view({B, C, 2, T, H * W}).permute({0, 1, 3, 2, 4}),
+               ov);
+      x = out;
     }
   }
-  x = run_conv(t_dec_out_, gn(t_dec_norm_, x, g, eps, true), causal3(3));
+  x = run_conv(t_dec_out_, gn(t_dec_norm_, x, g, eps, true, cl), causal3(3), cl);
+  if (cl) x = to_layout(x, false);
   // Keep the last num_frames frames (the decoder makes time_factor x latents).
   const int64_t drop = x.size(2) - num_frames;
   STDIT_CHECK(drop >= 0 && drop < tp.time_factor(), "internal: temporal decode made ", x.size(2),
               " frames for ", num_frames);
   Tensor out = be_.alloc({x.size(0), x.size(1), num_frames, x.size(3), x.size(4)});
   be_.copy(x.slice(2, drop, x.size(2)), out);
-  return out;
-}
-
-// temporal_decode with the blocks after the input convolution on channels-last tensors.
-Tensor OpenSoraVae::temporal_decode_cl(const Tensor& z, int num_frames) {
-  const auto& tp = cfg_.temporal;
-  const int g = tp.num_groups;
-  const float eps = tp.eps;
-  const int ns = static_cast<int>(tp.channel_multipliers.size());
-  Tensor x = run_conv(t_post_quant_, z, ConvParams{});
-  x = run_conv(t_dec_in_, x, causal3(3));  // from the 4 latent channels: channel-first, F32
-  Tensor c = be_.alloc({x.size(0), x.size(2), x.size(3), x.size(4), x.size(1)}, be_.channels_last_dtype());
-  be_.copy(x.permute({0, 2, 3, 4, 1}), c);
-  x = Tensor{};
-  for (const auto& r : t_dec_res_) c = run_res_cl(r, c, g, eps, causal3(3));
-  for (int i = ns - 1; i >= 0; --i) {
-    for (const auto& r : t_dec_blocks_[i]) c = run_res_cl(r, c, g, eps, causal3(3));
-    if (i > 0 && t_dec_up_[i - 1].w.defined()) {
-      // Depth-to-time as in temporal_decode: channel 2c + j becomes channel c of frame 2t + j.
-      const Tensor y = run_conv_cl(t_dec_up_[i - 1], c, causal3(3));
-      const int64_t B = y.size(0), T = y.size(1), H = y.size(2), W = y.size(3), C = y.size(4) / 2;
-      Tensor d = be_.alloc({B, 2 * T, H, W, C}, y.dtype());
-      Tensor dv = d.view({B, T, 2, H, W, C});
-      be_.copy(y.view({B, T, H, W, C, 2}).permute({0, 1, 5, 2, 3, 4}), dv);
-      c = d;
-    }
-  }
-  c = run_conv_cl(t_dec_out_, gn_cl(t_dec_norm_, c, g, eps, true), causal3(3));
-  const int64_t drop = c.size(1) - num_frames;
-  STDIT_CHECK(drop >= 0 && drop < tp.time_factor(), "internal: temporal decode made ", c.size(1),
-              " frames for ", num_frames);
-  Tensor out = be_.alloc({c.size(0), c.size(4), num_frames, c.size(2), c.size(3)});
-  be_.copy(c.slice(1, drop, c.size(1)).permute({0, 4, 1, 2, 3}), out);
   return out;
 }
 
@@ -281,7 +247,7 @@ Tensor OpenSoraVae::temporal_encode(const Tensor& x0, std::optional<uint64_t> se
 }
 
 // ---------------------------------------------------------------- 2D VAE ------------------------
-Tensor OpenSoraVae::spatial_decode(const Tensor& z) {
+Tensor OpenSoraVae::spatial_decode(const Tensor& z, bool cl) {
   const auto& sp = cfg_.spatial;
   const int g = sp.norm_num_groups;
   Tensor x = be_.alloc(z.shape());
@@ -289,45 +255,15 @@ Tensor OpenSoraVae::spatial_decode(const Tensor& z) {
   const Tensor zero = be_.upload(Tensor::zeros({4}, DType::F32));
   be_.channel_affine(z, inv, zero, x);
   x = run_conv(s_post_quant_, x, ConvParams{});
-  x = run_conv(s_dec_in_, x, same2d(3));
-  x = run_mid(s_dec_mid_, x);
+  x = run_conv(s_dec_in_, x, same2d(3));  // from the 4 latent channels: channel-first F32
+  if (cl) x = to_layout(x, true);
+  x = run_mid(s_dec_mid_, x, cl);
   for (size_t i = 0; i < s_up_.size(); ++i) {
-    for (const auto& r : s_up_[i]) x = run_res(r, x, g, sp.eps, same2d(3));
-    if (i < s_upsample_.size()) {
-      Tensor u = be_.alloc({x.size(0), x.size(1), 1, 2 * x.size(3), 2 * x.size(4)});
-      be_.upsample_nearest2x(x, u);
-      x = run_conv(s_upsample_[i], u, same2d(3));
-    }
+    for (const auto& r : s_up_[i]) x = run_res(r, x, g, sp.eps, same2d(3), cl);
+    if (i < s_upsample_.size()) x = run_conv(s_upsample_[i], upsample2x(x, cl), same2d(3), cl);
   }
-  return run_conv(s_dec_out_, gn(s_dec_norm_out_, x, g, sp.eps, true), same2d(3));
-}
-
-// spatial_decode with the blocks after the input convolution on channels-last tensors.
-Tensor OpenSoraVae::spatial_decode_cl(const Tensor& z) {
-  const auto& sp = cfg_.spatial;
-  const int g = sp.norm_num_groups;
-  Tensor x = be_.alloc(z.shape());
-  const Tensor inv = be_.upload(Tensor::from_f32({4}, std::vector<float>(4, 1.0f / cfg_.scaling_factor)));
-  const Tensor zero = be_.upload(Tensor::zeros({4}, DType::F32));
-  be_.channel_affine(z, inv, zero, x);
-  x = run_conv(s_post_quant_, x, ConvParams{});
-  x = run_conv(s_dec_in_, x, same2d(3));  // from the 4 latent channels: channel-first, F32
-  Tensor c = be_.alloc({x.size(0), x.size(2), x.size(3), x.size(4), x.size(1)}, be_.channels_last_dtype());
-  be_.copy(x.permute({0, 2, 3, 4, 1}), c);
-  x = Tensor{};
-  c = run_mid_cl(s_dec_mid_, c);
-  for (size_t i = 0; i < s_up_.size(); ++i) {
-    for (const auto& r : s_up_[i]) c = run_res_cl(r, c, g, sp.eps, same2d(3));
-    if (i < s_upsample_.size()) {
-      Tensor u = be_.alloc({c.size(0), c.size(1), 2 * c.size(2), 2 * c.size(3), c.size(4)}, c.dtype());
-      be_.upsample_nearest2x_cl(c, u);
-      c = run_conv_cl(s_upsample_[i], u, same2d(3));
-    }
-  }
-  c = run_conv_cl(s_dec_out_, gn_cl(s_dec_norm_out_, c, g, sp.eps, true), same2d(3));
-  Tensor out = be_.alloc({c.size(0), c.size(4), c.size(1), c.size(2), c.size(3)});
-  be_.copy(c.permute({0, 4, 1, 2, 3}), out);
-  return out;
+  x = run_conv(s_dec_out_, gn(s_dec_norm_out_, x, g, sp.eps, true, cl), same2d(3), cl);
+  return cl ? to_layout(x, false) : x;
 }
 
 Tensor OpenSoraVae::spatial_encode(const Tensor& frames, std::optional<uint64_t> seed, uint32_t stream) {
@@ -385,7 +321,7 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
     if (k % split_parts_ == split_part_) {
       Tensor chunk = be_.alloc({B, 4, t1 - t0, h, w});
       be_.copy(zs.slice(2, t0, t1), chunk);
-      Tensor dec = channels_last() ? temporal_decode_cl(chunk, frames) : temporal_decode(chunk, frames);
+      Tensor dec = temporal_decode(chunk, frames, channels_last());
       Tensor dst = xz.slice(2, f0, f0 + frames);
       be_.copy(dec, dst);
     }
@@ -413,7 +349,7 @@ Tensor OpenSoraVae::decode(const Tensor& z_host, int num_frames, const Recorder&
       Tensor in = be_.alloc({n, 4, 1, h, w});
       Tensor in4 = in.view({n, 4, h, w});
       be_.copy(xz.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3}), in4);
-      Tensor out = channels_last() ? spatial_decode_cl(in) : spatial_decode(in);  // [n, 3, 1, 8h, 8w]
+      Tensor out = spatial_decode(in, channels_last());  // [n, 3, 1, 8h, 8w]
       Tensor dst = video.select(0, b).slice(1, f, f + n).permute({1, 0, 2, 3});
       be_.copy(out.view({n, 3, 8 * h, 8 * w}), dst);
       progress();

@@ -54,10 +54,11 @@ class OpenSoraVae : private VaeModules {
     split_sum_ = std::move(sum);
   }
 
-  // The 2D decode's layout: channels-last tensors in the backend's channels_last_dtype() (BF16 on
-  // CUDA: cuDNN's NHWC tensor-core convolutions; the default where policy().vae_bf16) or
-  // channel-first F32 tensors (true / false); nullopt: the policy's choice. On the CPU both give
-  // the same bits.
+  // The decode's layout (both VAEs' decoders after their first convolution): channels-last
+  // tensors in the backend's channels_last_dtype() (BF16 on CUDA: cuDNN's NHWC tensor-core
+  // convolutions; the default where policy().vae_bf16) or channel-first F32 tensors (true /
+  // false); nullopt: the policy's choice. On the CPU both give the same bits. Encoding is
+  // channel-first F32 always.
   void set_channels_last(std::optional<bool> on) { channels_last_ = on; }
   bool channels_last() const { return channels_last_.value_or(be_.policy().vae_bf16); }
 
@@ -66,27 +67,24 @@ class OpenSoraVae : private VaeModules {
   void set_progress(std::function<void(int done, int total)> fn) { progress_ = std::move(fn); }
 
  private:
-  Tensor run_conv(const Conv& c, const Tensor& x, const ConvParams& p);
-  Tensor gn(const Norm& n, const Tensor& x, int groups, float eps, bool silu);
-  Tensor run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3);
-  Tensor run_mid(const Mid& m, const Tensor& x);
-  // The same blocks on channels-last tensors [N, T, H, W, C] (Backend::conv3d_cl ...); a
-  // residual, when given, is added by the convolution.
-  const Tensor& cl_weight(const Conv& c);
-  Tensor run_conv_cl(const Conv& c, const Tensor& x, const ConvParams& p, const Tensor& residual = {});
-  Tensor gn_cl(const Norm& n, const Tensor& x, int groups, float eps, bool silu);
-  Tensor run_res_cl(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3);
-  Tensor run_mid_cl(const Mid& m, const Tensor& x);
-  Tensor spatial_decode_cl(const Tensor& x);  // as spatial_decode, channels-last inside
-  Tensor temporal_decode_cl(const Tensor& z, int num_frames);  // as temporal_decode, the same
+  // The blocks on channel-first F32 activations [N, C, T, H, W], or with `cl` on channels-last
+  // ones [N, T, H, W, C] in the backend's channels_last_dtype() (Backend::conv3d_cl ...). A
+  // residual, when given, is added to the convolution's output.
+  Tensor run_conv(const Conv& c, const Tensor& x, const ConvParams& p, bool cl = false, const Tensor& residual = {});
+  Tensor gn(const Norm& n, const Tensor& x, int groups, float eps, bool silu, bool cl = false);
+  Tensor upsample2x(const Tensor& x, bool cl);
+  Tensor run_res(const Res& r, const Tensor& x, int groups, float eps, const ConvParams& p3, bool cl = false);
+  Tensor run_mid(const Mid& m, const Tensor& x, bool cl = false);
+  const Tensor& cl_weight(const Conv& c);  // c's weight as [Co, kt, kh, kw, Ci], made on first use
+  Tensor to_layout(const Tensor& x, bool cl);  // channel-first F32 <-> channels-last
 
   std::function<void(int, int)> progress_;
   int split_part_ = 0, split_parts_ = 1;
   std::function<void(Tensor&)> split_sum_;
-  Tensor temporal_decode(const Tensor& z, int num_frames);    // one chunk
+  Tensor temporal_decode(const Tensor& z, int num_frames, bool cl);  // one chunk
   // One chunk -> posterior mean, or a sample drawn from Philox stream `stream` of `seed`.
   Tensor temporal_encode(const Tensor& x, std::optional<uint64_t> seed, uint32_t stream);
-  Tensor spatial_decode(const Tensor& x);                      // [N, 4, 1, h, w] -> [N, 3, 1, H, W]
+  Tensor spatial_decode(const Tensor& x, bool cl);             // [N, 4, 1, h, w] -> [N, 3, 1, H, W]
   // [N, 3, 1, H, W] -> [N, 4, 1, h, w] (already multiplied by the scaling factor).
   Tensor spatial_encode(const Tensor& x, std::optional<uint64_t> seed, uint32_t stream);
   // moments [N, 8, ...] -> mean (channels 0..3) or mean + exp(clamp(logvar)/2) * eps.
