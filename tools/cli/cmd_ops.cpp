@@ -39,10 +39,37 @@ std::vector<OpCase> load_cases(const std::string& path) {
   return cases;
 }
 
+// The channels-last family (Backend::conv3d_cl ...) runs every case of its channel-first op on the
+// same values in the other layout: case "<name>[cl]" of op "<op>_cl", inputs and outputs as the
+// channel-first case's (a 4-D upsampling case viewed with T = 1). Its runner converts to and from
+// the backend's channels_last_dtype().
+std::vector<OpCase> with_channels_last(std::vector<OpCase> cases) {
+  const size_t n = cases.size();
+  for (size_t i = 0; i < n; ++i) {
+    const OpCase& c = cases[i];
+    if (c.op != "conv3d" && c.op != "group_norm" && c.op != "upsample_nearest2x") continue;
+    OpCase cl = c;
+    cl.name += "[cl]";
+    cl.op += "_cl";
+    for (auto* m : {&cl.in, &cl.out})
+      for (auto& [k, t] : *m)
+        if (t.dim() == 4 && (k == "x" || k == "out")) t = t.view({t.size(0), t.size(1), 1, t.size(2), t.size(3)});
+    cases.push_back(std::move(cl));
+  }
+  return cases;
+}
+
 // The tolerance of an op in a precision mode: normwise relative error against the reference,
 // computed in float64 from the same f32 inputs. Layout and exact arithmetic: 0 (one rounding);
 // f32 arithmetic: 1e-5; GEMMs and attention in tf32 / bf16 as the GPU check allows them.
-double tolerance(const std::string& op, Precision p) {
+double tolerance(const std::string& op, Precision p, DType channels_last) {
+  if (op.size() > 3 && op.compare(op.size() - 3, 3, "_cl") == 0) {
+    const std::string first = op.substr(0, op.size() - 3);
+    // F32 channels-last (the CPU): the channel-first op's arithmetic. BF16 (CUDA): inputs and
+    // output rounded to bf16 (one rounding for the upsampling's copy), bf16 operands as conv3d's.
+    if (channels_last == DType::F32) return tolerance(first, p, DType::F32);
+    return first == "upsample_nearest2x" ? 4e-3 : 1e-2;
+  }
   static const std::vector<std::string> exact = {"copy", "patchify", "unpatchify", "gather_rows", "select_frames",
                                                  "upsample_nearest2x", "add", "mul", "sub"};
   static const std::vector<std::string> gemm = {"linear", "linear_residual", "conv3d"};
@@ -155,6 +182,28 @@ class CaseRun {
                      p.at("silu").get<bool>(), o);
     } else if (op == "upsample_nearest2x") {
       be_.upsample_nearest2x(in("x"), o);
+    } else if (op == "conv3d_cl" || op == "group_norm_cl" || op == "upsample_nearest2x_cl") {
+      // Channel-first inputs to [B, T, H, W, C] in the backend's channels_last_dtype(), the op, the
+      // output back to channel-first F32.
+      const DType dt = be_.channels_last_dtype();
+      auto cl = [&](const Tensor& t) {
+        Tensor r = be_.alloc({t.size(0), t.size(2), t.size(3), t.size(4), t.size(1)}, dt);
+        be_.copy(t.permute({0, 2, 3, 4, 1}), r);
+        return r;
+      };
+      Tensor oc = be_.alloc({o.size(0), o.size(2), o.size(3), o.size(4), o.size(1)}, dt);
+      if (op == "conv3d_cl") {
+        const auto s = p.at("stride").get<std::vector<int>>();
+        const auto pad = p.at("pad").get<std::vector<int>>();
+        ConvParams cp{s[0], s[1], s[2], pad[0], pad[1], pad[2], pad[3], pad[4], pad[5]};
+        be_.conv3d_cl(cl(in("x")), cl(in("w")), in("bias"), Tensor{}, cp, oc);
+      } else if (op == "group_norm_cl") {
+        be_.group_norm_cl(cl(in("x")), in("gamma"), in("beta"), p.at("groups").get<int>(), p.at("eps").get<float>(),
+                          p.at("silu").get<bool>(), oc);
+      } else {
+        be_.upsample_nearest2x_cl(cl(in("x")), oc);
+      }
+      be_.copy(oc.permute({0, 4, 1, 2, 3}), o);
     } else if (op == "channel_affine") {
       be_.channel_affine(in("x"), in("scale"), in("shift"), o);
     } else {
@@ -197,7 +246,7 @@ void add_ops(CLI::App& app, Action& action) {
   cmd->callback([&action, o] {
     action = [o] {
       STDIT_CHECK(o->iters >= 1, "--iters must be at least 1");
-      std::vector<OpCase> cases = load_cases(o->cases);
+      std::vector<OpCase> cases = with_channels_last(load_cases(o->cases));
       if (!o->ops.empty()) {
         for (const std::string& want : o->ops)
           STDIT_CHECK(std::any_of(cases.begin(), cases.end(), [&](const OpCase& c) { return c.op == want || c.name == want; }),
@@ -251,7 +300,7 @@ void add_ops(CLI::App& app, Action& action) {
             const double e = rel_error(got, want);
             err = std::isnan(e) ? e : std::max(err, e);
           }
-          const double tol = tolerance(c.op, prec);
+          const double tol = tolerance(c.op, prec, be->channels_last_dtype());
           const bool ok = err <= tol;  // NaN fails
           failed += !ok;
           ++ran;

@@ -157,7 +157,7 @@ size_t conv3d_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape
                             DType w_dtype, const ConvParams& p);
 // The same for conv3d_cl (cuda_conv_cl.cu), x [B, T, H, W, Ci] and w [Co, kt, kh, kw, Ci].
 size_t conv3d_cl_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape& x_shape, const Shape& w_shape,
-                               const ConvParams& p);
+                               const ConvParams& p, bool residual);
 // The same for group_norm_cl (cuda_conv_cl.cu), x [B, T, H, W, C] 16-byte aligned as alloc() gives it.
 size_t group_norm_cl_scratch_bytes(const CudaContext& c, const Shape& x_shape);
 // cuDNN's forward algorithm for a plan's descriptors (cuda_conv.cu): the heuristics' first that

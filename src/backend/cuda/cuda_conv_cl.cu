@@ -440,14 +440,16 @@ void CudaBackend::conv3d_cl(const Tensor& x, const Tensor& w, const Tensor& bias
 }
 
 size_t conv3d_cl_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape& xs, const Shape& ws,
-                               const ConvParams& p) {
+                               const ConvParams& p, bool residual) {
   const ClConv g = cl_geometry(xs, ws, p);
   if (g.B * g.To * g.Ho * g.Wo * g.Co == 0) return 0;
   if (cl_cudnn_applies(*ctx, g, p)) return cl_scratch(*ctx, g, p);
-  // The base class's path: F32 channel-first copies of x, w, the output (and the residual).
-  return static_cast<size_t>(g.B * g.T * g.H * g.W * g.Ci + g.Co * g.kt * g.kh * g.kw * g.Ci +
-                             2 * g.B * g.To * g.Ho * g.Wo * g.Co) *
-         sizeof(float);
+  // The base class's path (backend.cpp): F32 channel-first copies of x, w, the output and the
+  // residual, then conv3d's own scratch while the copies of x, w and the output are held.
+  const int64_t xn = g.B * g.T * g.H * g.W * g.Ci, wn = g.Co * g.kt * g.kh * g.kw * g.Ci, on = g.B * g.To * g.Ho * g.Wo * g.Co;
+  const size_t copies = static_cast<size_t>(xn + wn + on) * sizeof(float);
+  const size_t conv = conv3d_scratch_bytes(ctx, {g.B, g.Ci, g.T, g.H, g.W}, {g.Co, g.Ci, g.kt, g.kh, g.kw}, DType::F32, p);
+  return copies + std::max(conv, residual ? static_cast<size_t>(on) * sizeof(float) : size_t{0});
 }
 
 void CudaBackend::group_norm_cl(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,

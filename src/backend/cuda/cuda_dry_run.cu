@@ -100,9 +100,9 @@ class CudaDryRun final : public DryRunBackend {
   // [cuda_conv_cl.cu] the channels-last family: conv3d_cl's padded copy, zero-padded filters and
   // cuDNN's workspace (conv3d_cl_scratch_bytes), group_norm_cl's partial sums and per-channel
   // scales (group_norm_cl_scratch_bytes).
-  void conv3d_cl(const Tensor& x, const Tensor& w, const Tensor&, const Tensor&, const ConvParams& p,
+  void conv3d_cl(const Tensor& x, const Tensor& w, const Tensor&, const Tensor& residual, const ConvParams& p,
                  Tensor&) override {
-    scratch(conv3d_cl_scratch_bytes(ctx_, x.shape(), w.shape(), p));
+    scratch(conv3d_cl_scratch_bytes(ctx_, x.shape(), w.shape(), p, residual.defined()));
   }
   void group_norm_cl(const Tensor& x, const Tensor&, const Tensor&, int, float, bool, Tensor&) override {
     scratch(group_norm_cl_scratch_bytes(*ctx_, x.shape()));
