@@ -42,6 +42,26 @@ __device__ __forceinline__ void store8(__nv_bfloat16* p, const float* f) {
   *reinterpret_cast<uint4*>(p) = u;
 }
 
+// V consecutive bf16 values as floats (V = 8: one 16-byte access) and back.
+template <int V>
+__device__ __forceinline__ void load_v(const __nv_bfloat16* p, float* f) {
+  if constexpr (V == 8) {
+    load8(p, f);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) f[j] = __bfloat162float(p[j]);
+  }
+}
+template <int V>
+__device__ __forceinline__ void store_v(__nv_bfloat16* p, const float* f) {
+  if constexpr (V == 8) {
+    store8(p, f);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) p[j] = __float2bfloat16_rn(f[j]);
+  }
+}
+
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // ---- conv3d_cl --------------------------------------------------------------------------------
@@ -57,23 +77,17 @@ __global__ void cl_epilogue_kernel(const __nv_bfloat16* conv, const float* __res
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t p = i / per, c0 = (i - p * per) * V;
     float v[V];
-    if constexpr (V == 8) {
-      load8(conv + p * cs + c0, v);
-    } else {
-      v[0] = __bfloat162float(conv[p * cs + c0]);
-    }
+    load_v<V>(conv + p * cs + c0, v);
     if (bias)
 #pragma unroll
       for (int j = 0; j < V; ++j) v[j] += bias[c0 + j];
     if (res) {
       float r[V];
-      if constexpr (V == 8) load8(res + p * co + c0, r);
-      else r[0] = __bfloat162float(res[p * co + c0]);
+      load_v<V>(res + p * co + c0, r);
 #pragma unroll
       for (int j = 0; j < V; ++j) v[j] += r[j];
     }
-    if constexpr (V == 8) store8(out + p * co + c0, v);
-    else out[p * co + c0] = __float2bfloat16_rn(v[0]);
+    store_v<V>(out + p * co + c0, v);
   }
 }
 
@@ -287,12 +301,7 @@ __global__ void __launch_bounds__(kClThreads)
     for (int j = 0; j < V; ++j) sh[j] = __bfloat162float(xb[c0 + j]);
     for (int64_t p = p0 + r; p < p1; p += ppb) {
       float v[V];
-      if constexpr (V == 8) {
-        load8(xb + p * C + c0, v);
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = __bfloat162float(xb[p * C + c0 + j]);
-      }
+      load_v<V>(xb + p * C + c0, v);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         const float d = v[j] - sh[j];
@@ -359,23 +368,13 @@ __global__ void gn_cl_apply_kernel(const __nv_bfloat16* x, const float* __restri
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = i / per, c0 = (i - row * per) * V, b = row / P;
     float v[V];
-    if constexpr (V == 8) {
-      load8(x + row * C + c0, v);
-    } else {
-#pragma unroll
-      for (int j = 0; j < V; ++j) v[j] = __bfloat162float(x[row * C + c0 + j]);
-    }
+    load_v<V>(x + row * C + c0, v);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const float y = fmaf(v[j], scale[b * C + c0 + j], shift[b * C + c0 + j]);
       v[j] = silu ? silu_f(y) : y;
     }
-    if constexpr (V == 8) {
-      store8(out + row * C + c0, v);
-    } else {
-#pragma unroll
-      for (int j = 0; j < V; ++j) out[row * C + c0 + j] = __float2bfloat16_rn(v[j]);
-    }
+    store_v<V>(out + row * C + c0, v);
   }
 }
 
