@@ -224,6 +224,9 @@ class Backend {
   // the same bits as the channel-first model); the CUDA backend keeps BF16 tensors and runs
   // cuDNN's NHWC tensor-core convolutions and kernels of its own (cuda_conv_cl.cu).
   virtual DType channels_last_dtype() const { return DType::F32; }
+  // Whether models should run their convolution blocks on channels-last tensors by default (the
+  // CUDA backend when its policy's vae_bf16 is on); the CPU backend: channel-first.
+  virtual bool prefers_channels_last() const { return false; }
   // out [B, To, Ho, Wo, Co] = conv(x, w) + bias + residual; bias [Co] and residual (out's shape)
   // may be absent.
   virtual void conv3d_cl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,

@@ -72,6 +72,7 @@ class DryRunBackend : public Backend {
   void upsample_nearest2x(const Tensor&, Tensor&) override {}
   void channel_affine(const Tensor&, const Tensor&, const Tensor&, Tensor&) override {}
   DType channels_last_dtype() const override { return target_.channels_last_dtype(); }
+  bool prefers_channels_last() const override { return target_.prefers_channels_last(); }
   void conv3d_cl(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const ConvParams&, Tensor&) override {}
   void group_norm_cl(const Tensor&, const Tensor&, const Tensor&, int, float, bool, Tensor&) override {}
   void upsample_nearest2x_cl(const Tensor&, Tensor&) override {}

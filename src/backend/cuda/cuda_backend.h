@@ -125,6 +125,7 @@ class CudaBackend final : public Backend {
                       Tensor& out) override;
   // Channels-last family (cuda_conv_cl.cu): BF16 tensors, cuDNN NHWC convolutions.
   DType channels_last_dtype() const override;
+  bool prefers_channels_last() const override { return policy_.vae_bf16; }
   void conv3d_cl(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual, const ConvParams& p,
                  Tensor& out) override;
   void group_norm_cl(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps, bool silu,

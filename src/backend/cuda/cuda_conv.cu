@@ -185,6 +185,9 @@ const ConvPlan* cudnn_plan(CudaContext& c, const ConvKey& key) {
     strides_of(yd, ys);
     ok = cudnnSetTensorNdDescriptor(p.y, CUDNN_DATA_FLOAT, nd, yd, ys) == CUDNN_STATUS_SUCCESS;
   }
+  if (ok && std::getenv("STDIT_CUDA_CONV_PROFILE"))
+    std::fprintf(stderr, "conv plan x[%d,%d,%d,%d] w[%d,%d,%d,%d]:\n", xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[2],
+                 wd[3]);
   ok = ok && choose_conv_algo(c, p, ws_limit, key.mode == 0);
   p.ok = ok;
   return ok ? &p : nullptr;

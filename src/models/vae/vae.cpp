@@ -27,10 +27,10 @@ ConvParams same2d(int k) {
 
 // ---------------------------------------------------------------- weights ------------------------
 // Every tensor is uploaded in f32 (upload(), not upload_weight()): the channel-first decode and
-// the encode compute in f32 (TF32 convolutions on CUDA). The channels-last decode
-// (channels_last(), the bf16 policy's default on CUDA) makes its own copies of the convolution
-// weights in the backend's channels_last_dtype() on first use (cl_weight); its quality against the
-// f32 decode is docs/NUMERICS.md's "VAE precision".
+// the encode compute on f32 tensors. The channels-last decode (channels_last(), the backend's
+// choice) makes its own copies of the convolution weights in the backend's channels_last_dtype()
+// on first use (cl_weight); its quality against the f32 decode is docs/NUMERICS.md's "VAE
+// precision".
 namespace {
 const WeightMap& checked(const WeightMap& w, const VaeConfig& cfg) {
   check_weights(w, vae_param_specs(cfg), "VAE weights");
@@ -65,8 +65,8 @@ std::unique_ptr<OpenSoraVae> OpenSoraVae::load(const std::string& dir, Backend& 
 // ---------------------------------------------------------------- building blocks ----------------
 // Activations are channel-first F32 [N, C, T, H, W], or with `cl` channels-last [N, T, H, W, C] in
 // the backend's channels_last_dtype() (the decode when channels_last()): the same operations in
-// the same order either way (on the CPU the same bits), the second the layout cuDNN's tensor-core
-// convolutions read without transposing.
+// the same order either way (on the CPU the same bits); which one runs faster is the backend's
+// business (Backend::prefers_channels_last).
 namespace {
 int time_dim(bool cl) { return cl ? 1 : 2; }  // H and W follow it
 Shape act_shape(int64_t n, int64_t c, int64_t t, int64_t h, int64_t w, bool cl) {

@@ -55,12 +55,11 @@ class OpenSoraVae : private VaeModules {
   }
 
   // The decode's layout (both VAEs' decoders after their first convolution): channels-last
-  // tensors in the backend's channels_last_dtype() (BF16 on CUDA: cuDNN's NHWC tensor-core
-  // convolutions; the default where policy().vae_bf16) or channel-first F32 tensors (true /
-  // false); nullopt: the policy's choice. On the CPU both give the same bits. Encoding is
-  // channel-first F32 always.
+  // tensors in the backend's channels_last_dtype() or channel-first F32 tensors (true / false);
+  // nullopt: the backend's choice (Backend::prefers_channels_last). On the CPU both give the same
+  // bits. Encoding is channel-first F32 always.
   void set_channels_last(std::optional<bool> on) { channels_last_ = on; }
-  bool channels_last() const { return channels_last_.value_or(be_.policy().vae_bf16); }
+  bool channels_last() const { return channels_last_.value_or(be_.prefers_channels_last()); }
 
   // Called by decode after each temporal chunk and each 2D micro-batch with (done, total) units;
   // it may throw (e.g. Interrupted) to stop the decode there. Empty: no calls.
