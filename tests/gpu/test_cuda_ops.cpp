@@ -546,6 +546,8 @@ TEST(CudaOps, Conv3d) {
   };
   const std::vector<Case> cases = {
       {"3x3x3 causal", {1, 4, 5, 6, 10}, {8, 4, 3, 3, 3}, causal3(3, 1), true},
+      {"3x3x3 causal 4 -> 80 (the temporal VAE's input)", {2, 4, 5, 12, 20}, {80, 4, 3, 3, 3}, causal3(3, 1), true},
+      {"3x3x3 causal 16 taps over 256", {1, 16, 4, 6, 7}, {40, 16, 3, 3, 3}, causal3(3, 1), false},
       {"3x3x3 causal stride_t 2", {1, 8, 8, 5, 7}, {8, 8, 3, 3, 3}, causal3(3, 2), true},
       {"3x3x3 causal 64ch", {1, 64, 5, 16, 16}, {64, 64, 3, 3, 3}, causal3(3, 1), true},
       {"3x3 stride 2 pad (0,1,0,1)", {2, 8, 1, 9, 12}, {8, 8, 1, 3, 3}, down, true},

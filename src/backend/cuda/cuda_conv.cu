@@ -1,7 +1,7 @@
 // CUDA 3D convolution (2D = T of 1). F32 input and weight: cuDNN's implicit-GEMM convolutions
 // (TF32 tensor cores unless the backend is in F32 mode), with asymmetric padding (causal time
-// padding, the encoder's (0, 1, 0, 1) downsampling) made explicit first. 1x1x1 stride-1 unpadded
-// convolutions are one GEMM on the input. The fallback, and the path for BF16 weights: im2col into
+// padding, the encoder's (0, 1, 0, 1) downsampling) made explicit first. At most 16 input channels
+// and 256 taps: a direct F32 kernel. 1x1x1 stride-1 unpadded convolutions are one GEMM on the input. The fallback, and the path for BF16 weights: im2col into
 // a bounded column buffer + cuBLASLt GEMM per batch index.
 //
 // STDIT_CUDA_CONV_PROFILE=1: the op profile (OpTimer) plus the heuristics' ranking of each new
@@ -94,6 +94,62 @@ __global__ void im2col_kernel(const float* __restrict__ x, TC* __restrict__ col,
     }
   }
 }
+
+// Few input channels (the VAE's 4-channel latents into its first convolutions): a direct F32
+// kernel. K = Ci * kt * kh * kw <= kSmallK taps; a block covers kSmallCo output channels (their
+// weights [K][kSmallCo] in shared memory, bias folded in) for blockDim consecutive output
+// positions, a thread one position: each input value (zero outside the input) read once and
+// multiplied into kSmallCo accumulators, taps in the CPU's (ci, dt, dh, dw) order. cuDNN's
+// choices for Ci = 4 ran 1-15 ms a call at the VAE's shapes (docs/PERF.md).
+constexpr int kSmallK = 256, kSmallCo = 32, kSmallThreads = 128;
+__global__ void __launch_bounds__(kSmallThreads)
+    conv_small_ci_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                         float* __restrict__ out, ConvGeom g, int64_t co_n) {
+  __shared__ float4 ws[kSmallK * kSmallCo / 4];
+  const int K = static_cast<int>(g.ci) * g.kt * g.kh * g.kw;
+  const int64_t co0 = static_cast<int64_t>(blockIdx.y) * kSmallCo, b = blockIdx.z;
+  float* wsf = reinterpret_cast<float*>(ws);
+  for (int i = threadIdx.x; i < K * kSmallCo; i += blockDim.x) {
+    const int k = i / kSmallCo, c = i - k * kSmallCo;
+    wsf[i] = co0 + c < co_n ? w[(co0 + c) * K + k] : 0.0f;
+  }
+  __syncthreads();
+  const int64_t J = g.to * g.ho * g.wo, j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= J) return;
+  const int64_t to = j / (g.ho * g.wo), r = j - to * g.ho * g.wo, ho = r / g.wo, wo = r - ho * g.wo;
+  const float* xb = x + b * g.ci * g.t * g.h * g.w;
+  float acc[kSmallCo];
+#pragma unroll
+  for (int c = 0; c < kSmallCo; ++c) acc[c] = 0.0f;
+  int k = 0;
+  for (int64_t ci = 0; ci < g.ci; ++ci)
+    for (int dt = 0; dt < g.kt; ++dt) {
+      const int64_t ti = to * g.st + dt - g.pt;
+      for (int dh = 0; dh < g.kh; ++dh) {
+        const int64_t hi = ho * g.sh + dh - g.ph;
+        for (int dw = 0; dw < g.kw; ++dw, ++k) {
+          const int64_t wi = wo * g.sw + dw - g.pw;
+          if (ti < 0 || ti >= g.t || hi < 0 || hi >= g.h || wi < 0 || wi >= g.w) continue;
+          const float v = xb[((ci * g.t + ti) * g.h + hi) * g.w + wi];
+#pragma unroll
+          for (int c4 = 0; c4 < kSmallCo / 4; ++c4) {
+            const float4 wv = ws[k * (kSmallCo / 4) + c4];
+            acc[4 * c4] = fmaf(v, wv.x, acc[4 * c4]);
+            acc[4 * c4 + 1] = fmaf(v, wv.y, acc[4 * c4 + 1]);
+            acc[4 * c4 + 2] = fmaf(v, wv.z, acc[4 * c4 + 2]);
+            acc[4 * c4 + 3] = fmaf(v, wv.w, acc[4 * c4 + 3]);
+          }
+        }
+      }
+    }
+  float* ob = out + (b * co_n + co0) * J + j;
+#pragma unroll
+  for (int c = 0; c < kSmallCo; ++c)
+    if (co0 + c < co_n) ob[c * J] = acc[c] + (bias ? bias[co0 + c] : 0.0f);
+}
+
+// Whether conv_small_ci_kernel takes a convolution (F32 weights, few taps, few input channels).
+bool small_ci_applies(DType wt, int64_t ci, int64_t K) { return wt == DType::F32 && ci <= 16 && K <= kSmallK; }
 
 // out[b, co, j] += bias[co]; out viewed as [planes = B*Co, J].
 __global__ void conv_bias_kernel(float* __restrict__ o, const float* __restrict__ bias,
@@ -291,6 +347,17 @@ std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Ten
                       p.stride_w == 1 && p.pad_t_front == 0 && p.pad_t_back == 0 &&
                       p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
   std::string path = "im2col";
+  if (small_ci_applies(wt, Ci, K)) {
+    const ConvGeom g{Ci, T, H, W, static_cast<int>(kt), static_cast<int>(kh), static_cast<int>(kw), To, Ho, Wo,
+                     p.stride_t, p.stride_h, p.stride_w, p.pad_t_front, p.pad_top, p.pad_left};
+    STDIT_CHECK(B <= 65535 && (Co + kSmallCo - 1) / kSmallCo <= 65535, "cuda conv3d: grid too large");
+    const dim3 grid(static_cast<unsigned>((J + kSmallThreads - 1) / kSmallThreads),
+                    static_cast<unsigned>((Co + kSmallCo - 1) / kSmallCo), static_cast<unsigned>(B));
+    conv_small_ci_kernel<<<grid, kSmallThreads, 0, c.stream>>>(px, static_cast<const float*>(pw),
+                                                                bias.defined() ? bias.data<float>() : nullptr, po, g, Co);
+    check_launch("conv3d (few input channels)");
+    return "direct, few input channels";
+  }
   if (!direct && wt == DType::F32 && c.options.cudnn_conv && conv3d_cudnn(ctx_, x, w, p, out)) {
     path = "cudnn";
   } else if (direct) {
@@ -351,6 +418,7 @@ size_t conv3d_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape
   const int64_t K = Ci * kt * kh * kw, J = To * Ho * Wo;
   if (B == 0 || Co == 0 || J == 0) return 0;
   const size_t esz = dtype_size(wt);
+  if (small_ci_applies(wt, Ci, K)) return 0;
   const bool direct = kt == 1 && kh == 1 && kw == 1 && p.stride_t == 1 && p.stride_h == 1 && p.stride_w == 1 &&
                       p.pad_t_front == 0 && p.pad_t_back == 0 && p.pad_top == 0 && p.pad_bottom == 0 &&
                       p.pad_left == 0 && p.pad_right == 0;

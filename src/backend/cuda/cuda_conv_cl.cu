@@ -5,8 +5,8 @@
 //    more). Asymmetric padding (causal time padding) is made explicit in a padded copy; an output
 //    channel count that is not a multiple of 8 runs on weights padded with zero filters.
 //  - group_norm_cl: per-channel shifted sums (f32 per thread, f64 across threads), one small
-//    kernel that turns them into each group's mean and 1/std (f64) and a scale and shift per
-//    channel, then one elementwise pass (+ SiLU) with 16-byte accesses.
+//    kernel (a block per group) that turns them into its mean and 1/std (f64) and a scale and
+//    shift per channel, then one elementwise pass (+ SiLU) with 16-byte accesses.
 //  - upsample_nearest2x_cl: each input vector written to its four output pixels.
 // Shapes cuDNN cannot take (or a backend without cuDNN convolutions) run the base class's
 // channel-first path (permuted F32 copies).
@@ -324,37 +324,52 @@ __global__ void __launch_bounds__(kClThreads)
   }
 }
 
-// grid B: each group's mean and variance from the channels' shifted sums (f64), then per channel
-// scale = gamma / std and shift = beta - mean * scale, [B, C] F32. A thread per group walks its
-// channels' partials (serially: B * groups threads in all; a block per group would be faster for
-// B = 1 with many chunks, not measured yet).
-__global__ void gn_cl_finalize_kernel(const __nv_bfloat16* __restrict__ x, const double* __restrict__ psum,
-                                      const double* __restrict__ psq, const float* __restrict__ gamma,
-                                      const float* __restrict__ beta, float* __restrict__ scale,
-                                      float* __restrict__ shift, int64_t P, int64_t C, int64_t chunks, int groups,
-                                      float eps) {
-  const int64_t b = blockIdx.x, cg = C / groups;
-  const __nv_bfloat16* xb = x + b * P * C;
-  for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) {
-    double S = 0, M = 0;  // per channel: S_c = sum d, Q_c = sum d^2, d = x - s_c
-    for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
-      double sc = 0;
-      for (int64_t k = 0; k < chunks; ++k) sc += psum[(b * chunks + k) * C + ch];
-      S += sc + static_cast<double>(P) * __bfloat162float(xb[ch]);
-    }
-    const double n = static_cast<double>(P) * cg, mean = S / n;
-    for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
-      double sc = 0, qc = 0;
-      for (int64_t k = 0; k < chunks; ++k) sc += psum[(b * chunks + k) * C + ch], qc += psq[(b * chunks + k) * C + ch];
-      const double dm = static_cast<double>(__bfloat162float(xb[ch])) - mean;  // s_c - mean
-      M += qc + 2 * dm * sc + static_cast<double>(P) * dm * dm;               // sum (x - mean)^2
-    }
-    const double rstd = 1.0 / sqrt(fmax(M / n, 0.0) + eps);
-    for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
-      const double a = rstd * gamma[ch];
-      scale[b * C + ch] = static_cast<float>(a);
-      shift[b * C + ch] = static_cast<float>(beta[ch] - mean * a);
-    }
+constexpr int kFinThreads = 128;
+
+__device__ double block_sum_d(double v, double* sh /* [kFinThreads / 32] */) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // sh may still be read from a previous call
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+  __syncthreads();
+  double t = 0;
+  for (int w = 0; w < kFinThreads / 32; ++w) t += sh[w];
+  return t;
+}
+
+// grid (groups, B): group g's mean and variance from its channels' shifted sums (f64), then per
+// channel scale = gamma / std and shift = beta - mean * scale, [B, C] F32. With S_c = sum d,
+// Q_c = sum d^2 (d = x - s_c): mean = sum_c (S_c + P s_c) / n and
+// sum (x - mean)^2 = sum_c (Q_c + 2 (s_c - mean) S_c + P (s_c - mean)^2).
+__global__ void __launch_bounds__(kFinThreads)
+    gn_cl_finalize_kernel(const __nv_bfloat16* __restrict__ x, const double* __restrict__ psum,
+                          const double* __restrict__ psq, const float* __restrict__ gamma,
+                          const float* __restrict__ beta, float* __restrict__ scale, float* __restrict__ shift,
+                          int64_t P, int64_t C, int64_t chunks, int groups, float eps) {
+  __shared__ double sh[kFinThreads / 32];
+  const int64_t g = blockIdx.x, b = blockIdx.y, cg = C / groups, c0 = g * cg, items = cg * chunks;
+  const __nv_bfloat16* xb = x + b * P * C;  // s_c = xb[c], the channel's first pixel
+  auto at = [&](int64_t idx) { return (b * chunks + idx % chunks) * C + c0 + idx / chunks; };
+  double v = 0, s0 = 0;
+  for (int64_t idx = threadIdx.x; idx < items; idx += blockDim.x) v += psum[at(idx)];
+  for (int64_t ch = threadIdx.x; ch < cg; ch += blockDim.x) s0 += __bfloat162float(xb[c0 + ch]);
+  const double n = static_cast<double>(P) * cg;
+  const double mean = (block_sum_d(v, sh) + static_cast<double>(P) * block_sum_d(s0, sh)) / n;
+  double q = 0, dms = 0, dm2 = 0;
+  for (int64_t idx = threadIdx.x; idx < items; idx += blockDim.x) {
+    const double dm = static_cast<double>(__bfloat162float(xb[c0 + idx / chunks])) - mean;
+    q += psq[at(idx)];
+    dms += dm * psum[at(idx)];
+  }
+  for (int64_t ch = threadIdx.x; ch < cg; ch += blockDim.x) {
+    const double dm = static_cast<double>(__bfloat162float(xb[c0 + ch])) - mean;
+    dm2 += dm * dm;
+  }
+  const double m2 = block_sum_d(q, sh) + 2 * block_sum_d(dms, sh) + static_cast<double>(P) * block_sum_d(dm2, sh);
+  const double rstd = 1.0 / sqrt(fmax(m2 / n, 0.0) + eps);
+  for (int64_t ch = c0 + threadIdx.x; ch < c0 + cg; ch += blockDim.x) {
+    const double a = rstd * gamma[ch];
+    scale[b * C + ch] = static_cast<float>(a);
+    shift[b * C + ch] = static_cast<float>(beta[ch] - mean * a);
   }
 }
 
@@ -480,9 +495,8 @@ void CudaBackend::group_norm_cl(const Tensor& x, const Tensor& gamma, const Tens
   else
     gn_cl_stats_kernel<1><<<grid, kClThreads, smem, c.stream>>>(px, psum, psq, P, C, g.chunk, g.tpp, g.ppb);
   check_launch(op);
-  gn_cl_finalize_kernel<<<static_cast<unsigned>(B), 32, 0, c.stream>>>(px, psum, psq, gamma.data<float>(),
-                                                                      beta.data<float>(), scale, shift, P, C,
-                                                                      g.chunks, groups, eps);
+  gn_cl_finalize_kernel<<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(B)), kFinThreads, 0, c.stream>>>(
+      px, psum, psq, gamma.data<float>(), beta.data<float>(), scale, shift, P, C, g.chunks, groups, eps);
   check_launch(op);
   const int64_t vecs = B * P * C / g.V;
   if (g.V == 8)
