@@ -120,6 +120,9 @@ TEST(CudaOps, AttentionContiguousAndVaeShapes) {
       {3, 1, 1, 3, 8},     {2, 33, 33, 3, 40},  {1, 65, 65, 2, 100}, {2, 31, 50, 2, 64},
       {1, 37, 17, 4, 72},  {2, 15, 15, 1, 16},  {2, 45, 45, 1, 200}, {1, 77, 77, 1, 512},
       {1, 40, 40, 1, 600}, {1, 300, 300, 2, 4}, {2, 257, 257, 1, 128},
+      // D > 128 with BF16 operands: the softmax row staged in over 48 KiB of shared memory (13,000
+      // keys) and too long to stage (41,000 keys: read from the scores again)
+      {1, 300, 13000, 1, 160}, {1, 64, 41000, 1, 136},
       // the wgmma kernel (bf16 in+out, D 64/72/80, >= 64 queries and keys): query tiles of 192
       // and key tiles of 128 at their edges
       {2, 64, 64, 2, 64},  {1, 193, 300, 3, 72}, {2, 400, 129, 2, 80}, {1, 1000, 777, 16, 72}};

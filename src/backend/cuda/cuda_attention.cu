@@ -342,8 +342,10 @@ void launch_small(const CudaContext& c, const AttnArgs& a, int64_t batch) {
 }
 
 // ---- D > 128 (the VAE mid-block's single head, D = channels): materialised scores ----
-// Per (batch index, head) and chunk of query rows: S = Q K^T (cuBLASLt), an exact row softmax in
-// f32 (the CPU backend's formula and order of operations), O = P V (cuBLASLt).
+// Per (batch index, head) and chunk of query rows: S = Q K^T (cuBLASLt, F32 scores), an exact row
+// softmax in f32 (the CPU backend's formula and order of operations; the row staged in shared
+// memory when it fits), O = P V (cuBLASLt). F32 operands: TF32/F32 GEMMs per the context, P in
+// place of S. BF16 operands (the bf16 path): BF16 GEMMs with f32 accumulation, P written as BF16.
 
 constexpr int kSmThreads = 256;
 
@@ -366,34 +368,52 @@ __device__ float block_reduce(float v, bool is_max, float* sh) {
   return v;
 }
 
-// One block per row of S [rows, nk]: S := softmax(S * scale + bias) with masked keys at 0.
+// One block per row of S [rows, nk] (F32): P = softmax(S * scale + bias) with masked keys at 0,
+// written as TP (F32: in place of S; BF16: beside it). kStage: the row kept in shared memory
+// (nk floats) between the passes; else each pass reads S again (the same values: bit-identical).
+template <typename TP, bool kStage>
 __global__ void __launch_bounds__(kSmThreads)
-    softmax_rows_kernel(float* s_all, int64_t nk, float scale, const float* bias_all,
+    softmax_rows_kernel(const float* s_all, TP* p_all, int64_t nk, float scale, const float* bias_all,
                         int64_t bias_stride, const uint8_t* mask) {
   __shared__ float sh[32];
-  float* s = s_all + blockIdx.x * nk;
+  extern __shared__ float row[];
+  const float* s = s_all + blockIdx.x * nk;
+  TP* pr = p_all + blockIdx.x * nk;
   const float* br = bias_all ? bias_all + blockIdx.x * bias_stride : nullptr;
   if (mask) {
     int any = 0;
     for (int64_t j = threadIdx.x; j < nk; j += kSmThreads) any |= mask[j] != 0;
     if (!__syncthreads_or(any)) mask = nullptr;  // every key masked: attend to all (CPU rule)
   }
+  auto logit = [&](int64_t j) { return s[j] * scale + (br ? br[j] : 0.0f); };
   float mx = -INFINITY;
   for (int64_t j = threadIdx.x; j < nk; j += kSmThreads) {
     if (mask && !mask[j]) continue;
-    const float v = s[j] * scale + (br ? br[j] : 0.0f);
-    s[j] = v;
+    const float v = logit(j);
+    if (kStage) row[j] = v;
     mx = fmaxf(mx, v);
   }
   mx = block_reduce(mx, true, sh);
   float sum = 0.0f;
   for (int64_t j = threadIdx.x; j < nk; j += kSmThreads) {
-    const float p = (mask && !mask[j]) ? 0.0f : expf(s[j] - mx);
-    s[j] = p;
+    const float p = (mask && !mask[j]) ? 0.0f : expf((kStage ? row[j] : logit(j)) - mx);
+    if (kStage) row[j] = p;
     sum += p;
   }
   sum = block_reduce(sum, false, sh);
-  for (int64_t j = threadIdx.x; j < nk; j += kSmThreads) s[j] = s[j] / sum;
+  for (int64_t j = threadIdx.x; j < nk; j += kSmThreads)  // reads index j before writing it
+    store_out(pr + j, (kStage ? row[j] : ((mask && !mask[j]) ? 0.0f : expf(logit(j) - mx))) / sum);
+}
+
+constexpr int64_t kGemmScoreFloats = int64_t{32} << 20;  // scores per chunk (128 MiB of F32)
+constexpr size_t kStageSmemMax = 160 * 1024;             // a staged row's shared memory at most
+
+// The longest key range of a call (the packed texts' longest, else nk).
+int64_t gemm_max_keys(const AttnArgs& a, const std::vector<int>* kv_begin) {
+  if (!a.kv_packed) return a.nk;
+  int64_t m = 0;
+  for (size_t i = 0; i + 1 < kv_begin->size(); ++i) m = std::max<int64_t>(m, (*kv_begin)[i + 1] - (*kv_begin)[i]);
+  return m;
 }
 
 int64_t host_lead_offset(const LeadShape& sh, const LeadStrides& st, int64_t b) {
@@ -405,49 +425,92 @@ int64_t host_lead_offset(const LeadShape& sh, const LeadStrides& st, int64_t b) 
   return off;
 }
 
+template <typename TP>
+void launch_softmax(const CudaContext& c, const float* S, TP* P, int64_t rows, int64_t nk, float scale,
+                    const float* bias, int64_t bias_stride, const uint8_t* mask, bool staged) {
+  if (!staged) {
+    softmax_rows_kernel<TP, false><<<static_cast<unsigned>(rows), kSmThreads, 0, c.stream>>>(S, P, nk, scale, bias,
+                                                                                            bias_stride, mask);
+    return;
+  }
+  const size_t smem = static_cast<size_t>(nk) * sizeof(float);
+  if (smem > 48 * 1024)  // the kernel's dynamic shared memory limit (per device)
+    STDIT_CUDA_CHECK(cudaFuncSetAttribute(softmax_rows_kernel<TP, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(kStageSmemMax)));
+  softmax_rows_kernel<TP, true><<<static_cast<unsigned>(rows), kSmThreads, smem, c.stream>>>(S, P, nk, scale, bias,
+                                                                                            bias_stride, mask);
+}
+
+// Query rows per chunk and the scratch of attention_by_gemm: F32 scores [chunk, keys], plus BF16
+// P of the same size for BF16 operands.
+struct GemmChunks {
+  int64_t rows = 0;
+  size_t bytes = 0;
+};
+GemmChunks gemm_chunks(int64_t nq, int64_t max_nk, bool bf16) {
+  GemmChunks g;
+  const int64_t nk = std::max<int64_t>(max_nk, 1);
+  g.rows = std::max<int64_t>(1, std::min<int64_t>(nq, kGemmScoreFloats / nk));
+  g.bytes = static_cast<size_t>(g.rows * nk) * (sizeof(float) + (bf16 ? sizeof(__nv_bfloat16) : 0));
+  return g;
+}
+
+}  // namespace
+
+size_t cuda::attention_gemm_scratch_bytes(int64_t nq, int64_t max_nk, int64_t d, bool bf16) {
+  return d > 128 && nq > 0 ? gemm_chunks(nq, max_nk, bf16).bytes : 0;
+}
+
+namespace {
+
 void attention_by_gemm(CudaContext& c, const AttnArgs& a, int64_t batch,
                        const std::vector<int>* kv_begin) {
   const int64_t d = a.d;
-  const int64_t budget = int64_t{32} << 20;  // floats of scores per chunk (128 MiB)
-  int64_t max_nk = a.nk;
-  if (a.kv_packed) {
-    max_nk = 0;
-    for (size_t i = 0; i + 1 < kv_begin->size(); ++i)
-      max_nk = std::max<int64_t>(max_nk, (*kv_begin)[i + 1] - (*kv_begin)[i]);
-  }
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(a.nq, budget / std::max<int64_t>(max_nk, 1)));
-  auto scores = device_alloc(c.shared_from_this(),
-                             static_cast<size_t>(chunk * std::max<int64_t>(max_nk, 1)) * sizeof(float));
+  const bool b16 = a.in_bf16;
+  const DType in = b16 ? DType::BF16 : DType::F32, out = a.out_bf16 ? DType::BF16 : DType::F32;
+  const int ein = b16 ? 2 : 4, eout = a.out_bf16 ? 2 : 4;
+  const int64_t max_nk = gemm_max_keys(a, kv_begin);
+  const GemmChunks gc = gemm_chunks(a.nq, max_nk, b16);
+  const int64_t chunk = gc.rows;
+  auto scores = device_alloc(c.shared_from_this(), gc.bytes);
   float* S = static_cast<float*>(scores.get());
+  __nv_bfloat16* P16 = reinterpret_cast<__nv_bfloat16*>(S + chunk * std::max<int64_t>(max_nk, 1));
+  const size_t stage = static_cast<size_t>(max_nk) * sizeof(float);
+  const bool staged = stage <= kStageSmemMax;
+  auto at = [](const void* p, int64_t off, int e) { return static_cast<const char*>(p) + off * e; };
   for (int64_t b = 0; b < batch; ++b) {
     int64_t kb = 0, nk = a.nk;
     if (a.kv_packed) {
       kb = (*kv_begin)[b];
       nk = (*kv_begin)[b + 1] - kb;
     }
-    const float* kp0 = a.k.f32() + (a.kv_packed ? kb * a.k.sn : host_lead_offset(a.lead, a.k.lead, b));
-    const float* vp0 = a.v.f32() + (a.kv_packed ? kb * a.v.sn : host_lead_offset(a.lead, a.v.lead, b));
-    const float* qp0 = a.q.f32() + host_lead_offset(a.lead, a.q.lead, b);
-    float* op0 = a.out + host_lead_offset(a.lead, a.out_lead, b);
+    const int64_t k0 = a.kv_packed ? kb * a.k.sn : host_lead_offset(a.lead, a.k.lead, b);
+    const int64_t v0 = a.kv_packed ? kb * a.v.sn : host_lead_offset(a.lead, a.v.lead, b);
+    const int64_t q0 = host_lead_offset(a.lead, a.q.lead, b), o0 = host_lead_offset(a.lead, a.out_lead, b);
+    void* obase = a.out_bf16 ? static_cast<void*>(a.out_bf16) : static_cast<void*>(a.out);
     const uint8_t* mask = a.key_mask ? a.key_mask + b * a.nk : nullptr;
     for (int64_t h = 0; h < a.h; ++h) {
-      const float* kp = kp0 + h * a.k.sh;
-      const float* vp = vp0 + h * a.v.sh;
-      const float* qp = qp0 + h * a.q.sh;
-      float* op = op0 + h * a.out_sh;
+      const void* kp = at(a.k.p, k0 + h * a.k.sh, ein);
+      const void* vp = at(a.v.p, v0 + h * a.v.sh, ein);
+      const int64_t qo = q0 + h * a.q.sh, oo = o0 + h * a.out_sh;
       if (nk == 0) {  // no keys: zeros, as the CPU backend
-        STDIT_CUDA_CHECK(cudaMemset2DAsync(op, a.out_sn * 4, 0, d * 4, a.nq, c.stream));
+        STDIT_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(obase) + oo * eout, a.out_sn * eout, 0, d * eout,
+                                           a.nq, c.stream));
         continue;
       }
       for (int64_t r0 = 0; r0 < a.nq; r0 += chunk) {
         const int64_t rr = std::min(chunk, a.nq - r0);
+        const float* bias = a.bias ? a.bias + (h * a.nq + r0) * a.nk : nullptr;
         // S [rr, nk] row-major = column-major S^T = K Q^T.
-        gemm_f32(c, true, false, nk, rr, d, kp, a.k.sn, qp + r0 * a.q.sn, a.q.sn, S, nk);
-        softmax_rows_kernel<<<static_cast<unsigned>(rr), kSmThreads, 0, c.stream>>>(
-            S, nk, a.scale, a.bias ? a.bias + (h * a.nq + r0) * a.nk : nullptr, a.nk, mask);
+        gemm_typed(c, in, DType::F32, true, false, nk, rr, d, kp, a.k.sn, at(a.q.p, qo + r0 * a.q.sn, ein), a.q.sn,
+                   S, nk);
+        if (b16) launch_softmax(c, S, P16, rr, nk, a.scale, bias, a.nk, mask, staged);
+        else launch_softmax(c, S, S, rr, nk, a.scale, bias, a.nk, mask, staged);
+        const void* P = b16 ? static_cast<const void*>(P16) : static_cast<const void*>(S);
         check_launch("attention softmax");
         // O rows [rr, D] (row stride out_sn) = column-major O^T = V^T P^T.
-        gemm_f32(c, false, false, d, rr, nk, vp, a.v.sn, S, nk, op + r0 * a.out_sn, a.out_sn);
+        gemm_typed(c, in, out, false, false, d, rr, nk, vp, a.v.sn, P, nk,
+                   static_cast<char*>(obase) + (oo + r0 * a.out_sn) * eout, a.out_sn);
       }
     }
   }
@@ -544,16 +607,20 @@ HeadDims head_dims(const Tensor& t, const CudaContext& c, const char* op, const 
 }
 
 // Where the kernels write: `out` itself, or an F32 scratch copied (converted) into a BF16 `out`
-// afterwards when no kernel writes BF16 for this head dim.
+// afterwards: off the bf16 path, and on the GEMM path (D > 128) from F32 operands (cuBLASLt has no
+// F32-input GEMM with a BF16 output).
 struct OutTarget {
   Tensor t;
   bool convert = false;
 };
-OutTarget out_target(CudaBackend& be, const CudaContext& c, Tensor& out, int64_t d) {
-  if (out.dtype() == DType::F32 || bf16_attention_applies(c, d)) return {out, false};
+bool attention_out_converted(const CudaContext& c, DType out, int64_t d, bool in_bf16) {
+  return out != DType::F32 && (!bf16_attention_operands(c) || (d > 128 && !in_bf16));
+}
+OutTarget out_target(CudaBackend& be, const CudaContext& c, Tensor& out, int64_t d, bool in_bf16) {
+  if (!attention_out_converted(c, out.dtype(), d, in_bf16)) return {out, false};
   return {be.alloc(out.shape(), DType::F32), true};
 }
-// q, k, v as the kernels read them: all BF16 when the bf16 kernel runs on BF16 inputs, else F32
+// q, k, v as the kernels read them: all BF16 on the bf16 path when all three are BF16, else F32
 // (BF16 inputs widened into scratch copies).
 struct KernelInputs {
   Tensor q, k, v;
@@ -563,7 +630,7 @@ KernelInputs kernel_inputs(CudaBackend& be, const CudaContext& c, const Tensor& 
                            const Tensor& k, const Tensor& v) {
   const bool all16 =
       q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16;
-  if (all16 && bf16_attention_applies(c, q.size(-1))) return {q, k, v, true};
+  if (all16 && bf16_attention_operands(c)) return {q, k, v, true};
   auto f32 = [&](const Tensor& t) {
     if (t.dtype() == DType::F32) return t;
     Tensor o = be.alloc(t.shape(), DType::F32);
@@ -670,7 +737,7 @@ void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor
   a.k = {k.raw(), lead_strides(k, nl), kv.sn, kv.sh};
   a.v = {v.raw(), lead_strides(v, nl), vv.sn, vv.sh};
   a.in_bf16 = in.bf16;
-  OutTarget ot = out_target(*this, c, out, qv.d);
+  OutTarget ot = out_target(*this, c, out, qv.d, in.bf16);
   set_out(a, ot.t, nl);
   a.kv_packed = false;
   a.kv_begin = nullptr;
@@ -739,7 +806,7 @@ void CudaBackend::cross_attention(const Tensor& q_in, const Tensor& k_in, const 
   a.k = {k.raw(), LeadStrides{}, k.stride(0), k.stride(1)};
   a.v = {v.raw(), LeadStrides{}, v.stride(0), v.stride(1)};
   a.in_bf16 = in.bf16;
-  OutTarget ot = out_target(*this, c, out, qv.d);
+  OutTarget ot = out_target(*this, c, out, qv.d, in.bf16);
   set_out(a, ot.t, 1);
   a.kv_packed = true;
   a.kv_begin = static_cast<const int*>(dbegin.get());

@@ -23,11 +23,11 @@ struct Operand {
 struct AttnArgs {
   Operand q, k, v;
   float* out;                 // F32 output, or
-  __nv_bfloat16* out_bf16;    // BF16 output (only the bf16 kernel writes it)
+  __nv_bfloat16* out_bf16;    // BF16 output (the bf16 kernels and the GEMM path write it)
   LeadStrides out_lead;
   int64_t out_sn, out_sh;
   LeadShape lead;             // shared leading ("batch") shape of q and out (and k/v unless packed)
-  bool in_bf16;               // q, k, v are BF16 (only the bf16 kernel reads them)
+  bool in_bf16;               // q, k, v are BF16 (the bf16 kernels and the GEMM path read them)
   bool kv_packed;             // cross-attention: k/v have no leading dims; rows [begin[b], begin[b+1])
   const int* kv_begin;        // device [batch + 1] when kv_packed
   int64_t h, nq, nk, d;       // nk: keys per batch index (self-attention)
@@ -140,8 +140,10 @@ bool launch_cross_attention_text_bf16(const CudaContext& c, const AttnArgs& a, i
 // a.kv_begin when kv_packed. false (nothing launched) where it does not apply.
 bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
                             const std::vector<int>* kv_begin);
-inline bool bf16_attention_applies(const CudaContext& c, int64_t d) {
-  return c.options.bf16 && c.options.tf32_attention && d <= 128;
-}
+// The bf16 path keeps BF16 operands and outputs as they are: its kernels read and write BF16 up to
+// head dim 128, the GEMM path (attention_by_gemm) beyond it.
+inline bool bf16_attention_operands(const CudaContext& c) { return c.options.bf16 && c.options.tf32_attention; }
+// attention_by_gemm's scratch for a call (0 for head dims <= 128, which the flash kernels take).
+size_t attention_gemm_scratch_bytes(int64_t nq, int64_t max_nk, int64_t d, bool bf16);
 
 }  // namespace stdit::cuda

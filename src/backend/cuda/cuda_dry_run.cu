@@ -35,7 +35,8 @@ class CudaDryRun final : public DryRunBackend {
         s += bytes_of(m * n, DType::F32);
     } else {
       if (x.dtype() != w.dtype()) s += bytes_of(m * k, w.dtype());
-      if (bias.defined() && out.dtype() == DType::BF16) s += bytes_of(n, DType::BF16);
+      if (w.dtype() == DType::F32 && out.dtype() == DType::BF16) s += bytes_of(m * n, DType::F32);
+      else if (bias.defined() && out.dtype() == DType::BF16) s += bytes_of(n, DType::BF16);
     }
     scratch(s);
   }
@@ -72,14 +73,16 @@ class CudaDryRun final : public DryRunBackend {
   }
 
   // [cuda_attention.cu] kernel_inputs / out_target: F32 copies of BF16 operands and an F32 output
-  // converted afterwards when the bf16 kernels do not apply; cross-attention's offsets.
+  // converted afterwards off the bf16 path; attention_by_gemm's scores (head dims > 128);
+  // cross-attention's offsets.
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float, Tensor& out,
                  const AttentionExtras&) override {
-    scratch(conversions(q, k, v, out));
+    scratch(conversions(q, k, v, out) + gemm_scores(q, k, v, k.size(-3)));
   }
   void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<int>& kv_lens,
                        float, Tensor& out) override {
-    scratch(conversions(q, k, v, out) + (kv_lens.size() + 1) * sizeof(int));
+    const int64_t longest = kv_lens.empty() ? 0 : *std::max_element(kv_lens.begin(), kv_lens.end());
+    scratch(conversions(q, k, v, out) + gemm_scores(q, k, v, longest) + (kv_lens.size() + 1) * sizeof(int));
   }
 
   // [cuda_conv.cu] the padded copy and cuDNN's workspace, or the im2col columns (its own rule,
@@ -116,14 +119,20 @@ class CudaDryRun final : public DryRunBackend {
 
  private:
   size_t conversions(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out) const {
-    const bool applies = cuda::bf16_attention_applies(*ctx_, q.size(-1));
+    const bool keep = cuda::bf16_attention_operands(*ctx_);
     size_t s = 0;
     const bool all16 = q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16;
-    if (!(all16 && applies))
+    if (!(all16 && keep))
       for (const Tensor* t : {&q, &k, &v})
         if (t->dtype() != DType::F32) s += bytes_of(t->numel(), DType::F32);
-    if (out.dtype() != DType::F32 && !applies) s += bytes_of(out.numel(), DType::F32);
+    if (out.dtype() != DType::F32 && (!keep || (q.size(-1) > 128 && !(all16 && keep))))
+      s += bytes_of(out.numel(), DType::F32);
     return s;
+  }
+  size_t gemm_scores(const Tensor& q, const Tensor& k, const Tensor& v, int64_t max_nk) const {
+    const bool all16 = q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16 &&
+                       cuda::bf16_attention_operands(*ctx_);
+    return q.dim() >= 3 ? cuda::attention_gemm_scratch_bytes(q.size(-3), max_nk, q.size(-1), all16) : 0;
   }
   std::shared_ptr<CudaContext> ctx_;
 };

@@ -245,8 +245,9 @@ bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, 
 bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
                 int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
                 void* C, int64_t ldc, const void* bias_rows, bool gelu) {
-  STDIT_CHECK((in == DType::F32 || in == DType::BF16) && (out == DType::F32 || out == DType::BF16),
-              "cuda gemm: unsupported dtypes");
+  STDIT_CHECK((in == DType::F32 || in == DType::BF16) && (out == DType::F32 || out == DType::BF16) &&
+                  !(in == DType::F32 && out == DType::BF16),
+              "cuda gemm: unsupported dtypes (F32 inputs take an F32 output)");
   const bool bin = in == DType::BF16, bout = out == DType::BF16;
   const int ein = bin ? 2 : 4, eout = bout ? 2 : 4;
   if (m == 0 || n == 0) return gelu;
@@ -295,7 +296,6 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
   };
   if (bin && bout) fb(static_cast<const __nv_bfloat16*>(nullptr), static_cast<__nv_bfloat16*>(nullptr));
   else if (bin) fb(static_cast<const __nv_bfloat16*>(nullptr), static_cast<float*>(nullptr));
-  else if (bout) fb(static_cast<const float*>(nullptr), static_cast<__nv_bfloat16*>(nullptr));
   else fb(static_cast<const float*>(nullptr), static_cast<float*>(nullptr));
   check_launch("gemm (fallback)");
   if (bias_rows) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
@@ -322,8 +322,9 @@ bool gemm_accumulate(CudaContext& ctx, DType in, DType out, bool transa, bool tr
                      int64_t n, int64_t k, int64_t batch, const void* A, int64_t lda,
                      int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,
                      int64_t ldc, int64_t stride_c, const void* bias_rows, int64_t stride_bias) {
-  STDIT_CHECK((in == DType::F32 || in == DType::BF16) && (out == DType::F32 || out == DType::BF16),
-              "cuda gemm: unsupported dtypes");
+  STDIT_CHECK((in == DType::F32 || in == DType::BF16) && (out == DType::F32 || out == DType::BF16) &&
+                  !(in == DType::F32 && out == DType::BF16),
+              "cuda gemm: unsupported dtypes (F32 inputs take an F32 output)");
   if (m == 0 || n == 0 || batch == 0) return true;
   const int ein = in == DType::BF16 ? 2 : 4, eout = out == DType::BF16 ? 2 : 4;
   // Every batch entry must keep the alignment the plan was chosen for.
@@ -418,13 +419,16 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, A
     xin = alloc(x.shape(), in);
     copy(x, xin);
   }
+  // F32 weights into a BF16 output (the VAE's attention projections on the bf16 path): the GEMM
+  // writes an F32 scratch converted afterwards (cuBLASLt has no F32-input GEMM with a BF16 output).
+  Tensor dst = in == DType::F32 && out.dtype() == DType::BF16 ? alloc(out.shape(), DType::F32) : out;
   // Row-major out[m, n] = x[m, k] w[n, k]^T is column-major out^T[n, m] = w^T x^T:
   // A = w (k x n column-major, transposed), B = x (k x m column-major).
   // The bias has the output's type (cuBLASLt's bias epilogue for a BF16 output takes a BF16 bias):
   // a bf16 copy for BF16 outputs (exact for bf16 engines).
   const void* b = nullptr;
   Tensor bias16;
-  if (bias.defined() && out.dtype() == DType::BF16) {
+  if (bias.defined() && dst.dtype() == DType::BF16) {
     bias16 = alloc(bias.shape(), DType::BF16);
     copy(bias, bias16);
     b = bias16.raw();
@@ -435,14 +439,16 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, A
   // against the CPU formula on inputs the TF32 product keeps exact); F32 mode and SiLU: a
   // separate exact pass.
   const bool gelu_epilogue = act == Activation::GeluTanh && (c.options.tf32 || in == DType::BF16);
-  const bool applied = gemm_typed(c, in, out.dtype(), true, false, n, m, k, w.raw(), k, xin.raw(),
-                                  k, out.raw(), n, b, gelu_epilogue);
-  if (act == Activation::None || applied) return;
-  const int code = act == Activation::GeluTanh ? 1 : 2;
-  if (out.dtype() == DType::BF16)
-    activation_pass(c, out.data<__nv_bfloat16>(), m * n, n, code);
-  else
-    activation_pass(c, out.data<float>(), m * n, n, code);
+  const bool applied = gemm_typed(c, in, dst.dtype(), true, false, n, m, k, w.raw(), k, xin.raw(),
+                                  k, dst.raw(), n, b, gelu_epilogue);
+  if (act != Activation::None && !applied) {
+    const int code = act == Activation::GeluTanh ? 1 : 2;
+    if (dst.dtype() == DType::BF16)
+      activation_pass(c, dst.data<__nv_bfloat16>(), m * n, n, code);
+    else
+      activation_pass(c, dst.data<float>(), m * n, n, code);
+  }
+  if (dst.raw() != out.raw()) copy(dst, out);
 }
 
 }  // namespace stdit

@@ -131,30 +131,33 @@ Tensor OpenSoraVae::run_res(const Res& r, const Tensor& x, int groups, float eps
   return run_conv(r.c2, gn(r.n2, h, groups, eps, true, cl), p3, cl, skip);
 }
 
-// Mid block: resnet, single-head self-attention over the H*W positions (with residual; in F32 in
-// both layouts), resnet.
+// Mid block: resnet, single-head self-attention over the H*W positions (with residual), resnet.
+// The attention's tokens, q, k, v and output are in the activation dtype (F32 channel-first; the
+// backend's channels-last dtype), its projection back and the residual sum in F32.
 Tensor OpenSoraVae::run_mid(const Mid& m, const Tensor& x0, bool cl) {
   const int g = cfg_.spatial.norm_num_groups;
   const float eps = cfg_.spatial.eps;
   const Tensor x = run_res(m.r0, x0, g, eps, same2d(3), cl);
   const int64_t N = x.size(0), C = x.size(cl ? 4 : 1), P = x.numel() / (N * C);
+  const DType dt = x.dtype();
   const Tensor h = gn(m.attn_norm, x, g, eps, false, cl);
-  Tensor tokens = be_.alloc({N, P, C});
-  be_.copy(cl ? h.view({N, P, C}) : h.view({N, C, P}).permute({0, 2, 1}), tokens);
-  Tensor q = be_.alloc({N, P, 1, C}), k = be_.alloc({N, P, 1, C}), v = be_.alloc({N, P, 1, C});
+  Tensor tokens = cl ? h.view({N, P, C}) : be_.alloc({N, P, C}, dt);
+  if (!cl) be_.copy(h.view({N, C, P}).permute({0, 2, 1}), tokens);
+  Tensor q = be_.alloc({N, P, 1, C}, dt), k = be_.alloc({N, P, 1, C}, dt), v = be_.alloc({N, P, 1, C}, dt);
   be_.linear(tokens, m.q_w, m.q_b, Activation::None, q);
   be_.linear(tokens, m.k_w, m.k_b, Activation::None, k);
   be_.linear(tokens, m.v_w, m.v_b, Activation::None, v);
-  Tensor o = be_.alloc({N, P, 1, C});
+  Tensor o = be_.alloc({N, P, 1, C}, dt);
   be_.attention(q, k, v, 1.0f / std::sqrt(static_cast<float>(C)), o);
-  be_.linear(o.view({N, P, C}), m.o_w, m.o_b, Activation::None, tokens);
-  Tensor back = be_.alloc(x.shape(), x.dtype());
-  if (cl) {  // tokens + x, then into the activation dtype
-    be_.add(tokens, x.view({N, P, C}), tokens);
-    be_.copy(tokens.view(x.shape()), back);
+  Tensor proj = cl ? be_.alloc({N, P, C}) : tokens;  // F32
+  be_.linear(o.view({N, P, C}), m.o_w, m.o_b, Activation::None, proj);
+  Tensor back = be_.alloc(x.shape(), dt);
+  if (cl) {  // proj + x, then into the activation dtype
+    be_.add(proj, x.view({N, P, C}), proj);
+    be_.copy(proj.view(x.shape()), back);
   } else {
     Tensor bv = back.view({N, C, P});
-    be_.copy(tokens.permute({0, 2, 1}), bv);
+    be_.copy(proj.permute({0, 2, 1}), bv);
     be_.add(back, x, back);
   }
   return run_res(m.r1, back, g, eps, same2d(3), cl);
