@@ -1173,6 +1173,9 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       }
       // T5's freed weights leave the device's pool before the denoiser's tensors come.
       if (!keeps_t5_and_vae(plan)) backend->release_cached_memory();
+      if (backend->device_memory_peak_bytes())
+        log_debug("memory: the device's peak after the text stage ", human_bytes(backend->device_memory_peak_bytes()),
+                  " (read from it)");
       t_text = seconds_since(t0);
       check_cancel();
 
@@ -1308,7 +1311,11 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
             }
             if (backend->peak_memory_bytes() > 0)
               log_debug("memory: ", backend->name(), " peak ", human_bytes(backend->peak_memory_bytes()),
-                        " held by stdit's allocations so far (measured)");
+                        " held by stdit's allocations so far (measured)",
+                        backend->device_memory_peak_bytes()
+                            ? cat("; the device's peak so far ", human_bytes(backend->device_memory_peak_bytes()),
+                                  " (read from it)")
+                            : std::string());
             if (latents.defined()) {
               std::map<std::string, std::string> meta = {{"num_frames", std::to_string(F)},
                                                          {"height", std::to_string(H)},
