@@ -70,6 +70,12 @@ class Backend {
   // stage freed do not stay reserved beside the next stage's; within a stage the pool keeps them
   // (every step allocates the same sizes again).
   virtual void release_cached_memory() {}
+  // Keeps what this backend's pool reserves at or under `bytes` (0: no limit): before an
+  // allocation that could take the pool past it, queued work is waited for and the pool gives
+  // back enough of its free blocks (within a model call the pool otherwise grows past what is in
+  // use: freed blocks of one size do not always serve the next size). --max-memory sets it to the
+  // budget less what the device holds besides; a no-op where there is no pool (CPU).
+  virtual void limit_pool(size_t /*bytes*/) {}
   // A dry run of this backend's allocator (backend/dry_run.h): the memory plan's twin of it.
   virtual std::unique_ptr<DryRunBackend> dry_run() const;
   // Peak memory in use on the device as the device reports it (context, library workspaces and

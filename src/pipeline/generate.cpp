@@ -646,6 +646,21 @@ struct Engine::Impl {
                "this request (as --offload) to fit");
   }
 
+  // --max-memory's budget also bounds each device's pool (its slack within a stage), less what
+  // the device holds besides this engine's tensors; a request without it lifts the bound.
+  void limit_pools(double gib) const {
+    for (Backend* d : devs) {
+      size_t limit = 0;
+      if (gib != 0) {
+        const size_t budget = static_cast<size_t>(gib * double(1ull << 30));
+        const size_t in_use = d->device_memory_in_use_bytes(), own = d->allocated_bytes();
+        const size_t held = in_use > own ? in_use - own : 0;
+        limit = budget > held ? budget - held : 1;
+      }
+      d->limit_pool(limit);
+    }
+  }
+
   std::unique_ptr<DenoiserSet> load_denoiser() {
     if (process_world().active()) return load_denoiser_in_processes();
     auto d = std::make_unique<DenoiserSet>();
@@ -975,6 +990,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       backend->release_cached_memory();  // the pool's cached blocks are this request's to use
       check_memory_budget(plan, opt.max_memory_gib);
     }
+    limit_pools(opt.max_memory_gib);
   } catch (...) {
     refused = std::current_exception();
   }

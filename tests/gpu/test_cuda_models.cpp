@@ -1,5 +1,6 @@
 // The model fixtures (STDiT3 a/b/c, T5 tiny, VAE tiny, the tiny pipeline) on the GPU against their
 // PyTorch reference values, every recorded intermediate. Needs a GPU (scripts/gpu_check.sh).
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -406,4 +407,48 @@ TEST(CudaFixtures, DemoVaeBf16AgainstF32) {
   }
   std::printf("  %-28s %-20s worst frame %.1f dB vs the f32 decode\n", "demo vae[bf16]", "2 prompts", worst);
   EXPECT_GE(worst, 40.0);
+}
+
+// Backend::limit_pool (--max-memory's bound on the pool): a block's allocation pattern of the
+// denoiser (norm output, qkv, attention output; cross-attention's three; the MLP's hidden, 4x)
+// repeated, with the pool's reserved bytes read from the device's pool after every allocation:
+// under the limit they stay at or below it; without it the same pattern's growth is printed.
+TEST(CudaMemory, PoolStaysUnderItsLimit) {
+  CudaBackend g(0, CudaOptions{true, true, true});
+  cudaMemPool_t pool;
+  ASSERT_EQ(cudaDeviceGetDefaultMemPool(&pool, 0), cudaSuccess);
+  auto reserved = [&] {
+    uint64_t r = 0;
+    EXPECT_EQ(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &r), cudaSuccess);
+    return static_cast<size_t>(r);
+  };
+  const int64_t U = int64_t{64} << 20;  // bf16 values of one "unit" (128 MiB)
+  auto run = [&](size_t limit) {
+    g.release_cached_memory();
+    const size_t base = reserved();
+    g.limit_pool(limit ? base + limit : 0);
+    size_t most = 0;
+    auto a = [&](int64_t units) {
+      Tensor t = g.alloc({units * U}, DType::BF16);
+      most = std::max(most, reserved() - base);
+      return t;
+    };
+    for (int block = 0; block < 6; ++block) {
+      Tensor n = a(1), qkv = a(3), o = a(1);
+      n = qkv = Tensor{};
+      Tensor crossq = a(1);
+      o = Tensor{};
+      Tensor cq = a(1), co = a(1);
+      crossq = cq = co = Tensor{};
+      Tensor n2 = a(1), h = a(4);
+    }
+    g.synchronize();
+    g.limit_pool(0);
+    return most;
+  };
+  const size_t unit = static_cast<size_t>(U) * 2, limit = 6 * unit;
+  const size_t free_growth = run(0), bounded = run(limit);
+  std::printf("  pool growth over the pattern: %.2f units without a limit, %.2f units under a limit of 6\n",
+              double(free_growth) / unit, double(bounded) / unit);
+  EXPECT_LE(bounded, limit);
 }

@@ -144,8 +144,25 @@ std::string dnn_last_error() {
   return buf;
 }
 
+namespace {
+// Backend::limit_pool: when the pool holds free blocks and this allocation could take what it
+// reserves past the limit, the queued frees are waited for and the pool trims itself to the limit
+// less this allocation (the free blocks it keeps may still serve it without growing).
+void keep_pool_under(CudaContext& c, size_t limit, size_t bytes) {
+  cudaMemPool_t pool;
+  STDIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, c.device));
+  uint64_t reserved = 0, used = 0;
+  STDIT_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
+  STDIT_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
+  if (reserved + bytes <= limit || reserved <= used) return;
+  STDIT_CUDA_CHECK(cudaStreamSynchronize(c.stream));
+  STDIT_CUDA_CHECK(cudaMemPoolTrimTo(pool, limit > bytes ? limit - bytes : 0));
+}
+}  // namespace
+
 std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size_t bytes) {
   if (bytes == 0) return std::shared_ptr<void>();
+  if (const size_t limit = ctx->pool_limit.load()) keep_pool_under(*ctx, limit, bytes);
   void* p = nullptr;
   const cudaError_t e = cudaMallocAsync(&p, bytes, ctx->stream);
   if (e != cudaSuccess) {
@@ -288,6 +305,8 @@ void CudaBackend::release_cached_memory() {
   STDIT_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
   STDIT_CUDA_CHECK(cudaSetDevice(previous));
 }
+
+void CudaBackend::limit_pool(size_t bytes) { ctx_->pool_limit.store(bytes); }
 
 void CudaBackend::synchronize() {
   STDIT_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));

@@ -67,6 +67,7 @@ class CudaBackend final : public Backend {
   void reset_peak_memory() override;
   size_t allocated_bytes() const override;
   void release_cached_memory() override;  // trims the device's default (stream-ordered) pool
+  void limit_pool(size_t bytes) override;  // device_alloc trims the pool before passing it
   size_t device_memory_in_use_bytes() const override;  // cudaMemGetInfo: total - free
   std::unique_ptr<DryRunBackend> dry_run() const override;  // cuda_dry_run.cu: with the ops' scratch
   size_t device_memory_peak_bytes() const override;  // cudaMemGetInfo, sampled every 5 ms
