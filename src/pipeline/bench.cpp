@@ -72,6 +72,10 @@ void run_bench(const BenchOptions& opt) {
   const SamplerOptions savings{parse_step_cache(opt.cache), opt.cfg_until};
   cfg_steps(opt.cfg_until, 30);  // refuses a fraction outside (0, 1] before anything loads
   STDIT_CHECK(opt.steps >= 1 && opt.steps <= 1000, "--steps must be in 1..1000, got ", opt.steps);
+  STDIT_CHECK(opt.tp >= 1 && opt.cp >= 1 && opt.tp * opt.cp <= 16, "bench: --tp ", opt.tp, " x --cp ", opt.cp,
+              " must be 1 to 16 devices");
+  STDIT_CHECK(opt.backend != "cuda" || opt.tp * opt.cp <= std::max(1, cuda_devices_visible()), "bench: --tp ", opt.tp,
+              " x --cp ", opt.cp, " needs ", opt.tp * opt.cp, " GPUs; ", cuda_devices_visible(), " visible");
   // Every device of the splits runs the asked policy (the gate's high-precision model alone not).
   const PolicyRequest request{opt.precision, opt.kernels, {}, opt.fp8_keep};
   auto be = make_backend(opt.backend, request);
@@ -104,20 +108,26 @@ void run_bench(const BenchOptions& opt) {
   // ---- STDiT3-XL/2 per preset, then the VAE decode ----
   STDiT3Config dc;  // real sizes
   auto dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be);
-  // Tensor parallel over opt.tp devices, sharded from the same synthetic weights.
+  // Tensor parallel over opt.tp devices times context parallel over opt.cp (the split
+  // `generate --gpus N --tp T --cp C` makes), sharded from the same synthetic weights.
+  const int split = opt.tp * opt.cp;
+  const std::string split_name = opt.tp > 1 && opt.cp > 1 ? cat("TP ", opt.tp, " x CP ", opt.cp)
+                                 : opt.tp > 1             ? cat("tensor parallel ", opt.tp)
+                                                          : cat("context parallel ", opt.cp);
   std::vector<std::unique_ptr<Backend>> tp_owned;
   std::unique_ptr<TensorParallelDenoiser> tp;
-  if (opt.tp > 1)
-    for (int r = 1; r < opt.tp; ++r) tp_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", r) : opt.backend, request));
+  if (split > 1)
+    for (int r = 1; r < split; ++r) tp_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", r) : opt.backend, request));
   auto make_tp = [&] {  // (again for each preset after a VAE stage freed it)
     std::vector<Backend*> bes = {be.get()};
     for (auto& b : tp_owned) bes.push_back(b.get());
-    tp = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), bes);
+    tp = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), bes,
+                                                  opt.cp);
     be->bind_to_this_thread();
   };
-  if (opt.tp > 1) {
+  if (split > 1) {
     make_tp();
-    std::printf("tensor parallel: %d ranks (%s)\n", opt.tp, tp->comm_kind().c_str());
+    std::printf("%s: %d ranks (%s)\n", split_name.c_str(), split, tp->comm_kind().c_str());
   }
   // CFG-parallel: a second device with its own copy of the denoiser.
   std::unique_ptr<Backend> be1;
@@ -129,21 +139,22 @@ void run_bench(const BenchOptions& opt) {
     });
     be->bind_to_this_thread();  // creating the second device's backend made its device current here
   }
-  // CFG-parallel x TP: a second TP group on devices tp .. 2 tp - 1 takes the other half of the CFG
-  // batch (the split `generate --gpus 2N --tp N --cfg-parallel` makes).
+  // CFG-parallel x the split: a second group on devices split .. 2 split - 1 takes the other half
+  // of the CFG batch (the split `generate --gpus 2N --tp T --cp C --cfg-parallel` makes).
   std::vector<std::unique_ptr<Backend>> tpb_owned;
   std::unique_ptr<TensorParallelDenoiser> tp_b;
-  const bool room_for_cfg_tp = opt.backend != "cuda" || cuda_devices_visible() >= 2 * opt.tp;
-  if (opt.tp > 1 && opt.cfg_parallel && !room_for_cfg_tp)
-    std::printf("CFG-parallel x tensor parallel %d needs %d devices: not timed\n", opt.tp, 2 * opt.tp);
-  const bool cfg_tp = opt.tp > 1 && opt.cfg_parallel && room_for_cfg_tp;
+  const bool room_for_cfg_tp = opt.backend != "cuda" || cuda_devices_visible() >= 2 * split;
+  if (split > 1 && opt.cfg_parallel && !room_for_cfg_tp)
+    std::printf("CFG-parallel x %s needs %d devices: not timed\n", split_name.c_str(), 2 * split);
+  const bool cfg_tp = split > 1 && opt.cfg_parallel && room_for_cfg_tp;
   if (cfg_tp)
-    for (int r = 0; r < opt.tp; ++r)
-      tpb_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", opt.tp + r) : opt.backend, request));
+    for (int r = 0; r < split; ++r)
+      tpb_owned.push_back(make_backend(opt.backend == "cuda" ? cat("cuda:", split + r) : opt.backend, request));
   auto make_tp_b = [&] {
     std::vector<Backend*> bes;
     for (auto& b : tpb_owned) bes.push_back(b.get());
-    tp_b = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), bes);
+    tp_b = std::make_unique<TensorParallelDenoiser>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), bes,
+                                                    opt.cp);
     be->bind_to_this_thread();
   };
   if (cfg_tp) make_tp_b();
@@ -155,7 +166,7 @@ void run_bench(const BenchOptions& opt) {
     const KernelCounts kernels_before = be->attention_kernels();
     if (!dit) {  // the previous preset's VAE stage freed the denoisers
       dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be);
-      if (opt.tp > 1) make_tp();
+      if (split > 1) make_tp();
       if (cfg_tp) make_tp_b();
     }
     const auto dash = preset.find('-');
@@ -222,25 +233,32 @@ void run_bench(const BenchOptions& opt) {
                   preset.c_str(), cfgp_ms, step_ms / cfgp_ms, cfgp_err);
     }
     double tp_ms = -1, tp_err = -1;
-    if (tp) {
+    // Context parallelism splits the latent frames and each frame's tokens over its ranks.
+    const int64_t frames_p = (T + dc.patch_size[0] - 1) / dc.patch_size[0];
+    const bool split_fits = frames_p % opt.cp == 0 && S % opt.cp == 0;
+    if (tp && !split_fits)
+      std::printf("  %-8s %s: CP %d does not divide the %lld latent frames and %lld tokens per frame: not timed\n",
+                  preset.c_str(), split_name.c_str(), opt.cp, static_cast<long long>(frames_p),
+                  static_cast<long long>(S));
+    if (tp && split_fits) {
       const Tensor full = dit->forward(in);
       Tensor out = tp->forward(in);  // warm-up
       const auto c0 = Clock::now();
       for (int i = 0; i < opt.denoise_iters; ++i) out = tp->forward(in);
       tp_ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
       tp_err = rel_error(out, full);
-      std::printf("  %-8s tensor parallel, %d devices: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n",
-                  preset.c_str(), opt.tp, tp_ms, step_ms / tp_ms, tp_err);
+      std::printf("  %-8s %s, %d devices: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n",
+                  preset.c_str(), split_name.c_str(), split, tp_ms, step_ms / tp_ms, tp_err);
     }
     double cfgtp_ms = -1, cfgtp_err = -1;
-    if (tp && tp_b) {
+    if (tp && tp_b && split_fits) {
       // Each TP group runs one half of the CFG batch, both at once.
       TensorParallelDenoiser* groups[2] = {tp.get(), tp_b.get()};
       time_halves({be.get(), tpb_owned[0].get()}, [&](int k) { return groups[k]->forward(halves[k]); },
                   cfgtp_ms, cfgtp_err);
-      std::printf("  %-8s CFG-parallel x tensor parallel %d, %d devices: %.1f ms/step (%.2fx one device), "
+      std::printf("  %-8s CFG-parallel x %s, %d devices: %.1f ms/step (%.2fx one device), "
                   "rel err vs one device %.2e\n",
-                  preset.c_str(), opt.tp, 2 * opt.tp, cfgtp_ms, step_ms / cfgtp_ms, cfgtp_err);
+                  preset.c_str(), split_name.c_str(), 2 * split, cfgtp_ms, step_ms / cfgtp_ms, cfgtp_err);
     }
     // The 30-step sampling loop, plain and with the savings (same noise, text and weights).
     double loop_plain_s = -1, loop_saved_s = -1, loop_change = -1;
@@ -361,7 +379,7 @@ void run_bench(const BenchOptions& opt) {
                        {"device_peak_gib", be->device_memory_peak_bytes() / double(1ull << 30)},
                        {"host_peak_gib", peak_host_memory_bytes() / double(1ull << 30)},
                        {"cfg_parallel_ms_per_step", cfgp_ms}, {"cfg_parallel_rel_err", cfgp_err},
-                       {"tp", opt.tp}, {"tp_ms_per_step", tp_ms}, {"tp_rel_err", tp_err},
+                       {"tp", opt.tp}, {"cp", opt.cp}, {"tp_ms_per_step", tp_ms}, {"tp_rel_err", tp_err},
                        {"cfg_tp_ms_per_step", cfgtp_ms}, {"cfg_tp_rel_err", cfgtp_err},
                        {"plan_weights_gib", weight_bytes / double(1ull << 30)},
                        {"plan_call_gib", planned / double(1ull << 30)}, {"call_held_gib", measured / double(1ull << 30)},

@@ -15,6 +15,7 @@ struct BenchOptions {
   std::string json;  // write results here too
   bool cfg_parallel = false;  // also time the CFG halves on two devices (backend "cuda": cuda:0 + cuda:1)
   int tp = 1;  // > 1: also time tensor parallelism over tp devices (cuda:0..tp-1; CPU: tp backends)
+  int cp = 1;  // > 1: also time context parallelism over cp devices (with tp: tp x cp devices)
   // Set either: also run the whole 30-step sampling loop with and without these savings (step
   // caching "teacache[:T]", guidance for a fraction of the steps) and report both times, the
   // evaluations saved and the change of the latents.
