@@ -10,7 +10,8 @@
 #      as two processes (NCCL from an id carried over MPI), 34 frames, against one GPU.
 #   3. `stdit bench`: denoiser step at 480p and 720p 4s (real sizes, synthetic weights) on one GPU,
 #      TP over all GPUs and CFG-parallel, in one process; errors vs one GPU. With 4+ GPUs also
-#      the scaling of 720p 4s and 16s: TP 2/4/8 and CFG-parallel x TP 1/2/4 as the GPUs allow.
+#      the scaling of 720p 4s and 16s: TP 2/4/8 and CFG-parallel x TP 1/2/4 as the GPUs allow;
+#      context parallelism: CP 2 (x CFG-parallel), TP 2 x CP 2, CP 4 x CFG as the GPUs allow.
 #
 # Binaries (built on the build machine, carried over): STDIT_GEN (default build-gpu/stdit, a
 # -DSTDIT_MEDIA=OFF build), STDIT_GPU_TESTS (build-cuda/tests/gpu/stdit_gpu_tests), STDIT_BENCH
@@ -132,6 +133,22 @@ if [ "$n" -ge 4 ]; then
     echo "== 3b. scaling: --tp $tp --cfg-parallel"
     bench --preset 720p-4s --preset 720p-16s --tp "$tp" --cfg-parallel
   done
+fi
+
+# Context parallelism (issue targets: CP 2 at 720p 4s >= 1.9x per step; CFG x CP 2 on 4 GPUs
+# >= 3.7x), each with its one-GPU baseline in the same run; with 4+ GPUs also TP 2 x CP 2 and,
+# with 8, CP 4 x CFG and TP 2 x CP 2 x CFG (720p 4s has 30 latent frames: CP 4 does not divide
+# them, so its 16s preset is the one timed).
+echo "== 3c. context parallel: --cp 2 (and x CFG-parallel where the GPUs allow)"
+bench --preset 720p-4s --preset 720p-16s --cp 2 --cfg-parallel
+if [ "$n" -ge 4 ]; then
+  echo "== 3d. TP 2 x CP 2"
+  bench --preset 720p-4s --preset 720p-16s --tp 2 --cp 2
+fi
+if [ "$n" -ge 8 ]; then
+  echo "== 3e. CP 4 x CFG-parallel; TP 2 x CP 2 x CFG-parallel"
+  bench --preset 720p-16s --cp 4 --cfg-parallel
+  bench --preset 720p-4s --preset 720p-16s --tp 2 --cp 2 --cfg-parallel
 fi
 
 echo "multi_gpu_check: $([ $fail -eq 0 ] && echo "all checks passed" || echo "FAILURES")"
