@@ -1190,8 +1190,8 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
       // T5's freed weights leave the device's pool before the denoiser's tensors come.
       if (!keeps_t5_and_vae(plan)) backend->release_cached_memory();
       if (backend->device_memory_peak_bytes())
-        log_debug("memory: the device's peak after the text stage ", human_bytes(backend->device_memory_peak_bytes()),
-                  " (read from it)");
+        log_debug("memory: the device's peak so far, at the end of the text stage, ",
+                  human_bytes(backend->device_memory_peak_bytes()), " (read from it)");
       t_text = seconds_since(t0);
       check_cancel();
 
