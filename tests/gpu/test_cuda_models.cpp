@@ -37,7 +37,6 @@
 #include "core/philox.h"
 #include "pipeline/engine.h"
 #include "../demo_checks.h"
-#include "core/philox.h"
 #include "io/safetensors.h"
 
 using namespace stdit;
@@ -264,6 +263,20 @@ TEST(CudaFixtures, PipelineTiny) {
     // The F32 decode here; the bf16 policy's channels-last decode below ("[bf16 cl]").
     vae->set_channels_last(false);
     double worst_psnr = 1e9, worst_psnr_cl = 1e9, e_cl = e;
+    // Worst frame PSNR of prompt p's decoded video (8-bit frames) against the reference's frames.
+    const Tensor ref_frames = want->get("frames");
+    auto worst_frame_psnr = [&](const Tensor& video, int p) {
+      const Frames fr = frames_from_video_tensor(video.select(0, 0), 24);
+      double worst = 1e9;
+      for (int f = 0; f < F; ++f) {
+        double se = 0;
+        const size_t n = fr.frame_bytes();
+        const uint8_t* r = ref_frames.data<uint8_t>() + (static_cast<size_t>(p) * F + f) * n;
+        for (size_t i = 0; i < n; ++i) se += (double(fr.frame(f)[i]) - r[i]) * (double(fr.frame(f)[i]) - r[i]);
+        worst = std::min(worst, se == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 * n / se));
+      }
+      return worst;
+    };
     for (int p = 0; p < P; ++p) {
       const Tensor video = vae->decode(z.slice(0, p, p + 1).contiguous(), F);
       e = std::max(e, rel_error(video, want->get("video").slice(0, p, p + 1)));
@@ -272,24 +285,9 @@ TEST(CudaFixtures, PipelineTiny) {
         const Tensor v = vae->decode(z.slice(0, p, p + 1).contiguous(), F);
         vae->set_channels_last(false);
         e_cl = std::max(e_cl, rel_error(v, want->get("video").slice(0, p, p + 1)));
-        const Frames fr = frames_from_video_tensor(v.select(0, 0), 24);
-        for (int f = 0; f < F; ++f) {
-          double se = 0;
-          const size_t n = fr.frame_bytes();
-          const uint8_t* r = want->get("frames").data<uint8_t>() + (static_cast<size_t>(p) * F + f) * n;
-          for (size_t i = 0; i < n; ++i) se += (double(fr.frame(f)[i]) - r[i]) * (double(fr.frame(f)[i]) - r[i]);
-          worst_psnr_cl = std::min(worst_psnr_cl, se == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 * n / se));
-        }
+        worst_psnr_cl = std::min(worst_psnr_cl, worst_frame_psnr(v, p));
       }
-      const Frames fr = frames_from_video_tensor(video.select(0, 0), 24);
-      const Tensor ref = want->get("frames");
-      for (int f = 0; f < F; ++f) {
-        double se = 0;
-        const size_t n = fr.frame_bytes();
-        const uint8_t* r = ref.data<uint8_t>() + (static_cast<size_t>(p) * F + f) * n;
-        for (size_t i = 0; i < n; ++i) se += (double(fr.frame(f)[i]) - r[i]) * (double(fr.frame(f)[i]) - r[i]);
-        worst_psnr = std::min(worst_psnr, se == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 * n / se));
-      }
+      worst_psnr = std::min(worst_psnr, worst_frame_psnr(video, p));
     }
     check(cat("pipeline_tiny", sfx), cat("T5, 3 steps, VAE; worst frame PSNR ", worst_psnr, " dB"), e);
     if (g->policy().vae_bf16)
@@ -394,14 +392,7 @@ TEST(CudaFixtures, DemoVaeBf16AgainstF32) {
     const Frames slow = frames_from_video_tensor(vae->decode(z, frames).select(0, 0), 24.0);
     vae->set_channels_last(std::nullopt);
     ASSERT_EQ(fast.rgb.size(), slow.rgb.size());
-    for (int i = 0; i < fast.count; ++i) {
-      double se = 0;
-      for (size_t j = 0; j < fast.frame_bytes(); ++j) {
-        const double e = double(fast.frame(i)[j]) - slow.frame(i)[j];
-        se += e * e;
-      }
-      worst = std::min(worst, se == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 * fast.frame_bytes() / se));
-    }
+    worst = std::min(worst, stdit::testing::psnr_ssim(fast, slow).first);
     const stdit::testing::Seen s = stdit::testing::look(fast, seen.first, seen.second);
     EXPECT_TRUE(s.ok) << prompt << " (bf16 VAE): " << s.str();
   }

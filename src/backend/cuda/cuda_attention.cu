@@ -613,9 +613,6 @@ struct OutTarget {
   Tensor t;
   bool convert = false;
 };
-bool attention_out_converted(const CudaContext& c, DType out, int64_t d, bool in_bf16) {
-  return out != DType::F32 && (!bf16_attention_operands(c) || (d > 128 && !in_bf16));
-}
 OutTarget out_target(CudaBackend& be, const CudaContext& c, Tensor& out, int64_t d, bool in_bf16) {
   if (!attention_out_converted(c, out.dtype(), d, in_bf16)) return {out, false};
   return {be.alloc(out.shape(), DType::F32), true};

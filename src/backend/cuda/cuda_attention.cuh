@@ -143,6 +143,11 @@ bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
 // The bf16 path keeps BF16 operands and outputs as they are: its kernels read and write BF16 up to
 // head dim 128, the GEMM path (attention_by_gemm) beyond it.
 inline bool bf16_attention_operands(const CudaContext& c) { return c.options.bf16 && c.options.tf32_attention; }
+// Whether the kernels write an F32 scratch converted into a BF16 `out` afterwards: off the bf16
+// path, and on the GEMM path (D > 128) from F32 operands (in_bf16: the kernels read BF16).
+inline bool attention_out_converted(const CudaContext& c, DType out, int64_t d, bool in_bf16) {
+  return out != DType::F32 && (!bf16_attention_operands(c) || (d > 128 && !in_bf16));
+}
 // attention_by_gemm's scratch for a call (0 for head dims <= 128, which the flash kernels take).
 size_t attention_gemm_scratch_bytes(int64_t nq, int64_t max_nk, int64_t d, bool bf16);
 

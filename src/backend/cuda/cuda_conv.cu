@@ -1,8 +1,9 @@
 // CUDA 3D convolution (2D = T of 1). F32 input and weight: cuDNN's implicit-GEMM convolutions
 // (TF32 tensor cores unless the backend is in F32 mode), with asymmetric padding (causal time
 // padding, the encoder's (0, 1, 0, 1) downsampling) made explicit first. At most 16 input channels
-// and 256 taps: a direct F32 kernel. 1x1x1 stride-1 unpadded convolutions are one GEMM on the input. The fallback, and the path for BF16 weights: im2col into
-// a bounded column buffer + cuBLASLt GEMM per batch index.
+// and 256 taps: a direct F32 kernel. 1x1x1 stride-1 unpadded convolutions are one GEMM on the
+// input. The fallback, and the path for BF16 weights: im2col into a bounded column buffer +
+// cuBLASLt GEMM per batch index.
 //
 // STDIT_CUDA_CONV_PROFILE=1: the op profile (OpTimer) plus the heuristics' ranking of each new
 // cuDNN geometry, printed: a diagnostic for choosing paths.
@@ -347,9 +348,9 @@ std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Ten
                       p.stride_w == 1 && p.pad_t_front == 0 && p.pad_t_back == 0 &&
                       p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
   std::string path = "im2col";
+  const ConvGeom g{Ci, T, H, W, static_cast<int>(kt), static_cast<int>(kh), static_cast<int>(kw), To, Ho, Wo,
+                   p.stride_t, p.stride_h, p.stride_w, p.pad_t_front, p.pad_top, p.pad_left};
   if (small_ci_applies(wt, Ci, K)) {
-    const ConvGeom g{Ci, T, H, W, static_cast<int>(kt), static_cast<int>(kh), static_cast<int>(kw), To, Ho, Wo,
-                     p.stride_t, p.stride_h, p.stride_w, p.pad_t_front, p.pad_top, p.pad_left};
     STDIT_CHECK(B <= 65535 && (Co + kSmallCo - 1) / kSmallCo <= 65535, "cuda conv3d: grid too large");
     const dim3 grid(static_cast<unsigned>((J + kSmallThreads - 1) / kSmallThreads),
                     static_cast<unsigned>((Co + kSmallCo - 1) / kSmallCo), static_cast<unsigned>(B));
@@ -379,8 +380,6 @@ std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Ten
     if (nc >= J) nc = J;
     auto colmem = device_alloc(ctx_, static_cast<size_t>(K * nc) * esz);
     void* col = colmem.get();
-    const ConvGeom g{Ci, T, H, W, static_cast<int>(kt), static_cast<int>(kh), static_cast<int>(kw), To, Ho, Wo, p.stride_t, p.stride_h, p.stride_w,
-                     p.pad_t_front, p.pad_top, p.pad_left};
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j0 = 0; j0 < J; j0 += nc) {
         const int64_t n = std::min(nc, J - j0);

@@ -191,20 +191,19 @@ const ConvPlan* cl_plan(CudaContext& c, const ClConv& g, const ConvKey& key) {
   return ok ? &p : nullptr;
 }
 
-// Whether cuDNN runs this call (else the base class's channel-first path).
-bool cl_cudnn_applies(CudaContext& c, const ClConv& g, const ConvParams& p) {
-  return c.options.cudnn_conv && g.B > 0 && g.fits() && cl_plan(c, g, g.key(p)) != nullptr;
+// The cuDNN plan that runs this call, or nullptr: the base class's channel-first path.
+const ConvPlan* cl_cudnn_plan(CudaContext& c, const ClConv& g, const ConvParams& p) {
+  return c.options.cudnn_conv && g.B > 0 && g.fits() ? cl_plan(c, g, g.key(p)) : nullptr;
 }
 
 // Device memory a cuDNN conv3d_cl call takes for itself: the padded copy, the zero-padded filters
 // and the wide output when Co % 8 != 0, cuDNN's workspace (per half when the batch is split).
-size_t cl_scratch(CudaContext& c, const ClConv& g, const ConvParams& p) {
-  const ConvPlan* plan = cl_plan(c, g, g.key(p));
+size_t cl_scratch(CudaContext& c, const ClConv& g, const ConvParams& p, const ConvPlan* plan) {
   if (!plan) return 0;
   if (!plan->best_fits && g.B > 1) {
     ClConv h0 = g, h1 = g;
     h0.B = g.B / 2, h1.B = g.B - g.B / 2;
-    return std::max(cl_scratch(c, h0, p), cl_scratch(c, h1, p));
+    return std::max(cl_scratch(c, h0, p, cl_plan(c, h0, h0.key(p))), cl_scratch(c, h1, p, cl_plan(c, h1, h1.key(p))));
   }
   size_t s = plan->workspace;
   if (g.explicit_pad()) s += static_cast<size_t>(g.B * g.Tp * g.Hp * g.Wp * g.Ci) * 2;
@@ -213,10 +212,10 @@ size_t cl_scratch(CudaContext& c, const ClConv& g, const ConvParams& p) {
 }
 
 // One cuDNN call (or two halves of the batch) for x [B, T, H, W, Ci] into out, then the epilogue.
-void conv3d_cl_cudnn(const std::shared_ptr<CudaContext>& ctx, const ClConv& g, const ConvParams& p, const Tensor& x,
-                     const __nv_bfloat16* w, const Tensor& bias, const Tensor& residual, Tensor& out) {
+void conv3d_cl_cudnn(const std::shared_ptr<CudaContext>& ctx, const ClConv& g, const ConvPlan* plan,
+                     const ConvParams& p, const Tensor& x, const __nv_bfloat16* w, const Tensor& bias,
+                     const Tensor& residual, Tensor& out) {
   CudaContext& c = *ctx;
-  const ConvPlan* plan = cl_plan(c, g, g.key(p));
   STDIT_CHECK(plan, "internal: conv3d_cl without a cuDNN plan");
   if (!plan->best_fits && g.B > 1) {  // halves of the batch, each with its own (smaller) plan
     const int64_t h = g.B / 2;
@@ -225,10 +224,10 @@ void conv3d_cl_cudnn(const std::shared_ptr<CudaContext>& ctx, const ClConv& g, c
     Tensor o0 = out.slice(0, 0, h), o1 = out.slice(0, h, g.B);
     const Tensor r0 = residual.defined() ? residual.slice(0, 0, h) : Tensor{};
     const Tensor r1 = residual.defined() ? residual.slice(0, h, g.B) : Tensor{};
-    STDIT_CHECK(cl_plan(c, g0, g0.key(p)) && cl_plan(c, g1, g1.key(p)),
-                "cuda conv3d_cl: cuDNN takes ", shape_str(x.shape()), " but not its halves");
-    conv3d_cl_cudnn(ctx, g0, p, x.slice(0, 0, h), w, bias, r0, o0);
-    conv3d_cl_cudnn(ctx, g1, p, x.slice(0, h, g.B), w, bias, r1, o1);
+    const ConvPlan *p0 = cl_plan(c, g0, g0.key(p)), *p1 = cl_plan(c, g1, g1.key(p));
+    STDIT_CHECK(p0 && p1, "cuda conv3d_cl: cuDNN takes ", shape_str(x.shape()), " but not its halves");
+    conv3d_cl_cudnn(ctx, g0, p0, p, x.slice(0, 0, h), w, bias, r0, o0);
+    conv3d_cl_cudnn(ctx, g1, p1, p, x.slice(0, h, g.B), w, bias, r1, o1);
     return;
   }
   const __nv_bfloat16* in = x.data<__nv_bfloat16>();
@@ -445,19 +444,20 @@ void CudaBackend::conv3d_cl(const Tensor& x, const Tensor& w, const Tensor& bias
     expect_shape(residual, out.shape(), op, "residual");
   }
   if (out.numel() == 0) return;
-  if (!cl_cudnn_applies(c, g, p)) {
+  const ConvPlan* plan = cl_cudnn_plan(c, g, p);
+  if (!plan) {
     if (timer.active()) timer.detail = cat("* ", shape_str(w.shape()), " channel-first");
     return Backend::conv3d_cl(x, w, bias, residual, p, out);
   }
   if (timer.active()) timer.detail = cat("* ", shape_str(w.shape()), " s", p.stride_h, " cudnn");
-  conv3d_cl_cudnn(ctx_, g, p, x, w.data<__nv_bfloat16>(), bias, residual, out);
+  conv3d_cl_cudnn(ctx_, g, plan, p, x, w.data<__nv_bfloat16>(), bias, residual, out);
 }
 
 size_t conv3d_cl_scratch_bytes(const std::shared_ptr<CudaContext>& ctx, const Shape& xs, const Shape& ws,
                                const ConvParams& p, bool residual) {
   const ClConv g = cl_geometry(xs, ws, p);
   if (g.B * g.To * g.Ho * g.Wo * g.Co == 0) return 0;
-  if (cl_cudnn_applies(*ctx, g, p)) return cl_scratch(*ctx, g, p);
+  if (const ConvPlan* plan = cl_cudnn_plan(*ctx, g, p)) return cl_scratch(*ctx, g, p, plan);
   // The base class's path (backend.cpp): F32 channel-first copies of x, w, the output and the
   // residual, then conv3d's own scratch while the copies of x, w and the output are held.
   const int64_t xn = g.B * g.T * g.H * g.W * g.Ci, wn = g.Co * g.kt * g.kh * g.kw * g.Ci, on = g.B * g.To * g.Ho * g.Wo * g.Co;

@@ -125,8 +125,7 @@ class CudaDryRun final : public DryRunBackend {
     if (!(all16 && keep))
       for (const Tensor* t : {&q, &k, &v})
         if (t->dtype() != DType::F32) s += bytes_of(t->numel(), DType::F32);
-    if (out.dtype() != DType::F32 && (!keep || (q.size(-1) > 128 && !(all16 && keep))))
-      s += bytes_of(out.numel(), DType::F32);
+    if (cuda::attention_out_converted(*ctx_, out.dtype(), q.size(-1), all16 && keep)) s += bytes_of(out.numel(), DType::F32);
     return s;
   }
   size_t gemm_scores(const Tensor& q, const Tensor& k, const Tensor& v, int64_t max_nk) const {
