@@ -11,7 +11,8 @@
 #   3. `stdit bench`: denoiser step at 480p and 720p 4s (real sizes, synthetic weights) on one GPU,
 #      TP over all GPUs and CFG-parallel, in one process; errors vs one GPU. With 4+ GPUs also
 #      the scaling of 720p 4s and 16s: TP 2/4/8 and CFG-parallel x TP 1/2/4 as the GPUs allow;
-#      context parallelism: CP 2 (x CFG-parallel), TP 2 x CP 2, CP 4 x CFG as the GPUs allow.
+#      context parallelism: CP 2 (x CFG-parallel), TP 2 x CP 2, CP 4 x CFG as the GPUs allow;
+#      where mpirun exists, the same splits as processes (`mpirun -n N stdit_bench bench`).
 #
 # Binaries (built on the build machine, carried over): STDIT_GEN (default build-gpu/stdit, a
 # -DSTDIT_MEDIA=OFF build), STDIT_GPU_TESTS (build-cuda/tests/gpu/stdit_gpu_tests), STDIT_BENCH
@@ -149,6 +150,33 @@ if [ "$n" -ge 8 ]; then
   echo "== 3e. CP 4 x CFG-parallel; TP 2 x CP 2 x CFG-parallel"
   bench --preset 720p-16s --cp 4 --cfg-parallel
   bench --preset 720p-4s --preset 720p-16s --tp 2 --cp 2 --cfg-parallel
+fi
+
+# Processes against threads (issue target: the process mode not slower): the same splits under
+# mpirun, one process per GPU, each run with its one-GPU baseline (rank 0's GPU alone).
+if command -v mpirun >/dev/null; then
+  mpibench() {  # processes, then the bench's split flags
+    local np=$1
+    shift
+    local out
+    out=$(mpirun --allow-run-as-root -n "$np" -x NCCL_NVLS_ENABLE "$BENCH" bench --backend cuda --no-t5 --no-vae \
+      --iters "${STDIT_BENCH_ITERS:-3}" "$@" 2>&1)
+    local rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || { echo "  mpirun bench: exit $rc"; fail=1; }
+    echo "$out" | awk -v tol="$BENCH_TOL" '/rel err vs one device/ { if ($NF + 0 > tol + 0) { bad = 1 } } END { exit bad }' ||
+      { echo "  mpirun bench: error above $BENCH_TOL"; fail=1; }
+  }
+  echo "== 3f. processes (mpirun): CP 2 and TP 2 on 2 processes"
+  mpibench 2 --preset 720p-4s --preset 720p-16s --cp 2
+  mpibench 2 --preset 720p-4s --tp 2
+  if [ "$n" -ge 4 ]; then
+    echo "== 3g. processes (mpirun): CFG-parallel x CP 2, TP 2 x CP 2 on 4 processes"
+    mpibench 4 --preset 720p-4s --preset 720p-16s --cp 2 --cfg-parallel
+    mpibench 4 --preset 720p-4s --tp 2 --cp 2
+  fi
+else
+  echo "== 3f. processes: mpirun not on this machine (carry OpenMPI to time the process mode)"
 fi
 
 echo "multi_gpu_check: $([ $fail -eq 0 ] && echo "all checks passed" || echo "FAILURES")"

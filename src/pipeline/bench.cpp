@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/philox.h"
 #include "core/synthetic.h"
+#include "dist/process.h"
 #include "media/frames.h"
 #include "models/stdit3/stdit3.h"
 #include "models/vae/vae.h"
@@ -66,12 +67,71 @@ std::pair<double, double> video_psnr(const Tensor& a, const Tensor& b) {
   }
   return {worst, sum / static_cast<double>(F)};
 }
+// A preset's sizes and the denoiser call the bench times: the CFG batch of 2, timestep 900, a
+// 40-token text, noise and text from the seed.
+struct BenchCall {
+  int H = 0, W = 0, F = 0;
+  int64_t T = 0, h = 0, w = 0, S = 0;
+  STDiT3Inputs in;
+};
+// The sizes alone (checks the preset: every preset is checked before anything loads).
+BenchCall bench_sizes(const std::string& preset) {
+  const auto dash = preset.find('-');
+  STDIT_CHECK(dash != std::string::npos, "bench preset '", preset, "' is not RESOLUTION-DURATION (e.g. 480p-4s)");
+  BenchCall c;
+  std::tie(c.H, c.W) = image_size(preset.substr(0, dash), "9:16");
+  c.F = parse_num_frames(preset.substr(dash + 1));
+  return c;
+}
+BenchCall bench_call(const std::string& preset, const STDiT3Config& dc, uint64_t seed) {
+  BenchCall c = bench_sizes(preset);
+  c.T = VaeConfig{}.latent_frames(c.F);
+  c.h = c.H / 8;
+  c.w = c.W / 8;
+  c.S = ((c.h + 1) / 2) * ((c.w + 1) / 2);
+  STDiT3Inputs& in = c.in;
+  in.x = philox_normal({2, dc.in_channels, c.T, c.h, c.w}, seed);
+  in.timestep = Tensor::from_f32({2}, {900.0f, 900.0f});
+  in.y = philox_normal({2, 1, dc.model_max_length, dc.caption_channels}, seed + 2);
+  in.mask = Tensor::zeros({1, dc.model_max_length}, DType::I64);
+  for (int i = 0; i < std::min(40, dc.model_max_length); ++i) in.mask.data<int64_t>()[i] = 1;
+  in.fps = Tensor::from_f32({1}, {24});
+  in.height = Tensor::from_f32({1}, {static_cast<float>(c.H)});
+  in.width = Tensor::from_f32({1}, {static_cast<float>(c.W)});
+  in.text_key = new_text_key();  // the same text every call, as in the sampler's loop
+  return c;
+}
+
+// Whether context parallelism over cp ranks divides the call's latent frames and tokens per frame.
+bool cp_divides(const BenchCall& c, const STDiT3Config& dc, int cp) {
+  const int64_t frames_p = (c.T + dc.patch_size[0] - 1) / dc.patch_size[0];
+  return frames_p % cp == 0 && c.S % cp == 0;
+}
+
+std::string split_name(int tp, int cp) {
+  return tp > 1 && cp > 1 ? cat("TP ", tp, " x CP ", cp) : tp > 1 ? cat("tensor parallel ", tp) : cat("context parallel ", cp);
+}
+
+void run_bench_processes(const BenchOptions& opt, const STDiT3Config& dc);
+
 }  // namespace
 
 void run_bench(const BenchOptions& opt) {
-  const SamplerOptions savings{parse_step_cache(opt.cache), opt.cfg_until};
-  cfg_steps(opt.cfg_until, 30);  // refuses a fraction outside (0, 1] before anything loads
-  STDIT_CHECK(opt.steps >= 1 && opt.steps <= 1000, "--steps must be in 1..1000, got ", opt.steps);
+  // The options, before anything loads (under mpirun the lowest failing process says why).
+  SamplerOptions savings;
+  STDiT3Config dc;  // real sizes unless --dit
+  std::exception_ptr err;
+  try {
+    savings = SamplerOptions{parse_step_cache(opt.cache), opt.cfg_until};
+    cfg_steps(opt.cfg_until, 30);  // refuses a fraction outside (0, 1]
+    STDIT_CHECK(opt.steps >= 1 && opt.steps <= 1000, "--steps must be in 1..1000, got ", opt.steps);
+    for (const auto& preset : opt.presets) bench_sizes(preset);
+    if (!opt.dit.empty()) dc = load_stdit3_config(opt.dit + "/config.json");
+  } catch (...) {
+    err = std::current_exception();
+  }
+  process_world_sync(err);
+  if (process_world().active()) return run_bench_processes(opt, dc);
   STDIT_CHECK(opt.tp >= 1 && opt.cp >= 1 && opt.tp * opt.cp <= 16, "bench: --tp ", opt.tp, " x --cp ", opt.cp,
               " must be 1 to 16 devices");
   STDIT_CHECK(opt.backend != "cuda" || opt.tp * opt.cp <= std::max(1, cuda_devices_visible()), "bench: --tp ", opt.tp,
@@ -106,14 +166,11 @@ void run_bench(const BenchOptions& opt) {
   }
 
   // ---- STDiT3-XL/2 per preset, then the VAE decode ----
-  STDiT3Config dc;  // real sizes
   auto dit = std::make_unique<STDiT3>(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *be);
   // Tensor parallel over opt.tp devices times context parallel over opt.cp (the split
   // `generate --gpus N --tp T --cp C` makes), sharded from the same synthetic weights.
   const int split = opt.tp * opt.cp;
-  const std::string split_name = opt.tp > 1 && opt.cp > 1 ? cat("TP ", opt.tp, " x CP ", opt.cp)
-                                 : opt.tp > 1             ? cat("tensor parallel ", opt.tp)
-                                                          : cat("context parallel ", opt.cp);
+  const std::string split_name = stdit::split_name(opt.tp, opt.cp);
   std::vector<std::unique_ptr<Backend>> tp_owned;
   std::unique_ptr<TensorParallelDenoiser> tp;
   if (split > 1)
@@ -169,21 +226,10 @@ void run_bench(const BenchOptions& opt) {
       if (split > 1) make_tp();
       if (cfg_tp) make_tp_b();
     }
-    const auto dash = preset.find('-');
-    STDIT_CHECK(dash != std::string::npos, "bench preset '", preset, "' is not RESOLUTION-DURATION (e.g. 480p-4s)");
-    const auto [H, W] = image_size(preset.substr(0, dash), "9:16");
-    const int F = parse_num_frames(preset.substr(dash + 1));
-    const int64_t T = vc.latent_frames(F), h = H / 8, w = W / 8, S = ((h + 1) / 2) * ((w + 1) / 2);
-    STDiT3Inputs in;
-    in.x = philox_normal({2, 4, T, h, w}, opt.seed);
-    in.timestep = Tensor::from_f32({2}, {900.0f, 900.0f});
-    in.y = philox_normal({2, 1, 300, 4096}, opt.seed + 2);
-    in.mask = Tensor::zeros({1, 300}, DType::I64);
-    for (int i = 0; i < 40; ++i) in.mask.data<int64_t>()[i] = 1;
-    in.fps = Tensor::from_f32({1}, {24});
-    in.height = Tensor::from_f32({1}, {static_cast<float>(H)});
-    in.width = Tensor::from_f32({1}, {static_cast<float>(W)});
-    in.text_key = new_text_key();  // the same text every call, as in the sampler's loop
+    const BenchCall call = bench_call(preset, dc, opt.seed);
+    const STDiT3Inputs& in = call.in;
+    const int H = call.H, W = call.W, F = call.F;
+    const int64_t T = call.T, h = call.h, w = call.w, S = call.S;
     // The memory plan (a dry run of this call) against what the call's own allocations held.
     const size_t planned = plan_model_call(*dit, in);
     be->synchronize();
@@ -199,7 +245,7 @@ void run_bench(const BenchOptions& opt) {
     be->synchronize();
     const double step_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
     const size_t weight_bytes = dit->weight_bytes();  // (the VAE below frees the denoiser)
-    const double tflops = stdit3_step_flops(T, S) / (step_ms * 1e-3) / 1e12;
+    const double tflops = stdit3_step_flops(T, S, dc.hidden_size, dc.depth) / (step_ms * 1e-3) / 1e12;
     std::printf("  %-8s memory plan (dry run): denoiser weights %.2f GiB + one call %.3f GiB; the call held %.3f GiB\n",
                 preset.c_str(), weight_bytes / double(1ull << 30), planned / double(1ull << 30),
                 measured / double(1ull << 30));
@@ -235,7 +281,7 @@ void run_bench(const BenchOptions& opt) {
     double tp_ms = -1, tp_err = -1;
     // Context parallelism splits the latent frames and each frame's tokens over its ranks.
     const int64_t frames_p = (T + dc.patch_size[0] - 1) / dc.patch_size[0];
-    const bool split_fits = frames_p % opt.cp == 0 && S % opt.cp == 0;
+    const bool split_fits = cp_divides(call, dc, opt.cp);
     if (tp && !split_fits)
       std::printf("  %-8s %s: CP %d does not divide the %lld latent frames and %lld tokens per frame: not timed\n",
                   preset.c_str(), split_name.c_str(), opt.cp, static_cast<long long>(frames_p),
@@ -401,5 +447,106 @@ void run_bench(const BenchOptions& opt) {
     std::printf("JSON written to %s\n", opt.json.c_str());
   }
 }
+
+namespace {
+
+// mpirun: the world is (2 with --cfg-parallel) x tp x cp processes, one device each (the GPU of the
+// process's local rank). Rank 0 first times the whole model on its device alone while the others
+// wait; then every process runs its rank of the split together (the split `mpirun -n N stdit
+// generate --tp T --cp C [--cfg-parallel]` makes), and rank 0 reports its time and its error
+// against the whole model. Only rank 0 prints and writes the JSON.
+void run_bench_processes(const BenchOptions& opt, const STDiT3Config& dc) {
+  const ProcessWorld& world = process_world();
+  const bool root = world.rank == 0;
+  const int need = (opt.cfg_parallel ? 2 : 1) * opt.tp * opt.cp;
+  std::unique_ptr<Backend> be;
+  std::exception_ptr err;
+  try {
+    STDIT_CHECK(world.size == need, "bench under mpirun: ", world.size, " processes for ",
+                opt.cfg_parallel ? "CFG-parallel (2) x " : "", "--tp ", opt.tp, " x --cp ", opt.cp, ": run mpirun -n ",
+                need);
+    STDIT_CHECK(opt.cache == "none" && opt.cfg_until >= 1,
+                "bench under mpirun times the denoiser's split; --cache and --cfg-until run as one process");
+    check_tp_split(opt.tp, dc.num_heads, 1, 1);
+    std::string name = opt.backend;
+    if (opt.backend == "cuda") {
+      STDIT_CHECK(world.local_rank < cuda_devices_visible(), "mpirun started more processes on this host than it has GPUs (",
+                  cuda_devices_visible(), "): one process per GPU");
+      name = cat("cuda:", world.local_rank);
+    }
+    be = make_backend(name, PolicyRequest{opt.precision, opt.kernels, {}, opt.fp8_keep});
+  } catch (...) {
+    err = std::current_exception();
+  }
+  process_world_sync(err);  // the lowest failing process says why; every process exits non-zero
+  process_world_set_running(true);  // from here an error on one process ends them all
+  const std::string split = cat(opt.cfg_parallel ? "CFG-parallel x " : "", split_name(opt.tp, opt.cp));
+  if (root) {
+    std::printf("stdit bench under mpirun: %d processes, %s (backend %s, synthetic weights seed %llu)\n%s\n", world.size,
+                split.c_str(), opt.backend.c_str(), static_cast<unsigned long long>(opt.seed), be->policy().describe().c_str());
+    if (opt.t5 || opt.vae) std::printf("  (the denoiser's split only: T5 and the VAE are timed by the bench as one process)\n");
+  }
+  const WeightMap weights = synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed));
+  ProcessSplit groups = make_process_split(opt.tp, opt.cp, opt.cfg_parallel, be.get());
+  STDiT3 rank_model(dc, weights, *be, groups.tp_comm.get());
+  rank_model.set_context_parallel(groups.cp_comm.get());
+  SingleDenoiser rank_denoiser(rank_model);
+  std::unique_ptr<ProcessCfgDenoiser> cfg_denoiser;
+  if (opt.cfg_parallel) cfg_denoiser = std::make_unique<ProcessCfgDenoiser>(rank_denoiser, *groups.cfg_comm, groups.half);
+  Denoiser& split_denoiser = cfg_denoiser ? static_cast<Denoiser&>(*cfg_denoiser) : rank_denoiser;
+  std::unique_ptr<STDiT3> whole;  // rank 0's one-device baseline
+  if (root) whole = std::make_unique<STDiT3>(dc, weights, *be);
+  auto barrier = [&] {
+    be->synchronize();
+    process_world_agree(true);
+  };
+  nlohmann::json results = nlohmann::json::array();
+  for (const auto& preset : opt.presets) {
+    const BenchCall call = bench_call(preset, dc, opt.seed);
+    double one_ms = -1;
+    Tensor full;
+    if (root) {
+      full = whole->forward(call.in);  // warm-up
+      be->synchronize();
+      const auto a = Clock::now();
+      for (int i = 0; i < opt.denoise_iters; ++i) full = whole->forward(call.in);
+      be->synchronize();
+      one_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
+      std::printf("  %-8s one device: %.1f ms/step (%.3g TFLOP/s)\n", preset.c_str(), one_ms,
+                  stdit3_step_flops(call.T, call.S, dc.hidden_size, dc.depth) / (one_ms * 1e-3) / 1e12);
+    }
+    barrier();
+    if (!cp_divides(call, dc, opt.cp)) {
+      if (root)
+        std::printf("  %-8s %s: CP %d does not divide the %lld latent frames and %lld tokens per frame: not timed\n",
+                    preset.c_str(), split.c_str(), opt.cp, static_cast<long long>(call.T), static_cast<long long>(call.S));
+      continue;
+    }
+    Tensor out = split_denoiser.forward(call.in);  // warm-up
+    barrier();
+    const auto a = Clock::now();
+    for (int i = 0; i < opt.denoise_iters; ++i) out = split_denoiser.forward(call.in);
+    barrier();  // every process done
+    const double split_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
+    if (!root) continue;
+    const double rel = rel_error(out, full);
+    std::printf("  %-8s %s, %d processes: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n", preset.c_str(),
+                split.c_str(), world.size, split_ms, one_ms / split_ms, rel);
+    results.push_back({{"preset", preset}, {"processes", world.size}, {"tp", opt.tp}, {"cp", opt.cp},
+                       {"cfg_parallel", opt.cfg_parallel}, {"one_device_ms_per_step", one_ms},
+                       {"split_ms_per_step", split_ms}, {"speedup", one_ms / split_ms}, {"rel_err", rel},
+                       {"device_peak_gib", be->device_memory_peak_bytes() / double(1ull << 30)}});
+  }
+  process_world_set_running(false);
+  if (root && !opt.json.empty()) {
+    std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend}, {"mpirun_processes", world.size},
+                                               {"policy", be->policy().describe()}, {"results", results}})
+                                   .dump(2)
+                            << "\n";
+    std::printf("JSON written to %s\n", opt.json.c_str());
+  }
+}
+
+}  // namespace
 
 }  // namespace stdit

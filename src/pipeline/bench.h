@@ -28,8 +28,13 @@ struct BenchOptions {
   // per-frame PSNR (worst frame; gate >= 30 dB).
   std::string precision = "auto", fp8_keep;
   std::string kernels = "auto";  // auto | portable (as generate's --kernels)
+  // The denoiser's config.json from this directory instead of STDiT3-XL/2's (e.g. the demo
+  // model's, for checks of the splits on the CPU); the weights stay synthetic.
+  std::string dit;
 };
 
+// One process: every stage on `backend` (the splits as threads over its devices). Under mpirun
+// (several processes): the denoiser split over the processes, timed against one device.
 void run_bench(const BenchOptions& opt);
 
 // FLOPs of one denoiser call (CFG batch 2) by the model of DESIGN.md §7: linear layers

@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "core/error.h"
+#include "dist/process.h"
 #include "io/checkpoint.h"
 
 namespace stdit {
@@ -134,6 +135,25 @@ Tensor TensorParallelDenoiser::forward(const STDiT3Inputs& in) {
 void TensorParallelDenoiser::release_kept_state() {
   run([&](int r) { ranks_[r]->release_kept_state(); });
   backends_[0]->bind_to_this_thread();
+}
+
+ProcessSplit make_process_split(int tp, int cp, bool cfg_parallel, Backend* device) {
+  ProcessSplit s;
+  const int r = process_world().rank, per_half = tp * cp;
+  s.half = cfg_parallel ? r / per_half : 0;
+  const int c = (r % per_half) / tp, t = r % tp;
+  if (tp > 1) {
+    std::vector<int> group;
+    for (int k = 0; k < tp; ++k) group.push_back(s.half * per_half + c * tp + k);
+    s.tp_comm = make_process_comm(group, device);
+  }
+  if (cp > 1) {
+    std::vector<int> group;
+    for (int k = 0; k < cp; ++k) group.push_back(s.half * per_half + k * tp + t);
+    s.cp_comm = make_process_comm(group, device);
+  }
+  if (cfg_parallel) s.cfg_comm = make_process_comm({c * tp + t, per_half + c * tp + t});
+  return s;
 }
 
 void check_tp_split(int tp, int heads, int devices_needed, int devices_present) {

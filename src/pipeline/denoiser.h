@@ -114,6 +114,17 @@ class TensorParallelDenoiser final : public Denoiser {
 std::unique_ptr<STDiT3> load_stdit3_rank(const std::string& dir, Backend& be, Communicator* comm,
                                          const std::string& flag);
 
+// mpirun: this process's place in a split of the world into (2 if cfg_parallel) x tp x cp
+// processes. World rank r = half * (tp * cp) + c * tp + t is tensor-parallel rank t of
+// context-parallel rank c of CFG half `half`. Collective: every process makes the groups in the
+// same order. tp/cp groups: NCCL over the processes' GPUs when `device` is a CUDA backend, MPI
+// between CPU ranks; the CFG pair exchanges host outputs over MPI. Absent groups stay null.
+struct ProcessSplit {
+  std::unique_ptr<Communicator> tp_comm, cp_comm, cfg_comm;
+  int half = 0;
+};
+ProcessSplit make_process_split(int tp, int cp, bool cfg_parallel, Backend* device);
+
 // Checks a split before anything is loaded: tp >= 1 dividing `heads`, one device per rank.
 void check_tp_split(int tp, int heads, int devices_needed, int devices_present);
 

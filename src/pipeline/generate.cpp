@@ -516,7 +516,7 @@ Plan make_plan(const api::Request& opt, const Engine& eng, const std::string& id
 // The denoiser of a run on its devices: one STDiT3, a tensor-parallel group, or two of either
 // for CFG-parallel; `top` is what the sampling loop calls.
 struct DenoiserSet {
-  std::unique_ptr<Communicator> tp_comm, cp_comm, cfg_comm;  // mpirun: this process's groups
+  ProcessSplit procs;  // mpirun: this process's groups
   std::vector<std::unique_ptr<STDiT3>> singles;
   std::vector<std::unique_ptr<Denoiser>> halves;
   std::unique_ptr<Denoiser> cfg_split;
@@ -689,33 +689,18 @@ struct Engine::Impl {
     return d;
   }
 
-  // mpirun: this process is rank r of the world = (CFG halves) x (tensor-parallel ranks); it runs
-  // rank r % tp of half r / tp. Every process makes the groups in the same order (collectives).
+  // mpirun: this process is one rank of the split (make_process_split: CFG halves x context x
+  // tensor parallel ranks).
   std::unique_ptr<DenoiserSet> load_denoiser_in_processes() {
-    // World rank r = half * (tp * cp) + c * tp + t: tensor-parallel rank t of context-parallel
-    // rank c of CFG half `half`. Every process makes the groups in the same order (collectives).
     auto d = std::make_unique<DenoiserSet>();
-    const int r = process_world().rank, tp = par.tp, cp = par.cp, per_half = tp * cp;
-    const int half = par.cfg_parallel ? r / per_half : 0, c = (r % per_half) / tp, t = r % tp;
-    if (tp > 1) {
-      std::vector<int> group;
-      for (int k = 0; k < tp; ++k) group.push_back(half * per_half + c * tp + k);
-      d->tp_comm = make_process_comm(group, backend.get());  // NCCL between GPUs, MPI between CPU ranks
-    }
-    if (cp > 1) {
-      std::vector<int> group;
-      for (int k = 0; k < cp; ++k) group.push_back(half * per_half + k * tp + t);
-      d->cp_comm = make_process_comm(group, backend.get());
-    }
-    // The CFG halves exchange the model's host outputs: MPI.
-    if (par.cfg_parallel) d->cfg_comm = make_process_comm({c * tp + t, per_half + c * tp + t});
-    d->singles.push_back(load_stdit3_rank(eng.dit, *backend, d->tp_comm.get(), "engine dit"));
-    d->singles[0]->set_context_parallel(d->cp_comm.get());
+    d->procs = make_process_split(par.tp, par.cp, par.cfg_parallel, backend.get());
+    d->singles.push_back(load_stdit3_rank(eng.dit, *backend, d->procs.tp_comm.get(), "engine dit"));
+    d->singles[0]->set_context_parallel(d->procs.cp_comm.get());
     d->halves.push_back(std::make_unique<SingleDenoiser>(*d->singles[0]));
-    if (par.cfg_parallel) d->cfg_split = std::make_unique<ProcessCfgDenoiser>(*d->halves[0], *d->cfg_comm, half);
+    if (par.cfg_parallel) d->cfg_split = std::make_unique<ProcessCfgDenoiser>(*d->halves[0], *d->procs.cfg_comm, d->procs.half);
     d->top = d->cfg_split ? d->cfg_split.get() : d->halves[0].get();
     log_info("denoiser over ", process_world().size, " processes: ", par.cfg_parallel ? "CFG-parallel x " : "",
-             "tensor parallel ", tp, " x context parallel ", cp);
+             "tensor parallel ", par.tp, " x context parallel ", par.cp);
     return d;
   }
 

@@ -7,7 +7,8 @@
 # within 1e-5 at one step (the trained demo model amplifies rounding differences over steps at
 # cfg 7: 1e-6 after one step, 2e-4 after three, for TP and CP alike); a bad split is one error
 # line from rank 0; a rank that fails mid-run ends every rank; the VAE decode split over the
-# processes (one chunk each) gives the bytes of one decode; Ctrl-C at mpirun stops every process.
+# processes (one chunk each) gives the bytes of one decode; Ctrl-C at mpirun stops every process;
+# `mpirun … stdit bench` times the splits (rank 0 reports, the split equals one device).
 # Usage: mpi.sh STDIT MPIRUN WORKDIR CASE   (prints "ok CASE" or "FAIL [CASE]: ...")
 set -uo pipefail
 S=$1
@@ -124,6 +125,27 @@ case $CASE in
     rc=$?
     [[ $rc -ne 0 && $rc -ne 124 ]] || die "expected a non-zero exit without a hang, got $rc: $(cat f.err)"
     grep -q "^error: process 1: .*rank1.safetensors" f.err || die "no error from process 1: $(cat f.err)" ;;
+  bench)
+    # `mpirun … stdit bench`: the denoiser split over the processes (the demo model's sizes,
+    # synthetic weights) against one device, rank 0 alone reporting; TP 2, then CFG x CP 2.
+    B=(bench --backend cpu --dit "$(dirname "$S")/../models/tiny/dit" --preset 144p-34 --no-t5 --no-vae --iters 1)
+    check_bench() {  # n, split flags, the split's name as printed
+      local n=$1 name=$3
+      timeout 300 "${M[@]}" -n "$n" "$S" "${B[@]}" $2 --json b.json >b.out 2>b.err || die "mpirun -n $n bench $2: $(cat b.err)"
+      local line
+      line=$(grep "$name, $n processes: " b.out) || die "no timing line for $name: $(cat b.out)"
+      [[ $(grep -c "one device: " b.out) -eq 1 ]] || die "expected one baseline line (rank 0 reports): $(cat b.out)"
+      local err=${line##*rel err vs one device }
+      awk -v e="$err" 'BEGIN { exit !(e + 0 <= 1e-5) }' || die "$name: rel err $err over 1e-5"
+      grep -q '"speedup"' b.json || die "no JSON results: $(cat b.json)"
+    }
+    check_bench 2 "--tp 2" "tensor parallel 2"
+    check_bench 4 "--cp 2 --cfg-parallel" "CFG-parallel x context parallel 2" ;;
+  bench_bad)
+    timeout 120 "${M[@]}" -n 3 "$S" bench --backend cpu --tp 2 --no-t5 >b.out 2>b.err && die "mpirun -n 3 bench --tp 2 succeeded"
+    [[ $(grep -c "^error: " b.err) -eq 1 ]] || die "expected one error line: $(cat b.err)"
+    grep -q "^error: bench under mpirun: 3 processes for --tp 2 x --cp 1: run mpirun -n 2" b.err ||
+      die "unexpected error: $(grep '^error' b.err)" ;;
   *) die "unknown case" ;;
 esac
 echo "ok $CASE"

@@ -29,11 +29,14 @@ void add_bench(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_option("--steps", o->steps, "Steps of the sampling loops (--cache, --cfg-until, the fp8 gate)")
       ->capture_default_str();
-  cmd->add_option("--tp", o->tp, "Also time tensor parallelism over N devices (cuda:0..N-1), N dividing 16")
+  cmd->add_option("--tp", o->tp, "Also time tensor parallelism over N devices (cuda:0..N-1; under mpirun: the "
+                  "processes), N dividing 16")
       ->check(CLI::Range(1, 16));
   cmd->add_option("--cp", o->cp, "Also time context parallelism over C devices (with --tp T: T x C devices); "
                   "a preset whose latent frames or tokens per frame C does not divide is not timed")
       ->check(CLI::Range(1, 16));
+  cmd->add_option("--dit", o->dit, "The denoiser's config.json from this directory instead of STDiT3-XL/2's "
+                  "(e.g. models/tiny/dit, for checks of the splits); the weights stay synthetic");
   cmd->callback([&action, o] { action = [o] { run_bench(*o); }; });
 }
 
