@@ -15,7 +15,7 @@ endforeach()
 # Processes under mpirun (tests/cli/mpi.sh): the CPU backend's splits over processes against the
 # same splits as threads, a bad split, a failing rank. Needs MPI (libopenmpi-dev, openmpi-bin).
 if(MPI_CXX_FOUND AND MPIEXEC_EXECUTABLE)
-  foreach(case tp2 cfg2 vae_split cfg_tp4 cp_threads cp2 cp_cfg4 cp_tp4 cp_i2v cp_cache cp_bad bad_split rank_fails sigint bench bench_bad)
+  foreach(case tp2 cfg2 vae_split cfg_tp4 cp_threads cp2 cp_cfg4 cp_tp4 cp_i2v cp_cache cp_bad bad_split rank_fails sigint bench bench_bad mixed_shards)
     add_test(NAME cli_mpi_${case}
              COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/mpi.sh $<TARGET_FILE:stdit> ${MPIEXEC_EXECUTABLE}
                      ${CMAKE_BINARY_DIR}/cli_mpi/${case} ${case})

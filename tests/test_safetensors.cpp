@@ -140,6 +140,34 @@ TEST(Safetensors, OpenErrorsNameTheFile) {
   fs::remove(p);
 }
 
+// The header alone (read_safetensors_metadata): the metadata of a file whose data section is cut
+// (another process reads the data), and one error naming the file for a bad header.
+TEST(Safetensors, MetadataFromTheHeaderAlone) {
+  const std::string p = tmp_path("meta.safetensors");
+  write_safetensors(p, {{"w", Tensor::zeros({64}, DType::F32)}}, {{"shard_set", "0123abcd"}});
+  fs::resize_file(p, fs::file_size(p) - 100);  // the data truncated: open() refuses it, the header reads
+  EXPECT_THROW(SafetensorsFile::open(p), Error);
+  EXPECT_EQ(read_safetensors_metadata(p).at("shard_set"), "0123abcd");
+  write_safetensors(p, {{"w", Tensor::zeros({1}, DType::F32)}});
+  EXPECT_TRUE(read_safetensors_metadata(p).empty());
+  auto refused = [&](const std::string& bytes, const std::string& why) {
+    std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
+    try {
+      read_safetensors_metadata(p);
+      ADD_FAILURE() << "accepted: " << why;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  };
+  const std::string len16("\x10\0\0\0\0\0\0\0", 8);
+  refused(len16 + "[[[[[[[[[[[[[[[[", "nested too deeply");
+  refused(len16 + "{\"a\": 1", "truncated");
+  refused(len16 + "{{{{{{{{}}}}}}}}", "not valid JSON");
+  refused("\x10\0", "too short");
+  fs::remove(p);
+}
+
 TEST(Safetensors, TruncatedRealFile) {
   const std::string p = tmp_path("trunc.safetensors");
   write_safetensors(p, {{"w", Tensor::zeros({64}, DType::F32)}});

@@ -23,6 +23,29 @@ namespace {
 
 using json = nlohmann::json;
 
+// A header's JSON text [b, e) parsed, refusing nesting deeper than 4 levels (errors start with
+// `where`); `duplicate` gets the first top-level name that appears twice, if any.
+json parse_header_json(const std::string& where, const char* b, const char* e, std::string& duplicate) {
+  std::set<std::string> seen;
+  try {
+    return json::parse(
+        b, e,
+        [&](int depth, json::parse_event_t ev, json& parsed) {
+          if (depth > 4) throw Error(where + "header JSON is nested too deeply");
+          if (ev == json::parse_event_t::key && depth == 1) {
+            const auto key = parsed.get<std::string>();
+            if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
+          }
+          return true;
+        },
+        /*allow_exceptions=*/true);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& ex) {
+    fail(where, "header is not valid JSON (", ex.what(), ")");
+  }
+}
+
 struct Mapping {
   void* addr = nullptr;
   size_t size = 0;
@@ -124,26 +147,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::parse(const std::string& label
 
   // Parse the header, refusing duplicate top-level names and deep nesting as we go.
   const char* hb = reinterpret_cast<const char*>(bytes + 8);
-  std::set<std::string> seen;
   std::string duplicate;
-  json header;
-  try {
-    header = json::parse(
-        hb, hb + n,
-        [&](int depth, json::parse_event_t ev, json& parsed) {
-          if (depth > 4) throw Error(where + "header JSON is nested too deeply");
-          if (ev == json::parse_event_t::key && depth == 1) {
-            const auto key = parsed.get<std::string>();
-            if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
-          }
-          return true;
-        },
-        /*allow_exceptions=*/true);
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    fail(where, "header is not valid JSON (", e.what(), ")");
-  }
+  const json header = parse_header_json(where, hb, hb + n, duplicate);
   STDIT_CHECK(header.is_object(), where, "header is JSON but not an object");
   STDIT_CHECK(duplicate.empty(), where, "header names tensor '", duplicate, "' more than once");
 
@@ -273,6 +278,33 @@ void write_safetensors_streaming(const std::string& path, const std::vector<Plan
     fs::remove(tmp, ec);
     fail(path, ": cannot rename temporary file into place");
   }
+}
+
+std::string read_safetensors_header(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  STDIT_CHECK(in, path, ": cannot open");
+  uint8_t len[8] = {};
+  in.read(reinterpret_cast<char*>(len), 8);
+  STDIT_CHECK(in, path, ": too short for a safetensors header");
+  const uint64_t n = read_u64_le(len);
+  STDIT_CHECK(n <= kMaxSafetensorsHeader, path, ": header length ", n, " exceeds the ", kMaxSafetensorsHeader,
+              "-byte limit (corrupt or not a safetensors file)");
+  std::string header(n, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(n));
+  STDIT_CHECK(in, path, ": truncated safetensors header");
+  return header;
+}
+
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
+  const std::string text = read_safetensors_header(path);
+  std::string duplicate;
+  const json header = parse_header_json(path + ": ", text.data(), text.data() + text.size(), duplicate);
+  STDIT_CHECK(header.is_object(), path, ": header is not a JSON object");
+  std::map<std::string, std::string> meta;
+  if (const auto it = header.find("__metadata__"); it != header.end() && it->is_object())
+    for (const auto& [k, v] : it->items())
+      if (v.is_string()) meta[k] = v.get<std::string>();
+  return meta;
 }
 
 }  // namespace stdit

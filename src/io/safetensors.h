@@ -75,4 +75,10 @@ void write_safetensors_streaming(const std::string& path, const std::vector<Plan
 // The largest header we accept (same bound as the reference implementation).
 constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;
 
+// A file's header alone (its JSON text), read without mapping or checking the data section: for
+// identities and metadata of files whose data another process reads. Errors name the file.
+std::string read_safetensors_header(const std::string& path);
+// The header's "__metadata__" strings (empty when it has none).
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path);
+
 }  // namespace stdit

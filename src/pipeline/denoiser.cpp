@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "dist/process.h"
 #include "io/checkpoint.h"
+#include "io/safetensors.h"
 
 namespace stdit {
 
@@ -80,9 +81,22 @@ int rank_files(const std::string& dir) {
   while (fs::exists(fs::path(dir) / ("rank" + std::to_string(files) + ".safetensors"), ec)) ++files;
   return files;
 }
+// The rank files must be as many as the ranks and of one conversion: `convert --tp` writes the
+// same "shard_set" id into each (engines converted before it carry none and are taken as they are).
 void check_rank_files(const std::string& dir, int files, int n) {
   STDIT_CHECK(files == n, dir, " holds the denoiser for tensor parallelism over ", files,
               " GPUs (rank files); run it with --tp ", files, ", or convert again with --tp ", n);
+  std::string first;
+  for (int r = 0; r < files; ++r) {
+    const std::string path = dir + "/rank" + std::to_string(r) + ".safetensors";
+    const auto meta = read_safetensors_metadata(path);  // the header only (another process reads the data)
+    const auto it = meta.find("shard_set");
+    const std::string id = it == meta.end() ? "(none)" : it->second;
+    if (r == 0) first = id;
+    STDIT_CHECK(id == first, path, " is from another conversion than ", dir,
+                "/rank0.safetensors (shard sets ", id, " and ", first,
+                "): the rank files of an engine must come from one `stdit convert --tp`; convert it again");
+  }
 }
 STDiT3Config dit_config(const std::string& dir, const std::string& flag) {
   namespace fs = std::filesystem;
@@ -92,6 +106,10 @@ STDiT3Config dit_config(const std::string& dir, const std::string& flag) {
   return load_stdit3_config((fs::path(dir) / "config.json").string());
 }
 }  // namespace
+
+void check_stdit3_rank_files(const std::string& dir, int tp) {
+  if (const int files = rank_files(dir); files > 0) check_rank_files(dir, files, tp);
+}
 
 std::unique_ptr<TensorParallelDenoiser> TensorParallelDenoiser::load(
     const std::string& dir, std::vector<Backend*> backends, const std::string& flag, int cp) {

@@ -125,6 +125,11 @@ struct ProcessSplit {
 };
 ProcessSplit make_process_split(int tp, int cp, bool cfg_parallel, Backend* device);
 
+// An engine's dit directory converted with --tp (rank files): as many files as `tp` and all of
+// one conversion (their "shard_set" ids agree), else one error naming the odd file. Reads the
+// files' headers only. Nothing to check without rank files.
+void check_stdit3_rank_files(const std::string& dir, int tp);
+
 // Checks a split before anything is loaded: tp >= 1 dividing `heads`, one device per rank.
 void check_tp_split(int tp, int heads, int devices_needed, int devices_present);
 

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
 #include <set>
 
 #include "backend/policy.h"
@@ -17,6 +18,7 @@
 #include "core/log.h"
 #include "io/checkpoint.h"
 #include "io/config_json.h"
+#include "io/safetensors.h"
 #include "models/stdit3/config.h"
 #include "models/stdit3/stdit3.h"
 #include "models/vae/config.h"
@@ -160,6 +162,12 @@ void write_dit_shards(const STDiT3Config& cfg, const WeightMap& full, const fs::
     for (const auto& p : stdit3_param_specs(cfg))
       if (stored_quantized(p) && w.count(p.name)) w[p.name] = stored(p, w.at(p.name), DType::F8_E4M3);
   const auto rank_specs = stdit3_param_specs(cfg, tp);
+  // One id for the files of this conversion: a rank file from another conversion (of other
+  // weights, or the same weights another time) is refused when they are loaded together.
+  std::random_device rd;
+  char id[20];
+  std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
+  meta["shard_set"] = id;
   for (int r = 0; r < tp; ++r) {
     const WeightMap shard = shard_stdit3_weights(cfg, w, r, tp);
     meta["tp_rank"] = std::to_string(r);
@@ -389,19 +397,6 @@ std::string engine_identity(const Engine& e) {
     h ^= 0xff;  // a separator, so that moving bytes between parts changes the hash
     h *= 1099511628211ull;
   };
-  auto header_of = [](const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    uint8_t len[8] = {};
-    in.read(reinterpret_cast<char*>(len), 8);
-    STDIT_CHECK(in, p.string(), ": cannot read the safetensors header");
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | len[i];
-    STDIT_CHECK(n <= (100u << 20), p.string(), ": safetensors header too large");
-    std::string hdr(n, '\0');
-    in.read(hdr.data(), static_cast<std::streamsize>(n));
-    STDIT_CHECK(in, p.string(), ": truncated safetensors header");
-    return hdr;
-  };
   const fs::path d(e.dir);
   for (const char* comp : {"dit", "t5", "vae"}) {
     mix(comp);
@@ -412,7 +407,7 @@ std::string engine_identity(const Engine& e) {
     std::sort(files.begin(), files.end());
     for (const auto& f : files) {
       mix(f.filename().string());
-      mix(header_of(f));
+      mix(read_safetensors_header(f.string()));
     }
   }
   char buf[20];

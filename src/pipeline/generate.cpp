@@ -735,6 +735,19 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& o) {
     err = std::current_exception();
   }
   process_world_sync(err);
+  // Every process must open the same engine (on several hosts: the same files on each).
+  if (process_world().active()) {
+    const uint64_t mine = std::stoull(engine->identity(), nullptr, 16), first = process_world_broadcast(mine);
+    std::exception_ptr differs;
+    if (mine != first) {
+      char theirs[20];
+      std::snprintf(theirs, sizeof theirs, "%016llx", static_cast<unsigned long long>(first));
+      differs = std::make_exception_ptr(Error(cat("the engine ", engine->dir(), " here (identity ", engine->identity(),
+                                                  ") is not process 0's (", theirs,
+                                                  "): every process must open the same engine files")));
+    }
+    process_world_sync(differs);
+  }
   return engine;
 }
 
@@ -765,6 +778,7 @@ std::unique_ptr<Engine> Engine::open_here(const EngineOptions& o) {
               eng.tp_size, " (one denoiser file per rank): run it with --gpus ", eng.tp_size, " --tp ", eng.tp_size,
               " (or --gpus ", 2 * eng.tp_size, " --tp ", eng.tp_size,
               " --cfg-parallel), or convert again without --tp");
+  if (eng.tp_size > 1) check_stdit3_rank_files(eng.dit, par.tp);  // one conversion's files, before a run
   const PolicyRequest policy_request{o.precision, o.kernels, {}, o.fp8_keep, eng.dtype == "fp8"};
   // Under mpirun each process drives the GPU of its local rank (one process per GPU of a host).
   std::string backend_name = o.backend;

@@ -8,7 +8,8 @@
 # cfg 7: 1e-6 after one step, 2e-4 after three, for TP and CP alike); a bad split is one error
 # line from rank 0; a rank that fails mid-run ends every rank; the VAE decode split over the
 # processes (one chunk each) gives the bytes of one decode; Ctrl-C at mpirun stops every process;
-# `mpirun … stdit bench` times the splits (rank 0 reports, the split equals one device).
+# `mpirun … stdit bench` times the splits (rank 0 reports, the split equals one device); rank files
+# of two conversions, or processes opening different engines, are one error before anything loads.
 # Usage: mpi.sh STDIT MPIRUN WORKDIR CASE   (prints "ok CASE" or "FAIL [CASE]: ...")
 set -uo pipefail
 S=$1
@@ -125,6 +126,31 @@ case $CASE in
     rc=$?
     [[ $rc -ne 0 && $rc -ne 124 ]] || die "expected a non-zero exit without a hang, got $rc: $(cat f.err)"
     grep -q "^error: process 1: .*rank1.safetensors" f.err || die "no error from process 1: $(cat f.err)" ;;
+  mixed_shards)
+    # Two conversions with --tp 2; the first engine's rank 1 file replaced by the second's: one
+    # error line naming the file, before any model loads (processes and threads alike).
+    T=$(dirname "$S")/../models/tiny
+    for e in a b; do
+      "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --tp 2 -o eng_$e -q >/dev/null 2>c.err || die "convert: $(cat c.err)"
+    done
+    cp eng_b/dit/rank1.safetensors eng_a/dit/rank1.safetensors
+    timeout 120 "${M[@]}" -n 2 "$S" generate "$P" "${FAST[@]}" -e eng_a --tp 2 >m.out 2>m.err && die "mixed shards ran"
+    [[ $(grep -c "^error: " m.err) -eq 1 ]] || die "expected one error line: $(cat m.err)"
+    grep -q "^error: eng_a/dit/rank1.safetensors is from another conversion than eng_a/dit/rank0.safetensors" m.err ||
+      die "unexpected error: $(grep '^error' m.err)"
+    "$S" generate "$P" "${FAST[@]}" -e eng_a --gpus 2 --tp 2 >t.out 2>t.err && die "mixed shards ran as threads"
+    grep -q "^error: eng_a/dit/rank1.safetensors is from another conversion" t.err || die "threads: $(cat t.err)"
+    # the engine as converted runs
+    timeout 120 "${M[@]}" -n 2 "$S" generate "$P" "${FAST[@]}" -e eng_b --tp 2 --out-dir o >/dev/null 2>b.err ||
+      die "one conversion's shards: $(cat b.err)"
+    # processes opening different engines (as two hosts with different copies would): one error
+    "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --dtype bf16 -o eng_c -q >/dev/null 2>c.err || die "convert c"
+    "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --dtype f32 -o eng_d -q >/dev/null 2>c.err || die "convert d"
+    timeout 120 "${M[@]}" -n 1 "$S" generate "$P" "${FAST[@]}" -e eng_d --cfg-parallel : -n 1 "$S" generate "$P" "${FAST[@]}" \
+      -e eng_c --cfg-parallel >d.out 2>d.err && die "two different engines ran"
+    [[ $(grep -c "^error: " d.err) -eq 1 ]] || die "expected one error line: $(cat d.err)"
+    grep -q "^error: process 1: the engine eng_c here (identity [0-9a-f]*) is not process 0's" d.err ||
+      die "unexpected error: $(grep '^error' d.err)" ;;
   bench)
     # `mpirun … stdit bench`: the denoiser split over the processes (the demo model's sizes,
     # synthetic weights) against one device, rank 0 alone reporting; TP 2, then CFG x CP 2.
