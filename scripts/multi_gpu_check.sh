@@ -112,12 +112,14 @@ bench() {
   local rc=$?
   echo "$out"
   [ $rc -eq 0 ] || { echo "  bench: exit $rc"; fail=1; }
-  if ! echo "$out" | awk -v tol="$BENCH_TOL" '/rel err vs one device/ {
+  errors_within "$out" || fail=1
+}
+# Every "rel err vs one device E" line of a bench's output: E a number within BENCH_TOL.
+errors_within() {
+  echo "$1" | awk -v tol="$BENCH_TOL" '/rel err vs one device/ {
         if ($NF !~ /^[0-9.]+([eE][-+]?[0-9]+)?$/ || $NF + 0 > tol + 0) {
           print "  bench: error " $NF " above " tol; bad = 1 } }
-        END { exit bad }'; then
-    fail=1
-  fi
+        END { exit bad }'
 }
 
 echo "== 3. bench: denoiser step, one GPU vs TP $n vs CFG-parallel"
@@ -165,8 +167,7 @@ if command -v mpirun >/dev/null; then
     local rc=$?
     echo "$out"
     [ $rc -eq 0 ] || { echo "  mpirun bench: exit $rc"; fail=1; }
-    echo "$out" | awk -v tol="$BENCH_TOL" '/rel err vs one device/ { if ($NF + 0 > tol + 0) { bad = 1 } } END { exit bad }' ||
-      { echo "  mpirun bench: error above $BENCH_TOL"; fail=1; }
+    errors_within "$out" || fail=1
   }
   echo "== 3f. processes (mpirun): CP 2 and TP 2 on 2 processes"
   mpibench 2 --preset 720p-4s --preset 720p-16s --cp 2

@@ -162,6 +162,7 @@ case $CASE in
       line=$(grep "$name, $n processes: " b.out) || die "no timing line for $name: $(cat b.out)"
       [[ $(grep -c "one device: " b.out) -eq 1 ]] || die "expected one baseline line (rank 0 reports): $(cat b.out)"
       local err=${line##*rel err vs one device }
+      [[ $err =~ ^[0-9.]+([eE][-+]?[0-9]+)?$ ]] || die "$name: rel err '$err' is not a number"
       awk -v e="$err" 'BEGIN { exit !(e + 0 <= 1e-5) }' || die "$name: rel err $err over 1e-5"
       grep -q '"speedup"' b.json || die "no JSON results: $(cat b.json)"
     }
