@@ -81,8 +81,9 @@ int rank_files(const std::string& dir) {
   while (fs::exists(fs::path(dir) / ("rank" + std::to_string(files) + ".safetensors"), ec)) ++files;
   return files;
 }
-// The rank files must be as many as the ranks and of one conversion: `convert --tp` writes the
-// same "shard_set" id into each (engines converted before it carry none and are taken as they are).
+// The rank files must be as many as the ranks and of one set of weights: `convert --tp` writes the
+// same "shard_set" id (a hash of the weights) into each; engines converted before it carry none and
+// are taken as they are.
 void check_rank_files(const std::string& dir, int files, int n) {
   STDIT_CHECK(files == n, dir, " holds the denoiser for tensor parallelism over ", files,
               " GPUs (rank files); run it with --tp ", files, ", or convert again with --tp ", n);
@@ -93,7 +94,7 @@ void check_rank_files(const std::string& dir, int files, int n) {
     const auto it = meta.find("shard_set");
     const std::string id = it == meta.end() ? "(none)" : it->second;
     if (r == 0) first = id;
-    STDIT_CHECK(id == first, path, " is from another conversion than ", dir,
+    STDIT_CHECK(id == first, path, " holds other weights than ", dir,
                 "/rank0.safetensors (shard sets ", id, " and ", first,
                 "): the rank files of an engine must come from one `stdit convert --tp`; convert it again");
   }

@@ -5,11 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <random>
 #include <set>
 
 #include "backend/policy.h"
@@ -153,6 +153,34 @@ size_t write_weights(const fs::path& path, const std::vector<ParamSpec>& specs, 
   return weights;
 }
 
+// An id of a set of weights stored as `stored` (FNV-1a, 64 bit, hex, over that dtype and each
+// tensor's name, dtype, shape and bytes in name order): the same weights give the same id, so
+// converting again writes the same files; other weights (a fine-tune of the same shapes too) or
+// another stored dtype give another.
+std::string weights_id(const WeightMap& w, DType stored) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  mix(static_cast<uint64_t>(stored));
+  for (const auto& [name, t] : w) {
+    for (const char c : name) mix(static_cast<uint8_t>(c));
+    mix(static_cast<uint64_t>(t.dtype()));
+    for (const int64_t d : t.shape()) mix(static_cast<uint64_t>(d));
+    const Tensor c = t.contiguous();
+    const auto* p = static_cast<const uint8_t*>(c.raw());
+    const size_t n = c.nbytes();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t v;
+      std::memcpy(&v, p + i, 8);
+      mix(v);
+    }
+    for (; i < n; ++i) mix(p[i]);
+  }
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
 // The denoiser as one file per tensor-parallel rank. With --dtype fp8 the whole matrices are
 // quantized first, so that a rank's codes and scales are those of the one-file engine.
 void write_dit_shards(const STDiT3Config& cfg, const WeightMap& full, const fs::path& dir, DType dtype, int tp,
@@ -162,12 +190,7 @@ void write_dit_shards(const STDiT3Config& cfg, const WeightMap& full, const fs::
     for (const auto& p : stdit3_param_specs(cfg))
       if (stored_quantized(p) && w.count(p.name)) w[p.name] = stored(p, w.at(p.name), DType::F8_E4M3);
   const auto rank_specs = stdit3_param_specs(cfg, tp);
-  // One id for the files of this conversion: a rank file from another conversion (of other
-  // weights, or the same weights another time) is refused when they are loaded together.
-  std::random_device rd;
-  char id[20];
-  std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
-  meta["shard_set"] = id;
+  meta["shard_set"] = weights_id(w, dtype);  // rank files of other weights are refused beside these
   for (int r = 0; r < tp; ++r) {
     const WeightMap shard = shard_stdit3_weights(cfg, w, r, tp);
     meta["tp_rank"] = std::to_string(r);

@@ -127,19 +127,24 @@ case $CASE in
     [[ $rc -ne 0 && $rc -ne 124 ]] || die "expected a non-zero exit without a hang, got $rc: $(cat f.err)"
     grep -q "^error: process 1: .*rank1.safetensors" f.err || die "no error from process 1: $(cat f.err)" ;;
   mixed_shards)
-    # Two conversions with --tp 2; the first engine's rank 1 file replaced by the second's: one
-    # error line naming the file, before any model loads (processes and threads alike).
+    # Two conversions with --tp 2 of other weights (bf16, f32); the first engine's rank 1 file
+    # replaced by the second's: one error line naming the file, before any model loads (processes
+    # and threads alike). Converting the same weights again writes the same files.
     T=$(dirname "$S")/../models/tiny
-    for e in a b; do
-      "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --tp 2 -o eng_$e -q >/dev/null 2>c.err || die "convert: $(cat c.err)"
+    for e in a:bf16 a2:bf16 b:f32; do
+      "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --tp 2 --dtype "${e#*:}" -o "eng_${e%%:*}" -q >/dev/null \
+        2>c.err || die "convert: $(cat c.err)"
+    done
+    for r in 0 1; do
+      cmp -s eng_a/dit/rank$r.safetensors eng_a2/dit/rank$r.safetensors || die "converting again changed rank$r.safetensors"
     done
     cp eng_b/dit/rank1.safetensors eng_a/dit/rank1.safetensors
     timeout 120 "${M[@]}" -n 2 "$S" generate "$P" "${FAST[@]}" -e eng_a --tp 2 >m.out 2>m.err && die "mixed shards ran"
     [[ $(grep -c "^error: " m.err) -eq 1 ]] || die "expected one error line: $(cat m.err)"
-    grep -q "^error: eng_a/dit/rank1.safetensors is from another conversion than eng_a/dit/rank0.safetensors" m.err ||
+    grep -q "^error: eng_a/dit/rank1.safetensors holds other weights than eng_a/dit/rank0.safetensors" m.err ||
       die "unexpected error: $(grep '^error' m.err)"
     "$S" generate "$P" "${FAST[@]}" -e eng_a --gpus 2 --tp 2 >t.out 2>t.err && die "mixed shards ran as threads"
-    grep -q "^error: eng_a/dit/rank1.safetensors is from another conversion" t.err || die "threads: $(cat t.err)"
+    grep -q "^error: eng_a/dit/rank1.safetensors holds other weights" t.err || die "threads: $(cat t.err)"
     # the engine as converted runs
     timeout 120 "${M[@]}" -n 2 "$S" generate "$P" "${FAST[@]}" -e eng_b --tp 2 --out-dir o >/dev/null 2>b.err ||
       die "one conversion's shards: $(cat b.err)"
