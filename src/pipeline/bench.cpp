@@ -102,10 +102,24 @@ BenchCall bench_call(const std::string& preset, const STDiT3Config& dc, uint64_t
   return c;
 }
 
-// Whether context parallelism over cp ranks divides the call's latent frames and tokens per frame.
-bool cp_divides(const BenchCall& c, const STDiT3Config& dc, int cp) {
+// Whether context parallelism over cp ranks divides the call's (patched) latent frames and tokens
+// per frame; if not, says so as the preset's "not timed" line.
+bool cp_divides(const std::string& preset, const std::string& split, const BenchCall& c, const STDiT3Config& dc,
+                int cp, bool report) {
   const int64_t frames_p = (c.T + dc.patch_size[0] - 1) / dc.patch_size[0];
-  return frames_p % cp == 0 && c.S % cp == 0;
+  if (frames_p % cp == 0 && c.S % cp == 0) return true;
+  if (report)
+    std::printf("  %-8s %s: CP %d does not divide the %lld latent frames and %lld tokens per frame: not timed\n",
+                preset.c_str(), split.c_str(), cp, static_cast<long long>(frames_p), static_cast<long long>(c.S));
+  return false;
+}
+
+// Milliseconds per call of `call` over `iters` calls, `settle` (waiting for the devices) after the last.
+double ms_per_call(int iters, const std::function<void()>& call, const std::function<void()>& settle) {
+  const auto a = Clock::now();
+  for (int i = 0; i < iters; ++i) call();
+  settle();
+  return secs(a, Clock::now()) * 1e3 / iters;
 }
 
 std::string split_name(int tp, int cp) {
@@ -240,10 +254,7 @@ void run_bench(const BenchOptions& opt) {
     dit->forward(in);  // warm-up
     be->synchronize();
     const size_t measured = be->peak_memory_bytes() - held_before;
-    const auto a = Clock::now();
-    for (int i = 0; i < opt.denoise_iters; ++i) dit->forward(in);
-    be->synchronize();
-    const double step_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
+    const double step_ms = ms_per_call(opt.denoise_iters, [&] { dit->forward(in); }, [&] { be->synchronize(); });
     const size_t weight_bytes = dit->weight_bytes();  // (the VAE below frees the denoiser)
     const double tflops = stdit3_step_flops(T, S, dc.hidden_size, dc.depth) / (step_ms * 1e-3) / 1e12;
     std::printf("  %-8s memory plan (dry run): denoiser weights %.2f GiB + one call %.3f GiB; the call held %.3f GiB\n",
@@ -266,9 +277,7 @@ void run_bench(const BenchOptions& opt) {
       Tensor out[2];
       auto both = [&] { run_on_devices(bes, [&](int k) { out[k] = fn(k); }); };
       both();  // warm-up
-      const auto c0 = Clock::now();
-      for (int i = 0; i < opt.denoise_iters; ++i) both();
-      ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
+      ms = ms_per_call(opt.denoise_iters, both, [] {});  // (run_on_devices returns when every device is done)
       err = std::max(rel_error(out[0], full.slice(0, 0, 1)), rel_error(out[1], full.slice(0, 1, 2)));
     };
     if (dit1) {
@@ -280,18 +289,11 @@ void run_bench(const BenchOptions& opt) {
     }
     double tp_ms = -1, tp_err = -1;
     // Context parallelism splits the latent frames and each frame's tokens over its ranks.
-    const int64_t frames_p = (T + dc.patch_size[0] - 1) / dc.patch_size[0];
-    const bool split_fits = cp_divides(call, dc, opt.cp);
-    if (tp && !split_fits)
-      std::printf("  %-8s %s: CP %d does not divide the %lld latent frames and %lld tokens per frame: not timed\n",
-                  preset.c_str(), split_name.c_str(), opt.cp, static_cast<long long>(frames_p),
-                  static_cast<long long>(S));
+    const bool split_fits = cp_divides(preset, split_name, call, dc, opt.cp, tp != nullptr);
     if (tp && split_fits) {
       const Tensor full = dit->forward(in);
       Tensor out = tp->forward(in);  // warm-up
-      const auto c0 = Clock::now();
-      for (int i = 0; i < opt.denoise_iters; ++i) out = tp->forward(in);
-      tp_ms = secs(c0, Clock::now()) * 1e3 / opt.denoise_iters;
+      tp_ms = ms_per_call(opt.denoise_iters, [&] { out = tp->forward(in); }, [] {});
       tp_err = rel_error(out, full);
       std::printf("  %-8s %s, %d devices: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n",
                   preset.c_str(), split_name.c_str(), split, tp_ms, step_ms / tp_ms, tp_err);
@@ -508,26 +510,16 @@ void run_bench_processes(const BenchOptions& opt, const STDiT3Config& dc) {
     if (root) {
       full = whole->forward(call.in);  // warm-up
       be->synchronize();
-      const auto a = Clock::now();
-      for (int i = 0; i < opt.denoise_iters; ++i) full = whole->forward(call.in);
-      be->synchronize();
-      one_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
+      one_ms = ms_per_call(opt.denoise_iters, [&] { full = whole->forward(call.in); }, [&] { be->synchronize(); });
       std::printf("  %-8s one device: %.1f ms/step (%.3g TFLOP/s)\n", preset.c_str(), one_ms,
                   stdit3_step_flops(call.T, call.S, dc.hidden_size, dc.depth) / (one_ms * 1e-3) / 1e12);
     }
     barrier();
-    if (!cp_divides(call, dc, opt.cp)) {
-      if (root)
-        std::printf("  %-8s %s: CP %d does not divide the %lld latent frames and %lld tokens per frame: not timed\n",
-                    preset.c_str(), split.c_str(), opt.cp, static_cast<long long>(call.T), static_cast<long long>(call.S));
-      continue;
-    }
+    if (!cp_divides(preset, split, call, dc, opt.cp, root)) continue;
     Tensor out = split_denoiser.forward(call.in);  // warm-up
     barrier();
-    const auto a = Clock::now();
-    for (int i = 0; i < opt.denoise_iters; ++i) out = split_denoiser.forward(call.in);
-    barrier();  // every process done
-    const double split_ms = secs(a, Clock::now()) * 1e3 / opt.denoise_iters;
+    const double split_ms = ms_per_call(opt.denoise_iters, [&] { out = split_denoiser.forward(call.in); },
+                                        barrier);  // (the barrier: every process done)
     if (!root) continue;
     const double rel = rel_error(out, full);
     std::printf("  %-8s %s, %d processes: %.1f ms/step (%.2fx one device), rel err vs one device %.2e\n", preset.c_str(),
