@@ -268,6 +268,7 @@ void run_bench(const BenchOptions& opt) {
       halves[k].x = in.x.slice(0, k, k + 1).contiguous();
       halves[k].timestep = Tensor::from_f32({1}, {900.0f});
       halves[k].y = in.y.slice(0, k, k + 1).contiguous();
+      halves[k].text_key = new_text_key();  // its own text (the whole batch's key names 2 rows)
     }
     // Times fn(0) and fn(1) (the two CFG halves) run at once, one thread per device of `bes`;
     // the error is against the halves of the single-device call.

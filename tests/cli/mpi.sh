@@ -160,19 +160,28 @@ case $CASE in
     # `mpirun … stdit bench`: the denoiser split over the processes (the demo model's sizes,
     # synthetic weights) against one device, rank 0 alone reporting; TP 2, then CFG x CP 2.
     B=(bench --backend cpu --dit "$(dirname "$S")/../models/tiny/dit" --preset 144p-34 --no-t5 --no-vae --iters 1)
+    within() {  # a timing line: its relative error against one device is a number <= 1e-5
+      local err=${1##*rel err vs one device }
+      [[ $err =~ ^[0-9.]+([eE][-+]?[0-9]+)?$ ]] || die "$2: rel err '$err' is not a number"
+      awk -v e="$err" 'BEGIN { exit !(e + 0 <= 1e-5) }' || die "$2: rel err $err over 1e-5"
+    }
     check_bench() {  # n, split flags, the split's name as printed
       local n=$1 name=$3
       timeout 300 "${M[@]}" -n "$n" "$S" "${B[@]}" $2 --json b.json >b.out 2>b.err || die "mpirun -n $n bench $2: $(cat b.err)"
       local line
       line=$(grep "$name, $n processes: " b.out) || die "no timing line for $name: $(cat b.out)"
       [[ $(grep -c "one device: " b.out) -eq 1 ]] || die "expected one baseline line (rank 0 reports): $(cat b.out)"
-      local err=${line##*rel err vs one device }
-      [[ $err =~ ^[0-9.]+([eE][-+]?[0-9]+)?$ ]] || die "$name: rel err '$err' is not a number"
-      awk -v e="$err" 'BEGIN { exit !(e + 0 <= 1e-5) }' || die "$name: rel err $err over 1e-5"
+      within "$line" "$name"
       grep -q '"speedup"' b.json || die "no JSON results: $(cat b.json)"
     }
     check_bench 2 "--tp 2" "tensor parallel 2"
-    check_bench 4 "--cp 2 --cfg-parallel" "CFG-parallel x context parallel 2" ;;
+    check_bench 4 "--cp 2 --cfg-parallel" "CFG-parallel x context parallel 2"
+    # The same splits as threads of one process: CFG-parallel, CP 2, and both.
+    timeout 300 "$S" "${B[@]}" --cp 2 --cfg-parallel >t.out 2>t.err || die "bench as threads: $(cat t.err)"
+    for name in "CFG-parallel on 2 devices" "context parallel 2, 2 devices" "CFG-parallel x context parallel 2, 4 devices"; do
+      line=$(grep "$name: " t.out) || die "threads: no timing line for $name: $(cat t.out)"
+      within "$line" "threads, $name"
+    done ;;
   bench_bad)
     timeout 120 "${M[@]}" -n 3 "$S" bench --backend cpu --tp 2 --no-t5 >b.out 2>b.err && die "mpirun -n 3 bench --tp 2 succeeded"
     [[ $(grep -c "^error: " b.err) -eq 1 ]] || die "expected one error line: $(cat b.err)"
