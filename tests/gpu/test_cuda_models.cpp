@@ -400,10 +400,15 @@ TEST(CudaFixtures, DemoVaeBf16AgainstF32) {
   EXPECT_GE(worst, 40.0);
 }
 
-// Backend::limit_pool (--max-memory's bound on the pool): a block's allocation pattern of the
-// denoiser (norm output, qkv, attention output; cross-attention's three; the MLP's hidden, 4x)
-// repeated, with the pool's reserved bytes read from the device's pool after every allocation:
-// under the limit they stay at or below it; without it the same pattern's growth is printed.
+// Backend::limit_pool (--max-memory's bound on the pool), two allocation patterns with the pool's
+// reserved bytes read from the device's pool after every allocation, each run without and with
+// a limit of 6 units (a unit: 128 MiB); neither holds more than 5 units at once:
+// - a block of the denoiser (norm output, qkv, attention output; cross-attention's three; the
+//   MLP's hidden, 4x), six times;
+// - fragmenting: five 1-unit tensors, every other one freed, then a 3-unit tensor (the holes are
+//   1 unit each, so an unbounded pool grows to 8 units), six times.
+// Under the limit the pool stays at or below it; without it the fragmenting pattern must grow past
+// it (else this test would not exercise the bound at all).
 TEST(CudaMemory, PoolStaysUnderItsLimit) {
   CudaBackend g(0, CudaOptions{true, true, true});
   cudaMemPool_t pool;
@@ -413,8 +418,9 @@ TEST(CudaMemory, PoolStaysUnderItsLimit) {
     EXPECT_EQ(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &r), cudaSuccess);
     return static_cast<size_t>(r);
   };
-  const int64_t U = int64_t{64} << 20;  // bf16 values of one "unit" (128 MiB)
-  auto run = [&](size_t limit) {
+  const int64_t U = int64_t{64} << 20;  // bf16 values of one unit (128 MiB)
+  const size_t unit = static_cast<size_t>(U) * 2, limit = 6 * unit;
+  auto run = [&](bool fragmenting, size_t limit) {
     g.release_cached_memory();
     const size_t base = reserved();
     g.limit_pool(limit ? base + limit : 0);
@@ -426,6 +432,13 @@ TEST(CudaMemory, PoolStaysUnderItsLimit) {
       return t;
     };
     for (int block = 0; block < 6; ++block) {
+      if (fragmenting) {
+        Tensor t[5];
+        for (Tensor& x : t) x = a(1);
+        t[0] = t[2] = t[4] = Tensor{};
+        Tensor big = a(3);
+        continue;
+      }
       Tensor n = a(1), qkv = a(3), o = a(1);
       n = qkv = Tensor{};
       Tensor crossq = a(1);
@@ -438,9 +451,13 @@ TEST(CudaMemory, PoolStaysUnderItsLimit) {
     g.limit_pool(0);
     return most;
   };
-  const size_t unit = static_cast<size_t>(U) * 2, limit = 6 * unit;
-  const size_t free_growth = run(0), bounded = run(limit);
-  std::printf("  pool growth over the pattern: %.2f units without a limit, %.2f units under a limit of 6\n",
-              double(free_growth) / unit, double(bounded) / unit);
-  EXPECT_LE(bounded, limit);
+  for (const bool fragmenting : {false, true}) {
+    const size_t free_growth = run(fragmenting, 0), bounded = run(fragmenting, limit);
+    std::printf("  pool growth, %s pattern: %.2f units without a limit, %.2f units under a limit of 6\n",
+                fragmenting ? "fragmenting" : "block", double(free_growth) / unit, double(bounded) / unit);
+    EXPECT_LE(bounded, limit) << (fragmenting ? "fragmenting" : "block") << " pattern";
+    if (fragmenting) {
+      EXPECT_GT(free_growth, limit) << "the fragmenting pattern does not grow an unbounded pool";
+    }
+  }
 }
