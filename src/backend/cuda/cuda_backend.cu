@@ -38,7 +38,6 @@ CudaContext::CudaContext(int dev, CudaOptions opt) : device(dev), options(opt) {
   num_sms = prop.multiProcessorCount;
   smem_optin = prop.sharedMemPerBlockOptin;
   // Keep freed blocks in the pool: the models allocate and free the same sizes every step.
-  cudaMemPool_t pool;
   STDIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
   uint64_t threshold = std::numeric_limits<uint64_t>::max();
   STDIT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
@@ -149,14 +148,12 @@ namespace {
 // reserves past the limit, the queued frees are waited for and the pool trims itself to the limit
 // less this allocation (the free blocks it keeps may still serve it without growing).
 void keep_pool_under(CudaContext& c, size_t limit, size_t bytes) {
-  cudaMemPool_t pool;
-  STDIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, c.device));
   uint64_t reserved = 0, used = 0;
-  STDIT_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
-  STDIT_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
+  STDIT_CUDA_CHECK(cudaMemPoolGetAttribute(c.pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
+  STDIT_CUDA_CHECK(cudaMemPoolGetAttribute(c.pool, cudaMemPoolAttrUsedMemCurrent, &used));
   if (reserved + bytes <= limit || reserved <= used) return;
   STDIT_CUDA_CHECK(cudaStreamSynchronize(c.stream));
-  STDIT_CUDA_CHECK(cudaMemPoolTrimTo(pool, limit > bytes ? limit - bytes : 0));
+  STDIT_CUDA_CHECK(cudaMemPoolTrimTo(c.pool, limit > bytes ? limit - bytes : 0));
 }
 }  // namespace
 
@@ -300,9 +297,7 @@ void CudaBackend::release_cached_memory() {
   STDIT_CUDA_CHECK(cudaGetDevice(&previous));
   STDIT_CUDA_CHECK(cudaSetDevice(ctx_->device));
   STDIT_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));  // frees queued on the stream are done
-  cudaMemPool_t pool;
-  STDIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ctx_->device));
-  STDIT_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+  STDIT_CUDA_CHECK(cudaMemPoolTrimTo(ctx_->pool, 0));
   STDIT_CUDA_CHECK(cudaSetDevice(previous));
 }
 

@@ -104,6 +104,7 @@ struct CudaContext : std::enable_shared_from_this<CudaContext> {
   int num_sms = 0;
   size_t smem_optin = 0;
   std::atomic<size_t> bytes_in_use{0}, bytes_peak{0};  // device_alloc's own blocks
+  cudaMemPool_t pool = nullptr;       // the device's default pool, which device_alloc draws from
   std::atomic<size_t> pool_limit{0};  // Backend::limit_pool's bytes (0: none)
   std::mutex gemm_mutex;
   std::map<GemmKey, GemmPlan> gemm_plans;
