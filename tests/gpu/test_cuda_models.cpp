@@ -422,7 +422,7 @@ TEST(CudaMemory, PoolStaysUnderItsLimit) {
   };
   const int64_t U = int64_t{64} << 20;  // bf16 values of one unit (128 MiB)
   const size_t unit = static_cast<size_t>(U) * 2, limit = 6 * unit;
-  auto run = [&](bool held, size_t limit) {
+  auto run = [&](bool held, size_t bound) {  // bound 0: no limit
     g.release_cached_memory();
     const size_t base = reserved();
     size_t most = 0;
@@ -439,10 +439,10 @@ TEST(CudaMemory, PoolStaysUnderItsLimit) {
       }
       g.synchronize();
       most = 0;  // what counts is what the pool holds from here on
-      g.limit_pool(limit ? base + limit : 0);
+      g.limit_pool(bound ? base + bound : 0);
       for (int i = 0; i < 3; ++i) Tensor t = a(1);
     } else {
-      g.limit_pool(limit ? base + limit : 0);
+      g.limit_pool(bound ? base + bound : 0);
       for (int block = 0; block < 6; ++block) {
         Tensor n = a(1), qkv = a(3), o = a(1);
         n = qkv = Tensor{};
