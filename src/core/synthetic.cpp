@@ -11,15 +11,6 @@ namespace {
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 }  // namespace
 
-uint64_t fnv1a64(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
-
 Tensor synthetic_tensor(const std::string& name, const Shape& shape, uint64_t seed, double scale,
                         double offset) {
   int exp = 0;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/hash.h"  // fnv1a64
 #include "core/tensor.h"
 
 namespace stdit {
@@ -13,7 +14,5 @@ namespace stdit {
 // splitmix64(base + (i+1) * golden), base = seed * golden + fnv1a64(name). `scale` is a power of two.
 Tensor synthetic_tensor(const std::string& name, const Shape& shape, uint64_t seed, double scale,
                         double offset);
-
-uint64_t fnv1a64(const std::string& s);
 
 }  // namespace stdit

@@ -15,6 +15,7 @@
 #include "backend/policy.h"
 #include "core/error.h"
 #include "core/fp8.h"
+#include "core/hash.h"
 #include "core/log.h"
 #include "io/checkpoint.h"
 #include "io/config_json.h"
@@ -158,13 +159,12 @@ size_t write_weights(const fs::path& path, const std::vector<ParamSpec>& specs, 
 // converting again writes the same files; other weights (a fine-tune of the same shapes too) or
 // another stored dtype give another.
 std::string weights_id(const WeightMap& w, DType stored) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
-  mix(static_cast<uint64_t>(stored));
+  Fnv1a64 f(Fnv1a64::kIdBasis);
+  f.add(static_cast<uint64_t>(stored));
   for (const auto& [name, t] : w) {
-    for (const char c : name) mix(static_cast<uint8_t>(c));
-    mix(static_cast<uint64_t>(t.dtype()));
-    for (const int64_t d : t.shape()) mix(static_cast<uint64_t>(d));
+    for (const char c : name) f.add(static_cast<uint8_t>(c));
+    f.add(static_cast<uint64_t>(t.dtype()));
+    for (const int64_t d : t.shape()) f.add(static_cast<uint64_t>(d));
     const Tensor c = t.contiguous();
     const auto* p = static_cast<const uint8_t*>(c.raw());
     const size_t n = c.nbytes();
@@ -172,13 +172,11 @@ std::string weights_id(const WeightMap& w, DType stored) {
     for (; i + 8 <= n; i += 8) {
       uint64_t v;
       std::memcpy(&v, p + i, 8);
-      mix(v);
+      f.add(v);
     }
-    for (; i < n; ++i) mix(p[i]);
+    for (; i < n; ++i) f.add(p[i]);
   }
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
+  return f.hex();
 }
 
 // The denoiser as one file per tensor-parallel rank. With --dtype fp8 the whole matrices are
@@ -411,31 +409,25 @@ Engine default_engine() {
 }
 
 std::string engine_identity(const Engine& e) {
-  uint64_t h = 1469598103934665603ull;
+  Fnv1a64 f(Fnv1a64::kIdBasis);
   auto mix = [&](const std::string& bytes) {
-    for (unsigned char c : bytes) {
-      h ^= c;
-      h *= 1099511628211ull;
-    }
-    h ^= 0xff;  // a separator, so that moving bytes between parts changes the hash
-    h *= 1099511628211ull;
+    f.add_bytes(bytes);
+    f.add(0xff);  // a separator, so that moving bytes between parts changes the hash
   };
   const fs::path d(e.dir);
   for (const char* comp : {"dit", "t5", "vae"}) {
     mix(comp);
     mix(read_text_file((d / comp / "config.json").string(), "engine config"));
     std::vector<fs::path> files;
-    for (const auto& f : fs::directory_iterator(d / comp))
-      if (f.path().extension() == ".safetensors") files.push_back(f.path());
+    for (const auto& entry : fs::directory_iterator(d / comp))
+      if (entry.path().extension() == ".safetensors") files.push_back(entry.path());
     std::sort(files.begin(), files.end());
-    for (const auto& f : files) {
-      mix(f.filename().string());
-      mix(read_safetensors_header(f.string()));
+    for (const auto& file : files) {
+      mix(file.filename().string());
+      mix(read_safetensors_header(file.string()));
     }
   }
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
+  return f.hex();
 }
 
 const char* engine_dtype_name(DType d) {
