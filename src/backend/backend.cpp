@@ -16,6 +16,8 @@ DType Backend::operand_dtype(const Tensor& w) const {
   return policy().fp8_norm_quantizes && w.defined() && w.scales().defined() ? DType::F8_E4M3 : matmul_dtype();
 }
 
+DType Backend::product_dtype(const Tensor&, Activation, const Tensor&) const { return matmul_dtype(); }
+
 void Backend::row_amax(const Tensor&, Tensor&) {
   fail(name(), " backend: row_amax (fp8 under tensor parallelism) is not supported");
 }

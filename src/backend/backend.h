@@ -107,10 +107,19 @@ class Backend {
   // own quantization pass. The codes are those the GEMM would have made from the norm's
   // matmul_dtype() output.
   virtual DType operand_dtype(const Tensor& w) const;
+  // The dtype in which linear(x, w, bias, act, out) writes `out` when `out` feeds only the GEMM of
+  // `next` (linear or linear_residual): matmul_dtype(), or F8_E4M3 where the backend quantizes the
+  // product for that GEMM in w's own epilogue (CUDA, fused fp8 GEMMs, policy fp8_hidden). Then
+  // out gets per-row scales s[i] = (K 448^2 s_x[i] max_j s_w[j] + max_j |bias[j]| + g) / 448 (g =
+  // 0.171 with GELU, else 0), a bound on the row's |act(v)| from the operands' e4m3 scales alone,
+  // so no pass over the product is needed; e4m3 keeps 3 mantissa bits wherever the bound puts a
+  // value, only values far below the row's largest lose bits (docs/NUMERICS.md).
+  virtual DType product_dtype(const Tensor& w, Activation act, const Tensor& next) const;
 
   // --- dense ---
   // out[m, n] = act( sum_k x[m, k] * w[n, k] + bias[n] ); x is [..., K] contiguous, w [N, K].
-  // x and out may be F32 or matmul_dtype(); w from upload() or upload_weight().
+  // x and out may be F32 or matmul_dtype(); w from upload() or upload_weight(); out F8_E4M3 where
+  // product_dtype() said so (out gets its row scales).
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                       Tensor& out) = 0;
   // fp8 under tensor parallelism, where a row of linear()'s input is cut by columns over the ranks:

@@ -1,5 +1,7 @@
 #include "backend/dry_run.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace stdit {
@@ -39,6 +41,11 @@ void DryRunBackend::layernorm_modulate(const Tensor&, const Tensor&, const Tenso
     for (int d = 0; d + 1 < out.dim(); ++d) rows *= out.size(d);
     out = out.with_scales(alloc({rows}, DType::F32));
   }
+}
+
+void DryRunBackend::linear(const Tensor&, const Tensor&, const Tensor&, Activation, Tensor& out) {
+  if (out.dtype() == DType::F8_E4M3)  // product_dtype(): one scale per row
+    out = out.with_scales(alloc({out.dim() ? out.numel() / std::max<int64_t>(out.size(-1), 1) : 1}, DType::F32));
 }
 
 void DryRunBackend::quantize_rows_with_amax(const Tensor&, const Tensor& amax, Tensor& out) {

@@ -26,6 +26,9 @@ class DryRunBackend : public Backend {
   const ExecutionPolicy& policy() const override { return policy_; }
   DType matmul_dtype() const override { return matmul_; }
   DType operand_dtype(const Tensor& w) const override { return target_.operand_dtype(w); }
+  DType product_dtype(const Tensor& w, Activation act, const Tensor& next) const override {
+    return target_.product_dtype(w, act, next);
+  }
   bool fuses_residual_copy(const Tensor& w) const override { return target_.fuses_residual_copy(w); }
 
   Tensor alloc(const Shape& shape, DType dtype = DType::F32) override;
@@ -42,7 +45,7 @@ class DryRunBackend : public Backend {
 
   // Every op: nothing to compute. linear_residual is the base class's (its temporary is an
   // allocation of the target too) unless a subclass knows better.
-  void linear(const Tensor&, const Tensor&, const Tensor&, Activation, Tensor&) override {}
+  void linear(const Tensor&, const Tensor&, const Tensor&, Activation, Tensor& out) override;
   void row_amax(const Tensor&, Tensor&) override {}
   void quantize_rows_with_amax(const Tensor& x, const Tensor& amax, Tensor& out) override;
   void add(const Tensor&, const Tensor&, Tensor&) override {}

@@ -136,6 +136,7 @@ std::string ExecutionPolicy::describe() const {
              precision != Precision::FP8 ? ""
              : fp8_norm_quantizes        ? "; norms write e4m3"
                                          : "; norms write bf16 (quantized in a pass)",
+             fp8_hidden ? "; MLP hidden e4m3" : "",
              bf16 ? (fused_bf16_gemm ? "; residual projections fused (CUTLASS)" : "; residual projections cuBLASLt") : "",
              "; attention ", attention,
              "; convolutions ", cudnn_conv ? "cudnn" : "im2col + GEMM",
@@ -153,7 +154,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   for (const auto& [k, v] : r.overrides)
     REQUIRE(k == "bf16" || k == "tf32" || k == "tf32_attention" || k == "cudnn" || k == "cudnn_attention" ||
                     k == "text_attention" || k == "wgmma_attention" || k == "fp8" || k == "fp8_gemm" ||
-                    k == "fp8_norm" || k == "bf16_gemm" || k == "vae_bf16",
+                    k == "fp8_norm" || k == "fp8_hidden" || k == "bf16_gemm" || k == "vae_bf16",
                 "unknown kernel override '", k, "'");
   ExecutionPolicy p;
   p.backend = backend;
@@ -199,6 +200,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   // GEMMs with the scales in the epilogue"); STDIT_CUDA_FP8_GEMM=0 turns it off.
   p.fused_fp8_gemm = p.precision == Precision::FP8 && hopper && ov("fp8_gemm", true);
   p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
+  p.fp8_hidden = p.fused_fp8_gemm && ov("fp8_hidden", true);
   p.fused_bf16_gemm = bf16 && hopper && ov("bf16_gemm", true);
   p.vae_bf16 = bf16 && p.cudnn_conv && ov("vae_bf16", true);
   if (p.precision == Precision::FP8 && r.fp8_keep.empty()) p.fp8_keep = parse_fp8_keep(fp8_default_keep());
@@ -208,7 +210,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
 std::map<std::string, bool> overrides_from_env() {
   std::map<std::string, bool> out;
   for (const char* k : {"bf16", "tf32", "tf32_attention", "cudnn", "cudnn_attention", "text_attention", "wgmma_attention",
-                        "fp8", "fp8_gemm", "fp8_norm", "bf16_gemm", "vae_bf16"}) {
+                        "fp8", "fp8_gemm", "fp8_norm", "fp8_hidden", "bf16_gemm", "vae_bf16"}) {
     std::string name = "STDIT_CUDA_";
     for (const char* c = k; *c; ++c) name += static_cast<char>(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
     if (const char* e = std::getenv(name.c_str())) out[k] = std::string(e) != "0";

@@ -39,6 +39,13 @@ class RankOps {
   // backend's operand_dtype(w) (the norm may write the GEMM's quantized operand), or with rows split
   // the matmul dtype (the norm's rows travel to the other rank in it).
   DType norm_dtype_for(const Tensor& w) const { return split_ ? be_.matmul_dtype() : be_.operand_dtype(w); }
+  // The dtype to allocate column_linear(in, w, b, act, out)'s `out` in when `out` feeds only
+  // row_linear_residual(out, next, ...): the backend's product_dtype() on one device (the GEMM may
+  // write next's quantized operand), else the matmul dtype (the ranks' rows of an fp8 operand are
+  // quantized with their amax reduced over the group: quantized_over_ranks).
+  DType hidden_dtype_for(const Tensor& w, Activation act, const Tensor& next) const {
+    return tp_ ? be_.matmul_dtype() : be_.product_dtype(w, act, next);
+  }
   void modulated_norm(const Tensor& x, const Tensor& shift, const Tensor& scale, const Tensor& shift0,
                       const Tensor& scale0, const FrameSelect& sel, float eps, Tensor& a);
   void column_linear(const Tensor& in, const Tensor& w, const Tensor& b, Activation act, Tensor& out);

@@ -936,4 +936,51 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
       check(e == &g8u ? "linear_residual[fp8, unfused]" : "linear_residual[fp8]",
             cat("x ", S(x.shape()), " w ", S(w.shape()), gated ? " gated" : "", " +b"), rel_error(got, ref));
     }
+  // A product written as the next GEMM's e4m3 operand (Backend::product_dtype; fc1 -> fc2): the
+  // scales must be the documented bound, computed here from the operands' scales, and the codes
+  // those of the CPU emulation's f32 product quantized with them (share of differing codes: a code
+  // flips only where the two accumulation orders straddle a rounding boundary).
+  if (g8.policy().fp8_hidden) {
+    const std::vector<Case> prod = {{{2, 405, 1152}, 4608, true, Activation::GeluTanh},
+                                    {{37, 64}, 96, false, Activation::None},
+                                    {{37, 64}, 96, true, Activation::GeluTanh}};
+    for (const auto& c : prod) {
+      const int64_t k = c.x.back(), m = k ? shape_numel(c.x) / k : 0;
+      const Tensor xs = randn(c.x, ++seed);
+      const Tensor w = quantize_rows_e4m3(randn({c.n, k}, ++seed, 1.0f / std::sqrt(static_cast<float>(k))), "w");
+      const Tensor next = quantize_rows_e4m3(randn({16, c.n}, ++seed), "next");
+      const Tensor b = randn({c.n}, ++seed, 0.1f);
+      const std::string what = cat("x ", S(c.x), " w ", S(w.shape()), c.bias ? " +b" : "",
+                                   c.act == Activation::GeluTanh ? " gelu" : "");
+      const Tensor wd = g8.upload_weight(w), nd = g8.upload_weight(next);
+      if (g8.product_dtype(wd, c.act, nd) != DType::F8_E4M3) {
+        check("linear[fp8, e4m3 out]", what + ": product_dtype is not F8_E4M3", 1.0);
+        continue;
+      }
+      Tensor ref = c8.alloc(with_last(c.x, c.n));
+      c8.linear(xs, c8.upload_weight(w), c.bias ? b : Tensor{}, c.act, ref);
+      const Tensor xq = g8.quantize_rows_e4m3(g8.upload(xs));
+      Tensor o = g8.alloc(with_last(c.x, c.n), DType::F8_E4M3);
+      g8.linear(xq, wd, c.bias ? g8.upload(b) : Tensor{}, c.act, o);
+      const Tensor codes = g8.download(o), scales = g8.download(o.scales()), sx = g8.download(xq.scales());
+      float wmax = 0.0f, bmax = 0.0f;
+      for (int64_t j = 0; j < c.n; ++j) {
+        wmax = std::max(wmax, std::fabs(w.scales().data<float>()[j]));
+        if (c.bias) bmax = std::max(bmax, std::fabs(b.data<float>()[j]));
+      }
+      const double g = c.act == Activation::GeluTanh ? 0.171 : 0.0;
+      double scale_err = 0;
+      int64_t diff = 0;
+      for (int64_t r = 0; r < m; ++r) {
+        const double want = (static_cast<double>(k) * 448.0 * 448.0 * sx.data<float>()[r] * wmax + bmax + g) / 448.0;
+        const float s = scales.data<float>()[r];
+        scale_err = std::max(scale_err, std::isfinite(s) ? std::fabs(s / want - 1.0) : 1.0);
+        const float inv = 1.0f / s;
+        for (int64_t j = 0; j < c.n; ++j)
+          diff += codes.data<uint8_t>()[r * c.n + j] != f32_to_f8e4m3(ref.data<float>()[r * c.n + j] * inv);
+      }
+      check("linear[fp8, e4m3 out] scales", what, scale_err);
+      check("linear[fp8, e4m3 out]", what, static_cast<double>(diff) / static_cast<double>(m * c.n));
+    }
+  }
 }

@@ -293,7 +293,7 @@ TEST(CudaPerf, RealShapes) {
   if (g8 && g8->policy().fused_fp8_gemm) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-    for (const int cfg : {0, 1}) {
+    for (const int cfg : {0, 1, 2, 3, 4}) {
       auto direct = [&, cfg, sms](const char* name, int xi, int wi, int bi, cuda::Fp8Epilogue epi, Tensor& out,
                                   double flops) {
         items.push_back({cat("cutlass fp8 schedule ", cfg, " ", name), flops, 0,

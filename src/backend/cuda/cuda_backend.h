@@ -77,6 +77,7 @@ class CudaBackend final : public Backend {
   Tensor upload_weight(const Tensor& host) override;  // BF16 in bf16 mode
   DType matmul_dtype() const override;                // BF16 in bf16 mode, else F32
   DType operand_dtype(const Tensor& w) const override;  // F8_E4M3 for an fp8 weight of <= 1152 inputs
+  DType product_dtype(const Tensor& w, Activation act, const Tensor& next) const override;  // cuda_fp8.cu
 
   void row_amax(const Tensor& x, Tensor& amax) override;                                  // cuda_fp8.cu
   void quantize_rows_with_amax(const Tensor& x, const Tensor& amax, Tensor& out) override;  // cuda_fp8.cu

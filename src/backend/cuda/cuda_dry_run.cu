@@ -22,7 +22,8 @@ class CudaDryRun final : public DryRunBackend {
       : DryRunBackend(target), ctx_(std::move(ctx)) {}
 
   // [cuda_linear.cu, cuda_fp8.cu] fp8 weights: x quantized with its row scales (unless it is)
-  // and, unless the fused GEMM writes the BF16 output, an F32 accumulator for a non-F32 output;
+  // and, unless the fused GEMM writes the BF16 output, an F32 accumulator for a non-F32 output (an
+  // F8_E4M3 output: its row scales, kept with it, and their inverses);
   // else a copy of x in the weight's dtype when they differ and a bf16 copy of the bias for a BF16
   // output.
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) override {
@@ -31,6 +32,10 @@ class CudaDryRun final : public DryRunBackend {
     size_t s = 0;
     if (w.dtype() == DType::F8_E4M3) {
       if (x.dtype() != DType::F8_E4M3) s += bytes_of(m * k, DType::F8_E4M3) + bytes_of(m, DType::F32);
+      if (out.dtype() == DType::F8_E4M3) {  // product_dtype(): the codes' row scales, and their inverses
+        out = out.with_scales(alloc({m}, DType::F32));
+        return scratch(s + bytes_of(m, DType::F32));
+      }
       if (out.dtype() != DType::F32 && !fused_fp8_linear_applies(*ctx_, n, k, out.dtype(), act))
         s += bytes_of(m * n, DType::F32);
     } else {

@@ -4,6 +4,7 @@
 // GEMM writes an f32 product and a second pass applies them (cuBLASLt 13.1 offers no FP8 GEMM with
 // per-row scales in its epilogue on sm_90 at our shapes: docs/PERF.md). The activation is
 // quantized in its own pass unless it arrives quantized.
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <mutex>
@@ -194,6 +195,38 @@ __global__ void fold_gate_scales_kernel(const float* __restrict__ sw, const floa
   }
 }
 
+// The row scales of a product written as e4m3 codes (Backend::product_dtype): per row i,
+// s[i] = (k448sq * sx[i] * max_j sw[j] + max_j |bias[j]| + g) / 448 and inv[i] = 1 / s[i], with
+// k448sq = K * 448^2 (so K 448 sx[i] 448 sw[j] bounds |sum_k x[i, k] w[j, k]|) and g the
+// activation's largest negative magnitude. A zero bound (all weights and biases zero) gives 1.
+// Each block first reduces the n column scales and biases (from L2), then takes rows.
+__global__ void product_scales_kernel(const float* __restrict__ sx, int64_t m, const float* __restrict__ sw,
+                                      const float* __restrict__ bias, int64_t n, float k448sq, float g,
+                                      float* __restrict__ s_out, float* __restrict__ inv_out) {
+  float wmax = 0.0f, bmax = 0.0f;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    wmax = fmaxf(wmax, fabsf(sw[j]));
+    if (bias) bmax = fmaxf(bmax, fabsf(bias[j]));
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    wmax = fmaxf(wmax, __shfl_xor_sync(0xffffffffu, wmax, o));
+    bmax = fmaxf(bmax, __shfl_xor_sync(0xffffffffu, bmax, o));
+  }
+  __shared__ float s_w[32], s_b[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) s_w[warp] = wmax, s_b[warp] = bmax;
+  __syncthreads();
+  wmax = bmax = 0.0f;
+  for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) wmax = fmaxf(wmax, s_w[i]), bmax = fmaxf(bmax, s_b[i]);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < m;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float s = __fdiv_rn(__fadd_rn(__fadd_rn(__fmul_rn(__fmul_rn(k448sq, sx[i]), wmax), bmax), g), 448.0f);
+    if (s == 0.0f) s = 1.0f;
+    s_out[i] = s;
+    inv_out[i] = __frcp_rn(s);
+  }
+}
+
 // The fused kernel's schedule (Fp8GemmProblem::config): STDIT_CUDA_FP8_GEMM_SCHEDULE=N, a developer
 // switch for timing them against each other (docs/CLI.md); 0 otherwise.
 int fp8_gemm_schedule() {
@@ -234,6 +267,18 @@ bool fused_fp8_residual_applies(const CudaContext& ctx, const Tensor& y, const T
          (!gate.defined() || (gate.dtype() == DType::F32 && gate.dim() == 2 && gate.size(0) == x.size(0) &&
                               gate.size(1) == x.size(2) && gate.stride(1) == 1)) &&
          fused_fp8_gemm_applies(ctx, w.size(0), w.size(1));
+}
+
+DType CudaBackend::product_dtype(const Tensor& w, Activation act, const Tensor& next) const {
+  const CudaContext& c = *ctx_;
+  const bool fp8 = [](const Tensor& t) {
+    return t.defined() && t.dtype() == DType::F8_E4M3 && t.dim() == 2 && t.scales().defined();
+  }(w) && next.defined() && next.dtype() == DType::F8_E4M3 && next.dim() == 2 && next.scales().defined();
+  return c.policy.fp8_hidden && fp8 && (act == Activation::None || act == Activation::GeluTanh) &&
+                 next.size(1) == w.size(0) && fused_fp8_gemm_applies(c, w.size(0), w.size(1)) &&
+                 fused_fp8_gemm_applies(c, next.size(0), next.size(1))
+             ? DType::F8_E4M3
+             : matmul_dtype();
 }
 
 DType CudaBackend::operand_dtype(const Tensor& w) const {
@@ -308,7 +353,14 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
   STDIT_CHECK(w.dim() == 2 && w.is_contiguous() && w.scales().defined() && w.scales().numel() == w.size(0) &&
                   w.scales().dtype() == DType::F32,
               "cuda linear: an F8_E4M3 weight must be a contiguous matrix with F32 row scales");
-  expect_contiguous_float(out, c, "linear", "out");
+  const bool codes_out = out.dtype() == DType::F8_E4M3;  // product_dtype(): next GEMM's operand
+  if (codes_out) {
+    expect_device(out, c, "linear", "out");
+    STDIT_CHECK(out.is_contiguous() && (act == Activation::None || act == Activation::GeluTanh),
+                "cuda linear: an F8_E4M3 output must be contiguous, with no activation or GELU");
+  } else {
+    expect_contiguous_float(out, c, "linear", "out");
+  }
   const int64_t n = w.size(0), k = w.size(1);
   STDIT_CHECK(x.size(-1) == k, "cuda linear: input ", shape_str(x.shape()), " does not match weight ",
               shape_str(w.shape()));
@@ -324,6 +376,33 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
   STDIT_CHECK(xq.is_contiguous() && xq.scales().defined() && xq.scales().numel() == m,
               "cuda linear: an F8_E4M3 input must be contiguous with one F32 scale per row");
   const float* bp = bias.defined() ? bias.data<float>() : nullptr;
+  if (codes_out) {
+    Tensor s = alloc({m}, DType::F32), inv = alloc({m}, DType::F32);
+    product_scales_kernel<<<static_cast<int>(std::min<int64_t>(blocks_for(m, 256), 2 * c.num_sms)), 256, 0,
+                            c.stream>>>(xq.scales().data<float>(), m, w.scales().data<float>(), bp, n,
+                                        static_cast<float>(static_cast<double>(k) * 448.0 * 448.0),
+                                        act == Activation::GeluTanh ? 0.171f : 0.0f, s.data<float>(),
+                                        inv.data<float>());
+    check_launch("linear fp8 (product scales)");
+    out = out.with_scales(s);
+    if (fused_fp8_gemm_applies(c, n, k)) {
+      Fp8GemmProblem p;
+      p.m = m, p.n = n, p.k = k;
+      p.a = xq.raw(), p.b = w.raw();
+      p.row_scale = xq.scales().data<float>(), p.col_scale = w.scales().data<float>(), p.bias = bp;
+      p.out_inv_scale = inv.data<float>();
+      p.d = out.raw();
+      p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::E4m3Gelu : Fp8Epilogue::E4m3;
+      p.config = fp8_gemm_schedule();
+      if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused, e4m3 out)");
+      tell_unfused(m, n, k);
+    }
+    // Declined (an alignment): the bf16 product, quantized by its rows' own amax.
+    Tensor t = alloc(out.shape(), DType::BF16);
+    linear_fp8(xq, w, bias, act, t);
+    out = quantize_rows_e4m3(t);
+    return;
+  }
   if (fused_fp8_linear_applies(c, n, k, out.dtype(), act)) {
     Fp8GemmProblem p;
     p.m = m, p.n = n, p.k = k;

@@ -33,6 +33,29 @@ struct Pingpong64 {
   using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
 };
 
+// FP8 "fast accumulation": the tensor cores' own accumulator holds the whole sum over k, with no
+// promotion into a second set of f32 registers every few k-blocks. Half the accumulator registers,
+// so a warpgroup can hold a 128 x 128 tile; the accumulator keeps fewer mantissa bits than f32
+// (measured against the CPU emulation in the GPU check). Schedules 2-4 are under trial.
+struct FastCooperative256x128 {
+  using Tile = Shape<_256, _128, _128>;
+  using Cluster = Shape<_2, _1, _1>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+struct FastPingpong128 {
+  using Tile = Shape<_128, _128, _128>;
+  using Cluster = Shape<_2, _1, _1>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
+};
+struct FastCooperative128 {
+  using Tile = Shape<_128, _128, _128>;
+  using Cluster = Shape<_2, _1, _1>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+
 // (acc * row_scale) * col_scale + bias, in this order (the unfused path's rounding order).
 template <class Tile>
 using Scaled = fusion::Sm90EVT<Op<cutlass::multiplies, float>,
@@ -45,6 +68,12 @@ template <class Tile>
 using EvtBf16 = Biased<Tile, cutlass::bfloat16_t>;
 template <class Tile>
 using EvtBf16Gelu = fusion::Sm90EVT<Op<GeluTanh, cutlass::bfloat16_t>, Biased<Tile, float>>;
+// The product quantized for the next GEMM: e4m3(act(v) * out_inv_scale[i]) (saturating, to nearest).
+template <class Tile>
+using EvtE4m3 = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>, Biased<Tile, float>, RowVec<Tile>>;
+template <class Tile>
+using EvtE4m3Gelu = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>,
+                                    fusion::Sm90EVT<Op<GeluTanh, float>, Biased<Tile, float>>, RowVec<Tile>>;
 template <class Tile>
 using EvtAccumulate = fusion::Sm90EVT<Op<cutlass::plus, float>, Biased<Tile, float>, fusion::Sm90SrcFetch<float>>;
 
@@ -69,6 +98,16 @@ bool dispatch(const Fp8GemmProblem& p, int num_sms, cudaStream_t stream) {
     case Fp8Epilogue::Bf16Gelu:
       return run<Config, EvtBf16Gelu<Tile>, void, cutlass::bfloat16_t>(
           p, typename EvtBf16Gelu<Tile>::Arguments{{scaled, bs, {}}, {}}, num_sms, stream);
+    case Fp8Epilogue::E4m3:
+    case Fp8Epilogue::E4m3Gelu: {
+      if (!p.out_inv_scale) return false;
+      const typename RowVec<Tile>::Arguments inv{p.out_inv_scale, 0.0f, {_1{}, _0{}, p.m}};
+      if (p.epilogue == Fp8Epilogue::E4m3)
+        return run<Config, EvtE4m3<Tile>, void, cutlass::float_e4m3_t>(
+            p, typename EvtE4m3<Tile>::Arguments{{scaled, bs, {}}, inv, {}}, num_sms, stream);
+      return run<Config, EvtE4m3Gelu<Tile>, void, cutlass::float_e4m3_t>(
+          p, typename EvtE4m3Gelu<Tile>::Arguments{{{scaled, bs, {}}, {}}, inv, {}}, num_sms, stream);
+    }
     case Fp8Epilogue::F32Accumulate:
       return run<Config, EvtAccumulate<Tile>, float, float>(
           p, typename EvtAccumulate<Tile>::Arguments{{scaled, bs, {}}, {}, {}}, num_sms, stream);
@@ -87,7 +126,13 @@ bool cutlass_fp8_gemm(const Fp8GemmProblem& p, int num_sms, cudaStream_t stream)
       !aligned16(p.col_scale) || (p.bias && !aligned16(p.bias)) || !p.row_scale)
     return false;
   if (p.batch > 1 && (p.a_batch_stride % 16 || p.d_batch_stride % 16)) return false;
-  return p.config == 1 ? dispatch<Pingpong64>(p, num_sms, stream) : dispatch<Cooperative128>(p, num_sms, stream);
+  switch (p.config) {
+    case 1: return dispatch<Pingpong64>(p, num_sms, stream);
+    case 2: return dispatch<FastCooperative256x128>(p, num_sms, stream);
+    case 3: return dispatch<FastPingpong128>(p, num_sms, stream);
+    case 4: return dispatch<FastCooperative128>(p, num_sms, stream);
+    default: return dispatch<Cooperative128>(p, num_sms, stream);
+  }
 }
 
 }  // namespace stdit::cuda

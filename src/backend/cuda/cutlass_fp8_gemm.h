@@ -8,6 +8,8 @@
 //   Bf16:          D_b = bf16(v)
 //   Bf16Gelu:      D_b = bf16(gelu_tanh(v))
 //   F32Accumulate: D_b += v                                      (D f32: the residual stream)
+//   E4m3:          D_b = e4m3(v * out_inv_scale_b[i])            (D e4m3 codes for the next GEMM;
+//   E4m3Gelu:      D_b = e4m3(gelu_tanh(v) * out_inv_scale_b[i])  to nearest, saturating)
 // This header is plain C++ (no CUDA types): the backend calls it; only the .cu sees CUTLASS.
 #pragma once
 
@@ -17,7 +19,7 @@
 
 namespace stdit::cuda {
 
-enum class Fp8Epilogue { Bf16, Bf16Gelu, F32Accumulate };
+enum class Fp8Epilogue { Bf16, Bf16Gelu, F32Accumulate, E4m3, E4m3Gelu };
 
 struct Fp8GemmProblem {
   int64_t m = 0, n = 0, k = 0, batch = 1;
@@ -29,10 +31,11 @@ struct Fp8GemmProblem {
   int64_t col_scale_batch_stride = 0;
   const float* bias = nullptr;  // [n] per batch, bias_batch_stride apart; null: no bias
   int64_t bias_batch_stride = 0;
-  void* d = nullptr;  // bf16 or f32 [batch, m, n]
+  const float* out_inv_scale = nullptr;  // [batch * m]: E4m3 and E4m3Gelu only
+  void* d = nullptr;  // bf16, f32 or e4m3 [batch, m, n]
   int64_t d_batch_stride = 0;
   Fp8Epilogue epilogue = Fp8Epilogue::Bf16;
-  int config = 0;  // the kernel's schedule (cutlass_fp8_gemm.cu): 0 cooperative 128x128, 1 ping-pong 64x128
+  int config = 0;  // the kernel's schedule (cutlass_fp8_gemm.cu): 0 cooperative 128x128, 1 ping-pong 64x128, 2-4 on trial
 };
 
 // Whether this build has the kernels (CUTLASS headers found at configure time, sm_90a compiled).

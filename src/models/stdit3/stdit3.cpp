@@ -653,7 +653,8 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
   {
     Tensor a = be_->alloc({B, N, C}, ops.norm_dtype_for(blk.fc1_w));
     ops.modulated_norm(x, m(3), m(4), m0(3), m0(4), s.sel, eps, a);
-    Tensor h = be_->alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)}, mm);
+    Tensor h = be_->alloc({B * N, static_cast<int64_t>(cfg_.mlp_hidden() / tp_size_)},
+                          ops.hidden_dtype_for(blk.fc1_w, Activation::GeluTanh, blk.fc2_w));
     ops.column_linear(a, blk.fc1_w, blk.fc1_b, Activation::GeluTanh, h);
     ops.row_linear_residual(h.view({B, N, h.size(1)}), blk.fc2_w, blk.fc2_b, m(5), m0(5), s.sel, x);
   }
