@@ -271,10 +271,10 @@ bool fused_fp8_residual_applies(const CudaContext& ctx, const Tensor& y, const T
 
 DType CudaBackend::product_dtype(const Tensor& w, Activation act, const Tensor& next) const {
   const CudaContext& c = *ctx_;
-  const bool fp8 = [](const Tensor& t) {
+  auto fp8 = [](const Tensor& t) {
     return t.defined() && t.dtype() == DType::F8_E4M3 && t.dim() == 2 && t.scales().defined();
-  }(w) && next.defined() && next.dtype() == DType::F8_E4M3 && next.dim() == 2 && next.scales().defined();
-  return c.policy.fp8_hidden && fp8 && (act == Activation::None || act == Activation::GeluTanh) &&
+  };
+  return c.policy.fp8_hidden && fp8(w) && fp8(next) && (act == Activation::None || act == Activation::GeluTanh) &&
                  next.size(1) == w.size(0) && fused_fp8_gemm_applies(c, w.size(0), w.size(1)) &&
                  fused_fp8_gemm_applies(c, next.size(0), next.size(1))
              ? DType::F8_E4M3
