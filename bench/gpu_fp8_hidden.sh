@@ -3,7 +3,7 @@
 # Backend::product_dtype) and the fast-accumulation schedules of the fused FP8 GEMM, in one call:
 # the fp8 op checks (schedules 0 and 2: the product's scales and codes against the CPU emulation),
 # then `stdit bench` with fc2 quantized (--fp8-keep proj,q,cross_proj) with the hidden activations
-# in e4m3 and in bf16 (STDIT_CUDA_FP8_HIDDEN=0), the default keep list, schedule 2, bf16 around
+# in e4m3 (STDIT_CUDA_FP8_HIDDEN=1) and in bf16 (the default), the default keep list, schedule 2, bf16 around
 # them (the same binary, one after the other), then the 30-step 480p quality gate with fc2 quantized.
 #
 # Expects build-cuda/ as scripts/gpu_check.sh does (stdit and stdit_gpu_tests, libs in
@@ -27,12 +27,12 @@ run() {  # run NAME ENV... -- ARGS...
   env "$@" || rc=1
 }
 run "bf16" build-cuda/stdit "${B[@]}" --precision bf16
-run "fp8, fc2 quantized, hidden e4m3" build-cuda/stdit "${B[@]}" "${K[@]}"
-run "fp8, fc2 quantized, hidden bf16 + pass" STDIT_CUDA_FP8_HIDDEN=0 build-cuda/stdit "${B[@]}" "${K[@]}"
+run "fp8, fc2 quantized, hidden e4m3" STDIT_CUDA_FP8_HIDDEN=1 build-cuda/stdit "${B[@]}" "${K[@]}"
+run "fp8, fc2 quantized, hidden bf16 + pass" build-cuda/stdit "${B[@]}" "${K[@]}"
 run "fp8, default keep list" build-cuda/stdit "${B[@]}" --precision fp8 --steps 2
-run "fp8, fc2 quantized, hidden e4m3, schedule 2" STDIT_CUDA_FP8_GEMM_SCHEDULE=2 build-cuda/stdit "${B[@]}" "${K[@]}"
+run "fp8, fc2 quantized, hidden e4m3, schedule 2" STDIT_CUDA_FP8_HIDDEN=1 STDIT_CUDA_FP8_GEMM_SCHEDULE=2 build-cuda/stdit "${B[@]}" "${K[@]}"
 run "bf16 again" build-cuda/stdit "${B[@]}" --precision bf16
 echo "== fp8 quality gate, fc2 quantized =="
-build-cuda/stdit bench --backend cuda --precision fp8 --fp8-keep proj,q,cross_proj --preset 480p-4s --iters 1 \
+STDIT_CUDA_FP8_HIDDEN=1 build-cuda/stdit bench --backend cuda --precision fp8 --fp8-keep proj,q,cross_proj --preset 480p-4s --iters 1 \
   --no-t5 --steps 30 || rc=1
 exit $rc

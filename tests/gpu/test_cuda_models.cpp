@@ -124,13 +124,19 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaStdit3, ::testing::Values("stdit3_a", "st
 // around the same GEMMs), fixture a and its fp8 reference output (tests/data/fp8/stdit3.safetensors).
 TEST(CudaStdit3Fp8, ForwardMatchesTheEmulation) {
   if (cuda_device_sm(0) < 89) GTEST_SKIP() << "no FP8 tensor cores (sm_" << cuda_device_sm(0) << ")";
-  const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, "none"};
-  CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
   const std::string dir = data_dir() + "/stdit3_a";
-  auto model = STDiT3::load(dir, g8);
-  const Tensor got = model->forward(read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors")));
   const Tensor want = SafetensorsFile::open(data_dir() + "/fp8/stdit3.safetensors")->get("output_all").to(DType::F32);
-  check("stdit3_a[fp8]", "output vs the reference's fp8 forward", rel_error(got, want));
+  // Also with fc1 writing fc2's operand (policy fp8_hidden: its codes come from a bounded scale,
+  // not the reference's per-row amax; one e4m3 rounding of the hidden values apart).
+  for (const bool hidden : {false, true}) {
+    const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}, {"fp8_hidden", hidden}}, "none"};
+    CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
+    if (hidden && !g8.policy().fp8_hidden) continue;  // no fused GEMM (Ada)
+    auto model = STDiT3::load(dir, g8);
+    const Tensor got = model->forward(read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors")));
+    check("stdit3_a[fp8]", cat("output vs the reference's fp8 forward", hidden ? ", MLP hidden e4m3" : ""),
+          rel_error(got, want));
+  }
 }
 
 // The memory plan (plan_model_call: a dry run with the CUDA backend's scratch rules) against
@@ -139,19 +145,25 @@ TEST(CudaStdit3Fp8, ForwardMatchesTheEmulation) {
 TEST(CudaMemoryPlan, DryRunEqualsTheBackendsCount) {
   std::vector<std::pair<CudaBackend*, std::string>> modes;
   for (auto [g, sfx] : all_modes()) modes.emplace_back(g, sfx);
-  std::unique_ptr<CudaBackend> g8;
+  std::unique_ptr<CudaBackend> g8, g8h;
   if (cuda_device_sm(0) >= 89) {
     g8 = std::make_unique<CudaBackend>(0, CudaOptions{},
                                        resolve_policy(PolicyRequest{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, "none"}, "cuda",
                                                       cuda_device_sm(0)));
     modes.emplace_back(g8.get(), "[fp8]");
+    // fc1 writing fc2's e4m3 operand (policy fp8_hidden, fused GEMMs only): the codes' row scales.
+    g8h = std::make_unique<CudaBackend>(
+        0, CudaOptions{},
+        resolve_policy(PolicyRequest{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}, {"fp8_hidden", true}}, "none"},
+                       "cuda", cuda_device_sm(0)));
+    if (g8h->policy().fp8_hidden) modes.emplace_back(g8h.get(), "[fp8, MLP hidden e4m3]");
   }
   int compared = 0;
   for (const char* name : {"stdit3_a", "stdit3_b", "stdit3_c"})
     for (auto& [g, sfx] : modes)
       for (const bool conditioned : {false, true})
         for (const bool keyed : {false, true}) {
-          if (g == g8.get() && std::string(name) != "stdit3_a") continue;  // fp8 GEMMs need fixture a's sizes
+          if ((g == g8.get() || g == g8h.get()) && std::string(name) != "stdit3_a") continue;  // fp8 GEMMs need fixture a's sizes
           const std::string label = cat(name, sfx, keyed ? " keyed" : "", conditioned ? " conditioned" : "");
           STDiT3Inputs in = read_stdit3_inputs(*SafetensorsFile::open(data_dir() + "/" + name + "/inputs.safetensors"));
           in.text_key = keyed ? new_text_key() : 0;

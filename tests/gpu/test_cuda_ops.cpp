@@ -786,7 +786,7 @@ TEST(CudaOps, NanPropagates) {
 // whole STDiT3 forward of fixture a.
 TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   if (cuda_device_sm(0) < 89) GTEST_SKIP() << "no FP8 tensor cores (sm_" << cuda_device_sm(0) << ")";
-  const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, "none"};
+  const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}, {"fp8_hidden", true}}, "none"};
   CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
   CpuBackend c8(resolve_policy(req, "cpu", 0));
   // The GEMMs both ways on Hopper: fused (CUTLASS, scales in the epilogue) and unfused (cuBLASLt and
