@@ -33,7 +33,7 @@ class CudaDryRun final : public DryRunBackend {
     if (w.dtype() == DType::F8_E4M3) {
       if (x.dtype() != DType::F8_E4M3) s += bytes_of(m * k, DType::F8_E4M3) + bytes_of(m, DType::F32);
       if (out.dtype() == DType::F8_E4M3) {  // product_dtype(): the codes' row scales, and their inverses
-        out = out.with_scales(alloc({m}, DType::F32));
+        DryRunBackend::linear(x, w, bias, act, out);
         return scratch(s + bytes_of(m, DType::F32));
       }
       if (out.dtype() != DType::F32 && !fused_fp8_linear_applies(*ctx_, n, k, out.dtype(), act))

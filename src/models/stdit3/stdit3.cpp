@@ -608,7 +608,8 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
 
   // Activations that only feed GEMMs and attention (LN outputs, q/k/v, attention outputs, MLP
   // hidden) are in the backend's matmul dtype (bf16 on CUDA), the LN outputs in the dtype their
-  // GEMM takes them in (Backend::operand_dtype); the residual stream x stays F32.
+  // GEMM takes them in (Backend::operand_dtype), the MLP hidden in the dtype fc1's GEMM may write
+  // for fc2 (Backend::product_dtype); the residual stream x stays F32.
   // The ops that depend on how the block is split over ranks are RankOps' (dist/rank_ops.h). Each
   // of the three phases frees its tensors when it ends, so a block holds at most one phase's worth
   // (the memory plan counts them in a dry run: pipeline/memory_plan.h).
