@@ -200,7 +200,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   // GEMMs with the scales in the epilogue"); STDIT_CUDA_FP8_GEMM=0 turns it off.
   p.fused_fp8_gemm = p.precision == Precision::FP8 && hopper && ov("fp8_gemm", true);
   p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
-  // Off until its GPU check and timing have run (bench/gpu_fp8_hidden.sh); STDIT_CUDA_FP8_HIDDEN=1.
+  // Off until its GPU check and timing have run (bench/gpu_trials.sh); STDIT_CUDA_FP8_HIDDEN=1.
   p.fp8_hidden = p.fused_fp8_gemm && ov("fp8_hidden", false);
   p.fused_bf16_gemm = bf16 && hopper && ov("bf16_gemm", true);
   p.vae_bf16 = bf16 && p.cudnn_conv && ov("vae_bf16", true);

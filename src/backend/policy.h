@@ -89,7 +89,7 @@ struct ExecutionPolicy {
   // precision fp8 with fused fp8 GEMMs: fc1's GEMM writes the MLP's hidden activations as fc2's
   // e4m3 operand (codes, and per-row scales bounded from its operands' scales:
   // Backend::product_dtype), so an fp8 fc2 needs no quantization pass. Off by default until its
-  // GPU check and timing have run (bench/gpu_fp8_hidden.sh); the "fp8_hidden" override,
+  // GPU check and timing have run (bench/gpu_trials.sh); the "fp8_hidden" override,
   // STDIT_CUDA_FP8_HIDDEN=1, turns it on (with the fused GEMM only).
   bool fp8_hidden = false;
   // bf16 and fp8: the VAE decodes on channels-last BF16 tensors (cuDNN NHWC tensor-core

@@ -38,7 +38,7 @@ using Pingpong64 = Schedule<64, 128, gemm::KernelTmaWarpSpecializedPingpong, Tma
 // promotion into a second set of f32 registers every few k-blocks. Half the accumulator registers,
 // so a warpgroup can hold a 128 x 128 tile; the accumulator keeps fewer mantissa bits than f32.
 // Schedules 2-4 are on trial, chosen only by STDIT_CUDA_FP8_GEMM_SCHEDULE: their speed
-// (CudaPerf.RealShapes, bench/gpu_fp8_hidden.sh) and their error against the CPU emulation (the
+// (CudaPerf.RealShapes, bench/gpu_trials.sh) and their error against the CPU emulation (the
 // GPU check's linear[fp8] rows under that switch) are not measured yet.
 //   2: cooperative, 256 x 128; 3: ping-pong, 128 x 128; 4: cooperative, 128 x 128.
 using FastCooperative256x128 =
