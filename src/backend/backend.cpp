@@ -148,13 +148,18 @@ std::unique_ptr<Backend> make_backend(const std::string& name, const PolicyReque
   }
   if (name == "cpu") return std::make_unique<CpuBackend>(resolve_policy(req, "cpu", 0));
 #ifdef STDIT_HAVE_CUDA
-  if (name == "cuda") return make_cuda_backend(0, resolve_policy(req, "cuda", cuda_device_sm(0)));
+  // The device first: without one, the policy would judge a GPU of "sm_0" (fp8: "needs FP8 tensor cores").
+  auto cuda = [&](int d) {
+    const std::string problem = cuda_device_problem(d);
+    STDIT_CHECK(problem.empty(), "cuda backend: ", problem);
+    return make_cuda_backend(d, resolve_policy(req, "cuda", cuda_device_sm(d)));
+  };
+  if (name == "cuda") return cuda(0);
   if (name.rfind("cuda:", 0) == 0) {  // cuda:N, the N-th visible GPU
     const std::string idx = name.substr(5);
-    STDIT_CHECK(!idx.empty() && idx.find_first_not_of("0123456789") == std::string::npos,
+    STDIT_CHECK(!idx.empty() && idx.size() <= 6 && idx.find_first_not_of("0123456789") == std::string::npos,
                 "invalid backend '", name, "' (cuda:N with N a GPU index)");
-    const int d = std::stoi(idx);
-    return make_cuda_backend(d, resolve_policy(req, "cuda", cuda_device_sm(d)));
+    return cuda(std::stoi(idx));
   }
 #endif
   std::string avail;

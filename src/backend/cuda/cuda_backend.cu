@@ -23,11 +23,8 @@ void check_launch(const char* op) {
 }
 
 CudaContext::CudaContext(int dev, CudaOptions opt) : device(dev), options(opt) {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  STDIT_CHECK(e == cudaSuccess && n > 0, "cuda backend: no usable CUDA device (",
-              e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
-  STDIT_CHECK(dev >= 0 && dev < n, "cuda backend: device ", dev, " requested, ", n, " visible");
+  const std::string problem = cuda_device_problem(dev);
+  STDIT_CHECK(problem.empty(), "cuda backend: ", problem);
   STDIT_CUDA_CHECK(cudaSetDevice(dev));
   cudaDeviceProp prop{};
   STDIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));

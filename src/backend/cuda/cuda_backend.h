@@ -165,6 +165,10 @@ class CudaBackend final : public Backend {
 std::unique_ptr<Backend> make_cuda_backend(int device, const ExecutionPolicy& policy);
 int cuda_device_sm(int device);
 
+// Why `device` cannot be opened (no driver, no device, an index past the visible ones); "" when it
+// can (cuda_runtime_info.cu). The backend's constructor and make_backend() both ask it first, so
+// that error names the missing device rather than what a policy of "sm_0" would lack.
+std::string cuda_device_problem(int device);
 // Number of visible CUDA devices; 0 when there is no driver or no device (cuda_runtime_info.cu).
 int cuda_device_count();
 // One line naming the device (name, compute capability, SMs, memory, driver); "" if unknown.

@@ -17,6 +17,20 @@ int cuda_device_count() {
   return n;
 }
 
+// Why device `device` cannot be used ("no usable CUDA device (...)", "device 2 requested, 1
+// visible"); "" when it can be opened.
+std::string cuda_device_problem(int device) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return std::string("no usable CUDA device (") + (e == cudaSuccess ? "none found" : cudaGetErrorString(e)) + ")";
+  }
+  if (device < 0 || device >= n)
+    return "device " + std::to_string(device) + " requested, " + std::to_string(n) + " visible";
+  return "";
+}
+
 // Compute capability as 10 * major + minor (90 for H100/H200); 0 when it cannot be queried.
 int cuda_device_sm(int device) {
   cudaDeviceProp p{};
