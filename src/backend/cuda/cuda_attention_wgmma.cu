@@ -31,7 +31,6 @@
 #include <cudaTypedefs.h>
 
 #include <cmath>
-#include <cstdlib>
 
 #include "backend/cuda/cuda_attention.cuh"
 
@@ -299,7 +298,8 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
 #pragma unroll
     for (int i = 0; i < BK / 2; ++i) {
       const float x = fmaf(sc[i], sl2, (i & 2) ? -mn_b : -mn_a);
-      sc[i] = (kSplit > 0 && i % (kSplit > 0 ? kSplit : 1) == kSplit - 1) ? ex2_fma(x) : ex2(x);
+      if constexpr (kSplit > 0) sc[i] = i % kSplit == kSplit - 1 ? ex2_fma(x) : ex2(x);
+      else sc[i] = ex2(x);
       if (i & 2) sb += sc[i];
       else sa += sc[i];
     }
@@ -405,11 +405,7 @@ bool encode_operand(CUtensorMap& map, const void* p, int64_t nb, int64_t n, int6
 // a developer switch for head dim 72 (STDiT3's) until measured; 0 (the default) is the kernel
 // before it.
 int exp_split() {
-  static const int split = [] {
-    const char* e = std::getenv("STDIT_CUDA_ATTN_EXP_SPLIT");
-    const int v = e ? std::atoi(e) : 0;
-    return v == 2 || v == 4 ? v : 0;
-  }();
+  static const int split = env_choice("STDIT_CUDA_ATTN_EXP_SPLIT", {2, 4});
   return split;
 }
 

@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -237,6 +239,14 @@ __device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __fl
 __device__ __forceinline__ float load_f(const float* p) { return *p; }
 __device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float load_f(const __nv_fp8_e4m3* p) { return static_cast<float>(*p); }
+
+// A developer's numeric switch read once per process by its caller (STDIT_CUDA_FP8_GEMM_SCHEDULE=2,
+// ...): the variable's value when it is one of `allowed`, else 0 (unset, or a value no kernel has).
+inline int env_choice(const char* name, std::initializer_list<int> allowed) {
+  const char* e = std::getenv(name);
+  const int v = e ? std::atoi(e) : 0;
+  return std::find(allowed.begin(), allowed.end(), v) != allowed.end() ? v : 0;
+}
 
 inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 1 << 20) {
   int64_t b = (n + threads - 1) / threads;
