@@ -11,10 +11,7 @@
 
 namespace {
 
-int error_exit(const std::string& message) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
-  return 1;
-}
+using stdit::cli::error_exit;
 
 std::string command_list(const CLI::App& app) {
   std::string names;
@@ -93,23 +90,7 @@ int run_command(int argc, char** argv, const stdit::api::Processes& procs) {
                             : verbose ? stdit::api::Verbosity::Verbose
                                       : stdit::api::Verbosity::Normal);
   if (procs.rank > 0 && !verbose) stdit::api::set_verbosity(stdit::api::Verbosity::Quiet);  // rank 0 speaks
-  try {
-    action();
-  } catch (const stdit::Cancelled&) {
-    return 130;  // the command has said what it kept
-  } catch (const stdit::RefusedElsewhere&) {
-    return 1;  // the process that refused has said why
-  } catch (const std::exception& e) {
-    if (procs.size > 1 && stdit::api::processes_running()) {
-      // Mid-run, one process failing must end the others (they may wait on it in a collective).
-      error_exit("process " + std::to_string(procs.rank) + ": " + e.what());
-      stdit::api::processes_abort(1);
-    }
-    // Errors agreed before a run reach the first failing process only (the others get
-    // RefusedElsewhere); elsewhere every process reports what it hit.
-    return error_exit(procs.rank > 0 ? "process " + std::to_string(procs.rank) + ": " + e.what() : e.what());
-  }
-  return 0;
+  return stdit::cli::run_action(action, procs);
 }
 
 }  // namespace
