@@ -120,6 +120,13 @@ TEST_P(CudaStdit3, ForwardMatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaStdit3, ::testing::Values("stdit3_a", "stdit3_b", "stdit3_c"));
 
+// A CUDA backend in fp8 with the fused GEMMs; `hidden`: fc1's epilogue writes fc2's e4m3 operand
+// (policy fp8_hidden, where the fused GEMM exists).
+std::unique_ptr<CudaBackend> fp8_backend(bool hidden) {
+  const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}, {"fp8_hidden", hidden}}, "none"};
+  return std::make_unique<CudaBackend>(0, CudaOptions{}, resolve_policy(req, "cuda", cuda_device_sm(0)));
+}
+
 // fp8 on the GPU (bf16 activations around e4m3 GEMMs) against the CPU emulation of fp8 (f32
 // around the same GEMMs), fixture a and its fp8 reference output (tests/data/fp8/stdit3.safetensors).
 TEST(CudaStdit3Fp8, ForwardMatchesTheEmulation) {
@@ -129,10 +136,9 @@ TEST(CudaStdit3Fp8, ForwardMatchesTheEmulation) {
   // Also with fc1 writing fc2's operand (policy fp8_hidden: its codes come from a bounded scale,
   // not the reference's per-row amax; one e4m3 rounding of the hidden values apart).
   for (const bool hidden : {false, true}) {
-    const PolicyRequest req{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}, {"fp8_hidden", hidden}}, "none"};
-    CudaBackend g8(0, {}, resolve_policy(req, "cuda", cuda_device_sm(0)));
-    if (hidden && !g8.policy().fp8_hidden) continue;  // no fused GEMM (Ada)
-    auto model = STDiT3::load(dir, g8);
+    const auto g8 = fp8_backend(hidden);
+    if (hidden && !g8->policy().fp8_hidden) continue;  // no fused GEMM (Ada)
+    auto model = STDiT3::load(dir, *g8);
     const Tensor got = model->forward(read_stdit3_inputs(*SafetensorsFile::open(dir + "/inputs.safetensors")));
     check("stdit3_a[fp8]", cat("output vs the reference's fp8 forward", hidden ? ", MLP hidden e4m3" : ""),
           rel_error(got, want));
@@ -147,15 +153,10 @@ TEST(CudaMemoryPlan, DryRunEqualsTheBackendsCount) {
   for (auto [g, sfx] : all_modes()) modes.emplace_back(g, sfx);
   std::unique_ptr<CudaBackend> g8, g8h;
   if (cuda_device_sm(0) >= 89) {
-    g8 = std::make_unique<CudaBackend>(0, CudaOptions{},
-                                       resolve_policy(PolicyRequest{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}}, "none"}, "cuda",
-                                                      cuda_device_sm(0)));
+    g8 = fp8_backend(false);
     modes.emplace_back(g8.get(), "[fp8]");
     // fc1 writing fc2's e4m3 operand (policy fp8_hidden, fused GEMMs only): the codes' row scales.
-    g8h = std::make_unique<CudaBackend>(
-        0, CudaOptions{},
-        resolve_policy(PolicyRequest{"fp8", "auto", {{"fp8", true}, {"fp8_gemm", true}, {"fp8_hidden", true}}, "none"},
-                       "cuda", cuda_device_sm(0)));
+    g8h = fp8_backend(true);
     if (g8h->policy().fp8_hidden) modes.emplace_back(g8h.get(), "[fp8, MLP hidden e4m3]");
   }
   int compared = 0;
