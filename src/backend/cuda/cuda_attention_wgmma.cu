@@ -135,21 +135,6 @@ __device__ __forceinline__ float ex2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
-// 2^x for x <= 0 on the FMA and integer pipes instead of the special-function unit (16 results per
-// clock per SM, shared by the softmax's exponentials): x = j + f with j an integer and f in
-// [-0.5, 0.5] (rounding by adding 1.5 * 2^23), 2^f by a cubic (relative error 1.5e-4, far below
-// the bf16 rounding P gets for P V), 2^j added to the exponent bits. Below -126 the result is
-// 2^-126 rather than 0: a masked key's weight (x = -inf) is then ~1e-38 of the row's largest. NaN
-// stays NaN (the bit arithmetic alone would turn it into a finite value).
-__device__ __forceinline__ float ex2_fma(float x) {
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
-  const float c = x < -126.0f ? -126.0f : x;
-  const float t = c + kRound;
-  const float f = c - (t - kRound);
-  const float p = fmaf(fmaf(fmaf(0.0551716611f, f, 0.24261114f), f, 0.693260968f), f, 0.999928057f);
-  const float r = __int_as_float(__float_as_int(p) + ((__float_as_int(t) - __float_as_int(kRound)) << 23));
-  return x == x ? r : x;
-}
 
 // The six TMA maps of one call: Q, K, V over head dims 0-63 (128-byte swizzle), Q's and K's
 // dims 64-79 (32-byte swizzle), V's dims 64-79 (128-byte swizzle).
@@ -182,9 +167,7 @@ __device__ __forceinline__ uint64_t smem_desc_sw32(uint32_t addr) {
   return smem_desc(addr, 16, 256) | (uint64_t{3} << 62);
 }
 
-// kSplit > 0: one of every kSplit exponentials of the softmax is computed by ex2_fma (on trial:
-// the special-function unit's rate bounds the softmax at small head dims).
-template <int DK, int DV, int BK, int kWG, int kStages, int kSplit>
+template <int DK, int DV, int BK, int kWG, int kStages>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     attention_wgmma_kernel(const __grid_constant__ WgmmaMaps maps, __nv_bfloat16* out,
                            int64_t out_sb, int64_t out_sn, int64_t out_sh, int nq, int nk,
@@ -297,9 +280,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     float sa = 0.0f, sb = 0.0f;
 #pragma unroll
     for (int i = 0; i < BK / 2; ++i) {
-      const float x = fmaf(sc[i], sl2, (i & 2) ? -mn_b : -mn_a);
-      if constexpr (kSplit > 0) sc[i] = i % kSplit == kSplit - 1 ? ex2_fma(x) : ex2(x);
-      else sc[i] = ex2(x);
+      sc[i] = ex2(fmaf(sc[i], sl2, (i & 2) ? -mn_b : -mn_a));
       if (i & 2) sb += sc[i];
       else sa += sc[i];
     }
@@ -401,15 +382,7 @@ bool encode_operand(CUtensorMap& map, const void* p, int64_t nb, int64_t n, int6
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The exponential split on trial (attention_wgmma_kernel's kSplit): STDIT_CUDA_ATTN_EXP_SPLIT=2 or 4,
-// a developer switch for head dim 72 (STDiT3's) until measured; 0 (the default) is the kernel
-// before it.
-int exp_split() {
-  static const int split = env_choice("STDIT_CUDA_ATTN_EXP_SPLIT", {2, 4});
-  return split;
-}
-
-template <int DK, int DV, int kSplit = 0>
+template <int DK, int DV>
 bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq, int64_t sk,
                  int64_t sv, int64_t so) {
   // Three consumer warpgroups (192 query rows) share each key tile: measured at 720p on an H100,
@@ -432,7 +405,7 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
                     !enc(m.kt, a.k, a.nk, sk, 16, BK, CU_TENSOR_MAP_SWIZZLE_32B, nbk)))
     return false;
   if (L::VT > 0 && !enc(m.vt, a.v, a.nk, sv, L::VT, BK, sw128, nbk)) return false;
-  auto kernel = attention_wgmma_kernel<DK, DV, BK, kWG, kStages, kSplit>;
+  auto kernel = attention_wgmma_kernel<DK, DV, BK, kWG, kStages>;
   // Per device (tensor parallelism runs it on several): cheap, so on every launch.
   STDIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem));
   const dim3 grid(static_cast<unsigned>((a.nq + L::kRows - 1) / L::kRows), static_cast<unsigned>(a.h),
@@ -474,12 +447,7 @@ bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t bat
     return false;
   switch (a.d) {
     case 64: return launch_dims<64, 64>(c, a, batch, sq, sk, sv, so);
-    case 72:
-      switch (exp_split()) {
-        case 2: return launch_dims<80, 72, 2>(c, a, batch, sq, sk, sv, so);
-        case 4: return launch_dims<80, 72, 4>(c, a, batch, sq, sk, sv, so);
-        default: return launch_dims<80, 72>(c, a, batch, sq, sk, sv, so);
-      }
+    case 72: return launch_dims<80, 72>(c, a, batch, sq, sk, sv, so);
     case 80: return launch_dims<80, 80>(c, a, batch, sq, sk, sv, so);
     default: return false;
   }
