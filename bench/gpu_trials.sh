@@ -1,19 +1,16 @@
 #!/usr/bin/env bash
-# The GPU runs of the changes on trial (each off by default until these runs decide), in one call:
-# - fp8: the MLP's hidden activations written as fc2's e4m3 operand by fc1's epilogue (policy
-#   fp8_hidden, STDIT_CUDA_FP8_HIDDEN=1) and the fused FP8 GEMM's fast-accumulation schedules
-#   (STDIT_CUDA_FP8_GEMM_SCHEDULE=2/3/4);
-# - bf16 spatial attention: one in 4 or one in 2 of the softmax's exponentials on the FMA pipe
-#   (STDIT_CUDA_ATTN_EXP_SPLIT=4/2).
-# In the order of what decides most: the checks (fp8 ops and fixtures with the hidden path, the
-# attention ops and STDiT3 fixtures with split 4), `stdit bench` at 720p 4s with the variants
-# alternated between bf16 runs (the same binary), the remaining variants and checks, the per-op
-# timings (CudaPerf.RealShapes: every schedule called directly) and the 30-step 480p fp8 quality
-# gate with fc2 quantized through the hidden path. Each part starts only while LIMIT seconds (default 570:
-# one device call) leave it room; logs go to $OUT (default bench_out/).
+# One device call that checks and times the fp8 defaults against the binary before them:
+# fc1's epilogue writing fc2's e4m3 operand (policy fp8_hidden) with fc2 quantized by default, and
+# the fused FP8 GEMM's fast-accumulation schedules chosen by K. In the order of what decides most:
+# the fp8 checks (default schedules, then the promoted schedule 1), `stdit bench` at 720p 4s with
+# the old binary's fp8 (OLD, default build-old/stdit), the new default, its forced schedules and
+# bf16 alternated (one binary per run), 480p, the per-op timings, the 30-step 480p quality gate
+# with the VAE, and a whole 720p 4s video from an fp8 engine (one `stdit generate` process, timed
+# from the shell). Each part starts only while LIMIT seconds (default 570: one device call) leave
+# it room; logs go to $OUT (default bench_out/).
 #
 # Expects build-cuda/ as scripts/gpu_check.sh does (stdit and stdit_gpu_tests, libs in
-# build-cuda/libs). Usage: [LIMIT=seconds] bench/gpu_trials.sh
+# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] bench/gpu_trials.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -24,6 +21,7 @@ export LD_LIBRARY_PATH="$PWD/build-cuda/libs:/usr/local/cuda/lib64${LD_LIBRARY_P
 export STDIT_TEST_DATA="$PWD/tests/data"
 T=build-cuda/tests/gpu/stdit_gpu_tests
 S=build-cuda/stdit
+OLD=${OLD:-build-old/stdit}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 rc=0
 check() {  # check NAME FILTER ENV...: the summary here, the whole output in $OUT/checks.log
@@ -32,7 +30,7 @@ check() {  # check NAME FILTER ENV...: the summary here, the whole output in $OU
   echo "== check: $name ($(left) s left) =="
   echo "== $name ==" >> "$OUT/checks.log"
   env "$@" STDIT_GPU_NO_PERF=1 timeout 150 $T --gtest_brief=1 --gtest_filter="$filter" >> "$OUT/checks.log" 2>&1 || rc=1
-  tail -3 "$OUT/checks.log"
+  grep -E "FAIL|over threshold|PASSED|FAILED" "$OUT/checks.log" | tail -4
 }
 run() {  # run NAME ENV... COMMAND...: the step times here, the whole output in $OUT/bench.log
   local name=$1; shift
@@ -43,28 +41,38 @@ run() {  # run NAME ENV... COMMAND...: the step times here, the whole output in 
   cat "$OUT/run.log" >> "$OUT/bench.log"
   grep -E "ms/step|fp8 quality|error" "$OUT/run.log" | cut -c1-200
 }
-check "fp8, fused GEMM schedule 0, hidden e4m3" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
-check "attention, exponential split 4" 'CudaOps.Attention*:CudaOps.NanPropagates:CudaStdit3*' STDIT_CUDA_ATTN_EXP_SPLIT=4
+check "fp8, default schedules" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
+check "fp8, promoted schedule 1" 'CudaOps.Fp8*:CudaStdit3Fp8.*' STDIT_CUDA_FP8_GEMM_SCHEDULE=1
 B=(bench --backend cuda --preset 720p-4s --iters 2 --no-t5 --no-vae)
-K=(--precision fp8 --steps 2 --fp8-keep proj,q,cross_proj)
+F=(--precision fp8 --steps 2)
 run "bf16" $S "${B[@]}" --precision bf16
-run "fp8, fc2 quantized, hidden e4m3" STDIT_CUDA_FP8_HIDDEN=1 $S "${B[@]}" "${K[@]}"
-run "fp8, fc2 quantized, hidden e4m3, schedule 2" STDIT_CUDA_FP8_HIDDEN=1 STDIT_CUDA_FP8_GEMM_SCHEDULE=2 $S "${B[@]}" "${K[@]}"
-run "bf16, exponential split 4" STDIT_CUDA_ATTN_EXP_SPLIT=4 $S "${B[@]}" --precision bf16
-run "fp8, fc2 quantized, hidden bf16 + pass" $S "${B[@]}" "${K[@]}"
-run "fp8, default keep list" $S "${B[@]}" --precision fp8 --steps 2
-run "fp8, fc2 quantized, hidden e4m3, schedule 3" STDIT_CUDA_FP8_HIDDEN=1 STDIT_CUDA_FP8_GEMM_SCHEDULE=3 $S "${B[@]}" "${K[@]}"
+[ -x "$OLD" ] && run "fp8, the binary before (fc2 bf16, promoted schedule)" $OLD "${B[@]}" "${F[@]}"
+run "fp8, new default" $S "${B[@]}" "${F[@]}"
+run "fp8, forced schedule 3 (ping-pong 128x128)" STDIT_CUDA_FP8_GEMM_SCHEDULE=3 $S "${B[@]}" "${F[@]}"
+run "fp8, forced schedule 2 (cooperative 256x128)" STDIT_CUDA_FP8_GEMM_SCHEDULE=2 $S "${B[@]}" "${F[@]}"
+run "fp8, hidden off (fc2's input quantized in a pass)" STDIT_CUDA_FP8_HIDDEN=0 $S "${B[@]}" "${F[@]}"
+[ -x "$OLD" ] && run "fp8, the binary before, again" $OLD "${B[@]}" "${F[@]}"
+run "fp8, new default, again" $S "${B[@]}" "${F[@]}"
 run "bf16 again" $S "${B[@]}" --precision bf16
-run "bf16, exponential split 2" STDIT_CUDA_ATTN_EXP_SPLIT=2 $S "${B[@]}" --precision bf16
-run "fp8, fc2 quantized, hidden e4m3, schedule 4" STDIT_CUDA_FP8_HIDDEN=1 STDIT_CUDA_FP8_GEMM_SCHEDULE=4 $S "${B[@]}" "${K[@]}"
-check "fp8, fused GEMM schedule 2" 'CudaOps.Fp8*:CudaStdit3Fp8.*' STDIT_CUDA_FP8_GEMM_SCHEDULE=2
-check "attention, exponential split 2" 'CudaOps.Attention*:CudaOps.NanPropagates:CudaStdit3*' STDIT_CUDA_ATTN_EXP_SPLIT=2
-if [ "$(left)" -gt 120 ]; then
-  echo "== per-op timings ($(left) s left) =="
-  timeout $(( $(left) - 60 )) $T --gtest_filter=CudaPerf.RealShapes > "$OUT/perf.log" 2>&1 || rc=1
-  grep -E "linear|schedule|attention spatial" "$OUT/perf.log" | cut -c1-150
+B4=(bench --backend cuda --preset 480p-4s --iters 3 --no-t5 --no-vae)
+run "480p bf16" $S "${B4[@]}" --precision bf16
+run "480p fp8, new default" $S "${B4[@]}" "${F[@]}"
+[ -x "$OLD" ] && run "480p fp8, the binary before" $OLD "${B4[@]}" "${F[@]}"
+run "fp8 quality gate, 480p 30 steps, new default" $S bench --backend cuda --precision fp8 --preset 480p-4s \
+  --iters 1 --no-t5 --steps 30
+if [ "$(left)" -gt 110 ]; then
+  echo "== whole 720p 4s video, fp8 engine ($(left) s left) =="
+  e8=/tmp/stdit_engine_fp8
+  { time $S convert --synthetic --dtype fp8 -o $e8; } > "$OUT/convert.log" 2>&1 || rc=1
+  tail -2 "$OUT/convert.log"
+  { time timeout $(( $(left) - 10 )) $S generate "a beautiful waterfall" -e $e8 --backend cuda --resolution 720p \
+      --num-frames 4s --out-dir /tmp/stdit_whole_fp8 -v; } > "$OUT/whole_fp8.log" 2>&1 || rc=1
+  grep -E "^time:|execution policy|peak|error|real" "$OUT/whole_fp8.log" | cut -c1-250
 fi
-run "fp8 quality gate, 480p 30 steps, fc2 quantized, hidden e4m3" STDIT_CUDA_FP8_HIDDEN=1 $S bench --backend cuda \
-  --precision fp8 --fp8-keep proj,q,cross_proj --preset 480p-4s --iters 1 --no-t5 --steps 30
+if [ "$(left)" -gt 80 ]; then
+  echo "== per-op timings ($(left) s left) =="
+  timeout $(( $(left) - 20 )) $T --gtest_filter=CudaPerf.RealShapes > "$OUT/perf.log" 2>&1 || rc=1
+  grep -E "fp8" "$OUT/perf.log" | cut -c1-150
+fi
 echo "done in $(( $(date +%s) - t0 )) s"
 exit $rc

@@ -294,9 +294,9 @@ TEST(Fp8, KeepListParsesAndMatches) {
   EXPECT_FALSE(k.keeps_step(2, 30) || k.keeps_step(28, 30));
   EXPECT_EQ(k.describe(), "fc2,temporal:1,3-4,spatial,first:2,last:1");
   EXPECT_TRUE(parse_fp8_keep("").empty());
-  // "auto": the default layers (the projections, cross-attention's q, fc2); "none": nothing.
-  EXPECT_EQ(parse_fp8_keep("auto").describe(), "proj,q,cross_proj,fc2");
-  EXPECT_EQ(parse_fp8_keep("auto,first:2").describe(), "proj,q,cross_proj,fc2,first:2");
+  // "auto": the default layers (the projections, cross-attention's q); "none": nothing.
+  EXPECT_EQ(parse_fp8_keep("auto").describe(), "proj,q,cross_proj");
+  EXPECT_EQ(parse_fp8_keep("auto,first:2").describe(), "proj,q,cross_proj,first:2");
   EXPECT_TRUE(parse_fp8_keep("none").empty());
   for (const char* bad : {"fc3", "qkv,", "5-2", "first:x", "middle:2", "spatial:a", "none,qkv", "qkv,none"})
     EXPECT_THROW(parse_fp8_keep(bad), InvalidRequest) << bad;

@@ -65,12 +65,12 @@ TEST(Policy, DeveloperOverridesAsTheOldSwitches) {
 
 TEST(Policy, Fp8QuantizesTheNormFedLayersUnlessTold) {
   // An empty --fp8-keep is fp8_default_keep(): only the layers whose inputs arrive as e4m3 (qkv,
-  // fc1) and kv are quantized; "none" quantizes all seven; explicit lists replace the default.
+  // fc1, fc2) and kv are quantized; "none" quantizes all seven; explicit lists replace the default.
   for (const char* backend : {"cpu", "cuda"}) {
     const int sm = std::string(backend) == "cpu" ? 0 : 90;
     const ExecutionPolicy d = resolve_policy({"fp8", "auto", {}, ""}, backend, sm);
-    EXPECT_EQ(d.fp8_keep.describe(), "proj,q,cross_proj,fc2") << backend;
-    EXPECT_TRUE(d.fp8_keep.keeps("fc2", false, 0) && !d.fp8_keep.keeps("qkv", false, 0) &&
+    EXPECT_EQ(d.fp8_keep.describe(), "proj,q,cross_proj") << backend;
+    EXPECT_TRUE(d.fp8_keep.keeps("proj", false, 0) && !d.fp8_keep.keeps("fc2", false, 0) && !d.fp8_keep.keeps("qkv", false, 0) &&
                 !d.fp8_keep.keeps("fc1", true, 3) && !d.fp8_keep.keeps("kv", true, 0));
     EXPECT_TRUE(resolve_policy({"fp8", "auto", {}, "none"}, backend, sm).fp8_keep.empty()) << backend;
     EXPECT_EQ(resolve_policy({"fp8", "auto", {}, "qkv"}, backend, sm).fp8_keep.describe(), "qkv");
@@ -80,7 +80,7 @@ TEST(Policy, Fp8QuantizesTheNormFedLayersUnlessTold) {
               std::string::npos);
   }
   // An fp8 engine under auto on Hopper: fp8 with the default list.
-  EXPECT_EQ(resolve_policy({"auto", "auto", {}, "", true}, "cuda", 90).fp8_keep.describe(), "proj,q,cross_proj,fc2");
+  EXPECT_EQ(resolve_policy({"auto", "auto", {}, "", true}, "cuda", 90).fp8_keep.describe(), "proj,q,cross_proj");
   EXPECT_TRUE(resolve_policy({"auto", "auto", {}, "", true}, "cuda", 80).fp8_keep.empty());  // bf16 there
 }
 
@@ -157,15 +157,17 @@ TEST(Policy, Fp8) {
   EXPECT_FALSE(resolve_policy({"auto", "auto", {}, ""}, "cpu", 0).fp8_norm_quantizes);
   EXPECT_NE(resolve_policy({"fp8", "auto", no_norm, ""}, "cuda", 90).describe().find("norms write bf16"),
             std::string::npos);
-  // fc1's fused GEMM writes fc2's e4m3 operand: asked for with the "fp8_hidden" override
-  // (STDIT_CUDA_FP8_HIDDEN=1; off by default until measured on a GPU), with the fused GEMM only
-  // (Hopper), never on the CPU or in other precisions.
+  // fc1's fused GEMM writes fc2's e4m3 operand: by default with the fused GEMM (Hopper), off with
+  // the "fp8_hidden" override (STDIT_CUDA_FP8_HIDDEN=0), never without the fused GEMM, on the CPU
+  // or in other precisions.
   const std::map<std::string, bool> hidden{{"fp8_hidden", true}};
-  EXPECT_FALSE(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90).fp8_hidden);
-  EXPECT_EQ(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90).describe().find("MLP hidden"), std::string::npos);
-  EXPECT_TRUE(resolve_policy({"fp8", "auto", hidden, ""}, "cuda", 90).fp8_hidden);
-  EXPECT_NE(resolve_policy({"fp8", "auto", hidden, ""}, "cuda", 90).describe().find("; MLP hidden e4m3"),
+  EXPECT_TRUE(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90).fp8_hidden);
+  EXPECT_NE(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90).describe().find("; MLP hidden e4m3"),
             std::string::npos);
+  EXPECT_FALSE(resolve_policy({"fp8", "auto", {{"fp8_hidden", false}}, ""}, "cuda", 90).fp8_hidden);
+  EXPECT_EQ(resolve_policy({"fp8", "auto", {{"fp8_hidden", false}}, ""}, "cuda", 90).describe().find("MLP hidden"),
+            std::string::npos);
+  EXPECT_FALSE(resolve_policy({"fp8", "portable", {}, ""}, "cuda", 90).fp8_hidden);
   EXPECT_FALSE(resolve_policy({"fp8", "auto", {{"fp8_hidden", true}, {"fp8_gemm", false}}, ""}, "cuda", 90).fp8_hidden);
   EXPECT_FALSE(resolve_policy({"fp8", "auto", hidden, ""}, "cuda", 89).fp8_hidden);  // Ada: unfused GEMMs
   EXPECT_FALSE(resolve_policy({"fp8", "auto", hidden, ""}, "cpu", 0).fp8_hidden);

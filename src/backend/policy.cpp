@@ -30,7 +30,7 @@ const std::vector<std::string>& fp8_layer_names() {
   return names;
 }
 
-const char* fp8_default_keep() { return "proj,q,cross_proj,fc2"; }
+const char* fp8_default_keep() { return "proj,q,cross_proj"; }
 
 namespace {
 int parse_count(const std::string& s, const std::string& item) {
@@ -200,8 +200,8 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   // GEMMs with the scales in the epilogue"); STDIT_CUDA_FP8_GEMM=0 turns it off.
   p.fused_fp8_gemm = p.precision == Precision::FP8 && hopper && ov("fp8_gemm", true);
   p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
-  // Off until its GPU check and timing have run (bench/gpu_trials.sh); STDIT_CUDA_FP8_HIDDEN=1.
-  p.fp8_hidden = p.fused_fp8_gemm && ov("fp8_hidden", false);
+  // fc1 writes fc2's e4m3 operand (policy.h); STDIT_CUDA_FP8_HIDDEN=0 turns it off.
+  p.fp8_hidden = p.fused_fp8_gemm && ov("fp8_hidden", true);
   p.fused_bf16_gemm = bf16 && hopper && ov("bf16_gemm", true);
   p.vae_bf16 = bf16 && p.cudnn_conv && ov("vae_bf16", true);
   if (p.precision == Precision::FP8 && r.fp8_keep.empty()) p.fp8_keep = parse_fp8_keep(fp8_default_keep());

@@ -42,9 +42,12 @@ struct Fp8Keep {
 const std::vector<std::string>& fp8_layer_names();
 // The layers fp8 leaves in the high format unless told otherwise: those whose inputs would need a
 // quantization pass of their own (attention's and cross-attention's projections, cross-attention's
-// q, fc2), which costs more than their fp8 GEMM saves; qkv and fc1 (their inputs written as e4m3 by
-// the modulated norms) and kv (a short text) are quantized. On an H100 3.3 % faster than
-// quantizing all seven, with half the error (docs/PERF.md). "proj,q,cross_proj,fc2".
+// q), which costs more than their fp8 GEMM saves; qkv and fc1 (their inputs written as e4m3 by the
+// modulated norms), fc2 (its input written as e4m3 by fc1 on Hopper: ExecutionPolicy::fp8_hidden)
+// and kv (a short text) are quantized. One list on every device (an fp8 engine stores the same
+// layers in e4m3 wherever it runs); where fc1 cannot write fc2's operand (Ada, portable kernels)
+// fc2's input takes a pass, on paths where fp8 is slower than bf16 anyway (docs/GPUS.md).
+// "proj,q,cross_proj".
 const char* fp8_default_keep();
 // Parses --fp8-keep; an unknown item is an InvalidRequest naming it.
 Fp8Keep parse_fp8_keep(const std::string& text);
@@ -88,9 +91,9 @@ struct ExecutionPolicy {
   bool fp8_norm_quantizes = false;
   // precision fp8 with fused fp8 GEMMs: fc1's GEMM writes the MLP's hidden activations as fc2's
   // e4m3 operand (codes, and per-row scales bounded from its operands' scales:
-  // Backend::product_dtype), so an fp8 fc2 needs no quantization pass. Off by default until its
-  // GPU check and timing have run (bench/gpu_trials.sh); the "fp8_hidden" override,
-  // STDIT_CUDA_FP8_HIDDEN=1, turns it on (with the fused GEMM only).
+  // Backend::product_dtype), so an fp8 fc2 needs no quantization pass. On by default with the
+  // fused GEMM (720p 4s step on an H100: 952 against 1,091 ms with fc2 in bf16, docs/PERF.md); the
+  // "fp8_hidden" override, STDIT_CUDA_FP8_HIDDEN=0, turns it off for comparisons.
   bool fp8_hidden = false;
   // bf16 and fp8: the VAE decodes on channels-last BF16 tensors (cuDNN NHWC tensor-core
   // convolutions, as Open-Sora decodes in bf16; Backend::conv3d_cl); else F32 tensors and TF32

@@ -895,6 +895,7 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   const std::vector<Case> cases = {{{37, 64}, 96, true, Activation::None},
                                    {{2, 405, 1152}, 3456, true, Activation::None},
                                    {{405, 1152}, 4608, true, Activation::GeluTanh},
+                                   {{2, 405, 4608}, 1152, true, Activation::None},  // fc2's K: its own schedule
                                    {{13, 40}, 24, false, Activation::Silu}};
   uint64_t seed = 7100;
   for (const auto& c : cases) {
@@ -915,9 +916,11 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   }
   // A projection into the residual stream (linear_residual; fused: the sum accumulated into x by
   // the GEMM, the gate folded into per-sample column scales and biases), on the increment of x.
-  for (const bool gated : {true, false})
+  // K = 1152 (the projections) and 4608 (fc2: the fused GEMM's other schedule).
+  for (const int64_t k : {1152, 4608})
+   for (const bool gated : {true, false})
     for (CudaBackend* e : {&g8, &g8u}) {
-      const int64_t b = 2, n = 405, k = 1152, ch = 1152;
+      const int64_t b = 2, n = 405, ch = 1152;
       const Tensor x = randn({b, n, ch}, ++seed, 2.0f);
       const Tensor y = e->download(dev_in(*e, randn({b, n, k}, ++seed), true));
       const Tensor w = quantize_rows_e4m3(randn({ch, k}, ++seed, 1.0f / std::sqrt(static_cast<float>(k))), "w");
@@ -970,17 +973,24 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
       }
       const double g = c.act == Activation::GeluTanh ? 0.171 : 0.0;
       double scale_err = 0;
-      int64_t diff = 0;
+      int64_t diff = 0, far = 0;
+      // A code's place on the number line (sign and magnitude: e4m3's order within a sign).
+      auto ord = [](uint8_t q) { return (q & 0x80) ? -static_cast<int>(q & 0x7f) : static_cast<int>(q & 0x7f); };
       for (int64_t r = 0; r < m; ++r) {
         const double want = (static_cast<double>(k) * 448.0 * 448.0 * sx.data<float>()[r] * wmax + bmax + g) / 448.0;
         const float s = scales.data<float>()[r];
         scale_err = std::max(scale_err, std::isfinite(s) ? std::fabs(s / want - 1.0) : 1.0);
         const float inv = 1.0f / s;
-        for (int64_t j = 0; j < c.n; ++j)
-          diff += codes.data<uint8_t>()[r * c.n + j] != f32_to_f8e4m3(ref.data<float>()[r * c.n + j] * inv);
+        for (int64_t j = 0; j < c.n; ++j) {
+          const uint8_t got = codes.data<uint8_t>()[r * c.n + j];
+          const uint8_t want_code = f32_to_f8e4m3(ref.data<float>()[r * c.n + j] * inv);
+          diff += got != want_code;
+          far += std::abs(ord(got) - ord(want_code)) > 1;
+        }
       }
       check("linear[fp8, e4m3 out] scales", what, scale_err);
       check("linear[fp8, e4m3 out]", what, static_cast<double>(diff) / static_cast<double>(m * c.n));
+      check("linear[fp8, e4m3 out] far codes", what, static_cast<double>(far));
     }
   }
 }

@@ -96,7 +96,7 @@ void add_generate(CLI::App& app, Action& action) {
                   "an emulation for checking quality)")
       ->capture_default_str();
   cmd->add_option("--fp8-keep", e.fp8_keep,
-                  "With --precision fp8, what stays unquantized (default auto = proj,q,cross_proj,fc2; none: "
+                  "With --precision fp8, what stays unquantized (default auto = proj,q,cross_proj; none: "
                   "nothing): layer names (qkv, proj, q, kv, cross_proj, fc1, fc2), auto, spatial, temporal, "
                   "blocks N or N-M (spatial:N, temporal:N-M), first:N / last:N steps");
   cmd->add_option("--kernels", e.kernels, "auto, or portable (no Hopper-only kernels)")->capture_default_str();

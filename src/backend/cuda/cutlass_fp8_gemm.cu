@@ -1,6 +1,5 @@
 // The fp8 precision's fused GEMM (cutlass_fp8_gemm.h): CUTLASS 3 Hopper kernels (TMA loads,
-// warp-specialized wgmma main loop with f32 accumulation promoted every few k-blocks, the scales,
-// bias and activation as an epilogue visitor tree). Compiled for sm_90a only, and only when the
+// warp-specialized wgmma main loop, the scales, bias and activation as an epilogue visitor tree). Compiled for sm_90a only, and only when the
 // CUTLASS headers were found (STDIT_CUTLASS); otherwise the two functions say "not built".
 #include "backend/cuda/cutlass_fp8_gemm.h"
 
@@ -26,26 +25,23 @@ using cutlass::epilogue::TmaWarpSpecialized;
 using cutlass::epilogue::TmaWarpSpecializedCooperative;
 namespace gemm = cutlass::gemm;
 
-// Fp8GemmProblem::config. Schedules 0 and 1 keep a consumer warpgroup's accumulators at 64 x 128
-// (64 f32 per thread, and as many again for the promotion that keeps f32 accuracy): a 128 x 128
-// tile per warpgroup would spill (measured: ~320 TFLOP/s).
-//   0: cooperative, 128 x 128 tiles (two warpgroups on one tile);
-//   1: ping-pong, 64 x 128 tiles (each warpgroup its own tile, one's epilogue overlapping the
-//      other's main loop).
+// The schedules (Fp8GemmProblem::config). By default FP8 "fast accumulation": the tensor cores' own
+// accumulator holds the whole sum over k (with fewer mantissa bits than f32; no promotion into a
+// second set of f32 registers every few k-blocks), which halves the accumulator registers, so a
+// warpgroup holds a 128 x 128 tile. Measured at 720p shapes on an H100 (docs/PERF.md, CudaPerf.
+// RealShapes): ping-pong 128 x 128 (each warpgroup its own tile, one's epilogue overlapping the
+// other's main loop) is the fastest for K = 1152 (qkv 1,083, fc1 + GELU 821, proj 835 TFLOP/s),
+// cooperative 256 x 128 (two warpgroups on one tile) for fc2's K = 4608 (1,287); the promoted
+// cooperative 128 x 128 of before reached 794 / 667 / 615 / 1,048, and its 720p step was 1,039
+// against 952 ms. Error against the CPU's f32 sums: linear[fp8] rows of the GPU check.
+//   0: fast, by K (ping-pong 128 x 128 up to K = 2048, else cooperative 256 x 128);
+//   1: promoted f32 accumulation, cooperative 128 x 128 (64 x 128 accumulators per warpgroup, as
+//      many again for the promotion: a 128 x 128 tile per warpgroup would spill);
+//   2: fast, cooperative 256 x 128 for every K; 3: fast, ping-pong 128 x 128 for every K.
 using Cooperative128 = Schedule<128, 128, gemm::KernelTmaWarpSpecializedCooperative, TmaWarpSpecializedCooperative>;
-using Pingpong64 = Schedule<64, 128, gemm::KernelTmaWarpSpecializedPingpong, TmaWarpSpecialized>;
-// FP8 "fast accumulation": the tensor cores' own accumulator holds the whole sum over k, with no
-// promotion into a second set of f32 registers every few k-blocks. Half the accumulator registers,
-// so a warpgroup can hold a 128 x 128 tile; the accumulator keeps fewer mantissa bits than f32.
-// Schedules 2-4 are on trial, chosen only by STDIT_CUDA_FP8_GEMM_SCHEDULE: their speed
-// (CudaPerf.RealShapes, bench/gpu_trials.sh) and their error against the CPU emulation (the
-// GPU check's linear[fp8] rows under that switch) are not measured yet.
-//   2: cooperative, 256 x 128; 3: ping-pong, 128 x 128; 4: cooperative, 128 x 128.
 using FastCooperative256x128 =
     Schedule<256, 128, gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum, TmaWarpSpecializedCooperative>;
 using FastPingpong128 = Schedule<128, 128, gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum, TmaWarpSpecialized>;
-using FastCooperative128 =
-    Schedule<128, 128, gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum, TmaWarpSpecializedCooperative>;
 
 // (acc * row_scale) * col_scale + bias, in this order (the unfused path's rounding order).
 template <class Tile>
@@ -118,11 +114,12 @@ bool cutlass_fp8_gemm(const Fp8GemmProblem& p, int num_sms, cudaStream_t stream)
     return false;
   if (p.batch > 1 && (p.a_batch_stride % 16 || p.d_batch_stride % 16)) return false;
   switch (p.config) {
-    case 1: return dispatch<Pingpong64>(p, num_sms, stream);
+    case 1: return dispatch<Cooperative128>(p, num_sms, stream);
     case 2: return dispatch<FastCooperative256x128>(p, num_sms, stream);
     case 3: return dispatch<FastPingpong128>(p, num_sms, stream);
-    case 4: return dispatch<FastCooperative128>(p, num_sms, stream);
-    default: return dispatch<Cooperative128>(p, num_sms, stream);
+    default:
+      return p.k > 2048 ? dispatch<FastCooperative256x128>(p, num_sms, stream)
+                        : dispatch<FastPingpong128>(p, num_sms, stream);
   }
 }
 
