@@ -3,7 +3,7 @@
 # fc1's epilogue writing fc2's e4m3 operand (policy fp8_hidden) with fc2 quantized by default, and
 # the fused FP8 GEMM's fast-accumulation schedules chosen by K. In the order of what decides most:
 # the fp8 checks (default schedules, then the promoted schedule 1), `stdit bench` at 720p 4s with
-# the old binary's fp8 (OLD, default build-old/stdit), the new default, its forced schedules and
+# the old default's fp8 (the binary OLD, default build-old/stdit, else switches), the new default, its forced schedules and
 # bf16 alternated (one binary per run), 480p, the per-op timings, the 30-step 480p quality gate
 # with the VAE, and a whole 720p 4s video from an fp8 engine (one `stdit generate` process, timed
 # from the shell). Each part starts only while LIMIT seconds (default 570: one device call) leave
@@ -46,18 +46,22 @@ check "fp8, promoted schedule 1" 'CudaOps.Fp8*:CudaStdit3Fp8.*' STDIT_CUDA_FP8_G
 B=(bench --backend cuda --preset 720p-4s --iters 2 --no-t5 --no-vae)
 F=(--precision fp8 --steps 2)
 run "bf16" $S "${B[@]}" --precision bf16
-[ -x "$OLD" ] && run "fp8, the binary before (fc2 bf16, promoted schedule)" $OLD "${B[@]}" "${F[@]}"
+# The default before: the binary before it (OLD), else the same path by switches (fc2 in bf16, the
+# promoted schedule).
+if [ -x "$OLD" ]; then BEFORE=($OLD "${B[@]}" "${F[@]}"); else
+  BEFORE=(STDIT_CUDA_FP8_GEMM_SCHEDULE=1 $S "${B[@]}" "${F[@]}" --fp8-keep proj,q,cross_proj,fc2); fi
+run "fp8, the default before (fc2 bf16, promoted schedule)" "${BEFORE[@]}"
 run "fp8, new default" $S "${B[@]}" "${F[@]}"
 run "fp8, forced schedule 3 (ping-pong 128x128)" STDIT_CUDA_FP8_GEMM_SCHEDULE=3 $S "${B[@]}" "${F[@]}"
 run "fp8, forced schedule 2 (cooperative 256x128)" STDIT_CUDA_FP8_GEMM_SCHEDULE=2 $S "${B[@]}" "${F[@]}"
 run "fp8, hidden off (fc2's input quantized in a pass)" STDIT_CUDA_FP8_HIDDEN=0 $S "${B[@]}" "${F[@]}"
-[ -x "$OLD" ] && run "fp8, the binary before, again" $OLD "${B[@]}" "${F[@]}"
+run "fp8, the default before, again" "${BEFORE[@]}"
 run "fp8, new default, again" $S "${B[@]}" "${F[@]}"
 run "bf16 again" $S "${B[@]}" --precision bf16
 B4=(bench --backend cuda --preset 480p-4s --iters 3 --no-t5 --no-vae)
 run "480p bf16" $S "${B4[@]}" --precision bf16
 run "480p fp8, new default" $S "${B4[@]}" "${F[@]}"
-[ -x "$OLD" ] && run "480p fp8, the binary before" $OLD "${B4[@]}" "${F[@]}"
+run "480p fp8, the default before" "${BEFORE[@]/720p-4s/480p-4s}"
 run "fp8 quality gate, 480p 30 steps, new default" $S bench --backend cuda --precision fp8 --preset 480p-4s \
   --iters 1 --no-t5 --steps 30
 if [ "$(left)" -gt 110 ]; then
