@@ -1,6 +1,7 @@
 // The fp8 precision's fused GEMM (cutlass_fp8_gemm.h): CUTLASS 3 Hopper kernels (TMA loads,
-// warp-specialized wgmma main loop, the scales, bias and activation as an epilogue visitor tree). Compiled for sm_90a only, and only when the
-// CUTLASS headers were found (STDIT_CUTLASS); otherwise the two functions say "not built".
+// warp-specialized wgmma main loop, the scales, bias and activation as an epilogue visitor tree).
+// Compiled for sm_90a only, and only when the CUTLASS headers were found (STDIT_CUTLASS);
+// otherwise the two functions say "not built".
 #include "backend/cuda/cutlass_fp8_gemm.h"
 
 #if defined(STDIT_CUTLASS)
