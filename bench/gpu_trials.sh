@@ -10,7 +10,8 @@
 # it room; logs go to $OUT (default bench_out/).
 #
 # Expects build-cuda/ as scripts/gpu_check.sh does (stdit and stdit_gpu_tests, libs in
-# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] bench/gpu_trials.sh
+# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] bench/gpu_trials.sh (QUICK: the fp8
+# check, bf16, the new and the old default at 720p and the 30-step gate only)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -42,6 +43,18 @@ run() {  # run NAME ENV... COMMAND...: the step times here, the whole output in 
   grep -E "ms/step|fp8 quality|error" "$OUT/run.log" | cut -c1-200
 }
 check "fp8, default schedules" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
+if [ -n "${QUICK:-}" ]; then  # a short call: the decisive runs only
+  B=(bench --backend cuda --preset 720p-4s --iters 2 --no-t5 --no-vae)
+  run "bf16" $S "${B[@]}" --precision bf16
+  run "fp8, new default" $S "${B[@]}" --precision fp8 --steps 2
+  run "fp8, the default before (switches)" STDIT_CUDA_FP8_GEMM_SCHEDULE=1 $S "${B[@]}" --precision fp8 --steps 2 \
+    --fp8-keep proj,q,cross_proj,fc2
+  run "fp8 quality gate, 480p 30 steps, new default" $S bench --backend cuda --precision fp8 --preset 480p-4s \
+    --iters 1 --no-t5 --steps 30
+  run "fp8, new default, again" $S "${B[@]}" --precision fp8 --steps 2
+  echo "done in $(( $(date +%s) - t0 )) s"
+  exit $rc
+fi
 check "fp8, promoted schedule 1" 'CudaOps.Fp8*:CudaStdit3Fp8.*' STDIT_CUDA_FP8_GEMM_SCHEDULE=1
 B=(bench --backend cuda --preset 720p-4s --iters 2 --no-t5 --no-vae)
 F=(--precision fp8 --steps 2)
