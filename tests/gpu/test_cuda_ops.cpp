@@ -895,7 +895,7 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   const std::vector<Case> cases = {{{37, 64}, 96, true, Activation::None},
                                    {{2, 405, 1152}, 3456, true, Activation::None},
                                    {{405, 1152}, 4608, true, Activation::GeluTanh},
-                                   {{2, 405, 4608}, 1152, true, Activation::None},  // fc2's K: its own schedule
+                                   {{2, 405, 4608}, 1152, true, Activation::None},  // fc2's K
                                    {{13, 40}, 24, false, Activation::Silu}};
   uint64_t seed = 7100;
   for (const auto& c : cases) {
@@ -916,7 +916,7 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   }
   // A projection into the residual stream (linear_residual; fused: the sum accumulated into x by
   // the GEMM, the gate folded into per-sample column scales and biases), on the increment of x.
-  // K = 1152 (the projections) and 4608 (fc2: the fused GEMM's other schedule).
+  // K = 1152 (the projections) and 4608 (fc2).
   for (const int64_t k : {1152, 4608})
    for (const bool gated : {true, false})
     for (CudaBackend* e : {&g8, &g8u}) {

@@ -229,7 +229,7 @@ __global__ void product_scales_kernel(const float* __restrict__ sx, int64_t m, c
 // The fused kernel's schedule (Fp8GemmProblem::config): STDIT_CUDA_FP8_GEMM_SCHEDULE=N, a developer
 // switch for timing them against each other (docs/CLI.md); 0 otherwise.
 int fp8_gemm_schedule() {
-  static const int s = env_choice("STDIT_CUDA_FP8_GEMM_SCHEDULE", {1, 2, 3});
+  static const int s = env_choice("STDIT_CUDA_FP8_GEMM_SCHEDULE", {1, 2});
   return s;
 }
 

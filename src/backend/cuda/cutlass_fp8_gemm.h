@@ -35,7 +35,7 @@ struct Fp8GemmProblem {
   void* d = nullptr;  // bf16, f32 or e4m3 [batch, m, n]
   int64_t d_batch_stride = 0;
   Fp8Epilogue epilogue = Fp8Epilogue::Bf16;
-  int config = 0;  // the kernel's schedule (cutlass_fp8_gemm.cu): 0 fast accumulation by K, 1 promoted, 2-3 forced
+  int config = 0;  // the kernel's schedule (cutlass_fp8_gemm.cu): 0 fast ping-pong, 1 promoted, 2 fast cooperative 256x128
 };
 
 // Whether this build has the kernels (CUTLASS headers found at configure time, sm_90a compiled).
