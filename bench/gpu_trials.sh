@@ -42,27 +42,25 @@ run() {  # run NAME ENV... COMMAND...: the step times here, the whole output in 
   cat "$OUT/run.log" >> "$OUT/bench.log"
   grep -E "ms/step|fp8 quality|error" "$OUT/run.log" | cut -c1-200
 }
-check "fp8, default schedule" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
-if [ -n "${QUICK:-}" ]; then  # a short call: the decisive runs only
-  B=(bench --backend cuda --preset 720p-4s --iters 2 --no-t5 --no-vae)
-  run "bf16" $S "${B[@]}" --precision bf16
-  run "fp8, new default" $S "${B[@]}" --precision fp8 --steps 2
-  run "fp8, the default before (switches)" STDIT_CUDA_FP8_GEMM_SCHEDULE=1 $S "${B[@]}" --precision fp8 --steps 2 \
-    --fp8-keep proj,q,cross_proj,fc2
-  run "fp8 quality gate, 480p 30 steps, new default" $S bench --backend cuda --precision fp8 --preset 480p-4s \
-    --iters 1 --no-t5 --steps 30
-  run "fp8, new default, again" $S "${B[@]}" --precision fp8 --steps 2
-  echo "done in $(( $(date +%s) - t0 )) s"
-  exit $rc
-fi
-check "fp8, promoted schedule 1" 'CudaOps.Fp8*:CudaStdit3Fp8.*' STDIT_CUDA_FP8_GEMM_SCHEDULE=1
 B=(bench --backend cuda --preset 720p-4s --iters 2 --no-t5 --no-vae)
 F=(--precision fp8 --steps 2)
-run "bf16" $S "${B[@]}" --precision bf16
+GATE=($S bench --backend cuda --precision fp8 --preset 480p-4s --iters 1 --no-t5 --steps 30)
 # The default before: the binary before it (OLD), else the same path by switches (fc2 in bf16, the
 # promoted schedule).
 if [ -x "$OLD" ]; then BEFORE=($OLD "${B[@]}" "${F[@]}"); else
   BEFORE=(STDIT_CUDA_FP8_GEMM_SCHEDULE=1 $S "${B[@]}" "${F[@]}" --fp8-keep proj,q,cross_proj,fc2); fi
+check "fp8, default schedule" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
+if [ -n "${QUICK:-}" ]; then  # a short call: the decisive runs only
+  run "bf16" $S "${B[@]}" --precision bf16
+  run "fp8, new default" $S "${B[@]}" "${F[@]}"
+  run "fp8, the default before (fc2 bf16, promoted schedule)" "${BEFORE[@]}"
+  run "fp8 quality gate, 480p 30 steps, new default" "${GATE[@]}"
+  run "fp8, new default, again" $S "${B[@]}" "${F[@]}"
+  echo "done in $(( $(date +%s) - t0 )) s"
+  exit $rc
+fi
+check "fp8, promoted schedule 1" 'CudaOps.Fp8*:CudaStdit3Fp8.*' STDIT_CUDA_FP8_GEMM_SCHEDULE=1
+run "bf16" $S "${B[@]}" --precision bf16
 run "fp8, the default before (fc2 bf16, promoted schedule)" "${BEFORE[@]}"
 run "fp8, new default" $S "${B[@]}" "${F[@]}"
 run "fp8, schedule 2 (fast, cooperative 256x128)" STDIT_CUDA_FP8_GEMM_SCHEDULE=2 $S "${B[@]}" "${F[@]}"
@@ -74,8 +72,7 @@ B4=(bench --backend cuda --preset 480p-4s --iters 3 --no-t5 --no-vae)
 run "480p bf16" $S "${B4[@]}" --precision bf16
 run "480p fp8, new default" $S "${B4[@]}" "${F[@]}"
 run "480p fp8, the default before" "${BEFORE[@]/720p-4s/480p-4s}"
-run "fp8 quality gate, 480p 30 steps, new default" $S bench --backend cuda --precision fp8 --preset 480p-4s \
-  --iters 1 --no-t5 --steps 30
+run "fp8 quality gate, 480p 30 steps, new default" "${GATE[@]}"
 if [ "$(left)" -gt 110 ]; then
   echo "== whole 720p 4s video, fp8 engine ($(left) s left) =="
   e8=/tmp/stdit_engine_fp8

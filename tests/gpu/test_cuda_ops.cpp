@@ -918,27 +918,27 @@ TEST(CudaOps, Fp8QuantizeAndLinearMatchTheCpuEmulation) {
   // the GEMM, the gate folded into per-sample column scales and biases), on the increment of x.
   // K = 1152 (the projections) and 4608 (fc2).
   for (const int64_t k : {1152, 4608})
-   for (const bool gated : {true, false})
-    for (CudaBackend* e : {&g8, &g8u}) {
-      const int64_t b = 2, n = 405, ch = 1152;
-      const Tensor x = randn({b, n, ch}, ++seed, 2.0f);
-      const Tensor y = e->download(dev_in(*e, randn({b, n, k}, ++seed), true));
-      const Tensor w = quantize_rows_e4m3(randn({ch, k}, ++seed, 1.0f / std::sqrt(static_cast<float>(k))), "w");
-      const Tensor bias = randn({ch}, ++seed, 0.1f);
-      const Tensor gate = gated ? randn({b, ch}, ++seed, 0.3f) : Tensor{};
-      Tensor ref = x.clone();
-      c8.linear_residual(y, c8.upload_weight(w), bias, gate, Tensor{}, FrameSelect{}, ref);
-      Tensor dx = e->upload(x);
-      e->linear_residual(dev_in(*e, y, true), e->upload_weight(w), e->upload(bias),
-                         gated ? e->upload(gate) : Tensor{}, Tensor{}, FrameSelect{}, dx);
-      Tensor got = e->download(dx);
-      for (int64_t i = 0; i < got.numel(); ++i) {
-        got.data<float>()[i] -= x.data<float>()[i];
-        ref.data<float>()[i] -= x.data<float>()[i];
+    for (const bool gated : {true, false})
+      for (CudaBackend* e : {&g8, &g8u}) {
+        const int64_t b = 2, n = 405, ch = 1152;
+        const Tensor x = randn({b, n, ch}, ++seed, 2.0f);
+        const Tensor y = e->download(dev_in(*e, randn({b, n, k}, ++seed), true));
+        const Tensor w = quantize_rows_e4m3(randn({ch, k}, ++seed, 1.0f / std::sqrt(static_cast<float>(k))), "w");
+        const Tensor bias = randn({ch}, ++seed, 0.1f);
+        const Tensor gate = gated ? randn({b, ch}, ++seed, 0.3f) : Tensor{};
+        Tensor ref = x.clone();
+        c8.linear_residual(y, c8.upload_weight(w), bias, gate, Tensor{}, FrameSelect{}, ref);
+        Tensor dx = e->upload(x);
+        e->linear_residual(dev_in(*e, y, true), e->upload_weight(w), e->upload(bias),
+                           gated ? e->upload(gate) : Tensor{}, Tensor{}, FrameSelect{}, dx);
+        Tensor got = e->download(dx);
+        for (int64_t i = 0; i < got.numel(); ++i) {
+          got.data<float>()[i] -= x.data<float>()[i];
+          ref.data<float>()[i] -= x.data<float>()[i];
+        }
+        check(e == &g8u ? "linear_residual[fp8, unfused]" : "linear_residual[fp8]",
+              cat("x ", S(x.shape()), " w ", S(w.shape()), gated ? " gated" : "", " +b"), rel_error(got, ref));
       }
-      check(e == &g8u ? "linear_residual[fp8, unfused]" : "linear_residual[fp8]",
-            cat("x ", S(x.shape()), " w ", S(w.shape()), gated ? " gated" : "", " +b"), rel_error(got, ref));
-    }
   // A product written as the next GEMM's e4m3 operand (Backend::product_dtype; fc1 -> fc2): the
   // scales must be the documented bound, computed here from the operands' scales, and the codes
   // those of the CPU emulation's f32 product quantized with them (share of differing codes: a code
