@@ -14,6 +14,7 @@
 #include "media/libav.h"
 
 extern "C" {
+#include <libavutil/cpu.h>
 #include <libavutil/opt.h>
 #include <libavutil/pixdesc.h>
 }
@@ -221,6 +222,29 @@ AVRational checked_fps(const std::string& path, const Frames& f, const Mp4Option
   return av_d2q(fps, 100000);
 }
 
+// libx264's "asm" option: the instruction sets this CPU has, without AVX-512. With x264's AVX-512
+// code the same frames could encode to different bytes in one process, depending on where the
+// heap put the buffers (on an AVX-512 Xeon: 8 of 1,000 encodes of a 17-frame 40x24 clip, each at
+// other addresses; none with this list; tests/test_media.cpp, MediaVideo.EncodingIsRepeatable).
+// Only x86 builds name the sets; elsewhere x264 detects its own.
+std::string x264_instruction_sets() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const std::pair<int, const char*> kSets[] = {
+      {AV_CPU_FLAG_MMXEXT, "MMX2"}, {AV_CPU_FLAG_SSE, "SSE"},       {AV_CPU_FLAG_SSE2, "SSE2"},
+      {AV_CPU_FLAG_SSE3, "SSE3"},   {AV_CPU_FLAG_SSSE3, "SSSE3"},   {AV_CPU_FLAG_SSE4, "SSE4.1"},
+      {AV_CPU_FLAG_SSE42, "SSE4.2"}, {AV_CPU_FLAG_AVX, "AVX"},      {AV_CPU_FLAG_XOP, "XOP"},
+      {AV_CPU_FLAG_FMA4, "FMA4"},   {AV_CPU_FLAG_FMA3, "FMA3"},     {AV_CPU_FLAG_BMI1, "BMI1"},
+      {AV_CPU_FLAG_BMI2, "BMI2"},   {AV_CPU_FLAG_AVX2, "AVX2"}};
+  const int have = av_get_cpu_flags();
+  std::string list;
+  for (const auto& [flag, name] : kSets)
+    if (have & flag) list += std::string(list.empty() ? "" : ",") + name;
+  return list;
+#else
+  return {};
+#endif
+}
+
 // libx264 in an mp4 container, fed with RGB frames of the (even) coded size.
 class Mp4Writer {
  public:
@@ -285,10 +309,12 @@ class Mp4Writer {
     if (oc_->oformat->flags & AVFMT_GLOBALHEADER) enc_->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
     av_opt_set(enc_->priv_data, "preset", o.preset.c_str(), 0);
     av_opt_set_double(enc_->priv_data, "crf", o.crf, 0);
-    // No B-frames: with them, two encodes of identical frames in one process gave different
-    // decoded pictures (frame 1 onwards; seen in tests/test_pipeline.cpp). Without reordering the
-    // output is repeatable byte for byte; files are slightly larger. Root cause not yet found.
-    av_opt_set(enc_->priv_data, "x264-params", "bframes=0", 0);
+    // No B-frames: with them, two encodes of identical frames in one process once gave different
+    // decoded pictures (tests/test_pipeline.cpp, before AVX-512 was left out below, which may have
+    // been the cause; not re-measured, so kept off: files slightly larger).
+    std::string params = "bframes=0";
+    if (const std::string sets = x264_instruction_sets(); !sets.empty()) params += ":asm=" + sets;
+    av_opt_set(enc_->priv_data, "x264-params", params.c_str(), 0);
     clear_libav_message();
     const int err = avcodec_open2(enc_.get(), codec, nullptr);
     STDIT_CHECK(err >= 0, path_, ": cannot open libx264 (", width_, "x", height_, ", preset ",
