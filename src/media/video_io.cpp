@@ -224,8 +224,8 @@ AVRational checked_fps(const std::string& path, const Frames& f, const Mp4Option
 
 // libx264's "asm" option: the instruction sets this CPU has, without AVX-512. With x264's AVX-512
 // code the same frames could encode to different bytes in one process, depending on where the
-// heap put the buffers (on an AVX-512 Xeon: 8 of 1,000 encodes of a 17-frame 40x24 clip, each at
-// other addresses; none with this list; tests/test_media.cpp, MediaVideo.EncodingIsRepeatable).
+// heap put the buffers (on an AVX-512 Xeon, 414 of 600 encodes of a 17-frame 64x48 clip, each at
+// other addresses; none of 2,000 with this list; tests/test_media.cpp, MediaVideo.EncodingIsRepeatable).
 // Only x86 builds name the sets; elsewhere x264 detects its own.
 std::string x264_instruction_sets() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -309,12 +309,8 @@ class Mp4Writer {
     if (oc_->oformat->flags & AVFMT_GLOBALHEADER) enc_->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
     av_opt_set(enc_->priv_data, "preset", o.preset.c_str(), 0);
     av_opt_set_double(enc_->priv_data, "crf", o.crf, 0);
-    // No B-frames: with them, two encodes of identical frames in one process once gave different
-    // decoded pictures (tests/test_pipeline.cpp, before AVX-512 was left out below, which may have
-    // been the cause; not re-measured, so kept off: files slightly larger).
-    std::string params = "bframes=0";
-    if (const std::string sets = x264_instruction_sets(); !sets.empty()) params += ":asm=" + sets;
-    av_opt_set(enc_->priv_data, "x264-params", params.c_str(), 0);
+    if (const std::string sets = x264_instruction_sets(); !sets.empty())
+      av_opt_set(enc_->priv_data, "x264-params", ("asm=" + sets).c_str(), 0);
     clear_libav_message();
     const int err = avcodec_open2(enc_.get(), codec, nullptr);
     STDIT_CHECK(err >= 0, path_, ": cannot open libx264 (", width_, "x", height_, ", preset ",
