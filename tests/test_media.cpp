@@ -325,7 +325,8 @@ TEST(MediaVideo, EncodingIsRepeatable) {
   const int w = 64, h = 48;
   Frames f = make_frames(w, h, 17, 24);
   std::mt19937 rng(7);  // noisy texture (smooth patterns showed the difference less often)
-  for (size_t i = 0; i < f.rgb.size(); ++i) f.rgb[i] = uint8_t((i * 37 + i / (3 * w) * 11) % 200 + rng() % 40);
+  for (size_t i = 0; i < f.rgb.size(); ++i)
+    f.rgb[i] = uint8_t((i * 37 + i / (3 * w) * 11) % 200 + rng() % 40);
   write_mp4(dir / "first.mp4", f);
   const std::string first = read_bytes(dir / "first.mp4");
   ASSERT_FALSE(first.empty());

@@ -225,7 +225,7 @@ AVRational checked_fps(const std::string& path, const Frames& f, const Mp4Option
 // libx264's "asm" option: the instruction sets this CPU has, without AVX-512. With x264's AVX-512
 // code the same frames could encode to different bytes in one process, depending on where the
 // heap put the buffers (on an AVX-512 Xeon, 414 of 600 encodes of a 17-frame 64x48 clip, each at
-// other addresses; none of 2,000 with this list; tests/test_media.cpp, MediaVideo.EncodingIsRepeatable).
+// other addresses; none of 2,000 with this list: MediaVideo.EncodingIsRepeatable, docs/MEDIA.md).
 // Only x86 builds name the sets; elsewhere x264 detects its own.
 std::string x264_instruction_sets() {
 #if defined(__x86_64__) || defined(__i386__)
