@@ -93,6 +93,20 @@ TEST(Api, ResidentEngineReturnsFramesAndMatchesAStagedOne) {
   EXPECT_TRUE(staged->loaded_models().empty());
 }
 
+// The run's settings line says what computes: fp8 on the CPU is an emulation of the GPU's
+// arithmetic (slower than f32, for measuring what fp8 costs in quality), and says so.
+TEST(Api, SettingsSayFp8OnTheCpuIsAnEmulation) {
+  api::EngineOptions eo = demo_on_cpu();
+  api::Request r = small_request("a red ball moving to the right");
+  r.num_frames = "1";
+  r.steps = 1;
+  const std::string plain = api::Engine::open(eo)->generate(r).settings;
+  EXPECT_NE(plain.find("backend cpu (f32)"), std::string::npos) << plain;
+  eo.precision = "fp8";
+  const std::string fp8 = api::Engine::open(eo)->generate(r).settings;
+  EXPECT_NE(fp8.find("backend cpu (fp8 emulated, slow: for checking quality, unquantized "), std::string::npos) << fp8;
+}
+
 // Offload: a resident engine that keeps only the denoiser between requests makes the same frames,
 // request after request; without resident the option changes nothing.
 TEST(Api, OffloadKeepsOnlyTheDenoiser) {
