@@ -70,8 +70,9 @@ TEST(Policy, Fp8QuantizesTheNormFedLayersUnlessTold) {
     const int sm = std::string(backend) == "cpu" ? 0 : 90;
     const ExecutionPolicy d = resolve_policy({"fp8", "auto", {}, ""}, backend, sm);
     EXPECT_EQ(d.fp8_keep.describe(), "proj,q,cross_proj") << backend;
-    EXPECT_TRUE(d.fp8_keep.keeps("proj", false, 0) && !d.fp8_keep.keeps("fc2", false, 0) && !d.fp8_keep.keeps("qkv", false, 0) &&
-                !d.fp8_keep.keeps("fc1", true, 3) && !d.fp8_keep.keeps("kv", true, 0));
+    EXPECT_TRUE(d.fp8_keep.keeps("proj", false, 0) && !d.fp8_keep.keeps("fc2", false, 0) &&
+                !d.fp8_keep.keeps("qkv", false, 0) && !d.fp8_keep.keeps("fc1", true, 3) &&
+                !d.fp8_keep.keeps("kv", true, 0));
     EXPECT_TRUE(resolve_policy({"fp8", "auto", {}, "none"}, backend, sm).fp8_keep.empty()) << backend;
     EXPECT_EQ(resolve_policy({"fp8", "auto", {}, "qkv"}, backend, sm).fp8_keep.describe(), "qkv");
     // Not fp8: nothing to keep, and "none" is an fp8 option.

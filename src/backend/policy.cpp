@@ -113,7 +113,7 @@ std::string Fp8Keep::describe() const {
 std::string ExecutionPolicy::describe() const {
   const std::string keep = fp8_keep.empty() ? "" : "; unquantized " + fp8_keep.describe();
   if (backend == "cpu")
-    return precision == Precision::FP8
+    return fp8_emulated()
                ? "execution policy: cpu, fp8 emulated (e4m3 codes and scales as on the GPU, f32 arithmetic; "
                  "for checking quality, not speed)" + keep
                : "execution policy: cpu, f32 (the oracle: plain loops + BLAS sgemm)";

@@ -102,6 +102,9 @@ struct ExecutionPolicy {
   bool vae_bf16 = false;
   Fp8Keep fp8_keep;              // precision fp8: the layers / steps left unquantized
   std::string describe() const;  // one line for -v
+  // fp8 on the CPU backend: the GPU's e4m3 codes and scales with f32 arithmetic, for measuring what
+  // fp8 costs in quality (slower than f32, not faster).
+  bool fp8_emulated() const { return backend == "cpu" && precision == Precision::FP8; }
 };
 
 // Pure: the policy for `backend` ("cpu" / "cuda") on a device of compute capability `sm` (e.g. 90;

@@ -1036,7 +1036,7 @@ Result Engine::Impl::run(const Request& opt, const EventFn& on_event, const Canc
             F == 1 ? std::string("1 frame (the model's fps condition is 120)") : cat(F, " frames at ", rec.fps, " fps"),
             ", ", rec.steps, " steps, cfg ", rec.cfg_scale, ", seed ", rec.seed, ", engine ", eng.dir, " (", eng.dtype,
             "), backend ", backend->name(), " (", rec.precision,
-            backend->name() == "cpu" && rec.precision == "fp8" ? " emulated, slow: for checking quality" : "",
+            backend->policy().fp8_emulated() ? " emulated, slow: for checking quality" : "",
             rec.fp8_keep.empty() ? std::string() : ", unquantized " + rec.fp8_keep, ")",
             rec.cache != "none" ? cat(", cache ", rec.cache) : std::string(),
             rec.cfg_until < 1 ? cat(", cfg until ", rec.cfg_until, " (", cfg_steps(rec.cfg_until, rec.steps), " of ",
