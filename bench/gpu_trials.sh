@@ -10,9 +10,8 @@
 # it room; logs go to $OUT (default bench_out/).
 #
 # Expects build-cuda/ as scripts/gpu_check.sh does (stdit and stdit_gpu_tests, libs in
-# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] [BF16LIN=1] bench/gpu_trials.sh (QUICK: the
-# fp8 check, bf16, the new and the old default at 720p and the 30-step gate only; BF16LIN: the bf16
-# linears through CUTLASS's schedules against cuBLASLt, checked, timed alone and in the 720p step)
+# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] bench/gpu_trials.sh (QUICK: the fp8
+# check, bf16, the new and the old default at 720p and the 30-step gate only)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -50,20 +49,6 @@ GATE=($S bench --backend cuda --precision fp8 --preset 480p-4s --iters 1 --no-t5
 # promoted schedule).
 if [ -x "$OLD" ]; then BEFORE=($OLD "${B[@]}" "${F[@]}"); else
   BEFORE=(STDIT_CUDA_FP8_GEMM_SCHEDULE=1 $S "${B[@]}" "${F[@]}" --fp8-keep proj,q,cross_proj,fc2); fi
-if [ -n "${BF16LIN:-}" ]; then  # the bf16 linears through CUTLASS (STDIT_CUDA_BF16_LINEAR=0/1/2) against cuBLASLt
-  for s in 0 1 2; do check "linear, CUTLASS bf16 schedule $s" 'CudaOps.Linear*' STDIT_CUDA_BF16_LINEAR=$s; done
-  check "fp8, default schedule" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
-  echo "== per-op timings ($(left) s left) =="
-  timeout 150 $T --gtest_filter=CudaPerf.RealShapes > "$OUT/perf.log" 2>&1 || rc=1
-  grep -E "linear\[bf16\]|cutlass|linear_residual\[bf16\]" "$OUT/perf.log" | cut -c1-150
-  run "bf16 (cuBLASLt)" $S "${B[@]}" --precision bf16
-  for s in 0 1 2; do run "bf16, CUTLASS linears schedule $s" STDIT_CUDA_BF16_LINEAR=$s $S "${B[@]}" --precision bf16; done
-  run "bf16 (cuBLASLt) again" $S "${B[@]}" --precision bf16
-  run "fp8, new default" $S "${B[@]}" "${F[@]}"
-  for s in 0 1; do run "fp8, new default, CUTLASS bf16 linears schedule $s" STDIT_CUDA_BF16_LINEAR=$s $S "${B[@]}" "${F[@]}"; done
-  echo "done in $(( $(date +%s) - t0 )) s"
-  exit $rc
-fi
 check "fp8, default schedule" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
 if [ -n "${QUICK:-}" ]; then  # a short call: the decisive runs only
   run "bf16" $S "${B[@]}" --precision bf16

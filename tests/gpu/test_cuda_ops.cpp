@@ -52,7 +52,7 @@ TEST(CudaOps, Linear) {
       {{300, 8}, 16, false, Activation::GeluTanh}, {{2, 37, 1152}, 3456, true, Activation::None},
       {{405, 1152}, 4608, true, Activation::GeluTanh}, {{7, 4096}, 1152, true, Activation::None},
       {{11, 32}, 1152, true, Activation::Silu},    {{4, 256}, 1152, true, Activation::Silu},
-      // Rows enough for the CUTLASS bf16 linear on Hopper (m >= 4096; tails of partial tiles).
+      // More than 4096 rows, partial tiles at the end.
       {{2, 2100, 576}, 1728, true, Activation::None}, {{4101, 256}, 1152, true, Activation::GeluTanh},
       {{4097, 64}, 24, false, Activation::None},
   };

@@ -18,7 +18,6 @@
 #include "gpu_test_util.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
-#include "backend/cuda/cutlass_bf16_gemm.h"
 #include "backend/cuda/cutlass_fp8_gemm.h"
 #include "core/error.h"
 #include "core/fp8.h"
@@ -197,32 +196,6 @@ TEST(CudaPerf, RealShapes) {
                    [&] { g16.linear(h116, w216, bc16, Activation::None, y16); }});
   items.push_back({cat("linear[bf16] proj [", T * S, ",", C, "]x[", C, ",", C, "] out bf16"), 2 * M * C * C, 0,
                    [&] { g16.linear(x16, wp16, bc16, Activation::None, y16); }});
-  // The bf16 linears through CUTLASS's schedules called directly (cutlass_bf16_linear.cu: 0 ping-pong
-  // 128 x 128, 1 cooperative 128 x 256, 2 cooperative 256 x 128; the bias and GELU in the epilogue),
-  // against cuBLASLt's rows above.
-  if (cuda::cutlass_bf16_built() && cuda_device_sm(0) == 90) {
-    int sms = 0;
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-    for (const int cfg : {0, 1, 2}) {
-      auto direct = [&, cfg, sms](const char* name, const Tensor& in, const Tensor& w, const Tensor& b, bool gelu,
-                                  Tensor& out) {
-        const double flops = 2.0 * static_cast<double>(in.numel()) * w.size(0);
-        items.push_back({cat("cutlass bf16 schedule ", cfg, " ", name), flops, 0, [&in, &w, &b, &out, cfg, sms, gelu] {
-                           cuda::Bf16LinearProblem p;
-                           p.m = in.numel() / in.size(-1), p.n = w.size(0), p.k = in.size(-1);
-                           p.a = in.raw(), p.b = w.raw(), p.bias = b.data<float>(), p.d = out.raw();
-                           p.epilogue = gelu ? cuda::Bf16Epilogue::Bf16Gelu : cuda::Bf16Epilogue::Bf16;
-                           p.config = cfg;
-                           STDIT_CHECK(cuda::cutlass_bf16_linear(p, sms, nullptr), "cutlass bf16 linear: not run");
-                           cudaDeviceSynchronize();
-                         }});
-      };
-      direct("qkv", x16, wqkv16, bqkv16, false, qkv16);
-      direct("fc1+gelu", x16, w116, b116, true, h116);
-      direct("fc2 (bf16 out)", h116, w216, bc16, false, y16);
-      direct("proj (bf16 out)", x16, wp16, bc16, false, y16);
-    }
-  }
   // The projections into the f32 residual stream: on Hopper (policy fused_bf16_gemm) a CUTLASS
   // ping-pong GEMM with the gate and the sum in its epilogue where K <= 2 N (attention's and
   // cross-attention's projections), also writing the bf16 copy of the sum that cross-attention's

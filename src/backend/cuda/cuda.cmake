@@ -40,8 +40,7 @@ target_sources(stdit_backend PRIVATE $<TARGET_OBJECTS:stdit_cuda_kernels>)
 # elsewhere). Without them, or without sm_90a among the architectures, the file compiles to a stub
 # that says "not built": fp8 takes the unfused path, bf16 cuBLASLt's.
 set(STDIT_CUTLASS_INCLUDE "/opt/cutlass-4.2.0.0/include" CACHE PATH "CUTLASS 3 headers (cutlass/, cute/)")
-add_library(stdit_cuda_cutlass OBJECT ${CMAKE_CURRENT_LIST_DIR}/cutlass_fp8_gemm.cu ${CMAKE_CURRENT_LIST_DIR}/cutlass_bf16_gemm.cu
-            ${CMAKE_CURRENT_LIST_DIR}/cutlass_bf16_linear.cu)
+add_library(stdit_cuda_cutlass OBJECT ${CMAKE_CURRENT_LIST_DIR}/cutlass_fp8_gemm.cu ${CMAKE_CURRENT_LIST_DIR}/cutlass_bf16_gemm.cu)
 set_property(TARGET stdit_cuda_cutlass PROPERTY CUDA_STANDARD)
 target_include_directories(stdit_cuda_cutlass PRIVATE ${PROJECT_SOURCE_DIR}/src)
 if(EXISTS "${STDIT_CUTLASS_INCLUDE}/cutlass/cutlass.h" AND "90a-real" IN_LIST STDIT_CUDA_ARCHS)

@@ -389,43 +389,6 @@ bool linear_residual_bf16(CudaContext& c, const Tensor& y, const Tensor& w, cons
   return true;
 }
 
-namespace {
-
-// The CUTLASS schedule of the bf16 linear layers (cutlass_bf16_linear.cu): STDIT_CUDA_BF16_LINEAR=0,
-// 1 or 2, a developer switch for timing them against cuBLASLt (unset or any other value: cuBLASLt).
-int bf16_linear_schedule() {
-  static const int s = [] {
-    const char* e = std::getenv("STDIT_CUDA_BF16_LINEAR");
-    const std::string v = e ? e : "";
-    return v == "0" ? 0 : v == "1" ? 1 : v == "2" ? 2 : -1;
-  }();
-  return s;
-}
-
-// A bf16 linear into a bf16 output through CUTLASS on Hopper (policy fused_bf16_gemm), the bias
-// (f32) and GELU in the epilogue; false, with nothing launched, where it does not apply.
-bool linear_bf16_cutlass(CudaContext& c, const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
-                         Tensor& out) {
-  const int schedule = bf16_linear_schedule();
-  // Only the large layers (m rows of tokens): cuBLASLt keeps the small ones (the timestep and text MLPs).
-  const int64_t m = w.size(1) ? x.numel() / w.size(1) : 0;
-  if (schedule < 0 || !c.policy.fused_bf16_gemm || !cutlass_bf16_built() || w.dtype() != DType::BF16 ||
-      w.dim() != 2 || !w.is_contiguous() || x.dtype() != DType::BF16 || out.dtype() != DType::BF16 || m < 4096 ||
-      (act != Activation::None && act != Activation::GeluTanh))
-    return false;
-  Bf16LinearProblem p;
-  p.n = w.size(0), p.k = w.size(1), p.m = m;
-  p.a = x.raw(), p.b = w.raw(), p.d = out.raw();
-  p.bias = bias.defined() ? bias.data<float>() : nullptr;
-  p.epilogue = act == Activation::GeluTanh ? Bf16Epilogue::Bf16Gelu : Bf16Epilogue::Bf16;
-  p.config = schedule;
-  if (!cutlass_bf16_linear(p, c.num_sms, c.stream)) return false;
-  check_launch("linear (CUTLASS bf16)");
-  return true;
-}
-
-}  // namespace
-
 void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act,
                          Tensor& out) {
   if (w.dtype() == DType::F8_E4M3) return linear_fp8(x, w, bias, act, out);
@@ -456,7 +419,6 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, A
     xin = alloc(x.shape(), in);
     copy(x, xin);
   }
-  if (linear_bf16_cutlass(c, xin, w, bias, act, out)) return;
   // F32 weights into a BF16 output (the VAE's attention projections on the bf16 path): the GEMM
   // writes an F32 scratch converted afterwards (cuBLASLt has no F32-input GEMM with a BF16 output).
   Tensor dst = in == DType::F32 && out.dtype() == DType::BF16 ? alloc(out.shape(), DType::F32) : out;

@@ -41,24 +41,4 @@ bool cutlass_bf16_built();
 // strides): the caller takes cuBLASLt's path.
 bool cutlass_bf16_residual_gemm(const Bf16GemmProblem& p, int num_sms, cudaStream_t stream);
 
-// The bf16 linear layer into a bf16 output (cutlass_bf16_linear.cu): qkv, fc1 + GELU, fc2, the
-// cross-attention projections. With A [m, k], the weight B [n, k] (bf16, row-major, f32
-// accumulation) and D [m, n] bf16 row-major:
-//   Bf16:     D[i, j] = bf16(acc[i, j] + bias[j])
-//   Bf16Gelu: D[i, j] = bf16(gelu_tanh(acc[i, j] + bias[j]))
-// A null bias is 0. config: the kernel's schedule (cutlass_bf16_linear.cu).
-enum class Bf16Epilogue { Bf16, Bf16Gelu };
-struct Bf16LinearProblem {
-  int64_t m = 0, n = 0, k = 0;
-  const void* a = nullptr;  // bf16 [m, k]
-  const void* b = nullptr;  // bf16 [n, k]
-  const float* bias = nullptr;  // [n]; null: none
-  void* d = nullptr;  // bf16 [m, n]
-  Bf16Epilogue epilogue = Bf16Epilogue::Bf16;
-  int config = 0;
-};
-// As cutlass_bf16_residual_gemm: true when run, false with nothing launched (not built, or sizes
-// and alignments it cannot take: k and n multiples of 8, 16-byte aligned pointers).
-bool cutlass_bf16_linear(const Bf16LinearProblem& p, int num_sms, cudaStream_t stream);
-
 }  // namespace stdit::cuda
