@@ -109,6 +109,87 @@ TEST(CudaOps, AttentionOnModelViews) {
     }
 }
 
+namespace {
+// The largest |a - b| over two host tensors of one shape (as f32; infinity where either is NaN).
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(DType::F32).contiguous(), y = b.to(DType::F32).contiguous();
+  EXPECT_EQ(x.shape(), y.shape());
+  double m = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double e = std::fabs(static_cast<double>(x.data<float>()[i]) - y.data<float>()[i]);
+    m = std::isnan(e) ? INFINITY : std::max(m, e);
+    if (std::isinf(m)) break;
+  }
+  return m;
+}
+}  // namespace
+
+// attention_qk_norm on temporal views of a bf16 qkv (the model's call): at 17-32 frames the short
+// kernel normalises q and k as it loads them (q and k stay as they were; the values those of
+// qk_norm_rope's passes, bit for bit where qk_norm_rope takes its whole-row kernel: heads side by
+// side in rows of a multiple of 128 values); at 8 frames the three calls (q and k normalised in
+// place). Both against the CPU's qk_norm_rope and attention in f32.
+TEST(CudaOps, AttentionQkNormFoldsIntoTheShortKernel) {
+  struct Case {
+    int64_t b, t, s, h, d;
+    bool folds, rows_kernel;
+  };
+  const std::vector<Case> cases = {{2, 30, 37, 16, 72, true, true},  // 720p 4s's temporal attention
+                                   {2, 20, 5, 6, 64, true, true},
+                                   {1, 17, 3, 4, 80, true, false},
+                                   {2, 8, 9, 16, 72, false, true}};
+  CudaBackend& g = gpu16();
+  uint64_t seed = 1400;
+  for (const Case& c : cases) {
+    const int64_t C = c.h * c.d, N = c.t * c.s;
+    const Tensor qkv = randn({c.b * N, 3 * C}, ++seed, 1.5f);
+    const Tensor wq = randn({c.d}, ++seed, 0.2f, 1.0f), wk = randn({c.d}, ++seed, 0.2f, 1.0f);
+    const Tensor freqs = rope_freqs(c.d);
+    const std::vector<int> order = {0, 2, 1, 3, 4};
+    auto view = [&](const Tensor& t, int j) { return t.view({c.b, c.t, c.s, 3, c.h, c.d}).select(3, j).permute(order); };
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+    Tensor rqkv = qkv.clone();
+    Tensor rq = view(rqkv, 0), rk = view(rqkv, 1);
+    host_be().qk_norm_rope(rq, wq, 1e-6f, freqs);
+    host_be().qk_norm_rope(rk, wk, 1e-6f, freqs);
+    Tensor ref = host_be().alloc({c.b, c.t, c.s, c.h, c.d});
+    Tensor rv = ref.permute(order);
+    host_be().attention(rq, rk, view(rqkv, 2), scale, rv);
+    const QkNorm norm{g.upload(wq), g.upload(wk), g.upload(freqs), 1e-6f};
+    auto bf16_qkv = [&] {
+      Tensor t = g.alloc(qkv.shape(), DType::BF16);
+      g.copy(g.upload(qkv), t);
+      return t;
+    };
+    const std::string what = cat("temporal ", S(view(qkv, 0).shape()), " views of bf16 qkv");
+    // The folded call.
+    Tensor d = bf16_qkv();
+    const Tensor before = g.download(d);
+    Tensor o = poisoned(g, ref.shape(), DType::BF16);
+    Tensor ov = o.permute(order), dq = view(d, 0), dk = view(d, 1);
+    const KernelCounts runs = g.attention_kernels();
+    g.attention_qk_norm(dq, dk, view(d, 2), norm, scale, ov);
+    g.synchronize();
+    EXPECT_EQ(describe_kernel_counts(kernel_counts_since(runs, g.attention_kernels())),
+              c.folds ? "short-bf16 1" : "flash-bf16 1") << what;
+    const bool untouched = max_abs_diff(g.download(d), before) == 0.0;
+    EXPECT_EQ(untouched, c.folds) << what << (c.folds ? ": q and k were normalised in memory"
+                                                      : ": the unfolded call left q and k as they were");
+    check("attention_qk_norm[bf16]", cat(what, c.folds ? ", folded" : ", three calls"), err_vs(g, o, ref));
+    // The same through the three calls: equal where the norm's arithmetic is the same.
+    if (c.folds && c.rows_kernel) {
+      Tensor d2 = bf16_qkv();
+      Tensor q2 = view(d2, 0), k2 = view(d2, 1);
+      g.qk_norm_rope(q2, norm.q_weight, norm.eps, norm.rope_freqs);
+      g.qk_norm_rope(k2, norm.k_weight, norm.eps, norm.rope_freqs);
+      Tensor o2 = poisoned(g, ref.shape(), DType::BF16);
+      Tensor o2v = o2.permute(order);
+      g.attention(q2, k2, view(d2, 2), scale, o2v);
+      check("attention_qk_norm[bf16] folded vs three calls", what, max_abs_diff(g.download(o), g.download(o2)));
+    }
+  }
+}
+
 TEST(CudaOps, AttentionContiguousAndVaeShapes) {
   uint64_t seed = 900;
   struct Case {
