@@ -10,10 +10,8 @@
 # it room; logs go to $OUT (default bench_out/).
 #
 # Expects build-cuda/ as scripts/gpu_check.sh does (stdit and stdit_gpu_tests, libs in
-# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] [FOLD=1] bench/gpu_trials.sh (QUICK: the
-# fp8 check, bf16, the new and the old default at 720p and the 30-step gate only; FOLD: temporal
-# attention's qk-norm folded into its kernel against the three calls, fp8's GEMM schedule chosen by K
-# against the default, checked and timed; then the fp8 step's op profile and a whole bf16 video)
+# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] bench/gpu_trials.sh (QUICK: the fp8
+# check, bf16, the new and the old default at 720p and the 30-step gate only)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -51,37 +49,6 @@ GATE=($S bench --backend cuda --precision fp8 --preset 480p-4s --iters 1 --no-t5
 # promoted schedule).
 if [ -x "$OLD" ]; then BEFORE=($OLD "${B[@]}" "${F[@]}"); else
   BEFORE=(STDIT_CUDA_FP8_GEMM_SCHEDULE=1 $S "${B[@]}" "${F[@]}" --fp8-keep proj,q,cross_proj,fc2); fi
-if [ -n "${FOLD:-}" ]; then  # temporal qk-norm + RoPE folded into the short kernel; fp8's schedule by K
-  check "the fold" 'CudaOps.AttentionQkNorm*:CudaOps.AttentionRunsTheChosenKernel:CudaOps.QkNormRope*:CudaStdit3*:CudaMemoryPlan.*'
-  check "fp8, schedule by K" 'CudaOps.Fp8*:CudaStdit3Fp8.*' STDIT_CUDA_FP8_GEMM_SCHEDULE=3
-  for i in 1 2; do
-    run "bf16, qk-norm folded" $S "${B[@]}" --precision bf16
-    run "bf16, three calls (STDIT_CUDA_QK_NORM_FOLD=0)" STDIT_CUDA_QK_NORM_FOLD=0 $S "${B[@]}" --precision bf16
-  done
-  for i in 1 2; do
-    run "fp8, default (folded)" $S "${B[@]}" "${F[@]}"
-    run "fp8, three calls" STDIT_CUDA_QK_NORM_FOLD=0 $S "${B[@]}" "${F[@]}"
-    run "fp8, schedule by K (fc2 cooperative 256 x 128)" STDIT_CUDA_FP8_GEMM_SCHEDULE=3 $S "${B[@]}" "${F[@]}"
-  done
-  B4=(bench --backend cuda --preset 480p-4s --iters 3 --no-t5 --no-vae)
-  run "480p bf16, folded" $S "${B4[@]}" --precision bf16
-  run "480p bf16, three calls" STDIT_CUDA_QK_NORM_FOLD=0 $S "${B4[@]}" --precision bf16
-  run "480p fp8, default (folded)" $S "${B4[@]}" "${F[@]}"
-  run "480p fp8, schedule by K" STDIT_CUDA_FP8_GEMM_SCHEDULE=3 $S "${B4[@]}" "${F[@]}"
-  echo "== op profile, fp8 720p ($(left) s left) =="
-  STDIT_CUDA_PROFILE=1 $S "${B[@]}" --precision fp8 --iters 1 > "$OUT/profile_fp8.log" 2>&1 || rc=1
-  grep -vE "^\s*$" "$OUT/profile_fp8.log" | head -45 | cut -c1-160
-  if [ "$(left)" -gt 100 ]; then
-    echo "== whole 720p 4s video, bf16 engine ($(left) s left) =="
-    e16=/tmp/stdit_engine_bf16
-    { time $S convert --synthetic -o $e16; } > "$OUT/convert16.log" 2>&1 || rc=1
-    { time timeout $(( $(left) - 10 )) $S generate "a beautiful waterfall" -e $e16 --backend cuda --resolution 720p \
-        --num-frames 4s --out-dir /tmp/stdit_whole_bf16 -v; } > "$OUT/whole_bf16.log" 2>&1 || rc=1
-    grep -E "^time:|execution policy|error|real" "$OUT/whole_bf16.log" | cut -c1-250
-  fi
-  echo "done in $(( $(date +%s) - t0 )) s"
-  exit $rc
-fi
 check "fp8, default schedule" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
 if [ -n "${QUICK:-}" ]; then  # a short call: the decisive runs only
   run "bf16" $S "${B[@]}" --precision bf16

@@ -18,13 +18,6 @@ DType Backend::operand_dtype(const Tensor& w) const {
 
 DType Backend::product_dtype(const Tensor&, Activation, const Tensor&) const { return matmul_dtype(); }
 
-void Backend::attention_qk_norm(Tensor& q, Tensor& k, const Tensor& v, const QkNorm& norm, float scale,
-                                Tensor& out) {
-  qk_norm_rope(q, norm.q_weight, norm.eps, norm.rope_freqs);
-  qk_norm_rope(k, norm.k_weight, norm.eps, norm.rope_freqs);
-  attention(q, k, v, scale, out);
-}
-
 void Backend::row_amax(const Tensor&, Tensor&) {
   fail(name(), " backend: row_amax (fp8 under tensor parallelism) is not supported");
 }

@@ -39,13 +39,6 @@ struct AttentionExtras {
   Tensor key_mask;
 };
 
-// The RMSNorm (and rotary embedding) of q and k in front of self-attention (attention_qk_norm).
-struct QkNorm {
-  Tensor q_weight, k_weight;  // [D] F32
-  Tensor rope_freqs;          // [D / 2] F32, or undefined: no rotation
-  float eps = 0.0f;
-};
-
 // A 3D convolution (2D is the T = 1 case) with zero padding given per side, so that causal
 // (front-only) time padding and the asymmetric (0,1,0,1) downsampling padding are one op.
 struct ConvParams {
@@ -198,12 +191,6 @@ class Backend {
   // rotary embedding of adjacent pairs (x[2i], x[2i+1]) by angle n * freqs[i], n = index on dim -3.
   virtual void qk_norm_rope(Tensor& q, const Tensor& weight, float eps,
                             const Tensor& rope_freqs) = 0;
-  // attention(q, k, v, scale, out) after qk_norm_rope(q, norm.q_weight, norm.eps, norm.rope_freqs)
-  // and the same for k with norm.k_weight: the same values. q and k may be left normalised or
-  // not (a backend may normalise them where it loads them, e.g. CUDA's temporal attention kernel).
-  // By default the three calls.
-  virtual void attention_qk_norm(Tensor& q, Tensor& k, const Tensor& v, const QkNorm& norm, float scale,
-                                 Tensor& out);
   // out = softmax(q k^T * scale) v per batch index and head. q, out: [..., Nq, H, D];
   // k, v: [..., Nk, H, D]; equal leading (batch) dims; any strides with contiguous last dim.
   // out (also of cross_attention) F32 or matmul_dtype().

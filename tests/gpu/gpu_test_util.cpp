@@ -106,9 +106,6 @@ const std::map<std::string, double>& thresholds() {
       {"attention[bf16]", 1e-2},
       {"cross_attention[bf16]", 1e-2},
       {"attention[bf16 own]", 1e-2},  // the own bf16 kernel where cuDNN's would run
-      {"attention_qk_norm[bf16]", 1e-2},  // q and k normalised in bf16 (qk_norm_rope[bf16]), then attention[bf16]
-      // folded into the short kernel: the whole-row pass's arithmetic in shared memory (largest |difference|)
-      {"attention_qk_norm[bf16] folded vs three calls", 0.0},
       {"cross_attention[bf16 own]", 1e-2},
       {"linear[bf16]", 1e-2},
       {"conv3d[bf16]", 1e-2},

@@ -13,7 +13,6 @@
 // materialised per query chunk with cuBLASLt GEMMs and an exact row softmax. NaN propagates as on
 // the CPU in all three.
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 #include <cmath>
 #include <string>
@@ -708,14 +707,15 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
   check_launch(op);
 }
 
-namespace {
-
-// The kernels' arguments of a self-attention call on q, k, v as the kernels read them (in) into
-// `target` (out, or its F32 stand-in), after checking their shapes against each other and out's;
-// nb gets the number of batch indices (the lead dims' product).
-AttnArgs self_attention_args(const CudaContext& c, const KernelInputs& in, const Tensor& out, const Tensor& target,
-                             float scale, int64_t& nb) {
+void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                            float scale, Tensor& out, const AttentionExtras& extras) {
+  OpTimer timer_(*ctx_, "attention", q_in);
   const char* op = "attention";
+  CudaContext& c = *ctx_;
+  head_dims(q_in, c, op, "q");
+  head_dims(k_in, c, op, "k");
+  head_dims(v_in, c, op, "v");
+  const KernelInputs in = kernel_inputs(*this, c, q_in, k_in, v_in);
   const Tensor &q = in.q, &k = in.k, &v = in.v;
   const HeadDims qv = head_dims(q, c, op, "q"), kv = head_dims(k, c, op, "k"),
                  vv = head_dims(v, c, op, "v"), ov = head_dims(out, c, op, "out");
@@ -727,14 +727,15 @@ AttnArgs self_attention_args(const CudaContext& c, const KernelInputs& in, const
                 shape_str(v.shape()), ", out ", shape_str(out.shape()), " are inconsistent");
   STDIT_CHECK(kv.n == vv.n && ov.n == qv.n, "cuda attention: sequence lengths differ");
   const int nl = q.dim() - 3;
-  nb = shape_numel(lead);
+  const int64_t nb = shape_numel(lead);
   AttnArgs a{};
   a.lead = lead_shape(q, nl);
   a.q = {q.raw(), lead_strides(q, nl), qv.sn, qv.sh};
   a.k = {k.raw(), lead_strides(k, nl), kv.sn, kv.sh};
   a.v = {v.raw(), lead_strides(v, nl), vv.sn, vv.sh};
   a.in_bf16 = in.bf16;
-  set_out(a, target, nl);
+  OutTarget ot = out_target(*this, c, out, qv.d, in.bf16);
+  set_out(a, ot.t, nl);
   a.kv_packed = false;
   a.kv_begin = nullptr;
   a.h = qv.h;
@@ -742,90 +743,22 @@ AttnArgs self_attention_args(const CudaContext& c, const KernelInputs& in, const
   a.nk = kv.n;
   a.d = qv.d;
   a.scale = scale;
-  return a;
-}
-
-}  // namespace
-
-void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                            float scale, Tensor& out, const AttentionExtras& extras) {
-  OpTimer timer_(*ctx_, "attention", q_in);
-  const char* op = "attention";
-  CudaContext& c = *ctx_;
-  head_dims(q_in, c, op, "q");
-  head_dims(k_in, c, op, "k");
-  head_dims(v_in, c, op, "v");
-  const KernelInputs in = kernel_inputs(*this, c, q_in, k_in, v_in);
-  OutTarget ot = out_target(*this, c, out, in.q.size(-1), in.bf16);
-  int64_t nb = 0;
-  AttnArgs a = self_attention_args(c, in, out, ot.t, scale, nb);
-  const int64_t qn = a.nq, kn = a.nk, h = a.h;
+  a.bias = nullptr;
+  a.key_mask = nullptr;
   if (extras.bias.defined()) {
     expect_contiguous_f32(extras.bias, c, op, "bias");
-    expect_shape(extras.bias, {h, qn, kn}, op, "bias");
+    expect_shape(extras.bias, {qv.h, qv.n, kv.n}, op, "bias");
     a.bias = extras.bias.data<float>();
   }
   if (extras.key_mask.defined()) {
     expect_device(extras.key_mask, c, op, "key_mask");
     STDIT_CHECK(extras.key_mask.dtype() == DType::U8 && extras.key_mask.is_contiguous(),
                 "cuda attention: key_mask must be contiguous U8");
-    expect_shape(extras.key_mask, {nb, kn}, op, "key_mask");
+    expect_shape(extras.key_mask, {nb, kv.n}, op, "key_mask");
     a.key_mask = extras.key_mask.data<uint8_t>();
   }
   dispatch_attention(c, a, nb);
   if (ot.convert) copy(ot.t, out);
-}
-
-// Temporal attention at 17-32 frames (the short kernel, when the policy's first choice): q and
-// k normalised (and rotated) where the kernel loads them into shared memory, instead of two passes
-// over them in memory first. Elsewhere the three calls.
-void CudaBackend::attention_qk_norm(Tensor& q, Tensor& k, const Tensor& v, const QkNorm& norm, float scale,
-                                    Tensor& out) {
-  if (!attention_qk_norm_folded(q, k, v, norm, scale, out)) Backend::attention_qk_norm(q, k, v, norm, scale, out);
-}
-
-bool CudaBackend::attention_qk_norm_folded(const Tensor& q, const Tensor& k, const Tensor& v, const QkNorm& norm,
-                                           float scale, Tensor& out) {
-  // STDIT_CUDA_QK_NORM_FOLD=0: the three calls (a developer switch for timing the fold against them).
-  static const bool fold = [] {
-    const char* e = std::getenv("STDIT_CUDA_QK_NORM_FOLD");
-    return !e || std::string(e) != "0";
-  }();
-  if (!fold) return false;
-  CudaContext& c = *ctx_;
-  const char* op = "attention";
-  auto bf16 = [](const Tensor& t) { return t.dtype() == DType::BF16 && t.dim() >= 3; };
-  if (!bf16(q) || !bf16(k) || !bf16(v) || !bf16(out) || !bf16_attention_operands(c)) return false;
-  const int64_t d = q.size(-1), n = k.size(-3);
-  auto weight_ok = [&](const Tensor& w, int64_t len) {
-    return w.defined() && w.dtype() == DType::F32 && w.is_contiguous() && w.numel() == len;
-  };
-  if (d % 4 != 0 || !weight_ok(norm.q_weight, d) || !weight_ok(norm.k_weight, d) ||
-      (norm.rope_freqs.defined() && !weight_ok(norm.rope_freqs, d / 2)))
-    return false;
-  const KernelInputs in{q, k, v, true};
-  int64_t nb = 0;
-  AttnArgs a = self_attention_args(c, in, out, out, scale, nb);
-  if (nb == 0 || a.h == 0 || a.nq == 0) return false;
-  const std::vector<AttentionKernel> kernels = attention_candidates(attention_call(a, nb, nullptr), c.policy);
-  if (kernels.empty() || kernels.front() != AttentionKernel::ShortBf16) return false;
-  OpTimer timer_(c, "attention (qk-norm folded)", q);
-  for (const Tensor* t : {&norm.q_weight, &norm.k_weight}) expect_device(*t, c, op, "qk-norm weight");
-  Tensor rot;  // [n, d / 2] (cos, sin), as qk_norm_rope's
-  if (norm.rope_freqs.defined()) {
-    expect_device(norm.rope_freqs, c, op, "rope_freqs");
-    rot = alloc({n, d / 2, 2}, DType::F32);
-    rope_table_kernel<<<blocks_for(n * (d / 2), 256), 256, 0, c.stream>>>(
-        norm.rope_freqs.data<float>(), n, static_cast<int>(d / 2), reinterpret_cast<float2*>(rot.raw()));
-    check_launch("attention (qk-norm rotation table)");
-  }
-  a.qn_w = norm.q_weight.data<float>();
-  a.kn_w = norm.k_weight.data<float>();
-  a.rot = rot.defined() ? reinterpret_cast<const float2*>(rot.raw()) : nullptr;
-  a.qn_eps = norm.eps;
-  if (!launch_attention_short_bf16(c, a, nb)) return false;
-  ++c.attention_runs[static_cast<size_t>(AttentionKernel::ShortBf16)];
-  return true;
 }
 
 std::vector<std::pair<std::string, int64_t>> CudaBackend::attention_kernels() const {

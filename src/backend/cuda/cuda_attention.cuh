@@ -34,12 +34,6 @@ struct AttnArgs {
   float scale;
   const float* bias;          // [H, Nq, Nk] or nullptr
   const uint8_t* key_mask;    // [batch, Nk] or nullptr
-  // The short kernel only (attention_qk_norm): q and k RMS-normalised with these [D] weights, then
-  // rotated by rot ([Nk, D / 2] (cos, sin), or nullptr), where it loads them; qn_w nullptr: as given.
-  const float* qn_w;
-  const float* kn_w;
-  const float2* rot;
-  float qn_eps;
 };
 
 // The keys of batch index b for one head: rows [begin, end) of k/v, whose row 0 is at element
@@ -135,8 +129,7 @@ bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t bat
 // The BF16 flash-attention kernel (cuda_attention_bf16.cu) for D <= 128; false for other D.
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // Its 32-key-tile variant for BF16 self-attention over 17-32 keys, D <= 80, rows 16-byte aligned,
-// no bias or mask; false (nothing launched) elsewhere. With a.qn_w (D % 4 == 0) it normalises q and
-// k in shared memory first (attention_qk_norm); the other launchers ignore qn_w.
+// no bias or mask; false (nothing launched) elsewhere.
 bool launch_attention_short_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
 // Cross-attention (kv_packed) of BF16 q/k/v/out to texts of at most 64 tokens per sample
 // (max_kv_len): the streaming kernel of cuda_attention_bf16.cu; false where it does not apply.

@@ -332,38 +332,6 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
   }
 }
 
-// attention_qk_norm's q or k rows of one head in shared memory (bf16 pairs, RS words apart), in
-// place: RMSNorm over d with w, then pair j rotated by rot[row * d / 2 + j] (rot nullptr: none); lane
-// r < T takes row r, the row's position. The arithmetic of qk_norm_rope_rows_kernel (cuda_attention.cu):
-// the squares summed in groups of four in order, each value w[e] * (x[e] * r), the rotation in f32,
-// one rounding to bf16.
-template <int RS>
-__device__ __forceinline__ void qk_norm_rows_smem(uint32_t* m, int T, int d, int lane, const float* __restrict__ w,
-                                                  const float2* __restrict__ rot, float eps) {
-  if (lane >= T) return;
-  uint32_t* row = m + lane * RS;
-  auto pair = [&](int j) { return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(row + j)); };
-  float ss = 0.0f;
-  for (int g = 0; g < d / 4; ++g) {
-    const float2 lo = pair(2 * g), hi = pair(2 * g + 1);
-    ss += lo.x * lo.x + lo.y * lo.y + hi.x * hi.x + hi.y * hi.y;
-  }
-  const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-  const int pairs = d / 2;
-  for (int j = 0; j < pairs; ++j) {
-    const float2 v = pair(j);
-    const float x0 = w[2 * j] * (v.x * r), x1 = w[2 * j + 1] * (v.y * r);
-    float y0 = x0, y1 = x1;
-    if (rot) {
-      const float2 r2 = rot[lane * pairs + j];
-      y0 = x0 * r2.x - x1 * r2.y;
-      y1 = x1 * r2.x + x0 * r2.y;
-    }
-    const __nv_bfloat162 o = __floats2bfloat162_rn(y0, y1);
-    row[j] = *reinterpret_cast<const uint32_t*>(&o);
-  }
-}
-
 // Short self-attention (temporal: nq == nk <= 32, one key per latent frame) for BF16 q/k/v/out
 // without bias or key mask. One warp per (batch index, head) holds all (up to 32) query rows as
 // two m16 tiles against all keys as one tile, so the softmax needs no running maxima; kHeads
@@ -400,13 +368,7 @@ __global__ void __launch_bounds__(kHeads * 32)
   __syncthreads();
   const int64_t head = head0 + warp;
   if (head >= a.h) return;
-  uint32_t* const mine = smem + 3 * warp * kMat;  // this warp's head: q, k, v
-  if (a.qn_w) {  // attention_qk_norm
-    qk_norm_rows_smem<RS>(mine, T, d, lane, a.qn_w, a.rot, a.qn_eps);
-    qk_norm_rows_smem<RS>(mine + kMat, T, d, lane, a.kn_w, a.rot, a.qn_eps);
-    __syncwarp();
-  }
-  const uint32_t* qs = mine;
+  const uint32_t* qs = smem + 3 * warp * kMat;
   const uint32_t* ks = qs + kMat;
   const float sl2 = a.scale * kLog2e;
 

@@ -104,8 +104,6 @@ class CudaBackend final : public Backend {
   void select_frames(Tensor& dst, const Tensor& src, const FrameSelect& sel) override;
 
   void qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const Tensor& rope_freqs) override;
-  void attention_qk_norm(Tensor& q, Tensor& k, const Tensor& v, const QkNorm& norm, float scale,
-                         Tensor& out) override;
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out,
                  const AttentionExtras& extras = {}) override;
   void cross_attention(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -146,11 +144,6 @@ class CudaBackend final : public Backend {
   const std::shared_ptr<CudaContext>& context() const { return ctx_; }
 
  private:
-  // attention_qk_norm on the short kernel, q and k normalised as it loads them; false (nothing
-  // launched) where the policy's first choice for the call is another kernel, or the operands or
-  // weights do not suit it.
-  bool attention_qk_norm_folded(const Tensor& q, const Tensor& k, const Tensor& v, const QkNorm& norm, float scale,
-                                Tensor& out);
   // conv3d's work; returns the path taken ("cudnn", "gemm", "im2col") for the profile.
   std::string conv3d_impl(const Tensor& x, const Tensor& w, const Tensor& bias,
                           const ConvParams& p, Tensor& out);

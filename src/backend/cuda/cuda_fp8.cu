@@ -226,12 +226,10 @@ __global__ void product_scales_kernel(const float* __restrict__ sx, int64_t m, c
   }
 }
 
-// The fused kernel's schedule (Fp8GemmProblem::config) for a GEMM of n outputs over k:
-// STDIT_CUDA_FP8_GEMM_SCHEDULE=N, a developer switch for timing them against each other (docs/CLI.md;
-// 3: by k, the cooperative 256 x 128 tiles where k >= 4 n, fc2's shape); 0 otherwise.
-int fp8_gemm_schedule(int64_t n, int64_t k) {
-  static const int s = env_choice("STDIT_CUDA_FP8_GEMM_SCHEDULE", {1, 2, 3});
-  if (s == 3) return k >= 4 * n ? 2 : 0;
+// The fused kernel's schedule (Fp8GemmProblem::config): STDIT_CUDA_FP8_GEMM_SCHEDULE=N, a developer
+// switch for timing them against each other (docs/CLI.md); 0 otherwise.
+int fp8_gemm_schedule() {
+  static const int s = env_choice("STDIT_CUDA_FP8_GEMM_SCHEDULE", {1, 2});
   return s;
 }
 
@@ -391,7 +389,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
       p.out_inv_scale = inv.data<float>();
       p.d = out.raw();
       p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::E4m3Gelu : Fp8Epilogue::E4m3;
-      p.config = fp8_gemm_schedule(n, k);
+      p.config = fp8_gemm_schedule();
       if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused, e4m3 out)");
       tell_unfused(m, n, k);
     }
@@ -408,7 +406,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
     p.row_scale = xq.scales().data<float>(), p.col_scale = w.scales().data<float>(), p.bias = bp;
     p.d = out.raw();
     p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::Bf16Gelu : Fp8Epilogue::Bf16;
-    p.config = fp8_gemm_schedule(n, k);
+    p.config = fp8_gemm_schedule();
     if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused)");
     tell_unfused(m, n, k);
   }
@@ -444,7 +442,7 @@ bool linear_residual_fp8(CudaBackend& be, CudaContext& c, const Tensor& y, const
   p.a = yq.raw(), p.b = w.raw(), p.row_scale = yq.scales().data<float>();
   p.d = x.raw();
   p.epilogue = Fp8Epilogue::F32Accumulate;
-  p.config = fp8_gemm_schedule(ch, k);
+  p.config = fp8_gemm_schedule();
   Tensor sg, bg;
   if (gate.defined()) {  // one batch entry per sample: its own column scales and bias
     sg = be.alloc({b, ch}, DType::F32);

@@ -631,8 +631,9 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
     Tensor k = qkv6.select(3, 1).permute(order);
     Tensor v = qkv6.select(3, 2).permute(order);
     Tensor ov = o.permute(order);
-    const QkNorm norm{blk.q_norm, blk.k_norm, temporal ? g_.rope_freqs : Tensor{}, eps};
-    be_->attention_qk_norm(q, k, v, norm, attn_scale, ov);
+    be_->qk_norm_rope(q, blk.q_norm, eps, temporal ? g_.rope_freqs : Tensor{});
+    be_->qk_norm_rope(k, blk.k_norm, eps, temporal ? g_.rope_freqs : Tensor{});
+    be_->attention(q, k, v, attn_scale, ov);
     // Only o is read from here on: the norm's output and q, k, v go before the projection, which
     // may take a copy of x for cross-attention's q (RankOps::take_cross_q_input).
     a = q = k = v = qkv6 = qkv = Tensor{};
