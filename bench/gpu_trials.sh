@@ -10,9 +10,8 @@
 # it room; logs go to $OUT (default bench_out/).
 #
 # Expects build-cuda/ as scripts/gpu_check.sh does (stdit and stdit_gpu_tests, libs in
-# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] [TURNS=1] bench/gpu_trials.sh (QUICK:
-# the fp8 check, bf16, the new and the old default at 720p and the 30-step gate only; TURNS: the
-# spatial attention's warpgroups taking turns against free-running, checked and timed)
+# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] bench/gpu_trials.sh (QUICK: the fp8
+# check, bf16, the new and the old default at 720p and the 30-step gate only)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -50,21 +49,6 @@ GATE=($S bench --backend cuda --precision fp8 --preset 480p-4s --iters 1 --no-t5
 # promoted schedule).
 if [ -x "$OLD" ]; then BEFORE=($OLD "${B[@]}" "${F[@]}"); else
   BEFORE=(STDIT_CUDA_FP8_GEMM_SCHEDULE=1 $S "${B[@]}" "${F[@]}" --fp8-keep proj,q,cross_proj,fc2); fi
-if [ -n "${TURNS:-}" ]; then  # the wgmma attention's warpgroups taking turns (STDIT_CUDA_ATTN_TURNS=1)
-  check "attention, warpgroups in turn" 'CudaOps.Attention*:CudaOps.CrossAttention*:CudaStdit3*:CudaFixtures.PipelineTiny' \
-    STDIT_CUDA_ATTN_TURNS=1
-  for i in 1 2; do
-    run "bf16, free-running warpgroups" $S "${B[@]}" --precision bf16
-    run "bf16, warpgroups in turn" STDIT_CUDA_ATTN_TURNS=1 $S "${B[@]}" --precision bf16
-  done
-  run "fp8, free-running" $S "${B[@]}" "${F[@]}"
-  run "fp8, in turn" STDIT_CUDA_ATTN_TURNS=1 $S "${B[@]}" "${F[@]}"
-  B4=(bench --backend cuda --preset 480p-4s --iters 3 --no-t5 --no-vae)
-  run "480p bf16, free-running" $S "${B4[@]}" --precision bf16
-  run "480p bf16, in turn" STDIT_CUDA_ATTN_TURNS=1 $S "${B4[@]}" --precision bf16
-  echo "done in $(( $(date +%s) - t0 )) s"
-  exit $rc
-fi
 check "fp8, default schedule" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
 if [ -n "${QUICK:-}" ]; then  # a short call: the decisive runs only
   run "bf16" $S "${B[@]}" --precision bf16

@@ -31,8 +31,6 @@
 #include <cudaTypedefs.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <string>
 
 #include "backend/cuda/cuda_attention.cuh"
 
@@ -111,14 +109,6 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
       : "memory");
 }
-// Named barriers (ids 1-15; 0 is __syncthreads'): bar.sync waits until `count` threads have
-// arrived (itself included), bar.arrive counts this warp's threads and goes on.
-__device__ __forceinline__ void named_bar_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void named_bar_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -177,7 +167,7 @@ __device__ __forceinline__ uint64_t smem_desc_sw32(uint32_t addr) {
   return smem_desc(addr, 16, 256) | (uint64_t{3} << 62);
 }
 
-template <int DK, int DV, int BK, int kWG, int kStages, bool kTurns>
+template <int DK, int DV, int BK, int kWG, int kStages>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     attention_wgmma_kernel(const __grid_constant__ WgmmaMaps maps, __nv_bfloat16* out,
                            int64_t out_sb, int64_t out_sn, int64_t out_sh, int nq, int nk,
@@ -326,20 +316,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     if (lane == 0) mbar_arrive(empty(t % kStages));
   };
 
-  // kTurns: the consumer warpgroups issue their Q K^T in turn (0, 1, 2, 0, ...; named barrier 1 + w
-  // is warpgroup w's turn, given by the one before it once it has issued), so that one's softmax
-  // runs while the next one's products hold the tensor cores (FlashAttention-3's ping-pong
-  // schedule, over three warpgroups). The last warpgroup starts the first round; it skips its
-  // last hand-over, which no turn waits for.
-  constexpr int kTurnThreads = 256;  // the waiting warpgroup and the one handing over
-  if constexpr (kTurns)
-    if (wg == kWG - 1) named_bar_arrive(1, kTurnThreads);
   for (int t = 0; t < tiles; ++t) {
     mbar_wait(full(t % kStages), (t / kStages) & 1);
-    if constexpr (kTurns) named_bar_sync(1 + wg, kTurnThreads);
     issue_qk(t);
-    if constexpr (kTurns)
-      if (wg < kWG - 1 || t + 1 < tiles) named_bar_arrive(1 + (wg + 1) % kWG, kTurnThreads);
     wgmma_wait<0>();
     keep(sc);
     softmax(t);
@@ -426,14 +405,7 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
                     !enc(m.kt, a.k, a.nk, sk, 16, BK, CU_TENSOR_MAP_SWIZZLE_32B, nbk)))
     return false;
   if (L::VT > 0 && !enc(m.vt, a.v, a.nk, sv, L::VT, BK, sw128, nbk)) return false;
-  // STDIT_CUDA_ATTN_TURNS=1: the warpgroups take turns (kTurns above), a developer switch for
-  // timing the schedule against the free-running one.
-  static const bool turns = [] {
-    const char* e = std::getenv("STDIT_CUDA_ATTN_TURNS");
-    return e && std::string(e) == "1";
-  }();
-  auto kernel = turns ? attention_wgmma_kernel<DK, DV, BK, kWG, kStages, true>
-                      : attention_wgmma_kernel<DK, DV, BK, kWG, kStages, false>;
+  auto kernel = attention_wgmma_kernel<DK, DV, BK, kWG, kStages>;
   // Per device (tensor parallelism runs it on several): cheap, so on every launch.
   STDIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem));
   const dim3 grid(static_cast<unsigned>((a.nq + L::kRows - 1) / L::kRows), static_cast<unsigned>(a.h),
