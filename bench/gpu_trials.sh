@@ -10,8 +10,9 @@
 # it room; logs go to $OUT (default bench_out/).
 #
 # Expects build-cuda/ as scripts/gpu_check.sh does (stdit and stdit_gpu_tests, libs in
-# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] bench/gpu_trials.sh (QUICK: the fp8
-# check, bf16, the new and the old default at 720p and the 30-step gate only)
+# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] [GELU=1] bench/gpu_trials.sh (QUICK: the
+# fp8 check, bf16, the new and the old default at 720p and the 30-step gate only; GELU: fc1's GELU
+# through the hardware's tanh against the exponential form, checked, timed, and the 30-step gate)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -49,6 +50,20 @@ GATE=($S bench --backend cuda --precision fp8 --preset 480p-4s --iters 1 --no-t5
 # promoted schedule).
 if [ -x "$OLD" ]; then BEFORE=($OLD "${B[@]}" "${F[@]}"); else
   BEFORE=(STDIT_CUDA_FP8_GEMM_SCHEDULE=1 $S "${B[@]}" "${F[@]}" --fp8-keep proj,q,cross_proj,fc2); fi
+if [ -n "${GELU:-}" ]; then  # fc1's GELU through the hardware's tanh (STDIT_CUDA_FP8_TANH_GELU=1)
+  check "fp8, tanh GELU" 'CudaOps.Fp8*:CudaStdit3Fp8.*' STDIT_CUDA_FP8_TANH_GELU=1
+  for v in 0 1; do
+    echo "== per-op timings, STDIT_CUDA_FP8_TANH_GELU=$v ($(left) s left) =="
+    STDIT_CUDA_FP8_TANH_GELU=$v timeout 60 $T --gtest_filter=CudaPerf.RealShapes 2>&1 | grep -E "linear\[fp8\] fc1" | cut -c1-150
+  done
+  for i in 1 2; do
+    run "fp8, exponential GELU" $S "${B[@]}" "${F[@]}"
+    run "fp8, tanh GELU" STDIT_CUDA_FP8_TANH_GELU=1 $S "${B[@]}" "${F[@]}"
+  done
+  run "fp8 quality gate, 480p 30 steps, tanh GELU" STDIT_CUDA_FP8_TANH_GELU=1 "${GATE[@]}"
+  echo "done in $(( $(date +%s) - t0 )) s"
+  exit $rc
+fi
 check "fp8, default schedule" 'CudaOps.Fp8*:CudaStdit3Fp8.*:CudaMemoryPlan.*'
 if [ -n "${QUICK:-}" ]; then  # a short call: the decisive runs only
   run "bf16" $S "${B[@]}" --precision bf16

@@ -6,8 +6,10 @@
 // quantized in its own pass unless it arrives quantized.
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <mutex>
 #include <set>
+#include <string>
 
 #include "backend/cuda/cuda_fp8.h"
 #include "backend/cuda/cutlass_fp8_gemm.h"
@@ -232,6 +234,12 @@ int fp8_gemm_schedule() {
   static const int s = env_choice("STDIT_CUDA_FP8_GEMM_SCHEDULE", {1, 2});
   return s;
 }
+// STDIT_CUDA_FP8_TANH_GELU=1: the fused GEMM's GELU through the hardware's tanh (a developer switch
+// for timing it against the exact-exponential form).
+bool fp8_tanh_gelu() {
+  static const bool on = env_choice("STDIT_CUDA_FP8_TANH_GELU", {1}) == 1;
+  return on;
+}
 
 // Said once per shape (-v): the fused kernel declined a GEMM the policy gave it (an operand's
 // alignment or a size CUTLASS cannot take), so it ran unfused.
@@ -390,6 +398,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
       p.d = out.raw();
       p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::E4m3Gelu : Fp8Epilogue::E4m3;
       p.config = fp8_gemm_schedule();
+      p.tanh_gelu = fp8_tanh_gelu();
       if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused, e4m3 out)");
       tell_unfused(m, n, k);
     }
@@ -407,6 +416,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
     p.d = out.raw();
     p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::Bf16Gelu : Fp8Epilogue::Bf16;
     p.config = fp8_gemm_schedule();
+    p.tanh_gelu = fp8_tanh_gelu();
     if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused)");
     tell_unfused(m, n, k);
   }

@@ -63,6 +63,12 @@ using EvtE4m3 = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>, 
 template <class Tile>
 using EvtE4m3Gelu = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>,
                                     fusion::Sm90EVT<Op<GeluTanh, float>, Biased<Tile, float>>, RowVec<Tile>>;
+// The two GELU trees with GeluTanhApprox (Fp8GemmProblem::tanh_gelu; the ping-pong schedule only).
+template <class Tile>
+using EvtBf16GeluApprox = fusion::Sm90EVT<Op<GeluTanhApprox, cutlass::bfloat16_t>, Biased<Tile, float>>;
+template <class Tile>
+using EvtE4m3GeluApprox = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>,
+                                          fusion::Sm90EVT<Op<GeluTanhApprox, float>, Biased<Tile, float>>, RowVec<Tile>>;
 template <class Tile>
 using EvtAccumulate = fusion::Sm90EVT<Op<cutlass::plus, float>, Biased<Tile, float>, fusion::Sm90SrcFetch<float>>;
 
@@ -80,6 +86,17 @@ bool dispatch(const Fp8GemmProblem& p, int num_sms, cudaStream_t stream) {
   const typename ColVec<Tile>::Arguments bs{p.bias, 0.0f, {_0{}, _1{}, p.bias_batch_stride}};
   // Each node's arguments: its children's, then its own.
   const typename Scaled<Tile>::Arguments scaled{{{}, rs, {}}, cs, {}};
+  if constexpr (std::is_same_v<Config, FastPingpong128>) {
+    if (p.tanh_gelu && p.epilogue == Fp8Epilogue::Bf16Gelu)
+      return run<Config, EvtBf16GeluApprox<Tile>, void, cutlass::bfloat16_t>(
+          p, typename EvtBf16GeluApprox<Tile>::Arguments{{scaled, bs, {}}, {}}, num_sms, stream);
+    if (p.tanh_gelu && p.epilogue == Fp8Epilogue::E4m3Gelu) {
+      if (!p.out_inv_scale) return false;
+      const typename RowVec<Tile>::Arguments inv{p.out_inv_scale, 0.0f, {_1{}, _0{}, p.m}};
+      return run<Config, EvtE4m3GeluApprox<Tile>, void, cutlass::float_e4m3_t>(
+          p, typename EvtE4m3GeluApprox<Tile>::Arguments{{{scaled, bs, {}}, {}}, inv, {}}, num_sms, stream);
+    }
+  }
   switch (p.epilogue) {
     case Fp8Epilogue::Bf16:
       return run<Config, EvtBf16<Tile>, void, cutlass::bfloat16_t>(p, typename EvtBf16<Tile>::Arguments{scaled, bs, {}},
