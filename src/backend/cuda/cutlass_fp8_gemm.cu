@@ -31,11 +31,12 @@ namespace gemm = cutlass::gemm;
 // second set of f32 registers every few k-blocks), which halves the accumulator registers, so a
 // warpgroup holds a 128 x 128 tile. Measured at 720p shapes on an H100 (docs/PERF.md, CudaPerf.
 // RealShapes): ping-pong 128 x 128 (each warpgroup its own tile, one's epilogue overlapping the
-// other's main loop) is the fastest for K = 1152 (qkv 1,083, fc1 + GELU 821, proj 835 TFLOP/s)
-// and the fastest 720p step (951.9 ms; cooperative 256 x 128 for every GEMM 965.8, the promoted
-// cooperative 128 x 128 of before 1,038.6); cooperative 256 x 128 (two warpgroups on one tile) is
-// faster for fc2's K = 4608 alone (1,287 against 1,159 TFLOP/s): choosing it by K is a next step,
-// not yet run in the model. Error against the CPU's f32 sums: linear[fp8] rows of the GPU check.
+// other's main loop) is the fastest for K = 1152 (qkv 1,083, fc1 + GELU 821 — 1,019 with the GELU
+// through the hardware's tanh, GeluTanhApprox —, proj 835 TFLOP/s) and the fastest 720p step (951.9
+// ms; cooperative 256 x 128 for every GEMM 965.8, the promoted cooperative 128 x 128 of before
+// 1,038.6); cooperative 256 x 128 (two warpgroups on one tile) is faster for fc2's K = 4608 alone
+// (1,287 against 1,159 TFLOP/s), but chosen for fc2 alone it did not change the step (docs/PERF.md).
+// Error against the CPU's f32 sums: linear[fp8] rows of the GPU check.
 //   0: fast, ping-pong 128 x 128;
 //   1: promoted f32 accumulation, cooperative 128 x 128 (64 x 128 accumulators per warpgroup, as
 //      many again for the promotion: a 128 x 128 tile per warpgroup would spill);
@@ -67,8 +68,9 @@ using EvtE4m3Gelu = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_
 template <class Tile>
 using EvtBf16GeluApprox = fusion::Sm90EVT<Op<GeluTanhApprox, cutlass::bfloat16_t>, Biased<Tile, float>>;
 template <class Tile>
-using EvtE4m3GeluApprox = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>,
-                                          fusion::Sm90EVT<Op<GeluTanhApprox, float>, Biased<Tile, float>>, RowVec<Tile>>;
+using EvtE4m3GeluApprox =
+    fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>,
+                    fusion::Sm90EVT<Op<GeluTanhApprox, float>, Biased<Tile, float>>, RowVec<Tile>>;
 template <class Tile>
 using EvtAccumulate = fusion::Sm90EVT<Op<cutlass::plus, float>, Biased<Tile, float>, fusion::Sm90SrcFetch<float>>;
 

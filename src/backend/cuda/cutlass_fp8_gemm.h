@@ -37,7 +37,7 @@ struct Fp8GemmProblem {
   void* d = nullptr;  // bf16, f32 or e4m3 [batch, m, n]
   int64_t d_batch_stride = 0;
   Fp8Epilogue epilogue = Fp8Epilogue::Bf16;
-  bool tanh_gelu = false;  // the GELUs through the hardware's tanh (schedule 0; cutlass_gemm.cuh GeluTanhApprox)
+  bool tanh_gelu = false;  // GELUs through the hardware's tanh (schedule 0; cutlass_gemm.cuh GeluTanhApprox)
   int config = 0;  // the kernel's schedule (cutlass_fp8_gemm.cu): 0 fast ping-pong, 1 promoted, 2 fast cooperative 256x128
 };
 
