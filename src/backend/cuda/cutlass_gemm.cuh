@@ -21,49 +21,39 @@ namespace fusion = cutlass::epilogue::fusion;
 
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
-// GELU, tanh form: 0.5 v (1 + tanh(u)) with u = sqrt(2/pi) (v + 0.044715 v^3), computed as
-// v / (1 + exp(-2u)) (the same function: 0.5 (1 + tanh(u)) = sigmoid(2u)), with the fast exp and
-// division. A third of tanhf's instructions in an epilogue that runs them for every output, and
-// no cancellation in 1 + tanh(u) where u is very negative; a relative error of a few 2^-22 against
-// cuda_common.cuh's gelu_tanh_f, far below the bf16 rounding of the output. exp(-2u) = inf gives
-// -0 (the limit).
-template <class T>
-struct GeluTanh;
-template <int N>
-struct GeluTanh<cutlass::Array<float, N>> {
+// GELU, tanh form: 0.5 v (1 + tanh(u)) with u = sqrt(2/pi) (v + 0.044715 v^3), in one of two ways.
+// kHardwareTanh (GeluTanhApprox, fp8's default): with the hardware's tanh.approx.f32, one
+// special-function instruction per output (relative error ~2^-11; where tanh(u) is near -1 the sum
+// 1 + tanh(u) loses that much more, on outputs near 0). Else (GeluTanh) as v / (1 + exp(-2u)) (the
+// same function: 0.5 (1 + tanh(u)) = sigmoid(2u)) with the fast exp and division: a third of tanhf's
+// instructions, no cancellation in 1 + tanh(u) where u is very negative, a relative error of a few
+// 2^-22 against cuda_common.cuh's gelu_tanh_f; exp(-2u) = inf gives -0 (the limit).
+template <bool kHardwareTanh, class T>
+struct GeluOf;
+template <bool kHardwareTanh, int N>
+struct GeluOf<kHardwareTanh, cutlass::Array<float, N>> {
   CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& x) const {
     cutlass::Array<float, N> y;
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < N; ++i) {
       const float v = x[i];
       const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-      y[i] = __fdividef(v, 1.0f + __expf(-2.0f * u));
+      if constexpr (kHardwareTanh) {
+        float t;
+        asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(u));
+        const float h = 0.5f * v;
+        y[i] = fmaf(h, t, h);
+      } else {
+        y[i] = __fdividef(v, 1.0f + __expf(-2.0f * u));
+      }
     }
     return y;
   }
 };
-
-// The same GELU with one special-function instruction instead of two: 0.5 v (1 + tanh(u)) with the
-// hardware's tanh.approx.f32 (relative error ~2^-11; where tanh(u) is near -1 the sum 1 + tanh(u)
-// loses that much more, on outputs near 0).
 template <class T>
-struct GeluTanhApprox;
-template <int N>
-struct GeluTanhApprox<cutlass::Array<float, N>> {
-  CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& x) const {
-    cutlass::Array<float, N> y;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) {
-      const float v = x[i];
-      const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-      float t;
-      asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(u));
-      const float h = 0.5f * v;
-      y[i] = fmaf(h, t, h);
-    }
-    return y;
-  }
-};
+using GeluTanh = GeluOf<false, T>;
+template <class T>
+using GeluTanhApprox = GeluOf<true, T>;
 
 // Per-row (m) and per-column (n) f32 vectors, with a batch stride.
 template <class Tile>
