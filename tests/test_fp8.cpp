@@ -187,8 +187,11 @@ TEST(Fp8, NormWritesTheGemmsOperandBitForBit) {
   EXPECT_THROW(be.linear(a8, plain_w, Tensor{}, Activation::None, y), Error);
 }
 
-// Whole forwards: codes flip where an upstream f32 rounding differs from PyTorch's (a tie moved by
-// one ulp), so the tolerance is looser than f32's 1e-4, and far below fp8's own error.
+// Whole forwards: an activation code flips where the CPU's f32 sums and the reference's f64 ones
+// sit on either side of a rounding boundary; one such code moved fixture b's output by 1.4e-4 (the
+// CPU's GEMM blocks of 2026-12-07; 3.1e-6 and 9.3e-5 with the blocks before, which followed the
+// thread count). So 5e-4: a few flips, and still ten times below fp8's own error (4.8e-3, below).
+constexpr double kFp8ForwardTol = 5e-4;
 TEST(Fp8, Stdit3ForwardMatchesTheReference) {
   const Tensor want_all = fixture("stdit3.safetensors", "output_all");
   const Tensor want_keep = fixture("stdit3.safetensors", "output_keep");
@@ -196,9 +199,9 @@ TEST(Fp8, Stdit3ForwardMatchesTheReference) {
   CpuBackend all = fp8_backend(), keep = fp8_backend("fc2,temporal:1"), f32;
   const Tensor got_all = forward("stdit3_a", all), got_keep = forward("stdit3_a", keep);
   const Tensor got_b = forward("stdit3_b", all), plain = forward("stdit3_a", f32);
-  EXPECT_LT(rel_error(got_all, want_all), 1e-4);
-  EXPECT_LT(rel_error(got_keep, want_keep), 1e-4);
-  EXPECT_LT(rel_error(got_b, want_b), 1e-4);
+  EXPECT_LT(rel_error(got_all, want_all), kFp8ForwardTol);
+  EXPECT_LT(rel_error(got_keep, want_keep), kFp8ForwardTol);
+  EXPECT_LT(rel_error(got_b, want_b), kFp8ForwardTol);
   std::printf("fp8 forward vs the reference: a %.3g, a keep %.3g, b %.3g\n", rel_error(got_all, want_all),
               rel_error(got_keep, want_keep), rel_error(got_b, want_b));
   std::printf("fp8 vs f32 on stdit3_a: all %.3g, keep fc2,temporal:1 %.3g\n", rel_error(got_all, plain),

@@ -1,8 +1,12 @@
 // CPU backend ops on small hand-checkable inputs.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cmath>
+#include <cstring>
 #include <numeric>
+#include <random>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
@@ -40,6 +44,56 @@ TEST(CpuOps, LinearBiasAndActivations) {
   expect_values(g, {0.7310586f, 0.0f});
   Tensor bad = be.alloc({3, 3});
   EXPECT_THROW(be.linear(x, w, b, Activation::None, bad), Error);
+}
+
+// A GEMM's blocks follow from its sizes alone (cpu::gemm_blocks), and its bits do not depend on the
+// thread count: linear (rows blocked, columns blocked, one block) and conv3d (columns blocked), each
+// with 1 thread and with 3 (OpenBLAS's sums depend on a call's shape: blocks cut by the thread count
+// gave other bits with another count).
+TEST(CpuOps, GemmBitsDoNotDependOnTheThreadCount) {
+  EXPECT_EQ(cpu::gemm_blocks(1000, 96), (std::pair<int64_t, int64_t>{64, 96}));
+  EXPECT_EQ(cpu::gemm_blocks(3000, 96), (std::pair<int64_t, int64_t>{188, 96}));
+  EXPECT_EQ(cpu::gemm_blocks(300, 4096), (std::pair<int64_t, int64_t>{300, 256}));
+  EXPECT_EQ(cpu::gemm_blocks(10, 20), (std::pair<int64_t, int64_t>{10, 64}));
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  auto randn = [&](const Shape& s) {
+    std::vector<float> v(static_cast<size_t>(shape_numel(s)));
+    for (float& f : v) f = nd(rng);
+    return T(s, v);
+  };
+  const int threads = omp_get_max_threads();
+  auto with_threads = [&](int n, auto&& op) {
+    omp_set_num_threads(n);
+    Tensor t = op();
+    omp_set_num_threads(threads);
+    return t;
+  };
+  auto same_bits = [](const Tensor& a, const Tensor& b) {
+    return a.numel() == b.numel() && std::memcmp(a.raw(), b.raw(), static_cast<size_t>(a.numel()) * 4) == 0;
+  };
+  struct Case {
+    int64_t m, n, k;
+  };
+  for (const Case& c : {Case{1000, 96, 192}, Case{300, 1024, 512}, Case{37, 40, 64}}) {
+    const Tensor x = randn({c.m, c.k}), w = randn({c.n, c.k}), b = randn({c.n});
+    auto run = [&] {
+      Tensor o = be.alloc({c.m, c.n});
+      be.linear(x, w, b, Activation::GeluTanh, o);
+      return o;
+    };
+    EXPECT_TRUE(same_bits(with_threads(1, run), with_threads(3, run))) << "linear " << c.m << "x" << c.n << "x" << c.k;
+  }
+  const Tensor cx = randn({1, 16, 3, 24, 40}), cw = randn({32, 16, 3, 3, 3});
+  ConvParams p;
+  p.pad_t_front = 2;
+  p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = 1;
+  auto conv = [&] {
+    Tensor o = be.alloc({1, 32, 3, 24, 40});
+    be.conv3d(cx, cw, Tensor{}, p, o);
+    return o;
+  };
+  EXPECT_TRUE(same_bits(with_threads(1, conv), with_threads(3, conv))) << "conv3d";
 }
 
 TEST(CpuOps, AddBroadcastAndSilu) {

@@ -1,8 +1,11 @@
 // STDiT3 on the CPU backend against the PyTorch reference fixtures (tests/data/stdit3_*).
 #include <gtest/gtest.h>
+#include <omp.h>
 
+#include <cstring>
 #include <fstream>
 #include <iostream>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "backend/cpu/cpu_backend.h"
@@ -94,6 +97,24 @@ TEST_P(Fixture, CpuForwardMatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(STDiT3, Fixture, ::testing::Values("stdit3_a", "stdit3_b", "stdit3_c"));
+
+// Same inputs, any thread count: the same bits (the CPU's GEMMs are cut by their sizes, not by the
+// threads: cpu::parallel_sgemm).
+TEST(STDiT3Fixture, OutputBitsDoNotDependOnTheThreadCount) {
+  CpuBackend be;
+  auto model = load_fixture_model("stdit3_a", be);
+  const auto inputs = SafetensorsFile::open(kData + "/stdit3_a/inputs.safetensors");
+  const STDiT3Inputs in = read_stdit3_inputs(*inputs);
+  const int threads = omp_get_max_threads();
+  std::vector<Tensor> outs;
+  for (int n : {1, 3}) {
+    omp_set_num_threads(n);
+    outs.push_back(run(*model, in).at("output").contiguous());
+  }
+  omp_set_num_threads(threads);
+  ASSERT_EQ(outs[0].numel(), outs[1].numel());
+  EXPECT_EQ(std::memcmp(outs[0].raw(), outs[1].raw(), static_cast<size_t>(outs[0].numel()) * 4), 0);
+}
 
 // The diagnostic points at the block that is wrong: perturb temporal block 0 (execution index 1).
 TEST(STDiT3Fixture, DivergenceNamesTheFirstWrongBlock) {

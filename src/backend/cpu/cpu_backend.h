@@ -2,6 +2,8 @@
 // every other backend, so it favours clarity and f32-faithful arithmetic over speed.
 #pragma once
 #include <atomic>
+#include <utility>
+#include <vector>
 
 #include "backend/backend.h"
 #include "core/memory_ledger.h"
@@ -92,6 +94,15 @@ void expect_contiguous_f32(const Tensor& t, const char* op, const char* what);
 void expect_shape(const Tensor& t, const Shape& s, const char* op, const char* what);
 // Element offsets of every index of the leading `lead` dims of t (row-major order).
 std::vector<int64_t> leading_offsets(const Tensor& t, int lead);
+// Row-major C[m, n] = A[m, k] op(B) with single-threaded BLAS calls on OpenMP's threads: op(B) is
+// B[n, k] transposed (b_rows_are_n) or B[k, n]. The blocks of the calls follow from m and n alone
+// (gemm_blocks), never from the thread count: OpenBLAS's sums depend on a call's shape, so the same
+// blocks give the same bits with any number of threads.
+void parallel_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                    bool b_rows_are_n, float* c, int64_t ldc);
+// The blocks parallel_sgemm cuts C into: along the longer of m and n (rows when m >= n), up to 16
+// blocks of at least 64; {rows per block, columns per block}.
+std::pair<int64_t, int64_t> gemm_blocks(int64_t m, int64_t n);
 }  // namespace cpu
 
 }  // namespace stdit

@@ -1,7 +1,5 @@
 // CPU convolution family of the VAE: im2col + sgemm convolution, GroupNorm(+SiLU), nearest
 // upsampling, per-channel affine, strided copy.
-#include <cblas.h>
-
 #include <omp.h>
 
 #include <algorithm>
@@ -90,16 +88,7 @@ void CpuBackend::conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
               }
             }
         }
-      // Single-threaded BLAS per column block; OpenMP splits the output columns.
-      const int64_t chunks = std::min<int64_t>(std::max<int64_t>(N / 64, 1), omp_get_max_threads());
-#pragma omp parallel for schedule(static)
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t n0 = N * c / chunks, n1 = N * (c + 1) / chunks;
-        if (n1 > n0)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(Co), static_cast<int>(n1 - n0),
-                      static_cast<int>(K), 1.0f, w.data<float>(), static_cast<int>(K), col.data() + n0,
-                      static_cast<int>(N), 0.0f, res.data() + n0, static_cast<int>(N));
-      }
+      parallel_sgemm(Co, N, K, w.data<float>(), K, col.data(), N, false, res.data(), N);
       for (int64_t co = 0; co < Co; ++co) {
         float* o = out.data<float>() + ((b * Co + co) * To + to) * N;
         const float bv = bias.defined() ? bias.data<float>()[co] : 0.0f;

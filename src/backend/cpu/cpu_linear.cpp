@@ -1,10 +1,9 @@
 // CPU linear layer: BLAS sgemm plus a bias/activation pass.
 #include <cblas.h>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
@@ -14,6 +13,33 @@
 namespace stdit {
 
 using namespace cpu;
+
+namespace cpu {
+
+std::pair<int64_t, int64_t> gemm_blocks(int64_t m, int64_t n) {
+  constexpr int64_t kBlocks = 16, kLeast = 64;
+  auto size = [&](int64_t len) { return std::max<int64_t>(kLeast, (len + kBlocks - 1) / kBlocks); };
+  return m >= n ? std::pair<int64_t, int64_t>{size(m), n} : std::pair<int64_t, int64_t>{m, size(n)};
+}
+
+void parallel_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                    bool b_rows_are_n, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  const auto [rows, cols] = gemm_blocks(m, n);
+  const int64_t row_blocks = (m + rows - 1) / rows, col_blocks = (n + cols - 1) / cols;
+  // BLAS runs single-threaded (see CpuBackend()); OpenMP takes the blocks.
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < row_blocks * col_blocks; ++blk) {
+    const int64_t r0 = blk / col_blocks * rows, c0 = blk % col_blocks * cols;
+    const int64_t r1 = std::min(m, r0 + rows), c1 = std::min(n, c0 + cols);
+    const float* bb = b_rows_are_n ? b + c0 * ldb : b + c0;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, b_rows_are_n ? CblasTrans : CblasNoTrans, static_cast<int>(r1 - r0),
+                static_cast<int>(c1 - c0), static_cast<int>(k), 1.0f, a + r0 * lda, static_cast<int>(lda), bb,
+                static_cast<int>(ldb), 0.0f, c + r0 * ldc + c0, static_cast<int>(ldc));
+  }
+}
+
+}  // namespace cpu
 
 namespace {
 inline float gelu_tanh(float x) {
@@ -71,17 +97,7 @@ void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, Ac
     }
     a = xq.data();
   }
-  const float* b = w.data<float>();
-  // BLAS runs single-threaded (see CpuBackend()); OpenMP splits the rows instead.
-  const int64_t chunks = std::min<int64_t>(m, omp_get_max_threads());
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t r0 = m * c / chunks, r1 = m * (c + 1) / chunks;
-    if (r1 > r0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(r1 - r0), static_cast<int>(n),
-                  static_cast<int>(k), 1.0f, a + r0 * k, static_cast<int>(k), b, static_cast<int>(k), 0.0f,
-                  out.data<float>() + r0 * n, static_cast<int>(n));
-  }
+  parallel_sgemm(m, n, k, a, k, w.data<float>(), k, true, out.data<float>(), n);
   epilogue(out.data<float>(), m, n, fp8 ? xs.data() : nullptr, fp8 ? w.scales().data<float>() : nullptr,
            bias.defined() ? bias.data<float>() : nullptr, act);
 }
