@@ -25,7 +25,9 @@ std::pair<int64_t, int64_t> gemm_blocks(int64_t m, int64_t n) {
 void parallel_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                     bool b_rows_are_n, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
-  const auto [rows, cols] = gemm_blocks(m, n);
+  // Plain variables, not a structured binding: clang's OpenMP regions cannot capture those.
+  const std::pair<int64_t, int64_t> blocks = gemm_blocks(m, n);
+  const int64_t rows = blocks.first, cols = blocks.second;
   const int64_t row_blocks = (m + rows - 1) / rows, col_blocks = (n + cols - 1) / cols;
   // BLAS runs single-threaded (see CpuBackend()); OpenMP takes the blocks.
 #pragma omp parallel for schedule(static)
