@@ -173,6 +173,14 @@ TEST(Policy, Fp8) {
   EXPECT_FALSE(resolve_policy({"fp8", "auto", hidden, ""}, "cuda", 89).fp8_hidden);  // Ada: unfused GEMMs
   EXPECT_FALSE(resolve_policy({"fp8", "auto", hidden, ""}, "cpu", 0).fp8_hidden);
   EXPECT_FALSE(resolve_policy({"bf16", "auto", hidden, ""}, "cuda", 90).fp8_hidden);
+  // The fused GEMM's GELU through the hardware's tanh: the same rule ("fp8_tanh_gelu",
+  // STDIT_CUDA_FP8_TANH_GELU=0).
+  const std::map<std::string, bool> tanh_gelu{{"fp8_tanh_gelu", true}};
+  EXPECT_TRUE(resolve_policy({"fp8", "auto", {}, ""}, "cuda", 90).fp8_tanh_gelu);
+  EXPECT_FALSE(resolve_policy({"fp8", "auto", {{"fp8_tanh_gelu", false}}, ""}, "cuda", 90).fp8_tanh_gelu);
+  EXPECT_FALSE(resolve_policy({"fp8", "auto", tanh_gelu, ""}, "cuda", 89).fp8_tanh_gelu);
+  EXPECT_FALSE(resolve_policy({"fp8", "auto", tanh_gelu, ""}, "cpu", 0).fp8_tanh_gelu);
+  EXPECT_FALSE(resolve_policy({"bf16", "auto", tanh_gelu, ""}, "cuda", 90).fp8_tanh_gelu);
   EXPECT_EQ(error_of({"bf16", "auto", {}, "qkv"}, "cpu", 0), "--fp8-keep needs --precision fp8");
   EXPECT_NE(error_of({"fp8", "auto", {}, "qkv,nope"}, "cpu", 0).find("'nope'"), std::string::npos);
 }

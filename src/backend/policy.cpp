@@ -154,7 +154,8 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   for (const auto& [k, v] : r.overrides)
     REQUIRE(k == "bf16" || k == "tf32" || k == "tf32_attention" || k == "cudnn" || k == "cudnn_attention" ||
                     k == "text_attention" || k == "wgmma_attention" || k == "fp8" || k == "fp8_gemm" ||
-                    k == "fp8_norm" || k == "fp8_hidden" || k == "bf16_gemm" || k == "vae_bf16",
+                    k == "fp8_norm" || k == "fp8_hidden" || k == "fp8_tanh_gelu" || k == "bf16_gemm" ||
+                    k == "vae_bf16",
                 "unknown kernel override '", k, "'");
   ExecutionPolicy p;
   p.backend = backend;
@@ -202,6 +203,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   p.fp8_norm_quantizes = p.precision == Precision::FP8 && ov("fp8_norm", true);
   // fc1 writes fc2's e4m3 operand (policy.h); STDIT_CUDA_FP8_HIDDEN=0 turns it off.
   p.fp8_hidden = p.fused_fp8_gemm && ov("fp8_hidden", true);
+  p.fp8_tanh_gelu = p.fused_fp8_gemm && ov("fp8_tanh_gelu", true);
   p.fused_bf16_gemm = bf16 && hopper && ov("bf16_gemm", true);
   p.vae_bf16 = bf16 && p.cudnn_conv && ov("vae_bf16", true);
   if (p.precision == Precision::FP8 && r.fp8_keep.empty()) p.fp8_keep = parse_fp8_keep(fp8_default_keep());
@@ -211,7 +213,8 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
 std::map<std::string, bool> overrides_from_env() {
   std::map<std::string, bool> out;
   for (const char* k : {"bf16", "tf32", "tf32_attention", "cudnn", "cudnn_attention", "text_attention", "wgmma_attention",
-                        "fp8", "fp8_gemm", "fp8_norm", "fp8_hidden", "bf16_gemm", "vae_bf16"}) {
+                        "fp8", "fp8_gemm", "fp8_norm", "fp8_hidden", "fp8_tanh_gelu", "bf16_gemm",
+                        "vae_bf16"}) {
     std::string name = "STDIT_CUDA_";
     for (const char* c = k; *c; ++c) name += static_cast<char>(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
     if (const char* e = std::getenv(name.c_str())) out[k] = std::string(e) != "0";

@@ -95,6 +95,12 @@ struct ExecutionPolicy {
   // fused GEMM (720p 4s step on an H100: 952 against 1,091 ms with fc2 in bf16, docs/PERF.md); the
   // "fp8_hidden" override, STDIT_CUDA_FP8_HIDDEN=0, turns it off for comparisons.
   bool fp8_hidden = false;
+  // precision fp8 with fused fp8 GEMMs: their GELU epilogue (fc1) as 0.5 v (1 + tanh(u)) through the
+  // hardware's tanh.approx, one special-function instruction per output instead of an exponential
+  // and a division (fc1 + GELU 1,019 against 875 TFLOP/s alone on an H100, the 30-step gate
+  // unchanged: docs/PERF.md). On by default with the fused GEMM; the "fp8_tanh_gelu" override,
+  // STDIT_CUDA_FP8_TANH_GELU=0, returns to the exponential form for comparisons.
+  bool fp8_tanh_gelu = false;
   // bf16 and fp8: the VAE decodes on channels-last BF16 tensors (cuDNN NHWC tensor-core
   // convolutions, as Open-Sora decodes in bf16; Backend::conv3d_cl); else F32 tensors and TF32
   // convolutions. On by default where cuDNN convolutions are (the "vae_bf16" override,

@@ -291,21 +291,22 @@ TEST(CudaPerf, RealShapes) {
   }
   // The fused kernel's schedules called directly (cutlass_fp8_gemm.cu: 0 the default, fast
   // accumulation, ping-pong 128 x 128; 1 promoted f32 accumulation; 2 fast, cooperative 256 x 128),
-  // x quantized beforehand.
+  // x quantized beforehand; fc1's GELU in its exponential form, and on schedule 0 also through the
+  // hardware's tanh (the default's, Fp8GemmProblem::tanh_gelu).
   if (g8 && g8->policy().fused_fp8_gemm) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
     for (const int cfg : {0, 1, 2}) {
       auto direct = [&, cfg, sms](const char* name, int xi, int wi, int bi, cuda::Fp8Epilogue epi, Tensor& out,
-                                  double flops) {
+                                  double flops, bool tanh_gelu = false) {
         items.push_back({cat("cutlass fp8 schedule ", cfg, " ", name), flops, 0,
-                         [&fp8_bufs, &out, cfg, sms, xi, wi, bi, epi] {
+                         [&fp8_bufs, &out, cfg, sms, xi, wi, bi, epi, tanh_gelu] {
                            const Tensor &x = fp8_bufs[xi], &w = fp8_bufs[wi];
                            cuda::Fp8GemmProblem p;
                            p.m = x.numel() / x.size(-1), p.n = w.size(0), p.k = x.size(-1);
                            p.a = x.raw(), p.b = w.raw(), p.row_scale = x.scales().data<float>();
                            p.col_scale = w.scales().data<float>(), p.bias = fp8_bufs[bi].data<float>();
-                           p.d = out.raw(), p.epilogue = epi, p.config = cfg;
+                           p.d = out.raw(), p.epilogue = epi, p.config = cfg, p.tanh_gelu = tanh_gelu;
                            STDIT_CHECK(cuda::cutlass_fp8_gemm(p, sms, nullptr), "cutlass fp8: not run");
                            cudaDeviceSynchronize();
                          },
@@ -313,6 +314,8 @@ TEST(CudaPerf, RealShapes) {
       };
       direct("qkv", 7, 0, 4, cuda::Fp8Epilogue::Bf16, qkv16, 2 * M * C * 3 * C);
       direct("fc1+gelu", 7, 1, 5, cuda::Fp8Epilogue::Bf16Gelu, h116, 2 * M * C * 4 * C);
+      if (cfg == 0)
+        direct("fc1+gelu, hardware tanh", 7, 1, 5, cuda::Fp8Epilogue::Bf16Gelu, h116, 2 * M * C * 4 * C, true);
       direct("fc2", 8, 2, 6, cuda::Fp8Epilogue::Bf16, y16, 2 * M * 4 * C * C);
       direct("proj", 7, 3, 6, cuda::Fp8Epilogue::Bf16, y16, 2 * M * C * C);
     }

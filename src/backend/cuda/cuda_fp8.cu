@@ -6,10 +6,8 @@
 // quantized in its own pass unless it arrives quantized.
 #include <algorithm>
 #include <array>
-#include <cstdlib>
 #include <mutex>
 #include <set>
-#include <string>
 
 #include "backend/cuda/cuda_fp8.h"
 #include "backend/cuda/cutlass_fp8_gemm.h"
@@ -234,17 +232,6 @@ int fp8_gemm_schedule() {
   static const int s = env_choice("STDIT_CUDA_FP8_GEMM_SCHEDULE", {1, 2});
   return s;
 }
-// The fused GEMM's GELU through the hardware's tanh (cutlass_gemm.cuh GeluTanhApprox; fc1 + GELU
-// 875 -> 1,019 TFLOP/s alone, the fp8 720p step 940 -> 921 ms on an H100, the 30-step gate
-// unchanged: docs/PERF.md); STDIT_CUDA_FP8_TANH_GELU=0 returns to the exponential form (a
-// developer switch for timing and accuracy comparisons).
-bool fp8_tanh_gelu() {
-  static const bool on = [] {
-    const char* e = std::getenv("STDIT_CUDA_FP8_TANH_GELU");
-    return !e || std::string(e) != "0";
-  }();
-  return on;
-}
 
 // Said once per shape (-v): the fused kernel declined a GEMM the policy gave it (an operand's
 // alignment or a size CUTLASS cannot take), so it ran unfused.
@@ -403,7 +390,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
       p.d = out.raw();
       p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::E4m3Gelu : Fp8Epilogue::E4m3;
       p.config = fp8_gemm_schedule();
-      p.tanh_gelu = fp8_tanh_gelu();
+      p.tanh_gelu = c.policy.fp8_tanh_gelu;
       if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused, e4m3 out)");
       tell_unfused(m, n, k);
     }
@@ -421,7 +408,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Tensor& w, const Tensor& bia
     p.d = out.raw();
     p.epilogue = act == Activation::GeluTanh ? Fp8Epilogue::Bf16Gelu : Fp8Epilogue::Bf16;
     p.config = fp8_gemm_schedule();
-    p.tanh_gelu = fp8_tanh_gelu();
+    p.tanh_gelu = c.policy.fp8_tanh_gelu;
     if (cutlass_fp8_gemm(p, c.num_sms, c.stream)) return check_launch("linear fp8 (fused)");
     tell_unfused(m, n, k);
   }

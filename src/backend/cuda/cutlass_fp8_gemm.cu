@@ -32,7 +32,7 @@ namespace gemm = cutlass::gemm;
 // warpgroup holds a 128 x 128 tile. Measured at 720p shapes on an H100 (docs/PERF.md, CudaPerf.
 // RealShapes): ping-pong 128 x 128 (each warpgroup its own tile, one's epilogue overlapping the
 // other's main loop) is the fastest for K = 1152 (qkv 1,083, fc1 + GELU 821 — 1,019 with the GELU
-// through the hardware's tanh, GeluTanhApprox —, proj 835 TFLOP/s) and the fastest 720p step (951.9
+// through the hardware's tanh, cutlass_gemm.cuh's Gelu<true> —, proj 835 TFLOP/s) and the fastest 720p step (951.9
 // ms; cooperative 256 x 128 for every GEMM 965.8, the promoted cooperative 128 x 128 of before
 // 1,038.6); cooperative 256 x 128 (two warpgroups on one tile) is faster for fc2's K = 4608 alone
 // (1,287 against 1,159 TFLOP/s), but chosen for fc2 alone it did not change the step (docs/PERF.md).
@@ -56,21 +56,15 @@ using Biased = fusion::Sm90EVT<Op<cutlass::plus, Out>, Scaled<Tile>, ColVec<Tile
 
 template <class Tile>
 using EvtBf16 = Biased<Tile, cutlass::bfloat16_t>;
-template <class Tile>
-using EvtBf16Gelu = fusion::Sm90EVT<Op<GeluTanh, cutlass::bfloat16_t>, Biased<Tile, float>>;
+template <class Tile, bool kHardwareTanh>
+using EvtBf16Gelu = fusion::Sm90EVT<Op<Gelu<kHardwareTanh>::template Fn, cutlass::bfloat16_t>, Biased<Tile, float>>;
 // The product quantized for the next GEMM: e4m3(act(v) * out_inv_scale[i]) (saturating, to nearest).
 template <class Tile>
 using EvtE4m3 = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>, Biased<Tile, float>, RowVec<Tile>>;
-template <class Tile>
-using EvtE4m3Gelu = fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>,
-                                    fusion::Sm90EVT<Op<GeluTanh, float>, Biased<Tile, float>>, RowVec<Tile>>;
-// The two GELU trees with GeluTanhApprox (Fp8GemmProblem::tanh_gelu; the ping-pong schedule only).
-template <class Tile>
-using EvtBf16GeluApprox = fusion::Sm90EVT<Op<GeluTanhApprox, cutlass::bfloat16_t>, Biased<Tile, float>>;
-template <class Tile>
-using EvtE4m3GeluApprox =
+template <class Tile, bool kHardwareTanh>
+using EvtE4m3Gelu =
     fusion::Sm90EVT<Op<cutlass::multiplies, cutlass::float_e4m3_t>,
-                    fusion::Sm90EVT<Op<GeluTanhApprox, float>, Biased<Tile, float>>, RowVec<Tile>>;
+                    fusion::Sm90EVT<Op<Gelu<kHardwareTanh>::template Fn, float>, Biased<Tile, float>>, RowVec<Tile>>;
 template <class Tile>
 using EvtAccumulate = fusion::Sm90EVT<Op<cutlass::plus, float>, Biased<Tile, float>, fusion::Sm90SrcFetch<float>>;
 
@@ -80,42 +74,49 @@ bool run(const Fp8GemmProblem& p, EvtArgs evt, int num_sms, cudaStream_t stream)
       p.m, p.n, p.k, p.batch, p.a, p.a_batch_stride, p.b, p.d, p.d_batch_stride, evt, num_sms, stream);
 }
 
+// Per-row f32 arguments (the row scales of x, or the inverse scales of an e4m3 output).
+template <class Tile>
+typename RowVec<Tile>::Arguments row_args(const float* v, int64_t m) {
+  return {v, 0.0f, {_1{}, _0{}, m}};
+}
+
+// The GELU epilogues (Bf16Gelu, E4m3Gelu) with the GELU's exponential or hardware-tanh form.
+template <class Config, bool kHardwareTanh, class ScaledArgs, class BiasArgs>
+bool run_gelu(const Fp8GemmProblem& p, const ScaledArgs& scaled, const BiasArgs& bs, int num_sms, cudaStream_t stream) {
+  using Tile = typename Config::Tile;
+  if (p.epilogue == Fp8Epilogue::Bf16Gelu) {
+    using Evt = EvtBf16Gelu<Tile, kHardwareTanh>;
+    return run<Config, Evt, void, cutlass::bfloat16_t>(p, typename Evt::Arguments{{scaled, bs, {}}, {}}, num_sms,
+                                                       stream);
+  }
+  if (!p.out_inv_scale) return false;
+  using Evt = EvtE4m3Gelu<Tile, kHardwareTanh>;
+  return run<Config, Evt, void, cutlass::float_e4m3_t>(
+      p, typename Evt::Arguments{{{scaled, bs, {}}, {}}, row_args<Tile>(p.out_inv_scale, p.m), {}}, num_sms, stream);
+}
+
 template <class Config>
 bool dispatch(const Fp8GemmProblem& p, int num_sms, cudaStream_t stream) {
   using Tile = typename Config::Tile;
-  const typename RowVec<Tile>::Arguments rs{p.row_scale, 0.0f, {_1{}, _0{}, p.m}};
   const typename ColVec<Tile>::Arguments cs{p.col_scale, 0.0f, {_0{}, _1{}, p.col_scale_batch_stride}};
   const typename ColVec<Tile>::Arguments bs{p.bias, 0.0f, {_0{}, _1{}, p.bias_batch_stride}};
   // Each node's arguments: its children's, then its own.
-  const typename Scaled<Tile>::Arguments scaled{{{}, rs, {}}, cs, {}};
-  if constexpr (std::is_same_v<Config, FastPingpong128>) {
-    if (p.tanh_gelu && p.epilogue == Fp8Epilogue::Bf16Gelu)
-      return run<Config, EvtBf16GeluApprox<Tile>, void, cutlass::bfloat16_t>(
-          p, typename EvtBf16GeluApprox<Tile>::Arguments{{scaled, bs, {}}, {}}, num_sms, stream);
-    if (p.tanh_gelu && p.epilogue == Fp8Epilogue::E4m3Gelu) {
-      if (!p.out_inv_scale) return false;
-      const typename RowVec<Tile>::Arguments inv{p.out_inv_scale, 0.0f, {_1{}, _0{}, p.m}};
-      return run<Config, EvtE4m3GeluApprox<Tile>, void, cutlass::float_e4m3_t>(
-          p, typename EvtE4m3GeluApprox<Tile>::Arguments{{{scaled, bs, {}}, {}}, inv, {}}, num_sms, stream);
-    }
-  }
+  const typename Scaled<Tile>::Arguments scaled{{{}, row_args<Tile>(p.row_scale, p.m), {}}, cs, {}};
   switch (p.epilogue) {
     case Fp8Epilogue::Bf16:
       return run<Config, EvtBf16<Tile>, void, cutlass::bfloat16_t>(p, typename EvtBf16<Tile>::Arguments{scaled, bs, {}},
                                                                   num_sms, stream);
     case Fp8Epilogue::Bf16Gelu:
-      return run<Config, EvtBf16Gelu<Tile>, void, cutlass::bfloat16_t>(
-          p, typename EvtBf16Gelu<Tile>::Arguments{{scaled, bs, {}}, {}}, num_sms, stream);
+    case Fp8Epilogue::E4m3Gelu:
+      // The hardware tanh on the ping-pong schedule (the default) only: no other is built with it.
+      if constexpr (std::is_same_v<Config, FastPingpong128>)
+        if (p.tanh_gelu) return run_gelu<Config, true>(p, scaled, bs, num_sms, stream);
+      return run_gelu<Config, false>(p, scaled, bs, num_sms, stream);
     case Fp8Epilogue::E4m3:
-    case Fp8Epilogue::E4m3Gelu: {
       if (!p.out_inv_scale) return false;
-      const typename RowVec<Tile>::Arguments inv{p.out_inv_scale, 0.0f, {_1{}, _0{}, p.m}};
-      if (p.epilogue == Fp8Epilogue::E4m3)
-        return run<Config, EvtE4m3<Tile>, void, cutlass::float_e4m3_t>(
-            p, typename EvtE4m3<Tile>::Arguments{{scaled, bs, {}}, inv, {}}, num_sms, stream);
-      return run<Config, EvtE4m3Gelu<Tile>, void, cutlass::float_e4m3_t>(
-          p, typename EvtE4m3Gelu<Tile>::Arguments{{{scaled, bs, {}}, {}}, inv, {}}, num_sms, stream);
-    }
+      return run<Config, EvtE4m3<Tile>, void, cutlass::float_e4m3_t>(
+          p, typename EvtE4m3<Tile>::Arguments{{scaled, bs, {}}, row_args<Tile>(p.out_inv_scale, p.m), {}}, num_sms,
+          stream);
     case Fp8Epilogue::F32Accumulate:
       return run<Config, EvtAccumulate<Tile>, float, float>(
           p, typename EvtAccumulate<Tile>::Arguments{{scaled, bs, {}}, {}, {}}, num_sms, stream);

@@ -10,7 +10,7 @@
 //   F32Accumulate: D_b += v                                      (D f32: the residual stream)
 //   E4m3:          D_b = e4m3(v * out_inv_scale_b[i])            (D e4m3 codes for the next GEMM;
 //   E4m3Gelu:      D_b = e4m3(gelu_tanh(v) * out_inv_scale_b[i])  to nearest, saturating)
-// gelu_tanh: cutlass_gemm.cuh's GeluTanh (exponential form), or with tanh_gelu its GeluTanhApprox
+// gelu_tanh: cutlass_gemm.cuh's Gelu<false> (exponential form), or with tanh_gelu its Gelu<true>
 // (the hardware's tanh). This header is plain C++ (no CUDA types): the backend calls it; only the
 // .cu sees CUTLASS.
 #pragma once
@@ -37,7 +37,7 @@ struct Fp8GemmProblem {
   void* d = nullptr;  // bf16, f32 or e4m3 [batch, m, n]
   int64_t d_batch_stride = 0;
   Fp8Epilogue epilogue = Fp8Epilogue::Bf16;
-  bool tanh_gelu = false;  // GELUs through the hardware's tanh (schedule 0; cutlass_gemm.cuh GeluTanhApprox)
+  bool tanh_gelu = false;  // GELUs through the hardware's tanh (schedule 0; cutlass_gemm.cuh Gelu<true>)
   int config = 0;  // the kernel's schedule (cutlass_fp8_gemm.cu): 0 fast ping-pong, 1 promoted, 2 fast cooperative 256x128
 };
 

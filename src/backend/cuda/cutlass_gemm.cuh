@@ -22,9 +22,9 @@ namespace fusion = cutlass::epilogue::fusion;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
 // GELU, tanh form: 0.5 v (1 + tanh(u)) with u = sqrt(2/pi) (v + 0.044715 v^3), in one of two ways.
-// kHardwareTanh (GeluTanhApprox, fp8's default): with the hardware's tanh.approx.f32, one
+// kHardwareTanh (fp8's default): with the hardware's tanh.approx.f32, one
 // special-function instruction per output (relative error ~2^-11; where tanh(u) is near -1 the sum
-// 1 + tanh(u) loses that much more, on outputs near 0). Else (GeluTanh) as v / (1 + exp(-2u)) (the
+// 1 + tanh(u) loses that much more, on outputs near 0). Else as v / (1 + exp(-2u)) (the
 // same function: 0.5 (1 + tanh(u)) = sigmoid(2u)) with the fast exp and division: a third of tanhf's
 // instructions, no cancellation in 1 + tanh(u) where u is very negative, a relative error of a few
 // 2^-22 against cuda_common.cuh's gelu_tanh_f; exp(-2u) = inf gives -0 (the limit).
@@ -50,10 +50,12 @@ struct GeluOf<kHardwareTanh, cutlass::Array<float, N>> {
     return y;
   }
 };
-template <class T>
-using GeluTanh = GeluOf<false, T>;
-template <class T>
-using GeluTanhApprox = GeluOf<true, T>;
+// The functor as a one-parameter template (what an epilogue node takes): Gelu<k>::template Fn.
+template <bool kHardwareTanh>
+struct Gelu {
+  template <class T>
+  using Fn = GeluOf<kHardwareTanh, T>;
+};
 
 // Per-row (m) and per-column (n) f32 vectors, with a batch stride.
 template <class Tile>
