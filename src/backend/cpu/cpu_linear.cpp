@@ -1,4 +1,5 @@
-// CPU linear layer: BLAS sgemm plus a bias/activation pass.
+// CPU linear layer (BLAS sgemm plus a bias/activation pass), and the threaded sgemm the CPU
+// backend's GEMMs share (cpu::parallel_sgemm: the linear layers and the convolutions).
 #include <cblas.h>
 
 #include <algorithm>
