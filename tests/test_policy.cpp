@@ -50,6 +50,26 @@ TEST(Policy, PrecisionsAndPortableKernels) {
   EXPECT_FALSE(cuda("auto", "auto", 80).wgmma_attention);  // Ampere
 }
 
+// fp16: the bf16 path in IEEE half, on every GPU the backend opens; the Hopper-only kernels (wgmma
+// attention, the CUTLASS residual GEMMs) are bf16's alone, the rest of the 16-bit families stay.
+TEST(Policy, Fp16IsTheBf16PathLessTheHopperOnlyKernels) {
+  for (int sm : {80, 86, 89, 90}) {
+    const ExecutionPolicy p = cuda("fp16", "auto", sm);
+    EXPECT_EQ(p.precision, Precision::F16);
+    EXPECT_TRUE(half16_path(p.precision));
+    EXPECT_TRUE(p.text_attention && p.cudnn_attention && p.tf32_attention && p.cudnn_conv && p.vae_bf16) << sm;
+    EXPECT_FALSE(p.wgmma_attention || p.fused_bf16_gemm || p.fused_fp8_gemm || p.fp8_norm_quantizes) << sm;
+  }
+  EXPECT_EQ(cuda("f16").precision, Precision::F16);  // the engine dtype's spelling
+  EXPECT_STREQ(precision_name(Precision::F16), "fp16");
+  EXPECT_EQ(cuda("fp16").describe(),
+            "execution policy: cuda, fp16; residual projections cuBLASLt; attention short-text > cudnn > fp16 flash > "
+            "tf32 > f32; convolutions cudnn (VAE decode bf16 channels-last)");
+  // Only a GPU computes in fp16.
+  EXPECT_NE(error_of({"fp16", "auto", {}, ""}, "cpu", 0).find("--precision fp16 needs a GPU"), std::string::npos);
+  EXPECT_NE(error_of({"fp16", "auto", {}, "qkv"}, "cuda", 90).find("--fp8-keep"), std::string::npos);
+}
+
 TEST(Policy, DeveloperOverridesAsTheOldSwitches) {
   EXPECT_EQ(cuda("auto", "auto", 90, {{"bf16", false}}).precision, Precision::TF32);  // STDIT_CUDA_BF16=0
   EXPECT_EQ(cuda("auto", "auto", 90, {{"tf32", false}}).precision, Precision::F32);   // STDIT_CUDA_TF32=0
@@ -300,6 +320,10 @@ TEST(AttentionChoice, OtherPrecisionsAndTheCpu) {
   EXPECT_STREQ(chosen(self(1, 900, 512), cuda("f32")), "gemm");
   EXPECT_STREQ(chosen(self(60, 3600), cuda("fp8", "auto", 90, {{"fp8", true}})), "wgmma");  // fp8 runs bf16 attention
   EXPECT_STREQ(chosen(a, resolve_policy({}, "cpu", 0)), "cpu");
+  // fp16 runs the 16-bit kernels less wgmma: cuDNN for the spatial blocks even on Hopper.
+  EXPECT_STREQ(chosen(self(60, 3600), cuda("fp16")), "cudnn");
+  EXPECT_STREQ(chosen(cross(30 * 3600, 40), cuda("fp16")), "text-bf16");
+  EXPECT_STREQ(chosen(self(7200, 30), cuda("fp16")), "short-bf16");
 }
 
 TEST(AttentionChoice, CountsSinceAndTheirDescription) {

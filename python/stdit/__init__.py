@@ -89,7 +89,7 @@ class Pipeline:
         """Opens an engine directory made by ``stdit convert`` (None: the embedded demo model).
 
         device: "auto" (the GPU when one is usable, else the CPU), "cpu", "cuda" or "cuda:N".
-        precision: None (the device's: bf16 on a GPU, f32 on the CPU), "bf16", "tf32", "f32", or "fp8"
+        precision: None (the device's: bf16 on a GPU, f32 on the CPU), "bf16", "fp16", "tf32", "f32", or "fp8"
             (e4m3 block linears; on the CPU an emulation for checking quality). The CPU computes in f32
             or emulates fp8.
         fp8_keep: with precision "fp8", what stays unquantized, as ``--fp8-keep`` (e.g. "fc2,first:2").

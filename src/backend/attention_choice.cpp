@@ -24,7 +24,7 @@ std::vector<AttentionKernel> attention_candidates(const AttentionCall& a, const 
   std::vector<K> out;
   // bf16 operands on the bf16 path (fp8 runs bf16 around its GEMMs); tf32_attention off means
   // f32 attention was asked for.
-  const bool bf16_path = (p.precision == Precision::BF16 || p.precision == Precision::FP8) && p.tf32_attention;
+  const bool bf16_path = half16_path(p.precision) && p.tf32_attention;
   if (bf16_path) {
     const bool plain = a.bf16_in && a.bf16_out && !a.extras;  // what the fused kernels take
     const bool aligned = plain && a.rows_aligned && a.d % 8 == 0;

@@ -37,7 +37,7 @@ struct AttentionCall {
   int64_t heads = 1, nq = 0, nk = 0, d = 0;
   bool cross = false;        // cross-attention: keys per sample packed (kv_lens)
   int64_t longest_text = 0;  // cross: the most keys of one sample
-  bool bf16_in = false, bf16_out = false;
+  bool bf16_in = false, bf16_out = false;  // 16-bit operands / output (BF16, or F16 under fp16)
   bool extras = false;        // a bias or key mask
   bool rows_aligned = true;   // q/k/v/out rows, heads and leading strides in 16-byte pieces
   bool lead_folds = true;     // every leading dim folds into one batch stride

@@ -21,6 +21,7 @@ const char* precision_name(Precision p) {
     case Precision::TF32: return "tf32";
     case Precision::F32: return "f32";
     case Precision::FP8: return "fp8";
+    case Precision::F16: return "fp16";
   }
   return "?";
 }
@@ -124,8 +125,8 @@ std::string ExecutionPolicy::describe() const {
   add(text_attention, "short-text");
   add(wgmma_attention, "wgmma");
   add(cudnn_attention, "cudnn");
-  const bool bf16 = precision == Precision::BF16 || precision == Precision::FP8;
-  if (bf16) add(true, "bf16 flash");
+  const bool bf16 = half16_path(precision);
+  if (bf16) add(true, precision == Precision::F16 ? "fp16 flash" : "bf16 flash");
   add(tf32_attention, "tf32");
   add(true, "f32");
   return cat("execution policy: cuda, ", precision_name(precision),
@@ -144,9 +145,9 @@ std::string ExecutionPolicy::describe() const {
 }
 
 ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backend, int sm) {
-  REQUIRE(r.precision == "auto" || r.precision == "bf16" || r.precision == "tf32" || r.precision == "f32" ||
-              r.precision == "fp8",
-          "--precision must be auto, bf16, tf32, f32 or fp8, got '", r.precision, "'");
+  REQUIRE(r.precision == "auto" || r.precision == "bf16" || r.precision == "fp16" || r.precision == "f16" || r.precision == "tf32" ||
+              r.precision == "f32" || r.precision == "fp8",
+          "--precision must be auto, bf16, fp16 (f16), tf32, f32 or fp8, got '", r.precision, "'");
   REQUIRE(r.fp8_keep.empty() || r.precision == "fp8" || (r.precision == "auto" && r.stored_fp8),
           "--fp8-keep needs --precision fp8");
   REQUIRE(r.kernels == "auto" || r.kernels == "portable", "--kernels must be auto or portable, got '", r.kernels,
@@ -182,6 +183,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   // Precision: asked, else fp8 for weights stored in fp8 where FP8 tensor cores exist, else the
   // developers' switches, else bf16.
   if (r.precision == "bf16") p.precision = Precision::BF16;
+  else if (r.precision == "fp16" || r.precision == "f16") p.precision = Precision::F16;
   else if (r.precision == "tf32") p.precision = Precision::TF32;
   else if (r.precision == "f32") p.precision = Precision::F32;
   else if (r.precision == "fp8") p.precision = Precision::FP8;
@@ -190,10 +192,12 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   else p.precision = ov("bf16", true) ? Precision::BF16 : Precision::TF32;
   REQUIRE(p.fp8_keep.empty() || p.precision == Precision::FP8, "--fp8-keep needs fp8, which needs FP8 tensor cores "
           "(Ada sm_89 or Hopper sm_90); this GPU is sm_", sm, " and runs the fp8 engine in ", precision_name(p.precision));
-  const bool bf16 = p.precision == Precision::BF16 || p.precision == Precision::FP8;  // fp8: bf16 around its GEMMs
+  const bool bf16 = half16_path(p.precision);  // fp8: bf16 around its GEMMs; fp16: the same path in IEEE half
   const bool hopper = sm == 90 && r.kernels != "portable";
+  // The Hopper-only bf16 kernels (wgmma attention, CUTLASS residual GEMMs) are bf16's alone.
+  const bool bf16_hopper = hopper && p.precision != Precision::F16;
   p.text_attention = bf16 && ov("text_attention", true);
-  p.wgmma_attention = bf16 && hopper && ov("wgmma_attention", true);
+  p.wgmma_attention = bf16 && bf16_hopper && ov("wgmma_attention", true);
   p.cudnn_attention = bf16 && ov("cudnn", true) && ov("cudnn_attention", true);
   p.tf32_attention = p.precision != Precision::F32 && ov("tf32_attention", true);
   p.cudnn_conv = ov("cudnn", true);
@@ -204,7 +208,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   // fc1 writes fc2's e4m3 operand (policy.h); STDIT_CUDA_FP8_HIDDEN=0 turns it off.
   p.fp8_hidden = p.fused_fp8_gemm && ov("fp8_hidden", true);
   p.fp8_tanh_gelu = p.fused_fp8_gemm && ov("fp8_tanh_gelu", true);
-  p.fused_bf16_gemm = bf16 && hopper && ov("bf16_gemm", true);
+  p.fused_bf16_gemm = bf16 && bf16_hopper && ov("bf16_gemm", true);
   p.vae_bf16 = bf16 && p.cudnn_conv && ov("vae_bf16", true);
   if (p.precision == Precision::FP8 && r.fp8_keep.empty()) p.fp8_keep = parse_fp8_keep(fp8_default_keep());
   return p;

@@ -10,8 +10,13 @@
 
 namespace stdit {
 
-enum class Precision { BF16, TF32, F32, FP8 };
-const char* precision_name(Precision p);  // "bf16", "tf32", "f32", "fp8"
+// F16: the bf16 path with IEEE half as its 16-bit format (--precision fp16, an option for GPUs
+// whose users ask for it; the same kernels less the Hopper-only ones).
+enum class Precision { BF16, TF32, F32, FP8, F16 };
+const char* precision_name(Precision p);  // "bf16", "tf32", "f32", "fp8", "fp16"
+// Whether a GPU run of precision p takes the 16-bit path (16-bit weight matrices, GEMM operands
+// and attention): bf16, fp16, and fp8 around its e4m3 GEMMs.
+inline bool half16_path(Precision p) { return p == Precision::BF16 || p == Precision::FP8 || p == Precision::F16; }
 
 // Which of the denoiser's quantizable linear layers stay unquantized under --precision fp8
 // (--fp8-keep): a comma-separated list of
@@ -54,7 +59,7 @@ Fp8Keep parse_fp8_keep(const std::string& text);
 
 // What the user asked for.
 struct PolicyRequest {
-  std::string precision = "auto";  // auto | bf16 | tf32 | f32
+  std::string precision = "auto";  // auto | bf16 | fp16 | tf32 | f32 | fp8
   std::string kernels = "auto";    // auto | portable (no Hopper-only kernels)
   // Developer overrides of single kernel families (STDIT_CUDA_CUDNN=0 ...), from overrides_from_env().
   std::map<std::string, bool> overrides;
@@ -69,9 +74,9 @@ struct ExecutionPolicy {
   std::string backend;  // "cpu" or "cuda"
   Precision precision = Precision::F32;
   // Kernel families (CUDA): the attention paths tried in this order, the convolution path.
-  bool text_attention = false;   // streaming short-text cross-attention kernel (bf16)
+  bool text_attention = false;   // streaming short-text cross-attention kernel (bf16 or fp16)
   bool wgmma_attention = false;  // Hopper wgmma/TMA flash attention (bf16, sm_90 only)
-  bool cudnn_attention = false;  // cuDNN fused flash attention (bf16)
+  bool cudnn_attention = false;  // cuDNN fused flash attention (bf16 or fp16)
   bool tf32_attention = false;   // TF32 tensor-core attention (tf32 precision)
   bool cudnn_conv = false;       // cuDNN convolutions (the VAE); else im2col + GEMM
   // precision fp8 on Hopper: the e4m3 GEMMs with their scales, bias, activation and residual in
@@ -101,9 +106,10 @@ struct ExecutionPolicy {
   // unchanged: docs/PERF.md). On by default with the fused GEMM; the "fp8_tanh_gelu" override,
   // STDIT_CUDA_FP8_TANH_GELU=0, returns to the exponential form for comparisons.
   bool fp8_tanh_gelu = false;
-  // bf16 and fp8: the VAE decodes on channels-last BF16 tensors (cuDNN NHWC tensor-core
+  // bf16, fp16 and fp8: the VAE decodes on channels-last BF16 tensors (cuDNN NHWC tensor-core
   // convolutions, as Open-Sora decodes in bf16; Backend::conv3d_cl); else F32 tensors and TF32
-  // convolutions. On by default where cuDNN convolutions are (the "vae_bf16" override,
+  // convolutions. (fp16 leaves the decode in bf16: its activations' range is the VAE's risk, not
+  // its precision.) On by default where cuDNN convolutions are (the "vae_bf16" override,
   // STDIT_CUDA_VAE_BF16=0, turns it off).
   bool vae_bf16 = false;
   Fp8Keep fp8_keep;              // precision fp8: the layers / steps left unquantized

@@ -72,7 +72,7 @@ class NcclComm final : public Communicator {
     const CudaContext& c = *be_->context();
     cuda::expect_contiguous_float(t, c, "all_reduce", "tensor");
     if (t.numel() == 0) return;
-    const ncclDataType_t dt = t.dtype() == DType::BF16 ? ncclBfloat16 : ncclFloat;
+    const ncclDataType_t dt = t.dtype() == DType::BF16 ? ncclBfloat16 : t.dtype() == DType::F16 ? ncclHalf : ncclFloat;
     STDIT_NCCL_CHECK(ncclAllReduce(t.raw(), t.raw(), static_cast<size_t>(t.numel()), dt, ncclSum,
                                    sh_->comms[index_], c.stream));
   }
@@ -127,11 +127,11 @@ class NcclComm final : public Communicator {
       return Communicator::reduce_into_residual(p, x, gate, gate0, sel, be);
     exchange(p.raw(), [&](void* peer) {
       const auto [p0, p1] = ordered(p, peer);
-      residual_sum2(*be_->context(), x, p0, p1, gate);
+      residual_sum2(*be_->context(), x, p.dtype(), p0, p1, gate);
     });
   }
 
-  // The residual kernels take rows of 8-element (16-byte bf16) vectors.
+  // The residual kernels take rows of 8-element (16-byte bf16 or f16) vectors.
   bool splits_rows(int64_t channels) const override { return sh_->p2p && channels % 8 == 0; }
 
   void start_row_exchange(const Tensor& src, int64_t lo, int64_t hi, Tensor& dst,
@@ -174,26 +174,25 @@ class NcclComm final : public Communicator {
                                    float eps, Tensor& out) override {
     const CudaContext& c = *be_->context();
     cuda::expect_contiguous_f32(x, c, "layernorm_modulate", "x");
-    STDIT_CHECK(x.dim() == 3 && out.dtype() == DType::BF16 && out.is_contiguous() &&
-                    out.numel() == x.numel(),
-                "tensor parallel: layernorm_modulate_own_rows needs x [B, N, C] F32, out BF16");
+    STDIT_CHECK(x.dim() == 3 && cuda::is_half16(out.dtype()) && out.is_contiguous() && out.numel() == x.numel(),
+                "tensor parallel: layernorm_modulate_own_rows needs x [B, N, C] F32, out BF16 or F16");
     const auto [lo, hi] = own_rows(x.size(0) * x.size(1));
-    layernorm_modulate_rows(c, x, shift, scale, eps, lo, hi, out.data<__nv_bfloat16>());
+    layernorm_modulate_rows(c, x, shift, scale, eps, lo, hi, out.dtype(), out.raw());
   }
 
   void add_partials_to_own_rows(const Tensor& p, const Tensor& recv, Tensor& x, const Tensor& gate,
                                 Tensor* x16) override {
     const auto [lo, hi] = own_rows(x.size(0) * x.size(1));
-    STDIT_CHECK(residual_sum2_applies(x, p) && recv.dtype() == DType::BF16 &&
+    STDIT_CHECK(residual_sum2_applies(x, p) && recv.dtype() == p.dtype() &&
                     recv.is_contiguous() && recv.numel() == (hi - lo) * x.size(2) &&
-                    (!x16 || (x16->dtype() == DType::BF16 && x16->is_contiguous() &&
+                    (!x16 || (x16->dtype() == p.dtype() && x16->is_contiguous() &&
                               x16->numel() == x.numel())),
                 "tensor parallel: add_partials_to_own_rows needs x F32 [B, N, C], C % 8 == 0, "
-                "and BF16 partial sums");
-    const auto* mine = static_cast<const __nv_bfloat16*>(p.raw()) + lo * x.size(2);
-    const auto* theirs = static_cast<const __nv_bfloat16*>(recv.raw());
-    residual_sum2(*be_->context(), x, rank_ == 0 ? mine : theirs, rank_ == 0 ? theirs : mine,
-                  gate, lo, hi, x16 ? x16->data<__nv_bfloat16>() : nullptr);
+                "and 16-bit partial sums (and copy) of one type");
+    const auto* mine = static_cast<const char*>(p.raw()) + lo * x.size(2) * 2;  // 2-byte elements
+    const auto* theirs = static_cast<const char*>(recv.raw());
+    residual_sum2(*be_->context(), x, p.dtype(), rank_ == 0 ? mine : theirs, rank_ == 0 ? theirs : mine,
+                  gate, lo, hi, x16 ? x16->raw() : nullptr);
   }
 
  private:
@@ -219,9 +218,9 @@ class NcclComm final : public Communicator {
     STDIT_CUDA_CHECK(cudaStreamWaitEvent(c.stream, sh_->done[peer], 0));
   }
   // Rank 0's partial sum first on both ranks: the same expression, so the same bits.
-  std::pair<const __nv_bfloat16*, const __nv_bfloat16*> ordered(const Tensor& p, void* other) const {
-    const auto* mine = static_cast<const __nv_bfloat16*>(p.raw());
-    const auto* theirs = static_cast<const __nv_bfloat16*>(other);
+  std::pair<const void*, const void*> ordered(const Tensor& p, void* other) const {
+    const void* mine = p.raw();
+    const void* theirs = other;
     return rank_ == 0 ? std::make_pair(mine, theirs) : std::make_pair(theirs, mine);
   }
 

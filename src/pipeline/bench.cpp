@@ -334,35 +334,59 @@ void run_bench(const BenchOptions& opt) {
                   loop_plain_s / loop_saved_s, saved_rep.parts_cached, saved_rep.parts, saved_rep.cond_only_steps,
                   loop_change, preset.c_str(), saved_rep.schedule.c_str());
     }
-    // The fp8 quality gate: the sampling loop in fp8 and in the high precision, then both decoded.
-    double fp8_latent_err = -1, fp8_psnr_min = -1, fp8_psnr_mean = -1;
-    if (fp8) {
-      // What the device held so far (the fp8 model's own calls); the gate below adds a context
-      // and a high-precision copy of the denoiser, which the row's device peak then includes.
+    // The quality gates of the low precisions: the sampling loop from the same noise in the run's
+    // precision and in a higher one, then both decoded by the higher one's VAE. fp8 against bf16
+    // (worst frame >= 30 dB); fp16 against f32, beside bf16 against f32: fp16 passes the gate bf16
+    // is held to when its latents are no further from f32's than bf16's are.
+    double gate_latent_err = -1, gate_psnr_min = -1, gate_psnr_mean = -1;
+    double bf16_latent_err = -1, bf16_psnr_min = -1, bf16_psnr_mean = -1;
+    const bool fp16 = be->policy().precision == Precision::F16;
+    if (fp8 || fp16) {
+      // What the device held so far (the run's own calls); the gate below adds a context and a
+      // high-precision copy of the denoiser, which the row's device peak then includes.
       const size_t device_before_gate = be->device_memory_peak_bytes();
-      auto hi = make_backend(opt.backend);
-      STDiT3 dit_hi(dc, synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)), *hi);
-      SingleDenoiser d8(*dit), dh(dit_hi);
+      auto hi = make_backend(opt.backend, PolicyRequest{fp16 ? "f32" : "auto"});
+      auto dit_weights = [&] { return synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)); };
+      STDiT3 dit_hi(dc, dit_weights(), *hi);
+      SingleDenoiser dl(*dit), dh(dit_hi);
       const Tensor y1 = in.y.slice(0, 0, 1).contiguous(), noise = in.x.slice(0, 0, 1).contiguous();
-      const int ph = H, pw = W;
-      const Tensor z8 = rflow_sample(d8, y1, in.mask, noise, ph, pw, F, 24.0, opt.steps, 7.0, {}, {}, nullptr);
-      const Tensor zh = rflow_sample(dh, y1, in.mask, noise, ph, pw, F, 24.0, opt.steps, 7.0, {}, {}, nullptr);
-      fp8_latent_err = rel_error(z8, zh);
+      auto sample = [&](Denoiser& d) {
+        return rflow_sample(d, y1, in.mask, noise, H, W, F, 24.0, opt.steps, 7.0, {}, {}, nullptr);
+      };
+      const Tensor zh = sample(dh);
+      std::unique_ptr<OpenSoraVae> vae_hi;
+      Tensor vh;  // [1, 3, F, H, W] in [-1, 1]
       if (opt.vae) {
-        OpenSoraVae vae_hi(vc, synthetic_weights(vae_param_specs(vc), synthetic_seed("vae", opt.seed)), *hi);
-        const Tensor v8 = vae_hi.decode(z8, F), vh = vae_hi.decode(zh, F);  // [1, 3, F, H, W] in [-1, 1]
-        const auto [worst, mean] = video_psnr(v8, vh);
-        fp8_psnr_min = worst;
-        fp8_psnr_mean = mean;
+        vae_hi = std::make_unique<OpenSoraVae>(vc, synthetic_weights(vae_param_specs(vc), synthetic_seed("vae", opt.seed)), *hi);
+        vh = vae_hi->decode(zh, F);
       }
-      std::printf("  %-8s fp8 quality (%d steps, random weights) vs %s: latents rel. error %.3e; decoded video "
+      auto measure = [&](const Tensor& z, double& err, double& worst, double& mean) {
+        err = rel_error(z, zh);
+        if (vae_hi) std::tie(worst, mean) = video_psnr(vae_hi->decode(z, F), vh);
+      };
+      measure(sample(dl), gate_latent_err, gate_psnr_min, gate_psnr_mean);
+      const char* hi_name = precision_name(hi->policy().precision);
+      std::string verdict;
+      if (fp16) {
+        auto b16 = make_backend(opt.backend, PolicyRequest{"bf16"});
+        STDiT3 dit_b(dc, dit_weights(), *b16);
+        SingleDenoiser db(dit_b);
+        measure(sample(db), bf16_latent_err, bf16_psnr_min, bf16_psnr_mean);
+        std::printf("  %-8s bf16 quality (%d steps, random weights) vs %s: latents rel. error %.3e; decoded video "
+                    "worst frame %.2f dB, mean %.2f dB\n",
+                    preset.c_str(), opt.steps, hi_name, bf16_latent_err, bf16_psnr_min, bf16_psnr_mean);
+        verdict = gate_latent_err <= bf16_latent_err ? "pass (latents no further from f32 than bf16's)"
+                                                     : "FAIL (latents further from f32 than bf16's)";
+      } else {
+        verdict = !opt.vae ? "no decode (--no-vae)" : gate_psnr_min >= 30 ? "pass (>= 30 dB)" : "FAIL (< 30 dB)";
+      }
+      std::printf("  %-8s %s quality (%d steps, random weights) vs %s: latents rel. error %.3e; decoded video "
                   "worst frame %.2f dB, mean %.2f dB: %s\n",
-                  preset.c_str(), opt.steps, precision_name(hi->policy().precision), fp8_latent_err, fp8_psnr_min,
-                  fp8_psnr_mean,
-                  !opt.vae ? "no decode (--no-vae)" : fp8_psnr_min >= 30 ? "pass (>= 30 dB)" : "FAIL (< 30 dB)");
+                  preset.c_str(), precision_name(be->policy().precision), opt.steps, hi_name, gate_latent_err,
+                  gate_psnr_min, gate_psnr_mean, verdict.c_str());
       if (device_before_gate)
         std::printf("  %-8s device peak so far (read from it), before this gate made a %s copy of the denoiser: %.2f GiB\n",
-                    preset.c_str(), precision_name(hi->policy().precision), device_before_gate / double(1ull << 30));
+                    preset.c_str(), hi_name, device_before_gate / double(1ull << 30));
       be->bind_to_this_thread();
     }
     double vae_s = -1, vae_first_s = -1, vae_f32_s = -1, vae_psnr_min = -1, vae_psnr_mean = -1;
@@ -437,8 +461,10 @@ void run_bench(const BenchOptions& opt) {
                        {"loop30_parts", saved_rep.parts}, {"loop30_parts_cached", saved_rep.parts_cached},
                        {"loop30_cond_only_steps", saved_rep.cond_only_steps},
                        {"loop30_latents_rel_change", loop_change}, {"loop30_schedule", saved_rep.schedule},
-                       {"loop_steps", opt.steps}, {"fp8_latents_rel_err", fp8_latent_err},
-                       {"fp8_psnr_worst_db", fp8_psnr_min}, {"fp8_psnr_mean_db", fp8_psnr_mean}});
+                       {"loop_steps", opt.steps}, {"gate_latents_rel_err", gate_latent_err},
+                       {"gate_psnr_worst_db", gate_psnr_min}, {"gate_psnr_mean_db", gate_psnr_mean},
+                       {"bf16_vs_f32_latents_rel_err", bf16_latent_err}, {"bf16_vs_f32_psnr_worst_db", bf16_psnr_min},
+                       {"bf16_vs_f32_psnr_mean_db", bf16_psnr_mean}});
   }
   if (!opt.json.empty()) {
     std::ofstream(opt.json) << nlohmann::json({{"backend", opt.backend},

@@ -21,11 +21,12 @@ struct BenchOptions {
   // evaluations saved and the change of the latents.
   std::string cache = "none";
   double cfg_until = 1.0;
-  int steps = 30;  // of those sampling loops (and of the fp8 quality gate)
+  int steps = 30;  // of those sampling loops (and of the fp8 / fp16 quality gates)
   // The execution policy (backend/policy.h). With "fp8" each preset also runs the quality gate:
   // the sampling loop in fp8 and in the backend's high precision (bf16 on a GPU, f32 on the CPU)
   // from the same noise, text and weights; the latents' relative error and the decoded videos'
-  // per-frame PSNR (worst frame; gate >= 30 dB).
+  // per-frame PSNR (worst frame; gate >= 30 dB). With "fp16": the same against f32, beside bf16
+  // against f32 (gate: fp16's latents no further from f32's than bf16's).
   std::string precision = "auto", fp8_keep;
   std::string kernels = "auto";  // auto | portable (as generate's --kernels)
   // The denoiser's config.json from this directory instead of STDiT3-XL/2's (e.g. the demo

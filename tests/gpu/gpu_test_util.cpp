@@ -222,6 +222,9 @@ std::map<std::string, Row>& rows() {
 
 double threshold_of(const std::string& op) {
   auto it = thresholds().find(op);
+  // fp16 (--precision fp16) is held to bf16's thresholds: "x[fp16...]" has "x[bf16...]"'s.
+  if (const size_t at = op.find("[fp16"); it == thresholds().end() && at != std::string::npos)
+    it = thresholds().find(op.substr(0, at) + "[bf16" + op.substr(at + 5));
   if (it == thresholds().end()) {
     ADD_FAILURE() << "no threshold for " << op;
     return 0;
@@ -294,6 +297,25 @@ CudaBackend& gpu16notext() {  // ... and without the short-text and wgmma kernel
   static CudaBackend b(0, CudaOptions{true, true, true, true, false, false, false});
   return b;
 }
+CudaOptions f16_options(bool cudnn_attention, bool text_attention) {
+  CudaOptions o;
+  o.f16 = true;
+  o.cudnn_attention = cudnn_attention;
+  o.text_attention = text_attention;
+  return o;
+}
+CudaBackend& gpuf16() {  // --precision fp16: the bf16 path in IEEE half
+  static CudaBackend b(0, f16_options(true, true));
+  return b;
+}
+CudaBackend& gpuf16own() {  // ... with the own attention kernels only
+  static CudaBackend b(0, f16_options(false, true));
+  return b;
+}
+CudaBackend& gpuf16notext() {  // ... and without the short-text kernel (flash kernel)
+  static CudaBackend b(0, f16_options(false, false));
+  return b;
+}
 CudaBackend& gpu16cudnn() {  // the default with cuDNN's attention in place of the wgmma kernel
   static CudaBackend b(0, CudaOptions{true, true, true, true, true, true, false});
   return b;
@@ -342,7 +364,9 @@ Tensor chunk(const Tensor& mod, int j, int64_t c) {
 
 std::vector<Gpus> both() { return {{&gpu(), ""}, {&gpu32(), "[f32]"}}; }
 // Fixtures: the default bf16 path too.
-std::vector<Gpus> all_modes() { return {{&gpu16(), "[bf16]"}, {&gpu(), ""}, {&gpu32(), "[f32]"}}; }
+std::vector<Gpus> all_modes() {
+  return {{&gpu16(), "[bf16]"}, {&gpuf16(), "[fp16]"}, {&gpu(), ""}, {&gpu32(), "[f32]"}};
+}
 
 std::vector<AttnMode> attn_modes() {
   return {{&gpu(), "", DType::F32, "", false},
@@ -351,13 +375,17 @@ std::vector<AttnMode> attn_modes() {
           {&gpu16(), "[bf16]", DType::BF16, " (bf16 out)", false},
           {&gpu16(), "[bf16]", DType::BF16, " (bf16 in+out)", true},
           {&gpu16own(), "[bf16 own]", DType::BF16, " (bf16 in+out)", true},
-          {&gpu16notext(), "[bf16 own]", DType::BF16, " (bf16 in+out, flash kernel)", true}};
+          {&gpu16notext(), "[bf16 own]", DType::BF16, " (bf16 in+out, flash kernel)", true},
+          {&gpuf16(), "[fp16]", DType::F32, "", false},
+          {&gpuf16(), "[fp16]", DType::F16, " (fp16 in+out)", true},
+          {&gpuf16own(), "[fp16 own]", DType::F16, " (fp16 in+out)", true},
+          {&gpuf16notext(), "[fp16 own]", DType::F16, " (fp16 in+out, flash kernel)", true}};
 }
-// A host F32 tensor on the device, as BF16 when asked.
+// A host F32 tensor on the device, in the backend's 16-bit type (BF16, or F16 under fp16) when asked.
 Tensor dev_in(CudaBackend& g, const Tensor& host, bool bf16) {
   Tensor d = g.upload(host);
   if (!bf16) return d;
-  Tensor b = g.alloc(host.shape(), DType::BF16);
+  Tensor b = g.alloc(host.shape(), g.matmul_dtype());
   g.copy(d, b);
   return b;
 }

@@ -25,6 +25,9 @@ CudaBackend& gpu16();       // the default: bf16 weight matrices, GEMMs and atte
 CudaBackend& gpu16own();    // the bf16 path with the own attention kernels only (no cuDNN SDPA)
 CudaBackend& gpu16notext(); // ... and without the short-text and wgmma kernels (flash kernel)
 CudaBackend& gpu16cudnn();  // the default with cuDNN's attention in place of the wgmma kernel
+CudaBackend& gpuf16();       // --precision fp16: the bf16 path in IEEE half (F16), no Hopper-only kernels
+CudaBackend& gpuf16own();    // ... with the own attention kernels only (no cuDNN SDPA)
+CudaBackend& gpuf16notext(); // ... and without the short-text kernel (flash kernel)
 
 std::string data_dir();
 Tensor randn(const Shape& s, uint64_t seed, float scale = 1.0f, float offset = 0.0f);
@@ -41,18 +44,18 @@ struct Gpus {
   const char* suffix;
 };
 std::vector<Gpus> both();       // TF32 and F32
-std::vector<Gpus> all_modes();  // bf16, TF32, F32 (fixtures)
+std::vector<Gpus> all_modes();  // bf16, fp16, TF32, F32 (fixtures)
 
-// Attention: TF32, F32, and the bf16 kernels with F32 and with BF16 output.
+// Attention: TF32, F32, and the bf16 (fp16) kernels with F32 and with BF16 (F16) output.
 struct AttnMode {
   CudaBackend* be;
   const char* suffix;
   DType out;
   const char* out_what;
-  bool in16;  // q, k, v given as BF16 tensors (the bf16 path stores qkv in bf16)
+  bool in16;  // q, k, v given as 16-bit tensors (the bf16 path stores qkv in bf16, fp16 in f16)
 };
 std::vector<AttnMode> attn_modes();
-// A host F32 tensor on the device, as BF16 when asked.
+// A host F32 tensor on the device, in the backend's 16-bit type (matmul_dtype) when asked.
 Tensor dev_in(CudaBackend& g, const Tensor& host, bool bf16);
 // The rope frequency table of head dim d (as the model's rope.freqs).
 Tensor rope_freqs(int64_t d);

@@ -72,15 +72,17 @@ TEST(CudaOps, QkNormRopeOnModelViews) {
       g.qk_norm_rope(dk, g.upload(wk), 1e-6f, temporal ? g.upload(freqs) : Tensor{});
       check("qk_norm_rope", cat(temporal ? "temporal+rope " : "spatial ", S(dq.shape()), " of qkv"),
             err_vs(g, d, ref));
-      // In place on a BF16 qkv (the bf16 path): input and result rounded to bf16.
-      CudaBackend& g16 = gpu16();
-      Tensor d16 = g16.alloc(qkv.shape(), DType::BF16);
-      g16.copy(g16.upload(qkv), d16);
-      Tensor bq = views(d16, 0), bk = views(d16, 1);
-      g16.qk_norm_rope(bq, g16.upload(wq), 1e-6f, temporal ? g16.upload(freqs) : Tensor{});
-      g16.qk_norm_rope(bk, g16.upload(wk), 1e-6f, temporal ? g16.upload(freqs) : Tensor{});
-      check("qk_norm_rope[bf16]", cat(temporal ? "temporal+rope " : "spatial ", S(bq.shape()), " of bf16 qkv"),
-            err_vs(g16, d16, ref));
+      // In place on a 16-bit qkv (the bf16 path; fp16's): input and result rounded to that type.
+      for (auto [g16p, tag] : {std::pair{&gpu16(), "bf16"}, std::pair{&gpuf16(), "fp16"}}) {
+        CudaBackend& g16 = *g16p;
+        Tensor d16 = g16.alloc(qkv.shape(), g16.matmul_dtype());
+        g16.copy(g16.upload(qkv), d16);
+        Tensor bq = views(d16, 0), bk = views(d16, 1);
+        g16.qk_norm_rope(bq, g16.upload(wq), 1e-6f, temporal ? g16.upload(freqs) : Tensor{});
+        g16.qk_norm_rope(bk, g16.upload(wk), 1e-6f, temporal ? g16.upload(freqs) : Tensor{});
+        check(cat("qk_norm_rope[", tag, "]"),
+              cat(temporal ? "temporal+rope " : "spatial ", S(bq.shape()), " of ", tag, " qkv"), err_vs(g16, d16, ref));
+      }
     }
 }
 
@@ -230,16 +232,19 @@ TEST(CudaOps, AttentionRunsTheChosenKernel) {
       {&gpu16(), "bf16", {"wgmma", "short-bf16", "flash-bf16", "text-bf16", "wgmma", "gemm"}},
       {&gpu16cudnn(), "bf16 cudnn", {"cudnn", "short-bf16", "flash-bf16", "text-bf16", "cudnn", "gemm"}},
       {&gpu16notext(), "bf16 flash", {"flash-bf16", "short-bf16", "flash-bf16", "flash-bf16", "flash-bf16", "gemm"}},
+      // fp16: the same families in IEEE half, less the Hopper-only wgmma kernel.
+      {&gpuf16(), "fp16", {"cudnn", "short-bf16", "flash-bf16", "text-bf16", "cudnn", "gemm"}},
+      {&gpuf16notext(), "fp16 flash", {"flash-bf16", "short-bf16", "flash-bf16", "flash-bf16", "flash-bf16", "gemm"}},
       {&gpu(), "tf32", {"flash-tf32", "flash-tf32", "flash-tf32", "flash-tf32", "flash-tf32", "gemm"}},
       {&gpu32(), "f32", {"flash-f32", "flash-f32", "flash-f32", "flash-f32", "flash-f32", "gemm"}}};
   uint64_t seed = 1200;
   for (const Mode& m : modes) {
     CudaBackend& g = *m.g;
-    const bool bf16 = g.policy().precision == Precision::BF16;
+    const bool bf16 = half16_path(g.policy().precision);
     for (size_t i = 0; i < calls.size(); ++i) {
       const Call& c = calls[i];
       const bool io16 = bf16 && c.d <= 128;
-      const DType od = io16 ? DType::BF16 : DType::F32;
+      const DType od = io16 ? g.matmul_dtype() : DType::F32;
       const int64_t C = c.h * c.d, N = c.t * c.s;
       const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
       AttentionCall facts;  // as the model's call looks

@@ -71,20 +71,25 @@ TEST(CudaOps, Linear) {
       g->linear(g->upload(x), g->upload(w), c.bias ? g->upload(b) : Tensor{}, c.act, o);
       check(cat("linear", sfx), what, err_vs(*g, o, ref));
     }
-    // bf16 path: bf16 weight, x F32 (converted inside) or BF16, out F32 or BF16.
-    CudaBackend& g = gpu16();
-    const Tensor wb = g.upload_weight(w);
-    EXPECT_EQ(wb.dtype(), DType::BF16);
-    const Tensor xf = g.upload(x);
-    Tensor xb = g.alloc(x.shape(), DType::BF16);
-    g.copy(xf, xb);
-    for (const Tensor* xin : std::initializer_list<const Tensor*>{&xf, &xb})
-      for (DType od : {DType::F32, DType::BF16}) {
-        Tensor o = poisoned(g, ref.shape(), od);
-        g.linear(*xin, wb, c.bias ? g.upload(b) : Tensor{}, c.act, o);
-        check("linear[bf16]", cat(what, xin == &xb ? " x bf16" : " x f32", od == DType::BF16 ? " out bf16" : ""),
-              err_vs(g, o, ref));
-      }
+    // bf16 path: bf16 weight, x F32 (converted inside) or BF16, out F32 or BF16; the same in F16
+    // under fp16.
+    for (auto [gp, tag] : {std::pair{&gpu16(), "bf16"}, std::pair{&gpuf16(), "fp16"}}) {
+      CudaBackend& g = *gp;
+      const DType half = g.matmul_dtype();
+      const Tensor wb = g.upload_weight(w);
+      EXPECT_EQ(wb.dtype(), half);
+      const Tensor xf = g.upload(x);
+      Tensor xb = g.alloc(x.shape(), half);
+      g.copy(xf, xb);
+      for (const Tensor* xin : std::initializer_list<const Tensor*>{&xf, &xb})
+        for (DType od : {DType::F32, half}) {
+          Tensor o = poisoned(g, ref.shape(), od);
+          g.linear(*xin, wb, c.bias ? g.upload(b) : Tensor{}, c.act, o);
+          check(cat("linear[", tag, "]"),
+                cat(what, xin == &xb ? cat(" x ", tag) : " x f32", od == half ? cat(" out ", tag) : ""),
+                err_vs(g, o, ref));
+        }
+    }
   }
 }
 
@@ -261,11 +266,13 @@ TEST(CudaOps, LayerNormModulate) {
                          m.select ? chunk(dmod0, 0, m.c) : Tensor{},
                          m.select ? chunk(dmod0, 1, m.c) : Tensor{}, gs, 1e-6f, o);
     check("layernorm_modulate", mod_what(m), err_vs(g, o, ref));
-    Tensor ob = poisoned(g, x.shape(), DType::BF16);  // the bf16 path's GEMM input
-    g.layernorm_modulate(g.upload(x), chunk(dmod, 0, m.c), chunk(dmod, 1, m.c),
-                         m.select ? chunk(dmod0, 0, m.c) : Tensor{},
-                         m.select ? chunk(dmod0, 1, m.c) : Tensor{}, gs, 1e-6f, ob);
-    check("layernorm_modulate[bf16]", mod_what(m) + " out bf16", err_vs(g, ob, ref));
+    for (auto [half, tag] : {std::pair{DType::BF16, "bf16"}, std::pair{DType::F16, "fp16"}}) {
+      Tensor ob = poisoned(g, x.shape(), half);  // the 16-bit path's GEMM input
+      g.layernorm_modulate(g.upload(x), chunk(dmod, 0, m.c), chunk(dmod, 1, m.c),
+                           m.select ? chunk(dmod0, 0, m.c) : Tensor{},
+                           m.select ? chunk(dmod0, 1, m.c) : Tensor{}, gs, 1e-6f, ob);
+      check(cat("layernorm_modulate[", tag, "]"), cat(mod_what(m), " out ", tag), err_vs(g, ob, ref));
+    }
   }
 }
 
@@ -300,7 +307,8 @@ TEST(CudaOps, GatedResidualAndSelectFrames) {
 // (frame selection, K not a multiple of 8), against linear + gated_residual on the CPU. Measured
 // on the increment x_after - x_before (x itself would dilute the error).
 TEST(CudaOps, LinearResidual) {
-  CudaBackend& g = gpu16();
+ for (auto [gp, tag] : {std::pair{&gpu16(), "bf16"}, std::pair{&gpuf16(), "fp16"}}) {
+  CudaBackend& g = *gp;
   struct Case {
     int64_t b, t, s, k, c;
     bool gate, bias, select;
@@ -336,39 +344,43 @@ TEST(CudaOps, LinearResidual) {
     // the fused GEMM's epilogue where fuses_residual_copy() says so, else by a conversion after
     // it. x must come out as without the copy, the copy as x rounded to bf16 by the backend's
     // own conversion (round to nearest even).
-    Tensor dx2 = g.upload(x), copy = poisoned(g, x.shape(), DType::BF16);
+    Tensor dx2 = g.upload(x), copy = poisoned(g, x.shape(), g.matmul_dtype());
     g.linear_residual_copy(dev_in(g, y, true), g.upload_weight(w), cs.bias ? g.upload(bias) : Tensor{},
                            cs.gate ? chunk(dmod, 2, cs.c) : Tensor{},
                            cs.gate && cs.select ? chunk(dmod0, 2, cs.c) : Tensor{}, ds, dx2, copy);
-    Tensor rounded = g.alloc(x.shape(), DType::BF16);
+    Tensor rounded = g.alloc(x.shape(), g.matmul_dtype());
     g.copy(dx2, rounded);
-    check("linear_residual_copy[bf16] x", what, err_vs(g, dx2, got));
-    check("linear_residual_copy[bf16] copy", what, err_vs(g, copy, g.download(rounded)));
+    check(cat("linear_residual_copy[", tag, "] x"), what, err_vs(g, dx2, got));
+    check(cat("linear_residual_copy[", tag, "] copy"), what, err_vs(g, copy, g.download(rounded)));
     for (int64_t i = 0; i < got.numel(); ++i) {
       got.data<float>()[i] -= x.data<float>()[i];
       ref.data<float>()[i] -= x.data<float>()[i];
     }
-    check("linear_residual[bf16]", what, rel_error(got, ref));
+    check(cat("linear_residual[", tag, "]"), what, rel_error(got, ref));
   }
+ }
 }
 
-// The bf16 path's reduced tensor-parallel partial sums: y (gated_residual) and b (add) in BF16.
+// The bf16 path's reduced tensor-parallel partial sums: y (gated_residual) and b (add) in BF16
+// (F16 under fp16).
 TEST(CudaOps, ResidualsWithBf16Operand) {
-  CudaBackend& g = gpu16();
+ for (auto [gp, tag] : {std::pair{&gpu16(), "bf16"}, std::pair{&gpuf16(), "fp16"}}) {
+  CudaBackend& g = *gp;
   const int64_t B = 2, N = 37, C = 72;
   const Tensor x = randn({B, N, C}, 1501, 2.0f), y = randn({B, N, C}, 1502), mod = randn({B, 3 * C}, 1503, 0.3f);
   Tensor ref = x.clone();
   host_be().gated_residual(ref, y, chunk(mod, 1, C), Tensor{}, {});
   const Tensor dm = g.upload(mod);
-  Tensor dx = g.upload(x), dy = g.alloc(y.shape(), DType::BF16);
+  Tensor dx = g.upload(x), dy = g.alloc(y.shape(), g.matmul_dtype());
   g.copy(g.upload(y), dy);
   g.gated_residual(dx, dy, chunk(dm, 1, C), Tensor{}, {});
-  check("gated_residual[bf16]", cat("x ", S(x.shape()), " y bf16"), err_vs(g, dx, ref));
+  check(cat("gated_residual[", tag, "]"), cat("x ", S(x.shape()), " y ", tag), err_vs(g, dx, ref));
   Tensor aref = host_be().alloc(x.shape());
   host_be().add(x, y, aref);
   Tensor ao = poisoned(g, x.shape());
   g.add(g.upload(x), dy, ao);
-  check("add[bf16]", cat(S(x.shape()), " + bf16 ", S(y.shape())), err_vs(g, ao, aref));
+  check(cat("add[", tag, "]"), cat(S(x.shape()), " + ", tag, " ", S(y.shape())), err_vs(g, ao, aref));
+ }
 }
 
 TEST(CudaOps, GroupNorm) {

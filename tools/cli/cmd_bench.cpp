@@ -21,13 +21,14 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_flag("--cfg-parallel", o->cfg_parallel, "Also time CFG-parallel on two devices (cuda:0 + cuda:1); with --tp N also "
                 "CFG-parallel x TP N on 2N devices");
   cmd->add_option("--precision", o->precision,
-                  "auto, bf16, tf32, f32, or fp8: then each preset also runs the fp8 quality gate (the sampling loop "
-                  "in fp8 and in bf16 / f32, latents' error and the decoded videos' PSNR)")
+                  "auto, bf16, fp16, tf32, f32, or fp8: with fp8 (fp16) each preset also runs its quality gate (the "
+                  "sampling loop in fp8 and in bf16 / f32 (in fp16, bf16 and f32), latents' error and the decoded "
+                  "videos' PSNR)")
       ->capture_default_str();
   cmd->add_option("--fp8-keep", o->fp8_keep, "With --precision fp8: what stays unquantized (as generate)");
   cmd->add_option("--kernels", o->kernels, "auto, or portable (no Hopper-only kernels; as generate)")
       ->capture_default_str();
-  cmd->add_option("--steps", o->steps, "Steps of the sampling loops (--cache, --cfg-until, the fp8 gate)")
+  cmd->add_option("--steps", o->steps, "Steps of the sampling loops (--cache, --cfg-until, the fp8 and fp16 gates)")
       ->capture_default_str();
   cmd->add_option("--tp", o->tp, "Also time tensor parallelism over N devices (cuda:0..N-1; under mpirun: the "
                   "processes), N dividing 16")

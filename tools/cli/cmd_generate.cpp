@@ -92,8 +92,9 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--backend", e.backend, "Compute backend: auto (cuda if a GPU is usable), cuda or cpu")
       ->capture_default_str();
   cmd->add_option("--precision", e.precision,
-                  "auto (bf16 on a GPU, f32 on the CPU), bf16, tf32, f32, or fp8 (e4m3 block GEMMs; on the CPU "
-                  "an emulation for checking quality)")
+                  "auto (bf16 on a GPU, f32 on the CPU), bf16, fp16 (IEEE half in bf16's place; T5 and the denoiser, "
+                  "the VAE stays bf16), tf32, f32, or fp8 (e4m3 block GEMMs; on the CPU an emulation for checking "
+                  "quality)")
       ->capture_default_str();
   cmd->add_option("--fp8-keep", e.fp8_keep,
                   "With --precision fp8, what stays unquantized (default auto = proj,q,cross_proj; none: "

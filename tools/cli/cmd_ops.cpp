@@ -76,8 +76,10 @@ double tolerance(const std::string& op, Precision p, DType channels_last) {
   static const std::vector<std::string> attn = {"attention", "cross_attention"};
   auto in = [&](const std::vector<std::string>& v) { return std::find(v.begin(), v.end(), op) != v.end(); };
   if (in(exact)) return 0.0;
-  if (in(gemm)) return p == Precision::BF16 ? 1e-2 : p == Precision::TF32 ? 2e-3 : 1e-5;
-  if (in(attn)) return p == Precision::BF16 ? 1e-2 : p == Precision::TF32 ? 5e-3 : 1e-5;
+  // fp16 is held to bf16's tolerances (its unit roundoff is 8x smaller).
+  const bool half = p == Precision::BF16 || p == Precision::F16;
+  if (in(gemm)) return half ? 1e-2 : p == Precision::TF32 ? 2e-3 : 1e-5;
+  if (in(attn)) return half ? 1e-2 : p == Precision::TF32 ? 5e-3 : 1e-5;
   return 1e-5;
 }
 
@@ -240,7 +242,7 @@ void add_ops(CLI::App& app, Action& action) {
   cmd->add_option("--op", o->ops, "Only these ops or cases (repeatable; default all)");
   cmd->add_option("--backend", o->backends, "cpu, cuda (repeatable; default: cpu, and cuda when a GPU is usable)");
   cmd->add_option("--precision", o->precisions,
-                  "Modes to run (repeatable): f32, tf32, bf16, bf16-portable (default: every mode the backend has)");
+                  "Modes to run (repeatable): f32, tf32, bf16, bf16-portable, fp16 (default: every mode the backend has)");
   cmd->add_flag("--perf", o->perf, "Also time each case (median of --iters calls after a warm-up)");
   cmd->add_option("--iters", o->iters, "Calls timed per case with --perf")->capture_default_str();
   cmd->callback([&action, o] {
@@ -265,13 +267,14 @@ void add_ops(CLI::App& app, Action& action) {
         if (cuda_devices_visible() > 0) backends.push_back("cuda");
       }
       for (const std::string& m : o->precisions)
-        STDIT_CHECK(m == "f32" || m == "tf32" || m == "bf16" || m == "bf16-portable",
-                    "--precision must be f32, tf32, bf16 or bf16-portable, got '", m, "'");
+        STDIT_CHECK(m == "f32" || m == "tf32" || m == "bf16" || m == "bf16-portable" || m == "fp16",
+                    "--precision must be f32, tf32, bf16, bf16-portable or fp16, got '", m, "'");
       std::vector<Mode> modes;
       for (const std::string& b : backends) {
         STDIT_CHECK(b == "cpu" || b == "cuda", "--backend must be cpu or cuda, got '", b, "'");
         const std::vector<std::string> all =
-            b == "cpu" ? std::vector<std::string>{"f32"} : std::vector<std::string>{"bf16", "bf16-portable", "tf32", "f32"};
+            b == "cpu" ? std::vector<std::string>{"f32"}
+                        : std::vector<std::string>{"bf16", "bf16-portable", "fp16", "tf32", "f32"};
         for (const std::string& m : all)
           if (o->precisions.empty() || std::find(o->precisions.begin(), o->precisions.end(), m) != o->precisions.end()) {
             const bool portable = m == "bf16-portable";

@@ -9,7 +9,7 @@ void add_serve(CLI::App& app, Action& action) {
   auto o = std::make_shared<server::ServerOptions>();
   cmd->add_option("-e,--engine", o->engine, "Engine directory (default: ./engine_outputs, else the embedded demo model)");
   cmd->add_option("--backend", o->backend, "auto, cuda or cpu")->capture_default_str();
-  cmd->add_option("--precision", o->precision, "auto, bf16, tf32, f32 or fp8 (as generate)")->capture_default_str();
+  cmd->add_option("--precision", o->precision, "auto, bf16, fp16, tf32, f32 or fp8 (as generate)")->capture_default_str();
   cmd->add_option("--fp8-keep", o->fp8_keep, "With --precision fp8: what stays unquantized (as generate)");
   cmd->add_option("--kernels", o->kernels, "auto, or portable (no Hopper-only kernels; as generate)")
       ->capture_default_str();

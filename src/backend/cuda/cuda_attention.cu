@@ -3,9 +3,10 @@
 //
 // Which kernel runs a call is choose_attention()'s (backend/attention_choice.h): dispatch_attention
 // reads the call's facts, walks the candidates in order and runs the first whose launcher takes
-// it, counting what ran. On the bf16 path: the short-text kernel (cuda_attention_bf16.cu), the
-// Hopper wgmma kernel (cuda_attention_wgmma.cu), cuDNN's fused flash attention (cuda_sdpa.cu),
-// the short-sequence and flash kernels (cuda_attention_bf16.cu). Otherwise: D <= 128 with TF32
+// it, counting what ran. On the bf16 path (BF16, or F16 under --precision fp16: AttnArgs::f16):
+// the short-text kernel (cuda_attention_bf16.cu), the Hopper wgmma kernel (cuda_attention_wgmma.cu,
+// BF16 only), cuDNN's fused flash attention (cuda_sdpa.cu), the short-sequence and flash kernels
+// (cuda_attention_bf16.cu). Otherwise: D <= 128 with TF32
 // allowed -> the tensor-core flash kernel (cuda_attention_tc.cu); D <= 128 in F32 -> the flash
 // kernel here, F32 on the CUDA cores: one block per (batch index, head, query tile), TPQ threads
 // share one query row (each holds DPT of its D values in registers), key/value tiles of BK rows
@@ -48,8 +49,8 @@ __global__ void rope_table_kernel(const float* __restrict__ freqs, int64_t n, in
 // kRopeLanes lanes per (batch, n, head) vector of D values, each lane owning the pairs
 // (x[2j], x[2j+1]) with j = lane + kRopeLanes * it, it < kIt (kIt * kRopeLanes >= D / 2 pairs):
 // head dims of 64-128 keep every lane busy. The pairs stay in registers between the statistics
-// and the output; with vec2 (BF16, even D and strides) a pair is one 4-byte load/store. In place
-// on a F32 or BF16 view; statistics and rotation in f32, the rotation's cos and sin from the
+// and the output; with vec2 (16-bit, even D and strides) a pair is one 4-byte load/store. In place
+// on a F32, BF16 or F16 view; statistics and rotation in f32, the rotation's cos and sin from the
 // table above.
 constexpr int kRopeLanes = 8;
 template <typename T, int kIt>
@@ -72,9 +73,9 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
     const int j = sub + it * kRopeLanes;
     v0[it] = v1[it] = 0.0f;
     if (live && j < pairs) {
-      if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if constexpr (!std::is_same_v<T, float>) {
         if (vec2) {
-          const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(x + 2 * j));
+          const float2 f = unpack_half2<T>(*reinterpret_cast<const uint32_t*>(x + 2 * j));
           v0[it] = f.x;
           v1[it] = f.y;
         } else {
@@ -110,9 +111,9 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
       y0 = x0 * r2.x - x1 * r2.y;
       y1 = x1 * r2.x + x0 * r2.y;
     }
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if constexpr (!std::is_same_v<T, float>) {
       if (vec2) {
-        *reinterpret_cast<__nv_bfloat162*>(x + e0) = __floats2bfloat162_rn(y0, y1);
+        *reinterpret_cast<uint32_t*>(x + e0) = pack_half2<T>(y0, y1);
         continue;
       }
     }
@@ -121,15 +122,17 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
   }
 }
 
-// The same for BF16 q whose heads lie side by side (head stride D, D % 4 == 0) in rows of H * D =
-// 128 k values (k <= kRowChunks; STDiT3's 16 x 72 = 1152): one warp per (batch, n) row, each lane
-// holding 4 consecutive values of every 128-column chunk (8-byte loads and stores, the row read and
-// written once, whole rows per warp). A head's sum of squares is its groups' partial sums added in
-// group order by one lane (shared memory; a fixed order, so the same bits every run); per element the
-// arithmetic of the kernel above (the statistics' sum in another order).
+// The same for 16-bit q (element type H: BF16 or F16) whose heads lie side by side (head stride D,
+// D % 4 == 0) in rows of (heads * D =) 128 k values (k <= kRowChunks; STDiT3's 16 x 72 = 1152):
+// one warp per (batch, n) row, each lane holding 4 consecutive values of every 128-column chunk
+// (8-byte loads and stores, the row read and written once, whole rows per warp). A head's sum of
+// squares is its groups' partial sums added in group order by one lane (shared memory; a fixed
+// order, so the same bits every run); per element the arithmetic of the kernel above (the
+// statistics' sum in another order).
 constexpr int kRowChunks = 9;
+template <typename H>
 __global__ void __launch_bounds__(kRopeWarps * 32)
-    qk_norm_rope_rows_kernel(__nv_bfloat16* q, LeadShape lsh, LeadStrides lst, int64_t rows, int64_t n, int h,
+    qk_norm_rope_rows_kernel(H* q, LeadShape lsh, LeadStrides lst, int64_t rows, int64_t n, int h,
                              int d, int chunks, int64_t sn, const float* __restrict__ w,
                              const float2* __restrict__ rot, float eps) {
   __shared__ float s_part[kRopeWarps][kRowChunks * 32];
@@ -138,15 +141,14 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
   const int64_t row = blockIdx.x * static_cast<int64_t>(kRopeWarps) + warp;
   if (row >= rows) return;
   const int64_t b = row / n, i = row - b * n;
-  __nv_bfloat16* x = q + lead_offset(lsh, lst, b) + i * sn;
+  H* x = q + lead_offset(lsh, lst, b) + i * sn;
   const int per_head = d / 4;  // groups of 4 per head
   float4 v[kRowChunks];
 #pragma unroll
   for (int j = 0; j < kRowChunks; ++j)
     if (j < chunks) {
       const uint2 u = reinterpret_cast<const uint2*>(x)[lane + 32 * j];
-      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+      const float2 lo = unpack_half2<H>(u.x), hi = unpack_half2<H>(u.y);
       v[j] = make_float4(lo.x, lo.y, hi.x, hi.y);
       s_part[warp][lane + 32 * j] = v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
     }
@@ -174,11 +176,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
           y[2 * p2 + 1] = x1 * r2.x + x0 * r2.y;
         }
       }
-      const __nv_bfloat162 lo = __floats2bfloat162_rn(y[0], y[1]), hi = __floats2bfloat162_rn(y[2], y[3]);
-      uint2 u;
-      u.x = *reinterpret_cast<const uint32_t*>(&lo);
-      u.y = *reinterpret_cast<const uint32_t*>(&hi);
-      reinterpret_cast<uint2*>(x)[lane + 32 * j] = u;
+      reinterpret_cast<uint2*>(x)[lane + 32 * j] = make_uint2(pack_half2<H>(y[0], y[1]), pack_half2<H>(y[2], y[3]));
     }
 }
 
@@ -345,7 +343,8 @@ void launch_small(const CudaContext& c, const AttnArgs& a, int64_t batch) {
 // Per (batch index, head) and chunk of query rows: S = Q K^T (cuBLASLt, F32 scores), an exact row
 // softmax in f32 (the CPU backend's formula and order of operations; the row staged in shared
 // memory when it fits), O = P V (cuBLASLt). F32 operands: TF32/F32 GEMMs per the context, P in
-// place of S. BF16 operands (the bf16 path): BF16 GEMMs with f32 accumulation, P written as BF16.
+// place of S. 16-bit operands (the bf16 path): BF16 (F16 with AttnArgs::f16) GEMMs with f32
+// accumulation, P written in that format.
 
 constexpr int kSmThreads = 256;
 
@@ -369,7 +368,7 @@ __device__ float block_reduce(float v, bool is_max, float* sh) {
 }
 
 // One block per row of S [rows, nk] (F32): P = softmax(S * scale + bias) with masked keys at 0,
-// written as TP (F32: in place of S; BF16: beside it). kStage: the row kept in shared memory
+// written as TP (F32: in place of S; BF16 or F16: beside it). kStage: the row kept in shared memory
 // (nk floats) between the passes; else each pass reads S again (the same values: bit-identical).
 template <typename TP, bool kStage>
 __global__ void __launch_bounds__(kSmThreads)
@@ -441,8 +440,8 @@ void launch_softmax(const CudaContext& c, const float* S, TP* P, int64_t rows, i
                                                                                             bias_stride, mask);
 }
 
-// Query rows per chunk and the scratch of attention_by_gemm: F32 scores [chunk, keys], plus BF16
-// P of the same size for BF16 operands.
+// Query rows per chunk and the scratch of attention_by_gemm: F32 scores [chunk, keys], plus 16-bit
+// P of the same size for 16-bit operands (BF16 or F16: 2 bytes either way).
 struct GemmChunks {
   int64_t rows = 0;
   size_t bytes = 0;
@@ -451,6 +450,7 @@ GemmChunks gemm_chunks(int64_t nq, int64_t max_nk, bool bf16) {
   GemmChunks g;
   const int64_t nk = std::max<int64_t>(max_nk, 1);
   g.rows = std::max<int64_t>(1, std::min<int64_t>(nq, kGemmScoreFloats / nk));
+  static_assert(sizeof(__nv_bfloat16) == sizeof(__half), "16-bit formats");
   g.bytes = static_cast<size_t>(g.rows * nk) * (sizeof(float) + (bf16 ? sizeof(__nv_bfloat16) : 0));
   return g;
 }
@@ -467,14 +467,15 @@ void attention_by_gemm(CudaContext& c, const AttnArgs& a, int64_t batch,
                        const std::vector<int>* kv_begin) {
   const int64_t d = a.d;
   const bool b16 = a.in_bf16;
-  const DType in = b16 ? DType::BF16 : DType::F32, out = a.out_bf16 ? DType::BF16 : DType::F32;
+  const DType h16 = a.f16 ? DType::F16 : DType::BF16;
+  const DType in = b16 ? h16 : DType::F32, out = a.out_bf16 ? h16 : DType::F32;
   const int ein = b16 ? 2 : 4, eout = a.out_bf16 ? 2 : 4;
   const int64_t max_nk = gemm_max_keys(a, kv_begin);
   const GemmChunks gc = gemm_chunks(a.nq, max_nk, b16);
   const int64_t chunk = gc.rows;
   auto scores = device_alloc(c.shared_from_this(), gc.bytes);
   float* S = static_cast<float*>(scores.get());
-  __nv_bfloat16* P16 = reinterpret_cast<__nv_bfloat16*>(S + chunk * std::max<int64_t>(max_nk, 1));
+  void* P16 = S + chunk * std::max<int64_t>(max_nk, 1);  // 16-bit P (b16), in a.f16's format
   const size_t stage = static_cast<size_t>(max_nk) * sizeof(float);
   const bool staged = stage <= kStageSmemMax;
   auto at = [](const void* p, int64_t off, int e) { return static_cast<const char*>(p) + off * e; };
@@ -487,7 +488,7 @@ void attention_by_gemm(CudaContext& c, const AttnArgs& a, int64_t batch,
     const int64_t k0 = a.kv_packed ? kb * a.k.sn : host_lead_offset(a.lead, a.k.lead, b);
     const int64_t v0 = a.kv_packed ? kb * a.v.sn : host_lead_offset(a.lead, a.v.lead, b);
     const int64_t q0 = host_lead_offset(a.lead, a.q.lead, b), o0 = host_lead_offset(a.lead, a.out_lead, b);
-    void* obase = a.out_bf16 ? static_cast<void*>(a.out_bf16) : static_cast<void*>(a.out);
+    void* obase = a.out_bf16 ? a.out_bf16 : static_cast<void*>(a.out);
     const uint8_t* mask = a.key_mask ? a.key_mask + b * a.nk : nullptr;
     for (int64_t h = 0; h < a.h; ++h) {
       const void* kp = at(a.k.p, k0 + h * a.k.sh, ein);
@@ -504,7 +505,10 @@ void attention_by_gemm(CudaContext& c, const AttnArgs& a, int64_t batch,
         // S [rr, nk] row-major = column-major S^T = K Q^T.
         gemm_typed(c, in, DType::F32, true, false, nk, rr, d, kp, a.k.sn, at(a.q.p, qo + r0 * a.q.sn, ein), a.q.sn,
                    S, nk);
-        if (b16) launch_softmax(c, S, P16, rr, nk, a.scale, bias, a.nk, mask, staged);
+        if (b16)
+          with_half16(a.f16, [&](auto h) {
+            launch_softmax(c, S, static_cast<decltype(h)*>(P16), rr, nk, a.scale, bias, a.nk, mask, staged);
+          });
         else launch_softmax(c, S, S, rr, nk, a.scale, bias, a.nk, mask, staged);
         const void* P = b16 ? static_cast<const void*>(P16) : static_cast<const void*>(S);
         check_launch("attention softmax");
@@ -568,10 +572,10 @@ bool launch_attention_kernel(CudaContext& c, AttentionKernel k, const AttnArgs& 
     case K::ShortBf16: return launch_attention_short_bf16(c, a, batch);
     case K::FlashBf16: return launch_attention_bf16(c, a, batch);
     case K::FlashTf32:
-      STDIT_CHECK(f32_operands, "cuda attention: BF16 operands need the bf16 kernel");
+      STDIT_CHECK(f32_operands, "cuda attention: 16-bit operands need the bf16 kernel");
       return launch_attention_tf32(c, a, batch);
     case K::FlashF32:
-      STDIT_CHECK(f32_operands, "cuda attention: BF16 operands need the bf16 kernel");
+      STDIT_CHECK(f32_operands, "cuda attention: 16-bit operands need the bf16 kernel");
       launch_attention_f32(c, a, batch);
       return true;
     case K::Gemm: attention_by_gemm(c, a, batch, kv_begin); return true;
@@ -606,9 +610,9 @@ HeadDims head_dims(const Tensor& t, const CudaContext& c, const char* op, const 
   return {t.size(-3), t.size(-2), t.size(-1), t.stride(-3), t.stride(-2)};
 }
 
-// Where the kernels write: `out` itself, or an F32 scratch copied (converted) into a BF16 `out`
+// Where the kernels write: `out` itself, or an F32 scratch copied (converted) into a 16-bit `out`
 // afterwards: off the bf16 path, and on the GEMM path (D > 128) from F32 operands (cuBLASLt has no
-// F32-input GEMM with a BF16 output).
+// F32-input GEMM with a 16-bit output).
 struct OutTarget {
   Tensor t;
   bool convert = false;
@@ -617,29 +621,40 @@ OutTarget out_target(CudaBackend& be, const CudaContext& c, Tensor& out, int64_t
   if (!attention_out_converted(c, out.dtype(), d, in_bf16)) return {out, false};
   return {be.alloc(out.shape(), DType::F32), true};
 }
-// q, k, v as the kernels read them: all BF16 on the bf16 path when all three are BF16, else F32
-// (BF16 inputs widened into scratch copies).
+// q, k, v as the kernels read them: all 16-bit on the bf16 path when all three are 16-bit, else F32
+// (16-bit inputs widened into scratch copies). f16: the call's 16-bit format is F16 (AttnArgs::f16):
+// that of its 16-bit tensors (q, k, v, out; BF16 and F16 together are an error), or the context's
+// when all are F32 (the format the bf16 kernels round F32 operands to).
 struct KernelInputs {
   Tensor q, k, v;
   bool bf16;
+  bool f16;
 };
-KernelInputs kernel_inputs(CudaBackend& be, const CudaContext& c, const Tensor& q,
-                           const Tensor& k, const Tensor& v) {
-  const bool all16 =
-      q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16;
-  if (all16 && bf16_attention_operands(c)) return {q, k, v, true};
+KernelInputs kernel_inputs(CudaBackend& be, const CudaContext& c, const char* op, const Tensor& q,
+                           const Tensor& k, const Tensor& v, const Tensor& out) {
+  bool any_bf16 = false, any_f16 = false;
+  for (const Tensor* t : {&q, &k, &v, &out}) {
+    any_bf16 = any_bf16 || t->dtype() == DType::BF16;
+    any_f16 = any_f16 || t->dtype() == DType::F16;
+  }
+  STDIT_CHECK(!(any_bf16 && any_f16), "cuda ", op, ": BF16 and F16 tensors in one call (q ",
+              dtype_name(q.dtype()), ", k ", dtype_name(k.dtype()), ", v ", dtype_name(v.dtype()), ", out ",
+              dtype_name(out.dtype()), ")");
+  const bool f16 = any_f16 || (!any_bf16 && half16_dtype(c) == DType::F16);
+  const bool all16 = is_half16(q.dtype()) && is_half16(k.dtype()) && is_half16(v.dtype());
+  if (all16 && bf16_attention_operands(c)) return {q, k, v, true, f16};
   auto f32 = [&](const Tensor& t) {
     if (t.dtype() == DType::F32) return t;
     Tensor o = be.alloc(t.shape(), DType::F32);
     be.copy(t, o);
     return o;
   };
-  return {f32(q), f32(k), f32(v), false};
+  return {f32(q), f32(k), f32(v), false, f16};
 }
 
 void set_out(AttnArgs& a, const Tensor& t, int nl) {
   a.out = t.dtype() == DType::F32 ? t.data<float>() : nullptr;
-  a.out_bf16 = t.dtype() == DType::BF16 ? t.data<__nv_bfloat16>() : nullptr;
+  a.out_bf16 = is_half16(t.dtype()) ? t.raw() : nullptr;
   a.out_lead = lead_strides(t, nl);
   a.out_sn = t.stride(-3);
   a.out_sh = t.stride(-2);
@@ -675,19 +690,22 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
     check_launch("qk_norm_rope (rotation table)");
   }
   const float2* fr = rot.defined() ? reinterpret_cast<const float2*>(rot.raw()) : nullptr;
-  // Pairs as single 4-byte accesses: BF16, even D, even strides, 4-byte aligned base.
-  bool vec2 = q.dtype() == DType::BF16 && hv.d % 2 == 0 && hv.sn % 2 == 0 && hv.sh % 2 == 0 &&
+  // Pairs as single 4-byte accesses: 16-bit, even D, even strides, 4-byte aligned base.
+  bool vec2 = is_half16(q.dtype()) && hv.d % 2 == 0 && hv.sn % 2 == 0 && hv.sh % 2 == 0 &&
               (reinterpret_cast<uintptr_t>(q.raw()) & 3u) == 0;
   for (int i = 0; i < lead; ++i) vec2 = vec2 && lst.s[i] % 2 == 0;
-  // Whole rows per warp: BF16, heads side by side in rows of 128 k <= 1152 values, 8-byte aligned.
-  bool rows_ok = q.dtype() == DType::BF16 && hv.sh == hv.d && hv.d % 4 == 0 && (hv.h * hv.d) % 128 == 0 &&
+  // Whole rows per warp: 16-bit, heads side by side in rows of 128 k <= 1152 values, 8-byte aligned.
+  bool rows_ok = is_half16(q.dtype()) && hv.sh == hv.d && hv.d % 4 == 0 && (hv.h * hv.d) % 128 == 0 &&
                  hv.h * hv.d <= 128 * kRowChunks && hv.sn % 4 == 0 && (reinterpret_cast<uintptr_t>(q.raw()) & 7u) == 0;
   for (int i = 0; i < lead; ++i) rows_ok = rows_ok && lst.s[i] % 4 == 0;
   if (rows_ok) {
     const int64_t rows = nvec / hv.h;
-    qk_norm_rope_rows_kernel<<<blocks_for(rows, kRopeWarps, 2147483647), kRopeWarps * 32, 0, c.stream>>>(
-        q.data<__nv_bfloat16>(), lsh, lst, rows, hv.n, static_cast<int>(hv.h), static_cast<int>(hv.d),
-        static_cast<int>(hv.h * hv.d / 128), hv.sn, weight.data<float>(), fr, eps);
+    with_half16(q.dtype() == DType::F16, [&](auto h) {
+      using H = decltype(h);
+      qk_norm_rope_rows_kernel<H><<<blocks_for(rows, kRopeWarps, 2147483647), kRopeWarps * 32, 0, c.stream>>>(
+          q.data<H>(), lsh, lst, rows, hv.n, static_cast<int>(hv.h), static_cast<int>(hv.d),
+          static_cast<int>(hv.h * hv.d / 128), hv.sn, weight.data<float>(), fr, eps);
+    });
     return check_launch(op);
   }
   STDIT_CHECK(pairs <= 64 * kRopeLanes, "cuda ", op, ": head dim ", hv.d, " is over 1024");
@@ -703,6 +721,7 @@ void CudaBackend::qk_norm_rope(Tensor& q, const Tensor& weight, float eps, const
     else go(x, std::integral_constant<int, 64>{});
   };
   if (q.dtype() == DType::BF16) dispatch(q.data<__nv_bfloat16>());
+  else if (q.dtype() == DType::F16) dispatch(q.data<__half>());
   else dispatch(q.data<float>());
   check_launch(op);
 }
@@ -715,7 +734,7 @@ void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor
   head_dims(q_in, c, op, "q");
   head_dims(k_in, c, op, "k");
   head_dims(v_in, c, op, "v");
-  const KernelInputs in = kernel_inputs(*this, c, q_in, k_in, v_in);
+  const KernelInputs in = kernel_inputs(*this, c, op, q_in, k_in, v_in, out);
   const Tensor &q = in.q, &k = in.k, &v = in.v;
   const HeadDims qv = head_dims(q, c, op, "q"), kv = head_dims(k, c, op, "k"),
                  vv = head_dims(v, c, op, "v"), ov = head_dims(out, c, op, "out");
@@ -734,6 +753,7 @@ void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor
   a.k = {k.raw(), lead_strides(k, nl), kv.sn, kv.sh};
   a.v = {v.raw(), lead_strides(v, nl), vv.sn, vv.sh};
   a.in_bf16 = in.bf16;
+  a.f16 = in.f16;
   OutTarget ot = out_target(*this, c, out, qv.d, in.bf16);
   set_out(a, ot.t, nl);
   a.kv_packed = false;
@@ -776,7 +796,7 @@ void CudaBackend::cross_attention(const Tensor& q_in, const Tensor& k_in, const 
   head_dims(q_in, c, op, "q");
   expect_float(k_in, c, op, "k");
   expect_float(v_in, c, op, "v");
-  const KernelInputs in = kernel_inputs(*this, c, q_in, k_in, v_in);
+  const KernelInputs in = kernel_inputs(*this, c, op, q_in, k_in, v_in, out);
   const Tensor &q = in.q, &k = in.k, &v = in.v;
   STDIT_CHECK(q.dim() == 4 && out.shape() == q.shape(), "cuda ", op,
               ": q/out must be [B, N, H, D]");
@@ -803,6 +823,7 @@ void CudaBackend::cross_attention(const Tensor& q_in, const Tensor& k_in, const 
   a.k = {k.raw(), LeadStrides{}, k.stride(0), k.stride(1)};
   a.v = {v.raw(), LeadStrides{}, v.stride(0), v.stride(1)};
   a.in_bf16 = in.bf16;
+  a.f16 = in.f16;
   OutTarget ot = out_target(*this, c, out, qv.d, in.bf16);
   set_out(a, ot.t, 1);
   a.kv_packed = true;

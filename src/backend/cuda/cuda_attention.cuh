@@ -1,20 +1,22 @@
 // Shared by the attention kernels (cuda_attention.cu: F32 on the CUDA cores; cuda_attention_tc.cu:
-// TF32, cuda_attention_bf16.cu and cuda_attention_wgmma.cu: BF16 on the tensor cores; cuda_sdpa.cu:
-// cuDNN).
+// TF32, cuda_attention_bf16.cu: BF16 (or F16 under --precision fp16) and cuda_attention_wgmma.cu:
+// BF16 on the tensor cores; cuda_sdpa.cu: cuDNN).
 #pragma once
 #include "backend/cuda/cuda_common.cuh"
 
 namespace stdit::cuda {
 
-// Two floats as a bf16 pair in one register (round to nearest even; lo in the low half).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
+// Calls f with a value of the 16-bit element type: __half when f16, else __nv_bfloat16 (host-side
+// dispatch of kernels templated on it).
+template <typename F>
+decltype(auto) with_half16(bool f16, F&& f) {
+  if (f16) return f(__half{});
+  return f(__nv_bfloat16{});
 }
 
 // Where a [..., N, H, D] operand lives: leading-dim strides plus the N and H strides.
 struct Operand {
-  const void* p;  // const float* (F32) or const __nv_bfloat16* (BF16, bf16 kernel only)
+  const void* p;  // const float* (F32), or the 16-bit type of AttnArgs::f16 (in_bf16)
   __host__ __device__ const float* f32() const { return static_cast<const float*>(p); }
   LeadStrides lead;
   int64_t sn, sh;
@@ -23,17 +25,22 @@ struct Operand {
 struct AttnArgs {
   Operand q, k, v;
   float* out;                 // F32 output, or
-  __nv_bfloat16* out_bf16;    // BF16 output (the bf16 kernels and the GEMM path write it)
+  void* out_bf16;             // 16-bit output, BF16 or F16 per f16 (the bf16 kernels and the GEMM path write it)
   LeadStrides out_lead;
   int64_t out_sn, out_sh;
   LeadShape lead;             // shared leading ("batch") shape of q and out (and k/v unless packed)
-  bool in_bf16;               // q, k, v are BF16 (the bf16 kernels and the GEMM path read them)
+  bool in_bf16;               // q, k, v are 16-bit (the bf16 kernels and the GEMM path read them)
+  // The 16-bit format of the call: in_bf16's operands and out_bf16 hold __half (F16) when true,
+  // __nv_bfloat16 when false; F32 operands of the bf16 kernels are rounded to it while loading.
+  bool f16;
   bool kv_packed;             // cross-attention: k/v have no leading dims; rows [begin[b], begin[b+1])
   const int* kv_begin;        // device [batch + 1] when kv_packed
   int64_t h, nq, nk, d;       // nk: keys per batch index (self-attention)
   float scale;
   const float* bias;          // [H, Nq, Nk] or nullptr
   const uint8_t* key_mask;    // [batch, Nk] or nullptr
+  template <typename H>
+  __host__ __device__ H* out16() const { return static_cast<H*>(out_bf16); }
 };
 
 // The keys of batch index b for one head: rows [begin, end) of k/v, whose row 0 is at element
@@ -124,31 +131,35 @@ bool launch_attention_tf32(const CudaContext& c, const AttnArgs& a, int64_t batc
 int fold_lead(const AttnArgs& a, int64_t& inner);
 // BF16 attention on the Hopper wgmma kernel (cuda_attention_wgmma.cu) for head dims 64/72/80,
 // >= 64 queries, no bias or mask, lead dims that fold: self-attention over >= 64 keys, or
-// cross-attention (kv_packed); false (nothing launched) elsewhere.
+// cross-attention (kv_packed); false (nothing launched) elsewhere, F16 (a.f16) included.
 bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t batch);
-// The BF16 flash-attention kernel (cuda_attention_bf16.cu) for D <= 128; false for other D.
+// The flash-attention kernel of cuda_attention_bf16.cu (16-bit tensor-core operands in a.f16's
+// format) for D <= 128; false for other D.
 bool launch_attention_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
-// Its 32-key-tile variant for BF16 self-attention over 17-32 keys, D <= 80, rows 16-byte aligned,
-// no bias or mask; false (nothing launched) elsewhere.
+// Its 32-key-tile variant for 16-bit (BF16 or F16) self-attention over 17-32 keys, D <= 80, rows
+// 16-byte aligned, no bias or mask; false (nothing launched) elsewhere.
 bool launch_attention_short_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch);
-// Cross-attention (kv_packed) of BF16 q/k/v/out to texts of at most 64 tokens per sample
-// (max_kv_len): the streaming kernel of cuda_attention_bf16.cu; false where it does not apply.
+// Cross-attention (kv_packed) of 16-bit (BF16 or F16) q/k/v/out to texts of at most 64 tokens per
+// sample (max_kv_len): the streaming kernel of cuda_attention_bf16.cu; false where it does not apply.
 bool launch_cross_attention_text_bf16(const CudaContext& c, const AttnArgs& a, int64_t batch,
                                       int max_kv_len);
-// cuDNN's fused flash attention (cuda_sdpa.cu) for BF16 q/k/v/out without bias or key mask,
+// cuDNN's fused flash attention (cuda_sdpa.cu) for BF16 or F16 q/k/v/out without bias or key mask,
 // head dim a multiple of 8 up to 128 and at least 64 queries; kv_begin: the host copy of
 // a.kv_begin when kv_packed. false (nothing launched) where it does not apply.
 bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
                             const std::vector<int>* kv_begin);
-// The bf16 path keeps BF16 operands and outputs as they are: its kernels read and write BF16 up to
-// head dim 128, the GEMM path (attention_by_gemm) beyond it.
+// The bf16 path keeps 16-bit (BF16, or F16 under --precision fp16) operands and outputs as they
+// are: its kernels read and write them up to head dim 128, the GEMM path (attention_by_gemm)
+// beyond it.
 inline bool bf16_attention_operands(const CudaContext& c) { return c.options.bf16 && c.options.tf32_attention; }
-// Whether the kernels write an F32 scratch converted into a BF16 `out` afterwards: off the bf16
-// path, and on the GEMM path (D > 128) from F32 operands (in_bf16: the kernels read BF16).
+// Whether the kernels write an F32 scratch converted into a 16-bit (BF16 or F16) `out` afterwards:
+// off the bf16 path, and on the GEMM path (D > 128) from F32 operands (in_bf16: the kernels read
+// 16-bit operands).
 inline bool attention_out_converted(const CudaContext& c, DType out, int64_t d, bool in_bf16) {
   return out != DType::F32 && (!bf16_attention_operands(c) || (d > 128 && !in_bf16));
 }
-// attention_by_gemm's scratch for a call (0 for head dims <= 128, which the flash kernels take).
+// attention_by_gemm's scratch for a call (0 for head dims <= 128, which the flash kernels take);
+// bf16: 16-bit operands (BF16 or F16: the same bytes).
 size_t attention_gemm_scratch_bytes(int64_t nq, int64_t max_nk, int64_t d, bool bf16);
 
 }  // namespace stdit::cuda

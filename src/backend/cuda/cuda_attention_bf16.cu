@@ -1,13 +1,16 @@
-// BF16 flash attention (head dim <= 128) on the tensor cores with mma.sync.m16n8k16.
+// BF16 (or F16 under --precision fp16) flash attention (head dim <= 128) on the tensor cores with
+// mma.sync.m16n8k16.
 //
 // Same structure and semantics as the TF32 kernel (cuda_attention_tc.cu): one block of kWarps
 // warps per (batch index, head, 16 * kWarps queries), each warp owning 16 query rows; per tile of
-// BK keys, S = Q K^T on the tensor cores with Q and K rounded to bf16, scale, bias and key mask in
-// f32, online softmax in f32, O += P V with P and V rounded to bf16, f32 accumulation. Inputs are
-// F32 (rounded while loading) or BF16 views; the output is F32 or BF16.
+// BK keys, S = Q K^T on the tensor cores with Q and K rounded to 16 bits, scale, bias and key mask
+// in f32, online softmax in f32, O += P V with P and V rounded to 16 bits, f32 accumulation. Every
+// kernel here is templated on the 16-bit element type H (__nv_bfloat16, or __half when
+// AttnArgs::f16); the launchers pick it. Inputs are F32 (rounded to H while loading) or H views;
+// the output is F32 or H.
 //
 // Layout: Q stays in registers as A fragments for the whole block (head dim zero-padded to
-// KS * 16). K and V tiles are row-major bf16 in shared memory, filled with 16-byte stores; a B
+// KS * 16). K and V tiles are row-major 16-bit in shared memory, filled with 16-byte stores; a B
 // fragment of Q K^T (two adjacent head-dim values of one key) is one 32-bit load, the B fragments
 // of P V (two adjacent keys of one head-dim column) come from ldmatrix.trans. The S accumulators
 // of two 8-key groups are exactly the A fragment of P for 16 keys: no shuffles.
@@ -21,39 +24,58 @@ namespace stdit::cuda {
 
 namespace {
 
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+// c += a b (m16n8k16, f32 accumulators) with 16-bit operands of type H (bf16 or f16 pairs).
+template <typename H>
+__device__ __forceinline__ void mma16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<H, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    static_assert(std::is_same_v<H, __nv_bfloat16>, "H: __nv_bfloat16 or __half");
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
 }
 
-// KS: 16-wide head-dim steps of Q K^T (head dim padded to KS * 16); NV: 8-wide head-dim tiles of
-// the output (head dim padded to NV * 8); BK keys per tile (multiple of 16).
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
-// Head dims [e, e + 8) of one row as four bf16 pairs, zero past d. vec: 16-byte loads allowed
-// (row bases 16-byte aligned).
-template <typename TI>
+// Head dims [e, e + 8) of one row as four H pairs, zero past d. vec: 16-byte loads allowed
+// (row bases 16-byte aligned). TI: F32 (rounded to H) or H (copied).
+template <typename H, typename TI>
 __device__ __forceinline__ uint4 load8(const TI* row, int e, int d, bool vec) {
+  static_assert(std::is_same_v<TI, float> || std::is_same_v<TI, H>, "TI: float or H");
   if (vec && e + 8 <= d) {
-    if constexpr (std::is_same_v<TI, __nv_bfloat16>) {
+    if constexpr (std::is_same_v<TI, H>) {
       return *reinterpret_cast<const uint4*>(row + e);
     } else {
       const float4 x = *reinterpret_cast<const float4*>(row + e);
       const float4 y = *reinterpret_cast<const float4*>(row + e + 4);
-      return make_uint4(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w), pack_bf16(y.x, y.y),
-                        pack_bf16(y.z, y.w));
+      return make_uint4(pack_half2<H>(x.x, x.y), pack_half2<H>(x.z, x.w), pack_half2<H>(y.x, y.y),
+                        pack_half2<H>(y.z, y.w));
     }
   }
   float v[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) v[i] = e + i < d ? to_float(row[e + i]) : 0.0f;
-  return make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
-                    pack_bf16(v[6], v[7]));
+  return make_uint4(pack_half2<H>(v[0], v[1]), pack_half2<H>(v[2], v[3]), pack_half2<H>(v[4], v[5]),
+                    pack_half2<H>(v[6], v[7]));
+}
+
+// The four H pairs of an A fragment of P (16 keys: the m16n8 accumulators of 8-key groups s0, s1).
+template <typename H>
+__device__ __forceinline__ void p_fragment(uint32_t (&pa)[4], const float (&s0)[4], const float (&s1)[4]) {
+  pa[0] = pack_half2<H>(s0[0], s0[1]);
+  pa[1] = pack_half2<H>(s0[2], s0[3]);
+  pa[2] = pack_half2<H>(s1[0], s1[1]);
+  pa[3] = pack_half2<H>(s1[2], s1[3]);
 }
 
 // 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros (and reads nothing).
@@ -74,11 +96,11 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t addr, uint32_t& r0, uint32_t&
                : "r"(addr));
 }
 
-// S += Q K^T for one 16-row Q tile in shared memory (rows of RS 32-bit words, bf16 pairs; q_rows:
+// S += Q K^T for one 16-row Q tile in shared memory (rows of RS 32-bit words, H pairs; q_rows:
 // its first row) against the key rows ks of the same layout: s[n] holds keys 8n .. 8n + 7 in the
 // m16n8 accumulator layout; key groups n >= groups are skipped. ldmatrix x4: lanes 0-15 address
 // rows 0-15 at dims k0, lanes 16-31 rows 0-15 at k0 + 8.
-template <int KS, int RS, int NG>
+template <typename H, int KS, int RS, int NG>
 __device__ __forceinline__ void qk_tile(float (&s)[NG][4], const uint32_t* q_rows,
                                         const uint32_t* ks, int groups, int lane) {
   const int g = lane >> 2, t4 = lane & 3;
@@ -94,7 +116,7 @@ __device__ __forceinline__ void qk_tile(float (&s)[NG][4], const uint32_t* q_row
     for (int n = 0; n < NG; ++n) {
       if (n >= groups) continue;
       const uint32_t* kp = ks + (n * 8 + g) * RS + t4 + k * 8;
-      mma_bf16(s[n], af, kp[0], kp[4]);
+      mma16<H>(s[n], af, kp[0], kp[4]);
     }
   }
 }
@@ -146,9 +168,10 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NG][4], int keys, int t4
 }
 
 // KS: 16-wide head-dim steps of Q K^T (head dim padded to DK = KS * 16); NV: 8-wide head-dim
-// tiles of the output (NV * 8 <= DK); BK keys per tile (multiple of 16). TI: input type (F32
-// views are rounded to bf16 while loading; BF16 is copied), TO: output type.
-template <int KS, int NV, int BK, int kWarps, bool kExtras, typename TI, typename TO>
+// tiles of the output (NV * 8 <= DK); BK keys per tile (multiple of 16). H: the 16-bit operand type
+// of the tensor cores; TI: input type (F32 views are rounded to H while loading; H is copied),
+// TO: output type (F32 or H).
+template <int KS, int NV, int BK, int kWarps, bool kExtras, typename H, typename TI, typename TO>
 __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
     attention_bf16_kernel(AttnArgs a, TO* out) {
   constexpr int kRows = 16 * kWarps;
@@ -193,10 +216,10 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
 #pragma unroll
     for (int k = 0; k < KS; ++k) {
       const int e0 = k * 16 + 2 * t4, e1 = e0 + 8;
-      qf[k][0] = pack_bf16(qv(qa, e0), qv(qa, e0 + 1));
-      qf[k][1] = pack_bf16(qv(qb, e0), qv(qb, e0 + 1));
-      qf[k][2] = pack_bf16(qv(qa, e1), qv(qa, e1 + 1));
-      qf[k][3] = pack_bf16(qv(qb, e1), qv(qb, e1 + 1));
+      qf[k][0] = pack_half2<H>(qv(qa, e0), qv(qa, e0 + 1));
+      qf[k][1] = pack_half2<H>(qv(qb, e0), qv(qb, e0 + 1));
+      qf[k][2] = pack_half2<H>(qv(qa, e1), qv(qa, e1 + 1));
+      qf[k][3] = pack_half2<H>(qv(qb, e1), qv(qb, e1 + 1));
     }
   }
   const float* brow_a = nullptr;
@@ -223,10 +246,10 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
   for (int j = 0; j < NV; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;  // l: this thread's columns only
 
-  // BF16 inputs with 16-byte aligned rows and D % 8 == 0: the next tile is fetched with cp.async
+  // 16-bit inputs with 16-byte aligned rows and D % 8 == 0: the next tile is fetched with cp.async
   // (zero-filled past the keys and past D) while this one is computed. Otherwise one stage,
-  // loaded synchronously (rounding F32 to bf16).
-  const bool async = std::is_same_v<TI, __nv_bfloat16> && vec && (d % 8) == 0;
+  // loaded synchronously (rounding F32 to H).
+  const bool async = std::is_same_v<TI, H> && vec && (d % 8) == 0;
   auto fetch_async = [&](int64_t j0, int stage) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(BK), k_end - j0));
     uint32_t* kst = smem + stage * kStage;
@@ -265,8 +288,8 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
         const int r = idx / C8, e = (idx - r * C8) * 8;
         uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
         if (r < rows) {
-          kx = load8(kbase + (j0 + r) * a.k.sn, e, d, vec);
-          vx = load8(vbase + (j0 + r) * a.v.sn, e, d, vec);
+          kx = load8<H>(kbase + (j0 + r) * a.k.sn, e, d, vec);
+          vx = load8<H>(vbase + (j0 + r) * a.v.sn, e, d, vec);
         }
         *reinterpret_cast<uint4*>(smem + r * RS + e / 2) = kx;
         *reinterpret_cast<uint4*>(smem + BK * RS + r * RS + e / 2) = vx;
@@ -283,7 +306,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
       if (n >= groups) continue;
       const uint32_t* kr2 = ks + (n * 8 + g) * RS + t4;
 #pragma unroll
-      for (int k = 0; k < KS; ++k) mma_bf16(s[n], qf[k], kr2[k * 8], kr2[k * 8 + 4]);
+      for (int k = 0; k < KS; ++k) mma16<H>(s[n], qf[k], kr2[k * 8], kr2[k * 8 + 4]);
     }
     float u_a, u_b;
     online_softmax_tile<NT, NV, kExtras>(s, o, rows < BK, rows, t4, j0, k_begin, sl2, mask, brow_a, brow_b,
@@ -293,22 +316,20 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
 #pragma unroll
     for (int kk = 0; kk < NT / 2; ++kk) {
       if (kk >= chunks) continue;
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                              pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t pa[4];
+      p_fragment<H>(pa, s[2 * kk], s[2 * kk + 1]);
       const uint32_t base = vs_addr + 4u * (stage * kStage + 16u * kk * RS);
 #pragma unroll
       for (int j = 0; j + 1 < NV; j += 2) {
         uint32_t b0, b1, b2, b3;
         ldsm_x4_t(base + 16u * j, b0, b1, b2, b3);
-        mma_bf16(o[j], pa, b0, b1);
-        mma_bf16(o[j + 1], pa, b2, b3);
+        mma16<H>(o[j], pa, b0, b1);
+        mma16<H>(o[j + 1], pa, b2, b3);
       }
       if constexpr (NV % 2 == 1) {
         uint32_t b0, b1;
         ldsm_x2_t(base + 16u * (NV - 1), b0, b1);
-        mma_bf16(o[NV - 1], pa, b0, b1);
+        mma16<H>(o[NV - 1], pa, b0, b1);
       }
     }
   }
@@ -332,15 +353,14 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
   }
 }
 
-// Short self-attention (temporal: nq == nk <= 32, one key per latent frame) for BF16 q/k/v/out
-// without bias or key mask. One warp per (batch index, head) holds all (up to 32) query rows as
+// Short self-attention (temporal: nq == nk <= 32, one key per latent frame) for 16-bit (H)
+// q/k/v/out without bias or key mask. One warp per (batch index, head) holds all (up to 32) query rows as
 // two m16 tiles against all keys as one tile, so the softmax needs no running maxima; kHeads
 // heads per block, whose rows are adjacent in memory (the heads of one token), are fetched
 // together with cp.async (kHeads * D contiguous values per row instead of D).
-template <int KS, int NV, int kHeads>
+template <typename H, int KS, int NV, int kHeads>
 __global__ void __launch_bounds__(kHeads * 32)
     attention_short_bf16_kernel(AttnArgs a, int64_t head_groups) {
-  using BF = __nv_bfloat16;
   constexpr int DK = KS * 16, C8 = DK / 8, RS = DK / 2 + 4;
   constexpr int kMat = 32 * RS;  // words per [32][RS] matrix
   constexpr float kLog2e = 1.4426950408889634f;
@@ -350,9 +370,9 @@ __global__ void __launch_bounds__(kHeads * 32)
   const int64_t b = blockIdx.x / head_groups;
   const int64_t head0 = (blockIdx.x - b * head_groups) * kHeads;
   const int T = static_cast<int>(a.nk), d = static_cast<int>(a.d);
-  const BF* base[3] = {static_cast<const BF*>(a.q.p) + lead_offset(a.lead, a.q.lead, b),
-                       static_cast<const BF*>(a.k.p) + lead_offset(a.lead, a.k.lead, b),
-                       static_cast<const BF*>(a.v.p) + lead_offset(a.lead, a.v.lead, b)};
+  const H* base[3] = {static_cast<const H*>(a.q.p) + lead_offset(a.lead, a.q.lead, b),
+                      static_cast<const H*>(a.k.p) + lead_offset(a.lead, a.k.lead, b),
+                      static_cast<const H*>(a.v.p) + lead_offset(a.lead, a.v.lead, b)};
   const int64_t sn[3] = {a.q.sn, a.k.sn, a.v.sn}, sh[3] = {a.q.sh, a.k.sh, a.v.sh};
   // smem: per head h, matrices q, k, v at (3h + m) * kMat; rows past T and dims past D zero.
   for (int idx = threadIdx.x; idx < 3 * 32 * kHeads * C8; idx += kHeads * 32) {
@@ -360,7 +380,7 @@ __global__ void __launch_bounds__(kHeads * 32)
               m = idx / (C8 * kHeads * 32);
     const int64_t head = head0 + h;
     const bool ok = r < T && c * 8 < d && head < a.h;
-    const BF* src = ok ? base[m] + r * sn[m] + head * sh[m] + c * 8 : base[m];
+    const H* src = ok ? base[m] + r * sn[m] + head * sh[m] + c * 8 : base[m];
     cp_async16(smem + (3 * h + m) * kMat + r * RS + c * 4, src, ok ? 16 : 0);
   }
   asm volatile("cp.async.commit_group;\n" ::);
@@ -381,7 +401,7 @@ __global__ void __launch_bounds__(kHeads * 32)
   const int groups = (T + 7) / 8;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
-    if (mt * 16 < T) qk_tile<KS, RS>(s[mt], qs + mt * 16 * RS, ks, groups, lane);
+    if (mt * 16 < T) qk_tile<H, KS, RS>(s[mt], qs + mt * 16 * RS, ks, groups, lane);
   // Softmax over the T keys of each row (all in this thread's row group), base 2.
   float l[2][2];
 #pragma unroll
@@ -408,16 +428,14 @@ __global__ void __launch_bounds__(kHeads * 32)
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         if (mt * 16 >= T) continue;
-        const uint32_t pa[4] = {pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]),
-                                pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]),
-                                pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]),
-                                pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3])};
-        mma_bf16(o[mt][j], pa, b0, b1);
-        if (j + 1 < NV) mma_bf16(o[mt][j + 1], pa, b2, b3);
+        uint32_t pa[4];
+        p_fragment<H>(pa, s[mt][2 * kk], s[mt][2 * kk + 1]);
+        mma16<H>(o[mt][j], pa, b0, b1);
+        if (j + 1 < NV) mma16<H>(o[mt][j + 1], pa, b2, b3);
       }
     }
   }
-  BF* op = a.out_bf16 + lead_offset(a.lead, a.out_lead, b) + head * a.out_sh;
+  H* op = a.out16<H>() + lead_offset(a.lead, a.out_lead, b) + head * a.out_sh;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -429,13 +447,13 @@ __global__ void __launch_bounds__(kHeads * 32)
         const int q = mt * 16 + g + 8 * half;
         if (q >= T) continue;
         const float inv = 1.0f / l[mt][half];
-        *reinterpret_cast<__nv_bfloat162*>(op + q * a.out_sn + dd) =
-            __floats2bfloat162_rn(o[mt][j][2 * half] * inv, o[mt][j][2 * half + 1] * inv);
+        *reinterpret_cast<uint32_t*>(op + q * a.out_sn + dd) =
+            pack_half2<H>(o[mt][j][2 * half] * inv, o[mt][j][2 * half + 1] * inv);
       }
     }
 }
 
-// Cross-attention to a short text (every sample has at most kTextKeys tokens) for BF16
+// Cross-attention to a short text (every sample has at most kTextKeys tokens) for 16-bit (H)
 // q/k/v/out: bound by streaming q in and the output out. One block per (batch index, head) and
 // range of 16-query tiles: the sample's K and V rows of the head are staged in shared memory once;
 // then each warp walks its own tiles (every kTextWarps-th) through a kTextStages-deep cp.async
@@ -443,10 +461,9 @@ __global__ void __launch_bounds__(kHeads * 32)
 // the (at most 64) keys, O = P V, and the output written back through the tile's stage with
 // 16-byte stores.
 constexpr int kTextKeys = 64, kTextWarps = 8, kTextStages = 3;
-template <int KS, int NV>
+template <typename H, int KS, int NV>
 __global__ void __launch_bounds__(kTextWarps * 32)
     attention_text_bf16_kernel(AttnArgs a, int64_t tiles_per_block) {
-  using BF = __nv_bfloat16;
   constexpr int DK = KS * 16, C8 = DK / 8, RS = DK / 2 + 4;
   constexpr int kKV = kTextKeys * RS;  // words per K or V matrix
   constexpr int kTile = 16 * RS;       // words per 16-row stage
@@ -461,20 +478,20 @@ __global__ void __launch_bounds__(kTextWarps * 32)
   const int d = static_cast<int>(a.d);
   const KvRange kr = kv_range(a, b, head);
   const int L = static_cast<int>(kr.end - kr.begin);
-  const BF* kb = static_cast<const BF*>(a.k.p) + kr.koff + kr.begin * a.k.sn;
-  const BF* vb = static_cast<const BF*>(a.v.p) + kr.voff + kr.begin * a.v.sn;
+  const H* kb = static_cast<const H*>(a.k.p) + kr.koff + kr.begin * a.k.sn;
+  const H* vb = static_cast<const H*>(a.v.p) + kr.voff + kr.begin * a.v.sn;
   for (int idx = threadIdx.x; idx < 2 * kTextKeys * C8; idx += kTextWarps * 32) {
     const int c = idx % C8, r = (idx / C8) % kTextKeys, m = idx / (C8 * kTextKeys);
     const bool ok = r < L && c * 8 < d;
-    const BF* src = m == 0 ? kb + r * a.k.sn + c * 8 : vb + r * a.v.sn + c * 8;
+    const H* src = m == 0 ? kb + r * a.k.sn + c * 8 : vb + r * a.v.sn + c * 8;
     cp_async16((m == 0 ? ks : vs) + r * RS + c * 4, ok ? src : kb, ok ? 16 : 0);
   }
   asm volatile("cp.async.commit_group;\n" ::);
   asm volatile("cp.async.wait_group 0;\n" ::);
   __syncthreads();
 
-  const BF* qbase = static_cast<const BF*>(a.q.p) + lead_offset(a.lead, a.q.lead, b) + head * a.q.sh;
-  BF* obase = a.out_bf16 + lead_offset(a.lead, a.out_lead, b) + head * a.out_sh;
+  const H* qbase = static_cast<const H*>(a.q.p) + lead_offset(a.lead, a.q.lead, b) + head * a.q.sh;
+  H* obase = a.out16<H>() + lead_offset(a.lead, a.out_lead, b) + head * a.out_sh;
   const int64_t tiles = (a.nq + 15) / 16;
   const int64_t first = blockIdx.y * tiles_per_block;
   const int64_t last = first + tiles_per_block < tiles ? first + tiles_per_block : tiles;
@@ -507,7 +524,7 @@ __global__ void __launch_bounds__(kTextWarps * 32)
     float s[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    qk_tile<KS, RS>(s, tile, ks, (L + 7) / 8, lane);
+    qk_tile<H, KS, RS>(s, tile, ks, (L + 7) / 8, lane);
     // Exact softmax over the L keys of rows g and g + 8 (base 2).
     float la, lb;
     softmax_tile(s, L, t4, sl2, la, lb);
@@ -519,16 +536,15 @@ __global__ void __launch_bounds__(kTextWarps * 32)
     for (int kk = 0; kk < kTextKeys / 16; ++kk) {
       if (kk * 16 >= L) continue;
       const uint32_t vbase = vs_addr + 4u * (16u * kk * RS);
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t pa[4];
+      p_fragment<H>(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
       for (int j = 0; j < NV; j += 2) {
         uint32_t b0, b1, b2 = 0, b3 = 0;
         if (j + 1 < NV) ldsm_x4_t(vbase + 16u * j, b0, b1, b2, b3);
         else ldsm_x2_t(vbase + 16u * j, b0, b1);
-        mma_bf16(o[j], pa, b0, b1);
-        if (j + 1 < NV) mma_bf16(o[j + 1], pa, b2, b3);
+        mma16<H>(o[j], pa, b0, b1);
+        if (j + 1 < NV) mma16<H>(o[j + 1], pa, b2, b3);
       }
     }
     // The output tile through this stage (Q is no longer needed), then 16-byte stores.
@@ -536,8 +552,8 @@ __global__ void __launch_bounds__(kTextWarps * 32)
     const float ia = 1.0f / la, ib = 1.0f / lb;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      tile[g * RS + j * 4 + t4] = pack_bf16(o[j][0] * ia, o[j][1] * ia);
-      tile[(g + 8) * RS + j * 4 + t4] = pack_bf16(o[j][2] * ib, o[j][3] * ib);
+      tile[g * RS + j * 4 + t4] = pack_half2<H>(o[j][0] * ia, o[j][1] * ia);
+      tile[(g + 8) * RS + j * 4 + t4] = pack_half2<H>(o[j][2] * ib, o[j][3] * ib);
     }
     __syncwarp();
     for (int idx = lane; idx < 16 * C8; idx += 32) {
@@ -552,12 +568,12 @@ __global__ void __launch_bounds__(kTextWarps * 32)
   asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
-template <int KS, int NV>
+template <typename H, int KS, int NV>
 void launch_text(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   constexpr int RS = KS * 8 + 4;
   const size_t smem =
       (size_t{2} * kTextKeys + size_t{kTextWarps} * kTextStages * 16) * RS * sizeof(uint32_t);
-  auto kern = attention_text_bf16_kernel<KS, NV>;
+  auto kern = attention_text_bf16_kernel<H, KS, NV>;
   STDIT_CHECK(smem <= c.smem_optin, "cuda attention: needs ", smem, " bytes of shared memory");
   STDIT_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
@@ -572,26 +588,26 @@ void launch_text(const CudaContext& c, const AttnArgs& a, int64_t batch) {
               " x ", blocks_y, ")");
   kern<<<dim3(static_cast<unsigned>(bh), static_cast<unsigned>(blocks_y)), kTextWarps * 32, smem,
          c.stream>>>(a, per);
-  check_launch("attention (bf16, short text)");
+  check_launch(a.f16 ? "attention (f16, short text)" : "attention (bf16, short text)");
 }
 
-template <int KS, int NV>
+template <typename H, int KS, int NV>
 void launch_short(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   constexpr int kHeads = 4;
   constexpr int RS = KS * 8 + 4;
   const size_t smem = size_t{3} * kHeads * 32 * RS * sizeof(uint32_t);
   const int64_t groups = (a.h + kHeads - 1) / kHeads, blocks = batch * groups;
   STDIT_CHECK(blocks < (int64_t{1} << 31), "cuda attention: grid too large (", blocks, ")");
-  auto kern = attention_short_bf16_kernel<KS, NV, kHeads>;
+  auto kern = attention_short_bf16_kernel<H, KS, NV, kHeads>;
   STDIT_CHECK(smem <= c.smem_optin, "cuda attention: needs ", smem, " bytes of shared memory");
   STDIT_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
   kern<<<static_cast<unsigned>(blocks), kHeads * 32, smem, c.stream>>>(a, groups);
-  check_launch("attention (bf16, short)");
+  check_launch(a.f16 ? "attention (f16, short)" : "attention (bf16, short)");
 }
 
-// BF16 q/k/v/out whose rows (and head offsets, and leading strides) are 16-byte aligned for
-// cp.async and whose output pairs are 4-byte aligned, without bias or key mask.
+// 16-bit (BF16 or F16) q/k/v/out whose rows (and head offsets, and leading strides) are 16-byte
+// aligned for cp.async and whose output pairs are 4-byte aligned, without bias or key mask.
 bool rows_aligned_bf16(const AttnArgs& a) {
   if (a.bias || a.key_mask || !a.in_bf16 || !a.out_bf16 || a.d % 8 != 0) return false;
   auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
@@ -604,7 +620,7 @@ bool rows_aligned_bf16(const AttnArgs& a) {
   return ok;
 }
 
-// Whether the short kernel takes this call: BF16 self-attention of 16 < nq == nk <= 32 without
+// Whether the short kernel takes this call: 16-bit self-attention of 16 < nq == nk <= 32 without
 // extras, D a multiple of 8 up to 80, every row 16-byte aligned. Measured on an H200: at T = 30
 // (720p 4s) it is faster than the flash kernel (65 vs 93 ms of temporal attention per step), at
 // T = 8 slower (3.0 vs 0.45 ms at [3600, 8, 16, 72]), so up to 16 keys the flash kernel stays.
@@ -627,15 +643,17 @@ void launch_w(const CudaContext& c, const AttnArgs& a, int64_t batch) {
                                           static_cast<int>(smem)));
     kern<<<grid, kWarps * 32, smem, c.stream>>>(a, out);
   };
-  using BF = __nv_bfloat16;
-  if (a.in_bf16) {
-    if (a.out_bf16) go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, BF, BF>, a.out_bf16);
-    else go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, BF, float>, a.out);
-  } else {
-    if (a.out_bf16) go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, float, BF>, a.out_bf16);
-    else go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, float, float>, a.out);
-  }
-  check_launch("attention (bf16)");
+  with_half16(a.f16, [&](auto h) {
+    using H = decltype(h);
+    if (a.in_bf16) {
+      if (a.out_bf16) go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, H, H, H>, a.out16<H>());
+      else go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, H, H, float>, a.out);
+    } else {
+      if (a.out_bf16) go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, H, float, H>, a.out16<H>());
+      else go(attention_bf16_kernel<KS, NV, BK, kWarps, kExtras, H, float, float>, a.out);
+    }
+  });
+  check_launch(a.f16 ? "attention (f16)" : "attention (bf16)");
 }
 
 template <int KS, int NV, int BK, int kWarps>
@@ -662,9 +680,12 @@ bool launch_cross_attention_text_bf16(const CudaContext& c, const AttnArgs& a, i
     return false;
   for (int i = 0; i < a.lead.rank; ++i)
     if (a.out_lead.s[i] % 8 != 0) return false;
-  if (a.d <= 64) launch_text<4, 8>(c, a, batch);
-  else if (a.d <= 72) launch_text<5, 9>(c, a, batch);
-  else launch_text<5, 10>(c, a, batch);
+  with_half16(a.f16, [&](auto h) {
+    using H = decltype(h);
+    if (a.d <= 64) launch_text<H, 4, 8>(c, a, batch);
+    else if (a.d <= 72) launch_text<H, 5, 9>(c, a, batch);
+    else launch_text<H, 5, 10>(c, a, batch);
+  });
   return true;
 }
 
@@ -672,9 +693,12 @@ bool launch_attention_short_bf16(const CudaContext& c, const AttnArgs& a, int64_
   // Short key sequences (temporal attention: one key per latent frame) take 32-key tiles: half
   // the padded work and half the shared memory per block, so twice the blocks per SM.
   if (!short_applies(a)) return false;
-  if (a.d <= 64) launch_short<4, 8>(c, a, batch);
-  else if (a.d <= 72) launch_short<5, 9>(c, a, batch);
-  else launch_short<5, 10>(c, a, batch);
+  with_half16(a.f16, [&](auto h) {
+    using H = decltype(h);
+    if (a.d <= 64) launch_short<H, 4, 8>(c, a, batch);
+    else if (a.d <= 72) launch_short<H, 5, 9>(c, a, batch);
+    else launch_short<H, 5, 10>(c, a, batch);
+  });
   return true;
 }
 

@@ -4,7 +4,8 @@
 // of BK keys (K and V rounded to TF32 once, in shared memory): S = Q K^T on the tensor cores, scale,
 // bias and key mask in f32, online softmax in f32, O += P V on the tensor cores with P rounded to
 // TF32. The head dim is zero-padded to KS * 8. Semantics as the F32 kernel (cuda_attention.cu):
-// all-masked rows ignore the mask, NaN propagates, no keys gives zeros.
+// all-masked rows ignore the mask, NaN propagates, no keys gives zeros. F32 q/k/v/out only: 16-bit
+// (BF16 or F16) operands or outputs never come here (launch_attention_kernel checks).
 //
 // Trick: the key order inside each 8-key group is permuted for P V so that the S accumulator
 // fragment (row, keys 2t and 2t+1) is directly the A fragment (row, k = t and t + 4): no shuffles.

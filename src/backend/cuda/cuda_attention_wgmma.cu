@@ -1,7 +1,8 @@
 // BF16 attention on Hopper's asynchronous tensor cores (wgmma) for head dims 64, 72 and 80: the
 // spatial attention of STDiT3 (3,600 tokens per frame at 720p, head dim 72), its temporal
 // attention from 64 latent frames on, and cross-attention to texts of more than 64 tokens (k/v
-// rows packed per sample: kv_begin).
+// rows packed per sample: kv_begin). BF16 only: F16 calls (AttnArgs::f16, --precision fp16) are
+// declined and run on the other kernels.
 //
 // One block per (query tile of 64 * kWG rows, head, batch index): kWG consumer warpgroups of 64
 // query rows each, plus a producer warpgroup (one thread of it works; setmaxnreg lowers its
@@ -39,6 +40,8 @@ namespace stdit::cuda {
 namespace {
 
 #include "backend/cuda/cuda_wgmma.inc"
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) { return pack_half2<__nv_bfloat16>(lo, hi); }
 
 template <int N>
 struct Wgmma;
@@ -411,7 +414,7 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
   const dim3 grid(static_cast<unsigned>((a.nq + L::kRows - 1) / L::kRows), static_cast<unsigned>(a.h),
                   static_cast<unsigned>(nb));
   constexpr float kLog2e = 1.4426950408889634f;
-  kernel<<<grid, L::kThreads, L::kSmem, c.stream>>>(m, a.out_bf16, so, a.out_sn, a.out_sh,
+  kernel<<<grid, L::kThreads, L::kSmem, c.stream>>>(m, a.out16<__nv_bfloat16>(), so, a.out_sn, a.out_sh,
                                                     static_cast<int>(a.nq), static_cast<int>(a.nk),
                                                     a.kv_packed ? a.kv_begin : nullptr,
                                                     a.scale * kLog2e);
@@ -422,7 +425,8 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
 }  // namespace
 
 bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t batch) {
-  if (!c.options.wgmma_attention || !a.in_bf16 || !a.out_bf16 || a.bias || a.key_mask) return false;
+  // BF16 only: the TMA maps and the kernel's wgmma instructions are bf16's.
+  if (!c.options.wgmma_attention || !a.in_bf16 || !a.out_bf16 || a.f16 || a.bias || a.key_mask) return false;
   // Self-attention over fewer than 64 keys (temporal attention up to 4 s): the short kernel.
   if (a.nq < 64 || (!a.kv_packed && a.nk < 64) || a.nq > (1 << 30) || a.nk > (1 << 30) ||
       a.h > 65535 || batch > 65535)

@@ -206,8 +206,8 @@ void expect_contiguous_f32(const Tensor& t, const CudaContext& ctx, const char* 
 }
 void expect_float(const Tensor& t, const CudaContext& ctx, const char* op, const char* what) {
   expect_device(t, ctx, op, what);
-  STDIT_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, "cuda ", op, ": ", what,
-              " must be F32 or BF16, got ", dtype_name(t.dtype()));
+  STDIT_CHECK(t.dtype() == DType::F32 || is_half16(t.dtype()), "cuda ", op, ": ", what,
+              " must be F32, BF16 or F16, got ", dtype_name(t.dtype()));
   STDIT_CHECK(t.dim() == 0 || t.stride(-1) == 1 || t.size(-1) == 1, "cuda ", op, ": ", what,
               " must have a contiguous last dimension");
 }
@@ -246,13 +246,15 @@ CudaBackend::CudaBackend(int device, CudaOptions options)
     : CudaBackend(device, options, [&] {
         ExecutionPolicy p;  // what these options mean, for policy()
         p.backend = "cuda";
-        p.precision = options.bf16 ? Precision::BF16 : options.tf32 ? Precision::TF32 : Precision::F32;
+        p.precision = options.bf16 ? (options.f16 ? Precision::F16 : Precision::BF16)
+                      : options.tf32 ? Precision::TF32
+                                     : Precision::F32;
         p.text_attention = options.text_attention;
-        p.wgmma_attention = options.wgmma_attention;
+        p.wgmma_attention = options.wgmma_attention && !options.f16;  // bf16 only
         p.cudnn_attention = options.cudnn_attention;
         p.tf32_attention = options.tf32_attention;
         p.cudnn_conv = options.cudnn_conv;
-        p.fused_bf16_gemm = options.bf16 && options.fused_bf16_gemm && cuda_device_sm(device) == 90;
+        p.fused_bf16_gemm = options.bf16 && !options.f16 && options.fused_bf16_gemm && cuda_device_sm(device) == 90;
         p.vae_bf16 = options.bf16 && options.cudnn_conv && options.vae_bf16;
         return p;
       }()) {}
@@ -340,7 +342,7 @@ Tensor CudaBackend::upload(const Tensor& host) {
   return d;
 }
 
-DType CudaBackend::matmul_dtype() const { return ctx_->options.bf16 ? DType::BF16 : DType::F32; }
+DType CudaBackend::matmul_dtype() const { return ctx_->options.bf16 ? half16_dtype(*ctx_) : DType::F32; }
 
 Tensor CudaBackend::upload_weight(const Tensor& host) {
   STDIT_CHECK(host.defined(), "cuda upload: tensor is missing");
@@ -354,15 +356,16 @@ Tensor CudaBackend::upload_weight(const Tensor& host) {
     return d.with_scales(upload(host.scales()));
   }
   if (!ctx_->options.bf16 || !is_float(host.dtype())) return upload(host);
+  const DType half = half16_dtype(*ctx_);
   if (host.device().kind == DeviceKind::CUDA) {  // a device tensor: converted on the device
     expect_float(host, *ctx_, "upload", "source");
-    Tensor d = alloc(host.shape(), DType::BF16);
+    Tensor d = alloc(host.shape(), half);
     copy(host, d);
     return d;
   }
-  // Rounded to bf16 on the host (exact for bf16 engines: no rounding happens), then copied.
-  const Tensor h = host.to(DType::BF16);
-  Tensor d = alloc(h.shape(), DType::BF16);
+  // Rounded to bf16 (f16) on the host (exact for bf16 engines on the bf16 path), then copied.
+  const Tensor h = host.to(half);
+  Tensor d = alloc(h.shape(), half);
   if (h.nbytes())
     STDIT_CUDA_CHECK(
         cudaMemcpyAsync(d.raw(), h.raw(), h.nbytes(), cudaMemcpyHostToDevice, ctx_->stream));
@@ -381,7 +384,7 @@ Tensor CudaBackend::download(const Tensor& t) {
     STDIT_CUDA_CHECK(cudaMemcpyAsync(host.raw(), src.raw(), host.nbytes(), cudaMemcpyDeviceToHost,
                                      ctx_->stream));
   synchronize();
-  return host.dtype() == DType::BF16 ? host.to(DType::F32) : host;
+  return is_half16(host.dtype()) ? host.to(DType::F32) : host;
 }
 
 // ================================================================================================
@@ -399,12 +402,13 @@ __global__ void add_kernel(const float* __restrict__ a, const float* __restrict_
     o[i] = a[i] + b[i % m];
 }
 
-// b in BF16 (a reduced tensor-parallel partial sum); same shape as a.
-__global__ void add_bf16_kernel(const float* __restrict__ a, const __nv_bfloat16* __restrict__ b,
-                                float* __restrict__ o, int64_t n) {
+// b in BF16 or F16 (a reduced tensor-parallel partial sum); same shape as a.
+template <typename H>
+__global__ void add_half16_kernel(const float* __restrict__ a, const H* __restrict__ b, float* __restrict__ o,
+                                  int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    o[i] = a[i] + __bfloat162float(b[i]);
+    o[i] = a[i] + load_f(b + i);
 }
 
 // n and m multiples of 4, all pointers 16-byte aligned.
@@ -461,10 +465,12 @@ __global__ void cfg_euler_kernel(float* __restrict__ z, const float* __restrict_
 constexpr int kL1Blocks = 1024, kL1Threads = 256;
 __device__ inline float l1_load(const float* p, int64_t i) { return p[i]; }
 __device__ inline float l1_load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ inline float l1_load(const __half* p, int64_t i) { return __half2float(p[i]); }
 __device__ inline float l1_diff(float a, float b, const float*) { return a - b; }
 __device__ inline float l1_diff(float a, float b, const __nv_bfloat16*) {
   return __bfloat162float(__float2bfloat16(a - b));
 }
+__device__ inline float l1_diff(float a, float b, const __half*) { return __half2float(__float2half(a - b)); }
 template <typename T>
 __global__ void __launch_bounds__(kL1Threads) l1_partial_kernel(const T* __restrict__ a,
                                                                 const T* __restrict__ b,
@@ -582,10 +588,13 @@ void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
   STDIT_CHECK(out.numel() == n && m > 0 && n % m == 0, "cuda add: cannot broadcast ",
               shape_str(b.shape()), " over ", shape_str(a.shape()));
   if (n == 0) return;
-  if (b.dtype() == DType::BF16) {
-    STDIT_CHECK(m == n, "cuda add: a BF16 b must have a's shape");
-    add_bf16_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(a.data<float>(), b.data<__nv_bfloat16>(),
-                                                              out.data<float>(), n);
+  if (is_half16(b.dtype())) {
+    STDIT_CHECK(m == n, "cuda add: a ", dtype_name(b.dtype()), " b must have a's shape");
+    if (b.dtype() == DType::F16)
+      add_half16_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(a.data<float>(), b.data<__half>(), out.data<float>(), n);
+    else
+      add_half16_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(a.data<float>(), b.data<__nv_bfloat16>(),
+                                                                  out.data<float>(), n);
     check_launch("add");
     return;
   }
@@ -679,6 +688,8 @@ void CudaBackend::l1_distance(const Tensor& a, const Tensor& b, Tensor& out) {
   if (a.dtype() == DType::BF16)
     l1_partial_kernel<<<nb, kL1Threads, 0, c.stream>>>(a.data<__nv_bfloat16>(), b.data<__nv_bfloat16>(),
                                                        part.data<double>(), n);
+  else if (a.dtype() == DType::F16)
+    l1_partial_kernel<<<nb, kL1Threads, 0, c.stream>>>(a.data<__half>(), b.data<__half>(), part.data<double>(), n);
   else
     l1_partial_kernel<<<nb, kL1Threads, 0, c.stream>>>(a.data<float>(), b.data<float>(),
                                                        part.data<double>(), n);
@@ -791,7 +802,8 @@ void CudaBackend::gather_rows(const Tensor& src, const std::vector<int64_t>& row
 
 std::unique_ptr<Backend> make_cuda_backend(int device, const ExecutionPolicy& p) {
   CudaOptions o;
-  o.bf16 = p.precision == Precision::BF16 || p.precision == Precision::FP8;  // fp8: bf16 around the FP8 GEMMs
+  o.bf16 = half16_path(p.precision);  // fp8: bf16 around the FP8 GEMMs
+  o.f16 = p.precision == Precision::F16;
   o.tf32 = p.precision != Precision::F32;
   o.tf32_attention = p.tf32_attention;
   o.cudnn_conv = p.cudnn_conv;

@@ -49,6 +49,10 @@ struct CudaOptions {
   // With bf16: the VAE decodes on channels-last BF16 tensors (cuDNN NHWC convolutions,
   // cuda_conv_cl.cu; policy vae_bf16); false: F32 channel-first tensors and TF32 convolutions.
   bool vae_bf16 = true;
+  // With bf16: the 16-bit format is IEEE half (F16, --precision fp16) instead of bfloat16: weight
+  // matrices, GEMM operands and attention's operands in F16 (matmul_dtype() = F16), the same
+  // kernels instantiated for it (not the Hopper-only wgmma attention and CUTLASS GEMMs).
+  bool f16 = false;
 };
 
 class CudaBackend final : public Backend {
@@ -74,8 +78,8 @@ class CudaBackend final : public Backend {
   void bind_to_this_thread() override;  // cudaSetDevice(this backend's device)
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
-  Tensor upload_weight(const Tensor& host) override;  // BF16 in bf16 mode
-  DType matmul_dtype() const override;                // BF16 in bf16 mode, else F32
+  Tensor upload_weight(const Tensor& host) override;  // BF16 (F16) in bf16 (fp16) mode
+  DType matmul_dtype() const override;                // BF16 (F16) in bf16 (fp16) mode, else F32
   DType operand_dtype(const Tensor& w) const override;  // F8_E4M3 for an fp8 weight of <= 1152 inputs
   DType product_dtype(const Tensor& w, Activation act, const Tensor& next) const override;  // cuda_fp8.cu
 

@@ -4,6 +4,7 @@
 #include <cublasLt.h>
 #include <cudnn.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
@@ -18,6 +19,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "backend/attention_choice.h"
@@ -55,8 +57,8 @@ void check_launch(const char* op);
 struct GemmKey {
   int64_t m, n, k, lda, ldb, ldc;
   int transa, transb, epilogue, align_a, align_b, align_c;
-  int bf16_in;  // A and B: 0 F32, 1 BF16, 2 FP8 e4m3
-  int bf16_out;
+  int bf16_in;   // A and B: 0 F32, 1 BF16, 2 FP8 e4m3, 3 F16
+  int bf16_out;  // C: 0 F32, 1 BF16, 3 F16
   int64_t batch, stride_a, stride_b, stride_c, stride_bias;  // strided batch (1: none)
   auto tied() const {
     return std::tie(m, n, k, lda, ldb, ldc, transa, transb, epilogue, align_a, align_b, align_c,
@@ -184,8 +186,8 @@ std::shared_ptr<void> device_copy_of(const std::shared_ptr<CudaContext>& ctx, co
 bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, int64_t k,
               const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
               const float* bias_rows = nullptr, bool gelu = false);
-// The same with A and B in `in` (F32 or BF16) and C and the bias in `out` (F32 or BF16); BF16
-// inputs run on the bf16 tensor cores with f32 accumulation (CUBLAS_COMPUTE_32F).
+// The same with A and B in `in` (F32, BF16 or F16) and C and the bias in `out` (F32, or the 16-bit
+// type of the input); 16-bit inputs run on the tensor cores with f32 accumulation (CUBLAS_COMPUTE_32F).
 bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
                 int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
                 void* C, int64_t ldc, const void* bias_rows = nullptr, bool gelu = false);
@@ -195,21 +197,21 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
 // has no algorithm.
 void gemm_fp8(CudaContext& ctx, int64_t m, int64_t n, int64_t k, const void* A, const void* B, float* C);
 // Tensor parallelism over two GPUs (dist/nccl_comm.cu): x += gate * (p0 + p1) (gate absent: 1)
-// for x [B, N, C] F32 and two BF16 partial sums of x's size, p1 possibly another device's memory
+// for x [B, N, C] F32 and two BF16 (or F16) partial sums of x's size, p1 possibly another device's memory
 // (peer access enabled). residual_sum2_applies: the layouts it takes (C % 8 == 0, 16-byte
 // aligned, contiguous; p's alignment is checked here, the peer's by the caller).
 bool residual_sum2_applies(const Tensor& x, const Tensor& p);
 // Rows [row_begin, row_end) of the flattened [B * N] rows only (row_end < 0: all), whose partial
 // sums start at p0 and p1 (row row_begin first); x16 (optional, [B * N, C]): where the updated
 // rows also go in bf16.
-void residual_sum2(const CudaContext& c, Tensor& x, const __nv_bfloat16* p0,
-                   const __nv_bfloat16* p1, const Tensor& gate, int64_t row_begin = 0,
-                   int64_t row_end = -1, __nv_bfloat16* x16 = nullptr);
+// p0, p1 and x16 hold `half` (BF16 or F16) values.
+void residual_sum2(const CudaContext& c, Tensor& x, DType half, const void* p0, const void* p1, const Tensor& gate,
+                   int64_t row_begin = 0, int64_t row_end = -1, void* x16 = nullptr);
 // Sequence parallelism: LayerNorm + modulate (shift/scale [B, C], no frame selection) of rows
-// [row_begin, row_end) of x [B, N, C] F32 into the same rows of out (BF16 [B * N, C]).
+// [row_begin, row_end) of x [B, N, C] F32 into the same rows of out (`half`, BF16 or F16, [B * N, C]).
 void layernorm_modulate_rows(const CudaContext& c, const Tensor& x, const Tensor& shift,
                              const Tensor& scale, float eps, int64_t row_begin, int64_t row_end,
-                             __nv_bfloat16* out);
+                             DType half, void* out);
 // Strided-batched accumulation through cuBLASLt only: for each i < batch,
 // C_i[m x n] += op(A_i) op(B_i) + bias_i (column-major, C and the bias in `out`, bias_i[r] added
 // to row r), with X_i = X + i * stride_x in elements. Returns false, with nothing written, when
@@ -239,6 +241,34 @@ __device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __fl
 __device__ __forceinline__ float load_f(const float* p) { return *p; }
 __device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float load_f(const __nv_fp8_e4m3* p) { return static_cast<float>(*p); }
+// F16 stores saturate: a finite f32 beyond F16's range gives +-65504, not an infinity (T5-XXL's
+// feed-forward activations exceed it where HF clamps them; NaN stays NaN).
+__device__ __forceinline__ float f16_saturate(float v) { return fabsf(v) > 65504.0f ? copysignf(65504.0f, v) : v; }
+__device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(f16_saturate(v)); }
+__device__ __forceinline__ float load_f(const __half* p) { return __half2float(*p); }
+
+// The 16-bit float formats of the bf16 path: BF16, or F16 under --precision fp16 (CudaOptions::f16).
+inline bool is_half16(DType t) { return t == DType::BF16 || t == DType::F16; }
+// The 16-bit format this context's bf16 path runs in.
+inline DType half16_dtype(const CudaContext& c) { return c.options.f16 ? DType::F16 : DType::BF16; }
+// Two floats as one register of a 16-bit pair (round to nearest even, F16 saturating; lo in the
+// low half).
+template <typename H>
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  if constexpr (std::is_same_v<H, __half>) {
+    const __half2 v = __floats2half2_rn(f16_saturate(lo), f16_saturate(hi));
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+// The two values of a 16-bit pair (pack_half2's inverse, exact).
+template <typename H>
+__device__ __forceinline__ float2 unpack_half2(uint32_t v) {
+  if constexpr (std::is_same_v<H, __half>) return __half22float2(*reinterpret_cast<const __half2*>(&v));
+  else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+}
 
 // A developer's numeric switch read once per process by its caller (STDIT_CUDA_FP8_GEMM_SCHEDULE=2,
 // ...): the variable's value when it is one of `allowed`, else 0 (unset, or a value no kernel has).

@@ -70,7 +70,7 @@ struct ConvGeom {
 // col[k * nc + jl] for k in [0, K), jl in [0, nc): input value of output column j0 + jl
 // (j = (to, ho, wo)) under kernel tap k = (ci, dt, dh, dw); zero outside the input. grid.y walks
 // the taps (decoded once per block), grid.x the columns; 32-bit column arithmetic (J < 2^31).
-// TC: F32 columns (TF32/F32 GEMM) or BF16 columns (bf16 weights).
+// TC: F32 columns (TF32/F32 GEMM) or BF16/F16 columns (16-bit weights).
 template <typename TC>
 __global__ void im2col_kernel(const float* __restrict__ x, TC* __restrict__ col, ConvGeom g,
                               int j0, int nc, int kdim) {
@@ -315,7 +315,7 @@ std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Ten
   const char* op = "conv3d";
   CudaContext& c = *ctx_;
   expect_contiguous_f32(x, c, op, "x");
-  expect_contiguous_float(w, c, op, "weight");  // BF16 from upload_weight: bf16 GEMMs
+  expect_contiguous_float(w, c, op, "weight");  // BF16/F16 from upload_weight: 16-bit GEMMs
   expect_contiguous_f32(out, c, op, "out");
   STDIT_CHECK(x.dim() == 5 && w.dim() == 5 && out.dim() == 5,
               "cuda conv3d: x, weight and out must be 5-d");
@@ -389,6 +389,9 @@ std::string CudaBackend::conv3d_impl(const Tensor& x, const Tensor& w, const Ten
                                                      static_cast<__nv_bfloat16*>(col), g,
                                                      static_cast<int>(j0), static_cast<int>(n),
                                                      static_cast<int>(K));
+        else if (wt == DType::F16)
+          im2col_kernel<<<grid, 256, 0, c.stream>>>(px + b * Ci * T * H * W, static_cast<__half*>(col), g,
+                                                     static_cast<int>(j0), static_cast<int>(n), static_cast<int>(K));
         else
           im2col_kernel<<<grid, 256, 0, c.stream>>>(px + b * Ci * T * H * W,
                                                      static_cast<float*>(col), g,

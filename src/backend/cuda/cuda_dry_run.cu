@@ -24,8 +24,8 @@ class CudaDryRun final : public DryRunBackend {
   // [cuda_linear.cu, cuda_fp8.cu] fp8 weights: x quantized with its row scales (unless it is)
   // and, unless the fused GEMM writes the BF16 output, an F32 accumulator for a non-F32 output (an
   // F8_E4M3 output: its row scales, kept with it, and their inverses);
-  // else a copy of x in the weight's dtype when they differ and a bf16 copy of the bias for a BF16
-  // output.
+  // else a copy of x in the weight's dtype when they differ, an F32 product for a 16-bit output of
+  // another type, and a 16-bit copy of the bias for a 16-bit output.
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) override {
     const int64_t n = w.size(0), k = w.size(1), m = k ? x.numel() / k : 0;
     if (m == 0 || n == 0) return;
@@ -40,8 +40,8 @@ class CudaDryRun final : public DryRunBackend {
         s += bytes_of(m * n, DType::F32);
     } else {
       if (x.dtype() != w.dtype()) s += bytes_of(m * k, w.dtype());
-      if (w.dtype() == DType::F32 && out.dtype() == DType::BF16) s += bytes_of(m * n, DType::F32);
-      else if (bias.defined() && out.dtype() == DType::BF16) s += bytes_of(n, DType::BF16);
+      if (cuda::is_half16(out.dtype()) && out.dtype() != w.dtype()) s += bytes_of(m * n, DType::F32);
+      else if (bias.defined() && cuda::is_half16(out.dtype())) s += bytes_of(n, out.dtype());
     }
     scratch(s);
   }
@@ -62,14 +62,14 @@ class CudaDryRun final : public DryRunBackend {
     }
     // [cuda_linear.cu] linear_residual_bf16: nothing of its own.
     if (fused_bf16_residual_applies(*ctx_, y, w, bias, gate, sel, x)) return;
-    const bool fits = !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 && y.dtype() == DType::BF16 &&
-                      w.dtype() == DType::BF16 && w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) % 8 == 0 &&
+    const bool fits = !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 && cuda::is_half16(y.dtype()) &&
+                      w.dtype() == y.dtype() && w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) % 8 == 0 &&
                       y.numel() == x.size(0) * x.size(1) * w.size(1) &&
                       (!bias.defined() || bias.dtype() == DType::F32);
     if (!fits) return Backend::linear_residual(y, w, bias, gate, gate0, sel, x);
     const int64_t b = x.size(0), ch = x.size(2), k = w.size(1);
     if (gate.defined() && b * x.size(1) > 0 && ch > 0)
-      scratch(bytes_of(b * ch * k, DType::BF16) + bytes_of(b * ch, DType::F32));
+      scratch(bytes_of(b * ch * k, w.dtype()) + bytes_of(b * ch, DType::F32));
   }
 
   // [cuda_attention.cu] qk_norm_rope: rotary embedding's (cos, sin) table, [N, D / 2] pairs of F32.
@@ -126,7 +126,7 @@ class CudaDryRun final : public DryRunBackend {
   size_t conversions(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out) const {
     const bool keep = cuda::bf16_attention_operands(*ctx_);
     size_t s = 0;
-    const bool all16 = q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16;
+    const bool all16 = cuda::is_half16(q.dtype()) && k.dtype() == q.dtype() && v.dtype() == q.dtype();
     if (!(all16 && keep))
       for (const Tensor* t : {&q, &k, &v})
         if (t->dtype() != DType::F32) s += bytes_of(t->numel(), DType::F32);
@@ -134,7 +134,7 @@ class CudaDryRun final : public DryRunBackend {
     return s;
   }
   size_t gemm_scores(const Tensor& q, const Tensor& k, const Tensor& v, int64_t max_nk) const {
-    const bool all16 = q.dtype() == DType::BF16 && k.dtype() == DType::BF16 && v.dtype() == DType::BF16 &&
+    const bool all16 = cuda::is_half16(q.dtype()) && k.dtype() == q.dtype() && v.dtype() == q.dtype() &&
                        cuda::bf16_attention_operands(*ctx_);
     return q.dim() >= 3 ? cuda::attention_gemm_scratch_bytes(q.size(-3), max_nk, q.size(-1), all16) : 0;
   }

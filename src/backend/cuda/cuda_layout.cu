@@ -20,16 +20,19 @@ struct CopyDesc {
   int64_t ds[kMaxRank];  // destination strides
 };
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <typename D, typename S>
 __device__ __forceinline__ D convert_elem(S v) {
-  if constexpr (std::is_same_v<D, S>) return v;
-  else if constexpr (std::is_same_v<D, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return to_f(v);
+  if constexpr (std::is_same_v<D, S>) {
+    return v;
+  } else {
+    D d;
+    store_out(&d, load_f(&v));
+    return d;
+  }
 }
 
-// dst = src elementwise (converting F32 <-> BF16 when the types differ, bf16 rounded to nearest even).
+// dst = src elementwise (converting between F32, BF16 and F16 when the types differ: rounded to
+// nearest even, F16 saturating).
 template <typename E, typename I, typename D = E>
 __global__ void copy_kernel(const E* __restrict__ src, D* __restrict__ dst, CopyDesc c, I n) {
   for (I flat = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; flat < n;
@@ -48,21 +51,21 @@ __global__ void copy_kernel(const E* __restrict__ src, D* __restrict__ dst, Copy
   }
 }
 
-// Contiguous F32 -> BF16, 8 values per thread (two 16-byte loads, one 16-byte store); n8 = n / 8
-// groups, the tail done by the first threads. Pointers 16-byte aligned.
-__global__ void f32_to_bf16_contig_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst,
-                                          int64_t n) {
+// Contiguous F32 -> BF16 or F16, 8 values per thread (two 16-byte loads, one 16-byte store);
+// n8 = n / 8 groups, the tail done by the first threads. Pointers 16-byte aligned.
+template <typename H>
+__global__ void f32_to_half16_contig_kernel(const float* __restrict__ src, H* __restrict__ dst, int64_t n) {
   const int64_t n8 = n / 8;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n8;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float4 a = reinterpret_cast<const float4*>(src)[2 * i];
     const float4 b = reinterpret_cast<const float4*>(src)[2 * i + 1];
-    __nv_bfloat162 v[4] = {__floats2bfloat162_rn(a.x, a.y), __floats2bfloat162_rn(a.z, a.w),
-                           __floats2bfloat162_rn(b.x, b.y), __floats2bfloat162_rn(b.z, b.w)};
-    reinterpret_cast<uint4*>(dst)[i] = *reinterpret_cast<const uint4*>(v);
+    const uint4 v = make_uint4(pack_half2<H>(a.x, a.y), pack_half2<H>(a.z, a.w), pack_half2<H>(b.x, b.y),
+                               pack_half2<H>(b.z, b.w));
+    reinterpret_cast<uint4*>(dst)[i] = v;
   }
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (t < n - n8 * 8) dst[n8 * 8 + t] = __float2bfloat16_rn(src[n8 * 8 + t]);
+  if (t < n - n8 * 8) store_out(dst + n8 * 8 + t, src[n8 * 8 + t]);
 }
 
 // Drops size-1 dims and merges neighbours that are contiguous in both tensors.
@@ -170,24 +173,41 @@ void CudaBackend::copy(const Tensor& src, Tensor& dst) {
               shape_str(dst.shape()));
   const int64_t n = src.numel();
   if (src.dtype() != dst.dtype()) {
-    // The one conversion the backend needs: F32 <-> BF16 (bf16 activations of the bf16 path).
-    const bool f2b = src.dtype() == DType::F32 && dst.dtype() == DType::BF16;
-    const bool b2f = src.dtype() == DType::BF16 && dst.dtype() == DType::F32;
-    STDIT_CHECK(f2b || b2f, "cuda copy: cannot convert ", dtype_name(src.dtype()), " to ",
+    // The conversions the backend needs: between F32 and the 16-bit types (the 16-bit path's
+    // activations; the VAE's bf16 tensors beside an fp16 run's).
+    const auto fmt = [](DType t) { return t == DType::F32 || is_half16(t); };
+    STDIT_CHECK(fmt(src.dtype()) && fmt(dst.dtype()), "cuda copy: cannot convert ", dtype_name(src.dtype()), " to ",
                 dtype_name(dst.dtype()));
     if (n == 0) return;
     const CopyDesc d = simplify(src, dst);
     const bool aligned = ((reinterpret_cast<uintptr_t>(src.raw()) |
                            reinterpret_cast<uintptr_t>(dst.raw())) & 15u) == 0;
-    if (f2b && d.rank == 1 && d.ss[0] == 1 && d.ds[0] == 1 && aligned) {
-      // The common case (an F32 activation into a bf16 GEMM input): vectorised.
-      f32_to_bf16_contig_kernel<<<blocks_for(std::max<int64_t>(n / 8, 1), 256, 4096), 256, 0,
-                                  c.stream>>>(src.data<float>(), dst.data<__nv_bfloat16>(), n);
-      check_launch("copy f32->bf16");
-      return;
-    }
-    if (f2b) launch_copy<float, __nv_bfloat16>(src.raw(), dst.raw(), d, n, c.stream);
-    else launch_copy<__nv_bfloat16, float>(src.raw(), dst.raw(), d, n, c.stream);
+    const bool contig = d.rank == 1 && d.ss[0] == 1 && d.ds[0] == 1 && aligned;
+    // Each pair of types as a call of f(src element, dst element) (null pointers carry the types).
+    const auto with_types = [&](auto f) {
+      const auto dst_as = [&](auto* s) {
+        if (dst.dtype() == DType::F32) f(s, static_cast<float*>(nullptr));
+        else if (dst.dtype() == DType::BF16) f(s, static_cast<__nv_bfloat16*>(nullptr));
+        else f(s, static_cast<__half*>(nullptr));
+      };
+      if (src.dtype() == DType::F32) dst_as(static_cast<float*>(nullptr));
+      else if (src.dtype() == DType::BF16) dst_as(static_cast<__nv_bfloat16*>(nullptr));
+      else dst_as(static_cast<__half*>(nullptr));
+    };
+    with_types([&](auto* s, auto* o) {
+      using S = std::remove_pointer_t<decltype(s)>;
+      using D = std::remove_pointer_t<decltype(o)>;
+      if constexpr (std::is_same_v<S, float> && !std::is_same_v<D, float>) {
+        if (contig) {
+          // The common case (an F32 activation into a 16-bit GEMM input): vectorised.
+          f32_to_half16_contig_kernel<D><<<blocks_for(std::max<int64_t>(n / 8, 1), 256, 4096), 256, 0, c.stream>>>(
+              src.data<float>(), static_cast<D*>(dst.raw()), n);
+          check_launch("copy f32->16-bit");
+          return;
+        }
+      }
+      launch_copy<S, D>(src.raw(), dst.raw(), d, n, c.stream);
+    });
     return;
   }
   if (n == 0 || (src.raw() == dst.raw() && src.strides() == dst.strides())) return;

@@ -68,11 +68,14 @@ __global__ void bias_rows_kernel(TO* __restrict__ C, int64_t ldc, int64_t m, int
   }
 }
 
-void add_bias_rows(CudaContext& ctx, bool bf16, void* C, int64_t ldc, int64_t m, int64_t n,
+void add_bias_rows(CudaContext& ctx, DType out, void* C, int64_t ldc, int64_t m, int64_t n,
                    const void* bias) {
-  if (bf16)
+  if (out == DType::BF16)
     bias_rows_kernel<<<blocks_for(m * n, 256), 256, 0, ctx.stream>>>(
         static_cast<__nv_bfloat16*>(C), ldc, m, n, static_cast<const __nv_bfloat16*>(bias));
+  else if (out == DType::F16)
+    bias_rows_kernel<<<blocks_for(m * n, 256), 256, 0, ctx.stream>>>(static_cast<__half*>(C), ldc, m, n,
+                                                                     static_cast<const __half*>(bias));
   else
     bias_rows_kernel<<<blocks_for(m * n, 256), 256, 0, ctx.stream>>>(
         static_cast<float*>(C), ldc, m, n, static_cast<const float*>(bias));
@@ -103,6 +106,21 @@ void activation_pass(CudaContext& c, TO* o, int64_t total, int64_t n, int code) 
   check_launch("linear activation");
 }
 
+// GemmKey's code of a GEMM's element type (cuda_common.cuh).
+int gemm_type_code(DType t) {
+  return t == DType::BF16 ? 1 : t == DType::F8_E4M3 ? 2 : t == DType::F16 ? 3 : 0;
+}
+cudaDataType_t gemm_cuda_type(int code) {
+  return code == 1 ? CUDA_R_16BF : code == 2 ? CUDA_R_8F_E4M3 : code == 3 ? CUDA_R_16F : CUDA_R_32F;
+}
+// The dtypes gemm_typed and gemm_accumulate take: F32, BF16 or F16 inputs; an F32 output, or the
+// inputs' 16-bit type.
+void check_gemm_dtypes(DType in, DType out) {
+  STDIT_CHECK((in == DType::F32 || is_half16(in)) && (out == DType::F32 || out == in),
+              "cuda gemm: unsupported dtypes ", dtype_name(in), " -> ", dtype_name(out),
+              " (F32 inputs take an F32 output, 16-bit inputs an F32 output or their own type)");
+}
+
 constexpr int kTuneCandidates = GemmPlan::kTuneCandidates;
 bool gemm_tuning() {
   static const bool on = [] {
@@ -116,8 +134,8 @@ GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   GemmPlan p;
   const cublasComputeType_t ct = key.bf16_in || !ctx.options.tf32 ? CUBLAS_COMPUTE_32F
                                                                   : CUBLAS_COMPUTE_32F_FAST_TF32;
-  const cudaDataType_t tin = key.bf16_in == 2 ? CUDA_R_8F_E4M3 : key.bf16_in ? CUDA_R_16BF : CUDA_R_32F;
-  const cudaDataType_t tout = key.bf16_out ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t tin = gemm_cuda_type(key.bf16_in);
+  const cudaDataType_t tout = gemm_cuda_type(key.bf16_out);
   STDIT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, ct, CUDA_R_32F));
   const cublasOperation_t ta = key.transa ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t tb = key.transb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -126,7 +144,7 @@ GemmPlan make_plan(CudaContext& ctx, const GemmKey& key) {
   const cublasLtEpilogue_t epi = static_cast<cublasLtEpilogue_t>(key.epilogue);
   STDIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
   if (key.epilogue == CUBLASLT_EPILOGUE_BIAS || key.epilogue == CUBLASLT_EPILOGUE_GELU_BIAS) {
-    const cudaDataType_t bt = key.bf16_out ? CUDA_R_16BF : CUDA_R_32F;  // the bias has D's type
+    const cudaDataType_t bt = tout;  // the bias has D's type
     STDIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
   }
   const uint64_t arows = key.transa ? key.k : key.m, acols = key.transa ? key.m : key.k;
@@ -245,16 +263,14 @@ bool gemm_f32(CudaContext& ctx, bool transa, bool transb, int64_t m, int64_t n, 
 bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb, int64_t m,
                 int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
                 void* C, int64_t ldc, const void* bias_rows, bool gelu) {
-  STDIT_CHECK((in == DType::F32 || in == DType::BF16) && (out == DType::F32 || out == DType::BF16) &&
-                  !(in == DType::F32 && out == DType::BF16),
-              "cuda gemm: unsupported dtypes (F32 inputs take an F32 output)");
-  const bool bin = in == DType::BF16, bout = out == DType::BF16;
+  check_gemm_dtypes(in, out);
+  const bool bin = is_half16(in), bout = is_half16(out);
   const int ein = bin ? 2 : 4, eout = bout ? 2 : 4;
   if (m == 0 || n == 0) return gelu;
   if (k == 0) {
     // Empty sum: C = 0 (+ bias).
     STDIT_CUDA_CHECK(cudaMemset2DAsync(C, ldc * eout, 0, m * eout, n, ctx.stream));
-    if (bias_rows) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
+    if (bias_rows) add_bias_rows(ctx, out, C, ldc, m, n, bias_rows);
     return false;
   }
   const bool aligned_bias = bias_rows && (reinterpret_cast<uintptr_t>(bias_rows) & 15u) == 0;
@@ -275,9 +291,9 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
   for (int ti = 0; ti < nt; ++ti) {
     const Try& tr = tries[ti];
     const GemmKey key{m, n, k, lda, ldb, ldc, transa ? 1 : 0, transb ? 1 : 0,
-                      static_cast<int>(tr.epi), aa, ab, ac, bin ? 1 : 0, bout ? 1 : 0, 1, 0, 0, 0, 0};
+                      static_cast<int>(tr.epi), aa, ab, ac, gemm_type_code(in), gemm_type_code(out), 1, 0, 0, 0, 0};
     if (!run_cached(ctx, key, tr.bias ? bias_rows : nullptr, 0.0f, A, B, C)) continue;
-    if (bias_rows && !tr.bias) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
+    if (bias_rows && !tr.bias) add_bias_rows(ctx, out, C, ldc, m, n, bias_rows);
     return tr.gelu;
   }
   static std::once_flag warned;
@@ -294,11 +310,13 @@ bool gemm_typed(CudaContext& ctx, DType in, DType out, bool transa, bool transb,
         transa, transb, m, n, k, static_cast<const TI*>(A), lda, static_cast<const TI*>(B), ldb,
         static_cast<TO*>(C), ldc);
   };
-  if (bin && bout) fb(static_cast<const __nv_bfloat16*>(nullptr), static_cast<__nv_bfloat16*>(nullptr));
-  else if (bin) fb(static_cast<const __nv_bfloat16*>(nullptr), static_cast<float*>(nullptr));
+  if (in == DType::BF16 && bout) fb(static_cast<const __nv_bfloat16*>(nullptr), static_cast<__nv_bfloat16*>(nullptr));
+  else if (in == DType::BF16) fb(static_cast<const __nv_bfloat16*>(nullptr), static_cast<float*>(nullptr));
+  else if (bout) fb(static_cast<const __half*>(nullptr), static_cast<__half*>(nullptr));
+  else if (bin) fb(static_cast<const __half*>(nullptr), static_cast<float*>(nullptr));
   else fb(static_cast<const float*>(nullptr), static_cast<float*>(nullptr));
   check_launch("gemm (fallback)");
-  if (bias_rows) add_bias_rows(ctx, bout, C, ldc, m, n, bias_rows);
+  if (bias_rows) add_bias_rows(ctx, out, C, ldc, m, n, bias_rows);
   return false;
 }
 
@@ -322,11 +340,9 @@ bool gemm_accumulate(CudaContext& ctx, DType in, DType out, bool transa, bool tr
                      int64_t n, int64_t k, int64_t batch, const void* A, int64_t lda,
                      int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,
                      int64_t ldc, int64_t stride_c, const void* bias_rows, int64_t stride_bias) {
-  STDIT_CHECK((in == DType::F32 || in == DType::BF16) && (out == DType::F32 || out == DType::BF16) &&
-                  !(in == DType::F32 && out == DType::BF16),
-              "cuda gemm: unsupported dtypes (F32 inputs take an F32 output)");
+  check_gemm_dtypes(in, out);
   if (m == 0 || n == 0 || batch == 0) return true;
-  const int ein = in == DType::BF16 ? 2 : 4, eout = out == DType::BF16 ? 2 : 4;
+  const int ein = is_half16(in) ? 2 : 4, eout = is_half16(out) ? 2 : 4;
   // Every batch entry must keep the alignment the plan was chosen for.
   const int aa = std::min(alignment_of(A, lda, ein), alignment_of(A, stride_a, ein));
   const int ab = std::min(alignment_of(B, ldb, ein), alignment_of(B, stride_b, ein));
@@ -336,7 +352,7 @@ bool gemm_accumulate(CudaContext& ctx, DType in, DType out, bool transa, bool tr
   if (bias_rows && !aligned_bias) return false;
   const int epi = bias_rows ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   const GemmKey key{m, n, k, lda, ldb, ldc, transa ? 1 : 0, transb ? 1 : 0, epi, aa, ab, ac,
-                    in == DType::BF16 ? 1 : 0, out == DType::BF16 ? 1 : 0,
+                    gemm_type_code(in), gemm_type_code(out),
                     batch, stride_a, stride_b, stride_c, stride_bias};
   return run_cached(ctx, key, bias_rows, 1.0f, A, B, C);
 }
@@ -419,17 +435,18 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, A
     xin = alloc(x.shape(), in);
     copy(x, xin);
   }
-  // F32 weights into a BF16 output (the VAE's attention projections on the bf16 path): the GEMM
-  // writes an F32 scratch converted afterwards (cuBLASLt has no F32-input GEMM with a BF16 output).
-  Tensor dst = in == DType::F32 && out.dtype() == DType::BF16 ? alloc(out.shape(), DType::F32) : out;
+  // F32 weights into a 16-bit output (the VAE's attention projections on the bf16 path), or 16-bit
+  // weights into the other 16-bit type: the GEMM writes an F32 scratch converted afterwards
+  // (cuBLASLt has no F32-input GEMM with a 16-bit output).
+  Tensor dst = is_half16(out.dtype()) && out.dtype() != in ? alloc(out.shape(), DType::F32) : out;
   // Row-major out[m, n] = x[m, k] w[n, k]^T is column-major out^T[n, m] = w^T x^T:
   // A = w (k x n column-major, transposed), B = x (k x m column-major).
   // The bias has the output's type (cuBLASLt's bias epilogue for a BF16 output takes a BF16 bias):
   // a bf16 copy for BF16 outputs (exact for bf16 engines).
   const void* b = nullptr;
   Tensor bias16;
-  if (bias.defined() && dst.dtype() == DType::BF16) {
-    bias16 = alloc(bias.shape(), DType::BF16);
+  if (bias.defined() && is_half16(dst.dtype())) {
+    bias16 = alloc(bias.shape(), dst.dtype());
     copy(bias, bias16);
     b = bias16.raw();
   } else if (bias.defined()) {
@@ -438,13 +455,15 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor& bias, A
   // GELU as cuBLASLt's epilogue on the tensor-core paths (its tanh form; tests/gpu checks it
   // against the CPU formula on inputs the TF32 product keeps exact); F32 mode and SiLU: a
   // separate exact pass.
-  const bool gelu_epilogue = act == Activation::GeluTanh && (c.options.tf32 || in == DType::BF16);
+  const bool gelu_epilogue = act == Activation::GeluTanh && (c.options.tf32 || is_half16(in));
   const bool applied = gemm_typed(c, in, dst.dtype(), true, false, n, m, k, w.raw(), k, xin.raw(),
                                   k, dst.raw(), n, b, gelu_epilogue);
   if (act != Activation::None && !applied) {
     const int code = act == Activation::GeluTanh ? 1 : 2;
     if (dst.dtype() == DType::BF16)
       activation_pass(c, dst.data<__nv_bfloat16>(), m * n, n, code);
+    else if (dst.dtype() == DType::F16)
+      activation_pass(c, dst.data<__half>(), m * n, n, code);
     else
       activation_pass(c, dst.data<float>(), m * n, n, code);
   }

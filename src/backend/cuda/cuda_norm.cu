@@ -154,7 +154,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 // element the same arithmetic (ln_mod_value; the f64 sums in another order before their rounding to
 // the f32 statistics); kCodes: the same codes and scale as ln_mod_e4m3_kernel.
 constexpr int kVecChunks = static_cast<int>(kNormCodesMaxChannels / 128);
-template <bool kCodes>
+// H: the 16-bit output type (kCodes: the bf16 values the codes quantize).
+template <bool kCodes, typename H = __nv_bfloat16>
 __global__ void __launch_bounds__(kWarps * 32)
     ln_mod_vec_kernel(const float* __restrict__ x, void* __restrict__ out, float* __restrict__ row_scale,
                       int64_t rows, int64_t n, int chunks, ModRow shift, ModRow scale, ModRow shift0,
@@ -199,17 +200,15 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int j = 0; j < kVecChunks; ++j)
     if (j < chunks) {
       const float4 a = sc[lane + 32 * j], t = sh[lane + 32 * j];
-      const __nv_bfloat162 lo = __floats2bfloat162_rn(ln_mod_value(v[j].x, mean, rstd, a.x, t.x),
-                                                      ln_mod_value(v[j].y, mean, rstd, a.y, t.y));
-      const __nv_bfloat162 hi = __floats2bfloat162_rn(ln_mod_value(v[j].z, mean, rstd, a.z, t.z),
-                                                      ln_mod_value(v[j].w, mean, rstd, a.w, t.w));
+      const uint32_t lo = pack_half2<H>(ln_mod_value(v[j].x, mean, rstd, a.x, t.x),
+                                        ln_mod_value(v[j].y, mean, rstd, a.y, t.y));
+      const uint32_t hi = pack_half2<H>(ln_mod_value(v[j].z, mean, rstd, a.z, t.z),
+                                        ln_mod_value(v[j].w, mean, rstd, a.w, t.w));
       if constexpr (!kCodes) {
-        uint2 pk;
-        pk.x = *reinterpret_cast<const uint32_t*>(&lo);
-        pk.y = *reinterpret_cast<const uint32_t*>(&hi);
-        reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(out) + row * c)[lane + 32 * j] = pk;
+        reinterpret_cast<uint2*>(static_cast<H*>(out) + row * c)[lane + 32 * j] = make_uint2(lo, hi);
       } else {
-        const float2 l = __bfloat1622float2(lo), h = __bfloat1622float2(hi);
+        static_assert(std::is_same_v<H, __nv_bfloat16>, "the e4m3 codes quantize the bf16 row");
+        const float2 l = unpack_half2<H>(lo), h = unpack_half2<H>(hi);
         v[j] = make_float4(l.x, l.y, h.x, h.y);  // the bf16 values the codes quantize
         const float q[4] = {l.x, l.y, h.x, h.y};
 #pragma unroll
@@ -262,7 +261,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int64_t i = lane; i < c; i += 32) o[i] = w[i] * (xr[i] * inv);
 }
 
-// One block per token row: x[row, :] += gate[b, :] * y[row, :]; y F32 or BF16.
+// One block per token row: x[row, :] += gate[b, :] * y[row, :]; y F32, BF16 or F16.
 template <typename TY>
 __global__ void gated_residual_kernel(float* x, const TY* y, int64_t rows, int64_t n,
                                       int64_t c, ModRow gate, ModRow gate0, Sel sel) {
@@ -276,22 +275,23 @@ __global__ void gated_residual_kernel(float* x, const TY* y, int64_t rows, int64
 }
 
 // The gate of a gated residual folded into per-sample weights (CudaBackend::linear_residual):
-// wout[b, c, k] = bf16(gate[b, c] * w[c, k]) and bout[b, c] = gate[b, c] * bias[c] (0 without a
-// bias). k is a multiple of 8: each thread scales 8 weights (one 16-byte load).
-__global__ void fold_gate_kernel(const __nv_bfloat16* __restrict__ w, const float* __restrict__ bias,
-                                 ModRow gate, int64_t ch, int64_t k, int64_t batch,
-                                 __nv_bfloat16* __restrict__ wout, float* __restrict__ bout) {
+// wout[b, c, k] = H(gate[b, c] * w[c, k]) and bout[b, c] = gate[b, c] * bias[c] (0 without a
+// bias), H the weights' 16-bit type. k is a multiple of 8: each thread scales 8 weights (one
+// 16-byte load).
+template <typename H>
+__global__ void fold_gate_kernel(const H* __restrict__ w, const float* __restrict__ bias, ModRow gate, int64_t ch,
+                                 int64_t k, int64_t batch, H* __restrict__ wout, float* __restrict__ bout) {
   const int64_t per = ch * k / 8, total = batch * per;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = t / per, e = (t - b * per) * 8, c = e / k;
     const float g = gate.p[b * gate.s + c];
     uint4 v = *reinterpret_cast<const uint4*>(w + e);
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
+    uint32_t* h = reinterpret_cast<uint32_t*>(&v);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const float2 f = __bfloat1622float2(h[j]);
-      h[j] = __floats2bfloat162_rn(g * f.x, g * f.y);
+      const float2 f = unpack_half2<H>(h[j]);
+      h[j] = pack_half2<H>(g * f.x, g * f.y);
     }
     *reinterpret_cast<uint4*>(wout + b * ch * k + e) = v;
     if (t < batch * ch) {
@@ -305,25 +305,24 @@ __global__ void fold_gate_kernel(const __nv_bfloat16* __restrict__ w, const floa
 // the two ranks' partial sums of a tensor-parallel projection, p1 possibly in a peer device's
 // memory. Same expression, so same bits, on both ranks.
 // Rows [row0, row0 + rows) of x, whose partial sums are rows 0.. of p0 and p1; with x16, the
-// updated rows also go there (at the rows of x) in bf16.
-__global__ void residual_sum2_kernel(float* __restrict__ x, const __nv_bfloat16* __restrict__ p0,
-                                     const __nv_bfloat16* __restrict__ p1, int64_t rows,
-                                     int64_t n, int64_t c, ModRow gate, int64_t row0,
-                                     __nv_bfloat16* x16) {
+// updated rows also go there (at the rows of x) in H (the partial sums' 16-bit type).
+template <typename H>
+__global__ void residual_sum2_kernel(float* __restrict__ x, const H* __restrict__ p0, const H* __restrict__ p1,
+                                     int64_t rows, int64_t n, int64_t c, ModRow gate, int64_t row0, H* x16) {
   const int64_t per = c / 8, total = rows * per;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = row0 + t / per, e = (t - (row - row0) * per) * 8;
     const uint4 a = *reinterpret_cast<const uint4*>(p0 + (row - row0) * c + e);
     const uint4 b = *reinterpret_cast<const uint4*>(p1 + (row - row0) * c + e);
-    const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
-    const __nv_bfloat162* b2 = reinterpret_cast<const __nv_bfloat162*>(&b);
+    const uint32_t* a2 = reinterpret_cast<const uint32_t*>(&a);
+    const uint32_t* b2 = reinterpret_cast<const uint32_t*>(&b);
     float4* xr = reinterpret_cast<float4*>(x + row * c + e);
     const float* g = gate.p ? gate.p + (row / n) * gate.s + e : nullptr;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float2 a0 = __bfloat1622float2(a2[2 * h]), a1 = __bfloat1622float2(a2[2 * h + 1]);
-      const float2 b0 = __bfloat1622float2(b2[2 * h]), b1 = __bfloat1622float2(b2[2 * h + 1]);
+      const float2 a0 = unpack_half2<H>(a2[2 * h]), a1 = unpack_half2<H>(a2[2 * h + 1]);
+      const float2 b0 = unpack_half2<H>(b2[2 * h]), b1 = unpack_half2<H>(b2[2 * h + 1]);
       float4 v = xr[h];
       const float s0 = a0.x + b0.x, s1 = a0.y + b0.y, s2 = a1.x + b1.x, s3 = a1.y + b1.y;
       if (g) {
@@ -338,10 +337,9 @@ __global__ void residual_sum2_kernel(float* __restrict__ x, const __nv_bfloat16*
         v.w += s3;
       }
       xr[h] = v;
-      if (x16) {
-        __nv_bfloat162 pr[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
-        *reinterpret_cast<uint2*>(x16 + row * c + e + 4 * h) = *reinterpret_cast<const uint2*>(pr);
-      }
+      if (x16)
+        *reinterpret_cast<uint2*>(x16 + row * c + e + 4 * h) =
+            make_uint2(pack_half2<H>(v.x, v.y), pack_half2<H>(v.z, v.w));
     }
   }
 }
@@ -482,8 +480,13 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
   }
   if (rows == 0 || ch == 0) return;
   const unsigned blocks = blocks_for(rows, kWarps, 2147483647);
-  if (out.dtype() == DType::BF16 &&
-      ln_mod_vec_applies(ch, x.raw(), out.raw(), mod_row(shift), mod_row(scale), mod_row(shift0), mod_row(scale0)))
+  const bool vec = is_half16(out.dtype()) && ln_mod_vec_applies(ch, x.raw(), out.raw(), mod_row(shift),
+                                                                  mod_row(scale), mod_row(shift0), mod_row(scale0));
+  if (vec && out.dtype() == DType::F16)
+    ln_mod_vec_kernel<false, __half><<<blocks, kWarps * 32, 0, c.stream>>>(
+        x.data<float>(), out.raw(), nullptr, rows, n, static_cast<int>(ch / 128), mod_row(shift), mod_row(scale),
+        mod_row(shift0), mod_row(scale0), s, eps);
+  else if (vec)
     ln_mod_vec_kernel<false><<<blocks, kWarps * 32, 0, c.stream>>>(
         x.data<float>(), out.raw(), nullptr, rows, n, static_cast<int>(ch / 128), mod_row(shift), mod_row(scale),
         mod_row(shift0), mod_row(scale0), s, eps);
@@ -491,6 +494,10 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
     ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(
         x.data<float>(), out.data<__nv_bfloat16>(), rows, n, ch, mod_row(shift), mod_row(scale),
         mod_row(shift0), mod_row(scale0), s, eps);
+  else if (out.dtype() == DType::F16)
+    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(x.data<float>(), out.data<__half>(), rows, n, ch,
+                                                        mod_row(shift), mod_row(scale), mod_row(shift0),
+                                                        mod_row(scale0), s, eps);
   else
     ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(
         x.data<float>(), out.data<float>(), rows, n, ch, mod_row(shift), mod_row(scale),
@@ -535,6 +542,9 @@ void CudaBackend::gated_residual(Tensor& x, const Tensor& y, const Tensor& gate,
   if (y.dtype() == DType::BF16)
     gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<__nv_bfloat16>(),
                                                             rows, n, ch, mod_row(gate), mod_row(gate0), s);
+  else if (y.dtype() == DType::F16)
+    gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<__half>(), rows, n, ch,
+                                                            mod_row(gate), mod_row(gate0), s);
   else
     gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<float>(), rows, n,
                                                             ch, mod_row(gate), mod_row(gate0), s);
@@ -549,12 +559,12 @@ void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor
     return;
   if (fused_bf16_residual_applies(c, y, w, bias, gate, sel, x) && linear_residual_bf16(c, y, w, bias, gate, x, nullptr))
     return;
-  // Fused when every token has the same gate and the operands suit the bf16 GEMM: the sum goes
+  // Fused when every token has the same gate and the operands suit the 16-bit GEMM: the sum goes
   // straight into x (cuBLASLt with beta = 1, F32 C/D), the gate folded into the weights of each
   // sample (and its bias), so no projection tensor is written and no residual pass runs.
   const bool fits = !sel.active() && x.dim() == 3 && x.dtype() == DType::F32 &&
-                    x.is_contiguous() && y.dtype() == DType::BF16 && y.is_contiguous() &&
-                    w.dtype() == DType::BF16 && w.dim() == 2 && w.is_contiguous() &&
+                    x.is_contiguous() && is_half16(y.dtype()) && y.is_contiguous() &&
+                    w.dtype() == y.dtype() && w.dim() == 2 && w.is_contiguous() &&
                     (reinterpret_cast<uintptr_t>(w.raw()) & 15u) == 0 &&  // fold_gate's 16-byte loads
                     w.size(0) == x.size(2) && w.size(1) % 8 == 0 && y.numel() == x.size(0) * x.size(1) * w.size(1) &&
                     (!bias.defined() || (bias.dtype() == DType::F32 && bias.is_contiguous()));
@@ -570,17 +580,21 @@ void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor
   if (gate.defined()) {
     check_mod(gate, c, b, ch, "linear_residual", "gate");
     if (bias.defined()) expect_device(bias, c, "linear_residual", "bias");
-    Tensor wg = alloc({b, ch, k}, DType::BF16);
+    Tensor wg = alloc({b, ch, k}, w.dtype());
     Tensor bg = alloc({b, ch}, DType::F32);
-    fold_gate_kernel<<<blocks_for(b * ch * k / 8, 256), 256, 0, c.stream>>>(
-        w.data<__nv_bfloat16>(), bias.defined() ? bias.data<float>() : nullptr, mod_row(gate), ch,
-        k, b, wg.data<__nv_bfloat16>(), bg.data<float>());
+    const float* bp = bias.defined() ? bias.data<float>() : nullptr;
+    if (w.dtype() == DType::F16)
+      fold_gate_kernel<<<blocks_for(b * ch * k / 8, 256), 256, 0, c.stream>>>(
+          w.data<__half>(), bp, mod_row(gate), ch, k, b, wg.data<__half>(), bg.data<float>());
+    else
+      fold_gate_kernel<<<blocks_for(b * ch * k / 8, 256), 256, 0, c.stream>>>(
+          w.data<__nv_bfloat16>(), bp, mod_row(gate), ch, k, b, wg.data<__nv_bfloat16>(), bg.data<float>());
     check_launch("linear_residual (fold gate)");
-    done = gemm_accumulate(c, DType::BF16, DType::F32, true, false, ch, n, k, b, wg.raw(), k,
+    done = gemm_accumulate(c, w.dtype(), DType::F32, true, false, ch, n, k, b, wg.raw(), k,
                            ch * k, y.raw(), k, n * k, x.raw(), ch, n * ch, bg.raw(), ch);
   } else {
     if (bias.defined()) expect_device(bias, c, "linear_residual", "bias");
-    done = gemm_accumulate(c, DType::BF16, DType::F32, true, false, ch, b * n, k, 1, w.raw(), k,
+    done = gemm_accumulate(c, w.dtype(), DType::F32, true, false, ch, b * n, k, 1, w.raw(), k,
                            0, y.raw(), k, 0, x.raw(), ch, 0,
                            bias.defined() ? bias.raw() : nullptr, 0);
   }
@@ -602,34 +616,46 @@ bool CudaBackend::fuses_residual_copy(const Tensor& w) const {
 bool residual_sum2_applies(const Tensor& x, const Tensor& p) {
   auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
   return x.dim() == 3 && x.dtype() == DType::F32 && x.is_contiguous() && x.size(2) % 8 == 0 &&
-         p.dtype() == DType::BF16 && p.is_contiguous() && p.numel() == x.numel() && al(x.raw()) &&
+         is_half16(p.dtype()) && p.is_contiguous() && p.numel() == x.numel() && al(x.raw()) &&
          al(p.raw());
 }
 
-void residual_sum2(const CudaContext& c, Tensor& x, const __nv_bfloat16* p0,
-                   const __nv_bfloat16* p1, const Tensor& gate, int64_t row_begin,
-                   int64_t row_end, __nv_bfloat16* x16) {
+void residual_sum2(const CudaContext& c, Tensor& x, DType half, const void* p0, const void* p1, const Tensor& gate,
+                   int64_t row_begin, int64_t row_end, void* x16) {
   const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
   if (gate.defined()) check_mod(gate, c, b, ch, "reduce_into_residual", "gate");
   if (row_end < 0) row_end = b * n;
   const int64_t rows = row_end - row_begin;
   if (rows <= 0 || ch == 0) return;
-  residual_sum2_kernel<<<blocks_for(rows * ch / 8, 256), 256, 0, c.stream>>>(
-      x.data<float>(), p0, p1, rows, n, ch, mod_row(gate), row_begin, x16);
+  const unsigned blocks = blocks_for(rows * ch / 8, 256);
+  if (half == DType::F16)
+    residual_sum2_kernel<<<blocks, 256, 0, c.stream>>>(x.data<float>(), static_cast<const __half*>(p0),
+                                                       static_cast<const __half*>(p1), rows, n, ch, mod_row(gate),
+                                                       row_begin, static_cast<__half*>(x16));
+  else
+    residual_sum2_kernel<<<blocks, 256, 0, c.stream>>>(
+        x.data<float>(), static_cast<const __nv_bfloat16*>(p0), static_cast<const __nv_bfloat16*>(p1), rows, n, ch,
+        mod_row(gate), row_begin, static_cast<__nv_bfloat16*>(x16));
   check_launch("reduce_into_residual");
 }
 
 void layernorm_modulate_rows(const CudaContext& c, const Tensor& x, const Tensor& shift,
                              const Tensor& scale, float eps, int64_t row_begin, int64_t row_end,
-                             __nv_bfloat16* out) {
+                             DType half, void* out) {
   const int64_t b = x.size(0), n = x.size(1), ch = x.size(2);
   check_mod(shift, c, b, ch, "layernorm_modulate", "shift");
   check_mod(scale, c, b, ch, "layernorm_modulate", "scale");
   const int64_t rows = row_end - row_begin;
   if (rows <= 0 || ch == 0) return;
-  ln_mod_kernel<<<blocks_for(rows, kWarps, 2147483647), kWarps * 32, 0, c.stream>>>(
-      x.data<float>(), out, rows, n, ch, mod_row(shift), mod_row(scale), ModRow{}, ModRow{}, Sel{},
-      eps, row_begin);
+  const unsigned blocks = blocks_for(rows, kWarps, 2147483647);
+  if (half == DType::F16)
+    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(x.data<float>(), static_cast<__half*>(out), rows, n, ch,
+                                                        mod_row(shift), mod_row(scale), ModRow{}, ModRow{}, Sel{},
+                                                        eps, row_begin);
+  else
+    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(x.data<float>(), static_cast<__nv_bfloat16*>(out), rows, n,
+                                                        ch, mod_row(shift), mod_row(scale), ModRow{}, ModRow{},
+                                                        Sel{}, eps, row_begin);
   check_launch("layernorm_modulate (rows)");
 }
 

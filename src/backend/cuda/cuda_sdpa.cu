@@ -1,12 +1,13 @@
 // cuDNN's fused flash attention (the graph API's SDPA forward operation, cuDNN >= 9.13.1) for
-// BF16 attention without bias or key mask: self-attention over long sequences and the
-// block-diagonal cross-attention (one call per sample, over that sample's text rows).
+// BF16 (or F16 under --precision fp16: AttnArgs::f16) attention without bias or key mask:
+// self-attention over long sequences and the block-diagonal cross-attention (one call per sample,
+// over that sample's text rows).
 //
 // The graph is one CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR with Q, K, V, O in the logical
 // [b, h, s, d] order (our memory layout goes only into the strides: any b/h/s strides, last
 // stride 1) and the scale as a by-value f32 scalar; no Stats output (inference). Plans are built
-// once per shape and stride set and cached in the context; calls whose leading dims do not fold
-// into one batch stride loop over the outer indices.
+// once per shape, stride set and data type and cached in the context; calls whose leading dims do
+// not fold into one batch stride loop over the outer indices.
 #include <algorithm>
 #include <vector>
 
@@ -77,7 +78,10 @@ struct Builder {
   }
 };
 
-// key: b, h, sq, skv, d, then the b/h/s strides of q, k, v, o.
+// key: b, h, sq, skv, d, then the b/h/s strides of q, k, v, o, then the data type of q/k/v/o
+// (kKeyF16: F16, else BF16).
+constexpr size_t kKeyType = 17;
+constexpr int64_t kKeyF16 = 1;
 std::shared_ptr<SdpaPlan> build_plan(cudnnHandle_t handle, const std::vector<int64_t>& key) {
   auto plan = std::make_shared<SdpaPlan>();
   Builder bld{*plan};
@@ -86,9 +90,10 @@ std::shared_ptr<SdpaPlan> build_plan(cudnnHandle_t handle, const std::vector<int
   const int64_t dq[4] = {b, h, sq, d}, dkv[4] = {b, h, skv, d}, one[4] = {1, 1, 1, 1};
   const int64_t sQ[4] = {st[0], st[1], st[2], 1}, sK[4] = {st[3], st[4], st[5], 1},
                 sV[4] = {st[6], st[7], st[8], 1}, sO[4] = {st[9], st[10], st[11], 1};
-  const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
-  auto q = bld.tensor(kUidQ, bf, dq, sQ), k = bld.tensor(kUidK, bf, dkv, sK),
-       v = bld.tensor(kUidV, bf, dkv, sV), o = bld.tensor(kUidO, bf, dq, sO),
+  const cudnnDataType_t h16 = key[kKeyType] == kKeyF16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16,
+                        f32 = CUDNN_DATA_FLOAT;
+  auto q = bld.tensor(kUidQ, h16, dq, sQ), k = bld.tensor(kUidK, h16, dkv, sK),
+       v = bld.tensor(kUidV, h16, dkv, sV), o = bld.tensor(kUidO, h16, dq, sO),
        scale = bld.tensor(kUidScale, f32, one, one, true);
   auto op = bld.make(CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR);
   bld.set_desc(op, CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, q);
@@ -156,7 +161,8 @@ std::shared_ptr<SdpaPlan> get_plan(CudaContext& c, cudnnHandle_t handle,
   auto plan = build_plan(handle, key);
   if (!plan)
     log_debug("cuda attention: cuDNN has no SDPA engine for b ", key[0], " h ", key[1], " s ",
-              key[2], "x", key[3], " d ", key[4], " (", dnn_last_error(), "); own kernel");
+              key[2], "x", key[3], " d ", key[4], key[kKeyType] == kKeyF16 ? " f16" : " bf16", " (",
+              dnn_last_error(), "); own kernel");
   c.sdpa_plans.emplace(key, plan);
   return plan;
 }
@@ -210,7 +216,7 @@ bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
   // at 720p 4s on an H200, cuDNN for temporal attention too made the step 1,487 ms vs 1,470.
   if (a.d % 8 != 0 || a.d > 128 || a.nq < 64) return false;
   if (a.kv_packed && !kv_begin) return false;
-  // 16-byte aligned rows everywhere (strides in elements, bf16 = 2 bytes).
+  // 16-byte aligned rows everywhere (strides in elements of 2 bytes).
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   if (!aligned(a.q.p) || !aligned(a.k.p) || !aligned(a.v.p) || !aligned(a.out_bf16)) return false;
   const int rank = a.lead.rank;
@@ -273,19 +279,19 @@ bool launch_attention_cudnn(CudaContext& c, const AttnArgs& a, int64_t batch,
     const std::vector<int64_t> key = {cl.nb,    a.h,      a.nq,     cl.nk,    a.d,
                                       stride_q, a.q.sh,   a.q.sn,   stride_k, a.k.sh,
                                       a.k.sn,   stride_v, a.v.sh,   a.v.sn,   stride_o,
-                                      a.out_sh, a.out_sn};
+                                      a.out_sh, a.out_sn, a.f16 ? kKeyF16 : 0};
     auto plan = get_plan(c, handle, key);
     if (!plan) return false;
     ws = std::max(ws, plan->workspace);
     plans.push_back(std::move(plan));
   }
   auto wmem = device_alloc(c.shared_from_this(), static_cast<size_t>(ws));
-  using BF = __nv_bfloat16;
+  // Element offsets into 16-bit data (BF16 or F16 alike: 2 bytes).
+  auto at = [](const void* p, int64_t off) { return static_cast<const char*>(p) + 2 * off; };
   for (size_t i = 0; i < calls.size(); ++i) {
     const Call& cl = calls[i];
-    execute(c, handle, *plans[i], static_cast<const BF*>(a.q.p) + cl.bq,
-            static_cast<const BF*>(a.k.p) + cl.bk, static_cast<const BF*>(a.v.p) + cl.bv,
-            a.out_bf16 + cl.bo, a.scale, wmem.get());
+    execute(c, handle, *plans[i], at(a.q.p, cl.bq), at(a.k.p, cl.bk), at(a.v.p, cl.bv),
+            static_cast<char*>(a.out_bf16) + 2 * cl.bo, a.scale, wmem.get());
   }
   return true;
 }
