@@ -218,6 +218,10 @@ if want $CASE; then
     die "keep on an fp8 engine: $(cat run.err)"
   "$S" generate x --backend cpu --precision fp8 --fp8-keep fc3 >run.out 2>run.err
   [[ $? -eq 1 ]] && grep -q "^error: --fp8-keep: 'fc3'" run.err || die "bad keep: $(cat run.err)"
+  # fp16 is a GPU precision: the CPU refuses it with the reason, before anything is written.
+  "$S" generate x --backend cpu --precision fp16 -o h.mp4 >run.out 2>run.err
+  [[ $? -eq 1 && ! -e h.mp4 ]] && grep -q "^error: the CPU backend computes in f32 (or emulates fp8) only; --precision fp16 needs a GPU" run.err ||
+    die "fp16 on the CPU: $(cat run.err)"
   "$S" convert --dit "$T/dit" --vae "$T/vae" --t5 "$T/t5" --dtype fp4 -o e4 >run.out 2>run.err
   [[ $? -eq 1 && ! -e e4 ]] && grep -q "^error: --dtype must be bf16, f16, f32 or fp8" run.err || die "fp4: $(cat run.err)"
   clean_dir .
