@@ -189,7 +189,7 @@ class NcclComm final : public Communicator {
                               x16->numel() == x.numel())),
                 "tensor parallel: add_partials_to_own_rows needs x F32 [B, N, C], C % 8 == 0, "
                 "and 16-bit partial sums (and copy) of one type");
-    const auto* mine = static_cast<const char*>(p.raw()) + lo * x.size(2) * 2;  // 2-byte elements
+    const auto* mine = static_cast<const char*>(p.raw()) + lo * x.size(2) * dtype_size(p.dtype());
     const auto* theirs = static_cast<const char*>(recv.raw());
     residual_sum2(*be_->context(), x, p.dtype(), rank_ == 0 ? mine : theirs, rank_ == 0 ? theirs : mine,
                   gate, lo, hi, x16 ? x16->raw() : nullptr);

@@ -6,14 +6,6 @@
 
 namespace stdit::cuda {
 
-// Calls f with a value of the 16-bit element type: __half when f16, else __nv_bfloat16 (host-side
-// dispatch of kernels templated on it).
-template <typename F>
-decltype(auto) with_half16(bool f16, F&& f) {
-  if (f16) return f(__half{});
-  return f(__nv_bfloat16{});
-}
-
 // Where a [..., N, H, D] operand lives: leading-dim strides plus the N and H strides.
 struct Operand {
   const void* p;  // const float* (F32), or the 16-bit type of AttnArgs::f16 (in_bf16)

@@ -590,11 +590,10 @@ void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
   if (n == 0) return;
   if (is_half16(b.dtype())) {
     STDIT_CHECK(m == n, "cuda add: a ", dtype_name(b.dtype()), " b must have a's shape");
-    if (b.dtype() == DType::F16)
-      add_half16_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(a.data<float>(), b.data<__half>(), out.data<float>(), n);
-    else
-      add_half16_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(a.data<float>(), b.data<__nv_bfloat16>(),
+    with_half16(b.dtype() == DType::F16, [&](auto h) {
+      add_half16_kernel<<<blocks_for(n, 256), 256, 0, c.stream>>>(a.data<float>(), b.data<decltype(h)>(),
                                                                   out.data<float>(), n);
+    });
     check_launch("add");
     return;
   }

@@ -203,7 +203,7 @@ void gemm_fp8(CudaContext& ctx, int64_t m, int64_t n, int64_t k, const void* A, 
 bool residual_sum2_applies(const Tensor& x, const Tensor& p);
 // Rows [row_begin, row_end) of the flattened [B * N] rows only (row_end < 0: all), whose partial
 // sums start at p0 and p1 (row row_begin first); x16 (optional, [B * N, C]): where the updated
-// rows also go in bf16.
+// rows also go in the 16-bit type.
 // p0, p1 and x16 hold `half` (BF16 or F16) values.
 void residual_sum2(const CudaContext& c, Tensor& x, DType half, const void* p0, const void* p1, const Tensor& gate,
                    int64_t row_begin = 0, int64_t row_end = -1, void* x16 = nullptr);
@@ -251,6 +251,13 @@ __device__ __forceinline__ float load_f(const __half* p) { return __half2float(*
 inline bool is_half16(DType t) { return t == DType::BF16 || t == DType::F16; }
 // The 16-bit format this context's bf16 path runs in.
 inline DType half16_dtype(const CudaContext& c) { return c.options.f16 ? DType::F16 : DType::BF16; }
+// Calls f with a value of the 16-bit element type: __half when f16, else __nv_bfloat16 (host-side
+// dispatch of kernels templated on it).
+template <typename F>
+decltype(auto) with_half16(bool f16, F&& f) {
+  if (f16) return f(__half{});
+  return f(__nv_bfloat16{});
+}
 // Two floats as one register of a 16-bit pair (round to nearest even, F16 saturating; lo in the
 // low half).
 template <typename H>

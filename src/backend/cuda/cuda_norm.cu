@@ -482,22 +482,18 @@ void CudaBackend::layernorm_modulate(const Tensor& x, const Tensor& shift, const
   const unsigned blocks = blocks_for(rows, kWarps, 2147483647);
   const bool vec = is_half16(out.dtype()) && ln_mod_vec_applies(ch, x.raw(), out.raw(), mod_row(shift),
                                                                   mod_row(scale), mod_row(shift0), mod_row(scale0));
-  if (vec && out.dtype() == DType::F16)
-    ln_mod_vec_kernel<false, __half><<<blocks, kWarps * 32, 0, c.stream>>>(
-        x.data<float>(), out.raw(), nullptr, rows, n, static_cast<int>(ch / 128), mod_row(shift), mod_row(scale),
-        mod_row(shift0), mod_row(scale0), s, eps);
-  else if (vec)
-    ln_mod_vec_kernel<false><<<blocks, kWarps * 32, 0, c.stream>>>(
-        x.data<float>(), out.raw(), nullptr, rows, n, static_cast<int>(ch / 128), mod_row(shift), mod_row(scale),
-        mod_row(shift0), mod_row(scale0), s, eps);
-  else if (out.dtype() == DType::BF16)
-    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(
-        x.data<float>(), out.data<__nv_bfloat16>(), rows, n, ch, mod_row(shift), mod_row(scale),
-        mod_row(shift0), mod_row(scale0), s, eps);
-  else if (out.dtype() == DType::F16)
-    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(x.data<float>(), out.data<__half>(), rows, n, ch,
-                                                        mod_row(shift), mod_row(scale), mod_row(shift0),
-                                                        mod_row(scale0), s, eps);
+  if (is_half16(out.dtype()))
+    with_half16(out.dtype() == DType::F16, [&](auto h) {
+      using H = decltype(h);
+      if (vec)
+        ln_mod_vec_kernel<false, H><<<blocks, kWarps * 32, 0, c.stream>>>(
+            x.data<float>(), out.raw(), nullptr, rows, n, static_cast<int>(ch / 128), mod_row(shift),
+            mod_row(scale), mod_row(shift0), mod_row(scale0), s, eps);
+      else
+        ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(x.data<float>(), out.data<H>(), rows, n, ch,
+                                                            mod_row(shift), mod_row(scale), mod_row(shift0),
+                                                            mod_row(scale0), s, eps);
+    });
   else
     ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(
         x.data<float>(), out.data<float>(), rows, n, ch, mod_row(shift), mod_row(scale),
@@ -539,12 +535,11 @@ void CudaBackend::gated_residual(Tensor& x, const Tensor& y, const Tensor& gate,
   if (rows == 0 || ch == 0) return;
   const int threads = static_cast<int>(std::min<int64_t>(256, (ch + 31) / 32 * 32));
   const unsigned blocks = blocks_for(rows, 1, int64_t{1} << 30);
-  if (y.dtype() == DType::BF16)
-    gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<__nv_bfloat16>(),
-                                                            rows, n, ch, mod_row(gate), mod_row(gate0), s);
-  else if (y.dtype() == DType::F16)
-    gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<__half>(), rows, n, ch,
-                                                            mod_row(gate), mod_row(gate0), s);
+  if (is_half16(y.dtype()))
+    with_half16(y.dtype() == DType::F16, [&](auto h) {
+      gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<decltype(h)>(), rows, n, ch,
+                                                              mod_row(gate), mod_row(gate0), s);
+    });
   else
     gated_residual_kernel<<<blocks, threads, 0, c.stream>>>(x.data<float>(), y.data<float>(), rows, n,
                                                             ch, mod_row(gate), mod_row(gate0), s);
@@ -583,12 +578,11 @@ void CudaBackend::linear_residual(const Tensor& y, const Tensor& w, const Tensor
     Tensor wg = alloc({b, ch, k}, w.dtype());
     Tensor bg = alloc({b, ch}, DType::F32);
     const float* bp = bias.defined() ? bias.data<float>() : nullptr;
-    if (w.dtype() == DType::F16)
+    with_half16(w.dtype() == DType::F16, [&](auto h) {
+      using H = decltype(h);
       fold_gate_kernel<<<blocks_for(b * ch * k / 8, 256), 256, 0, c.stream>>>(
-          w.data<__half>(), bp, mod_row(gate), ch, k, b, wg.data<__half>(), bg.data<float>());
-    else
-      fold_gate_kernel<<<blocks_for(b * ch * k / 8, 256), 256, 0, c.stream>>>(
-          w.data<__nv_bfloat16>(), bp, mod_row(gate), ch, k, b, wg.data<__nv_bfloat16>(), bg.data<float>());
+          w.data<H>(), bp, mod_row(gate), ch, k, b, wg.data<H>(), bg.data<float>());
+    });
     check_launch("linear_residual (fold gate)");
     done = gemm_accumulate(c, w.dtype(), DType::F32, true, false, ch, n, k, b, wg.raw(), k,
                            ch * k, y.raw(), k, n * k, x.raw(), ch, n * ch, bg.raw(), ch);
@@ -628,14 +622,12 @@ void residual_sum2(const CudaContext& c, Tensor& x, DType half, const void* p0, 
   const int64_t rows = row_end - row_begin;
   if (rows <= 0 || ch == 0) return;
   const unsigned blocks = blocks_for(rows * ch / 8, 256);
-  if (half == DType::F16)
-    residual_sum2_kernel<<<blocks, 256, 0, c.stream>>>(x.data<float>(), static_cast<const __half*>(p0),
-                                                       static_cast<const __half*>(p1), rows, n, ch, mod_row(gate),
-                                                       row_begin, static_cast<__half*>(x16));
-  else
-    residual_sum2_kernel<<<blocks, 256, 0, c.stream>>>(
-        x.data<float>(), static_cast<const __nv_bfloat16*>(p0), static_cast<const __nv_bfloat16*>(p1), rows, n, ch,
-        mod_row(gate), row_begin, static_cast<__nv_bfloat16*>(x16));
+  with_half16(half == DType::F16, [&](auto h) {
+    using H = decltype(h);
+    residual_sum2_kernel<<<blocks, 256, 0, c.stream>>>(x.data<float>(), static_cast<const H*>(p0),
+                                                       static_cast<const H*>(p1), rows, n, ch, mod_row(gate),
+                                                       row_begin, static_cast<H*>(x16));
+  });
   check_launch("reduce_into_residual");
 }
 
@@ -648,14 +640,11 @@ void layernorm_modulate_rows(const CudaContext& c, const Tensor& x, const Tensor
   const int64_t rows = row_end - row_begin;
   if (rows <= 0 || ch == 0) return;
   const unsigned blocks = blocks_for(rows, kWarps, 2147483647);
-  if (half == DType::F16)
-    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(x.data<float>(), static_cast<__half*>(out), rows, n, ch,
-                                                        mod_row(shift), mod_row(scale), ModRow{}, ModRow{}, Sel{},
-                                                        eps, row_begin);
-  else
-    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(x.data<float>(), static_cast<__nv_bfloat16*>(out), rows, n,
+  with_half16(half == DType::F16, [&](auto h) {
+    ln_mod_kernel<<<blocks, kWarps * 32, 0, c.stream>>>(x.data<float>(), static_cast<decltype(h)*>(out), rows, n,
                                                         ch, mod_row(shift), mod_row(scale), ModRow{}, ModRow{},
                                                         Sel{}, eps, row_begin);
+  });
   check_launch("layernorm_modulate (rows)");
 }
 
