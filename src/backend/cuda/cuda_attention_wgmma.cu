@@ -138,15 +138,6 @@ __device__ __forceinline__ float ex2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
-// 2^lo and 2^hi as one bf16 pair (lo in the low half), both exponentials by one special-function
-// instruction: the arguments are rounded to bf16 first (cvt.rn), the results are bf16 as P V takes
-// them.
-__device__ __forceinline__ uint32_t ex2_bf16x2(float lo, float hi) {
-  uint32_t x, y;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(x) : "f"(hi), "f"(lo));
-  asm("ex2.approx.ftz.bf16x2 %0, %1;\n" : "=r"(y) : "r"(x));
-  return y;
-}
 
 // The six TMA maps of one call: Q, K, V over head dims 0-63 (128-byte swizzle), Q's and K's
 // dims 64-79 (32-byte swizzle), V's dims 64-79 (128-byte swizzle).
@@ -179,11 +170,7 @@ __device__ __forceinline__ uint64_t smem_desc_sw32(uint32_t addr) {
   return smem_desc(addr, 16, 256) | (uint64_t{3} << 62);
 }
 
-// kPairs (head dim 72 only, on trial): the softmax's exponentials in bf16 pairs (ex2_bf16x2),
-// written straight into P's fragments, and the row sums l from the tensor cores: V's dim 72 reads
-// a column of ones (written once into every stage, beside the 8 dims TMA loads), so P V runs
-// m64n80 and O's column 72 accumulates sum(P) with the same rescaling as O.
-template <int DK, int DV, int BK, int kWG, int kStages, bool kPairs = false>
+template <int DK, int DV, int BK, int kWG, int kStages>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     attention_wgmma_kernel(const __grid_constant__ WgmmaMaps maps, __nv_bfloat16* out,
                            int64_t out_sb, int64_t out_sn, int64_t out_sh, int nq, int nk,
@@ -220,18 +207,6 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     mbar_init(qbar, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if constexpr (kPairs) {
-    // Dims 72-79 of every V row: (1, 0, ..., 0), in the 16-byte chunk after the 8 dims TMA
-    // writes (chunk 1 of the row's 128 bytes, at its swizzled place 1 ^ (row % 8)).
-    static_assert(DV == 72, "the column of ones sits at dim 72");
-    for (int i = threadIdx.x; i < kStages * BK; i += blockDim.x) {
-      const int s = i / BK, r = i % BK;
-      const uint32_t at = s_kv + s * L::kStageBytes + L::kKBytes + BK * 128 + r * 128 + 16 * (1 ^ (r & 7));
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(at), "r"(0x3F80u), "r"(0u), "r"(0u), "r"(0u)
-                   : "memory");
-    }
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // seen by wgmma (the async proxy)
-  }
   __syncthreads();
 
   if (warp >= 4 * kWG) {  // the producer warpgroup: one thread issues every load
@@ -260,10 +235,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   static_assert(kWG == 3, "register split below is for three consumer warpgroups");
   asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n" ::: "memory");
   const int wg = warp >> 2, g = lane >> 2, t4 = lane & 3;
-  constexpr int NO = kPairs ? DV + 8 : DV;  // O's columns (kPairs: the row sums in column DV)
-  float o[NO / 2];
+  float o[DV / 2];
 #pragma unroll
-  for (int i = 0; i < NO / 2; ++i) o[i] = 0.0f;
+  for (int i = 0; i < DV / 2; ++i) o[i] = 0.0f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;  // l: this thread's columns
   const uint32_t q_tile = s_q + wg * 64 * 128, q_tail = s_q + L::kRows * 128 + wg * 64 * 32;
   mbar_wait(qbar, 0);
@@ -306,7 +280,6 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     c_b = ex2(m_b - mn_b);
     m_a = mn_a;
     m_b = mn_b;
-    if constexpr (kPairs) return;  // the exponentials are pack_p's
     float sa = 0.0f, sb = 0.0f;
 #pragma unroll
     for (int i = 0; i < BK / 2; ++i) {
@@ -319,7 +292,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   };
   auto rescale_o = [&] {
 #pragma unroll
-    for (int j = 0; j < NO / 8; ++j) {
+    for (int j = 0; j < DV / 8; ++j) {
       o[4 * j] *= c_a;
       o[4 * j + 1] *= c_a;
       o[4 * j + 2] *= c_b;
@@ -332,22 +305,14 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = 8 * kk + 2 * r;
-        if constexpr (kPairs) {  // sc holds the scores: 2^(S sl2 - m), two at a time
-          const float mn = (r & 1) ? -m_b : -m_a;
-          p[kk][r] = ex2_bf16x2(fmaf(sc[i], sl2, mn), fmaf(sc[i + 1], sl2, mn));
-        } else {
-          p[kk][r] = pack_bf16(sc[i], sc[i + 1]);
-        }
-      }
+      for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16(sc[8 * kk + 2 * r], sc[8 * kk + 2 * r + 1]);
   };
   // O += P V of tile t (asynchronous; one group).
   auto issue_pv = [&](int t) {
     const uint32_t vs = s_kv + (t % kStages) * L::kStageBytes + L::kKBytes;
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) Wgmma<NO>::rs(o, p[kk], smem_desc_sw128(vs + kk * 2048, BK * 128));
+    for (int kk = 0; kk < BK / 16; ++kk) Wgmma<DV>::rs(o, p[kk], smem_desc_sw128(vs + kk * 2048, BK * 128));
     wgmma_commit();
   };
   auto release = [&](int t) {
@@ -369,15 +334,10 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     release(t);
   }
 
-  if constexpr (kPairs) {  // column DV: held by the quad's first lane
-    l_a = __shfl_sync(0xffffffffu, o[4 * (DV / 8)], lane & ~3);
-    l_b = __shfl_sync(0xffffffffu, o[4 * (DV / 8) + 2], lane & ~3);
-  } else {
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-  }
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
   const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
   const int row_a = q0 + wg * 64 + (warp & 3) * 16 + g, row_b = row_a + 8;
   __nv_bfloat16* ob = out + b * out_sb + head * out_sh;
@@ -425,14 +385,7 @@ bool encode_operand(CUtensorMap& map, const void* p, int64_t nb, int64_t n, int6
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The softmax's exponentials in bf16 pairs with the row sums from the tensor cores (the kernel's
-// kPairs, head dim 72): on trial, STDIT_CUDA_ATTN_EXP_PAIRS=1; 0 (the default) is the kernel before it.
-bool exp_pairs() {
-  static const bool on = env_choice("STDIT_CUDA_ATTN_EXP_PAIRS", {1}) == 1;
-  return on;
-}
-
-template <int DK, int DV, bool kPairs = false>
+template <int DK, int DV>
 bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq, int64_t sk,
                  int64_t sv, int64_t so) {
   // Three consumer warpgroups (192 query rows) share each key tile: measured at 720p on an H100,
@@ -455,7 +408,7 @@ bool launch_dims(const CudaContext& c, const AttnArgs& a, int64_t nb, int64_t sq
                     !enc(m.kt, a.k, a.nk, sk, 16, BK, CU_TENSOR_MAP_SWIZZLE_32B, nbk)))
     return false;
   if (L::VT > 0 && !enc(m.vt, a.v, a.nk, sv, L::VT, BK, sw128, nbk)) return false;
-  auto kernel = attention_wgmma_kernel<DK, DV, BK, kWG, kStages, kPairs>;
+  auto kernel = attention_wgmma_kernel<DK, DV, BK, kWG, kStages>;
   // Per device (tensor parallelism runs it on several): cheap, so on every launch.
   STDIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem));
   const dim3 grid(static_cast<unsigned>((a.nq + L::kRows - 1) / L::kRows), static_cast<unsigned>(a.h),
@@ -498,9 +451,7 @@ bool launch_attention_wgmma(const CudaContext& c, const AttnArgs& a, int64_t bat
     return false;
   switch (a.d) {
     case 64: return launch_dims<64, 64>(c, a, batch, sq, sk, sv, so);
-    case 72:
-      return exp_pairs() ? launch_dims<80, 72, true>(c, a, batch, sq, sk, sv, so)
-                         : launch_dims<80, 72>(c, a, batch, sq, sk, sv, so);
+    case 72: return launch_dims<80, 72>(c, a, batch, sq, sk, sv, so);
     case 80: return launch_dims<80, 80>(c, a, batch, sq, sk, sv, so);
     default: return false;
   }
