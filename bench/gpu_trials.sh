@@ -10,10 +10,9 @@
 # it room; logs go to $OUT (default bench_out/).
 #
 # Expects build-cuda/ as scripts/gpu_check.sh does (stdit and stdit_gpu_tests, libs in
-# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] [GELU=1] [PAIRS=1] bench/gpu_trials.sh (QUICK: the
+# build-cuda/libs). Usage: [LIMIT=seconds] [OLD=path] [QUICK=1] [GELU=1] bench/gpu_trials.sh (QUICK: the
 # fp8 check, bf16, the new and the old default at 720p and the 30-step gate only; GELU: fc1's GELU
-# through the hardware's tanh against the exponential form, checked, timed, and the 30-step gate;
-# PAIRS: spatial attention's exponentials in bf16 pairs (STDIT_CUDA_ATTN_EXP_PAIRS), checked and timed)
+# through the hardware's tanh against the exponential form, checked, timed, and the 30-step gate)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -60,25 +59,6 @@ if [ -n "${GELU:-}" ]; then  # fc1's GELU through the hardware's tanh (=1, the d
     run "fp8, tanh GELU" STDIT_CUDA_FP8_TANH_GELU=1 $S "${B[@]}" "${F[@]}"
   done
   run "fp8 quality gate, 480p 30 steps, tanh GELU" STDIT_CUDA_FP8_TANH_GELU=1 "${GATE[@]}"
-  echo "done in $(( $(date +%s) - t0 )) s"
-  exit $rc
-fi
-if [ -n "${PAIRS:-}" ]; then  # spatial attention's exponentials in bf16 pairs, row sums on the tensor cores
-  check "attention, exponentials in pairs" 'CudaOps.*Attention*:*CudaStdit3*:CudaFixtures.PipelineTiny' STDIT_CUDA_ATTN_EXP_PAIRS=1
-  grep -E "attention|stdit3|pipeline" "$OUT/checks.log" | grep -vE "^\[" | cut -c1-150 | tail -30
-  echo "== spatial attention alone, pairs off / on ($(left) s left) =="
-  for v in 0 1; do
-    STDIT_CUDA_ATTN_EXP_PAIRS=$v timeout 60 $T --gtest_filter=CudaPerf.RealShapes 2>&1 | grep -E "attention\[bf16\] spatial" | cut -c1-150
-  done
-  for i in 1 2; do
-    run "bf16, pairs off" STDIT_CUDA_ATTN_EXP_PAIRS=0 $S "${B[@]}" --precision bf16
-    run "bf16, pairs on" STDIT_CUDA_ATTN_EXP_PAIRS=1 $S "${B[@]}" --precision bf16
-  done
-  run "fp8, pairs off" STDIT_CUDA_ATTN_EXP_PAIRS=0 $S "${B[@]}" "${F[@]}"
-  run "fp8, pairs on" STDIT_CUDA_ATTN_EXP_PAIRS=1 $S "${B[@]}" "${F[@]}"
-  B4=(bench --backend cuda --preset 480p-4s --iters 3 --no-t5 --no-vae)
-  run "480p bf16, pairs off" STDIT_CUDA_ATTN_EXP_PAIRS=0 $S "${B4[@]}" --precision bf16
-  run "480p bf16, pairs on" STDIT_CUDA_ATTN_EXP_PAIRS=1 $S "${B4[@]}" --precision bf16
   echo "done in $(( $(date +%s) - t0 )) s"
   exit $rc
 fi
