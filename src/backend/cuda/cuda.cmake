@@ -2,8 +2,8 @@
 # test binary (tests/gpu) is defined here too. Included from the top-level CMakeLists.txt inside
 # if(STDIT_CUDA), after the layer libraries exist.
 #
-# Architectures: STDIT_CUDA_ARCHS (CMakeLists.txt; sm_80 + sm_90a SASS, compute_80 PTX). The
-# wgmma/TMA kernels compile to empty bodies for sm_80 and are chosen on sm_90 only
+# Architectures: STDIT_CUDA_ARCHS (CMakeLists.txt; sm_80, sm_86, sm_89 and sm_90a SASS, compute_80
+# PTX). The wgmma/TMA kernels compile to empty bodies outside sm_90a and are chosen on sm_90 only
 # (backend/policy.h). No --use_fast_math (softmax/exp/sin/cos must keep their full-precision
 # semantics); -lineinfo for profilers.
 
