@@ -31,8 +31,8 @@ run() {  # run NAME COMMAND...: the step times here, the whole output in $OUT/be
   cat "$OUT/run.log" >> "$OUT/bench.log"
   grep -E "ms/step|quality|error|execution policy" "$OUT/run.log" | cut -c1-220
 }
-# The gate runs the loop in f32 too (CUDA cores: ~10 s a 720p step), so at 240p here and over one
-# step in the timing runs (--steps 1).
+# The gate runs the loop in f32 too (CUDA cores: ~20 s a 720p step on an H100), so at 240p here and
+# over one step in the timing runs (--steps 1).
 run "fp16 quality gate, 240p 30 steps" timeout 200 $S bench --backend cuda --precision fp16 --preset 240p-4s --iters 1 --no-t5 --steps 30
 B=(bench --backend cuda --preset 720p-4s --iters 3 --no-t5 --no-vae)
 run "720p bf16 portable" $S "${B[@]}" --precision bf16 --kernels portable
