@@ -345,6 +345,9 @@ void run_bench(const BenchOptions& opt) {
       // What the device held so far (the run's own calls); the gate below adds a context and a
       // high-precision copy of the denoiser, which the row's device peak then includes.
       const size_t device_before_gate = be->device_memory_peak_bytes();
+      if (fp16)  // the f32 loop takes many times the fp16 run (720p: ~20 s a step on an H100)
+        log_info("bench: ", preset, ": fp16's quality gate runs the ", opt.steps,
+                 "-step loop in f32 on the CUDA cores, the slow part of this run (--steps bounds it)");
       auto hi = make_backend(opt.backend, PolicyRequest{fp16 ? "f32" : "auto"});
       auto dit_weights = [&] { return synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)); };
       STDiT3 dit_hi(dc, dit_weights(), *hi);
