@@ -390,8 +390,9 @@ std::vector<AttnMode> attn_modes() {
 Tensor dev_in(CudaBackend& g, const Tensor& host, bool bf16) {
   Tensor d = g.upload(host);
   if (!bf16) return d;
-  // (not matmul_dtype(): the F32 backends' GEMMs take F32, and their ops are checked on BF16 too)
-  Tensor b = g.alloc(host.shape(), g.policy().precision == Precision::F16 ? DType::F16 : DType::BF16);
+  // The backend's own choice of 16-bit type (not matmul_dtype(): the F32 backends' GEMMs take F32,
+  // and their ops are checked on BF16 too).
+  Tensor b = g.alloc(host.shape(), g.options().f16 ? DType::F16 : DType::BF16);
   g.copy(d, b);
   return b;
 }
