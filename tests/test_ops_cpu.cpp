@@ -96,6 +96,22 @@ TEST(CpuOps, GemmBitsDoNotDependOnTheThreadCount) {
   EXPECT_TRUE(same_bits(with_threads(1, conv), with_threads(3, conv))) << "conv3d";
 }
 
+// The CPU backend has no graphs: record() runs the ops once, as they are, and returns none.
+TEST(CpuOps, RecordRunsTheOpsOnceWithoutARecording) {
+  CpuBackend be;
+  EXPECT_FALSE(be.records());
+  EXPECT_FALSE(be.policy().step_graphs);
+  Tensor x = Tensor::from_f32({3}, {1, 2, 3});
+  int calls = 0;
+  const auto recording = be.record([&] {
+    ++calls;
+    be.add(x, x, x);
+  });
+  EXPECT_EQ(recording, nullptr);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(x.data<float>()[2], 6.0f);
+}
+
 TEST(CpuOps, AddBroadcastAndSilu) {
   Tensor a = iota({2, 3});
   Tensor o = be.alloc({2, 3});

@@ -33,7 +33,8 @@ TEST(Policy, DefaultsPerBackend) {
   EXPECT_TRUE(h.text_attention && h.wgmma_attention && h.cudnn_attention && h.tf32_attention && h.cudnn_conv);
   EXPECT_EQ(h.describe(),
             "execution policy: cuda, bf16; residual projections fused (CUTLASS); attention short-text > wgmma > "
-            "cudnn > bf16 flash > tf32 > f32; convolutions cudnn (VAE decode bf16 channels-last)");
+            "cudnn > bf16 flash > tf32 > f32; convolutions cudnn (VAE decode bf16 channels-last); denoiser steps as "
+            "CUDA graphs");
 }
 
 TEST(Policy, PrecisionsAndPortableKernels) {
@@ -64,7 +65,7 @@ TEST(Policy, Fp16IsTheBf16PathLessTheHopperOnlyKernels) {
   EXPECT_STREQ(precision_name(Precision::F16), "fp16");
   EXPECT_EQ(cuda("fp16").describe(),
             "execution policy: cuda, fp16; residual projections cuBLASLt; attention short-text > cudnn > fp16 flash > "
-            "tf32 > f32; convolutions cudnn (VAE decode bf16 channels-last)");
+            "tf32 > f32; convolutions cudnn (VAE decode bf16 channels-last); denoiser steps as CUDA graphs");
   // Only a GPU computes in fp16.
   EXPECT_NE(error_of({"fp16", "auto", {}, ""}, "cpu", 0).find("--precision fp16 needs a GPU"), std::string::npos);
   EXPECT_NE(error_of({"fp16", "auto", {}, "qkv"}, "cuda", 90).find("--fp8-keep"), std::string::npos);
@@ -121,6 +122,20 @@ TEST(Policy, VaeDecodesInBf16WithTheBf16Precisions) {
   EXPECT_NE(cuda("tf32").describe().find("(VAE f32)"), std::string::npos);
 }
 
+TEST(Policy, StepGraphsOnEveryGpuUnlessTurnedOff) {
+  // The denoiser's steps as CUDA graphs: every precision, every GPU generation, portable kernels
+  // too; off with STDIT_CUDA_GRAPHS=0; never on the CPU (it has no graphs).
+  for (const char* precision : {"auto", "bf16", "fp16", "fp8", "tf32", "f32"}) {
+    EXPECT_TRUE(cuda(precision).step_graphs) << precision;
+    EXPECT_FALSE(cuda(precision, "auto", 90, {{"graphs", false}}).step_graphs) << precision;
+  }
+  EXPECT_TRUE(cuda("auto", "auto", 80).step_graphs);
+  EXPECT_TRUE(cuda("auto", "portable").step_graphs);
+  EXPECT_FALSE(resolve_policy({}, "cpu", 0).step_graphs);
+  EXPECT_NE(cuda("auto").describe().find("; denoiser steps as CUDA graphs"), std::string::npos);
+  EXPECT_EQ(cuda("auto", "auto", 90, {{"graphs", false}}).describe().find("CUDA graphs"), std::string::npos);
+}
+
 TEST(Policy, FusedBf16GemmsOnHopperOnly) {
   // The CUTLASS bf16 residual projections with fused epilogues: by default in bf16 and fp8 on
   // Hopper; not on Ada or Ampere, not with portable kernels, not in tf32/f32; off with
@@ -155,7 +170,7 @@ TEST(Policy, Fp8) {
   EXPECT_EQ(g.describe(),
             "execution policy: cuda, fp8 (e4m3 block linears, bf16 elsewhere); fp8 GEMMs unfused (an epilogue "
             "pass); norms write e4m3; residual projections cuBLASLt; attention short-text > cudnn > bf16 flash > tf32 > f32; "
-            "convolutions cudnn (VAE decode bf16 channels-last); unquantized first:2");
+            "convolutions cudnn (VAE decode bf16 channels-last); denoiser steps as CUDA graphs; unquantized first:2");
   // The fused FP8 GEMM (CUTLASS, scales in the epilogue): by default on Hopper (off with
   // STDIT_CUDA_FP8_GEMM=0), not on Ada, not with portable kernels, not in other precisions.
   const std::map<std::string, bool> fused{{"fp8_gemm", true}};

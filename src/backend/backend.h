@@ -8,6 +8,7 @@
 //    contiguous. "Absent" optional tensors are default-constructed (defined() == false).
 //  - Shapes: B batch, N tokens per sample, C channels, H heads, D head dim, S tokens per frame.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +47,15 @@ struct ConvParams {
   int pad_t_front = 0, pad_t_back = 0, pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
 };
 
+// Ops recorded once and queued again as they were (Backend::record): the same ops, in the same
+// order, on the same tensors (the same device addresses), so a caller gives it new values by
+// writing them into the tensors the recorded ops read.
+class OpRecording {
+ public:
+  virtual ~OpRecording() = default;
+  virtual void replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -76,6 +86,18 @@ class Backend {
   // use: freed blocks of one size do not always serve the next size). --max-memory sets it to the
   // budget less what the device holds besides; a no-op where there is no pool (CPU).
   virtual void limit_pool(size_t /*bytes*/) {}
+  // Whether record() records here now (CUDA: a CUDA graph, unless the policy's step_graphs is
+  // off, a pool limit is set or the ops are being profiled); false: record() only runs fn.
+  virtual bool records() const { return false; }
+  // Runs fn, whose ops must all be this backend's and must not wait for the device or read
+  // results back on the host, and returns them recorded for replay() (null where records() is
+  // false). fn's ops have run once when it returns either way. The recorded ops keep reading and
+  // writing the tensors they were given: the caller keeps those alive, at the same addresses, for
+  // as long as it replays; every tensor fn allocates must be freed before fn returns.
+  virtual std::unique_ptr<OpRecording> record(const std::function<void()>& fn) {
+    fn();
+    return nullptr;
+  }
   // A dry run of this backend's allocator (backend/dry_run.h): the memory plan's twin of it.
   virtual std::unique_ptr<DryRunBackend> dry_run() const;
   // Peak memory in use on the device as the device reports it (context, library workspaces and

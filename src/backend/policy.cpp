@@ -141,7 +141,8 @@ std::string ExecutionPolicy::describe() const {
              bf16 ? (fused_bf16_gemm ? "; residual projections fused (CUTLASS)" : "; residual projections cuBLASLt") : "",
              "; attention ", attention,
              "; convolutions ", cudnn_conv ? "cudnn" : "im2col + GEMM",
-             vae_bf16 ? " (VAE decode bf16 channels-last)" : " (VAE f32)", keep);
+             vae_bf16 ? " (VAE decode bf16 channels-last)" : " (VAE f32)",
+             step_graphs ? "; denoiser steps as CUDA graphs" : "", keep);
 }
 
 ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backend, int sm) {
@@ -156,7 +157,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
     REQUIRE(k == "bf16" || k == "tf32" || k == "tf32_attention" || k == "cudnn" || k == "cudnn_attention" ||
                     k == "text_attention" || k == "wgmma_attention" || k == "fp8" || k == "fp8_gemm" ||
                     k == "fp8_norm" || k == "fp8_hidden" || k == "fp8_tanh_gelu" || k == "bf16_gemm" ||
-                    k == "vae_bf16",
+                    k == "vae_bf16" || k == "graphs",
                 "unknown kernel override '", k, "'");
   ExecutionPolicy p;
   p.backend = backend;
@@ -210,6 +211,7 @@ ExecutionPolicy resolve_policy(const PolicyRequest& r, const std::string& backen
   p.fp8_tanh_gelu = p.fused_fp8_gemm && ov("fp8_tanh_gelu", true);
   p.fused_bf16_gemm = bf16 && bf16_hopper && ov("bf16_gemm", true);
   p.vae_bf16 = bf16 && p.cudnn_conv && ov("vae_bf16", true);
+  p.step_graphs = ov("graphs", true);
   if (p.precision == Precision::FP8 && r.fp8_keep.empty()) p.fp8_keep = parse_fp8_keep(fp8_default_keep());
   return p;
 }
@@ -218,7 +220,7 @@ std::map<std::string, bool> overrides_from_env() {
   std::map<std::string, bool> out;
   for (const char* k : {"bf16", "tf32", "tf32_attention", "cudnn", "cudnn_attention", "text_attention", "wgmma_attention",
                         "fp8", "fp8_gemm", "fp8_norm", "fp8_hidden", "fp8_tanh_gelu", "bf16_gemm",
-                        "vae_bf16"}) {
+                        "vae_bf16", "graphs"}) {
     std::string name = "STDIT_CUDA_";
     for (const char* c = k; *c; ++c) name += static_cast<char>(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
     if (const char* e = std::getenv(name.c_str())) out[k] = std::string(e) != "0";

@@ -112,6 +112,11 @@ struct ExecutionPolicy {
   // its precision.) On by default where cuDNN convolutions are (the "vae_bf16" override,
   // STDIT_CUDA_VAE_BF16=0, turns it off).
   bool vae_bf16 = false;
+  // The denoiser's block stack recorded as one CUDA graph per call shape and text (at the second
+  // call with a kept text, Backend::record) and replayed by the calls after it: one launch for
+  // the ~800 kernels of a step instead of one each, no host work between them. On by default on
+  // every GPU (the "graphs" override, STDIT_CUDA_GRAPHS=0, turns it off).
+  bool step_graphs = false;
   Fp8Keep fp8_keep;              // precision fp8: the layers / steps left unquantized
   std::string describe() const;  // one line for -v
   // fp8 on the CPU backend: the GPU's e4m3 codes and scales with f32 arithmetic, for measuring what
@@ -123,8 +128,8 @@ struct ExecutionPolicy {
 // 0 for the CPU). An impossible request (bf16 on the CPU, an unknown name) is an Error.
 ExecutionPolicy resolve_policy(const PolicyRequest& request, const std::string& backend, int sm);
 
-// The STDIT_CUDA_{BF16,TF32,TF32_ATTENTION,CUDNN,CUDNN_ATTENTION,TEXT_ATTENTION,WGMMA_ATTENTION}
-// switches of the environment as overrides (names in lower case without the prefix).
+// The STDIT_CUDA_<NAME> switches of the environment (BF16, TF32, CUDNN, WGMMA_ATTENTION, FP8_GEMM,
+// VAE_BF16, GRAPHS ...: resolve_policy's override names in upper case) as overrides, "0" off.
 std::map<std::string, bool> overrides_from_env();
 
 }  // namespace stdit

@@ -66,6 +66,7 @@ CudaContext::~CudaContext() {
     if (plan.conv) cudnnDestroyConvolutionDescriptor(plan.conv);
   }
   sdpa_plans.clear();  // their descriptors, before the handle
+  for (auto& [bytes, host] : pinned) cudaFreeHost(host);
   if (dnn) cudnnDestroy(dnn);
   if (workspace) cudaFree(workspace);
   if (stream) cudaStreamDestroy(stream);
@@ -180,8 +181,22 @@ std::shared_ptr<void> device_alloc(const std::shared_ptr<CudaContext>& ctx, size
 std::shared_ptr<void> device_copy_of(const std::shared_ptr<CudaContext>& ctx, const void* host,
                                      size_t bytes) {
   auto d = device_alloc(ctx, bytes);
-  if (bytes)
-    STDIT_CUDA_CHECK(cudaMemcpyAsync(d.get(), host, bytes, cudaMemcpyHostToDevice, ctx->stream));
+  if (!bytes) return d;
+  // While a graph is being recorded the copy becomes one of its nodes, read again at every replay:
+  // from a pinned copy of these bytes that lives as long as the context (a graph may not copy
+  // from pageable memory, which the caller may free).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  STDIT_CUDA_CHECK(cudaStreamIsCapturing(ctx->stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) {
+    std::lock_guard<std::mutex> lock(ctx->pinned_mutex);
+    void*& kept = ctx->pinned[std::string(static_cast<const char*>(host), bytes)];
+    if (!kept) {
+      STDIT_CUDA_CHECK(cudaMallocHost(&kept, bytes));
+      std::memcpy(kept, host, bytes);
+    }
+    host = kept;
+  }
+  STDIT_CUDA_CHECK(cudaMemcpyAsync(d.get(), host, bytes, cudaMemcpyHostToDevice, ctx->stream));
   return d;
 }
 
@@ -256,6 +271,7 @@ CudaBackend::CudaBackend(int device, CudaOptions options)
         p.cudnn_conv = options.cudnn_conv;
         p.fused_bf16_gemm = options.bf16 && !options.f16 && options.fused_bf16_gemm && cuda_device_sm(device) == 90;
         p.vae_bf16 = options.bf16 && options.cudnn_conv && options.vae_bf16;
+        p.step_graphs = options.graphs;
         return p;
       }()) {}
 
@@ -301,6 +317,85 @@ void CudaBackend::release_cached_memory() {
 }
 
 void CudaBackend::limit_pool(size_t bytes) { ctx_->pool_limit.store(bytes); }
+
+// ================================================================================================
+// recordings (CUDA graphs)
+
+namespace {
+// One instantiated graph and what its ops count on the host when they run eagerly (which attention
+// kernels), added again at each replay so that attention_kernels() tells the same either way.
+class CudaRecording final : public OpRecording {
+ public:
+  CudaRecording(std::shared_ptr<CudaContext> ctx, cudaGraphExec_t exec, std::array<int64_t, kAttentionKernels> runs)
+      : ctx_(std::move(ctx)), exec_(exec), runs_(runs) {}
+  ~CudaRecording() override {
+    // Never throws. The graph's memory goes back to the device once no launch of it is queued.
+    int previous = -1;
+    cudaGetDevice(&previous);
+    cudaSetDevice(ctx_->device);
+    cudaStreamSynchronize(ctx_->stream);
+    cudaGraphExecDestroy(exec_);
+    cudaDeviceGraphMemTrim(ctx_->device);
+    if (previous >= 0) cudaSetDevice(previous);
+  }
+  void replay() override {
+    STDIT_CUDA_CHECK(cudaGraphLaunch(exec_, ctx_->stream));
+    for (int k = 0; k < kAttentionKernels; ++k) ctx_->attention_runs[k] += runs_[k];
+    ++ctx_->replays;
+  }
+
+ private:
+  std::shared_ptr<CudaContext> ctx_;
+  cudaGraphExec_t exec_;
+  std::array<int64_t, kAttentionKernels> runs_;
+};
+}  // namespace
+
+bool CudaBackend::records() const { return policy_.step_graphs && ctx_->pool_limit.load() == 0 && !op_profile(); }
+
+int64_t CudaBackend::replays() const { return ctx_->replays.load(); }
+
+std::unique_ptr<OpRecording> CudaBackend::record(const std::function<void()>& fn) {
+  if (!records()) {
+    fn();
+    return nullptr;
+  }
+  // The graph's allocations come from a pool of the device's own: the blocks this backend's pool
+  // keeps from earlier calls go back first, so that the two do not both hold a step's worth.
+  release_cached_memory();
+  const size_t held = ctx_->bytes_in_use.load();
+  std::array<int64_t, kAttentionKernels> runs{};
+  for (int k = 0; k < kAttentionKernels; ++k) runs[k] = ctx_->attention_runs[k].load();
+  STDIT_CUDA_CHECK(cudaStreamBeginCapture(ctx_->stream, cudaStreamCaptureModeThreadLocal));
+  cudaGraph_t graph = nullptr;
+  try {
+    fn();
+  } catch (...) {
+    cudaStreamEndCapture(ctx_->stream, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  const cudaError_t ended = cudaStreamEndCapture(ctx_->stream, &graph);
+  if (ended != cudaSuccess || !graph) {
+    cudaGetLastError();
+    fail("cuda: recording the denoiser's step as a CUDA graph failed (", cudaGetErrorString(ended),
+         "); STDIT_CUDA_GRAPHS=0 runs it without graphs");
+  }
+  if (ctx_->bytes_in_use.load() != held) {
+    cudaGraphDestroy(graph);
+    fail("cuda: ", ctx_->bytes_in_use.load() - held, " bytes allocated while recording a CUDA graph outlive it");
+  }
+  for (int k = 0; k < kAttentionKernels; ++k) runs[k] = ctx_->attention_runs[k].load() - runs[k];
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  STDIT_CUDA_CHECK(made);
+  auto recording = std::make_unique<CudaRecording>(ctx_, exec, runs);
+  // What fn queued was recorded, not run: once now. (Its attention kernels were counted by fn.)
+  STDIT_CUDA_CHECK(cudaGraphLaunch(exec, ctx_->stream));
+  return recording;
+}
 
 void CudaBackend::synchronize() {
   STDIT_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
@@ -810,6 +905,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device, const ExecutionPolicy& p)
   o.text_attention = p.text_attention;
   o.wgmma_attention = p.wgmma_attention;
   o.vae_bf16 = p.vae_bf16;
+  o.graphs = p.step_graphs;
   return std::make_unique<CudaBackend>(device, o, p);
 }
 

@@ -53,6 +53,8 @@ struct CudaOptions {
   // matrices, GEMM operands and attention's operands in F16 (matmul_dtype() = F16), the same
   // kernels instantiated for it (not the Hopper-only wgmma attention and CUTLASS GEMMs).
   bool f16 = false;
+  // The denoiser's block stack as a CUDA graph per call shape (policy step_graphs; record()).
+  bool graphs = true;
 };
 
 class CudaBackend final : public Backend {
@@ -74,6 +76,9 @@ class CudaBackend final : public Backend {
   void limit_pool(size_t bytes) override;  // device_alloc trims the pool before passing it
   size_t device_memory_in_use_bytes() const override;  // cudaMemGetInfo: total - free
   std::unique_ptr<DryRunBackend> dry_run() const override;  // cuda_dry_run.cu: with the ops' scratch
+  bool records() const override;  // policy step_graphs, no pool limit, no STDIT_CUDA_PROFILE
+  std::unique_ptr<OpRecording> record(const std::function<void()>& fn) override;  // a CUDA graph
+  int64_t replays() const;  // how often recordings of this backend have been replayed
   size_t device_memory_peak_bytes() const override;  // cudaMemGetInfo, sampled every 5 ms
   void bind_to_this_thread() override;  // cudaSetDevice(this backend's device)
   Tensor upload(const Tensor& host) override;

@@ -124,6 +124,11 @@ struct CudaContext : std::enable_shared_from_this<CudaContext> {
   // kernel ran (indexed by AttentionKernel).
   ExecutionPolicy policy;
   std::array<std::atomic<int64_t>, kAttentionKernels> attention_runs{};
+  std::atomic<int64_t> replays{0};  // OpRecording::replay() calls (CudaBackend::replays)
+  // Pinned host copies of the small tables ops upload while a CUDA graph is being recorded
+  // (device_copy_of): the graph's copy reads them at every replay, so they live with the context.
+  std::mutex pinned_mutex;
+  std::map<std::string, void*> pinned;
 
   CudaContext(int device, CudaOptions options);
   ~CudaContext();

@@ -371,6 +371,9 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     s.sel.tokens_per_frame = s.S;
   }
 
+  // Calls that replay the recorded block stack run on its tensors from the embedding on.
+  BlockGraph* graph = block_graph_for(in, s, static_cast<bool>(rec));
+
   // ---- embeddings ----
   // The latents as the model dtype holds them (Open-Sora casts z to it), on the backend.
   const bool x_on_device = in.x.device() == be_->device() && in.x.device().kind != DeviceKind::CPU;
@@ -386,7 +389,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   }
   Tensor patches = be_->alloc({B, s.N, c.in_channels * c.patch_volume()});
   be_->patchify(latents, c.patch_size[0], c.patch_size[1], c.patch_size[2], patches);
-  Tensor x = be_->alloc({B, s.N, C});
+  Tensor x = graph ? graph->x : be_->alloc({B, s.N, C});
   be_->linear(patches, g_.x_emb_w, g_.x_emb_b, Activation::None, x);
 
   const double height = round_scalar(host_values(in.height)[0], model_dtype_);
@@ -457,12 +460,8 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
       be_->copy(x, x_in);
     }
     if (cp_) blocks_context_parallel(s, x);
-    for (int i = 0; i < (cp_ ? 0 : c.depth); ++i) {
-      block_forward((*s.spatial)[i], false, s, x);
-      if (!s.rows_split) record(cat("block.", 2 * i), x);
-      block_forward((*s.temporal)[i], true, s, x);
-      if (!s.rows_split) record(cat("block.", 2 * i + 1), x);
-    }
+    else if (graph) blocks_recorded(*graph, s);
+    else blocks(s, x, rec);
     RankOps::make_rows_whole(tp_, s.rows_split, x);  // rows split: x whole again
     if (caching) {
       be_->sub(x, x_in, x_in);
@@ -502,6 +501,71 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   Tensor host = be_->download(out);
   if (rec) rec("output", host);
   return host;
+}
+
+void STDiT3::blocks(Step& s, Tensor& x, const Recorder& rec) {
+  for (int i = 0; i < cfg_.depth; ++i)
+    for (const bool temporal : {false, true}) {
+      block_forward((temporal ? *s.temporal : *s.spatial)[i], temporal, s, x);
+      if (rec && !s.rows_split) rec(cat("block.", 2 * i + temporal), be_->download(x));
+    }
+}
+
+STDiT3::BlockGraph* STDiT3::block_graph_for(const STDiT3Inputs& in, const Step& s, bool recorder) {
+  // Graphs of texts no longer kept go (their keys and values may be freed).
+  auto kept = [&](uint64_t key) -> TextState* {
+    for (TextState& t : text_)
+      if (key != 0 && t.key == key) return &t;
+    return nullptr;
+  };
+  graphs_.erase(std::remove_if(graphs_.begin(), graphs_.end(), [&](const auto& g) { return !kept(g->text_key); }),
+                graphs_.end());
+  if (recorder || cp_ || tp_ || !be_->records()) return nullptr;
+  const TextState* text = kept(in.text_key);
+  if (!text || text->B != s.B || text->L != in.y.size(2)) return nullptr;
+  for (const auto* list : {s.spatial, s.temporal})
+    for (const Block& blk : *list)
+      if (!text->kv.count(&blk)) return nullptr;  // the first call with this text keeps them
+  const bool select = s.sel.active();
+  for (auto& g : graphs_)
+    if (g->text_key == in.text_key && g->B == s.B && g->T == s.T && g->S == s.S && g->select == select &&
+        g->spatial == s.spatial)
+      return g.get();
+  // One graph per kept text: a new shape or block list for it replaces the one it had.
+  graphs_.erase(std::remove_if(graphs_.begin(), graphs_.end(), [&](const auto& g) { return g->text_key == in.text_key; }),
+                graphs_.end());
+  auto g = std::make_shared<BlockGraph>();
+  g->text_key = in.text_key;
+  g->B = s.B;
+  g->T = s.T;
+  g->S = s.S;
+  g->select = select;
+  g->spatial = s.spatial;
+  g->x = be_->alloc({s.B, s.N, s.C});
+  g->t_mlp = be_->alloc({s.B, 6 * s.C});
+  if (select) {
+    g->t0_mlp = be_->alloc({s.B, 6 * s.C});
+    g->mask = be_->alloc(s.sel.mask.shape(), s.sel.mask.dtype());
+  }
+  graphs_.push_back(g);
+  return g.get();
+}
+
+void STDiT3::blocks_recorded(BlockGraph& g, const Step& s) {
+  be_->copy(s.t_mlp, g.t_mlp);
+  if (g.select) {
+    be_->copy(s.t0_mlp, g.t0_mlp);
+    be_->copy(s.sel.mask, g.mask);
+  }
+  if (g.recording) {
+    g.recording->replay();
+    return;
+  }
+  Step on = s;  // the call's inputs as the recording reads them
+  on.t_mlp = g.t_mlp;
+  on.t0_mlp = g.t0_mlp;
+  on.sel.mask = g.mask;
+  g.recording = be_->record([&] { blocks(on, g.x, {}); });
 }
 
 void STDiT3::set_context_parallel(Communicator* cp) { cp_ = cp && cp->size() > 1 ? cp : nullptr; }
@@ -662,6 +726,7 @@ void STDiT3::block_forward(const Block& blk, bool temporal, Step& s, Tensor& x) 
 }
 
 void STDiT3::release_kept_state() {
+  graphs_.clear();
   cache_ = {};
   text_ = {};
   pos_ = {};
