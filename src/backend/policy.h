@@ -112,10 +112,10 @@ struct ExecutionPolicy {
   // its precision.) On by default where cuDNN convolutions are (the "vae_bf16" override,
   // STDIT_CUDA_VAE_BF16=0, turns it off).
   bool vae_bf16 = false;
-  // The denoiser's block stack recorded as one CUDA graph per call shape and text (at the second
-  // call with a kept text, Backend::record) and replayed by the calls after it: one launch for
-  // the ~800 kernels of a step instead of one each, no host work between them. On by default on
-  // every GPU (the "graphs" override, STDIT_CUDA_GRAPHS=0, turns it off).
+  // The denoiser's blocks and final layer recorded as one CUDA graph per call shape and text (at
+  // the second call with a kept text, Backend::record) and replayed by the calls after it: one
+  // launch for the ~800 kernels of a step instead of one each, no host work between them. On by
+  // default on every GPU (the "graphs" override, STDIT_CUDA_GRAPHS=0, turns it off).
   bool step_graphs = false;
   Fp8Keep fp8_keep;              // precision fp8: the layers / steps left unquantized
   std::string describe() const;  // one line for -v

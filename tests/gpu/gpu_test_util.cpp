@@ -42,11 +42,13 @@
 // | vae_tiny[bf16 cl] (bf16 channels-last)| 1e-1     | 5.4e-2    | bf16 activations (2026-12-06)      |
 // | pipeline_tiny[bf16]                  | 2e-2      | 5.5e-3    | worst frame 54.1 dB PSNR           |
 // | pipeline_tiny[bf16 cl]               | 1e-1      | 5.3e-2    | worst frame 39.0 dB (bf16 VAE)     |
+#include <execinfo.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -406,10 +408,27 @@ Tensor rope_freqs(int64_t d) {
 
 }  // namespace stdit::gpu_test
 
+namespace {
+// A crash names the test it happened in and prints the stack's return addresses (for addr2line on
+// the build machine's unstripped binary: the carried one is stripped).
+void on_crash(int sig) {
+  const ::testing::TestInfo* t = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::fprintf(stderr, "stdit_gpu_tests: signal %d in %s.%s\n", sig, t ? t->test_suite_name() : "(no test)",
+               t ? t->name() : "");
+  void* frames[48];
+  backtrace_symbols_fd(frames, backtrace(frames, 48), 2);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace stdit;
   using namespace stdit::gpu_test;
   ::testing::InitGoogleTest(&argc, argv);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a pipe as they are printed
+  std::signal(SIGSEGV, on_crash);
+  std::signal(SIGABRT, on_crash);
   const int n = cuda_device_count();
   if (n == 0) {
     std::fprintf(stderr, "stdit_gpu_tests: no CUDA device visible\n");

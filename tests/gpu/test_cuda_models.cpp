@@ -146,8 +146,8 @@ TEST(CudaStdit3Fp8, ForwardMatchesTheEmulation) {
   }
 }
 
-// The denoiser's block stack as a CUDA graph (policy step_graphs): the second call with a kept
-// text records it, the later ones replay it. Every call's output must equal, bit for bit, the same
+// The denoiser's blocks and final layer as a CUDA graph (policy step_graphs): the second call with
+// a kept text records them, the later ones replay them. Every call's output must equal, bit for bit, the same
 // call's on a backend of the same policy with graphs off (the same kernels on the same operands),
 // in each precision, for fixtures a and b, with and without a conditioning frame; the attention
 // kernels' counts must agree, and the replays must have happened.
@@ -184,10 +184,11 @@ TEST(CudaGraphs, ReplayedStepsEqualOpByOp) {
           in.x_mask = Tensor::zeros({in.x.size(0), in.x.size(2)}, DType::U8);
           for (int64_t i = 0; i < in.x_mask.numel(); ++i) in.x_mask.data<uint8_t>()[i] = i % in.x.size(2) != 0;
         }
-        const Tensor x0 = in.x.contiguous(), t0 = in.timestep.to(DType::F32);
+        const Tensor x0 = in.x.to(DType::F32), t0 = in.timestep.to(DType::F32);
         for (int call = 0; call < 4; ++call) {
-          // New latents and timesteps each call (what a sampler gives), the same text.
-          Tensor x = x0.to(DType::F32), t = t0.to(DType::F32);
+          // New latents and timesteps each call (what a sampler gives), the same text. (clone: the
+          // inputs file is mapped read-only.)
+          Tensor x = x0.clone(), t = t0.clone();
           for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] *= 1.0f + 0.25f * static_cast<float>(call);
           for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] *= 1.0f - 0.2f * static_cast<float>(call);
           in.x = x;

@@ -66,7 +66,7 @@ CudaContext::~CudaContext() {
     if (plan.conv) cudnnDestroyConvolutionDescriptor(plan.conv);
   }
   sdpa_plans.clear();  // their descriptors, before the handle
-  for (auto& [bytes, host] : pinned) cudaFreeHost(host);
+  if (pinned_block) cudaFreeHost(pinned_block);
   if (dnn) cudnnDestroy(dnn);
   if (workspace) cudaFree(workspace);
   if (stream) cudaStreamDestroy(stream);
@@ -189,12 +189,20 @@ std::shared_ptr<void> device_copy_of(const std::shared_ptr<CudaContext>& ctx, co
   STDIT_CUDA_CHECK(cudaStreamIsCapturing(ctx->stream, &capture));
   if (capture != cudaStreamCaptureStatusNone) {
     std::lock_guard<std::mutex> lock(ctx->pinned_mutex);
-    void*& kept = ctx->pinned[std::string(static_cast<const char*>(host), bytes)];
-    if (!kept) {
-      STDIT_CUDA_CHECK(cudaMallocHost(&kept, bytes));
-      std::memcpy(kept, host, bytes);
+    std::string key(static_cast<const char*>(host), bytes);
+    auto it = ctx->pinned.find(key);
+    if (it == ctx->pinned.end()) {
+      const size_t at = (ctx->pinned_used + 15) / 16 * 16;
+      STDIT_CHECK(ctx->pinned_block && at + bytes <= CudaContext::kPinnedBytes, "cuda: the ", bytes,
+                  "-byte table of an op being recorded into a CUDA graph does not fit the pinned block's ",
+                  CudaContext::kPinnedBytes - std::min(at, CudaContext::kPinnedBytes),
+                  " bytes left; STDIT_CUDA_GRAPHS=0 runs without graphs");
+      char* to = static_cast<char*>(ctx->pinned_block) + at;
+      std::memcpy(to, host, bytes);
+      ctx->pinned_used = at + bytes;
+      it = ctx->pinned.emplace(std::move(key), to).first;
     }
-    host = kept;
+    host = it->second;
   }
   STDIT_CUDA_CHECK(cudaMemcpyAsync(d.get(), host, bytes, cudaMemcpyHostToDevice, ctx->stream));
   return d;
@@ -363,6 +371,10 @@ std::unique_ptr<OpRecording> CudaBackend::record(const std::function<void()>& fn
   // The graph's allocations come from a pool of the device's own: the blocks this backend's pool
   // keeps from earlier calls go back first, so that the two do not both hold a step's worth.
   release_cached_memory();
+  {
+    std::lock_guard<std::mutex> lock(ctx_->pinned_mutex);
+    if (!ctx_->pinned_block) STDIT_CUDA_CHECK(cudaMallocHost(&ctx_->pinned_block, CudaContext::kPinnedBytes));
+  }
   const size_t held = ctx_->bytes_in_use.load();
   std::array<int64_t, kAttentionKernels> runs{};
   for (int k = 0; k < kAttentionKernels; ++k) runs[k] = ctx_->attention_runs[k].load();

@@ -126,9 +126,14 @@ struct CudaContext : std::enable_shared_from_this<CudaContext> {
   std::array<std::atomic<int64_t>, kAttentionKernels> attention_runs{};
   std::atomic<int64_t> replays{0};  // OpRecording::replay() calls (CudaBackend::replays)
   // Pinned host copies of the small tables ops upload while a CUDA graph is being recorded
-  // (device_copy_of): the graph's copy reads them at every replay, so they live with the context.
+  // (device_copy_of): the graph's copy reads them at every replay, so they live with the context,
+  // in one pinned block made before the first recording (no pinned allocation may happen while a
+  // stream is being captured), one copy per distinct table.
+  static constexpr size_t kPinnedBytes = size_t{1} << 20;
   std::mutex pinned_mutex;
-  std::map<std::string, void*> pinned;
+  void* pinned_block = nullptr;
+  size_t pinned_used = 0;
+  std::map<std::string, const void*> pinned;
 
   CudaContext(int device, CudaOptions options);
   ~CudaContext();

@@ -460,8 +460,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
       be_->copy(x, x_in);
     }
     if (cp_) blocks_context_parallel(s, x);
-    else if (graph) blocks_recorded(*graph, s);
-    else blocks(s, x, rec);
+    else if (!graph) blocks(s, x, rec);  // (a recording runs them with the final layer, below)
     RankOps::make_rows_whole(tp_, s.rows_split, x);  // rows split: x whole again
     if (caching) {
       be_->sub(x, x_in, x_in);
@@ -469,7 +468,23 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     }
   }
 
-  // ---- final layer (spec §3.7): raw t, and LayerNorm twice for conditioning frames ----
+  // ---- final layer ----
+  const Shape out_shape = {B, c.out_channels(), Tx, Hx, Wx};
+  const Tensor out = graph ? blocks_recorded(*graph, s, t, t0, out_shape) : final_layer(s, x, t, t0, out_shape, rec);
+  if (x_on_device) {
+    record("output", out);
+    return out;
+  }
+  Tensor host = be_->download(out);
+  if (rec) rec("output", host);
+  return host;
+}
+
+Tensor STDiT3::final_layer(const Step& s, const Tensor& x, const Tensor& t, const Tensor& t0, const Shape& out_shape,
+                           const Recorder& rec, Tensor out) {
+  // Spec §3.7: raw t, and LayerNorm twice for conditioning frames.
+  const STDiT3Config& c = cfg_;
+  const int64_t B = s.B, C = s.C;
   const Tensor ft = g_.final_table.view({-1});
   auto shift_scale = [&](const Tensor& tv, Tensor& shift, Tensor& scale) {
     shift = be_->alloc({B, C});
@@ -491,16 +506,12 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
   const int64_t fo = static_cast<int64_t>(c.patch_volume()) * c.out_channels();
   Tensor fin = be_->alloc({B, s.N, fo});
   be_->linear(xt, g_.final_w, g_.final_b, Activation::None, fin);
-  record("final", fin);
-  Tensor out = be_->alloc({B, c.out_channels(), Tx, Hx, Wx});
-  be_->unpatchify(fin, T, Hp, Wp, c.patch_size[0], c.patch_size[1], c.patch_size[2], out);
-  if (x_on_device) {
-    record("output", out);
-    return out;
-  }
-  Tensor host = be_->download(out);
-  if (rec) rec("output", host);
-  return host;
+  if (rec) rec("final", be_->download(fin));
+  if (!out.defined()) out = be_->alloc(out_shape);
+  const int64_t Hp = (out_shape[3] + c.patch_size[1] - 1) / c.patch_size[1];
+  const int64_t Wp = (out_shape[4] + c.patch_size[2] - 1) / c.patch_size[2];
+  be_->unpatchify(fin, s.T, Hp, Wp, c.patch_size[0], c.patch_size[1], c.patch_size[2], out);
+  return out;
 }
 
 void STDiT3::blocks(Step& s, Tensor& x, const Recorder& rec) {
@@ -520,7 +531,7 @@ STDiT3::BlockGraph* STDiT3::block_graph_for(const STDiT3Inputs& in, const Step& 
   };
   graphs_.erase(std::remove_if(graphs_.begin(), graphs_.end(), [&](const auto& g) { return !kept(g->text_key); }),
                 graphs_.end());
-  if (recorder || cp_ || tp_ || !be_->records()) return nullptr;
+  if (recorder || cp_ || tp_ || in.cache.threshold > 0 || !be_->records()) return nullptr;
   const TextState* text = kept(in.text_key);
   if (!text || text->B != s.B || text->L != in.y.size(2)) return nullptr;
   for (const auto* list : {s.spatial, s.temporal})
@@ -542,30 +553,42 @@ STDiT3::BlockGraph* STDiT3::block_graph_for(const STDiT3Inputs& in, const Step& 
   g->select = select;
   g->spatial = s.spatial;
   g->x = be_->alloc({s.B, s.N, s.C});
+  g->t = be_->alloc({s.B, s.C});
   g->t_mlp = be_->alloc({s.B, 6 * s.C});
   if (select) {
+    g->t0 = be_->alloc({s.B, s.C});
     g->t0_mlp = be_->alloc({s.B, 6 * s.C});
     g->mask = be_->alloc(s.sel.mask.shape(), s.sel.mask.dtype());
   }
+  g->out = be_->alloc({s.B, cfg_.out_channels(), in.x.size(2), in.x.size(3), in.x.size(4)});
   graphs_.push_back(g);
   return g.get();
 }
 
-void STDiT3::blocks_recorded(BlockGraph& g, const Step& s) {
+Tensor STDiT3::blocks_recorded(BlockGraph& g, const Step& s, const Tensor& t, const Tensor& t0, const Shape& out_shape) {
   be_->copy(s.t_mlp, g.t_mlp);
+  be_->copy(t, g.t);
   if (g.select) {
     be_->copy(s.t0_mlp, g.t0_mlp);
+    be_->copy(t0, g.t0);
     be_->copy(s.sel.mask, g.mask);
   }
   if (g.recording) {
     g.recording->replay();
-    return;
+  } else {
+    Step on = s;  // the call's inputs as the recording reads them
+    on.t_mlp = g.t_mlp;
+    on.t0_mlp = g.t0_mlp;
+    on.sel.mask = g.mask;
+    g.recording = be_->record([&] {
+      blocks(on, g.x, {});
+      final_layer(on, g.x, g.t, g.t0, out_shape, {}, g.out);
+    });
   }
-  Step on = s;  // the call's inputs as the recording reads them
-  on.t_mlp = g.t_mlp;
-  on.t0_mlp = g.t0_mlp;
-  on.sel.mask = g.mask;
-  g.recording = be_->record([&] { blocks(on, g.x, {}); });
+  // The output is the caller's to keep: a copy (g.out is written again by the next replay).
+  Tensor out = be_->alloc(out_shape);
+  be_->copy(g.out, out);
+  return out;
 }
 
 void STDiT3::set_context_parallel(Communicator* cp) { cp_ = cp && cp->size() > 1 ? cp : nullptr; }

@@ -116,24 +116,31 @@ class STDiT3 {
   void block_forward(const Block& blk, bool temporal, Step& s, Tensor& x);
   // The block stack on one device (S0, T0, S1, ...), in place on x; rec gets each block's x.
   void blocks(Step& s, Tensor& x, const Recorder& rec);
-  // The block stack of calls that replay a recording of it (Backend::record): the calls with a
-  // kept text (STDiT3Inputs::text_key) whose blocks' keys and values are all kept, on one device
-  // with no recorder. The first such call of a shape records the blocks, the later ones replay
-  // them: one graph launch instead of a launch per op. A recording reads and writes the tensors it
-  // was made with, so its calls run on the BlockGraph's own x and per-call inputs.
+  // The final layer (spec §3.7) of the blocks' output x into `out` (allocated when absent, after
+  // the layer's own tensors); rec gets "final".
+  Tensor final_layer(const Step& s, const Tensor& x, const Tensor& t, const Tensor& t0, const Shape& out_shape,
+                     const Recorder& rec, Tensor out = {});
+  // The blocks and the final layer of calls that replay a recording of them (Backend::record):
+  // calls with a kept text (STDiT3Inputs::text_key) whose blocks' keys and values are all kept, on
+  // one device, without a recorder or step caching. The first such call of a shape records them,
+  // the later ones replay them: one graph launch instead of a launch per op. A recording reads and
+  // writes the tensors it was made with, so its calls run on the BlockGraph's own residual stream
+  // and output, the per-call inputs copied into its tensors first.
   struct BlockGraph {
     uint64_t text_key = 0;
     int64_t B = 0, T = 0, S = 0;
     bool select = false;  // conditioning frames (the x_mask branch)
     const std::vector<Block>* spatial = nullptr;  // the blocks it runs (--fp8-keep first:N)
     Tensor x;             // [B, N, C] F32: the call's residual stream, embedding to final layer
-    Tensor t_mlp, t0_mlp, mask;  // the call's modulation rows and frame mask, copied in
+    Tensor t, t0, t_mlp, t0_mlp, mask;  // the call's conditioning vectors and frame mask, copied in
+    Tensor out;           // the final layer's output
     std::shared_ptr<OpRecording> recording;  // null until a call has recorded it
   };
-  // The BlockGraph this call runs on (made on first use), or null when the call runs the blocks
-  // op by op. Before the call's embeddings: it holds the call's x.
+  // The BlockGraph this call runs on (made on first use), or null when the call runs op by op.
+  // Before the call's embeddings: it holds the call's x.
   BlockGraph* block_graph_for(const STDiT3Inputs& in, const Step& s, bool recorder);
-  void blocks_recorded(BlockGraph& g, const Step& s);
+  // Runs the recording (made at the first call): returns a copy of its output.
+  Tensor blocks_recorded(BlockGraph& g, const Step& s, const Tensor& t, const Tensor& t0, const Shape& out_shape);
   // Step caching: true when the blocks must run for this call (models/stdit3/step_cache.h).
   bool cache_says_run(const StepCacheControl& cc, const Step& s, const Tensor& x);
   // Runs timestep-like values through an embedder MLP pair: Linear -> SiLU -> Linear.
