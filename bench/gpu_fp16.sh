@@ -10,13 +10,7 @@
 # Expects build-cuda/ as scripts/gpu_check.sh does. Usage: [LIMIT=seconds] [NO_CHECK=1] bench/gpu_fp16.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-t0=$(date +%s)
-left() { echo $(( ${LIMIT:-570} - ($(date +%s) - t0) )); }
-export OUT=${OUT:-$PWD/bench_out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$PWD/build-cuda/libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-S=build-cuda/stdit
-rc=0
+. bench/gpu_env.sh
 if [ -z "${NO_CHECK:-}" ]; then
   echo "== GPU check ($(left) s left) =="
   timeout 200 scripts/gpu_check.sh --no-perf > "$OUT/check.log" 2>&1 || rc=1

@@ -12,16 +12,10 @@
 # Usage: [LIMIT=seconds] [NO_CHECK=1] [NO_BENCH=1] [NO_WHOLE=1] bench/gpu_graphs.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-t0=$(date +%s)
-left() { echo $(( ${LIMIT:-570} - ($(date +%s) - t0) )); }
-export OUT=${OUT:-$PWD/bench_out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$PWD/build-cuda/libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-S=build-cuda/stdit
-rc=0
+. bench/gpu_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 echo "== CudaGraphs tests =="
-STDIT_TEST_DATA=$PWD/tests/data timeout 120 build-cuda/tests/gpu/stdit_gpu_tests --gtest_filter='CudaGraphs.*' 2>&1 \
+timeout 120 $T --gtest_filter='CudaGraphs.*' 2>&1 \
   | grep -vE "^\[ *(RUN|OK) " | cut -c1-220 | tail -40 || rc=1
 if [ -z "${NO_CHECK:-}" ]; then
   echo "== GPU check ($(left) s left) =="

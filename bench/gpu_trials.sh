@@ -15,17 +15,9 @@
 # through the hardware's tanh against the exponential form, checked, timed, and the 30-step gate)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-t0=$(date +%s)
-left() { echo $(( ${LIMIT:-570} - ($(date +%s) - t0) )); }
-export OUT=${OUT:-$PWD/bench_out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$PWD/build-cuda/libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export STDIT_TEST_DATA="$PWD/tests/data"
-T=build-cuda/tests/gpu/stdit_gpu_tests
-S=build-cuda/stdit
+. bench/gpu_env.sh
 OLD=${OLD:-build-old/stdit}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-rc=0
 check() {  # check NAME FILTER ENV...: the summary here, the whole output in $OUT/checks.log
   local name=$1 filter=$2; shift 2
   [ "$(left)" -lt 60 ] && { echo "== check: $name: skipped (time)"; return; }
