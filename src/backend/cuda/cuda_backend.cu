@@ -391,12 +391,14 @@ std::unique_ptr<OpRecording> CudaBackend::record(const std::function<void()>& fn
   const cudaError_t ended = cudaStreamEndCapture(ctx_->stream, &graph);
   if (ended != cudaSuccess || !graph) {
     cudaGetLastError();
-    fail("cuda: recording the denoiser's step as a CUDA graph failed (", cudaGetErrorString(ended),
-         "); STDIT_CUDA_GRAPHS=0 runs it without graphs");
+    fail("cuda: recording ops as a CUDA graph failed (", cudaGetErrorString(ended),
+         "); STDIT_CUDA_GRAPHS=0 runs them without graphs");
   }
-  if (ctx_->bytes_in_use.load() != held) {
+  // Every allocation of the recording must be freed in it, and nothing allocated before it.
+  if (const size_t after = ctx_->bytes_in_use.load(); after != held) {
     cudaGraphDestroy(graph);
-    fail("cuda: ", ctx_->bytes_in_use.load() - held, " bytes allocated while recording a CUDA graph outlive it");
+    fail("cuda: recording a CUDA graph changed what is allocated from ", held, " to ", after,
+         " bytes (a tensor allocated in it outlives it, or one allocated before it was freed in it)");
   }
   for (int k = 0; k < kAttentionKernels; ++k) runs[k] = ctx_->attention_runs[k].load() - runs[k];
   cudaGraphExec_t exec = nullptr;

@@ -371,7 +371,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
     s.sel.tokens_per_frame = s.S;
   }
 
-  // Calls that replay the recorded block stack run on its tensors from the embedding on.
+  // Calls that replay the recorded blocks and final layer run on their tensors from the embedding on.
   BlockGraph* graph = block_graph_for(in, s, static_cast<bool>(rec));
 
   // ---- embeddings ----
