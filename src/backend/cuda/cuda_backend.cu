@@ -364,10 +364,7 @@ bool CudaBackend::records() const { return policy_.step_graphs && ctx_->pool_lim
 int64_t CudaBackend::replays() const { return ctx_->replays.load(); }
 
 std::unique_ptr<OpRecording> CudaBackend::record(const std::function<void()>& fn) {
-  if (!records()) {
-    fn();
-    return nullptr;
-  }
+  if (!records()) return Backend::record(fn);  // fn, as it is
   // The graph's allocations come from a pool of the device's own: the blocks this backend's pool
   // keeps from earlier calls go back first, so that the two do not both hold a step's worth.
   release_cached_memory();

@@ -243,19 +243,24 @@ uint64_t new_text_key() {
   return next.fetch_add(1);
 }
 
+STDiT3::TextState* STDiT3::kept_text(uint64_t key) {
+  for (TextState& t : text_)
+    if (key != 0 && t.key == key) return &t;
+  return nullptr;
+}
+
 void STDiT3::text_conditioning(const STDiT3Inputs& in, Step& s) {
   const STDiT3Config& c = cfg_;
   const int64_t B = s.B, C = s.C, L = in.y.size(2);
-  for (TextState& kept : text_)
-    if (in.text_key != 0 && in.text_key == kept.key) {
-      STDIT_CHECK(kept.B == B && kept.L == L, "text key ", in.text_key, " was made for ", kept.B, " x ", kept.L,
-                  " caption rows, not ", B, " x ", L);
-      kept.used = ++text_clock_;
-      s.y_packed = kept.y_packed;
-      s.y_lens = kept.y_lens;
-      s.text = &kept;
-      return;
-    }
+  if (TextState* kept = kept_text(in.text_key)) {
+    STDIT_CHECK(kept->B == B && kept->L == L, "text key ", in.text_key, " was made for ", kept->B, " x ", kept->L,
+                " caption rows, not ", B, " x ", L);
+    kept->used = ++text_clock_;
+    s.y_packed = kept->y_packed;
+    s.y_lens = kept->y_lens;
+    s.text = kept;
+    return;
+  }
   // ---- text: y_lens and packed rows (spec §3.5) ----
   std::vector<int64_t> rows;
   if (in.mask.defined()) {
@@ -470,7 +475,7 @@ Tensor STDiT3::forward(const STDiT3Inputs& in, const Recorder& rec) {
 
   // ---- final layer ----
   const Shape out_shape = {B, c.out_channels(), Tx, Hx, Wx};
-  const Tensor out = graph ? blocks_recorded(*graph, s, t, t0, out_shape) : final_layer(s, x, t, t0, out_shape, rec);
+  const Tensor out = graph ? blocks_recorded(*graph, s, t, t0) : final_layer(s, x, t, t0, out_shape, rec);
   if (x_on_device) {
     record("output", out);
     return out;
@@ -524,15 +529,12 @@ void STDiT3::blocks(Step& s, Tensor& x, const Recorder& rec) {
 
 STDiT3::BlockGraph* STDiT3::block_graph_for(const STDiT3Inputs& in, const Step& s, bool recorder) {
   // Graphs of texts no longer kept go (their keys and values may be freed).
-  auto kept = [&](uint64_t key) -> TextState* {
-    for (TextState& t : text_)
-      if (key != 0 && t.key == key) return &t;
-    return nullptr;
-  };
-  graphs_.erase(std::remove_if(graphs_.begin(), graphs_.end(), [&](const auto& g) { return !kept(g->text_key); }),
+  graphs_.erase(std::remove_if(graphs_.begin(), graphs_.end(), [&](const auto& g) { return !kept_text(g->text_key); }),
                 graphs_.end());
+  // Only the block stack of one device issues nothing but this backend's ops (a recording holds no
+  // communicator calls).
   if (recorder || cp_ || tp_ || in.cache.threshold > 0 || !be_->records()) return nullptr;
-  const TextState* text = kept(in.text_key);
+  const TextState* text = kept_text(in.text_key);
   if (!text || text->B != s.B || text->L != in.y.size(2)) return nullptr;
   for (const auto* list : {s.spatial, s.temporal})
     for (const Block& blk : *list)
@@ -565,7 +567,7 @@ STDiT3::BlockGraph* STDiT3::block_graph_for(const STDiT3Inputs& in, const Step& 
   return g.get();
 }
 
-Tensor STDiT3::blocks_recorded(BlockGraph& g, const Step& s, const Tensor& t, const Tensor& t0, const Shape& out_shape) {
+Tensor STDiT3::blocks_recorded(BlockGraph& g, const Step& s, const Tensor& t, const Tensor& t0) {
   be_->copy(s.t_mlp, g.t_mlp);
   be_->copy(t, g.t);
   if (g.select) {
@@ -582,11 +584,11 @@ Tensor STDiT3::blocks_recorded(BlockGraph& g, const Step& s, const Tensor& t, co
     on.sel.mask = g.mask;
     g.recording = be_->record([&] {
       blocks(on, g.x, {});
-      final_layer(on, g.x, g.t, g.t0, out_shape, {}, g.out);
+      final_layer(on, g.x, g.t, g.t0, g.out.shape(), {}, g.out);
     });
   }
   // The output is the caller's to keep: a copy (g.out is written again by the next replay).
-  Tensor out = be_->alloc(out_shape);
+  Tensor out = be_->alloc(g.out.shape());
   be_->copy(g.out, out);
   return out;
 }

@@ -140,7 +140,7 @@ class STDiT3 {
   // Before the call's embeddings: it holds the call's x.
   BlockGraph* block_graph_for(const STDiT3Inputs& in, const Step& s, bool recorder);
   // Runs the recording (made at the first call): returns a copy of its output.
-  Tensor blocks_recorded(BlockGraph& g, const Step& s, const Tensor& t, const Tensor& t0, const Shape& out_shape);
+  Tensor blocks_recorded(BlockGraph& g, const Step& s, const Tensor& t, const Tensor& t0);
   // Step caching: true when the blocks must run for this call (models/stdit3/step_cache.h).
   bool cache_says_run(const StepCacheControl& cc, const Step& s, const Tensor& x);
   // Runs timestep-like values through an embedder MLP pair: Linear -> SiLU -> Linear.
@@ -182,6 +182,7 @@ class STDiT3 {
     std::unordered_map<const Block*, Tensor> kv;
   };
   std::array<TextState, 2> text_;
+  TextState* kept_text(uint64_t key);  // the kept text of this key (0: none), or null
   uint64_t text_clock_ = 0;
   // At most one per kept text (the CFG halves run one after the other each have theirs).
   std::vector<std::shared_ptr<BlockGraph>> graphs_;
