@@ -353,7 +353,12 @@ void run_bench(const BenchOptions& opt) {
       if (fp16)  // the f32 loop takes many times the fp16 run (720p: ~20 s a step on an H100)
         log_info("bench: ", preset, ": fp16's quality gate runs the ", opt.steps,
                  "-step loop in f32 on the CUDA cores, the slow part of this run (--steps bounds it)");
-      auto hi = make_backend(opt.backend, PolicyRequest{fp16 ? "f32" : "auto"});
+      auto request = [](const char* precision) {
+        PolicyRequest r;
+        r.precision = precision;
+        return r;
+      };
+      auto hi = make_backend(opt.backend, request(fp16 ? "f32" : "auto"));
       auto dit_weights = [&] { return synthetic_weights(stdit3_param_specs(dc), synthetic_seed("dit", opt.seed)); };
       STDiT3 dit_hi(dc, dit_weights(), *hi);
       SingleDenoiser dl(*dit), dh(dit_hi);
@@ -377,7 +382,7 @@ void run_bench(const BenchOptions& opt) {
       const char* hi_name = precision_name(hi->policy().precision);
       std::string verdict;
       if (fp16) {
-        auto b16 = make_backend(opt.backend, PolicyRequest{"bf16"});
+        auto b16 = make_backend(opt.backend, request("bf16"));
         STDiT3 dit_b(dc, dit_weights(), *b16);
         SingleDenoiser db(dit_b);
         measure(sample(db), bf16_latent_err, bf16_psnr_min, bf16_psnr_mean);
