@@ -1,6 +1,7 @@
 // Real-size op timings on the GPU (scripts/gpu_check.sh without --no-perf).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -50,7 +51,9 @@ TEST(CudaPerf, RealShapes) {
     double peak_flops = 990e12;  // dense bf16; fp8 items: 1,979e12
   };
   std::vector<Item> items;
-  const int64_t S = 3600, C = 1152, H = 16, D = 72, T = 8;
+  // STDIT_PERF_FRAMES: frames of the shapes (default 8; 60 = a 720p 4s model call's 2 x 30 rows).
+  const char* frames = std::getenv("STDIT_PERF_FRAMES");
+  const int64_t S = 3600, C = 1152, H = 16, D = 72, T = frames ? std::max(1, std::atoi(frames)) : 8;
   // Inputs are random on the device (uploaded once).
   auto dev = [&](const Shape& s, uint64_t seed, float scale = 1.0f) { return g.upload(randn(s, seed, scale)); };
   const Tensor x = dev({1, T * S, C}, 1), wqkv = dev({3 * C, C}, 2, 0.03f), bqkv = dev({3 * C}, 3, 0.1f);

@@ -16,6 +16,8 @@
 // of two 8-key groups are exactly the A fragment of P for 16 keys: no shuffles.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "backend/cuda/cuda_attention.cuh"
@@ -358,7 +360,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps >= 8 ? 2 : 4)
 // two m16 tiles against all keys as one tile, so the softmax needs no running maxima; kHeads
 // heads per block, whose rows are adjacent in memory (the heads of one token), are fetched
 // together with cp.async (kHeads * D contiguous values per row instead of D).
-template <typename H, int KS, int NV, int kHeads>
+template <typename H, int KS, int NV, int kHeads, bool kSplit>
 __global__ void __launch_bounds__(kHeads * 32)
     attention_short_bf16_kernel(AttnArgs a, int64_t head_groups) {
   constexpr int DK = KS * 16, C8 = DK / 8, RS = DK / 2 + 4;
@@ -375,19 +377,33 @@ __global__ void __launch_bounds__(kHeads * 32)
                       static_cast<const H*>(a.v.p) + lead_offset(a.lead, a.v.lead, b)};
   const int64_t sn[3] = {a.q.sn, a.k.sn, a.v.sn}, sh[3] = {a.q.sh, a.k.sh, a.v.sh};
   // smem: per head h, matrices q, k, v at (3h + m) * kMat; rows past T and dims past D zero.
-  for (int idx = threadIdx.x; idx < 3 * 32 * kHeads * C8; idx += kHeads * 32) {
-    const int c = idx % C8, h = (idx / C8) % kHeads, r = (idx / (C8 * kHeads)) % 32,
-              m = idx / (C8 * kHeads * 32);
-    const int64_t head = head0 + h;
-    const bool ok = r < T && c * 8 < d && head < a.h;
-    const H* src = ok ? base[m] + r * sn[m] + head * sh[m] + c * 8 : base[m];
-    cp_async16(smem + (3 * h + m) * kMat + r * RS + c * 4, src, ok ? 16 : 0);
+  // kSplit: q and k in one commit group, v in a second, so that Q K^T and the softmax run while
+  // v is still landing.
+  auto fetch = [&](int m_begin, int m_end) {
+    const int per = 32 * kHeads * C8;
+    for (int idx = m_begin * per + threadIdx.x; idx < m_end * per; idx += kHeads * 32) {
+      const int c = idx % C8, h = (idx / C8) % kHeads, r = (idx / (C8 * kHeads)) % 32,
+                m = idx / (C8 * kHeads * 32);
+      const int64_t head = head0 + h;
+      const bool ok = r < T && c * 8 < d && head < a.h;
+      const H* src = ok ? base[m] + r * sn[m] + head * sh[m] + c * 8 : base[m];
+      cp_async16(smem + (3 * h + m) * kMat + r * RS + c * 4, src, ok ? 16 : 0);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+  if (kSplit) {
+    fetch(0, 2);
+    fetch(2, 3);
+    asm volatile("cp.async.wait_group 1;\n" ::);
+  } else {
+    fetch(0, 3);
+    asm volatile("cp.async.wait_group 0;\n" ::);
   }
-  asm volatile("cp.async.commit_group;\n" ::);
-  asm volatile("cp.async.wait_group 0;\n" ::);
   __syncthreads();
   const int64_t head = head0 + warp;
-  if (head >= a.h) return;
+  // (kSplit: a warp past the last head computes on zeros and returns before its stores, after the
+  // block's second barrier)
+  if (!kSplit && head >= a.h) return;
   const uint32_t* qs = smem + 3 * warp * kMat;
   const uint32_t* ks = qs + kMat;
   const float sl2 = a.scale * kLog2e;
@@ -406,6 +422,10 @@ __global__ void __launch_bounds__(kHeads * 32)
   float l[2][2];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) softmax_tile(s[mt], T, t4, sl2, l[mt][0], l[mt][1]);
+  if (kSplit) {
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+  }
   // O = P V per 16-key step; B fragments of V from ldmatrix.trans (as the flash kernel).
   const uint32_t vs_addr = static_cast<uint32_t>(__cvta_generic_to_shared(qs + 2 * kMat)) +
                            4u * static_cast<uint32_t>(((lane & 7) + 8 * ((lane >> 3) & 1)) * RS +
@@ -435,6 +455,7 @@ __global__ void __launch_bounds__(kHeads * 32)
       }
     }
   }
+  if (head >= a.h) return;
   H* op = a.out16<H>() + lead_offset(a.lead, a.out_lead, b) + head * a.out_sh;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
@@ -591,19 +612,44 @@ void launch_text(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   check_launch(a.f16 ? "attention (f16, short text)" : "attention (bf16, short text)");
 }
 
-template <typename H, int KS, int NV>
-void launch_short(const CudaContext& c, const AttnArgs& a, int64_t batch) {
-  constexpr int kHeads = 4;
+template <typename H, int KS, int NV, int kHeads, bool kSplit>
+void launch_short_heads(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   constexpr int RS = KS * 8 + 4;
   const size_t smem = size_t{3} * kHeads * 32 * RS * sizeof(uint32_t);
   const int64_t groups = (a.h + kHeads - 1) / kHeads, blocks = batch * groups;
   STDIT_CHECK(blocks < (int64_t{1} << 31), "cuda attention: grid too large (", blocks, ")");
-  auto kern = attention_short_bf16_kernel<H, KS, NV, kHeads>;
+  auto kern = attention_short_bf16_kernel<H, KS, NV, kHeads, kSplit>;
   STDIT_CHECK(smem <= c.smem_optin, "cuda attention: needs ", smem, " bytes of shared memory");
   STDIT_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
   kern<<<static_cast<unsigned>(blocks), kHeads * 32, smem, c.stream>>>(a, groups);
   check_launch(a.f16 ? "attention (f16, short)" : "attention (bf16, short)");
+}
+
+// Trial switches (docs/PERF.md): STDIT_CUDA_SHORT_HEADS = heads per block (1, 2 or 4, the
+// default), STDIT_CUDA_SHORT_SPLIT=1: v fetched in a second group behind q and k.
+int short_trial() {
+  static const int code = [] {
+    const char* h = std::getenv("STDIT_CUDA_SHORT_HEADS");
+    const char* sp = std::getenv("STDIT_CUDA_SHORT_SPLIT");
+    const int heads = h && (std::string(h) == "1" || std::string(h) == "2") ? std::atoi(h) : 4;
+    return heads * 2 + (sp && std::string(sp) == "1" ? 1 : 0);
+  }();
+  return code;
+}
+
+template <typename H, int KS, int NV>
+void launch_short(const CudaContext& c, const AttnArgs& a, int64_t batch) {
+  if constexpr (!std::is_same_v<H, __nv_bfloat16> || KS != 5 || NV != 9) {
+    return launch_short_heads<H, KS, NV, 4, false>(c, a, batch);
+  } else switch (short_trial()) {
+    case 2: return launch_short_heads<H, KS, NV, 1, false>(c, a, batch);
+    case 3: return launch_short_heads<H, KS, NV, 1, true>(c, a, batch);
+    case 4: return launch_short_heads<H, KS, NV, 2, false>(c, a, batch);
+    case 5: return launch_short_heads<H, KS, NV, 2, true>(c, a, batch);
+    case 9: return launch_short_heads<H, KS, NV, 4, true>(c, a, batch);
+    default: return launch_short_heads<H, KS, NV, 4, false>(c, a, batch);
+  }
 }
 
 // 16-bit (BF16 or F16) q/k/v/out whose rows (and head offsets, and leading strides) are 16-byte
