@@ -7,6 +7,7 @@
 #  3. whole 720p 4s videos from an fp8 engine (graphs on, the default), and the device peak of a
 #     720p 16s request (2 steps) with graphs on.
 # Each part starts only while LIMIT seconds (default 570) leave it room; logs go to $OUT.
+# Built here and carried as scripts/pack_gpu.sh packs it (unpacked first on the GPU machine).
 #  0. (first) the temporal attention kernel's trial switches: checks and 720p 4s steps per switch.
 # Usage: [LIMIT=seconds] [NO_SHORT=1] [NO_WHOLE=1] bench/gpu_probe.sh
 set -uo pipefail
