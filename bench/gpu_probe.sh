@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# One device call of measurements that change no code (docs/PERF.md "Where the GEMMs' time goes"):
-#  1. the card's SM clock, power and throttle reasons sampled every 100 ms while `stdit bench`
-#     runs the 720p 4s bf16 and fp8 steps (is the step held by the power limit?);
-#  2. the block GEMMs and attention alone at 8 frames (28,800 rows, the usual table) and at 60
-#     frames (216,000 rows: a 720p 4s model call's CFG batch) — whether the rows alone slow them;
-#  3. whole 720p 4s videos from an fp8 engine (graphs on, the default), and the device peak of a
+# One device call (docs/PERF.md, "Built, not yet run on a GPU: temporal attention's blocks, and a
+# probe of where the GEMMs' time goes"), in this order:
+#  1. the temporal attention kernel's trial switches (STDIT_CUDA_SHORT_HEADS, STDIT_CUDA_SHORT_SPLIT):
+#     the attention checks under each, then 720p 4s bf16 steps per switch against the default, with
+#     the card's SM clock, power and throttle reasons sampled every 100 ms (is the step held at the
+#     power limit?); the same sampling over an fp8 step;
+#  2. PyTorch's bf16 products at 8192^3 and at the block GEMMs' shapes (216,000 rows) on this card;
+#  3. the ops alone at 8 frames (28,800 rows, the usual table) and at 60 frames (216,000 rows: a
+#     720p 4s model call's CFG batch): whether the rows alone slow the GEMMs;
+#  4. a whole 720p 4s video from an fp8 engine (graphs on, the default), and the device peak of a
 #     720p 16s request (2 steps) with graphs on.
 # Each part starts only while LIMIT seconds (default 570) leave it room; logs go to $OUT.
 # Built here and carried as scripts/pack_gpu.sh packs it (unpacked first on the GPU machine).
-#  0. (first) the temporal attention kernel's trial switches: checks and 720p 4s steps per switch.
 # Usage: [LIMIT=seconds] [NO_SHORT=1] [NO_WHOLE=1] bench/gpu_probe.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
