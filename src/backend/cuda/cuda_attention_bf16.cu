@@ -16,8 +16,6 @@
 // of two 8-key groups are exactly the A fragment of P for 16 keys: no shuffles.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "backend/cuda/cuda_attention.cuh"
@@ -626,29 +624,23 @@ void launch_short_heads(const CudaContext& c, const AttnArgs& a, int64_t batch) 
   check_launch(a.f16 ? "attention (f16, short)" : "attention (bf16, short)");
 }
 
-// Trial switches (docs/PERF.md): STDIT_CUDA_SHORT_HEADS = heads per block (1, 2 or 4, the
-// default), STDIT_CUDA_SHORT_SPLIT=1: v fetched in a second group behind q and k.
-int short_trial() {
-  static const int code = [] {
-    const char* h = std::getenv("STDIT_CUDA_SHORT_HEADS");
-    const char* sp = std::getenv("STDIT_CUDA_SHORT_SPLIT");
-    const int heads = h && (std::string(h) == "1" || std::string(h) == "2") ? std::atoi(h) : 4;
-    return heads * 2 + (sp && std::string(sp) == "1" ? 1 : 0);
-  }();
-  return code;
-}
-
+// Trial switches (docs/PERF.md), bf16 at head dim 72 only, read once: STDIT_CUDA_SHORT_HEADS=1|2
+// heads per block (else 4), STDIT_CUDA_SHORT_SPLIT=1 v fetched in a second group behind q and k.
 template <typename H, int KS, int NV>
 void launch_short(const CudaContext& c, const AttnArgs& a, int64_t batch) {
   if constexpr (!std::is_same_v<H, __nv_bfloat16> || KS != 5 || NV != 9) {
-    return launch_short_heads<H, KS, NV, 4, false>(c, a, batch);
-  } else switch (short_trial()) {
-    case 2: return launch_short_heads<H, KS, NV, 1, false>(c, a, batch);
-    case 3: return launch_short_heads<H, KS, NV, 1, true>(c, a, batch);
-    case 4: return launch_short_heads<H, KS, NV, 2, false>(c, a, batch);
-    case 5: return launch_short_heads<H, KS, NV, 2, true>(c, a, batch);
-    case 9: return launch_short_heads<H, KS, NV, 4, true>(c, a, batch);
-    default: return launch_short_heads<H, KS, NV, 4, false>(c, a, batch);
+    launch_short_heads<H, KS, NV, 4, false>(c, a, batch);
+  } else {
+    static const int heads = env_choice("STDIT_CUDA_SHORT_HEADS", {1, 2});
+    static const bool split = env_choice("STDIT_CUDA_SHORT_SPLIT", {1}) == 1;
+    auto go = [&](auto k) {
+      constexpr int kHeads = decltype(k)::value;
+      if (split) launch_short_heads<H, KS, NV, kHeads, true>(c, a, batch);
+      else launch_short_heads<H, KS, NV, kHeads, false>(c, a, batch);
+    };
+    if (heads == 1) go(std::integral_constant<int, 1>{});
+    else if (heads == 2) go(std::integral_constant<int, 2>{});
+    else go(std::integral_constant<int, 4>{});
   }
 }
 
